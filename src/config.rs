@@ -1,0 +1,47 @@
+//! Tunables. Every field states its default and why it is that.
+
+use std::time::Duration;
+
+/// Configuration of one [`Messenger`](crate::Messenger).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a request waits for its reply before its callback gets
+    /// [`RequestError::Timeout`](crate::RequestError::Timeout). Default 30 s:
+    /// long enough for a model-server training step, short enough that a
+    /// lost peer is noticed within a human's patience.
+    pub request_timeout: Duration,
+    /// Most callbacks waiting for replies at once; past it sends fail fast
+    /// with `TooManyPending` instead of growing memory. Default 2^20
+    /// (about 100 MiB of bookkeeping at the worst).
+    pub max_pending_callbacks: usize,
+    /// High-water mark of each socket's send queue, in messages. When it is
+    /// full, `send_message` waits and `try_send_message` fails with `Full`;
+    /// ACKs and ECHO replies are dropped (the peer resends). Default 4096.
+    pub send_queue_capacity: usize,
+    /// Capacity of the queue from all sockets into the ProcessMessage loop.
+    /// When full, socket readers stop reading, pushing back on peers.
+    /// Default 8192.
+    pub inbound_queue_capacity: usize,
+    /// Messages queued for one listener's server-loop callback. When full,
+    /// new messages for it are neither ACKed nor delivered, so the peer
+    /// resends them later instead of us buffering without bound. Default 4096.
+    pub slc_queue_capacity: usize,
+    /// Largest payload sent or accepted, in bytes. Default 16 MiB.
+    pub max_message_size: usize,
+    /// How long `make_connection` waits for the handshake. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            request_timeout: Duration::from_secs(30),
+            max_pending_callbacks: 1 << 20,
+            send_queue_capacity: 4096,
+            inbound_queue_capacity: 8192,
+            slc_queue_capacity: 4096,
+            max_message_size: 16 << 20,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Endpoint addresses: `tcp://HOST:PORT`, `ipc://PATH`, `inproc://NAME`.
+//!
+//! Parsing is total: every string yields an [`Endpoint`] or an
+//! [`EndpointError`] that names the problem, so a typo on a command line
+//! never becomes a panic or a silent bind to the wrong place.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::EndpointError;
+
+/// Where a listener binds or a connection connects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// TCP. `host` is `*` (all interfaces, bind only), an IP address
+    /// (IPv6 without brackets) or a name to resolve.
+    Tcp {
+        /// Host part, brackets removed.
+        host: String,
+        /// Port; 0 asks the OS for a free one when binding.
+        port: u16,
+    },
+    /// A Unix-domain socket at a filesystem path.
+    Ipc(PathBuf),
+    /// A name in this process's in-process registry.
+    Inproc(String),
+}
+
+impl Endpoint {
+    /// The scheme, for logs and errors.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Endpoint::Tcp { .. } => "tcp",
+            Endpoint::Ipc(_) => "ipc",
+            Endpoint::Inproc(_) => "inproc",
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| EndpointError::MissingScheme(s.to_owned()))?;
+        match scheme {
+            "tcp" => parse_tcp(s, rest),
+            "ipc" if rest.is_empty() => Err(EndpointError::EmptyPath(s.to_owned())),
+            "ipc" => Ok(Endpoint::Ipc(PathBuf::from(rest))),
+            "inproc" if rest.is_empty() => Err(EndpointError::EmptyName(s.to_owned())),
+            "inproc" => Ok(Endpoint::Inproc(rest.to_owned())),
+            other => Err(EndpointError::UnknownScheme(s.to_owned(), other.to_owned())),
+        }
+    }
+}
+
+fn parse_tcp(whole: &str, rest: &str) -> Result<Endpoint, EndpointError> {
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| EndpointError::MissingPort(whole.to_owned()))?;
+    // `[::1]:80`: the last colon separates the port; a bare `::1` has none we can trust.
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .ok_or_else(|| EndpointError::MissingPort(whole.to_owned()))?,
+        None if host.contains(':') => return Err(EndpointError::MissingPort(whole.to_owned())),
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(EndpointError::EmptyHost(whole.to_owned()));
+    }
+    if port.is_empty() {
+        return Err(EndpointError::MissingPort(whole.to_owned()));
+    }
+    // u16::from_str accepts a leading '+'; ports are digits only.
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(EndpointError::BadPort(whole.to_owned(), port.to_owned()));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| EndpointError::BadPort(whole.to_owned(), port.to_owned()))?;
+    Ok(Endpoint::Tcp {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Ipc(path) => write!(f, "ipc://{}", path.display()),
+            Endpoint::Inproc(name) => write!(f, "inproc://{name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> Endpoint {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parses_each_scheme() {
+        assert_eq!(
+            ok("tcp://127.0.0.1:5555"),
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5555
+            }
+        );
+        assert_eq!(
+            ok("tcp://*:0"),
+            Endpoint::Tcp {
+                host: "*".into(),
+                port: 0
+            }
+        );
+        assert_eq!(
+            ok("tcp://localhost:65535"),
+            Endpoint::Tcp {
+                host: "localhost".into(),
+                port: 65535
+            }
+        );
+        assert_eq!(
+            ok("tcp://[::1]:9"),
+            Endpoint::Tcp {
+                host: "::1".into(),
+                port: 9
+            }
+        );
+        assert_eq!(
+            ok("ipc:///tmp/x.sock"),
+            Endpoint::Ipc("/tmp/x.sock".into())
+        );
+        assert_eq!(ok("inproc://planner"), Endpoint::Inproc("planner".into()));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "tcp://127.0.0.1:5555",
+            "tcp://[::1]:9",
+            "ipc:///tmp/a b",
+            "inproc://x",
+        ] {
+            assert_eq!(ok(s).to_string(), s);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_strings_with_named_errors() {
+        use EndpointError::*;
+        let cases: &[(&str, fn(&EndpointError) -> bool)] = &[
+            ("127.0.0.1:5", |e| matches!(e, MissingScheme(_))),
+            ("udp://x:1", |e| matches!(e, UnknownScheme(_, s) if s == "udp")),
+            ("tcp://host", |e| matches!(e, MissingPort(_))),
+            ("tcp://host:", |e| matches!(e, MissingPort(_))),
+            ("tcp://::1", |e| matches!(e, MissingPort(_))),
+            ("tcp://h:65536", |e| matches!(e, BadPort(..))),
+            ("tcp://h:+80", |e| matches!(e, BadPort(..))),
+            ("tcp://h:-1", |e| matches!(e, BadPort(..))),
+            ("tcp://h:8x", |e| matches!(e, BadPort(..))),
+            ("tcp://:80", |e| matches!(e, EmptyHost(_))),
+            ("ipc://", |e| matches!(e, EmptyPath(_))),
+            ("inproc://", |e| matches!(e, EmptyName(_))),
+        ];
+        for (s, check) in cases {
+            let err = s.parse::<Endpoint>().expect_err(s);
+            assert!(check(&err), "{s}: wrong error {err:?}");
+            assert!(err.to_string().contains(s), "error should quote the input: {err}");
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Error types, one enum per operation, so a caller can match on exactly what
+//! can go wrong with the call it made.
+
+use std::io;
+
+use crate::endpoint::Endpoint;
+
+/// Why an endpoint string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The string has no `scheme://` prefix.
+    #[error("endpoint {0:?} has no scheme: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")]
+    MissingScheme(String),
+    /// The scheme is not one of tcp, ipc, inproc.
+    #[error("endpoint {0:?} has unknown scheme {1:?}: expected tcp, ipc or inproc")]
+    UnknownScheme(String, String),
+    /// A tcp endpoint without `:PORT`.
+    #[error("tcp endpoint {0:?} has no port: expected tcp://HOST:PORT")]
+    MissingPort(String),
+    /// The port is not a number in 0..=65535.
+    #[error("tcp endpoint {0:?} has port {1:?}, which is not a number in 0..=65535")]
+    BadPort(String, String),
+    /// A tcp endpoint with an empty host.
+    #[error("tcp endpoint {0:?} has an empty host")]
+    EmptyHost(String),
+    /// `ipc://` with nothing after it.
+    #[error("ipc endpoint {0:?} has an empty path")]
+    EmptyPath(String),
+    /// `inproc://` with nothing after it.
+    #[error("inproc endpoint {0:?} has an empty name")]
+    EmptyName(String),
+}
+
+/// Why a payload could not be parsed as `{msg_id}-{src_cb}-{dst_cb}-{body}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Zero-length payload.
+    #[error("empty payload")]
+    Empty,
+    /// The payload ended before the named field and its `-` terminator.
+    #[error("payload ends inside the {0} field")]
+    Truncated(&'static str),
+    /// The named field is empty (`--`).
+    #[error("the {0} field is empty")]
+    EmptyField(&'static str),
+    /// The named field holds a byte that is not an ASCII digit.
+    #[error("the {0} field holds a byte that is not a decimal digit")]
+    NotDigit(&'static str),
+    /// The named field is larger than `u64::MAX`.
+    #[error("the {0} field does not fit in 64 bits")]
+    Overflow(&'static str),
+}
+
+/// Why a message's frames could not be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The message did not have the frame count the socket type requires.
+    #[error("expected {expected} frames, got {got}")]
+    Count {
+        /// Frames the protocol expects on this socket.
+        expected: &'static str,
+        /// Frames that arrived.
+        got: usize,
+    },
+    /// The delimiter frame before the payload was not empty.
+    #[error("delimiter frame is not empty ({0} bytes)")]
+    Delimiter(usize),
+    /// The payload frame could not be parsed.
+    #[error("malformed payload: {0}")]
+    Payload(#[from] ParseError),
+    /// The payload is larger than the configured maximum.
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+}
+
+/// Why `listen_for_connection` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The endpoint is already bound, by this process or another.
+    #[error("{0} is already in use")]
+    InUse(Endpoint),
+    /// A tcp host name did not resolve.
+    #[error("cannot resolve host of {endpoint}: {source}")]
+    Resolve {
+        /// The endpoint whose host failed.
+        endpoint: Endpoint,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// An ipc path exists and is not a socket: we never delete it.
+    #[error("ipc path of {0} exists and is not a socket; refusing to remove it")]
+    NotASocket(Endpoint),
+    /// Any other operating-system error.
+    #[error("cannot bind {endpoint}: {source}")]
+    Io {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The zeromq layer refused the listener.
+    #[error("cannot bind {endpoint}: {message}")]
+    Transport {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// What the transport said.
+        message: String,
+    },
+    /// The messenger has been shut down.
+    #[error("the messenger is shut down")]
+    Shutdown,
+}
+
+/// Why `make_connection` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing is listening there (inproc), or the peer refused.
+    #[error("cannot connect to {endpoint}: {message}")]
+    Refused {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// What the transport said.
+        message: String,
+    },
+    /// The handshake did not finish within the connect timeout.
+    #[error("connecting to {0} timed out")]
+    Timeout(Endpoint),
+    /// The messenger has been shut down.
+    #[error("the messenger is shut down")]
+    Shutdown,
+}
+
+/// Why a message could not be handed to its socket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The body would make the payload larger than `max_message_size`.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The socket's send queue is at its high-water mark (try-forms only).
+    #[error("send queue is full")]
+    Full,
+    /// Too many callbacks are waiting for replies.
+    #[error("too many pending callbacks (limit {0})")]
+    TooManyPending(usize),
+    /// The connection or listener is closed.
+    #[error("the connection is closed")]
+    Disconnected,
+    /// No connection or listener has this id.
+    #[error("no such connection or listener: {0}")]
+    UnknownDestination(String),
+    /// The messenger has been shut down.
+    #[error("the messenger is shut down")]
+    Shutdown,
+}
+
+/// Why a request (a message with a callback) ended without a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No reply arrived before the deadline.
+    #[error("no reply before the deadline")]
+    Timeout,
+    /// The message could not be sent.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The connection closed while the request waited.
+    #[error("the connection closed before a reply arrived")]
+    Disconnected,
+    /// The messenger shut down while the request waited.
+    #[error("the messenger shut down before a reply arrived")]
+    Shutdown,
+}

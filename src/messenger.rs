@@ -1,0 +1,522 @@
+//! The public handle: listeners, pooled connections, sends and requests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::dispatch::{self, Completion, Reply, Shared};
+use crate::endpoint::Endpoint;
+use crate::error::{BindError, ConnectError, RequestError, SendError};
+use crate::server_loop::{self, ServerLoop};
+use crate::stats::{bump, StatsSnapshot};
+use crate::transport::{self, Inbound, OpenArgs, SocketCtx, SocketKind, SocketTasks};
+use crate::wire::Payload;
+
+/// Identifies a connection made with [`Messenger::make_connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Identifies a listener made with [`Messenger::listen_for_connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub u64);
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// The peer at the other end of a connection (our DEALER).
+    Connection(ConnectionId),
+    /// A peer connected to one of our listeners (our ROUTER), by routing id.
+    Peer {
+        /// The listener the peer is connected to.
+        listener: ListenerId,
+        /// The peer's routing id.
+        peer: Bytes,
+    },
+}
+
+impl Destination {
+    pub(crate) fn of(socket: &SocketCtx, peer: &Bytes) -> Self {
+        match socket.kind {
+            SocketKind::Connection(id) => Destination::Connection(id),
+            SocketKind::Listener(listener) => Destination::Peer {
+                listener,
+                peer: peer.clone(),
+            },
+        }
+    }
+}
+
+impl From<ConnectionId> for Destination {
+    fn from(id: ConnectionId) -> Self {
+        Destination::Connection(id)
+    }
+}
+
+/// A message handed to a callback. `body` shares the received buffer.
+#[derive(Clone)]
+pub struct Incoming {
+    /// The sender's id for this message.
+    pub msg_id: u64,
+    /// The sender's callback for replies (0 when it expects none).
+    pub src_cb: u64,
+    /// The callback this message was addressed to.
+    pub dst_cb: u64,
+    /// The body, everything after the third `-`.
+    pub body: Bytes,
+    /// The sender's routing id on a listener; empty on a connection.
+    pub peer: Bytes,
+    pub(crate) socket: Arc<SocketCtx>,
+}
+
+impl Incoming {
+    pub(crate) fn new(socket: Arc<SocketCtx>, peer: Bytes, p: Payload) -> Self {
+        Incoming {
+            msg_id: p.msg_id,
+            src_cb: p.src_cb,
+            dst_cb: p.dst_cb,
+            body: p.body,
+            peer,
+            socket,
+        }
+    }
+
+    /// The endpoint it arrived on (a listener's bound address, or the
+    /// endpoint a connection connected to).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.socket.endpoint
+    }
+
+    /// Where to send messages back to its sender.
+    pub fn reply_destination(&self) -> Destination {
+        Destination::of(&self.socket, &self.peer)
+    }
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("endpoint", &self.socket.endpoint)
+            .field("peer", &self.peer)
+            .field("msg_id", &self.msg_id)
+            .field("src_cb", &self.src_cb)
+            .field("dst_cb", &self.dst_cb)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+/// A message-specific callback: runs once, with the first reply addressed
+/// to it or with the reason none came (timeout, disconnect, shutdown).
+pub struct Callback(Box<dyn FnOnce(Reply) + Send>);
+
+impl Callback {
+    /// Wraps a closure. It runs on a task of its own, so it may block
+    /// briefly without holding up other messages.
+    pub fn new(f: impl FnOnce(Reply) + Send + 'static) -> Self {
+        Callback(Box::new(f))
+    }
+}
+
+/// A listener that is open: its id and the endpoint it actually bound
+/// (a tcp port 0 is resolved to the port the OS chose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Use in [`Destination::Peer`].
+    pub id: ListenerId,
+    /// The bound endpoint, connectable as written.
+    pub endpoint: Endpoint,
+}
+
+/// Why a messenger could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewError {
+    /// Routing ids are 1 to 255 bytes in ZMTP.
+    #[error("identity must be 1 to 255 bytes, got {0}")]
+    Identity(usize),
+    /// Created outside a tokio runtime.
+    #[error("a messenger must be created inside a tokio runtime")]
+    NoRuntime,
+}
+
+struct Open {
+    ctx: Arc<SocketCtx>,
+    tasks: SocketTasks,
+}
+
+#[derive(Default)]
+struct Registry {
+    listeners: HashMap<ListenerId, Open>,
+    connections: HashMap<ConnectionId, Open>,
+    pool: HashMap<Endpoint, ConnectionId>,
+    slc_tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    identity: Bytes,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+    disconnects: mpsc::UnboundedSender<Arc<SocketCtx>>,
+    registry: Mutex<Registry>,
+    /// Serialises connects so two callers for one endpoint share one DEALER.
+    connecting: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+    shut: AtomicBool,
+    loop_task: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close_everything();
+        self.loop_task.abort();
+    }
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close_everything(&self) {
+        let mut reg = self.registry();
+        let reg = &mut *reg;
+        let listeners = reg.listeners.drain().map(|(_, o)| o);
+        let connections = reg.connections.drain().map(|(_, o)| o);
+        for mut open in listeners.chain(connections) {
+            open.ctx.mark_closed();
+            open.tasks.close();
+        }
+        reg.pool.clear();
+        for t in reg.slc_tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// One messenger: listeners with server-loop callbacks, pooled connections,
+/// and a ProcessMessage loop. Cheap to clone; every clone is the same
+/// messenger. It closes when the last clone is dropped or on
+/// [`shutdown`](Self::shutdown).
+#[derive(Clone)]
+pub struct Messenger {
+    inner: Arc<Inner>,
+}
+
+impl Messenger {
+    /// A messenger with default [`Config`]. `identity` is its routing id on
+    /// every connection it makes.
+    pub fn new(identity: impl Into<Bytes>) -> Result<Self, NewError> {
+        Self::with_config(identity, Config::default())
+    }
+
+    /// A messenger with the given configuration.
+    pub fn with_config(identity: impl Into<Bytes>, config: Config) -> Result<Self, NewError> {
+        let identity = identity.into();
+        if identity.is_empty() || identity.len() > 255 {
+            return Err(NewError::Identity(identity.len()));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NewError::NoRuntime)?;
+        let (inbound, inbound_rx) = mpsc::channel(config.inbound_queue_capacity.max(1));
+        let (disconnects, disconnects_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(config, runtime));
+        let loop_task = tokio::spawn(dispatch::run(
+            Arc::clone(&shared),
+            inbound_rx,
+            disconnects_rx,
+        ));
+        Ok(Messenger {
+            inner: Arc::new(Inner {
+                identity,
+                shared,
+                inbound,
+                disconnects,
+                registry: Mutex::default(),
+                connecting: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(1),
+                shut: AtomicBool::new(false),
+                loop_task,
+            }),
+        })
+    }
+
+    /// This messenger's routing id.
+    pub fn identity(&self) -> &Bytes {
+        &self.inner.identity
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    fn open_args(&self, identity: Bytes, ctx: &Arc<SocketCtx>, out_rx: mpsc::Receiver<transport::Outbound>) -> OpenArgs {
+        OpenArgs {
+            identity,
+            ctx: Arc::clone(ctx),
+            out_rx,
+            inbound: self.inner.inbound.clone(),
+            on_disconnect: self.inner.disconnects.clone(),
+        }
+    }
+
+    /// Binds a ROUTER on `endpoint` whose messages, after the builtins and
+    /// MSCs have taken theirs, go to `slc`. `identity` is the listener's own
+    /// routing id, sent as the first frame of everything it sends.
+    pub async fn listen_for_connection(
+        &self,
+        endpoint: &Endpoint,
+        identity: impl Into<Bytes>,
+        slc: impl ServerLoop,
+    ) -> Result<ListenerInfo, BindError> {
+        if self.inner.shut.load(Ordering::Acquire) {
+            return Err(BindError::Shutdown);
+        }
+        let cfg = &self.inner.shared.config;
+        let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let (slc_tx, slc_rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
+        let (out_tx, out_rx) = mpsc::channel(cfg.send_queue_capacity.max(1));
+        let identity = identity.into();
+
+        // tcp and ipc bind the OS listener first so the context can carry
+        // the resolved endpoint (port 0 becomes the real port).
+        let (zmq_listener, bound) = match endpoint {
+            Endpoint::Inproc(_) => (None, endpoint.clone()),
+            _ => {
+                let (l, resolved, file) = transport::zmq::prepare_bind(endpoint).await?;
+                (Some((l, file)), resolved)
+            }
+        };
+        let ctx = Arc::new(SocketCtx::new(
+            SocketKind::Listener(id),
+            bound.clone(),
+            out_tx,
+            Some(slc_tx),
+            Arc::clone(&self.inner.shared.stats),
+            cfg.max_message_size,
+        ));
+        let args = self.open_args(identity, &ctx, out_rx);
+        let tasks = match (endpoint, zmq_listener) {
+            (Endpoint::Inproc(name), _) => {
+                transport::inproc::bind(name, cfg.send_queue_capacity.max(1), args)?
+            }
+            (_, Some((l, file))) => transport::zmq::bind(l, file, args).await?,
+            (_, None) => {
+                return Err(BindError::Transport {
+                    endpoint: endpoint.clone(),
+                    message: "no listener was prepared".into(),
+                })
+            }
+        };
+        let slc_task = server_loop::spawn(Arc::new(slc), slc_rx, Arc::downgrade(&self.inner.shared));
+        let mut reg = self.inner.registry();
+        reg.listeners.insert(id, Open { ctx, tasks });
+        reg.slc_tasks.push(slc_task);
+        tracing::info!(endpoint = %bound, "listening");
+        Ok(ListenerInfo { id, endpoint: bound })
+    }
+
+    /// Opens a DEALER to `endpoint`, or returns the open one already pooled
+    /// for it.
+    pub async fn make_connection(&self, endpoint: &Endpoint) -> Result<ConnectionId, ConnectError> {
+        let _one_at_a_time = self.inner.connecting.lock().await;
+        if self.inner.shut.load(Ordering::Acquire) {
+            return Err(ConnectError::Shutdown);
+        }
+        {
+            let mut reg = self.inner.registry();
+            if let Some(&id) = reg.pool.get(endpoint) {
+                match reg.connections.get(&id) {
+                    Some(open) if !open.ctx.is_closed() => return Ok(id),
+                    _ => {
+                        // Dead: forget it and connect afresh.
+                        reg.pool.remove(endpoint);
+                        if let Some(mut open) = reg.connections.remove(&id) {
+                            open.tasks.close();
+                        }
+                    }
+                }
+            }
+        }
+        let cfg = &self.inner.shared.config;
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let (out_tx, out_rx) = mpsc::channel(cfg.send_queue_capacity.max(1));
+        let ctx = Arc::new(SocketCtx::new(
+            SocketKind::Connection(id),
+            endpoint.clone(),
+            out_tx,
+            None,
+            Arc::clone(&self.inner.shared.stats),
+            cfg.max_message_size,
+        ));
+        let args = self.open_args(self.inner.identity.clone(), &ctx, out_rx);
+        let tasks = match endpoint {
+            Endpoint::Inproc(name) => {
+                transport::inproc::connect(name, cfg.send_queue_capacity.max(1), args)?
+            }
+            _ => transport::zmq::connect(endpoint, cfg.connect_timeout, args).await?,
+        };
+        let mut reg = self.inner.registry();
+        reg.connections.insert(id, Open { ctx, tasks });
+        reg.pool.insert(endpoint.clone(), id);
+        tracing::debug!(%endpoint, "connected");
+        Ok(id)
+    }
+
+    fn socket_for(&self, dest: &Destination) -> Result<(Arc<SocketCtx>, Bytes), SendError> {
+        if self.inner.shut.load(Ordering::Acquire) {
+            return Err(SendError::Shutdown);
+        }
+        let reg = self.inner.registry();
+        match dest {
+            Destination::Connection(id) => reg
+                .connections
+                .get(id)
+                .map(|o| (Arc::clone(&o.ctx), Bytes::new()))
+                .ok_or_else(|| SendError::UnknownDestination(format!("connection {}", id.0))),
+            Destination::Peer { listener, peer } => reg
+                .listeners
+                .get(listener)
+                .map(|o| (Arc::clone(&o.ctx), peer.clone()))
+                .ok_or_else(|| SendError::UnknownDestination(format!("listener {}", listener.0))),
+        }
+    }
+
+    /// Sends `body` to callback `dst_cb` at `dest`, waiting while the
+    /// socket's send queue is at its high-water mark. With a `callback`, the
+    /// message carries the callback's id as src_cb and the callback runs
+    /// once with the reply, or with an error at the deadline
+    /// ([`Config::request_timeout`]). Returns the message's msg_id.
+    pub async fn send_message(
+        &self,
+        dest: impl Into<Destination>,
+        dst_cb: u64,
+        body: impl AsRef<[u8]>,
+        callback: Option<Callback>,
+    ) -> Result<u64, SendError> {
+        let timeout = self.inner.shared.config.request_timeout;
+        let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
+        let (ctx, out, msg_id, cb_id) = self.prepare(dest.into(), dst_cb, body.as_ref(), completion)?;
+        let guard = Unregister::new(&self.inner.shared, cb_id);
+        ctx.out_tx.send(out).await.map_err(|_| SendError::Disconnected)?;
+        guard.disarm();
+        bump(&self.inner.shared.stats.sent);
+        Ok(msg_id)
+    }
+
+    /// Like [`send_message`](Self::send_message), but fails with
+    /// [`SendError::Full`] instead of waiting. Usable from synchronous code.
+    pub fn try_send_message(
+        &self,
+        dest: impl Into<Destination>,
+        dst_cb: u64,
+        body: impl AsRef<[u8]>,
+        callback: Option<Callback>,
+    ) -> Result<u64, SendError> {
+        let timeout = self.inner.shared.config.request_timeout;
+        let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
+        let (ctx, out, msg_id, cb_id) = self.prepare(dest.into(), dst_cb, body.as_ref(), completion)?;
+        let guard = Unregister::new(&self.inner.shared, cb_id);
+        ctx.out_tx.try_send(out).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
+        })?;
+        guard.disarm();
+        bump(&self.inner.shared.stats.sent);
+        Ok(msg_id)
+    }
+
+    fn prepare(
+        &self,
+        dest: Destination,
+        dst_cb: u64,
+        body: &[u8],
+        completion: Option<(Completion, Duration)>,
+    ) -> Result<(Arc<SocketCtx>, transport::Outbound, u64, Option<u64>), SendError> {
+        let (ctx, peer) = self.socket_for(&dest)?;
+        let (out, msg_id, cb_id) = self.inner.shared.prepare(&ctx, peer, dst_cb, body, completion)?;
+        Ok((ctx, out, msg_id, cb_id))
+    }
+
+    /// Sends `body` to `dst_cb` at `dest` and waits for the reply, up to
+    /// [`Config::request_timeout`]. Dropping the future frees its callback.
+    pub async fn request(
+        &self,
+        dest: impl Into<Destination>,
+        dst_cb: u64,
+        body: impl AsRef<[u8]>,
+    ) -> Result<Incoming, RequestError> {
+        let timeout = self.inner.shared.config.request_timeout;
+        self.request_with_timeout(dest, dst_cb, body, timeout).await
+    }
+
+    /// [`request`](Self::request) with its own deadline.
+    pub async fn request_with_timeout(
+        &self,
+        dest: impl Into<Destination>,
+        dst_cb: u64,
+        body: impl AsRef<[u8]>,
+        timeout: Duration,
+    ) -> Result<Incoming, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        let (ctx, out, _, cb_id) =
+            self.prepare(dest.into(), dst_cb, body.as_ref(), Some((Completion::Future(tx), timeout)))?;
+        // Removes the callback if this future is dropped at any await below.
+        let guard = Unregister::new(&self.inner.shared, cb_id);
+        ctx.out_tx.send(out).await.map_err(|_| SendError::Disconnected)?;
+        bump(&self.inner.shared.stats.sent);
+        let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
+        guard.disarm();
+        reply
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = self.inner.shared.stats.snapshot();
+        s.pending_callbacks = self.inner.shared.pending_callbacks() as u64;
+        let reg = self.inner.registry();
+        s.connections = reg.connections.values().filter(|o| !o.ctx.is_closed()).count() as u64;
+        s.listeners = reg.listeners.len() as u64;
+        s
+    }
+
+    /// Stops every listener and connection, fails every waiting callback
+    /// with [`RequestError::Shutdown`] and removes the ipc files it created.
+    pub async fn shutdown(&self) {
+        self.inner.shut.store(true, Ordering::Release);
+        self.inner.close_everything();
+        self.inner.shared.fail_all(RequestError::Shutdown);
+        // Let callbacks spawned by fail_all run before the caller goes on.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Unregisters a callback unless disarmed: covers a failed send and a
+/// future dropped while it waits.
+struct Unregister<'a> {
+    shared: &'a Shared,
+    id: Option<u64>,
+}
+
+impl<'a> Unregister<'a> {
+    fn new(shared: &'a Shared, id: Option<u64>) -> Self {
+        Unregister { shared, id }
+    }
+
+    fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.shared.unregister(id);
+        }
+    }
+}

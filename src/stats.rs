@@ -1,0 +1,67 @@
+//! Counters, kept as relaxed atomics so the hot path pays one uncontended
+//! add per event, and a serialisable snapshot of them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of one messenger.
+        #[derive(Debug, Default)]
+        pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
+
+        /// A point-in-time copy of a messenger's counters.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+        pub struct StatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Callbacks waiting for a reply now.
+            pub pending_callbacks: u64,
+            /// Open connections now.
+            pub connections: u64,
+            /// Open listeners now.
+            pub listeners: u64,
+        }
+
+        impl Stats {
+            pub(crate) fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Relaxed),)* ..Default::default() }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages handed to a socket (ACKs included).
+    sent,
+    /// Well-formed messages received (ACKs included).
+    received,
+    /// ACKs sent.
+    acks_sent,
+    /// ACKs received.
+    acks_received,
+    /// ECHO requests answered.
+    echoes_answered,
+    /// Messages handed to a message-specific callback.
+    msc_delivered,
+    /// Messages handed to a server-loop callback.
+    slc_delivered,
+    /// Messages dropped because their frames or payload were malformed.
+    malformed_dropped,
+    /// Replies to callback ids that were never issued, already used or expired.
+    late_replies_dropped,
+    /// Messages that arrived on a connection, addressed to no callback.
+    unroutable_dropped,
+    /// Messages refused (not ACKed) because a server loop's queue was full.
+    slc_busy,
+    /// ACKs or ECHO replies dropped because the send queue was full.
+    replies_dropped,
+    /// Messages a socket could not deliver to its peer.
+    send_failures,
+    /// Requests that reached their deadline.
+    timeouts,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}

@@ -1,0 +1,286 @@
+//! tcp and ipc, on the `zeromq` crate's ROUTER and DEALER sockets.
+//!
+//! We bind the OS listener ourselves and hand it to `bind_listener`, so
+//! "address in use", stale ipc files and host names get clear errors and
+//! decisions here rather than inside the crate.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use zeromq::prelude::*;
+use zeromq::{DealerSocket, RouterSocket, SocketEvent, SocketOptions, ZmqMessage};
+
+use super::{OpenArgs, RateLimit, SocketTasks};
+use crate::endpoint::Endpoint;
+use crate::error::{BindError, ConnectError};
+use crate::stats::bump;
+
+fn options(identity: &Bytes, connect_timeout: std::time::Duration) -> SocketOptions {
+    let mut opts = SocketOptions::default();
+    if let Ok(id) = zeromq::util::PeerIdentity::try_from(identity.clone()) {
+        opts.peer_identity(id);
+    }
+    opts.connect_timeout(connect_timeout);
+    opts
+}
+
+/// Resolves a tcp host for binding: `*` is every interface.
+async fn resolve(endpoint: &Endpoint, host: &str, port: u16) -> Result<SocketAddr, BindError> {
+    if host == "*" {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let resolve_err = |source| BindError::Resolve {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(resolve_err)?
+        .next()
+        .ok_or_else(|| resolve_err(std::io::Error::other("no addresses")))
+}
+
+/// Removes an ipc socket file left by a dead process; refuses a live one or
+/// a file that is not a socket.
+fn clear_stale_ipc(endpoint: &Endpoint, path: &Path) -> Result<(), BindError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BindError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket(endpoint.clone()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(BindError::InUse(endpoint.clone())),
+        Err(_) => {
+            tracing::info!(path = %path.display(), "removing stale ipc socket file");
+            std::fs::remove_file(path).map_err(|source| BindError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })
+        }
+    }
+}
+
+fn io_bind_err(endpoint: &Endpoint, source: std::io::Error) -> BindError {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        BindError::InUse(endpoint.clone())
+    } else {
+        BindError::Io {
+            endpoint: endpoint.clone(),
+            source,
+        }
+    }
+}
+
+/// Binds the OS listener for `endpoint`; returns it with the resolved endpoint.
+pub(crate) async fn prepare_bind(
+    endpoint: &Endpoint,
+) -> Result<(zeromq::Listener, Endpoint, Option<std::path::PathBuf>), BindError> {
+    match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let addr = resolve(endpoint, host, *port).await?;
+            let l = TcpListener::bind(addr).map_err(|e| io_bind_err(endpoint, e))?;
+            let local = l.local_addr().map_err(|e| io_bind_err(endpoint, e))?;
+            let resolved = Endpoint::Tcp {
+                host: local.ip().to_string(),
+                port: local.port(),
+            };
+            Ok((l.into(), resolved, None))
+        }
+        Endpoint::Ipc(path) => {
+            clear_stale_ipc(endpoint, path)?;
+            let l = UnixListener::bind(path).map_err(|e| io_bind_err(endpoint, e))?;
+            Ok((l.into(), endpoint.clone(), Some(path.clone())))
+        }
+        Endpoint::Inproc(_) => unreachable!("inproc is not a zmq transport"),
+    }
+}
+
+/// Starts a ROUTER on an already-bound listener.
+pub(crate) async fn bind(
+    listener: zeromq::Listener,
+    created_file: Option<std::path::PathBuf>,
+    args: OpenArgs,
+) -> Result<SocketTasks, BindError> {
+    let OpenArgs {
+        identity,
+        ctx,
+        mut out_rx,
+        inbound,
+        on_disconnect: _,
+    } = args;
+    let mut socket = RouterSocket::with_options(options(&identity, std::time::Duration::ZERO));
+    let mut monitor = socket.monitor();
+    socket
+        .bind_listener(listener)
+        .await
+        .map_err(|e| BindError::Transport {
+            endpoint: ctx.endpoint.clone(),
+            message: e.to_string(),
+        })?;
+    let (mut tx, mut rx) = socket.split();
+
+    let reader_ctx = Arc::clone(&ctx);
+    let reader = tokio::spawn(async move {
+        let mut warn = RateLimit::new();
+        loop {
+            match rx.recv().await {
+                Ok(msg) => {
+                    if !reader_ctx
+                        .deliver(msg.into_vecdeque(), &inbound, &mut warn)
+                        .await
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %reader_ctx.endpoint, error = %e, "router reader stops");
+                    break;
+                }
+            }
+        }
+    });
+
+    let writer_ctx = Arc::clone(&ctx);
+    let writer = tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let frames = vec![out.peer, identity.clone(), Bytes::new(), out.payload];
+            let Ok(msg) = ZmqMessage::try_from(frames) else {
+                continue;
+            };
+            if let Err(e) = tx.send(msg).await {
+                bump(&writer_ctx.stats.send_failures);
+                tracing::debug!(endpoint = %writer_ctx.endpoint, error = %e, "router send failed");
+            }
+        }
+    });
+
+    let monitor_ctx = Arc::clone(&ctx);
+    let monitor_task = tokio::spawn(async move {
+        while let Some(event) = monitor.next().await {
+            if let SocketEvent::Disconnected(peer) = event {
+                tracing::debug!(endpoint = %monitor_ctx.endpoint, "peer disconnected");
+                monitor_ctx.forget_peer(&peer);
+            }
+        }
+    });
+
+    Ok(SocketTasks {
+        tasks: vec![reader, writer, monitor_task],
+        created_file,
+        inproc: None,
+    })
+}
+
+/// Connects a DEALER to `endpoint`.
+pub(crate) async fn connect(
+    endpoint: &Endpoint,
+    connect_timeout: std::time::Duration,
+    args: OpenArgs,
+) -> Result<SocketTasks, ConnectError> {
+    let OpenArgs {
+        identity,
+        ctx,
+        mut out_rx,
+        inbound,
+        on_disconnect,
+    } = args;
+    let mut socket = DealerSocket::with_options(options(&identity, connect_timeout));
+    let mut monitor = socket.monitor();
+    let addr = match endpoint {
+        Endpoint::Tcp { host, port } => {
+            // The crate's own resolver is not used: resolve like bind does.
+            let ip = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .map(|a| a.ip())
+                    .ok_or_else(|| ConnectError::Refused {
+                        endpoint: endpoint.clone(),
+                        message: format!("cannot resolve host {host:?}"),
+                    })?,
+            };
+            SocketAddr::new(ip, *port).to_string()
+        }
+        Endpoint::Ipc(path) => path.display().to_string(),
+        Endpoint::Inproc(_) => unreachable!("inproc is not a zmq transport"),
+    };
+    let url = format!("{}://{}", endpoint.scheme(), addr);
+    socket.connect(&url).await.map_err(|e| match e {
+        zeromq::ZmqError::ConnectTimeout(_) => ConnectError::Timeout(endpoint.clone()),
+        other => ConnectError::Refused {
+            endpoint: endpoint.clone(),
+            message: other.to_string(),
+        },
+    })?;
+    let (mut tx, mut rx) = socket.split();
+
+    let reader_ctx = Arc::clone(&ctx);
+    let reader = tokio::spawn(async move {
+        let mut warn = RateLimit::new();
+        loop {
+            match rx.recv().await {
+                Ok(msg) => {
+                    if !reader_ctx
+                        .deliver(msg.into_vecdeque(), &inbound, &mut warn)
+                        .await
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %reader_ctx.endpoint, error = %e, "dealer reader stops");
+                    break;
+                }
+            }
+        }
+    });
+
+    let writer_ctx = Arc::clone(&ctx);
+    let writer = tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let Ok(msg) = ZmqMessage::try_from(vec![Bytes::new(), out.payload]) else {
+                continue;
+            };
+            if let Err(e) = tx.send(msg).await {
+                bump(&writer_ctx.stats.send_failures);
+                tracing::debug!(endpoint = %writer_ctx.endpoint, error = %e, "dealer send failed");
+            }
+        }
+    });
+
+    let monitor_ctx = Arc::clone(&ctx);
+    let monitor_task = tokio::spawn(async move {
+        while let Some(event) = monitor.next().await {
+            if let SocketEvent::Disconnected(_) = event {
+                tracing::info!(endpoint = %monitor_ctx.endpoint, "connection lost");
+                monitor_ctx.mark_closed();
+                let _ = on_disconnect.send(Arc::clone(&monitor_ctx));
+                break;
+            }
+        }
+    });
+
+    Ok(SocketTasks {
+        tasks: vec![reader, writer, monitor_task],
+        created_file: None,
+        inproc: None,
+    })
+}

@@ -1,0 +1,301 @@
+//! The NoisePage messenger wire protocol: payload parsing and formatting, and
+//! the frame shapes around the payload. Pure functions, no I/O.
+//!
+//! A payload is `{msg_id}-{src_cb}-{dst_cb}-{body}`: three unsigned 64-bit
+//! decimal numbers (ASCII digits only), each followed by `-`, then the body as
+//! raw bytes. See `design/WIRE.md` for the byte-level description.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{FrameError, ParseError};
+
+/// Builtin callback id: no reply expected.
+pub const NOOP: u64 = 0;
+/// Builtin callback id: the receiver answers with the same body.
+pub const ECHO: u64 = 1;
+/// Builtin callback id: an acknowledgement of `msg_id`.
+pub const ACK: u64 = 2;
+/// Reserved by the protocol; never issued.
+pub const RESERVED: u64 = 3;
+/// The first id that names a message-specific callback.
+pub const FIRST_USER: u64 = 4;
+
+/// Longest decimal rendering of a u64 (`18446744073709551615`).
+const MAX_ID_DIGITS: usize = 20;
+/// Bytes of header a formatted payload can need beyond its body.
+pub const MAX_HEADER_LEN: usize = 3 * (MAX_ID_DIGITS + 1);
+
+/// One parsed payload. `body` shares the received buffer: no copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// Sender-assigned id, counting up per (sender, destination) pair.
+    pub msg_id: u64,
+    /// The sender's callback for a reply (NOOP when none).
+    pub src_cb: u64,
+    /// The receiver's callback this message is addressed to.
+    pub dst_cb: u64,
+    /// Everything after the third `-`.
+    pub body: Bytes,
+}
+
+/// The three ids of a payload and where its body starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Sender-assigned id.
+    pub msg_id: u64,
+    /// The sender's callback for a reply.
+    pub src_cb: u64,
+    /// The receiver's callback addressed.
+    pub dst_cb: u64,
+    /// Offset of the body within the payload.
+    pub body_start: usize,
+}
+
+/// Parses the header of a payload without touching the body.
+pub fn parse_header(payload: &[u8]) -> Result<Header, ParseError> {
+    if payload.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let mut pos = 0;
+    let msg_id = parse_id(payload, &mut pos, "msg_id")?;
+    let src_cb = parse_id(payload, &mut pos, "src_cb")?;
+    let dst_cb = parse_id(payload, &mut pos, "dst_cb")?;
+    Ok(Header {
+        msg_id,
+        src_cb,
+        dst_cb,
+        body_start: pos,
+    })
+}
+
+/// Parses a whole payload; the body is a zero-copy slice of `payload`.
+pub fn parse(payload: &Bytes) -> Result<Payload, ParseError> {
+    let h = parse_header(payload)?;
+    Ok(Payload {
+        msg_id: h.msg_id,
+        src_cb: h.src_cb,
+        dst_cb: h.dst_cb,
+        body: payload.slice(h.body_start..),
+    })
+}
+
+/// Reads digits up to a `-` starting at `*pos`, leaving `*pos` after the `-`.
+fn parse_id(buf: &[u8], pos: &mut usize, field: &'static str) -> Result<u64, ParseError> {
+    let start = *pos;
+    let mut value: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().skip(start) {
+        match b {
+            b'-' if i == start => return Err(ParseError::EmptyField(field)),
+            b'-' => {
+                *pos = i + 1;
+                return Ok(value);
+            }
+            b'0'..=b'9' => {
+                value = value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                    .ok_or(ParseError::Overflow(field))?;
+            }
+            _ => return Err(ParseError::NotDigit(field)),
+        }
+    }
+    Err(ParseError::Truncated(field))
+}
+
+/// Formats `{msg_id}-{src_cb}-{dst_cb}-{body}` into one buffer, sized once.
+pub fn encode(msg_id: u64, src_cb: u64, dst_cb: u64, body: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN + body.len());
+    encode_into(&mut buf, msg_id, src_cb, dst_cb, body);
+    buf.freeze()
+}
+
+/// Appends a formatted payload to `buf`.
+pub fn encode_into(buf: &mut BytesMut, msg_id: u64, src_cb: u64, dst_cb: u64, body: &[u8]) {
+    let mut ids = itoa::Buffer::new();
+    for id in [msg_id, src_cb, dst_cb] {
+        buf.put_slice(ids.format(id).as_bytes());
+        buf.put_u8(b'-');
+    }
+    buf.put_slice(body);
+}
+
+/// The ACK of `msg_id`: `{msg_id}-0-2-`.
+pub fn ack(msg_id: u64) -> Bytes {
+    encode(msg_id, NOOP, ACK, b"")
+}
+
+/// Length a payload will have, to check limits before formatting it.
+pub fn encoded_len(msg_id: u64, src_cb: u64, dst_cb: u64, body_len: usize) -> usize {
+    fn digits(mut v: u64) -> usize {
+        let mut n = 1;
+        while v >= 10 {
+            v /= 10;
+            n += 1;
+        }
+        n
+    }
+    digits(msg_id) + digits(src_cb) + digits(dst_cb) + 3 + body_len
+}
+
+/// What a ROUTER receives from a DEALER: `[peer_routing_id, "", payload]`.
+/// Returns the routing id and the payload frame.
+pub fn router_frames<I>(frames: I) -> Result<(Bytes, Bytes), FrameError>
+where
+    I: IntoIterator<Item = Bytes>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut it = frames.into_iter();
+    if it.len() != 3 {
+        return Err(FrameError::Count {
+            expected: "3 ([peer, \"\", payload])",
+            got: it.len(),
+        });
+    }
+    let (Some(peer), Some(delim), Some(payload)) = (it.next(), it.next(), it.next()) else {
+        return Err(FrameError::Count {
+            expected: "3 ([peer, \"\", payload])",
+            got: 0,
+        });
+    };
+    if !delim.is_empty() {
+        return Err(FrameError::Delimiter(delim.len()));
+    }
+    Ok((peer, payload))
+}
+
+/// What a DEALER receives from a ROUTER. NoisePage's ROUTER sends its own
+/// identity first, so the DEALER sees `[router_identity, "", payload]`; a
+/// plain ROUTER that omits it gives `["", payload]`, which we also accept
+/// (design/WIRE.md, "Leniency"). Returns the payload frame.
+pub fn dealer_frames<I>(frames: I) -> Result<Bytes, FrameError>
+where
+    I: IntoIterator<Item = Bytes>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut it = frames.into_iter();
+    let n = it.len();
+    if n == 3 {
+        it.next();
+    } else if n != 2 {
+        return Err(FrameError::Count {
+            expected: "3 ([router_identity, \"\", payload]) or 2",
+            got: n,
+        });
+    }
+    let (Some(delim), Some(payload)) = (it.next(), it.next()) else {
+        return Err(FrameError::Count {
+            expected: "3 ([router_identity, \"\", payload]) or 2",
+            got: n,
+        });
+    };
+    if !delim.is_empty() {
+        return Err(FrameError::Delimiter(delim.len()));
+    }
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex in vectors"))
+            .collect()
+    }
+
+    /// The shared vectors keep this parser byte-exact with other implementations.
+    #[test]
+    fn shared_wire_vectors() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/protocol/wire-vectors.json");
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
+        let payloads = doc["payloads"].as_array().expect("payloads array");
+        let (mut valid, mut invalid) = (0, 0);
+        for v in payloads {
+            let raw = Bytes::from(unhex(v["payload_hex"].as_str().expect("payload_hex")));
+            let got = parse(&raw);
+            if v["valid"].as_bool() == Some(true) {
+                valid += 1;
+                let p = got.unwrap_or_else(|e| panic!("{v}: rejected: {e}"));
+                let id = |k: &str| v[k].as_str().and_then(|s| s.parse::<u64>().ok());
+                assert_eq!(Some(p.msg_id), id("msg_id"), "{v}");
+                assert_eq!(Some(p.src_cb), id("src_cb"), "{v}");
+                assert_eq!(Some(p.dst_cb), id("dst_cb"), "{v}");
+                assert_eq!(p.body.as_ref(), unhex(v["body_hex"].as_str().expect("body")));
+                // Formatting the parsed fields gives the canonical form, which parses back.
+                let again = parse(&encode(p.msg_id, p.src_cb, p.dst_cb, &p.body));
+                assert_eq!(again.as_ref(), Ok(&p));
+            } else {
+                invalid += 1;
+                assert!(got.is_err(), "{v}: accepted as {got:?}");
+            }
+        }
+        assert!(valid >= 5 && invalid >= 5, "vectors look truncated");
+        let f = &doc["frames"];
+        assert_eq!(f["builtin_callbacks"]["NOOP"], NOOP);
+        assert_eq!(f["builtin_callbacks"]["ECHO"], ECHO);
+        assert_eq!(f["builtin_callbacks"]["ACK"], ACK);
+        assert_eq!(f["builtin_callbacks"]["reserved"], RESERVED);
+        assert_eq!(f["builtin_callbacks"]["first_user_callback"], FIRST_USER);
+        assert_eq!(f["ack_of"], "{msg_id}-0-2-");
+        // Every invalid frame shape listed is rejected at the router.
+        for shape in f["invalid_frame_shapes_at_router"].as_array().expect("shapes") {
+            let frames: Vec<Bytes> = shape
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|fr| match fr.as_str() {
+                    Some("<peer>") => Bytes::from_static(b"peer"),
+                    Some("<payload>") => Bytes::from_static(b"1-0-0-x"),
+                    Some(s) => Bytes::copy_from_slice(s.as_bytes()),
+                    None => Bytes::new(),
+                })
+                .collect();
+            assert!(router_frames(frames).is_err(), "{shape} accepted");
+        }
+    }
+
+    #[test]
+    fn ack_is_byte_exact() {
+        assert_eq!(ack(5).as_ref(), b"5-0-2-");
+        assert_eq!(ack(u64::MAX).as_ref(), b"18446744073709551615-0-2-");
+    }
+
+    #[test]
+    fn encoded_len_matches_encode() {
+        for (m, s, d, n) in [(0, 0, 0, 0), (9, 10, 99, 3), (u64::MAX, 1, 100, 7)] {
+            let body = vec![b'x'; n];
+            assert_eq!(encoded_len(m, s, d, n), encode(m, s, d, &body).len());
+        }
+    }
+
+    #[test]
+    fn names_the_failing_field() {
+        assert_eq!(parse_header(b""), Err(ParseError::Empty));
+        assert_eq!(parse_header(b"1-2"), Err(ParseError::Truncated("src_cb")));
+        assert_eq!(parse_header(b"1-2-3"), Err(ParseError::Truncated("dst_cb")));
+        assert_eq!(parse_header(b"1--3-x"), Err(ParseError::EmptyField("src_cb")));
+        assert_eq!(parse_header(b"1-2-x-"), Err(ParseError::NotDigit("dst_cb")));
+        assert_eq!(
+            parse_header(b"18446744073709551616-0-0-"),
+            Err(ParseError::Overflow("msg_id"))
+        );
+    }
+
+    #[test]
+    fn frame_shapes() {
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert_eq!(
+            router_frames(vec![b("p"), b(""), b("1-0-0-")]),
+            Ok((b("p"), b("1-0-0-")))
+        );
+        assert_eq!(dealer_frames(vec![b("r"), b(""), b("x")]), Ok(b("x")));
+        assert_eq!(dealer_frames(vec![b(""), b("x")]), Ok(b("x")));
+        assert!(dealer_frames(vec![b("x")]).is_err());
+        assert!(dealer_frames(vec![b("r"), b("d"), b("x")]).is_err());
+        assert!(dealer_frames(vec![b("r"), b(""), b("x"), b("y")]).is_err());
+    }
+}

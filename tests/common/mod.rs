@@ -1,0 +1,62 @@
+//! Shared helpers for the integration tests: a fresh endpoint per transport
+//! (tcp port 0, a unique ipc path under a temp dir, a unique inproc name) and
+//! bounded waits, so a bug fails a test instead of hanging CI.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use messenger::Endpoint;
+
+/// The transports every capability is tested on.
+pub const TRANSPORTS: [&str; 3] = ["tcp", "ipc", "inproc"];
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// Holds the temp dir of an ipc endpoint alive.
+pub struct Place {
+    pub endpoint: Endpoint,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh endpoint to bind on `transport`.
+pub fn place(transport: &str) -> Place {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    match transport {
+        "tcp" => Place {
+            endpoint: "tcp://127.0.0.1:0".parse().unwrap(),
+            _dir: None,
+        },
+        "ipc" => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("m{n}.sock"));
+            Place {
+                endpoint: Endpoint::Ipc(path),
+                _dir: Some(dir),
+            }
+        }
+        "inproc" => Place {
+            endpoint: Endpoint::Inproc(format!("test-{}-{n}", std::process::id())),
+            _dir: None,
+        },
+        other => panic!("unknown transport {other}"),
+    }
+}
+
+/// Awaits `f` for at most `secs` seconds.
+pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+}
+
+/// Polls `cond` until it holds, for at most `secs` seconds.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
