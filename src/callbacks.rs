@@ -78,9 +78,22 @@ impl<T> CallbackTable<T> {
         }
     }
 
+    /// The live callback named by `id`, to update in place.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut T> {
+        let (generation, idx) = split(id)?;
+        match self.slots.get_mut(idx) {
+            Some(slot) if slot.generation == generation => Some(&mut slot.value),
+            _ => None,
+        }
+    }
+
     /// Whether `id` names a live callback.
     pub fn contains(&self, id: u64) -> bool {
-        split(id).is_some_and(|(generation, idx)| self.slots.get(idx).is_some_and(|s| s.generation == generation))
+        split(id).is_some_and(|(generation, idx)| {
+            self.slots
+                .get(idx)
+                .is_some_and(|s| s.generation == generation)
+        })
     }
 
     /// Callbacks waiting.
@@ -152,7 +165,11 @@ mod tests {
         assert_eq!(t.take(old), Some("old"));
         let new = t.insert("new").unwrap();
         assert_ne!(old, new, "same slot, different generation");
-        assert_eq!(t.take(old), None, "a late reply to the old id finds nothing");
+        assert_eq!(
+            t.take(old),
+            None,
+            "a late reply to the old id finds nothing"
+        );
         assert_eq!(t.take(new), Some("new"));
     }
 

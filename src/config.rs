@@ -30,6 +30,18 @@ pub struct Config {
     pub max_message_size: usize,
     /// How long `make_connection` waits for the handshake. Default 5 s.
     pub connect_timeout: Duration,
+    /// How long a sent message may go unacknowledged before it is sent
+    /// again; `None` turns resending off (for peers that never ACK and
+    /// cannot take duplicates). Default 1 s: loopback and LAN round trips
+    /// are far shorter, so a resend almost always means a lost message, not
+    /// a slow peer, and a busy peer is not flooded with copies.
+    pub resend_interval: Option<Duration>,
+    /// Most unacknowledged messages per socket; past it sends fail fast
+    /// with `TooManyUnacked`. Default 2^20.
+    pub max_pending_messages: usize,
+    /// Ids remembered per sender for duplicate suppression (bounds the
+    /// complement set). Default 4096.
+    pub dedup_window: u64,
 }
 
 impl Default for Config {
@@ -42,6 +54,9 @@ impl Default for Config {
             slc_queue_capacity: 4096,
             max_message_size: 16 << 20,
             connect_timeout: Duration::from_secs(5),
+            resend_interval: Some(Duration::from_secs(1)),
+            max_pending_messages: 1 << 20,
+            dedup_window: 4096,
         }
     }
 }

@@ -22,8 +22,9 @@ use crate::callbacks::CallbackTable;
 use crate::config::Config;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
-use crate::stats::{bump, Stats};
-use crate::transport::{Inbound, Outbound, SocketCtx, SocketKind};
+use crate::pending::MsgKey;
+use crate::stats::{Stats, bump};
+use crate::transport::{AckWaiter, Inbound, Outbound, SocketCtx, SocketKind};
 use crate::wire::{self, ACK, ECHO, NOOP};
 
 /// A reply, or why none came.
@@ -54,6 +55,8 @@ pub(crate) struct Waiter {
     completion: Completion,
     deadline: delay_queue::Key,
     socket: SocketKind,
+    /// The request it answers: a reply proves that message arrived.
+    msg: MsgKey,
 }
 
 pub(crate) struct Pending {
@@ -108,6 +111,7 @@ impl Shared {
                 completion,
                 deadline: deadlines.insert(id, timeout),
                 socket,
+                msg: (Bytes::new(), 0),
             })
             .map_err(|full| SendError::TooManyPending(full.0))
     }
@@ -121,24 +125,26 @@ impl Shared {
     }
 
     /// Takes the waiter for `id` out of the table, if it is still live.
-    fn take(&self, id: u64) -> Option<Completion> {
+    fn take(&self, id: u64) -> Option<Waiter> {
         let mut p = self.pending();
         let w = p.table.take(id)?;
         p.deadlines.remove(&w.deadline);
-        Some(w.completion)
+        Some(w)
     }
 
-    /// Formats a message, registering its callback first so its wire id can
-    /// be the message's src_cb. Returns the outbound message, its msg_id and
-    /// the callback id (to unregister if the send fails).
-    pub(crate) fn prepare(
-        &self,
-        socket: &SocketCtx,
+    /// Formats a message and records it: its callback (whose wire id
+    /// becomes the message's src_cb) and, with resending on, its place in
+    /// the socket's unacknowledged set. The returned [`Sending`] undoes both
+    /// if it is dropped before [`Sending::sent`].
+    pub(crate) fn prepare<'a>(
+        &'a self,
+        socket: &Arc<SocketCtx>,
         peer: Bytes,
         dst_cb: u64,
         body: &[u8],
         completion: Option<(Completion, Duration)>,
-    ) -> Result<(Outbound, u64, Option<u64>), SendError> {
+        ack: Option<AckWaiter>,
+    ) -> Result<Sending<'a>, SendError> {
         if socket.is_closed() {
             return Err(SendError::Disconnected);
         }
@@ -149,26 +155,59 @@ impl Shared {
         if shortest > max {
             return Err(SendError::TooLarge { len: shortest, max });
         }
-        let cb_id = match completion {
-            Some((c, timeout)) => Some(self.register(c, timeout, socket.kind)?),
-            None => None,
+        let limit = self.config.max_pending_messages;
+        let resend = self.config.resend_interval.is_some();
+        if resend && socket.pending().len() >= limit {
+            return Err(SendError::TooManyUnacked(limit));
+        }
+        let timeout = completion
+            .as_ref()
+            .map_or(self.config.request_timeout, |(_, t)| *t);
+        let mut sending = Sending {
+            shared: self,
+            socket: Arc::clone(socket),
+            out: None,
+            msg_id: 0,
+            cb_id: None,
+            tracked: None,
         };
+        if let Some((c, timeout)) = completion {
+            sending.cb_id = Some(self.register(c, timeout, socket.kind)?);
+        }
         let msg_id = socket.next_msg_id(&peer);
-        let payload = wire::encode(msg_id, cb_id.unwrap_or(NOOP), dst_cb, body);
+        let payload = wire::encode(msg_id, sending.cb_id.unwrap_or(NOOP), dst_cb, body);
         if payload.len() > max {
-            if let Some(id) = cb_id {
-                self.unregister(id);
-            }
             return Err(SendError::TooLarge {
                 len: payload.len(),
                 max,
             });
         }
-        Ok((Outbound { peer, payload }, msg_id, cb_id))
+        let key = (peer.clone(), msg_id);
+        if let Some(id) = sending.cb_id {
+            if let Some(w) = self.pending().table.get_mut(id) {
+                w.msg = key.clone();
+            }
+        }
+        if resend {
+            let now = tokio::time::Instant::now();
+            socket
+                .pending()
+                .insert(key.clone(), payload.clone(), now, now + timeout, ack)
+                .map_err(|full| SendError::TooManyUnacked(full.0))?;
+            sending.tracked = Some(key);
+        } else if let Some(ack) = ack {
+            // Nobody will report an ACK: say so rather than wait forever.
+            let _ = ack.send(Ok(()));
+        }
+        sending.msg_id = msg_id;
+        sending.out = Some(Outbound { peer, payload });
+        Ok(sending)
     }
 
-    /// Fails every callback waiting on a connection that went away.
-    fn fail_socket(&self, kind: SocketKind) {
+    /// Fails everything waiting on a socket that went away: callbacks of
+    /// requests sent on it and senders waiting for its ACKs.
+    pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
+        let kind = socket.kind;
         let failed = {
             let mut p = self.pending();
             let Pending { table, deadlines } = &mut *p;
@@ -179,7 +218,10 @@ impl Shared {
             failed
         };
         for w in failed {
-            w.completion.complete(Err(RequestError::Disconnected));
+            w.completion.complete(Err(err.clone()));
+        }
+        for w in socket.pending().drain() {
+            let _ = w.send(Err(err.clone()));
         }
     }
 
@@ -233,6 +275,30 @@ impl Shared {
         }
     }
 
+    /// Sends a builtin reply (an ECHO answer) and tracks it for resending
+    /// like any other message, without ever waiting.
+    fn reply_tracked(&self, socket: &SocketCtx, peer: Bytes, payload: Bytes, msg_id: u64) -> bool {
+        if let Some(iv) = self.config.resend_interval {
+            let now = tokio::time::Instant::now();
+            let deadline = now + self.config.request_timeout.max(iv);
+            // A full set only costs this reply its resends.
+            let _ = socket.pending().insert(
+                (peer.clone(), msg_id),
+                payload.clone(),
+                now,
+                deadline,
+                None,
+            );
+        }
+        self.reply_now(socket, peer, payload)
+    }
+
+    /// Accepts a message: remembers it for duplicate suppression and ACKs it.
+    fn accept(&self, socket: &SocketCtx, peer: &Bytes, msg_id: u64) {
+        socket.record_delivered(peer, msg_id);
+        self.ack(socket, peer, msg_id);
+    }
+
     /// ProcessMessage: decides what one message is and hands it on.
     fn process(&self, m: Inbound) {
         let Inbound {
@@ -240,53 +306,123 @@ impl Shared {
             peer,
             payload,
         } = m;
-        let dst = payload.dst_cb;
+        let (dst, msg_id) = (payload.dst_cb, payload.msg_id);
         if dst == ACK {
-            bump(&self.stats.acks_received);
+            match socket.pending().ack(&(peer, msg_id)) {
+                Some(entry) => {
+                    bump(&self.stats.acks_received);
+                    if let Some(w) = entry.waiter {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                None => bump(&self.stats.unknown_acks),
+            }
+            return;
+        }
+        if socket.is_duplicate(&peer, msg_id) {
+            // Our ACK was lost or slow: ACK again, deliver nothing.
+            self.ack(&socket, &peer, msg_id);
+            bump(&self.stats.duplicates_dropped);
             return;
         }
         if dst == ECHO {
-            self.ack(&socket, &peer, payload.msg_id);
+            self.accept(&socket, &peer, msg_id);
             let id = socket.next_msg_id(&peer);
             let reply = wire::encode(id, NOOP, payload.src_cb, &payload.body);
-            if self.reply_now(&socket, peer, reply) {
+            if self.reply_tracked(&socket, peer, reply, id) {
                 bump(&self.stats.echoes_answered);
             }
             return;
         }
-        let incoming = Incoming::new(socket, peer, payload);
         if dst >= wire::FIRST_USER {
+            self.accept(&socket, &peer, msg_id);
             match self.take(dst) {
-                Some(c) => {
-                    self.ack(&incoming.socket, &incoming.peer, incoming.msg_id);
+                Some(w) => {
+                    // The reply proves our request arrived: stop resending it.
+                    socket.pending().ack(&w.msg);
                     bump(&self.stats.msc_delivered);
-                    c.complete(Ok(incoming));
+                    w.completion
+                        .complete(Ok(Incoming::new(socket, peer, payload)));
                 }
-                None => {
-                    // Never issued, already used or expired: acknowledged so
-                    // the peer stops resending, then dropped.
-                    self.ack(&incoming.socket, &incoming.peer, incoming.msg_id);
-                    bump(&self.stats.late_replies_dropped);
-                }
+                // Never issued, already used or expired.
+                None => bump(&self.stats.late_replies_dropped),
             }
             return;
         }
         // NOOP (and the reserved id): the listener's server loop.
-        let Some(slc) = incoming.socket.slc.clone() else {
-            self.ack(&incoming.socket, &incoming.peer, incoming.msg_id);
+        let Some(slc) = socket.slc.as_ref() else {
+            self.accept(&socket, &peer, msg_id);
             bump(&self.stats.unroutable_dropped);
             return;
         };
-        let socket = Arc::clone(&incoming.socket);
-        let (peer, msg_id) = (incoming.peer.clone(), incoming.msg_id);
-        match slc.try_send(incoming) {
-            Ok(()) => {
-                self.ack(&socket, &peer, msg_id);
+        match slc.try_reserve() {
+            Ok(permit) => {
+                self.accept(&socket, &peer, msg_id);
                 bump(&self.stats.slc_delivered);
+                permit.send(Incoming::new(Arc::clone(&socket), peer, payload));
             }
             // Not ACKed: the peer keeps it and resends it later.
-            Err(mpsc::error::TrySendError::Full(_)) => bump(&self.stats.slc_busy),
-            Err(mpsc::error::TrySendError::Closed(_)) => bump(&self.stats.unroutable_dropped),
+            Err(mpsc::error::TrySendError::Full(())) => bump(&self.stats.slc_busy),
+            Err(mpsc::error::TrySendError::Closed(())) => bump(&self.stats.unroutable_dropped),
+        }
+    }
+}
+
+/// A message on its way to a socket. Dropped before [`sent`](Self::sent),
+/// it unregisters its callback and its unacknowledged entry, so a failed or
+/// cancelled send leaves nothing behind.
+pub(crate) struct Sending<'a> {
+    shared: &'a Shared,
+    pub(crate) socket: Arc<SocketCtx>,
+    out: Option<Outbound>,
+    pub(crate) msg_id: u64,
+    pub(crate) cb_id: Option<u64>,
+    tracked: Option<MsgKey>,
+}
+
+impl Sending<'_> {
+    /// Takes the message to hand to the socket's queue.
+    pub(crate) fn take_out(&mut self) -> Option<Outbound> {
+        self.out.take()
+    }
+
+    /// The message is in the socket's queue: keep its records.
+    pub(crate) fn sent(mut self) {
+        bump(&self.shared.stats.sent);
+        self.cb_id = None;
+        self.tracked = None;
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.cb_id {
+            self.shared.unregister(id);
+        }
+        if let Some(key) = &self.tracked {
+            self.socket.pending().ack(key);
+        }
+    }
+}
+
+/// Resends what a socket's peer has not acknowledged and drops what is past
+/// its deadline. One per socket, while resending is on.
+pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
+    let period = (interval / 4).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let tick = socket.pending().tick(tokio::time::Instant::now(), interval);
+        for (peer, payload) in tick.resend {
+            if socket.out_tx.try_send(Outbound { peer, payload }).is_ok() {
+                bump(&socket.stats.resends);
+            }
+        }
+        for (_, waiter) in tick.expired {
+            if let Some(w) = waiter {
+                let _ = w.send(Err(RequestError::Timeout));
+            }
         }
     }
 }
@@ -313,7 +449,7 @@ pub(crate) async fn run(
                     }
                 }
             }
-            Some(ctx) = disconnects.recv() => shared.fail_socket(ctx.kind),
+            Some(ctx) = disconnects.recv() => shared.fail_socket(&ctx, RequestError::Disconnected),
             id = poll_fn(|cx| shared.poll_expired(cx)) => shared.expire(id),
         }
     }

@@ -138,10 +138,7 @@ mod tests {
                 port: 9
             }
         );
-        assert_eq!(
-            ok("ipc:///tmp/x.sock"),
-            Endpoint::Ipc("/tmp/x.sock".into())
-        );
+        assert_eq!(ok("ipc:///tmp/x.sock"), Endpoint::Ipc("/tmp/x.sock".into()));
         assert_eq!(ok("inproc://planner"), Endpoint::Inproc("planner".into()));
     }
 
@@ -162,7 +159,10 @@ mod tests {
         use EndpointError::*;
         let cases: &[(&str, fn(&EndpointError) -> bool)] = &[
             ("127.0.0.1:5", |e| matches!(e, MissingScheme(_))),
-            ("udp://x:1", |e| matches!(e, UnknownScheme(_, s) if s == "udp")),
+            (
+                "udp://x:1",
+                |e| matches!(e, UnknownScheme(_, s) if s == "udp"),
+            ),
             ("tcp://host", |e| matches!(e, MissingPort(_))),
             ("tcp://host:", |e| matches!(e, MissingPort(_))),
             ("tcp://::1", |e| matches!(e, MissingPort(_))),
@@ -177,7 +177,10 @@ mod tests {
         for (s, check) in cases {
             let err = s.parse::<Endpoint>().expect_err(s);
             assert!(check(&err), "{s}: wrong error {err:?}");
-            assert!(err.to_string().contains(s), "error should quote the input: {err}");
+            assert!(
+                err.to_string().contains(s),
+                "error should quote the input: {err}"
+            );
         }
     }
 }

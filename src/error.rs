@@ -152,6 +152,9 @@ pub enum SendError {
     /// Too many callbacks are waiting for replies.
     #[error("too many pending callbacks (limit {0})")]
     TooManyPending(usize),
+    /// Too many messages on this socket wait for their ACK.
+    #[error("too many unacknowledged messages on this socket (limit {0})")]
+    TooManyUnacked(usize),
     /// The connection or listener is closed.
     #[error("the connection is closed")]
     Disconnected,

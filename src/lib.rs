@@ -23,13 +23,16 @@
 
 pub mod callbacks;
 mod config;
+pub mod dedup;
 mod dispatch;
 pub mod endpoint;
 pub mod error;
 mod messenger;
+pub mod pending;
 mod server_loop;
 mod stats;
 mod transport;
+pub mod typed;
 pub mod wire;
 
 pub use config::Config;

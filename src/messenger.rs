@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::dispatch::{self, Completion, Reply, Shared};
+use crate::dispatch::{self, Completion, Reply, Sending, Shared};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError, RequestError, SendError};
 use crate::server_loop::{self, ServerLoop};
-use crate::stats::{bump, StatsSnapshot};
+use crate::stats::StatsSnapshot;
 use crate::transport::{self, Inbound, OpenArgs, SocketCtx, SocketKind, SocketTasks};
 use crate::wire::Payload;
 
@@ -183,19 +183,23 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn close_everything(&self) {
+    /// Closes every socket; returns them so their waiters can be failed.
+    fn close_everything(&self) -> Vec<Arc<SocketCtx>> {
         let mut reg = self.registry();
         let reg = &mut *reg;
         let listeners = reg.listeners.drain().map(|(_, o)| o);
         let connections = reg.connections.drain().map(|(_, o)| o);
+        let mut closed = Vec::new();
         for mut open in listeners.chain(connections) {
             open.ctx.mark_closed();
             open.tasks.close();
+            closed.push(open.ctx);
         }
         reg.pool.clear();
         for t in reg.slc_tasks.drain(..) {
             t.abort();
         }
+        closed
     }
 }
 
@@ -255,13 +259,27 @@ impl Messenger {
         &self.inner.shared.config
     }
 
-    fn open_args(&self, identity: Bytes, ctx: &Arc<SocketCtx>, out_rx: mpsc::Receiver<transport::Outbound>) -> OpenArgs {
+    fn open_args(
+        &self,
+        identity: Bytes,
+        ctx: &Arc<SocketCtx>,
+        out_rx: mpsc::Receiver<transport::Outbound>,
+    ) -> OpenArgs {
         OpenArgs {
             identity,
             ctx: Arc::clone(ctx),
             out_rx,
             inbound: self.inner.inbound.clone(),
             on_disconnect: self.inner.disconnects.clone(),
+        }
+    }
+
+    fn start_resending(&self, ctx: &Arc<SocketCtx>, tasks: &mut SocketTasks) {
+        if let Some(interval) = self.inner.shared.config.resend_interval {
+            tasks.tasks.push(tokio::spawn(dispatch::resend_loop(
+                Arc::clone(ctx),
+                interval,
+            )));
         }
     }
 
@@ -298,7 +316,7 @@ impl Messenger {
             out_tx,
             Some(slc_tx),
             Arc::clone(&self.inner.shared.stats),
-            cfg.max_message_size,
+            cfg,
         ));
         let args = self.open_args(identity, &ctx, out_rx);
         let tasks = match (endpoint, zmq_listener) {
@@ -310,15 +328,21 @@ impl Messenger {
                 return Err(BindError::Transport {
                     endpoint: endpoint.clone(),
                     message: "no listener was prepared".into(),
-                })
+                });
             }
         };
-        let slc_task = server_loop::spawn(Arc::new(slc), slc_rx, Arc::downgrade(&self.inner.shared));
+        let slc_task =
+            server_loop::spawn(Arc::new(slc), slc_rx, Arc::downgrade(&self.inner.shared));
+        let mut tasks = tasks;
+        self.start_resending(&ctx, &mut tasks);
         let mut reg = self.inner.registry();
         reg.listeners.insert(id, Open { ctx, tasks });
         reg.slc_tasks.push(slc_task);
         tracing::info!(endpoint = %bound, "listening");
-        Ok(ListenerInfo { id, endpoint: bound })
+        Ok(ListenerInfo {
+            id,
+            endpoint: bound,
+        })
     }
 
     /// Opens a DEALER to `endpoint`, or returns the open one already pooled
@@ -352,7 +376,7 @@ impl Messenger {
             out_tx,
             None,
             Arc::clone(&self.inner.shared.stats),
-            cfg.max_message_size,
+            cfg,
         ));
         let args = self.open_args(self.inner.identity.clone(), &ctx, out_rx);
         let tasks = match endpoint {
@@ -361,6 +385,8 @@ impl Messenger {
             }
             _ => transport::zmq::connect(endpoint, cfg.connect_timeout, args).await?,
         };
+        let mut tasks = tasks;
+        self.start_resending(&ctx, &mut tasks);
         let mut reg = self.inner.registry();
         reg.connections.insert(id, Open { ctx, tasks });
         reg.pool.insert(endpoint.clone(), id);
@@ -401,12 +427,10 @@ impl Messenger {
     ) -> Result<u64, SendError> {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
-        let (ctx, out, msg_id, cb_id) = self.prepare(dest.into(), dst_cb, body.as_ref(), completion)?;
-        let guard = Unregister::new(&self.inner.shared, cb_id);
-        ctx.out_tx.send(out).await.map_err(|_| SendError::Disconnected)?;
-        guard.disarm();
-        bump(&self.inner.shared.stats.sent);
-        Ok(msg_id)
+        let (socket, peer) = self.socket_for(&dest.into())?;
+        let shared = &self.inner.shared;
+        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
+        enqueue(sending).await
     }
 
     /// Like [`send_message`](Self::send_message), but fails with
@@ -420,27 +444,28 @@ impl Messenger {
     ) -> Result<u64, SendError> {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
-        let (ctx, out, msg_id, cb_id) = self.prepare(dest.into(), dst_cb, body.as_ref(), completion)?;
-        let guard = Unregister::new(&self.inner.shared, cb_id);
-        ctx.out_tx.try_send(out).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
-        })?;
-        guard.disarm();
-        bump(&self.inner.shared.stats.sent);
-        Ok(msg_id)
+        let (socket, peer) = self.socket_for(&dest.into())?;
+        let shared = &self.inner.shared;
+        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
+        try_enqueue(sending)
     }
 
-    fn prepare(
+    /// Sends `body` to `dst_cb` at `dest` and waits until the peer
+    /// acknowledges it (resending meanwhile), up to
+    /// [`Config::request_timeout`].
+    pub async fn send_confirmed(
         &self,
-        dest: Destination,
+        dest: impl Into<Destination>,
         dst_cb: u64,
-        body: &[u8],
-        completion: Option<(Completion, Duration)>,
-    ) -> Result<(Arc<SocketCtx>, transport::Outbound, u64, Option<u64>), SendError> {
-        let (ctx, peer) = self.socket_for(&dest)?;
-        let (out, msg_id, cb_id) = self.inner.shared.prepare(&ctx, peer, dst_cb, body, completion)?;
-        Ok((ctx, out, msg_id, cb_id))
+        body: impl AsRef<[u8]>,
+    ) -> Result<u64, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        let (socket, peer) = self.socket_for(&dest.into())?;
+        let shared = &self.inner.shared;
+        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), None, Some(tx))?;
+        let msg_id = enqueue(sending).await?;
+        rx.await.unwrap_or(Err(RequestError::Shutdown))?;
+        Ok(msg_id)
     }
 
     /// Sends `body` to `dst_cb` at `dest` and waits for the reply, up to
@@ -464,12 +489,14 @@ impl Messenger {
         timeout: Duration,
     ) -> Result<Incoming, RequestError> {
         let (tx, rx) = oneshot::channel();
-        let (ctx, out, _, cb_id) =
-            self.prepare(dest.into(), dst_cb, body.as_ref(), Some((Completion::Future(tx), timeout)))?;
-        // Removes the callback if this future is dropped at any await below.
-        let guard = Unregister::new(&self.inner.shared, cb_id);
-        ctx.out_tx.send(out).await.map_err(|_| SendError::Disconnected)?;
-        bump(&self.inner.shared.stats.sent);
+        let (socket, peer) = self.socket_for(&dest.into())?;
+        let shared = &self.inner.shared;
+        let completion = Some((Completion::Future(tx), timeout));
+        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
+        let cb_id = sending.cb_id;
+        enqueue(sending).await?;
+        // Removes the callback if this future is dropped while it waits.
+        let guard = Unregister { shared, id: cb_id };
         let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
         guard.disarm();
         reply
@@ -480,7 +507,17 @@ impl Messenger {
         let mut s = self.inner.shared.stats.snapshot();
         s.pending_callbacks = self.inner.shared.pending_callbacks() as u64;
         let reg = self.inner.registry();
-        s.connections = reg.connections.values().filter(|o| !o.ctx.is_closed()).count() as u64;
+        s.pending_messages = reg
+            .listeners
+            .values()
+            .chain(reg.connections.values())
+            .map(|o| o.ctx.pending().len() as u64)
+            .sum();
+        s.connections = reg
+            .connections
+            .values()
+            .filter(|o| !o.ctx.is_closed())
+            .count() as u64;
         s.listeners = reg.listeners.len() as u64;
         s
     }
@@ -489,25 +526,50 @@ impl Messenger {
     /// with [`RequestError::Shutdown`] and removes the ipc files it created.
     pub async fn shutdown(&self) {
         self.inner.shut.store(true, Ordering::Release);
-        self.inner.close_everything();
+        for ctx in self.inner.close_everything() {
+            self.inner.shared.fail_socket(&ctx, RequestError::Shutdown);
+        }
         self.inner.shared.fail_all(RequestError::Shutdown);
         // Let callbacks spawned by fail_all run before the caller goes on.
         tokio::task::yield_now().await;
     }
 }
 
-/// Unregisters a callback unless disarmed: covers a failed send and a
-/// future dropped while it waits.
+/// Hands a prepared message to its socket's queue, waiting at the
+/// high-water mark. A failure (or cancellation) undoes its records.
+pub(crate) async fn enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> {
+    let out = sending.take_out().ok_or(SendError::Shutdown)?;
+    let socket = Arc::clone(&sending.socket);
+    socket
+        .out_tx
+        .send(out)
+        .await
+        .map_err(|_| SendError::Disconnected)?;
+    let id = sending.msg_id;
+    sending.sent();
+    Ok(id)
+}
+
+/// [`enqueue`] without waiting: a full queue is [`SendError::Full`].
+pub(crate) fn try_enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> {
+    let out = sending.take_out().ok_or(SendError::Shutdown)?;
+    sending.socket.out_tx.try_send(out).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => SendError::Full,
+        mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
+    })?;
+    let id = sending.msg_id;
+    sending.sent();
+    Ok(id)
+}
+
+/// Unregisters a request's callback unless disarmed: covers a future
+/// dropped while it waits for the reply.
 struct Unregister<'a> {
     shared: &'a Shared,
     id: Option<u64>,
 }
 
-impl<'a> Unregister<'a> {
-    fn new(shared: &'a Shared, id: Option<u64>) -> Self {
-        Unregister { shared, id }
-    }
-
+impl Unregister<'_> {
     fn disarm(mut self) {
         self.id = None;
     }

@@ -5,7 +5,7 @@
 //! queue is full, makes the ProcessMessage loop refuse new ones unACKed so
 //! peers resend later) and never the loop or other listeners.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -13,8 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::dispatch::Shared;
 use crate::error::SendError;
-use crate::messenger::{Destination, Incoming};
-use crate::stats::bump;
+use crate::messenger::{Destination, Incoming, enqueue, try_enqueue};
 use crate::transport::SocketCtx;
 
 /// A listener's persistent message handler.
@@ -52,29 +51,28 @@ impl Responder {
     /// [`SendError::Full`] when the listener's send queue is at its
     /// high-water mark, which never blocks the calling SLC.
     pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
-        let (out, msg_id, _) =
-            self.shared
-                .prepare(&self.socket, self.peer.clone(), self.src_cb, body.as_ref(), None)?;
-        self.socket.out_tx.try_send(out).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
-        })?;
-        bump(&self.shared.stats.sent);
-        Ok(msg_id)
+        let sending = self.shared.prepare(
+            &self.socket,
+            self.peer.clone(),
+            self.src_cb,
+            body.as_ref(),
+            None,
+            None,
+        )?;
+        try_enqueue(sending)
     }
 
     /// Replies to the message's `src_cb`, waiting for room in the queue.
     pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
-        let (out, msg_id, _) =
-            self.shared
-                .prepare(&self.socket, self.peer.clone(), self.src_cb, body.as_ref(), None)?;
-        self.socket
-            .out_tx
-            .send(out)
-            .await
-            .map_err(|_| SendError::Disconnected)?;
-        bump(&self.shared.stats.sent);
-        Ok(msg_id)
+        let sending = self.shared.prepare(
+            &self.socket,
+            self.peer.clone(),
+            self.src_cb,
+            body.as_ref(),
+            None,
+            None,
+        )?;
+        enqueue(sending).await
     }
 
     /// The sender's routing id.

@@ -17,6 +17,8 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: u64,)*
             /// Callbacks waiting for a reply now.
             pub pending_callbacks: u64,
+            /// Sent messages waiting for their ACK now.
+            pub pending_messages: u64,
             /// Open connections now.
             pub connections: u64,
             /// Open listeners now.
@@ -46,6 +48,12 @@ counters! {
     msc_delivered,
     /// Messages handed to a server-loop callback.
     slc_delivered,
+    /// Messages sent again because no ACK came in time.
+    resends,
+    /// Messages received again and not delivered again (still ACKed).
+    duplicates_dropped,
+    /// ACKs for messages not (or no longer) waiting for one.
+    unknown_acks,
     /// Messages dropped because their frames or payload were malformed.
     malformed_dropped,
     /// Replies to callback ids that were never issued, already used or expired.

@@ -208,9 +208,12 @@ mod tests {
     /// The shared vectors keep this parser byte-exact with other implementations.
     #[test]
     fn shared_wire_vectors() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/protocol/wire-vectors.json");
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/protocol/wire-vectors.json"
+        );
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
         let doc: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
         let payloads = doc["payloads"].as_array().expect("payloads array");
         let (mut valid, mut invalid) = (0, 0);
@@ -224,7 +227,10 @@ mod tests {
                 assert_eq!(Some(p.msg_id), id("msg_id"), "{v}");
                 assert_eq!(Some(p.src_cb), id("src_cb"), "{v}");
                 assert_eq!(Some(p.dst_cb), id("dst_cb"), "{v}");
-                assert_eq!(p.body.as_ref(), unhex(v["body_hex"].as_str().expect("body")));
+                assert_eq!(
+                    p.body.as_ref(),
+                    unhex(v["body_hex"].as_str().expect("body"))
+                );
                 // Formatting the parsed fields gives the canonical form, which parses back.
                 let again = parse(&encode(p.msg_id, p.src_cb, p.dst_cb, &p.body));
                 assert_eq!(again.as_ref(), Ok(&p));
@@ -242,7 +248,10 @@ mod tests {
         assert_eq!(f["builtin_callbacks"]["first_user_callback"], FIRST_USER);
         assert_eq!(f["ack_of"], "{msg_id}-0-2-");
         // Every invalid frame shape listed is rejected at the router.
-        for shape in f["invalid_frame_shapes_at_router"].as_array().expect("shapes") {
+        for shape in f["invalid_frame_shapes_at_router"]
+            .as_array()
+            .expect("shapes")
+        {
             let frames: Vec<Bytes> = shape
                 .as_array()
                 .expect("shape")
@@ -277,7 +286,10 @@ mod tests {
         assert_eq!(parse_header(b""), Err(ParseError::Empty));
         assert_eq!(parse_header(b"1-2"), Err(ParseError::Truncated("src_cb")));
         assert_eq!(parse_header(b"1-2-3"), Err(ParseError::Truncated("dst_cb")));
-        assert_eq!(parse_header(b"1--3-x"), Err(ParseError::EmptyField("src_cb")));
+        assert_eq!(
+            parse_header(b"1--3-x"),
+            Err(ParseError::EmptyField("src_cb"))
+        );
         assert_eq!(parse_header(b"1-2-x-"), Err(ParseError::NotDigit("dst_cb")));
         assert_eq!(
             parse_header(b"18446744073709551616-0-0-"),

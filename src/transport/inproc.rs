@@ -128,7 +128,11 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
 }
 
 /// Connects to `inproc://name`.
-pub(crate) fn connect(name: &str, capacity: usize, args: OpenArgs) -> Result<SocketTasks, ConnectError> {
+pub(crate) fn connect(
+    name: &str,
+    capacity: usize,
+    args: OpenArgs,
+) -> Result<SocketTasks, ConnectError> {
     let OpenArgs {
         identity,
         ctx,

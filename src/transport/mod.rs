@@ -19,10 +19,12 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::dedup::DedupWindow;
 use crate::endpoint::Endpoint;
-use crate::error::FrameError;
+use crate::error::{FrameError, RequestError};
+use crate::pending::PendingSet;
 use crate::server_loop::SlcQueue;
-use crate::stats::{bump, Stats};
+use crate::stats::{Stats, bump};
 use crate::wire::{self, Payload};
 use crate::{ConnectionId, ListenerId};
 
@@ -52,7 +54,18 @@ pub(crate) enum SocketKind {
 /// Bounds a map keyed by peer routing ids: a peer can only add an entry by
 /// opening a connection, and entries go when it disconnects; the cap is a
 /// backstop against a listener flooded with connections.
-const MAX_PEER_COUNTERS: usize = 1 << 16;
+const MAX_PEERS: usize = 1 << 16;
+
+/// Told when a sent message is acknowledged, or why it never will be.
+pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), RequestError>>;
+
+/// What one socket remembers about one peer.
+struct PeerState {
+    /// Next msg_id towards the peer (listeners; connections use `next_id`).
+    next_id: u64,
+    /// Ids received from the peer.
+    seen: DedupWindow,
+}
 
 /// What every part of the messenger needs to know about one socket.
 pub(crate) struct SocketCtx {
@@ -67,8 +80,15 @@ pub(crate) struct SocketCtx {
     closed: AtomicBool,
     /// Next msg_id on a connection.
     next_id: AtomicU64,
-    /// Next msg_id per peer on a listener.
-    peer_ids: Mutex<HashMap<Bytes, u64>>,
+    /// Per peer (the empty routing id on a connection).
+    peers: Mutex<HashMap<Bytes, PeerState>>,
+    dedup_window: u64,
+    /// Sent messages not yet acknowledged.
+    pub(crate) pending: Mutex<PendingSet<AckWaiter>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SocketCtx {
@@ -78,7 +98,7 @@ impl SocketCtx {
         out_tx: mpsc::Sender<Outbound>,
         slc: Option<SlcQueue>,
         stats: Arc<Stats>,
-        max_message_size: usize,
+        config: &crate::Config,
     ) -> Self {
         SocketCtx {
             kind,
@@ -86,10 +106,40 @@ impl SocketCtx {
             out_tx,
             slc,
             stats,
-            max_message_size,
+            max_message_size: config.max_message_size,
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
-            peer_ids: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            dedup_window: config.dedup_window,
+            pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
+        }
+    }
+
+    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, PendingSet<AckWaiter>> {
+        lock(&self.pending)
+    }
+
+    fn with_peer<R>(&self, peer: &Bytes, f: impl FnOnce(&mut PeerState) -> R) -> R {
+        let mut peers = lock(&self.peers);
+        if peers.len() >= MAX_PEERS && !peers.contains_key(peer) {
+            peers.clear();
+        }
+        let state = peers.entry(peer.clone()).or_insert_with(|| PeerState {
+            next_id: 0,
+            seen: DedupWindow::new(self.dedup_window),
+        });
+        f(state)
+    }
+
+    /// Whether `msg_id` from `peer` was delivered before.
+    pub(crate) fn is_duplicate(&self, peer: &Bytes, msg_id: u64) -> bool {
+        self.with_peer(peer, |s| s.seen.is_duplicate(msg_id))
+    }
+
+    /// Records `msg_id` from `peer` as delivered.
+    pub(crate) fn record_delivered(&self, peer: &Bytes, msg_id: u64) {
+        if self.with_peer(peer, |s| s.seen.record(msg_id)) {
+            tracing::debug!(endpoint = %self.endpoint, "peer restarted its msg_ids: new session");
         }
     }
 
@@ -97,26 +147,21 @@ impl SocketCtx {
     pub(crate) fn next_msg_id(&self, peer: &Bytes) -> u64 {
         match self.kind {
             SocketKind::Connection(_) => self.next_id.fetch_add(1, Ordering::Relaxed),
-            SocketKind::Listener(_) => {
-                let mut ids = self.peer_ids.lock().unwrap_or_else(|p| p.into_inner());
-                if ids.len() >= MAX_PEER_COUNTERS && !ids.contains_key(peer) {
-                    ids.clear();
-                }
-                let next = ids.entry(peer.clone()).or_insert(0);
-                let id = *next;
-                *next += 1;
+            SocketKind::Listener(_) => self.with_peer(peer, |s| {
+                let id = s.next_id;
+                s.next_id += 1;
                 id
-            }
+            }),
         }
     }
 
-    /// Forgets a peer's msg_id counter when it disconnects, so the next
-    /// session from the same routing id starts at 0 as the peer expects.
+    /// Forgets a peer when it disconnects: its next session starts at msg_id
+    /// 0 both ways, and nothing waits for ACKs it will never send.
     pub(crate) fn forget_peer(&self, peer: &[u8]) {
-        self.peer_ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(peer);
+        lock(&self.peers).remove(peer);
+        for w in self.pending().drain_peer(peer) {
+            let _ = w.send(Err(RequestError::Disconnected));
+        }
     }
 
     pub(crate) fn mark_closed(&self) {
@@ -227,7 +272,9 @@ impl SocketTasks {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove ipc socket file"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove ipc socket file")
+                }
             }
         }
         self.inproc.take();

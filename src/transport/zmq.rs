@@ -58,7 +58,7 @@ fn clear_stale_ipc(endpoint: &Endpoint, path: &Path) -> Result<(), BindError> {
             return Err(BindError::Io {
                 endpoint: endpoint.clone(),
                 source,
-            })
+            });
         }
     };
     if !meta.file_type().is_socket() {

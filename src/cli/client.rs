@@ -1,0 +1,128 @@
+//! `messenger send`, `request` and `ping`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use messenger::{Config, ConnectionId, Endpoint, Messenger, RequestError, wire};
+
+async fn connect(
+    endpoint: &Endpoint,
+    identity: String,
+    timeout: Duration,
+) -> Result<(Messenger, ConnectionId), String> {
+    let config = Config {
+        request_timeout: timeout,
+        connect_timeout: timeout,
+        ..Config::default()
+    };
+    let m = Messenger::with_config(identity, config).map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(timeout, m.make_connection(endpoint))
+        .await
+        .map_err(|_| {
+            format!(
+                "cannot connect to {endpoint} within {}",
+                humantime::format_duration(timeout)
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    Ok((m, conn))
+}
+
+fn explain(e: RequestError, what: &str, timeout: Duration) -> String {
+    match e {
+        RequestError::Timeout => {
+            format!("no {what} within {}", humantime::format_duration(timeout))
+        }
+        other => other.to_string(),
+    }
+}
+
+pub async fn send(
+    endpoint: Endpoint,
+    body: String,
+    callback: u64,
+    identity: String,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (m, conn) = connect(&endpoint, identity, timeout).await?;
+    let result = m.send_confirmed(conn, callback, body.as_bytes()).await;
+    m.shutdown().await;
+    result.map(|_| ()).map_err(|e| explain(e, "ACK", timeout))
+}
+
+pub async fn request(
+    endpoint: Endpoint,
+    body: String,
+    callback: u64,
+    identity: String,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (m, conn) = connect(&endpoint, identity, timeout).await?;
+    let result = m
+        .request_with_timeout(conn, callback, body.as_bytes(), timeout)
+        .await;
+    m.shutdown().await;
+    let reply = result.map_err(|e| explain(e, "reply", timeout))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&reply.body)
+        .and_then(|_| out.write_all(b"\n"))
+        .map_err(|e| e.to_string())
+}
+
+pub async fn ping(
+    endpoint: Endpoint,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (m, conn) = connect(&endpoint, format!("ping-{}", std::process::id()), timeout).await?;
+    println!("PING {endpoint}");
+    let mut rtts = Vec::new();
+    for seq in 0..count {
+        if seq > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let start = Instant::now();
+        match m.request_with_timeout(conn, wire::ECHO, b"", timeout).await {
+            Ok(_) => {
+                let rtt = start.elapsed();
+                println!("reply from {endpoint}: seq={seq} time={:.3} ms", ms(rtt));
+                rtts.push(rtt);
+            }
+            Err(e) => println!(
+                "no reply from {endpoint}: seq={seq}: {}",
+                explain(e, "reply", timeout)
+            ),
+        }
+    }
+    m.shutdown().await;
+    println!("--- {endpoint} ping statistics ---");
+    let lost = count as usize - rtts.len();
+    println!(
+        "{count} sent, {} received, {:.1}% loss",
+        rtts.len(),
+        if count == 0 {
+            0.0
+        } else {
+            100.0 * lost as f64 / count as f64
+        }
+    );
+    if rtts.is_empty() {
+        return Err(format!("no replies from {endpoint}"));
+    }
+    rtts.sort();
+    let sum: Duration = rtts.iter().sum();
+    let p99 = rtts[((rtts.len() * 99).div_ceil(100)).saturating_sub(1)];
+    println!(
+        "rtt min/avg/max/p99 = {:.3}/{:.3}/{:.3}/{:.3} ms",
+        ms(rtts[0]),
+        ms(sum / rtts.len() as u32),
+        ms(rtts[rtts.len() - 1]),
+        ms(p99)
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

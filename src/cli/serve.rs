@@ -1,0 +1,81 @@
+//! `messenger serve`: listeners that print what their server loop sees.
+
+use std::io::Write;
+use std::time::Duration;
+
+use messenger::{Endpoint, Incoming, Messenger, Responder};
+use serde_json::json;
+
+use super::SlcMode;
+
+fn print_line(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not take the server down.
+    let _ = writeln!(out, "{value}").and_then(|_| out.flush());
+}
+
+pub async fn run(
+    binds: Vec<Endpoint>,
+    identity: String,
+    mode: SlcMode,
+    stats_interval: Option<Duration>,
+) -> Result<(), String> {
+    let m = Messenger::new(identity.clone()).map_err(|e| e.to_string())?;
+    for bind in &binds {
+        let slc = move |msg: Incoming, r: Responder| {
+            print_line(&json!({
+                "endpoint": msg.endpoint().to_string(),
+                "peer": String::from_utf8_lossy(&msg.peer),
+                "msg_id": msg.msg_id,
+                "src_cb": msg.src_cb,
+                "dst_cb": msg.dst_cb,
+                "body": String::from_utf8_lossy(&msg.body),
+            }));
+            if let SlcMode::Echo = mode {
+                if let Err(e) = r.try_reply(&msg.body) {
+                    tracing::warn!(error = %e, "cannot reply");
+                }
+            }
+        };
+        let info = m
+            .listen_for_connection(bind, identity.clone(), slc)
+            .await
+            .map_err(|e| e.to_string())?;
+        print_line(&json!({ "listening": info.endpoint.to_string() }));
+    }
+    let stats = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let Some(every) = stats_interval else {
+                return std::future::pending().await;
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = serde_json::to_string(&m.stats()).unwrap_or_default();
+                tracing::info!(stats = %s, "stats");
+                eprintln!("stats {s}");
+            }
+        })
+    };
+    wait_for_signal().await?;
+    stats.abort();
+    m.shutdown().await;
+    eprintln!(
+        "messenger: shut down; {}",
+        serde_json::to_string(&m.stats()).unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Messages sent but not yet acknowledged: resent on a timer until their ACK
+//! (or a reply to their callback) arrives, dropped at their deadline. Pure
+//! data structure: the caller passes the time in, so tests need no clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+
+/// Identifies one sent message: the peer it went to (empty on a connection)
+/// and its msg_id.
+pub type MsgKey = (Bytes, u64);
+
+/// One unacknowledged message.
+#[derive(Debug)]
+pub struct Entry<W> {
+    /// The payload, shared with the socket: resending copies nothing.
+    pub payload: Bytes,
+    last_sent: Instant,
+    deadline: Instant,
+    /// Times it was resent.
+    pub resends: u32,
+    /// Told when the ACK arrives (or why it never will).
+    pub waiter: Option<W>,
+}
+
+/// The set of unacknowledged messages of one socket, bounded.
+#[derive(Debug)]
+pub struct PendingSet<W> {
+    entries: HashMap<MsgKey, Entry<W>>,
+    limit: usize,
+}
+
+/// The set already holds its limit of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetFull(pub usize);
+
+/// What a timer tick found.
+#[derive(Debug)]
+pub struct Tick<W> {
+    /// Messages to send again, with the peer they go to.
+    pub resend: Vec<(Bytes, Bytes)>,
+    /// Messages past their deadline, removed, with their waiters.
+    pub expired: Vec<(MsgKey, Option<W>)>,
+}
+
+impl<W> PendingSet<W> {
+    /// A set holding at most `limit` messages.
+    pub fn new(limit: usize) -> Self {
+        PendingSet {
+            entries: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// Records a message just sent.
+    pub fn insert(
+        &mut self,
+        key: MsgKey,
+        payload: Bytes,
+        now: Instant,
+        deadline: Instant,
+        waiter: Option<W>,
+    ) -> Result<(), SetFull> {
+        if self.entries.len() >= self.limit {
+            return Err(SetFull(self.limit));
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                payload,
+                last_sent: now,
+                deadline,
+                resends: 0,
+                waiter,
+            },
+        );
+        Ok(())
+    }
+
+    /// The message is acknowledged (or answered): forget it.
+    pub fn ack(&mut self, key: &MsgKey) -> Option<Entry<W>> {
+        self.entries.remove(key)
+    }
+
+    /// Messages due for a resend (unacknowledged for `interval`) and
+    /// messages past their deadline.
+    pub fn tick(&mut self, now: Instant, interval: Duration) -> Tick<W> {
+        let mut t = Tick {
+            resend: Vec::new(),
+            expired: Vec::new(),
+        };
+        let expired: Vec<MsgKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(e) = self.entries.remove(&k) {
+                t.expired.push((k, e.waiter));
+            }
+        }
+        for ((peer, _), e) in self.entries.iter_mut() {
+            if now.duration_since(e.last_sent) >= interval {
+                e.last_sent = now;
+                e.resends += 1;
+                t.resend.push((peer.clone(), e.payload.clone()));
+            }
+        }
+        t
+    }
+
+    /// Removes everything, returning the waiters.
+    pub fn drain(&mut self) -> Vec<W> {
+        self.entries.drain().filter_map(|(_, e)| e.waiter).collect()
+    }
+
+    /// Removes every message to `peer`, returning their waiters.
+    pub fn drain_peer(&mut self, peer: &[u8]) -> Vec<W> {
+        let keys: Vec<MsgKey> = self
+            .entries
+            .keys()
+            .filter(|(p, _)| p.as_ref() == peer)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.entries.remove(&k).and_then(|e| e.waiter))
+            .collect()
+    }
+
+    /// Messages waiting for an ACK.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No message waits for an ACK.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: u64) -> MsgKey {
+        (Bytes::new(), id)
+    }
+
+    #[test]
+    fn ack_removes_and_returns_waiter() {
+        let now = Instant::now();
+        let mut s = PendingSet::new(10);
+        s.insert(
+            key(1),
+            Bytes::from("p"),
+            now,
+            now + Duration::from_secs(5),
+            Some("w"),
+        )
+        .unwrap();
+        assert_eq!(s.ack(&key(1)).and_then(|e| e.waiter), Some("w"));
+        assert!(s.ack(&key(1)).is_none(), "a second ACK finds nothing");
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn resends_after_interval_and_expires_at_deadline() {
+        let t0 = Instant::now();
+        let iv = Duration::from_secs(1);
+        let mut s: PendingSet<()> = PendingSet::new(10);
+        s.insert(
+            key(1),
+            Bytes::from("a"),
+            t0,
+            t0 + Duration::from_millis(2500),
+            None,
+        )
+        .unwrap();
+        assert!(
+            s.tick(t0 + Duration::from_millis(500), iv)
+                .resend
+                .is_empty()
+        );
+        let t = s.tick(t0 + Duration::from_secs(1), iv);
+        assert_eq!(t.resend, vec![(Bytes::new(), Bytes::from("a"))]);
+        assert!(
+            s.tick(t0 + Duration::from_millis(1500), iv)
+                .resend
+                .is_empty(),
+            "the interval restarts at each resend"
+        );
+        assert_eq!(s.tick(t0 + Duration::from_secs(2), iv).resend.len(), 1);
+        let t = s.tick(t0 + Duration::from_millis(2500), iv);
+        assert!(t.resend.is_empty());
+        assert_eq!(t.expired.len(), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn bounded() {
+        let now = Instant::now();
+        let mut s: PendingSet<()> = PendingSet::new(1);
+        s.insert(key(1), Bytes::new(), now, now, None).unwrap();
+        assert_eq!(
+            s.insert(key(2), Bytes::new(), now, now, None),
+            Err(SetFull(1))
+        );
+    }
+
+    #[test]
+    fn drain_peer_only_touches_that_peer() {
+        let now = Instant::now();
+        let mut s = PendingSet::new(10);
+        let later = now + Duration::from_secs(1);
+        s.insert((Bytes::from("a"), 1), Bytes::new(), now, later, Some(1))
+            .unwrap();
+        s.insert((Bytes::from("b"), 1), Bytes::new(), now, later, Some(2))
+            .unwrap();
+        assert_eq!(s.drain_peer(b"a"), vec![1]);
+        assert_eq!(s.len(), 1);
+    }
+}

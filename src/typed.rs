@@ -1,0 +1,168 @@
+//! Typed bodies: MessagePack (rmp-serde) for Rust peers, JSON for peers that
+//! speak JSON (NoisePage's model server). Decoding never panics: bytes that
+//! do not fit the type give a [`DecodeError`].
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{RequestError, SendError};
+use crate::messenger::{Callback, Destination, Incoming, Messenger};
+use crate::server_loop::Responder;
+
+/// A body that could not be decoded as the expected type.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid MessagePack for the type.
+    #[error("body is not MessagePack of the expected type: {0}")]
+    MessagePack(#[from] rmp_serde::decode::Error),
+    /// Not valid JSON for the type.
+    #[error("body is not JSON of the expected type: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A value that could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// rmp-serde refused the value.
+    #[error("cannot encode as MessagePack: {0}")]
+    MessagePack(#[from] rmp_serde::encode::Error),
+    /// serde_json refused the value.
+    #[error("cannot encode as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Why a typed request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TypedRequestError {
+    /// The request could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The request failed (timeout, disconnect, ...).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The reply arrived but does not fit the expected type.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Why a typed send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TypedSendError {
+    /// The message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The message could not be sent.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// Encodes `value` as MessagePack with named fields, so peers in other
+/// languages see maps, not positional arrays.
+pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
+    Ok(rmp_serde::to_vec_named(value)?.into())
+}
+
+/// Decodes a MessagePack body.
+pub fn from_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    Ok(rmp_serde::from_slice(body)?)
+}
+
+/// Encodes `value` as JSON.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
+    Ok(serde_json::to_vec(value)?.into())
+}
+
+/// Decodes a JSON body.
+pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+impl Incoming {
+    /// Decodes the body as MessagePack.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        from_msgpack(&self.body)
+    }
+
+    /// Decodes the body as JSON.
+    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        from_json(&self.body)
+    }
+}
+
+impl Responder {
+    /// Replies with `value` as MessagePack, without waiting.
+    pub fn try_reply_typed<T: Serialize + ?Sized>(&self, value: &T) -> Result<u64, TypedSendError> {
+        Ok(self.try_reply(to_msgpack(value)?)?)
+    }
+
+    /// Replies with `value` as MessagePack.
+    pub async fn reply_typed<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<u64, TypedSendError> {
+        Ok(self.reply(to_msgpack(value)?).await?)
+    }
+}
+
+impl Messenger {
+    /// Sends `value` as MessagePack; see [`send_message`](Self::send_message).
+    pub async fn send_typed<T: Serialize + ?Sized>(
+        &self,
+        dest: impl Into<Destination>,
+        dst_cb: u64,
+        value: &T,
+        callback: Option<Callback>,
+    ) -> Result<u64, TypedSendError> {
+        let body = to_msgpack(value)?;
+        Ok(self.send_message(dest, dst_cb, body, callback).await?)
+    }
+
+    /// Sends `request` as MessagePack and decodes the reply as `R`.
+    pub async fn request_typed<T: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        dest: impl Into<Destination>,
+        dst_cb: u64,
+        request: &T,
+    ) -> Result<R, TypedRequestError> {
+        let body = to_msgpack(request)?;
+        let reply = self.request(dest, dst_cb, body).await?;
+        Ok(reply.decode()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Batch {
+        term: u64,
+        first_lsn: u64,
+        records: Vec<String>,
+    }
+
+    #[test]
+    fn msgpack_round_trip_and_typed_errors() {
+        let b = Batch {
+            term: 3,
+            first_lsn: 10,
+            records: vec!["a".into(), "b".into()],
+        };
+        let bytes = to_msgpack(&b).unwrap();
+        assert_eq!(from_msgpack::<Batch>(&bytes).unwrap(), b);
+        assert!(matches!(
+            from_msgpack::<Batch>(b"\xc1 not msgpack"),
+            Err(DecodeError::MessagePack(_))
+        ));
+        assert!(matches!(
+            from_msgpack::<Batch>(b""),
+            Err(DecodeError::MessagePack(_))
+        ));
+        assert!(matches!(
+            from_json::<Batch>(b"\xff\xfe"),
+            Err(DecodeError::Json(_))
+        ));
+    }
+}
