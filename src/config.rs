@@ -39,9 +39,31 @@ pub struct Config {
     /// Most unacknowledged messages per socket; past it sends fail fast
     /// with `TooManyUnacked`. Default 2^20.
     pub max_pending_messages: usize,
-    /// Ids remembered per sender for duplicate suppression (bounds the
-    /// complement set). Default 4096.
-    pub dedup_window: u64,
+    /// Runs of missing msg_ids remembered per sender for duplicate
+    /// suppression (bounds the complement set, about 48 bytes each).
+    /// In-order traffic uses none. Default 1024.
+    pub dedup_max_gaps: usize,
+    /// First redial delay after a connection loses its peer; it doubles per
+    /// failed attempt. Default 100 ms: a restarted listener is usually back
+    /// within a few hundred milliseconds.
+    pub reconnect_initial: Duration,
+    /// Cap on the redial delay. Default 5 s, so a peer that comes back is
+    /// found within 5 s without a dead one costing more than a dial per 5 s.
+    pub reconnect_max: Duration,
+    /// Liveness checks on each connection: ECHO with an empty body every
+    /// `interval`; `misses` unanswered in a row declare the peer dead (its
+    /// waiters fail with `Disconnected` and the connection redials).
+    /// Default off.
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// Heartbeat settings; see [`Config::heartbeat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Time between heartbeats, and each one's deadline.
+    pub interval: Duration,
+    /// Consecutive misses that declare the peer dead (at least 1).
+    pub misses: u32,
 }
 
 impl Default for Config {
@@ -56,7 +78,10 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             resend_interval: Some(Duration::from_secs(1)),
             max_pending_messages: 1 << 20,
-            dedup_window: 4096,
+            dedup_max_gaps: 1024,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            heartbeat: None,
         }
     }
 }

@@ -2,67 +2,74 @@
 //! set", with a cap. Pure data structure.
 //!
 //! Senders number their messages 0, 1, 2, ... per (sender, receiver) pair.
-//! The window remembers `high` (one past the largest id recorded) and the ids
-//! below `high` that have not arrived yet (`missing`). An id is a duplicate
-//! if it is below `high`, within the window, and not missing. The window
-//! spans `cap` ids below `high`; `missing` holds at most `cap` ids, the
-//! oldest forgotten first.
+//! The window remembers `high` (one past the largest id recorded) and the
+//! complement set: the ids below `high` that have not arrived, kept as
+//! ranges, so in-order traffic stores nothing and a jump of any size is one
+//! range. An id is a duplicate if it is below `high` and not missing.
 //!
-//! An id below the window is not a late duplicate (resends stop at the
-//! message's deadline long before `cap` newer messages could pass it): it
-//! means the sender restarted and counts from 0 again, so the window starts
-//! over. Transport disconnect events reset the window too; see
-//! design/WIRE.md.
+//! Memory is bounded by the number of gaps, not by how far ids jump: past
+//! `max_gaps` ranges the oldest gap is forgotten (its ids then count as
+//! delivered, so at-most-once delivery holds and only a message lost long
+//! ago and still unresent could be refused). A sender that restarts and
+//! counts from 0 again is recognised by the transport (a new connection from
+//! its routing id resets the window; see design/WIRE.md), not by its ids,
+//! because under overload a resend can legitimately arrive far behind.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// The receive-side memory of one sender.
 #[derive(Debug, Clone)]
 pub struct DedupWindow {
     high: u64,
-    missing: BTreeSet<u64>,
-    cap: u64,
+    /// Missing ids: start -> end (exclusive), disjoint, all below `high`.
+    missing: BTreeMap<u64, u64>,
+    max_gaps: usize,
 }
 
 impl DedupWindow {
-    /// A window spanning `cap` ids (at least 1).
-    pub fn new(cap: u64) -> Self {
+    /// A window remembering at most `max_gaps` (at least 1) runs of missing ids.
+    pub fn new(max_gaps: usize) -> Self {
         DedupWindow {
             high: 0,
-            missing: BTreeSet::new(),
-            cap: cap.max(1),
+            missing: BTreeMap::new(),
+            max_gaps: max_gaps.max(1),
         }
     }
 
-    fn below_window(&self, id: u64) -> bool {
-        id < self.high.saturating_sub(self.cap)
+    /// The missing range holding `id`, if any.
+    fn gap_of(&self, id: u64) -> Option<(u64, u64)> {
+        self.missing
+            .range(..=id)
+            .next_back()
+            .filter(|&(_, &end)| id < end)
+            .map(|(&s, &e)| (s, e))
     }
 
     /// Whether `id` was recorded before. Does not change the window, so a
     /// message that is then refused (not ACKed) can be recorded later.
     pub fn is_duplicate(&self, id: u64) -> bool {
-        id < self.high && !self.below_window(id) && !self.missing.contains(&id)
+        id < self.high && self.gap_of(id).is_none()
     }
 
-    /// Records `id` as delivered. Returns true if this started a new session.
-    pub fn record(&mut self, id: u64) -> bool {
-        let restarted = self.below_window(id);
-        if restarted {
-            self.reset();
-        }
+    /// Records `id` as delivered.
+    pub fn record(&mut self, id: u64) {
         if id >= self.high {
-            // Ids skipped over are missing; only the newest `cap` are kept.
-            let from = self.high.max(id.saturating_sub(self.cap));
-            self.missing.extend(from..id);
-            self.high = id + 1;
-            let floor = self.high.saturating_sub(self.cap);
-            while self.missing.first().is_some_and(|&m| m < floor) {
-                self.missing.pop_first();
+            if id > self.high {
+                self.missing.insert(self.high, id);
             }
-        } else {
-            self.missing.remove(&id);
+            self.high = id + 1;
+        } else if let Some((start, end)) = self.gap_of(id) {
+            self.missing.remove(&start);
+            if start < id {
+                self.missing.insert(start, id);
+            }
+            if id + 1 < end {
+                self.missing.insert(id + 1, end);
+            }
         }
-        restarted
+        while self.missing.len() > self.max_gaps {
+            self.missing.pop_first();
+        }
     }
 
     /// Forgets everything: the sender's next id starts a new session.
@@ -71,8 +78,8 @@ impl DedupWindow {
         self.missing.clear();
     }
 
-    /// Ids below the highest seen that have not arrived (bounded by the cap).
-    pub fn missing(&self) -> usize {
+    /// Runs of missing ids remembered now.
+    pub fn gaps(&self) -> usize {
         self.missing.len()
     }
 }
@@ -91,45 +98,61 @@ mod tests {
         for id in 0..5 {
             assert!(w.is_duplicate(id), "{id}");
         }
-        assert_eq!(w.missing(), 0);
+        assert_eq!(w.gaps(), 0, "in-order traffic stores nothing");
     }
 
     #[test]
     fn gaps_are_not_duplicates_until_filled() {
         let mut w = DedupWindow::new(8);
         w.record(0);
-        w.record(3);
-        assert!(!w.is_duplicate(1) && !w.is_duplicate(2));
-        assert!(w.is_duplicate(3));
+        w.record(4);
+        assert!(!w.is_duplicate(1) && !w.is_duplicate(2) && !w.is_duplicate(3));
+        assert!(w.is_duplicate(4));
         w.record(2);
-        assert!(w.is_duplicate(2) && !w.is_duplicate(1));
-        assert_eq!(w.missing(), 1);
+        assert!(w.is_duplicate(2) && !w.is_duplicate(1) && !w.is_duplicate(3));
+        assert_eq!(w.gaps(), 2, "the gap split in two");
+        w.record(1);
+        w.record(3);
+        assert_eq!(w.gaps(), 0);
     }
 
     #[test]
-    fn memory_is_capped() {
-        let mut w = DedupWindow::new(4);
-        w.record(1_000_000);
-        assert!(w.missing() <= 4);
+    fn a_huge_jump_is_one_gap() {
+        let mut w = DedupWindow::new(8);
+        w.record(u64::MAX - 1);
+        assert_eq!(w.gaps(), 1);
+        assert!(!w.is_duplicate(12345));
+        w.record(12345);
+        assert!(w.is_duplicate(12345));
+        assert_eq!(w.gaps(), 2);
+    }
+
+    #[test]
+    fn far_behind_resends_still_arrive_once() {
+        let mut w = DedupWindow::new(8);
         w.record(0);
-        assert!(w.missing() <= 4);
-    }
-
-    #[test]
-    fn restart_from_zero_is_a_new_session() {
-        let mut w = DedupWindow::new(4);
-        for id in 0..100 {
+        for id in 2..100_000 {
             w.record(id);
         }
-        assert!(!w.is_duplicate(0), "far below the window: a new session");
-        assert!(w.record(0));
-        assert!(w.is_duplicate(0));
-        assert!(!w.is_duplicate(1));
+        assert!(!w.is_duplicate(1), "missing long ago, still missing");
+        w.record(1);
+        assert!(w.is_duplicate(1));
+    }
+
+    #[test]
+    fn memory_is_capped_by_gaps() {
+        let mut w = DedupWindow::new(4);
+        for id in (0..100).step_by(2) {
+            w.record(id);
+        }
+        assert_eq!(w.gaps(), 4);
+        assert!(w.is_duplicate(1), "the oldest gaps were forgotten");
+        assert!(!w.is_duplicate(97), "the newest are kept");
     }
 
     #[test]
     fn reset_forgets() {
-        let mut w = DedupWindow::new(64);
+        let mut w = DedupWindow::new(8);
         w.record(0);
         w.record(1);
         w.reset();

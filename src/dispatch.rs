@@ -204,8 +204,10 @@ impl Shared {
         Ok(sending)
     }
 
-    /// Fails everything waiting on a socket that went away: callbacks of
-    /// requests sent on it and senders waiting for its ACKs.
+    /// Fails everyone waiting on a socket whose peer went away: callbacks
+    /// of requests sent on it and senders waiting for its ACKs. Messages
+    /// nobody waits on stay in its unacknowledged set, to be resent if the
+    /// link comes back (until their deadline).
     pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
         let kind = socket.kind;
         let failed = {
@@ -217,10 +219,17 @@ impl Shared {
             }
             failed
         };
+        let waiters = {
+            let mut unacked = socket.pending();
+            for w in &failed {
+                unacked.ack(&w.msg);
+            }
+            unacked.drain_waiters()
+        };
         for w in failed {
             w.completion.complete(Err(err.clone()));
         }
-        for w in socket.pending().drain() {
+        for w in waiters {
             let _ = w.send(Err(err.clone()));
         }
     }
@@ -413,7 +422,8 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let tick = socket.pending().tick(tokio::time::Instant::now(), interval);
+        let now = tokio::time::Instant::now();
+        let tick = socket.pending().tick(now, interval, socket.is_up());
         for (peer, payload) in tick.resend {
             if socket.out_tx.try_send(Outbound { peer, payload }).is_ok() {
                 bump(&socket.stats.resends);
@@ -451,6 +461,51 @@ pub(crate) async fn run(
             }
             Some(ctx) = disconnects.recv() => shared.fail_socket(&ctx, RequestError::Disconnected),
             id = poll_fn(|cx| shared.poll_expired(cx)) => shared.expire(id),
+        }
+    }
+}
+
+/// Checks a connection's peer with an empty ECHO every `hb.interval`; after
+/// `hb.misses` unanswered in a row, tells the connection's driver to drop
+/// the link (which fails its waiters and redials). Records the round trip.
+pub(crate) async fn heartbeat_loop(
+    shared: std::sync::Weak<Shared>,
+    socket: Arc<SocketCtx>,
+    hb: crate::config::Heartbeat,
+) {
+    let mut ticker = tokio::time::interval(hb.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut missed = 0;
+    loop {
+        ticker.tick().await;
+        if !socket.is_up() {
+            missed = 0;
+            continue;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        let start = tokio::time::Instant::now();
+        let completion = Some((Completion::Future(tx), hb.interval));
+        let sent = shared
+            .prepare(&socket, Bytes::new(), ECHO, b"", completion, None)
+            .and_then(crate::messenger::try_enqueue);
+        let stats = Arc::clone(&shared.stats);
+        drop(shared);
+        let answered = sent.is_ok() && matches!(rx.await, Ok(Ok(_)));
+        if answered {
+            socket.set_rtt(start.elapsed());
+            missed = 0;
+        } else {
+            bump(&stats.heartbeats_missed);
+            missed += 1;
+            if missed >= hb.misses.max(1) {
+                tracing::warn!(endpoint = %socket.endpoint, missed, "peer missed its heartbeats: declaring it dead");
+                socket.link_dead.notify_one();
+                missed = 0;
+            }
         }
     }
 }

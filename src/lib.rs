@@ -35,7 +35,7 @@ mod transport;
 pub mod typed;
 pub mod wire;
 
-pub use config::Config;
+pub use config::{Config, Heartbeat};
 pub use dispatch::Reply;
 pub use endpoint::Endpoint;
 pub use error::{

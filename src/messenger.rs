@@ -16,7 +16,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError, RequestError, SendError};
 use crate::server_loop::{self, ServerLoop};
 use crate::stats::StatsSnapshot;
-use crate::transport::{self, Inbound, OpenArgs, SocketCtx, SocketKind, SocketTasks};
+use crate::transport::{self, Inbound, OpenArgs, SocketCtx, SocketKind, SocketTasks, connection};
 use crate::wire::Payload;
 
 /// Identifies a connection made with [`Messenger::make_connection`].
@@ -270,7 +270,6 @@ impl Messenger {
             ctx: Arc::clone(ctx),
             out_rx,
             inbound: self.inner.inbound.clone(),
-            on_disconnect: self.inner.disconnects.clone(),
         }
     }
 
@@ -345,31 +344,21 @@ impl Messenger {
         })
     }
 
-    /// Opens a DEALER to `endpoint`, or returns the open one already pooled
-    /// for it.
+    /// Opens a DEALER to `endpoint`, or returns the one already pooled for
+    /// it. The connection redials by itself if its peer goes away (see
+    /// [`Config::reconnect_initial`]); its id stays valid until shutdown.
     pub async fn make_connection(&self, endpoint: &Endpoint) -> Result<ConnectionId, ConnectError> {
         let _one_at_a_time = self.inner.connecting.lock().await;
         if self.inner.shut.load(Ordering::Acquire) {
             return Err(ConnectError::Shutdown);
         }
-        {
-            let mut reg = self.inner.registry();
-            if let Some(&id) = reg.pool.get(endpoint) {
-                match reg.connections.get(&id) {
-                    Some(open) if !open.ctx.is_closed() => return Ok(id),
-                    _ => {
-                        // Dead: forget it and connect afresh.
-                        reg.pool.remove(endpoint);
-                        if let Some(mut open) = reg.connections.remove(&id) {
-                            open.tasks.close();
-                        }
-                    }
-                }
-            }
+        if let Some(&id) = self.inner.registry().pool.get(endpoint) {
+            return Ok(id);
         }
         let cfg = &self.inner.shared.config;
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (out_tx, out_rx) = mpsc::channel(cfg.send_queue_capacity.max(1));
+        let capacity = cfg.send_queue_capacity.max(1);
+        let (out_tx, out_rx) = mpsc::channel(capacity);
         let ctx = Arc::new(SocketCtx::new(
             SocketKind::Connection(id),
             endpoint.clone(),
@@ -378,20 +367,56 @@ impl Messenger {
             Arc::clone(&self.inner.shared.stats),
             cfg,
         ));
-        let args = self.open_args(self.inner.identity.clone(), &ctx, out_rx);
-        let tasks = match endpoint {
-            Endpoint::Inproc(name) => {
-                transport::inproc::connect(name, cfg.send_queue_capacity.max(1), args)?
-            }
-            _ => transport::zmq::connect(endpoint, cfg.connect_timeout, args).await?,
+        let dialer = connection::Dialer {
+            endpoint: endpoint.clone(),
+            identity: self.inner.identity.clone(),
+            connect_timeout: cfg.connect_timeout,
+            capacity,
+            ctx: Arc::clone(&ctx),
+            inbound: self.inner.inbound.clone(),
         };
-        let mut tasks = tasks;
+        let first = dialer.dial().await?;
+        let backoff = connection::Backoff {
+            initial: cfg.reconnect_initial,
+            max: cfg.reconnect_max.max(cfg.reconnect_initial),
+        };
+        let lost = self.inner.disconnects.clone();
+        let driver = tokio::spawn(connection::drive(dialer, first, out_rx, lost, backoff));
+        let mut tasks = SocketTasks {
+            tasks: vec![driver],
+            created_file: None,
+            inproc: None,
+        };
         self.start_resending(&ctx, &mut tasks);
+        if let Some(hb) = cfg.heartbeat {
+            let shared = Arc::downgrade(&self.inner.shared);
+            let beat = dispatch::heartbeat_loop(shared, Arc::clone(&ctx), hb);
+            tasks.tasks.push(tokio::spawn(beat));
+        }
         let mut reg = self.inner.registry();
         reg.connections.insert(id, Open { ctx, tasks });
         reg.pool.insert(endpoint.clone(), id);
         tracing::debug!(%endpoint, "connected");
         Ok(id)
+    }
+
+    /// Whether the connection's link is up now (false while it redials).
+    pub fn is_connected(&self, conn: ConnectionId) -> bool {
+        self.inner
+            .registry()
+            .connections
+            .get(&conn)
+            .is_some_and(|o| o.ctx.is_up())
+    }
+
+    /// The last heartbeat round trip on a connection, if heartbeats are on
+    /// and one was answered.
+    pub fn rtt(&self, conn: ConnectionId) -> Option<Duration> {
+        self.inner
+            .registry()
+            .connections
+            .get(&conn)
+            .and_then(|o| o.ctx.rtt())
     }
 
     fn socket_for(&self, dest: &Destination) -> Result<(Arc<SocketCtx>, Bytes), SendError> {
@@ -494,7 +519,10 @@ impl Messenger {
         let completion = Some((Completion::Future(tx), timeout));
         let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
         let cb_id = sending.cb_id;
-        enqueue(sending).await?;
+        // The deadline covers waiting for room in the queue too.
+        tokio::time::timeout(timeout, enqueue(sending))
+            .await
+            .map_err(|_| RequestError::Timeout)??;
         // Removes the callback if this future is dropped while it waits.
         let guard = Unregister { shared, id: cb_id };
         let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
@@ -528,6 +556,7 @@ impl Messenger {
         self.inner.shut.store(true, Ordering::Release);
         for ctx in self.inner.close_everything() {
             self.inner.shared.fail_socket(&ctx, RequestError::Shutdown);
+            ctx.pending().drain();
         }
         self.inner.shared.fail_all(RequestError::Shutdown);
         // Let callbacks spawned by fail_all run before the caller goes on.

@@ -86,8 +86,9 @@ impl<W> PendingSet<W> {
     }
 
     /// Messages due for a resend (unacknowledged for `interval`) and
-    /// messages past their deadline.
-    pub fn tick(&mut self, now: Instant, interval: Duration) -> Tick<W> {
+    /// messages past their deadline. With `resend` false (the link is down)
+    /// only deadlines are applied, so due messages go out as soon as it is up.
+    pub fn tick(&mut self, now: Instant, interval: Duration, resend: bool) -> Tick<W> {
         let mut t = Tick {
             resend: Vec::new(),
             expired: Vec::new(),
@@ -103,6 +104,9 @@ impl<W> PendingSet<W> {
                 t.expired.push((k, e.waiter));
             }
         }
+        if !resend {
+            return t;
+        }
         for ((peer, _), e) in self.entries.iter_mut() {
             if now.duration_since(e.last_sent) >= interval {
                 e.last_sent = now;
@@ -111,6 +115,20 @@ impl<W> PendingSet<W> {
             }
         }
         t
+    }
+
+    /// Removes the messages someone waits on, returning the waiters; the
+    /// others stay to be resent.
+    pub fn drain_waiters(&mut self) -> Vec<W> {
+        let keys: Vec<MsgKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.waiter.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.entries.remove(&k).and_then(|e| e.waiter))
+            .collect()
     }
 
     /// Removes everything, returning the waiters.
@@ -181,23 +199,55 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.tick(t0 + Duration::from_millis(500), iv)
+            s.tick(t0 + Duration::from_millis(500), iv, true)
                 .resend
                 .is_empty()
         );
-        let t = s.tick(t0 + Duration::from_secs(1), iv);
+        let t = s.tick(t0 + Duration::from_secs(1), iv, true);
         assert_eq!(t.resend, vec![(Bytes::new(), Bytes::from("a"))]);
         assert!(
-            s.tick(t0 + Duration::from_millis(1500), iv)
+            s.tick(t0 + Duration::from_millis(1500), iv, true)
                 .resend
                 .is_empty(),
             "the interval restarts at each resend"
         );
-        assert_eq!(s.tick(t0 + Duration::from_secs(2), iv).resend.len(), 1);
-        let t = s.tick(t0 + Duration::from_millis(2500), iv);
+        assert_eq!(
+            s.tick(t0 + Duration::from_secs(2), iv, true).resend.len(),
+            1
+        );
+        let t = s.tick(t0 + Duration::from_millis(2500), iv, true);
         assert!(t.resend.is_empty());
         assert_eq!(t.expired.len(), 1);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn link_down_only_expires() {
+        let t0 = Instant::now();
+        let mut s = PendingSet::new(10);
+        s.insert(
+            key(1),
+            Bytes::new(),
+            t0,
+            t0 + Duration::from_secs(9),
+            Some(1),
+        )
+        .unwrap();
+        s.insert(key(2), Bytes::new(), t0, t0 + Duration::from_secs(9), None)
+            .unwrap();
+        assert!(
+            s.tick(t0 + Duration::from_secs(2), Duration::from_secs(1), false)
+                .resend
+                .is_empty()
+        );
+        assert_eq!(s.drain_waiters(), vec![1]);
+        assert_eq!(s.len(), 1, "fire-and-forget messages stay to be resent");
+        assert_eq!(
+            s.tick(t0 + Duration::from_secs(2), Duration::from_secs(1), true)
+                .resend
+                .len(),
+            1
+        );
     }
 
     #[test]

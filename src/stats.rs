@@ -68,6 +68,10 @@ counters! {
     send_failures,
     /// Requests that reached their deadline.
     timeouts,
+    /// Times a connection's link came back after a loss.
+    reconnects,
+    /// Heartbeats that got no reply in time.
+    heartbeats_missed,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -16,7 +16,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{OpenArgs, RateLimit, SocketTasks};
+use super::{Inbound, OpenArgs, RateLimit, SocketCtx, SocketTasks};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError};
 use crate::stats::bump;
@@ -29,6 +29,9 @@ struct Binding {
     token: u64,
     to_router: mpsc::Sender<Frames>,
     peers: PeerTable,
+    /// The listener's context, so a new connection can reset its session
+    /// there before its first message.
+    ctx: Arc<SocketCtx>,
 }
 
 static REGISTRY: LazyLock<Mutex<HashMap<String, Binding>>> = LazyLock::new(Default::default);
@@ -65,7 +68,6 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
         ctx,
         mut out_rx,
         inbound,
-        on_disconnect: _,
     } = args;
     let (to_router, mut from_peers) = mpsc::channel::<Frames>(capacity);
     let peers: PeerTable = Arc::default();
@@ -81,6 +83,7 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
                 token,
                 to_router,
                 peers: Arc::clone(&peers),
+                ctx: Arc::clone(&ctx),
             },
         );
     }
@@ -123,38 +126,65 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
     Ok(SocketTasks {
         tasks: vec![reader, writer],
         created_file: None,
-        inproc: Some(InprocHandle::Listener(registration)),
+        inproc: Some(registration),
     })
 }
 
-/// Connects to `inproc://name`.
-pub(crate) fn connect(
+/// A live inproc session: the channel into the listener, its reader task,
+/// and our place in the listener's peer table.
+pub(crate) struct InprocLink {
+    to_router: mpsc::Sender<Frames>,
+    identity: Bytes,
+    reader: tokio::task::JoinHandle<()>,
+    _guard: ConnectionGuard,
+}
+
+impl InprocLink {
+    pub(crate) async fn send(&mut self, payload: Bytes) -> Result<(), String> {
+        let frames = vec![self.identity.clone(), Bytes::new(), payload];
+        self.to_router
+            .send(frames)
+            .await
+            .map_err(|_| "the listener closed".to_owned())
+    }
+}
+
+impl Drop for InprocLink {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Connects to `inproc://name`. `down` fires when the listener closes.
+pub(crate) fn dial(
     name: &str,
+    identity: &Bytes,
     capacity: usize,
-    args: OpenArgs,
-) -> Result<SocketTasks, ConnectError> {
-    let OpenArgs {
-        identity,
-        ctx,
-        mut out_rx,
-        inbound,
-        on_disconnect,
-    } = args;
+    ctx: &Arc<SocketCtx>,
+    inbound: &mpsc::Sender<Inbound>,
+    down: tokio::sync::oneshot::Sender<()>,
+) -> Result<InprocLink, ConnectError> {
     let (to_me, mut from_router) = mpsc::channel::<Frames>(capacity);
-    let identity_for_guard = identity.clone();
-    let (to_router, peers) = {
+    let (to_router, peers, listener) = {
         let reg = lock(&REGISTRY);
         let b = reg.get(name).ok_or_else(|| ConnectError::Refused {
             endpoint: Endpoint::Inproc(name.to_owned()),
             message: "nothing is bound to this name".into(),
         })?;
-        (b.to_router.clone(), Arc::clone(&b.peers))
+        (
+            b.to_router.clone(),
+            Arc::clone(&b.peers),
+            Arc::clone(&b.ctx),
+        )
     };
+    // A new connection is a new session, as a zeromq ROUTER sees it.
+    listener.forget_peer(identity);
     // A routing id seen again replaces the old peer, as a zeromq ROUTER does.
-    let conn_token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-    lock(&peers).insert(identity.clone(), (conn_token, to_me));
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    lock(&peers).insert(identity.clone(), (token, to_me));
 
-    let reader_ctx = Arc::clone(&ctx);
+    let reader_ctx = Arc::clone(ctx);
+    let inbound = inbound.clone();
     let reader = tokio::spawn(async move {
         let mut warn = RateLimit::new();
         while let Some(frames) = from_router.recv().await {
@@ -163,30 +193,18 @@ pub(crate) fn connect(
             }
         }
         // Every sender is gone: the listener closed.
-        reader_ctx.mark_closed();
-        let _ = on_disconnect.send(Arc::clone(&reader_ctx));
+        let _ = down.send(());
     });
 
-    let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let frames = vec![identity.clone(), Bytes::new(), out.payload];
-            if to_router.send(frames).await.is_err() {
-                // The listener closed; the reader reports it.
-                bump(&ctx.stats.send_failures);
-                break;
-            }
-        }
-    });
-    let unregister = ConnectionGuard {
-        peers,
-        identity: identity_for_guard,
-        token: conn_token,
-    };
-
-    Ok(SocketTasks {
-        tasks: vec![reader, writer],
-        created_file: None,
-        inproc: Some(InprocHandle::Connection(unregister)),
+    Ok(InprocLink {
+        to_router,
+        identity: identity.clone(),
+        reader,
+        _guard: ConnectionGuard {
+            peers,
+            identity: identity.clone(),
+            token,
+        },
     })
 }
 
@@ -208,12 +226,4 @@ impl Drop for ConnectionGuard {
             peers.remove(&self.identity);
         }
     }
-}
-
-/// What an inproc socket holds in the registry while it is open.
-pub(crate) enum InprocHandle {
-    /// A bound name.
-    Listener(#[allow(dead_code)] Registration),
-    /// A place in a listener's peer table.
-    Connection(#[allow(dead_code)] ConnectionGuard),
 }

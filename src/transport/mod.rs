@@ -7,6 +7,7 @@
 //! Nobody else touches the socket, so `zeromq`'s non-cancel-safe `recv` is
 //! only ever awaited to completion by its reader.
 
+pub(crate) mod connection;
 pub(crate) mod inproc;
 pub(crate) mod zmq;
 
@@ -78,11 +79,18 @@ pub(crate) struct SocketCtx {
     pub(crate) stats: Arc<Stats>,
     pub(crate) max_message_size: usize,
     closed: AtomicBool,
+    /// A connection's link is up (listeners are always up).
+    up: AtomicBool,
+    /// Asks a connection's driver to drop its link and reconnect (a
+    /// heartbeat declared the peer dead).
+    pub(crate) link_dead: tokio::sync::Notify,
+    /// Last heartbeat round trip, in microseconds (0: none yet).
+    rtt_micros: AtomicU64,
     /// Next msg_id on a connection.
     next_id: AtomicU64,
     /// Per peer (the empty routing id on a connection).
     peers: Mutex<HashMap<Bytes, PeerState>>,
-    dedup_window: u64,
+    dedup_max_gaps: usize,
     /// Sent messages not yet acknowledged.
     pub(crate) pending: Mutex<PendingSet<AckWaiter>>,
 }
@@ -108,9 +116,12 @@ impl SocketCtx {
             stats,
             max_message_size: config.max_message_size,
             closed: AtomicBool::new(false),
+            up: AtomicBool::new(true),
+            link_dead: tokio::sync::Notify::new(),
+            rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
-            dedup_window: config.dedup_window,
+            dedup_max_gaps: config.dedup_max_gaps,
             pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
         }
     }
@@ -126,7 +137,7 @@ impl SocketCtx {
         }
         let state = peers.entry(peer.clone()).or_insert_with(|| PeerState {
             next_id: 0,
-            seen: DedupWindow::new(self.dedup_window),
+            seen: DedupWindow::new(self.dedup_max_gaps),
         });
         f(state)
     }
@@ -138,9 +149,7 @@ impl SocketCtx {
 
     /// Records `msg_id` from `peer` as delivered.
     pub(crate) fn record_delivered(&self, peer: &Bytes, msg_id: u64) {
-        if self.with_peer(peer, |s| s.seen.record(msg_id)) {
-            tracing::debug!(endpoint = %self.endpoint, "peer restarted its msg_ids: new session");
-        }
+        self.with_peer(peer, |s| s.seen.record(msg_id));
     }
 
     /// The next msg_id towards `peer`: gap-free per (this socket, peer).
@@ -162,6 +171,32 @@ impl SocketCtx {
         for w in self.pending().drain_peer(peer) {
             let _ = w.send(Err(RequestError::Disconnected));
         }
+    }
+
+    pub(crate) fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire) && !self.is_closed()
+    }
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.rtt_micros.store(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// A new link to the peer: it starts a new session, so forget what we
+    /// saw from the old one.
+    pub(crate) fn new_session(&self) {
+        lock(&self.peers).clear();
     }
 
     pub(crate) fn mark_closed(&self) {
@@ -260,7 +295,7 @@ pub(crate) struct SocketTasks {
     /// An ipc socket file this process created, removed on close.
     pub(crate) created_file: Option<std::path::PathBuf>,
     /// An inproc name this socket registered, released on close.
-    pub(crate) inproc: Option<inproc::InprocHandle>,
+    pub(crate) inproc: Option<inproc::Registration>,
 }
 
 impl SocketTasks {
@@ -293,6 +328,4 @@ pub(crate) struct OpenArgs {
     pub(crate) ctx: Arc<SocketCtx>,
     pub(crate) out_rx: mpsc::Receiver<Outbound>,
     pub(crate) inbound: mpsc::Sender<Inbound>,
-    /// Tells the messenger a connection's peer went away.
-    pub(crate) on_disconnect: mpsc::UnboundedSender<Arc<SocketCtx>>,
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket, SocketEvent, SocketOptions, ZmqMessage};
 
-use super::{OpenArgs, RateLimit, SocketTasks};
+use super::{Inbound, OpenArgs, RateLimit, SocketCtx, SocketTasks};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError};
 use crate::stats::bump;
@@ -122,7 +122,6 @@ pub(crate) async fn bind(
         ctx,
         mut out_rx,
         inbound,
-        on_disconnect: _,
     } = args;
     let mut socket = RouterSocket::with_options(options(&identity, std::time::Duration::ZERO));
     let mut monitor = socket.monitor();
@@ -172,10 +171,16 @@ pub(crate) async fn bind(
 
     let monitor_ctx = Arc::clone(&ctx);
     let monitor_task = tokio::spawn(async move {
+        // A routing id's connection ending, or a new one starting, ends its
+        // session: its next msg_ids start from 0 again both ways.
         while let Some(event) = monitor.next().await {
-            if let SocketEvent::Disconnected(peer) = event {
-                tracing::debug!(endpoint = %monitor_ctx.endpoint, "peer disconnected");
-                monitor_ctx.forget_peer(&peer);
+            match event {
+                SocketEvent::Disconnected(peer) => {
+                    tracing::debug!(endpoint = %monitor_ctx.endpoint, "peer disconnected");
+                    monitor_ctx.forget_peer(&peer);
+                }
+                SocketEvent::Accepted(_, peer) => monitor_ctx.forget_peer(&peer),
+                _ => {}
             }
         }
     });
@@ -187,20 +192,39 @@ pub(crate) async fn bind(
     })
 }
 
-/// Connects a DEALER to `endpoint`.
-pub(crate) async fn connect(
+/// A live DEALER session: the send half, and the tasks reading it and
+/// watching it for a disconnect.
+pub(crate) struct ZmqLink {
+    tx: zeromq::DealerSendHalf,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl ZmqLink {
+    pub(crate) async fn send(&mut self, payload: Bytes) -> Result<(), String> {
+        let msg = ZmqMessage::try_from(vec![Bytes::new(), payload]).map_err(|e| e.to_string())?;
+        self.tx.send(msg).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for ZmqLink {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Connects a DEALER to `endpoint` and starts its reader. `down` fires when
+/// the peer goes away (the crate's DEALER never reconnects by itself).
+pub(crate) async fn dial(
     endpoint: &Endpoint,
+    identity: &Bytes,
     connect_timeout: std::time::Duration,
-    args: OpenArgs,
-) -> Result<SocketTasks, ConnectError> {
-    let OpenArgs {
-        identity,
-        ctx,
-        mut out_rx,
-        inbound,
-        on_disconnect,
-    } = args;
-    let mut socket = DealerSocket::with_options(options(&identity, connect_timeout));
+    ctx: &Arc<SocketCtx>,
+    inbound: &tokio::sync::mpsc::Sender<Inbound>,
+    down: tokio::sync::oneshot::Sender<()>,
+) -> Result<ZmqLink, ConnectError> {
+    let mut socket = DealerSocket::with_options(options(identity, connect_timeout));
     let mut monitor = socket.monitor();
     let addr = match endpoint {
         Endpoint::Tcp { host, port } => {
@@ -220,7 +244,12 @@ pub(crate) async fn connect(
             SocketAddr::new(ip, *port).to_string()
         }
         Endpoint::Ipc(path) => path.display().to_string(),
-        Endpoint::Inproc(_) => unreachable!("inproc is not a zmq transport"),
+        Endpoint::Inproc(_) => {
+            return Err(ConnectError::Refused {
+                endpoint: endpoint.clone(),
+                message: "inproc is not a zeromq transport".into(),
+            });
+        }
     };
     let url = format!("{}://{}", endpoint.scheme(), addr);
     socket.connect(&url).await.map_err(|e| match e {
@@ -230,9 +259,17 @@ pub(crate) async fn connect(
             message: other.to_string(),
         },
     })?;
-    let (mut tx, mut rx) = socket.split();
+    let (tx, mut rx) = socket.split();
+    let down = Arc::new(std::sync::Mutex::new(Some(down)));
+    let fire = |down: &Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>| {
+        if let Some(d) = down.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = d.send(());
+        }
+    };
 
-    let reader_ctx = Arc::clone(&ctx);
+    let reader_ctx = Arc::clone(ctx);
+    let inbound = inbound.clone();
+    let reader_down = Arc::clone(&down);
     let reader = tokio::spawn(async move {
         let mut warn = RateLimit::new();
         loop {
@@ -242,45 +279,29 @@ pub(crate) async fn connect(
                         .deliver(msg.into_vecdeque(), &inbound, &mut warn)
                         .await
                     {
-                        break;
+                        return;
                     }
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %reader_ctx.endpoint, error = %e, "dealer reader stops");
-                    break;
+                    fire(&reader_down);
+                    return;
                 }
             }
         }
     });
 
-    let writer_ctx = Arc::clone(&ctx);
-    let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let Ok(msg) = ZmqMessage::try_from(vec![Bytes::new(), out.payload]) else {
-                continue;
-            };
-            if let Err(e) = tx.send(msg).await {
-                bump(&writer_ctx.stats.send_failures);
-                tracing::debug!(endpoint = %writer_ctx.endpoint, error = %e, "dealer send failed");
-            }
-        }
-    });
-
-    let monitor_ctx = Arc::clone(&ctx);
     let monitor_task = tokio::spawn(async move {
         while let Some(event) = monitor.next().await {
             if let SocketEvent::Disconnected(_) = event {
-                tracing::info!(endpoint = %monitor_ctx.endpoint, "connection lost");
-                monitor_ctx.mark_closed();
-                let _ = on_disconnect.send(Arc::clone(&monitor_ctx));
-                break;
+                fire(&down);
+                return;
             }
         }
     });
 
-    Ok(SocketTasks {
-        tasks: vec![reader, writer, monitor_task],
-        created_file: None,
-        inproc: None,
+    Ok(ZmqLink {
+        tx,
+        tasks: [reader, monitor_task],
     })
 }

@@ -1,0 +1,136 @@
+//! A connection's driver: the one task that owns a DEALER-like link and its
+//! send queue across the link's lifetimes.
+//!
+//! While the link is up it moves messages from the queue to the link. When
+//! the link goes down (the peer closed, its process died, or a heartbeat
+//! declared it dead) it tells the messenger, which fails the requests
+//! waiting on it with `Disconnected`, then redials with capped exponential
+//! backoff. Messages sent meanwhile wait in the bounded queue (senders block
+//! at the high-water mark, try-senders get `Full`); unacknowledged ones are
+//! resent once the link is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Inbound, Outbound, SocketCtx, inproc, zmq};
+use crate::endpoint::Endpoint;
+use crate::error::ConnectError;
+use crate::stats::bump;
+
+/// How a connection redials after losing its peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay after a loss.
+    pub initial: Duration,
+    /// The delay doubles per failed attempt up to this.
+    pub max: Duration,
+}
+
+pub(crate) enum Link {
+    Zmq(zmq::ZmqLink),
+    Inproc(inproc::InprocLink),
+}
+
+impl Link {
+    async fn send(&mut self, payload: Bytes) -> Result<(), String> {
+        match self {
+            Link::Zmq(l) => l.send(payload).await,
+            Link::Inproc(l) => l.send(payload).await,
+        }
+    }
+}
+
+/// Everything needed to dial the same peer again.
+pub(crate) struct Dialer {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) identity: Bytes,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) capacity: usize,
+    pub(crate) ctx: Arc<SocketCtx>,
+    pub(crate) inbound: mpsc::Sender<Inbound>,
+}
+
+impl Dialer {
+    pub(crate) async fn dial(&self) -> Result<(Link, oneshot::Receiver<()>), ConnectError> {
+        let (down_tx, down_rx) = oneshot::channel();
+        let link = match &self.endpoint {
+            Endpoint::Inproc(name) => Link::Inproc(inproc::dial(
+                name,
+                &self.identity,
+                self.capacity,
+                &self.ctx,
+                &self.inbound,
+                down_tx,
+            )?),
+            other => Link::Zmq(
+                zmq::dial(
+                    other,
+                    &self.identity,
+                    self.connect_timeout,
+                    &self.ctx,
+                    &self.inbound,
+                    down_tx,
+                )
+                .await?,
+            ),
+        };
+        Ok((link, down_rx))
+    }
+}
+
+/// Runs a connection until its queue closes (the connection was closed or
+/// the messenger dropped). `lost` tells the messenger each time the link
+/// goes down.
+pub(crate) async fn drive(
+    dialer: Dialer,
+    first: (Link, oneshot::Receiver<()>),
+    mut queue: mpsc::Receiver<Outbound>,
+    lost: mpsc::UnboundedSender<Arc<SocketCtx>>,
+    backoff: Backoff,
+) {
+    let ctx = Arc::clone(&dialer.ctx);
+    let (mut link, mut down) = first;
+    loop {
+        // Up: drain the queue into the link until it goes down.
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut down => break,
+                _ = ctx.link_dead.notified() => break,
+                out = queue.recv() => {
+                    let Some(out) = out else { return };
+                    if let Err(e) = link.send(out.payload).await {
+                        // Kept in the unacknowledged set: resent later.
+                        bump(&ctx.stats.send_failures);
+                        tracing::debug!(endpoint = %ctx.endpoint, error = %e, "send failed");
+                    }
+                }
+            }
+        }
+        drop(link);
+        ctx.set_up(false);
+        tracing::warn!(endpoint = %ctx.endpoint, "connection lost; reconnecting");
+        let _ = lost.send(Arc::clone(&ctx));
+        let mut delay = backoff.initial;
+        (link, down) = loop {
+            tokio::time::sleep(delay).await;
+            if queue.is_closed() || ctx.is_closed() {
+                return;
+            }
+            match dialer.dial().await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::debug!(endpoint = %ctx.endpoint, error = %e, ?delay, "reconnect failed");
+                    delay = (delay * 2).min(backoff.max);
+                }
+            }
+        };
+        ctx.new_session();
+        ctx.set_up(true);
+        bump(&ctx.stats.reconnects);
+        tracing::info!(endpoint = %ctx.endpoint, "reconnected");
+    }
+}
