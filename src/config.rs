@@ -50,6 +50,14 @@ pub struct Config {
     /// Cap on the redial delay. Default 5 s, so a peer that comes back is
     /// found within 5 s without a dead one costing more than a dial per 5 s.
     pub reconnect_max: Duration,
+    /// Handlers of concurrent server loops
+    /// ([`Messenger::listen_for_connection_concurrent`](crate::Messenger::listen_for_connection_concurrent))
+    /// running at once, across the messenger; counted only while a handler
+    /// runs. Default 64 (PeerConnect's MAX_CONCURRENT_MSG_PROCESSING idea).
+    pub max_concurrent_handlers: usize,
+    /// How long `shutdown` lets queued and running server-loop work finish
+    /// before it cancels it. Default 5 s.
+    pub shutdown_grace: Duration,
     /// Liveness checks on each connection: ECHO with an empty body every
     /// `interval`; `misses` unanswered in a row declare the peer dead (its
     /// waiters fail with `Disconnected` and the connection redials).
@@ -82,6 +90,8 @@ impl Default for Config {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             heartbeat: None,
+            max_concurrent_handlers: 64,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 /// The receive-side memory of one sender.
 #[derive(Debug, Clone)]
 pub struct DedupWindow {
-    high: u64,
+    /// One past the largest id recorded: a u128 so a peer's u64::MAX fits.
+    high: u128,
     /// Missing ids: start -> end (exclusive), disjoint, all below `high`.
     missing: BTreeMap<u64, u64>,
     max_gaps: usize,
@@ -48,16 +49,18 @@ impl DedupWindow {
     /// Whether `id` was recorded before. Does not change the window, so a
     /// message that is then refused (not ACKed) can be recorded later.
     pub fn is_duplicate(&self, id: u64) -> bool {
-        id < self.high && self.gap_of(id).is_none()
+        u128::from(id) < self.high && self.gap_of(id).is_none()
     }
 
     /// Records `id` as delivered.
     pub fn record(&mut self, id: u64) {
-        if id >= self.high {
-            if id > self.high {
-                self.missing.insert(self.high, id);
+        let wide = u128::from(id);
+        if wide >= self.high {
+            if wide > self.high {
+                // high <= id here, so it fits in a u64.
+                self.missing.insert(self.high as u64, id);
             }
-            self.high = id + 1;
+            self.high = wide + 1;
         } else if let Some((start, end)) = self.gap_of(id) {
             self.missing.remove(&start);
             if start < id {
@@ -148,6 +151,16 @@ mod tests {
         assert_eq!(w.gaps(), 4);
         assert!(w.is_duplicate(1), "the oldest gaps were forgotten");
         assert!(!w.is_duplicate(97), "the newest are kept");
+    }
+
+    #[test]
+    fn the_largest_id_does_not_overflow() {
+        let mut w = DedupWindow::new(8);
+        assert!(!w.is_duplicate(u64::MAX));
+        w.record(u64::MAX);
+        assert!(w.is_duplicate(u64::MAX));
+        w.record(u64::MAX);
+        assert_eq!(w.gaps(), 1);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     runtime: Handle,
     pending: Mutex<Pending>,
+    /// Cleared when shutdown begins: server loops take nothing new.
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -83,7 +85,13 @@ impl Shared {
                 table: CallbackTable::new(limit),
                 deadlines: DelayQueue::new(),
             }),
+            accepting: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -358,7 +366,12 @@ impl Shared {
             }
             return;
         }
-        // NOOP (and the reserved id): the listener's server loop.
+        // NOOP (and the reserved id): the listener's server loop. While
+        // shutting down it is refused unACKed: the peer keeps it.
+        if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
+            bump(&self.stats.slc_busy);
+            return;
+        }
         let Some(slc) = socket.slc.as_ref() else {
             self.accept(&socket, &peer, msg_id);
             bump(&self.stats.unroutable_dropped);

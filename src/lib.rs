@@ -44,5 +44,5 @@ pub use error::{
 pub use messenger::{
     Callback, ConnectionId, Destination, Incoming, ListenerId, ListenerInfo, Messenger, NewError,
 };
-pub use server_loop::{Responder, ServerLoop};
+pub use server_loop::{AsyncServerLoop, Responder, ServerLoop};
 pub use stats::StatsSnapshot;

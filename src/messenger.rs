@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dispatch::{self, Completion, Reply, Sending, Shared};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError, RequestError, SendError};
-use crate::server_loop::{self, ServerLoop};
+use crate::server_loop::{self, AsyncServerLoop, Handler, ServerLoop};
 use crate::stats::StatsSnapshot;
 use crate::transport::{self, Inbound, OpenArgs, SocketCtx, SocketKind, SocketTasks, connection};
 use crate::wire::Payload;
@@ -168,6 +168,10 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     shut: AtomicBool,
+    /// Tells server loops to finish up (shutdown).
+    stop: tokio_util::sync::CancellationToken,
+    /// Limit of concurrent server-loop handlers, shared by all listeners.
+    handler_limit: Arc<tokio::sync::Semaphore>,
     loop_task: JoinHandle<()>,
 }
 
@@ -228,6 +232,7 @@ impl Messenger {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NewError::NoRuntime)?;
         let (inbound, inbound_rx) = mpsc::channel(config.inbound_queue_capacity.max(1));
         let (disconnects, disconnects_rx) = mpsc::unbounded_channel();
+        let limit = config.max_concurrent_handlers.max(1);
         let shared = Arc::new(Shared::new(config, runtime));
         let loop_task = tokio::spawn(dispatch::run(
             Arc::clone(&shared),
@@ -244,6 +249,8 @@ impl Messenger {
                 connecting: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 shut: AtomicBool::new(false),
+                stop: tokio_util::sync::CancellationToken::new(),
+                handler_limit: Arc::new(tokio::sync::Semaphore::new(limit)),
                 loop_task,
             }),
         })
@@ -283,13 +290,47 @@ impl Messenger {
     }
 
     /// Binds a ROUTER on `endpoint` whose messages, after the builtins and
-    /// MSCs have taken theirs, go to `slc`. `identity` is the listener's own
-    /// routing id, sent as the first frame of everything it sends.
+    /// MSCs have taken theirs, go to `slc`, one at a time in arrival order.
+    /// `identity` is the listener's own routing id, sent as the first frame
+    /// of everything it sends.
     pub async fn listen_for_connection(
         &self,
         endpoint: &Endpoint,
         identity: impl Into<Bytes>,
         slc: impl ServerLoop,
+    ) -> Result<ListenerInfo, BindError> {
+        self.listen(
+            endpoint,
+            identity.into(),
+            Handler::Sequential(Arc::new(slc)),
+        )
+        .await
+    }
+
+    /// Like [`listen_for_connection`](Self::listen_for_connection), but each
+    /// message runs as its own task, concurrently up to
+    /// [`Config::max_concurrent_handlers`] across the messenger. Order is
+    /// not kept; use the sequential form where it matters.
+    pub async fn listen_for_connection_concurrent(
+        &self,
+        endpoint: &Endpoint,
+        identity: impl Into<Bytes>,
+        slc: impl AsyncServerLoop,
+    ) -> Result<ListenerInfo, BindError> {
+        let limit = Arc::clone(&self.inner.handler_limit);
+        self.listen(
+            endpoint,
+            identity.into(),
+            Handler::Concurrent(Arc::new(slc), limit),
+        )
+        .await
+    }
+
+    async fn listen(
+        &self,
+        endpoint: &Endpoint,
+        identity: Bytes,
+        handler: Handler,
     ) -> Result<ListenerInfo, BindError> {
         if self.inner.shut.load(Ordering::Acquire) {
             return Err(BindError::Shutdown);
@@ -298,7 +339,6 @@ impl Messenger {
         let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (slc_tx, slc_rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
         let (out_tx, out_rx) = mpsc::channel(cfg.send_queue_capacity.max(1));
-        let identity = identity.into();
 
         // tcp and ipc bind the OS listener first so the context can carry
         // the resolved endpoint (port 0 becomes the real port).
@@ -330,8 +370,12 @@ impl Messenger {
                 });
             }
         };
-        let slc_task =
-            server_loop::spawn(Arc::new(slc), slc_rx, Arc::downgrade(&self.inner.shared));
+        let slc_task = server_loop::spawn(
+            handler,
+            slc_rx,
+            Arc::downgrade(&self.inner.shared),
+            self.inner.stop.clone(),
+        );
         let mut tasks = tasks;
         self.start_resending(&ctx, &mut tasks);
         let mut reg = self.inner.registry();
@@ -550,10 +594,24 @@ impl Messenger {
         s
     }
 
-    /// Stops every listener and connection, fails every waiting callback
-    /// with [`RequestError::Shutdown`] and removes the ipc files it created.
+    /// Shuts down cleanly: stops taking new messages for server loops
+    /// (they are left unACKed, so peers keep them), lets queued and running
+    /// server-loop work finish within [`Config::shutdown_grace`] (replies
+    /// still go out), then fails every waiting callback with
+    /// [`RequestError::Shutdown`], closes every socket and removes the ipc
+    /// files it created.
     pub async fn shutdown(&self) {
         self.inner.shut.store(true, Ordering::Release);
+        self.inner.shared.stop_accepting();
+        self.inner.stop.cancel();
+        let slc_tasks = std::mem::take(&mut self.inner.registry().slc_tasks);
+        let deadline = tokio::time::Instant::now() + self.inner.shared.config.shutdown_grace;
+        for mut task in slc_tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("server-loop work outlived the shutdown grace period; cancelled");
+                task.abort();
+            }
+        }
         for ctx in self.inner.close_everything() {
             self.inner.shared.fail_socket(&ctx, RequestError::Shutdown);
             ctx.pending().drain();

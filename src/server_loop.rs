@@ -4,12 +4,22 @@
 //! so a slow handler delays only its own listener's messages (and, once its
 //! queue is full, makes the ProcessMessage loop refuse new ones unACKed so
 //! peers resend later) and never the loop or other listeners.
+//!
+//! Two kinds: a [`ServerLoop`] handles one message at a time, in arrival
+//! order (so per-peer order is kept); an [`AsyncServerLoop`] runs each
+//! message as its own task, concurrently up to the messenger's
+//! [`Config::max_concurrent_handlers`](crate::Config::max_concurrent_handlers),
+//! a limit counted only while a handler runs.
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Shared;
 use crate::error::SendError;
@@ -35,7 +45,38 @@ where
     }
 }
 
+/// A listener's message handler whose work is asynchronous and may run
+/// concurrently with itself: each message becomes a task.
+pub trait AsyncServerLoop: Send + Sync + 'static {
+    /// Handles one message.
+    fn handle(
+        &self,
+        message: Incoming,
+        responder: Responder,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl<F, Fut> AsyncServerLoop for F
+where
+    F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn handle(
+        &self,
+        message: Incoming,
+        responder: Responder,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self(message, responder))
+    }
+}
+
 pub(crate) type SlcQueue = mpsc::Sender<Incoming>;
+
+/// Which kind of handler a listener runs.
+pub(crate) enum Handler {
+    Sequential(Arc<dyn ServerLoop>),
+    Concurrent(Arc<dyn AsyncServerLoop>, Arc<Semaphore>),
+}
 
 /// Answers the sender of one message, from inside an SLC or later.
 #[derive(Clone)]
@@ -92,28 +133,65 @@ impl Responder {
     }
 }
 
-/// Runs `slc` on every message its listener's queue delivers. A panicking
-/// handler is logged and the loop goes on with the next message.
+fn responder_for(shared: Arc<Shared>, msg: &Incoming) -> Responder {
+    Responder {
+        shared,
+        socket: Arc::clone(&msg.socket),
+        peer: msg.peer.clone(),
+        src_cb: msg.src_cb,
+    }
+}
+
+/// Runs a listener's handler on every message its queue delivers, until
+/// `stop`; then finishes what is already queued (and, for a concurrent
+/// handler, what is running) and returns. The caller bounds that with the
+/// shutdown grace period. A panicking handler is logged and the loop goes on.
 pub(crate) fn spawn(
-    slc: Arc<dyn ServerLoop>,
+    handler: Handler,
     mut queue: mpsc::Receiver<Incoming>,
     shared: Weak<Shared>,
+    stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(msg) = queue.recv().await {
+        let mut running = JoinSet::new();
+        loop {
+            let msg = tokio::select! {
+                biased;
+                msg = queue.recv() => msg,
+                _ = stop.cancelled() => queue.try_recv().ok(),
+            };
+            let Some(msg) = msg else { break };
             let Some(shared) = shared.upgrade() else {
                 break;
             };
-            let responder = Responder {
-                shared,
-                socket: Arc::clone(&msg.socket),
-                peer: msg.peer.clone(),
-                src_cb: msg.src_cb,
-            };
-            let socket = Arc::clone(&msg.socket);
-            if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
-                tracing::error!(endpoint = %socket.endpoint, "server-loop callback panicked; continuing");
+            let responder = responder_for(shared, &msg);
+            match &handler {
+                Handler::Sequential(slc) => {
+                    let socket = Arc::clone(&msg.socket);
+                    if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
+                        tracing::error!(endpoint = %socket.endpoint, "server-loop callback panicked; continuing");
+                    }
+                }
+                Handler::Concurrent(slc, limit) => {
+                    // Waits here (and the queue backs up) while the limit is
+                    // reached; the permit is held only while the handler runs.
+                    let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
+                        break;
+                    };
+                    let work = slc.handle(msg, responder);
+                    running.spawn(async move {
+                        work.await;
+                        drop(permit);
+                    });
+                    // Reap finished handlers so the set stays small.
+                    while let Some(done) = running.try_join_next() {
+                        if done.is_err() {
+                            tracing::error!("server-loop handler panicked; continuing");
+                        }
+                    }
+                }
             }
         }
+        while running.join_next().await.is_some() {}
     })
 }

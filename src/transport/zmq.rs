@@ -107,7 +107,10 @@ pub(crate) async fn prepare_bind(
             let l = UnixListener::bind(path).map_err(|e| io_bind_err(endpoint, e))?;
             Ok((l.into(), endpoint.clone(), Some(path.clone())))
         }
-        Endpoint::Inproc(_) => unreachable!("inproc is not a zmq transport"),
+        Endpoint::Inproc(_) => Err(BindError::Transport {
+            endpoint: endpoint.clone(),
+            message: "inproc is not a zeromq transport".into(),
+        }),
     }
 }
 
