@@ -32,6 +32,7 @@ pub mod pending;
 mod server_loop;
 mod stats;
 mod transport;
+pub mod scenarios;
 pub mod typed;
 pub mod wire;
 
