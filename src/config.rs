@@ -26,8 +26,17 @@ pub struct Config {
     /// new messages for it are neither ACKed nor delivered, so the peer
     /// resends them later instead of us buffering without bound. Default 4096.
     pub slc_queue_capacity: usize,
-    /// Largest payload sent or accepted, in bytes. Default 16 MiB.
+    /// Largest payload sent or accepted, in bytes. Default 16 MiB. On tcp
+    /// and ipc the frame guard enforces it on every frame header before the
+    /// bytes reach the zeromq decoder (which would otherwise reserve whatever
+    /// length a peer declares).
     pub max_message_size: usize,
+    /// How long a tcp or ipc peer has to finish the ZMTP greeting and READY
+    /// before it is dropped. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// Peers one listener serves at once; more wait in the OS backlog until
+    /// one leaves. Default 1024.
+    pub max_connections_per_listener: usize,
     /// How long `make_connection` waits for the handshake. Default 5 s.
     pub connect_timeout: Duration,
     /// How long a sent message may go unacknowledged before it is sent
@@ -83,6 +92,8 @@ impl Default for Config {
             inbound_queue_capacity: 8192,
             slc_queue_capacity: 4096,
             max_message_size: 16 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections_per_listener: 1024,
             connect_timeout: Duration::from_secs(5),
             resend_interval: Some(Duration::from_secs(1)),
             max_pending_messages: 1 << 20,

@@ -362,7 +362,15 @@ impl Messenger {
             (Endpoint::Inproc(name), _) => {
                 transport::inproc::bind(name, cfg.send_queue_capacity.max(1), args)?
             }
-            (_, Some((l, file))) => transport::zmq::bind(l, file, args).await?,
+            (_, Some((l, file))) => {
+                let guard = transport::relay::Settings {
+                    max_message: guard_limit(cfg),
+                    handshake_timeout: cfg.handshake_timeout,
+                    ctx: Arc::clone(&ctx),
+                };
+                let max_conns = cfg.max_connections_per_listener;
+                transport::zmq::bind(l, file, guard, max_conns, args).await?
+            }
             (_, None) => {
                 return Err(BindError::Transport {
                     endpoint: endpoint.clone(),
@@ -418,6 +426,8 @@ impl Messenger {
             capacity,
             ctx: Arc::clone(&ctx),
             inbound: self.inner.inbound.clone(),
+            max_message: guard_limit(cfg),
+            handshake_timeout: cfg.handshake_timeout,
         };
         let first = dialer.dial().await?;
         let backoff = connection::Backoff {
@@ -430,6 +440,7 @@ impl Messenger {
             tasks: vec![driver],
             created_file: None,
             inproc: None,
+            private: None,
         };
         self.start_resending(&ctx, &mut tasks);
         if let Some(hb) = cfg.heartbeat {
@@ -620,6 +631,12 @@ impl Messenger {
         // Let callbacks spawned by fail_all run before the caller goes on.
         tokio::task::yield_now().await;
     }
+}
+
+/// What the frame guard allows for one multipart message: the payload limit
+/// plus room for the routing-id and delimiter frames (at most 255 + 255 bytes).
+fn guard_limit(cfg: &Config) -> u64 {
+    (cfg.max_message_size as u64).saturating_add(512)
 }
 
 /// Hands a prepared message to its socket's queue, waiting at the

@@ -72,6 +72,12 @@ counters! {
     reconnects,
     /// Heartbeats that got no reply in time.
     heartbeats_missed,
+    /// Peers cut off by the frame guard (oversized frame, bad greeting or flags).
+    guard_rejections,
+    /// Peers cut off for not finishing the ZMTP handshake in time.
+    handshake_timeouts,
+    /// Times a listener was at its connection limit when a peer knocked.
+    connection_limit_hits,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -51,6 +51,9 @@ pub(crate) struct Dialer {
     pub(crate) capacity: usize,
     pub(crate) ctx: Arc<SocketCtx>,
     pub(crate) inbound: mpsc::Sender<Inbound>,
+    /// Limits for the frame guard in front of tcp and ipc links.
+    pub(crate) max_message: u64,
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl Dialer {
@@ -70,7 +73,11 @@ impl Dialer {
                     other,
                     &self.identity,
                     self.connect_timeout,
-                    &self.ctx,
+                    super::relay::Settings {
+                        max_message: self.max_message,
+                        handshake_timeout: self.handshake_timeout,
+                        ctx: Arc::clone(&self.ctx),
+                    },
                     &self.inbound,
                     down_tx,
                 )

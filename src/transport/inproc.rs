@@ -127,6 +127,7 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
         tasks: vec![reader, writer],
         created_file: None,
         inproc: Some(registration),
+        private: None,
     })
 }
 

@@ -8,7 +8,9 @@
 //! only ever awaited to completion by its reader.
 
 pub(crate) mod connection;
+pub mod guard;
 pub(crate) mod inproc;
+pub(crate) mod relay;
 pub(crate) mod zmq;
 
 use std::collections::HashMap;
@@ -296,6 +298,8 @@ pub(crate) struct SocketTasks {
     pub(crate) created_file: Option<std::path::PathBuf>,
     /// An inproc name this socket registered, released on close.
     pub(crate) inproc: Option<inproc::Registration>,
+    /// The private socket behind the frame guard, removed on close.
+    pub(crate) private: Option<relay::PrivateSocket>,
 }
 
 impl SocketTasks {
@@ -313,6 +317,7 @@ impl SocketTasks {
             }
         }
         self.inproc.take();
+        self.private.take();
     }
 }
 

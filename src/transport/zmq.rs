@@ -15,7 +15,8 @@ use futures::StreamExt;
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket, SocketEvent, SocketOptions, ZmqMessage};
 
-use super::{Inbound, OpenArgs, RateLimit, SocketCtx, SocketTasks};
+use super::relay::{self, PrivateSocket};
+use super::{Inbound, OpenArgs, RateLimit, SocketTasks};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError};
 use crate::stats::bump;
@@ -87,10 +88,16 @@ fn io_bind_err(endpoint: &Endpoint, source: std::io::Error) -> BindError {
     }
 }
 
+/// An OS listener bound by us, before it is handed to the accept loop.
+pub(crate) enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
 /// Binds the OS listener for `endpoint`; returns it with the resolved endpoint.
 pub(crate) async fn prepare_bind(
     endpoint: &Endpoint,
-) -> Result<(zeromq::Listener, Endpoint, Option<std::path::PathBuf>), BindError> {
+) -> Result<(Bound, Endpoint, Option<std::path::PathBuf>), BindError> {
     match endpoint {
         Endpoint::Tcp { host, port } => {
             let addr = resolve(endpoint, host, *port).await?;
@@ -100,12 +107,12 @@ pub(crate) async fn prepare_bind(
                 host: local.ip().to_string(),
                 port: local.port(),
             };
-            Ok((l.into(), resolved, None))
+            Ok((Bound::Tcp(l), resolved, None))
         }
         Endpoint::Ipc(path) => {
             clear_stale_ipc(endpoint, path)?;
             let l = UnixListener::bind(path).map_err(|e| io_bind_err(endpoint, e))?;
-            Ok((l.into(), endpoint.clone(), Some(path.clone())))
+            Ok((Bound::Unix(l), endpoint.clone(), Some(path.clone())))
         }
         Endpoint::Inproc(_) => Err(BindError::Transport {
             endpoint: endpoint.clone(),
@@ -114,10 +121,13 @@ pub(crate) async fn prepare_bind(
     }
 }
 
-/// Starts a ROUTER on an already-bound listener.
+/// Starts a ROUTER behind the frame guard: the crate binds a private Unix
+/// socket; our accept loop takes peers on `listener` and relays them to it.
 pub(crate) async fn bind(
-    listener: zeromq::Listener,
+    listener: Bound,
     created_file: Option<std::path::PathBuf>,
+    guard: relay::Settings,
+    max_connections: usize,
     args: OpenArgs,
 ) -> Result<SocketTasks, BindError> {
     let OpenArgs {
@@ -126,15 +136,34 @@ pub(crate) async fn bind(
         mut out_rx,
         inbound,
     } = args;
+    let io_err = |source| BindError::Io {
+        endpoint: ctx.endpoint.clone(),
+        source,
+    };
+    let private = PrivateSocket::new().map_err(io_err)?;
+    let private_path = private.path();
+    let private_listener = UnixListener::bind(&private_path).map_err(io_err)?;
+    let public = match listener {
+        Bound::Tcp(l) => {
+            l.set_nonblocking(true).map_err(io_err)?;
+            relay::Public::Tcp(tokio::net::TcpListener::from_std(l).map_err(io_err)?)
+        }
+        Bound::Unix(l) => {
+            l.set_nonblocking(true).map_err(io_err)?;
+            relay::Public::Unix(tokio::net::UnixListener::from_std(l).map_err(io_err)?)
+        }
+    };
     let mut socket = RouterSocket::with_options(options(&identity, std::time::Duration::ZERO));
     let mut monitor = socket.monitor();
     socket
-        .bind_listener(listener)
+        .bind_listener(private_listener)
         .await
         .map_err(|e| BindError::Transport {
             endpoint: ctx.endpoint.clone(),
             message: e.to_string(),
         })?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let acceptor = tokio::spawn(relay::accept_loop(public, private_path, limit, guard));
     let (mut tx, mut rx) = socket.split();
 
     let reader_ctx = Arc::clone(&ctx);
@@ -189,9 +218,10 @@ pub(crate) async fn bind(
     });
 
     Ok(SocketTasks {
-        tasks: vec![reader, writer, monitor_task],
+        tasks: vec![acceptor, reader, writer, monitor_task],
         created_file,
         inproc: None,
+        private: Some(private),
     })
 }
 
@@ -199,7 +229,8 @@ pub(crate) async fn bind(
 /// watching it for a disconnect.
 pub(crate) struct ZmqLink {
     tx: zeromq::DealerSendHalf,
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    tasks: [tokio::task::JoinHandle<()>; 3],
+    _private: PrivateSocket,
 }
 
 impl ZmqLink {
@@ -223,45 +254,53 @@ pub(crate) async fn dial(
     endpoint: &Endpoint,
     identity: &Bytes,
     connect_timeout: std::time::Duration,
-    ctx: &Arc<SocketCtx>,
+    guard: relay::Settings,
     inbound: &tokio::sync::mpsc::Sender<Inbound>,
     down: tokio::sync::oneshot::Sender<()>,
 ) -> Result<ZmqLink, ConnectError> {
+    let ctx = &guard.ctx;
+    let refused = |message: String| ConnectError::Refused {
+        endpoint: endpoint.clone(),
+        message,
+    };
+    // We dial the peer ourselves; the crate's DEALER talks to it through the
+    // frame guard, over a private socket.
+    let peer = match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+            let stream = tokio::time::timeout(connect_timeout, connect)
+                .await
+                .map_err(|_| ConnectError::Timeout(endpoint.clone()))?
+                .map_err(|e| refused(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            relay::Stream::Tcp(stream)
+        }
+        Endpoint::Ipc(path) => {
+            let connect = tokio::net::UnixStream::connect(path);
+            let stream = tokio::time::timeout(connect_timeout, connect)
+                .await
+                .map_err(|_| ConnectError::Timeout(endpoint.clone()))?
+                .map_err(|e| refused(e.to_string()))?;
+            relay::Stream::Unix(stream)
+        }
+        Endpoint::Inproc(_) => return Err(refused("inproc is not a zeromq transport".into())),
+    };
+    let private = PrivateSocket::new().map_err(|e| refused(e.to_string()))?;
+    let private_path = private.path();
+    let private_listener =
+        relay::bind_private(&private_path).map_err(|e| refused(e.to_string()))?;
+    let relay_task = tokio::spawn(relay::relay_outgoing(private_listener, peer, guard.clone()));
     let mut socket = DealerSocket::with_options(options(identity, connect_timeout));
     let mut monitor = socket.monitor();
-    let addr = match endpoint {
-        Endpoint::Tcp { host, port } => {
-            // The crate's own resolver is not used: resolve like bind does.
-            let ip = match host.parse::<std::net::IpAddr>() {
-                Ok(ip) => ip,
-                Err(_) => tokio::net::lookup_host((host.as_str(), *port))
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .map(|a| a.ip())
-                    .ok_or_else(|| ConnectError::Refused {
-                        endpoint: endpoint.clone(),
-                        message: format!("cannot resolve host {host:?}"),
-                    })?,
-            };
-            SocketAddr::new(ip, *port).to_string()
-        }
-        Endpoint::Ipc(path) => path.display().to_string(),
-        Endpoint::Inproc(_) => {
-            return Err(ConnectError::Refused {
-                endpoint: endpoint.clone(),
-                message: "inproc is not a zeromq transport".into(),
-            });
-        }
-    };
-    let url = format!("{}://{}", endpoint.scheme(), addr);
-    socket.connect(&url).await.map_err(|e| match e {
-        zeromq::ZmqError::ConnectTimeout(_) => ConnectError::Timeout(endpoint.clone()),
-        other => ConnectError::Refused {
-            endpoint: endpoint.clone(),
-            message: other.to_string(),
-        },
-    })?;
+    let url = format!("ipc://{}", private_path.display());
+    let connected = socket.connect(&url).await;
+    if let Err(e) = connected {
+        relay_task.abort();
+        return Err(match e {
+            zeromq::ZmqError::ConnectTimeout(_) => ConnectError::Timeout(endpoint.clone()),
+            other => refused(other.to_string()),
+        });
+    }
     let (tx, mut rx) = socket.split();
     let down = Arc::new(std::sync::Mutex::new(Some(down)));
     let fire = |down: &Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>| {
@@ -305,6 +344,7 @@ pub(crate) async fn dial(
 
     Ok(ZmqLink {
         tx,
-        tasks: [reader, monitor_task],
+        tasks: [reader, monitor_task, relay_task],
+        _private: private,
     })
 }

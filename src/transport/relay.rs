@@ -1,0 +1,215 @@
+//! Relays between a peer and the `zeromq` crate through the frame guard.
+//!
+//! The crate never touches a peer's socket. For a listener we accept on the
+//! public tcp or ipc socket ourselves and connect each peer, through a relay,
+//! to the crate's ROUTER bound on a private Unix socket in a 0700 temp dir.
+//! For a connection we dial the peer ourselves and let the crate's DEALER
+//! connect to a private socket whose one accepted stream is relayed to it.
+//! In both cases bytes from the peer pass [`FrameGuard::feed`] before they
+//! are forwarded; bytes towards the peer are copied unchanged.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::guard::{FrameGuard, GuardError};
+use super::{RateLimit, SocketCtx};
+use crate::stats::bump;
+
+/// Read size of a relay; a frame larger than this is forwarded in pieces.
+const CHUNK: usize = 16 * 1024;
+
+/// A private directory (mode 0700) holding the crate's side of relays;
+/// removed when dropped.
+pub(crate) struct PrivateSocket {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateSocket {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(PrivateSocket {
+            dir: tempfile::Builder::new().prefix("messenger-").tempdir()?,
+        })
+    }
+
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.path().join("z.sock")
+    }
+}
+
+/// Limits and counters a relay needs.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) max_message: u64,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) ctx: Arc<SocketCtx>,
+}
+
+#[derive(Debug)]
+enum RelayEnd {
+    Closed,
+    Io(io::Error),
+    Guard(GuardError),
+    HandshakeTimeout,
+}
+
+/// Moves bytes both ways until either side closes or the guard refuses.
+pub(crate) async fn relay<P, I>(peer: P, inner: I, s: &Settings, warn: &mut RateLimit)
+where
+    P: AsyncRead + AsyncWrite,
+    I: AsyncRead + AsyncWrite,
+{
+    let (mut peer_rd, mut peer_wr) = tokio::io::split(peer);
+    let (mut inner_rd, mut inner_wr) = tokio::io::split(inner);
+    let inbound = async {
+        let mut guard = FrameGuard::new(s.max_message);
+        let mut buf = vec![0u8; CHUNK];
+        let handshake_deadline = tokio::time::Instant::now() + s.handshake_timeout;
+        loop {
+            let read = peer_rd.read(&mut buf);
+            let n = if guard.handshake_done() {
+                read.await
+            } else {
+                match tokio::time::timeout_at(handshake_deadline, read).await {
+                    Ok(r) => r,
+                    Err(_) => return RelayEnd::HandshakeTimeout,
+                }
+            };
+            let n = match n {
+                Ok(0) => return RelayEnd::Closed,
+                Ok(n) => n,
+                Err(e) => return RelayEnd::Io(e),
+            };
+            let Some(chunk) = buf.get(..n) else {
+                return RelayEnd::Closed;
+            };
+            if let Err(e) = guard.feed(chunk) {
+                return RelayEnd::Guard(e);
+            }
+            if let Err(e) = inner_wr.write_all(chunk).await {
+                return RelayEnd::Io(e);
+            }
+        }
+    };
+    let outbound = tokio::io::copy(&mut inner_rd, &mut peer_wr);
+    let end = tokio::select! {
+        end = inbound => end,
+        r = outbound => r.map_or_else(RelayEnd::Io, |_| RelayEnd::Closed),
+    };
+    let stats = &s.ctx.stats;
+    match end {
+        RelayEnd::Closed => {}
+        RelayEnd::Io(e) => tracing::debug!(endpoint = %s.ctx.endpoint, error = %e, "relay ends"),
+        RelayEnd::Guard(e) => {
+            bump(&stats.guard_rejections);
+            if warn.allow() {
+                tracing::warn!(endpoint = %s.ctx.endpoint, error = %e, "dropping peer: frame guard");
+            }
+        }
+        RelayEnd::HandshakeTimeout => {
+            bump(&stats.handshake_timeouts);
+            if warn.allow() {
+                tracing::warn!(endpoint = %s.ctx.endpoint, timeout = ?s.handshake_timeout, "dropping peer: no handshake in time");
+            }
+        }
+    }
+}
+
+/// The public side of a listener.
+pub(crate) enum Public {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Accepts peers on `public` (at most `limit` at once) and relays each to
+/// the crate's ROUTER at `private`. Runs until aborted; aborting it ends
+/// every relay it started.
+pub(crate) async fn accept_loop(
+    public: Public,
+    private: PathBuf,
+    limit: Arc<Semaphore>,
+    s: Settings,
+) {
+    let mut relays = JoinSet::new();
+    let mut warn = RateLimit::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        while relays.try_join_next().is_some() {}
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                bump(&s.ctx.stats.connection_limit_hits);
+                if warn.allow() {
+                    tracing::warn!(endpoint = %s.ctx.endpoint, "connection limit reached; accepting again when one closes");
+                }
+                tokio::select! {
+                    p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    Some(_) = relays.join_next() => continue,
+                }
+            }
+        };
+        let accepted = match &public {
+            Public::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+            Public::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+        };
+        let stream = match accepted {
+            Ok(stream) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                if warn.allow() {
+                    tracing::warn!(endpoint = %s.ctx.endpoint, error = %e, ?backoff, "accept failed");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let s = s.clone();
+        let private = private.clone();
+        relays.spawn(async move {
+            let _permit = permit;
+            let mut warn = RateLimit::new();
+            match UnixStream::connect(&private).await {
+                Ok(inner) => match stream {
+                    Stream::Tcp(p) => relay(p, inner, &s, &mut warn).await,
+                    Stream::Unix(p) => relay(p, inner, &s, &mut warn).await,
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot reach the listener's private socket"),
+            }
+        });
+    }
+}
+
+pub(crate) enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(UnixStream),
+}
+
+/// Accepts the crate's one connection on `private` and relays it to `peer`.
+pub(crate) async fn relay_outgoing(private: UnixListener, peer: Stream, s: Settings) {
+    let Ok(Ok((inner, _))) = tokio::time::timeout(s.handshake_timeout, private.accept()).await
+    else {
+        tracing::warn!(endpoint = %s.ctx.endpoint, "the DEALER never reached its relay");
+        return;
+    };
+    drop(private);
+    let mut warn = RateLimit::new();
+    match peer {
+        Stream::Tcp(p) => relay(p, inner, &s, &mut warn).await,
+        Stream::Unix(p) => relay(p, inner, &s, &mut warn).await,
+    }
+}
+
+/// Binds the private socket for one relay target.
+pub(crate) fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    UnixListener::bind(path)
+}

@@ -1,0 +1,232 @@
+//! The frame guard in front of the zeromq decoder: a peer declaring a huge
+//! frame is cut off, and the process and every other peer live on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{place, within};
+use messenger::{Config, Endpoint, Incoming, Messenger, Responder, wire};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+fn greeting() -> Vec<u8> {
+    let mut g = vec![0u8; 64];
+    g[0] = 0xFF;
+    g[9] = 0x7F;
+    g[10] = 3;
+    g[12..16].copy_from_slice(b"NULL");
+    g
+}
+
+fn ready(socket_type: &str) -> Vec<u8> {
+    let mut body = b"\x05READY\x0bSocket-Type".to_vec();
+    body.extend((socket_type.len() as u32).to_be_bytes());
+    body.extend(socket_type.as_bytes());
+    let mut f = vec![0b100, body.len() as u8];
+    f.extend(body);
+    f
+}
+
+/// Greeting, READY, then one long data frame header declaring 2^40 bytes:
+/// 80 bytes or so on the wire.
+fn one_tebibyte_attack(socket_type: &str) -> Vec<u8> {
+    let mut a = greeting();
+    a.extend(ready(socket_type));
+    a.push(0b010);
+    a.extend((1u64 << 40).to_be_bytes());
+    a
+}
+
+/// Writes the attack and waits until the other side closes the stream.
+async fn attack_and_expect_cutoff<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: &[u8]) {
+    s.write_all(bytes).await.unwrap();
+    let mut buf = [0u8; 1024];
+    within(5, "peer cut off", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {} // its greeting and READY
+            }
+        }
+    })
+    .await;
+}
+
+fn echo_slc(_: Incoming, _: Responder) {}
+
+#[tokio::test]
+async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
+    for t in ["tcp", "ipc"] {
+        let p = place(t);
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", echo_slc)
+            .await
+            .unwrap();
+        // A well-behaved client connected before the attack keeps working after it.
+        let client = Messenger::new("client").unwrap();
+        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+        within(
+            5,
+            "echo before",
+            client.request(conn, wire::ECHO, b"before"),
+        )
+        .await
+        .unwrap();
+
+        let attack = one_tebibyte_attack("DEALER");
+        match &bound.endpoint {
+            Endpoint::Tcp { port, .. } => {
+                let s = tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                    .await
+                    .unwrap();
+                attack_and_expect_cutoff(s, &attack).await;
+            }
+            Endpoint::Ipc(path) => {
+                let s = tokio::net::UnixStream::connect(path).await.unwrap();
+                attack_and_expect_cutoff(s, &attack).await;
+            }
+            Endpoint::Inproc(_) => unreachable!(),
+        }
+        assert_eq!(server.stats().guard_rejections, 1, "{t}");
+        let reply = within(5, "echo after", client.request(conn, wire::ECHO, b"after"))
+            .await
+            .unwrap();
+        assert_eq!(reply.body.as_ref(), b"after", "{t}");
+        // A new client can still connect, too.
+        let late = Messenger::new("late").unwrap();
+        let c2 = late.make_connection(&bound.endpoint).await.unwrap();
+        within(5, "new client", late.request(c2, wire::ECHO, b"x"))
+            .await
+            .unwrap();
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hostile_router_cannot_abort_our_connection_side() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let attacker = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(&one_tebibyte_attack("ROUTER")).await.unwrap();
+        // Hold the stream until the victim cuts it.
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let client = Messenger::new("victim").unwrap();
+    let ep: Endpoint = format!("tcp://127.0.0.1:{port}").parse().unwrap();
+    // The attack may land during the handshake (connect fails) or right
+    // after it (the link drops): either way we cut the peer and live on.
+    let conn = client.make_connection(&ep).await;
+    within(5, "attacker cut off", attacker).await.unwrap();
+    common::eventually(5, "rejection counted", || {
+        client.stats().guard_rejections == 1
+    })
+    .await;
+    if let Ok(conn) = conn {
+        common::eventually(5, "link down", || !client.is_connected(conn)).await;
+    }
+    // The process is alive and the messenger still serves other peers.
+    let p = place("inproc");
+    let server = Messenger::new("server").unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "s", echo_slc)
+        .await
+        .unwrap();
+    let c = client.make_connection(&bound.endpoint).await.unwrap();
+    within(5, "echo", client.request(c, wire::ECHO, b"alive"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn garbage_or_a_stalled_handshake_is_dropped() {
+    let p = place("tcp");
+    let config = Config {
+        handshake_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let server = Messenger::with_config("server", config).unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "server", echo_slc)
+        .await
+        .unwrap();
+    let Endpoint::Tcp { port, .. } = bound.endpoint else {
+        unreachable!()
+    };
+    // Garbage instead of a greeting: cut off at once.
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    attack_and_expect_cutoff(s, b"GET / HTTP/1.1\r\n\r\n").await;
+    // Half a greeting, then silence: cut off at the handshake timeout.
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    attack_and_expect_cutoff(s, &greeting()[..20]).await;
+    let st = server.stats();
+    assert_eq!(st.guard_rejections, 1, "{st:?}");
+    assert_eq!(st.handshake_timeouts, 1, "{st:?}");
+}
+
+#[tokio::test]
+async fn the_connection_limit_is_enforced_and_accepts_resume() {
+    let p = place("tcp");
+    let config = Config {
+        max_connections_per_listener: 2,
+        ..Config::default()
+    };
+    let server = Messenger::with_config("server", config).unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "server", echo_slc)
+        .await
+        .unwrap();
+    let a = Messenger::new("a").unwrap();
+    let b = Messenger::new("b").unwrap();
+    let ca = a.make_connection(&bound.endpoint).await.unwrap();
+    let cb = b.make_connection(&bound.endpoint).await.unwrap();
+    within(5, "a", a.request(ca, wire::ECHO, b"a"))
+        .await
+        .unwrap();
+    within(5, "b", b.request(cb, wire::ECHO, b"b"))
+        .await
+        .unwrap();
+    // A third peer waits in the backlog: its TCP connect succeeds but nobody
+    // relays it, so its ZMTP handshake cannot finish while the others stay.
+    let c = Messenger::with_config(
+        "c",
+        Config {
+            connect_timeout: Duration::from_secs(20),
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let endpoint = bound.endpoint.clone();
+    let c2 = c.clone();
+    let mut third = tokio::spawn(async move { c2.make_connection(&endpoint).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "third peer served past the limit"
+    );
+    common::eventually(5, "limit reported", || {
+        server.stats().connection_limit_hits >= 1
+    })
+    .await;
+    // One leaves: the third is accepted and served.
+    a.shutdown().await;
+    let cc = within(10, "c accepted after a left", third)
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = within(10, "c served", c.request(cc, wire::ECHO, b"c"))
+        .await
+        .unwrap();
+    assert_eq!(reply.body.as_ref(), b"c");
+}
