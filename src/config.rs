@@ -49,9 +49,15 @@ pub struct Config {
     /// with `TooManyUnacked`. Default 2^20.
     pub max_pending_messages: usize,
     /// Runs of missing msg_ids remembered per sender for duplicate
-    /// suppression (bounds the complement set, about 48 bytes each).
-    /// In-order traffic uses none. Default 1024.
+    /// suppression (bounds the complement set, about 56 bytes each).
+    /// In-order traffic uses none. A sender with this many gaps younger than
+    /// `dedup_gap_ttl` gets its new messages refused unACKed (it resends
+    /// them) until its resends fill the gaps. Default 1024.
     pub dedup_max_gaps: usize,
+    /// How long a gap is kept for resends to fill it before it may be
+    /// forgotten. Default 60 s: twice the default request deadline, after
+    /// which a sender stops resending.
+    pub dedup_gap_ttl: Duration,
     /// First redial delay after a connection loses its peer; it doubles per
     /// failed attempt. Default 100 ms: a restarted listener is usually back
     /// within a few hundred milliseconds.
@@ -67,6 +73,15 @@ pub struct Config {
     /// How long `shutdown` lets queued and running server-loop work finish
     /// before it cancels it. Default 5 s.
     pub shutdown_grace: Duration,
+    /// How long closing a socket lets messages already queued reach the
+    /// peer (libzmq's ZMQ_LINGER), e.g. the ACK of a reply that just
+    /// arrived. Default 1 s.
+    pub linger: Duration,
+    /// Shared-secret authentication on tcp and ipc (inproc stays inside the
+    /// process and needs none): listeners require a valid proof as each
+    /// peer's first message, and connections send one. See `auth`. Default
+    /// off.
+    pub auth: Option<crate::auth::Secret>,
     /// Liveness checks on each connection: ECHO with an empty body every
     /// `interval`; `misses` unanswered in a row declare the peer dead (its
     /// waiters fail with `Disconnected` and the connection redials).
@@ -98,11 +113,14 @@ impl Default for Config {
             resend_interval: Some(Duration::from_secs(1)),
             max_pending_messages: 1 << 20,
             dedup_max_gaps: 1024,
+            dedup_gap_ttl: Duration::from_secs(60),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             heartbeat: None,
+            auth: None,
             max_concurrent_handlers: 64,
             shutdown_grace: Duration::from_secs(5),
+            linger: Duration::from_secs(1),
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio_util::time::delay_queue::{self, DelayQueue};
 
 use crate::callbacks::CallbackTable;
 use crate::config::Config;
+use crate::dedup::Verdict;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
 use crate::pending::MsgKey;
@@ -191,10 +192,10 @@ impl Shared {
             });
         }
         let key = (peer.clone(), msg_id);
-        if let Some(id) = sending.cb_id {
-            if let Some(w) = self.pending().table.get_mut(id) {
-                w.msg = key.clone();
-            }
+        if let Some(id) = sending.cb_id
+            && let Some(w) = self.pending().table.get_mut(id)
+        {
+            w.msg = key.clone();
         }
         if resend {
             let now = tokio::time::Instant::now();
@@ -336,11 +337,20 @@ impl Shared {
             }
             return;
         }
-        if socket.is_duplicate(&peer, msg_id) {
-            // Our ACK was lost or slow: ACK again, deliver nothing.
-            self.ack(&socket, &peer, msg_id);
-            bump(&self.stats.duplicates_dropped);
-            return;
+        match socket.check_seen(&peer, msg_id) {
+            Verdict::New => {}
+            Verdict::Duplicate => {
+                // Our ACK was lost or slow: ACK again, deliver nothing.
+                self.ack(&socket, &peer, msg_id);
+                bump(&self.stats.duplicates_dropped);
+                return;
+            }
+            Verdict::Busy => {
+                // Too many of its earlier messages still missing: not ACKed,
+                // so the sender resends it once the gaps have filled.
+                bump(&self.stats.dedup_busy);
+                return;
+            }
         }
         if dst == ECHO {
             self.accept(&socket, &peer, msg_id);
@@ -366,7 +376,13 @@ impl Shared {
             }
             return;
         }
-        // NOOP (and the reserved id): the listener's server loop. While
+        if dst == crate::auth::AUTH {
+            // An authentication message: the listener's relay checked it
+            // before it got here (or the listener needs none). Nothing to deliver.
+            self.accept(&socket, &peer, msg_id);
+            return;
+        }
+        // NOOP: the listener's server loop. While
         // shutting down it is refused unACKed: the peer keeps it.
         if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
             bump(&self.stats.slc_busy);
@@ -436,7 +452,14 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
     loop {
         ticker.tick().await;
         let now = tokio::time::Instant::now();
-        let tick = socket.pending().tick(now, interval, socket.is_up());
+        // Only what fits in the queue now is resent (and marked so); the
+        // rest stays due for the next tick.
+        let budget = if socket.is_up() {
+            socket.out_tx.capacity()
+        } else {
+            0
+        };
+        let tick = socket.pending().tick(now, interval, budget);
         for (peer, payload) in tick.resend {
             if socket.out_tx.try_send(Outbound { peer, payload }).is_ok() {
                 bump(&socket.stats.resends);

@@ -157,7 +157,8 @@ mod tests {
     #[test]
     fn rejects_bad_strings_with_named_errors() {
         use EndpointError::*;
-        let cases: &[(&str, fn(&EndpointError) -> bool)] = &[
+        type Check = fn(&EndpointError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("127.0.0.1:5", |e| matches!(e, MissingScheme(_))),
             (
                 "udp://x:1",

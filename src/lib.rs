@@ -21,6 +21,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod callbacks;
 mod config;
 pub mod dedup;
@@ -29,10 +30,10 @@ pub mod endpoint;
 pub mod error;
 mod messenger;
 pub mod pending;
+pub mod scenarios;
 mod server_loop;
 mod stats;
 mod transport;
-pub mod scenarios;
 pub mod typed;
 pub mod wire;
 

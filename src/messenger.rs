@@ -187,23 +187,28 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes every socket; returns them so their waiters can be failed.
-    fn close_everything(&self) -> Vec<Arc<SocketCtx>> {
+    /// Takes every socket out of the registry, marked closed.
+    fn take_everything(&self) -> Vec<Open> {
         let mut reg = self.registry();
         let reg = &mut *reg;
         let listeners = reg.listeners.drain().map(|(_, o)| o);
         let connections = reg.connections.drain().map(|(_, o)| o);
-        let mut closed = Vec::new();
-        for mut open in listeners.chain(connections) {
-            open.ctx.mark_closed();
-            open.tasks.close();
-            closed.push(open.ctx);
+        let open: Vec<Open> = listeners.chain(connections).collect();
+        for o in &open {
+            o.ctx.mark_closed();
         }
         reg.pool.clear();
         for t in reg.slc_tasks.drain(..) {
             t.abort();
         }
-        closed
+        open
+    }
+
+    /// Closes every socket at once.
+    fn close_everything(&self) {
+        for mut open in self.take_everything() {
+            open.tasks.close();
+        }
     }
 }
 
@@ -367,6 +372,11 @@ impl Messenger {
                     max_message: guard_limit(cfg),
                     handshake_timeout: cfg.handshake_timeout,
                     ctx: Arc::clone(&ctx),
+                    sessions: true,
+                    auth: cfg
+                        .auth
+                        .clone()
+                        .map(|s| Arc::new(std::sync::Mutex::new(crate::auth::Verifier::new(s)))),
                 };
                 let max_conns = cfg.max_connections_per_listener;
                 transport::zmq::bind(l, file, guard, max_conns, args).await?
@@ -428,6 +438,8 @@ impl Messenger {
             inbound: self.inner.inbound.clone(),
             max_message: guard_limit(cfg),
             handshake_timeout: cfg.handshake_timeout,
+            linger: cfg.linger,
+            auth: cfg.auth.clone(),
         };
         let first = dialer.dial().await?;
         let backoff = connection::Backoff {
@@ -435,12 +447,22 @@ impl Messenger {
             max: cfg.reconnect_max.max(cfg.reconnect_initial),
         };
         let lost = self.inner.disconnects.clone();
-        let driver = tokio::spawn(connection::drive(dialer, first, out_rx, lost, backoff));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let driver = tokio::spawn(connection::drive(
+            dialer,
+            first,
+            out_rx,
+            lost,
+            backoff,
+            stop.clone(),
+        ));
         let mut tasks = SocketTasks {
-            tasks: vec![driver],
+            tasks: Vec::new(),
             created_file: None,
             inproc: None,
             private: None,
+            flushing: vec![driver],
+            stop: Some(stop),
         };
         self.start_resending(&ctx, &mut tasks);
         if let Some(hb) = cfg.heartbeat {
@@ -623,11 +645,37 @@ impl Messenger {
                 task.abort();
             }
         }
-        for ctx in self.inner.close_everything() {
-            self.inner.shared.fail_socket(&ctx, RequestError::Shutdown);
-            ctx.pending().drain();
+        // Let what is queued (replies, the ACKs of replies we just got)
+        // reach the wire, for at most the linger period.
+        let sockets: Vec<Arc<SocketCtx>> = {
+            let reg = self.inner.registry();
+            reg.listeners
+                .values()
+                .chain(reg.connections.values())
+                .map(|o| Arc::clone(&o.ctx))
+                .collect()
+        };
+        let linger = tokio::time::Instant::now() + self.inner.shared.config.linger;
+        while sockets
+            .iter()
+            .any(|c| c.is_up() && c.out_tx.capacity() < c.out_tx.max_capacity())
+            && tokio::time::Instant::now() < linger
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let linger = self.inner.shared.config.linger;
+        let closing = self.inner.take_everything();
+        for open in &closing {
+            self.inner
+                .shared
+                .fail_socket(&open.ctx, RequestError::Shutdown);
+            open.ctx.pending().drain();
         }
         self.inner.shared.fail_all(RequestError::Shutdown);
+        futures::future::join_all(closing.into_iter().map(|mut open| async move {
+            open.tasks.close_gracefully(linger).await;
+        }))
+        .await;
         // Let callbacks spawned by fail_all run before the caller goes on.
         tokio::task::yield_now().await;
     }

@@ -85,10 +85,11 @@ impl<W> PendingSet<W> {
         self.entries.remove(key)
     }
 
-    /// Messages due for a resend (unacknowledged for `interval`) and
-    /// messages past their deadline. With `resend` false (the link is down)
-    /// only deadlines are applied, so due messages go out as soon as it is up.
-    pub fn tick(&mut self, now: Instant, interval: Duration, resend: bool) -> Tick<W> {
+    /// Messages past their deadline, and up to `budget` messages due for a
+    /// resend (unacknowledged for `interval`), which are marked resent. With
+    /// a budget of 0 (the link is down, or the queue is full) nothing is
+    /// marked, so due messages go out as soon as there is room.
+    pub fn tick(&mut self, now: Instant, interval: Duration, budget: usize) -> Tick<W> {
         let mut t = Tick {
             resend: Vec::new(),
             expired: Vec::new(),
@@ -104,10 +105,10 @@ impl<W> PendingSet<W> {
                 t.expired.push((k, e.waiter));
             }
         }
-        if !resend {
-            return t;
-        }
         for ((peer, _), e) in self.entries.iter_mut() {
+            if t.resend.len() >= budget {
+                break;
+            }
             if now.duration_since(e.last_sent) >= interval {
                 e.last_sent = now;
                 e.resends += 1;
@@ -199,23 +200,25 @@ mod tests {
         )
         .unwrap();
         assert!(
-            s.tick(t0 + Duration::from_millis(500), iv, true)
+            s.tick(t0 + Duration::from_millis(500), iv, usize::MAX)
                 .resend
                 .is_empty()
         );
-        let t = s.tick(t0 + Duration::from_secs(1), iv, true);
+        let t = s.tick(t0 + Duration::from_secs(1), iv, usize::MAX);
         assert_eq!(t.resend, vec![(Bytes::new(), Bytes::from("a"))]);
         assert!(
-            s.tick(t0 + Duration::from_millis(1500), iv, true)
+            s.tick(t0 + Duration::from_millis(1500), iv, usize::MAX)
                 .resend
                 .is_empty(),
             "the interval restarts at each resend"
         );
         assert_eq!(
-            s.tick(t0 + Duration::from_secs(2), iv, true).resend.len(),
+            s.tick(t0 + Duration::from_secs(2), iv, usize::MAX)
+                .resend
+                .len(),
             1
         );
-        let t = s.tick(t0 + Duration::from_millis(2500), iv, true);
+        let t = s.tick(t0 + Duration::from_millis(2500), iv, usize::MAX);
         assert!(t.resend.is_empty());
         assert_eq!(t.expired.len(), 1);
         assert!(s.is_empty());
@@ -236,17 +239,38 @@ mod tests {
         s.insert(key(2), Bytes::new(), t0, t0 + Duration::from_secs(9), None)
             .unwrap();
         assert!(
-            s.tick(t0 + Duration::from_secs(2), Duration::from_secs(1), false)
+            s.tick(t0 + Duration::from_secs(2), Duration::from_secs(1), 0)
                 .resend
                 .is_empty()
         );
         assert_eq!(s.drain_waiters(), vec![1]);
         assert_eq!(s.len(), 1, "fire-and-forget messages stay to be resent");
         assert_eq!(
-            s.tick(t0 + Duration::from_secs(2), Duration::from_secs(1), true)
-                .resend
-                .len(),
+            s.tick(
+                t0 + Duration::from_secs(2),
+                Duration::from_secs(1),
+                usize::MAX
+            )
+            .resend
+            .len(),
             1
+        );
+    }
+
+    #[test]
+    fn only_the_budget_is_marked_resent() {
+        let t0 = Instant::now();
+        let iv = Duration::from_secs(1);
+        let mut s: PendingSet<()> = PendingSet::new(10);
+        for id in 0..5 {
+            s.insert(key(id), Bytes::new(), t0, t0 + Duration::from_secs(9), None)
+                .unwrap();
+        }
+        assert_eq!(s.tick(t0 + iv, iv, 2).resend.len(), 2);
+        assert_eq!(
+            s.tick(t0 + iv, iv, 10).resend.len(),
+            3,
+            "the others are still due"
         );
     }
 

@@ -62,6 +62,9 @@ counters! {
     unroutable_dropped,
     /// Messages refused (not ACKed) because a server loop's queue was full.
     slc_busy,
+    /// Messages refused (not ACKed) because their sender had too many
+    /// earlier messages still missing (see `Config::dedup_max_gaps`).
+    dedup_busy,
     /// ACKs or ECHO replies dropped because the send queue was full.
     replies_dropped,
     /// Messages a socket could not deliver to its peer.
@@ -74,8 +77,11 @@ counters! {
     heartbeats_missed,
     /// Peers cut off by the frame guard (oversized frame, bad greeting or flags).
     guard_rejections,
-    /// Peers cut off for not finishing the ZMTP handshake in time.
+    /// Peers cut off for not finishing the ZMTP handshake (and, with a
+    /// secret, authentication) in time.
     handshake_timeouts,
+    /// Peers cut off for a missing, wrong, stale or replayed proof.
+    auth_failures,
     /// Times a listener was at its connection limit when a peer knocked.
     connection_limit_hits,
 }

@@ -23,7 +23,8 @@ pub struct Cli {
 pub enum SlcMode {
     /// Print it (one JSON object per line on stdout) and do nothing else.
     Log,
-    /// Print it and reply to the sender with the same body.
+    /// Print it and, if the sender asked for a reply (src_cb is not 0),
+    /// reply to its callback with the same body.
     Echo,
 }
 

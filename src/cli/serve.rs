@@ -31,10 +31,14 @@ pub async fn run(
                 "dst_cb": msg.dst_cb,
                 "body": String::from_utf8_lossy(&msg.body),
             }));
-            if let SlcMode::Echo = mode {
-                if let Err(e) = r.try_reply(&msg.body) {
-                    tracing::warn!(error = %e, "cannot reply");
-                }
+            // Only messages that ask for a reply get one: answering src_cb 0
+            // would land in the sender's server loop, and two echo servers
+            // would bounce a message between them forever.
+            if matches!(mode, SlcMode::Echo)
+                && msg.src_cb != messenger::wire::NOOP
+                && let Err(e) = r.try_reply(&msg.body)
+            {
+                tracing::warn!(error = %e, "cannot reply");
             }
         };
         let info = m

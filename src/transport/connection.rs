@@ -41,6 +41,14 @@ impl Link {
             Link::Inproc(l) => l.send(payload).await,
         }
     }
+
+    /// Closes the link, letting what was sent reach the peer for up to `linger`.
+    async fn close(self, linger: Duration) {
+        match self {
+            Link::Zmq(l) => l.close(linger).await,
+            Link::Inproc(l) => drop(l),
+        }
+    }
 }
 
 /// Everything needed to dial the same peer again.
@@ -54,6 +62,9 @@ pub(crate) struct Dialer {
     /// Limits for the frame guard in front of tcp and ipc links.
     pub(crate) max_message: u64,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) linger: Duration,
+    /// Proves our knowledge of the listener's secret on every new link.
+    pub(crate) auth: Option<crate::auth::Secret>,
 }
 
 impl Dialer {
@@ -77,6 +88,8 @@ impl Dialer {
                         max_message: self.max_message,
                         handshake_timeout: self.handshake_timeout,
                         ctx: Arc::clone(&self.ctx),
+                        sessions: false,
+                        auth: None,
                     },
                     &self.inbound,
                     down_tx,
@@ -84,12 +97,31 @@ impl Dialer {
                 .await?,
             ),
         };
+        let mut link = link;
+        if let Some(secret) = &self.auth
+            && matches!(link, Link::Zmq(_))
+        {
+            // The proof goes first, before anything queued.
+            let proof = crate::auth::proof(secret).map_err(|e| ConnectError::Refused {
+                endpoint: self.endpoint.clone(),
+                message: format!("cannot make an authentication nonce: {e}"),
+            })?;
+            let id = self.ctx.next_msg_id(&Bytes::new());
+            let payload =
+                crate::wire::encode(id, crate::wire::NOOP, crate::auth::AUTH, proof.as_bytes());
+            link.send(payload)
+                .await
+                .map_err(|message| ConnectError::Refused {
+                    endpoint: self.endpoint.clone(),
+                    message,
+                })?;
+        }
         Ok((link, down_rx))
     }
 }
 
-/// Runs a connection until its queue closes (the connection was closed or
-/// the messenger dropped). `lost` tells the messenger each time the link
+/// Runs a connection until `stop` (then closes the link, lingering) or
+/// until its queue closes. `lost` tells the messenger each time the link
 /// goes down.
 pub(crate) async fn drive(
     dialer: Dialer,
@@ -97,6 +129,7 @@ pub(crate) async fn drive(
     mut queue: mpsc::Receiver<Outbound>,
     lost: mpsc::UnboundedSender<Arc<SocketCtx>>,
     backoff: Backoff,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let ctx = Arc::clone(&dialer.ctx);
     let (mut link, mut down) = first;
@@ -105,6 +138,10 @@ pub(crate) async fn drive(
         loop {
             tokio::select! {
                 biased;
+                _ = stop.cancelled() => {
+                    link.close(dialer.linger).await;
+                    return;
+                }
                 _ = &mut down => break,
                 _ = ctx.link_dead.notified() => break,
                 out = queue.recv() => {
@@ -123,7 +160,10 @@ pub(crate) async fn drive(
         let _ = lost.send(Arc::clone(&ctx));
         let mut delay = backoff.initial;
         (link, down) = loop {
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
             if queue.is_closed() || ctx.is_closed() {
                 return;
             }

@@ -74,6 +74,40 @@ pub struct FrameGuard {
     message_total: u64,
     /// Command frames completed: READY is the first.
     commands_seen: u64,
+    /// Collects the first data message (for authentication), if asked.
+    capture: Option<Capture>,
+    /// The first command's body (READY), kept up to [`READY_LIMIT`] bytes.
+    ready: Vec<u8>,
+}
+
+/// Bytes of the READY command kept to read the peer's identity from.
+const READY_LIMIT: usize = 1024;
+
+/// The `Identity` property of a ZMTP READY command body, if present and
+/// non-empty. Bounds-checked throughout: the body comes from a peer.
+pub fn ready_identity(body: &[u8]) -> Option<&[u8]> {
+    let rest = body.strip_prefix(b"\x05READY")?;
+    let mut rest = rest;
+    while let Some((&name_len, after)) = rest.split_first() {
+        let name = after.get(..usize::from(name_len))?;
+        let after = after.get(usize::from(name_len)..)?;
+        let len_bytes: [u8; 4] = after.get(..4)?.try_into().ok()?;
+        let value_len = u32::from_be_bytes(len_bytes) as usize;
+        let value = after.get(4..4usize.checked_add(value_len)?)?;
+        if name.eq_ignore_ascii_case(b"Identity") {
+            return (!value.is_empty()).then_some(value);
+        }
+        rest = after.get(4 + value_len..)?;
+    }
+    None
+}
+
+#[derive(Debug, Clone, Default)]
+struct Capture {
+    limit: usize,
+    frames: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    done: bool,
 }
 
 impl FrameGuard {
@@ -86,7 +120,37 @@ impl FrameGuard {
             max_message,
             message_total: 0,
             commands_seen: 0,
+            capture: None,
+            ready: Vec::new(),
         }
+    }
+
+    /// The routing id the peer announced in its READY, once the handshake
+    /// is done (None for an anonymous peer).
+    pub fn peer_identity(&self) -> Option<&[u8]> {
+        if self.handshake_done() {
+            ready_identity(&self.ready)
+        } else {
+            None
+        }
+    }
+
+    /// Also collects the first data message, up to `limit` bytes in all its
+    /// frames (larger is refused), for [`first_message`](Self::first_message).
+    pub fn capture_first_message(mut self, limit: usize) -> Self {
+        self.capture = Some(Capture {
+            limit,
+            ..Capture::default()
+        });
+        self
+    }
+
+    /// The frames of the first data message, once it is complete.
+    pub fn first_message(&self) -> Option<&[Vec<u8>]> {
+        self.capture
+            .as_ref()
+            .filter(|c| c.done)
+            .map(|c| c.frames.as_slice())
     }
 
     /// Whether the greeting and the first command (READY) have passed: the
@@ -183,6 +247,14 @@ impl FrameGuard {
                     more,
                 } => {
                     let take = remaining.min(bytes.len() as u64);
+                    let body = bytes.get(..take as usize).unwrap_or(&[]);
+                    if !command {
+                        self.collect(body)?;
+                    } else if self.commands_seen == 0 {
+                        let room = READY_LIMIT.saturating_sub(self.ready.len());
+                        self.ready
+                            .extend_from_slice(body.get(..room.min(body.len())).unwrap_or(&[]));
+                    }
                     bytes = bytes.get(take as usize..).unwrap_or(&[]);
                     self.state = State::Body {
                         remaining: remaining - take,
@@ -217,20 +289,42 @@ impl FrameGuard {
         Ok(())
     }
 
+    fn collect(&mut self, body: &[u8]) -> Result<(), GuardError> {
+        let Some(c) = self.capture.as_mut().filter(|c| !c.done) else {
+            return Ok(());
+        };
+        let so_far = c.frames.iter().map(Vec::len).sum::<usize>() + c.current.len();
+        if so_far + body.len() > c.limit {
+            return Err(GuardError::TooLarge {
+                len: (so_far + body.len()) as u64,
+                max: c.limit as u64,
+            });
+        }
+        c.current.extend_from_slice(body);
+        Ok(())
+    }
+
     fn end_frame_if_empty(&mut self) {
-        if let State::Body {
+        let State::Body {
             remaining: 0,
             command,
             more,
         } = self.state
-        {
-            if command {
-                self.commands_seen += 1;
-            } else if !more {
+        else {
+            return;
+        };
+        if command {
+            self.commands_seen += 1;
+        } else {
+            if let Some(c) = self.capture.as_mut().filter(|c| !c.done) {
+                c.frames.push(std::mem::take(&mut c.current));
+                c.done = !more;
+            }
+            if !more {
                 self.message_total = 0;
             }
-            self.state = State::Flags;
         }
+        self.state = State::Flags;
     }
 }
 
@@ -311,6 +405,60 @@ mod tests {
         s2.extend(short(false, b"123456"));
         s2.extend(short(false, b"123456"));
         assert_eq!(g2.feed(&s2), Ok(()));
+    }
+
+    #[test]
+    fn reads_the_identity_from_ready() {
+        let mut body = b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER".to_vec();
+        body.extend(b"\x08Identity\x00\x00\x00\x05alice");
+        assert_eq!(ready_identity(&body), Some(&b"alice"[..]));
+        assert_eq!(
+            ready_identity(b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER"),
+            None
+        );
+        // Truncated or lying lengths give None, never a panic.
+        for cut in 0..body.len() {
+            let _ = ready_identity(&body[..cut]);
+        }
+        assert_eq!(
+            ready_identity(b"\x05READY\x08Identity\xff\xff\xff\xffx"),
+            None
+        );
+        let mut stream = greeting();
+        let mut f = vec![0b100, body.len() as u8];
+        f.extend(&body);
+        stream.extend(f);
+        let mut g = FrameGuard::new(64);
+        g.feed(&stream).unwrap();
+        assert_eq!(g.peer_identity(), Some(&b"alice"[..]));
+    }
+
+    #[test]
+    fn captures_the_first_message_only() {
+        let mut s = greeting();
+        s.extend(ready());
+        s.extend(short(true, b""));
+        s.extend(short(false, b"0-0-3-proof"));
+        s.extend(short(true, b""));
+        s.extend(short(false, b"1-0-0-next"));
+        let mut g = FrameGuard::new(1024).capture_first_message(64);
+        for (i, b) in s.iter().enumerate() {
+            g.feed(std::slice::from_ref(b)).unwrap();
+            if i + 1 < s.len() - 13 {
+                continue;
+            }
+        }
+        assert_eq!(
+            g.first_message(),
+            Some(&[b"".to_vec(), b"0-0-3-proof".to_vec()][..])
+        );
+        let mut big = greeting();
+        big.extend(short(false, &[b'x'; 100]));
+        let mut g = FrameGuard::new(1024).capture_first_message(64);
+        assert!(matches!(
+            g.feed(&big),
+            Err(GuardError::TooLarge { max: 64, .. })
+        ));
     }
 
     #[test]

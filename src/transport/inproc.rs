@@ -128,6 +128,8 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
         created_file: None,
         inproc: Some(registration),
         private: None,
+        flushing: Vec::new(),
+        stop: None,
     })
 }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::dedup::DedupWindow;
+use crate::dedup::{DedupWindow, Verdict};
 use crate::endpoint::Endpoint;
 use crate::error::{FrameError, RequestError};
 use crate::pending::PendingSet;
@@ -64,6 +64,8 @@ pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), RequestError
 
 /// What one socket remembers about one peer.
 struct PeerState {
+    /// Which connection of the peer this state belongs to (listeners).
+    session: u64,
     /// Next msg_id towards the peer (listeners; connections use `next_id`).
     next_id: u64,
     /// Ids received from the peer.
@@ -90,9 +92,12 @@ pub(crate) struct SocketCtx {
     rtt_micros: AtomicU64,
     /// Next msg_id on a connection.
     next_id: AtomicU64,
+    /// Numbers peer sessions (listeners).
+    sessions: AtomicU64,
     /// Per peer (the empty routing id on a connection).
     peers: Mutex<HashMap<Bytes, PeerState>>,
     dedup_max_gaps: usize,
+    dedup_gap_ttl: Duration,
     /// Sent messages not yet acknowledged.
     pub(crate) pending: Mutex<PendingSet<AckWaiter>>,
 }
@@ -122,8 +127,10 @@ impl SocketCtx {
             link_dead: tokio::sync::Notify::new(),
             rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
             dedup_max_gaps: config.dedup_max_gaps,
+            dedup_gap_ttl: config.dedup_gap_ttl,
             pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
         }
     }
@@ -138,20 +145,23 @@ impl SocketCtx {
             peers.clear();
         }
         let state = peers.entry(peer.clone()).or_insert_with(|| PeerState {
+            session: 0,
             next_id: 0,
-            seen: DedupWindow::new(self.dedup_max_gaps),
+            seen: DedupWindow::new(self.dedup_max_gaps, self.dedup_gap_ttl),
         });
         f(state)
     }
 
-    /// Whether `msg_id` from `peer` was delivered before.
-    pub(crate) fn is_duplicate(&self, peer: &Bytes, msg_id: u64) -> bool {
-        self.with_peer(peer, |s| s.seen.is_duplicate(msg_id))
+    /// What the peer's duplicate window says about `msg_id`.
+    pub(crate) fn check_seen(&self, peer: &Bytes, msg_id: u64) -> Verdict {
+        let now = tokio::time::Instant::now();
+        self.with_peer(peer, |s| s.seen.check(msg_id, now))
     }
 
     /// Records `msg_id` from `peer` as delivered.
     pub(crate) fn record_delivered(&self, peer: &Bytes, msg_id: u64) {
-        self.with_peer(peer, |s| s.seen.record(msg_id));
+        let now = tokio::time::Instant::now();
+        self.with_peer(peer, |s| s.seen.record(msg_id, now));
     }
 
     /// The next msg_id towards `peer`: gap-free per (this socket, peer).
@@ -166,12 +176,56 @@ impl SocketCtx {
         }
     }
 
-    /// Forgets a peer when it disconnects: its next session starts at msg_id
-    /// 0 both ways, and nothing waits for ACKs it will never send.
+    /// Forgets a peer: its next session starts at msg_id 0 both ways, and
+    /// nothing waits for ACKs its old session will never send.
     pub(crate) fn forget_peer(&self, peer: &[u8]) {
         lock(&self.peers).remove(peer);
+        self.fail_unacked(peer);
+    }
+
+    fn fail_unacked(&self, peer: &[u8]) {
         for w in self.pending().drain_peer(peer) {
             let _ = w.send(Err(RequestError::Disconnected));
+        }
+    }
+
+    /// A new connection from `peer` begins, before any of its messages are
+    /// forwarded: a new session. Returns its number for [`end_session`].
+    ///
+    /// [`end_session`]: Self::end_session
+    pub(crate) fn begin_session(&self, peer: &[u8]) -> u64 {
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut peers = lock(&self.peers);
+            if peers.len() >= MAX_PEERS && !peers.contains_key(peer) {
+                peers.clear();
+            }
+            peers.insert(
+                Bytes::copy_from_slice(peer),
+                PeerState {
+                    session,
+                    next_id: 0,
+                    seen: DedupWindow::new(self.dedup_max_gaps, self.dedup_gap_ttl),
+                },
+            );
+        }
+        self.fail_unacked(peer);
+        session
+    }
+
+    /// The connection that began `session` ended: forget the peer, unless a
+    /// newer connection from it has begun since.
+    pub(crate) fn end_session(&self, peer: &[u8], session: u64) {
+        let mine = {
+            let mut peers = lock(&self.peers);
+            let mine = peers.get(peer).is_some_and(|s| s.session == session);
+            if mine {
+                peers.remove(peer);
+            }
+            mine
+        };
+        if mine {
+            self.fail_unacked(peer);
         }
     }
 
@@ -294,6 +348,11 @@ impl RateLimit {
 /// stops them.
 pub(crate) struct SocketTasks {
     pub(crate) tasks: Vec<JoinHandle<()>>,
+    /// Tasks that end by themselves once the socket's zeromq half is gone
+    /// (relays flushing towards the peer): given the linger period first.
+    pub(crate) flushing: Vec<JoinHandle<()>>,
+    /// Tells a listener's accept loop to stop and let its relays flush.
+    pub(crate) stop: Option<tokio_util::sync::CancellationToken>,
     /// An ipc socket file this process created, removed on close.
     pub(crate) created_file: Option<std::path::PathBuf>,
     /// An inproc name this socket registered, released on close.
@@ -303,10 +362,38 @@ pub(crate) struct SocketTasks {
 }
 
 impl SocketTasks {
+    /// Stops the socket at once (drop, or no runtime left to wait in).
     pub(crate) fn close(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+        for t in self.tasks.drain(..).chain(self.flushing.drain(..)) {
+            t.abort();
+        }
+        self.release_files();
+    }
+
+    /// Stops the socket, giving what was already handed to it up to
+    /// `linger` to reach the peer (libzmq's ZMQ_LINGER): tasks that own the
+    /// zeromq socket stop at once, so the crate flushes and closes its side;
+    /// the relays and drivers that carry those bytes on are awaited.
+    pub(crate) async fn close_gracefully(&mut self, linger: Duration) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        let deadline = tokio::time::Instant::now() + linger;
+        for mut t in std::mem::take(&mut self.flushing) {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        self.release_files();
+    }
+
+    fn release_files(&mut self) {
         if let Some(path) = self.created_file.take() {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

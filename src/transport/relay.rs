@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use super::guard::{FrameGuard, GuardError};
 use super::{RateLimit, SocketCtx};
+use crate::auth::{AuthError, Verifier};
 use crate::stats::bump;
 
 /// Read size of a relay; a frame larger than this is forwarded in pieces.
@@ -49,6 +50,34 @@ pub(crate) struct Settings {
     pub(crate) max_message: u64,
     pub(crate) handshake_timeout: Duration,
     pub(crate) ctx: Arc<SocketCtx>,
+    /// A listener's relay: each connection is a session of the peer's
+    /// routing id, begun before its first message is forwarded.
+    pub(crate) sessions: bool,
+    /// A listener that requires authentication: the first data message must
+    /// be a valid proof, checked before anything after it is forwarded.
+    pub(crate) auth: Option<Arc<std::sync::Mutex<Verifier>>>,
+}
+
+/// Checks a peer's first message as an authentication proof.
+fn authenticate(
+    frames: &[Vec<u8>],
+    verifier: &std::sync::Mutex<Verifier>,
+) -> Result<(), AuthError> {
+    let [delimiter, payload] = frames else {
+        return Err(AuthError::Missing);
+    };
+    if !delimiter.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    let header = crate::wire::parse_header(payload).map_err(|_| AuthError::Missing)?;
+    if header.dst_cb != crate::auth::AUTH {
+        return Err(AuthError::Missing);
+    }
+    let body = payload.get(header.body_start..).unwrap_or(&[]);
+    verifier
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .verify(body, crate::auth::now_ms())
 }
 
 #[derive(Debug)]
@@ -57,6 +86,7 @@ enum RelayEnd {
     Io(io::Error),
     Guard(GuardError),
     HandshakeTimeout,
+    Auth(AuthError),
 }
 
 /// Moves bytes both ways until either side closes or the guard refuses.
@@ -67,13 +97,18 @@ where
 {
     let (mut peer_rd, mut peer_wr) = tokio::io::split(peer);
     let (mut inner_rd, mut inner_wr) = tokio::io::split(inner);
+    let mut session: Option<(Vec<u8>, u64)> = None;
     let inbound = async {
         let mut guard = FrameGuard::new(s.max_message);
+        if s.auth.is_some() {
+            guard = guard.capture_first_message(crate::auth::MAX_PROOF_LEN + 64);
+        }
+        let mut authenticated = s.auth.is_none();
         let mut buf = vec![0u8; CHUNK];
         let handshake_deadline = tokio::time::Instant::now() + s.handshake_timeout;
         loop {
             let read = peer_rd.read(&mut buf);
-            let n = if guard.handshake_done() {
+            let n = if guard.handshake_done() && authenticated {
                 read.await
             } else {
                 match tokio::time::timeout_at(handshake_deadline, read).await {
@@ -92,6 +127,22 @@ where
             if let Err(e) = guard.feed(chunk) {
                 return RelayEnd::Guard(e);
             }
+            if !authenticated
+                && let (Some(frames), Some(verifier)) = (guard.first_message(), &s.auth)
+            {
+                // Checked before this chunk (which may hold more messages
+                // after the proof) is forwarded.
+                if let Err(e) = authenticate(frames, verifier) {
+                    return RelayEnd::Auth(e);
+                }
+                authenticated = true;
+            }
+            if s.sessions
+                && session.is_none()
+                && let Some(id) = guard.peer_identity()
+            {
+                session = Some((id.to_vec(), s.ctx.begin_session(id)));
+            }
             if let Err(e) = inner_wr.write_all(chunk).await {
                 return RelayEnd::Io(e);
             }
@@ -102,6 +153,9 @@ where
         end = inbound => end,
         r = outbound => r.map_or_else(RelayEnd::Io, |_| RelayEnd::Closed),
     };
+    if let Some((peer, n)) = session {
+        s.ctx.end_session(&peer, n);
+    }
     let stats = &s.ctx.stats;
     match end {
         RelayEnd::Closed => {}
@@ -110,6 +164,12 @@ where
             bump(&stats.guard_rejections);
             if warn.allow() {
                 tracing::warn!(endpoint = %s.ctx.endpoint, error = %e, "dropping peer: frame guard");
+            }
+        }
+        RelayEnd::Auth(e) => {
+            bump(&stats.auth_failures);
+            if warn.allow() {
+                tracing::warn!(endpoint = %s.ctx.endpoint, error = %e, "dropping peer: authentication failed");
             }
         }
         RelayEnd::HandshakeTimeout => {
@@ -135,6 +195,7 @@ pub(crate) async fn accept_loop(
     private: PathBuf,
     limit: Arc<Semaphore>,
     s: Settings,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let mut relays = JoinSet::new();
     let mut warn = RateLimit::new();
@@ -149,14 +210,21 @@ pub(crate) async fn accept_loop(
                     tracing::warn!(endpoint = %s.ctx.endpoint, "connection limit reached; accepting again when one closes");
                 }
                 tokio::select! {
-                    p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = stop.cancelled() => break,
+                    p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                     Some(_) = relays.join_next() => continue,
                 }
             }
         };
-        let accepted = match &public {
-            Public::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
-            Public::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+        let accept = async {
+            match &public {
+                Public::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+                Public::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+            }
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = accept => a,
         };
         let stream = match accepted {
             Ok(stream) => {
@@ -187,6 +255,10 @@ pub(crate) async fn accept_loop(
             }
         });
     }
+    // Closing: no new peers; relays end once the ROUTER is gone and what it
+    // wrote has reached the peers (the caller aborts us after the linger).
+    drop(public);
+    while relays.join_next().await.is_some() {}
 }
 
 pub(crate) enum Stream {

@@ -153,8 +153,9 @@ pub(crate) async fn bind(
             relay::Public::Unix(tokio::net::UnixListener::from_std(l).map_err(io_err)?)
         }
     };
+    // Sessions begin and end in the relay, which sees each connection start
+    // before any of its messages: the crate's monitor events come too late.
     let mut socket = RouterSocket::with_options(options(&identity, std::time::Duration::ZERO));
-    let mut monitor = socket.monitor();
     socket
         .bind_listener(private_listener)
         .await
@@ -163,7 +164,14 @@ pub(crate) async fn bind(
             message: e.to_string(),
         })?;
     let limit = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-    let acceptor = tokio::spawn(relay::accept_loop(public, private_path, limit, guard));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acceptor = tokio::spawn(relay::accept_loop(
+        public,
+        private_path,
+        limit,
+        guard,
+        stop.clone(),
+    ));
     let (mut tx, mut rx) = socket.split();
 
     let reader_ctx = Arc::clone(&ctx);
@@ -201,27 +209,13 @@ pub(crate) async fn bind(
         }
     });
 
-    let monitor_ctx = Arc::clone(&ctx);
-    let monitor_task = tokio::spawn(async move {
-        // A routing id's connection ending, or a new one starting, ends its
-        // session: its next msg_ids start from 0 again both ways.
-        while let Some(event) = monitor.next().await {
-            match event {
-                SocketEvent::Disconnected(peer) => {
-                    tracing::debug!(endpoint = %monitor_ctx.endpoint, "peer disconnected");
-                    monitor_ctx.forget_peer(&peer);
-                }
-                SocketEvent::Accepted(_, peer) => monitor_ctx.forget_peer(&peer),
-                _ => {}
-            }
-        }
-    });
-
     Ok(SocketTasks {
-        tasks: vec![acceptor, reader, writer, monitor_task],
+        tasks: vec![reader, writer],
         created_file,
         inproc: None,
         private: Some(private),
+        flushing: vec![acceptor],
+        stop: Some(stop),
     })
 }
 
@@ -229,7 +223,9 @@ pub(crate) async fn bind(
 /// watching it for a disconnect.
 pub(crate) struct ZmqLink {
     tx: zeromq::DealerSendHalf,
-    tasks: [tokio::task::JoinHandle<()>; 3],
+    tasks: [tokio::task::JoinHandle<()>; 2],
+    /// Ends by itself once the DEALER is gone and what it wrote is relayed.
+    relay: Option<tokio::task::JoinHandle<()>>,
     _private: PrivateSocket,
 }
 
@@ -240,10 +236,27 @@ impl ZmqLink {
     }
 }
 
+impl ZmqLink {
+    /// Closes the DEALER and waits, up to `linger`, for the relay to carry
+    /// what it wrote to the peer.
+    pub(crate) async fn close(mut self, linger: std::time::Duration) {
+        let relay = self.relay.take();
+        drop(self);
+        if let Some(mut relay) = relay
+            && tokio::time::timeout(linger, &mut relay).await.is_err()
+        {
+            relay.abort();
+        }
+    }
+}
+
 impl Drop for ZmqLink {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(relay) = self.relay.take() {
+            relay.abort();
         }
     }
 }
@@ -344,7 +357,8 @@ pub(crate) async fn dial(
 
     Ok(ZmqLink {
         tx,
-        tasks: [reader, monitor_task, relay_task],
+        tasks: [reader, monitor_task],
+        relay: Some(relay_task),
         _private: private,
     })
 }

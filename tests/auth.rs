@@ -1,0 +1,159 @@
+//! Shared-secret authentication: only holders of the secret reach our
+//! callbacks; wrong, replayed or missing proofs get the peer cut off.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{place, within};
+use messenger::auth::{self, Secret};
+use messenger::{Config, Incoming, ListenerInfo, Messenger, Responder, wire};
+use zeromq::prelude::*;
+use zeromq::{DealerSocket, ZmqMessage};
+
+fn with_secret(secret: &str) -> Config {
+    Config {
+        auth: Some(Secret::new(secret)),
+        handshake_timeout: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+/// A listener requiring `secret`, counting what its server loop sees.
+async fn server(
+    transport: &str,
+    secret: &str,
+) -> (Messenger, ListenerInfo, Arc<AtomicUsize>, common::Place) {
+    let p = place(transport);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = Arc::clone(&seen);
+    let m = Messenger::with_config("server", with_secret(secret)).unwrap();
+    let info = m
+        .listen_for_connection(&p.endpoint, "server", move |msg: Incoming, r: Responder| {
+            seen2.fetch_add(1, Ordering::SeqCst);
+            if msg.src_cb != wire::NOOP {
+                let _ = r.try_reply(&msg.body);
+            }
+        })
+        .await
+        .unwrap();
+    (m, info, seen, p)
+}
+
+fn url(info: &ListenerInfo) -> String {
+    info.endpoint.to_string()
+}
+
+async fn raw_send(s: &mut DealerSocket, payload: String) {
+    let m = ZmqMessage::try_from(vec![Bytes::new(), Bytes::from(payload)]).unwrap();
+    s.send(m).await.unwrap();
+}
+
+/// Waits for a payload on a raw DEALER; None if nothing comes in time.
+async fn raw_recv(s: &mut DealerSocket, ms: u64) -> Option<Bytes> {
+    match tokio::time::timeout(Duration::from_millis(ms), s.recv()).await {
+        Ok(Ok(m)) => m.into_vec().pop(),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_right_secret_gets_through_on_tcp_and_ipc() {
+    for t in ["tcp", "ipc"] {
+        let (server, info, seen, _p) = server(t, "s3cret").await;
+        let client = Messenger::with_config("client", with_secret("s3cret")).unwrap();
+        let conn = client.make_connection(&info.endpoint).await.unwrap();
+        let reply = within(5, "request", client.request(conn, wire::NOOP, b"hi"))
+            .await
+            .unwrap();
+        assert_eq!(reply.body.as_ref(), b"hi", "{t}");
+        let echo = within(5, "echo", client.request(conn, wire::ECHO, b"e"))
+            .await
+            .unwrap();
+        assert_eq!(echo.body.as_ref(), b"e", "{t}");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "{t}: the proof itself is not delivered"
+        );
+        assert_eq!(server.stats().auth_failures, 0, "{t}");
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_cut_off_and_delivers_nothing() {
+    let (server, info, seen, _p) = server("tcp", "right").await;
+    let client = Messenger::with_config("client", with_secret("wrong")).unwrap();
+    // The cut may come during or right after the handshake.
+    if let Ok(conn) = client.make_connection(&info.endpoint).await {
+        let r = client
+            .request_with_timeout(conn, wire::NOOP, b"x", Duration::from_millis(800))
+            .await;
+        assert!(r.is_err(), "a wrong secret got a reply");
+    }
+    common::eventually(5, "failure counted", || server.stats().auth_failures >= 1).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
+    let (server, info, seen, _p) = server("tcp", "k").await;
+    // A peer that sends an ordinary message first: cut at once.
+    let mut raw = DealerSocket::new();
+    raw.connect(&url(&info)).await.unwrap();
+    raw_send(&mut raw, "0-0-0-sneaky".into()).await;
+    raw_send(&mut raw, "1-0-1-echo?".into()).await;
+    assert_eq!(
+        raw_recv(&mut raw, 500).await,
+        None,
+        "an unauthenticated peer got an answer"
+    );
+    // A peer that sends nothing: cut at the handshake timeout.
+    let mut quiet = DealerSocket::new();
+    quiet.connect(&url(&info)).await.unwrap();
+    common::eventually(5, "both dropped", || {
+        let s = server.stats();
+        s.auth_failures >= 1 && s.handshake_timeouts >= 1
+    })
+    .await;
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    assert_eq!(server.stats().echoes_answered, 0);
+}
+
+#[tokio::test]
+async fn a_replayed_proof_is_refused() {
+    let (server, info, _seen, _p) = server("tcp", "k").await;
+    let proof = auth::proof(&Secret::new("k")).unwrap();
+    // First use: accepted, and the peer is served.
+    let mut first = DealerSocket::new();
+    first.connect(&url(&info)).await.unwrap();
+    raw_send(&mut first, format!("0-0-3-{proof}")).await;
+    raw_send(&mut first, "1-0-1-ping".into()).await;
+    let mut got_echo = false;
+    for _ in 0..4 {
+        match raw_recv(&mut first, 2000).await {
+            Some(p) if p.ends_with(b"-ping") => {
+                got_echo = true;
+                break;
+            }
+            Some(_) => continue, // ACKs
+            None => break,
+        }
+    }
+    assert!(got_echo, "the first use of the proof was refused");
+    // Same proof again from another connection: cut off, not served.
+    let mut second = DealerSocket::new();
+    second.connect(&url(&info)).await.unwrap();
+    raw_send(&mut second, format!("0-0-3-{proof}")).await;
+    raw_send(&mut second, "1-0-1-again".into()).await;
+    assert_eq!(
+        raw_recv(&mut second, 800).await,
+        None,
+        "a replayed proof was accepted"
+    );
+    common::eventually(5, "replay counted", || server.stats().auth_failures >= 1).await;
+}
