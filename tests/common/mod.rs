@@ -60,3 +60,33 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     })
     .await
 }
+
+/// A multipart zeromq message made of `parts`, for raw (scripted or
+/// hostile) peers built on the `zeromq` crate.
+pub fn frames(parts: &[&[u8]]) -> zeromq::ZmqMessage {
+    let parts: Vec<bytes::Bytes> = parts
+        .iter()
+        .map(|p| bytes::Bytes::copy_from_slice(p))
+        .collect();
+    zeromq::ZmqMessage::try_from(parts).expect("at least one frame")
+}
+
+/// Receives one multipart message on a raw zeromq socket within `secs`
+/// seconds, as its frames.
+pub async fn raw_recv<S: zeromq::SocketRecv + Send>(
+    socket: &mut S,
+    secs: u64,
+    what: &str,
+) -> Vec<bytes::Bytes> {
+    within(secs, what, socket.recv())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: raw recv failed: {e}"))
+        .into_vec()
+}
+
+/// Sends `parts` as one multipart message on a raw zeromq socket.
+pub async fn raw_send<S: zeromq::SocketSend + Send>(socket: &mut S, parts: &[&[u8]]) {
+    within(5, "raw send", socket.send(frames(parts)))
+        .await
+        .expect("raw send");
+}

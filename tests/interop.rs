@@ -1,0 +1,1039 @@
+//! Interop with real libzmq peers: pyzmq scripts (tests/py/peer.py) against
+//! `messenger serve`, and the `messenger` CLI against a pyzmq ROUTER.
+//!
+//! The Python environment is set up by the tests themselves: a venv at
+//! `target/pyenv` with pyzmq and msgpack, created on first use and reused
+//! after. Without python3 (or when pip fails) the tests print `SKIPPED: ...`
+//! and pass, unless `CI` is set, in which case they fail. Set
+//! `MESSENGER_TEST_PYTHON` to an interpreter that already has pyzmq and
+//! msgpack to skip the venv (e.g. offline).
+//!
+//! Every wait is bounded and every child process is killed when its guard
+//! drops, so a hung peer fails a test instead of hanging it.
+
+use std::fs::{File, TryLockError};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const BIN: &str = env!("CARGO_BIN_EXE_messenger");
+
+/// Bound on one scripted Python scenario, start to exit.
+const PEER_LIMIT: Duration = Duration::from_secs(30);
+/// Bound on a process reaching a point it should reach at once.
+const SHORT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// The Python environment
+
+/// The interpreter to run the peers with, or `None` when the tests must be
+/// skipped (said once on stderr). Bootstraps once per test binary.
+fn python() -> Option<PathBuf> {
+    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let ci = std::env::var_os("CI").is_some();
+    let py = PY.get_or_init(|| {
+        let r = bootstrap();
+        if let (Err(why), false) = (&r, ci) {
+            // Straight to the stderr handle: libtest captures eprintln!.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: interop tests: {why}");
+        }
+        r
+    });
+    match py {
+        Ok(p) => Some(p.clone()),
+        Err(why) if ci => {
+            panic!("interop tests need python3 with pyzmq and msgpack (CI is set): {why}")
+        }
+        Err(_) => None,
+    }
+}
+
+fn bootstrap() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MESSENGER_TEST_PYTHON") {
+        let p = PathBuf::from(p);
+        return if has_modules(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "MESSENGER_TEST_PYTHON={} cannot import zmq and msgpack",
+                p.display()
+            ))
+        };
+    }
+    let target = Path::new(MANIFEST_DIR).join("target");
+    let venv = target.join("pyenv");
+    let py = venv.join("bin").join("python");
+    if has_modules(&py) {
+        return Ok(py);
+    }
+    std::fs::create_dir_all(&target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    // Other test binaries (or cargo invocations) may bootstrap at the same
+    // time: one builds the venv, the others wait for it and reuse it.
+    let lock_path = target.join("pyenv.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200))
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(format!("{} stayed locked for 10 min", lock_path.display()));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", lock_path.display()));
+            }
+        }
+    }
+    if has_modules(&py) {
+        return Ok(py);
+    }
+    match Command::new("python3").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => return Err(format!("`python3 --version` failed: {}", o.status)),
+        Err(e) => return Err(format!("python3 not found on PATH: {e}")),
+    }
+    // A venv that exists but cannot import the modules is half-built.
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
+    }
+    let built = (|| {
+        let mut mk = Command::new("python3");
+        mk.args(["-m", "venv"]).arg(&venv);
+        run_quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
+        let mut pip = Command::new(&py);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "pyzmq",
+            "msgpack",
+        ]);
+        run_quiet(pip, Duration::from_secs(600), "pip install pyzmq msgpack")?;
+        if has_modules(&py) {
+            Ok(())
+        } else {
+            Err("pyzmq and msgpack installed but do not import".to_string())
+        }
+    })();
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&venv);
+        return Err(e);
+    }
+    Ok(py)
+}
+
+/// Whether `py` runs and imports zmq and msgpack.
+fn has_modules(py: &Path) -> bool {
+    if !py.exists() {
+        return false;
+    }
+    let mut cmd = Command::new(py);
+    cmd.args(["-c", "import zmq, msgpack"]);
+    run_quiet(cmd, Duration::from_secs(60), "import check").is_ok()
+}
+
+/// Runs `cmd` to completion within `limit`, keeping its output unless it
+/// fails, in which case the output is in the error.
+fn run_quiet(mut cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
+    cmd.stdin(Stdio::null());
+    let mut p = Proc::spawn(what, cmd);
+    let Some(status) = p.wait_exit(limit) else {
+        return Err(format!("{what}: still running after {limit:?}; killed"));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let out = p.drain_lines(SHORT).join("\n");
+    Err(format!("{what} failed ({status}):\n{out}\n{}", p.stderr()))
+}
+
+// ---------------------------------------------------------------------------
+// Child processes
+
+/// A child process with its stdout read line by line and its stderr kept;
+/// killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every stdout line taken so far.
+    seen: Vec<String>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Proc {
+        // Keep the children's logs readable in failure messages.
+        cmd.env("NO_COLOR", "1");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        let bytes = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Describes the process for a failure message.
+    fn context(&self) -> String {
+        format!(
+            "{}: stdout so far:\n{}\nstderr:\n{}",
+            self.name,
+            self.seen.join("\n"),
+            self.stderr()
+        )
+    }
+
+    /// The next stdout line, or `None` after `limit` or at end of output.
+    fn line(&mut self, limit: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(limit).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// The next stdout line as JSON; panics after `limit`.
+    fn json(&mut self, limit: Duration, what: &str) -> Value {
+        let Some(line) = self.line(limit) else {
+            panic!("{what}: nothing within {limit:?}; {}", self.context());
+        };
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line}; {}", self.context()))
+    }
+
+    /// Reads JSON lines until one satisfies `pred`; panics after `limit`.
+    fn json_until(&mut self, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.json(left, what);
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; kills it and returns
+    /// `None` if it does not.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+                Err(e) => panic!("cannot wait for {}: {e}", self.name),
+            }
+        }
+    }
+
+    /// Takes the remaining stdout lines once the process has exited; returns
+    /// every line of the run.
+    fn drain_lines(&mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("stdout of {} still open; {}", self.name, self.context())
+                }
+            }
+        }
+        self.seen.clone()
+    }
+
+    /// Closes stdin, waits for the exit (bounded) and returns the status and
+    /// every stdout line.
+    fn finish(&mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
+        self.stdin.take();
+        let Some(status) = self.wait_exit(limit) else {
+            panic!(
+                "{} did not exit within {limit:?}; {}",
+                self.name,
+                self.context()
+            );
+        };
+        (status, self.drain_lines(SHORT))
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_lines(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// `messenger serve`
+
+/// A `messenger serve` on a fresh tcp port and a fresh ipc path.
+struct Serve {
+    proc: Proc,
+    tcp: String,
+    ipc: String,
+    ipc_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(slc: &str, identity: &str) -> Serve {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ipc_path = dir.path().join("serve.sock");
+        let ipc_bind = format!("ipc://{}", ipc_path.display());
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--bind", "tcp://127.0.0.1:0", "--bind", &ipc_bind])
+            .args(["--identity", identity, "--slc", slc])
+            .stdin(Stdio::null());
+        let mut proc = Proc::spawn("messenger serve", cmd);
+        let mut listening = |what| {
+            let v = proc.json(SHORT, what);
+            v["listening"]
+                .as_str()
+                .unwrap_or_else(|| panic!("expected {{\"listening\": ...}}, got {v}"))
+                .to_string()
+        };
+        let tcp = listening("tcp listening line");
+        let ipc = listening("ipc listening line");
+        assert!(
+            tcp.starts_with("tcp://127.0.0.1:") && !tcp.ends_with(":0"),
+            "port 0 not resolved: {tcp}"
+        );
+        assert_eq!(ipc, ipc_bind);
+        Serve {
+            proc,
+            tcp,
+            ipc,
+            ipc_path,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the server-loop line with `body` from `peer`.
+    fn wait_for(&mut self, peer: &str, body: &str) -> Value {
+        self.proc.json_until(SHORT, "server-loop line", |v| {
+            v["peer"] == peer && v["body"] == body
+        })
+    }
+
+    /// Stops it with `signal`, checks it exits 0 and removes its ipc file,
+    /// and returns every server-loop line it printed.
+    fn stop_with(mut self, signal: &str) -> Vec<Value> {
+        self.proc.signal(signal);
+        let (status, lines) = self.proc.finish(SHORT);
+        assert!(
+            status.success(),
+            "serve exited with {status} on SIG{signal}; {}",
+            self.proc.context()
+        );
+        assert!(
+            !self.ipc_path.exists(),
+            "serve left its ipc socket file {} behind",
+            self.ipc_path.display()
+        );
+        let all = parse_lines(&lines);
+        assert_eq!(
+            all.iter().filter(|v| v.get("listening").is_some()).count(),
+            2
+        );
+        all.into_iter()
+            .filter(|v| v.get("listening").is_none())
+            .collect()
+    }
+
+    fn stop(self) -> Vec<Value> {
+        self.stop_with("TERM")
+    }
+}
+
+/// The server-loop lines of one peer.
+fn from_peer<'a>(lines: &'a [Value], peer: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["peer"] == peer).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Python peers
+
+fn script(name: &str) -> PathBuf {
+    Path::new(MANIFEST_DIR).join(name)
+}
+
+/// Starts tests/py/peer.py as a DEALER running `scenario`.
+fn spawn_dealer(py: &Path, endpoint: &str, scenario: &str, identity: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(py);
+    cmd.arg(script("tests/py/peer.py"))
+        .args([
+            "dealer",
+            endpoint,
+            "--scenario",
+            scenario,
+            "--identity",
+            identity,
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+    Proc::spawn(&format!("peer.py {scenario} ({identity})"), cmd)
+}
+
+/// Waits for a dealer's result and checks it succeeded.
+fn dealer_result(mut p: Proc) -> Value {
+    let (status, lines) = p.finish(PEER_LIMIT);
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    let v: Value = serde_json::from_str(last).unwrap_or(Value::Null);
+    assert!(
+        status.success() && v["ok"] == true,
+        "{} failed ({status}): {v}; {}",
+        p.name,
+        p.context()
+    );
+    v
+}
+
+fn dealer(py: &Path, endpoint: &str, scenario: &str, identity: &str, args: &[&str]) -> Value {
+    dealer_result(spawn_dealer(py, endpoint, scenario, identity, args))
+}
+
+/// tests/py/peer.py as a protocol-speaking ROUTER.
+struct PyRouter {
+    proc: Proc,
+    endpoint: String,
+}
+
+impl PyRouter {
+    fn start(py: &Path, args: &[&str]) -> PyRouter {
+        let mut cmd = Command::new(py);
+        cmd.arg(script("tests/py/peer.py"))
+            .args(["router", "--identity", "py-router", "--lifetime", "60"])
+            .args(args)
+            .stdin(Stdio::piped());
+        let mut proc = Proc::spawn("peer.py router", cmd);
+        let v = proc.json(SHORT, "listening line");
+        let endpoint = v["listening"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected {{\"listening\": ...}}, got {v}"))
+            .to_string();
+        PyRouter { proc, endpoint }
+    }
+
+    /// Waits for a received-message event matching `pred`.
+    fn wait_event(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.proc.json_until(SHORT, what, pred)
+    }
+
+    /// Stops it (closing its stdin) and returns every event it printed.
+    fn stop(mut self) -> Vec<Value> {
+        let (status, lines) = self.proc.finish(SHORT);
+        assert!(
+            status.success(),
+            "router: {status}; {}",
+            self.proc.context()
+        );
+        let events = parse_lines(&lines);
+        assert!(
+            events.last().is_some_and(|v| v["reason"] == "stdin closed"),
+            "router did not stop cleanly; {}",
+            self.proc.context()
+        );
+        events
+    }
+}
+
+/// Runs the messenger CLI; returns its status, stdout and stderr.
+fn cli(args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    let mut p = Proc::spawn(&format!("messenger {}", args.join(" ")), cmd);
+    let (status, lines) = p.finish(limit);
+    (status, lines.join("\n"), p.stderr())
+}
+
+fn seconds(v: &Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number, got {v}"))
+}
+
+// ---------------------------------------------------------------------------
+// A Python DEALER against `messenger serve`
+
+#[test]
+fn python_echo_over_tcp_and_ipc() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("log", "interop-serve");
+    let ident = ["--expect-router-identity", "interop-serve"];
+    // Listening on after its ACK shows the reply is not resent.
+    let tcp = spawn_dealer(
+        &py,
+        &serve.tcp,
+        "echo",
+        "py-echo-tcp",
+        &[&ident[..], &["--body", "hello over tcp", "--quiet", "1.5"]].concat(),
+    );
+    let ipc = spawn_dealer(
+        &py,
+        &serve.ipc,
+        "echo",
+        "py-echo-ipc",
+        &[&ident[..], &["--binary", "--src-cb", "12"]].concat(),
+    );
+    let tcp = dealer_result(tcp);
+    let ipc = dealer_result(ipc);
+    for (r, src_cb) in [(&tcp, 7), (&ipc, 12)] {
+        assert_eq!(r["sent_msg_id"], 0, "{r}");
+        assert_eq!(r["ack"]["msg_id"], 0, "{r}");
+        assert_eq!(r["ack"]["src_cb"], 0, "{r}");
+        // The first message the serve sends this peer: msg_id 0.
+        assert_eq!(r["reply"]["msg_id"], 0, "{r}");
+        assert_eq!(r["reply"]["src_cb"], 0, "{r}");
+        assert_eq!(r["reply"]["dst_cb"], src_cb, "{r}");
+    }
+    assert_eq!(tcp["reply"]["body"], "hello over tcp");
+    assert_eq!(tcp["after"], json!([]), "reply resent after its ACK");
+    assert_eq!(ipc["body_len"], 1024);
+    let lines = serve.stop();
+    assert!(lines.is_empty(), "ECHO reached the server loop: {lines:?}");
+}
+
+#[test]
+fn python_messages_reach_the_server_loop_once_each() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("log", "messenger-serve");
+    let bodies = ["first", "a-b-c", "1-2-3-", "", "héllo wörld ✓"];
+    let mut args = vec!["--quiet", "0.3", "--bodies"];
+    args.extend(bodies);
+    let tcp = spawn_dealer(&py, &serve.tcp, "slc", "py-slc-tcp", &args);
+    let ipc = spawn_dealer(
+        &py,
+        &serve.ipc,
+        "slc",
+        "py-slc-ipc",
+        &["--bodies", "over ipc"],
+    );
+    let tcp = dealer_result(tcp);
+    dealer_result(ipc);
+    assert_eq!(tcp["sent_msg_ids"], json!([0, 1, 2, 3, 4]));
+    // With --slc log only ACKs come back.
+    assert_eq!(tcp["after"], json!([]), "{tcp}");
+    let (tcp_ep, ipc_ep) = (serve.tcp.clone(), serve.ipc.clone());
+    let lines = serve.stop();
+    let got = from_peer(&lines, "py-slc-tcp");
+    assert_eq!(got.len(), bodies.len(), "{lines:?}");
+    for (i, (v, body)) in got.iter().zip(bodies).enumerate() {
+        assert_eq!(v["msg_id"], i, "{v}");
+        assert_eq!(v["body"], body, "{v}");
+        assert_eq!(v["src_cb"], 0, "{v}");
+        assert_eq!(v["dst_cb"], 0, "{v}");
+        assert_eq!(v["endpoint"], tcp_ep.as_str(), "{v}");
+    }
+    let got = from_peer(&lines, "py-slc-ipc");
+    assert_eq!(got.len(), 1, "{lines:?}");
+    assert_eq!(got[0]["body"], "over ipc");
+    assert_eq!(got[0]["endpoint"], ipc_ep.as_str());
+    assert_eq!(lines.len(), bodies.len() + 1, "{lines:?}");
+}
+
+#[test]
+fn slc_echo_replies_to_the_senders_callback() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("echo", "messenger-serve");
+    let r = dealer(
+        &py,
+        &serve.tcp,
+        "slc-reply",
+        "py-slc-reply",
+        &[
+            "--src-cb",
+            "7",
+            "--body",
+            "to the server loop",
+            "--expect-router-identity",
+            "messenger-serve",
+        ],
+    );
+    assert_eq!(r["ack"]["msg_id"], 0, "{r}");
+    assert_eq!(
+        (
+            &r["reply"]["msg_id"],
+            &r["reply"]["src_cb"],
+            &r["reply"]["dst_cb"]
+        ),
+        (&json!(0), &json!(0), &json!(7)),
+        "{r}"
+    );
+    assert_eq!(r["reply"]["body"], "to the server loop");
+    let lines = serve.stop();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v = &lines[0];
+    assert_eq!(v["peer"], "py-slc-reply");
+    assert_eq!(v["src_cb"], 7);
+    assert_eq!(v["dst_cb"], 0);
+    assert_eq!(v["msg_id"], 0);
+    assert_eq!(v["body"], "to the server loop");
+}
+
+#[test]
+fn duplicate_is_acked_again_but_delivered_once() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("log", "messenger-serve");
+    let r = dealer(
+        &py,
+        &serve.tcp,
+        "duplicate",
+        "py-dup",
+        &["--body", "only once"],
+    );
+    assert_eq!(r["acks_of_dup"], 2, "{r}");
+    let lines = serve.stop();
+    let got = from_peer(&lines, "py-dup");
+    let seen: Vec<_> = got.iter().map(|v| (&v["msg_id"], &v["body"])).collect();
+    assert_eq!(
+        seen,
+        [
+            (&json!(0), &json!("only once")),
+            (&json!(1), &json!("barrier"))
+        ],
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn unacked_replies_are_resent_until_acked() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("echo", "messenger-serve");
+    // The ECHO reply and a server-loop reply, both left unACKed for a while.
+    let quiet = ["--quiet", "1.6", "--body", "resend me"];
+    let echo = spawn_dealer(
+        &py,
+        &serve.tcp,
+        "resend",
+        "py-resend-echo",
+        &[&quiet[..], &["--dst", "1"]].concat(),
+    );
+    let slc = spawn_dealer(
+        &py,
+        &serve.ipc,
+        "resend",
+        "py-resend-slc",
+        &[&quiet[..], &["--dst", "0"]].concat(),
+    );
+    for r in [dealer_result(echo), dealer_result(slc)] {
+        assert_eq!(r["resent"]["msg_id"], r["reply"]["msg_id"], "{r}");
+        assert_eq!(r["resent"]["body"], "resend me", "{r}");
+        let after = seconds(&r["resend_after"]);
+        assert!(
+            (0.7..=2.6).contains(&after),
+            "resent after {after}s, expected about 1s: {r}"
+        );
+        assert_eq!(r["copies_after_ack"], 0, "resent after its ACK: {r}");
+    }
+    let lines = serve.stop();
+    assert_eq!(from_peer(&lines, "py-resend-slc").len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+}
+
+#[test]
+fn burst_of_echoes_in_flight() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("log", "messenger-serve");
+    let r = dealer(
+        &py,
+        &serve.tcp,
+        "burst",
+        "py-burst",
+        &["--count", "300", "--timeout", "10"],
+    );
+    let want: Vec<u64> = (0..300).collect();
+    assert_eq!(r["reply_ids"], json!(want));
+    assert!(serve.stop().is_empty());
+}
+
+#[test]
+fn malformed_input_is_dropped_and_sigint_stops_serve() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("log", "messenger-serve");
+    let r = dealer(
+        &py,
+        &serve.tcp,
+        "malformed",
+        "py-bad",
+        &["--body", "still fine"],
+    );
+    // Only the valid message was ACKed.
+    assert_eq!(r["acked_ids"], json!([0]), "{r}");
+    let lines = serve.stop_with("INT");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["body"], "still fine");
+    assert_eq!(lines[0]["msg_id"], 0);
+}
+
+#[test]
+fn restarted_peer_starts_a_new_session() {
+    let Some(py) = python() else { return };
+    let mut serve = Serve::start("log", "messenger-serve");
+    // The same identity reconnects and counts from msg_id 0 again: each
+    // session's message is new, not a duplicate of the last one.
+    for i in 0..3 {
+        let body = format!("session {i}");
+        dealer(&py, &serve.tcp, "slc", "py-restart", &["--body", &body]);
+        serve.wait_for("py-restart", &body);
+    }
+    let lines = serve.stop();
+    let got: Vec<_> = from_peer(&lines, "py-restart")
+        .iter()
+        .map(|v| (v["msg_id"].clone(), v["body"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(0), json!("session 0")),
+            (json!(0), json!("session 1")),
+            (json!(0), json!("session 2"))
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The library in this process against a Python peer, with MessagePack bodies
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+struct Batch {
+    term: u64,
+    first_lsn: u64,
+    records: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Applied {
+    term: u64,
+    count: usize,
+    joined: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_bodies_interoperate_with_python() {
+    let Some(py) = python() else { return };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = messenger::Messenger::new("rust-lib").expect("messenger");
+    let sink = Arc::clone(&seen);
+    let slc = move |m: messenger::Incoming, r: messenger::Responder| match m.decode::<Batch>() {
+        Ok(b) => {
+            let reply = Applied {
+                term: b.term,
+                count: b.records.len(),
+                joined: b.records.join(","),
+            };
+            sink.lock().unwrap().push(b);
+            r.try_reply_typed(&reply).expect("reply");
+        }
+        // Answer anyway, so the failure shows in the peer's result.
+        Err(e) => {
+            let _ = r.try_reply(format!("not a Batch: {e}"));
+        }
+    };
+    let bound = server
+        .listen_for_connection(&"tcp://127.0.0.1:0".parse().unwrap(), "rust-lib", slc)
+        .await
+        .expect("listen");
+    let endpoint = bound.endpoint.to_string();
+    let batch = r#"{"term": 3, "first_lsn": 18446744073709551615, "records": ["a-1", "b-2", "ü"]}"#;
+    let r = tokio::task::spawn_blocking(move || {
+        dealer(
+            &py,
+            &endpoint,
+            "msgpack",
+            "py-msgpack",
+            &["--dst", "0", "--body", batch],
+        )
+    })
+    .await
+    .expect("peer thread");
+    assert_eq!(
+        r["reply_value"],
+        json!({"term": 3, "count": 3, "joined": "a-1,b-2,ü"}),
+        "{r}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Batch {
+            term: 3,
+            first_lsn: u64::MAX,
+            records: vec!["a-1".into(), "b-2".into(), "ü".into()],
+        }]
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The messenger CLI (a Rust DEALER) against a Python ROUTER
+
+#[test]
+fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ipc = format!("ipc://{}", dir.path().join("router.sock").display());
+    for bind in ["tcp://127.0.0.1:*", ipc.as_str()] {
+        let mut router = PyRouter::start(&py, &["--bind", bind]);
+        let ep = router.endpoint.clone();
+        let (status, out, err) = cli(
+            &[
+                "request",
+                &ep,
+                "hello router",
+                "--callback",
+                "1",
+                "--identity",
+                "rq-echo",
+            ],
+            SHORT,
+        );
+        assert!(status.success(), "{ep}: {status}: {err}");
+        assert_eq!(out, "hello router", "{ep}");
+        let ev = router.wait_event("the ECHO", |v| v["kind"] == "echo");
+        assert_eq!(ev["frames"], 3, "{ev}");
+        assert_eq!(ev["peer"], "rq-echo", "{ev}");
+        assert_eq!(ev["msg_id"], 0, "{ev}");
+        assert_eq!(ev["body"], "hello router", "{ev}");
+        assert!(ev["src_cb"].as_u64().is_some_and(|cb| cb >= 4), "{ev}");
+        router.stop();
+    }
+}
+
+#[test]
+fn cli_request_to_python_server_loop() {
+    let Some(py) = python() else { return };
+    let mut router = PyRouter::start(&py, &[]);
+    let (status, out, err) = cli(
+        &["request", &router.endpoint, "work", "--identity", "rq-slc"],
+        SHORT,
+    );
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out, "py:work");
+    let ev = router.wait_event("the request", |v| v["kind"] == "slc");
+    assert_eq!((&ev["peer"], &ev["dst_cb"]), (&json!("rq-slc"), &json!(0)));
+    router.stop();
+}
+
+#[test]
+fn cli_dealer_accepts_replies_without_router_identity() {
+    let Some(py) = python() else { return };
+    let router = PyRouter::start(&py, &["--two-frame-replies"]);
+    let (status, out, err) = cli(
+        &[
+            "request",
+            &router.endpoint,
+            "two frames",
+            "--callback",
+            "1",
+            "--identity",
+            "rq-two",
+        ],
+        SHORT,
+    );
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out, "two frames");
+    router.stop();
+}
+
+#[test]
+fn cli_send_succeeds_once_python_acks() {
+    let Some(py) = python() else { return };
+    let router = PyRouter::start(&py, &["--no-reply"]);
+    let (status, _, err) = cli(
+        &[
+            "send",
+            &router.endpoint,
+            "confirmed",
+            "--callback",
+            "0",
+            "--identity",
+            "snd-ok",
+        ],
+        SHORT,
+    );
+    assert!(status.success(), "{status}: {err}");
+    let events = router.stop();
+    let got: Vec<_> = events.iter().filter(|v| v["peer"] == "snd-ok").collect();
+    assert_eq!(got.len(), 1, "{events:?}");
+    assert_eq!(got[0]["kind"], "slc");
+    assert_eq!(got[0]["body"], "confirmed");
+    assert_eq!(got[0]["frames"], 3);
+}
+
+#[test]
+fn cli_send_resends_then_fails_without_ack() {
+    let Some(py) = python() else { return };
+    let router = PyRouter::start(&py, &["--no-ack"]);
+    let start = Instant::now();
+    let (status, _, err) = cli(
+        &[
+            "send",
+            &router.endpoint,
+            "never acked",
+            "--timeout",
+            "2500ms",
+            "--identity",
+            "snd-noack",
+        ],
+        SHORT,
+    );
+    let took = start.elapsed();
+    let events = router.stop();
+    assert_eq!(status.code(), Some(1), "{err}\nrouter saw: {events:?}");
+    assert!(err.contains("no ACK"), "unclear error: {err}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    let copies: Vec<_> = events
+        .iter()
+        .filter(|v| v["peer"] == "snd-noack" && v["body"] == "never acked")
+        .collect();
+    assert!(copies.len() >= 2, "not resent: {events:?}");
+    assert!(copies.iter().all(|v| v["msg_id"] == 0), "{copies:?}");
+    assert_eq!(copies[0]["kind"], "slc");
+    assert_eq!(copies[1]["kind"], "duplicate");
+    let gap = seconds(&copies[1]["t"]) - seconds(&copies[0]["t"]);
+    assert!(
+        (0.7..=2.4).contains(&gap),
+        "resent after {gap}s: {copies:?}"
+    );
+}
+
+#[test]
+fn cli_ping_python_router() {
+    let Some(py) = python() else { return };
+    let router = PyRouter::start(&py, &[]);
+    let (status, out, err) = cli(&["ping", &router.endpoint, "-c", "3", "-i", "20ms"], SHORT);
+    assert!(status.success(), "{status}: {out}\n{err}");
+    assert!(out.contains("3 sent, 3 received"), "{out}");
+    let events = router.stop();
+    assert_eq!(
+        events.iter().filter(|v| v["kind"] == "echo").count(),
+        3,
+        "{events:?}"
+    );
+}
+
+/// `messenger request` must ACK the reply before it exits, or the peer
+/// resends it to a process that is gone.
+#[test]
+fn cli_request_acks_the_reply_before_exiting() {
+    let Some(py) = python() else { return };
+    let mut router = PyRouter::start(&py, &[]);
+    let ep = router.endpoint.clone();
+    for i in 0..10 {
+        let id = format!("rq-ack-{i}");
+        let (status, _, err) = cli(
+            &["request", &ep, "x", "--callback", "1", "--identity", &id],
+            SHORT,
+        );
+        assert!(status.success(), "{err}");
+    }
+    for i in 0..10 {
+        let id = format!("rq-ack-{i}");
+        router.wait_event(&format!("ACK of {id}'s reply"), |v| {
+            v["peer"] == id.as_str() && v["kind"] == "ack"
+        });
+    }
+    router.stop();
+}
+
+// ---------------------------------------------------------------------------
+// The example for users
+
+#[test]
+fn example_python_peer_runs_against_serve() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("echo", "messenger-serve");
+    let mut cmd = Command::new(&py);
+    cmd.arg(script("examples/python_peer.py"))
+        .arg(&serve.tcp)
+        .stdin(Stdio::null());
+    let mut p = Proc::spawn("examples/python_peer.py", cmd);
+    let (status, out) = p.finish(PEER_LIMIT);
+    assert!(status.success(), "{status}; {}", p.context());
+    assert!(
+        out.iter().any(|l| l.contains("hello, messenger")),
+        "{out:?}"
+    );
+    let lines = serve.stop();
+    let got = from_peer(&lines, "python-example");
+    assert_eq!(got.len(), 1, "{lines:?}");
+    assert_eq!(got[0]["body"], "work item 1");
+}

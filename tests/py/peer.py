@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+"""A real libzmq peer (pyzmq) for the messenger interop tests.
+
+Two roles:
+
+``dealer``  connects a DEALER to a messenger listener (``messenger serve``)
+            and runs one scripted scenario, then prints ONE JSON object on
+            stdout: ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``
+            (exit status 0 or 1).
+
+``router``  binds a ROUTER that speaks the protocol (ACKs, answers ECHO,
+            answers server-loop messages) for the Rust side to connect to.
+            It prints ``{"listening": ENDPOINT}`` first, then one JSON line
+            per message it receives, and ``{"summary": ...}`` when it stops
+            (stdin closed, or --lifetime elapsed).
+
+Wire format: payload ``{msg_id}-{src_cb}-{dst_cb}-{body}``; a DEALER sends
+``["", payload]``; a NoisePage ROUTER sends ``[peer, own_identity, "",
+payload]`` so a DEALER receives ``[router_identity, "", payload]``.
+
+Every wait here is bounded: nothing blocks longer than its timeout.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import zmq
+
+NOOP, ECHO, ACK = 0, 1, 2
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def text(b):
+    return b.decode("utf-8", errors="backslashreplace")
+
+
+def encode(msg_id, src_cb, dst_cb, body):
+    if isinstance(body, str):
+        body = body.encode()
+    return b"%d-%d-%d-" % (msg_id, src_cb, dst_cb) + body
+
+
+def parse(payload):
+    """Returns (msg_id, src_cb, dst_cb, body) or raises ProtocolError."""
+    parts = payload.split(b"-", 3)
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+        raise ProtocolError("malformed payload %r" % payload[:80])
+    return int(parts[0]), int(parts[1]), int(parts[2]), parts[3]
+
+
+def msg_json(m):
+    return {
+        "msg_id": m["msg_id"],
+        "src_cb": m["src_cb"],
+        "dst_cb": m["dst_cb"],
+        "body": text(m["body"]),
+        "t": round(m["t"], 4),
+    }
+
+
+class Dealer:
+    """A DEALER speaking the protocol, with a bounded receive helper."""
+
+    def __init__(self, ctx, endpoint, identity, expect_router_identity):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, identity.encode())
+        self.sock.connect(endpoint)
+        self.expect_router_identity = expect_router_identity
+        self.next_id = 0
+        self.t0 = time.monotonic()
+        self.received = []  # every message received, in order
+        self.acks_sent = 0
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def send_raw(self, payload):
+        self.sock.send_multipart([b"", payload])
+
+    def send(self, src_cb, dst_cb, body, msg_id=None):
+        if msg_id is None:
+            msg_id = self.next_id
+            self.next_id += 1
+        self.send_raw(encode(msg_id, src_cb, dst_cb, body))
+        return msg_id
+
+    def ack(self, msg_id):
+        self.send_raw(encode(msg_id, NOOP, ACK, b""))
+        self.acks_sent += 1
+
+    def recv(self, timeout):
+        """One message within `timeout` seconds, or None."""
+        if not self.sock.poll(int(max(timeout, 0) * 1000), zmq.POLLIN):
+            return None
+        frames = self.sock.recv_multipart()
+        if len(frames) != 3 or frames[1] != b"":
+            raise ProtocolError(
+                "expected [router_identity, '', payload], got %d frames %r"
+                % (len(frames), [f[:40] for f in frames])
+            )
+        rid = text(frames[0])
+        if self.expect_router_identity is not None and rid != self.expect_router_identity:
+            raise ProtocolError(
+                "router identity %r, expected %r" % (rid, self.expect_router_identity)
+            )
+        msg_id, src_cb, dst_cb, body = parse(frames[2])
+        m = {
+            "msg_id": msg_id,
+            "src_cb": src_cb,
+            "dst_cb": dst_cb,
+            "body": body,
+            "t": self.now(),
+            "router_identity": rid,
+        }
+        self.received.append(m)
+        return m
+
+    def collect(self, want, timeout, auto_ack=True):
+        """Receives until every predicate in `want` (name -> fn(m)) matched
+        a message, or `timeout` elapses. Non-ACK messages are ACKed when
+        `auto_ack`. Returns name -> first matching message; raises on
+        timeout."""
+        found = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(want):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sorted(set(want) - set(found))
+                raise ProtocolError(
+                    "timed out after %.1fs waiting for %s; received %s"
+                    % (timeout, missing, [msg_json(m) for m in self.received])
+                )
+            m = self.recv(left)
+            if m is None:
+                continue
+            if auto_ack and m["dst_cb"] != ACK:
+                self.ack(m["msg_id"])
+            for name, pred in want.items():
+                if name not in found and pred(m):
+                    found[name] = m
+                    break
+        return found
+
+    def quiet(self, seconds, auto_ack=True):
+        """Receives for `seconds`; returns what arrived."""
+        got = []
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return got
+            m = self.recv(left)
+            if m is None:
+                continue
+            if auto_ack and m["dst_cb"] != ACK:
+                self.ack(m["msg_id"])
+            got.append(m)
+
+
+def is_ack(msg_id):
+    return lambda m: m["dst_cb"] == ACK and m["msg_id"] == msg_id and m["body"] == b""
+
+
+def is_reply(dst_cb, body):
+    return lambda m: m["dst_cb"] == dst_cb and m["src_cb"] == NOOP and m["body"] == body
+
+
+# ---- dealer scenarios ------------------------------------------------------
+# Each returns a dict merged into the JSON result.
+
+
+def scenario_echo(d, a):
+    """ECHO: ACK of our msg_id and the reply `{id}-0-{src_cb}-{body}`,
+    which we ACK; then nothing more (our ACK stopped its resends)."""
+    # --binary: every byte value, '-' and digits included, must come back.
+    body = bytes(range(256)) * 4 if a.binary else a.body.encode()
+    mid = d.send(a.src_cb, ECHO, body)
+    got = d.collect({"ack": is_ack(mid), "reply": is_reply(a.src_cb, body)}, a.timeout)
+    extra = d.quiet(a.quiet) if a.quiet > 0 else []
+    return {
+        "body_len": len(body),
+        "sent_msg_id": mid,
+        "ack": msg_json(got["ack"]),
+        "reply": msg_json(got["reply"]),
+        "after": [msg_json(m) for m in extra],
+    }
+
+
+def scenario_slc(d, a):
+    """Messages addressed to NOOP go to the listener's server loop: each
+    gets its ACK; with `--slc log` nothing else comes back."""
+    bodies = [b.encode() for b in a.bodies] if a.bodies else [a.body.encode()]
+    ids = [d.send(NOOP, NOOP, b) for b in bodies]
+    want = {"ack%d" % i: is_ack(i) for i in ids}
+    d.collect(want, a.timeout)
+    extra = d.quiet(a.quiet) if a.quiet > 0 else []
+    return {"sent_msg_ids": ids, "after": [msg_json(m) for m in extra]}
+
+
+def scenario_slc_reply(d, a):
+    """With `--slc echo`: `{id}-{src_cb}-0-{body}` comes back as
+    `{rid}-0-{src_cb}-{body}`; we ACK it."""
+    body = a.body.encode()
+    mid = d.send(a.src_cb, NOOP, body)
+    got = d.collect({"ack": is_ack(mid), "reply": is_reply(a.src_cb, body)}, a.timeout)
+    extra = d.quiet(a.quiet) if a.quiet > 0 else []
+    return {
+        "sent_msg_id": mid,
+        "ack": msg_json(got["ack"]),
+        "reply": msg_json(got["reply"]),
+        "after": [msg_json(m) for m in extra],
+    }
+
+
+def scenario_duplicate(d, a):
+    """The same msg_id twice: ACKed both times. Then a later message as a
+    barrier: once the serve prints it, the duplicate would have been printed
+    before it (the server loop runs in order)."""
+    body = a.body.encode()
+    first = d.send(NOOP, NOOP, body)
+    d.collect({"ack": is_ack(first)}, a.timeout)
+    d.send(NOOP, NOOP, body, msg_id=first)
+    d.collect({"ack again": is_ack(first)}, a.timeout)
+    barrier = d.send(NOOP, NOOP, b"barrier")
+    d.collect({"barrier ack": is_ack(barrier)}, a.timeout)
+    acks = [m for m in d.received if m["dst_cb"] == ACK and m["msg_id"] == first]
+    return {"dup_msg_id": first, "acks_of_dup": len(acks), "barrier_msg_id": barrier}
+
+
+def scenario_resend(d, a):
+    """Do not ACK a reply: it must come again with the same msg_id and body
+    about one resend interval later. Then ACK it: no further copies."""
+    body = a.body.encode()
+    mid = d.send(a.src_cb, a.dst, body)
+    want = {"ack": is_ack(mid), "reply": is_reply(a.src_cb, body)}
+    got = d.collect(want, a.timeout, auto_ack=False)
+    first = got["reply"]
+    again = d.collect(
+        {
+            "resent": lambda m: m is not first
+            and m["msg_id"] == first["msg_id"]
+            and is_reply(a.src_cb, body)(m)
+        },
+        a.timeout,
+        auto_ack=False,
+    )["resent"]
+    d.ack(first["msg_id"])
+    acked_at = d.now()
+    extra = d.quiet(a.quiet, auto_ack=False) if a.quiet > 0 else []
+    copies = [m for m in d.received if m["msg_id"] == first["msg_id"] and m["dst_cb"] == a.src_cb]
+    return {
+        "reply": msg_json(first),
+        "resent": msg_json(again),
+        "resend_after": round(again["t"] - first["t"], 4),
+        "copies_before_ack": len([m for m in copies if m["t"] <= acked_at]),
+        "copies_after_ack": len([m for m in copies if m["t"] > acked_at]),
+        "after": [msg_json(m) for m in extra],
+    }
+
+
+def scenario_burst(d, a):
+    """Many ECHOs in flight at once: every one ACKed and answered once
+    (ACKed by us), with the reply ids 0..n-1."""
+    n = a.count
+    bodies = [("burst-%d" % i).encode() for i in range(n)]
+    ids = [d.send(a.src_cb, ECHO, b) for b in bodies]
+    want = {}
+    for i, b in zip(ids, bodies):
+        want["ack%d" % i] = is_ack(i)
+        want["reply%d" % i] = is_reply(a.src_cb, b)
+    got = d.collect(want, a.timeout)
+    reply_ids = sorted(got["reply%d" % i]["msg_id"] for i in ids)
+    return {"count": n, "reply_ids": reply_ids}
+
+
+def scenario_malformed(d, a):
+    """Garbage must be dropped (never ACKed, never delivered) without
+    disturbing the session: a valid message afterwards is ACKed."""
+    bad = [
+        b"",
+        b"not a payload",
+        b"1-2",
+        b"1--3-x",
+        b"x-0-0-body",
+        b"18446744073709551616-0-0-overflow",
+    ]
+    for p in bad:
+        d.send_raw(p)
+    # Wrong frame shapes too: no delimiter, and an extra frame.
+    d.sock.send_multipart([b"0-0-0-no delimiter"])
+    d.sock.send_multipart([b"", b"0-0-0-x", b"extra"])
+    mid = d.send(NOOP, NOOP, a.body.encode())
+    d.collect({"ack": is_ack(mid)}, a.timeout)
+    acks = [m["msg_id"] for m in d.received if m["dst_cb"] == ACK]
+    return {"valid_msg_id": mid, "acked_ids": acks}
+
+
+def scenario_msgpack(d, a):
+    """A MessagePack request (the --body JSON, packed) to the server loop;
+    the reply is unpacked and returned as `reply_value`."""
+    import msgpack
+
+    body = msgpack.packb(json.loads(a.body), use_bin_type=True)
+    mid = d.send(a.src_cb, a.dst, body)
+    got = d.collect(
+        {"ack": is_ack(mid), "reply": lambda m: m["dst_cb"] == a.src_cb and m["src_cb"] == NOOP},
+        a.timeout,
+    )
+    value = msgpack.unpackb(got["reply"]["body"], raw=False)
+    return {"sent_msg_id": mid, "reply_msg_id": got["reply"]["msg_id"], "reply_value": value}
+
+
+SCENARIOS = {
+    "echo": scenario_echo,
+    "slc": scenario_slc,
+    "slc-reply": scenario_slc_reply,
+    "duplicate": scenario_duplicate,
+    "resend": scenario_resend,
+    "burst": scenario_burst,
+    "malformed": scenario_malformed,
+    "msgpack": scenario_msgpack,
+}
+
+
+def run_dealer(a):
+    ctx = zmq.Context()
+    d = Dealer(ctx, a.endpoint, a.identity, a.expect_router_identity)
+    out = {"scenario": a.scenario, "identity": a.identity, "endpoint": a.endpoint}
+    status = 0
+    try:
+        out.update(SCENARIOS[a.scenario](d, a))
+        out["ok"] = True
+    except ProtocolError as e:
+        out["ok"] = False
+        out["error"] = str(e)
+        status = 1
+    out["received"] = [msg_json(m) for m in d.received]
+    out["acks_sent"] = d.acks_sent
+    d.sock.close(0)
+    ctx.term()
+    print(json.dumps(out), flush=True)
+    return status
+
+
+# ---- router ----------------------------------------------------------------
+
+
+def run_router(a):
+    """A protocol-speaking ROUTER for the Rust DEALER side."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(a.bind)
+    endpoint = text(sock.getsockopt(zmq.LAST_ENDPOINT))
+    print(json.dumps({"listening": endpoint}), flush=True)
+
+    ident = a.identity.encode()
+    next_id = {}  # peer -> our next msg_id towards it
+    seen = {}  # peer -> msg_ids received
+    counts = {"received": 0, "acks_sent": 0, "acks_received": 0, "duplicates": 0}
+
+    def emit(obj):
+        print(json.dumps(obj), flush=True)
+
+    def send_to(peer, payload):
+        if a.two_frame_replies:
+            sock.send_multipart([peer, b"", payload])
+        else:
+            sock.send_multipart([peer, ident, b"", payload])
+
+    def reply(peer, dst_cb, body):
+        mid = next_id.get(peer, 0)
+        next_id[peer] = mid + 1
+        send_to(peer, encode(mid, NOOP, dst_cb, body))
+        return mid
+
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    stdin_fd = sys.stdin.fileno()
+    poller.register(stdin_fd, zmq.POLLIN)
+    deadline = time.monotonic() + a.lifetime
+    t0 = time.monotonic()
+    reason = "lifetime"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        events = dict(poller.poll(int(min(left, 0.5) * 1000)))
+        if stdin_fd in events:
+            if not os.read(stdin_fd, 4096):
+                reason = "stdin closed"
+                break
+        if sock not in events:
+            continue
+        frames = sock.recv_multipart()
+        ev = {"t": round(time.monotonic() - t0, 4), "frames": len(frames)}
+        if len(frames) != 3 or frames[1] != b"":
+            ev["error"] = "bad frame shape %r" % [f[:40] for f in frames]
+            emit(ev)
+            continue
+        peer, payload = frames[0], frames[2]
+        ev["peer"] = text(peer)
+        try:
+            msg_id, src_cb, dst_cb, body = parse(payload)
+        except ProtocolError as e:
+            ev["error"] = str(e)
+            emit(ev)
+            continue
+        counts["received"] += 1
+        ev.update({"msg_id": msg_id, "src_cb": src_cb, "dst_cb": dst_cb, "body": text(body)})
+        if dst_cb == ACK:
+            counts["acks_received"] += 1
+            ev["kind"] = "ack"
+            emit(ev)
+            continue
+        if not a.no_ack:
+            send_to(peer, encode(msg_id, NOOP, ACK, b""))
+            counts["acks_sent"] += 1
+        peer_seen = seen.setdefault(peer, set())
+        if msg_id in peer_seen:
+            counts["duplicates"] += 1
+            ev["kind"] = "duplicate"
+            emit(ev)
+            continue
+        peer_seen.add(msg_id)
+        if dst_cb == ECHO:
+            ev["kind"] = "echo"
+            ev["reply_msg_id"] = reply(peer, src_cb, body)
+        elif dst_cb == NOOP:
+            ev["kind"] = "slc"
+            if src_cb != NOOP and not a.no_reply:
+                ev["reply_msg_id"] = reply(peer, src_cb, b"py:" + body)
+        else:
+            ev["kind"] = "callback"
+        emit(ev)
+    emit({"summary": counts, "reason": reason})
+    sock.close(0)
+    ctx.term()
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="role", required=True)
+
+    d = sub.add_parser("dealer", help="connect and run one scenario")
+    d.add_argument("endpoint")
+    d.add_argument("--identity", default="py-dealer")
+    d.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
+    d.add_argument("--body", default="hello from python")
+    d.add_argument("--bodies", nargs="*", help="several bodies (scenario slc)")
+    d.add_argument("--binary", action="store_true", help="echo every byte value (scenario echo)")
+    d.add_argument("--src-cb", type=int, default=7, help="our callback for replies")
+    d.add_argument("--dst", type=int, default=ECHO, help="destination (scenario resend)")
+    d.add_argument("--count", type=int, default=100, help="messages (scenario burst)")
+    d.add_argument("--timeout", type=float, default=5.0, help="bound on each wait, seconds")
+    d.add_argument("--quiet", type=float, default=0.0,
+                   help="afterwards, listen this long and report what else arrives")
+    d.add_argument("--expect-router-identity", default=None)
+
+    r = sub.add_parser("router", help="bind a protocol-speaking ROUTER")
+    r.add_argument("--bind", default="tcp://127.0.0.1:*")
+    r.add_argument("--identity", default="py-router")
+    r.add_argument("--lifetime", type=float, default=30.0, help="seconds before exiting")
+    r.add_argument("--no-ack", action="store_true", help="never ACK (to observe resends)")
+    r.add_argument("--no-reply", action="store_true", help="ACK server-loop messages only")
+    r.add_argument("--two-frame-replies", action="store_true",
+                   help="send [peer, '', payload], without our identity frame")
+
+    a = p.parse_args()
+    return run_dealer(a) if a.role == "dealer" else run_router(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

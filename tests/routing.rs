@@ -1,0 +1,565 @@
+//! Who gets what: replies reach the client that asked, MSCs take their
+//! messages before the SLC, reused callback slots never see their previous
+//! owner's replies, connections are pooled, and endpoints are bound once.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{TRANSPORTS, eventually, place, raw_recv, raw_send, within};
+use messenger::{BindError, Destination, Endpoint, Incoming, Messenger, Responder, wire};
+use tokio::sync::mpsc;
+use zeromq::prelude::*;
+
+fn no_slc(_: Incoming, _: Responder) {}
+
+/// The slab index a callback's wire id names (layout documented in
+/// `messenger::callbacks`).
+fn slot_of(wire_id: u64) -> u64 {
+    (wire_id - wire::FIRST_USER) & 0xffff_ffff
+}
+
+/// An SLC that hands every message and its responder to the test.
+fn forwarding_slc(
+    tx: mpsc::UnboundedSender<(Incoming, Responder)>,
+) -> impl Fn(Incoming, Responder) + Send + Sync + 'static {
+    move |m, r| {
+        let _ = tx.send((m, r));
+    }
+}
+
+#[tokio::test]
+async fn two_clients_get_only_their_own_replies() {
+    const M: usize = 200;
+    for t in TRANSPORTS {
+        let p = place(t);
+        let seen = Arc::new(Mutex::new(Vec::<(Bytes, Bytes)>::new()));
+        let seen2 = Arc::clone(&seen);
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, r: Responder| {
+                seen2.lock().unwrap().push((m.peer.clone(), m.body.clone()));
+                assert_eq!(r.peer(), &m.peer);
+                let body = [&m.peer[..], b":", &m.body].concat();
+                r.try_reply(body).unwrap();
+            })
+            .await
+            .unwrap();
+        let alice = Messenger::new("alice").unwrap();
+        let bob = Messenger::new("bob").unwrap();
+        let ca = within(5, "alice connects", alice.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
+        let cb = within(5, "bob connects", bob.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
+
+        // Both clients use the same bodies, interleaved, so a reply routed to
+        // the wrong client would carry the other's name.
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..M {
+            for (who, m, conn) in [("alice", &alice, ca), ("bob", &bob, cb)] {
+                let m = m.clone();
+                set.spawn(async move {
+                    let body = format!("m{i}");
+                    let reply = m.request(conn, wire::NOOP, &body).await;
+                    (who, body, reply)
+                });
+            }
+        }
+        within(10, "all replies", async {
+            while let Some(r) = set.join_next().await {
+                let (who, body, reply) = r.unwrap();
+                let reply = reply.unwrap_or_else(|e| panic!("{t}: {who} {body}: {e}"));
+                assert_eq!(
+                    reply.body,
+                    Bytes::from(format!("{who}:{body}")),
+                    "{t}: {who} got someone else's reply"
+                );
+            }
+        })
+        .await;
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2 * M, "{t}: each message reached the SLC once");
+            for who in ["alice", "bob"] {
+                let bodies: HashSet<&Bytes> = seen
+                    .iter()
+                    .filter(|(p, _)| p == who.as_bytes())
+                    .map(|(_, b)| b)
+                    .collect();
+                assert_eq!(bodies.len(), M, "{t}: {who}'s messages");
+            }
+        }
+
+        // The other way: the server addresses each client by routing id, and
+        // the answer comes back from that client.
+        for who in ["alice", "bob"] {
+            let dest = Destination::Peer {
+                listener: bound.id,
+                peer: Bytes::from(who),
+            };
+            let reply = within(5, "server to peer", server.request(dest, wire::ECHO, who))
+                .await
+                .unwrap_or_else(|e| panic!("{t}: server -> {who}: {e}"));
+            assert_eq!(reply.peer, Bytes::from(who), "{t}");
+            assert_eq!(reply.body, Bytes::from(who), "{t}");
+        }
+        assert_eq!(alice.stats().late_replies_dropped, 0, "{t}");
+        assert_eq!(bob.stats().late_replies_dropped, 0, "{t}");
+        server.shutdown().await;
+        alice.shutdown().await;
+        bob.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
+    for t in TRANSPORTS {
+        let p = place(t);
+        let (tx, mut slc_rx) = mpsc::unbounded_channel();
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", forwarding_slc(tx))
+            .await
+            .unwrap();
+        let client = Messenger::new("client").unwrap();
+        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+
+        // The client asks; its request reaches the server's SLC.
+        let c = client.clone();
+        let ask = tokio::spawn(async move { c.request(conn, wire::NOOP, "hello").await });
+        let (hello, _responder) = within(5, "slc gets hello", slc_rx.recv()).await.unwrap();
+        assert_eq!(hello.body, Bytes::from("hello"), "{t}");
+        assert!(hello.src_cb >= wire::FIRST_USER, "{t}: {hello:?}");
+
+        // The server answers with a request of its own, to the client's MSC,
+        // through Destination::Peer: the server now holds an MSC.
+        let dest = hello.reply_destination();
+        assert_eq!(
+            dest,
+            Destination::Peer {
+                listener: bound.id,
+                peer: hello.peer.clone()
+            },
+            "{t}"
+        );
+        let s = server.clone();
+        let client_cb = hello.src_cb;
+        let question = tokio::spawn(async move { s.request(dest, client_cb, "question").await });
+        let q = within(5, "client's MSC gets the question", ask)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(q.body, Bytes::from("question"), "{t}");
+        assert_eq!(q.dst_cb, client_cb, "{t}");
+        assert!(q.src_cb >= wire::FIRST_USER, "{t}: {q:?}");
+
+        // The client's answer is addressed to the server's MSC: it must
+        // complete the server's request and never reach the SLC.
+        client
+            .send_message(conn, q.src_cb, "answer", None)
+            .await
+            .unwrap();
+        let a = within(5, "server's MSC gets the answer", question)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(a.body, Bytes::from("answer"), "{t}");
+        assert_eq!(a.peer, hello.peer, "{t}");
+
+        // Anything after it on the same link would have been processed by
+        // now; give the SLC a moment anyway.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            slc_rx.try_recv().is_err(),
+            "{t}: the SLC saw a message meant for an MSC"
+        );
+        let ss = server.stats();
+        assert_eq!(ss.slc_delivered, 1, "{t}: {ss:?}");
+        assert_eq!(ss.msc_delivered, 1, "{t}: {ss:?}");
+        assert_eq!(ss.late_replies_dropped, 0, "{t}: {ss:?}");
+        assert_eq!(ss.pending_callbacks, 0, "{t}: {ss:?}");
+        server.shutdown().await;
+        client.shutdown().await;
+    }
+}
+
+/// A reused callback slot gets a new wire id, and a late reply to the old
+/// id is ACKed and dropped rather than completing the new request. The peer
+/// here is another messenger whose SLC keeps the first request's responder.
+#[tokio::test]
+async fn reused_slot_never_gets_the_previous_owners_reply() {
+    for t in TRANSPORTS {
+        let p = place(t);
+        let (tx, mut slc_rx) = mpsc::unbounded_channel();
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", forwarding_slc(tx))
+            .await
+            .unwrap();
+        let client = Messenger::new("client").unwrap();
+        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+
+        let c = client.clone();
+        let req1 = tokio::spawn(async move { c.request(conn, wire::NOOP, "one").await });
+        let (m1, r1) = within(5, "request 1 arrives", slc_rx.recv()).await.unwrap();
+        r1.try_reply("r1").unwrap();
+        let got1 = within(5, "request 1 completes", req1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got1.body, Bytes::from("r1"), "{t}");
+        assert_eq!(client.stats().pending_callbacks, 0, "{t}");
+
+        let c = client.clone();
+        let req2 = tokio::spawn(async move { c.request(conn, wire::NOOP, "two").await });
+        let (m2, r2) = within(5, "request 2 arrives", slc_rx.recv()).await.unwrap();
+        assert_ne!(m1.src_cb, m2.src_cb, "{t}: a reused slot needs a new id");
+        assert_eq!(
+            slot_of(m1.src_cb),
+            slot_of(m2.src_cb),
+            "{t}: expected the freed slot to be reused (the case under test)"
+        );
+
+        // A late duplicate reply to request 1, as a new message.
+        let before = client.stats().late_replies_dropped;
+        r1.try_reply("late").unwrap();
+        eventually(5, "late reply dropped", || {
+            client.stats().late_replies_dropped == before + 1
+        })
+        .await;
+        assert!(!req2.is_finished(), "{t}: request 2 completed early");
+
+        r2.try_reply("r2").unwrap();
+        let got2 = within(5, "request 2 completes", req2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got2.body, Bytes::from("r2"), "{t}");
+        let cs = client.stats();
+        assert_eq!(cs.late_replies_dropped, before + 1, "{t}: {cs:?}");
+        assert_eq!(cs.msc_delivered, 2, "{t}: {cs:?}");
+        assert_eq!(cs.pending_callbacks, 0, "{t}: {cs:?}");
+        server.shutdown().await;
+        client.shutdown().await;
+    }
+}
+
+/// Next message from our connection to a raw ROUTER that is not an ACK and
+/// not a resend of one already seen; ACKs it as a libzmq peer would.
+async fn next_message(
+    router: &mut zeromq::RouterSocket,
+    seen: &mut HashSet<u64>,
+    what: &str,
+) -> (Bytes, wire::Payload) {
+    loop {
+        let f = raw_recv(router, 5, what).await;
+        assert_eq!(f.len(), 3, "{what}: frames {f:?}");
+        assert!(f[1].is_empty(), "{what}: delimiter {f:?}");
+        let p = wire::parse(&f[2]).unwrap_or_else(|e| panic!("{what}: {e}: {f:?}"));
+        if p.dst_cb == wire::ACK {
+            continue;
+        }
+        let ack = format!("{}-0-2-", p.msg_id);
+        raw_send(router, &[&f[0], b"raw", b"", ack.as_bytes()]).await;
+        if seen.insert(p.msg_id) {
+            return (f[0].clone(), p);
+        }
+    }
+}
+
+/// Next ACK our connection sends a raw ROUTER.
+async fn next_ack(router: &mut zeromq::RouterSocket, what: &str) -> u64 {
+    loop {
+        let f = raw_recv(router, 5, what).await;
+        let p = wire::parse(&f[2]).unwrap_or_else(|e| panic!("{what}: {e}: {f:?}"));
+        if p.dst_cb == wire::ACK {
+            assert_eq!(f[2], Bytes::from(format!("{}-0-2-", p.msg_id)), "{what}");
+            return p.msg_id;
+        }
+    }
+}
+
+/// The same with a raw zeromq ROUTER as the peer, which sends the late
+/// duplicate reply to request 1's id with a fresh msg_id.
+#[tokio::test]
+async fn reused_slot_ignores_late_reply_from_raw_router() {
+    for t in ["tcp", "ipc"] {
+        let p = place(t);
+        let mut router = zeromq::RouterSocket::new();
+        let url = match t {
+            "tcp" => "tcp://127.0.0.1:0".to_string(),
+            _ => p.endpoint.to_string(),
+        };
+        let bound = router.bind(&url).await.unwrap();
+        let endpoint: Endpoint = bound.to_string().parse().unwrap();
+
+        let client = Messenger::new("client").unwrap();
+        let conn = within(5, "connect", client.make_connection(&endpoint))
+            .await
+            .unwrap();
+        let mut seen = HashSet::new();
+
+        let c = client.clone();
+        let req1 = tokio::spawn(async move { c.request(conn, wire::NOOP, "one").await });
+        let (peer, m1) = next_message(&mut router, &mut seen, "request 1").await;
+        assert_eq!(peer, Bytes::from("client"), "{t}");
+        assert_eq!(m1.body, Bytes::from("one"), "{t}");
+        let c1 = m1.src_cb;
+        let reply = format!("0-0-{c1}-r1");
+        raw_send(&mut router, &[&peer, b"raw", b"", reply.as_bytes()]).await;
+        let got1 = within(5, "request 1 completes", req1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got1.body, Bytes::from("r1"), "{t}");
+        assert_eq!(next_ack(&mut router, "ACK of reply 1").await, 0, "{t}");
+
+        let c = client.clone();
+        let req2 = tokio::spawn(async move { c.request(conn, wire::NOOP, "two").await });
+        let (_, m2) = next_message(&mut router, &mut seen, "request 2").await;
+        assert_eq!(m2.body, Bytes::from("two"), "{t}");
+        let c2 = m2.src_cb;
+        assert_ne!(c1, c2, "{t}: a reused slot needs a new id");
+        assert_eq!(slot_of(c1), slot_of(c2), "{t}: expected the slot reused");
+
+        let before = client.stats().late_replies_dropped;
+        let late = format!("1-0-{c1}-late");
+        raw_send(&mut router, &[&peer, b"raw", b"", late.as_bytes()]).await;
+        assert_eq!(
+            next_ack(&mut router, "the late reply is ACKed").await,
+            1,
+            "{t}"
+        );
+        eventually(5, "late reply counted", || {
+            client.stats().late_replies_dropped == before + 1
+        })
+        .await;
+        assert!(!req2.is_finished(), "{t}: request 2 took the late reply");
+
+        let reply = format!("2-0-{c2}-r2");
+        raw_send(&mut router, &[&peer, b"raw", b"", reply.as_bytes()]).await;
+        let got2 = within(5, "request 2 completes", req2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got2.body, Bytes::from("r2"), "{t}");
+        let cs = client.stats();
+        assert_eq!(cs.late_replies_dropped, before + 1, "{t}: {cs:?}");
+        assert_eq!(cs.pending_callbacks, 0, "{t}: {cs:?}");
+        client.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn make_connection_is_pooled_per_endpoint() {
+    for t in TRANSPORTS {
+        let (p1, p2) = (place(t), place(t));
+        let server = Messenger::new("server").unwrap();
+        let b1 = server
+            .listen_for_connection(&p1.endpoint, "server", no_slc)
+            .await
+            .unwrap();
+        let b2 = server
+            .listen_for_connection(&p2.endpoint, "server", no_slc)
+            .await
+            .unwrap();
+        let client = Messenger::new("client").unwrap();
+        let first = within(5, "connect", client.make_connection(&b1.endpoint))
+            .await
+            .unwrap();
+        let again = client.make_connection(&b1.endpoint).await.unwrap();
+        assert_eq!(first, again, "{t}");
+        assert_eq!(client.stats().connections, 1, "{t}");
+
+        // Concurrent callers share one connection too.
+        let (x, y) = within(5, "concurrent connects", async {
+            tokio::join!(
+                client.make_connection(&b1.endpoint),
+                client.make_connection(&b1.endpoint)
+            )
+        })
+        .await;
+        assert_eq!(x.unwrap(), first, "{t}");
+        assert_eq!(y.unwrap(), first, "{t}");
+        assert_eq!(client.stats().connections, 1, "{t}");
+
+        let other = client.make_connection(&b2.endpoint).await.unwrap();
+        assert_ne!(other, first, "{t}");
+        assert_eq!(client.stats().connections, 2, "{t}");
+
+        // The pooled connection works.
+        let reply = within(5, "echo", client.request(first, wire::ECHO, "pooled"))
+            .await
+            .unwrap();
+        assert_eq!(reply.body, Bytes::from("pooled"), "{t}");
+        server.shutdown().await;
+        client.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn binding_an_endpoint_in_use_fails() {
+    for t in TRANSPORTS {
+        let p = place(t);
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", no_slc)
+            .await
+            .unwrap();
+        // tcp: the resolved port; ipc: the same path; inproc: the same name.
+        let again = server
+            .listen_for_connection(&bound.endpoint, "server", no_slc)
+            .await;
+        assert!(
+            matches!(&again, Err(BindError::InUse(e)) if *e == bound.endpoint),
+            "{t}: {again:?}"
+        );
+        let other = Messenger::new("other").unwrap();
+        let again = other
+            .listen_for_connection(&bound.endpoint, "other", no_slc)
+            .await;
+        assert!(matches!(&again, Err(BindError::InUse(_))), "{t}: {again:?}");
+        assert_eq!(server.stats().listeners, 1, "{t}");
+        assert_eq!(other.stats().listeners, 0, "{t}");
+
+        // The failed attempts left the first listener working.
+        let client = Messenger::new("client").unwrap();
+        let conn = within(5, "connect", client.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
+        let reply = within(5, "echo", client.request(conn, wire::ECHO, "still here"))
+            .await
+            .unwrap();
+        assert_eq!(reply.body, Bytes::from("still here"), "{t}");
+        client.shutdown().await;
+        other.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+/// Binds `endpoint`, retrying while a listener just shut down still holds it.
+async fn bind_when_free(m: &Messenger, endpoint: &Endpoint) -> messenger::ListenerInfo {
+    for _ in 0..100 {
+        match m.listen_for_connection(endpoint, "server", no_slc).await {
+            Ok(b) => return b,
+            Err(BindError::InUse(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{endpoint}: {e}"),
+        }
+    }
+    panic!("{endpoint}: still in use 5 s after shutdown");
+}
+
+/// After shutdown the endpoint can be bound again and the new listener
+/// works: a restarted server comes back on the same address. Several
+/// rounds, since what the old listener does after shutdown returns is a
+/// matter of timing.
+#[tokio::test]
+async fn endpoint_is_free_again_after_shutdown() {
+    const ROUNDS: usize = 15;
+    for t in TRANSPORTS {
+        let p = place(t);
+        let mut endpoint = p.endpoint.clone();
+        for round in 0..ROUNDS {
+            let server = Messenger::new("server").unwrap();
+            let bound = bind_when_free(&server, &endpoint).await;
+            if round > 0 {
+                assert_eq!(bound.endpoint, endpoint, "{t}");
+            }
+            endpoint = bound.endpoint.clone();
+            // Let whatever the previous listener left running finish.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            if let Endpoint::Ipc(path) = &endpoint {
+                assert!(
+                    path.exists(),
+                    "{t} round {round}: the new listener's socket file was deleted after \
+                     it bound (by the previous listener's teardown)"
+                );
+            }
+            let client = Messenger::new("client").unwrap();
+            let conn = within(6, "connect", client.make_connection(&endpoint))
+                .await
+                .unwrap_or_else(|e| panic!("{t} round {round}: {e}"));
+            let reply = within(5, "echo", client.request(conn, wire::ECHO, "again"))
+                .await
+                .unwrap_or_else(|e| panic!("{t} round {round}: {e}"));
+            assert_eq!(reply.body, Bytes::from("again"), "{t}");
+            client.shutdown().await;
+            server.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn stale_ipc_file_is_replaced_and_removed_on_shutdown() {
+    let p = place("ipc");
+    let Endpoint::Ipc(path) = p.endpoint.clone() else {
+        unreachable!()
+    };
+    // A listener that died without cleaning up: the socket file stays.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists(), "the stale socket file should remain");
+
+    let server = Messenger::new("server").unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "server", no_slc)
+        .await
+        .expect("a stale ipc file does not block binding");
+    assert!(path.exists());
+    let client = Messenger::new("client").unwrap();
+    let conn = within(5, "connect", client.make_connection(&bound.endpoint))
+        .await
+        .unwrap();
+    let reply = within(5, "echo", client.request(conn, wire::ECHO, "fresh"))
+        .await
+        .unwrap();
+    assert_eq!(reply.body, Bytes::from("fresh"));
+    client.shutdown().await;
+    server.shutdown().await;
+    assert!(!path.exists(), "shutdown removes the ipc socket file");
+}
+
+#[tokio::test]
+async fn ipc_path_that_is_not_a_socket_is_refused_and_kept() {
+    let p = place("ipc");
+    let Endpoint::Ipc(path) = p.endpoint.clone() else {
+        unreachable!()
+    };
+    std::fs::write(&path, b"not a socket").unwrap();
+    let server = Messenger::new("server").unwrap();
+    let r = server
+        .listen_for_connection(&p.endpoint, "server", no_slc)
+        .await;
+    assert!(matches!(r, Err(BindError::NotASocket(_))), "{r:?}");
+    server.shutdown().await;
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+}
+
+/// A file that appears at an ipc path after its listener shut down belongs
+/// to someone else: nothing of ours may delete it later.
+#[tokio::test]
+async fn shutdown_never_deletes_a_file_created_after_it() {
+    for round in 0..15 {
+        let p = place("ipc");
+        let Endpoint::Ipc(path) = p.endpoint.clone() else {
+            unreachable!()
+        };
+        let server = Messenger::new("server").unwrap();
+        server
+            .listen_for_connection(&p.endpoint, "server", no_slc)
+            .await
+            .unwrap();
+        server.shutdown().await;
+        assert!(!path.exists(), "round {round}: shutdown removes its file");
+        std::fs::write(&path, b"someone else's").unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            path.exists(),
+            "round {round}: a file created after shutdown was deleted"
+        );
+    }
+}
