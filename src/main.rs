@@ -12,7 +12,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The crate warns when it cannot delete its private relay
+                // socket, which we already removed with its directory.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zeromq=error")),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -218,7 +218,12 @@ pub(crate) async fn accept_loop(
         };
         let accept = async {
             match &public {
-                Public::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+                Public::Tcp(l) => l.accept().await.map(|(s, _)| {
+                    // Small ACKs and replies must not wait for Nagle plus
+                    // the peer's delayed ACK (about 40 ms a stall).
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                }),
                 Public::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
             }
         };
