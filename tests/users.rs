@@ -1,0 +1,543 @@
+//! The three users' examples and `messenger demo`, run as their users run
+//! them: as processes, with small flags, checking the exit status and the
+//! key lines of their output.
+//!
+//! The example binaries are the ones `cargo test` builds into
+//! `target/<profile>/examples/` (`cargo test --test users` alone does not
+//! build them: run `cargo build --examples` first). The model-server tests
+//! run `tests/py/model_server.py` with pyzmq from a venv at `target/pyenv`,
+//! created on first use like the interop tests do; without python3 or PyPI
+//! they print `SKIPPED: ...` and pass, unless `CI` is set. Set
+//! `MESSENGER_TEST_PYTHON` to an interpreter that already has pyzmq to skip
+//! the venv.
+//!
+//! Every wait is bounded and every child process is killed if a test ends
+//! early.
+
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// What a finished process left.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Finished {
+    fn context(&self) -> String {
+        format!(
+            "status {}, after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+
+    fn assert_success(&self, what: &str) {
+        assert!(self.status.success(), "{what} failed: {}", self.context());
+    }
+
+    fn assert_stdout_has(&self, needle: &str) {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}: {}",
+            self.context()
+        );
+    }
+}
+
+/// Kills the child if the test panics before it is reaped.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion within `limit`; a process still running then
+/// is killed and the test fails.
+fn run(mut cmd: Command, what: &str, limit: Duration) -> Finished {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let reader = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout is piped")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr is piped")));
+    let mut guard = KillOnDrop(Some(child));
+    let status = loop {
+        let c = guard
+            .0
+            .as_mut()
+            .expect("the child is only taken once it exited");
+        match c.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                drop(guard);
+                let stderr = err.join().unwrap_or_default();
+                panic!("{what} still running after {limit:?}; killed it\n--- stderr\n{stderr}");
+            }
+            Err(e) => panic!("cannot wait for {what}: {e}"),
+        }
+    };
+    guard.0 = None;
+    let elapsed = start.elapsed();
+    Finished {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed,
+    }
+}
+
+/// An example binary built by cargo next to this test's own binary.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/users-HASH -> target/<profile>/examples/NAME
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("examples"))
+        .unwrap_or_else(|| panic!("cannot locate target dir from {}", exe.display()));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} not found: build the examples first \
+         (`cargo test` builds them; `cargo test --test users` alone does not: \
+         run `cargo build --examples`)",
+        path.display()
+    );
+    Command::new(path)
+}
+
+// ---------------------------------------------------------------------------
+// Replication
+
+#[test]
+fn replication_commits_and_checks_both_logs() {
+    let mut cmd = example("replication");
+    cmd.args(["--batches", "200", "--batch-size", "16"]);
+    let r = run(cmd, "replication", Duration::from_secs(60));
+    r.assert_success("replication");
+    r.assert_stdout_has("committed: 200 batches");
+    r.assert_stdout_has("batches/s");
+    r.assert_stdout_has("commit latency: p50");
+    r.assert_stdout_has("replica-1 (tcp://127.0.0.1:");
+    r.assert_stdout_has("replica-2 (tcp://127.0.0.1:");
+    r.assert_stdout_has("applied up to LSN 3200");
+    r.assert_stdout_has("check: both replicas hold exactly the primary's log");
+}
+
+#[test]
+fn replication_survives_a_replica_restart() {
+    let mut cmd = example("replication");
+    cmd.args([
+        "--batches",
+        "200",
+        "--batch-size",
+        "16",
+        "--kill-replica-after",
+        "60",
+    ]);
+    let r = run(
+        cmd,
+        "replication --kill-replica-after",
+        Duration::from_secs(60),
+    );
+    r.assert_success("replication --kill-replica-after");
+    r.assert_stdout_has("killed replica-2 after 60 commits");
+    r.assert_stdout_has("(2 lives)");
+    r.assert_stdout_has("commits resumed");
+    r.assert_stdout_has("check: both replicas hold exactly the primary's log");
+    // Both replicas end with the whole log.
+    let full = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("applied up to LSN 3200"))
+        .count();
+    assert_eq!(full, 2, "{}", r.context());
+}
+
+#[test]
+fn replication_on_given_ports() {
+    // Ports the OS just handed out and took back: free unless another
+    // process grabs one in the next few milliseconds.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    let (p1, p2) = (free(), free());
+    let mut cmd = example("replication");
+    cmd.args(["--batches", "50", "--batch-size", "8"])
+        .args(["--replica1-port", &p1.to_string()])
+        .args(["--replica2-port", &p2.to_string()]);
+    let r = run(cmd, "replication --replica*-port", Duration::from_secs(60));
+    r.assert_success("replication --replica*-port");
+    r.assert_stdout_has(&format!("replica-1 (tcp://127.0.0.1:{p1})"));
+    r.assert_stdout_has(&format!("replica-2 (tcp://127.0.0.1:{p2})"));
+}
+
+#[test]
+fn replication_rejects_a_kill_after_the_end() {
+    let mut cmd = example("replication");
+    cmd.args(["--batches", "10", "--kill-replica-after", "10"]);
+    let r = run(cmd, "replication", Duration::from_secs(30));
+    assert!(!r.status.success(), "{}", r.context());
+    assert!(
+        r.stderr.contains("must be below --batches"),
+        "{}",
+        r.context()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// In-process components
+
+#[test]
+fn inproc_components_plan_fan_out_and_check() {
+    let mut cmd = example("inproc_components");
+    cmd.args(["--queries", "24", "--partitions", "3", "--show", "2"]);
+    let r = run(cmd, "inproc_components", Duration::from_secs(60));
+    r.assert_success("inproc_components");
+    r.assert_stdout_has("inproc://");
+    r.assert_stdout_has("parser -> planner: plan of 3 fragments");
+    r.assert_stdout_has("(fan-out)");
+    r.assert_stdout_has("24 queries: 24 plans (request/reply), 72 fragments fanned out, 72 partials gathered, 72 feedback reports");
+    r.assert_stdout_has("OK: 24 queries checked");
+}
+
+// ---------------------------------------------------------------------------
+// Model-server manager
+
+/// The interpreter with pyzmq, or `None` when the tests must be skipped
+/// (said once on stderr). Panics when `CI` is set and it cannot be had.
+fn python() -> Option<PathBuf> {
+    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let ci = std::env::var_os("CI").is_some();
+    match PY.get_or_init(bootstrap) {
+        Ok(p) => Some(p.clone()),
+        Err(why) if ci => {
+            panic!("the model-server tests need python3 with pyzmq (CI is set): {why}")
+        }
+        Err(why) => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED: model-server tests: {why}");
+            None
+        }
+    }
+}
+
+fn has_zmq(py: &Path) -> bool {
+    if !py.exists() {
+        return false;
+    }
+    let mut cmd = Command::new(py);
+    cmd.args(["-c", "import zmq"]);
+    quiet(cmd, Duration::from_secs(60), "import zmq").is_ok()
+}
+
+/// Runs `cmd` within `limit`; its output is in the error when it fails.
+fn quiet(mut cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!("{what} failed ({status}): {err}"));
+            }
+            Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what} still running after {limit:?}; killed"));
+            }
+            Err(e) => return Err(format!("cannot wait for {what}: {e}")),
+        }
+    }
+}
+
+/// `target/pyenv/bin/python` with zmq, creating the venv when needed under
+/// a lock file so parallel tests (and test binaries) do not race.
+fn bootstrap() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MESSENGER_TEST_PYTHON") {
+        let p = PathBuf::from(p);
+        return if has_zmq(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "MESSENGER_TEST_PYTHON={} cannot import zmq",
+                p.display()
+            ))
+        };
+    }
+    let target = Path::new(MANIFEST_DIR).join("target");
+    let venv = target.join("pyenv");
+    let py = venv.join("bin").join("python");
+    if has_zmq(&py) {
+        return Ok(py);
+    }
+    std::fs::create_dir_all(&target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let lock_path = target.join("pyenv.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200))
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(format!("{} stayed locked for 10 min", lock_path.display()));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", lock_path.display()));
+            }
+        }
+    }
+    // Someone else may have built it while we waited.
+    if has_zmq(&py) {
+        return Ok(py);
+    }
+    let mut version = Command::new("python3");
+    version.arg("--version");
+    quiet(version, Duration::from_secs(30), "python3 --version")
+        .map_err(|e| format!("python3 is not usable: {e}"))?;
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
+    }
+    let built = (|| {
+        let mut mk = Command::new("python3");
+        mk.args(["-m", "venv"]).arg(&venv);
+        quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
+        let mut pip = Command::new(&py);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "pyzmq",
+            "msgpack",
+        ]);
+        quiet(pip, Duration::from_secs(600), "pip install pyzmq msgpack")?;
+        if has_zmq(&py) {
+            Ok(())
+        } else {
+            Err("pyzmq installed but does not import".to_string())
+        }
+    })();
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&venv);
+        return Err(e);
+    }
+    Ok(py)
+}
+
+/// The manager example driving `tests/py/model_server.py` with `flags`.
+fn manager(py: &Path, flags: &str, extra: &[&str]) -> Finished {
+    let script = Path::new(MANIFEST_DIR).join("tests/py/model_server.py");
+    let line = format!("'{}' '{}' {flags}", py.display(), script.display());
+    let mut cmd = example("model_server_manager");
+    cmd.arg("--model-server").arg(line).args(extra);
+    run(cmd, "model_server_manager", Duration::from_secs(30))
+}
+
+/// The pid the manager reported for its model server.
+fn child_pid(r: &Finished) -> u32 {
+    r.stderr
+        .lines()
+        .find_map(|l| l.split("started model server pid ").nth(1))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no model server pid reported: {}", r.context()))
+}
+
+/// Fails (after killing it) if process `pid` is still alive a few seconds
+/// after the manager exited. A zombie has ended: it counts as gone.
+fn assert_gone(pid: u32, r: &Finished) {
+    let stat = format!("/proc/{pid}/stat");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = match std::fs::read_to_string(&stat) {
+            Err(_) => false,
+            // "pid (comm) S ...": the state follows the last ')'.
+            Ok(s) => s
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        };
+        if !alive {
+            return;
+        }
+        if Instant::now() > until {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("model server pid {pid} was left running: {}", r.context());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The manager's one error line (library log lines may surround it).
+fn error_line(r: &Finished) -> &str {
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("model_server_manager: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {}", r.context());
+    errors[0]
+}
+
+#[test]
+fn model_server_manager_prints_the_reply_and_sees_connected_once() {
+    let Some(py) = python() else { return };
+    // Three extra copies of CONNECTED, as if ACKs had been lost.
+    let r = manager(&py, "--duplicate-connected 3", &["--message", "hi there"]);
+    r.assert_success("model_server_manager");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one stdout line expected: {}", r.context());
+    let reply: serde_json::Value = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", r.context()));
+    assert_eq!(
+        reply,
+        serde_json::json!({"action": 0, "result": "MODEL_REPLY_hi there", "success": true, "err": ""}),
+        "{}",
+        r.context()
+    );
+    // Delivered once to the server loop; every copy suppressed.
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("CONNECTED delivered to the server loop"))
+        .unwrap_or_else(|| panic!("no CONNECTED report: {}", r.context()));
+    assert!(line.contains("loop 1 time(s)"), "{}", r.context());
+    let suppressed: u64 = line
+        .split("; ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no suppressed count: {}", r.context()));
+    assert!(suppressed >= 3, "{}", r.context());
+    assert!(
+        r.stderr.contains("exited (exit status: 0)"),
+        "{}",
+        r.context()
+    );
+    assert_gone(child_pid(&r), &r);
+}
+
+#[test]
+fn model_server_that_dies_before_replying_fails_fast() {
+    let Some(py) = python() else { return };
+    let r = manager(&py, "--die-before-reply", &[]);
+    assert!(!r.status.success(), "{}", r.context());
+    assert!(r.stdout.is_empty(), "{}", r.context());
+    let last = error_line(&r);
+    assert!(
+        last.starts_with("model_server_manager: error: the model server exited (exit status: 3) before answering PRINT"),
+        "{}",
+        r.context()
+    );
+    assert!(r.elapsed < Duration::from_secs(5), "{}", r.context());
+    assert_gone(child_pid(&r), &r);
+}
+
+#[test]
+fn model_server_that_never_replies_is_killed() {
+    let Some(py) = python() else { return };
+    let r = manager(&py, "--hang-on-print", &["--reply-timeout", "1s"]);
+    assert!(!r.status.success(), "{}", r.context());
+    let last = error_line(&r);
+    assert!(
+        last.starts_with("model_server_manager: error: no reply to PRINT \"hello\" within 1s"),
+        "{}",
+        r.context()
+    );
+    // The script would live 60 s: gone now means the manager killed it.
+    assert_gone(child_pid(&r), &r);
+}
+
+#[test]
+fn model_server_manager_reports_a_missing_program() {
+    let mut cmd = example("model_server_manager");
+    cmd.args(["--model-server", "/nonexistent/model-server --flag"]);
+    let r = run(cmd, "model_server_manager", Duration::from_secs(30));
+    assert!(!r.status.success(), "{}", r.context());
+    assert!(
+        r.stderr
+            .contains("error: cannot start the model server \"/nonexistent/model-server\""),
+        "{}",
+        r.context()
+    );
+}
+
+#[test]
+fn model_server_manager_with_the_stand_in() {
+    let r = run(
+        example("model_server_manager"),
+        "model_server_manager",
+        Duration::from_secs(30),
+    );
+    r.assert_success("model_server_manager (stand-in)");
+    r.assert_stdout_has(r#""result":"MODEL_REPLY_hello""#);
+    assert!(r.stderr.contains("loop 1 time(s)"), "{}", r.context());
+}
+
+// ---------------------------------------------------------------------------
+// The demo
+
+#[test]
+fn demo_runs_every_scenario() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger"));
+    cmd.arg("demo");
+    let r = run(cmd, "messenger demo", Duration::from_secs(60));
+    r.assert_success("messenger demo");
+    for needle in [
+        "0. transports",
+        "1. replication over tcp",
+        "killed replica-2 after 100 commits",
+        "2. model-server loop over ipc",
+        "delivered to the server loop 1 time(s), 2 resent copies suppressed",
+        "3. in-process components over inproc",
+        "all scenarios passed their checks",
+    ] {
+        r.assert_stdout_has(needle);
+    }
+}
