@@ -243,6 +243,23 @@ impl Shared {
         }
     }
 
+    /// Fails the requests sent to one peer of a listener that went away.
+    fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
+        let kind = socket.kind;
+        let failed = {
+            let mut p = self.pending();
+            let Pending { table, deadlines } = &mut *p;
+            let failed = table.take_matching(|w| w.socket == kind && w.msg.0.as_ref() == peer);
+            for w in &failed {
+                deadlines.remove(&w.deadline);
+            }
+            failed
+        };
+        for w in failed {
+            w.completion.complete(Err(RequestError::Disconnected));
+        }
+    }
+
     /// Fails every waiting callback (shutdown).
     pub(crate) fn fail_all(&self, err: RequestError) {
         let failed = {
@@ -480,7 +497,7 @@ const BATCH: usize = 64;
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
-    mut disconnects: mpsc::UnboundedReceiver<Arc<SocketCtx>>,
+    mut lost: mpsc::Receiver<crate::transport::Lost>,
 ) {
     loop {
         tokio::select! {
@@ -495,7 +512,10 @@ pub(crate) async fn run(
                     }
                 }
             }
-            Some(ctx) = disconnects.recv() => shared.fail_socket(&ctx, RequestError::Disconnected),
+            Some(l) = lost.recv() => match l.peer {
+                None => shared.fail_socket(&l.socket, RequestError::Disconnected),
+                Some(peer) => shared.fail_peer(&l.socket, &peer),
+            },
             id = poll_fn(|cx| shared.poll_expired(cx)) => shared.expire(id),
         }
     }

@@ -162,7 +162,8 @@ struct Inner {
     identity: Bytes,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Inbound>,
-    disconnects: mpsc::UnboundedSender<Arc<SocketCtx>>,
+    /// Given to every socket, to report peers going away to the loop.
+    lost: mpsc::Sender<transport::Lost>,
     registry: Mutex<Registry>,
     /// Serialises connects so two callers for one endpoint share one DEALER.
     connecting: tokio::sync::Mutex<()>,
@@ -236,20 +237,16 @@ impl Messenger {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NewError::NoRuntime)?;
         let (inbound, inbound_rx) = mpsc::channel(config.inbound_queue_capacity.max(1));
-        let (disconnects, disconnects_rx) = mpsc::unbounded_channel();
+        let (lost, lost_rx) = mpsc::channel(transport::LOST_QUEUE);
         let limit = config.max_concurrent_handlers.max(1);
         let shared = Arc::new(Shared::new(config, runtime));
-        let loop_task = tokio::spawn(dispatch::run(
-            Arc::clone(&shared),
-            inbound_rx,
-            disconnects_rx,
-        ));
+        let loop_task = tokio::spawn(dispatch::run(Arc::clone(&shared), inbound_rx, lost_rx));
         Ok(Messenger {
             inner: Arc::new(Inner {
                 identity,
                 shared,
                 inbound,
-                disconnects,
+                lost,
                 registry: Mutex::default(),
                 connecting: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
@@ -361,6 +358,7 @@ impl Messenger {
             Some(slc_tx),
             Arc::clone(&self.inner.shared.stats),
             cfg,
+            self.inner.lost.clone(),
         ));
         let args = self.open_args(identity, &ctx, out_rx);
         let tasks = match (endpoint, zmq_listener) {
@@ -428,6 +426,7 @@ impl Messenger {
             None,
             Arc::clone(&self.inner.shared.stats),
             cfg,
+            self.inner.lost.clone(),
         ));
         let dialer = connection::Dialer {
             endpoint: endpoint.clone(),
@@ -446,13 +445,11 @@ impl Messenger {
             initial: cfg.reconnect_initial,
             max: cfg.reconnect_max.max(cfg.reconnect_initial),
         };
-        let lost = self.inner.disconnects.clone();
         let stop = tokio_util::sync::CancellationToken::new();
         let driver = tokio::spawn(connection::drive(
             dialer,
             first,
             out_rx,
-            lost,
             backoff,
             stop.clone(),
         ));

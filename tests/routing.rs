@@ -563,3 +563,46 @@ async fn shutdown_never_deletes_a_file_created_after_it() {
         );
     }
 }
+
+/// A request a listener sent to one of its peers fails with `Disconnected`
+/// soon after that peer goes away, not at its deadline.
+#[tokio::test]
+async fn a_listener_peer_going_away_fails_requests_to_it() {
+    for t in ["tcp", "ipc"] {
+        let p = common::place(t);
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", |_: Incoming, _: Responder| {})
+            .await
+            .unwrap();
+        // The client has no server loop: the server's request arrives on its
+        // connection, is ACKed and dropped, and is never answered.
+        let client = Messenger::new("client-peer").unwrap();
+        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+        common::within(
+            5,
+            "hello",
+            client.send_confirmed(conn, wire::NOOP, b"hello"),
+        )
+        .await
+        .unwrap();
+        let dest = messenger::Destination::Peer {
+            listener: bound.id,
+            peer: bytes::Bytes::from_static(b"client-peer"),
+        };
+        let server2 = server.clone();
+        let waiting = tokio::spawn(async move { server2.request(dest, wire::NOOP, b"ping").await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        client.shutdown().await;
+        let result = common::within(3, "request fails fast", waiting)
+            .await
+            .unwrap();
+        assert_eq!(
+            result.err(),
+            Some(messenger::RequestError::Disconnected),
+            "{t}"
+        );
+        assert_eq!(server.stats().pending_callbacks, 0, "{t}");
+        server.shutdown().await;
+    }
+}

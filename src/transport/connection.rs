@@ -127,7 +127,6 @@ pub(crate) async fn drive(
     dialer: Dialer,
     first: (Link, oneshot::Receiver<()>),
     mut queue: mpsc::Receiver<Outbound>,
-    lost: mpsc::UnboundedSender<Arc<SocketCtx>>,
     backoff: Backoff,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -157,7 +156,7 @@ pub(crate) async fn drive(
         drop(link);
         ctx.set_up(false);
         tracing::warn!(endpoint = %ctx.endpoint, "connection lost; reconnecting");
-        let _ = lost.send(Arc::clone(&ctx));
+        ctx.report_link_lost().await;
         let mut delay = backoff.initial;
         (link, down) = loop {
             tokio::select! {

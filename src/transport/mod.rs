@@ -62,6 +62,18 @@ const MAX_PEERS: usize = 1 << 16;
 /// Told when a sent message is acknowledged, or why it never will be.
 pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), RequestError>>;
 
+/// A peer went away: a connection's link (`peer` None) or one peer of a
+/// listener. The ProcessMessage loop fails whatever waits on it.
+pub(crate) struct Lost {
+    pub(crate) socket: Arc<SocketCtx>,
+    pub(crate) peer: Option<Bytes>,
+}
+
+/// Capacity of the queue of [`Lost`] notices. A full queue drops a
+/// listener's notice (its waiters then end at their deadline instead), so a
+/// peer reconnecting in a loop cannot grow it.
+pub(crate) const LOST_QUEUE: usize = 1024;
+
 /// What one socket remembers about one peer.
 struct PeerState {
     /// Which connection of the peer this state belongs to (listeners).
@@ -100,6 +112,8 @@ pub(crate) struct SocketCtx {
     dedup_gap_ttl: Duration,
     /// Sent messages not yet acknowledged.
     pub(crate) pending: Mutex<PendingSet<AckWaiter>>,
+    /// Where to report a peer going away.
+    lost: mpsc::Sender<Lost>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,6 +128,7 @@ impl SocketCtx {
         slc: Option<SlcQueue>,
         stats: Arc<Stats>,
         config: &crate::Config,
+        lost: mpsc::Sender<Lost>,
     ) -> Self {
         SocketCtx {
             kind,
@@ -132,7 +147,19 @@ impl SocketCtx {
             dedup_max_gaps: config.dedup_max_gaps,
             dedup_gap_ttl: config.dedup_gap_ttl,
             pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
+            lost,
         }
+    }
+
+    /// Reports this connection's link lost (the driver can wait for room).
+    pub(crate) async fn report_link_lost(self: &Arc<Self>) {
+        let _ = self
+            .lost
+            .send(Lost {
+                socket: Arc::clone(self),
+                peer: None,
+            })
+            .await;
     }
 
     pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, PendingSet<AckWaiter>> {
@@ -214,8 +241,9 @@ impl SocketCtx {
     }
 
     /// The connection that began `session` ended: forget the peer, unless a
-    /// newer connection from it has begun since.
-    pub(crate) fn end_session(&self, peer: &[u8], session: u64) {
+    /// newer connection from it has begun since, and have the requests
+    /// waiting on it failed.
+    pub(crate) fn end_session(self: &Arc<Self>, peer: &[u8], session: u64) {
         let mine = {
             let mut peers = lock(&self.peers);
             let mine = peers.get(peer).is_some_and(|s| s.session == session);
@@ -226,6 +254,10 @@ impl SocketCtx {
         };
         if mine {
             self.fail_unacked(peer);
+            let _ = self.lost.try_send(Lost {
+                socket: Arc::clone(self),
+                peer: Some(Bytes::copy_from_slice(peer)),
+            });
         }
     }
 
