@@ -48,3 +48,6 @@ pub use messenger::{
 };
 pub use server_loop::{AsyncServerLoop, Responder, ServerLoop};
 pub use stats::StatsSnapshot;
+/// The ZMTP frame guard in front of the zeromq decoder (public for fuzzing
+/// and for other relays).
+pub use transport::guard;

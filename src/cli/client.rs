@@ -3,16 +3,19 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use messenger::auth::Secret;
 use messenger::{Config, ConnectionId, Endpoint, Messenger, RequestError, wire};
 
 async fn connect(
     endpoint: &Endpoint,
     identity: String,
     timeout: Duration,
+    secret: Option<Secret>,
 ) -> Result<(Messenger, ConnectionId), String> {
     let config = Config {
         request_timeout: timeout,
         connect_timeout: timeout,
+        auth: secret,
         ..Config::default()
     };
     let m = Messenger::with_config(identity, config).map_err(|e| e.to_string())?;
@@ -43,8 +46,9 @@ pub async fn send(
     callback: u64,
     identity: String,
     timeout: Duration,
+    secret: Option<Secret>,
 ) -> Result<(), String> {
-    let (m, conn) = connect(&endpoint, identity, timeout).await?;
+    let (m, conn) = connect(&endpoint, identity, timeout, secret).await?;
     let result = m.send_confirmed(conn, callback, body.as_bytes()).await;
     m.shutdown().await;
     result.map(|_| ()).map_err(|e| explain(e, "ACK", timeout))
@@ -56,8 +60,9 @@ pub async fn request(
     callback: u64,
     identity: String,
     timeout: Duration,
+    secret: Option<Secret>,
 ) -> Result<(), String> {
-    let (m, conn) = connect(&endpoint, identity, timeout).await?;
+    let (m, conn) = connect(&endpoint, identity, timeout, secret).await?;
     let result = m
         .request_with_timeout(conn, callback, body.as_bytes(), timeout)
         .await;
@@ -74,8 +79,10 @@ pub async fn ping(
     count: u32,
     interval: Duration,
     timeout: Duration,
+    secret: Option<Secret>,
 ) -> Result<(), String> {
-    let (m, conn) = connect(&endpoint, format!("ping-{}", std::process::id()), timeout).await?;
+    let identity = format!("ping-{}", std::process::id());
+    let (m, conn) = connect(&endpoint, identity, timeout, secret).await?;
     println!("PING {endpoint}");
     let mut rtts = Vec::new();
     for seq in 0..count {

@@ -18,6 +18,35 @@ pub struct Cli {
     command: Command,
 }
 
+/// Where to read a shared secret for authentication (tcp and ipc).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecretArgs {
+    /// Read the shared secret from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "secret_file")]
+    secret_env: Option<String>,
+    /// Read the shared secret from this file (trailing newline removed).
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<std::path::PathBuf>,
+}
+
+impl SecretArgs {
+    /// The secret, if one was asked for; an error names what was missing.
+    pub fn load(&self) -> Result<Option<messenger::auth::Secret>, String> {
+        if let Some(var) = &self.secret_env {
+            let v =
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+            return Ok(Some(messenger::auth::Secret::new(v)));
+        }
+        if let Some(path) = &self.secret_file {
+            let v =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let v = v.strip_suffix(b"\n").map(<[u8]>::to_vec).unwrap_or(v);
+            return Ok(Some(messenger::auth::Secret::new(v)));
+        }
+        Ok(None)
+    }
+}
+
 /// What a `serve` listener's server loop does with each message.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SlcMode {
@@ -45,6 +74,8 @@ enum Command {
         /// Log a stats snapshot to stderr this often (e.g. 10s).
         #[arg(long, value_parser = humantime::parse_duration)]
         stats_interval: Option<Duration>,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// Send BODY to callback N at ENDPOINT and wait for its ACK.
     Send {
@@ -61,6 +92,8 @@ enum Command {
         /// How long to wait for the connection and the ACK.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// Send BODY with a callback and print the reply's body.
     Request {
@@ -77,6 +110,8 @@ enum Command {
         /// How long to wait for the connection and the reply.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// ECHO round trips, like ping(8).
     Ping {
@@ -91,6 +126,8 @@ enum Command {
         /// How long to wait for each reply.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// Run the showcase in one process and exit: see README.md.
     Demo,
@@ -104,27 +141,31 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             identity,
             slc,
             stats_interval,
-        } => serve::run(binds, identity, slc, stats_interval).await,
+            secret,
+        } => serve::run(binds, identity, slc, stats_interval, secret.load()?).await,
         Command::Send {
             endpoint,
             body,
             callback,
             identity,
             timeout,
-        } => client::send(endpoint, body, callback, identity, timeout).await,
+            secret,
+        } => client::send(endpoint, body, callback, identity, timeout, secret.load()?).await,
         Command::Request {
             endpoint,
             body,
             callback,
             identity,
             timeout,
-        } => client::request(endpoint, body, callback, identity, timeout).await,
+            secret,
+        } => client::request(endpoint, body, callback, identity, timeout, secret.load()?).await,
         Command::Ping {
             endpoint,
             count,
             interval,
             timeout,
-        } => client::ping(endpoint, count, interval, timeout).await,
+            secret,
+        } => client::ping(endpoint, count, interval, timeout, secret.load()?).await,
         Command::Demo => demo::run().await,
     }
 }

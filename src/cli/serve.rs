@@ -19,8 +19,13 @@ pub async fn run(
     identity: String,
     mode: SlcMode,
     stats_interval: Option<Duration>,
+    secret: Option<messenger::auth::Secret>,
 ) -> Result<(), String> {
-    let m = Messenger::new(identity.clone()).map_err(|e| e.to_string())?;
+    let config = messenger::Config {
+        auth: secret,
+        ..messenger::Config::default()
+    };
+    let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
     for bind in &binds {
         let slc = move |msg: Incoming, r: Responder| {
             print_line(&json!({
