@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::dispatch::{self, Completion, Reply, Sending, Shared};
@@ -386,6 +387,8 @@ impl Messenger {
                 });
             }
         };
+        let span = tracing::info_span!("listener", id = id.0, endpoint = %bound);
+        let _entered = span.enter();
         let slc_task = server_loop::spawn(
             handler,
             slc_rx,
@@ -446,13 +449,10 @@ impl Messenger {
             max: cfg.reconnect_max.max(cfg.reconnect_initial),
         };
         let stop = tokio_util::sync::CancellationToken::new();
-        let driver = tokio::spawn(connection::drive(
-            dialer,
-            first,
-            out_rx,
-            backoff,
-            stop.clone(),
-        ));
+        let span = tracing::info_span!("connection", id = id.0, %endpoint);
+        let driver = tokio::spawn(
+            connection::drive(dialer, first, out_rx, backoff, stop.clone()).instrument(span),
+        );
         let mut tasks = SocketTasks {
             tasks: Vec::new(),
             created_file: None,
@@ -587,21 +587,29 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         timeout: Duration,
     ) -> Result<Incoming, RequestError> {
-        let (tx, rx) = oneshot::channel();
-        let (socket, peer) = self.socket_for(&dest.into())?;
-        let shared = &self.inner.shared;
-        let completion = Some((Completion::Future(tx), timeout));
-        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
-        let cb_id = sending.cb_id;
-        // The deadline covers waiting for room in the queue too.
-        tokio::time::timeout(timeout, enqueue(sending))
-            .await
-            .map_err(|_| RequestError::Timeout)??;
-        // Removes the callback if this future is dropped while it waits.
-        let guard = Unregister { shared, id: cb_id };
-        let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
-        guard.disarm();
-        reply
+        let span = tracing::debug_span!("request", dst_cb, ?timeout);
+        async move {
+            let (tx, rx) = oneshot::channel();
+            let (socket, peer) = self.socket_for(&dest.into())?;
+            let shared = &self.inner.shared;
+            let completion = Some((Completion::Future(tx), timeout));
+            let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
+            let cb_id = sending.cb_id;
+            // The deadline covers waiting for room in the queue too.
+            tokio::time::timeout(timeout, enqueue(sending))
+                .await
+                .map_err(|_| RequestError::Timeout)??;
+            // Removes the callback if this future is dropped while it waits.
+            let guard = Unregister { shared, id: cb_id };
+            let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
+            guard.disarm();
+            if let Err(e) = &reply {
+                tracing::debug!(error = %e, "request failed");
+            }
+            reply
+        }
+        .instrument(span)
+        .await
     }
 
     /// A snapshot of the counters.

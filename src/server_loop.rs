@@ -152,46 +152,50 @@ pub(crate) fn spawn(
     shared: Weak<Shared>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut running = JoinSet::new();
-        loop {
-            let msg = tokio::select! {
-                biased;
-                msg = queue.recv() => msg,
-                _ = stop.cancelled() => queue.try_recv().ok(),
-            };
-            let Some(msg) = msg else { break };
-            let Some(shared) = shared.upgrade() else {
-                break;
-            };
-            let responder = responder_for(shared, &msg);
-            match &handler {
-                Handler::Sequential(slc) => {
-                    let socket = Arc::clone(&msg.socket);
-                    if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
-                        tracing::error!(endpoint = %socket.endpoint, "server-loop callback panicked; continuing");
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let mut running = JoinSet::new();
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    msg = queue.recv() => msg,
+                    _ = stop.cancelled() => queue.try_recv().ok(),
+                };
+                let Some(msg) = msg else { break };
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let responder = responder_for(shared, &msg);
+                match &handler {
+                    Handler::Sequential(slc) => {
+                        let socket = Arc::clone(&msg.socket);
+                        if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
+                            tracing::error!(endpoint = %socket.endpoint, "server-loop callback panicked; continuing");
+                        }
                     }
-                }
-                Handler::Concurrent(slc, limit) => {
-                    // Waits here (and the queue backs up) while the limit is
-                    // reached; the permit is held only while the handler runs.
-                    let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
-                        break;
-                    };
-                    let work = slc.handle(msg, responder);
-                    running.spawn(async move {
-                        work.await;
-                        drop(permit);
-                    });
-                    // Reap finished handlers so the set stays small.
-                    while let Some(done) = running.try_join_next() {
-                        if done.is_err() {
-                            tracing::error!("server-loop handler panicked; continuing");
+                    Handler::Concurrent(slc, limit) => {
+                        // Waits here (and the queue backs up) while the limit is
+                        // reached; the permit is held only while the handler runs.
+                        let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
+                            break;
+                        };
+                        let work = slc.handle(msg, responder);
+                        running.spawn(async move {
+                            work.await;
+                            drop(permit);
+                        });
+                        // Reap finished handlers so the set stays small.
+                        while let Some(done) = running.try_join_next() {
+                            if done.is_err() {
+                                tracing::error!("server-loop handler panicked; continuing");
+                            }
                         }
                     }
                 }
             }
-        }
-        while running.join_next().await.is_some() {}
-    })
+            while running.join_next().await.is_some() {}
+        },
+        span,
+    ))
 }

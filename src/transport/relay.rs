@@ -248,17 +248,23 @@ pub(crate) async fn accept_loop(
         };
         let s = s.clone();
         let private = private.clone();
-        relays.spawn(async move {
-            let _permit = permit;
-            let mut warn = RateLimit::new();
-            match UnixStream::connect(&private).await {
-                Ok(inner) => match stream {
-                    Stream::Tcp(p) => relay(p, inner, &s, &mut warn).await,
-                    Stream::Unix(p) => relay(p, inner, &s, &mut warn).await,
-                },
-                Err(e) => tracing::warn!(error = %e, "cannot reach the listener's private socket"),
-            }
-        });
+        let span = tracing::debug_span!("peer");
+        relays.spawn(tracing::Instrument::instrument(
+            async move {
+                let _permit = permit;
+                let mut warn = RateLimit::new();
+                match UnixStream::connect(&private).await {
+                    Ok(inner) => match stream {
+                        Stream::Tcp(p) => relay(p, inner, &s, &mut warn).await,
+                        Stream::Unix(p) => relay(p, inner, &s, &mut warn).await,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach the listener's private socket")
+                    }
+                }
+            },
+            span,
+        ));
     }
     // Closing: no new peers; relays end once the ROUTER is gone and what it
     // wrote has reached the peers (the caller aborts us after the linger).

@@ -165,12 +165,10 @@ pub(crate) async fn bind(
         })?;
     let limit = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     let stop = tokio_util::sync::CancellationToken::new();
-    let acceptor = tokio::spawn(relay::accept_loop(
-        public,
-        private_path,
-        limit,
-        guard,
-        stop.clone(),
+    let span = tracing::info_span!("listener", endpoint = %ctx.endpoint);
+    let acceptor = tokio::spawn(tracing::Instrument::instrument(
+        relay::accept_loop(public, private_path, limit, guard, stop.clone()),
+        span,
     ));
     let (mut tx, mut rx) = socket.split();
 
