@@ -4,6 +4,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use messenger::auth::Secret;
+
+use super::MessageArgs;
 use messenger::{Config, ConnectionId, Endpoint, Messenger, RequestError, wire};
 
 async fn connect(
@@ -40,34 +42,30 @@ fn explain(e: RequestError, what: &str, timeout: Duration) -> String {
     }
 }
 
-pub async fn send(
-    endpoint: Endpoint,
-    body: String,
-    callback: u64,
-    identity: String,
-    timeout: Duration,
-    secret: Option<Secret>,
-) -> Result<(), String> {
-    let (m, conn) = connect(&endpoint, identity, timeout, secret).await?;
-    let result = m.send_confirmed(conn, callback, body.as_bytes()).await;
-    m.shutdown().await;
-    result.map(|_| ()).map_err(|e| explain(e, "ACK", timeout))
+/// Connects as `args` say, or fails with a one-line reason.
+async fn connect_for(args: &MessageArgs) -> Result<(Messenger, ConnectionId), String> {
+    let secret = args.secret.load()?;
+    connect(&args.endpoint, args.identity.clone(), args.timeout, secret).await
 }
 
-pub async fn request(
-    endpoint: Endpoint,
-    body: String,
-    callback: u64,
-    identity: String,
-    timeout: Duration,
-    secret: Option<Secret>,
-) -> Result<(), String> {
-    let (m, conn) = connect(&endpoint, identity, timeout, secret).await?;
+pub async fn send(args: MessageArgs) -> Result<(), String> {
+    let (m, conn) = connect_for(&args).await?;
     let result = m
-        .request_with_timeout(conn, callback, body.as_bytes(), timeout)
+        .send_confirmed(conn, args.callback, args.body.as_bytes())
         .await;
     m.shutdown().await;
-    let reply = result.map_err(|e| explain(e, "reply", timeout))?;
+    result
+        .map(|_| ())
+        .map_err(|e| explain(e, "ACK", args.timeout))
+}
+
+pub async fn request(args: MessageArgs) -> Result<(), String> {
+    let (m, conn) = connect_for(&args).await?;
+    let result = m
+        .request_with_timeout(conn, args.callback, args.body.as_bytes(), args.timeout)
+        .await;
+    m.shutdown().await;
+    let reply = result.map_err(|e| explain(e, "reply", args.timeout))?;
     let mut out = std::io::stdout().lock();
     out.write_all(&reply.body)
         .and_then(|_| out.write_all(b"\n"))

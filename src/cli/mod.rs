@@ -47,6 +47,26 @@ impl SecretArgs {
     }
 }
 
+/// What `send` and `request` take.
+#[derive(Debug, clap::Args)]
+pub struct MessageArgs {
+    /// Where to send.
+    pub endpoint: Endpoint,
+    /// The body, sent as UTF-8 bytes.
+    pub body: String,
+    /// The remote callback id to address (0 = the server loop, 1 = ECHO).
+    #[arg(long, default_value_t = 0)]
+    pub callback: u64,
+    /// Our routing id.
+    #[arg(long, default_value = "messenger-cli")]
+    pub identity: String,
+    /// How long to wait for the connection and the ACK or reply.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
 /// What a `serve` listener's server loop does with each message.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SlcMode {
@@ -78,41 +98,9 @@ enum Command {
         secret: SecretArgs,
     },
     /// Send BODY to callback N at ENDPOINT and wait for its ACK.
-    Send {
-        /// Where to send.
-        endpoint: Endpoint,
-        /// The body, sent as UTF-8 bytes.
-        body: String,
-        /// The remote callback id to address (0 = the server loop).
-        #[arg(long, default_value_t = 0)]
-        callback: u64,
-        /// Our routing id.
-        #[arg(long, default_value = "messenger-cli")]
-        identity: String,
-        /// How long to wait for the connection and the ACK.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        #[command(flatten)]
-        secret: SecretArgs,
-    },
+    Send(MessageArgs),
     /// Send BODY with a callback and print the reply's body.
-    Request {
-        /// Where to send.
-        endpoint: Endpoint,
-        /// The body, sent as UTF-8 bytes.
-        body: String,
-        /// The remote callback id to address (1 = ECHO, 0 = the server loop).
-        #[arg(long, default_value_t = 0)]
-        callback: u64,
-        /// Our routing id.
-        #[arg(long, default_value = "messenger-cli")]
-        identity: String,
-        /// How long to wait for the connection and the reply.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        #[command(flatten)]
-        secret: SecretArgs,
-    },
+    Request(MessageArgs),
     /// ECHO round trips, like ping(8).
     Ping {
         /// Where to ping.
@@ -143,22 +131,8 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             stats_interval,
             secret,
         } => serve::run(binds, identity, slc, stats_interval, secret.load()?).await,
-        Command::Send {
-            endpoint,
-            body,
-            callback,
-            identity,
-            timeout,
-            secret,
-        } => client::send(endpoint, body, callback, identity, timeout, secret.load()?).await,
-        Command::Request {
-            endpoint,
-            body,
-            callback,
-            identity,
-            timeout,
-            secret,
-        } => client::request(endpoint, body, callback, identity, timeout, secret.load()?).await,
+        Command::Send(args) => client::send(args).await,
+        Command::Request(args) => client::request(args).await,
         Command::Ping {
             endpoint,
             count,
