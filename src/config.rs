@@ -14,9 +14,12 @@ pub struct Config {
     /// with `TooManyPending` instead of growing memory. Default 2^20
     /// (about 100 MiB of bookkeeping at the worst).
     pub max_pending_callbacks: usize,
-    /// High-water mark of each socket's send queue, in messages. When it is
-    /// full, `send_message` waits and `try_send_message` fails with `Full`;
-    /// ACKs and ECHO replies are dropped (the peer resends). Default 4096.
+    /// High-water mark of each socket, in messages: the capacity of its send
+    /// queue and, with resending on, the most messages in flight without an
+    /// ACK (a window, as in TCP). When either is reached, `send_message`,
+    /// `request` and `Responder::reply` wait and the try-forms fail with
+    /// `Full`; ACKs and ECHO replies are dropped (the peer resends).
+    /// Default 4096.
     pub send_queue_capacity: usize,
     /// Capacity of the queue from all sockets into the ProcessMessage loop.
     /// When full, socket readers stop reading, pushing back on peers.

@@ -235,6 +235,7 @@ impl Shared {
             }
             unacked.drain_waiters()
         };
+        socket.unacked_removed();
         for w in failed {
             w.completion.complete(Err(err.clone()));
         }
@@ -343,8 +344,10 @@ impl Shared {
         } = m;
         let (dst, msg_id) = (payload.dst_cb, payload.msg_id);
         if dst == ACK {
-            match socket.pending().ack(&(peer, msg_id)) {
+            let entry = socket.pending().ack(&(peer, msg_id));
+            match entry {
                 Some(entry) => {
+                    socket.unacked_removed();
                     bump(&self.stats.acks_received);
                     if let Some(w) = entry.waiter {
                         let _ = w.send(Ok(()));
@@ -383,7 +386,10 @@ impl Shared {
             match self.take(dst) {
                 Some(w) => {
                     // The reply proves our request arrived: stop resending it.
-                    socket.pending().ack(&w.msg);
+                    let was_unacked = socket.pending().ack(&w.msg).is_some();
+                    if was_unacked {
+                        socket.unacked_removed();
+                    }
                     bump(&self.stats.msc_delivered);
                     w.completion
                         .complete(Ok(Incoming::new(socket, peer, payload)));
@@ -455,7 +461,10 @@ impl Drop for Sending<'_> {
             self.shared.unregister(id);
         }
         if let Some(key) = &self.tracked {
-            self.socket.pending().ack(key);
+            let removed = self.socket.pending().ack(key).is_some();
+            if removed {
+                self.socket.unacked_removed();
+            }
         }
     }
 }
@@ -463,6 +472,7 @@ impl Drop for Sending<'_> {
 /// Resends what a socket's peer has not acknowledged and drops what is past
 /// its deadline. One per socket, while resending is on.
 pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
+    let mut warn = crate::transport::RateLimit::new();
     let period = (interval / 4).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -482,9 +492,27 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
                 bump(&socket.stats.resends);
             }
         }
+        if !tick.expired.is_empty() {
+            socket.unacked_removed();
+        }
+        let mut unwaited = 0u64;
         for (_, waiter) in tick.expired {
-            if let Some(w) = waiter {
-                let _ = w.send(Err(RequestError::Timeout));
+            match waiter {
+                Some(w) => {
+                    let _ = w.send(Err(RequestError::Timeout));
+                }
+                None => unwaited += 1,
+            }
+        }
+        if unwaited > 0 {
+            // Sent without a callback or an ACK waiter, never acknowledged:
+            // the caller cannot learn it any other way, so count and say it.
+            socket
+                .stats
+                .unacked_expired
+                .fetch_add(unwaited, std::sync::atomic::Ordering::Relaxed);
+            if warn.allow() {
+                tracing::warn!(endpoint = %socket.endpoint, count = unwaited, "messages expired without an ACK");
             }
         }
     }

@@ -527,6 +527,7 @@ impl Messenger {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
         let (socket, peer) = self.socket_for(&dest.into())?;
+        socket.wait_for_window().await;
         let shared = &self.inner.shared;
         let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
         enqueue(sending).await
@@ -544,6 +545,9 @@ impl Messenger {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
         let (socket, peer) = self.socket_for(&dest.into())?;
+        if socket.window_full() {
+            return Err(SendError::Full);
+        }
         let shared = &self.inner.shared;
         let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
         try_enqueue(sending)
@@ -560,6 +564,7 @@ impl Messenger {
     ) -> Result<u64, RequestError> {
         let (tx, rx) = oneshot::channel();
         let (socket, peer) = self.socket_for(&dest.into())?;
+        socket.wait_for_window().await;
         let shared = &self.inner.shared;
         let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), None, Some(tx))?;
         let msg_id = enqueue(sending).await?;
@@ -591,6 +596,12 @@ impl Messenger {
         async move {
             let (tx, rx) = oneshot::channel();
             let (socket, peer) = self.socket_for(&dest.into())?;
+            // Waiting for room counts against the request's deadline.
+            let start = tokio::time::Instant::now();
+            tokio::time::timeout(timeout, socket.wait_for_window())
+                .await
+                .map_err(|_| RequestError::Timeout)?;
+            let timeout = timeout.saturating_sub(start.elapsed());
             let shared = &self.inner.shared;
             let completion = Some((Completion::Future(tx), timeout));
             let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;

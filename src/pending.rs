@@ -86,7 +86,9 @@ impl<W> PendingSet<W> {
     }
 
     /// Messages past their deadline, and up to `budget` messages due for a
-    /// resend (unacknowledged for `interval`), which are marked resent. With
+    /// resend, which are marked resent. A message is due `interval` after it
+    /// was sent, then after twice that, four and eight times (capped), so a
+    /// peer that is slow rather than lossy is not flooded with copies. With
     /// a budget of 0 (the link is down, or the queue is full) nothing is
     /// marked, so due messages go out as soon as there is room.
     pub fn tick(&mut self, now: Instant, interval: Duration, budget: usize) -> Tick<W> {
@@ -109,7 +111,7 @@ impl<W> PendingSet<W> {
             if t.resend.len() >= budget {
                 break;
             }
-            if now.duration_since(e.last_sent) >= interval {
+            if now.duration_since(e.last_sent) >= interval * (1 << e.resends.min(3)) {
                 e.last_sent = now;
                 e.resends += 1;
                 t.resend.push((peer.clone(), e.payload.clone()));
@@ -187,40 +189,25 @@ mod tests {
     }
 
     #[test]
-    fn resends_after_interval_and_expires_at_deadline() {
+    fn resends_back_off_and_expire_at_the_deadline() {
         let t0 = Instant::now();
         let iv = Duration::from_secs(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut s: PendingSet<()> = PendingSet::new(10);
-        s.insert(
-            key(1),
-            Bytes::from("a"),
-            t0,
-            t0 + Duration::from_millis(2500),
-            None,
-        )
-        .unwrap();
-        assert!(
-            s.tick(t0 + Duration::from_millis(500), iv, usize::MAX)
-                .resend
-                .is_empty()
-        );
-        let t = s.tick(t0 + Duration::from_secs(1), iv, usize::MAX);
+        s.insert(key(1), Bytes::from("a"), t0, at(10_000), None)
+            .unwrap();
+        assert!(s.tick(at(500), iv, usize::MAX).resend.is_empty());
+        let t = s.tick(at(1000), iv, usize::MAX);
         assert_eq!(t.resend, vec![(Bytes::new(), Bytes::from("a"))]);
-        assert!(
-            s.tick(t0 + Duration::from_millis(1500), iv, usize::MAX)
-                .resend
-                .is_empty(),
-            "the interval restarts at each resend"
-        );
-        assert_eq!(
-            s.tick(t0 + Duration::from_secs(2), iv, usize::MAX)
-                .resend
-                .len(),
-            1
-        );
-        let t = s.tick(t0 + Duration::from_millis(2500), iv, usize::MAX);
-        assert!(t.resend.is_empty());
-        assert_eq!(t.expired.len(), 1);
+        // Then 2 s, 4 s, 8 s, 8 s ... after each resend.
+        assert!(s.tick(at(2500), iv, usize::MAX).resend.is_empty());
+        assert_eq!(s.tick(at(3000), iv, usize::MAX).resend.len(), 1);
+        assert!(s.tick(at(6500), iv, usize::MAX).resend.is_empty());
+        assert_eq!(s.tick(at(7000), iv, usize::MAX).resend.len(), 1);
+        let t = s.tick(at(9999), iv, usize::MAX);
+        assert!(t.resend.is_empty() && t.expired.is_empty());
+        let t = s.tick(at(10_000), iv, usize::MAX);
+        assert_eq!(t.expired.len(), 1, "expired at its deadline");
         assert!(s.is_empty());
     }
 

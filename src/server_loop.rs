@@ -92,6 +92,9 @@ impl Responder {
     /// [`SendError::Full`] when the listener's send queue is at its
     /// high-water mark, which never blocks the calling SLC.
     pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
+        if self.socket.window_full() {
+            return Err(SendError::Full);
+        }
         let sending = self.shared.prepare(
             &self.socket,
             self.peer.clone(),
@@ -105,6 +108,7 @@ impl Responder {
 
     /// Replies to the message's `src_cb`, waiting for room in the queue.
     pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
+        self.socket.wait_for_window().await;
         let sending = self.shared.prepare(
             &self.socket,
             self.peer.clone(),

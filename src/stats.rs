@@ -71,6 +71,9 @@ counters! {
     send_failures,
     /// Requests that reached their deadline.
     timeouts,
+    /// Messages without a callback or ACK waiter that reached their
+    /// deadline unacknowledged (also logged).
+    unacked_expired,
     /// Times a connection's link came back after a loss.
     reconnects,
     /// Heartbeats that got no reply in time.

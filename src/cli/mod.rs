@@ -1,5 +1,6 @@
 //! Command-line front end. Each subcommand is a thin layer over the library.
 
+mod bench;
 mod client;
 mod demo;
 mod serve;
@@ -117,6 +118,10 @@ enum Command {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Measure request/reply latency (1 in flight) and throughput (N in
+    /// flight) over tcp, ipc and inproc, in this process or against
+    /// `messenger serve --slc echo` with --connect.
+    Bench(bench::Args),
     /// Run the showcase in one process and exit: see README.md.
     Demo,
 }
@@ -140,6 +145,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             timeout,
             secret,
         } => client::ping(endpoint, count, interval, timeout, secret.load()?).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Demo => demo::run().await,
     }
 }

@@ -14,7 +14,7 @@ pub(crate) mod relay;
 pub(crate) mod zmq;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,12 @@ pub(crate) struct SocketCtx {
     pub(crate) pending: Mutex<PendingSet<AckWaiter>>,
     /// Where to report a peer going away.
     lost: mpsc::Sender<Lost>,
+    /// Most unacknowledged messages before senders wait (the high-water
+    /// mark applied to what is in flight, not only to what is queued).
+    window: usize,
+    /// Senders waiting for the window to open, and their wake-up.
+    window_waiters: AtomicUsize,
+    window_opened: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +154,40 @@ impl SocketCtx {
             dedup_gap_ttl: config.dedup_gap_ttl,
             pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
             lost,
+            window: if config.resend_interval.is_some() {
+                config.send_queue_capacity.max(1)
+            } else {
+                usize::MAX
+            },
+            window_waiters: AtomicUsize::new(0),
+            window_opened: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether as many messages as the window allows wait for their ACKs.
+    pub(crate) fn window_full(&self) -> bool {
+        self.window != usize::MAX && self.pending().len() >= self.window
+    }
+
+    /// Waits until fewer messages than the window wait for their ACKs.
+    pub(crate) async fn wait_for_window(&self) {
+        while self.window_full() {
+            self.window_waiters.fetch_add(1, Ordering::SeqCst);
+            let opened = self.window_opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if self.window_full() {
+                opened.await;
+            }
+            self.window_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Messages left the unacknowledged set: wake senders waiting for room
+    /// (one atomic load when nobody waits).
+    pub(crate) fn unacked_removed(&self) {
+        if self.window_waiters.load(Ordering::SeqCst) > 0 {
+            self.window_opened.notify_waiters();
         }
     }
 
@@ -211,7 +251,9 @@ impl SocketCtx {
     }
 
     fn fail_unacked(&self, peer: &[u8]) {
-        for w in self.pending().drain_peer(peer) {
+        let failed = self.pending().drain_peer(peer);
+        self.unacked_removed();
+        for w in failed {
             let _ = w.send(Err(RequestError::Disconnected));
         }
     }

@@ -1,0 +1,541 @@
+//! `messenger bench`: request/reply round-trip latency (1 in flight) and
+//! pipelined throughput (N in flight) over tcp, ipc and inproc.
+//!
+//! Every request is `Messenger::request(conn, wire::ECHO, body)` (the
+//! builtin ECHO, with resending and duplicate suppression on, as users run
+//! it), or with `--via slc` a NOOP-addressed request that the server's
+//! server loop answers (`messenger serve --slc echo`). N in flight means N
+//! tasks, each sending its next request as soon as its reply arrives (a
+//! closed loop); every completion inside the measured window counts, after
+//! a warm-up whose completions do not.
+//!
+//! This file depends only on the `messenger` library and crates the library
+//! depends on (no `super::`): `benches/roundtrip.rs` includes it with
+//! `#[path]` so the bench harness measures the messenger with this code.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::ValueEnum;
+use messenger::{ConnectionId, Endpoint, Incoming, Messenger, Responder, wire};
+use serde::Serialize;
+
+/// Which callback the requests address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The builtin ECHO (callback 1), answered by the receiver's
+    /// ProcessMessage loop.
+    Echo,
+    /// NOOP (callback 0) with a reply callback: the listener's server loop
+    /// answers (`messenger serve --slc echo`, which also prints each message).
+    Slc,
+}
+
+/// A transport to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// tcp://127.0.0.1 (through the frame guard's relay).
+    Tcp,
+    /// ipc:// in a temporary directory (through the frame guard's relay).
+    Ipc,
+    /// inproc:// (in-process channels; only without --connect).
+    Inproc,
+}
+
+/// `messenger bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Measure against a running `messenger serve --slc echo` at ENDPOINT
+    /// (the realistic case) instead of a server in this process.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub connect: Option<Endpoint>,
+    /// Transports to measure with the in-process server (ignored with --connect).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Transport::Tcp, Transport::Ipc, Transport::Inproc])]
+    pub transports: Vec<Transport>,
+    /// Body sizes in bytes, e.g. 64,1024,65536 (suffixes k and m: 1k = 1024).
+    #[arg(long, value_delimiter = ',', default_value = "64,1k,64k", value_parser = parse_size)]
+    pub sizes: Vec<usize>,
+    /// Requests in flight per measurement; 1 is the latency run, more is the
+    /// pipelined throughput run (closed loop: one task per request in flight).
+    #[arg(long = "in-flight", value_delimiter = ',', default_value = "1,1000")]
+    pub in_flight: Vec<usize>,
+    /// Measured time per (transport, size, in-flight) cell.
+    #[arg(long, default_value = "150ms", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop each cell after this many measured round trips instead of --duration.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Unmeasured warm-up before each cell.
+    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Which callback the requests address.
+    #[arg(long, value_enum, default_value_t = Via::Echo)]
+    pub via: Via,
+    /// Print the results as one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `64`, `1k`, `64K`, `1m` (binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1024),
+        Some((i, 'm' | 'M')) => (&t[..i], 1024 * 1024),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("not a size: {s:?} (try 64, 1k, 64k)"))
+}
+
+/// One measured cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Round trips completed inside the window.
+    pub round_trips: u64,
+    /// Requests that failed inside the window (timeouts, disconnects, wrong replies).
+    pub errors: u64,
+    /// The window, in seconds.
+    pub seconds: f64,
+    /// `round_trips / seconds`.
+    pub round_trips_per_s: f64,
+    /// Round-trip latency percentiles of the completions in the window, in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest.
+    pub max_us: f64,
+}
+
+/// When a closed loop stops measuring.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Unmeasured warm-up.
+    pub warmup: Duration,
+    /// Measured time (unless `count` ends it first).
+    pub duration: Duration,
+    /// Measured round trips that end the window.
+    pub count: Option<u64>,
+}
+
+/// The latency percentile `p` (0..=1) of sorted nanoseconds, nearest rank.
+pub fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted_ns.len() as f64).ceil() as usize).clamp(1, sorted_ns.len());
+    sorted_ns[rank - 1] as f64 / 1e3
+}
+
+/// Builds a sample from the window, counts and latencies (any order).
+pub fn sample(seconds: f64, round_trips: u64, errors: u64, mut lat_ns: Vec<u64>) -> Sample {
+    lat_ns.sort_unstable();
+    Sample {
+        round_trips,
+        errors,
+        seconds,
+        round_trips_per_s: if seconds > 0.0 {
+            round_trips as f64 / seconds
+        } else {
+            0.0
+        },
+        p50_us: percentile_us(&lat_ns, 0.50),
+        p99_us: percentile_us(&lat_ns, 0.99),
+        p999_us: percentile_us(&lat_ns, 0.999),
+        max_us: lat_ns.last().map_or(f64::NAN, |&n| n as f64 / 1e3),
+    }
+}
+
+/// Phases of a closed loop, shared by the controller and the workers.
+pub const WARMUP: u8 = 0;
+/// Completions now are measured.
+pub const MEASURE: u8 = 1;
+/// Workers stop issuing requests.
+pub const STOP: u8 = 2;
+
+/// Drives the phases of a closed loop whose workers count every successful
+/// completion in `done`: the warm-up lasts `window.warmup` and at least until
+/// `in_flight` round trips completed (each request slot went round once, up
+/// to 10 s more), then the window runs for `window.duration` or until
+/// `window.count` more round trips. `progress` gets the round trips measured
+/// so far about every 50 ms. Returns the window's length in seconds.
+pub async fn control(
+    phase: &AtomicU8,
+    done: &AtomicU64,
+    in_flight: usize,
+    window: Window,
+    mut progress: impl FnMut(u64),
+) -> f64 {
+    tokio::time::sleep(window.warmup).await;
+    let patience = Instant::now() + Duration::from_secs(10);
+    while done.load(Ordering::Relaxed) < in_flight as u64 && Instant::now() < patience {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    phase.store(MEASURE, Ordering::Relaxed);
+    let start = Instant::now();
+    let base = done.load(Ordering::Relaxed);
+    let mut last_report = start;
+    loop {
+        let elapsed = start.elapsed();
+        let n = done.load(Ordering::Relaxed) - base;
+        let finished = match window.count {
+            Some(c) => n >= c,
+            None => elapsed >= window.duration,
+        };
+        if finished {
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_millis(50) {
+            progress(n);
+            last_report = Instant::now();
+        }
+        let nap = match window.count {
+            Some(_) => Duration::from_millis(1),
+            None => Duration::from_millis(20).min(window.duration - elapsed),
+        };
+        tokio::time::sleep(nap).await;
+    }
+    phase.store(STOP, Ordering::Relaxed);
+    start.elapsed().as_secs_f64()
+}
+
+/// Runs `in_flight` tasks, each awaiting `one()` in a loop, through the
+/// warm-up and the measured window (see [`control`]). A round trip counts
+/// if it completes inside the window; its latency is from its request's
+/// start.
+pub async fn closed_loop<F, Fut>(
+    in_flight: usize,
+    window: Window,
+    one: F,
+    progress: impl FnMut(u64),
+) -> Sample
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.max(1) {
+        let (phase, done, one) = (Arc::clone(&phase), Arc::clone(&done), one.clone());
+        workers.spawn(async move {
+            let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+            while phase.load(Ordering::Relaxed) != STOP {
+                let start = Instant::now();
+                let r = one().await;
+                let ns = start.elapsed().as_nanos() as u64;
+                let measuring = phase.load(Ordering::Relaxed) == MEASURE;
+                match r {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if measuring {
+                            lat.push(ns);
+                        }
+                    }
+                    Err(e) if measuring => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                    Err(_) => {}
+                }
+            }
+            (lat, errors, first_error)
+        });
+    }
+    let seconds = control(&phase, &done, in_flight, window, progress).await;
+    let (mut lat, mut errors, mut first_error) = (Vec::new(), 0, None);
+    while let Some(r) = workers.join_next().await {
+        if let Ok((l, e, f)) = r {
+            lat.extend(l);
+            errors += e;
+            if first_error.is_none() {
+                first_error = f;
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        tracing::warn!(error = %e, errors, "requests failed during the measurement");
+    }
+    let round_trips = lat.len() as u64;
+    sample(seconds, round_trips, errors, lat)
+}
+
+/// One request through the messenger, checking the reply's length.
+pub fn request_fn(
+    m: &Messenger,
+    conn: ConnectionId,
+    via: Via,
+    body: Bytes,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
++ Clone
++ Send
++ 'static {
+    let m = m.clone();
+    let dst = match via {
+        Via::Echo => wire::ECHO,
+        Via::Slc => wire::NOOP,
+    };
+    move || {
+        let (m, body) = (m.clone(), body.clone());
+        Box::pin(async move {
+            let reply = m
+                .request(conn, dst, &body)
+                .await
+                .map_err(|e| e.to_string())?;
+            if reply.body.len() == body.len() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "reply of {} bytes to {} bytes",
+                    reply.body.len(),
+                    body.len()
+                ))
+            }
+        })
+    }
+}
+
+/// The server loop of the in-process server: answers what asks for a reply.
+pub fn echo_slc(msg: Incoming, r: Responder) {
+    if msg.src_cb != wire::NOOP {
+        let _ = r.try_reply(&msg.body);
+    }
+}
+
+/// A body of `size` bytes.
+pub fn body(size: usize) -> Bytes {
+    Bytes::from(
+        (0..size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// One row of the results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// tcp, ipc or inproc.
+    pub transport: &'static str,
+    /// The endpoint measured.
+    pub endpoint: String,
+    /// Body size in bytes.
+    pub size: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// The measurement.
+    #[serde(flatten)]
+    pub sample: Sample,
+    /// Body bytes per second each way, in MiB/s.
+    pub body_mib_per_s: f64,
+}
+
+fn human_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<9} {:>8} {:>9} {:>14} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "transport",
+        "size",
+        "in flight",
+        "round trips/s",
+        "MiB/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "errors"
+    );
+    for r in rows {
+        let s = &r.sample;
+        println!(
+            "{:<9} {:>8} {:>9} {:>14.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>7}",
+            r.transport,
+            human_size(r.size),
+            r.in_flight,
+            s.round_trips_per_s,
+            r.body_mib_per_s,
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            s.errors
+        );
+    }
+}
+
+/// An in-process server on every requested transport.
+struct LocalServer {
+    messenger: Messenger,
+    endpoints: Vec<(Transport, Endpoint)>,
+    _dir: tempfile::TempDir,
+}
+
+async fn local_server(transports: &[Transport]) -> Result<LocalServer, String> {
+    let messenger = Messenger::new("bench-server").map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix("messenger-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let mut endpoints = Vec::new();
+    for &t in transports {
+        let ep: Endpoint = match t {
+            Transport::Tcp => "tcp://127.0.0.1:0".parse(),
+            Transport::Ipc => format!("ipc://{}", dir.path().join("bench.sock").display()).parse(),
+            Transport::Inproc => format!("inproc://bench-{}", std::process::id()).parse(),
+        }
+        .map_err(|e: messenger::EndpointError| e.to_string())?;
+        let info = messenger
+            .listen_for_connection(&ep, "bench-server", echo_slc)
+            .await
+            .map_err(|e| e.to_string())?;
+        endpoints.push((t, info.endpoint));
+    }
+    Ok(LocalServer {
+        messenger,
+        endpoints,
+        _dir: dir,
+    })
+}
+
+fn transport_of(ep: &Endpoint) -> Transport {
+    match ep {
+        Endpoint::Tcp { .. } => Transport::Tcp,
+        Endpoint::Ipc(_) => Transport::Ipc,
+        Endpoint::Inproc(_) => Transport::Inproc,
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Tcp => "tcp",
+        Transport::Ipc => "ipc",
+        Transport::Inproc => "inproc",
+    }
+}
+
+/// Runs `messenger bench`.
+pub async fn run(args: Args) -> Result<(), String> {
+    if args.sizes.is_empty() || args.in_flight.is_empty() {
+        return Err("nothing to measure: give --sizes and --in-flight".into());
+    }
+    if args.in_flight.contains(&0) {
+        return Err("--in-flight must be at least 1".into());
+    }
+    let server = match &args.connect {
+        Some(Endpoint::Inproc(_)) => {
+            return Err(
+                "--connect needs a tcp:// or ipc:// endpoint: inproc stays inside one process"
+                    .into(),
+            );
+        }
+        Some(_) => None,
+        None => Some(local_server(&args.transports).await?),
+    };
+    let endpoints: Vec<(Transport, Endpoint)> = match (&args.connect, &server) {
+        (Some(ep), _) => vec![(transport_of(ep), ep.clone())],
+        (None, Some(s)) => s.endpoints.clone(),
+        (None, None) => Vec::new(),
+    };
+    let client =
+        Messenger::new(format!("bench-{}", std::process::id())).map_err(|e| e.to_string())?;
+    let window = Window {
+        warmup: args.warmup,
+        duration: args.duration,
+        count: args.count,
+    };
+    let cells = endpoints.len() * args.sizes.len() * args.in_flight.len();
+    let bar = indicatif::ProgressBar::new(cells as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let mut rows = Vec::new();
+    for (t, ep) in &endpoints {
+        let conn = client
+            .make_connection(ep)
+            .await
+            .map_err(|e| e.to_string())?;
+        for &size in &args.sizes {
+            let body = body(size);
+            for &n in &args.in_flight {
+                let what = format!("{} {} ×{n}", transport_name(*t), human_size(size));
+                bar.set_message(what.clone());
+                let one = request_fn(&client, conn, args.via, body.clone());
+                let started = Instant::now();
+                let progress = |done: u64| {
+                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "{what}: {done} round trips, ~{:.0}/s",
+                        done as f64 / secs
+                    ));
+                };
+                let s = closed_loop(n, window, one, progress).await;
+                bar.inc(1);
+                let mib = s.round_trips_per_s * size as f64 / (1024.0 * 1024.0);
+                rows.push(Row {
+                    transport: transport_name(*t),
+                    endpoint: ep.to_string(),
+                    size,
+                    in_flight: n,
+                    sample: s,
+                    body_mib_per_s: mib,
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let stats = client.stats();
+    client.shutdown().await;
+    if let Some(s) = server {
+        s.messenger.shutdown().await;
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "mode": if args.connect.is_some() { "connect" } else { "in-process" },
+            "via": args.via,
+            "warmup_s": args.warmup.as_secs_f64(),
+            "duration_s": args.duration.as_secs_f64(),
+            "count": args.count,
+            "results": rows,
+            "client_stats": stats,
+        });
+        println!("{out}");
+    } else {
+        print_table(&rows);
+        let where_ = match &args.connect {
+            Some(ep) => format!("against {ep}"),
+            None => "client and server in this process".into(),
+        };
+        println!(
+            "\n{} requests via {}, {where_}; closed loop, one task per request in flight; resends: {}, timeouts: {}",
+            match args.via {
+                Via::Echo => "ECHO",
+                Via::Slc => "NOOP",
+            },
+            match args.via {
+                Via::Echo => "the builtin ECHO",
+                Via::Slc => "the server loop",
+            },
+            stats.resends,
+            stats.timeouts
+        );
+    }
+    Ok(())
+}

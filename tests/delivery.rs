@@ -1,0 +1,1131 @@
+//! Reliable delivery: resends until ACKed, duplicate suppression, sessions
+//! that restart from msg_id 0, deadlines, cancellation, disconnects and
+//! redials, heartbeats, the send queue's high-water mark, shutdown with work
+//! in flight, and lossy soaks that must end with exactly-once delivery.
+//!
+//! Tests use real time with short intervals: paused time would need tokio's
+//! `test-util` feature, which the crate's dev-dependencies do not enable.
+//! Every wait is bounded, so a bug fails a test instead of hanging it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Place, TRANSPORTS, eventually, place, raw_recv, raw_send, within};
+use messenger::{
+    Callback, Config, ConnectionId, Endpoint, Heartbeat, Incoming, ListenerInfo, Messenger,
+    RequestError, Responder, SendError, wire,
+};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use zeromq::prelude::*;
+use zeromq::util::PeerIdentity;
+use zeromq::{DealerSocket, RouterSocket, SocketOptions, ZmqMessage};
+
+/// Transports a raw `zeromq` peer can use (inproc is ours alone).
+const RAW_TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
+
+fn no_slc(_: Incoming, _: Responder) {}
+
+/// Short timers for tests on real sockets.
+fn quick() -> Config {
+    Config {
+        resend_interval: Some(Duration::from_millis(50)),
+        reconnect_initial: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+/// Every body a server-loop callback saw, in order. The callback answers
+/// messages that ask for a reply with `re:{body}`.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Bytes>>>);
+
+impl Seen {
+    fn slc(&self) -> impl Fn(Incoming, Responder) + Send + Sync + 'static {
+        let seen = self.clone();
+        move |m: Incoming, r: Responder| {
+            seen.0.lock().unwrap().push(m.body.clone());
+            if m.src_cb != wire::NOOP {
+                let body = [b"re:".as_slice(), &m.body].concat();
+                if let Err(SendError::Full) = r.try_reply(&body) {
+                    tokio::spawn(async move { r.reply(body).await });
+                }
+            }
+        }
+    }
+
+    fn bodies(&self) -> Vec<Bytes> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn count(&self, body: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b.as_ref() == body.as_bytes())
+            .count()
+    }
+}
+
+fn bytes_vec(items: &[&str]) -> Vec<Bytes> {
+    items
+        .iter()
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+        .collect()
+}
+
+/// A server messenger (identity "server") listening on a fresh endpoint.
+async fn serve(
+    t: &str,
+    config: Config,
+    slc: impl Fn(Incoming, Responder) + Send + Sync + 'static,
+) -> (Messenger, ListenerInfo, Place) {
+    let p = place(t);
+    let server = Messenger::with_config("server", config).unwrap();
+    let bound = within(
+        5,
+        "listen",
+        server.listen_for_connection(&p.endpoint, "server", slc),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: listen: {e}"));
+    (server, bound, p)
+}
+
+/// A client messenger (identity "client") connected to `endpoint`.
+async fn connect(config: Config, endpoint: &Endpoint) -> (Messenger, ConnectionId) {
+    let client = Messenger::with_config("client", config).unwrap();
+    let conn = within(5, "connect", client.make_connection(endpoint))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+    (client, conn)
+}
+
+/// A raw ROUTER bound on a fresh endpoint of `t`; returns it with the
+/// endpoint to connect to.
+async fn raw_router(t: &str) -> (RouterSocket, Endpoint, Place) {
+    let p = place(t);
+    let url = match t {
+        "tcp" => "tcp://127.0.0.1:0".to_string(),
+        _ => p.endpoint.to_string(),
+    };
+    let mut router = RouterSocket::new();
+    let bound = within(5, "raw bind", router.bind(&url)).await.unwrap();
+    let endpoint: Endpoint = bound.to_string().parse().unwrap();
+    (router, endpoint, p)
+}
+
+/// A raw DEALER with routing id `identity`, connected to `endpoint`.
+async fn raw_dealer(endpoint: &Endpoint, identity: &str) -> DealerSocket {
+    let mut opts = SocketOptions::default();
+    opts.peer_identity(PeerIdentity::try_from(identity.as_bytes().to_vec()).unwrap());
+    let mut socket = DealerSocket::with_options(opts);
+    within(5, "raw connect", socket.connect(&endpoint.to_string()))
+        .await
+        .unwrap_or_else(|e| panic!("raw connect to {endpoint}: {e}"));
+    socket
+}
+
+/// Expects `["server", "", "{msg_id}-0-2-"]` next on a raw DEALER.
+async fn expect_ack(peer: &mut DealerSocket, msg_id: u64, what: &str) {
+    let f = raw_recv(peer, 5, what).await;
+    let want = bytes_vec(&["server", "", &format!("{msg_id}-0-2-")]);
+    assert_eq!(f, want, "{what}");
+}
+
+/// Polls `cond` until it holds, for at most `secs` seconds of real time,
+/// checked between polls (so also under a busy runtime).
+async fn until_real(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "not within {secs} s of real time: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Resending.
+
+/// A raw ROUTER swallows the first copy of a request (no ACK, no reply),
+/// then ACKs and answers the resent copy: same payload, same msg_id.
+#[tokio::test]
+async fn request_is_resent_after_its_first_copy_is_dropped() {
+    for t in RAW_TRANSPORTS {
+        let (mut router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(quick(), &endpoint).await;
+        let c = client.clone();
+        let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "question").await });
+
+        let first = raw_recv(&mut router, 5, "first copy").await;
+        assert_eq!(first.len(), 3, "{t}: {first:?}");
+        assert_eq!(first[0], Bytes::from("client"), "{t}");
+        assert!(first[1].is_empty(), "{t}");
+        let m = wire::parse(&first[2]).unwrap();
+        assert_eq!(m.body, Bytes::from("question"), "{t}");
+        // Swallowed: no ACK, no reply.
+
+        let second = raw_recv(&mut router, 5, "resent copy").await;
+        assert_eq!(
+            second, first,
+            "{t}: the resend repeats the payload and msg_id"
+        );
+        let ack = format!("{}-0-2-", m.msg_id);
+        raw_send(&mut router, &[b"client", b"raw", b"", ack.as_bytes()]).await;
+        let reply = format!("0-0-{}-answer", m.src_cb);
+        raw_send(&mut router, &[b"client", b"raw", b"", reply.as_bytes()]).await;
+
+        let reply = within(5, "request completes", req)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(reply.body, Bytes::from("answer"), "{t}");
+        let s = client.stats();
+        assert!(s.resends >= 1, "{t}: {s:?}");
+        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        client.shutdown().await;
+    }
+}
+
+/// A listener's reply is resent until the peer ACKs it. The raw peer loses
+/// the first copy of the reply and resends its request: the duplicate is
+/// re-ACKed, not handed to the SLC again, and the reply comes by resend.
+#[tokio::test]
+async fn lost_reply_is_resent_by_the_listener() {
+    for t in RAW_TRANSPORTS {
+        let seen = Seen::default();
+        let (server, bound, _p) = serve(t, quick(), seen.slc()).await;
+        let mut peer = raw_dealer(&bound.endpoint, "asker").await;
+        raw_send(&mut peer, &[b"", b"0-7-0-q"]).await;
+        expect_ack(&mut peer, 0, "ACK of the request").await;
+        let reply = bytes_vec(&["server", "", "0-0-7-re:q"]);
+        let f = raw_recv(&mut peer, 5, "reply").await;
+        assert_eq!(f, reply, "{t}");
+        // Lost: not ACKed. The peer resends its request, as it would.
+        raw_send(&mut peer, &[b"", b"0-7-0-q"]).await;
+        expect_ack(&mut peer, 0, "ACK of the duplicate request").await;
+        let f = raw_recv(&mut peer, 5, "resent reply").await;
+        assert_eq!(f, reply, "{t}: the resend repeats the reply and its msg_id");
+        raw_send(&mut peer, &[b"", b"0-0-2-"]).await;
+        let what = format!("{t}: the reply is ACKed");
+        eventually(5, &what, || server.stats().pending_messages == 0).await;
+        let s = server.stats();
+        assert_eq!(seen.bodies(), bytes_vec(&["q"]), "{t}");
+        assert!(s.resends >= 1, "{t}: {s:?}");
+        assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
+        assert_eq!(s.acks_received, 1, "{t}: {s:?}");
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Duplicates.
+
+/// A raw DEALER sends the same NOOP message (same msg_id) twice, as a resend
+/// after a lost ACK would: the SLC sees it once, both copies are ACKed.
+#[tokio::test]
+async fn duplicate_of_a_delivered_message_is_acked_but_not_delivered() {
+    for t in RAW_TRANSPORTS {
+        let seen = Seen::default();
+        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let mut peer = raw_dealer(&bound.endpoint, "dup").await;
+        raw_send(&mut peer, &[b"", b"0-0-0-once"]).await;
+        raw_send(&mut peer, &[b"", b"0-0-0-once"]).await;
+        expect_ack(&mut peer, 0, "ACK of the first copy").await;
+        expect_ack(&mut peer, 0, "ACK of the duplicate").await;
+        // The SLC takes messages in order: once the next one is there, a
+        // second delivery of the duplicate would have shown up before it.
+        raw_send(&mut peer, &[b"", b"1-0-0-next"]).await;
+        expect_ack(&mut peer, 1, "ACK of the next message").await;
+        eventually(5, "the SLC saw the next message", || seen.len() >= 2).await;
+        assert_eq!(seen.bodies(), bytes_vec(&["once", "next"]), "{t}");
+        let s = server.stats();
+        assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
+        assert_eq!(s.acks_sent, 3, "{t}: {s:?}");
+        assert_eq!(s.slc_delivered, 2, "{t}: {s:?}");
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Sessions.
+
+/// A raw DEALER "X" sends msg_ids 0, 1, 2 (and an ECHO, 3) and goes away; a
+/// new DEALER with the same routing id counts from 0 again. Its messages are
+/// a new session, not duplicates: all five are delivered.
+#[tokio::test]
+async fn restarted_raw_peer_counting_from_zero_is_delivered() {
+    for t in RAW_TRANSPORTS {
+        let seen = Seen::default();
+        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let mut first = raw_dealer(&bound.endpoint, "X").await;
+        for i in 0..3u64 {
+            let payload = format!("{i}-0-0-first-{i}");
+            raw_send(&mut first, &[b"", payload.as_bytes()]).await;
+            expect_ack(&mut first, i, "ACK in the first session").await;
+        }
+        eventually(5, "first session delivered", || seen.len() == 3).await;
+        // An ECHO whose answer is left unACKed: the listener holds it for
+        // resending until it forgets the session, which shows when it does.
+        raw_send(&mut first, &[b"", b"3-0-1-ping"]).await;
+        expect_ack(&mut first, 3, "ACK of the ECHO").await;
+        let f = raw_recv(&mut first, 5, "ECHO answer").await;
+        assert_eq!(f, bytes_vec(&["server", "", "0-0-0-ping"]), "{t}");
+        assert_eq!(server.stats().pending_messages, 1, "{t}");
+        drop(first);
+        let what = format!("{t}: the listener forgets the first session");
+        eventually(5, &what, || server.stats().pending_messages == 0).await;
+
+        let mut second = raw_dealer(&bound.endpoint, "X").await;
+        for i in 0..2u64 {
+            let payload = format!("{i}-0-0-second-{i}");
+            raw_send(&mut second, &[b"", payload.as_bytes()]).await;
+            expect_ack(&mut second, i, "ACK in the second session").await;
+        }
+        let what = format!("{t}: second session delivered");
+        eventually(5, &what, || seen.len() == 5).await;
+        assert_eq!(
+            seen.bodies(),
+            bytes_vec(&["first-0", "first-1", "first-2", "second-0", "second-1"]),
+            "{t}"
+        );
+        let s = server.stats();
+        assert_eq!(s.duplicates_dropped, 0, "{t}: {s:?}");
+        assert_eq!(s.slc_delivered, 5, "{t}: {s:?}");
+        server.shutdown().await;
+    }
+}
+
+/// The same with our own messengers on every transport: a client messenger
+/// "X" is shut down and a new one with the same identity starts again at
+/// msg_id 0.
+#[tokio::test]
+async fn restarted_messenger_counting_from_zero_is_delivered() {
+    for t in TRANSPORTS {
+        let seen = Seen::default();
+        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let first = Messenger::new("X").unwrap();
+        let conn = within(5, "connect", first.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            let body = format!("first-{i}");
+            within(5, "confirmed", first.send_confirmed(conn, wire::NOOP, body))
+                .await
+                .unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
+        first.shutdown().await;
+        drop(first);
+        // Let the listener see the old connection go.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let second = Messenger::new("X").unwrap();
+        let conn = within(5, "reconnect", second.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
+        for i in 0..2 {
+            let body = format!("second-{i}");
+            within(
+                5,
+                "confirmed",
+                second.send_confirmed(conn, wire::NOOP, body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
+        let what = format!("{t}: both sessions delivered");
+        eventually(5, &what, || seen.len() == 5).await;
+        assert_eq!(
+            seen.bodies(),
+            bytes_vec(&["first-0", "first-1", "first-2", "second-0", "second-1"]),
+            "{t}"
+        );
+        assert_eq!(server.stats().duplicates_dropped, 0, "{t}");
+        second.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4-6. Deadlines, late replies, cancellation.
+
+/// An SLC that never replies: the request fails with Timeout exactly at its
+/// deadline, and its callback slot is freed.
+#[tokio::test]
+async fn deadline_fails_the_request_and_frees_its_slot() {
+    let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
+    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let deadline = Duration::from_secs(2);
+    let start = Instant::now();
+    let r = within(
+        10,
+        "request",
+        client.request_with_timeout(conn, wire::NOOP, "never answered", deadline),
+    )
+    .await;
+    let waited = start.elapsed();
+    assert_eq!(r.unwrap_err(), RequestError::Timeout);
+    assert!(
+        waited >= deadline && waited <= deadline + Duration::from_millis(500),
+        "failed after {waited:?}, deadline {deadline:?}"
+    );
+    let s = client.stats();
+    assert_eq!(s.pending_callbacks, 0, "{s:?}");
+    assert_eq!(s.timeouts, 1, "{s:?}");
+    assert_eq!(server.stats().slc_delivered, 1);
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+/// The SLC keeps the Responder and answers after the request's deadline:
+/// the client gets Timeout, and the late reply is ACKed and dropped.
+async fn late_reply_is_dropped(t: &str, deadline: Duration, delay: Duration) {
+    let slc = move |_: Incoming, r: Responder| {
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            r.try_reply("too late").expect("late reply");
+        });
+    };
+    let (server, bound, _p) = serve(t, quick(), slc).await;
+    let (client, conn) = connect(quick(), &bound.endpoint).await;
+    let r = within(
+        10,
+        "request",
+        client.request_with_timeout(conn, wire::NOOP, "slow", deadline),
+    )
+    .await;
+    assert_eq!(r.unwrap_err(), RequestError::Timeout, "{t}");
+    let what = format!("{t}: late reply dropped");
+    eventually(10, &what, || client.stats().late_replies_dropped == 1).await;
+    // ACKed, so the server stops resending it.
+    let what = format!("{t}: late reply ACKed");
+    eventually(10, &what, || server.stats().pending_messages == 0).await;
+    let s = client.stats();
+    assert_eq!(s.msc_delivered, 0, "{t}: {s:?}");
+    assert_eq!(s.timeouts, 1, "{t}: {s:?}");
+    assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+    assert_eq!(s.late_replies_dropped, 1, "{t}: {s:?}");
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_reply_after_the_deadline_is_dropped() {
+    for t in TRANSPORTS {
+        late_reply_is_dropped(t, Duration::from_millis(200), Duration::from_millis(500)).await;
+    }
+}
+
+/// Dropping a request's future (a timeout or a select shorter than its
+/// deadline) frees its callback at once.
+#[tokio::test]
+async fn dropping_a_request_future_frees_its_callback() {
+    for t in TRANSPORTS {
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+
+        let short = Duration::from_millis(100);
+        let r = tokio::time::timeout(short, client.request(conn, wire::NOOP, "abandoned")).await;
+        assert!(r.is_err(), "{t}: completed: {r:?}");
+        assert_eq!(client.stats().pending_callbacks, 0, "{t}: after a timeout");
+
+        tokio::select! {
+            r = client.request(conn, wire::NOOP, "raced") => panic!("{t}: completed: {r:?}"),
+            _ = tokio::time::sleep(short) => {}
+        }
+        assert_eq!(client.stats().pending_callbacks, 0, "{t}: after a select");
+
+        // The messages themselves were delivered and ACKed all the same.
+        let what = format!("{t}: both delivered and ACKed");
+        eventually(5, &what, || {
+            server.stats().slc_delivered == 2 && client.stats().pending_messages == 0
+        })
+        .await;
+        let s = client.stats();
+        assert_eq!(s.timeouts, 0, "{t}: {s:?}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7-8. Losing and regaining the listener.
+
+/// The listener shuts down while a request waits (its SLC never replies):
+/// the request fails with Disconnected long before its 30 s deadline.
+#[tokio::test]
+async fn listener_shutdown_fails_waiting_requests_with_disconnected() {
+    for t in TRANSPORTS {
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
+        let (client, conn) = connect(quick(), &bound.endpoint).await;
+        let c = client.clone();
+        let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "pending").await });
+        eventually(5, "the request arrived", || {
+            server.stats().slc_delivered == 1
+        })
+        .await;
+        assert!(!req.is_finished(), "{t}");
+
+        let start = Instant::now();
+        server.shutdown().await;
+        let r = within(2, &format!("{t}: request fails after the shutdown"), req)
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        eprintln!(
+            "{t}: Disconnected {:?} after the shutdown began",
+            start.elapsed()
+        );
+        let s = client.stats();
+        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        assert_eq!(s.timeouts, 0, "{t}: {s:?}");
+        client.shutdown().await;
+    }
+}
+
+/// The listener goes away and a new one binds the same endpoint (tcp: the
+/// same port; ipc: the same path; inproc: the same name). The client's
+/// connection redials by itself and the same ConnectionId works again; a
+/// message sent while the peer was down is delivered once.
+#[tokio::test]
+async fn listener_restarted_on_the_same_endpoint_resumes_traffic() {
+    for t in TRANSPORTS {
+        let before = Seen::default();
+        let (server, bound, _p) = serve(t, Config::default(), before.slc()).await;
+        let (client, conn) = connect(quick(), &bound.endpoint).await;
+        let r = within(
+            5,
+            "request before",
+            client.request(conn, wire::NOOP, "before"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(r.body, Bytes::from("re:before"), "{t}");
+
+        server.shutdown().await;
+        drop(server);
+        let what = format!("{t}: client notices the loss");
+        eventually(5, &what, || !client.is_connected(conn)).await;
+        within(
+            5,
+            "queue while down",
+            client.send_message(conn, wire::NOOP, "while-down", None),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
+
+        let after = Seen::default();
+        let server = Messenger::new("server").unwrap();
+        let again = within(
+            5,
+            "listen again",
+            server.listen_for_connection(&bound.endpoint, "server", after.slc()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t}: bind {} again: {e}", bound.endpoint));
+        assert_eq!(again.endpoint, bound.endpoint, "{t}");
+
+        let what = format!("{t}: client reconnects");
+        eventually(10, &what, || client.is_connected(conn)).await;
+        let r = within(
+            5,
+            "request after",
+            client.request(conn, wire::NOOP, "after"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(r.body, Bytes::from("re:after"), "{t}");
+        let what = format!("{t}: the queued message is delivered");
+        eventually(5, &what, || after.count("while-down") == 1).await;
+        // Let any resend of it arrive: it must be dropped as a duplicate.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(after.bodies(), bytes_vec(&["while-down", "after"]), "{t}");
+        let s = client.stats();
+        assert!(s.reconnects >= 1, "{t}: {s:?}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9. Heartbeats.
+
+/// A raw ROUTER that accepts the connection and never answers anything:
+/// the heartbeat declares it dead and the waiting request fails with
+/// Disconnected, long before its deadline.
+#[tokio::test]
+async fn heartbeat_declares_a_silent_peer_dead() {
+    let (router, endpoint, _p) = raw_router("tcp").await;
+    let config = Config {
+        heartbeat: Some(Heartbeat {
+            interval: Duration::from_millis(50),
+            misses: 3,
+        }),
+        ..quick()
+    };
+    let (client, conn) = connect(config, &endpoint).await;
+    let c = client.clone();
+    let start = Instant::now();
+    let r = within(
+        3,
+        "request fails",
+        c.request(conn, wire::NOOP, "anyone there?"),
+    )
+    .await;
+    assert_eq!(r.unwrap_err(), RequestError::Disconnected);
+    eprintln!("declared dead after {:?}", start.elapsed());
+    let s = client.stats();
+    assert!(s.heartbeats_missed >= 3, "{s:?}");
+    assert_eq!(s.pending_callbacks, 0, "{s:?}");
+    // The connection redials; the ROUTER still accepts.
+    eventually(5, "redialled", || client.stats().reconnects >= 1).await;
+    client.shutdown().await;
+    drop(router);
+}
+
+/// A sender waiting for an ACK (send_confirmed) fails with Disconnected when
+/// the peer, a raw ROUTER that never ACKs, goes away.
+#[tokio::test]
+async fn waiting_for_an_ack_fails_with_disconnected_when_the_peer_goes() {
+    for t in RAW_TRANSPORTS {
+        let (mut router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(quick(), &endpoint).await;
+        let c = client.clone();
+        let confirmed =
+            tokio::spawn(async move { c.send_confirmed(conn, wire::NOOP, "ack me").await });
+        let f = raw_recv(&mut router, 5, "the message").await;
+        assert_eq!(
+            wire::parse(&f[2]).unwrap().body,
+            Bytes::from("ack me"),
+            "{t}"
+        );
+        assert!(!confirmed.is_finished(), "{t}");
+        drop(router);
+        let r = within(2, &format!("{t}: send_confirmed fails"), confirmed)
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        client.shutdown().await;
+    }
+}
+
+/// Against a live listener, heartbeats measure the round trip.
+#[tokio::test]
+async fn heartbeat_measures_rtt_of_a_live_peer() {
+    for t in TRANSPORTS {
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
+        let config = Config {
+            heartbeat: Some(Heartbeat {
+                interval: Duration::from_millis(50),
+                misses: 3,
+            }),
+            ..quick()
+        };
+        let (client, conn) = connect(config, &bound.endpoint).await;
+        assert_eq!(client.rtt(conn), None, "{t}: no heartbeat answered yet");
+        let what = format!("{t}: rtt measured");
+        eventually(5, &what, || client.rtt(conn).is_some()).await;
+        let rtt = client.rtt(conn).unwrap();
+        assert!(rtt < Duration::from_secs(1), "{t}: rtt {rtt:?}");
+        assert!(client.is_connected(conn), "{t}");
+        assert!(server.stats().echoes_answered >= 1, "{t}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 10-11. The high-water mark.
+
+/// Connects `client` to a listener on `t`, shuts the listener down and waits
+/// until the connection knows: its queue is then drained by nobody.
+async fn dead_peer(client: &Messenger, t: &str) -> (ConnectionId, Place) {
+    let (server, bound, p) = serve(t, Config::default(), no_slc).await;
+    let conn = within(5, "connect", client.make_connection(&bound.endpoint))
+        .await
+        .unwrap();
+    server.shutdown().await;
+    drop(server);
+    let what = format!("{t}: the connection notices its peer is gone");
+    eventually(5, &what, || !client.is_connected(conn)).await;
+    (conn, p)
+}
+
+/// With the peer down and `send_queue_capacity` 4, four try-sends fit, the
+/// fifth fails with Full, and an async send (or request) waits. A cancelled
+/// waiting send leaves nothing behind.
+#[tokio::test]
+async fn send_queue_is_bounded_while_the_peer_is_down() {
+    for t in TRANSPORTS {
+        let config = Config {
+            send_queue_capacity: 4,
+            ..quick()
+        };
+        let client = Messenger::with_config("client", config).unwrap();
+        let (conn, _p) = dead_peer(&client, t).await;
+        for i in 0..4 {
+            client
+                .try_send_message(conn, wire::NOOP, format!("queued-{i}"), None)
+                .unwrap_or_else(|e| panic!("{t}: try_send {i}: {e}"));
+        }
+        assert_eq!(
+            client.try_send_message(conn, wire::NOOP, "fifth", None),
+            Err(SendError::Full),
+            "{t}"
+        );
+        let with_callback = Some(Callback::new(|_| panic!("never sent")));
+        assert_eq!(
+            client.try_send_message(conn, wire::NOOP, "fifth", with_callback),
+            Err(SendError::Full),
+            "{t}"
+        );
+        assert_eq!(client.stats().pending_callbacks, 0, "{t}");
+
+        let short = Duration::from_millis(200);
+        let r =
+            tokio::time::timeout(short, client.send_message(conn, wire::NOOP, "waits", None)).await;
+        assert!(r.is_err(), "{t}: send_message completed while full: {r:?}");
+        let r = tokio::time::timeout(short, client.request(conn, wire::NOOP, "waits too")).await;
+        assert!(r.is_err(), "{t}: request completed while full: {r:?}");
+        // The request's own deadline covers its wait for room.
+        let start = Instant::now();
+        let r = within(
+            5,
+            "deadline while full",
+            client.request_with_timeout(conn, wire::NOOP, "deadline", short),
+        )
+        .await;
+        assert_eq!(r.unwrap_err(), RequestError::Timeout, "{t}");
+        assert!(start.elapsed() >= short, "{t}: {:?}", start.elapsed());
+
+        let s = client.stats();
+        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        assert_eq!(
+            s.pending_messages, 4,
+            "{t}: only the queued messages wait for ACKs: {s:?}"
+        );
+        client.shutdown().await;
+    }
+}
+
+/// One connection's peer is down and its queue is full (a sender waits on
+/// it); 100 concurrent requests on another, healthy connection still
+/// complete promptly.
+#[tokio::test]
+async fn a_stuck_connection_does_not_slow_a_healthy_one() {
+    const N: usize = 100;
+    for t in TRANSPORTS {
+        let config = Config {
+            send_queue_capacity: 4,
+            ..quick()
+        };
+        let client = Messenger::with_config("client", config).unwrap();
+        let (stuck, _dead) = dead_peer(&client, t).await;
+        for i in 0..4 {
+            client
+                .try_send_message(stuck, wire::NOOP, format!("stuck-{i}"), None)
+                .unwrap();
+        }
+        let c = client.clone();
+        let blocked =
+            tokio::spawn(async move { c.send_message(stuck, wire::NOOP, "blocked", None).await });
+
+        let seen = Seen::default();
+        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let healthy = within(5, "connect", client.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
+        assert_ne!(healthy, stuck);
+
+        let start = Instant::now();
+        let mut set = JoinSet::new();
+        for i in 0..N {
+            let c = client.clone();
+            set.spawn(async move {
+                let body = format!("healthy-{i}");
+                (i, c.request(healthy, wire::NOOP, body).await)
+            });
+        }
+        within(
+            5,
+            &format!("{t}: {N} requests on the healthy connection"),
+            async {
+                while let Some(r) = set.join_next().await {
+                    let (i, r) = r.unwrap();
+                    let reply = r.unwrap_or_else(|e| panic!("{t}: request {i}: {e}"));
+                    assert_eq!(reply.body, Bytes::from(format!("re:healthy-{i}")), "{t}");
+                }
+            },
+        )
+        .await;
+        eprintln!("{t}: {N} requests in {:?}", start.elapsed());
+        assert!(!blocked.is_finished(), "{t}: the stuck send completed");
+        assert!(!client.is_connected(stuck), "{t}");
+        assert_eq!(seen.len(), N, "{t}");
+        blocked.abort();
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 12-13. Nothing left hanging.
+
+/// 1,000 requests wait for replies that never come; shutdown fails every one
+/// with Shutdown promptly and leaves no callback or unACKed message.
+#[tokio::test]
+async fn shutdown_fails_a_thousand_waiting_requests() {
+    const N: usize = 1000;
+    for t in TRANSPORTS {
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let mut set = JoinSet::new();
+        for i in 0..N {
+            let c = client.clone();
+            set.spawn(async move { c.request(conn, wire::NOOP, format!("q{i}")).await });
+        }
+        let what = format!("{t}: all {N} requests waiting");
+        eventually(5, &what, || {
+            client.stats().pending_callbacks == N as u64 && server.stats().slc_delivered == N as u64
+        })
+        .await;
+
+        let start = Instant::now();
+        within(5, "client shutdown", client.shutdown()).await;
+        let mut failed = 0;
+        within(5, &format!("{t}: every request ends"), async {
+            while let Some(r) = set.join_next().await {
+                assert_eq!(r.unwrap().unwrap_err(), RequestError::Shutdown, "{t}");
+                failed += 1;
+            }
+        })
+        .await;
+        eprintln!(
+            "{t}: {N} requests failed {:?} after shutdown began",
+            start.elapsed()
+        );
+        assert_eq!(failed, N, "{t}");
+        let s = client.stats();
+        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        assert_eq!(s.pending_messages, 0, "{t}: {s:?}");
+        server.shutdown().await;
+    }
+}
+
+/// Requests sent by the unanswered-requests test; override with
+/// `MESSENGER_TEST_UNANSWERED`.
+const UNANSWERED: usize = 1_000_000;
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a count"))
+        })
+        .unwrap_or(default)
+}
+
+/// How the callbacks of the unanswered-requests test ended.
+#[derive(Default)]
+struct Outcomes {
+    timed_out: AtomicUsize,
+    replied: AtomicUsize,
+    other: Mutex<Vec<RequestError>>,
+}
+
+impl Outcomes {
+    fn record(&self, r: messenger::Reply) {
+        match r {
+            Err(RequestError::Timeout) => {
+                self.timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.other.lock().unwrap().push(e),
+            Ok(_) => {
+                self.replied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.timed_out.load(Ordering::Relaxed)
+            + self.replied.load(Ordering::Relaxed)
+            + self.other.lock().unwrap().len()
+    }
+}
+
+/// A million requests (closure callbacks) whose SLC ACKs them but never
+/// replies: every callback runs once with Timeout, and afterwards the
+/// callback table and the unacknowledged set are empty.
+#[tokio::test]
+async fn a_million_unanswered_requests_leave_nothing_behind() {
+    let n = env_count("MESSENGER_TEST_UNANSWERED", UNANSWERED);
+    let real = std::time::Instant::now();
+    let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
+    let config = Config {
+        request_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let (client, conn) = connect(config, &bound.endpoint).await;
+    let outcomes = Arc::new(Outcomes::default());
+    for i in 0..n {
+        let o = Arc::clone(&outcomes);
+        let callback = Callback::new(move |r| o.record(r));
+        client
+            .send_message(conn, wire::NOOP, "unanswered", Some(callback))
+            .await
+            .unwrap_or_else(|e| panic!("send {i}: {e}"));
+        if i % 4096 == 0 {
+            assert!(
+                real.elapsed() < Duration::from_secs(300),
+                "sending is too slow: {i} in {:?}",
+                real.elapsed()
+            );
+        }
+    }
+    let sent_in = real.elapsed();
+    until_real(300, "every callback ran", || outcomes.total() >= n).await;
+    assert_eq!(*outcomes.other.lock().unwrap(), Vec::new());
+    assert_eq!(outcomes.replied.load(Ordering::Relaxed), 0);
+    assert_eq!(outcomes.timed_out.load(Ordering::Relaxed), n);
+    until_real(60, "the unacknowledged set empties", || {
+        client.stats().pending_messages == 0
+    })
+    .await;
+    let s = client.stats();
+    assert_eq!(s.pending_callbacks, 0, "{s:?}");
+    assert_eq!(s.pending_messages, 0, "{s:?}");
+    assert_eq!(s.timeouts, n as u64, "{s:?}");
+    eprintln!(
+        "{n} unanswered requests: sent in {sent_in:?}, all timed out after {:?}",
+        real.elapsed(),
+    );
+    // Every callback ran exactly once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(outcomes.total(), n);
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 14. Lossy soak.
+
+/// Messages sent by each soak test; override with `MESSENGER_TEST_SOAK`.
+const SOAK: usize = 100_000;
+
+/// A tiny seeded xorshift64 generator: the same positions in each
+/// direction's stream are dropped run to run (which messages sit at those
+/// positions still depends on timing, as resends interleave).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// True about once in `n` calls.
+    fn one_in(&mut self, n: u64) -> bool {
+        self.next().is_multiple_of(n)
+    }
+}
+
+/// A raw ROUTER facing the client and a raw DEALER facing the server,
+/// forwarding payloads both ways and dropping about 1% in each direction.
+struct LossyProxy {
+    endpoint: Endpoint,
+    /// Dropped and forwarded, client to server.
+    up: Arc<[AtomicU64; 2]>,
+    /// Dropped and forwarded, server to client.
+    down: Arc<[AtomicU64; 2]>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _place: Place,
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The client's identity in the soak (the proxy routes replies to it).
+const SOAK_CLIENT: &str = "client";
+
+async fn lossy_proxy(t: &str, server: &Endpoint, seed: u64) -> LossyProxy {
+    let (front, endpoint, place) = raw_router(t).await;
+    let back = raw_dealer(server, "proxy").await;
+    let (mut front_tx, mut front_rx) = front.split();
+    let (mut back_tx, mut back_rx) = back.split();
+    let up: Arc<[AtomicU64; 2]> = Arc::default();
+    let down: Arc<[AtomicU64; 2]> = Arc::default();
+
+    let counts = Arc::clone(&up);
+    let upward = tokio::spawn(async move {
+        let mut rng = XorShift(seed);
+        // [client id, "", payload] in; ["", payload] out.
+        while let Ok(m) = front_rx.recv().await {
+            let mut frames = m.into_vecdeque();
+            if rng.one_in(100) {
+                counts[0].fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            frames.pop_front();
+            let m = ZmqMessage::try_from(Vec::from(frames)).unwrap();
+            if back_tx.send(m).await.is_err() {
+                return;
+            }
+            counts[1].fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let counts = Arc::clone(&down);
+    let downward = tokio::spawn(async move {
+        let mut rng = XorShift(seed ^ 0x9e37_79b9_7f4a_7c15);
+        // [server identity, "", payload] in; [client id, ...] out.
+        while let Ok(m) = back_rx.recv().await {
+            let mut frames = m.into_vecdeque();
+            if rng.one_in(100) {
+                counts[0].fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            frames.push_front(Bytes::from_static(SOAK_CLIENT.as_bytes()));
+            let m = ZmqMessage::try_from(Vec::from(frames)).unwrap();
+            if front_tx.send(m).await.is_err() {
+                return;
+            }
+            counts[1].fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    LossyProxy {
+        endpoint,
+        up,
+        down,
+        tasks: vec![upward, downward],
+        _place: place,
+    }
+}
+
+/// Sends distinct NOOP messages through a proxy losing ~1% each way: every
+/// message reaches the server's SLC exactly once.
+async fn lossy_soak(t: &str, seed: u64) {
+    let n = env_count("MESSENGER_TEST_SOAK", SOAK);
+    let counts = Arc::new(Mutex::new(HashMap::<Bytes, u32>::with_capacity(n)));
+    let recorder = Arc::clone(&counts);
+    let slc = move |m: Incoming, _: Responder| {
+        *recorder.lock().unwrap().entry(m.body).or_insert(0) += 1;
+    };
+    let (server, bound, _p) = serve(t, quick(), slc).await;
+    let proxy = lossy_proxy(t, &bound.endpoint, seed).await;
+    let client = Messenger::with_config(SOAK_CLIENT, quick()).unwrap();
+    let conn = within(5, "connect", client.make_connection(&proxy.endpoint))
+        .await
+        .unwrap();
+
+    // The most messages waiting for their ACK at once, sampled.
+    let most_unacked = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (client, most) = (client.clone(), Arc::clone(&most_unacked));
+        tokio::spawn(async move {
+            loop {
+                most.fetch_max(client.stats().pending_messages, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let start = std::time::Instant::now();
+    within(120, &format!("{t}: sending {n} messages"), async {
+        for i in 0..n {
+            client
+                .send_message(conn, wire::NOOP, format!("m{i}"), None)
+                .await
+                .unwrap_or_else(|e| panic!("{t}: send {i}: {e}"));
+        }
+    })
+    .await;
+    let sent_in = start.elapsed();
+    let delivered = || counts.lock().unwrap().len();
+    let mut last_progress = (0, std::time::Instant::now());
+    while delivered() < n {
+        let (now, (cs, ss)) = (delivered(), (client.stats(), server.stats()));
+        if now > last_progress.0 {
+            last_progress = (now, std::time::Instant::now());
+        }
+        // Nothing left to resend and nothing new for 2 s: the rest are lost.
+        let lost = cs.pending_messages == 0 && last_progress.1.elapsed() > Duration::from_secs(2);
+        assert!(
+            !lost && start.elapsed() < Duration::from_secs(120),
+            "{t}: {now} of {n} delivered after {:?} (sent in {sent_in:?}); \
+             {} waiting for ACKs\nclient {cs:?}\nserver {ss:?}",
+            start.elapsed(),
+            cs.pending_messages,
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let what = format!("{t}: every message acknowledged");
+    until_real(60, &what, || client.stats().pending_messages == 0).await;
+    let total = start.elapsed();
+    sampler.abort();
+
+    let counts = std::mem::take(&mut *counts.lock().unwrap());
+    let twice: Vec<_> = counts.iter().filter(|&(_, &c)| c != 1).take(10).collect();
+    assert!(twice.is_empty(), "{t}: delivered more than once: {twice:?}");
+    assert_eq!(
+        counts.values().map(|&c| c as usize).sum::<usize>(),
+        n,
+        "{t}"
+    );
+    for i in (0..n).step_by(997) {
+        assert!(counts.contains_key(format!("m{i}").as_bytes()), "{t}: m{i}");
+    }
+    let (cs, ss) = (client.stats(), server.stats());
+    assert_eq!(ss.slc_delivered, n as u64, "{t}: {ss:?}");
+    let up_dropped = proxy.up[0].load(Ordering::Relaxed);
+    let down_dropped = proxy.down[0].load(Ordering::Relaxed);
+    assert!(
+        up_dropped > 0 && down_dropped > 0,
+        "{t}: the proxy lost nothing"
+    );
+    assert!(cs.resends > 0, "{t}: {cs:?}");
+    eprintln!(
+        "{t}: {n} messages sent in {sent_in:?}, all delivered and ACKed in {total:?}; \
+         proxy dropped {up_dropped} up / {down_dropped} down \
+         (forwarded {} / {}); client resends {}, server duplicates dropped {}, slc_busy {}, \
+         at most {} unACKed at once",
+        proxy.up[1].load(Ordering::Relaxed),
+        proxy.down[1].load(Ordering::Relaxed),
+        cs.resends,
+        ss.duplicates_dropped,
+        ss.slc_busy,
+        most_unacked.load(Ordering::Relaxed),
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_soak_delivers_every_message_exactly_once_tcp() {
+    lossy_soak("tcp", 0x5eed_0001).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_soak_delivers_every_message_exactly_once_ipc() {
+    lossy_soak("ipc", 0x5eed_0002).await;
+}
