@@ -192,8 +192,10 @@ impl Verifier {
             return Err(AuthError::Busy);
         }
         // Remember it until its timestamp can no longer pass the window check.
-        self.seen
-            .insert(nonce, when.saturating_add(window).max(now_ms) + 1);
+        self.seen.insert(
+            nonce,
+            when.saturating_add(window).max(now_ms).saturating_add(1),
+        );
         Ok(())
     }
 }

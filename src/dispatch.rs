@@ -244,8 +244,10 @@ impl Shared {
         }
     }
 
-    /// Fails the requests sent to one peer of a listener that went away.
+    /// Fails what waits on one peer of a listener that went away: requests
+    /// sent to it, and sends waiting for its ACKs.
     fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
+        socket.fail_unacked(peer);
         let kind = socket.kind;
         let failed = {
             let mut p = self.pending();

@@ -1131,3 +1131,102 @@ async fn lossy_soak_delivers_every_message_exactly_once_tcp() {
 async fn lossy_soak_delivers_every_message_exactly_once_ipc() {
     lossy_soak("ipc", 0x5eed_0002).await;
 }
+
+// ---------------------------------------------------------------------------
+// A peer's last words: an ACK or reply sent just before it disconnects must
+// not lose the race against the disconnect (the relay half-closes towards
+// the crate and ends the session only after the crate has read everything).
+
+/// A raw DEALER answers the listener's message (ACK or reply) and closes
+/// at once; the listener's waiter must see the answer, not `Disconnected`.
+async fn last_words_from_a_listener_peer(confirm: bool) {
+    let server = Messenger::new("server").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let bound = server
+        .listen_for_connection(
+            &"tcp://127.0.0.1:0".parse().unwrap(),
+            "server",
+            move |m: Incoming, _r: Responder| {
+                let _ = tx.send(m.reply_destination());
+            },
+        )
+        .await
+        .unwrap();
+    let mut failed = Vec::new();
+    for i in 0..40 {
+        let mut opts = SocketOptions::default();
+        opts.peer_identity(PeerIdentity::try_from(format!("peer-{i}").into_bytes()).unwrap());
+        let mut d = DealerSocket::with_options(opts);
+        d.connect(&bound.endpoint.to_string()).await.unwrap();
+        raw_send(&mut d, &[b"", b"0-0-0-hello"]).await;
+        let dest = within(5, "slc", rx.recv()).await.unwrap();
+        let s = server.clone();
+        let waiter = tokio::spawn(async move {
+            if confirm {
+                s.send_confirmed(dest, 0, b"question").await.map(|_| ())
+            } else {
+                s.request(dest, 0, b"question").await.map(|_| ())
+            }
+        });
+        loop {
+            let f = raw_recv(&mut d, 5, "question").await;
+            let p = wire::parse(&f[2]).unwrap();
+            if p.dst_cb == wire::ACK {
+                continue;
+            }
+            let answer = if confirm {
+                wire::ack(p.msg_id)
+            } else {
+                Bytes::from(format!("1-0-{}-answer", p.src_cb))
+            };
+            raw_send(&mut d, &[b"", &answer]).await;
+            break;
+        }
+        drop(d);
+        if let Err(e) = within(10, "waiter", waiter).await.unwrap() {
+            failed.push(format!("{i}: {e}"));
+        }
+    }
+    assert_eq!(failed, Vec::<String>::new(), "stats {:?}", server.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_last_reply_beats_its_disconnect() {
+    last_words_from_a_listener_peer(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_last_ack_beats_its_disconnect() {
+    last_words_from_a_listener_peer(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routers_last_reply_beats_its_close() {
+    let client = Messenger::new("client").unwrap();
+    let mut failed = Vec::new();
+    for i in 0..20 {
+        let mut r = RouterSocket::new();
+        let ep = r.bind("tcp://127.0.0.1:0").await.unwrap();
+        let conn = client
+            .make_connection(&ep.to_string().parse().unwrap())
+            .await
+            .unwrap();
+        let c = client.clone();
+        let waiter = tokio::spawn(async move { c.request(conn, 0, b"q").await.map(|_| ()) });
+        loop {
+            let f = raw_recv(&mut r, 5, "request").await;
+            let p = wire::parse(&f[2]).unwrap();
+            if p.dst_cb == wire::ACK {
+                continue;
+            }
+            let reply = format!("0-0-{}-answer", p.src_cb);
+            raw_send(&mut r, &[&f[0], b"", reply.as_bytes()]).await;
+            break;
+        }
+        drop(r);
+        if let Err(e) = within(10, "waiter", waiter).await.unwrap() {
+            failed.push(format!("{i}: {e}"));
+        }
+    }
+    assert_eq!(failed, Vec::<String>::new(), "stats {:?}", client.stats());
+}

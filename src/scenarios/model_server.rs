@@ -603,6 +603,25 @@ impl ModelServerManager {
         let latency = sent.elapsed();
         let reply = match reply {
             Ok(r) => r,
+            // The model server's connection closed: most likely it exited.
+            // Say so (with its status) if it did, rather than only that the
+            // connection went away.
+            Err(RequestError::Disconnected) => {
+                let exit = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    self.server.wait(&mut self.ended),
+                );
+                return Err(match exit.await {
+                    Ok(status) => ModelServerError::Exited {
+                        during: format!("answering {command}"),
+                        status,
+                    },
+                    Err(_) => ModelServerError::Request {
+                        command,
+                        source: RequestError::Disconnected,
+                    },
+                });
+            }
             Err(RequestError::Timeout) => {
                 return Err(ModelServerError::NoReply {
                     command,

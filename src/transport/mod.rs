@@ -250,7 +250,7 @@ impl SocketCtx {
         self.fail_unacked(peer);
     }
 
-    fn fail_unacked(&self, peer: &[u8]) {
+    pub(crate) fn fail_unacked(&self, peer: &[u8]) {
         let failed = self.pending().drain_peer(peer);
         self.unacked_removed();
         for w in failed {
@@ -295,7 +295,8 @@ impl SocketCtx {
             mine
         };
         if mine {
-            self.fail_unacked(peer);
+            // Failing its waiters is the loop's job, in order: messages from
+            // this peer already queued (a last ACK or reply) come first.
             let _ = self.lost.try_send(Lost {
                 socket: Arc::clone(self),
                 peer: Some(Bytes::copy_from_slice(peer)),

@@ -83,6 +83,8 @@ fn authenticate(
 #[derive(Debug)]
 enum RelayEnd {
     Closed,
+    /// The peer closed its side; we half-closed ours towards the crate.
+    PeerClosed,
     Io(io::Error),
     Guard(GuardError),
     HandshakeTimeout,
@@ -117,9 +119,17 @@ where
                 }
             };
             let n = match n {
-                Ok(0) => return RelayEnd::Closed,
+                // The peer closed (FIN), or reset the connection (RST, e.g.
+                // it closed with unread data): either way, half-close towards
+                // the crate. It reads everything we forwarded, then sees EOF
+                // and closes its side, which ends `outbound` below. Ending the
+                // session only then keeps a peer's last ACK or reply from
+                // losing the race against its own disconnect.
+                Ok(0) | Err(_) => {
+                    let _ = inner_wr.shutdown().await;
+                    return RelayEnd::PeerClosed;
+                }
                 Ok(n) => n,
-                Err(e) => return RelayEnd::Io(e),
             };
             let Some(chunk) = buf.get(..n) else {
                 return RelayEnd::Closed;
@@ -149,16 +159,22 @@ where
         }
     };
     let outbound = tokio::io::copy(&mut inner_rd, &mut peer_wr);
-    let end = tokio::select! {
+    tokio::pin!(outbound);
+    let mut end = tokio::select! {
         end = inbound => end,
-        r = outbound => r.map_or_else(RelayEnd::Io, |_| RelayEnd::Closed),
+        r = &mut outbound => r.map_or_else(RelayEnd::Io, |_| RelayEnd::Closed),
     };
+    if matches!(end, RelayEnd::PeerClosed) {
+        // Bounded: a crate that never closes does not keep the relay.
+        let _ = tokio::time::timeout(s.handshake_timeout, &mut outbound).await;
+        end = RelayEnd::Closed;
+    }
     if let Some((peer, n)) = session {
         s.ctx.end_session(&peer, n);
     }
     let stats = &s.ctx.stats;
     match end {
-        RelayEnd::Closed => {}
+        RelayEnd::Closed | RelayEnd::PeerClosed => {}
         RelayEnd::Io(e) => tracing::debug!(endpoint = %s.ctx.endpoint, error = %e, "relay ends"),
         RelayEnd::Guard(e) => {
             bump(&stats.guard_rejections);
