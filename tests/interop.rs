@@ -1,25 +1,27 @@
 //! Interop with real libzmq peers: pyzmq scripts (tests/py/peer.py) against
 //! `messenger serve`, and the `messenger` CLI against a pyzmq ROUTER.
 //!
-//! The Python environment is set up by the tests themselves: a venv at
-//! `target/pyenv` with pyzmq and msgpack, created on first use and reused
-//! after. Without python3 (or when pip fails) the tests print `SKIPPED: ...`
-//! and pass, unless `CI` is set, in which case they fail. Set
-//! `MESSENGER_TEST_PYTHON` to an interpreter that already has pyzmq and
-//! msgpack to skip the venv (e.g. offline).
+//! The Python environment is set up by the tests themselves
+//! (tests/common/python.rs): a venv at `target/pyenv` with pyzmq and
+//! msgpack, created on first use and reused after. Without python3 (or when
+//! pip fails) the tests print `SKIPPED: ...` and pass, unless `CI` is set,
+//! in which case they fail. Set `MESSENGER_TEST_PYTHON` to an interpreter
+//! that already has pyzmq and msgpack to skip the venv (e.g. offline).
 //!
 //! Every wait is bounded and every child process is killed when its guard
 //! drops, so a hung peer fails a test instead of hanging it.
 
-use std::fs::{File, TryLockError};
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::python::python;
 use serde_json::{Value, json};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -29,142 +31,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_messenger");
 const PEER_LIMIT: Duration = Duration::from_secs(30);
 /// Bound on a process reaching a point it should reach at once.
 const SHORT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------
-// The Python environment
-
-/// The interpreter to run the peers with, or `None` when the tests must be
-/// skipped (said once on stderr). Bootstraps once per test binary.
-fn python() -> Option<PathBuf> {
-    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let ci = std::env::var_os("CI").is_some();
-    let py = PY.get_or_init(|| {
-        let r = bootstrap();
-        if let (Err(why), false) = (&r, ci) {
-            // Straight to the stderr handle: libtest captures eprintln!.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: interop tests: {why}");
-        }
-        r
-    });
-    match py {
-        Ok(p) => Some(p.clone()),
-        Err(why) if ci => {
-            panic!("interop tests need python3 with pyzmq and msgpack (CI is set): {why}")
-        }
-        Err(_) => None,
-    }
-}
-
-fn bootstrap() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MESSENGER_TEST_PYTHON") {
-        let p = PathBuf::from(p);
-        return if has_modules(&p) {
-            Ok(p)
-        } else {
-            Err(format!(
-                "MESSENGER_TEST_PYTHON={} cannot import zmq and msgpack",
-                p.display()
-            ))
-        };
-    }
-    let target = Path::new(MANIFEST_DIR).join("target");
-    let venv = target.join("pyenv");
-    let py = venv.join("bin").join("python");
-    if has_modules(&py) {
-        return Ok(py);
-    }
-    std::fs::create_dir_all(&target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    // Other test binaries (or cargo invocations) may bootstrap at the same
-    // time: one builds the venv, the others wait for it and reuse it.
-    let lock_path = target.join("pyenv.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => break,
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(200))
-            }
-            Err(TryLockError::WouldBlock) => {
-                return Err(format!("{} stayed locked for 10 min", lock_path.display()));
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(format!("cannot lock {}: {e}", lock_path.display()));
-            }
-        }
-    }
-    if has_modules(&py) {
-        return Ok(py);
-    }
-    match Command::new("python3").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => return Err(format!("`python3 --version` failed: {}", o.status)),
-        Err(e) => return Err(format!("python3 not found on PATH: {e}")),
-    }
-    // A venv that exists but cannot import the modules is half-built.
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
-    }
-    let built = (|| {
-        let mut mk = Command::new("python3");
-        mk.args(["-m", "venv"]).arg(&venv);
-        run_quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
-        let mut pip = Command::new(&py);
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "pyzmq",
-            "msgpack",
-        ]);
-        run_quiet(pip, Duration::from_secs(600), "pip install pyzmq msgpack")?;
-        if has_modules(&py) {
-            Ok(())
-        } else {
-            Err("pyzmq and msgpack installed but do not import".to_string())
-        }
-    })();
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&venv);
-        return Err(e);
-    }
-    Ok(py)
-}
-
-/// Whether `py` runs and imports zmq and msgpack.
-fn has_modules(py: &Path) -> bool {
-    if !py.exists() {
-        return false;
-    }
-    let mut cmd = Command::new(py);
-    cmd.args(["-c", "import zmq, msgpack"]);
-    run_quiet(cmd, Duration::from_secs(60), "import check").is_ok()
-}
-
-/// Runs `cmd` to completion within `limit`, keeping its output unless it
-/// fails, in which case the output is in the error.
-fn run_quiet(mut cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
-    cmd.stdin(Stdio::null());
-    let mut p = Proc::spawn(what, cmd);
-    let Some(status) = p.wait_exit(limit) else {
-        return Err(format!("{what}: still running after {limit:?}; killed"));
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let out = p.drain_lines(SHORT).join("\n");
-    Err(format!("{what} failed ({status}):\n{out}\n{}", p.stderr()))
-}
 
 // ---------------------------------------------------------------------------
 // Child processes
@@ -358,6 +224,11 @@ struct Serve {
 
 impl Serve {
     fn start(slc: &str, identity: &str) -> Serve {
+        Serve::start_with(slc, identity, |_| {})
+    }
+
+    /// Like `start`, with more flags or environment from `extra`.
+    fn start_with(slc: &str, identity: &str, extra: impl FnOnce(&mut Command)) -> Serve {
         let dir = tempfile::tempdir().expect("temp dir");
         let ipc_path = dir.path().join("serve.sock");
         let ipc_bind = format!("ipc://{}", ipc_path.display());
@@ -365,6 +236,7 @@ impl Serve {
         cmd.args(["serve", "--bind", "tcp://127.0.0.1:0", "--bind", &ipc_bind])
             .args(["--identity", identity, "--slc", slc])
             .stdin(Stdio::null());
+        extra(&mut cmd);
         let mut proc = Proc::spawn("messenger serve", cmd);
         let mut listening = |what| {
             let v = proc.json(SHORT, what);
@@ -1036,4 +908,106 @@ fn example_python_peer_runs_against_serve() {
     let got = from_peer(&lines, "python-example");
     assert_eq!(got.len(), 1, "{lines:?}");
     assert_eq!(got[0]["body"], "work item 1");
+}
+
+// ---------------------------------------------------------------------------
+// Authentication from Python (examples/python_auth.py)
+
+/// `serve` requiring the secret `secret`, read from MESSENGER_SECRET.
+fn serve_with_secret(secret: &str) -> Serve {
+    Serve::start_with("log", "messenger-serve", |cmd| {
+        cmd.args(["--secret-env", "MESSENGER_SECRET"])
+            .env("MESSENGER_SECRET", secret);
+    })
+}
+
+/// Runs examples/python_auth.py against `endpoint` with `secret`.
+fn python_auth(py: &Path, endpoint: &str, secret: &str, timeout: &str) -> (ExitStatus, Proc) {
+    let mut cmd = Command::new(py);
+    cmd.arg(script("examples/python_auth.py"))
+        .args([endpoint, "--timeout", timeout])
+        .env("MESSENGER_SECRET", secret)
+        .stdin(Stdio::null());
+    let mut p = Proc::spawn("examples/python_auth.py", cmd);
+    let (status, _) = p.finish(PEER_LIMIT);
+    (status, p)
+}
+
+#[test]
+fn python_auth_proof_matches_rust() {
+    let Some(py) = python() else { return };
+    let now = messenger::auth::now_ms();
+    for (secret, nonce, unix_ms) in [
+        ("secret", [0u8; 16], 1),
+        ("", [0xff; 16], 0),
+        ("héllo wörld: with colons", *b"0123456789abcdef", now),
+        ("s", [7; 16], u64::MAX),
+    ] {
+        let want = messenger::auth::proof_with(
+            &messenger::auth::Secret::new(secret.as_bytes()),
+            &nonce,
+            unix_ms,
+        );
+        let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let mut cmd = Command::new(&py);
+        cmd.arg(script("examples/python_auth.py"))
+            .args(["--proof", secret, &hex, &unix_ms.to_string()])
+            .stdin(Stdio::null());
+        let mut p = Proc::spawn("python_auth.py --proof", cmd);
+        let (status, out) = p.finish(SHORT);
+        assert!(status.success(), "{status}; {}", p.context());
+        assert_eq!(
+            out,
+            [want],
+            "secret {secret:?}, nonce {hex}, unix_ms {unix_ms}"
+        );
+    }
+}
+
+#[test]
+fn python_auth_example_authenticates_to_serve() {
+    let Some(py) = python() else { return };
+    let serve = serve_with_secret("correct horse battery staple");
+    for endpoint in [&serve.tcp, &serve.ipc] {
+        let (status, p) = python_auth(&py, endpoint, "correct horse battery staple", "10");
+        assert!(status.success(), "{endpoint}: {status}; {}", p.context());
+        assert_eq!(
+            p.seen,
+            ["ECHO -> hello, authenticated"],
+            "{endpoint}: {}",
+            p.context()
+        );
+    }
+    // Neither the proof nor the ECHO reaches the server loop.
+    let lines = serve.stop();
+    assert!(lines.is_empty(), "{lines:?}");
+}
+
+#[test]
+fn python_auth_with_a_wrong_secret_is_refused() {
+    let Some(py) = python() else { return };
+    let serve = serve_with_secret("the right one");
+    let (status, p) = python_auth(&py, &serve.tcp, "a wrong one", "2");
+    assert_eq!(status.code(), Some(1), "{}", p.context());
+    assert!(p.seen.is_empty(), "{}", p.context());
+    assert!(p.stderr().contains("no ECHO reply"), "{}", p.context());
+    // The listener said why it dropped the peer.
+    let deadline = Instant::now() + SHORT;
+    while !serve
+        .proc
+        .stderr()
+        .contains("authentication MAC does not match")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not log the refusal; {}",
+            serve.proc.context()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The same listener still takes the right secret.
+    let (status, p) = python_auth(&py, &serve.tcp, "the right one", "10");
+    assert!(status.success(), "{status}; {}", p.context());
+    let lines = serve.stop();
+    assert!(lines.is_empty(), "{lines:?}");
 }

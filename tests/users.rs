@@ -6,21 +6,23 @@
 //! `target/<profile>/examples/` (`cargo test --test users` alone does not
 //! build them: run `cargo build --examples` first). The model-server tests
 //! run `tests/py/model_server.py` with pyzmq from a venv at `target/pyenv`,
-//! created on first use like the interop tests do; without python3 or PyPI
-//! they print `SKIPPED: ...` and pass, unless `CI` is set. Set
-//! `MESSENGER_TEST_PYTHON` to an interpreter that already has pyzmq to skip
-//! the venv.
+//! created on first use by tests/common/python.rs (shared with the interop
+//! tests); without python3 or PyPI they print `SKIPPED: ...` and pass,
+//! unless `CI` is set. Set `MESSENGER_TEST_PYTHON` to an interpreter that
+//! already has pyzmq and msgpack to skip the venv.
 //!
 //! Every wait is bounded and every child process is killed if a test ends
 //! early.
 
-use std::fs::{File, TryLockError};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::python::python;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -232,145 +234,6 @@ fn inproc_components_plan_fan_out_and_check() {
 
 // ---------------------------------------------------------------------------
 // Model-server manager
-
-/// The interpreter with pyzmq, or `None` when the tests must be skipped
-/// (said once on stderr). Panics when `CI` is set and it cannot be had.
-fn python() -> Option<PathBuf> {
-    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let ci = std::env::var_os("CI").is_some();
-    match PY.get_or_init(bootstrap) {
-        Ok(p) => Some(p.clone()),
-        Err(why) if ci => {
-            panic!("the model-server tests need python3 with pyzmq (CI is set): {why}")
-        }
-        Err(why) => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: model-server tests: {why}");
-            None
-        }
-    }
-}
-
-fn has_zmq(py: &Path) -> bool {
-    if !py.exists() {
-        return false;
-    }
-    let mut cmd = Command::new(py);
-    cmd.args(["-c", "import zmq"]);
-    quiet(cmd, Duration::from_secs(60), "import zmq").is_ok()
-}
-
-/// Runs `cmd` within `limit`; its output is in the error when it fails.
-fn quiet(mut cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(format!("{what} failed ({status}): {err}"));
-            }
-            Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what} still running after {limit:?}; killed"));
-            }
-            Err(e) => return Err(format!("cannot wait for {what}: {e}")),
-        }
-    }
-}
-
-/// `target/pyenv/bin/python` with zmq, creating the venv when needed under
-/// a lock file so parallel tests (and test binaries) do not race.
-fn bootstrap() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("MESSENGER_TEST_PYTHON") {
-        let p = PathBuf::from(p);
-        return if has_zmq(&p) {
-            Ok(p)
-        } else {
-            Err(format!(
-                "MESSENGER_TEST_PYTHON={} cannot import zmq",
-                p.display()
-            ))
-        };
-    }
-    let target = Path::new(MANIFEST_DIR).join("target");
-    let venv = target.join("pyenv");
-    let py = venv.join("bin").join("python");
-    if has_zmq(&py) {
-        return Ok(py);
-    }
-    std::fs::create_dir_all(&target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let lock_path = target.join("pyenv.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => break,
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(200))
-            }
-            Err(TryLockError::WouldBlock) => {
-                return Err(format!("{} stayed locked for 10 min", lock_path.display()));
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(format!("cannot lock {}: {e}", lock_path.display()));
-            }
-        }
-    }
-    // Someone else may have built it while we waited.
-    if has_zmq(&py) {
-        return Ok(py);
-    }
-    let mut version = Command::new("python3");
-    version.arg("--version");
-    quiet(version, Duration::from_secs(30), "python3 --version")
-        .map_err(|e| format!("python3 is not usable: {e}"))?;
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
-    }
-    let built = (|| {
-        let mut mk = Command::new("python3");
-        mk.args(["-m", "venv"]).arg(&venv);
-        quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
-        let mut pip = Command::new(&py);
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "pyzmq",
-            "msgpack",
-        ]);
-        quiet(pip, Duration::from_secs(600), "pip install pyzmq msgpack")?;
-        if has_zmq(&py) {
-            Ok(())
-        } else {
-            Err("pyzmq installed but does not import".to_string())
-        }
-    })();
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&venv);
-        return Err(e);
-    }
-    Ok(py)
-}
 
 /// The manager example driving `tests/py/model_server.py` with `flags`.
 fn manager(py: &Path, flags: &str, extra: &[&str]) -> Finished {

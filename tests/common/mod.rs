@@ -1,7 +1,10 @@
 //! Shared helpers for the integration tests: a fresh endpoint per transport
 //! (tcp port 0, a unique ipc path under a temp dir, a unique inproc name) and
-//! bounded waits, so a bug fails a test instead of hanging CI.
+//! bounded waits, so a bug fails a test instead of hanging CI; `python`
+//! finds (or builds) the interpreter for tests that run pyzmq peers.
 #![allow(dead_code)]
+
+pub mod python;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,441 @@
+//! Property tests of the pure parts: the wire format, the duplicate window,
+//! the callback table and the frame guard, each against a simple model or
+//! an invariant. Case counts are kept modest so the file runs in seconds;
+//! the fuzz targets in fuzz/ explore the same code for longer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use messenger::callbacks::{CallbackTable, TableFull};
+use messenger::dedup::{DedupWindow, Verdict};
+use messenger::guard::{FrameGuard, GuardError};
+use messenger::wire::{self, Payload};
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        // No regression files in the source tree: a failure prints its
+        // minimal input, which goes into a unit test.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Ids that reach the edges of u64 often.
+fn id() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(u64::MAX),
+        0u64..16,
+        (u64::MAX - 16)..=u64::MAX,
+        any::<u64>(),
+    ]
+}
+
+/// Bytes biased towards what the parser looks at: digits and '-'.
+fn wireish() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => b'0'..=b'9',
+            3 => Just(b'-'),
+            1 => any::<u8>(),
+        ],
+        0..48,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The wire format
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn encode_then_parse_round_trips(
+        msg_id in id(),
+        src_cb in id(),
+        dst_cb in id(),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+        dashes in 0usize..4,
+    ) {
+        // Bodies may start or end with '-' or be nothing but dashes.
+        let mut body = body;
+        body.splice(0..0, std::iter::repeat_n(b'-', dashes));
+        let encoded = wire::encode(msg_id, src_cb, dst_cb, &body);
+        prop_assert_eq!(encoded.len(), wire::encoded_len(msg_id, src_cb, dst_cb, body.len()));
+        let parsed = wire::parse(&encoded);
+        prop_assert_eq!(
+            parsed,
+            Ok(Payload { msg_id, src_cb, dst_cb, body: Bytes::from(body) })
+        );
+    }
+
+    #[test]
+    fn every_byte_value_survives_in_a_body(byte in any::<u8>(), n in 0usize..8) {
+        let body = vec![byte; n];
+        let p = wire::parse(&wire::encode(1, 2, 3, &body)).expect("valid");
+        prop_assert_eq!(&p.body[..], &body[..]);
+    }
+
+    #[test]
+    fn parse_never_panics_and_what_it_accepts_is_consistent(
+        raw in prop_oneof![wireish(), prop::collection::vec(any::<u8>(), 0..64)],
+    ) {
+        let payload = Bytes::from(raw);
+        let header = wire::parse_header(&payload);
+        match wire::parse(&payload) {
+            Ok(p) => {
+                let h = header.expect("parse and parse_header agree");
+                prop_assert_eq!((h.msg_id, h.src_cb, h.dst_cb), (p.msg_id, p.src_cb, p.dst_cb));
+                prop_assert_eq!(&payload[h.body_start..], &p.body[..]);
+                // The canonical form is no longer and parses to the same.
+                let canon = wire::encode(p.msg_id, p.src_cb, p.dst_cb, &p.body);
+                prop_assert!(canon.len() <= payload.len());
+                prop_assert_eq!(wire::parse(&canon), Ok(p));
+            }
+            Err(e) => prop_assert_eq!(header, Err(e)),
+        }
+    }
+
+    #[test]
+    fn leading_zeros_parse_to_the_same_ids(
+        ids in (id(), id(), id()),
+        zeros in (0usize..4, 0usize..4, 0usize..25),
+        body in prop::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let (m, s, d) = ids;
+        let z = |n: usize| "0".repeat(n);
+        let mut raw = format!("{}{m}-{}{s}-{}{d}-", z(zeros.0), z(zeros.1), z(zeros.2)).into_bytes();
+        raw.extend_from_slice(&body);
+        let p = wire::parse(&Bytes::from(raw)).expect("leading zeros are digits");
+        prop_assert_eq!((p.msg_id, p.src_cb, p.dst_cb), (m, s, d));
+        prop_assert_eq!(&p.body[..], &body[..]);
+    }
+
+    #[test]
+    fn frame_shapes_follow_the_table(
+        frames in prop::collection::vec(
+            prop_oneof![Just(Vec::new()), prop::collection::vec(any::<u8>(), 0..4)],
+            0..6,
+        ),
+    ) {
+        let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+        let n = frames.len();
+        let router = wire::router_frames(frames.clone());
+        prop_assert_eq!(router.is_ok(), n == 3 && frames[1].is_empty());
+        if let Ok((peer, payload)) = router {
+            prop_assert_eq!((peer, payload), (frames[0].clone(), frames[2].clone()));
+        }
+        let dealer = wire::dealer_frames(frames.clone());
+        let ok = (n == 3 && frames[1].is_empty()) || (n == 2 && frames[0].is_empty());
+        prop_assert_eq!(dealer.is_ok(), ok);
+        if let Ok(payload) = dealer {
+            prop_assert_eq!(payload, frames[n - 1].clone());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The duplicate window against a set of recorded ids
+
+/// Maximal runs of ids below one past the largest recorded that were not
+/// recorded: what the window stores, if it never forgot one.
+fn model_gaps(recorded: &BTreeSet<u64>) -> usize {
+    let mut gaps = 0;
+    let mut next = 0u128;
+    for &r in recorded {
+        if u128::from(r) > next {
+            gaps += 1;
+        }
+        next = u128::from(r) + 1;
+    }
+    gaps
+}
+
+/// Ids in a small range at a base that may sit at 0, at u64::MAX or anywhere.
+fn id_run() -> impl Strategy<Value = (u64, Vec<u64>)> {
+    let base = prop_oneof![Just(0u64), Just(u64::MAX - 63), 0u64..=(u64::MAX - 63)];
+    (base, prop::collection::vec(0u64..64, 1..120))
+}
+
+/// The ids to ask the window about: the run, and around the base.
+fn probes(base: u64) -> impl Iterator<Item = u64> {
+    (0..64)
+        .map(move |i| base + i)
+        .chain([0, base.saturating_sub(1)])
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// With room for every gap, the window is exactly the set of delivered ids.
+    #[test]
+    fn dedup_window_is_the_set_of_delivered_ids((base, offsets) in id_run()) {
+        let now = Instant::now();
+        // 64 ids have at most 33 runs missing (plus the one below the base).
+        let mut w = DedupWindow::new(64, Duration::from_secs(60));
+        let mut model = BTreeSet::new();
+        for off in offsets {
+            let id = base + off;
+            let verdict = w.check(id, now);
+            let want = if model.contains(&id) { Verdict::Duplicate } else { Verdict::New };
+            prop_assert_eq!(verdict, want, "id {}", id);
+            if verdict == Verdict::New {
+                w.record(id, now);
+                model.insert(id);
+            }
+            prop_assert_eq!(w.gaps(), model_gaps(&model));
+            for probe in probes(base) {
+                prop_assert_eq!(w.is_duplicate(probe), model.contains(&probe), "probe {}", probe);
+            }
+        }
+    }
+
+    /// With a small cap and time passing: the same while the gaps fit under
+    /// the cap; past it, never a delivered id taken for new (forgetting a
+    /// gap may only make missing ids count as delivered), and memory bounded.
+    #[test]
+    fn dedup_window_under_a_small_cap(
+        (base, offsets) in id_run(),
+        max_gaps in 1usize..5,
+        steps in prop::collection::vec(0u64..40, 120),
+    ) {
+        let ttl = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut now = start;
+        let mut w = DedupWindow::new(max_gaps, ttl);
+        let mut model = BTreeSet::new();
+        let mut exact = true;
+        for (off, step) in offsets.into_iter().zip(steps) {
+            now += Duration::from_secs(step);
+            let id = base + off;
+            match w.check(id, now) {
+                Verdict::New => {
+                    prop_assert!(!model.contains(&id), "delivered id {} taken for new", id);
+                    w.record(id, now);
+                    model.insert(id);
+                }
+                Verdict::Duplicate => {
+                    prop_assert!(!exact || model.contains(&id), "id {} taken for a duplicate", id);
+                }
+                Verdict::Busy => {
+                    // Only a new id beyond the highest, with the cap reached.
+                    prop_assert!(model.last().is_some_and(|&h| id > h + 1));
+                    prop_assert!(w.gaps() >= max_gaps);
+                }
+            }
+            prop_assert!(w.gaps() <= 2 * max_gaps, "{} gaps", w.gaps());
+            exact &= model_gaps(&model) <= max_gaps;
+            for probe in probes(base) {
+                if model.contains(&probe) {
+                    prop_assert!(w.is_duplicate(probe), "delivered {} forgotten", probe);
+                } else if exact {
+                    prop_assert!(!w.is_duplicate(probe), "{} never delivered", probe);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The callback table against a map of live entries
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert,
+    /// Take the i-th live entry (modulo their number).
+    TakeLive(usize),
+    /// Take an id that was live once and has been taken since.
+    TakeDead(usize),
+    /// Take an arbitrary id.
+    TakeAny(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Insert),
+        3 => any::<usize>().prop_map(Op::TakeLive),
+        1 => any::<usize>().prop_map(Op::TakeDead),
+        1 => any::<u64>().prop_map(Op::TakeAny),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn callback_ids_never_collide_with_a_live_entry(
+        limit in 1usize..12,
+        ops in prop::collection::vec(op(), 1..200),
+    ) {
+        let mut table = CallbackTable::new(limit);
+        let mut live: HashMap<u64, u32> = HashMap::new();
+        let mut dead: Vec<u64> = Vec::new();
+        let mut next_value = 0u32;
+        for op in ops {
+            match op {
+                Op::Insert => {
+                    next_value += 1;
+                    match table.insert(next_value) {
+                        Ok(id) => {
+                            prop_assert!(id >= wire::FIRST_USER, "id {}", id);
+                            prop_assert!(!live.contains_key(&id), "id {} is live already", id);
+                            prop_assert!(!dead.contains(&id), "id {} was used before", id);
+                            live.insert(id, next_value);
+                        }
+                        Err(TableFull(n)) => {
+                            prop_assert_eq!(n, limit);
+                            prop_assert_eq!(live.len(), limit);
+                        }
+                    }
+                }
+                Op::TakeLive(i) if !live.is_empty() => {
+                    let mut ids: Vec<u64> = live.keys().copied().collect();
+                    ids.sort_unstable();
+                    let id = ids[i % ids.len()];
+                    prop_assert_eq!(table.take(id), live.remove(&id));
+                    dead.push(id);
+                }
+                Op::TakeLive(_) => {}
+                Op::TakeDead(i) if !dead.is_empty() => {
+                    let id = dead[i % dead.len()];
+                    prop_assert!(!table.contains(id));
+                    prop_assert_eq!(table.take(id), None);
+                }
+                Op::TakeDead(_) => {}
+                Op::TakeAny(id) => {
+                    prop_assert_eq!(table.take(id), live.remove(&id));
+                    if id >= wire::FIRST_USER {
+                        dead.push(id);
+                    }
+                }
+            }
+            prop_assert_eq!(table.len(), live.len());
+            for (&id, &value) in &live {
+                prop_assert!(table.contains(id));
+                prop_assert_eq!(table.get_mut(id).copied(), Some(value));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The frame guard on valid streams
+
+fn greeting() -> Vec<u8> {
+    let mut g = vec![0u8; 64];
+    g[0] = 0xFF;
+    g[9] = 0x7F;
+    g[10] = 3;
+    g[11] = 1;
+    g[12..16].copy_from_slice(b"NULL");
+    g
+}
+
+fn ready(identity: &[u8]) -> Vec<u8> {
+    let mut body = b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER".to_vec();
+    if !identity.is_empty() {
+        body.push(8);
+        body.extend_from_slice(b"Identity");
+        body.extend_from_slice(&(identity.len() as u32).to_be_bytes());
+        body.extend_from_slice(identity);
+    }
+    frame(true, false, false, &body)
+}
+
+fn frame(command: bool, more: bool, long: bool, body: &[u8]) -> Vec<u8> {
+    let long = long || body.len() > 255;
+    let mut f = vec![u8::from(more) | (u8::from(long) << 1) | (u8::from(command) << 2)];
+    if long {
+        f.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    } else {
+        f.push(body.len() as u8);
+    }
+    f.extend_from_slice(body);
+    f
+}
+
+#[derive(Debug, Clone)]
+struct FrameSpec {
+    command: bool,
+    more: bool,
+    long: bool,
+    len: usize,
+    fill: u8,
+}
+
+fn frame_spec() -> impl Strategy<Value = FrameSpec> {
+    (
+        prop::bool::weighted(0.15),
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![0usize..8, 0usize..300],
+        any::<u8>(),
+    )
+        .prop_map(|(command, more, long, len, fill)| FrameSpec {
+            command,
+            more,
+            long,
+            len,
+            fill,
+        })
+}
+
+/// Feeds `stream` in chunks of the given sizes (cycled); the first error.
+fn feed_in_chunks(g: &mut FrameGuard, stream: &[u8], sizes: &[usize]) -> Result<(), GuardError> {
+    let mut at = 0;
+    for &n in sizes.iter().cycle() {
+        if at >= stream.len() {
+            break;
+        }
+        let end = (at + n).min(stream.len());
+        g.feed(&stream[at..end])?;
+        at = end;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn guard_accepts_valid_streams_in_any_chunking(
+        max in 0u64..2000,
+        identity in prop::collection::vec(any::<u8>(), 0..40),
+        specs in prop::collection::vec(frame_spec(), 0..40),
+        sizes in prop::collection::vec(1usize..100, 1..16),
+        over_by in prop_oneof![Just(1u64), 1u64..1000, Just(1u64 << 40), Just(u64::MAX)],
+    ) {
+        let mut stream = greeting();
+        stream.extend(ready(&identity));
+        let mut message_total = 0u64;
+        for s in &specs {
+            if s.command {
+                stream.extend(frame(true, false, s.long, &vec![s.fill; s.len]));
+                continue;
+            }
+            // Each multipart message stays within `max`.
+            let len = (s.len as u64).min(max - message_total);
+            stream.extend(frame(false, s.more, s.long, &vec![s.fill; len as usize]));
+            message_total = if s.more { message_total + len } else { 0 };
+        }
+        let mut g = FrameGuard::new(max);
+        prop_assert_eq!(feed_in_chunks(&mut g, &stream, &sizes), Ok(()));
+        prop_assert!(g.handshake_done());
+        let want = (!identity.is_empty()).then_some(&identity[..]);
+        prop_assert_eq!(g.peer_identity(), want);
+
+        // Then a data header over the limit is refused, whatever its form.
+        let declared = (max - message_total).saturating_add(over_by);
+        let mut header = vec![0b011];
+        header.extend_from_slice(&declared.to_be_bytes());
+        let refused = feed_in_chunks(&mut g, &header, &sizes);
+        prop_assert!(
+            matches!(refused, Err(GuardError::TooLarge { len, max: m }) if m == max && len > max),
+            "{:?}", refused
+        );
+    }
+}
