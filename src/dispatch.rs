@@ -346,10 +346,8 @@ impl Shared {
         } = m;
         let (dst, msg_id) = (payload.dst_cb, payload.msg_id);
         if dst == ACK {
-            let entry = socket.pending().ack(&(peer, msg_id));
-            match entry {
+            match socket.acknowledged(&(peer, msg_id)) {
                 Some(entry) => {
-                    socket.unacked_removed();
                     bump(&self.stats.acks_received);
                     if let Some(w) = entry.waiter {
                         let _ = w.send(Ok(()));
@@ -388,10 +386,7 @@ impl Shared {
             match self.take(dst) {
                 Some(w) => {
                     // The reply proves our request arrived: stop resending it.
-                    let was_unacked = socket.pending().ack(&w.msg).is_some();
-                    if was_unacked {
-                        socket.unacked_removed();
-                    }
+                    socket.acknowledged(&w.msg);
                     bump(&self.stats.msc_delivered);
                     w.completion
                         .complete(Ok(Incoming::new(socket, peer, payload)));
@@ -407,8 +402,8 @@ impl Shared {
             self.accept(&socket, &peer, msg_id);
             return;
         }
-        // NOOP: the listener's server loop. While
-        // shutting down it is refused unACKed: the peer keeps it.
+        // NOOP: the listener's server loop. While shutting down it is
+        // refused unACKed: the peer keeps it.
         if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
             bump(&self.stats.slc_busy);
             return;
@@ -463,10 +458,7 @@ impl Drop for Sending<'_> {
             self.shared.unregister(id);
         }
         if let Some(key) = &self.tracked {
-            let removed = self.socket.pending().ack(key).is_some();
-            if removed {
-                self.socket.unacked_removed();
-            }
+            self.socket.acknowledged(key);
         }
     }
 }

@@ -223,12 +223,27 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    closed_loop_each(vec![one; in_flight.max(1)], window, progress).await
+}
+
+/// [`closed_loop`] with one task per element of `workers`, each awaiting
+/// its own `one()` in a loop (e.g. spread over several connections).
+pub async fn closed_loop_each<F, Fut>(
+    workers: Vec<F>,
+    window: Window,
+    progress: impl FnMut(u64),
+) -> Sample
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let done = Arc::new(AtomicU64::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..in_flight.max(1) {
-        let (phase, done, one) = (Arc::clone(&phase), Arc::clone(&done), one.clone());
-        workers.spawn(async move {
+    let in_flight = workers.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for one in workers {
+        let (phase, done) = (Arc::clone(&phase), Arc::clone(&done));
+        tasks.spawn(async move {
             let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
             while phase.load(Ordering::Relaxed) != STOP {
                 let start = Instant::now();
@@ -254,7 +269,7 @@ where
     }
     let seconds = control(&phase, &done, in_flight, window, progress).await;
     let (mut lat, mut errors, mut first_error) = (Vec::new(), 0, None);
-    while let Some(r) = workers.join_next().await {
+    while let Some(r) = tasks.join_next().await {
         if let Ok((l, e, f)) = r {
             lat.extend(l);
             errors += e;

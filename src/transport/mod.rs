@@ -183,6 +183,19 @@ impl SocketCtx {
         }
     }
 
+    /// Removes an acknowledged (or answered, or abandoned) message from the
+    /// unacknowledged set, waking senders that wait for room.
+    pub(crate) fn acknowledged(
+        &self,
+        key: &crate::pending::MsgKey,
+    ) -> Option<crate::pending::Entry<AckWaiter>> {
+        let entry = self.pending().ack(key);
+        if entry.is_some() {
+            self.unacked_removed();
+        }
+        entry
+    }
+
     /// Messages left the unacknowledged set: wake senders waiting for room
     /// (one atomic load when nobody waits).
     pub(crate) fn unacked_removed(&self) {
