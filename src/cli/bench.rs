@@ -115,6 +115,24 @@ pub struct Sample {
     pub p999_us: f64,
     /// Largest.
     pub max_us: f64,
+    /// What the client process spent per round trip in the window, when
+    /// the bench harness samples it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cost: Option<Cost>,
+    /// The same for the server process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cost: Option<Cost>,
+}
+
+/// Per round trip costs of one process over a measured window.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cost {
+    /// User CPU µs per round trip.
+    pub user_us: f64,
+    /// System CPU µs per round trip.
+    pub sys_us: f64,
+    /// Context switches (voluntary + involuntary) per round trip.
+    pub switches: f64,
 }
 
 /// When a closed loop stops measuring.
@@ -126,6 +144,9 @@ pub struct Window {
     pub duration: Duration,
     /// Measured round trips that end the window.
     pub count: Option<u64>,
+    /// Called with `true` as the measured window opens and `false` as it
+    /// closes (the bench harness samples CPU time there).
+    pub probe: Option<fn(bool)>,
 }
 
 /// The latency percentile `p` (0..=1) of sorted nanoseconds, nearest rank.
@@ -153,6 +174,8 @@ pub fn sample(seconds: f64, round_trips: u64, errors: u64, mut lat_ns: Vec<u64>)
         p99_us: percentile_us(&lat_ns, 0.99),
         p999_us: percentile_us(&lat_ns, 0.999),
         max_us: lat_ns.last().map_or(f64::NAN, |&n| n as f64 / 1e3),
+        client_cost: None,
+        server_cost: None,
     }
 }
 
@@ -181,6 +204,9 @@ pub async fn control(
     while done.load(Ordering::Relaxed) < in_flight as u64 && Instant::now() < patience {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    if let Some(probe) = window.probe {
+        probe(true);
+    }
     phase.store(MEASURE, Ordering::Relaxed);
     let start = Instant::now();
     let base = done.load(Ordering::Relaxed);
@@ -206,7 +232,11 @@ pub async fn control(
         tokio::time::sleep(nap).await;
     }
     phase.store(STOP, Ordering::Relaxed);
-    start.elapsed().as_secs_f64()
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(probe) = window.probe {
+        probe(false);
+    }
+    seconds
 }
 
 /// Runs `in_flight` tasks, each awaiting `one()` in a loop, through the
@@ -471,6 +501,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         warmup: args.warmup,
         duration: args.duration,
         count: args.count,
+        probe: None,
     };
     let cells = endpoints.len() * args.sizes.len() * args.in_flight.len();
     let bar = indicatif::ProgressBar::new(cells as u64);
@@ -553,4 +584,61 @@ pub async fn run(args: Args) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    // benches/roundtrip includes this file; built there with cfg(test) but
+    // without a test harness, its #[test] functions vanish and this import
+    // is unused.
+    #[allow(unused_imports)]
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert!(parse_size("k").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1g").is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ns: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
+        assert_eq!(percentile_us(&ns, 0.5), 500.0);
+        assert_eq!(percentile_us(&ns, 0.99), 990.0);
+        assert_eq!(percentile_us(&ns, 0.999), 999.0);
+        assert_eq!(percentile_us(&[7000], 0.999), 7.0);
+        assert!(percentile_us(&[], 0.5).is_nan());
+        let s = sample(2.0, 1000, 3, ns.iter().rev().copied().collect());
+        assert_eq!(s.round_trips_per_s, 500.0);
+        assert_eq!(s.p50_us, 500.0);
+        assert_eq!(s.max_us, 1000.0);
+        assert_eq!(s.errors, 3);
+    }
+
+    #[tokio::test]
+    async fn a_short_in_process_run_completes_round_trips() {
+        let server = local_server(&[Transport::Inproc]).await.expect("server");
+        let client = Messenger::new("bench-test").expect("client");
+        let (_, ep) = &server.endpoints[0];
+        let conn = client.make_connection(ep).await.expect("connect");
+        let window = Window {
+            warmup: Duration::from_millis(10),
+            duration: Duration::from_millis(50),
+            count: None,
+            probe: None,
+        };
+        for via in [Via::Echo, Via::Slc] {
+            let one = request_fn(&client, conn, via, body(100));
+            let s = closed_loop(4, window, one, |_| {}).await;
+            assert!(s.round_trips > 0, "{via:?}: {s:?}");
+            assert_eq!(s.errors, 0, "{via:?}: {s:?}");
+        }
+        client.shutdown().await;
+        server.messenger.shutdown().await;
+    }
 }
