@@ -52,13 +52,7 @@ const NAME: &str = "model_server_manager";
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    messenger::scenarios::init_logging();
     let server = match &args.model_server {
         Some(line) => match model_server::split_command(line) {
             Ok(words) => ModelServerSpec::Command(words),
