@@ -527,10 +527,15 @@ impl Messenger {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
         let (socket, peer) = self.socket_for(&dest.into())?;
-        socket.wait_for_window().await;
-        let shared = &self.inner.shared;
-        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
-        enqueue(sending).await
+        send_waiting(
+            &self.inner.shared,
+            &socket,
+            peer,
+            dst_cb,
+            body.as_ref(),
+            completion,
+        )
+        .await
     }
 
     /// Like [`send_message`](Self::send_message), but fails with
@@ -545,12 +550,14 @@ impl Messenger {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
         let (socket, peer) = self.socket_for(&dest.into())?;
-        if socket.window_full() {
-            return Err(SendError::Full);
-        }
-        let shared = &self.inner.shared;
-        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
-        try_enqueue(sending)
+        send_now(
+            &self.inner.shared,
+            &socket,
+            peer,
+            dst_cb,
+            body.as_ref(),
+            completion,
+        )
     }
 
     /// Sends `body` to `dst_cb` at `dest` and waits until the peer
@@ -701,6 +708,36 @@ impl Messenger {
 /// plus room for the routing-id and delimiter frames (at most 255 + 255 bytes).
 fn guard_limit(cfg: &Config) -> u64 {
     (cfg.max_message_size as u64).saturating_add(512)
+}
+
+/// Formats and queues a message without waiting: a full window (too many
+/// unacknowledged) or a full queue is [`SendError::Full`].
+pub(crate) fn send_now(
+    shared: &Shared,
+    socket: &Arc<SocketCtx>,
+    peer: Bytes,
+    dst_cb: u64,
+    body: &[u8],
+    completion: Option<(Completion, Duration)>,
+) -> Result<u64, SendError> {
+    if socket.window_full() {
+        return Err(SendError::Full);
+    }
+    try_enqueue(shared.prepare(socket, peer, dst_cb, body, completion, None)?)
+}
+
+/// Formats and queues a message, waiting for room in the window and then
+/// in the queue.
+pub(crate) async fn send_waiting(
+    shared: &Shared,
+    socket: &Arc<SocketCtx>,
+    peer: Bytes,
+    dst_cb: u64,
+    body: &[u8],
+    completion: Option<(Completion, Duration)>,
+) -> Result<u64, SendError> {
+    socket.wait_for_window().await;
+    enqueue(shared.prepare(socket, peer, dst_cb, body, completion, None)?).await
 }
 
 /// Hands a prepared message to its socket's queue, waiting at the

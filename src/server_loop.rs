@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Shared;
 use crate::error::SendError;
-use crate::messenger::{Destination, Incoming, enqueue, try_enqueue};
+use crate::messenger::{Destination, Incoming, send_now, send_waiting};
 use crate::transport::SocketCtx;
 
 /// A listener's persistent message handler.
@@ -92,32 +92,29 @@ impl Responder {
     /// [`SendError::Full`] when the listener's send queue is at its
     /// high-water mark, which never blocks the calling SLC.
     pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
-        if self.socket.window_full() {
-            return Err(SendError::Full);
-        }
-        let sending = self.shared.prepare(
-            &self.socket,
+        let (shared, socket) = (&self.shared, &self.socket);
+        send_now(
+            shared,
+            socket,
             self.peer.clone(),
             self.src_cb,
             body.as_ref(),
             None,
-            None,
-        )?;
-        try_enqueue(sending)
+        )
     }
 
     /// Replies to the message's `src_cb`, waiting for room in the queue.
     pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
-        self.socket.wait_for_window().await;
-        let sending = self.shared.prepare(
-            &self.socket,
+        let (shared, socket) = (&self.shared, &self.socket);
+        send_waiting(
+            shared,
+            socket,
             self.peer.clone(),
             self.src_cb,
             body.as_ref(),
             None,
-            None,
-        )?;
-        enqueue(sending).await
+        )
+        .await
     }
 
     /// The sender's routing id.

@@ -442,11 +442,8 @@ mod tests {
         s.extend(short(true, b""));
         s.extend(short(false, b"1-0-0-next"));
         let mut g = FrameGuard::new(1024).capture_first_message(64);
-        for (i, b) in s.iter().enumerate() {
+        for b in &s {
             g.feed(std::slice::from_ref(b)).unwrap();
-            if i + 1 < s.len() - 13 {
-                continue;
-            }
         }
         assert_eq!(
             g.first_message(),
