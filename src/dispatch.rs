@@ -8,24 +8,22 @@
 //! closures run on tasks of their own, futures are completed through a
 //! oneshot, and SLCs run on their listener's task behind a bounded queue.
 
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::time::delay_queue::{self, DelayQueue};
 
 use crate::callbacks::CallbackTable;
 use crate::config::Config;
+use crate::deadlines::Deadlines;
 use crate::dedup::Verdict;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
 use crate::pending::MsgKey;
 use crate::stats::{Stats, bump};
-use crate::transport::{AckWaiter, Inbound, Outbound, SocketCtx, SocketKind};
+use crate::transport::{AckWaiter, Inbound, Outbound, SocketCtx};
 use crate::wire::{self, ACK, ECHO, NOOP};
 
 /// A reply, or why none came.
@@ -52,18 +50,38 @@ impl Completion {
     }
 }
 
+/// One waiting callback. Kept small (40 bytes): a million pending requests
+/// are a million of these.
 pub(crate) struct Waiter {
     completion: Completion,
-    deadline: delay_queue::Key,
-    socket: SocketKind,
-    /// The request it answers: a reply proves that message arrived.
-    msg: MsgKey,
+    /// The socket the request went out on ([`SocketKind::tag`]).
+    socket: u64,
+    /// The peer the request went to: `None` on a connection (its only
+    /// peer), boxed on a listener so the common case costs 8 bytes.
+    peer: Option<Box<Bytes>>,
+    /// The request's msg_id: a reply proves that message arrived.
+    msg_id: u64,
+}
+
+impl Waiter {
+    fn msg_key(&self) -> MsgKey {
+        let peer = self.peer.as_deref().cloned().unwrap_or_default();
+        (peer, self.msg_id)
+    }
+
+    fn sent_to(&self, peer: &[u8]) -> bool {
+        self.peer.as_deref().map_or(&[][..], |p| p.as_ref()) == peer
+    }
 }
 
 pub(crate) struct Pending {
     table: CallbackTable<Waiter>,
-    deadlines: DelayQueue<u64>,
+    deadlines: Deadlines,
 }
+
+/// Stale deadline entries (of callbacks already answered) tolerated beyond
+/// the live ones before they are swept.
+const DEADLINE_SLACK: usize = 1024;
 
 /// State shared by the loop, the senders and the server loops.
 pub(crate) struct Shared {
@@ -71,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     runtime: Handle,
     pending: Mutex<Pending>,
+    /// A new deadline is earlier than every other: the loop re-arms its timer.
+    deadline_moved: tokio::sync::Notify,
     /// Cleared when shutdown begins: server loops take nothing new.
     accepting: std::sync::atomic::AtomicBool,
 }
@@ -84,8 +104,9 @@ impl Shared {
             runtime,
             pending: Mutex::new(Pending {
                 table: CallbackTable::new(limit),
-                deadlines: DelayQueue::new(),
+                deadlines: Deadlines::new(tokio::time::Instant::now()),
             }),
+            deadline_moved: tokio::sync::Notify::new(),
             accepting: std::sync::atomic::AtomicBool::new(true),
         }
     }
@@ -103,42 +124,62 @@ impl Shared {
         self.pending().table.len()
     }
 
-    /// Registers a callback with a deadline; returns its wire id.
+    /// Registers a callback with a deadline and gives the request its
+    /// msg_id (from `msg_id`, called only once the callback has a slot, so a
+    /// refused request leaves no gap in the ids). Returns the callback's
+    /// wire id and the msg_id.
     fn register(
         &self,
         completion: Completion,
         timeout: Duration,
-        socket: SocketKind,
-    ) -> Result<u64, SendError> {
-        // The delay queue arms a tokio timer: make sure one is reachable even
-        // when the caller is a plain thread.
-        let _rt = self.runtime.enter();
-        let mut p = self.pending();
-        let Pending { table, deadlines } = &mut *p;
-        table
-            .insert_with(|id| Waiter {
-                completion,
-                deadline: deadlines.insert(id, timeout),
-                socket,
-                msg: (Bytes::new(), 0),
-            })
-            .map_err(|full| SendError::TooManyPending(full.0))
+        socket: &SocketCtx,
+        peer: &Bytes,
+    ) -> Result<(u64, u64), SendError> {
+        // The clock of the messenger's runtime (paused in tests), even when
+        // the caller is a plain thread.
+        let now = {
+            let _rt = self.runtime.enter();
+            tokio::time::Instant::now()
+        };
+        let at = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        let mut msg_id = 0;
+        let moved = {
+            let mut p = self.pending();
+            let Pending { table, deadlines } = &mut *p;
+            let id = table
+                .insert_with(|_| {
+                    msg_id = socket.next_msg_id(peer);
+                    Waiter {
+                        completion,
+                        socket: socket.kind.tag(),
+                        peer: (!peer.is_empty()).then(|| Box::new(peer.clone())),
+                        msg_id,
+                    }
+                })
+                .map_err(|full| SendError::TooManyPending(full.0))?;
+            let moved = deadlines.insert(id, at);
+            if deadlines.len() > 2 * table.len() + DEADLINE_SLACK {
+                deadlines.compact(|id| table.contains(id));
+            }
+            (moved, id)
+        };
+        if moved.0 {
+            self.deadline_moved.notify_one();
+        }
+        Ok((moved.1, msg_id))
     }
 
     /// Removes a callback without running it (send failed, future dropped).
+    /// Its deadline entry goes stale and is dropped later.
     pub(crate) fn unregister(&self, id: u64) {
-        let mut p = self.pending();
-        if let Some(w) = p.table.take(id) {
-            p.deadlines.remove(&w.deadline);
-        }
+        self.pending().table.take(id);
     }
 
     /// Takes the waiter for `id` out of the table, if it is still live.
     fn take(&self, id: u64) -> Option<Waiter> {
-        let mut p = self.pending();
-        let w = p.table.take(id)?;
-        p.deadlines.remove(&w.deadline);
-        Some(w)
+        self.pending().table.take(id)
     }
 
     /// Formats a message and records it: its callback (whose wire id
@@ -180,10 +221,14 @@ impl Shared {
             cb_id: None,
             tracked: None,
         };
-        if let Some((c, timeout)) = completion {
-            sending.cb_id = Some(self.register(c, timeout, socket.kind)?);
-        }
-        let msg_id = socket.next_msg_id(&peer);
+        let msg_id = match completion {
+            Some((c, timeout)) => {
+                let (cb_id, msg_id) = self.register(c, timeout, socket, &peer)?;
+                sending.cb_id = Some(cb_id);
+                msg_id
+            }
+            None => socket.next_msg_id(&peer),
+        };
         let payload = wire::encode(msg_id, sending.cb_id.unwrap_or(NOOP), dst_cb, body);
         if payload.len() > max {
             return Err(SendError::TooLarge {
@@ -192,11 +237,6 @@ impl Shared {
             });
         }
         let key = (peer.clone(), msg_id);
-        if let Some(id) = sending.cb_id
-            && let Some(w) = self.pending().table.get_mut(id)
-        {
-            w.msg = key.clone();
-        }
         if resend {
             let now = tokio::time::Instant::now();
             socket
@@ -218,20 +258,12 @@ impl Shared {
     /// nobody waits on stay in its unacknowledged set, to be resent if the
     /// link comes back (until their deadline).
     pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
-        let kind = socket.kind;
-        let failed = {
-            let mut p = self.pending();
-            let Pending { table, deadlines } = &mut *p;
-            let failed = table.take_matching(|w| w.socket == kind);
-            for w in &failed {
-                deadlines.remove(&w.deadline);
-            }
-            failed
-        };
+        let tag = socket.kind.tag();
+        let failed = self.pending().table.take_matching(|w| w.socket == tag);
         let waiters = {
             let mut unacked = socket.pending();
             for w in &failed {
-                unacked.ack(&w.msg);
+                unacked.ack(&w.msg_key());
             }
             unacked.drain_waiters()
         };
@@ -248,16 +280,11 @@ impl Shared {
     /// sent to it, and sends waiting for its ACKs.
     fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
         socket.fail_unacked(peer);
-        let kind = socket.kind;
-        let failed = {
-            let mut p = self.pending();
-            let Pending { table, deadlines } = &mut *p;
-            let failed = table.take_matching(|w| w.socket == kind && w.msg.0.as_ref() == peer);
-            for w in &failed {
-                deadlines.remove(&w.deadline);
-            }
-            failed
-        };
+        let tag = socket.kind.tag();
+        let failed = self
+            .pending()
+            .table
+            .take_matching(|w| w.socket == tag && w.sent_to(peer));
         for w in failed {
             w.completion.complete(Err(RequestError::Disconnected));
         }
@@ -275,21 +302,36 @@ impl Shared {
         }
     }
 
-    /// Next expired deadline; pending (not finished) while none is due.
-    fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<u64> {
-        match self.pending().deadlines.poll_expired(cx) {
-            Poll::Ready(Some(expired)) => Poll::Ready(expired.into_inner()),
-            // Empty: the queue keeps our waker and wakes it on the next insert.
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
-        }
+    /// The earliest recorded deadline (it may belong to a callback already
+    /// answered: then waking for it only drops the stale entry).
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.pending().deadlines.next()
     }
 
-    fn expire(&self, id: u64) {
-        // The delay entry is already gone; only the table entry remains.
-        let w = self.pending().table.take(id);
-        if let Some(w) = w {
-            bump(&self.stats.timeouts);
-            w.completion.complete(Err(RequestError::Timeout));
+    /// Fails every callback whose deadline has passed with `Timeout`.
+    fn expire_due(&self) {
+        let now = tokio::time::Instant::now();
+        loop {
+            let mut due = Vec::new();
+            let more = {
+                let mut p = self.pending();
+                let Pending { table, deadlines } = &mut *p;
+                // Bounded per lock, so senders are not held up by a sweep.
+                while due.len() < BATCH {
+                    let Some(id) = deadlines.pop_expired(now) else {
+                        break;
+                    };
+                    due.extend(table.take(id));
+                }
+                deadlines.next().is_some_and(|next| next <= now)
+            };
+            for w in due {
+                bump(&self.stats.timeouts);
+                w.completion.complete(Err(RequestError::Timeout));
+            }
+            if !more {
+                return;
+            }
         }
     }
 
@@ -357,7 +399,10 @@ impl Shared {
             }
             return;
         }
-        match socket.check_seen(&peer, msg_id) {
+        // Everything but a server-loop message is delivered as soon as it is
+        // new; a server-loop message only once its queue has room.
+        let deliver_now = dst != NOOP;
+        match socket.check_seen(&peer, msg_id, deliver_now) {
             Verdict::New => {}
             Verdict::Duplicate => {
                 // Our ACK was lost or slow: ACK again, deliver nothing.
@@ -373,7 +418,7 @@ impl Shared {
             }
         }
         if dst == ECHO {
-            self.accept(&socket, &peer, msg_id);
+            self.ack(&socket, &peer, msg_id);
             let id = socket.next_msg_id(&peer);
             let reply = wire::encode(id, NOOP, payload.src_cb, &payload.body);
             if self.reply_tracked(&socket, peer, reply, id) {
@@ -382,11 +427,11 @@ impl Shared {
             return;
         }
         if dst >= wire::FIRST_USER {
-            self.accept(&socket, &peer, msg_id);
+            self.ack(&socket, &peer, msg_id);
             match self.take(dst) {
                 Some(w) => {
                     // The reply proves our request arrived: stop resending it.
-                    socket.acknowledged(&w.msg);
+                    socket.acknowledged(&w.msg_key());
                     bump(&self.stats.msc_delivered);
                     w.completion
                         .complete(Ok(Incoming::new(socket, peer, payload)));
@@ -399,7 +444,7 @@ impl Shared {
         if dst == crate::auth::AUTH {
             // An authentication message: the listener's relay checked it
             // before it got here (or the listener needs none). Nothing to deliver.
-            self.accept(&socket, &peer, msg_id);
+            self.ack(&socket, &peer, msg_id);
             return;
         }
         // NOOP: the listener's server loop. While shutting down it is
@@ -521,6 +566,12 @@ pub(crate) async fn run(
     mut inbound: mpsc::Receiver<Inbound>,
     mut lost: mpsc::Receiver<crate::transport::Lost>,
 ) {
+    // One timer for every request deadline, armed for the earliest.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
+    let moved = shared.deadline_moved.notified();
+    tokio::pin!(moved);
     loop {
         tokio::select! {
             biased;
@@ -538,7 +589,18 @@ pub(crate) async fn run(
                 None => shared.fail_socket(&l.socket, RequestError::Disconnected),
                 Some(peer) => shared.fail_peer(&l.socket, &peer),
             },
-            id = poll_fn(|cx| shared.poll_expired(cx)) => shared.expire(id),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                shared.expire_due();
+            }
+            () = &mut moved => moved.set(shared.deadline_moved.notified()),
+        }
+        let next = shared.next_deadline();
+        if next != armed {
+            if let Some(at) = next {
+                timer.as_mut().reset(at);
+            }
+            armed = next;
         }
     }
 }
@@ -585,5 +647,19 @@ pub(crate) async fn heartbeat_loop(
                 missed = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-request bookkeeping budget is 100 bytes (design/PERFORMANCE.md,
+    /// "Memory per pending request"): the table slot holds a `Waiter`, the
+    /// deadline FIFO 16 bytes more.
+    #[test]
+    fn a_waiter_stays_small() {
+        assert_eq!(std::mem::size_of::<Completion>(), 16);
+        assert_eq!(std::mem::size_of::<Waiter>(), 40);
     }
 }

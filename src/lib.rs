@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod callbacks;
 mod config;
+pub mod deadlines;
 pub mod dedup;
 mod dispatch;
 pub mod endpoint;

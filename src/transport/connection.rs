@@ -120,6 +120,9 @@ impl Dialer {
     }
 }
 
+/// Messages the driver takes from its queue per wake-up.
+const BATCH: usize = 64;
+
 /// Runs a connection until `stop` (then closes the link, lingering) or
 /// until its queue closes. `lost` tells the messenger each time the link
 /// goes down.
@@ -132,23 +135,33 @@ pub(crate) async fn drive(
 ) {
     let ctx = Arc::clone(&dialer.ctx);
     let (mut link, mut down) = first;
+    // Built once, not per message: each select! below polls the same ones.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         // Up: drain the queue into the link until it goes down.
+        let dead = ctx.link_dead.notified();
+        tokio::pin!(dead);
         loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => {
+                _ = &mut stopped => {
                     link.close(dialer.linger).await;
                     return;
                 }
                 _ = &mut down => break,
-                _ = ctx.link_dead.notified() => break,
-                out = queue.recv() => {
-                    let Some(out) = out else { return };
-                    if let Err(e) = link.send(out.payload).await {
-                        // Kept in the unacknowledged set: resent later.
-                        bump(&ctx.stats.send_failures);
-                        tracing::debug!(endpoint = %ctx.endpoint, error = %e, "send failed");
+                _ = &mut dead => break,
+                n = queue.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for out in batch.drain(..) {
+                        if let Err(e) = link.send(out.payload).await {
+                            // Kept in the unacknowledged set: resent later.
+                            bump(&ctx.stats.send_failures);
+                            tracing::debug!(endpoint = %ctx.endpoint, error = %e, "send failed");
+                        }
                     }
                 }
             }
@@ -160,7 +173,7 @@ pub(crate) async fn drive(
         let mut delay = backoff.initial;
         (link, down) = loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = &mut stopped => return,
                 _ = tokio::time::sleep(delay) => {}
             }
             if queue.is_closed() || ctx.is_closed() {

@@ -54,6 +54,17 @@ pub(crate) enum SocketKind {
     Connection(ConnectionId),
 }
 
+impl SocketKind {
+    /// The kind in one word (ids are assigned far below 2^63): what a
+    /// waiting callback stores to name its socket.
+    pub(crate) fn tag(self) -> u64 {
+        match self {
+            SocketKind::Listener(id) => (id.0 << 1) | 1,
+            SocketKind::Connection(id) => id.0 << 1,
+        }
+    }
+}
+
 /// Bounds a map keyed by peer routing ids: a peer can only add an entry by
 /// opening a connection, and entries go when it disconnects; the cap is a
 /// backstop against a listener flooded with connections.
@@ -107,7 +118,7 @@ pub(crate) struct SocketCtx {
     /// Numbers peer sessions (listeners).
     sessions: AtomicU64,
     /// Per peer (the empty routing id on a connection).
-    peers: Mutex<HashMap<Bytes, PeerState>>,
+    peers: Mutex<HashMap<Bytes, PeerState, foldhash::fast::RandomState>>,
     dedup_max_gaps: usize,
     dedup_gap_ttl: Duration,
     /// Sent messages not yet acknowledged.
@@ -149,7 +160,7 @@ impl SocketCtx {
             rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::default()),
             dedup_max_gaps: config.dedup_max_gaps,
             dedup_gap_ttl: config.dedup_gap_ttl,
             pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
@@ -232,10 +243,18 @@ impl SocketCtx {
         f(state)
     }
 
-    /// What the peer's duplicate window says about `msg_id`.
-    pub(crate) fn check_seen(&self, peer: &Bytes, msg_id: u64) -> Verdict {
+    /// What the peer's duplicate window says about `msg_id`. With `deliver`
+    /// set, a new id is recorded as delivered in the same step (one lock and
+    /// one lookup per message on the hot path).
+    pub(crate) fn check_seen(&self, peer: &Bytes, msg_id: u64, deliver: bool) -> Verdict {
         let now = tokio::time::Instant::now();
-        self.with_peer(peer, |s| s.seen.check(msg_id, now))
+        self.with_peer(peer, |s| {
+            let verdict = s.seen.check(msg_id, now);
+            if deliver && verdict == Verdict::New {
+                s.seen.record(msg_id, now);
+            }
+            verdict
+        })
     }
 
     /// Records `msg_id` from `peer` as delivered.
