@@ -92,6 +92,10 @@ enum Command {
         /// What the server loop does with each message.
         #[arg(long, value_enum, default_value_t = SlcMode::Log)]
         slc: SlcMode,
+        /// Print nothing per message (for `messenger bench --via slc`, which
+        /// would otherwise measure JSON printing).
+        #[arg(long)]
+        quiet: bool,
         /// Log a stats snapshot to stderr this often (e.g. 10s).
         #[arg(long, value_parser = humantime::parse_duration)]
         stats_interval: Option<Duration>,
@@ -133,9 +137,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             binds,
             identity,
             slc,
+            quiet,
             stats_interval,
             secret,
-        } => serve::run(binds, identity, slc, stats_interval, secret.load()?).await,
+        } => serve::run(binds, identity, slc, quiet, stats_interval, secret.load()?).await,
         Command::Send(args) => client::send(args).await,
         Command::Request(args) => client::request(args).await,
         Command::Ping {

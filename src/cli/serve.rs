@@ -18,6 +18,7 @@ pub async fn run(
     binds: Vec<Endpoint>,
     identity: String,
     mode: SlcMode,
+    quiet: bool,
     stats_interval: Option<Duration>,
     secret: Option<messenger::auth::Secret>,
 ) -> Result<(), String> {
@@ -28,14 +29,16 @@ pub async fn run(
     let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
     for bind in &binds {
         let slc = move |msg: Incoming, r: Responder| {
-            print_line(&json!({
-                "endpoint": msg.endpoint().to_string(),
-                "peer": String::from_utf8_lossy(&msg.peer),
-                "msg_id": msg.msg_id,
-                "src_cb": msg.src_cb,
-                "dst_cb": msg.dst_cb,
-                "body": String::from_utf8_lossy(&msg.body),
-            }));
+            if !quiet {
+                print_line(&json!({
+                    "endpoint": msg.endpoint().to_string(),
+                    "peer": String::from_utf8_lossy(&msg.peer),
+                    "msg_id": msg.msg_id,
+                    "src_cb": msg.src_cb,
+                    "dst_cb": msg.dst_cb,
+                    "body": String::from_utf8_lossy(&msg.body),
+                }));
+            }
             // Only messages that ask for a reply get one: answering src_cb 0
             // would land in the sender's server loop, and two echo servers
             // would bounce a message between them forever.
