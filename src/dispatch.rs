@@ -337,7 +337,7 @@ impl Shared {
 
     /// Sends an ACK or builtin reply without waiting: a full queue drops it.
     fn reply_now(&self, socket: &SocketCtx, peer: Bytes, payload: Bytes) -> bool {
-        match socket.out_tx.try_send(Outbound { peer, payload }) {
+        match socket.try_send_out(Outbound { peer, payload }) {
             Ok(()) => {
                 bump(&self.stats.sent);
                 true
@@ -527,7 +527,7 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
         };
         let tick = socket.pending().tick(now, interval, budget);
         for (peer, payload) in tick.resend {
-            if socket.out_tx.try_send(Outbound { peer, payload }).is_ok() {
+            if socket.try_send_out(Outbound { peer, payload }).is_ok() {
                 bump(&socket.stats.resends);
             }
         }

@@ -746,8 +746,7 @@ pub(crate) async fn enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> 
     let out = sending.take_out().ok_or(SendError::Shutdown)?;
     let socket = Arc::clone(&sending.socket);
     socket
-        .out_tx
-        .send(out)
+        .send_out(out)
         .await
         .map_err(|_| SendError::Disconnected)?;
     let id = sending.msg_id;
@@ -758,7 +757,7 @@ pub(crate) async fn enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> 
 /// [`enqueue`] without waiting: a full queue is [`SendError::Full`].
 pub(crate) fn try_enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> {
     let out = sending.take_out().ok_or(SendError::Shutdown)?;
-    sending.socket.out_tx.try_send(out).map_err(|e| match e {
+    sending.socket.try_send_out(out).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => SendError::Full,
         mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
     })?;

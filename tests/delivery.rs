@@ -1230,3 +1230,38 @@ async fn a_routers_last_reply_beats_its_close() {
     }
     assert_eq!(failed, Vec::<String>::new(), "stats {:?}", client.stats());
 }
+
+/// One sender's messages reach the server loop in the order sent, whether
+/// they go straight to the link (resending on) or through the writer's queue
+/// (resending off, where senders wait for the crate instead), across a
+/// burst large enough to fill the 64-message queue many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_messages_arrive_in_order() {
+    const N: usize = 3000;
+    for t in TRANSPORTS {
+        for resend in [true, false] {
+            let config = Config {
+                resend_interval: resend.then_some(Duration::from_secs(5)),
+                send_queue_capacity: 64,
+                ..quick()
+            };
+            let seen = Seen::default();
+            let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+            let (client, conn) = connect(config, &bound.endpoint).await;
+            within(20, "burst", async {
+                for i in 0..N {
+                    client
+                        .send_message(conn, wire::NOOP, format!("{i}"), None)
+                        .await
+                        .unwrap_or_else(|e| panic!("{t} resend={resend}: send {i}: {e}"));
+                }
+            })
+            .await;
+            eventually(20, "all delivered", || seen.len() >= N).await;
+            let want: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("{i}"))).collect();
+            assert_eq!(seen.bodies(), want, "{t} resend={resend}");
+            client.shutdown().await;
+            server.shutdown().await;
+        }
+    }
+}

@@ -143,10 +143,17 @@ pub(crate) async fn drive(
         // Up: drain the queue into the link until it goes down.
         let dead = ctx.link_dead.notified();
         tokio::pin!(dead);
+        // While the link is up, senders hand messages to it themselves; this
+        // task only writes what had to queue (link down, or queued behind).
+        let lease = match &mut link {
+            Link::Zmq(l) if ctx.outlet.enabled() => l.lend_tx().map(|tx| ctx.outlet.install(tx)),
+            _ => None,
+        };
         loop {
             tokio::select! {
                 biased;
                 _ = &mut stopped => {
+                    drop(lease);
                     link.close(dialer.linger).await;
                     return;
                 }
@@ -156,16 +163,23 @@ pub(crate) async fn drive(
                     if n == 0 {
                         return;
                     }
+                    if lease.is_some() {
+                        for e in ctx.outlet.send_queued(&mut batch) {
+                            ctx.send_failed(&e);
+                        }
+                        continue;
+                    }
+                    ctx.outlet.unqueued(n);
                     for out in batch.drain(..) {
                         if let Err(e) = link.send(out.payload).await {
                             // Kept in the unacknowledged set: resent later.
-                            bump(&ctx.stats.send_failures);
-                            tracing::debug!(endpoint = %ctx.endpoint, error = %e, "send failed");
+                            ctx.send_failed(&e);
                         }
                     }
                 }
             }
         }
+        drop(lease);
         drop(link);
         ctx.set_up(false);
         tracing::warn!(endpoint = %ctx.endpoint, "connection lost; reconnecting");

@@ -10,6 +10,7 @@
 pub(crate) mod connection;
 pub mod guard;
 pub(crate) mod inproc;
+pub(crate) mod outlet;
 pub(crate) mod relay;
 pub(crate) mod zmq;
 
@@ -65,6 +66,9 @@ impl SocketKind {
     }
 }
 
+/// Messages a writer takes from its queue per wake-up.
+pub(crate) const WRITE_BATCH: usize = 64;
+
 /// Bounds a map keyed by peer routing ids: a peer can only add an entry by
 /// opening a connection, and entries go when it disconnects; the cap is a
 /// backstop against a listener flooded with connections.
@@ -100,7 +104,10 @@ pub(crate) struct SocketCtx {
     pub(crate) kind: SocketKind,
     /// The endpoint as bound (port 0 resolved) or connected.
     pub(crate) endpoint: Endpoint,
+    /// The writer's queue: what cannot go straight to the link.
     pub(crate) out_tx: mpsc::Sender<Outbound>,
+    /// The live link's send half, for senders to use directly.
+    pub(crate) outlet: outlet::Outlet,
     /// The server-loop callback's queue (listeners only).
     pub(crate) slc: Option<SlcQueue>,
     pub(crate) stats: Arc<Stats>,
@@ -151,6 +158,7 @@ impl SocketCtx {
             kind,
             endpoint,
             out_tx,
+            outlet: outlet::Outlet::new(config.resend_interval.is_some()),
             slc,
             stats,
             max_message_size: config.max_message_size,
@@ -173,6 +181,64 @@ impl SocketCtx {
             window_waiters: AtomicUsize::new(0),
             window_opened: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Hands `out` to the link, or to the writer's queue if it cannot go
+    /// directly; never waits. A message the link refuses counts as sent
+    /// (it stays in the unacknowledged set, to be resent).
+    pub(crate) fn try_send_out(
+        &self,
+        out: Outbound,
+    ) -> Result<(), mpsc::error::TrySendError<Outbound>> {
+        let out = match self.outlet.try_send(out) {
+            outlet::Direct::Sent => return Ok(()),
+            outlet::Direct::Failed(e) => {
+                self.send_failed(&e);
+                return Ok(());
+            }
+            outlet::Direct::Queue(out) => out,
+        };
+        self.outlet.will_queue();
+        self.out_tx
+            .try_send(out)
+            .inspect_err(|_| self.outlet.unqueued(1))
+    }
+
+    /// [`try_send_out`](Self::try_send_out), waiting for room in the
+    /// writer's queue when the message has to go there.
+    pub(crate) async fn send_out(
+        &self,
+        out: Outbound,
+    ) -> Result<(), mpsc::error::SendError<Outbound>> {
+        let out = match self.outlet.try_send(out) {
+            outlet::Direct::Sent => return Ok(()),
+            outlet::Direct::Failed(e) => {
+                self.send_failed(&e);
+                return Ok(());
+            }
+            outlet::Direct::Queue(out) => out,
+        };
+        /// Takes the message back out of the count if the send is
+        /// cancelled or fails (else direct sends would wait forever).
+        struct Counted<'a>(Option<&'a outlet::Outlet>);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                if let Some(o) = self.0 {
+                    o.unqueued(1);
+                }
+            }
+        }
+        self.outlet.will_queue();
+        let mut counted = Counted(Some(&self.outlet));
+        self.out_tx.send(out).await?;
+        counted.0 = None;
+        Ok(())
+    }
+
+    /// A link refused a message: count it; resending recovers it.
+    pub(crate) fn send_failed(&self, error: &str) {
+        bump(&self.stats.send_failures);
+        tracing::debug!(endpoint = %self.endpoint, error, "send failed");
     }
 
     /// Whether as many messages as the window allows wait for their ACKs.

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use zeromq::prelude::*;
-use zeromq::{DealerSocket, RouterSocket, SocketEvent, SocketOptions, ZmqMessage};
+use zeromq::{DealerSocket, RouterSocket, SocketEvent, SocketOptions};
 
+use super::outlet::LinkTx;
 use super::relay::{self, PrivateSocket};
 use super::{Inbound, OpenArgs, RateLimit, SocketTasks};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError};
-use crate::stats::bump;
 
 fn options(identity: &Bytes, connect_timeout: std::time::Duration) -> SocketOptions {
     let mut opts = SocketOptions::default();
@@ -170,7 +170,7 @@ pub(crate) async fn bind(
         relay::accept_loop(public, private_path, limit, guard, stop.clone()),
         span,
     ));
-    let (mut tx, mut rx) = socket.split();
+    let (tx, mut rx) = socket.split();
 
     let reader_ctx = Arc::clone(&ctx);
     let reader = tokio::spawn(async move {
@@ -195,14 +195,23 @@ pub(crate) async fn bind(
 
     let writer_ctx = Arc::clone(&ctx);
     let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let frames = vec![out.peer, identity.clone(), Bytes::new(), out.payload];
-            let Ok(msg) = ZmqMessage::try_from(frames) else {
-                continue;
-            };
-            if let Err(e) = tx.send(msg).await {
-                bump(&writer_ctx.stats.send_failures);
-                tracing::debug!(endpoint = %writer_ctx.endpoint, error = %e, "router send failed");
+        let ctx = writer_ctx;
+        let mut link = LinkTx::Router { tx, identity };
+        if !ctx.outlet.enabled() {
+            // No resending: wait for the crate, so nothing is dropped.
+            while let Some(out) = out_rx.recv().await {
+                ctx.outlet.unqueued(1);
+                if let Err(e) = link.send(out).await {
+                    ctx.send_failed(&e);
+                }
+            }
+            return;
+        }
+        let _lease = ctx.outlet.install(link);
+        let mut batch = Vec::with_capacity(super::WRITE_BATCH);
+        while out_rx.recv_many(&mut batch, super::WRITE_BATCH).await > 0 {
+            for e in ctx.outlet.send_queued(&mut batch) {
+                ctx.send_failed(&e);
             }
         }
     });
@@ -220,7 +229,8 @@ pub(crate) async fn bind(
 /// A live DEALER session: the send half, and the tasks reading it and
 /// watching it for a disconnect.
 pub(crate) struct ZmqLink {
-    tx: zeromq::DealerSendHalf,
+    /// `None` while lent to the socket's outlet.
+    tx: Option<LinkTx>,
     tasks: [tokio::task::JoinHandle<()>; 2],
     /// Ends by itself once the DEALER is gone and what it wrote is relayed.
     relay: Option<tokio::task::JoinHandle<()>>,
@@ -229,8 +239,17 @@ pub(crate) struct ZmqLink {
 
 impl ZmqLink {
     pub(crate) async fn send(&mut self, payload: Bytes) -> Result<(), String> {
-        let msg = ZmqMessage::try_from(vec![Bytes::new(), payload]).map_err(|e| e.to_string())?;
-        self.tx.send(msg).await.map_err(|e| e.to_string())
+        let tx = self.tx.as_mut().ok_or("the link's sender is lent out")?;
+        tx.send(super::Outbound {
+            peer: Bytes::new(),
+            payload,
+        })
+        .await
+    }
+
+    /// Lends the send half out (to the socket's outlet), once.
+    pub(crate) fn lend_tx(&mut self) -> Option<LinkTx> {
+        self.tx.take()
     }
 }
 
@@ -354,7 +373,7 @@ pub(crate) async fn dial(
     });
 
     Ok(ZmqLink {
-        tx,
+        tx: Some(LinkTx::Dealer(tx)),
         tasks: [reader, monitor_task],
         relay: Some(relay_task),
         _private: private,
