@@ -134,13 +134,8 @@ impl Shared {
         timeout: Duration,
         socket: &SocketCtx,
         peer: &Bytes,
+        now: tokio::time::Instant,
     ) -> Result<(u64, u64), SendError> {
-        // The clock of the messenger's runtime (paused in tests), even when
-        // the caller is a plain thread.
-        let now = {
-            let _rt = self.runtime.enter();
-            tokio::time::Instant::now()
-        };
         let at = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
@@ -213,6 +208,13 @@ impl Shared {
         let timeout = completion
             .as_ref()
             .map_or(self.config.request_timeout, |(_, t)| *t);
+        // One clock read for the deadline and the resend timer: the clock of
+        // the messenger's runtime (paused in tests), even when the caller is
+        // a plain thread.
+        let now = {
+            let _rt = self.runtime.enter();
+            tokio::time::Instant::now()
+        };
         let mut sending = Sending {
             shared: self,
             socket: Arc::clone(socket),
@@ -223,7 +225,7 @@ impl Shared {
         };
         let msg_id = match completion {
             Some((c, timeout)) => {
-                let (cb_id, msg_id) = self.register(c, timeout, socket, &peer)?;
+                let (cb_id, msg_id) = self.register(c, timeout, socket, &peer, now)?;
                 sending.cb_id = Some(cb_id);
                 msg_id
             }
@@ -238,7 +240,6 @@ impl Shared {
         }
         let key = (peer.clone(), msg_id);
         if resend {
-            let now = tokio::time::Instant::now();
             socket
                 .pending()
                 .insert(key.clone(), payload.clone(), now, now + timeout, ack)
@@ -388,15 +389,9 @@ impl Shared {
         } = m;
         let (dst, msg_id) = (payload.dst_cb, payload.msg_id);
         if dst == ACK {
-            match socket.acknowledged(&(peer, msg_id)) {
-                Some(entry) => {
-                    bump(&self.stats.acks_received);
-                    if let Some(w) = entry.waiter {
-                        let _ = w.send(Ok(()));
-                    }
-                }
-                None => bump(&self.stats.unknown_acks),
-            }
+            // Socket readers settle ACKs themselves; one that reaches the
+            // loop is settled the same way.
+            socket.settle_ack(peer, msg_id);
             return;
         }
         // Everything but a server-loop message is delivered as soon as it is
@@ -487,6 +482,12 @@ impl Sending<'_> {
     /// Takes the message to hand to the socket's queue.
     pub(crate) fn take_out(&mut self) -> Option<Outbound> {
         self.out.take()
+    }
+
+    /// Returns a message taken with [`take_out`](Self::take_out) that could
+    /// not be handed over yet.
+    pub(crate) fn put_back(&mut self, out: Outbound) {
+        self.out = Some(out);
     }
 
     /// The message is in the socket's queue: keep its records.

@@ -603,20 +603,26 @@ impl Messenger {
         async move {
             let (tx, rx) = oneshot::channel();
             let (socket, peer) = self.socket_for(&dest.into())?;
-            // Waiting for room counts against the request's deadline.
-            let start = tokio::time::Instant::now();
-            tokio::time::timeout(timeout, socket.wait_for_window())
-                .await
-                .map_err(|_| RequestError::Timeout)?;
-            let timeout = timeout.saturating_sub(start.elapsed());
+            // Waiting for room counts against the request's deadline (timers
+            // only when there is a wait: they cost a clock read each).
+            let mut timeout = timeout;
+            if socket.window_full() {
+                let start = tokio::time::Instant::now();
+                tokio::time::timeout(timeout, socket.wait_for_window())
+                    .await
+                    .map_err(|_| RequestError::Timeout)?;
+                timeout = timeout.saturating_sub(start.elapsed());
+            }
             let shared = &self.inner.shared;
             let completion = Some((Completion::Future(tx), timeout));
             let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
             let cb_id = sending.cb_id;
-            // The deadline covers waiting for room in the queue too.
-            tokio::time::timeout(timeout, enqueue(sending))
-                .await
-                .map_err(|_| RequestError::Timeout)??;
+            if let Err(sending) = enqueue_now(sending)? {
+                // The deadline covers waiting for room in the queue too.
+                tokio::time::timeout(timeout, enqueue(sending))
+                    .await
+                    .map_err(|_| RequestError::Timeout)??;
+            }
             // Removes the callback if this future is dropped while it waits.
             let guard = Unregister { shared, id: cb_id };
             let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
@@ -752,6 +758,23 @@ pub(crate) async fn enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> 
     let id = sending.msg_id;
     sending.sent();
     Ok(id)
+}
+
+/// Hands a prepared message over if that needs no waiting; gives it back
+/// (`Ok(Err(sending))`) when it would have to wait for room in the queue.
+fn enqueue_now(mut sending: Sending<'_>) -> Result<Result<u64, Sending<'_>>, SendError> {
+    let out = sending.take_out().ok_or(SendError::Shutdown)?;
+    match sending.socket.try_send_out(out) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(out)) => {
+            sending.put_back(out);
+            return Ok(Err(sending));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Disconnected),
+    }
+    let id = sending.msg_id;
+    sending.sent();
+    Ok(Ok(id))
 }
 
 /// [`enqueue`] without waiting: a full queue is [`SendError::Full`].
