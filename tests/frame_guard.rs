@@ -230,3 +230,79 @@ async fn the_connection_limit_is_enforced_and_accepts_resume() {
         .unwrap();
     assert_eq!(reply.body.as_ref(), b"c");
 }
+
+/// ECHO requests with 1 KiB bodies as a DEALER writes them: `["", payload]`.
+fn echo_requests(first_id: u64, count: u64) -> Vec<u8> {
+    let body = vec![b'x'; 1024];
+    let mut out = Vec::new();
+    for id in first_id..first_id + count {
+        let payload = wire::encode(id, 5, wire::ECHO, &body);
+        out.extend([0b001, 0]);
+        out.push(0b010);
+        out.extend((payload.len() as u64).to_be_bytes());
+        out.extend_from_slice(&payload);
+    }
+    out
+}
+
+/// A peer that sends ECHO requests as fast as it can and never reads the
+/// replies. Each request makes the listener queue an ACK and a reply
+/// towards it; without back-pressure the listener would read it forever
+/// and queue up to the crate's 100,000 messages per peer (and as many per
+/// peer again for every other such peer). The listener must stop reading
+/// it once writes towards it stall, so the peer's own writes block after a
+/// few socket buffers' worth, while another client is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_is_not_read_either() {
+    const BATCH: u64 = 1000; // about 1 MiB of requests
+    const LIMIT: u64 = 256 << 20;
+    let p = place("tcp");
+    let server = Messenger::new("server").unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "server", echo_slc)
+        .await
+        .unwrap();
+    let Endpoint::Tcp { port, .. } = bound.endpoint else {
+        unreachable!("bound on tcp")
+    };
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut hello = greeting();
+    hello.extend(ready("DEALER"));
+    s.write_all(&hello).await.unwrap();
+    let mut written = 0u64;
+    let mut next_id = 0;
+    let stalled = loop {
+        assert!(
+            written < LIMIT,
+            "the listener kept reading a peer that never reads: {} MiB taken",
+            written >> 20
+        );
+        let batch = echo_requests(next_id, BATCH);
+        next_id += BATCH;
+        let write = tokio::time::timeout(Duration::from_secs(3), s.write_all(&batch));
+        match write.await {
+            Ok(r) => {
+                r.unwrap();
+                written += batch.len() as u64;
+            }
+            Err(_) => break written,
+        }
+    };
+    eprintln!(
+        "the peer's writes blocked after {} MiB; echoes answered {}",
+        stalled >> 20,
+        server.stats().echoes_answered
+    );
+    // Everyone else is still served while that peer is held off.
+    let client = Messenger::new("client").unwrap();
+    let conn = client.make_connection(&bound.endpoint).await.unwrap();
+    let reply = within(5, "echo", client.request(conn, wire::ECHO, b"still here"))
+        .await
+        .unwrap();
+    assert_eq!(reply.body.as_ref(), b"still here");
+    drop(s);
+    client.shutdown().await;
+    server.shutdown().await;
+}

@@ -6,11 +6,14 @@
 //! For a connection we dial the peer ourselves and let the crate's DEALER
 //! connect to a private socket whose one accepted stream is relayed to it.
 //! In both cases bytes from the peer pass [`FrameGuard::feed`] before they
-//! are forwarded; bytes towards the peer are copied unchanged.
+//! are forwarded; bytes towards the peer are copied unchanged. A listener's
+//! relay stops reading a peer while a write towards it cannot complete
+//! (per-peer back-pressure: see [`relay`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -100,6 +103,10 @@ where
     let (mut peer_rd, mut peer_wr) = tokio::io::split(peer);
     let (mut inner_rd, mut inner_wr) = tokio::io::split(inner);
     let mut session: Option<(Vec<u8>, u64)> = None;
+    // Set while a write towards the peer cannot complete (its receive
+    // window is full: it is not reading what it is sent).
+    let blocked = AtomicBool::new(false);
+    let unblocked = tokio::sync::Notify::new();
     let inbound = async {
         let mut guard = FrameGuard::new(s.max_message);
         if s.auth.is_some() {
@@ -109,6 +116,21 @@ where
         let mut buf = vec![0u8; CHUNK];
         let handshake_deadline = tokio::time::Instant::now() + s.handshake_timeout;
         loop {
+            if s.sessions {
+                // A listener reads nothing more from a peer that is not
+                // reading: everything it sent would be answered with ACKs
+                // and replies queued in front of it, without bound across
+                // peers. Only listeners do this, and a connection always
+                // reads, so two messengers cannot wait on each other.
+                while blocked.load(Ordering::Acquire) {
+                    let woken = unblocked.notified();
+                    tokio::pin!(woken);
+                    woken.as_mut().enable();
+                    if blocked.load(Ordering::Acquire) {
+                        woken.await;
+                    }
+                }
+            }
             let read = peer_rd.read(&mut buf);
             let n = if guard.handshake_done() && authenticated {
                 read.await
@@ -158,7 +180,26 @@ where
             }
         }
     };
-    let outbound = tokio::io::copy(&mut inner_rd, &mut peer_wr);
+    let outbound = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = inner_rd.read(&mut buf).await?;
+            let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+                return peer_wr.flush().await;
+            };
+            let write = peer_wr.write_all(chunk);
+            tokio::pin!(write);
+            if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
+                r?;
+                continue;
+            }
+            blocked.store(true, Ordering::Release);
+            let r = write.await;
+            blocked.store(false, Ordering::Release);
+            unblocked.notify_waiters();
+            r?;
+        }
+    };
     tokio::pin!(outbound);
     let mut end = tokio::select! {
         end = inbound => end,
