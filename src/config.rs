@@ -18,7 +18,8 @@ pub struct Config {
     /// queue and, with resending on, the most messages in flight without an
     /// ACK (a window, as in TCP). When either is reached, `send_message`,
     /// `request` and `Responder::reply` wait and the try-forms fail with
-    /// `Full`; ACKs and ECHO replies are dropped (the peer resends).
+    /// `Full`; ACKs and ECHO replies that cannot go straight to the link are
+    /// dropped (the peer resends).
     /// Default 4096.
     pub send_queue_capacity: usize,
     /// Capacity of the queue from all sockets into the ProcessMessage loop.
@@ -90,6 +91,14 @@ pub struct Config {
     /// waiters fail with `Disconnected` and the connection redials).
     /// Default off.
     pub heartbeat: Option<Heartbeat>,
+    /// Whether outgoing tcp and ipc connections relay what the peer sends
+    /// through the frame guard. Default true. Turning it off saves one
+    /// local hop each way (about 10 µs per round trip at 1 in flight; see
+    /// design/PERFORMANCE.md) but lets the listener we connect to make the
+    /// `zeromq` crate reserve any frame length it declares, which can abort
+    /// the process (design/THREATS.md, threat 1): only for listeners you
+    /// trust as much as your own code. Listeners always keep their guard.
+    pub guard_connections: bool,
 }
 
 /// Heartbeat settings; see [`Config::heartbeat`].
@@ -124,6 +133,7 @@ impl Default for Config {
             max_concurrent_handlers: 64,
             shutdown_grace: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            guard_connections: true,
         }
     }
 }

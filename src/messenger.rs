@@ -439,6 +439,7 @@ impl Messenger {
             ctx: Arc::clone(&ctx),
             inbound: self.inner.inbound.clone(),
             max_message: guard_limit(cfg),
+            guarded: cfg.guard_connections,
             handshake_timeout: cfg.handshake_timeout,
             linger: cfg.linger,
             auth: cfg.auth.clone(),

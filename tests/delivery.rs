@@ -505,61 +505,79 @@ async fn listener_shutdown_fails_waiting_requests_with_disconnected() {
 #[tokio::test]
 async fn listener_restarted_on_the_same_endpoint_resumes_traffic() {
     for t in TRANSPORTS {
-        let before = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), before.slc()).await;
-        let (client, conn) = connect(quick(), &bound.endpoint).await;
-        let r = within(
-            5,
-            "request before",
-            client.request(conn, wire::NOOP, "before"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(r.body, Bytes::from("re:before"), "{t}");
-
-        server.shutdown().await;
-        drop(server);
-        let what = format!("{t}: client notices the loss");
-        eventually(5, &what, || !client.is_connected(conn)).await;
-        within(
-            5,
-            "queue while down",
-            client.send_message(conn, wire::NOOP, "while-down", None),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{t}: {e}"));
-
-        let after = Seen::default();
-        let server = Messenger::new("server").unwrap();
-        let again = within(
-            5,
-            "listen again",
-            server.listen_for_connection(&bound.endpoint, "server", after.slc()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{t}: bind {} again: {e}", bound.endpoint));
-        assert_eq!(again.endpoint, bound.endpoint, "{t}");
-
-        let what = format!("{t}: client reconnects");
-        eventually(10, &what, || client.is_connected(conn)).await;
-        let r = within(
-            5,
-            "request after",
-            client.request(conn, wire::NOOP, "after"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(r.body, Bytes::from("re:after"), "{t}");
-        let what = format!("{t}: the queued message is delivered");
-        eventually(5, &what, || after.count("while-down") == 1).await;
-        // Let any resend of it arrive: it must be dropped as a duplicate.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(after.bodies(), bytes_vec(&["while-down", "after"]), "{t}");
-        let s = client.stats();
-        assert!(s.reconnects >= 1, "{t}: {s:?}");
-        client.shutdown().await;
-        server.shutdown().await;
+        resumes_after_a_restart(t, quick()).await;
     }
+}
+
+/// The same without the frame guard on the connection side: the crate's
+/// DEALER dials the listener itself, and its disconnect and our redial
+/// still work.
+#[tokio::test]
+async fn unguarded_connection_resumes_after_a_listener_restart() {
+    for t in RAW_TRANSPORTS {
+        let config = Config {
+            guard_connections: false,
+            ..quick()
+        };
+        resumes_after_a_restart(t, config).await;
+    }
+}
+
+async fn resumes_after_a_restart(t: &str, client_config: Config) {
+    let before = Seen::default();
+    let (server, bound, _p) = serve(t, Config::default(), before.slc()).await;
+    let (client, conn) = connect(client_config, &bound.endpoint).await;
+    let r = within(
+        5,
+        "request before",
+        client.request(conn, wire::NOOP, "before"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: {e}"));
+    assert_eq!(r.body, Bytes::from("re:before"), "{t}");
+
+    server.shutdown().await;
+    drop(server);
+    let what = format!("{t}: client notices the loss");
+    eventually(5, &what, || !client.is_connected(conn)).await;
+    within(
+        5,
+        "queue while down",
+        client.send_message(conn, wire::NOOP, "while-down", None),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: {e}"));
+
+    let after = Seen::default();
+    let server = Messenger::new("server").unwrap();
+    let again = within(
+        5,
+        "listen again",
+        server.listen_for_connection(&bound.endpoint, "server", after.slc()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: bind {} again: {e}", bound.endpoint));
+    assert_eq!(again.endpoint, bound.endpoint, "{t}");
+
+    let what = format!("{t}: client reconnects");
+    eventually(10, &what, || client.is_connected(conn)).await;
+    let r = within(
+        5,
+        "request after",
+        client.request(conn, wire::NOOP, "after"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: {e}"));
+    assert_eq!(r.body, Bytes::from("re:after"), "{t}");
+    let what = format!("{t}: the queued message is delivered");
+    eventually(5, &what, || after.count("while-down") == 1).await;
+    // Let any resend of it arrive: it must be dropped as a duplicate.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(after.bodies(), bytes_vec(&["while-down", "after"]), "{t}");
+    let s = client.stats();
+    assert!(s.reconnects >= 1, "{t}: {s:?}");
+    client.shutdown().await;
+    server.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------

@@ -58,6 +58,9 @@ enum Suite {
 enum Impl {
     /// messenger client -> `messenger serve --slc echo`.
     Messenger,
+    /// The same with `Config::guard_connections` off: no relay on the client
+    /// side (the frame guard's client-side cost, measured directly).
+    MessengerUnguarded,
     /// Minimal protocol client -> minimal server, both on the zeromq crate.
     Zeromq,
     /// The same with a byte relay hop on each side (the messenger's topology).
@@ -78,6 +81,7 @@ impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Messenger => "messenger",
+            Impl::MessengerUnguarded => "messenger-unguarded",
             Impl::Zeromq => "zeromq-crate",
             Impl::ZeromqRelay => "zeromq-crate+relay",
             Impl::MessengerToZeromq => "messenger->zeromq-crate",
@@ -90,7 +94,9 @@ impl Impl {
 
     fn server(self) -> ServerKind {
         match self {
-            Impl::Messenger | Impl::ZeromqToMessenger => ServerKind::Messenger,
+            Impl::Messenger | Impl::MessengerUnguarded | Impl::ZeromqToMessenger => {
+                ServerKind::Messenger
+            }
             Impl::Zeromq | Impl::MessengerToZeromq => ServerKind::Raw,
             Impl::ZeromqRelay => ServerKind::RawRelayed,
             Impl::Tarpc => ServerKind::Tarpc,
@@ -529,15 +535,21 @@ struct MessengerClients {
 }
 
 impl MessengerClients {
-    async fn conn(&mut self, endpoint: &str) -> (Messenger, ConnectionId) {
-        if let Some((m, c)) = self.conns.get(endpoint) {
+    async fn conn(&mut self, endpoint: &str, guarded: bool) -> (Messenger, ConnectionId) {
+        let key = format!("{endpoint} guarded={guarded}");
+        if let Some((m, c)) = self.conns.get(&key) {
             return (m.clone(), *c);
         }
         let n = self.conns.len();
-        let m = Messenger::new(format!("rt-client-{}-{n}", std::process::id())).expect("messenger");
+        let config = messenger::Config {
+            guard_connections: guarded,
+            ..messenger::Config::default()
+        };
+        let name = format!("rt-client-{}-{n}", std::process::id());
+        let m = Messenger::with_config(name, config).expect("messenger");
         let ep: Endpoint = endpoint.parse().expect("endpoint");
         let c = m.make_connection(&ep).await.expect("connect");
-        self.conns.insert(endpoint.to_owned(), (m.clone(), c));
+        self.conns.insert(key, (m.clone(), c));
         (m, c)
     }
 
@@ -574,8 +586,9 @@ async fn measure(
     let ep = server.endpoint(transport).to_owned();
     let quiet = |_: u64| {};
     match imp {
-        Impl::Messenger | Impl::MessengerToZeromq => {
-            let (m, conn) = clients.conn(&ep).await;
+        Impl::Messenger | Impl::MessengerToZeromq | Impl::MessengerUnguarded => {
+            let guarded = imp != Impl::MessengerUnguarded;
+            let (m, conn) = clients.conn(&ep, guarded).await;
             let one = cli_bench::request_fn(&m, conn, cli_bench::Via::Echo, cli_bench::body(size));
             Ok(cli_bench::closed_loop(in_flight, w, one, quiet).await)
         }
@@ -637,6 +650,7 @@ async fn compare(args: &Args) -> Vec<Cell> {
     let mut impls = if args.impls.is_empty() {
         let mut all = vec![
             Impl::Messenger,
+            Impl::MessengerUnguarded,
             Impl::Zeromq,
             Impl::ZeromqRelay,
             Impl::MessengerToZeromq,

@@ -61,6 +61,8 @@ pub(crate) struct Dialer {
     pub(crate) inbound: mpsc::Sender<Inbound>,
     /// Limits for the frame guard in front of tcp and ipc links.
     pub(crate) max_message: u64,
+    /// Whether tcp and ipc links go through the frame guard at all.
+    pub(crate) guarded: bool,
     pub(crate) handshake_timeout: Duration,
     pub(crate) linger: Duration,
     /// Proves our knowledge of the listener's secret on every new link.
@@ -84,6 +86,7 @@ impl Dialer {
                     other,
                     &self.identity,
                     self.connect_timeout,
+                    self.guarded,
                     super::relay::Settings {
                         max_message: self.max_message,
                         handshake_timeout: self.handshake_timeout,

@@ -232,9 +232,10 @@ pub(crate) struct ZmqLink {
     /// `None` while lent to the socket's outlet.
     tx: Option<LinkTx>,
     tasks: [tokio::task::JoinHandle<()>; 2],
-    /// Ends by itself once the DEALER is gone and what it wrote is relayed.
+    /// Ends by itself once the DEALER is gone and what it wrote is relayed
+    /// (none when the link is not guarded).
     relay: Option<tokio::task::JoinHandle<()>>,
-    _private: PrivateSocket,
+    _private: Option<PrivateSocket>,
 }
 
 impl ZmqLink {
@@ -278,12 +279,14 @@ impl Drop for ZmqLink {
     }
 }
 
-/// Connects a DEALER to `endpoint` and starts its reader. `down` fires when
-/// the peer goes away (the crate's DEALER never reconnects by itself).
+/// Connects a DEALER to `endpoint` (through the frame guard when `guarded`)
+/// and starts its reader. `down` fires when the peer goes away (the crate's
+/// DEALER never reconnects by itself).
 pub(crate) async fn dial(
     endpoint: &Endpoint,
     identity: &Bytes,
     connect_timeout: std::time::Duration,
+    guarded: bool,
     guard: relay::Settings,
     inbound: &tokio::sync::mpsc::Sender<Inbound>,
     down: tokio::sync::oneshot::Sender<()>,
@@ -293,44 +296,18 @@ pub(crate) async fn dial(
         endpoint: endpoint.clone(),
         message,
     };
-    // We dial the peer ourselves; the crate's DEALER talks to it through the
-    // frame guard, over a private socket.
-    let peer = match endpoint {
-        Endpoint::Tcp { host, port } => {
-            let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
-            let stream = tokio::time::timeout(connect_timeout, connect)
-                .await
-                .map_err(|_| ConnectError::Timeout(endpoint.clone()))?
-                .map_err(|e| refused(e.to_string()))?;
-            let _ = stream.set_nodelay(true);
-            relay::Stream::Tcp(stream)
-        }
-        Endpoint::Ipc(path) => {
-            let connect = tokio::net::UnixStream::connect(path);
-            let stream = tokio::time::timeout(connect_timeout, connect)
-                .await
-                .map_err(|_| ConnectError::Timeout(endpoint.clone()))?
-                .map_err(|e| refused(e.to_string()))?;
-            relay::Stream::Unix(stream)
-        }
-        Endpoint::Inproc(_) => return Err(refused("inproc is not a zeromq transport".into())),
-    };
-    let private = PrivateSocket::new().map_err(|e| refused(e.to_string()))?;
-    let private_path = private.path();
-    let private_listener =
-        relay::bind_private(&private_path).map_err(|e| refused(e.to_string()))?;
-    let relay_task = tokio::spawn(relay::relay_outgoing(private_listener, peer, guard.clone()));
     let mut socket = DealerSocket::with_options(options(identity, connect_timeout));
     let mut monitor = socket.monitor();
-    let url = format!("ipc://{}", private_path.display());
-    let connected = socket.connect(&url).await;
-    if let Err(e) = connected {
-        relay_task.abort();
-        return Err(match e {
+    let (relay_task, private) = if guarded {
+        guarded_link(endpoint, &mut socket, connect_timeout, guard.clone()).await?
+    } else {
+        let connected = socket.connect(&endpoint.to_string()).await;
+        connected.map_err(|e| match e {
             zeromq::ZmqError::ConnectTimeout(_) => ConnectError::Timeout(endpoint.clone()),
             other => refused(other.to_string()),
-        });
-    }
+        })?;
+        (None, None)
+    };
     let (tx, mut rx) = socket.split();
     let down = Arc::new(std::sync::Mutex::new(Some(down)));
     let fire = |down: &Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>| {
@@ -375,7 +352,55 @@ pub(crate) async fn dial(
     Ok(ZmqLink {
         tx: Some(LinkTx::Dealer(tx)),
         tasks: [reader, monitor_task],
-        relay: Some(relay_task),
+        relay: relay_task,
         _private: private,
     })
+}
+
+/// Dials the peer ourselves and connects `socket` to it through a relay
+/// and the frame guard, over a private socket.
+async fn guarded_link(
+    endpoint: &Endpoint,
+    socket: &mut DealerSocket,
+    connect_timeout: std::time::Duration,
+    guard: relay::Settings,
+) -> Result<(Option<tokio::task::JoinHandle<()>>, Option<PrivateSocket>), ConnectError> {
+    let refused = |message: String| ConnectError::Refused {
+        endpoint: endpoint.clone(),
+        message,
+    };
+    let peer = match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+            let stream = tokio::time::timeout(connect_timeout, connect)
+                .await
+                .map_err(|_| ConnectError::Timeout(endpoint.clone()))?
+                .map_err(|e| refused(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            relay::Stream::Tcp(stream)
+        }
+        Endpoint::Ipc(path) => {
+            let connect = tokio::net::UnixStream::connect(path);
+            let stream = tokio::time::timeout(connect_timeout, connect)
+                .await
+                .map_err(|_| ConnectError::Timeout(endpoint.clone()))?
+                .map_err(|e| refused(e.to_string()))?;
+            relay::Stream::Unix(stream)
+        }
+        Endpoint::Inproc(_) => return Err(refused("inproc is not a zeromq transport".into())),
+    };
+    let private = PrivateSocket::new().map_err(|e| refused(e.to_string()))?;
+    let private_path = private.path();
+    let private_listener =
+        relay::bind_private(&private_path).map_err(|e| refused(e.to_string()))?;
+    let relay_task = tokio::spawn(relay::relay_outgoing(private_listener, peer, guard));
+    let url = format!("ipc://{}", private_path.display());
+    if let Err(e) = socket.connect(&url).await {
+        relay_task.abort();
+        return Err(match e {
+            zeromq::ZmqError::ConnectTimeout(_) => ConnectError::Timeout(endpoint.clone()),
+            other => refused(other.to_string()),
+        });
+    }
+    Ok((Some(relay_task), Some(private)))
 }
