@@ -44,10 +44,13 @@ pub struct Config {
     /// How long `make_connection` waits for the handshake. Default 5 s.
     pub connect_timeout: Duration,
     /// How long a sent message may go unacknowledged before it is sent
-    /// again; `None` turns resending off (for peers that never ACK and
-    /// cannot take duplicates). Default 1 s: loopback and LAN round trips
-    /// are far shorter, so a resend almost always means a lost message, not
-    /// a slow peer, and a busy peer is not flooded with copies.
+    /// again, at the least: when the round trips measured from ACKs are
+    /// longer (a loaded or distant peer), the socket waits its smoothed
+    /// round trip plus four deviations instead (capped at 60 s). `None`
+    /// turns resending off (for peers that never ACK and cannot take
+    /// duplicates). Default 1 s: loopback and LAN round trips are far
+    /// shorter, so a resend almost always means a lost message, not a slow
+    /// peer, and a busy peer is not flooded with copies.
     pub resend_interval: Option<Duration>,
     /// Most unacknowledged messages per socket; past it sends fail fast
     /// with `TooManyUnacked`. Default 2^20.

@@ -26,6 +26,51 @@ pub struct Entry<W> {
     pub waiter: Option<W>,
 }
 
+/// A socket's round-trip estimate from its ACKs (RFC 6298's smoothed round
+/// trip and variance), so the resend timer follows a loaded or distant peer
+/// instead of resending what is merely slow. Only messages sent once are
+/// sampled (Karn's rule: an ACK of a resent message is ambiguous).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RttEstimate {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+/// Largest resend timeout the estimate may ask for (RFC 6298's upper bound).
+const MAX_RTO: Duration = Duration::from_secs(60);
+
+impl RttEstimate {
+    /// Folds in one measured round trip.
+    pub fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let delta = srtt.abs_diff(rtt);
+                self.rttvar = self.rttvar.saturating_mul(3).saturating_add(delta) / 4;
+                self.srtt = Some(srtt.saturating_mul(7).saturating_add(rtt) / 8);
+            }
+        }
+    }
+
+    /// The smoothed round trip, once there is a sample.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// How long to wait for an ACK before the first resend: the smoothed
+    /// round trip plus four deviations, never below `floor` (the configured
+    /// resend interval) nor above 60 s (or `floor`, if that is larger).
+    pub fn rto(&self, floor: Duration) -> Duration {
+        let estimate = self.srtt.map_or(Duration::ZERO, |s| {
+            s.saturating_add(self.rttvar.saturating_mul(4))
+        });
+        estimate.min(MAX_RTO).max(floor)
+    }
+}
+
 /// The set of unacknowledged messages of one socket, bounded.
 #[derive(Debug)]
 pub struct PendingSet<W> {
@@ -33,6 +78,7 @@ pub struct PendingSet<W> {
     /// instructions, and a peer chooses only half of each key (its routing id).
     entries: HashMap<MsgKey, Entry<W>, foldhash::fast::RandomState>,
     limit: usize,
+    rtt: RttEstimate,
 }
 
 /// The set already holds its limit of messages.
@@ -54,6 +100,7 @@ impl<W> PendingSet<W> {
         PendingSet {
             entries: HashMap::default(),
             limit,
+            rtt: RttEstimate::default(),
         }
     }
 
@@ -87,10 +134,28 @@ impl<W> PendingSet<W> {
         self.entries.remove(key)
     }
 
+    /// [`ack`](Self::ack) for an ACK that arrived at `now`: a message sent
+    /// only once also gives a round-trip sample.
+    pub fn ack_at(&mut self, key: &MsgKey, now: Instant) -> Option<Entry<W>> {
+        let entry = self.entries.remove(key)?;
+        if entry.resends == 0 {
+            self.rtt
+                .sample(now.saturating_duration_since(entry.last_sent));
+        }
+        Some(entry)
+    }
+
+    /// The round-trip estimate from this set's ACKs.
+    pub fn rtt(&self) -> RttEstimate {
+        self.rtt
+    }
+
     /// Messages past their deadline, and up to `budget` messages due for a
-    /// resend, which are marked resent. A message is due `interval` after it
-    /// was sent, then after twice that, four and eight times (capped), so a
-    /// peer that is slow rather than lossy is not flooded with copies. With
+    /// resend, which are marked resent. A message is due one resend timeout
+    /// after it was sent (`interval`, or more when the round trips measured
+    /// from ACKs are longer: [`RttEstimate::rto`]), then after twice that,
+    /// four and eight times (capped), so a peer that is slow rather than
+    /// lossy is not flooded with copies. With
     /// a budget of 0 (the link is down, or the queue is full) nothing is
     /// marked, so due messages go out as soon as there is room.
     pub fn tick(&mut self, now: Instant, interval: Duration, budget: usize) -> Tick<W> {
@@ -109,11 +174,12 @@ impl<W> PendingSet<W> {
                 t.expired.push((k, e.waiter));
             }
         }
+        let rto = self.rtt.rto(interval);
         for ((peer, _), e) in self.entries.iter_mut() {
             if t.resend.len() >= budget {
                 break;
             }
-            if now.duration_since(e.last_sent) >= interval * (1 << e.resends.min(3)) {
+            if now.duration_since(e.last_sent) >= rto.saturating_mul(1 << e.resends.min(3)) {
                 e.last_sent = now;
                 e.resends += 1;
                 t.resend.push((peer.clone(), e.payload.clone()));
@@ -211,6 +277,53 @@ mod tests {
         let t = s.tick(at(10_000), iv, usize::MAX);
         assert_eq!(t.expired.len(), 1, "expired at its deadline");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn round_trips_from_acks_stretch_the_resend_timer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let iv = ms(50);
+        let mut s: PendingSet<()> = PendingSet::new(10);
+        assert_eq!(s.rtt().rto(iv), iv, "no sample yet: the interval");
+        // A loaded peer ACKs after 300 ms, steadily.
+        for id in 0..20 {
+            let sent = t0 + ms(id * 10);
+            s.insert(key(id), Bytes::new(), sent, sent + ms(10_000), None)
+                .unwrap();
+            s.ack_at(&key(id), sent + ms(300)).unwrap();
+        }
+        let rto = s.rtt().rto(iv);
+        assert!(rto >= ms(300) && rto < ms(400), "{rto:?}");
+        // A message sent now is not resent at 50 ms, only after the RTO.
+        let sent = t0 + ms(1000);
+        s.insert(key(99), Bytes::new(), sent, sent + ms(10_000), None)
+            .unwrap();
+        assert!(s.tick(sent + ms(100), iv, usize::MAX).resend.is_empty());
+        assert_eq!(s.tick(sent + rto, iv, usize::MAX).resend.len(), 1);
+        // The ACK of a resent message is ambiguous: no sample (Karn).
+        let before = s.rtt().srtt();
+        s.ack_at(&key(99), sent + ms(5000)).unwrap();
+        assert_eq!(s.rtt().srtt(), before);
+    }
+
+    #[test]
+    fn the_resend_timeout_is_bounded() {
+        let mut r = RttEstimate::default();
+        r.sample(Duration::from_secs(3600));
+        assert_eq!(r.rto(Duration::from_millis(50)), MAX_RTO);
+        assert_eq!(
+            r.rto(Duration::from_secs(120)),
+            Duration::from_secs(120),
+            "a configured interval above the cap wins"
+        );
+        let mut fast = RttEstimate::default();
+        fast.sample(Duration::from_micros(80));
+        assert_eq!(
+            fast.rto(Duration::from_secs(1)),
+            Duration::from_secs(1),
+            "never below the configured interval"
+        );
     }
 
     #[test]

@@ -275,7 +275,12 @@ impl SocketCtx {
 
     /// An ACK arrived: forget the message and tell whoever waits for it.
     pub(crate) fn settle_ack(&self, peer: Bytes, msg_id: u64) {
-        match self.acknowledged(&(peer, msg_id)) {
+        let now = tokio::time::Instant::now();
+        let entry = self.pending().ack_at(&(peer, msg_id), now);
+        if entry.is_some() {
+            self.unacked_removed();
+        }
+        match entry {
             Some(entry) => {
                 bump(&self.stats.acks_received);
                 if let Some(w) = entry.waiter {
