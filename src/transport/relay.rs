@@ -94,14 +94,36 @@ enum RelayEnd {
     Auth(AuthError),
 }
 
+/// Relays `peer` to the crate's side `inner`. The streams are split by
+/// reference (no lock per read and write, unlike `tokio::io::split`).
+async fn relay(peer: &mut Stream, inner: &mut UnixStream, s: &Settings, warn: &mut RateLimit) {
+    let (inner_rd, inner_wr) = inner.split();
+    match peer {
+        Stream::Tcp(p) => {
+            let (rd, wr) = p.split();
+            relay_halves((rd, wr), (inner_rd, inner_wr), s, warn).await;
+        }
+        Stream::Unix(p) => {
+            let (rd, wr) = p.split();
+            relay_halves((rd, wr), (inner_rd, inner_wr), s, warn).await;
+        }
+    }
+}
+
 /// Moves bytes both ways until either side closes or the guard refuses.
-pub(crate) async fn relay<P, I>(peer: P, inner: I, s: &Settings, warn: &mut RateLimit)
-where
-    P: AsyncRead + AsyncWrite,
-    I: AsyncRead + AsyncWrite,
+async fn relay_halves<PR, PW, IR, IW>(
+    peer: (PR, PW),
+    inner: (IR, IW),
+    s: &Settings,
+    warn: &mut RateLimit,
+) where
+    PR: AsyncRead + Unpin,
+    PW: AsyncWrite + Unpin,
+    IR: AsyncRead + Unpin,
+    IW: AsyncWrite + Unpin,
 {
-    let (mut peer_rd, mut peer_wr) = tokio::io::split(peer);
-    let (mut inner_rd, mut inner_wr) = tokio::io::split(inner);
+    let (mut peer_rd, mut peer_wr) = peer;
+    let (mut inner_rd, mut inner_wr) = inner;
     let mut session: Option<(Vec<u8>, u64)> = None;
     // Set while a write towards the peer cannot complete (its receive
     // window is full: it is not reading what it is sent).
@@ -310,11 +332,9 @@ pub(crate) async fn accept_loop(
             async move {
                 let _permit = permit;
                 let mut warn = RateLimit::new();
+                let mut stream = stream;
                 match UnixStream::connect(&private).await {
-                    Ok(inner) => match stream {
-                        Stream::Tcp(p) => relay(p, inner, &s, &mut warn).await,
-                        Stream::Unix(p) => relay(p, inner, &s, &mut warn).await,
-                    },
+                    Ok(mut inner) => relay(&mut stream, &mut inner, &s, &mut warn).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot reach the listener's private socket")
                     }
@@ -343,10 +363,8 @@ pub(crate) async fn relay_outgoing(private: UnixListener, peer: Stream, s: Setti
     };
     drop(private);
     let mut warn = RateLimit::new();
-    match peer {
-        Stream::Tcp(p) => relay(p, inner, &s, &mut warn).await,
-        Stream::Unix(p) => relay(p, inner, &s, &mut warn).await,
-    }
+    let (mut peer, mut inner) = (peer, inner);
+    relay(&mut peer, &mut inner, &s, &mut warn).await;
 }
 
 /// Binds the private socket for one relay target.
