@@ -394,6 +394,51 @@ async fn deadline_fails_the_request_and_frees_its_slot() {
 
 /// The SLC keeps the Responder and answers after the request's deadline:
 /// the client gets Timeout, and the late reply is ACKed and dropped.
+/// Deadlines mostly arrive in order (one default timeout); a shorter one
+/// behind longer ones must still fire on time, and the longer ones after it,
+/// each at its own deadline.
+#[tokio::test(start_paused = true)]
+async fn a_shorter_deadline_behind_longer_ones_fires_first() {
+    let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
+    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let start = Instant::now();
+    let timed = |secs: u64, body: &'static str| {
+        let client = client.clone();
+        async move {
+            let deadline = Duration::from_secs(secs);
+            let r = client
+                .request_with_timeout(conn, wire::NOOP, body, deadline)
+                .await;
+            assert_eq!(r.unwrap_err(), RequestError::Timeout, "{body}");
+            start.elapsed()
+        }
+    };
+    let long = tokio::spawn(timed(30, "long"));
+    let longer = tokio::spawn(timed(40, "longer"));
+    tokio::task::yield_now().await;
+    let short = tokio::spawn(timed(3, "short"));
+    let ms = Duration::from_millis;
+    let short = within(60, "short", short).await.unwrap();
+    assert!(
+        short >= ms(3000) && short <= ms(3010),
+        "short after {short:?}"
+    );
+    let long = within(60, "long", long).await.unwrap();
+    assert!(
+        long >= ms(30_000) && long <= ms(30_010),
+        "long after {long:?}"
+    );
+    let longer = within(60, "longer", longer).await.unwrap();
+    assert!(
+        longer >= ms(40_000) && longer <= ms(40_010),
+        "longer after {longer:?}"
+    );
+    let s = client.stats();
+    assert_eq!((s.pending_callbacks, s.timeouts), (0, 3), "{s:?}");
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
 async fn late_reply_is_dropped(t: &str, deadline: Duration, delay: Duration) {
     let slc = move |_: Incoming, r: Responder| {
         tokio::spawn(async move {
