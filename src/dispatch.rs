@@ -79,6 +79,13 @@ pub(crate) struct Pending {
     deadlines: Deadlines,
 }
 
+/// `now + timeout`; a timeout too large to add is as good as none (and
+/// must not panic).
+fn deadline_after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// Stale deadline entries (of callbacks already answered) tolerated beyond
 /// the live ones before they are swept.
 const DEADLINE_SLACK: usize = 1024;
@@ -124,23 +131,19 @@ impl Shared {
         self.pending().table.len()
     }
 
-    /// Registers a callback with a deadline and gives the request its
+    /// Registers a callback with its deadline `at` and gives the request its
     /// msg_id (from `msg_id`, called only once the callback has a slot, so a
     /// refused request leaves no gap in the ids). Returns the callback's
     /// wire id and the msg_id.
     fn register(
         &self,
         completion: Completion,
-        timeout: Duration,
         socket: &SocketCtx,
         peer: &Bytes,
-        now: tokio::time::Instant,
+        at: tokio::time::Instant,
     ) -> Result<(u64, u64), SendError> {
-        let at = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let mut msg_id = 0;
-        let moved = {
+        let (moved, id) = {
             let mut p = self.pending();
             let Pending { table, deadlines } = &mut *p;
             let id = table
@@ -160,10 +163,10 @@ impl Shared {
             }
             (moved, id)
         };
-        if moved.0 {
+        if moved {
             self.deadline_moved.notify_one();
         }
-        Ok((moved.1, msg_id))
+        Ok((id, msg_id))
     }
 
     /// Removes a callback without running it (send failed, future dropped).
@@ -215,6 +218,7 @@ impl Shared {
             let _rt = self.runtime.enter();
             tokio::time::Instant::now()
         };
+        let deadline = deadline_after(now, timeout);
         let mut sending = Sending {
             shared: self,
             socket: Arc::clone(socket),
@@ -224,8 +228,8 @@ impl Shared {
             tracked: None,
         };
         let msg_id = match completion {
-            Some((c, timeout)) => {
-                let (cb_id, msg_id) = self.register(c, timeout, socket, &peer, now)?;
+            Some((c, _)) => {
+                let (cb_id, msg_id) = self.register(c, socket, &peer, deadline)?;
                 sending.cb_id = Some(cb_id);
                 msg_id
             }
@@ -242,7 +246,7 @@ impl Shared {
         if resend {
             socket
                 .pending()
-                .insert(key.clone(), payload.clone(), now, now + timeout, ack)
+                .insert(key.clone(), payload.clone(), now, deadline, ack)
                 .map_err(|full| SendError::TooManyUnacked(full.0))?;
             sending.tracked = Some(key);
         } else if let Some(ack) = ack {
@@ -361,7 +365,7 @@ impl Shared {
     fn reply_tracked(&self, socket: &SocketCtx, peer: Bytes, payload: Bytes, msg_id: u64) -> bool {
         if let Some(iv) = self.config.resend_interval {
             let now = tokio::time::Instant::now();
-            let deadline = now + self.config.request_timeout.max(iv);
+            let deadline = deadline_after(now, self.config.request_timeout.max(iv));
             // A full set only costs this reply its resends.
             let _ = socket.pending().insert(
                 (peer.clone(), msg_id),

@@ -203,3 +203,27 @@ async fn burst_beyond_the_send_queue_loses_no_reply() {
         client.shutdown().await;
     }
 }
+
+/// A caller may pass any timeout, however large: it means "no deadline",
+/// not an overflow.
+#[tokio::test]
+async fn an_unbounded_timeout_is_accepted() {
+    let p = place("inproc");
+    let server = Messenger::new("server").unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "server", no_slc)
+        .await
+        .unwrap();
+    let client = Messenger::new("client").unwrap();
+    let conn = client.make_connection(&bound.endpoint).await.unwrap();
+    let reply = within(
+        5,
+        "echo",
+        client.request_with_timeout(conn, wire::ECHO, b"x", Duration::MAX),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.body.as_ref(), b"x");
+    client.shutdown().await;
+    server.shutdown().await;
+}
