@@ -1328,3 +1328,48 @@ async fn one_senders_messages_arrive_in_order() {
         }
     }
 }
+
+/// An inproc peer that closes its connection is reported like a tcp or ipc
+/// peer: the listener's request waiting on it fails with `Disconnected` at
+/// once, not at its deadline.
+#[tokio::test]
+async fn an_inproc_peer_that_leaves_fails_the_listeners_requests() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (server, bound, _p) = serve(
+        "inproc",
+        Config::default(),
+        move |m: Incoming, _r: Responder| {
+            let _ = tx.send(m.reply_destination());
+        },
+    )
+    .await;
+    let (client, conn) = connect(quick(), &bound.endpoint).await;
+    client
+        .send_message(conn, wire::NOOP, "hello", None)
+        .await
+        .unwrap();
+    let dest = within(5, "the server loop", rx.recv()).await.unwrap();
+    let s = server.clone();
+    let waiter = tokio::spawn(async move {
+        s.request_with_timeout(dest, wire::NOOP, "question", Duration::from_secs(20))
+            .await
+    });
+    // The client's connection has no server loop: it ACKs the question and
+    // drops it, so the server's request waits for a reply that never comes.
+    eventually(5, "the question arrived", || {
+        client.stats().unroutable_dropped == 1
+    })
+    .await;
+    assert!(!waiter.is_finished());
+    let start = Instant::now();
+    client.shutdown().await;
+    let r = within(5, "the request fails", waiter).await.unwrap();
+    assert_eq!(r.unwrap_err(), RequestError::Disconnected);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(server.stats().pending_callbacks, 0);
+    server.shutdown().await;
+}

@@ -22,12 +22,22 @@ use crate::error::{BindError, ConnectError};
 use crate::stats::bump;
 
 type Frames = Vec<Bytes>;
+
+/// What a connection sends its listener.
+enum ToRouter {
+    /// A message, `[routing id, "", payload]`.
+    Frames(Frames),
+    /// The connection closed: its session ends after the messages before
+    /// this one have been handed on (a peer's last reply must not lose the
+    /// race against its own disconnect).
+    End { identity: Bytes, session: u64 },
+}
 /// Routing id -> (connection token, channel towards that connection).
 type PeerTable = Arc<Mutex<HashMap<Bytes, (u64, mpsc::Sender<Frames>)>>>;
 
 struct Binding {
     token: u64,
-    to_router: mpsc::Sender<Frames>,
+    to_router: mpsc::Sender<ToRouter>,
     peers: PeerTable,
     /// The listener's context, so a new connection can reset its session
     /// there before its first message.
@@ -69,7 +79,7 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
         mut out_rx,
         inbound,
     } = args;
-    let (to_router, mut from_peers) = mpsc::channel::<Frames>(capacity);
+    let (to_router, mut from_peers) = mpsc::channel::<ToRouter>(capacity);
     let peers: PeerTable = Arc::default();
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     {
@@ -96,9 +106,16 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
     let reader_ctx = Arc::clone(&ctx);
     let reader = tokio::spawn(async move {
         let mut warn = RateLimit::new();
-        while let Some(frames) = from_peers.recv().await {
-            if !reader_ctx.deliver(frames, &inbound, &mut warn).await {
-                break;
+        while let Some(m) = from_peers.recv().await {
+            match m {
+                ToRouter::Frames(frames) => {
+                    if !reader_ctx.deliver(frames, &inbound, &mut warn).await {
+                        break;
+                    }
+                }
+                ToRouter::End { identity, session } => {
+                    reader_ctx.end_session(&identity, session);
+                }
             }
         }
     });
@@ -136,7 +153,7 @@ pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<Socket
 /// A live inproc session: the channel into the listener, its reader task,
 /// and our place in the listener's peer table.
 pub(crate) struct InprocLink {
-    to_router: mpsc::Sender<Frames>,
+    to_router: mpsc::Sender<ToRouter>,
     identity: Bytes,
     reader: tokio::task::JoinHandle<()>,
     _guard: ConnectionGuard,
@@ -146,7 +163,7 @@ impl InprocLink {
     pub(crate) async fn send(&mut self, payload: Bytes) -> Result<(), String> {
         let frames = vec![self.identity.clone(), Bytes::new(), payload];
         self.to_router
-            .send(frames)
+            .send(ToRouter::Frames(frames))
             .await
             .map_err(|_| "the listener closed".to_owned())
     }
@@ -180,8 +197,9 @@ pub(crate) fn dial(
             Arc::clone(&b.ctx),
         )
     };
-    // A new connection is a new session, as a zeromq ROUTER sees it.
-    listener.forget_peer(identity);
+    // A new connection is a new session, as a zeromq ROUTER sees it; it
+    // ends when the connection closes (`ConnectionGuard`).
+    let session = listener.begin_session(identity);
     // A routing id seen again replaces the old peer, as a zeromq ROUTER does.
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     lock(&peers).insert(identity.clone(), (token, to_me));
@@ -200,33 +218,52 @@ pub(crate) fn dial(
     });
 
     Ok(InprocLink {
-        to_router,
+        to_router: to_router.clone(),
         identity: identity.clone(),
         reader,
         _guard: ConnectionGuard {
             peers,
             identity: identity.clone(),
             token,
+            listener,
+            session,
+            to_router,
         },
     })
 }
 
 /// Removes a connection from its listener's peer table when it closes,
-/// unless a newer connection with the same routing id replaced it.
+/// unless a newer connection with the same routing id replaced it, and ends
+/// its session there, so the listener's requests waiting on it fail with
+/// `Disconnected` (as a tcp or ipc peer's relay reports its end).
 pub(crate) struct ConnectionGuard {
     peers: PeerTable,
     identity: Bytes,
     token: u64,
+    listener: Arc<SocketCtx>,
+    session: u64,
+    to_router: mpsc::Sender<ToRouter>,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let mut peers = lock(&self.peers);
-        if peers
-            .get(&self.identity)
-            .is_some_and(|(token, _)| *token == self.token)
         {
-            peers.remove(&self.identity);
+            let mut peers = lock(&self.peers);
+            if peers
+                .get(&self.identity)
+                .is_some_and(|(token, _)| *token == self.token)
+            {
+                peers.remove(&self.identity);
+            }
+        }
+        // Behind our last messages; at once if the listener's queue is full
+        // or gone. A no-op if a newer connection with this id began since.
+        let end = ToRouter::End {
+            identity: self.identity.clone(),
+            session: self.session,
+        };
+        if self.to_router.try_send(end).is_err() {
+            self.listener.end_session(&self.identity, self.session);
         }
     }
 }
