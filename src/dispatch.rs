@@ -446,8 +446,9 @@ impl Shared {
             self.ack(&socket, &peer, msg_id);
             return;
         }
-        // NOOP: the listener's server loop. While shutting down it is
-        // refused unACKed: the peer keeps it.
+        // NOOP: the socket's server loop (a listener's, or the one a
+        // connection was made with). While shutting down it is refused
+        // unACKed: the peer keeps it.
         if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
             bump(&self.stats.slc_busy);
             return;

@@ -130,6 +130,10 @@ pub enum ConnectError {
     /// The handshake did not finish within the connect timeout.
     #[error("connecting to {0} timed out")]
     Timeout(Endpoint),
+    /// A server loop was asked for on a connection that already exists
+    /// (connections are pooled: give it with the first one).
+    #[error("already connected to {0}; a server loop must come with the first connection")]
+    AlreadyConnected(Endpoint),
     /// The messenger has been shut down.
     #[error("the messenger is shut down")]
     Shutdown,

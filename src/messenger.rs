@@ -411,22 +411,57 @@ impl Messenger {
     /// it. The connection redials by itself if its peer goes away (see
     /// [`Config::reconnect_initial`]); its id stays valid until shutdown.
     pub async fn make_connection(&self, endpoint: &Endpoint) -> Result<ConnectionId, ConnectError> {
+        self.connect(endpoint, None).await
+    }
+
+    /// [`make_connection`](Self::make_connection) with a server loop for
+    /// the messages the peer sends to callback 0 over this connection (a
+    /// listener's server loop, but on the connecting side: a model server
+    /// that dials its database, say). Replies go back over the connection.
+    /// The connection is pooled like any other: later `make_connection`
+    /// calls to the same endpoint share it and its server loop, and asking
+    /// for a server loop on an endpoint already connected is
+    /// [`ConnectError::AlreadyConnected`].
+    pub async fn make_connection_with_server_loop(
+        &self,
+        endpoint: &Endpoint,
+        slc: impl ServerLoop,
+    ) -> Result<ConnectionId, ConnectError> {
+        self.connect(endpoint, Some(Handler::Sequential(Arc::new(slc))))
+            .await
+    }
+
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        handler: Option<Handler>,
+    ) -> Result<ConnectionId, ConnectError> {
         let _one_at_a_time = self.inner.connecting.lock().await;
         if self.inner.shut.load(Ordering::Acquire) {
             return Err(ConnectError::Shutdown);
         }
         if let Some(&id) = self.inner.registry().pool.get(endpoint) {
-            return Ok(id);
+            return match handler {
+                None => Ok(id),
+                Some(_) => Err(ConnectError::AlreadyConnected(endpoint.clone())),
+            };
         }
         let cfg = &self.inner.shared.config;
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let capacity = cfg.send_queue_capacity.max(1);
         let (out_tx, out_rx) = mpsc::channel(capacity);
+        let (slc_tx, slc_rx) = match handler {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let ctx = Arc::new(SocketCtx::new(
             SocketKind::Connection(id),
             endpoint.clone(),
             out_tx,
-            None,
+            slc_tx,
             Arc::clone(&self.inner.shared.stats),
             cfg,
             self.inner.lost.clone(),
@@ -468,9 +503,19 @@ impl Messenger {
             let beat = dispatch::heartbeat_loop(shared, Arc::clone(&ctx), hb);
             tasks.tasks.push(tokio::spawn(beat));
         }
+        let slc_task = match (handler, slc_rx) {
+            (Some(handler), Some(rx)) => Some(server_loop::spawn(
+                handler,
+                rx,
+                Arc::downgrade(&self.inner.shared),
+                self.inner.stop.clone(),
+            )),
+            _ => None,
+        };
         let mut reg = self.inner.registry();
         reg.connections.insert(id, Open { ctx, tasks });
         reg.pool.insert(endpoint.clone(), id);
+        reg.slc_tasks.extend(slc_task);
         tracing::debug!(%endpoint, "connected");
         Ok(id)
     }

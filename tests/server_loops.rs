@@ -159,3 +159,55 @@ async fn work_past_the_grace_is_cancelled_and_shutdown_returns() {
     let r = within(5, "client learns", waiting).await.unwrap();
     assert_eq!(r.err(), Some(RequestError::Disconnected));
 }
+
+/// A connection can have a server loop of its own: the listener's messages
+/// to callback 0 reach it, and its replies go back over the connection to
+/// the listener's callback. Asking for one on an endpoint already connected
+/// is refused (connections are pooled).
+#[tokio::test]
+async fn a_connection_can_host_a_server_loop() {
+    for t in common::TRANSPORTS {
+        let p = place(t);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = Messenger::new("server").unwrap();
+        let bound = server
+            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, _: Responder| {
+                let _ = tx.send(m.reply_destination());
+            })
+            .await
+            .unwrap();
+        let client = Messenger::new("client").unwrap();
+        let conn = client
+            .make_connection_with_server_loop(&bound.endpoint, |m: Incoming, r: Responder| {
+                let _ = r.try_reply([b"re:".as_slice(), &m.body].concat());
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            client.make_connection(&bound.endpoint).await.unwrap(),
+            conn,
+            "{t}: pooled"
+        );
+        let again = client
+            .make_connection_with_server_loop(&bound.endpoint, |_: Incoming, _: Responder| {})
+            .await;
+        assert!(
+            matches!(again, Err(messenger::ConnectError::AlreadyConnected(_))),
+            "{t}: {again:?}"
+        );
+        // The server learns the client's routing id from a first message.
+        client
+            .send_message(conn, wire::NOOP, "hello", None)
+            .await
+            .unwrap();
+        let dest = within(5, "hello", rx.recv()).await.unwrap();
+        let reply = within(5, "request", server.request(dest, wire::NOOP, "question"))
+            .await
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(reply.body.as_ref(), b"re:question", "{t}");
+        assert_eq!(client.stats().slc_delivered, 1, "{t}");
+        assert_eq!(client.stats().unroutable_dropped, 0, "{t}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
