@@ -823,16 +823,10 @@ fn enqueue_now(mut sending: Sending<'_>) -> Result<Result<u64, Sending<'_>>, Sen
     Ok(Ok(id))
 }
 
-/// [`enqueue`] without waiting: a full queue is [`SendError::Full`].
-pub(crate) fn try_enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> {
-    let out = sending.take_out().ok_or(SendError::Shutdown)?;
-    sending.socket.try_send_out(out).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => SendError::Full,
-        mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
-    })?;
-    let id = sending.msg_id;
-    sending.sent();
-    Ok(id)
+/// [`enqueue`] without waiting: a full queue is [`SendError::Full`] (the
+/// message given back is dropped, which undoes its records).
+pub(crate) fn try_enqueue(sending: Sending<'_>) -> Result<u64, SendError> {
+    enqueue_now(sending)?.map_err(|_| SendError::Full)
 }
 
 /// Unregisters a request's callback unless disarmed: covers a future

@@ -190,13 +190,8 @@ impl SocketCtx {
         &self,
         out: Outbound,
     ) -> Result<(), mpsc::error::TrySendError<Outbound>> {
-        let out = match self.outlet.try_send(out) {
-            outlet::Direct::Sent => return Ok(()),
-            outlet::Direct::Failed(e) => {
-                self.send_failed(&e);
-                return Ok(());
-            }
-            outlet::Direct::Queue(out) => out,
+        let Some(out) = self.try_direct(out) else {
+            return Ok(());
         };
         self.outlet.will_queue();
         self.out_tx
@@ -210,13 +205,8 @@ impl SocketCtx {
         &self,
         out: Outbound,
     ) -> Result<(), mpsc::error::SendError<Outbound>> {
-        let out = match self.outlet.try_send(out) {
-            outlet::Direct::Sent => return Ok(()),
-            outlet::Direct::Failed(e) => {
-                self.send_failed(&e);
-                return Ok(());
-            }
-            outlet::Direct::Queue(out) => out,
+        let Some(out) = self.try_direct(out) else {
+            return Ok(());
         };
         /// Takes the message back out of the count if the send is
         /// cancelled or fails (else direct sends would wait forever).
@@ -233,6 +223,20 @@ impl SocketCtx {
         self.out_tx.send(out).await?;
         counted.0 = None;
         Ok(())
+    }
+
+    /// Hands `out` straight to the link if it can go there; gives it back
+    /// when it has to be queued for the writer. A message the link refuses
+    /// is counted and counts as handed over (resending recovers it).
+    fn try_direct(&self, out: Outbound) -> Option<Outbound> {
+        match self.outlet.try_send(out) {
+            outlet::Direct::Sent => None,
+            outlet::Direct::Failed(e) => {
+                self.send_failed(&e);
+                None
+            }
+            outlet::Direct::Queue(out) => Some(out),
+        }
     }
 
     /// A link refused a message: count it; resending recovers it.

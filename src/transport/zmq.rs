@@ -17,7 +17,7 @@ use zeromq::{DealerSocket, RouterSocket, SocketEvent, SocketOptions};
 
 use super::outlet::LinkTx;
 use super::relay::{self, PrivateSocket};
-use super::{Inbound, OpenArgs, RateLimit, SocketTasks};
+use super::{Inbound, OpenArgs, RateLimit, SocketCtx, SocketTasks};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError};
 
@@ -170,27 +170,11 @@ pub(crate) async fn bind(
         relay::accept_loop(public, private_path, limit, guard, stop.clone()),
         span,
     ));
-    let (tx, mut rx) = socket.split();
+    let (tx, rx) = socket.split();
 
     let reader_ctx = Arc::clone(&ctx);
     let reader = tokio::spawn(async move {
-        let mut warn = RateLimit::new();
-        loop {
-            match rx.recv().await {
-                Ok(msg) => {
-                    if !reader_ctx
-                        .deliver(msg.into_vecdeque(), &inbound, &mut warn)
-                        .await
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(endpoint = %reader_ctx.endpoint, error = %e, "router reader stops");
-                    break;
-                }
-            }
-        }
+        read_loop(rx, reader_ctx, inbound, "router").await;
     });
 
     let writer_ctx = Arc::clone(&ctx);
@@ -224,6 +208,31 @@ pub(crate) async fn bind(
         flushing: vec![acceptor],
         stop: Some(stop),
     })
+}
+
+/// The one task that awaits a socket's (non-cancel-safe) `recv`, always to
+/// completion: hands each message to the ProcessMessage loop. Returns true
+/// when the socket failed (its peer is gone), false when the loop has.
+async fn read_loop<R: SocketRecv>(
+    mut rx: R,
+    ctx: Arc<SocketCtx>,
+    inbound: tokio::sync::mpsc::Sender<Inbound>,
+    side: &'static str,
+) -> bool {
+    let mut warn = RateLimit::new();
+    loop {
+        match rx.recv().await {
+            Ok(msg) => {
+                if !ctx.deliver(msg.into_vecdeque(), &inbound, &mut warn).await {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %ctx.endpoint, error = %e, side, "reader stops");
+                return true;
+            }
+        }
+    }
 }
 
 /// A live DEALER session: the send half, and the tasks reading it and
@@ -308,7 +317,7 @@ pub(crate) async fn dial(
         })?;
         (None, None)
     };
-    let (tx, mut rx) = socket.split();
+    let (tx, rx) = socket.split();
     let down = Arc::new(std::sync::Mutex::new(Some(down)));
     let fire = |down: &Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>| {
         if let Some(d) = down.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -316,26 +325,11 @@ pub(crate) async fn dial(
         }
     };
 
-    let reader_ctx = Arc::clone(ctx);
-    let inbound = inbound.clone();
-    let reader_down = Arc::clone(&down);
-    let reader = tokio::spawn(async move {
-        let mut warn = RateLimit::new();
-        loop {
-            match rx.recv().await {
-                Ok(msg) => {
-                    if !reader_ctx
-                        .deliver(msg.into_vecdeque(), &inbound, &mut warn)
-                        .await
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(endpoint = %reader_ctx.endpoint, error = %e, "dealer reader stops");
-                    fire(&reader_down);
-                    return;
-                }
+    let reader = tokio::spawn({
+        let (ctx, inbound, down) = (Arc::clone(ctx), inbound.clone(), Arc::clone(&down));
+        async move {
+            if read_loop(rx, ctx, inbound, "dealer").await {
+                fire(&down);
             }
         }
     });
