@@ -7,24 +7,35 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TRANSPORTS, place, within};
-use messenger::{Incoming, Messenger, Responder, wire};
+use common::{Place, TRANSPORTS, place, within};
+use messenger::{ConnectionId, Incoming, Messenger, Responder, wire};
 
 fn no_slc(_: Incoming, _: Responder) {}
+
+/// A server (with `config`) listening on a fresh endpoint of `t` with
+/// `slc`, and a client connected to it. The place keeps an ipc path alive.
+async fn pair(
+    t: &str,
+    config: messenger::Config,
+    slc: impl messenger::ServerLoop,
+) -> (Messenger, Messenger, ConnectionId, Place) {
+    let p = place(t);
+    let server = Messenger::with_config("server", config).unwrap();
+    let bound = server
+        .listen_for_connection(&p.endpoint, "server", slc)
+        .await
+        .unwrap();
+    let client = Messenger::new("client").unwrap();
+    let conn = within(5, "connect", client.make_connection(&bound.endpoint))
+        .await
+        .unwrap();
+    (server, client, conn, p)
+}
 
 #[tokio::test]
 async fn echo_round_trips_every_byte_value() {
     for t in TRANSPORTS {
-        let p = place(t);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", no_slc)
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
+        let (server, client, conn, _p) = pair(t, Default::default(), no_slc).await;
         let body: Vec<u8> = (0..=255u8).collect();
         let reply = within(5, "echo", client.request(conn, wire::ECHO, &body))
             .await
@@ -38,21 +49,15 @@ async fn echo_round_trips_every_byte_value() {
 #[tokio::test]
 async fn slc_sees_noop_message_once_and_replies() {
     for t in TRANSPORTS {
-        let p = place(t);
         let seen = Arc::new(Mutex::new(Vec::<Bytes>::new()));
         let seen2 = Arc::clone(&seen);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, r: Responder| {
-                seen2.lock().unwrap().push(m.body.clone());
-                if m.src_cb != wire::NOOP {
-                    r.try_reply([b"re:".as_slice(), &m.body].concat()).unwrap();
-                }
-            })
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+        let slc = move |m: Incoming, r: Responder| {
+            seen2.lock().unwrap().push(m.body.clone());
+            if m.src_cb != wire::NOOP {
+                r.try_reply([b"re:".as_slice(), &m.body].concat()).unwrap();
+            }
+        };
+        let (server, client, conn, _p) = pair(t, Default::default(), slc).await;
         client
             .send_message(conn, wire::NOOP, b"fire", None)
             .await
@@ -93,16 +98,7 @@ fn re_slc(m: Incoming, r: Responder) {
 async fn ten_thousand_concurrent_requests_on_one_connection() {
     const N: usize = 10_000;
     for t in TRANSPORTS {
-        let p = place(t);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", re_slc)
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
+        let (server, client, conn, _p) = pair(t, Default::default(), re_slc).await;
 
         // Even i: ECHO, answered by the builtin. Odd i: NOOP, answered by the SLC.
         let mut set = tokio::task::JoinSet::new();
@@ -159,20 +155,11 @@ async fn ten_thousand_concurrent_requests_on_one_connection() {
 async fn burst_beyond_the_send_queue_loses_no_reply() {
     const N: usize = 2000;
     for t in TRANSPORTS {
-        let p = place(t);
         let config = messenger::Config {
             send_queue_capacity: 64,
             ..messenger::Config::default()
         };
-        let server = Messenger::with_config("server", config).unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", no_slc)
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
+        let (server, client, conn, _p) = pair(t, config, no_slc).await;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..N {
             let client = client.clone();
@@ -208,14 +195,7 @@ async fn burst_beyond_the_send_queue_loses_no_reply() {
 /// not an overflow.
 #[tokio::test]
 async fn an_unbounded_timeout_is_accepted() {
-    let p = place("inproc");
-    let server = Messenger::new("server").unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", no_slc)
-        .await
-        .unwrap();
-    let client = Messenger::new("client").unwrap();
-    let conn = client.make_connection(&bound.endpoint).await.unwrap();
+    let (server, client, conn, _p) = pair("inproc", Default::default(), no_slc).await;
     let reply = within(
         5,
         "echo",
