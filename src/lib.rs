@@ -37,6 +37,7 @@ mod stats;
 mod transport;
 pub mod typed;
 pub mod wire;
+pub mod zmtp;
 
 pub use config::{Config, Heartbeat};
 pub use dispatch::Reply;

@@ -1,0 +1,790 @@
+//! One ZMTP connection as a state machine: greeting, security handshake,
+//! metadata, then traffic with heartbeats. Time is passed in; nothing here
+//! touches a socket or a clock.
+//!
+//! The driver's loop, in short:
+//!
+//! ```text
+//! engine = Engine::new(config, now)           // our greeting is queued
+//! loop {
+//!     write engine.transmit()                 // greeting, handshake commands
+//!     read into buf; engine.received(now)
+//!     while let Some(event) = engine.decode(&mut buf, now)? {
+//!         PeerReady(info) => engine.accept(now) or engine.refuse(reason)
+//!         Message         => engine.frames() holds it
+//!     }
+//!     while let Some(cmd) = engine.poll_command() { encoder.command(..) }  // PONG, PING
+//!     at engine.poll_timeout(): engine.handle_timeout(now)?
+//! }
+//! ```
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::command::{Command, encode_ready_body, ping_body, pong_body};
+use super::frame::{Decoded, Encoder, FrameDecoder};
+use super::greeting::{GREETING_LEN, Greeting};
+use super::mechanism::{Mechanism, MechanismName, Step};
+use super::{Limits, SocketType, ZmtpError};
+
+/// Which end of the connection we are. For NULL it decides who sends READY
+/// first; for CURVE, who is the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We connected.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+/// ZMTP 3.1 heartbeats, as libzmq's `ZMQ_HEARTBEAT_*` options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Time between our PINGs.
+    pub interval: Duration,
+    /// How long after a PING the peer may stay silent before it is
+    /// declared dead.
+    pub timeout: Duration,
+    /// The TTL our PINGs ask the peer to apply to us (rounded down to
+    /// tenths of a second; zero asks nothing).
+    pub ttl: Duration,
+}
+
+/// What one connection is and may do.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Client (we dialled) or server (we accepted).
+    pub role: Role,
+    /// Our socket type, sent in READY and checked against the peer's.
+    pub socket_type: SocketType,
+    /// Our routing id, sent in READY (empty: none).
+    pub identity: Bytes,
+    /// What the peer's frames may make us hold.
+    pub limits: Limits,
+    /// Time allowed from [`Engine::new`] to the end of the handshake.
+    pub handshake_timeout: Duration,
+    /// PINGs of ours, to find dead peers (3.1 peers only).
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// The peer, as its greeting and READY describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its socket type.
+    pub socket_type: SocketType,
+    /// Its routing id (empty: it announced none).
+    pub identity: Bytes,
+    /// Its ZMTP version (major, minor).
+    pub version: (u8, u8),
+    /// The mechanism both sides speak.
+    pub mechanism: MechanismName,
+}
+
+/// What [`Engine::decode`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer's metadata passed the mechanism and the socket-type check:
+    /// call [`Engine::accept`] or [`Engine::refuse`] before decoding on.
+    PeerReady(PeerInfo),
+    /// A message; its frames are in [`Engine::frames`].
+    Message,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the peer's greeting.
+    Greeting,
+    /// The mechanism's commands.
+    Handshake,
+    /// The peer is ready; the socket layer decides.
+    Deciding,
+    /// Messages and commands flow.
+    Traffic,
+    /// Failed or refused.
+    Closed,
+}
+
+/// One ZMTP connection's protocol state.
+#[derive(Debug)]
+pub struct Engine {
+    role: Role,
+    socket_type: SocketType,
+    heartbeat: Option<Heartbeat>,
+    state: State,
+    /// Our READY body (NULL sends it in clear).
+    ready: Bytes,
+    /// The peer's greeting so far.
+    greeting: [u8; GREETING_LEN],
+    greeting_have: usize,
+    /// The peer's greeting, parsed.
+    peer_greeting: Option<Greeting>,
+    mechanism: Mechanism,
+    decoder: FrameDecoder,
+    /// Frames every command and message we send until the socket layer
+    /// takes it (after the handshake).
+    encoder: Option<Encoder>,
+    /// Bytes to send that the engine produced: the greeting, handshake
+    /// commands, ERROR.
+    transmit: BytesMut,
+    /// Commands to send after the handshake (PONG, PING), framed by
+    /// whoever holds the encoder.
+    commands: VecDeque<Bytes>,
+    handshake_deadline: Instant,
+    /// When our next PING is due.
+    next_ping: Option<Instant>,
+    /// A PING of ours is unanswered: by then some traffic must arrive.
+    ping_deadline: Option<Instant>,
+    /// The peer's PING asked for traffic within its TTL.
+    ttl_deadline: Option<Instant>,
+}
+
+impl Engine {
+    /// A connection that has just been made at `now`; our greeting is in
+    /// [`transmit`](Self::transmit).
+    pub fn new(config: EngineConfig, now: Instant) -> Self {
+        let mechanism = Mechanism::null(config.role);
+        let mut transmit = BytesMut::with_capacity(256);
+        transmit.extend_from_slice(&Greeting::encode(mechanism.name(), mechanism.as_server()));
+        Engine {
+            role: config.role,
+            socket_type: config.socket_type,
+            heartbeat: config.heartbeat,
+            state: State::Greeting,
+            ready: encode_ready_body(config.socket_type, &config.identity),
+            greeting: [0; GREETING_LEN],
+            greeting_have: 0,
+            peer_greeting: None,
+            mechanism,
+            decoder: FrameDecoder::new(config.limits),
+            encoder: Some(Encoder::null()),
+            transmit,
+            commands: VecDeque::new(),
+            handshake_deadline: now + config.handshake_timeout,
+            next_ping: None,
+            ping_deadline: None,
+            ttl_deadline: None,
+        }
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Bytes the engine wants written, in order (drain what was written).
+    pub fn transmit(&mut self) -> &mut BytesMut {
+        &mut self.transmit
+    }
+
+    /// Whether the handshake is over and messages flow.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Traffic
+    }
+
+    /// The frames of the message [`decode`](Self::decode) just returned.
+    pub fn frames(&mut self) -> &mut Vec<Bytes> {
+        self.decoder.frames()
+    }
+
+    /// How many more bytes `buf` needs for the next step (at least 1):
+    /// reserve this before reading. Never more than a limit allows.
+    pub fn wants(&self, buf: &BytesMut) -> usize {
+        match self.state {
+            State::Greeting => GREETING_LEN - self.greeting_have,
+            _ => self.decoder.wants(buf),
+        }
+    }
+
+    /// Bytes arrived from the peer at `now`: any traffic is a sign of
+    /// life (RFC 37, "Connection Heartbeating").
+    pub fn received(&mut self, _now: Instant) {
+        self.ping_deadline = None;
+        self.ttl_deadline = None;
+    }
+
+    /// Takes the encoder once the handshake is over, so the socket layer
+    /// can frame messages from any task (behind its own lock). After this,
+    /// commands the engine wants sent come from
+    /// [`poll_command`](Self::poll_command).
+    pub fn take_encoder(&mut self) -> Option<Encoder> {
+        if self.state == State::Traffic {
+            self.encoder.take()
+        } else {
+            None
+        }
+    }
+
+    /// The next command to send (PONG, PING), once the encoder is taken.
+    pub fn poll_command(&mut self) -> Option<Bytes> {
+        self.commands.pop_front()
+    }
+
+    /// Decodes what `buf` holds, consuming it, up to the next event.
+    /// `Ok(None)`: more bytes are needed (or a decision is awaited).
+    /// An error ends the connection; flush [`transmit`](Self::transmit)
+    /// first (it may hold an ERROR for the peer).
+    pub fn decode(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Event>, ZmtpError> {
+        let r = self.decode_inner(buf, now);
+        if r.is_err() {
+            self.state = State::Closed;
+        }
+        r
+    }
+
+    fn decode_inner(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Option<Event>, ZmtpError> {
+        loop {
+            match self.state {
+                State::Closed => return Err(ZmtpError::Closed),
+                State::Deciding => return Ok(None),
+                State::Greeting => {
+                    if !self.read_greeting(buf)? {
+                        return Ok(None);
+                    }
+                }
+                State::Handshake => match self.decoder.decode(buf)? {
+                    None => return Ok(None),
+                    Some(Decoded::Message) => return Err(ZmtpError::MessageBeforeReady),
+                    Some(Decoded::Command(body)) => {
+                        if let Some(event) = self.handshake_command(body)? {
+                            return Ok(Some(event));
+                        }
+                    }
+                },
+                State::Traffic => match self.decoder.decode(buf)? {
+                    None => return Ok(None),
+                    Some(Decoded::Message) => return Ok(Some(Event::Message)),
+                    Some(Decoded::Command(body)) => self.traffic_command(body, now)?,
+                },
+            }
+        }
+    }
+
+    /// Takes greeting bytes; true once all 64 are in and checked.
+    fn read_greeting(&mut self, buf: &mut BytesMut) -> Result<bool, ZmtpError> {
+        let take = (GREETING_LEN - self.greeting_have).min(buf.len());
+        let chunk = buf.split_to(take);
+        let end = self.greeting_have + take;
+        if let Some(dst) = self.greeting.get_mut(self.greeting_have..end) {
+            dst.copy_from_slice(&chunk);
+        }
+        self.greeting_have = end;
+        Greeting::check_prefix(self.greeting.get(..end).unwrap_or_default())?;
+        if end < GREETING_LEN {
+            return Ok(false);
+        }
+        let peer = Greeting::parse(&self.greeting)?;
+        if peer.mechanism != self.mechanism.name() {
+            return Err(ZmtpError::MechanismMismatch {
+                ours: self.mechanism.name(),
+                theirs: peer.mechanism,
+            });
+        }
+        self.peer_greeting = Some(peer);
+        self.state = State::Handshake;
+        let Engine {
+            mechanism,
+            encoder,
+            transmit,
+            ready,
+            ..
+        } = self;
+        if let Some(enc) = encoder.as_mut() {
+            mechanism.start(ready, &mut |body| enc.command(transmit, body));
+        }
+        Ok(true)
+    }
+
+    fn handshake_command(&mut self, body: Bytes) -> Result<Option<Event>, ZmtpError> {
+        match self.mechanism.on_command(body)? {
+            Step::PeerReady(metadata) => {
+                if !self.socket_type.accepts(metadata.socket_type) {
+                    let err = ZmtpError::SocketType {
+                        ours: self.socket_type,
+                        theirs: metadata.socket_type,
+                    };
+                    self.refuse("socket types cannot talk");
+                    return Err(err);
+                }
+                let greeting = self.peer_greeting.unwrap_or(Greeting {
+                    major: 3,
+                    minor: 0,
+                    mechanism: self.mechanism.name(),
+                    as_server: false,
+                });
+                self.state = State::Deciding;
+                Ok(Some(Event::PeerReady(PeerInfo {
+                    socket_type: metadata.socket_type,
+                    identity: metadata.identity,
+                    version: (greeting.major, greeting.minor),
+                    mechanism: greeting.mechanism,
+                })))
+            }
+        }
+    }
+
+    fn traffic_command(&mut self, body: Bytes, now: Instant) -> Result<(), ZmtpError> {
+        match Command::parse(body)? {
+            Command::Ping { ttl, context } => {
+                if ttl > 0 && self.ttl_deadline.is_none() {
+                    self.ttl_deadline = Some(now + Duration::from_millis(u64::from(ttl) * 100));
+                }
+                self.commands.push_back(pong_body(&context));
+            }
+            Command::Error(reason) => {
+                return Err(ZmtpError::PeerError {
+                    reason: String::from_utf8_lossy(&reason).into_owned(),
+                });
+            }
+            // PONG is a sign of life, like any traffic. SUBSCRIBE, CANCEL,
+            // JOIN and LEAVE mean nothing to a ROUTER or DEALER; unknown
+            // commands are ignored, as libzmq does.
+            Command::Pong | Command::Ready(_) | Command::Other { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Accepts the peer after [`Event::PeerReady`]: a NULL server's READY
+    /// is queued and traffic may flow.
+    pub fn accept(&mut self, now: Instant) {
+        if self.state != State::Deciding {
+            return;
+        }
+        let Engine {
+            mechanism,
+            encoder,
+            transmit,
+            ready,
+            ..
+        } = self;
+        if let Some(enc) = encoder.as_mut() {
+            mechanism.accept(ready, &mut |body| enc.command(transmit, body));
+        }
+        self.state = State::Traffic;
+        let heartbeats = self.peer_greeting.is_some_and(|g| g.has_heartbeats());
+        if let Some(hb) = self.heartbeat.filter(|_| heartbeats) {
+            self.next_ping = Some(now + hb.interval);
+        }
+    }
+
+    /// Refuses the peer: an ERROR with `reason` is queued in
+    /// [`transmit`](Self::transmit) if the handshake still allows one, and
+    /// the connection is closed.
+    pub fn refuse(&mut self, reason: &'static str) -> ZmtpError {
+        let Engine {
+            mechanism,
+            encoder,
+            transmit,
+            ..
+        } = self;
+        if let Some(enc) = encoder.as_mut() {
+            mechanism.refuse(reason, &mut |body| enc.command(transmit, body));
+        }
+        self.state = State::Closed;
+        ZmtpError::Refused(reason)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Greeting | State::Handshake | State::Deciding => Some(self.handshake_deadline),
+            State::Traffic => [self.next_ping, self.ping_deadline, self.ttl_deadline]
+                .into_iter()
+                .flatten()
+                .min(),
+            State::Closed => None,
+        }
+    }
+
+    /// Timers due at `now`: the handshake deadline, a PING to send, a
+    /// silent peer.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ZmtpError> {
+        match self.state {
+            State::Greeting | State::Handshake | State::Deciding => {
+                if now >= self.handshake_deadline {
+                    self.state = State::Closed;
+                    return Err(ZmtpError::HandshakeTimeout);
+                }
+            }
+            State::Traffic => {
+                let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                if due(self.ping_deadline) || due(self.ttl_deadline) {
+                    self.state = State::Closed;
+                    return Err(ZmtpError::HeartbeatTimeout);
+                }
+                if due(self.next_ping)
+                    && let Some(hb) = self.heartbeat
+                {
+                    let ttl = u16::try_from(hb.ttl.as_millis() / 100).unwrap_or(u16::MAX);
+                    self.commands.push_back(ping_body(ttl));
+                    self.ping_deadline.get_or_insert(now + hb.timeout);
+                    self.next_ping = Some(now + hb.interval);
+                }
+            }
+            State::Closed => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two engines joined by byte queues, stepped until idle on a virtual
+    //! clock (quinn-proto's `Pair`).
+    use super::*;
+
+    struct Side {
+        engine: Engine,
+        encoder: Option<Encoder>,
+        /// Bytes from the other side, not yet decoded.
+        inbox: BytesMut,
+        events: Vec<Event>,
+        messages: Vec<Vec<Bytes>>,
+        error: Option<ZmtpError>,
+        /// What the socket layer decides on PeerReady.
+        refuse: Option<&'static str>,
+    }
+
+    impl Side {
+        fn new(config: EngineConfig, now: Instant) -> Self {
+            Side {
+                engine: Engine::new(config, now),
+                encoder: None,
+                inbox: BytesMut::new(),
+                events: Vec::new(),
+                messages: Vec::new(),
+                error: None,
+                refuse: None,
+            }
+        }
+
+        /// Decodes what arrived and returns the bytes to send.
+        fn step(&mut self, now: Instant) -> BytesMut {
+            if self.error.is_none() && !self.inbox.is_empty() {
+                self.engine.received(now);
+            }
+            while self.error.is_none() {
+                match self.engine.decode(&mut self.inbox, now) {
+                    Ok(None) => break,
+                    Ok(Some(Event::PeerReady(info))) => {
+                        self.events.push(Event::PeerReady(info));
+                        match self.refuse {
+                            Some(reason) => self.error = Some(self.engine.refuse(reason)),
+                            None => {
+                                self.engine.accept(now);
+                                self.encoder = self.engine.take_encoder();
+                            }
+                        }
+                    }
+                    Ok(Some(Event::Message)) => {
+                        self.messages.push(std::mem::take(self.engine.frames()));
+                    }
+                    Err(e) => self.error = Some(e),
+                }
+            }
+            let mut out = self.engine.transmit().split();
+            if let Some(enc) = self.encoder.as_mut() {
+                while let Some(cmd) = self.engine.poll_command() {
+                    enc.command(&mut out, &cmd);
+                }
+            }
+            out
+        }
+
+        fn send(&mut self, frames: &[&[u8]]) -> BytesMut {
+            let mut out = BytesMut::new();
+            self.encoder
+                .as_mut()
+                .expect("handshake done")
+                .message(&mut out, frames);
+            out
+        }
+    }
+
+    struct Pair {
+        now: Instant,
+        client: Side,
+        server: Side,
+        /// Bytes moved, each way.
+        to_server: usize,
+        to_client: usize,
+    }
+
+    fn config(role: Role, socket_type: SocketType, identity: &'static [u8]) -> EngineConfig {
+        EngineConfig {
+            role,
+            socket_type,
+            identity: Bytes::from_static(identity),
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat: None,
+        }
+    }
+
+    impl Pair {
+        fn new(client: EngineConfig, server: EngineConfig) -> Self {
+            let now = Instant::now();
+            Pair {
+                now,
+                client: Side::new(client, now),
+                server: Side::new(server, now),
+                to_server: 0,
+                to_client: 0,
+            }
+        }
+
+        fn dealer_router() -> Self {
+            Pair::new(
+                config(Role::Client, SocketType::Dealer, b"alice"),
+                config(Role::Server, SocketType::Router, b"srv"),
+            )
+        }
+
+        /// Moves bytes both ways until neither side has anything to say.
+        fn drive(&mut self) {
+            for _ in 0..100 {
+                let c = self.client.step(self.now);
+                let s = self.server.step(self.now);
+                if c.is_empty() && s.is_empty() {
+                    return;
+                }
+                self.to_server += c.len();
+                self.to_client += s.len();
+                self.server.inbox.extend_from_slice(&c);
+                self.client.inbox.extend_from_slice(&s);
+            }
+            panic!("the pair never went idle");
+        }
+
+        /// Advances the clock to each side's next timer up to `until`.
+        fn run_until(&mut self, until: Instant) {
+            loop {
+                let next = [&self.client, &self.server]
+                    .into_iter()
+                    .filter(|side| side.error.is_none())
+                    .filter_map(|side| side.engine.poll_timeout())
+                    .filter(|&t| t <= until)
+                    .min();
+                let Some(t) = next else {
+                    self.now = until;
+                    self.drive();
+                    return;
+                };
+                self.now = t;
+                for side in [&mut self.client, &mut self.server] {
+                    if side.error.is_none()
+                        && let Err(e) = side.engine.handle_timeout(t)
+                    {
+                        side.error = Some(e);
+                    }
+                }
+                self.drive();
+            }
+        }
+    }
+
+    #[test]
+    fn dealer_and_router_handshake_and_exchange_messages() {
+        let mut p = Pair::dealer_router();
+        p.drive();
+        assert!(p.client.engine.is_ready() && p.server.engine.is_ready());
+        let Event::PeerReady(at_server) = &p.server.events[0] else {
+            panic!()
+        };
+        assert_eq!(at_server.socket_type, SocketType::Dealer);
+        assert_eq!(&at_server.identity[..], b"alice");
+        assert_eq!(at_server.version, (3, 1));
+        let Event::PeerReady(at_client) = &p.client.events[0] else {
+            panic!()
+        };
+        assert_eq!(&at_client.identity[..], b"srv");
+        let m = p.client.send(&[b"", b"1-0-1-hi"]);
+        p.server.inbox.extend_from_slice(&m);
+        let r = p.server.send(&[b"srv", b"", b"1-0-2-"]);
+        p.client.inbox.extend_from_slice(&r);
+        p.drive();
+        assert_eq!(
+            p.server.messages,
+            vec![vec![Bytes::new(), Bytes::from_static(b"1-0-1-hi")]]
+        );
+        assert_eq!(p.client.messages.len(), 1);
+        assert_eq!(p.client.messages[0].len(), 3);
+    }
+
+    #[test]
+    fn the_socket_layer_can_refuse_with_error() {
+        let mut p = Pair::dealer_router();
+        p.server.refuse = Some("routing id in use");
+        p.drive();
+        assert_eq!(
+            p.server.error,
+            Some(ZmtpError::Refused("routing id in use"))
+        );
+        assert_eq!(
+            p.client.error,
+            Some(ZmtpError::PeerError {
+                reason: "routing id in use".into()
+            })
+        );
+        assert!(!p.client.engine.is_ready());
+    }
+
+    #[test]
+    fn incompatible_socket_types_get_an_error() {
+        let mut p = Pair::new(
+            config(Role::Client, SocketType::Pub, b""),
+            config(Role::Server, SocketType::Router, b""),
+        );
+        p.drive();
+        assert!(matches!(
+            p.server.error,
+            Some(ZmtpError::SocketType {
+                theirs: SocketType::Pub,
+                ..
+            })
+        ));
+        assert!(matches!(p.client.error, Some(ZmtpError::PeerError { .. })));
+    }
+
+    #[test]
+    fn ping_is_answered_with_pong_echoing_the_context() {
+        let mut p = Pair::dealer_router();
+        p.drive();
+        let mut ping = BytesMut::new();
+        p.client
+            .encoder
+            .as_mut()
+            .unwrap()
+            .command(&mut ping, b"\x04PING\x00\x00ctx");
+        p.server.inbox.extend_from_slice(&ping);
+        let out = p.server.step(p.now);
+        let mut want = BytesMut::new();
+        Encoder::null().command(&mut want, b"\x04PONGctx");
+        assert_eq!(out, want);
+        assert_eq!(p.server.error, None);
+    }
+
+    #[test]
+    fn heartbeats_keep_a_live_peer_and_find_a_dead_one() {
+        let hb = Heartbeat {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            ttl: Duration::from_secs(1),
+        };
+        let mut client = config(Role::Client, SocketType::Dealer, b"a");
+        client.heartbeat = Some(hb);
+        let mut p = Pair::new(client, config(Role::Server, SocketType::Router, b""));
+        p.drive();
+        let start = p.now;
+        let before = p.to_server;
+        p.run_until(start + Duration::from_secs(10));
+        assert_eq!(p.client.error, None, "answered PINGs keep it alive");
+        assert_eq!(p.server.error, None, "PINGs are traffic within the TTL");
+        // About one PING (9 bytes) per 100 ms.
+        let pings = (p.to_server - before) / 9;
+        assert!((95..=101).contains(&pings), "{pings} PINGs in 10 s");
+
+        // The server stops answering (its process hangs): the client gives
+        // up one timeout after its first unanswered PING.
+        let hung_at = p.now;
+        p.server.error = Some(ZmtpError::Closed);
+        p.run_until(hung_at + Duration::from_secs(1));
+        assert_eq!(p.client.error, Some(ZmtpError::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn a_ping_ttl_drops_a_peer_that_goes_silent() {
+        let mut p = Pair::dealer_router();
+        p.drive();
+        let mut ping = BytesMut::new();
+        // TTL 5 = 500 ms.
+        p.client
+            .encoder
+            .as_mut()
+            .unwrap()
+            .command(&mut ping, b"\x04PING\x00\x05");
+        p.server.inbox.extend_from_slice(&ping);
+        p.drive();
+        let t = p.now;
+        p.run_until(t + Duration::from_millis(499));
+        assert_eq!(p.server.error, None);
+        p.run_until(t + Duration::from_millis(500));
+        assert_eq!(p.server.error, Some(ZmtpError::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn no_pings_to_a_3_0_peer() {
+        let mut client = config(Role::Client, SocketType::Dealer, b"a");
+        client.heartbeat = Some(Heartbeat {
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(10),
+            ttl: Duration::ZERO,
+        });
+        let mut p = Pair::new(client, config(Role::Server, SocketType::Router, b""));
+        // The server's greeting says 3.0.
+        p.server.engine.transmit()[11] = 0;
+        p.drive();
+        assert!(p.client.engine.is_ready());
+        assert_eq!(p.client.engine.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_handshake_must_finish_in_time() {
+        let now = Instant::now();
+        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), now);
+        let mut half = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..30]);
+        assert_eq!(e.decode(&mut half, now), Ok(None));
+        assert_eq!(e.poll_timeout(), Some(now + Duration::from_secs(5)));
+        assert_eq!(e.handle_timeout(now + Duration::from_millis(4999)), Ok(()));
+        assert_eq!(
+            e.handle_timeout(now + Duration::from_secs(5)),
+            Err(ZmtpError::HandshakeTimeout)
+        );
+    }
+
+    #[test]
+    fn mechanism_mismatch_and_early_messages_are_refused() {
+        let now = Instant::now();
+        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), now);
+        let mut curve = BytesMut::from(&Greeting::encode(MechanismName::CURVE, false)[..]);
+        assert!(matches!(
+            e.decode(&mut curve, now),
+            Err(ZmtpError::MechanismMismatch { .. })
+        ));
+        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), now);
+        let mut early = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..]);
+        Encoder::null().message(&mut early, &[b"", b"1-0-1-x"]);
+        assert_eq!(
+            e.decode(&mut early, now),
+            Err(ZmtpError::MessageBeforeReady)
+        );
+        assert_eq!(e.decode(&mut early, now), Err(ZmtpError::Closed));
+    }
+
+    #[test]
+    fn nothing_is_decoded_while_the_socket_layer_decides() {
+        let now = Instant::now();
+        let mut server = Engine::new(config(Role::Server, SocketType::Router, b""), now);
+        let mut client = Engine::new(config(Role::Client, SocketType::Dealer, b"c"), now);
+        let mut to_server = BytesMut::from(&client.transmit().split()[..]);
+        let mut srv_greeting = server.transmit().split();
+        assert_eq!(client.decode(&mut srv_greeting, now), Ok(None));
+        to_server.extend_from_slice(&client.transmit().split());
+        // A message pipelined right behind READY waits for the decision.
+        Encoder::null().message(&mut to_server, &[b"", b"0-0-0-x"]);
+        assert!(matches!(
+            server.decode(&mut to_server, now),
+            Ok(Some(Event::PeerReady(_)))
+        ));
+        assert_eq!(server.decode(&mut to_server, now), Ok(None));
+        assert!(!to_server.is_empty(), "kept for after the decision");
+        server.accept(now);
+        assert_eq!(server.decode(&mut to_server, now), Ok(Some(Event::Message)));
+    }
+}
