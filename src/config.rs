@@ -14,27 +14,44 @@ pub struct Config {
     /// with `TooManyPending` instead of growing memory. Default 2^20
     /// (about 100 MiB of bookkeeping at the worst).
     pub max_pending_callbacks: usize,
-    /// High-water mark of each socket, in messages: the capacity of its send
-    /// queue and, with resending on, the most messages in flight without an
-    /// ACK (a window, as in TCP). When either is reached, `send_message`,
-    /// `request` and `Responder::reply` wait and the try-forms fail with
-    /// `Full`; ACKs and ECHO replies that cannot go straight to the link are
-    /// dropped (the peer resends).
-    /// Default 4096.
+    /// High-water mark of each socket, in messages: with resending on, the
+    /// most messages in flight without an ACK (a window, as in TCP); on a
+    /// connection that is redialling, the messages queued for its next
+    /// session; on inproc, each session's channel. When reached,
+    /// `send_message`, `request` and `Responder::reply` wait and the
+    /// try-forms fail with `Full`. Default 4096.
     pub send_queue_capacity: usize,
-    /// Capacity of the queue from all sockets into the ProcessMessage loop.
-    /// When full, socket readers stop reading, pushing back on peers.
-    /// Default 8192.
-    pub inbound_queue_capacity: usize,
+    /// Bytes one tcp or ipc session may hold that the socket has not taken
+    /// yet (its peer is slow or not reading). Past it sends wait (or fail
+    /// with `Full`), ACKs and ECHO replies are dropped (the peer resends),
+    /// and a listener stops reading that peer until it reads. A message
+    /// larger than this is still taken when nothing else waits. Default
+    /// 1 MiB: 16,000 small messages, and at most 1 GiB across the default
+    /// 1,024 peers of a listener.
+    pub send_buffer_size: usize,
     /// Messages queued for one listener's server-loop callback. When full,
     /// new messages for it are neither ACKed nor delivered, so the peer
     /// resends them later instead of us buffering without bound. Default 4096.
     pub slc_queue_capacity: usize,
     /// Largest payload sent or accepted, in bytes. Default 16 MiB. On tcp
-    /// and ipc the frame guard enforces it on every frame header before the
-    /// bytes reach the zeromq decoder (which would otherwise reserve whatever
-    /// length a peer declares).
+    /// and ipc the ZMTP decoder checks every frame header against it (plus
+    /// 4 KiB for routing frames and frame headers) before it reserves
+    /// anything, and cuts the peer off past it.
     pub max_message_size: usize,
+    /// Frames one ZMTP message may have. Our protocol uses at most five;
+    /// each frame held costs a handle, and empty frames cost little on the
+    /// wire, so this bounds what a flood of them can make us hold.
+    /// Default 32.
+    pub max_frames: usize,
+    /// Largest ZMTP command (READY, PING, CURVE's handshake). Default
+    /// 64 KiB: READY with the longest routing id is under 300 bytes.
+    pub max_command_size: usize,
+    /// ZMTP 3.1 heartbeats of our own on every tcp and ipc session (as
+    /// libzmq's `ZMQ_HEARTBEAT_IVL`, `_TIMEOUT` and `_TTL`): a PING every
+    /// `interval`; a peer silent for `timeout` after one is dropped (a
+    /// connection then redials). Peers' PINGs are always answered.
+    /// Default off.
+    pub zmtp_heartbeat: Option<crate::zmtp::Heartbeat>,
     /// How long a tcp or ipc peer has to finish the ZMTP greeting and READY
     /// before it is dropped. Default 5 s.
     pub handshake_timeout: Duration,
@@ -94,14 +111,6 @@ pub struct Config {
     /// waiters fail with `Disconnected` and the connection redials).
     /// Default off.
     pub heartbeat: Option<Heartbeat>,
-    /// Whether outgoing tcp and ipc connections relay what the peer sends
-    /// through the frame guard. Default true. Turning it off saves one
-    /// local hop each way (about 10 µs per round trip at 1 in flight; see
-    /// design/PERFORMANCE.md) but lets the listener we connect to make the
-    /// `zeromq` crate reserve any frame length it declares, which can abort
-    /// the process (design/THREATS.md, threat 1): only for listeners you
-    /// trust as much as your own code. Listeners always keep their guard.
-    pub guard_connections: bool,
 }
 
 /// Heartbeat settings; see [`Config::heartbeat`].
@@ -119,9 +128,12 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             max_pending_callbacks: 1 << 20,
             send_queue_capacity: 4096,
-            inbound_queue_capacity: 8192,
+            send_buffer_size: 1 << 20,
             slc_queue_capacity: 4096,
             max_message_size: 16 << 20,
+            max_frames: 32,
+            max_command_size: 64 << 10,
+            zmtp_heartbeat: None,
             handshake_timeout: Duration::from_secs(5),
             max_connections_per_listener: 1024,
             connect_timeout: Duration::from_secs(5),
@@ -136,7 +148,17 @@ impl Default for Config {
             max_concurrent_handlers: 64,
             shutdown_grace: Duration::from_secs(5),
             linger: Duration::from_secs(1),
-            guard_connections: true,
+        }
+    }
+}
+
+impl Config {
+    /// What one ZMTP connection may make us hold.
+    pub(crate) fn zmtp_limits(&self) -> crate::zmtp::Limits {
+        crate::zmtp::Limits {
+            max_message: (self.max_message_size as u64).saturating_add(4096),
+            max_frames: self.max_frames.max(1),
+            max_command: self.max_command_size.max(512),
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The ProcessMessage loop and the state it shares with senders.
+//! The state every task of a messenger shares, ProcessMessage carried out,
+//! the send path, and the timers (deadlines, resends, heartbeats).
 //!
-//! One task per messenger runs [`run`]. For each parsed message it decides,
-//! in this order: ACK bookkeeping, the builtins (ECHO), the message-specific
-//! callback named by `dst_cb`, then the listener's server-loop callback. It
-//! never awaits a peer or user code: replies go out with `try_send` (a full
-//! queue drops the ACK or ECHO reply and the peer resends), MSCs written as
-//! closures run on tasks of their own, futures are completed through a
-//! oneshot, and SLCs run on their listener's task behind a bounded queue.
+//! ProcessMessage runs in the task that read the message (a session's
+//! driver): [`process::decide`] says what the message is, and
+//! [`Shared::process`] does it. It never awaits a peer or user code: ACKs
+//! and ECHO replies are handed over without waiting (a full buffer drops
+//! them and the peer resends), futures are completed through a oneshot,
+//! closure MSCs run on tasks of their own, and SLCs run on their own task
+//! behind a bounded queue.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,13 +19,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::callbacks::CallbackTable;
 use crate::config::Config;
 use crate::deadlines::Deadlines;
-use crate::dedup::Verdict;
+use crate::dedup::DedupWindow;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
 use crate::pending::MsgKey;
+use crate::process::{self, Decision};
 use crate::stats::{Stats, bump};
-use crate::transport::{AckWaiter, Inbound, Outbound, SocketCtx};
-use crate::wire::{self, ACK, ECHO, NOOP};
+use crate::transport::outbox::Push;
+use crate::transport::{AckWaiter, Route, Session, SocketCtx};
+use crate::wire::{self, ECHO, NOOP, Payload};
 
 /// A reply, or why none came.
 pub type Reply = Result<Incoming, RequestError>;
@@ -55,6 +58,8 @@ impl Completion {
 pub(crate) struct Waiter {
     completion: Completion,
     /// The socket the request went out on ([`SocketKind::tag`]).
+    ///
+    /// [`SocketKind::tag`]: crate::transport::SocketKind::tag
     socket: u64,
     /// The peer the request went to: `None` on a connection (its only
     /// peer), boxed on a listener so the common case costs 8 bytes.
@@ -90,20 +95,42 @@ fn deadline_after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::
 /// the live ones before they are swept.
 const DEADLINE_SLACK: usize = 1024;
 
-/// State shared by the loop, the senders and the server loops.
+/// Callbacks timed out per lock taken, so senders are not held up.
+const EXPIRE_BATCH: usize = 64;
+
+/// A message handed over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    /// Its msg_id.
+    pub(crate) msg_id: u64,
+    /// The wire id of its callback, if it has one.
+    pub(crate) cb_id: Option<u64>,
+}
+
+/// How a send treats a full window or buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Wait for room.
+    Wait,
+    /// Fail with [`SendError::Full`].
+    Try,
+}
+
+/// State shared by the sessions, the senders and the server loops.
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    pub(crate) config: Arc<Config>,
     pub(crate) stats: Arc<Stats>,
     runtime: Handle,
     pending: Mutex<Pending>,
-    /// A new deadline is earlier than every other: the loop re-arms its timer.
+    /// A new deadline is earlier than every other: the deadline task
+    /// re-arms its timer.
     deadline_moved: tokio::sync::Notify,
     /// Cleared when shutdown begins: server loops take nothing new.
     accepting: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, runtime: Handle) -> Self {
+    pub(crate) fn new(config: Arc<Config>, runtime: Handle) -> Self {
         let limit = config.max_pending_callbacks;
         Shared {
             config,
@@ -141,19 +168,20 @@ impl Shared {
         socket: &SocketCtx,
         peer: &Bytes,
         at: tokio::time::Instant,
+        msg_id: impl FnOnce() -> u64,
     ) -> Result<(u64, u64), SendError> {
-        let mut msg_id = 0;
+        let mut id_out = 0;
         let (moved, id) = {
             let mut p = self.pending();
             let Pending { table, deadlines } = &mut *p;
             let id = table
                 .insert_with(|_| {
-                    msg_id = socket.next_msg_id(peer);
+                    id_out = msg_id();
                     Waiter {
                         completion,
                         socket: socket.kind.tag(),
                         peer: (!peer.is_empty()).then(|| Box::new(peer.clone())),
-                        msg_id,
+                        msg_id: id_out,
                     }
                 })
                 .map_err(|full| SendError::TooManyPending(full.0))?;
@@ -166,7 +194,7 @@ impl Shared {
         if moved {
             self.deadline_moved.notify_one();
         }
-        Ok((id, msg_id))
+        Ok((id, id_out))
     }
 
     /// Removes a callback without running it (send failed, future dropped).
@@ -175,27 +203,21 @@ impl Shared {
         self.pending().table.take(id);
     }
 
-    /// Takes the waiter for `id` out of the table, if it is still live.
-    fn take(&self, id: u64) -> Option<Waiter> {
-        self.pending().table.take(id)
-    }
-
     /// Formats a message and records it: its callback (whose wire id
     /// becomes the message's src_cb) and, with resending on, its place in
     /// the socket's unacknowledged set. The returned [`Sending`] undoes both
     /// if it is dropped before [`Sending::sent`].
-    pub(crate) fn prepare<'a>(
+    #[allow(clippy::too_many_arguments)]
+    fn prepare<'a>(
         &'a self,
         socket: &Arc<SocketCtx>,
-        peer: Bytes,
+        route: &Route,
+        peer: &Bytes,
         dst_cb: u64,
         body: &[u8],
         completion: Option<(Completion, Duration)>,
         ack: Option<AckWaiter>,
     ) -> Result<Sending<'a>, SendError> {
-        if socket.is_closed() {
-            return Err(SendError::Disconnected);
-        }
         let max = self.config.max_message_size;
         // Reject what cannot fit before registering or formatting anything;
         // the exact length is checked once the payload exists.
@@ -222,18 +244,19 @@ impl Shared {
         let mut sending = Sending {
             shared: self,
             socket: Arc::clone(socket),
-            out: None,
+            payload: Bytes::new(),
             msg_id: 0,
             cb_id: None,
             tracked: None,
         };
         let msg_id = match completion {
             Some((c, _)) => {
-                let (cb_id, msg_id) = self.register(c, socket, &peer, deadline)?;
+                let (cb_id, msg_id) =
+                    self.register(c, socket, peer, deadline, || socket.next_msg_id(route))?;
                 sending.cb_id = Some(cb_id);
                 msg_id
             }
-            None => socket.next_msg_id(&peer),
+            None => socket.next_msg_id(route),
         };
         let payload = wire::encode(msg_id, sending.cb_id.unwrap_or(NOOP), dst_cb, body);
         if payload.len() > max {
@@ -242,8 +265,8 @@ impl Shared {
                 max,
             });
         }
-        let key = (peer.clone(), msg_id);
         if resend {
+            let key = (peer.clone(), msg_id);
             socket
                 .pending()
                 .insert(key.clone(), payload.clone(), now, deadline, ack)
@@ -254,8 +277,64 @@ impl Shared {
             let _ = ack.send(Ok(()));
         }
         sending.msg_id = msg_id;
-        sending.out = Some(Outbound { peer, payload });
+        sending.payload = payload;
         Ok(sending)
+    }
+
+    /// Sends `body` to `dst_cb` at `peer` of `socket` (empty on a
+    /// connection), with a callback or an ACK waiter. `Mode::Wait` waits
+    /// for room in the window and then in the session's buffer (or a
+    /// redialling connection's backlog); `Mode::Try` fails with `Full`
+    /// instead.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send(
+        &self,
+        socket: &Arc<SocketCtx>,
+        peer: &Bytes,
+        dst_cb: u64,
+        body: &[u8],
+        completion: Option<(Completion, Duration)>,
+        ack: Option<AckWaiter>,
+        mode: Mode,
+    ) -> Result<Sent, SendError> {
+        if socket.window_full() {
+            match mode {
+                Mode::Try => return Err(SendError::Full),
+                Mode::Wait => socket.wait_for_window().await,
+            }
+        }
+        let mut route = socket.route(peer)?;
+        let sending = self.prepare(socket, &route, peer, dst_cb, body, completion, ack)?;
+        loop {
+            match socket.transmit(&route, &sending.payload) {
+                Ok(()) => return Ok(sending.sent()),
+                Err(Push::Full) => match mode {
+                    Mode::Try => return Err(SendError::Full),
+                    Mode::Wait => socket.route_room(&route, sending.payload.len()).await,
+                },
+                // A connection's session just ended: its backlog takes it.
+                Err(Push::Closed) if !socket.is_listener() && !socket.is_closed() => {
+                    route = socket.route(peer)?;
+                }
+                Err(Push::Closed) => return Err(SendError::Disconnected),
+            }
+        }
+    }
+
+    /// [`send`](Self::send) in `Mode::Try`, from synchronous code: it never
+    /// waits, so it completes on its first poll.
+    pub(crate) fn try_send(
+        &self,
+        socket: &Arc<SocketCtx>,
+        peer: &Bytes,
+        dst_cb: u64,
+        body: &[u8],
+        completion: Option<(Completion, Duration)>,
+    ) -> Result<u64, SendError> {
+        use futures::FutureExt;
+        let send = self.send(socket, peer, dst_cb, body, completion, None, Mode::Try);
+        let sent = send.now_or_never().unwrap_or(Err(SendError::Full));
+        sent.map(|s| s.msg_id)
     }
 
     /// Fails everyone waiting on a socket whose peer went away: callbacks
@@ -272,7 +351,7 @@ impl Shared {
             }
             unacked.drain_waiters()
         };
-        socket.unacked_removed();
+        socket.wake_room();
         for w in failed {
             w.completion.complete(Err(err.clone()));
         }
@@ -283,7 +362,7 @@ impl Shared {
 
     /// Fails what waits on one peer of a listener that went away: requests
     /// sent to it, and sends waiting for its ACKs.
-    fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
+    pub(crate) fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
         socket.fail_unacked(peer);
         let tag = socket.kind.tag();
         let failed = self
@@ -321,8 +400,7 @@ impl Shared {
             let more = {
                 let mut p = self.pending();
                 let Pending { table, deadlines } = &mut *p;
-                // Bounded per lock, so senders are not held up by a sweep.
-                while due.len() < BATCH {
+                while due.len() < EXPIRE_BATCH {
                     let Some(id) = deadlines.pop_expired(now) else {
                         break;
                     };
@@ -340,9 +418,114 @@ impl Shared {
         }
     }
 
-    /// Sends an ACK or builtin reply without waiting: a full queue drops it.
-    fn reply_now(&self, socket: &SocketCtx, peer: Bytes, payload: Bytes) -> bool {
-        match socket.try_send_out(Outbound { peer, payload }) {
+    /// ACKs `msg_id` without waiting: a full buffer drops the ACK (the
+    /// peer resends and is ACKed then).
+    fn ack(&self, session: &Session, msg_id: u64) {
+        match session.ack(msg_id) {
+            Ok(()) => {
+                bump(&self.stats.sent);
+                bump(&self.stats.acks_sent);
+            }
+            Err(_) => bump(&self.stats.replies_dropped),
+        }
+    }
+
+    /// ProcessMessage, carried out where the message landed: `session`'s
+    /// task, with the sender's duplicate window `dedup`.
+    pub(crate) fn process(
+        &self,
+        socket: &Arc<SocketCtx>,
+        session: &Arc<Session>,
+        dedup: &mut DedupWindow,
+        payload: Payload,
+        now: tokio::time::Instant,
+    ) {
+        bump(&self.stats.received);
+        let msg_id = payload.msg_id;
+        match process::decide(dedup, msg_id, payload.dst_cb, now) {
+            Decision::SettleAck => socket.settle_ack(&session.peer, msg_id, now),
+            Decision::Duplicate => {
+                self.ack(session, msg_id);
+                bump(&self.stats.duplicates_dropped);
+            }
+            Decision::Busy => bump(&self.stats.dedup_busy),
+            Decision::Echo => {
+                self.ack(session, msg_id);
+                if self.echo(socket, session, &payload, now) {
+                    bump(&self.stats.echoes_answered);
+                }
+            }
+            Decision::Callback => {
+                self.ack(session, msg_id);
+                let waiter = self.pending().table.take(payload.dst_cb);
+                match waiter {
+                    Some(w) => {
+                        // The reply proves our request arrived: stop resending it.
+                        socket.acknowledged(&w.msg_key());
+                        bump(&self.stats.msc_delivered);
+                        let incoming =
+                            Incoming::new(Arc::clone(socket), session.peer.clone(), payload);
+                        w.completion.complete(Ok(incoming));
+                    }
+                    // Never issued, already used or expired.
+                    None => bump(&self.stats.late_replies_dropped),
+                }
+            }
+            Decision::Proof => self.ack(session, msg_id),
+            Decision::ServerLoop => {
+                // While shutting down it is refused unACKed: the peer keeps it.
+                if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
+                    bump(&self.stats.slc_busy);
+                    return;
+                }
+                let Some(slc) = socket.slc.as_ref() else {
+                    process::accepted(dedup, msg_id, now);
+                    self.ack(session, msg_id);
+                    bump(&self.stats.unroutable_dropped);
+                    return;
+                };
+                match slc.try_reserve() {
+                    Ok(permit) => {
+                        process::accepted(dedup, msg_id, now);
+                        self.ack(session, msg_id);
+                        bump(&self.stats.slc_delivered);
+                        let incoming =
+                            Incoming::new(Arc::clone(socket), session.peer.clone(), payload);
+                        permit.send(incoming);
+                    }
+                    // Not ACKed: the peer keeps it and resends it later.
+                    Err(mpsc::error::TrySendError::Full(())) => bump(&self.stats.slc_busy),
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        bump(&self.stats.unroutable_dropped)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers an ECHO with its body, tracked for resending like any other
+    /// message, without ever waiting.
+    fn echo(
+        &self,
+        socket: &SocketCtx,
+        session: &Session,
+        request: &Payload,
+        now: tokio::time::Instant,
+    ) -> bool {
+        let id = socket.next_msg_id_for(session);
+        let reply = wire::encode(id, NOOP, request.src_cb, &request.body);
+        if let Some(iv) = self.config.resend_interval {
+            let deadline = deadline_after(now, self.config.request_timeout.max(iv));
+            // A full set only costs this reply its resends.
+            let _ = socket.pending().insert(
+                (session.peer.clone(), id),
+                reply.clone(),
+                now,
+                deadline,
+                None,
+            );
+        }
+        match session.send(&reply) {
             Ok(()) => {
                 bump(&self.stats.sent);
                 true
@@ -353,122 +536,6 @@ impl Shared {
             }
         }
     }
-
-    fn ack(&self, socket: &SocketCtx, peer: &Bytes, msg_id: u64) {
-        if self.reply_now(socket, peer.clone(), wire::ack(msg_id)) {
-            bump(&self.stats.acks_sent);
-        }
-    }
-
-    /// Sends a builtin reply (an ECHO answer) and tracks it for resending
-    /// like any other message, without ever waiting.
-    fn reply_tracked(&self, socket: &SocketCtx, peer: Bytes, payload: Bytes, msg_id: u64) -> bool {
-        if let Some(iv) = self.config.resend_interval {
-            let now = tokio::time::Instant::now();
-            let deadline = deadline_after(now, self.config.request_timeout.max(iv));
-            // A full set only costs this reply its resends.
-            let _ = socket.pending().insert(
-                (peer.clone(), msg_id),
-                payload.clone(),
-                now,
-                deadline,
-                None,
-            );
-        }
-        self.reply_now(socket, peer, payload)
-    }
-
-    /// Accepts a message: remembers it for duplicate suppression and ACKs it.
-    fn accept(&self, socket: &SocketCtx, peer: &Bytes, msg_id: u64) {
-        socket.record_delivered(peer, msg_id);
-        self.ack(socket, peer, msg_id);
-    }
-
-    /// ProcessMessage: decides what one message is and hands it on.
-    fn process(&self, m: Inbound) {
-        let Inbound {
-            socket,
-            peer,
-            payload,
-        } = m;
-        let (dst, msg_id) = (payload.dst_cb, payload.msg_id);
-        if dst == ACK {
-            // Socket readers settle ACKs themselves; one that reaches the
-            // loop is settled the same way.
-            socket.settle_ack(peer, msg_id);
-            return;
-        }
-        // Everything but a server-loop message is delivered as soon as it is
-        // new; a server-loop message only once its queue has room.
-        let deliver_now = dst != NOOP;
-        match socket.check_seen(&peer, msg_id, deliver_now) {
-            Verdict::New => {}
-            Verdict::Duplicate => {
-                // Our ACK was lost or slow: ACK again, deliver nothing.
-                self.ack(&socket, &peer, msg_id);
-                bump(&self.stats.duplicates_dropped);
-                return;
-            }
-            Verdict::Busy => {
-                // Too many of its earlier messages still missing: not ACKed,
-                // so the sender resends it once the gaps have filled.
-                bump(&self.stats.dedup_busy);
-                return;
-            }
-        }
-        if dst == ECHO {
-            self.ack(&socket, &peer, msg_id);
-            let id = socket.next_msg_id(&peer);
-            let reply = wire::encode(id, NOOP, payload.src_cb, &payload.body);
-            if self.reply_tracked(&socket, peer, reply, id) {
-                bump(&self.stats.echoes_answered);
-            }
-            return;
-        }
-        if dst >= wire::FIRST_USER {
-            self.ack(&socket, &peer, msg_id);
-            match self.take(dst) {
-                Some(w) => {
-                    // The reply proves our request arrived: stop resending it.
-                    socket.acknowledged(&w.msg_key());
-                    bump(&self.stats.msc_delivered);
-                    w.completion
-                        .complete(Ok(Incoming::new(socket, peer, payload)));
-                }
-                // Never issued, already used or expired.
-                None => bump(&self.stats.late_replies_dropped),
-            }
-            return;
-        }
-        if dst == crate::auth::AUTH {
-            // An authentication message: the listener's relay checked it
-            // before it got here (or the listener needs none). Nothing to deliver.
-            self.ack(&socket, &peer, msg_id);
-            return;
-        }
-        // NOOP: the socket's server loop (a listener's, or the one a
-        // connection was made with). While shutting down it is refused
-        // unACKed: the peer keeps it.
-        if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
-            bump(&self.stats.slc_busy);
-            return;
-        }
-        let Some(slc) = socket.slc.as_ref() else {
-            self.accept(&socket, &peer, msg_id);
-            bump(&self.stats.unroutable_dropped);
-            return;
-        };
-        match slc.try_reserve() {
-            Ok(permit) => {
-                self.accept(&socket, &peer, msg_id);
-                bump(&self.stats.slc_delivered);
-                permit.send(Incoming::new(Arc::clone(&socket), peer, payload));
-            }
-            // Not ACKed: the peer keeps it and resends it later.
-            Err(mpsc::error::TrySendError::Full(())) => bump(&self.stats.slc_busy),
-            Err(mpsc::error::TrySendError::Closed(())) => bump(&self.stats.unroutable_dropped),
-        }
-    }
 }
 
 /// A message on its way to a socket. Dropped before [`sent`](Self::sent),
@@ -476,30 +543,23 @@ impl Shared {
 /// cancelled send leaves nothing behind.
 pub(crate) struct Sending<'a> {
     shared: &'a Shared,
-    pub(crate) socket: Arc<SocketCtx>,
-    out: Option<Outbound>,
-    pub(crate) msg_id: u64,
-    pub(crate) cb_id: Option<u64>,
+    socket: Arc<SocketCtx>,
+    payload: Bytes,
+    msg_id: u64,
+    cb_id: Option<u64>,
     tracked: Option<MsgKey>,
 }
 
 impl Sending<'_> {
-    /// Takes the message to hand to the socket's queue.
-    pub(crate) fn take_out(&mut self) -> Option<Outbound> {
-        self.out.take()
-    }
-
-    /// Returns a message taken with [`take_out`](Self::take_out) that could
-    /// not be handed over yet.
-    pub(crate) fn put_back(&mut self, out: Outbound) {
-        self.out = Some(out);
-    }
-
-    /// The message is in the socket's queue: keep its records.
-    pub(crate) fn sent(mut self) {
+    /// The message is handed over: keep its records.
+    fn sent(mut self) -> Sent {
         bump(&self.shared.stats.sent);
-        self.cb_id = None;
+        let sent = Sent {
+            msg_id: self.msg_id,
+            cb_id: self.cb_id.take(),
+        };
         self.tracked = None;
+        sent
     }
 }
 
@@ -514,31 +574,58 @@ impl Drop for Sending<'_> {
     }
 }
 
-/// Resends what a socket's peer has not acknowledged and drops what is past
-/// its deadline. One per socket, while resending is on.
+/// Fails callbacks at their deadlines: one timer, armed for the earliest.
+/// One per messenger.
+pub(crate) async fn deadline_loop(shared: Arc<Shared>) {
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
+    let moved = shared.deadline_moved.notified();
+    tokio::pin!(moved);
+    loop {
+        tokio::select! {
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                shared.expire_due();
+            }
+            () = &mut moved => moved.set(shared.deadline_moved.notified()),
+        }
+        let next = shared.next_deadline();
+        if next != armed {
+            if let Some(at) = next {
+                timer.as_mut().reset(at);
+            }
+            armed = next;
+        }
+    }
+}
+
+/// Resends what a socket's peers have not acknowledged and drops what is
+/// past its deadline. One per socket, while resending is on.
 pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
-    let mut warn = crate::transport::RateLimit::new();
     let period = (interval / 4).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let now = tokio::time::Instant::now();
-        // Only what fits in the queue now is resent (and marked so); the
-        // rest stays due for the next tick.
-        let budget = if socket.is_up() {
-            socket.out_tx.capacity()
-        } else {
-            0
-        };
+        // A redialling connection resends nothing (and marks nothing
+        // resent), so what is due goes out as soon as it is back.
+        let budget = if socket.is_up() { usize::MAX } else { 0 };
         let tick = socket.pending().tick(now, interval, budget);
         for (peer, payload) in tick.resend {
-            if socket.try_send_out(Outbound { peer, payload }).is_ok() {
+            let sent = socket
+                .route(&peer)
+                .ok()
+                .is_some_and(|route| socket.transmit(&route, &payload).is_ok());
+            if sent {
                 bump(&socket.stats.resends);
+            } else {
+                bump(&socket.stats.send_failures);
             }
         }
         if !tick.expired.is_empty() {
-            socket.unacked_removed();
+            socket.wake_room();
         }
         let mut unwaited = 0u64;
         for (_, waiter) in tick.expired {
@@ -556,64 +643,16 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
                 .stats
                 .unacked_expired
                 .fetch_add(unwaited, std::sync::atomic::Ordering::Relaxed);
-            if warn.allow() {
+            if socket.warn_allowed() {
                 tracing::warn!(endpoint = %socket.endpoint, count = unwaited, "messages expired without an ACK");
             }
         }
     }
 }
 
-/// Messages the loop takes from its queue before it looks at timers again.
-const BATCH: usize = 64;
-
-/// The ProcessMessage loop. Ends when every socket reader has gone.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut inbound: mpsc::Receiver<Inbound>,
-    mut lost: mpsc::Receiver<crate::transport::Lost>,
-) {
-    // One timer for every request deadline, armed for the earliest.
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    let mut armed: Option<tokio::time::Instant> = None;
-    let moved = shared.deadline_moved.notified();
-    tokio::pin!(moved);
-    loop {
-        tokio::select! {
-            biased;
-            m = inbound.recv() => {
-                let Some(m) = m else { break };
-                shared.process(m);
-                for _ in 1..BATCH {
-                    match inbound.try_recv() {
-                        Ok(m) => shared.process(m),
-                        Err(_) => break,
-                    }
-                }
-            }
-            Some(l) = lost.recv() => match l.peer {
-                None => shared.fail_socket(&l.socket, RequestError::Disconnected),
-                Some(peer) => shared.fail_peer(&l.socket, &peer),
-            },
-            () = &mut timer, if armed.is_some() => {
-                armed = None;
-                shared.expire_due();
-            }
-            () = &mut moved => moved.set(shared.deadline_moved.notified()),
-        }
-        let next = shared.next_deadline();
-        if next != armed {
-            if let Some(at) = next {
-                timer.as_mut().reset(at);
-            }
-            armed = next;
-        }
-    }
-}
-
 /// Checks a connection's peer with an empty ECHO every `hb.interval`; after
-/// `hb.misses` unanswered in a row, tells the connection's driver to drop
-/// the link (which fails its waiters and redials). Records the round trip.
+/// `hb.misses` unanswered in a row, tells the connection's session to end
+/// (which fails its waiters and redials). Records the round trip.
 pub(crate) async fn heartbeat_loop(
     shared: std::sync::Weak<Shared>,
     socket: Arc<SocketCtx>,
@@ -623,6 +662,7 @@ pub(crate) async fn heartbeat_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut missed = 0;
+    let empty = Bytes::new();
     loop {
         ticker.tick().await;
         if !socket.is_up() {
@@ -635,9 +675,7 @@ pub(crate) async fn heartbeat_loop(
         let (tx, rx) = oneshot::channel();
         let start = tokio::time::Instant::now();
         let completion = Some((Completion::Future(tx), hb.interval));
-        let sent = shared
-            .prepare(&socket, Bytes::new(), ECHO, b"", completion, None)
-            .and_then(crate::messenger::try_enqueue);
+        let sent = shared.try_send(&socket, &empty, ECHO, b"", completion);
         let stats = Arc::clone(&shared.stats);
         drop(shared);
         let answered = sent.is_ok() && matches!(rx.await, Ok(Ok(_)));

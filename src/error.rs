@@ -103,14 +103,10 @@ pub enum BindError {
         /// The OS error.
         source: io::Error,
     },
-    /// The zeromq layer refused the listener.
-    #[error("cannot bind {endpoint}: {message}")]
-    Transport {
-        /// The endpoint.
-        endpoint: Endpoint,
-        /// What the transport said.
-        message: String,
-    },
+    /// The endpoint's transport cannot be bound this way (inproc is
+    /// bound by name, never as a socket).
+    #[error("cannot bind {0} as a socket")]
+    Unsupported(Endpoint),
     /// The messenger has been shut down.
     #[error("the messenger is shut down")]
     Shutdown,
@@ -119,13 +115,25 @@ pub enum BindError {
 /// Why `make_connection` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Nothing is listening there (inproc), or the peer refused.
-    #[error("cannot connect to {endpoint}: {message}")]
+    /// The connection could not be made, or broke during the handshake.
+    #[error("cannot connect to {endpoint}: {source}")]
     Refused {
         /// The endpoint.
         endpoint: Endpoint,
-        /// What the transport said.
-        message: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Nothing is bound to that inproc name.
+    #[error("nothing is bound to {0}")]
+    NotBound(Endpoint),
+    /// The ZMTP handshake failed: the peer refused us (its ERROR), broke
+    /// the protocol, or is not a ROUTER or DEALER.
+    #[error("handshake with {endpoint} failed: {source}")]
+    Handshake {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// What went wrong.
+        source: crate::zmtp::ZmtpError,
     },
     /// The handshake did not finish within the connect timeout.
     #[error("connecting to {0} timed out")]

@@ -31,6 +31,7 @@ pub mod endpoint;
 pub mod error;
 mod messenger;
 pub mod pending;
+mod process;
 pub mod scenarios;
 mod server_loop;
 mod stats;
@@ -50,6 +51,3 @@ pub use messenger::{
 };
 pub use server_loop::{AsyncServerLoop, Responder, ServerLoop};
 pub use stats::StatsSnapshot;
-/// The ZMTP frame guard in front of the zeromq decoder (public for fuzzing
-/// and for other relays).
-pub use transport::guard;

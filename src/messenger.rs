@@ -9,15 +9,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::dispatch::{self, Completion, Reply, Sending, Shared};
+use crate::dispatch::{self, Completion, Mode, Reply, Shared};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError, RequestError, SendError};
 use crate::server_loop::{self, AsyncServerLoop, Handler, ServerLoop};
 use crate::stats::StatsSnapshot;
-use crate::transport::{self, Inbound, OpenArgs, SocketCtx, SocketKind, SocketTasks, connection};
+use crate::transport::{SocketCtx, SocketKind, SocketTasks, connection, inproc, listener, stream};
 use crate::wire::Payload;
 
 /// Identifies a connection made with [`Messenger::make_connection`].
@@ -162,9 +163,6 @@ struct Registry {
 struct Inner {
     identity: Bytes,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Inbound>,
-    /// Given to every socket, to report peers going away to the loop.
-    lost: mpsc::Sender<transport::Lost>,
     registry: Mutex<Registry>,
     /// Serialises connects so two callers for one endpoint share one DEALER.
     connecting: tokio::sync::Mutex<()>,
@@ -174,13 +172,14 @@ struct Inner {
     stop: tokio_util::sync::CancellationToken,
     /// Limit of concurrent server-loop handlers, shared by all listeners.
     handler_limit: Arc<tokio::sync::Semaphore>,
-    loop_task: JoinHandle<()>,
+    /// Fails requests at their deadlines.
+    deadline_task: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.close_everything();
-        self.loop_task.abort();
+        self.deadline_task.abort();
     }
 }
 
@@ -237,24 +236,20 @@ impl Messenger {
             return Err(NewError::Identity(identity.len()));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NewError::NoRuntime)?;
-        let (inbound, inbound_rx) = mpsc::channel(config.inbound_queue_capacity.max(1));
-        let (lost, lost_rx) = mpsc::channel(transport::LOST_QUEUE);
         let limit = config.max_concurrent_handlers.max(1);
-        let shared = Arc::new(Shared::new(config, runtime));
-        let loop_task = tokio::spawn(dispatch::run(Arc::clone(&shared), inbound_rx, lost_rx));
+        let shared = Arc::new(Shared::new(Arc::new(config), runtime));
+        let deadline_task = tokio::spawn(dispatch::deadline_loop(Arc::clone(&shared)));
         Ok(Messenger {
             inner: Arc::new(Inner {
                 identity,
                 shared,
-                inbound,
-                lost,
                 registry: Mutex::default(),
                 connecting: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 shut: AtomicBool::new(false),
                 stop: tokio_util::sync::CancellationToken::new(),
                 handler_limit: Arc::new(tokio::sync::Semaphore::new(limit)),
-                loop_task,
+                deadline_task,
             }),
         })
     }
@@ -267,20 +262,6 @@ impl Messenger {
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.inner.shared.config
-    }
-
-    fn open_args(
-        &self,
-        identity: Bytes,
-        ctx: &Arc<SocketCtx>,
-        out_rx: mpsc::Receiver<transport::Outbound>,
-    ) -> OpenArgs {
-        OpenArgs {
-            identity,
-            ctx: Arc::clone(ctx),
-            out_rx,
-            inbound: self.inner.inbound.clone(),
-        }
     }
 
     fn start_resending(&self, ctx: &Arc<SocketCtx>, tasks: &mut SocketTasks) {
@@ -338,55 +319,52 @@ impl Messenger {
         if self.inner.shut.load(Ordering::Acquire) {
             return Err(BindError::Shutdown);
         }
-        let cfg = &self.inner.shared.config;
+        let shared = &self.inner.shared;
+        let cfg = &shared.config;
         let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (slc_tx, slc_rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
-        let (out_tx, out_rx) = mpsc::channel(cfg.send_queue_capacity.max(1));
-
         // tcp and ipc bind the OS listener first so the context can carry
         // the resolved endpoint (port 0 becomes the real port).
-        let (zmq_listener, bound) = match endpoint {
-            Endpoint::Inproc(_) => (None, endpoint.clone()),
+        let (bound_socket, bound, created_file) = match endpoint {
+            Endpoint::Inproc(_) => (None, endpoint.clone(), None),
             _ => {
-                let (l, resolved, file) = transport::zmq::prepare_bind(endpoint).await?;
-                (Some((l, file)), resolved)
+                let (l, resolved, file) = stream::bind(endpoint).await?;
+                (Some(l), resolved, file)
             }
         };
         let ctx = Arc::new(SocketCtx::new(
             SocketKind::Listener(id),
             bound.clone(),
-            out_tx,
+            identity,
             Some(slc_tx),
-            Arc::clone(&self.inner.shared.stats),
-            cfg,
-            self.inner.lost.clone(),
+            Arc::clone(&shared.stats),
+            Arc::clone(cfg),
         ));
-        let args = self.open_args(identity, &ctx, out_rx);
-        let tasks = match (endpoint, zmq_listener) {
+        let mut tasks = SocketTasks::new(CancellationToken::new());
+        tasks.created_file = created_file;
+        match (endpoint, bound_socket) {
             (Endpoint::Inproc(name), _) => {
-                transport::inproc::bind(name, cfg.send_queue_capacity.max(1), args)?
+                tasks.inproc = Some(inproc::bind(name, &ctx, shared, &tasks.stop)?);
             }
-            (_, Some((l, file))) => {
-                let guard = transport::relay::Settings {
-                    max_message: guard_limit(cfg),
-                    handshake_timeout: cfg.handshake_timeout,
-                    ctx: Arc::clone(&ctx),
-                    sessions: true,
+            (_, Some(l)) => {
+                let settings = Arc::new(listener::PeerSettings {
                     auth: cfg
                         .auth
                         .clone()
-                        .map(|s| Arc::new(std::sync::Mutex::new(crate::auth::Verifier::new(s)))),
-                };
-                let max_conns = cfg.max_connections_per_listener;
-                transport::zmq::bind(l, file, guard, max_conns, args).await?
-            }
-            (_, None) => {
-                return Err(BindError::Transport {
-                    endpoint: endpoint.clone(),
-                    message: "no listener was prepared".into(),
+                        .map(|s| std::sync::Mutex::new(crate::auth::Verifier::new(s))),
                 });
+                let span = tracing::info_span!("listener", endpoint = %bound);
+                let accept = listener::accept_loop(
+                    l,
+                    Arc::clone(&ctx),
+                    Arc::clone(shared),
+                    settings,
+                    tasks.stop.clone(),
+                );
+                tasks.flushing.push(tokio::spawn(accept.instrument(span)));
             }
-        };
+            (_, None) => return Err(BindError::Unsupported(endpoint.clone())),
+        }
         let span = tracing::info_span!("listener", id = id.0, endpoint = %bound);
         let _entered = span.enter();
         let slc_task = server_loop::spawn(
@@ -395,7 +373,6 @@ impl Messenger {
             Arc::downgrade(&self.inner.shared),
             self.inner.stop.clone(),
         );
-        let mut tasks = tasks;
         self.start_resending(&ctx, &mut tasks);
         let mut reg = self.inner.registry();
         reg.listeners.insert(id, Open { ctx, tasks });
@@ -446,10 +423,9 @@ impl Messenger {
                 Some(_) => Err(ConnectError::AlreadyConnected(endpoint.clone())),
             };
         }
-        let cfg = &self.inner.shared.config;
+        let shared = &self.inner.shared;
+        let cfg = &shared.config;
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let capacity = cfg.send_queue_capacity.max(1);
-        let (out_tx, out_rx) = mpsc::channel(capacity);
         let (slc_tx, slc_rx) = match handler {
             Some(_) => {
                 let (tx, rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
@@ -460,46 +436,30 @@ impl Messenger {
         let ctx = Arc::new(SocketCtx::new(
             SocketKind::Connection(id),
             endpoint.clone(),
-            out_tx,
+            self.inner.identity.clone(),
             slc_tx,
-            Arc::clone(&self.inner.shared.stats),
-            cfg,
-            self.inner.lost.clone(),
+            Arc::clone(&shared.stats),
+            Arc::clone(cfg),
         ));
-        let dialer = connection::Dialer {
-            endpoint: endpoint.clone(),
-            identity: self.inner.identity.clone(),
-            connect_timeout: cfg.connect_timeout,
-            capacity,
-            ctx: Arc::clone(&ctx),
-            inbound: self.inner.inbound.clone(),
-            max_message: guard_limit(cfg),
-            guarded: cfg.guard_connections,
-            handshake_timeout: cfg.handshake_timeout,
-            linger: cfg.linger,
-            auth: cfg.auth.clone(),
-        };
-        let first = dialer.dial().await?;
+        let first = connection::dial(endpoint, &ctx).await?;
         let backoff = connection::Backoff {
             initial: cfg.reconnect_initial,
             max: cfg.reconnect_max.max(cfg.reconnect_initial),
         };
-        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = SocketTasks::new(CancellationToken::new());
         let span = tracing::info_span!("connection", id = id.0, %endpoint);
-        let driver = tokio::spawn(
-            connection::drive(dialer, first, out_rx, backoff, stop.clone()).instrument(span),
+        let driver = connection::drive(
+            endpoint.clone(),
+            first,
+            Arc::clone(&ctx),
+            Arc::clone(shared),
+            backoff,
+            tasks.stop.clone(),
         );
-        let mut tasks = SocketTasks {
-            tasks: Vec::new(),
-            created_file: None,
-            inproc: None,
-            private: None,
-            flushing: vec![driver],
-            stop: Some(stop),
-        };
+        tasks.flushing.push(tokio::spawn(driver.instrument(span)));
         self.start_resending(&ctx, &mut tasks);
         if let Some(hb) = cfg.heartbeat {
-            let shared = Arc::downgrade(&self.inner.shared);
+            let shared = Arc::downgrade(shared);
             let beat = dispatch::heartbeat_loop(shared, Arc::clone(&ctx), hb);
             tasks.tasks.push(tokio::spawn(beat));
         }
@@ -559,9 +519,9 @@ impl Messenger {
     }
 
     /// Sends `body` to callback `dst_cb` at `dest`, waiting while the
-    /// socket's send queue is at its high-water mark. With a `callback`, the
-    /// message carries the callback's id as src_cb and the callback runs
-    /// once with the reply, or with an error at the deadline
+    /// socket is at its high-water mark. With a `callback`, the message
+    /// carries the callback's id as src_cb and the callback runs once with
+    /// the reply, or with an error at the deadline
     /// ([`Config::request_timeout`]). Returns the message's msg_id.
     pub async fn send_message(
         &self,
@@ -573,15 +533,10 @@ impl Messenger {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
         let (socket, peer) = self.socket_for(&dest.into())?;
-        send_waiting(
-            &self.inner.shared,
-            &socket,
-            peer,
-            dst_cb,
-            body.as_ref(),
-            completion,
-        )
-        .await
+        let shared = &self.inner.shared;
+        let body = body.as_ref();
+        let sent = shared.send(&socket, &peer, dst_cb, body, completion, None, Mode::Wait);
+        Ok(sent.await?.msg_id)
     }
 
     /// Like [`send_message`](Self::send_message), but fails with
@@ -596,14 +551,8 @@ impl Messenger {
         let timeout = self.inner.shared.config.request_timeout;
         let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
         let (socket, peer) = self.socket_for(&dest.into())?;
-        send_now(
-            &self.inner.shared,
-            &socket,
-            peer,
-            dst_cb,
-            body.as_ref(),
-            completion,
-        )
+        let shared = &self.inner.shared;
+        shared.try_send(&socket, &peer, dst_cb, body.as_ref(), completion)
     }
 
     /// Sends `body` to `dst_cb` at `dest` and waits until the peer
@@ -617,10 +566,10 @@ impl Messenger {
     ) -> Result<u64, RequestError> {
         let (tx, rx) = oneshot::channel();
         let (socket, peer) = self.socket_for(&dest.into())?;
-        socket.wait_for_window().await;
         let shared = &self.inner.shared;
-        let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), None, Some(tx))?;
-        let msg_id = enqueue(sending).await?;
+        let body = body.as_ref();
+        let sent = shared.send(&socket, &peer, dst_cb, body, None, Some(tx), Mode::Wait);
+        let msg_id = sent.await?.msg_id;
         rx.await.unwrap_or(Err(RequestError::Shutdown))?;
         Ok(msg_id)
     }
@@ -649,28 +598,42 @@ impl Messenger {
         async move {
             let (tx, rx) = oneshot::channel();
             let (socket, peer) = self.socket_for(&dest.into())?;
-            // Waiting for room counts against the request's deadline (timers
-            // only when there is a wait: they cost a clock read each).
-            let mut timeout = timeout;
-            if socket.window_full() {
-                let start = tokio::time::Instant::now();
-                tokio::time::timeout(timeout, socket.wait_for_window())
-                    .await
-                    .map_err(|_| RequestError::Timeout)?;
-                timeout = timeout.saturating_sub(start.elapsed());
-            }
             let shared = &self.inner.shared;
+            let body = body.as_ref();
             let completion = Some((Completion::Future(tx), timeout));
-            let sending = shared.prepare(&socket, peer, dst_cb, body.as_ref(), completion, None)?;
-            let cb_id = sending.cb_id;
-            if let Err(sending) = enqueue_now(sending)? {
-                // The deadline covers waiting for room in the queue too.
-                tokio::time::timeout(timeout, enqueue(sending))
-                    .await
-                    .map_err(|_| RequestError::Timeout)??;
-            }
+            // Without waiting first: the common case needs no timer (each
+            // costs a clock read).
+            let first = {
+                use futures::FutureExt;
+                let send = shared.send(&socket, &peer, dst_cb, body, completion, None, Mode::Try);
+                send.now_or_never().unwrap_or(Err(SendError::Full))
+            };
+            let (sent, rx) = match first {
+                Ok(sent) => (sent, rx),
+                Err(SendError::Full) => {
+                    // Waiting for room counts against the request's deadline.
+                    let (tx, rx) = oneshot::channel();
+                    let start = tokio::time::Instant::now();
+                    let wait = async {
+                        socket.wait_for_window().await;
+                        let left = timeout.saturating_sub(start.elapsed());
+                        let completion = Some((Completion::Future(tx), left));
+                        shared
+                            .send(&socket, &peer, dst_cb, body, completion, None, Mode::Wait)
+                            .await
+                    };
+                    let sent = tokio::time::timeout(timeout, wait)
+                        .await
+                        .map_err(|_| RequestError::Timeout)??;
+                    (sent, rx)
+                }
+                Err(e) => return Err(e.into()),
+            };
             // Removes the callback if this future is dropped while it waits.
-            let guard = Unregister { shared, id: cb_id };
+            let guard = Unregister {
+                shared,
+                id: sent.cb_id,
+            };
             let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
             guard.disarm();
             if let Err(e) = &reply {
@@ -720,24 +683,9 @@ impl Messenger {
                 task.abort();
             }
         }
-        // Let what is queued (replies, the ACKs of replies we just got)
-        // reach the wire, for at most the linger period.
-        let sockets: Vec<Arc<SocketCtx>> = {
-            let reg = self.inner.registry();
-            reg.listeners
-                .values()
-                .chain(reg.connections.values())
-                .map(|o| Arc::clone(&o.ctx))
-                .collect()
-        };
-        let linger = tokio::time::Instant::now() + self.inner.shared.config.linger;
-        while sockets
-            .iter()
-            .any(|c| c.is_up() && c.out_tx.capacity() < c.out_tx.max_capacity())
-            && tokio::time::Instant::now() < linger
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        // What is queued (replies, the ACKs of replies we just got) reaches
+        // the wire as each session closes: its task flushes for at most
+        // the linger period.
         let linger = self.inner.shared.config.linger;
         let closing = self.inner.take_everything();
         for open in &closing {
@@ -754,79 +702,6 @@ impl Messenger {
         // Let callbacks spawned by fail_all run before the caller goes on.
         tokio::task::yield_now().await;
     }
-}
-
-/// What the frame guard allows for one multipart message: the payload limit
-/// plus room for the routing-id and delimiter frames (at most 255 + 255 bytes).
-fn guard_limit(cfg: &Config) -> u64 {
-    (cfg.max_message_size as u64).saturating_add(512)
-}
-
-/// Formats and queues a message without waiting: a full window (too many
-/// unacknowledged) or a full queue is [`SendError::Full`].
-pub(crate) fn send_now(
-    shared: &Shared,
-    socket: &Arc<SocketCtx>,
-    peer: Bytes,
-    dst_cb: u64,
-    body: &[u8],
-    completion: Option<(Completion, Duration)>,
-) -> Result<u64, SendError> {
-    if socket.window_full() {
-        return Err(SendError::Full);
-    }
-    try_enqueue(shared.prepare(socket, peer, dst_cb, body, completion, None)?)
-}
-
-/// Formats and queues a message, waiting for room in the window and then
-/// in the queue.
-pub(crate) async fn send_waiting(
-    shared: &Shared,
-    socket: &Arc<SocketCtx>,
-    peer: Bytes,
-    dst_cb: u64,
-    body: &[u8],
-    completion: Option<(Completion, Duration)>,
-) -> Result<u64, SendError> {
-    socket.wait_for_window().await;
-    enqueue(shared.prepare(socket, peer, dst_cb, body, completion, None)?).await
-}
-
-/// Hands a prepared message to its socket's queue, waiting at the
-/// high-water mark. A failure (or cancellation) undoes its records.
-pub(crate) async fn enqueue(mut sending: Sending<'_>) -> Result<u64, SendError> {
-    let out = sending.take_out().ok_or(SendError::Shutdown)?;
-    let socket = Arc::clone(&sending.socket);
-    socket
-        .send_out(out)
-        .await
-        .map_err(|_| SendError::Disconnected)?;
-    let id = sending.msg_id;
-    sending.sent();
-    Ok(id)
-}
-
-/// Hands a prepared message over if that needs no waiting; gives it back
-/// (`Ok(Err(sending))`) when it would have to wait for room in the queue.
-fn enqueue_now(mut sending: Sending<'_>) -> Result<Result<u64, Sending<'_>>, SendError> {
-    let out = sending.take_out().ok_or(SendError::Shutdown)?;
-    match sending.socket.try_send_out(out) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(out)) => {
-            sending.put_back(out);
-            return Ok(Err(sending));
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Disconnected),
-    }
-    let id = sending.msg_id;
-    sending.sent();
-    Ok(Ok(id))
-}
-
-/// [`enqueue`] without waiting: a full queue is [`SendError::Full`] (the
-/// message given back is dropped, which undoes its records).
-pub(crate) fn try_enqueue(sending: Sending<'_>) -> Result<u64, SendError> {
-    enqueue_now(sending)?.map_err(|_| SendError::Full)
 }
 
 /// Unregisters a request's callback unless disarmed: covers a future

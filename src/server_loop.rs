@@ -21,9 +21,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::Mode;
 use crate::dispatch::Shared;
 use crate::error::SendError;
-use crate::messenger::{Destination, Incoming, send_now, send_waiting};
+use crate::messenger::{Destination, Incoming};
 use crate::transport::SocketCtx;
 
 /// A listener's persistent message handler.
@@ -93,28 +94,22 @@ impl Responder {
     /// high-water mark, which never blocks the calling SLC.
     pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
         let (shared, socket) = (&self.shared, &self.socket);
-        send_now(
-            shared,
-            socket,
-            self.peer.clone(),
-            self.src_cb,
-            body.as_ref(),
-            None,
-        )
+        shared.try_send(socket, &self.peer, self.src_cb, body.as_ref(), None)
     }
 
     /// Replies to the message's `src_cb`, waiting for room in the queue.
     pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
         let (shared, socket) = (&self.shared, &self.socket);
-        send_waiting(
-            shared,
+        let sent = shared.send(
             socket,
-            self.peer.clone(),
+            &self.peer,
             self.src_cb,
             body.as_ref(),
             None,
-        )
-        .await
+            None,
+            Mode::Wait,
+        );
+        Ok(sent.await?.msg_id)
     }
 
     /// The sender's routing id.

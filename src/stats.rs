@@ -78,8 +78,16 @@ counters! {
     reconnects,
     /// Heartbeats that got no reply in time.
     heartbeats_missed,
-    /// Peers cut off by the frame guard (oversized frame, bad greeting or flags).
+    /// Peers cut off for breaking ZMTP or its limits (a bad greeting,
+    /// flags or command; a frame, message or command too large; too many
+    /// frames in a message).
     guard_rejections,
+    /// Peers refused because a live session holds the routing id they
+    /// announced.
+    routing_id_conflicts,
+    /// Sessions dropped because the peer sent nothing within the ZMTP
+    /// heartbeat timeout after our PING, or within its own PING's TTL.
+    ping_timeouts,
     /// Peers cut off for not finishing the ZMTP handshake (and, with a
     /// secret, authentication) in time.
     handshake_timeouts,

@@ -137,61 +137,64 @@ pub fn encoded_len(msg_id: u64, src_cb: u64, dst_cb: u64, body_len: usize) -> us
     digits(msg_id) + digits(src_cb) + digits(dst_cb) + 3 + body_len
 }
 
-/// What a ROUTER receives from a DEALER: `[peer_routing_id, "", payload]`.
-/// Returns the routing id and the payload frame.
-pub fn router_frames<I>(frames: I) -> Result<(Bytes, Bytes), FrameError>
-where
-    I: IntoIterator<Item = Bytes>,
-    I::IntoIter: ExactSizeIterator,
-{
-    let mut it = frames.into_iter();
-    if it.len() != 3 {
-        return Err(FrameError::Count {
-            expected: "3 ([peer, \"\", payload])",
-            got: it.len(),
-        });
+/// What a ROUTER reads from a DEALER peer: `["", payload]` (the ROUTER
+/// knows the peer from its connection). Returns the payload frame.
+pub fn from_dealer(frames: &mut [Bytes]) -> Result<Bytes, FrameError> {
+    const EXPECTED: &str = "2 ([\"\", payload])";
+    match frames {
+        [delim, payload] => {
+            if !delim.is_empty() {
+                return Err(FrameError::Delimiter(delim.len()));
+            }
+            Ok(std::mem::take(payload))
+        }
+        _ => Err(FrameError::Count {
+            expected: EXPECTED,
+            got: frames.len(),
+        }),
     }
-    let (Some(peer), Some(delim), Some(payload)) = (it.next(), it.next(), it.next()) else {
+}
+
+/// What a DEALER reads from a ROUTER. NoisePage's ROUTER sends its own
+/// identity first, so the DEALER sees `[router_identity, "", payload]`; a
+/// plain ROUTER that omits it gives `["", payload]`, which we also accept
+/// (design/WIRE.md, "Leniency"). Returns the payload frame.
+pub fn from_router(frames: &mut [Bytes]) -> Result<Bytes, FrameError> {
+    const EXPECTED: &str = "3 ([router_identity, \"\", payload]) or 2";
+    match frames {
+        [_, delim, payload] | [delim, payload] => {
+            if !delim.is_empty() {
+                return Err(FrameError::Delimiter(delim.len()));
+            }
+            Ok(std::mem::take(payload))
+        }
+        _ => Err(FrameError::Count {
+            expected: EXPECTED,
+            got: frames.len(),
+        }),
+    }
+}
+
+/// What a ROUTER's application sees from a DEALER peer,
+/// `[peer_routing_id, "", payload]` (the shape the shared wire vectors
+/// list). Returns the routing id and the payload frame.
+pub fn router_frames(mut frames: Vec<Bytes>) -> Result<(Bytes, Bytes), FrameError> {
+    if frames.is_empty() {
         return Err(FrameError::Count {
             expected: "3 ([peer, \"\", payload])",
             got: 0,
         });
-    };
-    if !delim.is_empty() {
-        return Err(FrameError::Delimiter(delim.len()));
     }
-    Ok((peer, payload))
-}
-
-/// What a DEALER receives from a ROUTER. NoisePage's ROUTER sends its own
-/// identity first, so the DEALER sees `[router_identity, "", payload]`; a
-/// plain ROUTER that omits it gives `["", payload]`, which we also accept
-/// (design/WIRE.md, "Leniency"). Returns the payload frame.
-pub fn dealer_frames<I>(frames: I) -> Result<Bytes, FrameError>
-where
-    I: IntoIterator<Item = Bytes>,
-    I::IntoIter: ExactSizeIterator,
-{
-    let mut it = frames.into_iter();
-    let n = it.len();
-    if n == 3 {
-        it.next();
-    } else if n != 2 {
-        return Err(FrameError::Count {
-            expected: "3 ([router_identity, \"\", payload]) or 2",
-            got: n,
-        });
-    }
-    let (Some(delim), Some(payload)) = (it.next(), it.next()) else {
-        return Err(FrameError::Count {
-            expected: "3 ([router_identity, \"\", payload]) or 2",
-            got: n,
-        });
-    };
-    if !delim.is_empty() {
-        return Err(FrameError::Delimiter(delim.len()));
-    }
-    Ok(payload)
+    let peer = frames.remove(0);
+    from_dealer(&mut frames)
+        .map(|payload| (peer, payload))
+        .map_err(|e| match e {
+            FrameError::Count { got, .. } => FrameError::Count {
+                expected: "3 ([peer, \"\", payload])",
+                got: got + 1,
+            },
+            other => other,
+        })
 }
 
 #[cfg(test)]
@@ -208,10 +211,7 @@ mod tests {
     /// The shared vectors keep this parser byte-exact with other implementations.
     #[test]
     fn shared_wire_vectors() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/protocol/wire-vectors.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wire-vectors.json");
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
         let doc: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
@@ -304,10 +304,16 @@ mod tests {
             router_frames(vec![b("p"), b(""), b("1-0-0-")]),
             Ok((b("p"), b("1-0-0-")))
         );
-        assert_eq!(dealer_frames(vec![b("r"), b(""), b("x")]), Ok(b("x")));
-        assert_eq!(dealer_frames(vec![b(""), b("x")]), Ok(b("x")));
-        assert!(dealer_frames(vec![b("x")]).is_err());
-        assert!(dealer_frames(vec![b("r"), b("d"), b("x")]).is_err());
-        assert!(dealer_frames(vec![b("r"), b(""), b("x"), b("y")]).is_err());
+        assert_eq!(from_router(&mut [b("r"), b(""), b("x")]), Ok(b("x")));
+        assert_eq!(from_router(&mut [b(""), b("x")]), Ok(b("x")));
+        assert!(from_router(&mut [b("x")]).is_err());
+        assert!(from_router(&mut [b("r"), b("d"), b("x")]).is_err());
+        assert!(from_router(&mut [b("r"), b(""), b("x"), b("y")]).is_err());
+        assert_eq!(from_dealer(&mut [b(""), b("x")]), Ok(b("x")));
+        assert!(from_dealer(&mut [b("p"), b(""), b("x")]).is_err());
+        assert_eq!(
+            from_dealer(&mut [b("d"), b("x")]),
+            Err(FrameError::Delimiter(1))
+        );
     }
 }

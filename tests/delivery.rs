@@ -554,20 +554,6 @@ async fn listener_restarted_on_the_same_endpoint_resumes_traffic() {
     }
 }
 
-/// The same without the frame guard on the connection side: the crate's
-/// DEALER dials the listener itself, and its disconnect and our redial
-/// still work.
-#[tokio::test]
-async fn unguarded_connection_resumes_after_a_listener_restart() {
-    for t in RAW_TRANSPORTS {
-        let config = Config {
-            guard_connections: false,
-            ..quick()
-        };
-        resumes_after_a_restart(t, config).await;
-    }
-}
-
 async fn resumes_after_a_restart(t: &str, client_config: Config) {
     let before = Seen::default();
     let (server, bound, _p) = serve(t, Config::default(), before.slc()).await;

@@ -102,7 +102,7 @@ impl Flood {
         let counted = Arc::clone(&acks);
         tokio::spawn(async move {
             while let Ok(m) = recv.recv().await {
-                let payload = wire::dealer_frames(m.into_vec()).expect("listener's frames");
+                let payload = wire::from_router(&mut m.into_vec()).expect("listener's frames");
                 let p = wire::parse(&payload).expect("listener's payload");
                 if p.dst_cb == wire::ACK {
                     counted.fetch_add(1, Ordering::Relaxed);

@@ -1,16 +1,16 @@
 //! Property tests of the pure parts: the wire format, the duplicate window,
-//! the callback table and the frame guard, each against a simple model or
+//! the callback table and the ZMTP frame decoder, each against a simple model or
 //! an invariant. Case counts are kept modest so the file runs in seconds;
 //! the fuzz targets in fuzz/ explore the same code for longer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use messenger::callbacks::{CallbackTable, TableFull};
 use messenger::dedup::{DedupWindow, Verdict};
-use messenger::guard::{FrameGuard, GuardError};
 use messenger::wire::{self, Payload};
+use messenger::zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
 use proptest::prelude::*;
 use tokio::time::Instant;
 
@@ -129,12 +129,14 @@ proptest! {
         if let Ok((peer, payload)) = router {
             prop_assert_eq!((peer, payload), (frames[0].clone(), frames[2].clone()));
         }
-        let dealer = wire::dealer_frames(frames.clone());
+        let dealer = wire::from_router(&mut frames.clone());
         let ok = (n == 3 && frames[1].is_empty()) || (n == 2 && frames[0].is_empty());
         prop_assert_eq!(dealer.is_ok(), ok);
         if let Ok(payload) = dealer {
             prop_assert_eq!(payload, frames[n - 1].clone());
         }
+        let from_dealer = wire::from_dealer(&mut frames.clone());
+        prop_assert_eq!(from_dealer.is_ok(), n == 2 && frames[0].is_empty());
     }
 }
 
@@ -323,28 +325,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// The frame guard on valid streams
-
-fn greeting() -> Vec<u8> {
-    let mut g = vec![0u8; 64];
-    g[0] = 0xFF;
-    g[9] = 0x7F;
-    g[10] = 3;
-    g[11] = 1;
-    g[12..16].copy_from_slice(b"NULL");
-    g
-}
-
-fn ready(identity: &[u8]) -> Vec<u8> {
-    let mut body = b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER".to_vec();
-    if !identity.is_empty() {
-        body.push(8);
-        body.extend_from_slice(b"Identity");
-        body.extend_from_slice(&(identity.len() as u32).to_be_bytes());
-        body.extend_from_slice(identity);
-    }
-    frame(true, false, false, &body)
-}
+// The ZMTP frame decoder on valid streams
 
 fn frame(command: bool, more: bool, long: bool, body: &[u8]) -> Vec<u8> {
     let long = long || body.len() > 255;
@@ -384,57 +365,90 @@ fn frame_spec() -> impl Strategy<Value = FrameSpec> {
         })
 }
 
-/// Feeds `stream` in chunks of the given sizes (cycled); the first error.
-fn feed_in_chunks(g: &mut FrameGuard, stream: &[u8], sizes: &[usize]) -> Result<(), GuardError> {
+/// Feeds `stream` to `d` in chunks of the given sizes (cycled), collecting
+/// what it decodes; the first error.
+fn decode_in_chunks(
+    d: &mut FrameDecoder,
+    stream: &[u8],
+    sizes: &[usize],
+) -> Result<Vec<(Decoded, Vec<Bytes>)>, ZmtpError> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
     let mut at = 0;
     for &n in sizes.iter().cycle() {
         if at >= stream.len() {
             break;
         }
         let end = (at + n).min(stream.len());
-        g.feed(&stream[at..end])?;
+        buf.extend_from_slice(&stream[at..end]);
         at = end;
+        while let Some(x) = d.decode(&mut buf)? {
+            out.push((x, d.frames().clone()));
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 proptest! {
     #![proptest_config(config(256))]
 
     #[test]
-    fn guard_accepts_valid_streams_in_any_chunking(
-        max in 0u64..2000,
-        identity in prop::collection::vec(any::<u8>(), 0..40),
+    fn decoder_takes_valid_streams_in_any_chunking(
+        max in 20u64..2000,
         specs in prop::collection::vec(frame_spec(), 0..40),
         sizes in prop::collection::vec(1usize..100, 1..16),
         over_by in prop_oneof![Just(1u64), 1u64..1000, Just(1u64 << 40), Just(u64::MAX)],
     ) {
-        let mut stream = greeting();
-        stream.extend(ready(&identity));
+        let limits = Limits { max_message: max, max_frames: 1000, max_command: 300 };
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
+        let mut message: Vec<Bytes> = Vec::new();
         let mut message_total = 0u64;
         for s in &specs {
             if s.command {
-                stream.extend(frame(true, false, s.long, &vec![s.fill; s.len]));
+                let body = vec![s.fill; s.len];
+                stream.extend(frame(true, false, s.long, &body));
+                want.push((Decoded::Command(Bytes::from(body)), message.clone()));
                 continue;
             }
-            // Each multipart message stays within `max`.
-            let len = (s.len as u64).min(max - message_total);
-            stream.extend(frame(false, s.more, s.long, &vec![s.fill; len as usize]));
-            message_total = if s.more { message_total + len } else { 0 };
+            // Each multipart message stays within `max`, headers included:
+            // a frame that would not fit is left out.
+            let len = s.len as u64;
+            let header = if s.long || len > 255 { 9 } else { 2 };
+            if message_total + header + len > max {
+                continue;
+            }
+            let body = vec![s.fill; len as usize];
+            stream.extend(frame(false, s.more, s.long, &body));
+            message.push(Bytes::from(body));
+            message_total += header + len;
+            if !s.more {
+                want.push((Decoded::Message, std::mem::take(&mut message)));
+                message_total = 0;
+            }
         }
-        let mut g = FrameGuard::new(max);
-        prop_assert_eq!(feed_in_chunks(&mut g, &stream, &sizes), Ok(()));
-        prop_assert!(g.handshake_done());
-        let want = (!identity.is_empty()).then_some(&identity[..]);
-        prop_assert_eq!(g.peer_identity(), want);
+        let mut d = FrameDecoder::new(limits);
+        let got = decode_in_chunks(&mut d, &stream, &sizes);
+        prop_assert!(got.is_ok(), "{:?}", got);
+        let got = got.unwrap();
+        // Commands decoded mid-message do not show that message's frames.
+        let strip = |v: Vec<(Decoded, Vec<Bytes>)>| -> Vec<(Decoded, Vec<Bytes>)> {
+            v.into_iter()
+                .map(|(x, f)| match x {
+                    Decoded::Command(_) => (x, Vec::new()),
+                    Decoded::Message => (x, f),
+                })
+                .collect()
+        };
+        prop_assert_eq!(strip(got), strip(want));
 
         // Then a data header over the limit is refused, whatever its form.
-        let declared = (max - message_total).saturating_add(over_by);
+        let declared = max.saturating_sub(message_total).saturating_add(over_by);
         let mut header = vec![0b011];
         header.extend_from_slice(&declared.to_be_bytes());
-        let refused = feed_in_chunks(&mut g, &header, &sizes);
+        let refused = decode_in_chunks(&mut d, &header, &sizes);
         prop_assert!(
-            matches!(refused, Err(GuardError::TooLarge { len, max: m }) if m == max && len > max),
+            matches!(refused, Err(ZmtpError::MessageTooLarge { len, max: m }) if m == max && len > max),
             "{:?}", refused
         );
     }

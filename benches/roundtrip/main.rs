@@ -58,9 +58,6 @@ enum Suite {
 enum Impl {
     /// messenger client -> `messenger serve --slc echo`.
     Messenger,
-    /// The same with `Config::guard_connections` off: no relay on the client
-    /// side (the frame guard's client-side cost, measured directly).
-    MessengerUnguarded,
     /// Minimal protocol client -> minimal server, both on the zeromq crate.
     Zeromq,
     /// The same with a byte relay hop on each side (the messenger's topology).
@@ -81,7 +78,6 @@ impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Messenger => "messenger",
-            Impl::MessengerUnguarded => "messenger-unguarded",
             Impl::Zeromq => "zeromq-crate",
             Impl::ZeromqRelay => "zeromq-crate+relay",
             Impl::MessengerToZeromq => "messenger->zeromq-crate",
@@ -94,9 +90,7 @@ impl Impl {
 
     fn server(self) -> ServerKind {
         match self {
-            Impl::Messenger | Impl::MessengerUnguarded | Impl::ZeromqToMessenger => {
-                ServerKind::Messenger
-            }
+            Impl::Messenger | Impl::ZeromqToMessenger => ServerKind::Messenger,
             Impl::Zeromq | Impl::MessengerToZeromq => ServerKind::Raw,
             Impl::ZeromqRelay => ServerKind::RawRelayed,
             Impl::Tarpc => ServerKind::Tarpc,
@@ -535,14 +529,13 @@ struct MessengerClients {
 }
 
 impl MessengerClients {
-    async fn conn(&mut self, endpoint: &str, guarded: bool) -> (Messenger, ConnectionId) {
-        let key = format!("{endpoint} guarded={guarded}");
+    async fn conn(&mut self, endpoint: &str) -> (Messenger, ConnectionId) {
+        let key = endpoint.to_string();
         if let Some((m, c)) = self.conns.get(&key) {
             return (m.clone(), *c);
         }
         let n = self.conns.len();
         let config = messenger::Config {
-            guard_connections: guarded,
             ..messenger::Config::default()
         };
         let name = format!("rt-client-{}-{n}", std::process::id());
@@ -586,9 +579,8 @@ async fn measure(
     let ep = server.endpoint(transport).to_owned();
     let quiet = |_: u64| {};
     match imp {
-        Impl::Messenger | Impl::MessengerToZeromq | Impl::MessengerUnguarded => {
-            let guarded = imp != Impl::MessengerUnguarded;
-            let (m, conn) = clients.conn(&ep, guarded).await;
+        Impl::Messenger | Impl::MessengerToZeromq => {
+            let (m, conn) = clients.conn(&ep).await;
             let one = cli_bench::request_fn(&m, conn, cli_bench::Via::Echo, cli_bench::body(size));
             Ok(cli_bench::closed_loop(in_flight, w, one, quiet).await)
         }
@@ -650,7 +642,6 @@ async fn compare(args: &Args) -> Vec<Cell> {
     let mut impls = if args.impls.is_empty() {
         let mut all = vec![
             Impl::Messenger,
-            Impl::MessengerUnguarded,
             Impl::Zeromq,
             Impl::ZeromqRelay,
             Impl::MessengerToZeromq,

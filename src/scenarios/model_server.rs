@@ -42,10 +42,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use zeromq::prelude::*;
 
 use super::{Latency, Micros, per_second, unique};
 use crate::typed::{from_json, to_json};
@@ -779,31 +779,112 @@ async fn drive(
     })
 }
 
-/// The in-process stand-in model server: a ZeroMQ DEALER with identity
+/// A bare ZMTP DEALER on our own engine, for the stand-in: it sends and
+/// receives raw frames and keeps none of the messenger's rules.
+struct RawDealer {
+    stream: tokio::net::UnixStream,
+    engine: crate::zmtp::Engine,
+    encoder: crate::zmtp::Encoder,
+    rbuf: bytes::BytesMut,
+}
+
+impl RawDealer {
+    async fn connect(path: &Path, identity: &'static [u8]) -> Result<Self, String> {
+        use crate::zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
+        let mut stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+        let config = EngineConfig {
+            role: Role::Client,
+            socket_type: SocketType::Dealer,
+            identity: Bytes::from_static(identity),
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat: None,
+        };
+        let mut engine = Engine::new(config, Instant::now());
+        let mut rbuf = bytes::BytesMut::new();
+        while !engine.is_ready() {
+            let decoded = engine.decode(&mut rbuf, Instant::now());
+            // What decoding queued (our greeting, our READY) goes out first.
+            let out = engine.transmit().split();
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            match decoded {
+                Ok(Some(Event::PeerReady(_))) => engine.accept(Instant::now()),
+                Ok(_) => {
+                    if stream
+                        .read_buf(&mut rbuf)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        == 0
+                    {
+                        return Err("closed during the handshake".into());
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let encoder = engine
+            .take_encoder()
+            .ok_or("no encoder after the handshake")?;
+        Ok(RawDealer {
+            stream,
+            engine,
+            encoder,
+            rbuf,
+        })
+    }
+
+    async fn send(&mut self, payload: &Bytes) -> Result<(), String> {
+        let mut buf = bytes::BytesMut::new();
+        self.encoder.message(&mut buf, &[b"", payload]);
+        tokio::time::timeout(Duration::from_secs(5), self.stream.write_all(&buf))
+            .await
+            .map_err(|_| "send timed out".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next message's frames. Cancel-safe: what was read stays in
+    /// `rbuf`.
+    async fn recv(&mut self) -> Result<Vec<Bytes>, String> {
+        use crate::zmtp::Event;
+        loop {
+            match self.engine.decode(&mut self.rbuf, Instant::now()) {
+                Ok(Some(Event::Message)) => return Ok(std::mem::take(self.engine.frames())),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            while let Some(cmd) = self.engine.poll_command() {
+                let mut buf = bytes::BytesMut::new();
+                self.encoder.command(&mut buf, &cmd);
+                self.stream
+                    .write_all(&buf)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("the connection closed".into());
+            }
+        }
+    }
+}
+
+/// The in-process stand-in model server: a bare ZMTP DEALER with identity
 /// `model` that follows the Python model server's rules.
 async fn stand_in(path: PathBuf, opts: StandInOptions) -> Result<(), String> {
     let give_up = Instant::now() + opts.max_lifetime;
-    let mut options = zeromq::SocketOptions::default();
-    let id = zeromq::util::PeerIdentity::try_from(Bytes::from_static(MODEL_IDENTITY.as_bytes()))
-        .map_err(|e| e.to_string())?;
-    options.peer_identity(id);
-    let mut socket = zeromq::DealerSocket::with_options(options);
-    let url = format!("ipc://{}", path.display());
-    tokio::time::timeout(Duration::from_secs(5), socket.connect(&url))
-        .await
-        .map_err(|_| format!("connecting to {url} timed out"))?
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-    let (mut tx, mut rx) = socket.split();
-    // The crate's recv is not cancel-safe: one task owns it.
-    let (in_tx, mut inbox) = mpsc::channel::<Vec<Bytes>>(64);
-    let reader = tokio::spawn(async move {
-        while let Ok(m) = rx.recv().await {
-            if in_tx.send(m.into_vec()).await.is_err() {
-                break;
-            }
-        }
-    });
-    let _stop_reader = AbortOnDrop(reader);
+    let mut dealer = tokio::time::timeout(
+        Duration::from_secs(5),
+        RawDealer::connect(&path, MODEL_IDENTITY.as_bytes()),
+    )
+    .await
+    .map_err(|_| format!("connecting to {} timed out", path.display()))??;
 
     let mut next_id = 0u64;
     // msg_id -> (payload, last sent)
@@ -813,20 +894,25 @@ async fn stand_in(path: PathBuf, opts: StandInOptions) -> Result<(), String> {
     unacked.insert(next_id, (payload.clone(), Instant::now()));
     next_id += 1;
     for _ in 0..=opts.extra_connected_copies {
-        send_frames(&mut tx, &payload).await?;
+        dealer.send(&payload).await?;
     }
     let mut ticker = tokio::time::interval(opts.poll_interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let frames = tokio::select! {
-            f = inbox.recv() => f.ok_or("the connection closed")?,
+            f = dealer.recv() => f?,
             _ = ticker.tick() => {
                 let now = Instant::now();
-                for (payload, last) in unacked.values_mut() {
-                    if now.duration_since(*last) >= opts.poll_interval {
-                        send_frames(&mut tx, payload).await?;
+                let due: Vec<Bytes> = unacked
+                    .values_mut()
+                    .filter(|(_, last)| now.duration_since(*last) >= opts.poll_interval)
+                    .map(|(payload, last)| {
                         *last = now;
-                    }
+                        payload.clone()
+                    })
+                    .collect();
+                for payload in &due {
+                    dealer.send(payload).await?;
                 }
                 continue;
             }
@@ -861,28 +947,11 @@ async fn stand_in(path: PathBuf, opts: StandInOptions) -> Result<(), String> {
                 let payload = wire::encode(next_id, wire::NOOP, p.src_cb, &body);
                 unacked.insert(next_id, (payload.clone(), Instant::now()));
                 next_id += 1;
-                send_frames(&mut tx, &payload).await?;
+                dealer.send(&payload).await?;
             }
             _ => {}
         }
     }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn send_frames(tx: &mut zeromq::DealerSendHalf, payload: &Bytes) -> Result<(), String> {
-    let msg = zeromq::ZmqMessage::try_from(vec![Bytes::new(), payload.clone()])
-        .map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(5), tx.send(msg))
-        .await
-        .map_err(|_| "send timed out".to_string())?
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

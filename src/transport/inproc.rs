@@ -1,13 +1,13 @@
-//! inproc: our own in-process transport (the `zeromq` crate has none).
+//! inproc: sessions between messengers of one process, over channels.
 //!
-//! A process-wide registry maps names to bound listeners. A connection
-//! registers its routing id and a channel for frames towards it in the
-//! listener's peer table, and gets the listener's inbound channel. Frames are
-//! `bytes::Bytes` moved through tokio channels, never copied, and have the
-//! same shapes as on tcp: the listener reads `[peer_id, "", payload]`, the
-//! connection reads `[router_identity, "", payload]`. Like a libzmq ROUTER,
-//! the listener drops (and counts) a message whose peer is gone or whose
-//! queue is full, instead of blocking its other peers.
+//! A process-wide registry maps names to bound listeners. Dialling one
+//! makes a pair of bounded channels of payloads (`Bytes`, never copied), a
+//! session on each side, and a task on each side that reads its channel
+//! and runs ProcessMessage in place, as a tcp or ipc driver does. A routing
+//! id that a live session holds is refused, as on tcp. When one side's
+//! session ends its sender is dropped, so the other side reads what was
+//! already sent and then sees the end: a peer's last reply is never lost
+//! to its disconnect.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,255 +15,204 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::{Inbound, OpenArgs, RateLimit, SocketCtx, SocketTasks};
+use super::driver::End;
+use super::outbox::Push;
+use super::{Out, RouteError, Session, SocketCtx};
+use crate::dedup::DedupWindow;
+use crate::dispatch::Shared;
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError};
-use crate::stats::bump;
+use crate::zmtp::ZmtpError;
 
-type Frames = Vec<Bytes>;
+/// Payloads a session task takes per wake-up.
+const BATCH: usize = 64;
 
-/// What a connection sends its listener.
-enum ToRouter {
-    /// A message, `[routing id, "", payload]`.
-    Frames(Frames),
-    /// The connection closed: its session ends after the messages before
-    /// this one have been handed on (a peer's last reply must not lose the
-    /// race against its own disconnect).
-    End { identity: Bytes, session: u64 },
+/// The sending half of one inproc session.
+pub(crate) struct Tx {
+    /// Dropped on close, which ends the peer's reader once it has read
+    /// what was sent.
+    tx: Mutex<Option<mpsc::Sender<Bytes>>>,
 }
-/// Routing id -> (connection token, channel towards that connection).
-type PeerTable = Arc<Mutex<HashMap<Bytes, (u64, mpsc::Sender<Frames>)>>>;
+
+impl Tx {
+    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        Tx {
+            tx: Mutex::new(Some(tx)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<mpsc::Sender<Bytes>>> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn send(&self, payload: Bytes) -> Result<(), Push> {
+        match self.lock().as_ref() {
+            None => Err(Push::Closed),
+            Some(tx) => tx.try_send(payload).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Push::Full,
+                mpsc::error::TrySendError::Closed(_) => Push::Closed,
+            }),
+        }
+    }
+
+    /// Waits until the channel has room (or is closed).
+    pub(crate) async fn room(&self) {
+        let tx = self.lock().clone();
+        if let Some(tx) = tx {
+            let _ = tx.reserve().await;
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().take();
+    }
+}
 
 struct Binding {
     token: u64,
-    to_router: mpsc::Sender<ToRouter>,
-    peers: PeerTable,
-    /// The listener's context, so a new connection can reset its session
-    /// there before its first message.
-    ctx: Arc<SocketCtx>,
+    socket: Arc<SocketCtx>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
 }
 
 static REGISTRY: LazyLock<Mutex<HashMap<String, Binding>>> = LazyLock::new(Default::default);
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn registry() -> MutexGuard<'static, HashMap<String, Binding>> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A name held in the registry; dropping it frees the name.
 pub(crate) struct Registration {
     name: String,
     token: u64,
-    peers: PeerTable,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut reg = lock(&REGISTRY);
+        let mut reg = registry();
         if reg.get(&self.name).is_some_and(|b| b.token == self.token) {
             reg.remove(&self.name);
         }
-        drop(reg);
-        // Dropping the senders ends every connection's reader: that is how
-        // a connection learns its listener closed.
-        lock(&self.peers).clear();
     }
 }
 
-/// Binds `inproc://name`.
-pub(crate) fn bind(name: &str, capacity: usize, args: OpenArgs) -> Result<SocketTasks, BindError> {
-    let OpenArgs {
-        identity,
-        ctx,
-        mut out_rx,
-        inbound,
-    } = args;
-    let (to_router, mut from_peers) = mpsc::channel::<ToRouter>(capacity);
-    let peers: PeerTable = Arc::default();
+/// Binds `inproc://name` for `socket`; its sessions stop on `stop`.
+pub(crate) fn bind(
+    name: &str,
+    socket: &Arc<SocketCtx>,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+) -> Result<Registration, BindError> {
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut reg = lock(&REGISTRY);
-        if reg.contains_key(name) {
-            return Err(BindError::InUse(Endpoint::Inproc(name.to_owned())));
-        }
-        reg.insert(
-            name.to_owned(),
-            Binding {
-                token,
-                to_router,
-                peers: Arc::clone(&peers),
-                ctx: Arc::clone(&ctx),
-            },
-        );
+    let mut reg = registry();
+    if reg.contains_key(name) {
+        return Err(BindError::InUse(Endpoint::Inproc(name.to_owned())));
     }
-    let registration = Registration {
+    reg.insert(
+        name.to_owned(),
+        Binding {
+            token,
+            socket: Arc::clone(socket),
+            shared: Arc::clone(shared),
+            stop: stop.clone(),
+        },
+    );
+    Ok(Registration {
         name: name.to_owned(),
         token,
-        peers: Arc::clone(&peers),
-    };
-
-    let reader_ctx = Arc::clone(&ctx);
-    let reader = tokio::spawn(async move {
-        let mut warn = RateLimit::new();
-        while let Some(m) = from_peers.recv().await {
-            match m {
-                ToRouter::Frames(frames) => {
-                    if !reader_ctx.deliver(frames, &inbound, &mut warn).await {
-                        break;
-                    }
-                }
-                ToRouter::End { identity, session } => {
-                    reader_ctx.end_session(&identity, session);
-                }
-            }
-        }
-    });
-
-    let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let target = lock(&peers).get(&out.peer).map(|(_, s)| s.clone());
-            let Some(target) = target else {
-                bump(&ctx.stats.send_failures);
-                continue;
-            };
-            let frames = vec![identity.clone(), Bytes::new(), out.payload];
-            match target.try_send(frames) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => bump(&ctx.stats.send_failures),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    bump(&ctx.stats.send_failures);
-                    lock(&peers).remove(&out.peer);
-                    ctx.forget_peer(&out.peer);
-                }
-            }
-        }
-    });
-
-    Ok(SocketTasks {
-        tasks: vec![reader, writer],
-        created_file: None,
-        inproc: Some(registration),
-        private: None,
-        flushing: Vec::new(),
-        stop: None,
     })
 }
 
-/// A live inproc session: the channel into the listener, its reader task,
-/// and our place in the listener's peer table.
-pub(crate) struct InprocLink {
-    to_router: mpsc::Sender<ToRouter>,
-    identity: Bytes,
-    reader: tokio::task::JoinHandle<()>,
-    _guard: ConnectionGuard,
+/// The reading half of a connection's inproc session.
+pub(crate) struct Conn {
+    rx: mpsc::Receiver<Bytes>,
 }
 
-impl InprocLink {
-    pub(crate) async fn send(&mut self, payload: Bytes) -> Result<(), String> {
-        let frames = vec![self.identity.clone(), Bytes::new(), payload];
-        self.to_router
-            .send(ToRouter::Frames(frames))
-            .await
-            .map_err(|_| "the listener closed".to_owned())
+impl Conn {
+    /// Reads and processes until the listener's side ends or `stop`.
+    pub(crate) async fn traffic(
+        &mut self,
+        socket: &Arc<SocketCtx>,
+        session: &Arc<Session>,
+        shared: &Shared,
+        stop: &CancellationToken,
+    ) -> End {
+        run(&mut self.rx, socket, session, shared, stop).await
     }
 }
 
-impl Drop for InprocLink {
-    fn drop(&mut self) {
-        self.reader.abort();
+/// Reads a session's channel and processes each payload in place.
+async fn run(
+    rx: &mut mpsc::Receiver<Bytes>,
+    socket: &Arc<SocketCtx>,
+    session: &Arc<Session>,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> End {
+    let cfg = &socket.config;
+    let mut dedup = DedupWindow::new(cfg.dedup_max_gaps, cfg.dedup_gap_ttl);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return End::Stopped,
+            _ = socket.link_dead.notified(), if !socket.is_listener() => return End::Dead,
+            n = rx.recv_many(&mut batch, BATCH) => n,
+        };
+        if n == 0 {
+            return End::PeerClosed;
+        }
+        let now = tokio::time::Instant::now();
+        for payload in batch.drain(..) {
+            match socket.parse_payload(payload) {
+                Ok(p) => shared.process(socket, session, &mut dedup, p, now),
+                Err(e) => socket.malformed(&e),
+            }
+        }
     }
 }
 
-/// Connects to `inproc://name`. `down` fires when the listener closes.
+/// Connects `socket` (a connection) to `inproc://name`.
 pub(crate) fn dial(
     name: &str,
-    identity: &Bytes,
-    capacity: usize,
-    ctx: &Arc<SocketCtx>,
-    inbound: &mpsc::Sender<Inbound>,
-    down: tokio::sync::oneshot::Sender<()>,
-) -> Result<InprocLink, ConnectError> {
-    let (to_me, mut from_router) = mpsc::channel::<Frames>(capacity);
-    let (to_router, peers, listener) = {
-        let reg = lock(&REGISTRY);
-        let b = reg.get(name).ok_or_else(|| ConnectError::Refused {
-            endpoint: Endpoint::Inproc(name.to_owned()),
-            message: "nothing is bound to this name".into(),
-        })?;
-        (
-            b.to_router.clone(),
-            Arc::clone(&b.peers),
-            Arc::clone(&b.ctx),
-        )
+    socket: &Arc<SocketCtx>,
+) -> Result<(Conn, Arc<Session>), ConnectError> {
+    let endpoint = || Endpoint::Inproc(name.to_owned());
+    let (listener, shared, stop) = {
+        let reg = registry();
+        let b = reg
+            .get(name)
+            .ok_or_else(|| ConnectError::NotBound(endpoint()))?;
+        (Arc::clone(&b.socket), Arc::clone(&b.shared), b.stop.clone())
     };
-    // A new connection is a new session, as a zeromq ROUTER sees it; it
-    // ends when the connection closes (`ConnectionGuard`).
-    let session = listener.begin_session(identity);
-    // A routing id seen again replaces the old peer, as a zeromq ROUTER does.
-    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-    lock(&peers).insert(identity.clone(), (token, to_me));
-
-    let reader_ctx = Arc::clone(ctx);
-    let inbound = inbound.clone();
-    let reader = tokio::spawn(async move {
-        let mut warn = RateLimit::new();
-        while let Some(frames) = from_router.recv().await {
-            if !reader_ctx.deliver(frames, &inbound, &mut warn).await {
-                return;
-            }
-        }
-        // Every sender is gone: the listener closed.
-        let _ = down.send(());
+    let capacity = socket.config.send_queue_capacity.max(1);
+    let (to_listener, from_conn) = mpsc::channel(capacity);
+    let (to_conn, from_listener) = mpsc::channel(capacity);
+    let head = listener.identity.clone();
+    let theirs = listener
+        .add_route(socket.identity.clone(), |id| {
+            Session::new(id, head, Out::Inproc(Tx::new(to_conn)))
+        })
+        .map_err(|e| ConnectError::Handshake {
+            endpoint: endpoint(),
+            source: ZmtpError::Refused(match e {
+                RouteError::InUse => "routing id in use",
+                RouteError::Full | RouteError::Closed => "the listener takes no new peers",
+            }),
+        })?;
+    tokio::spawn(async move {
+        let mut rx = from_conn;
+        let end = run(&mut rx, &listener, &theirs, &shared, &stop).await;
+        listener.end_session(&theirs, &shared);
+        end.report(&listener);
     });
-
-    Ok(InprocLink {
-        to_router: to_router.clone(),
-        identity: identity.clone(),
-        reader,
-        _guard: ConnectionGuard {
-            peers,
-            identity: identity.clone(),
-            token,
-            listener,
-            session,
-            to_router,
-        },
-    })
-}
-
-/// Removes a connection from its listener's peer table when it closes,
-/// unless a newer connection with the same routing id replaced it, and ends
-/// its session there, so the listener's requests waiting on it fail with
-/// `Disconnected` (as a tcp or ipc peer's relay reports its end).
-pub(crate) struct ConnectionGuard {
-    peers: PeerTable,
-    identity: Bytes,
-    token: u64,
-    listener: Arc<SocketCtx>,
-    session: u64,
-    to_router: mpsc::Sender<ToRouter>,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        {
-            let mut peers = lock(&self.peers);
-            if peers
-                .get(&self.identity)
-                .is_some_and(|(token, _)| *token == self.token)
-            {
-                peers.remove(&self.identity);
-            }
-        }
-        // Behind our last messages; at once if the listener's queue is full
-        // or gone. A no-op if a newer connection with this id began since.
-        let end = ToRouter::End {
-            identity: self.identity.clone(),
-            session: self.session,
-        };
-        if self.to_router.try_send(end).is_err() {
-            self.listener.end_session(&self.identity, self.session);
-        }
-    }
+    let ours = Arc::new(Session::new(
+        Bytes::new(),
+        Bytes::new(),
+        Out::Inproc(Tx::new(to_listener)),
+    ));
+    Ok((Conn { rx: from_listener }, ours))
 }

@@ -1,52 +1,48 @@
-//! One abstraction over tcp, ipc and inproc: bind a ROUTER-like listener,
-//! connect a DEALER-like connection, move multipart messages.
+//! Sockets and their sessions over tcp, ipc and inproc.
 //!
-//! Every socket is owned by tasks of its own: a reader that validates frames,
-//! parses the payload and forwards an [`Inbound`] to the ProcessMessage loop,
-//! and a writer that drains a bounded queue of [`Outbound`] into the socket.
-//! Nobody else touches the socket, so `zeromq`'s non-cancel-safe `recv` is
-//! only ever awaited to completion by its reader.
+//! A *socket* is a listener (our ROUTER) or a connection (our DEALER): a
+//! [`SocketCtx`] holds what its senders and sessions share (the
+//! unacknowledged set, the routing table or live link, counters). A
+//! *session* is one live connection of a socket to one peer: a ZMTP
+//! connection after its handshake (and its proof, when a secret is set),
+//! or an inproc pairing. Each session is driven by one task that reads,
+//! decodes, and runs ProcessMessage on what it reads, in place
+//! ([`driver`], [`inproc`]); anything may send through a session's
+//! [`Out`].
+//!
+//! ```text
+//! stream.rs      tcp/ipc streams; bind and dial
+//! outbox.rs      a connection's send buffer and its write role
+//! driver.rs      one tcp/ipc connection: handshake, then read -> process
+//! listener.rs    accept loop, connection limit, routing ids
+//! connection.rs  dial, redial with backoff
+//! inproc.rs      in-process sessions over channels
+//! ```
 
 pub(crate) mod connection;
-pub mod guard;
+pub(crate) mod driver;
 pub(crate) mod inproc;
-pub(crate) mod outlet;
-pub(crate) mod relay;
-pub(crate) mod zmq;
+pub(crate) mod listener;
+pub(crate) mod outbox;
+pub(crate) mod stream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
+use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::dedup::{DedupWindow, Verdict};
 use crate::endpoint::Endpoint;
-use crate::error::{FrameError, RequestError};
+use crate::error::{FrameError, RequestError, SendError};
 use crate::pending::PendingSet;
 use crate::server_loop::SlcQueue;
 use crate::stats::{Stats, bump};
 use crate::wire::{self, Payload};
 use crate::{ConnectionId, ListenerId};
-
-/// A message for a socket's writer. `peer` is the routing id on a
-/// listener and empty on a connection.
-#[derive(Debug)]
-pub(crate) struct Outbound {
-    pub(crate) peer: Bytes,
-    pub(crate) payload: Bytes,
-}
-
-/// A parsed message from a socket's reader.
-pub(crate) struct Inbound {
-    pub(crate) socket: Arc<SocketCtx>,
-    /// Routing id of the sender (listeners) or empty (connections).
-    pub(crate) peer: Bytes,
-    pub(crate) payload: Payload,
-}
+use outbox::{Outbox, Push};
 
 /// Which side of the protocol a socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,81 +62,167 @@ impl SocketKind {
     }
 }
 
-/// Messages a writer takes from its queue per wake-up.
-pub(crate) const WRITE_BATCH: usize = 64;
-
-/// Bounds a map keyed by peer routing ids: a peer can only add an entry by
-/// opening a connection, and entries go when it disconnects; the cap is a
-/// backstop against a listener flooded with connections.
-const MAX_PEERS: usize = 1 << 16;
-
 /// Told when a sent message is acknowledged, or why it never will be.
 pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), RequestError>>;
 
-/// A peer went away: a connection's link (`peer` None) or one peer of a
-/// listener. The ProcessMessage loop fails whatever waits on it.
-pub(crate) struct Lost {
-    pub(crate) socket: Arc<SocketCtx>,
-    pub(crate) peer: Option<Bytes>,
+/// How messages leave one session.
+pub(crate) enum Out {
+    /// tcp or ipc: frames into the connection's outbox.
+    Wire(Outbox),
+    /// inproc: payloads over a bounded channel to the peer's session task.
+    Inproc(inproc::Tx),
 }
 
-/// Capacity of the queue of [`Lost`] notices. A full queue drops a
-/// listener's notice (its waiters then end at their deadline instead), so a
-/// peer reconnecting in a loop cannot grow it.
-pub(crate) const LOST_QUEUE: usize = 1024;
-
-/// What one socket remembers about one peer.
-struct PeerState {
-    /// Which connection of the peer this state belongs to (listeners).
-    session: u64,
-    /// Next msg_id towards the peer (listeners; connections use `next_id`).
-    next_id: u64,
-    /// Ids received from the peer.
-    seen: DedupWindow,
+/// One live connection of a socket to one peer.
+pub(crate) struct Session {
+    /// The peer's routing id on a listener (generated for an anonymous
+    /// peer); empty on a connection.
+    pub(crate) peer: Bytes,
+    /// The frame a listener puts before the delimiter of every message
+    /// (its own identity, as NoisePage's ROUTER does); empty on a
+    /// connection, whose messages are `["", payload]`.
+    head: Bytes,
+    /// Next msg_id towards the peer on a listener (each session counts
+    /// from 0); connections count on the socket, across sessions.
+    next_id: AtomicU64,
+    /// Set when the session ends: sends to it fail from then on.
+    closed: AtomicBool,
+    pub(crate) out: Out,
 }
+
+impl Session {
+    pub(crate) fn new(peer: Bytes, head: Bytes, out: Out) -> Self {
+        Session {
+            peer,
+            head,
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            out,
+        }
+    }
+
+    /// Hands one payload to the peer without waiting.
+    pub(crate) fn send(&self, payload: &Bytes) -> Result<(), Push> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Push::Closed);
+        }
+        match &self.out {
+            Out::Wire(ob) => {
+                let head = &self.head;
+                ob.push(head.len() + payload.len() + 20, |enc, buf| {
+                    if head.is_empty() {
+                        enc.message(buf, &[b"", payload]);
+                    } else {
+                        enc.message(buf, &[head, b"", payload]);
+                    }
+                })
+            }
+            Out::Inproc(tx) => tx.send(payload.clone()),
+        }
+    }
+
+    /// Sends the ACK of `msg_id`; formatted straight into the outbox on
+    /// tcp and ipc (no allocation of its own).
+    pub(crate) fn ack(&self, msg_id: u64) -> Result<(), Push> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Push::Closed);
+        }
+        match &self.out {
+            Out::Wire(ob) => {
+                let head = &self.head;
+                let len = wire::encoded_len(msg_id, wire::NOOP, wire::ACK, 0);
+                ob.push(head.len() + len + 20, |enc, buf| {
+                    let write =
+                        |b: &mut BytesMut| wire::encode_into(b, msg_id, wire::NOOP, wire::ACK, b"");
+                    if head.is_empty() {
+                        enc.message_with(buf, &[b""], len, write);
+                    } else {
+                        enc.message_with(buf, &[head, b""], len, write);
+                    }
+                })
+            }
+            Out::Inproc(tx) => tx.send(wire::ack(msg_id)),
+        }
+    }
+
+    /// Waits until a payload of `len` bytes could be handed over.
+    pub(crate) async fn room(&self, len: usize) {
+        match &self.out {
+            Out::Wire(ob) => ob.room(len).await,
+            Out::Inproc(tx) => tx.room().await,
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        match &self.out {
+            Out::Wire(ob) => ob.close(),
+            Out::Inproc(tx) => tx.close(),
+        }
+    }
+}
+
+/// Where a message for a peer of a socket goes now.
+pub(crate) enum Route {
+    /// A live session.
+    Session(Arc<Session>),
+    /// A connection that is redialling: its backlog.
+    Backlog,
+}
+
+/// A connection's link: the live session, or what waits for the next one.
+enum Link {
+    Up(Arc<Session>),
+    /// Redialling: payloads sent meanwhile, in order, bounded by
+    /// `send_queue_capacity`; they go first on the next session.
+    Down(VecDeque<Bytes>),
+}
+
+/// Bounds a listener's routing table: a peer adds an entry only by
+/// completing a handshake (within the connection limit), and its entry
+/// goes when its session ends; this is a backstop.
+const MAX_ROUTES: usize = 1 << 20;
 
 /// What every part of the messenger needs to know about one socket.
 pub(crate) struct SocketCtx {
     pub(crate) kind: SocketKind,
     /// The endpoint as bound (port 0 resolved) or connected.
     pub(crate) endpoint: Endpoint,
-    /// The writer's queue: what cannot go straight to the link.
-    pub(crate) out_tx: mpsc::Sender<Outbound>,
-    /// The live link's send half, for senders to use directly.
-    pub(crate) outlet: outlet::Outlet,
-    /// The server-loop callback's queue (listeners only).
+    /// Our routing id: sent in READY, and as the first frame of everything
+    /// a listener sends.
+    pub(crate) identity: Bytes,
+    /// The server-loop callback's queue (listeners, and connections made
+    /// with one).
     pub(crate) slc: Option<SlcQueue>,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) max_message_size: usize,
+    pub(crate) config: Arc<crate::Config>,
     closed: AtomicBool,
-    /// A connection's link is up (listeners are always up).
-    up: AtomicBool,
+    /// A listener's live sessions by routing id.
+    routes: Mutex<HashMap<Bytes, Arc<Session>, foldhash::fast::RandomState>>,
+    /// A connection's link.
+    link: Mutex<Link>,
     /// Asks a connection's driver to drop its link and reconnect (a
     /// heartbeat declared the peer dead).
     pub(crate) link_dead: tokio::sync::Notify,
     /// Last heartbeat round trip, in microseconds (0: none yet).
     rtt_micros: AtomicU64,
-    /// Next msg_id on a connection.
+    /// Next msg_id on a connection (kept across its sessions).
     next_id: AtomicU64,
-    /// Numbers peer sessions (listeners).
-    sessions: AtomicU64,
-    /// Per peer (the empty routing id on a connection).
-    peers: Mutex<HashMap<Bytes, PeerState, foldhash::fast::RandomState>>,
-    dedup_max_gaps: usize,
-    dedup_gap_ttl: Duration,
+    /// Numbers anonymous peers' routing ids.
+    anonymous: AtomicU64,
     /// Sent messages not yet acknowledged.
-    pub(crate) pending: Mutex<PendingSet<AckWaiter>>,
-    /// Where to report a peer going away.
-    lost: mpsc::Sender<Lost>,
+    pending: Mutex<PendingSet<AckWaiter>>,
     /// Most unacknowledged messages before senders wait (the high-water
     /// mark applied to what is in flight, not only to what is queued).
     window: usize,
-    /// Senders waiting for the window to open, and their wake-up.
-    window_waiters: AtomicUsize,
-    window_opened: tokio::sync::Notify,
+    /// Senders waiting for room (window or backlog), and their wake-up.
+    room_waiters: AtomicUsize,
+    room: tokio::sync::Notify,
+    /// Warnings about bad peers, rate-limited per socket.
+    warn: Mutex<RateLimit>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -148,101 +230,231 @@ impl SocketCtx {
     pub(crate) fn new(
         kind: SocketKind,
         endpoint: Endpoint,
-        out_tx: mpsc::Sender<Outbound>,
+        identity: Bytes,
         slc: Option<SlcQueue>,
         stats: Arc<Stats>,
-        config: &crate::Config,
-        lost: mpsc::Sender<Lost>,
+        config: Arc<crate::Config>,
     ) -> Self {
+        let window = if config.resend_interval.is_some() {
+            config.send_queue_capacity.max(1)
+        } else {
+            usize::MAX
+        };
         SocketCtx {
             kind,
             endpoint,
-            out_tx,
-            outlet: outlet::Outlet::new(config.resend_interval.is_some()),
+            identity,
             slc,
             stats,
-            max_message_size: config.max_message_size,
             closed: AtomicBool::new(false),
-            up: AtomicBool::new(true),
+            routes: Mutex::new(HashMap::default()),
+            link: Mutex::new(Link::Down(VecDeque::new())),
             link_dead: tokio::sync::Notify::new(),
             rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
-            sessions: AtomicU64::new(0),
-            peers: Mutex::new(HashMap::default()),
-            dedup_max_gaps: config.dedup_max_gaps,
-            dedup_gap_ttl: config.dedup_gap_ttl,
+            anonymous: AtomicU64::new(0),
             pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
-            lost,
-            window: if config.resend_interval.is_some() {
-                config.send_queue_capacity.max(1)
-            } else {
-                usize::MAX
-            },
-            window_waiters: AtomicUsize::new(0),
-            window_opened: tokio::sync::Notify::new(),
+            window,
+            room_waiters: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            warn: Mutex::new(RateLimit::new()),
+            config,
         }
     }
 
-    /// Hands `out` to the link, or to the writer's queue if it cannot go
-    /// directly; never waits. A message the link refuses counts as sent
-    /// (it stays in the unacknowledged set, to be resent).
-    pub(crate) fn try_send_out(
-        &self,
-        out: Outbound,
-    ) -> Result<(), mpsc::error::TrySendError<Outbound>> {
-        let Some(out) = self.try_direct(out) else {
-            return Ok(());
-        };
-        self.outlet.will_queue();
-        self.out_tx
-            .try_send(out)
-            .inspect_err(|_| self.outlet.unqueued(1))
+    pub(crate) fn is_listener(&self) -> bool {
+        matches!(self.kind, SocketKind::Listener(_))
     }
 
-    /// [`try_send_out`](Self::try_send_out), waiting for room in the
-    /// writer's queue when the message has to go there.
-    pub(crate) async fn send_out(
-        &self,
-        out: Outbound,
-    ) -> Result<(), mpsc::error::SendError<Outbound>> {
-        let Some(out) = self.try_direct(out) else {
-            return Ok(());
-        };
-        /// Takes the message back out of the count if the send is
-        /// cancelled or fails (else direct sends would wait forever).
-        struct Counted<'a>(Option<&'a outlet::Outlet>);
-        impl Drop for Counted<'_> {
-            fn drop(&mut self) {
-                if let Some(o) = self.0 {
-                    o.unqueued(1);
+    /// Logs a warning about a peer, at most a burst per second per socket.
+    pub(crate) fn warn_allowed(&self) -> bool {
+        lock(&self.warn).allow()
+    }
+
+    // ---- Routes ----------------------------------------------------------
+
+    /// Where a message to `peer` goes now.
+    pub(crate) fn route(&self, peer: &Bytes) -> Result<Route, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Disconnected);
+        }
+        match self.kind {
+            SocketKind::Listener(_) => lock(&self.routes)
+                .get(peer)
+                .map(|s| Route::Session(Arc::clone(s)))
+                .ok_or(SendError::Disconnected),
+            SocketKind::Connection(_) => Ok(match &*lock(&self.link) {
+                Link::Up(s) => Route::Session(Arc::clone(s)),
+                Link::Down(_) => Route::Backlog,
+            }),
+        }
+    }
+
+    /// The next msg_id towards the peer `route` leads to: gap-free per
+    /// (socket, peer session).
+    pub(crate) fn next_msg_id(&self, route: &Route) -> u64 {
+        match route {
+            Route::Session(s) => self.next_msg_id_for(s),
+            Route::Backlog => self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The next msg_id towards `session`'s peer.
+    pub(crate) fn next_msg_id_for(&self, session: &Session) -> u64 {
+        match self.kind {
+            SocketKind::Listener(_) => session.next_id.fetch_add(1, Ordering::Relaxed),
+            SocketKind::Connection(_) => self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Hands a payload over without waiting: to the session, or to a
+    /// redialling connection's backlog.
+    pub(crate) fn transmit(&self, route: &Route, payload: &Bytes) -> Result<(), Push> {
+        match route {
+            Route::Session(s) => s.send(payload),
+            Route::Backlog => {
+                let mut link = lock(&self.link);
+                match &mut *link {
+                    Link::Up(s) => {
+                        let s = Arc::clone(s);
+                        drop(link);
+                        s.send(payload)
+                    }
+                    Link::Down(backlog) => {
+                        if self.is_closed() {
+                            Err(Push::Closed)
+                        } else if backlog.len() >= self.config.send_queue_capacity.max(1) {
+                            Err(Push::Full)
+                        } else {
+                            backlog.push_back(payload.clone());
+                            Ok(())
+                        }
+                    }
                 }
             }
         }
-        self.outlet.will_queue();
-        let mut counted = Counted(Some(&self.outlet));
-        self.out_tx.send(out).await?;
-        counted.0 = None;
-        Ok(())
     }
 
-    /// Hands `out` straight to the link if it can go there; gives it back
-    /// when it has to be queued for the writer. A message the link refuses
-    /// is counted and counts as handed over (resending recovers it).
-    fn try_direct(&self, out: Outbound) -> Option<Outbound> {
-        match self.outlet.try_send(out) {
-            outlet::Direct::Sent => None,
-            outlet::Direct::Failed(e) => {
-                self.send_failed(&e);
-                None
+    /// Waits for room for a payload of `len` bytes on `route`.
+    pub(crate) async fn route_room(&self, route: &Route, len: usize) {
+        match route {
+            Route::Session(s) => s.room(len).await,
+            Route::Backlog => {
+                self.wait_room(|| match &*lock(&self.link) {
+                    Link::Up(_) => true,
+                    Link::Down(b) => b.len() < self.config.send_queue_capacity.max(1),
+                })
+                .await
             }
-            outlet::Direct::Queue(out) => Some(out),
         }
     }
 
-    /// A link refused a message: count it; resending recovers it.
-    pub(crate) fn send_failed(&self, error: &str) {
-        bump(&self.stats.send_failures);
-        tracing::debug!(endpoint = %self.endpoint, error, "send failed");
+    /// A listener's new session for `identity` (empty: anonymous, given a
+    /// generated id). Refused if the id belongs to a live session: the live
+    /// one is left untouched (libzmq's ROUTER without ROUTER_HANDOVER).
+    pub(crate) fn add_route(
+        &self,
+        identity: Bytes,
+        make: impl FnOnce(Bytes) -> Session,
+    ) -> Result<Arc<Session>, RouteError> {
+        let mut routes = lock(&self.routes);
+        if self.is_closed() {
+            return Err(RouteError::Closed);
+        }
+        if routes.len() >= MAX_ROUTES {
+            return Err(RouteError::Full);
+        }
+        let id = if identity.is_empty() {
+            loop {
+                // RFC 37 reserves ids starting with a zero octet for us.
+                let n = self.anonymous.fetch_add(1, Ordering::Relaxed);
+                let mut id = [0u8; 9];
+                id[1..].copy_from_slice(&n.to_be_bytes());
+                let id = Bytes::copy_from_slice(&id);
+                if !routes.contains_key(&id) {
+                    break id;
+                }
+            }
+        } else if routes.contains_key(&identity) {
+            return Err(RouteError::InUse);
+        } else {
+            identity
+        };
+        let session = Arc::new(make(id.clone()));
+        routes.insert(id, Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// Whether a live session holds `identity`.
+    pub(crate) fn route_in_use(&self, identity: &[u8]) -> bool {
+        !identity.is_empty() && lock(&self.routes).contains_key(identity)
+    }
+
+    /// A session ended: out of the routing table (if it is still the one
+    /// there) or off the connection's link, closed, and everything waiting
+    /// on it told. Called by the session's own task after the last message
+    /// it read was processed, so a peer's last ACK or reply is never lost
+    /// to its disconnect.
+    pub(crate) fn end_session(&self, session: &Arc<Session>, shared: &crate::dispatch::Shared) {
+        session.close();
+        match self.kind {
+            SocketKind::Listener(_) => {
+                {
+                    let mut routes = lock(&self.routes);
+                    if routes
+                        .get(&session.peer)
+                        .is_some_and(|s| Arc::ptr_eq(s, session))
+                    {
+                        routes.remove(&session.peer);
+                    }
+                }
+                shared.fail_peer(self, &session.peer);
+            }
+            SocketKind::Connection(_) => {
+                {
+                    let mut link = lock(&self.link);
+                    if matches!(&*link, Link::Up(s) if Arc::ptr_eq(s, session)) {
+                        *link = Link::Down(VecDeque::new());
+                    }
+                }
+                shared.fail_socket(self, RequestError::Disconnected);
+            }
+        }
+        self.wake_room();
+    }
+
+    /// A connection's new session is up: what queued meanwhile goes first,
+    /// in order, then senders use the session directly.
+    pub(crate) fn link_up(&self, session: &Arc<Session>) {
+        let mut link = lock(&self.link);
+        if let Link::Down(backlog) = &mut *link {
+            for payload in backlog.drain(..) {
+                // Full: a resend recovers it (or, without resending, the
+                // backlog was bounded by the same capacity as the outbox).
+                if session.send(&payload).is_err() {
+                    bump(&self.stats.send_failures);
+                }
+            }
+        }
+        *link = Link::Up(Arc::clone(session));
+        drop(link);
+        self.wake_room();
+    }
+
+    /// Whether a connection's link is up now.
+    pub(crate) fn is_up(&self) -> bool {
+        match self.kind {
+            SocketKind::Listener(_) => !self.is_closed(),
+            SocketKind::Connection(_) => {
+                !self.is_closed() && matches!(&*lock(&self.link), Link::Up(_))
+            }
+        }
+    }
+
+    // ---- The unacknowledged window ----------------------------------------
+
+    pub(crate) fn pending(&self) -> MutexGuard<'_, PendingSet<AckWaiter>> {
+        lock(&self.pending)
     }
 
     /// Whether as many messages as the window allows wait for their ACKs.
@@ -252,15 +464,19 @@ impl SocketCtx {
 
     /// Waits until fewer messages than the window wait for their ACKs.
     pub(crate) async fn wait_for_window(&self) {
-        while self.window_full() {
-            self.window_waiters.fetch_add(1, Ordering::SeqCst);
-            let opened = self.window_opened.notified();
+        self.wait_room(|| !self.window_full()).await
+    }
+
+    async fn wait_room(&self, ready: impl Fn() -> bool) {
+        while !ready() && !self.is_closed() {
+            self.room_waiters.fetch_add(1, Ordering::SeqCst);
+            let opened = self.room.notified();
             tokio::pin!(opened);
             opened.as_mut().enable();
-            if self.window_full() {
+            if !ready() && !self.is_closed() {
                 opened.await;
             }
-            self.window_waiters.fetch_sub(1, Ordering::SeqCst);
+            self.room_waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -272,20 +488,17 @@ impl SocketCtx {
     ) -> Option<crate::pending::Entry<AckWaiter>> {
         let entry = self.pending().ack(key);
         if entry.is_some() {
-            self.unacked_removed();
+            self.wake_room();
         }
         entry
     }
 
     /// An ACK arrived: forget the message and tell whoever waits for it.
-    pub(crate) fn settle_ack(&self, peer: Bytes, msg_id: u64) {
-        let now = tokio::time::Instant::now();
-        let entry = self.pending().ack_at(&(peer, msg_id), now);
-        if entry.is_some() {
-            self.unacked_removed();
-        }
+    pub(crate) fn settle_ack(&self, peer: &Bytes, msg_id: u64, now: tokio::time::Instant) {
+        let entry = self.pending().ack_at(&(peer.clone(), msg_id), now);
         match entry {
             Some(entry) => {
+                self.wake_room();
                 bump(&self.stats.acks_received);
                 if let Some(w) = entry.waiter {
                     let _ = w.send(Ok(()));
@@ -295,142 +508,25 @@ impl SocketCtx {
         }
     }
 
-    /// Messages left the unacknowledged set: wake senders waiting for room
-    /// (one atomic load when nobody waits).
-    pub(crate) fn unacked_removed(&self) {
-        if self.window_waiters.load(Ordering::SeqCst) > 0 {
-            self.window_opened.notify_waiters();
+    /// Room opened (window, backlog): wake senders waiting for it (one
+    /// atomic load when nobody waits).
+    pub(crate) fn wake_room(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
         }
     }
 
-    /// Reports this connection's link lost (the driver can wait for room).
-    pub(crate) async fn report_link_lost(self: &Arc<Self>) {
-        let _ = self
-            .lost
-            .send(Lost {
-                socket: Arc::clone(self),
-                peer: None,
-            })
-            .await;
-    }
-
-    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, PendingSet<AckWaiter>> {
-        lock(&self.pending)
-    }
-
-    fn with_peer<R>(&self, peer: &Bytes, f: impl FnOnce(&mut PeerState) -> R) -> R {
-        let mut peers = lock(&self.peers);
-        if peers.len() >= MAX_PEERS && !peers.contains_key(peer) {
-            peers.clear();
-        }
-        let state = peers.entry(peer.clone()).or_insert_with(|| PeerState {
-            session: 0,
-            next_id: 0,
-            seen: DedupWindow::new(self.dedup_max_gaps, self.dedup_gap_ttl),
-        });
-        f(state)
-    }
-
-    /// What the peer's duplicate window says about `msg_id`. With `deliver`
-    /// set, a new id is recorded as delivered in the same step (one lock and
-    /// one lookup per message on the hot path).
-    pub(crate) fn check_seen(&self, peer: &Bytes, msg_id: u64, deliver: bool) -> Verdict {
-        let now = tokio::time::Instant::now();
-        self.with_peer(peer, |s| {
-            let verdict = s.seen.check(msg_id, now);
-            if deliver && verdict == Verdict::New {
-                s.seen.record(msg_id, now);
-            }
-            verdict
-        })
-    }
-
-    /// Records `msg_id` from `peer` as delivered.
-    pub(crate) fn record_delivered(&self, peer: &Bytes, msg_id: u64) {
-        let now = tokio::time::Instant::now();
-        self.with_peer(peer, |s| s.seen.record(msg_id, now));
-    }
-
-    /// The next msg_id towards `peer`: gap-free per (this socket, peer).
-    pub(crate) fn next_msg_id(&self, peer: &Bytes) -> u64 {
-        match self.kind {
-            SocketKind::Connection(_) => self.next_id.fetch_add(1, Ordering::Relaxed),
-            SocketKind::Listener(_) => self.with_peer(peer, |s| {
-                let id = s.next_id;
-                s.next_id += 1;
-                id
-            }),
-        }
-    }
-
-    /// Forgets a peer: its next session starts at msg_id 0 both ways, and
-    /// nothing waits for ACKs its old session will never send.
-    pub(crate) fn forget_peer(&self, peer: &[u8]) {
-        lock(&self.peers).remove(peer);
-        self.fail_unacked(peer);
-    }
-
+    /// Fails what waits for ACKs from `peer`'s session, and forgets its
+    /// unacknowledged messages (its next session starts over).
     pub(crate) fn fail_unacked(&self, peer: &[u8]) {
         let failed = self.pending().drain_peer(peer);
-        self.unacked_removed();
+        self.wake_room();
         for w in failed {
             let _ = w.send(Err(RequestError::Disconnected));
         }
     }
 
-    /// A new connection from `peer` begins, before any of its messages are
-    /// forwarded: a new session. Returns its number for [`end_session`].
-    ///
-    /// [`end_session`]: Self::end_session
-    pub(crate) fn begin_session(&self, peer: &[u8]) -> u64 {
-        let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        {
-            let mut peers = lock(&self.peers);
-            if peers.len() >= MAX_PEERS && !peers.contains_key(peer) {
-                peers.clear();
-            }
-            peers.insert(
-                Bytes::copy_from_slice(peer),
-                PeerState {
-                    session,
-                    next_id: 0,
-                    seen: DedupWindow::new(self.dedup_max_gaps, self.dedup_gap_ttl),
-                },
-            );
-        }
-        self.fail_unacked(peer);
-        session
-    }
-
-    /// The connection that began `session` ended: forget the peer, unless a
-    /// newer connection from it has begun since, and have the requests
-    /// waiting on it failed.
-    pub(crate) fn end_session(self: &Arc<Self>, peer: &[u8], session: u64) {
-        let mine = {
-            let mut peers = lock(&self.peers);
-            let mine = peers.get(peer).is_some_and(|s| s.session == session);
-            if mine {
-                peers.remove(peer);
-            }
-            mine
-        };
-        if mine {
-            // Failing its waiters is the loop's job, in order: messages from
-            // this peer already queued (a last ACK or reply) come first.
-            let _ = self.lost.try_send(Lost {
-                socket: Arc::clone(self),
-                peer: Some(Bytes::copy_from_slice(peer)),
-            });
-        }
-    }
-
-    pub(crate) fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Release);
-    }
-
-    pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire) && !self.is_closed()
-    }
+    // ---- State --------------------------------------------------------------
 
     pub(crate) fn set_rtt(&self, rtt: Duration) {
         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
@@ -444,80 +540,58 @@ impl SocketCtx {
         }
     }
 
-    /// A new link to the peer: it starts a new session, so forget what we
-    /// saw from the old one.
-    pub(crate) fn new_session(&self) {
-        lock(&self.peers).clear();
-    }
-
     pub(crate) fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Link::Down(backlog) = &mut *lock(&self.link) {
+            backlog.clear();
+        }
+        self.room.notify_waiters();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.out_tx.is_closed()
+        self.closed.load(Ordering::Acquire)
     }
 
-    /// Validates one received multipart message and forwards it to the loop.
-    /// Returns false when the loop has gone (the messenger is shutting down).
-    pub(crate) async fn deliver<I>(
-        self: &Arc<Self>,
-        frames: I,
-        inbound: &mpsc::Sender<Inbound>,
-        warn: &mut RateLimit,
-    ) -> bool
-    where
-        I: IntoIterator<Item = Bytes>,
-        I::IntoIter: ExactSizeIterator,
-    {
-        match self.parse_frames(frames) {
-            Ok((peer, payload)) => {
-                bump(&self.stats.received);
-                if payload.dst_cb == wire::ACK {
-                    // The first step of ProcessMessage, taken here: an ACK
-                    // touches only this socket's unacknowledged set, and
-                    // half of all messages are ACKs, so they skip the hop
-                    // to the loop. Its order against the peer's other
-                    // messages does not matter.
-                    self.settle_ack(peer, payload.msg_id);
-                    return true;
-                }
-                inbound
-                    .send(Inbound {
-                        socket: Arc::clone(self),
-                        peer,
-                        payload,
-                    })
-                    .await
-                    .is_ok()
-            }
-            Err(e) => {
-                bump(&self.stats.malformed_dropped);
-                if warn.allow() {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "dropping malformed message");
-                }
-                true
-            }
-        }
-    }
-
-    fn parse_frames<I>(&self, frames: I) -> Result<(Bytes, Payload), FrameError>
-    where
-        I: IntoIterator<Item = Bytes>,
-        I::IntoIter: ExactSizeIterator,
-    {
-        let (peer, payload) = match self.kind {
-            SocketKind::Listener(_) => wire::router_frames(frames)?,
-            SocketKind::Connection(_) => (Bytes::new(), wire::dealer_frames(frames)?),
+    /// Checks one received message's frames (as they came off the wire or
+    /// an inproc channel) and parses its payload.
+    pub(crate) fn parse_frames(&self, frames: &mut [Bytes]) -> Result<Payload, FrameError> {
+        let payload = match self.kind {
+            SocketKind::Listener(_) => wire::from_dealer(frames)?,
+            SocketKind::Connection(_) => wire::from_router(frames)?,
         };
-        if payload.len() > self.max_message_size {
+        self.parse_payload(payload)
+    }
+
+    /// Checks a payload's size and parses it (its body shares `payload`).
+    pub(crate) fn parse_payload(&self, payload: Bytes) -> Result<Payload, FrameError> {
+        let max = self.config.max_message_size;
+        if payload.len() > max {
             return Err(FrameError::TooLarge {
                 len: payload.len(),
-                max: self.max_message_size,
+                max,
             });
         }
-        Ok((peer, wire::parse(&payload)?))
+        Ok(wire::parse(&payload)?)
     }
+
+    /// A malformed message from a peer: counted, and logged (rate-limited).
+    pub(crate) fn malformed(&self, error: &FrameError) {
+        bump(&self.stats.malformed_dropped);
+        if self.warn_allowed() {
+            tracing::warn!(endpoint = %self.endpoint, %error, "dropping malformed message");
+        }
+    }
+}
+
+/// Why a listener did not take a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteError {
+    /// A live session holds the routing id.
+    InUse,
+    /// The routing table is at its backstop.
+    Full,
+    /// The listener is closing.
+    Closed,
 }
 
 /// Lets through at most a burst of warnings per second, so a peer sending
@@ -543,7 +617,7 @@ impl RateLimit {
             self.window_start = now;
             self.in_window = 0;
         }
-        self.in_window += 1;
+        self.in_window = self.in_window.saturating_add(1);
         self.in_window <= Self::BURST
     }
 }
@@ -551,26 +625,33 @@ impl RateLimit {
 /// The tasks and files that make up one open socket; dropping or closing it
 /// stops them.
 pub(crate) struct SocketTasks {
+    /// Tasks stopped at once on close (resending, heartbeats).
     pub(crate) tasks: Vec<JoinHandle<()>>,
-    /// Tasks that end by themselves once the socket's zeromq half is gone
-    /// (relays flushing towards the peer): given the linger period first.
+    /// Tasks that wind down by themselves once `stop` fires, flushing what
+    /// their sessions hold: given the linger period first.
     pub(crate) flushing: Vec<JoinHandle<()>>,
-    /// Tells a listener's accept loop to stop and let its relays flush.
-    pub(crate) stop: Option<tokio_util::sync::CancellationToken>,
+    /// Tells the socket's sessions and its accept loop or dialler to stop.
+    pub(crate) stop: CancellationToken,
     /// An ipc socket file this process created, removed on close.
     pub(crate) created_file: Option<std::path::PathBuf>,
     /// An inproc name this socket registered, released on close.
     pub(crate) inproc: Option<inproc::Registration>,
-    /// The private socket behind the frame guard, removed on close.
-    pub(crate) private: Option<relay::PrivateSocket>,
 }
 
 impl SocketTasks {
+    pub(crate) fn new(stop: CancellationToken) -> Self {
+        SocketTasks {
+            tasks: Vec::new(),
+            flushing: Vec::new(),
+            stop,
+            created_file: None,
+            inproc: None,
+        }
+    }
+
     /// Stops the socket at once (drop, or no runtime left to wait in).
     pub(crate) fn close(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
-        }
+        self.stop.cancel();
         for t in self.tasks.drain(..).chain(self.flushing.drain(..)) {
             t.abort();
         }
@@ -578,13 +659,9 @@ impl SocketTasks {
     }
 
     /// Stops the socket, giving what was already handed to it up to
-    /// `linger` to reach the peer (libzmq's ZMQ_LINGER): tasks that own the
-    /// zeromq socket stop at once, so the crate flushes and closes its side;
-    /// the relays and drivers that carry those bytes on are awaited.
+    /// `linger` to reach the peer (libzmq's ZMQ_LINGER).
     pub(crate) async fn close_gracefully(&mut self, linger: Duration) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
-        }
+        self.stop.cancel();
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -608,7 +685,6 @@ impl SocketTasks {
             }
         }
         self.inproc.take();
-        self.private.take();
     }
 }
 
@@ -616,12 +692,4 @@ impl Drop for SocketTasks {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// What a transport needs to open a socket.
-pub(crate) struct OpenArgs {
-    pub(crate) identity: Bytes,
-    pub(crate) ctx: Arc<SocketCtx>,
-    pub(crate) out_rx: mpsc::Receiver<Outbound>,
-    pub(crate) inbound: mpsc::Sender<Inbound>,
 }

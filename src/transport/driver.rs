@@ -1,0 +1,440 @@
+//! One tcp or ipc connection, start to end, in one task: the ZMTP handshake
+//! (and the proof, when a secret is set), then traffic: read, decode and
+//! run ProcessMessage on each message where it lands, with the ACKs and
+//! replies that produces leaving in one write per read.
+//!
+//! The [`Engine`] decides everything about ZMTP; this file only moves
+//! bytes between it and the socket and keeps its timers.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::Outbox;
+use super::stream::Stream;
+use super::{Out, Session, SocketCtx};
+use crate::dedup::DedupWindow;
+use crate::dispatch::Shared;
+use crate::zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
+
+/// Bytes read at a time at least (more when a large frame is being read).
+const READ_CHUNK: usize = 16 * 1024;
+/// At most this much is reserved for one read, however large the frame
+/// being read: memory follows the bytes that actually arrive.
+const READ_MAX: usize = 256 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The peer closed its side.
+    PeerClosed,
+    /// We stopped it (shutdown, or a heartbeat declared the peer dead).
+    Stopped,
+    /// A heartbeat (ECHO) declared the peer dead.
+    Dead,
+    /// Reading or writing failed.
+    Io(io::Error),
+    /// The peer broke ZMTP, a limit, or was refused.
+    Zmtp(ZmtpError),
+    /// The peer's first message was not a valid proof.
+    Auth(crate::auth::AuthError),
+    /// The handshake (with the proof) did not finish in time.
+    HandshakeTimeout,
+}
+
+impl From<io::Error> for End {
+    fn from(e: io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+impl From<ZmtpError> for End {
+    fn from(e: ZmtpError) -> Self {
+        match e {
+            ZmtpError::HandshakeTimeout => End::HandshakeTimeout,
+            e => End::Zmtp(e),
+        }
+    }
+}
+
+impl End {
+    /// Counts and logs how a connection ended.
+    pub(crate) fn report(&self, socket: &SocketCtx) {
+        let stats = &socket.stats;
+        let bump = crate::stats::bump;
+        let what = match self {
+            End::PeerClosed | End::Stopped => return,
+            End::Dead => "peer declared dead",
+            End::Io(e) => {
+                tracing::debug!(endpoint = %socket.endpoint, error = %e, "connection ends");
+                return;
+            }
+            End::HandshakeTimeout => {
+                bump(&stats.handshake_timeouts);
+                "no handshake in time"
+            }
+            End::Auth(_) => {
+                bump(&stats.auth_failures);
+                "authentication failed"
+            }
+            End::Zmtp(ZmtpError::HeartbeatTimeout) => {
+                bump(&stats.ping_timeouts);
+                "no traffic within the heartbeat timeout"
+            }
+            End::Zmtp(ZmtpError::Refused(_)) => "refused",
+            End::Zmtp(ZmtpError::PeerError { .. }) => "the peer refused us",
+            End::Zmtp(_) => {
+                bump(&stats.guard_rejections);
+                "protocol violation"
+            }
+        };
+        if socket.warn_allowed() {
+            match self {
+                End::Zmtp(e) => {
+                    tracing::warn!(endpoint = %socket.endpoint, error = %e, "dropping peer: {what}")
+                }
+                End::Auth(e) => {
+                    tracing::warn!(endpoint = %socket.endpoint, error = %e, "dropping peer: {what}")
+                }
+                _ => tracing::warn!(endpoint = %socket.endpoint, "dropping peer: {what}"),
+            }
+        }
+    }
+}
+
+/// A tcp or ipc connection and its ZMTP engine.
+pub(crate) struct Conn {
+    stream: Arc<Stream>,
+    engine: Engine,
+    /// Bytes read and not yet decoded; decoded frames are split off it
+    /// without copying.
+    rbuf: BytesMut,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: Stream, config: EngineConfig) -> Self {
+        Conn {
+            stream: Arc::new(stream),
+            engine: Engine::new(config, Instant::now()),
+            rbuf: BytesMut::new(),
+        }
+    }
+
+    /// Writes what the engine queued (handshake only: the task owns the
+    /// stream until a session's outbox takes over).
+    async fn write_transmit(&mut self) -> io::Result<()> {
+        while !self.engine.transmit().is_empty() {
+            self.stream.ready(Interest::WRITABLE).await?;
+            match self.stream.try_write(self.engine.transmit()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.engine.transmit().split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads once, waiting for the socket. `Ok(false)`: the peer closed.
+    async fn read_some(&mut self) -> io::Result<bool> {
+        loop {
+            self.stream.ready(Interest::READABLE).await?;
+            match self.try_read() {
+                Ok(n) => return Ok(n > 0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn try_read(&mut self) -> io::Result<usize> {
+        let want = self.engine.wants(&self.rbuf).clamp(READ_CHUNK, READ_MAX);
+        self.rbuf.reserve(want);
+        let n = self.stream.try_read_buf(&mut self.rbuf)?;
+        if n > 0 {
+            self.engine.received(Instant::now());
+        }
+        Ok(n)
+    }
+
+    /// Greeting and READY both ways. `decide` sees the peer's metadata and
+    /// may refuse it (an ERROR goes out, then the connection closes).
+    pub(crate) async fn handshake(
+        &mut self,
+        mut decide: impl FnMut(&PeerInfo) -> Result<(), &'static str>,
+    ) -> Result<PeerInfo, End> {
+        let deadline = self
+            .engine
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
+        let run = async {
+            loop {
+                let decoded = self.engine.decode(&mut self.rbuf, Instant::now());
+                // What decoding queued (our greeting, READY, an ERROR) goes
+                // out before we wait for the peer again.
+                let written = self.write_transmit().await;
+                match decoded {
+                    Ok(Some(Event::PeerReady(info))) => {
+                        written?;
+                        match decide(&info) {
+                            Ok(()) => {
+                                self.engine.accept(Instant::now());
+                                self.write_transmit().await?;
+                                return Ok(info);
+                            }
+                            Err(reason) => {
+                                let e = self.engine.refuse(reason);
+                                self.write_transmit().await?;
+                                return Err(End::Zmtp(e));
+                            }
+                        }
+                    }
+                    Ok(Some(Event::Message)) => written?,
+                    Ok(None) => {
+                        written?;
+                        if !self.read_some().await? {
+                            return Err(End::PeerClosed);
+                        }
+                    }
+                    Err(e) => return Err(End::from(e)),
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(r) => r,
+            Err(_) => Err(End::HandshakeTimeout),
+        }
+    }
+
+    /// The next message after the handshake (a listener reads the proof
+    /// this way, before any session exists), until `deadline`.
+    pub(crate) async fn first_message(&mut self, deadline: Instant) -> Result<Vec<Bytes>, End> {
+        let run = async {
+            loop {
+                match self.engine.decode(&mut self.rbuf, Instant::now())? {
+                    Some(Event::Message) => return Ok(std::mem::take(self.engine.frames())),
+                    Some(Event::PeerReady(_)) => {}
+                    None => {
+                        if !self.read_some().await? {
+                            return Err(End::PeerClosed);
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(r) => r,
+            Err(_) => Err(End::HandshakeTimeout),
+        }
+    }
+
+    /// Builds the session's outbox once the handshake is done: the
+    /// engine's encoder moves into it, so any task can send.
+    pub(crate) fn outbox(&mut self, limit: usize) -> Outbox {
+        let encoder = self
+            .engine
+            .take_encoder()
+            .unwrap_or_else(crate::zmtp::Encoder::null);
+        Outbox::new(Arc::clone(&self.stream), encoder, limit)
+    }
+
+    /// Traffic until the peer leaves, a rule is broken, or `stop` fires:
+    /// read, decode, ProcessMessage in place; write what senders handed
+    /// over when the socket was full; keep the heartbeat timers.
+    /// `first` is a message already read (a listener's proof).
+    pub(crate) async fn traffic(
+        &mut self,
+        socket: &Arc<SocketCtx>,
+        session: &Arc<Session>,
+        shared: &Shared,
+        stop: &CancellationToken,
+        first: Option<crate::wire::Payload>,
+    ) -> End {
+        let Out::Wire(outbox) = &session.out else {
+            return End::Stopped;
+        };
+        let cfg = &socket.config;
+        let mut dedup = DedupWindow::new(cfg.dedup_max_gaps, cfg.dedup_gap_ttl);
+        if let Some(first) = first {
+            let held = outbox.hold();
+            shared.process(socket, session, &mut dedup, first, Instant::now());
+            if held {
+                outbox.release();
+            }
+        }
+        // Messages pipelined behind the handshake are already here.
+        if let Err(end) = self.process_buffered(socket, session, shared, outbox, &mut dedup) {
+            return end;
+        }
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed = None;
+        loop {
+            let next = self.engine.poll_timeout();
+            if next != armed {
+                if let Some(at) = next {
+                    timer.as_mut().reset(at);
+                }
+                armed = next;
+            }
+            // A listener reads nothing more from a peer that is not reading
+            // what it is sent: everything it sends would be answered with
+            // ACKs and replies queued in front of it. Connections always
+            // read (their outbox drops ACKs when full), so two messengers
+            // never wait on each other.
+            let read = !(socket.is_listener() && outbox.over_limit());
+            let write = outbox.driver_writes();
+            let interest = match (read, write) {
+                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+                (true, false) => Some(Interest::READABLE),
+                (false, true) => Some(Interest::WRITABLE),
+                (false, false) => None,
+            };
+            let ready = async {
+                match interest {
+                    Some(i) => self.stream.ready(i).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                biased;
+                _ = stop.cancelled() => Step::End(End::Stopped),
+                _ = socket.link_dead.notified(), if !socket.is_listener() => Step::End(End::Dead),
+                r = ready => match r {
+                    Ok(r) => Step::Ready(r.is_readable(), r.is_writable() || r.is_write_closed()),
+                    Err(e) => Step::End(End::Io(e)),
+                },
+                _ = outbox.driver.notified() => Step::Ready(false, false),
+                () = &mut timer, if armed.is_some() => Step::Timer,
+            };
+            match step {
+                Step::End(end) => return end,
+                Step::Timer => {
+                    armed = None;
+                    if let Err(e) = self.engine.handle_timeout(Instant::now()) {
+                        return End::from(e);
+                    }
+                    send_commands(&mut self.engine, outbox);
+                }
+                Step::Ready(readable, writable) => {
+                    if writable {
+                        outbox.resume();
+                    }
+                    if readable {
+                        match self.try_read() {
+                            Ok(0) => return End::PeerClosed,
+                            Ok(_) => {
+                                if let Err(end) = self
+                                    .process_buffered(socket, session, shared, outbox, &mut dedup)
+                                {
+                                    return end;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return End::Io(e),
+                        }
+                    }
+                }
+            }
+            if outbox.is_broken() {
+                return End::Io(io::ErrorKind::BrokenPipe.into());
+            }
+        }
+    }
+
+    /// Decodes and processes every complete message in the read buffer,
+    /// holding the write role meanwhile so what it produces leaves at once.
+    fn process_buffered(
+        &mut self,
+        socket: &Arc<SocketCtx>,
+        session: &Arc<Session>,
+        shared: &Shared,
+        outbox: &Outbox,
+        dedup: &mut DedupWindow,
+    ) -> Result<(), End> {
+        let now = Instant::now();
+        let held = outbox.hold();
+        let mut result = Ok(());
+        loop {
+            match self.engine.decode(&mut self.rbuf, now) {
+                Ok(Some(Event::Message)) => match socket.parse_frames(self.engine.frames()) {
+                    Ok(payload) => shared.process(socket, session, dedup, payload, now),
+                    Err(e) => socket.malformed(&e),
+                },
+                Ok(Some(Event::PeerReady(_))) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(End::from(e));
+                    break;
+                }
+            }
+        }
+        send_commands(&mut self.engine, outbox);
+        if held {
+            outbox.release();
+        }
+        result
+    }
+
+    /// Closes the connection: what the outbox holds is written for up to
+    /// `linger`, then our side is shut and the peer's close awaited (so
+    /// our close does not reset data still on its way to the peer).
+    pub(crate) async fn close(self, outbox: Option<&Outbox>, linger: Duration) {
+        let deadline = Instant::now() + linger;
+        if let Some(outbox) = outbox {
+            outbox.close();
+            let flush = async {
+                loop {
+                    outbox.flush_by_driver();
+                    if outbox.flushed() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = self.stream.ready(Interest::WRITABLE) => {}
+                        _ = outbox.driver.notified() => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, flush).await;
+        }
+        self.stream.shutdown_write();
+        let mut sink = BytesMut::new();
+        let drain = async {
+            loop {
+                if self.stream.ready(Interest::READABLE).await.is_err() {
+                    return;
+                }
+                sink.clear();
+                sink.reserve(READ_CHUNK);
+                match self.stream.try_read_buf(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, drain).await;
+    }
+}
+
+enum Step {
+    End(End),
+    Timer,
+    Ready(bool, bool),
+}
+
+/// Frames the commands the engine wants sent (PONG, PING). A full outbox
+/// drops them: a peer that does not read gets no PONG.
+fn send_commands(engine: &mut Engine, outbox: &Outbox) {
+    while let Some(cmd) = engine.poll_command() {
+        let _ = outbox.push(cmd.len() + 9, |enc, buf| enc.command(buf, &cmd));
+    }
+}

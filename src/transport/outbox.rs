@@ -1,0 +1,319 @@
+//! One tcp or ipc connection's way out: a buffer of encoded frames that any
+//! task appends to, and whoever finds the socket idle writes.
+//!
+//! Every sender (a request's task, the driver's ACKs, a server loop's
+//! reply) encodes its message into the shared buffer under a short lock.
+//! If nobody is writing, the sender takes the *write role* and writes the
+//! buffer itself with a non-blocking `try_write`, outside the lock; others
+//! that append meanwhile leave their bytes for it. So an idle connection
+//! costs no task wake-up per message, and a busy one batches: many
+//! messages per `write` call. When the socket is full (`WouldBlock`) the
+//! role passes to the connection's driver, which waits for the socket to
+//! be writable. The driver also holds the role while it processes a read
+//! batch, so the ACKs and replies it produces leave in one write.
+//!
+//! Nothing waits inside the lock and no lock is held across a syscall. The
+//! buffer is bounded ([`Outbox::limit`]): past it, pushes fail with
+//! [`Push::Full`] and the caller waits for [`Outbox::room`], drops the
+//! message (ACKs, resends: the peer resends, we resend), or fails.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, BytesMut};
+use tokio::sync::Notify;
+
+use super::stream::Stream;
+use crate::zmtp::Encoder;
+
+/// Rounds of appended bytes a sender writes for others before it hands the
+/// role to the driver, so no sender is held up for long.
+const MAX_ROUNDS: usize = 8;
+
+/// Why a push did not go into the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// The buffer is at its limit.
+    Full,
+    /// The connection is closed.
+    Closed,
+}
+
+struct State {
+    /// Encoded frames waiting for the write role's holder.
+    buf: BytesMut,
+    /// Frames every message and command of this connection go through
+    /// (CURVE will keep its nonce here: one order for all senders).
+    encoder: Encoder,
+    /// Someone holds the write role.
+    writing: bool,
+    /// Bytes the role's holder has taken out of `buf` and not yet written:
+    /// they count against the limit too.
+    inflight: usize,
+    /// Bytes a sender could not write (the socket was full), handed to the
+    /// driver with the write role.
+    handoff: Option<BytesMut>,
+    /// A buffer to swap in, so steady traffic reuses two allocations.
+    spare: BytesMut,
+    /// Closed: pushes fail; the driver is winding the connection down.
+    closed: bool,
+    /// A write failed: the connection is broken.
+    broken: bool,
+}
+
+/// See the module documentation.
+pub(crate) struct Outbox {
+    stream: Arc<Stream>,
+    state: Mutex<State>,
+    /// Bytes (buffered plus in flight) past which pushes fail.
+    limit: usize,
+    /// Wakes the connection's driver: it holds the write role now, or room
+    /// opened (it may read again), or the connection broke.
+    pub(crate) driver: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+    room_waiters: AtomicUsize,
+    /// The driver stopped reading until room opens (listeners only).
+    driver_waits_room: AtomicBool,
+}
+
+impl Outbox {
+    /// An outbox writing to `stream`, framing with `encoder`, holding at
+    /// most `limit` bytes (one message of any size is always taken when the
+    /// buffer is empty).
+    pub(crate) fn new(stream: Arc<Stream>, encoder: Encoder, limit: usize) -> Self {
+        Outbox {
+            stream,
+            state: Mutex::new(State {
+                buf: BytesMut::new(),
+                encoder,
+                writing: false,
+                inflight: 0,
+                handoff: None,
+                spare: BytesMut::new(),
+                closed: false,
+                broken: false,
+            }),
+            limit,
+            driver: Notify::new(),
+            room: Notify::new(),
+            room_waiters: AtomicUsize::new(0),
+            driver_waits_room: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encodes one message or command with `encode` (which writes about
+    /// `len` bytes) and sees that it is written.
+    pub(crate) fn push(
+        &self,
+        len: usize,
+        encode: impl FnOnce(&mut Encoder, &mut BytesMut),
+    ) -> Result<(), Push> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(Push::Closed);
+        }
+        let queued = st.buf.len() + st.inflight;
+        if queued > 0 && queued + len > self.limit {
+            return Err(Push::Full);
+        }
+        let State { encoder, buf, .. } = &mut *st;
+        encode(encoder, buf);
+        if st.writing {
+            return Ok(());
+        }
+        st.writing = true;
+        let chunk = Self::take_buf(&mut st);
+        drop(st);
+        self.write_out(chunk, false);
+        Ok(())
+    }
+
+    /// Whether the buffer holds half its limit or more: a listener stops
+    /// reading a peer then (it is not reading what it is sent), which
+    /// leaves the other half for replies its server loop still sends.
+    pub(crate) fn over_limit(&self) -> bool {
+        let st = self.lock();
+        let over = (st.buf.len() + st.inflight).saturating_mul(2) >= self.limit;
+        if over {
+            // Under the lock, so a write finishing now sees it.
+            self.driver_waits_room.store(true, Ordering::SeqCst);
+        }
+        over
+    }
+
+    /// Whether the driver holds the write role and waits for the socket.
+    pub(crate) fn driver_writes(&self) -> bool {
+        self.lock().handoff.is_some()
+    }
+
+    /// Whether a write failed (the connection is broken).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.lock().broken
+    }
+
+    /// Takes the write role for a batch of the driver's own pushes (ACKs,
+    /// replies), if nobody holds it: they then leave in one write at
+    /// [`release`](Self::release). Returns whether it was taken.
+    pub(crate) fn hold(&self) -> bool {
+        let mut st = self.lock();
+        if st.writing || st.closed {
+            return false;
+        }
+        st.writing = true;
+        true
+    }
+
+    /// Ends a [`hold`](Self::hold): writes what the batch produced.
+    pub(crate) fn release(&self) {
+        let chunk = Self::take_buf(&mut self.lock());
+        self.write_out(chunk, true);
+    }
+
+    /// The driver's turn after the socket became writable: go on writing
+    /// what a sender handed over.
+    pub(crate) fn resume(&self) {
+        let Some(chunk) = self.lock().handoff.take() else {
+            return;
+        };
+        self.write_out(chunk, true);
+    }
+
+    /// Moves the buffer out (swapping in the spare), counting it in flight.
+    fn take_buf(st: &mut State) -> BytesMut {
+        let spare = std::mem::take(&mut st.spare);
+        let chunk = std::mem::replace(&mut st.buf, spare);
+        st.inflight = chunk.len();
+        chunk
+    }
+
+    /// Writes `chunk`, then whatever was appended meanwhile, until the
+    /// buffer is empty (the role is released), the socket is full (the
+    /// role goes to the driver) or the connection breaks.
+    fn write_out(&self, mut chunk: BytesMut, by_driver: bool) {
+        let mut rounds = 0;
+        loop {
+            while !chunk.is_empty() {
+                match self.stream.try_write(&chunk) {
+                    Ok(0) => return self.broke(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => chunk.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let mut st = self.lock();
+                        st.inflight = chunk.len();
+                        st.handoff = Some(chunk);
+                        drop(st);
+                        if !by_driver {
+                            self.driver.notify_one();
+                        }
+                        return;
+                    }
+                    Err(e) => return self.broke(e),
+                }
+            }
+            rounds += 1;
+            let mut st = self.lock();
+            if st.buf.is_empty() || st.closed && !by_driver {
+                st.writing = false;
+                st.inflight = 0;
+                chunk.clear();
+                st.spare = chunk;
+                drop(st);
+                self.wake_room();
+                return;
+            }
+            if rounds >= MAX_ROUNDS && !by_driver {
+                // Enough done for others: the driver takes over.
+                let next = Self::take_buf(&mut st);
+                st.handoff = Some(next);
+                drop(st);
+                self.driver.notify_one();
+                self.wake_room();
+                return;
+            }
+            chunk.clear();
+            std::mem::swap(&mut chunk, &mut st.buf);
+            st.inflight = chunk.len();
+            drop(st);
+            self.wake_room();
+        }
+    }
+
+    fn broke(&self, e: io::Error) {
+        tracing::debug!(error = %e, "write failed");
+        let mut st = self.lock();
+        st.broken = true;
+        st.closed = true;
+        st.writing = false;
+        st.inflight = 0;
+        st.buf.clear();
+        st.handoff = None;
+        drop(st);
+        self.driver.notify_one();
+        self.room.notify_waiters();
+    }
+
+    fn wake_room(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+        // A listener's driver that stopped reading waits for room too.
+        if self.driver_waits_room.swap(false, Ordering::SeqCst) {
+            self.driver.notify_one();
+        }
+    }
+
+    /// Waits until a push of `len` bytes could fit (or the connection
+    /// closed).
+    pub(crate) async fn room(&self, len: usize) {
+        let fits = || {
+            let st = self.lock();
+            let queued = st.buf.len() + st.inflight;
+            st.closed || queued == 0 || queued + len <= self.limit
+        };
+        while !fits() {
+            self.room_waiters.fetch_add(1, Ordering::SeqCst);
+            let opened = self.room.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if !fits() {
+                opened.await;
+            }
+            self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Closes: further pushes fail with [`Push::Closed`]; what is buffered
+    /// stays for the driver to flush ([`flushed`](Self::flushed)).
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.room.notify_waiters();
+    }
+
+    /// Whether everything pushed has been written (or the connection broke).
+    pub(crate) fn flushed(&self) -> bool {
+        let st = self.lock();
+        st.broken || (!st.writing && st.buf.is_empty())
+    }
+
+    /// During close, the driver takes the role to write what is left.
+    pub(crate) fn flush_by_driver(&self) {
+        let mut st = self.lock();
+        if let Some(chunk) = st.handoff.take() {
+            drop(st);
+            return self.write_out(chunk, true);
+        }
+        if st.writing || st.buf.is_empty() {
+            return;
+        }
+        st.writing = true;
+        let chunk = Self::take_buf(&mut st);
+        drop(st);
+        self.write_out(chunk, true);
+    }
+}

@@ -1,0 +1,203 @@
+//! tcp and ipc byte streams, and binding and dialling them.
+//!
+//! A [`Stream`] is shared by reference between its connection's driver (the
+//! only reader) and any task that sends (writes are serialised by the
+//! connection's [`Outbox`](super::outbox::Outbox)): tokio's `try_read` and
+//! `try_write` take `&self`, so a sender can write without waking the
+//! driver when the socket has room.
+//!
+//! We bind the OS listener ourselves, so "address in use", stale ipc files
+//! and host names get clear errors and decisions here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{Interest, Ready};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::endpoint::Endpoint;
+use crate::error::{BindError, ConnectError};
+
+/// A connected tcp or ipc socket.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Waits until the socket is ready for any of `interest`.
+    pub(crate) async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+        match self {
+            Stream::Tcp(s) => s.ready(interest).await,
+            Stream::Unix(s) => s.ready(interest).await,
+        }
+    }
+
+    /// Reads what is there without waiting (`WouldBlock` if nothing).
+    pub(crate) fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Writes what fits without waiting (`WouldBlock` if nothing).
+    pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(bytes),
+            Stream::Unix(s) => s.try_write(bytes),
+        }
+    }
+
+    /// Half-closes our side, so the peer reads EOF after what we wrote.
+    pub(crate) fn shutdown_write(&self) {
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+        };
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Resolves a tcp host for binding: `*` is every interface.
+async fn resolve(endpoint: &Endpoint, host: &str, port: u16) -> Result<SocketAddr, BindError> {
+    if host == "*" {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let resolve_err = |source| BindError::Resolve {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(resolve_err)?
+        .next()
+        .ok_or_else(|| resolve_err(io::Error::other("no addresses")))
+}
+
+/// Removes an ipc socket file left by a dead process; refuses a live one or
+/// a file that is not a socket.
+fn clear_stale_ipc(endpoint: &Endpoint, path: &Path) -> Result<(), BindError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BindError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket(endpoint.clone()));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(BindError::InUse(endpoint.clone())),
+        Err(_) => {
+            tracing::info!(path = %path.display(), "removing stale ipc socket file");
+            std::fs::remove_file(path).map_err(|source| BindError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })
+        }
+    }
+}
+
+fn io_bind_err(endpoint: &Endpoint, source: io::Error) -> BindError {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        BindError::InUse(endpoint.clone())
+    } else {
+        BindError::Io {
+            endpoint: endpoint.clone(),
+            source,
+        }
+    }
+}
+
+/// A bound tcp or ipc listener.
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Accepts one peer. tcp peers get TCP_NODELAY: small ACKs and replies
+    /// must not wait for Nagle plus the peer's delayed ACK (about 40 ms).
+    pub(crate) async fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+}
+
+/// Binds `endpoint` (tcp or ipc). Returns the listener, the endpoint as
+/// bound (port 0 resolved) and the ipc file we created, if any.
+pub(crate) async fn bind(
+    endpoint: &Endpoint,
+) -> Result<(Listener, Endpoint, Option<PathBuf>), BindError> {
+    match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let addr = resolve(endpoint, host, *port).await?;
+            let l = std::net::TcpListener::bind(addr).map_err(|e| io_bind_err(endpoint, e))?;
+            let local = l.local_addr().map_err(|e| io_bind_err(endpoint, e))?;
+            l.set_nonblocking(true)
+                .map_err(|e| io_bind_err(endpoint, e))?;
+            let l = TcpListener::from_std(l).map_err(|e| io_bind_err(endpoint, e))?;
+            let resolved = Endpoint::Tcp {
+                host: local.ip().to_string(),
+                port: local.port(),
+            };
+            Ok((Listener::Tcp(l), resolved, None))
+        }
+        Endpoint::Ipc(path) => {
+            clear_stale_ipc(endpoint, path)?;
+            let l = UnixListener::bind(path).map_err(|e| io_bind_err(endpoint, e))?;
+            Ok((Listener::Unix(l), endpoint.clone(), Some(path.clone())))
+        }
+        Endpoint::Inproc(_) => Err(BindError::Unsupported(endpoint.clone())),
+    }
+}
+
+/// Dials `endpoint` (tcp or ipc) within `timeout`.
+pub(crate) async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, ConnectError> {
+    let refused = |source: io::Error| ConnectError::Refused {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let timed_out = |_| ConnectError::Timeout(endpoint.clone());
+    match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let connect = TcpStream::connect((host.as_str(), *port));
+            let s = tokio::time::timeout(timeout, connect)
+                .await
+                .map_err(timed_out)?
+                .map_err(refused)?;
+            let _ = s.set_nodelay(true);
+            Ok(Stream::Tcp(s))
+        }
+        Endpoint::Ipc(path) => {
+            let connect = UnixStream::connect(path);
+            let s = tokio::time::timeout(timeout, connect)
+                .await
+                .map_err(timed_out)?
+                .map_err(refused)?;
+            Ok(Stream::Unix(s))
+        }
+        Endpoint::Inproc(_) => Err(ConnectError::Refused {
+            endpoint: endpoint.clone(),
+            source: io::Error::other("inproc is not a byte stream"),
+        }),
+    }
+}
