@@ -23,7 +23,7 @@ use crate::dedup::DedupWindow;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
 use crate::pending::MsgKey;
-use crate::process::{self, Decision};
+use crate::process::{self, Delivery, Outcome};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
 use crate::transport::{AckWaiter, Route, Session, SocketCtx};
@@ -441,66 +441,26 @@ impl Shared {
         now: tokio::time::Instant,
     ) {
         bump(&self.stats.received);
-        let msg_id = payload.msg_id;
-        match process::decide(dedup, msg_id, payload.dst_cb, now) {
-            Decision::SettleAck => socket.settle_ack(&session.peer, msg_id, now),
-            Decision::Duplicate => {
-                self.ack(session, msg_id);
-                bump(&self.stats.duplicates_dropped);
-            }
-            Decision::Busy => bump(&self.stats.dedup_busy),
-            Decision::Echo => {
-                self.ack(session, msg_id);
-                if self.echo(socket, session, &payload, now) {
-                    bump(&self.stats.echoes_answered);
-                }
-            }
-            Decision::Callback => {
-                self.ack(session, msg_id);
-                let waiter = self.pending().table.take(payload.dst_cb);
-                match waiter {
-                    Some(w) => {
-                        // The reply proves our request arrived: stop resending it.
-                        socket.acknowledged(&w.msg_key());
-                        bump(&self.stats.msc_delivered);
-                        let incoming =
-                            Incoming::new(Arc::clone(socket), session.peer.clone(), payload);
-                        w.completion.complete(Ok(incoming));
-                    }
-                    // Never issued, already used or expired.
-                    None => bump(&self.stats.late_replies_dropped),
-                }
-            }
-            Decision::Proof => self.ack(session, msg_id),
-            Decision::ServerLoop => {
-                // While shutting down it is refused unACKed: the peer keeps it.
-                if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
-                    bump(&self.stats.slc_busy);
-                    return;
-                }
-                let Some(slc) = socket.slc.as_ref() else {
-                    process::accepted(dedup, msg_id, now);
-                    self.ack(session, msg_id);
-                    bump(&self.stats.unroutable_dropped);
-                    return;
-                };
-                match slc.try_reserve() {
-                    Ok(permit) => {
-                        process::accepted(dedup, msg_id, now);
-                        self.ack(session, msg_id);
-                        bump(&self.stats.slc_delivered);
-                        let incoming =
-                            Incoming::new(Arc::clone(socket), session.peer.clone(), payload);
-                        permit.send(incoming);
-                    }
-                    // Not ACKed: the peer keeps it and resends it later.
-                    Err(mpsc::error::TrySendError::Full(())) => bump(&self.stats.slc_busy),
-                    Err(mpsc::error::TrySendError::Closed(())) => {
-                        bump(&self.stats.unroutable_dropped)
-                    }
-                }
-            }
-        }
+        let mut fx = Live {
+            shared: self,
+            socket,
+            session,
+        };
+        let counter = match process::process(&mut fx, dedup, payload, now) {
+            Outcome::Ack(true) => &self.stats.acks_received,
+            Outcome::Ack(false) => &self.stats.unknown_acks,
+            Outcome::Duplicate => &self.stats.duplicates_dropped,
+            Outcome::Busy => &self.stats.dedup_busy,
+            Outcome::Echo(true) => &self.stats.echoes_answered,
+            Outcome::Echo(false) => &self.stats.replies_dropped,
+            Outcome::Reply(true) => &self.stats.msc_delivered,
+            Outcome::Reply(false) => &self.stats.late_replies_dropped,
+            Outcome::Proof => return,
+            Outcome::Delivered => &self.stats.slc_delivered,
+            Outcome::ServerLoopBusy => &self.stats.slc_busy,
+            Outcome::Unroutable => &self.stats.unroutable_dropped,
+        };
+        bump(counter);
     }
 
     /// Answers an ECHO with its body, tracked for resending like any other
@@ -525,15 +485,68 @@ impl Shared {
                 None,
             );
         }
-        match session.send(&reply) {
-            Ok(()) => {
-                bump(&self.stats.sent);
-                true
+        let sent = session.send(&reply).is_ok();
+        if sent {
+            bump(&self.stats.sent);
+        }
+        sent
+    }
+}
+
+/// ProcessMessage's effects on the live messenger.
+struct Live<'a> {
+    shared: &'a Shared,
+    socket: &'a Arc<SocketCtx>,
+    session: &'a Arc<Session>,
+}
+
+impl process::Effects for Live<'_> {
+    fn ack(&mut self, msg_id: u64) {
+        self.shared.ack(self.session, msg_id);
+    }
+
+    fn settle(&mut self, msg_id: u64, now: tokio::time::Instant) -> bool {
+        self.socket.settle_ack(&self.session.peer, msg_id, now)
+    }
+
+    fn echo(&mut self, request: &Payload, now: tokio::time::Instant) -> bool {
+        self.shared.echo(self.socket, self.session, request, now)
+    }
+
+    fn complete(&mut self, reply: Payload) -> bool {
+        let waiter = self.shared.pending().table.take(reply.dst_cb);
+        let Some(w) = waiter else {
+            // Never issued, already used or expired.
+            return false;
+        };
+        // The reply proves our request arrived: stop resending it.
+        self.socket.acknowledged(&w.msg_key());
+        let peer = self.session.peer.clone();
+        w.completion
+            .complete(Ok(Incoming::new(Arc::clone(self.socket), peer, reply)));
+        true
+    }
+
+    fn deliver(&mut self, message: Payload) -> Delivery {
+        // While shutting down it is refused unACKed: the peer keeps it.
+        if !self
+            .shared
+            .accepting
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Delivery::Busy;
+        }
+        let Some(slc) = self.socket.slc.as_ref() else {
+            return Delivery::NoServerLoop;
+        };
+        match slc.try_reserve() {
+            Ok(permit) => {
+                let peer = self.session.peer.clone();
+                permit.send(Incoming::new(Arc::clone(self.socket), peer, message));
+                Delivery::Delivered
             }
-            Err(_) => {
-                bump(&self.stats.replies_dropped);
-                false
-            }
+            Err(mpsc::error::TrySendError::Full(())) => Delivery::Busy,
+            Err(mpsc::error::TrySendError::Closed(())) => Delivery::Gone,
         }
     }
 }

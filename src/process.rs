@@ -1,7 +1,10 @@
 //! ProcessMessage: what one arriving message means, decided by a pure
-//! function over the receiving session's duplicate window. The session's
-//! task carries the decision out where the message landed
-//! ([`Shared::process`](crate::dispatch::Shared::process)).
+//! function over the receiving session's duplicate window ([`decide`]),
+//! and carried out through the few [`Effects`] it needs ([`process`]).
+//! The session's task runs it where the message landed, with the
+//! messenger's state behind `Effects`
+//! ([`Shared::process`](crate::dispatch::Shared::process)); the tests
+//! below run the same code between two in-memory cores on a virtual clock.
 //!
 //! The order is NoisePage's: an ACK settles what it acknowledges; a
 //! duplicate is ACKed again and dropped; then the builtins (ECHO), then the
@@ -14,7 +17,7 @@
 use tokio::time::Instant;
 
 use crate::dedup::{DedupWindow, Verdict};
-use crate::wire::{self, ACK, ECHO, NOOP, RESERVED};
+use crate::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
 
 /// What to do with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +73,117 @@ pub(crate) fn accepted(dedup: &mut DedupWindow, msg_id: u64, now: Instant) {
     dedup.record(msg_id, now);
 }
 
+/// Whether the server loop took a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Its queue owns it now.
+    Delivered,
+    /// No room (or shutting down): refuse it unACKed, the peer resends.
+    Busy,
+    /// The socket has no server loop: ACK it (a resend would not help)
+    /// and drop it.
+    NoServerLoop,
+    /// The server loop has gone: drop it unACKed.
+    Gone,
+}
+
+/// What processing one message did (the caller counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// An ACK, settled (true) or for nothing we wait on (false).
+    Ack(bool),
+    /// A duplicate, ACKed again.
+    Duplicate,
+    /// Refused unACKed: too many gaps.
+    Busy,
+    /// An ECHO, answered (true) or its answer dropped (false).
+    Echo(bool),
+    /// A reply, to a waiting callback (true) or a late one (false).
+    Reply(bool),
+    /// A proof, ACKed.
+    Proof,
+    /// The server loop took it.
+    Delivered,
+    /// The server loop had no room.
+    ServerLoopBusy,
+    /// Nothing could take it.
+    Unroutable,
+}
+
+/// What ProcessMessage needs from the messenger to carry a decision out.
+pub(crate) trait Effects {
+    /// Sends the ACK of `msg_id`, best effort (the peer resends what is
+    /// not ACKed).
+    fn ack(&mut self, msg_id: u64);
+    /// The peer ACKed our message `msg_id`: forget it, tell its waiter.
+    /// False if nothing waited for that ACK.
+    fn settle(&mut self, msg_id: u64, now: Instant) -> bool;
+    /// Answers an ECHO with its body. False if the answer was dropped.
+    fn echo(&mut self, request: &Payload, now: Instant) -> bool;
+    /// Completes the callback `reply.dst_cb` (and stops resending the
+    /// request it answers). False if none waits.
+    fn complete(&mut self, reply: Payload) -> bool;
+    /// Offers a message to the server loop.
+    fn deliver(&mut self, message: Payload) -> Delivery;
+}
+
+/// ProcessMessage for one message, with the sender's duplicate window:
+/// ACK bookkeeping first, then duplicates, builtins, the callback named by
+/// `dst_cb`, and the server loop. A server-loop message is ACKed only once
+/// its queue owns it.
+pub(crate) fn process(
+    fx: &mut impl Effects,
+    dedup: &mut DedupWindow,
+    message: Payload,
+    now: Instant,
+) -> Outcome {
+    let msg_id = message.msg_id;
+    match decide(dedup, msg_id, message.dst_cb, now) {
+        Decision::SettleAck => Outcome::Ack(fx.settle(msg_id, now)),
+        Decision::Duplicate => {
+            fx.ack(msg_id);
+            Outcome::Duplicate
+        }
+        Decision::Busy => Outcome::Busy,
+        Decision::Echo => {
+            fx.ack(msg_id);
+            Outcome::Echo(fx.echo(&message, now))
+        }
+        Decision::Callback => {
+            fx.ack(msg_id);
+            Outcome::Reply(fx.complete(message))
+        }
+        Decision::Proof => {
+            fx.ack(msg_id);
+            Outcome::Proof
+        }
+        Decision::ServerLoop => match fx.deliver(message) {
+            Delivery::Delivered => {
+                accepted(dedup, msg_id, now);
+                fx.ack(msg_id);
+                Outcome::Delivered
+            }
+            Delivery::Busy => Outcome::ServerLoopBusy,
+            Delivery::NoServerLoop => {
+                accepted(dedup, msg_id, now);
+                fx.ack(msg_id);
+                Outcome::Unroutable
+            }
+            Delivery::Gone => Outcome::Unroutable,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, VecDeque};
     use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::callbacks::CallbackTable;
+    use crate::pending::PendingSet;
 
     fn window() -> DedupWindow {
         DedupWindow::new(4, Duration::from_secs(60))
@@ -132,5 +242,361 @@ mod tests {
             Decision::Echo,
             "filling a gap is fine"
         );
+    }
+
+    // ------------------------------------------------------------------
+    // A Pair: two cores joined by lossy queues on a virtual clock, running
+    // `process` with the same pending set, duplicate window and callback
+    // table the messenger uses (quinn-proto's `Pair`).
+
+    /// One side: what a session and its messenger hold, in memory.
+    struct Core {
+        next_id: u64,
+        /// Our messages not yet ACKed (or answered), to resend.
+        pending: PendingSet<()>,
+        /// Our requests' callbacks -> the msg_id of the request.
+        callbacks: CallbackTable<u64>,
+        /// The peer's ids seen.
+        dedup: DedupWindow,
+        /// Payloads to put on the wire.
+        out: Vec<Bytes>,
+        /// What our server loop was handed and has not run yet.
+        server_loop: VecDeque<Payload>,
+        slc_capacity: usize,
+        /// Every body the server loop was handed, in order.
+        handed: Vec<Bytes>,
+        /// Replies that completed a callback: callback id -> body.
+        replies: BTreeMap<u64, Bytes>,
+        late: usize,
+        outcomes: Vec<Outcome>,
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(3600);
+
+    impl Core {
+        fn new(slc_capacity: usize) -> Self {
+            Core {
+                next_id: 0,
+                pending: PendingSet::new(1 << 20),
+                callbacks: CallbackTable::new(1 << 20),
+                dedup: DedupWindow::new(64, Duration::from_secs(60)),
+                out: Vec::new(),
+                server_loop: VecDeque::new(),
+                slc_capacity,
+                handed: Vec::new(),
+                replies: BTreeMap::new(),
+                late: 0,
+                outcomes: Vec::new(),
+            }
+        }
+
+        /// Sends `body` to `dst_cb`, with a callback when `request`;
+        /// returns the callback's id.
+        fn send(&mut self, dst_cb: u64, body: &[u8], request: bool, now: Instant) -> Option<u64> {
+            let id = self.next_id;
+            self.next_id += 1;
+            let cb = request.then(|| self.callbacks.insert(id).expect("room"));
+            let payload = wire::encode(id, cb.unwrap_or(NOOP), dst_cb, body);
+            self.pending
+                .insert(
+                    (Bytes::new(), id),
+                    payload.clone(),
+                    now,
+                    now + DEADLINE,
+                    None,
+                )
+                .expect("room");
+            self.out.push(payload);
+            cb
+        }
+
+        fn receive(&mut self, payload: &Bytes, now: Instant) {
+            let p = wire::parse(payload).expect("well-formed");
+            let mut dedup = std::mem::replace(&mut self.dedup, DedupWindow::new(1, DEADLINE));
+            let outcome = process(self, &mut dedup, p, now);
+            self.dedup = dedup;
+            self.outcomes.push(outcome);
+        }
+
+        /// The server loop answers what it was handed (its reply goes to
+        /// the sender's callback), as `messenger serve --slc echo` does.
+        fn run_server_loop(&mut self, now: Instant) {
+            while let Some(m) = self.server_loop.pop_front() {
+                let mut body = b"re:".to_vec();
+                body.extend_from_slice(&m.body);
+                self.send(m.src_cb, &body, false, now);
+            }
+        }
+
+        fn resend(&mut self, now: Instant, rto: Duration) {
+            let tick = self.pending.tick(now, rto, usize::MAX);
+            self.out.extend(tick.resend.into_iter().map(|(_, p)| p));
+        }
+    }
+
+    impl Effects for Core {
+        fn ack(&mut self, msg_id: u64) {
+            self.out.push(wire::ack(msg_id));
+        }
+
+        fn settle(&mut self, msg_id: u64, now: Instant) -> bool {
+            self.pending.ack_at(&(Bytes::new(), msg_id), now).is_some()
+        }
+
+        fn echo(&mut self, request: &Payload, now: Instant) -> bool {
+            self.send(request.src_cb, &request.body, false, now);
+            true
+        }
+
+        fn complete(&mut self, reply: Payload) -> bool {
+            let Some(request_id) = self.callbacks.take(reply.dst_cb) else {
+                self.late += 1;
+                return false;
+            };
+            self.pending.ack(&(Bytes::new(), request_id));
+            self.replies.insert(reply.dst_cb, reply.body);
+            true
+        }
+
+        fn deliver(&mut self, message: Payload) -> Delivery {
+            if self.server_loop.len() >= self.slc_capacity {
+                return Delivery::Busy;
+            }
+            self.handed.push(message.body.clone());
+            self.server_loop.push_back(message);
+            Delivery::Delivered
+        }
+    }
+
+    /// A deterministic xorshift, so a failing seed replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn chance(&mut self, percent: u64) -> bool {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % 100 < percent
+        }
+    }
+
+    struct Pair {
+        now: Instant,
+        client: Core,
+        server: Core,
+        /// In flight: (arrival time, to the server?, payload).
+        wire: Vec<(Instant, bool, Bytes)>,
+        rng: Rng,
+        loss: u64,
+        duplication: u64,
+        latency: Duration,
+    }
+
+    impl Pair {
+        fn new(seed: u64, loss: u64, duplication: u64) -> Self {
+            Pair {
+                now: Instant::now(),
+                client: Core::new(usize::MAX),
+                server: Core::new(8),
+                wire: Vec::new(),
+                rng: Rng(seed | 1),
+                loss,
+                duplication,
+                latency: Duration::from_millis(5),
+            }
+        }
+
+        /// Puts what each side wrote on the wire, losing and duplicating
+        /// some of it.
+        fn transmit(&mut self) {
+            let at = self.now + self.latency;
+            for (to_server, out) in [(true, &mut self.client.out), (false, &mut self.server.out)] {
+                for payload in out.drain(..) {
+                    if self.rng.chance(self.loss) {
+                        continue;
+                    }
+                    if self.rng.chance(self.duplication) {
+                        self.wire.push((at, to_server, payload.clone()));
+                    }
+                    self.wire.push((at, to_server, payload));
+                }
+            }
+        }
+
+        /// One step of 5 ms: deliver what arrived, run the server loop,
+        /// resend what is due.
+        fn step(&mut self) {
+            self.transmit();
+            self.now += Duration::from_millis(5);
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.wire.drain(..).partition(|(at, _, _)| *at <= now);
+            self.wire = later;
+            for (_, to_server, payload) in due {
+                let side = if to_server {
+                    &mut self.server
+                } else {
+                    &mut self.client
+                };
+                side.receive(&payload, now);
+            }
+            self.server.run_server_loop(now);
+            let rto = Duration::from_millis(50);
+            self.client.resend(now, rto);
+            self.server.resend(now, rto);
+        }
+
+        fn settled(&self) -> bool {
+            self.wire.is_empty()
+                && self.client.pending.is_empty()
+                && self.server.pending.is_empty()
+                && self.client.out.is_empty()
+                && self.server.out.is_empty()
+        }
+    }
+
+    /// Requests to the server loop and ECHOs across a link that loses 30%
+    /// and duplicates 20% of what it carries, each way: every request is
+    /// answered exactly once, the server loop sees each message once,
+    /// every late copy of a reply is dropped, and nothing stays unACKed.
+    #[test]
+    fn a_lossy_duplicating_link_delivers_everything_exactly_once() {
+        let mut busy = 0;
+        for seed in [1, 7, 42, 1234, 99_999] {
+            let mut p = Pair::new(seed, 30, 20);
+            let mut want = BTreeMap::new();
+            for i in 0..200u32 {
+                let (dst, body) = if i % 3 == 0 {
+                    (ECHO, format!("echo-{i}"))
+                } else {
+                    (NOOP, format!("work-{i}"))
+                };
+                let cb = p.client.send(dst, body.as_bytes(), true, p.now).unwrap();
+                let reply = if dst == ECHO {
+                    body
+                } else {
+                    format!("re:{body}")
+                };
+                want.insert(cb, Bytes::from(reply));
+                if i % 10 == 0 {
+                    p.step();
+                }
+            }
+            for _ in 0..100_000 {
+                if p.settled() && p.client.replies.len() == want.len() {
+                    break;
+                }
+                p.step();
+            }
+            assert_eq!(p.client.replies, want, "seed {seed}");
+            assert_eq!(
+                p.client.late, 0,
+                "seed {seed}: a request was answered twice"
+            );
+            assert!(p.settled(), "seed {seed}: something stays unACKed");
+            // 133 messages to the server loop, 67 ECHOs: each once.
+            let mut handed = p.server.handed.clone();
+            handed.sort();
+            handed.dedup();
+            assert_eq!(handed.len(), 133, "seed {seed}");
+            assert_eq!(
+                p.server.handed.len(),
+                133,
+                "seed {seed}: a copy was handed twice"
+            );
+            let echoed = p
+                .server
+                .outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Echo(_)))
+                .count();
+            assert_eq!(echoed, 67, "seed {seed}: an ECHO was answered twice");
+            assert!(
+                p.server.outcomes.contains(&Outcome::Duplicate)
+                    && p.client.outcomes.contains(&Outcome::Duplicate),
+                "seed {seed}: duplication never exercised"
+            );
+            busy += p
+                .server
+                .outcomes
+                .iter()
+                .filter(|o| **o == Outcome::ServerLoopBusy)
+                .count();
+        }
+        assert!(busy > 0, "a full server loop was never exercised");
+    }
+
+    /// A full server-loop queue refuses messages unACKed; the sender's
+    /// resends deliver them once it has room, in order of resending.
+    #[test]
+    fn a_full_server_loop_pushes_back_through_resends() {
+        let mut p = Pair::new(3, 0, 0);
+        p.server.slc_capacity = 2;
+        for i in 0..10 {
+            p.client
+                .send(NOOP, format!("m{i}").as_bytes(), false, p.now);
+        }
+        // The first step delivers two and refuses eight, unACKed.
+        p.transmit();
+        p.now += p.latency;
+        let now = p.now;
+        let due: Vec<_> = p.wire.drain(..).map(|(_, _, b)| b).collect();
+        for b in &due {
+            p.server.receive(b, now);
+        }
+        let busy = p
+            .server
+            .outcomes
+            .iter()
+            .filter(|o| **o == Outcome::ServerLoopBusy)
+            .count();
+        assert_eq!((p.server.server_loop.len(), busy), (2, 8));
+        assert_eq!(p.server.out.len(), 2, "only what was delivered is ACKed");
+        // The server loop drains as resends arrive; all ten get through once.
+        for _ in 0..1000 {
+            p.step();
+            if p.settled() {
+                break;
+            }
+        }
+        let mut handed = p.server.handed.clone();
+        handed.sort();
+        let want: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("m{i}"))).collect();
+        assert_eq!(handed, want);
+        assert!(p.settled());
+    }
+
+    /// A reply to a callback that is no longer waiting (answered already,
+    /// or never issued) is ACKed and dropped, and reaches nothing else.
+    #[test]
+    fn late_and_forged_replies_are_acked_and_dropped() {
+        let now = Instant::now();
+        let mut c = Core::new(8);
+        let cb = c.send(NOOP, b"q", true, now).unwrap();
+        c.out.clear();
+        let reply = wire::encode(0, NOOP, cb, b"a");
+        c.receive(&reply, now);
+        assert_eq!(c.outcomes, [Outcome::Reply(true)]);
+        // The same reply again is a duplicate (same msg_id) ...
+        c.receive(&reply, now);
+        // ... and another message to the same, now free, callback is late.
+        c.receive(&wire::encode(1, NOOP, cb, b"again"), now);
+        c.receive(
+            &wire::encode(2, NOOP, wire::FIRST_USER + 12_345, b"forged"),
+            now,
+        );
+        assert_eq!(
+            c.outcomes,
+            [
+                Outcome::Reply(true),
+                Outcome::Duplicate,
+                Outcome::Reply(false),
+                Outcome::Reply(false)
+            ]
+        );
+        assert_eq!(c.late, 2);
+        assert_eq!(c.out.len(), 4, "each is ACKed");
+        assert!(c.server_loop.is_empty());
+        assert_eq!(c.replies.len(), 1);
     }
 }

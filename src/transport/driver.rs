@@ -396,9 +396,13 @@ impl Conn {
                     if outbox.flushed() {
                         return;
                     }
-                    tokio::select! {
-                        _ = self.stream.ready(Interest::WRITABLE) => {}
-                        _ = outbox.driver.notified() => {}
+                    if outbox.driver_writes() {
+                        if self.stream.ready(Interest::WRITABLE).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        // A sender is writing: wait for it to finish.
+                        outbox.progress().await;
                     }
                 }
             };

@@ -396,7 +396,8 @@ impl SocketCtx {
     /// it read was processed, so a peer's last ACK or reply is never lost
     /// to its disconnect.
     pub(crate) fn end_session(&self, session: &Arc<Session>, shared: &crate::dispatch::Shared) {
-        session.close();
+        // Off the routing table or link first, then closed: a sender that
+        // finds it closed routes again and never finds it again.
         match self.kind {
             SocketKind::Listener(_) => {
                 {
@@ -408,6 +409,7 @@ impl SocketCtx {
                         routes.remove(&session.peer);
                     }
                 }
+                session.close();
                 shared.fail_peer(self, &session.peer);
             }
             SocketKind::Connection(_) => {
@@ -417,6 +419,7 @@ impl SocketCtx {
                         *link = Link::Down(VecDeque::new());
                     }
                 }
+                session.close();
                 shared.fail_socket(self, RequestError::Disconnected);
             }
         }
@@ -494,18 +497,17 @@ impl SocketCtx {
     }
 
     /// An ACK arrived: forget the message and tell whoever waits for it.
-    pub(crate) fn settle_ack(&self, peer: &Bytes, msg_id: u64, now: tokio::time::Instant) {
+    /// False if no message waited for it.
+    pub(crate) fn settle_ack(&self, peer: &Bytes, msg_id: u64, now: tokio::time::Instant) -> bool {
         let entry = self.pending().ack_at(&(peer.clone(), msg_id), now);
-        match entry {
-            Some(entry) => {
-                self.wake_room();
-                bump(&self.stats.acks_received);
-                if let Some(w) = entry.waiter {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            None => bump(&self.stats.unknown_acks),
+        let Some(entry) = entry else {
+            return false;
+        };
+        self.wake_room();
+        if let Some(w) = entry.waiter {
+            let _ = w.send(Ok(()));
         }
+        true
     }
 
     /// Room opened (window, backlog): wake senders waiting for it (one

@@ -295,6 +295,14 @@ impl Outbox {
         self.room.notify_waiters();
     }
 
+    /// Waits until the write role's holder makes progress (it wrote, gave
+    /// the role up, or the connection broke).
+    pub(crate) async fn progress(&self) {
+        let woken = self.driver.notified();
+        self.driver_waits_room.store(true, Ordering::SeqCst);
+        woken.await;
+    }
+
     /// Whether everything pushed has been written (or the connection broke).
     pub(crate) fn flushed(&self) -> bool {
         let st = self.lock();
