@@ -1,4 +1,5 @@
-//! Optional shared-secret authentication (zeromq 0.7 has no PLAIN or CURVE).
+//! Optional shared-secret authentication, checked before a peer's session
+//! begins (CURVE, which libzmq peers speak, is the next mechanism).
 //!
 //! A connection proves it knows the secret with its first message, addressed
 //! to the reserved callback id 3 ([`AUTH`]):

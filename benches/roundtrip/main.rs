@@ -60,8 +60,6 @@ enum Impl {
     Messenger,
     /// Minimal protocol client -> minimal server, both on the zeromq crate.
     Zeromq,
-    /// The same with a byte relay hop on each side (the messenger's topology).
-    ZeromqRelay,
     /// messenger client -> minimal zeromq-crate server (client-side cost).
     MessengerToZeromq,
     /// Minimal zeromq-crate client -> `messenger serve` (server-side cost).
@@ -72,6 +70,10 @@ enum Impl {
     ZeromqToLibzmq,
     /// Minimal client and server, both on libzmq (--features compare).
     Libzmq,
+    /// Minimal libzmq client -> `messenger serve` (--features compare).
+    LibzmqToMessenger,
+    /// messenger client -> minimal libzmq server (--features compare).
+    MessengerToLibzmq,
 }
 
 impl Impl {
@@ -79,22 +81,24 @@ impl Impl {
         match self {
             Impl::Messenger => "messenger",
             Impl::Zeromq => "zeromq-crate",
-            Impl::ZeromqRelay => "zeromq-crate+relay",
             Impl::MessengerToZeromq => "messenger->zeromq-crate",
             Impl::ZeromqToMessenger => "zeromq-crate->messenger",
             Impl::Tarpc => "tarpc",
             Impl::ZeromqToLibzmq => "zeromq-crate->libzmq",
             Impl::Libzmq => "libzmq",
+            Impl::LibzmqToMessenger => "libzmq->messenger",
+            Impl::MessengerToLibzmq => "messenger->libzmq",
         }
     }
 
     fn server(self) -> ServerKind {
         match self {
-            Impl::Messenger | Impl::ZeromqToMessenger => ServerKind::Messenger,
+            Impl::Messenger | Impl::ZeromqToMessenger | Impl::LibzmqToMessenger => {
+                ServerKind::Messenger
+            }
             Impl::Zeromq | Impl::MessengerToZeromq => ServerKind::Raw,
-            Impl::ZeromqRelay => ServerKind::RawRelayed,
             Impl::Tarpc => ServerKind::Tarpc,
-            Impl::ZeromqToLibzmq | Impl::Libzmq => ServerKind::Libzmq,
+            Impl::ZeromqToLibzmq | Impl::Libzmq | Impl::MessengerToLibzmq => ServerKind::Libzmq,
         }
     }
 }
@@ -186,7 +190,6 @@ fn child_main(kind: &str) {
                 tokio::spawn(raw::serve(router, answer));
                 eps
             }
-            "raw-relayed" => raw::bind_relayed(dir.path(), raw::Answer::Echo).await,
             "tarpc" => rpc::bind(dir.path()).await,
             #[cfg(feature = "compare")]
             "libzmq" => libzmq::bind(dir.path()),
@@ -203,7 +206,6 @@ fn child_main(kind: &str) {
 enum ServerKind {
     Messenger,
     Raw,
-    RawRelayed,
     RawAckOnly,
     RawSilent,
     Tarpc,
@@ -255,7 +257,6 @@ impl Server {
         }
         let name = match kind {
             ServerKind::Raw => "raw",
-            ServerKind::RawRelayed => "raw-relayed",
             ServerKind::RawAckOnly => "raw-ack",
             ServerKind::RawSilent => "raw-silent",
             ServerKind::Tarpc => "tarpc",
@@ -389,6 +390,11 @@ struct Cell {
     rps_vs_tarpc: BTreeMap<&'static str, f64>,
     /// Median over rounds of p50 latency divided by zeromq-crate's in the same round.
     p50_vs_zeromq: BTreeMap<&'static str, f64>,
+    /// Median over rounds of round trips/s divided by libzmq's (a minimal
+    /// client and server on libzmq) in the same round.
+    rps_vs_libzmq: BTreeMap<&'static str, f64>,
+    /// The same for p50 latency.
+    p50_vs_libzmq: BTreeMap<&'static str, f64>,
 }
 
 fn per_round_ratio(
@@ -451,6 +457,8 @@ fn summarize(
         rps_vs_zeromq: per_round_ratio(&samples, "zeromq-crate", |s| s.round_trips_per_s),
         rps_vs_tarpc: per_round_ratio(&samples, "tarpc", |s| s.round_trips_per_s),
         p50_vs_zeromq: per_round_ratio(&samples, "zeromq-crate", |s| s.p50_us),
+        rps_vs_libzmq: per_round_ratio(&samples, "libzmq", |s| s.round_trips_per_s),
+        p50_vs_libzmq: per_round_ratio(&samples, "libzmq", |s| s.p50_us),
         samples,
         median_rps,
         median_p50_us,
@@ -469,7 +477,7 @@ fn print_cell(c: &Cell, rounds: usize) {
         c.in_flight
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10} {:>12} {:>12} {:>6}",
+        "{:<26} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10} {:>12} {:>11} {:>12} {:>12} {:>6}",
         "implementation",
         "rt/s",
         "p50 µs",
@@ -477,6 +485,8 @@ fn print_cell(c: &Cell, rounds: usize) {
         "rt/s vs zmq",
         "vs tarpc",
         "p50 vs zmq",
+        "rt/s vs libzmq",
+        "p50 vs libzmq",
         "client CPU/rt",
         "server CPU/rt",
         "errors"
@@ -493,7 +503,7 @@ fn print_cell(c: &Cell, rounds: usize) {
                 .map_or("-".to_owned(), |x| format!("{x:.1} µs"))
         };
         println!(
-            "{:<26} {:>10.0} {:>10.1} {:>10.1} {:>11} {:>9} {:>10} {:>12} {:>12} {:>6}",
+            "{:<26} {:>10.0} {:>10.1} {:>10.1} {:>11} {:>9} {:>10} {:>12} {:>11} {:>12} {:>12} {:>6}",
             name,
             c.median_rps[name],
             c.median_p50_us[name],
@@ -501,6 +511,8 @@ fn print_cell(c: &Cell, rounds: usize) {
             fmt(&c.rps_vs_zeromq),
             fmt(&c.rps_vs_tarpc),
             fmt(&c.p50_vs_zeromq),
+            fmt(&c.rps_vs_libzmq),
+            fmt(&c.p50_vs_libzmq),
             us(&c.median_client_cpu_us),
             us(&c.median_server_cpu_us),
             v.iter().map(|s| s.errors).sum::<u64>()
@@ -579,14 +591,13 @@ async fn measure(
     let ep = server.endpoint(transport).to_owned();
     let quiet = |_: u64| {};
     match imp {
-        Impl::Messenger | Impl::MessengerToZeromq => {
+        Impl::Messenger | Impl::MessengerToZeromq | Impl::MessengerToLibzmq => {
             let (m, conn) = clients.conn(&ep).await;
             let one = cli_bench::request_fn(&m, conn, cli_bench::Via::Echo, cli_bench::body(size));
             Ok(cli_bench::closed_loop(in_flight, w, one, quiet).await)
         }
-        Impl::Zeromq | Impl::ZeromqToMessenger | Impl::ZeromqToLibzmq | Impl::ZeromqRelay => {
-            let relayed = imp == Impl::ZeromqRelay;
-            let c = raw::RawClient::connect(&ep, &raw_identity(), relayed).await?;
+        Impl::Zeromq | Impl::ZeromqToMessenger | Impl::ZeromqToLibzmq => {
+            let c = raw::RawClient::connect(&ep, &raw_identity()).await?;
             c.closed_loop(wire::ECHO, size, in_flight, w, quiet).await
         }
         Impl::Tarpc => {
@@ -594,9 +605,11 @@ async fn measure(
             Ok(rpc::closed_loop(c, size, in_flight, w, quiet).await)
         }
         #[cfg(feature = "compare")]
-        Impl::Libzmq => libzmq::closed_loop(&ep, size, in_flight, w, quiet).await,
+        Impl::Libzmq | Impl::LibzmqToMessenger => {
+            libzmq::closed_loop(&ep, size, in_flight, w, quiet).await
+        }
         #[cfg(not(feature = "compare"))]
-        Impl::Libzmq => Err("build with --features compare".into()),
+        Impl::Libzmq | Impl::LibzmqToMessenger => Err("build with --features compare".into()),
     }
 }
 
@@ -643,13 +656,17 @@ async fn compare(args: &Args) -> Vec<Cell> {
         let mut all = vec![
             Impl::Messenger,
             Impl::Zeromq,
-            Impl::ZeromqRelay,
             Impl::MessengerToZeromq,
             Impl::ZeromqToMessenger,
             Impl::Tarpc,
         ];
         if cfg!(feature = "compare") {
-            all.extend([Impl::ZeromqToLibzmq, Impl::Libzmq]);
+            all.extend([
+                Impl::ZeromqToLibzmq,
+                Impl::Libzmq,
+                Impl::LibzmqToMessenger,
+                Impl::MessengerToLibzmq,
+            ]);
         } else {
             eprintln!("(libzmq comparisons skipped: build with --features compare)");
         }
@@ -950,7 +967,7 @@ async fn raw_clients(endpoint: &str, n: usize) -> Vec<raw::RawClient> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(
-            raw::RawClient::connect(endpoint, &raw_identity(), false)
+            raw::RawClient::connect(endpoint, &raw_identity())
                 .await
                 .expect("raw connect"),
         );

@@ -8,20 +8,14 @@
 //!   duplicate window, no resending, no callback table.
 //! - Client: one DEALER; N requests `{id}-{4+slot}-1-{body}` in flight; each
 //!   reply is ACKed and its slot's next request sent at once (closed loop).
-//!
-//! `relayed` variants put a plain byte relay (16 KiB reads, like the frame
-//! guard's, without its parsing) in front of each side, on a private Unix
-//! socket: the messenger's topology without the messenger, to price the hop.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messenger::wire::{self, ACK, ECHO, FIRST_USER, NOOP};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket, SocketOptions, ZmqMessage};
@@ -96,93 +90,11 @@ pub async fn bind_router(dir: &std::path::Path) -> (RouterSocket, Vec<String>) {
     (router, vec![tcp.to_string(), ipc])
 }
 
-/// The relayed server: public tcp and ipc listeners whose peers are relayed
-/// to a ROUTER on a private Unix socket. Returns the public endpoints.
-pub async fn bind_relayed(dir: &std::path::Path, answer: Answer) -> Vec<String> {
-    let private = dir.join("private.sock");
-    let mut router = RouterSocket::with_options(options("raw-server"));
-    router
-        .bind(&format!("ipc://{}", private.display()))
-        .await
-        .expect("bind private");
-    tokio::spawn(serve(router, answer));
-    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
-    let tcp_ep = format!("tcp://{}", tcp.local_addr().expect("addr"));
-    let ipc_path = dir.join("raw-relayed.sock");
-    let ipc = UnixListener::bind(&ipc_path).expect("bind ipc");
-    let p = private.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = tcp.accept().await {
-            let _ = s.set_nodelay(true);
-            let p = p.clone();
-            tokio::spawn(async move {
-                if let Ok(inner) = UnixStream::connect(&p).await {
-                    relay(s, inner).await;
-                }
-            });
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok((s, _)) = ipc.accept().await {
-            let p = private.clone();
-            tokio::spawn(async move {
-                if let Ok(inner) = UnixStream::connect(&p).await {
-                    relay(s, inner).await;
-                }
-            });
-        }
-    });
-    vec![tcp_ep, format!("ipc://{}", ipc_path.display())]
-}
-
-async fn relay<A, B>(mut a: A, mut b: B)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, 16 * 1024).await;
-}
-
-/// Dials `endpoint` (tcp:// or ipc://) ourselves and relays a private Unix
-/// socket to it; returns the private endpoint for the DEALER and the guard
-/// keeping the directory.
-async fn client_relay(endpoint: &str) -> Result<(String, tempfile::TempDir), String> {
-    let dir = tempfile::Builder::new()
-        .prefix("rt-relay-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let private: PathBuf = dir.path().join("z.sock");
-    let listener = UnixListener::bind(&private).map_err(|e| e.to_string())?;
-    enum Peer {
-        Tcp(TcpStream),
-        Unix(UnixStream),
-    }
-    let peer = if let Some(addr) = endpoint.strip_prefix("tcp://") {
-        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = s.set_nodelay(true);
-        Peer::Tcp(s)
-    } else if let Some(path) = endpoint.strip_prefix("ipc://") {
-        Peer::Unix(UnixStream::connect(path).await.map_err(|e| e.to_string())?)
-    } else {
-        return Err(format!("not tcp or ipc: {endpoint}"));
-    };
-    tokio::spawn(async move {
-        if let Ok((inner, _)) = listener.accept().await {
-            match peer {
-                Peer::Tcp(p) => relay(p, inner).await,
-                Peer::Unix(p) => relay(p, inner).await,
-            }
-        }
-    });
-    Ok((format!("ipc://{}", private.display()), dir))
-}
-
 /// A connected raw DEALER: the writer's queue and the receive half.
 pub struct RawClient {
     out: mpsc::UnboundedSender<Bytes>,
     rx: zeromq::DealerRecvHalf,
     writer: tokio::task::JoinHandle<()>,
-    _relay: Option<tempfile::TempDir>,
 }
 
 impl Drop for RawClient {
@@ -192,16 +104,10 @@ impl Drop for RawClient {
 }
 
 impl RawClient {
-    /// Connects to `endpoint`, through a client-side relay if `relayed`.
-    pub async fn connect(endpoint: &str, identity: &str, relayed: bool) -> Result<Self, String> {
-        let (target, relay) = if relayed {
-            let (ep, dir) = client_relay(endpoint).await?;
-            (ep, Some(dir))
-        } else {
-            (endpoint.to_owned(), None)
-        };
+    /// Connects to `endpoint`.
+    pub async fn connect(endpoint: &str, identity: &str) -> Result<Self, String> {
         let mut dealer = DealerSocket::with_options(options(identity));
-        dealer.connect(&target).await.map_err(|e| e.to_string())?;
+        dealer.connect(endpoint).await.map_err(|e| e.to_string())?;
         let (mut tx, rx) = dealer.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
         let writer = tokio::spawn(async move {
@@ -211,12 +117,7 @@ impl RawClient {
                 }
             }
         });
-        Ok(RawClient {
-            out,
-            rx,
-            writer,
-            _relay: relay,
-        })
+        Ok(RawClient { out, rx, writer })
     }
 
     /// The closed loop with `in_flight` requests of `size` bytes to `dst_cb`

@@ -39,9 +39,9 @@ pub enum Via {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
-    /// tcp://127.0.0.1 (through the frame guard's relay).
+    /// tcp://127.0.0.1.
     Tcp,
-    /// ipc:// in a temporary directory (through the frame guard's relay).
+    /// ipc:// in a temporary directory.
     Ipc,
     /// inproc:// (in-process channels; only without --connect).
     Inproc,

@@ -99,12 +99,11 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 /// Logs as the `messenger` command does, for the examples: `tracing` to
-/// stderr, `RUST_LOG` respected, default `warn` (the zeromq crate's own
-/// warning about its private relay socket, which we remove with its
-/// directory, at `error`), colours only on a terminal.
+/// stderr, `RUST_LOG` respected, default `warn`, colours only on a
+/// terminal.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zeromq=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

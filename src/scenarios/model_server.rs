@@ -125,8 +125,9 @@ pub enum ModelServerSpec {
 }
 
 /// Behaviour of the in-process stand-in model server, which follows the
-/// Python model server's rules on a plain ZeroMQ DEALER (not a
-/// [`Messenger`]: a messenger's connections hand NOOP messages to no one).
+/// Python model server's rules on a bare ZMTP DEALER (not a [`Messenger`]:
+/// it must resend without deduplicating and never ACK, as the Python model
+/// server does).
 #[derive(Debug, Clone)]
 pub struct StandInOptions {
     /// Poll cycle: unACKed messages older than this are resent. Default 100 ms.
