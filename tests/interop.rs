@@ -1011,3 +1011,199 @@ fn python_auth_with_a_wrong_secret_is_refused() {
     let lines = serve.stop();
     assert!(lines.is_empty(), "{lines:?}");
 }
+
+// ---------------------------------------------------------------------------
+// ZMTP heartbeats (PING/PONG) with libzmq
+
+/// libzmq's heartbeat settings for the steady scenario: a PING every 100 ms
+/// and the peer dropped after 300 ms without traffic following one. Requests
+/// go every 500 ms, so between them the connection lives on PONGs alone: a
+/// peer that did not answer PINGs would be dropped before each next request
+/// (`libzmq_drops_a_peer_that_does_not_answer_pings` shows it is).
+const LIBZMQ_HEARTBEATS: [&str; 6] = [
+    "--heartbeat-ivl",
+    "100",
+    "--heartbeat-timeout",
+    "300",
+    "--heartbeat-ttl",
+    "1000",
+];
+
+/// Arguments of the steady scenario: ECHO requests every 500 ms for
+/// `duration` seconds, counting the socket monitor's events.
+fn steady_args(duration: &str, heartbeats: bool) -> Vec<&str> {
+    let mut args = vec![
+        "--duration",
+        duration,
+        "--interval",
+        "0.5",
+        "--src-cb",
+        "9",
+        "--timeout",
+        "2",
+        "--monitor",
+    ];
+    if heartbeats {
+        args.extend(LIBZMQ_HEARTBEATS);
+    }
+    args
+}
+
+/// A steady run stayed on one connection and got every ACK and reply.
+fn assert_steady(r: &Value, requests: u64) {
+    assert_eq!(r["requests"], requests, "{r}");
+    assert_eq!(r["replies"], requests, "{r}");
+    assert_eq!(r["missing_replies"], json!([]), "{r}");
+    assert_eq!(r["missing_acks"], json!([]), "{r}");
+    let events = &r["events"];
+    assert_eq!(events["connected"], 1, "{r}");
+    assert_eq!(events["handshake_succeeded"], 1, "{r}");
+    for gone in [
+        "disconnected",
+        "closed",
+        "connect_retried",
+        "handshake_failed_protocol",
+        "handshake_failed_no_detail",
+    ] {
+        assert!(events.get(gone).is_none(), "{gone}: {r}");
+    }
+}
+
+/// pyzmq DEALERs with HEARTBEAT_IVL 100 ms (TIMEOUT 300 ms, TTL 1 s) stay
+/// connected to `serve` for 10 s on tcp and ipc while ECHOs flow every
+/// 500 ms: serve answers every PING with a PONG (the implementation before
+/// the ZMTP engine closed the connection of any peer that sent one), and
+/// libzmq's own PINGs satisfy the TTL it asks serve to apply.
+#[test]
+fn python_dealer_with_heartbeats_stays_connected() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("log", "messenger-serve");
+    let mut args = steady_args("10", true);
+    args.extend(["--expect-router-identity", "messenger-serve"]);
+    let tcp = spawn_dealer(&py, &serve.tcp, "steady", "py-hb-tcp", &args);
+    let ipc = spawn_dealer(&py, &serve.ipc, "steady", "py-hb-ipc", &args);
+    for r in [dealer_result(tcp), dealer_result(ipc)] {
+        assert_steady(&r, 20);
+        assert!(seconds(&r["elapsed"]) >= 10.0, "{r}");
+        eprintln!(
+            "{}: {} replies, max latency {}s, late {}",
+            r["endpoint"], r["replies"], r["max_latency"], r["late"]
+        );
+    }
+    let lines = serve.stop();
+    assert!(lines.is_empty(), "ECHO reached the server loop: {lines:?}");
+}
+
+/// The control for the test above: the same DEALER against a raw ROUTER
+/// that completes the handshake and then never sends anything (no PONG) is
+/// dropped by libzmq, and reconnects. So the settings there are tight
+/// enough that unanswered PINGs would show as disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_drops_a_peer_that_does_not_answer_pings() {
+    use common::raw_zmtp::{RawListener, RawPeer};
+    let Some(py) = python() else { return };
+    let (listener, endpoint, _p) = RawListener::bind("tcp").await;
+    let seen = Arc::new(Mutex::new((0usize, 0usize))); // (connections, PINGs)
+    let s = Arc::clone(&seen);
+    let raw = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let stream = listener.accept().await;
+            s.lock().unwrap().0 += 1;
+            let s = Arc::clone(&s);
+            conns.spawn(async move {
+                let mut peer = RawPeer::handshake(stream, 1, "ROUTER", b"mute").await;
+                while let Some(f) = peer.next().await {
+                    if f.ping().is_some() {
+                        s.lock().unwrap().1 += 1;
+                    }
+                }
+            });
+        }
+    });
+    let ep = endpoint.to_string();
+    let r = tokio::task::spawn_blocking(move || {
+        let mut args = steady_args("2", true);
+        // No reply ever comes: do not wait for one after the 2 s.
+        args.extend(["--timeout", "0.1"]);
+        dealer(&py, &ep, "steady", "py-hb-mute", &args)
+    })
+    .await
+    .expect("peer thread");
+    raw.abort();
+    let (connections, pings) = *seen.lock().unwrap();
+    let events = &r["events"];
+    assert!(
+        events["disconnected"].as_u64().is_some_and(|n| n >= 1),
+        "libzmq kept a peer that never answers its PINGs: {r}"
+    );
+    // Dropped after a successful handshake, not refused in it.
+    assert!(
+        events["handshake_succeeded"]
+            .as_u64()
+            .is_some_and(|n| n >= 2),
+        "{r}"
+    );
+    assert!(connections >= 2, "no reconnect: {connections}; {r}");
+    eprintln!("{connections} connections, {pings} PINGs: {events}");
+    assert!(pings >= 2, "libzmq sent {pings} PINGs; {r}");
+    assert_eq!(r["replies"], 0, "{r}");
+}
+
+/// Our listener's own PINGs (Config::zmtp_heartbeat, 100 ms) are answered
+/// by libzmq: a pyzmq DEALER (no heartbeats of its own) stays connected for
+/// 3 s while ECHOs flow every 500 ms, and nothing is dropped. On tcp a
+/// counting proxy shows the PINGs going out and the PONGs coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_peer_answers_our_zmtp_pings() {
+    use common::raw_zmtp::Proxy;
+    let Some(py) = python() else { return };
+    let config = messenger::Config {
+        zmtp_heartbeat: Some(messenger::zmtp::Heartbeat {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            ttl: Duration::ZERO,
+        }),
+        ..messenger::Config::default()
+    };
+    let server = messenger::Messenger::with_config("rust-hb", config).expect("messenger");
+    let ipc = common::place("ipc");
+    let mut endpoints = Vec::new();
+    for at in [&"tcp://127.0.0.1:0".parse().unwrap(), &ipc.endpoint] {
+        let bound = server
+            .listen_for_connection(at, "rust-hb", |_: messenger::Incoming, _| {})
+            .await
+            .expect("listen");
+        endpoints.push(bound.endpoint);
+    }
+    let proxy = Proxy::start(&endpoints[0]).await;
+    let peers = [
+        (proxy.endpoint.to_string(), "py-pong-tcp"),
+        (endpoints[1].to_string(), "py-pong-ipc"),
+    ]
+    .map(|(ep, id)| {
+        let py = py.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = steady_args("3", false);
+            args.extend(["--expect-router-identity", "rust-hb"]);
+            dealer(&py, &ep, "steady", id, &args)
+        })
+    });
+    for peer in peers {
+        let r = peer.await.expect("peer thread");
+        assert_steady(&r, 6);
+    }
+    let s = server.stats();
+    assert_eq!(s.ping_timeouts, 0, "{s:?}");
+    assert_eq!(s.guard_rejections, 0, "{s:?}");
+    let p = proxy.stats();
+    assert_eq!(p.connections, 1, "{p:?}");
+    assert_eq!((p.up.minor, p.down.minor), (Some(1), Some(1)), "{p:?}");
+    // A PING every 100 ms for 3 s; each answered (the last may have been
+    // in flight when the peer closed).
+    assert!(p.down.pings >= 15, "{p:?}");
+    assert!(p.up.pongs + 2 >= p.down.pings, "{p:?}");
+    assert_eq!(p.up.pings, 0, "{p:?}");
+    eprintln!("through the proxy: {p:?}");
+    server.shutdown().await;
+}

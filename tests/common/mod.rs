@@ -1,10 +1,12 @@
 //! Shared helpers for the integration tests: a fresh endpoint per transport
 //! (tcp port 0, a unique ipc path under a temp dir, a unique inproc name) and
 //! bounded waits, so a bug fails a test instead of hanging CI; `python`
-//! finds (or builds) the interpreter for tests that run pyzmq peers.
+//! finds (or builds) the interpreter for tests that run pyzmq peers;
+//! `raw_zmtp` speaks ZMTP by hand for raw peers.
 #![allow(dead_code)]
 
 pub mod python;
+pub mod raw_zmtp;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

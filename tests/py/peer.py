@@ -67,10 +67,15 @@ def msg_json(m):
 class Dealer:
     """A DEALER speaking the protocol, with a bounded receive helper."""
 
-    def __init__(self, ctx, endpoint, identity, expect_router_identity):
+    def __init__(self, ctx, endpoint, identity, expect_router_identity, options=(), monitor=False):
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, identity.encode())
+        for opt, value in options:
+            self.sock.setsockopt(opt, value)
+        # Opened before connecting, so the first CONNECTED is seen too.
+        self.monitor = self.sock.get_monitor_socket() if monitor else None
+        self.events = []  # (time, event name) from the monitor, in order
         self.sock.connect(endpoint)
         self.expect_router_identity = expect_router_identity
         self.next_id = 0
@@ -80,6 +85,16 @@ class Dealer:
 
     def now(self):
         return time.monotonic() - self.t0
+
+    def poll_events(self):
+        """Takes the socket monitor's pending events into `events`."""
+        if self.monitor is None:
+            return
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0, zmq.POLLIN):
+            ev = recv_monitor_message(self.monitor)
+            self.events.append((round(self.now(), 4), EVENT_NAMES.get(ev["event"], str(ev["event"]))))
 
     def send_raw(self, payload):
         self.sock.send_multipart([b"", payload])
@@ -162,6 +177,14 @@ class Dealer:
             if auto_ack and m["dst_cb"] != ACK:
                 self.ack(m["msg_id"])
             got.append(m)
+
+
+EVENT_NAMES = {
+    getattr(zmq, name): name[len("EVENT_"):].lower()
+    for name in dir(zmq)
+    if name.startswith("EVENT_") and name not in ("EVENT_ALL", "EVENT_ALL_V1", "EVENT_ALL_V2")
+    and isinstance(getattr(zmq, name), int)
+}
 
 
 def is_ack(msg_id):
@@ -317,6 +340,82 @@ def scenario_msgpack(d, a):
     return {"sent_msg_id": mid, "reply_msg_id": got["reply"]["msg_id"], "reply_value": value}
 
 
+def scenario_steady(d, a):
+    """ECHO requests at a steady rate for `--duration` seconds, one every
+    `--interval` seconds (slower than libzmq's HEARTBEAT_TIMEOUT when the
+    caller wants the connection to live on PINGs and PONGs alone between
+    them). Each request's ACK and reply must come before the next request
+    is due; late ones are still awaited up to `--timeout` at the end and
+    reported. With `--monitor`, the socket monitor's events are counted.
+    Never raises for missing replies: the caller judges the counts."""
+    start = time.monotonic()
+    sent = {}  # body -> (msg_id, send time)
+    replies = {}  # body -> latency
+    acks = set()
+    late = []
+    i = 0
+
+    def take(m):
+        if m["dst_cb"] == ACK:
+            acks.add(m["msg_id"])
+        elif m["dst_cb"] == a.src_cb and m["body"] in sent:
+            body = m["body"]
+            if body not in replies:
+                replies[body] = round(time.monotonic() - sent[body][1], 4)
+
+    def wait_until(deadline, body=None):
+        while True:
+            d.poll_events()
+            if body is not None and body in replies and sent[body][0] in acks:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            m = d.recv(min(left, 0.05))
+            if m is None:
+                continue
+            if m["dst_cb"] != ACK:
+                d.ack(m["msg_id"])
+            take(m)
+
+    while True:
+        due = start + i * a.interval
+        if due >= start + a.duration:
+            break
+        wait_until(due)
+        body = b"steady-%d" % i
+        sent[body] = (d.send(a.src_cb, ECHO, body), time.monotonic())
+        if not wait_until(start + (i + 1) * a.interval, body):
+            late.append(i)
+        i += 1
+    # The connection must live through the whole duration.
+    wait_until(start + a.duration)
+    end = time.monotonic() + a.timeout
+
+    def done():
+        return len(replies) == len(sent) and all(mid in acks for mid, _ in sent.values())
+
+    while not done() and time.monotonic() < end:
+        wait_until(min(end, time.monotonic() + 0.05))
+    d.poll_events()
+    counts = {}
+    for _, name in d.events:
+        counts[name] = counts.get(name, 0) + 1
+    missing = sorted(int(b.split(b"-")[1]) for b in sent if b not in replies)
+    unacked = sorted(mid for mid, _ in sent.values() if mid not in acks)
+    return {
+        "requests": len(sent),
+        "replies": len(replies),
+        "missing_replies": missing,
+        "missing_acks": unacked,
+        "late": late,
+        "max_latency": max(replies.values(), default=None),
+        "events": counts,
+        "event_log": d.events,
+        "elapsed": round(time.monotonic() - start, 3),
+    }
+
+
 SCENARIOS = {
     "echo": scenario_echo,
     "slc": scenario_slc,
@@ -326,12 +425,22 @@ SCENARIOS = {
     "burst": scenario_burst,
     "malformed": scenario_malformed,
     "msgpack": scenario_msgpack,
+    "steady": scenario_steady,
 }
 
 
 def run_dealer(a):
     ctx = zmq.Context()
-    d = Dealer(ctx, a.endpoint, a.identity, a.expect_router_identity)
+    options = [
+        (opt, value)
+        for opt, value in (
+            (zmq.HEARTBEAT_IVL, a.heartbeat_ivl),
+            (zmq.HEARTBEAT_TIMEOUT, a.heartbeat_timeout),
+            (zmq.HEARTBEAT_TTL, a.heartbeat_ttl),
+        )
+        if value is not None
+    ]
+    d = Dealer(ctx, a.endpoint, a.identity, a.expect_router_identity, options, a.monitor)
     out = {"scenario": a.scenario, "identity": a.identity, "endpoint": a.endpoint}
     status = 0
     try:
@@ -343,6 +452,9 @@ def run_dealer(a):
         status = 1
     out["received"] = [msg_json(m) for m in d.received]
     out["acks_sent"] = d.acks_sent
+    if d.monitor is not None:
+        d.sock.disable_monitor()
+        d.monitor.close(0)
     d.sock.close(0)
     ctx.term()
     print(json.dumps(out), flush=True)
@@ -464,6 +576,15 @@ def main():
     d.add_argument("--quiet", type=float, default=0.0,
                    help="afterwards, listen this long and report what else arrives")
     d.add_argument("--expect-router-identity", default=None)
+    d.add_argument("--duration", type=float, default=10.0, help="seconds (scenario steady)")
+    d.add_argument("--interval", type=float, default=0.5,
+                   help="seconds between requests (scenario steady)")
+    d.add_argument("--heartbeat-ivl", type=int, default=None, help="ZMQ_HEARTBEAT_IVL, ms")
+    d.add_argument("--heartbeat-timeout", type=int, default=None,
+                   help="ZMQ_HEARTBEAT_TIMEOUT, ms")
+    d.add_argument("--heartbeat-ttl", type=int, default=None, help="ZMQ_HEARTBEAT_TTL, ms")
+    d.add_argument("--monitor", action="store_true",
+                   help="count the socket monitor's events (scenario steady)")
 
     r = sub.add_parser("router", help="bind a protocol-speaking ROUTER")
     r.add_argument("--bind", default="tcp://127.0.0.1:*")
