@@ -225,11 +225,7 @@ impl Shared {
         if shortest > max {
             return Err(SendError::TooLarge { len: shortest, max });
         }
-        let limit = self.config.max_pending_messages;
         let resend = self.config.resend_interval.is_some();
-        if resend && socket.pending().len() >= limit {
-            return Err(SendError::TooManyUnacked(limit));
-        }
         let timeout = completion
             .as_ref()
             .map_or(self.config.request_timeout, |(_, t)| *t);
@@ -297,10 +293,14 @@ impl Shared {
         ack: Option<AckWaiter>,
         mode: Mode,
     ) -> Result<Sent, SendError> {
-        if socket.window_full() {
-            match mode {
-                Mode::Try => return Err(SendError::Full),
-                Mode::Wait => socket.wait_for_window().await,
+        // One look at the unacknowledged set for both of its bounds, before
+        // a msg_id is taken (a refused message must leave no gap in them).
+        let limit = self.config.max_pending_messages;
+        loop {
+            match socket.unacked_room(limit) {
+                Ok(()) => break,
+                Err(SendError::Full) if mode == Mode::Wait => socket.wait_for_window().await,
+                Err(e) => return Err(e),
             }
         }
         let mut route = socket.route(peer)?;
@@ -431,7 +431,8 @@ impl Shared {
     }
 
     /// ProcessMessage, carried out where the message landed: `session`'s
-    /// task, with the sender's duplicate window `dedup`.
+    /// task, with the sender's duplicate window `dedup`. Returns whether it
+    /// woke a task that may send at once (a request's, a server loop).
     pub(crate) fn process(
         &self,
         socket: &Arc<SocketCtx>,
@@ -439,14 +440,15 @@ impl Shared {
         dedup: &mut DedupWindow,
         payload: Payload,
         now: tokio::time::Instant,
-    ) {
+    ) -> bool {
         bump(&self.stats.received);
         let mut fx = Live {
             shared: self,
             socket,
             session,
         };
-        let counter = match process::process(&mut fx, dedup, payload, now) {
+        let outcome = process::process(&mut fx, dedup, payload, now);
+        let counter = match outcome {
             Outcome::Ack(true) => &self.stats.acks_received,
             Outcome::Ack(false) => &self.stats.unknown_acks,
             Outcome::Duplicate => &self.stats.duplicates_dropped,
@@ -455,12 +457,13 @@ impl Shared {
             Outcome::Echo(false) => &self.stats.replies_dropped,
             Outcome::Reply(true) => &self.stats.msc_delivered,
             Outcome::Reply(false) => &self.stats.late_replies_dropped,
-            Outcome::Proof => return,
+            Outcome::Proof => return false,
             Outcome::Delivered => &self.stats.slc_delivered,
             Outcome::ServerLoopBusy => &self.stats.slc_busy,
             Outcome::Unroutable => &self.stats.unroutable_dropped,
         };
         bump(counter);
+        matches!(outcome, Outcome::Reply(true) | Outcome::Delivered)
     }
 
     /// Answers an ECHO with its body, tracked for resending like any other

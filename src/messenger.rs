@@ -442,6 +442,8 @@ impl Messenger {
             Arc::clone(cfg),
         ));
         let first = connection::dial(endpoint, &ctx).await?;
+        // Up before make_connection returns: sends go straight to it.
+        ctx.link_up(&first.1);
         let backoff = connection::Backoff {
             initial: cfg.reconnect_initial,
             max: cfg.reconnect_max.max(cfg.reconnect_initial),
@@ -594,8 +596,7 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         timeout: Duration,
     ) -> Result<Incoming, RequestError> {
-        let span = tracing::debug_span!("request", dst_cb, ?timeout);
-        async move {
+        {
             let (tx, rx) = oneshot::channel();
             let (socket, peer) = self.socket_for(&dest.into())?;
             let shared = &self.inner.shared;
@@ -641,8 +642,6 @@ impl Messenger {
             }
             reply
         }
-        .instrument(span)
-        .await
     }
 
     /// A snapshot of the counters.

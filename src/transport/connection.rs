@@ -90,7 +90,8 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
 }
 
 /// Runs a connection until `stop`: each session until it ends, then a
-/// redial, for as long as the messenger lives.
+/// redial, for as long as the messenger lives. The first session is
+/// already up (`make_connection` returns with its link up).
 pub(crate) async fn drive(
     endpoint: Endpoint,
     first: (Link, Arc<Session>),
@@ -101,7 +102,6 @@ pub(crate) async fn drive(
 ) {
     let (mut link, mut session) = first;
     loop {
-        socket.link_up(&session);
         let end = match &mut link {
             Link::Wire(conn) => conn.traffic(&socket, &session, &shared, &stop, None).await,
             Link::Inproc(conn) => conn.traffic(&socket, &session, &shared, &stop).await,
@@ -146,6 +146,7 @@ pub(crate) async fn drive(
                 }
             }
         };
+        socket.link_up(&session);
         bump(&socket.stats.reconnects);
         tracing::info!(endpoint = %socket.endpoint, "reconnected");
     }

@@ -262,15 +262,12 @@ impl Conn {
         };
         let cfg = &socket.config;
         let mut dedup = DedupWindow::new(cfg.dedup_max_gaps, cfg.dedup_gap_ttl);
-        if let Some(first) = first {
-            let held = outbox.hold();
-            shared.process(socket, session, &mut dedup, first, Instant::now());
-            if held {
-                outbox.release();
-            }
-        }
+        let mut first = first;
         // Messages pipelined behind the handshake are already here.
-        if let Err(end) = self.process_buffered(socket, session, shared, outbox, &mut dedup) {
+        if let Err(end) = self
+            .read_batch(socket, session, shared, outbox, &mut dedup, first.take())
+            .await
+        {
             return end;
         }
         let timer = tokio::time::sleep_until(Instant::now());
@@ -332,7 +329,8 @@ impl Conn {
                             Ok(0) => return End::PeerClosed,
                             Ok(_) => {
                                 if let Err(end) = self
-                                    .process_buffered(socket, session, shared, outbox, &mut dedup)
+                                    .read_batch(socket, session, shared, outbox, &mut dedup, None)
+                                    .await
                                 {
                                     return end;
                                 }
@@ -349,38 +347,60 @@ impl Conn {
         }
     }
 
-    /// Decodes and processes every complete message in the read buffer,
-    /// holding the write role meanwhile so what it produces leaves at once.
-    fn process_buffered(
+    /// Processes what the read buffer holds (after `first`, a message
+    /// already read), holding the write role meanwhile so that what it
+    /// produces leaves in one write. When it completed a request or fed a
+    /// server loop, it first lets the tasks it woke run once: their next
+    /// requests and replies join the same write, as a libzmq I/O thread
+    /// batches what its application threads queue.
+    async fn read_batch(
         &mut self,
         socket: &Arc<SocketCtx>,
         session: &Arc<Session>,
         shared: &Shared,
         outbox: &Outbox,
         dedup: &mut DedupWindow,
+        first: Option<crate::wire::Payload>,
     ) -> Result<(), End> {
-        let now = Instant::now();
         let held = outbox.hold();
-        let mut result = Ok(());
-        loop {
-            match self.engine.decode(&mut self.rbuf, now) {
-                Ok(Some(Event::Message)) => match socket.parse_frames(self.engine.frames()) {
-                    Ok(payload) => shared.process(socket, session, dedup, payload, now),
-                    Err(e) => socket.malformed(&e),
-                },
-                Ok(Some(Event::PeerReady(_))) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    result = Err(End::from(e));
-                    break;
-                }
-            }
+        let now = Instant::now();
+        let mut woke = first.is_some_and(|m| shared.process(socket, session, dedup, m, now));
+        let result = self.process_buffered(socket, session, shared, dedup, now);
+        if let Ok(w) = result {
+            woke |= w;
         }
         send_commands(&mut self.engine, outbox);
         if held {
+            if woke {
+                tokio::task::yield_now().await;
+            }
             outbox.release();
         }
-        result
+        result.map(|_| ())
+    }
+
+    /// Decodes and processes every complete message in the read buffer.
+    /// Returns whether a task was woken (a request completed, a server
+    /// loop fed).
+    fn process_buffered(
+        &mut self,
+        socket: &Arc<SocketCtx>,
+        session: &Arc<Session>,
+        shared: &Shared,
+        dedup: &mut DedupWindow,
+        now: Instant,
+    ) -> Result<bool, End> {
+        let mut woke = false;
+        loop {
+            match self.engine.decode(&mut self.rbuf, now)? {
+                Some(Event::Message) => match socket.parse_frames(self.engine.frames()) {
+                    Ok(payload) => woke |= shared.process(socket, session, dedup, payload, now),
+                    Err(e) => socket.malformed(&e),
+                },
+                Some(Event::PeerReady(_)) => {}
+                None => return Ok(woke),
+            }
+        }
     }
 
     /// Closes the connection: what the outbox holds is written for up to

@@ -168,7 +168,9 @@ async fn run(
         let now = tokio::time::Instant::now();
         for payload in batch.drain(..) {
             match socket.parse_payload(payload) {
-                Ok(p) => shared.process(socket, session, &mut dedup, p, now),
+                Ok(p) => {
+                    shared.process(socket, session, &mut dedup, p, now);
+                }
                 Err(e) => socket.malformed(&e),
             }
         }

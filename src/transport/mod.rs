@@ -465,6 +465,22 @@ impl SocketCtx {
         self.window != usize::MAX && self.pending().len() >= self.window
     }
 
+    /// Whether one more message may wait for its ACK: `Full` at the window
+    /// (senders may wait for it to open), `TooManyUnacked` at `limit`.
+    pub(crate) fn unacked_room(&self, limit: usize) -> Result<(), SendError> {
+        if self.window == usize::MAX {
+            return Ok(());
+        }
+        let n = self.pending().len();
+        if n >= self.window {
+            Err(SendError::Full)
+        } else if n >= limit {
+            Err(SendError::TooManyUnacked(limit))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Waits until fewer messages than the window wait for their ACKs.
     pub(crate) async fn wait_for_window(&self) {
         self.wait_room(|| !self.window_full()).await
