@@ -121,6 +121,9 @@ pub(crate) async fn drive(
             };
             conn.close(outbox, linger).await;
         }
+        // The session's outbox holds the stream too: drop it now, so the
+        // peer sees our close at once and not when a redial succeeds.
+        drop(session);
         if stopping || socket.is_closed() {
             return;
         }

@@ -198,12 +198,17 @@ pub(crate) fn dial(
         .add_route(socket.identity.clone(), |id| {
             Session::new(id, head, Out::Inproc(Tx::new(to_conn)))
         })
-        .map_err(|e| ConnectError::Handshake {
-            endpoint: endpoint(),
-            source: ZmtpError::Refused(match e {
-                RouteError::InUse => "routing id in use",
-                RouteError::Full | RouteError::Closed => "the listener takes no new peers",
-            }),
+        .map_err(|e| {
+            if e == RouteError::InUse {
+                crate::stats::bump(&listener.stats.routing_id_conflicts);
+            }
+            ConnectError::Handshake {
+                endpoint: endpoint(),
+                source: ZmtpError::Refused(match e {
+                    RouteError::InUse => "routing id in use",
+                    RouteError::Full | RouteError::Closed => "the listener takes no new peers",
+                }),
+            }
         })?;
     tokio::spawn(async move {
         let mut rx = from_conn;

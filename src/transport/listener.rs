@@ -187,10 +187,13 @@ async fn serve_peer(
     let end = conn.traffic(socket, &session, shared, stop, proof).await;
     socket.end_session(&session, shared);
     end.report(socket);
-    let linger = if matches!(end, End::Stopped) {
-        cfg.linger
-    } else {
-        Duration::from_millis(100).min(cfg.linger)
+    // Shutdown: what is queued gets the linger. A peer that left gets a
+    // moment for our last replies. A peer cut off for what it did gets
+    // nothing more: no flush, and its unread bytes reset the connection.
+    let linger = match end {
+        End::Stopped => cfg.linger,
+        End::PeerClosed => Duration::from_millis(100).min(cfg.linger),
+        _ => Duration::ZERO,
     };
     let outbox = match &session.out {
         Out::Wire(o) => Some(o),
