@@ -2,9 +2,11 @@
 //! (tcp port 0, a unique ipc path under a temp dir, a unique inproc name) and
 //! bounded waits, so a bug fails a test instead of hanging CI; `python`
 //! finds (or builds) the interpreter for tests that run pyzmq peers;
-//! `raw_zmtp` speaks ZMTP by hand for raw peers.
+//! `raw_zmtp` speaks ZMTP by hand for raw peers; `hostile` floods, counts
+//! every byte a raw peer receives and measures the resident set.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod python;
 pub mod raw_zmtp;
 
