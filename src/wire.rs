@@ -140,16 +140,10 @@ pub fn encoded_len(msg_id: u64, src_cb: u64, dst_cb: u64, body_len: usize) -> us
 /// What a ROUTER reads from a DEALER peer: `["", payload]` (the ROUTER
 /// knows the peer from its connection). Returns the payload frame.
 pub fn from_dealer(frames: &mut [Bytes]) -> Result<Bytes, FrameError> {
-    const EXPECTED: &str = "2 ([\"\", payload])";
     match frames {
-        [delim, payload] => {
-            if !delim.is_empty() {
-                return Err(FrameError::Delimiter(delim.len()));
-            }
-            Ok(std::mem::take(payload))
-        }
+        [delim, payload] => delimited(delim, payload),
         _ => Err(FrameError::Count {
-            expected: EXPECTED,
+            expected: "2 ([\"\", payload])",
             got: frames.len(),
         }),
     }
@@ -160,19 +154,21 @@ pub fn from_dealer(frames: &mut [Bytes]) -> Result<Bytes, FrameError> {
 /// plain ROUTER that omits it gives `["", payload]`, which we also accept
 /// (design/WIRE.md, "Leniency"). Returns the payload frame.
 pub fn from_router(frames: &mut [Bytes]) -> Result<Bytes, FrameError> {
-    const EXPECTED: &str = "3 ([router_identity, \"\", payload]) or 2";
     match frames {
-        [_, delim, payload] | [delim, payload] => {
-            if !delim.is_empty() {
-                return Err(FrameError::Delimiter(delim.len()));
-            }
-            Ok(std::mem::take(payload))
-        }
+        [_, delim, payload] | [delim, payload] => delimited(delim, payload),
         _ => Err(FrameError::Count {
-            expected: EXPECTED,
+            expected: "3 ([router_identity, \"\", payload]) or 2",
             got: frames.len(),
         }),
     }
+}
+
+/// The payload behind an empty delimiter frame, taken without a copy.
+fn delimited(delim: &Bytes, payload: &mut Bytes) -> Result<Bytes, FrameError> {
+    if !delim.is_empty() {
+        return Err(FrameError::Delimiter(delim.len()));
+    }
+    Ok(std::mem::take(payload))
 }
 
 /// What a ROUTER's application sees from a DEALER peer,

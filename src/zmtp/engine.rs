@@ -497,6 +497,16 @@ mod tests {
             out
         }
 
+        /// Puts a command from this side's encoder in `to`'s inbox.
+        fn command_to(&mut self, to: &mut Side, body: &[u8]) {
+            let mut buf = BytesMut::new();
+            self.encoder
+                .as_mut()
+                .expect("handshake done")
+                .command(&mut buf, body);
+            to.inbox.extend_from_slice(&buf);
+        }
+
         fn send(&mut self, frames: &[&[u8]]) -> BytesMut {
             let mut out = BytesMut::new();
             self.encoder
@@ -656,13 +666,7 @@ mod tests {
     fn ping_is_answered_with_pong_echoing_the_context() {
         let mut p = Pair::dealer_router();
         p.drive();
-        let mut ping = BytesMut::new();
-        p.client
-            .encoder
-            .as_mut()
-            .unwrap()
-            .command(&mut ping, b"\x04PING\x00\x00ctx");
-        p.server.inbox.extend_from_slice(&ping);
+        p.client.command_to(&mut p.server, b"\x04PING\x00\x00ctx");
         let out = p.server.step(p.now);
         let mut want = BytesMut::new();
         Encoder::null().command(&mut want, b"\x04PONGctx");
@@ -702,14 +706,8 @@ mod tests {
     fn a_ping_ttl_drops_a_peer_that_goes_silent() {
         let mut p = Pair::dealer_router();
         p.drive();
-        let mut ping = BytesMut::new();
         // TTL 5 = 500 ms.
-        p.client
-            .encoder
-            .as_mut()
-            .unwrap()
-            .command(&mut ping, b"\x04PING\x00\x05");
-        p.server.inbox.extend_from_slice(&ping);
+        p.client.command_to(&mut p.server, b"\x04PING\x00\x05");
         p.drive();
         let t = p.now;
         p.run_until(t + Duration::from_millis(499));
