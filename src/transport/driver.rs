@@ -28,6 +28,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// being read: memory follows the bytes that actually arrive.
 const READ_MAX: usize = 256 * 1024;
 
+/// Rounds a driver lets the tasks it woke run before it writes what they
+/// sent meanwhile.
+const MAX_GATHER: usize = 4;
+
 /// Why a connection ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -372,7 +376,16 @@ impl Conn {
         send_commands(&mut self.engine, outbox);
         if held {
             if woke {
-                tokio::task::yield_now().await;
+                // Until they stop adding (or a few rounds: the batch's own
+                // ACKs must not wait long), so tasks that ran on another
+                // worker join the write too.
+                for _ in 0..MAX_GATHER {
+                    let before = outbox.buffered();
+                    tokio::task::yield_now().await;
+                    if outbox.buffered() == before {
+                        break;
+                    }
+                }
             }
             outbox.release();
         }

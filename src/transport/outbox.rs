@@ -157,6 +157,11 @@ impl Outbox {
         self.lock().broken
     }
 
+    /// Bytes appended and not yet taken for writing.
+    pub(crate) fn buffered(&self) -> usize {
+        self.lock().buf.len()
+    }
+
     /// Takes the write role for a batch of the driver's own pushes (ACKs,
     /// replies), if nobody holds it: they then leave in one write at
     /// [`release`](Self::release). Returns whether it was taken.
