@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use common::hostile::{self, FrameReader, mib};
-use common::{eventually, place, within};
-use messenger::{Endpoint, Incoming, Messenger, Responder, wire};
+use common::memory::{mib, rss};
+use common::raw_zmtp::{self, FrameReader};
+use common::{connect_as, eventually, round_trip, serve, within};
+use messenger::{Config, Endpoint, Incoming, Responder, wire};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -47,8 +48,7 @@ async fn one_peer(path: &std::path::Path, hello: &[u8], ack: bool) {
     s.write_all(hello).await.expect("hello");
     let mut r = FrameReader::new(s);
     r.greeting().await.expect("the listener's greeting");
-    let ready = r.command().await.expect("the listener's READY");
-    assert_eq!(ready.command_name(), Some(&b"READY"[..]));
+    r.expect_ready().await;
     let (mut got_ack, mut reply_id) = (false, None);
     while !got_ack || reply_id.is_none() {
         let mut frames: Vec<bytes::Bytes> = r
@@ -76,7 +76,7 @@ async fn one_peer(path: &std::path::Path, hello: &[u8], ack: bool) {
     if ack {
         let ack = wire::ack(reply_id.unwrap_or_default());
         r.inner
-            .write_all(&hostile::message(&[b"", &ack]))
+            .write_all(&raw_zmtp::message(&[b"", &ack]))
             .await
             .expect("ACK");
     }
@@ -112,18 +112,13 @@ async fn run_peers(path: &std::path::Path, hello: &Arc<Vec<u8>>, from: u64, to: 
 async fn anonymous_peers_leave_nothing_behind() {
     let total = peers();
     let warm_up = WARM_UP.min(total / 2);
-    let p = place("ipc");
-    let server = Messenger::new("server").unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", |_: Incoming, _: Responder| {})
-        .await
-        .unwrap();
+    let (server, bound, _p) = serve("ipc", Config::default(), |_: Incoming, _: Responder| {}).await;
     let Endpoint::Ipc(path) = bound.endpoint.clone() else {
         unreachable!("bound on ipc")
     };
     // Greeting, READY without an Identity, and one ECHO, in one write.
-    let mut hello = hostile::dealer_hello(b"");
-    hello.extend(hostile::message(&[b"", b"0-5-1-anon"]));
+    let mut hello = raw_zmtp::hello(1, "DEALER", b"");
+    hello.extend(raw_zmtp::message(&[b"", b"0-5-1-anon"]));
     let hello = Arc::new(hello);
     // All sessions over: every unacknowledged reply is dropped with its
     // session, so none is pending once every peer's session has ended.
@@ -135,12 +130,12 @@ async fn anonymous_peers_leave_nothing_behind() {
     let started = Instant::now();
     within(600, "the warm-up", run_peers(&path, &hello, 0, warm_up)).await;
     eventually(30, "the warm-up's sessions end", || settled(warm_up)).await;
-    let warm = hostile::rss();
+    let warm = rss();
     let warm_at = started.elapsed();
     within(3600, "the peers", run_peers(&path, &hello, warm_up, total)).await;
     let ran = started.elapsed();
     eventually(30, "every session ends", || settled(total)).await;
-    let end = hostile::rss();
+    let end = rss();
 
     let rate = total as f64 / ran.as_secs_f64();
     let drift = end.abs_diff(warm);
@@ -167,18 +162,8 @@ async fn anonymous_peers_leave_nothing_behind() {
     );
 
     // The listener still serves.
-    let client = Messenger::new("client").unwrap();
-    let conn = within(
-        10,
-        "a client connects",
-        client.make_connection(&bound.endpoint),
-    )
-    .await
-    .unwrap();
-    let reply = within(10, "echo", client.request(conn, wire::ECHO, b"still here"))
-        .await
-        .unwrap();
-    assert_eq!(reply.body.as_ref(), b"still here");
+    let (client, conn) = connect_as("client", Config::default(), &bound.endpoint, 10).await;
+    round_trip(10, &client, conn, wire::ECHO, b"still here", "echo").await;
     client.shutdown().await;
     server.shutdown().await;
 }

@@ -54,9 +54,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::raw_zmtp::{self, GREETING_LEN, Stream};
 use common::within;
 use messenger::{Endpoint, Messenger, wire};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -258,43 +259,18 @@ impl Server {
 }
 
 // ---------------------------------------------------------------------------
-// ZMTP by hand (design/WIRE.md, ZMTP 3.1)
+// ZMTP by hand (design/WIRE.md, ZMTP 3.1; tests/common/raw_zmtp.rs)
 
-/// The 64-byte greeting: signature, version 3.1, NULL, as-server 0.
-fn greeting() -> [u8; 64] {
-    let mut g = [0u8; 64];
-    g[0] = 0xFF;
-    g[9] = 0x7F;
-    g[10] = 3;
-    g[11] = 1;
-    g[12..16].copy_from_slice(b"NULL");
-    g
-}
-
-/// READY as a DEALER, with an Identity property if given.
-fn ready(identity: Option<&[u8]>) -> Vec<u8> {
-    let mut body = b"\x05READY\x0bSocket-Type".to_vec();
-    body.extend(6u32.to_be_bytes());
-    body.extend(b"DEALER");
-    if let Some(id) = identity {
-        body.extend(b"\x08Identity");
-        body.extend((id.len() as u32).to_be_bytes());
-        body.extend(id);
-    }
-    assert!(body.len() < 256);
-    let mut f = vec![0x04, body.len() as u8];
-    f.extend(body);
-    f
+/// The 64-byte greeting every peer sends: version 3.1, NULL, as-server 0.
+fn greeting() -> [u8; GREETING_LEN] {
+    raw_zmtp::greeting(1)
 }
 
 /// One ECHO request as a DEALER sends it: `["", "{msg_id}-0-1-{body}"]`.
 fn echo_request(msg_id: u64, body: &[u8]) -> Vec<u8> {
     let mut payload = format!("{msg_id}-0-1-").into_bytes();
     payload.extend(body);
-    assert!(payload.len() < 256);
-    let mut f = vec![0x01, 0x00, 0x00, payload.len() as u8];
-    f.extend(payload);
-    f
+    raw_zmtp::message(&[b"", &payload])
 }
 
 // ---------------------------------------------------------------------------
@@ -393,9 +369,6 @@ impl Counts {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// Where the churn connects.
 #[derive(Clone)]
 struct Targets {
@@ -403,7 +376,7 @@ struct Targets {
     ipc_path: PathBuf,
 }
 
-async fn connect(targets: &Targets, t: usize, reset: bool) -> io::Result<Box<dyn Io>> {
+async fn connect(targets: &Targets, t: usize, reset: bool) -> io::Result<Stream> {
     let dial = async {
         if TRANSPORTS[t] == "tcp" {
             let s = TcpStream::connect(("127.0.0.1", targets.tcp_port)).await?;
@@ -411,10 +384,10 @@ async fn connect(targets: &Targets, t: usize, reset: bool) -> io::Result<Box<dyn
                 // Close with an RST instead of a FIN.
                 socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
             }
-            Ok(Box::new(s) as Box<dyn Io>)
+            Ok(Box::new(s) as Stream)
         } else {
             let s = UnixStream::connect(&targets.ipc_path).await?;
-            Ok(Box::new(s) as Box<dyn Io>)
+            Ok(Box::new(s) as Stream)
         }
     };
     match tokio::time::timeout(CONNECT_LIMIT, dial).await {
@@ -424,7 +397,7 @@ async fn connect(targets: &Targets, t: usize, reset: bool) -> io::Result<Box<dyn
 }
 
 /// Reads until `needle` has arrived; `Ok(false)` on EOF or after `limit`.
-async fn read_until(s: &mut Box<dyn Io>, needle: &[u8], limit: Duration) -> io::Result<bool> {
+async fn read_until(s: &mut Stream, needle: &[u8], limit: Duration) -> io::Result<bool> {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     let run = async {
@@ -443,7 +416,7 @@ async fn read_until(s: &mut Box<dyn Io>, needle: &[u8], limit: Duration) -> io::
 }
 
 /// Reads exactly `n` bytes within `limit`.
-async fn read_n(s: &mut Box<dyn Io>, n: usize, limit: Duration) -> io::Result<()> {
+async fn read_n(s: &mut Stream, n: usize, limit: Duration) -> io::Result<()> {
     let mut buf = vec![0u8; n];
     match tokio::time::timeout(limit, s.read_exact(&mut buf)).await {
         Ok(r) => r.map(|_| ()),
@@ -477,9 +450,11 @@ async fn full_peer(
             return Ok(());
         }
     };
+    // Anonymous (no Identity) unless it draws one.
     let identity = rng.chance(30).then(|| format!("id-{tag}"));
     let body = format!("churn-{tag}");
-    let mut rest = ready(identity.as_deref().map(str::as_bytes));
+    let identity = identity.unwrap_or_default();
+    let mut rest = raw_zmtp::ready("DEALER", identity.as_bytes());
     rest.extend(echo_request(0, body.as_bytes()));
     match rng.below(3) {
         // Everything in one write, close without reading.
@@ -503,7 +478,7 @@ async fn full_peer(
         // then the echo.
         _ => {
             s.write_all(&greeting()).await?;
-            read_n(&mut s, 64, REPLY_LIMIT).await?;
+            read_n(&mut s, GREETING_LEN, REPLY_LIMIT).await?;
             s.write_all(&rest).await?;
             if read_until(&mut s, body.as_bytes(), REPLY_LIMIT).await? {
                 counts.full_replied.fetch_add(1, Ordering::Relaxed);
@@ -642,8 +617,7 @@ async fn churner(
             },
             Kind::Reset => match connect(&targets, t, true).await {
                 Ok(mut s) => {
-                    let mut all = greeting().to_vec();
-                    all.extend(ready(None));
+                    let mut all = raw_zmtp::hello(1, "DEALER", b"");
                     all.extend(echo_request(0, tag.as_bytes()));
                     let r = s.write_all(&all).await;
                     // One byte of the server's greeting read, the rest left
@@ -672,14 +646,13 @@ async fn churner(
 /// established session (its echo answered) that then neither reads nor
 /// closes, and a peer silent after 10 bytes of greeting. Returns them and
 /// what went wrong opening them (a server that no longer accepts).
-async fn hold_peers(targets: &Targets) -> (Vec<Box<dyn Io>>, Vec<String>) {
+async fn hold_peers(targets: &Targets) -> (Vec<Stream>, Vec<String>) {
     let mut held = Vec::new();
     let mut problems = Vec::new();
     for (t, transport) in TRANSPORTS.iter().enumerate() {
         match connect(targets, t, false).await {
             Ok(mut s) => {
-                let mut hello = greeting().to_vec();
-                hello.extend(ready(None));
+                let mut hello = raw_zmtp::hello(1, "DEALER", b"");
                 hello.extend(echo_request(0, b"held"));
                 match s.write_all(&hello).await {
                     Ok(()) => match read_until(&mut s, b"held", REPLY_LIMIT).await {

@@ -15,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Place, TRANSPORTS, eventually, place, raw_recv, raw_send, within};
+use common::{
+    Place, TRANSPORTS, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve,
+    within,
+};
 use messenger::{
-    Callback, Config, ConnectionId, Endpoint, Heartbeat, Incoming, ListenerInfo, Messenger,
-    RequestError, Responder, SendError, wire,
+    Callback, Config, ConnectionId, Endpoint, Heartbeat, Incoming, Messenger, RequestError,
+    Responder, SendError, wire,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -83,58 +86,6 @@ fn bytes_vec(items: &[&str]) -> Vec<Bytes> {
         .iter()
         .map(|s| Bytes::copy_from_slice(s.as_bytes()))
         .collect()
-}
-
-/// A server messenger (identity "server") listening on a fresh endpoint.
-async fn serve(
-    t: &str,
-    config: Config,
-    slc: impl Fn(Incoming, Responder) + Send + Sync + 'static,
-) -> (Messenger, ListenerInfo, Place) {
-    let p = place(t);
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = within(
-        5,
-        "listen",
-        server.listen_for_connection(&p.endpoint, "server", slc),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{t}: listen: {e}"));
-    (server, bound, p)
-}
-
-/// A client messenger (identity "client") connected to `endpoint`.
-async fn connect(config: Config, endpoint: &Endpoint) -> (Messenger, ConnectionId) {
-    let client = Messenger::with_config("client", config).unwrap();
-    let conn = within(5, "connect", client.make_connection(endpoint))
-        .await
-        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
-    (client, conn)
-}
-
-/// A raw ROUTER bound on a fresh endpoint of `t`; returns it with the
-/// endpoint to connect to.
-async fn raw_router(t: &str) -> (RouterSocket, Endpoint, Place) {
-    let p = place(t);
-    let url = match t {
-        "tcp" => "tcp://127.0.0.1:0".to_string(),
-        _ => p.endpoint.to_string(),
-    };
-    let mut router = RouterSocket::new();
-    let bound = within(5, "raw bind", router.bind(&url)).await.unwrap();
-    let endpoint: Endpoint = bound.to_string().parse().unwrap();
-    (router, endpoint, p)
-}
-
-/// A raw DEALER with routing id `identity`, connected to `endpoint`.
-async fn raw_dealer(endpoint: &Endpoint, identity: &str) -> DealerSocket {
-    let mut opts = SocketOptions::default();
-    opts.peer_identity(PeerIdentity::try_from(identity.as_bytes().to_vec()).unwrap());
-    let mut socket = DealerSocket::with_options(opts);
-    within(5, "raw connect", socket.connect(&endpoint.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("raw connect to {endpoint}: {e}"));
-    socket
 }
 
 /// Expects `["server", "", "{msg_id}-0-2-"]` next on a raw DEALER.

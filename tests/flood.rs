@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{eventually, frames, within};
+use common::memory::{mib, rss};
+use common::{eventually, frames, raw_dealer, within};
 use messenger::{Incoming, Messenger, Responder, StatsSnapshot, wire};
 use tokio::sync::{Mutex, mpsc};
+use zeromq::DealerSendHalf;
 use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSendHalf, DealerSocket, SocketOptions};
 
 const FLOOD: u64 = 50_000;
 const WARM_UP: u64 = 5_000;
@@ -40,31 +40,6 @@ const MAX_GROWTH: u64 = 6 << 20;
 
 /// One flood at a time: the resident set is the whole process's.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-fn page_size() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("PAGESIZE")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(4096)
-}
-
-/// Resident set size of this process, in bytes.
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages in statm");
-    pages * page_size()
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
-}
 
 /// A listener and a raw DEALER connected to it; a task drains what the
 /// listener sends back, counting ACKs and passing on everything else.
@@ -86,16 +61,7 @@ impl Flood {
             )
             .await
             .expect("listen");
-        let mut opts = SocketOptions::default();
-        opts.peer_identity(PeerIdentity::try_from(b"flooder".to_vec()).unwrap());
-        let mut socket = DealerSocket::with_options(opts);
-        within(
-            5,
-            "raw dealer connects",
-            socket.connect(&bound.endpoint.to_string()),
-        )
-        .await
-        .expect("connect");
+        let socket = raw_dealer(&bound.endpoint, "flooder").await;
         let (send, mut recv) = socket.split();
         let acks = Arc::new(AtomicU64::new(0));
         let (tx, others) = mpsc::unbounded_channel();

@@ -3,10 +3,13 @@
 //! an invariant. Case counts are kept modest so the file runs in seconds;
 //! the fuzz targets in fuzz/ explore the same code for longer.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use common::raw_zmtp::{COMMAND, LONG, MORE, frame};
 use messenger::callbacks::{CallbackTable, TableFull};
 use messenger::dedup::{DedupWindow, Verdict};
 use messenger::wire::{self, Payload};
@@ -327,25 +330,22 @@ proptest! {
 // ---------------------------------------------------------------------------
 // The ZMTP frame decoder on valid streams
 
-fn frame(command: bool, more: bool, long: bool, body: &[u8]) -> Vec<u8> {
-    let long = long || body.len() > 255;
-    let mut f = vec![u8::from(more) | (u8::from(long) << 1) | (u8::from(command) << 2)];
-    if long {
-        f.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    } else {
-        f.push(body.len() as u8);
-    }
-    f.extend_from_slice(body);
-    f
-}
-
 #[derive(Debug, Clone)]
 struct FrameSpec {
     command: bool,
     more: bool,
+    /// The long form even for a short body.
     long: bool,
     len: usize,
     fill: u8,
+}
+
+impl FrameSpec {
+    /// `LONG` if the long form is asked for (a body over 255 bytes gets it
+    /// anyway).
+    fn long_flag(&self) -> u8 {
+        if self.long { LONG } else { 0 }
+    }
 }
 
 fn frame_spec() -> impl Strategy<Value = FrameSpec> {
@@ -407,7 +407,7 @@ proptest! {
         for s in &specs {
             if s.command {
                 let body = vec![s.fill; s.len];
-                stream.extend(frame(true, false, s.long, &body));
+                stream.extend(frame(COMMAND | s.long_flag(), &body));
                 want.push((Decoded::Command(Bytes::from(body)), message.clone()));
                 continue;
             }
@@ -419,7 +419,8 @@ proptest! {
                 continue;
             }
             let body = vec![s.fill; len as usize];
-            stream.extend(frame(false, s.more, s.long, &body));
+            let more = if s.more { MORE } else { 0 };
+            stream.extend(frame(more | s.long_flag(), &body));
             message.push(Bytes::from(body));
             message_total += header + len;
             if !s.more {
@@ -444,7 +445,7 @@ proptest! {
 
         // Then a data header over the limit is refused, whatever its form.
         let declared = max.saturating_sub(message_total).saturating_add(over_by);
-        let mut header = vec![0b011];
+        let mut header = vec![MORE | LONG];
         header.extend_from_slice(&declared.to_be_bytes());
         let refused = decode_in_chunks(&mut d, &header, &sizes);
         prop_assert!(

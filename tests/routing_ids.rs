@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::hostile::{self, FrameReader, RawStream};
-use common::{eventually, place, within};
-use messenger::{Incoming, ListenerInfo, Messenger, Responder, wire};
-use tokio::io::AsyncWriteExt;
+use common::{Place, connect_as, eventually, raw_zmtp, round_trip, serve, within};
+use messenger::{
+    Config, ConnectError, ConnectionId, Incoming, ListenerInfo, Messenger, Responder, wire,
+};
 
 /// Intruder rounds; each runs a raw intruder and an API intruder while a
 /// batch of the live peer's requests is in flight.
@@ -28,19 +28,32 @@ type Seen = Arc<Mutex<Vec<(Bytes, Bytes)>>>;
 
 /// A listener whose server loop records (peer, body) and replies with the
 /// body.
-async fn server(transport: &str) -> (Messenger, ListenerInfo, common::Place, Seen) {
-    let p = place(transport);
+async fn server(transport: &str) -> (Messenger, ListenerInfo, Place, Seen) {
     let seen: Seen = Arc::default();
     let s = Arc::clone(&seen);
-    let server = Messenger::new("server").unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", move |m: Incoming, r: Responder| {
-            s.lock().unwrap().push((m.peer.clone(), m.body.clone()));
-            let _ = r.try_reply(&m.body);
-        })
-        .await
-        .unwrap();
+    let slc = move |m: Incoming, r: Responder| {
+        s.lock().unwrap().push((m.peer.clone(), m.body.clone()));
+        let _ = r.try_reply(&m.body);
+    };
+    let (server, bound, p) = serve(transport, Config::default(), slc).await;
     (server, bound, p, seen)
+}
+
+/// Alice, the live peer, connected to `listener`.
+async fn connect_alice(listener: &ListenerInfo) -> (Messenger, ConnectionId) {
+    connect_as("alice", Config::default(), &listener.endpoint, 10).await
+}
+
+/// A second messenger "alice" trying to connect to `listener`.
+async fn twin_connects(listener: &ListenerInfo) -> (Messenger, Result<ConnectionId, ConnectError>) {
+    let twin = Messenger::new("alice").unwrap();
+    let r = within(
+        10,
+        "the twin's make_connection",
+        twin.make_connection(&listener.endpoint),
+    )
+    .await;
+    (twin, r)
 }
 
 /// How the listener answered a raw DEALER announcing `identity`.
@@ -56,14 +69,7 @@ enum Answer {
 /// its answer; after an ERROR, checks that nothing follows and the stream
 /// ends.
 async fn raw_hello(listener: &ListenerInfo, identity: &[u8]) -> Answer {
-    let mut s = within(5, "raw connect", RawStream::connect(&listener.endpoint))
-        .await
-        .unwrap();
-    s.write_all(&hostile::dealer_hello(identity)).await.unwrap();
-    let mut r = FrameReader::new(s);
-    within(5, "the listener's greeting", r.greeting())
-        .await
-        .unwrap();
+    let mut r = raw_zmtp::dealer(&listener.endpoint, identity, b"").await;
     let answer = within(5, "the listener's answer", r.frame())
         .await
         .unwrap()
@@ -85,10 +91,7 @@ async fn raw_hello(listener: &ListenerInfo, identity: &[u8]) -> Answer {
 
 async fn live_peer_keeps_its_id(transport: &str) {
     let (server, bound, _p, seen) = server(transport).await;
-    let alice = Messenger::new("alice").unwrap();
-    let conn = within(10, "alice connects", alice.make_connection(&bound.endpoint))
-        .await
-        .unwrap();
+    let (alice, conn) = connect_alice(&bound).await;
     let mut sent = 0;
     for round in 0..ROUNDS {
         let batch = futures::future::join_all((0..PER_ROUND).map(|i| {
@@ -109,13 +112,7 @@ async fn live_peer_keeps_its_id(transport: &str) {
         }));
         let raw = raw_hello(&bound, b"alice");
         let api = async {
-            let twin = Messenger::new("alice").unwrap();
-            let r = within(
-                10,
-                "the twin's make_connection",
-                twin.make_connection(&bound.endpoint),
-            )
-            .await;
+            let (twin, r) = twin_connects(&bound).await;
             twin.shutdown().await;
             r
         };
@@ -203,26 +200,10 @@ async fn a_live_peers_identity_is_refused_on_ipc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_inproc() {
     let (server, bound, _p, seen) = server("inproc").await;
-    let alice = Messenger::new("alice").unwrap();
-    let conn = within(10, "alice connects", alice.make_connection(&bound.endpoint))
-        .await
-        .unwrap();
-    let reply = within(
-        10,
-        "alice before",
-        alice.request(conn, wire::NOOP, b"before"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.body.as_ref(), b"before");
+    let (alice, conn) = connect_alice(&bound).await;
+    round_trip(10, &alice, conn, wire::NOOP, b"before", "alice before").await;
 
-    let twin = Messenger::new("alice").unwrap();
-    let r = within(
-        10,
-        "the twin's make_connection",
-        twin.make_connection(&bound.endpoint),
-    )
-    .await;
+    let (twin, r) = twin_connects(&bound).await;
     match r {
         Err(e) => eprintln!("inproc: the twin's make_connection: {e}"),
         Ok(_) => panic!("a second \"alice\" connected over inproc while alice is live"),
@@ -235,14 +216,7 @@ async fn a_live_peers_identity_is_refused_on_inproc() {
     // Alice keeps her session and her replies.
     for i in 0..PER_ROUND {
         let body = format!("after-{i}");
-        let reply = within(
-            10,
-            "alice after",
-            alice.request(conn, wire::NOOP, body.as_bytes()),
-        )
-        .await
-        .unwrap();
-        assert_eq!(reply.body.as_ref(), body.as_bytes());
+        round_trip(10, &alice, conn, wire::NOOP, body.as_bytes(), "alice after").await;
     }
     assert!(alice.is_connected(conn));
     assert_eq!(alice.stats().reconnects, 0);
@@ -263,14 +237,7 @@ async fn a_live_peers_identity_is_refused_on_inproc() {
         }
     })
     .await;
-    let reply = within(
-        10,
-        "the twin is served",
-        twin.request(c, wire::NOOP, b"twin"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.body.as_ref(), b"twin");
+    round_trip(10, &twin, c, wire::NOOP, b"twin", "the twin is served").await;
     twin.shutdown().await;
     server.shutdown().await;
 }

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::hostile::{self, FrameReader, RawStream};
-use common::{eventually, place, within};
+use common::raw_zmtp::{self, GREETING_LEN};
+use common::{connect_as, eventually, round_trip, serve, within};
 use messenger::auth::Secret;
-use messenger::{Config, Incoming, ListenerInfo, Messenger, Responder, wire};
+use messenger::{Config, Incoming, ListenerInfo, Responder, wire};
 use tokio::io::AsyncWriteExt;
 
 const SECRET: &str = "only-for-friends";
@@ -48,7 +48,7 @@ fn unproven_messages() -> Vec<u8> {
         "2-0-0-raw-no-reply",
         "3-7-1-raw-echo-again",
     ] {
-        m.extend(hostile::message(&[b"", payload.as_bytes()]));
+        m.extend(raw_zmtp::message(&[b"", payload.as_bytes()]));
     }
     m
 }
@@ -66,21 +66,9 @@ struct Heard {
 /// stream ends or is quiet for `QUIET`.
 async fn raw_peer(listener: &ListenerInfo, pipelined: &[u8], then: &[u8]) -> Heard {
     let started = Instant::now();
-    let mut s = within(5, "raw connect", RawStream::connect(&listener.endpoint))
-        .await
-        .unwrap();
-    let mut hello = hostile::dealer_hello(b"");
-    hello.extend_from_slice(pipelined);
-    s.write_all(&hello).await.unwrap();
-    let mut r = FrameReader::new(s);
-    within(5, "the listener's greeting", r.greeting())
-        .await
-        .unwrap();
-    let ready = within(5, "the listener's READY", r.command())
-        .await
-        .unwrap();
-    assert_eq!(ready.command_name(), Some(&b"READY"[..]));
-    let handshake = (hostile::GREETING_LEN + ready.wire_len) as u64;
+    let mut r = raw_zmtp::dealer(&listener.endpoint, b"", pipelined).await;
+    let ready = within(5, "the listener's READY", r.expect_ready()).await;
+    let handshake = (GREETING_LEN + ready.wire_len) as u64;
     if !then.is_empty() {
         // The listener may already have cut us off.
         let _ = r.inner.write_all(then).await;
@@ -95,30 +83,19 @@ async fn raw_peer(listener: &ListenerInfo, pipelined: &[u8], then: &[u8]) -> Hea
 }
 
 async fn unproven_peers_hear_nothing(transport: &str) {
-    let p = place(transport);
     let seen: Arc<Mutex<Vec<Bytes>>> = Arc::default();
     let s = Arc::clone(&seen);
-    let server = Messenger::with_config("server", config()).unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", move |m: Incoming, r: Responder| {
-            s.lock().unwrap().push(m.body.clone());
-            if m.src_cb != wire::NOOP {
-                let _ = r.try_reply(&m.body);
-            }
-        })
-        .await
-        .unwrap();
+    let slc = move |m: Incoming, r: Responder| {
+        s.lock().unwrap().push(m.body.clone());
+        if m.src_cb != wire::NOOP {
+            let _ = r.try_reply(&m.body);
+        }
+    };
+    let (server, bound, _p) = serve(transport, config(), slc).await;
 
     // An authenticated client, busy with ECHOs and server-loop requests
     // for as long as the raw peers run.
-    let client = Messenger::with_config("client", config()).unwrap();
-    let conn = within(
-        10,
-        "client connects",
-        client.make_connection(&bound.endpoint),
-    )
-    .await
-    .unwrap();
+    let (client, conn) = connect_as("client", config(), &bound.endpoint, 10).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (echoes, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let busy = {
@@ -133,14 +110,8 @@ async fn unproven_peers_hear_nothing(transport: &str) {
                 } else {
                     (wire::NOOP, &requests)
                 };
-                let reply = within(
-                    10,
-                    "the client's request",
-                    client.request(conn, cb, body.as_bytes()),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("the client's request {body}: {e}"));
-                assert_eq!(reply.body.as_ref(), body.as_bytes());
+                let what = format!("the client's request {body}");
+                round_trip(10, &client, conn, cb, body.as_bytes(), &what).await;
                 counter.fetch_add(1, Ordering::Relaxed);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;

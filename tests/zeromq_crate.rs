@@ -17,12 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Place, eventually, place, raw_recv, raw_send, within};
+use common::{connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve, within};
 use messenger::wire::{self, Payload};
-use messenger::{Config, Endpoint, Incoming, Messenger, Responder, SendError};
+use messenger::{Config, Incoming, Messenger, Responder, SendError};
 use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, RouterSocket, SocketOptions};
+use zeromq::{DealerSocket, RouterSocket};
 
 /// Transports the `zeromq` crate shares with us (inproc is ours alone).
 const TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
@@ -70,27 +69,60 @@ fn parse(frame: &Bytes) -> Payload {
 }
 
 // ---------------------------------------------------------------------------
-// The zeromq crate's DEALER against our listener
+// Both directions: a zeromq socket facing one of our sides
 
-/// A zeromq DEALER with routing id `identity`, connected to `endpoint`.
-async fn zq_dealer(endpoint: &Endpoint, identity: &str) -> DealerSocket {
-    let mut opts = SocketOptions::default();
-    opts.peer_identity(PeerIdentity::try_from(identity.as_bytes().to_vec()).unwrap());
-    let mut socket = DealerSocket::with_options(opts);
-    within(5, "zeromq connect", socket.connect(&endpoint.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("zeromq connect to {endpoint}: {e}"));
-    socket
+/// The router's identity frame, as NoisePage's ROUTER sends it.
+const ROUTER_ID: &[u8] = b"zq-router";
+
+/// A zeromq socket facing one of our sides, with that side's framing: a
+/// DEALER facing our listener ("server"), a ROUTER playing NoisePage's
+/// facing our connection ("client").
+trait Facing {
+    /// Sends one payload.
+    async fn send_payload(&mut self, payload: &str);
+    /// The next `n` messages, each checked to come from our side, as
+    /// payloads.
+    async fn payloads(&mut self, n: usize, what: &str) -> Vec<Payload>;
 }
 
-/// The next `n` messages on the DEALER, each checked to be
-/// `["server", "", payload]`, as payloads.
-async fn from_listener(dealer: &mut DealerSocket, n: usize, what: &str) -> Vec<Payload> {
+impl Facing for DealerSocket {
+    /// `["", payload]`.
+    async fn send_payload(&mut self, payload: &str) {
+        raw_send(self, &[b"", payload.as_bytes()]).await;
+    }
+
+    /// Each checked to be `["server", "", payload]`.
+    async fn payloads(&mut self, n: usize, what: &str) -> Vec<Payload> {
+        from_peer(self, "server", n, what).await
+    }
+}
+
+impl Facing for RouterSocket {
+    /// To our connection as NoisePage's ROUTER sends:
+    /// `[peer, router_identity, "", payload]`.
+    async fn send_payload(&mut self, payload: &str) {
+        raw_send(self, &[b"client", ROUTER_ID, b"", payload.as_bytes()]).await;
+    }
+
+    /// Each checked to be `["client", "", payload]`.
+    async fn payloads(&mut self, n: usize, what: &str) -> Vec<Payload> {
+        from_peer(self, "client", n, what).await
+    }
+}
+
+/// The next `n` messages on a zeromq socket, each checked to be
+/// `[peer, "", payload]`, as payloads.
+async fn from_peer<S: SocketRecv + Send>(
+    socket: &mut S,
+    peer: &str,
+    n: usize,
+    what: &str,
+) -> Vec<Payload> {
     let mut got = Vec::new();
     for _ in 0..n {
-        let f = raw_recv(dealer, 5, what).await;
+        let f = raw_recv(socket, 5, what).await;
         assert_eq!(f.len(), 3, "{what}: {f:?}");
-        assert_eq!(f[0], Bytes::from("server"), "{what}: {f:?}");
+        assert_eq!(f[0], Bytes::from(peer.to_string()), "{what}: {f:?}");
         assert!(f[1].is_empty(), "{what}: {f:?}");
         got.push(parse(&f[2]));
     }
@@ -106,6 +138,53 @@ fn acks_and_rest(got: Vec<Payload>) -> (Vec<u64>, Vec<Payload>) {
     (acks.into_iter().map(|a| a.msg_id).collect(), rest)
 }
 
+/// Sends `payload` (msg_id `msg_id`); expects its ACK and one other
+/// message, in either order, and returns that message.
+async fn ack_and_reply(
+    peer: &mut impl Facing,
+    payload: &str,
+    msg_id: u64,
+    what: &str,
+    t: &str,
+) -> Payload {
+    peer.send_payload(payload).await;
+    let (acks, rest) = acks_and_rest(peer.payloads(2, what).await);
+    assert_eq!(acks, [msg_id], "{t}");
+    assert_eq!(rest.len(), 1, "{t}: {rest:?}");
+    rest.into_iter().next().unwrap()
+}
+
+/// ACKs our side's message `msg_id` and waits until `ours` holds nothing
+/// unACKed.
+async fn ack_and_settle(peer: &mut impl Facing, msg_id: u64, ours: &Messenger, what: &str) {
+    peer.send_payload(&format!("{msg_id}-0-2-")).await;
+    eventually(5, what, || ours.stats().pending_messages == 0).await;
+}
+
+/// Sends `duplicate` (msg_id 1, delivered already) again and then
+/// `2-0-0-barrier`: each is ACKed, nothing else comes back, and the
+/// barrier reaches the server loop. The server loop runs in order: once
+/// the barrier is there, a second delivery of the duplicate would have
+/// shown before it.
+async fn duplicate_then_barrier(peer: &mut impl Facing, duplicate: &str, seen: &Seen, t: &str) {
+    peer.send_payload(duplicate).await;
+    let (acks, rest) = acks_and_rest(peer.payloads(1, "ACK of the duplicate").await);
+    assert_eq!((acks, rest), (vec![1], vec![]), "{t}");
+    peer.send_payload("2-0-0-barrier").await;
+    let (acks, rest) = acks_and_rest(peer.payloads(1, "ACK of the barrier").await);
+    assert_eq!((acks, rest), (vec![2], vec![]), "{t}");
+    eventually(5, "the barrier is delivered", || seen.bodies().len() >= 2).await;
+}
+
+/// Nothing else comes within 500 ms: no resend of what was ACKed.
+async fn nothing_more(socket: &mut impl SocketRecv, t: &str) {
+    let extra = tokio::time::timeout(Duration::from_millis(500), socket.recv()).await;
+    assert!(extra.is_err(), "{t}: unexpected {extra:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The zeromq crate's DEALER against our listener
+
 /// The zeromq crate's DEALER ("zq-dealer") against our listener ("server"):
 /// - ECHO `0-7-1-hello`: ACK of 0 and the reply `{id}-0-7-hello`, which
 ///   it ACKs: the listener holds nothing unACKed after;
@@ -117,66 +196,35 @@ fn acks_and_rest(got: Vec<Payload>) -> (Vec<u64>, Vec<Payload>) {
 async fn zeromq_dealer_against_our_listener() {
     for t in TRANSPORTS {
         let seen = Seen::default();
-        let p = place(t);
-        let server = Messenger::with_config("server", quick()).unwrap();
-        let bound = within(
-            5,
-            "listen",
-            server.listen_for_connection(&p.endpoint, "server", seen.slc()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{t}: listen: {e}"));
-        let mut dealer = zq_dealer(&bound.endpoint, "zq-dealer").await;
+        let (server, bound, _p) = serve(t, quick(), seen.slc()).await;
+        let mut dealer = raw_dealer(&bound.endpoint, "zq-dealer").await;
 
         // ECHO, answered by the listener itself.
-        raw_send(&mut dealer, &[b"", b"0-7-1-hello"]).await;
-        let (acks, rest) =
-            acks_and_rest(from_listener(&mut dealer, 2, "ECHO's ACK and reply").await);
-        assert_eq!(acks, [0], "{t}");
-        assert_eq!(rest.len(), 1, "{t}: {rest:?}");
-        let reply = &rest[0];
+        let what = "ECHO's ACK and reply";
+        let reply = ack_and_reply(&mut dealer, "0-7-1-hello", 0, what, t).await;
         assert_eq!((reply.src_cb, reply.dst_cb), (0, 7), "{t}: {reply:?}");
         assert_eq!(reply.body, Bytes::from("hello"), "{t}");
         assert_eq!(reply.msg_id, 0, "{t}: the listener's first message to it");
-        let ack = format!("{}-0-2-", reply.msg_id);
-        raw_send(&mut dealer, &[b"", ack.as_bytes()]).await;
         let what = format!("{t}: our ACK of the ECHO reply settles it");
-        eventually(5, &what, || server.stats().pending_messages == 0).await;
+        ack_and_settle(&mut dealer, reply.msg_id, &server, &what).await;
         assert!(seen.all().is_empty(), "{t}: ECHO reached the server loop");
 
         // A server-loop message with a reply.
-        raw_send(&mut dealer, &[b"", b"1-9-0-work"]).await;
-        let (acks, rest) = acks_and_rest(from_listener(&mut dealer, 2, "ACK and SLC reply").await);
-        assert_eq!(acks, [1], "{t}");
-        assert_eq!(rest.len(), 1, "{t}: {rest:?}");
-        let reply = &rest[0];
+        let reply = ack_and_reply(&mut dealer, "1-9-0-work", 1, "ACK and SLC reply", t).await;
         assert_eq!((reply.src_cb, reply.dst_cb), (0, 9), "{t}: {reply:?}");
         assert_eq!(reply.body, Bytes::from("re:work"), "{t}");
         assert_eq!(reply.msg_id, 1, "{t}");
-        let ack = format!("{}-0-2-", reply.msg_id);
-        raw_send(&mut dealer, &[b"", ack.as_bytes()]).await;
         let what = format!("{t}: our ACK of the SLC reply settles it");
-        eventually(5, &what, || server.stats().pending_messages == 0).await;
+        ack_and_settle(&mut dealer, reply.msg_id, &server, &what).await;
 
-        // Its duplicate: ACKed again, not delivered again.
-        raw_send(&mut dealer, &[b"", b"1-9-0-work"]).await;
-        let (acks, rest) =
-            acks_and_rest(from_listener(&mut dealer, 1, "ACK of the duplicate").await);
-        assert_eq!((acks, rest), (vec![1], vec![]), "{t}");
-        // The server loop runs in order: once the barrier is there, a
-        // second delivery of the duplicate would have shown before it.
-        raw_send(&mut dealer, &[b"", b"2-0-0-barrier"]).await;
-        let (acks, rest) = acks_and_rest(from_listener(&mut dealer, 1, "ACK of the barrier").await);
-        assert_eq!((acks, rest), (vec![2], vec![]), "{t}");
-        eventually(5, "the barrier is delivered", || seen.bodies().len() >= 2).await;
+        // Its duplicate: ACKed again, not delivered again; then a barrier.
+        duplicate_then_barrier(&mut dealer, "1-9-0-work", &seen, t).await;
         assert_eq!(
             seen.all(),
             [(1, 9, Bytes::from("work")), (2, 0, Bytes::from("barrier"))],
             "{t}"
         );
-        // Nothing else comes: no resend of what it ACKed.
-        let extra = tokio::time::timeout(Duration::from_millis(500), dealer.recv()).await;
-        assert!(extra.is_err(), "{t}: unexpected {extra:?}");
+        nothing_more(&mut dealer, t).await;
 
         let s = server.stats();
         assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
@@ -194,42 +242,6 @@ async fn zeromq_dealer_against_our_listener() {
 // ---------------------------------------------------------------------------
 // Our connection against the zeromq crate's ROUTER
 
-/// A zeromq ROUTER bound on a fresh endpoint of `t`.
-async fn zq_router(t: &str) -> (RouterSocket, Endpoint, Place) {
-    let p = place(t);
-    let url = match t {
-        "tcp" => "tcp://127.0.0.1:0".to_string(),
-        _ => p.endpoint.to_string(),
-    };
-    let mut router = RouterSocket::new();
-    let bound = within(5, "zeromq bind", router.bind(&url)).await.unwrap();
-    let endpoint: Endpoint = bound.to_string().parse().unwrap();
-    (router, endpoint, p)
-}
-
-/// The router's identity frame, as NoisePage's ROUTER sends it.
-const ROUTER_ID: &[u8] = b"zq-router";
-
-/// Sends `payload` to our connection ("client") as NoisePage's ROUTER
-/// does: `[peer, router_identity, "", payload]`.
-async fn to_client(router: &mut RouterSocket, payload: &str) {
-    raw_send(router, &[b"client", ROUTER_ID, b"", payload.as_bytes()]).await;
-}
-
-/// The next `n` messages at the ROUTER, each checked to be
-/// `["client", "", payload]`, as payloads.
-async fn from_client(router: &mut RouterSocket, n: usize, what: &str) -> Vec<Payload> {
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let f = raw_recv(router, 5, what).await;
-        assert_eq!(f.len(), 3, "{what}: {f:?}");
-        assert_eq!(f[0], Bytes::from("client"), "{what}: {f:?}");
-        assert!(f[1].is_empty(), "{what}: {f:?}");
-        got.push(parse(&f[2]));
-    }
-    got
-}
-
 /// Our connection ("client", with a server loop) against the zeromq
 /// crate's ROUTER playing NoisePage's:
 /// - `request(conn, ECHO, "ping")` arrives as `0-{cb}-1-ping`; the router
@@ -242,7 +254,7 @@ async fn from_client(router: &mut RouterSocket, n: usize, what: &str) -> Vec<Pay
 #[tokio::test]
 async fn our_connection_against_a_zeromq_router() {
     for t in TRANSPORTS {
-        let (mut router, endpoint, _p) = zq_router(t).await;
+        let (mut router, endpoint, _p) = raw_router(t).await;
         let seen = Seen::default();
         let client = Messenger::with_config("client", quick()).unwrap();
         let conn = within(
@@ -256,20 +268,20 @@ async fn our_connection_against_a_zeromq_router() {
         // A request, answered by the router.
         let c = client.clone();
         let req = tokio::spawn(async move { c.request(conn, wire::ECHO, "ping").await });
-        let got = from_client(&mut router, 1, "the request").await;
+        let got = router.payloads(1, "the request").await;
         let m = &got[0];
         assert_eq!((m.msg_id, m.dst_cb), (0, wire::ECHO), "{t}: {m:?}");
         assert!(m.src_cb >= 4, "{t}: {m:?}");
         assert_eq!(m.body, Bytes::from("ping"), "{t}");
-        to_client(&mut router, &format!("{}-0-2-", m.msg_id)).await;
-        to_client(&mut router, &format!("0-0-{}-ping", m.src_cb)).await;
+        router.send_payload(&format!("{}-0-2-", m.msg_id)).await;
+        router.send_payload(&format!("0-0-{}-ping", m.src_cb)).await;
         let reply = within(5, "the request completes", req)
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("{t}: {e}"));
         assert_eq!(reply.body, Bytes::from("ping"), "{t}");
         assert_eq!((reply.msg_id, reply.src_cb), (0, 0), "{t}");
-        let got = from_client(&mut router, 1, "our ACK of the answer").await;
+        let got = router.payloads(1, "our ACK of the answer").await;
         assert_eq!(
             (got[0].msg_id, got[0].src_cb, got[0].dst_cb),
             (0, 0, wire::ACK),
@@ -280,7 +292,7 @@ async fn our_connection_against_a_zeromq_router() {
         let c = client.clone();
         let confirmed =
             tokio::spawn(async move { c.send_confirmed(conn, wire::NOOP, "confirm me").await });
-        let got = from_client(&mut router, 1, "the confirmed send").await;
+        let got = router.payloads(1, "the confirmed send").await;
         let m = &got[0];
         assert_eq!(
             (m.msg_id, m.src_cb, m.dst_cb),
@@ -290,41 +302,29 @@ async fn our_connection_against_a_zeromq_router() {
         assert_eq!(m.body, Bytes::from("confirm me"), "{t}");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!confirmed.is_finished(), "{t}: confirmed before the ACK");
-        to_client(&mut router, "1-0-2-").await;
+        router.send_payload("1-0-2-").await;
         let r = within(5, "send_confirmed completes", confirmed)
             .await
             .unwrap();
         assert_eq!(r, Ok(1), "{t}");
 
         // The router to callback 0: the connection's server loop.
-        to_client(&mut router, "1-5-0-to your loop").await;
-        let (acks, rest) =
-            acks_and_rest(from_client(&mut router, 2, "our ACK and the SLC reply").await);
-        assert_eq!(acks, [1], "{t}");
-        assert_eq!(rest.len(), 1, "{t}: {rest:?}");
-        let r = &rest[0];
+        let what = "our ACK and the SLC reply";
+        let r = ack_and_reply(&mut router, "1-5-0-to your loop", 1, what, t).await;
         assert_eq!((r.msg_id, r.src_cb, r.dst_cb), (2, 0, 5), "{t}: {r:?}");
         assert_eq!(r.body, Bytes::from("re:to your loop"), "{t}");
         assert_eq!(seen.all(), [(1, 5, Bytes::from("to your loop"))], "{t}");
-        to_client(&mut router, "2-0-2-").await;
         let what = format!("{t}: the router's ACK settles the SLC reply");
-        eventually(5, &what, || client.stats().pending_messages == 0).await;
+        ack_and_settle(&mut router, r.msg_id, &client, &what).await;
 
         // Its duplicate: ACKed again, not delivered again; then a barrier.
-        to_client(&mut router, "1-5-0-to your loop").await;
-        let (acks, rest) = acks_and_rest(from_client(&mut router, 1, "ACK of the duplicate").await);
-        assert_eq!((acks, rest), (vec![1], vec![]), "{t}");
-        to_client(&mut router, "2-0-0-barrier").await;
-        let (acks, rest) = acks_and_rest(from_client(&mut router, 1, "ACK of the barrier").await);
-        assert_eq!((acks, rest), (vec![2], vec![]), "{t}");
-        eventually(5, "the barrier is delivered", || seen.bodies().len() >= 2).await;
+        duplicate_then_barrier(&mut router, "1-5-0-to your loop", &seen, t).await;
         assert_eq!(
             seen.bodies(),
             [Bytes::from("to your loop"), Bytes::from("barrier")],
             "{t}"
         );
-        let extra = tokio::time::timeout(Duration::from_millis(500), router.recv()).await;
-        assert!(extra.is_err(), "{t}: unexpected {extra:?}");
+        nothing_more(&mut router, t).await;
 
         let s = client.stats();
         assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
@@ -345,11 +345,8 @@ async fn our_connection_against_a_zeromq_router() {
 #[tokio::test]
 async fn a_connection_is_up_when_make_connection_returns() {
     for t in TRANSPORTS {
-        let (_router, endpoint, _p) = zq_router(t).await;
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap_or_else(|e| panic!("{t}: connect: {e}"));
+        let (_router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(Config::default(), &endpoint).await;
         assert!(
             client.is_connected(conn),
             "{t}: make_connection returned Ok but is_connected is false"

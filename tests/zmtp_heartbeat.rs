@@ -25,17 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::raw_zmtp::{Frame, Proxy, RawListener, RawPeer, command, dial, pong};
-use common::{eventually, place, raw_recv, raw_send, within};
-use messenger::zmtp::Heartbeat;
-use messenger::{
-    Config, Endpoint, Incoming, ListenerInfo, Messenger, RequestError, Responder, wire,
+use common::raw_zmtp::{Proxy, RawListener, RawPeer, Received, command, dial, pong};
+use common::{
+    Place, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve, within,
 };
+use messenger::zmtp::Heartbeat;
+use messenger::{Config, Endpoint, Incoming, RequestError, Responder, wire};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, SocketOptions};
 
 /// Transports a raw peer can use (inproc has no ZMTP).
 const RAW_TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
@@ -58,21 +55,6 @@ fn with_heartbeat(ttl: Duration) -> Config {
 
 fn no_slc(_: Incoming, _: Responder) {}
 
-/// A server messenger (identity "server") with `config`, listening on a
-/// fresh endpoint of `t`.
-async fn serve(t: &str, config: Config) -> (Messenger, ListenerInfo, common::Place) {
-    let p = place(t);
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = within(
-        5,
-        "listen",
-        server.listen_for_connection(&p.endpoint, "server", no_slc),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{t}: listen: {e}"));
-    (server, bound, p)
-}
-
 /// What one connection to a [`mute_router`] saw.
 #[derive(Debug, Default, Clone)]
 struct ConnLog {
@@ -90,7 +72,7 @@ type Logs = Arc<Mutex<Vec<ConnLog>>>;
 /// handshake as ZMTP 3.1, and from then on reads (and logs) without ever
 /// sending anything: a process that hung. Stop it with the returned
 /// handle's `abort`.
-async fn mute_router(t: &str) -> (Endpoint, common::Place, Logs, JoinHandle<()>) {
+async fn mute_router(t: &str) -> (Endpoint, Place, Logs, JoinHandle<()>) {
     let (listener, endpoint, p) = RawListener::bind(t).await;
     let logs: Logs = Arc::default();
     let l = Arc::clone(&logs);
@@ -143,10 +125,7 @@ async fn our_pings_find_a_router_that_stopped_answering() {
             reconnect_initial: Duration::from_millis(200),
             ..with_heartbeat(Duration::ZERO)
         };
-        let client = Messenger::with_config("client", config).unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap_or_else(|e| panic!("{t}: connect: {e}"));
+        let (client, conn) = connect(config, &endpoint).await;
         // (make_connection returns before the driver marks the link up:
         // see zeromq_crate.rs, a_connection_is_up_when_make_connection_returns.)
         let what = format!("{t}: the link is up");
@@ -257,7 +236,7 @@ async fn answer_pings(mut peer: RawPeer, until: Instant) -> (RawPeer, usize, boo
 #[tokio::test]
 async fn listener_pings_find_a_silent_dealer_and_keep_a_live_one() {
     for t in RAW_TRANSPORTS {
-        let (server, bound, _p) = serve(t, with_heartbeat(Duration::from_secs(1))).await;
+        let (server, bound, _p) = serve(t, with_heartbeat(Duration::from_secs(1)), no_slc).await;
         let mut silent =
             RawPeer::handshake(dial(&bound.endpoint).await, 1, "DEALER", b"silent").await;
         let mut live = RawPeer::handshake(dial(&bound.endpoint).await, 1, "DEALER", b"live").await;
@@ -329,14 +308,9 @@ async fn listener_pings_find_a_silent_dealer_and_keep_a_live_one() {
 #[tokio::test]
 async fn a_zmtp_3_0_peer_is_never_pinged() {
     for t in RAW_TRANSPORTS {
-        let (server, bound, _p) = serve(t, with_heartbeat(Duration::ZERO)).await;
+        let (server, bound, _p) = serve(t, with_heartbeat(Duration::ZERO), no_slc).await;
         let proxy = Proxy::start(&bound.endpoint).await;
-        let mut opts = SocketOptions::default();
-        opts.peer_identity(PeerIdentity::try_from(b"zq-3.0".to_vec()).unwrap());
-        let mut zq = DealerSocket::with_options(opts);
-        within(5, "zeromq connect", zq.connect(&proxy.endpoint.to_string()))
-            .await
-            .unwrap();
+        let mut zq = raw_dealer(&proxy.endpoint, "zq-3.0").await;
         let mut mute =
             RawPeer::handshake(dial(&bound.endpoint).await, 0, "DEALER", b"mute-3.0").await;
 
@@ -397,19 +371,9 @@ async fn a_zmtp_3_0_peer_is_never_pinged() {
 #[tokio::test]
 async fn a_connection_never_pings_a_zmtp_3_0_router() {
     for t in RAW_TRANSPORTS {
-        let p = place(t);
-        let url = match t {
-            "tcp" => "tcp://127.0.0.1:0".to_string(),
-            _ => p.endpoint.to_string(),
-        };
-        let mut router = zeromq::RouterSocket::new();
-        let bound = within(5, "zeromq bind", router.bind(&url)).await.unwrap();
-        let target: Endpoint = bound.to_string().parse().unwrap();
+        let (mut router, target, _p) = raw_router(t).await;
         let proxy = Proxy::start(&target).await;
-        let client = Messenger::with_config("client", with_heartbeat(Duration::ZERO)).unwrap();
-        let conn = within(5, "connect", client.make_connection(&proxy.endpoint))
-            .await
-            .unwrap_or_else(|e| panic!("{t}: connect: {e}"));
+        let (client, conn) = connect(with_heartbeat(Duration::ZERO), &proxy.endpoint).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(client.is_connected(conn), "{t}");
 
@@ -441,7 +405,7 @@ async fn a_connection_never_pings_a_zmtp_3_0_router() {
 async fn peers_pings_are_answered_and_their_ttl_honoured() {
     for t in RAW_TRANSPORTS {
         // Listener side.
-        let (server, bound, _p) = serve(t, Config::default()).await;
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
         let mut keeps = RawPeer::handshake(dial(&bound.endpoint).await, 1, "DEALER", b"k").await;
         let mut ttl = RawPeer::handshake(dial(&bound.endpoint).await, 1, "DEALER", b"t").await;
         for (peer, context) in [(&mut keeps, &b"0123456789abcdef"[..]), (&mut ttl, b"")] {
@@ -450,7 +414,7 @@ async fn peers_pings_are_answered_and_their_ttl_honoured() {
             let f = within(5, "PONG", peer.next()).await;
             assert_eq!(
                 f,
-                Some(Frame::Command {
+                Some(Received::Command {
                     name: b"PONG".to_vec(),
                     data: context.to_vec()
                 }),
@@ -491,13 +455,10 @@ async fn peers_pings_are_answered_and_their_ttl_honoured() {
 
         // Connection side: a raw ROUTER PINGs our connection.
         let (listener, endpoint, _p) = RawListener::bind(t).await;
-        let client = Messenger::new("client").unwrap();
         let raw = tokio::spawn(async move {
             RawPeer::handshake(listener.accept().await, 1, "ROUTER", b"raw").await
         });
-        within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap_or_else(|e| panic!("{t}: connect: {e}"));
+        let (client, _conn) = connect(Config::default(), &endpoint).await;
         let mut router = within(5, "raw handshake", raw).await.unwrap();
         let ready = String::from_utf8_lossy(&router.ready).into_owned();
         assert!(
@@ -508,7 +469,7 @@ async fn peers_pings_are_answered_and_their_ttl_honoured() {
         let f = within(5, "PONG from our connection", router.next()).await;
         assert_eq!(
             f,
-            Some(Frame::Command {
+            Some(Received::Command {
                 name: b"PONG".to_vec(),
                 data: b"ctx".to_vec()
             }),

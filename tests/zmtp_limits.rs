@@ -28,11 +28,12 @@ mod common;
 use std::io;
 use std::time::{Duration, Instant};
 
-use common::hostile::{self, FrameReader, RawStream, RssSampler, mib};
-use common::{eventually, place, within};
+use common::memory::{self, RssSampler, mib};
+use common::raw_zmtp::{self, FrameReader, RawListener, Stream};
+use common::{Place, connect_as, eventually, round_trip, serve, within};
 use messenger::auth::Secret;
-use messenger::{Config, Endpoint, Incoming, Messenger, Responder, wire};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use messenger::{Config, ConnectionId, Incoming, Messenger, Responder, StatsSnapshot, wire};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 /// The most one flood sends.
@@ -57,7 +58,7 @@ fn config(secret: bool) -> Config {
 /// Writes empty MORE frames until the stream fails or `FLOOD_MAX` bytes
 /// went out, counting them in `written`. Returns the error that stopped it.
 async fn flood_until_cut<W: AsyncWrite + Unpin>(w: &mut W, written: &mut u64) -> Option<io::Error> {
-    let chunk = [hostile::MORE, 0].repeat(32 * 1024);
+    let chunk = [raw_zmtp::MORE, 0].repeat(32 * 1024);
     while *written < FLOOD_MAX {
         match w.write(&chunk).await {
             Ok(0) => return Some(io::ErrorKind::WriteZero.into()),
@@ -117,14 +118,13 @@ impl Flood {
     }
 }
 
-/// Floods over `stream` (its handshake done; `leftover` bytes of it were
-/// read past the handshake) while reading it, until its stream ends, and
-/// samples the resident set meanwhile.
-async fn flood<S>(stream: S, leftover: usize) -> Flood
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let before = hostile::rss();
+/// Floods over `reader`'s stream (its handshake done; what it read past
+/// the handshake counts as received) while reading it, until its stream
+/// ends, and samples the resident set meanwhile.
+async fn flood(reader: FrameReader<Stream>) -> Flood {
+    let leftover = reader.buffered();
+    let stream = reader.inner;
+    let before = memory::rss();
     let sampler = RssSampler::start();
     let (r, mut w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r);
@@ -155,6 +155,24 @@ where
     }
 }
 
+/// Waits until `m` has counted the cut (a guard rejection).
+async fn cut_counted(m: &Messenger) {
+    eventually(5, "the cut is counted", || m.stats().guard_rejections >= 1).await;
+}
+
+/// Floods over `reader`'s stream, checks what the flood did (see
+/// [`Flood::check`]) and waits until `victim` has counted the cut; returns
+/// `victim`'s stats then.
+async fn flood_and_cut(
+    reader: FrameReader<Stream>,
+    victim: &Messenger,
+    what: &str,
+) -> StatsSnapshot {
+    flood(reader).await.check(what);
+    cut_counted(victim).await;
+    victim.stats()
+}
+
 /// A listener (with the secret or not) on `transport`, a normal client
 /// answered before, the flood from an anonymous raw DEALER, then ECHO for
 /// the old client and a fresh one.
@@ -164,20 +182,8 @@ async fn flood_a_listener(transport: &str, secret: bool) {
         "listener on {transport}, {}",
         if secret { "with a secret" } else { "no secret" }
     );
-    let p = place(transport);
-    let server = Messenger::with_config("server", config(secret)).unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", echo_slc)
-        .await
-        .unwrap();
-    let client = Messenger::with_config("client", config(secret)).unwrap();
-    let conn = within(
-        10,
-        "client connects",
-        client.make_connection(&bound.endpoint),
-    )
-    .await
-    .unwrap();
+    let (server, bound, _p) = serve(transport, config(secret), echo_slc).await;
+    let (client, conn) = connect_as("client", config(secret), &bound.endpoint, 10).await;
     within(
         10,
         "echo before",
@@ -186,49 +192,20 @@ async fn flood_a_listener(transport: &str, secret: bool) {
     .await
     .unwrap();
 
-    let mut stream = within(5, "raw connect", RawStream::connect(&bound.endpoint))
-        .await
-        .unwrap();
-    stream.write_all(&hostile::dealer_hello(b"")).await.unwrap();
-    let mut reader = FrameReader::new(stream);
-    within(5, "the listener's greeting", reader.greeting())
-        .await
-        .unwrap();
-    let ready = within(5, "the listener's READY", reader.command())
-        .await
-        .unwrap();
-    assert_eq!(ready.command_name(), Some(&b"READY"[..]), "{what}");
-    let leftover = reader.buffered();
-    let f = flood(reader.inner, leftover).await;
-    f.check(&what);
-
-    eventually(5, "the cut is counted", || {
-        server.stats().guard_rejections >= 1
-    })
-    .await;
-    let stats = server.stats();
+    let mut reader = raw_zmtp::dealer(&bound.endpoint, b"", b"").await;
+    within(5, "the listener's READY", reader.expect_ready()).await;
+    let stats = flood_and_cut(reader, &server, &what).await;
     eprintln!(
         "{what}: guard_rejections {}, auth_failures {}, handshake_timeouts {}",
         stats.guard_rejections, stats.auth_failures, stats.handshake_timeouts
     );
     assert_eq!(stats.guard_rejections, 1, "{what}: {stats:?}");
 
-    let reply = within(10, "echo after", client.request(conn, wire::ECHO, b"after"))
-        .await
-        .unwrap();
-    assert_eq!(reply.body.as_ref(), b"after", "{what}");
-    let fresh = Messenger::with_config("fresh", config(secret)).unwrap();
-    let c = within(
-        10,
-        "fresh client connects",
-        fresh.make_connection(&bound.endpoint),
-    )
-    .await
-    .unwrap();
-    let reply = within(10, "fresh echo", fresh.request(c, wire::ECHO, b"x"))
-        .await
-        .unwrap();
-    assert_eq!(reply.body.as_ref(), b"x", "{what}");
+    let after = format!("{what}: echo after");
+    round_trip(10, &client, conn, wire::ECHO, b"after", &after).await;
+    let (fresh, c) = connect_as("fresh", config(secret), &bound.endpoint, 10).await;
+    let fresh_echo = format!("{what}: fresh echo");
+    round_trip(10, &fresh, c, wire::ECHO, b"x", &fresh_echo).await;
     fresh.shutdown().await;
     client.shutdown().await;
     server.shutdown().await;
@@ -248,54 +225,40 @@ async fn empty_frame_flood_is_cut_before_the_proof_at_a_listener_with_a_secret()
     }
 }
 
-/// A raw ROUTER on a fresh `transport` endpoint: accepts one connection,
-/// answers its handshake, and hands back the stream (the listener is
-/// dropped, so redials are refused).
-async fn raw_router(
+/// A raw ROUTER on a fresh `transport` endpoint that accepts one
+/// connection (its listener is dropped then, so redials are refused) and
+/// answers its handshake, and a messenger ("victim") connected to it.
+/// Returns the victim, its connection and the router's stream.
+async fn victim_of_a_raw_router(
     transport: &str,
-) -> (
-    Endpoint,
-    common::Place,
-    tokio::task::JoinHandle<FrameReader<RawStream>>,
-) {
-    let p = place(transport);
-    enum L {
-        Tcp(tokio::net::TcpListener),
-        Unix(tokio::net::UnixListener),
-    }
-    let (listener, endpoint) = match &p.endpoint {
-        Endpoint::Tcp { .. } => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = l.local_addr().unwrap().port();
-            (
-                L::Tcp(l),
-                format!("tcp://127.0.0.1:{port}").parse().unwrap(),
-            )
-        }
-        Endpoint::Ipc(path) => (
-            L::Unix(tokio::net::UnixListener::bind(path).unwrap()),
-            p.endpoint.clone(),
-        ),
-        Endpoint::Inproc(_) => unreachable!("raw routers are tcp or ipc"),
-    };
-    let task = tokio::spawn(async move {
-        let stream = match listener {
-            L::Tcp(l) => RawStream::Tcp(l.accept().await.unwrap().0),
-            L::Unix(l) => RawStream::Unix(l.accept().await.unwrap().0),
-        };
+) -> (Messenger, ConnectionId, FrameReader<Stream>, Place) {
+    let (listener, endpoint, p) = RawListener::bind(transport).await;
+    let router = tokio::spawn(async move {
+        let stream = listener.accept().await;
+        drop(listener);
         let mut reader = FrameReader::new(stream);
-        reader.inner.write_all(&hostile::greeting()).await.unwrap();
-        reader.greeting().await.unwrap();
-        let ready = reader.command().await.unwrap();
-        assert_eq!(ready.command_name(), Some(&b"READY"[..]));
         reader
             .inner
-            .write_all(&hostile::ready("ROUTER", b"raw-router"))
+            .write_all(&raw_zmtp::greeting(1))
+            .await
+            .unwrap();
+        reader.greeting().await.unwrap();
+        reader.expect_ready().await;
+        reader
+            .inner
+            .write_all(&raw_zmtp::ready("ROUTER", b"raw-router"))
             .await
             .unwrap();
         reader
     });
-    (endpoint, p, task)
+    let victim = Messenger::new("victim").unwrap();
+    let (conn, reader) = within(10, "handshake with the raw router", async {
+        tokio::join!(victim.make_connection(&endpoint), router)
+    })
+    .await;
+    let conn = conn.expect("make_connection to the raw router");
+    let reader = reader.expect("raw router task");
+    (victim, conn, reader, p)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,23 +266,8 @@ async fn empty_frame_flood_is_cut_at_our_connection_side() {
     for t in ["tcp", "ipc"] {
         let _serial = SERIAL.lock().await;
         let what = format!("our connection on {t}");
-        let (endpoint, _p, router) = raw_router(t).await;
-        let victim = Messenger::new("victim").unwrap();
-        let (conn, reader) = within(10, "handshake with the raw router", async {
-            tokio::join!(victim.make_connection(&endpoint), router)
-        })
-        .await;
-        let conn = conn.expect("make_connection to the raw router");
-        let reader = reader.expect("raw router task");
-        let leftover = reader.buffered();
-        let f = flood(reader.inner, leftover).await;
-        f.check(&what);
-
-        eventually(5, "the cut is counted", || {
-            victim.stats().guard_rejections >= 1
-        })
-        .await;
-        let stats = victim.stats();
+        let (victim, conn, reader, _p) = victim_of_a_raw_router(t).await;
+        let stats = flood_and_cut(reader, &victim, &what).await;
         eprintln!(
             "{what}: guard_rejections {}, reconnects {}",
             stats.guard_rejections, stats.reconnects
@@ -328,12 +276,7 @@ async fn empty_frame_flood_is_cut_at_our_connection_side() {
         eventually(5, "the link is down", || !victim.is_connected(conn)).await;
 
         // The victim still talks to well-behaved peers.
-        let p = place(t);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", echo_slc)
-            .await
-            .unwrap();
+        let (server, bound, _server_place) = serve(t, Config::default(), echo_slc).await;
         let c = within(
             10,
             "connect to a normal server",
@@ -341,10 +284,8 @@ async fn empty_frame_flood_is_cut_at_our_connection_side() {
         )
         .await
         .unwrap();
-        let reply = within(10, "echo after", victim.request(c, wire::ECHO, b"x"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body.as_ref(), b"x", "{what}");
+        let after = format!("{what}: echo after");
+        round_trip(10, &victim, c, wire::ECHO, b"x", &after).await;
         victim.shutdown().await;
         server.shutdown().await;
     }
@@ -361,25 +302,18 @@ async fn a_peer_we_cut_off_finds_our_socket_closed() {
     for t in ["tcp", "ipc"] {
         let _serial = SERIAL.lock().await;
         let what = format!("our connection on {t}");
-        let (endpoint, _p, router) = raw_router(t).await;
-        let victim = Messenger::new("victim").unwrap();
-        let (conn, reader) = within(10, "handshake with the raw router", async {
-            tokio::join!(victim.make_connection(&endpoint), router)
-        })
-        .await;
-        let conn = conn.expect("make_connection to the raw router");
-        let mut stream = reader.expect("raw router task").inner;
+        let (victim, conn, reader, _p) = victim_of_a_raw_router(t).await;
+        let mut stream = reader.inner;
         // A frame whose flags have reserved bits set: cut at once.
         stream.write_all(&[0x80, 0]).await.unwrap();
-        eventually(5, "the cut is counted", || {
-            victim.stats().guard_rejections >= 1
-        })
-        .await;
+        cut_counted(&victim).await;
         eventually(5, "the link is down", || !victim.is_connected(conn)).await;
         let mut written = 0u64;
-        let failed = within(10, &format!("{what}: writes to a closed socket fail"), async {
-            flood_until_cut(&mut stream, &mut written).await
-        })
+        let failed = within(
+            10,
+            &format!("{what}: writes to a closed socket fail"),
+            async { flood_until_cut(&mut stream, &mut written).await },
+        )
         .await;
         eprintln!("{what}: the peer's writes failed after {written} bytes: {failed:?}");
         assert!(

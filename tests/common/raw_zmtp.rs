@@ -1,18 +1,25 @@
-//! ZMTP 3.x written and read by hand (RFC 37), for raw peers that must do
-//! what no ZMQ library lets them: announce a given version, go silent after
-//! the handshake, answer or ignore PINGs on purpose. Nothing here uses the
+//! ZMTP 3.x written and read by hand (RFC 37, NULL mechanism only), for raw
+//! peers that must do what no ZMQ library lets them: announce a given
+//! version, go silent after the handshake, answer or ignore PINGs on
+//! purpose, flood, and count every byte they receive. Nothing here uses the
 //! crate's own ZMTP code, so the tests check it against an independent
 //! reading of the RFC.
 //!
-//! - byte builders: [`greeting`], [`command`], [`ready`], [`pong`],
-//!   [`message`];
-//! - [`Reader`]: bytes in, the peer's greeting and then whole frames out
-//!   ([`Frame::Command`] or a [`Frame::Message`] of all its parts);
-//! - [`RawListener`], [`dial`] and [`RawPeer`]: tokio tcp/ipc streams with
-//!   the handshake done by hand;
+//! - byte builders: [`greeting`], [`frame`], [`command`], [`ready`],
+//!   [`hello`], [`pong`], [`message`];
+//! - [`Decoder`]: bytes in, the peer's greeting and then frames out, one
+//!   by one ([`Frame`]) or as whole commands and messages ([`Received`]);
+//! - [`FrameReader`]: a [`Decoder`] over a stream, counting every byte
+//!   read, so a test can check that nothing beyond the handshake reached a
+//!   peer;
+//! - [`RawListener`], [`dial`], [`dealer`] and [`RawPeer`]: tokio tcp/ipc
+//!   streams with the handshake done by hand;
 //! - [`Proxy`]: a tcp proxy that counts PINGs, PONGs and messages each way.
 
+use std::io;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use messenger::Endpoint;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,9 +30,16 @@ use super::{Place, place, within};
 /// Length of a ZMTP 3.x greeting.
 pub const GREETING_LEN: usize = 64;
 
-const MORE: u8 = 0x01;
-const LONG: u8 = 0x02;
-const COMMAND: u8 = 0x04;
+/// Frame flags (RFC 37).
+pub const MORE: u8 = 0b001;
+pub const LONG: u8 = 0b010;
+pub const COMMAND: u8 = 0b100;
+
+/// The largest frame a [`Decoder`] takes (a bound on what a test buffers).
+const MAX_FRAME: u64 = 64 << 20;
+
+// ---------------------------------------------------------------------------
+// Byte builders
 
 /// A NULL-mechanism greeting for ZMTP 3.`minor`, as-server 0.
 pub fn greeting(minor: u8) -> [u8; GREETING_LEN] {
@@ -38,11 +52,13 @@ pub fn greeting(minor: u8) -> [u8; GREETING_LEN] {
     g
 }
 
-fn frame(flags: u8, body: &[u8]) -> Vec<u8> {
+/// One frame's header and body: the long form when `flags` has `LONG` or
+/// the body is over 255 bytes, the short form otherwise.
+pub fn frame(flags: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 9);
     match u8::try_from(body.len()) {
-        Ok(len) => out.extend_from_slice(&[flags, len]),
-        Err(_) => {
+        Ok(len) if flags & LONG == 0 => out.extend_from_slice(&[flags, len]),
+        _ => {
             out.push(flags | LONG);
             out.extend_from_slice(&(body.len() as u64).to_be_bytes());
         }
@@ -59,19 +75,28 @@ pub fn command(name: &str, data: &[u8]) -> Vec<u8> {
     frame(COMMAND, &body)
 }
 
-/// READY with `Socket-Type` and `Identity` properties.
+/// READY with a `Socket-Type` property and, unless `identity` is empty
+/// (anonymous), an `Identity` property.
 pub fn ready(socket_type: &str, identity: &[u8]) -> Vec<u8> {
+    let mut properties = vec![("Socket-Type", socket_type.as_bytes())];
+    if !identity.is_empty() {
+        properties.push(("Identity", identity));
+    }
     let mut data = Vec::new();
-    for (name, value) in [
-        ("Socket-Type", socket_type.as_bytes()),
-        ("Identity", identity),
-    ] {
+    for (name, value) in properties {
         data.push(u8::try_from(name.len()).unwrap());
         data.extend_from_slice(name.as_bytes());
         data.extend_from_slice(&u32::try_from(value.len()).unwrap().to_be_bytes());
         data.extend_from_slice(value);
     }
     command("READY", &data)
+}
+
+/// A greeting for ZMTP 3.`minor` followed by READY: a whole handshake.
+pub fn hello(minor: u8, socket_type: &str, identity: &[u8]) -> Vec<u8> {
+    let mut h = greeting(minor).to_vec();
+    h.extend(ready(socket_type, identity));
+    h
 }
 
 /// PONG echoing a PING's context.
@@ -89,25 +114,56 @@ pub fn message(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// What a ZMTP peer sent after its greeting.
+// ---------------------------------------------------------------------------
+// Reading
+
+/// One frame as read off the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub struct Frame {
+    pub flags: u8,
+    pub body: Vec<u8>,
+    /// Header and body bytes on the wire.
+    pub wire_len: usize,
+}
+
+impl Frame {
+    pub fn is_command(&self) -> bool {
+        self.flags & COMMAND != 0
+    }
+
+    pub fn more(&self) -> bool {
+        self.flags & MORE != 0
+    }
+
+    /// The command's name (`READY`, `ERROR`, ...), if this is a command.
+    pub fn command_name(&self) -> Option<&[u8]> {
+        if !self.is_command() {
+            return None;
+        }
+        let n = usize::from(*self.body.first()?);
+        self.body.get(1..1 + n)
+    }
+}
+
+/// What a ZMTP peer sent after its greeting: a command or a whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
     /// A command: its name and what follows the name.
     Command { name: Vec<u8>, data: Vec<u8> },
     /// A whole message, every part.
     Message(Vec<Vec<u8>>),
 }
 
-impl Frame {
+impl Received {
     /// Whether this is the command `name`.
     pub fn is_command(&self, name: &str) -> bool {
-        matches!(self, Frame::Command { name: n, .. } if n == name.as_bytes())
+        matches!(self, Received::Command { name: n, .. } if n == name.as_bytes())
     }
 
     /// A PING's TTL (deciseconds) and context.
     pub fn ping(&self) -> Option<(u16, Vec<u8>)> {
         match self {
-            Frame::Command { name, data } if name == b"PING" => {
+            Received::Command { name, data } if name == b"PING" => {
                 assert!(data.len() >= 2, "PING without its TTL: {data:?}");
                 Some((u16::from_be_bytes([data[0], data[1]]), data[2..].to_vec()))
             }
@@ -118,76 +174,261 @@ impl Frame {
     /// A message's parts as text, for assertions.
     pub fn parts(&self) -> Option<Vec<String>> {
         match self {
-            Frame::Message(parts) => Some(
-                parts
-                    .iter()
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .collect(),
-            ),
-            Frame::Command { .. } => None,
+            Received::Message(parts) => Some(text(parts)),
+            Received::Command { .. } => None,
         }
     }
+}
+
+fn text(parts: &[Vec<u8>]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
 }
 
 /// Parses what one side of a ZMTP connection sends: its greeting, then
 /// frames. Panics on what RFC 37 does not allow (a test peer's bug).
 #[derive(Default)]
-pub struct Reader {
+pub struct Decoder {
     buf: Vec<u8>,
     greeting: Option<[u8; GREETING_LEN]>,
     parts: Vec<Vec<u8>>,
 }
 
-impl Reader {
+impl Decoder {
     /// Bytes that arrived.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes that arrived but are not part of a greeting or frame taken
+    /// yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is pending: no bytes buffered, no message begun.
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && self.parts.is_empty()
     }
 
     /// The peer's greeting, once all of it is in.
     pub fn greeting(&mut self) -> Option<[u8; GREETING_LEN]> {
         if self.greeting.is_none() && self.buf.len() >= GREETING_LEN {
             let g: [u8; GREETING_LEN] = self.buf[..GREETING_LEN].try_into().unwrap();
-            assert_eq!((g[0], g[9]), (0xFF, 0x7F), "not a ZMTP greeting: {g:?}");
+            assert!(
+                g[0] == 0xFF && g[9] == 0x7F && g[10] >= 3,
+                "not a ZMTP 3 greeting: {g:?}"
+            );
             self.buf.drain(..GREETING_LEN);
             self.greeting = Some(g);
         }
         self.greeting
     }
 
-    /// The next whole command or message, if it is all in.
-    pub fn next_frame(&mut self) -> Option<Frame> {
+    /// The next whole frame after the greeting, if it is all in.
+    pub fn frame(&mut self) -> Option<Frame> {
         self.greeting()?;
+        let flags = *self.buf.first()?;
+        assert_eq!(flags & !(MORE | LONG | COMMAND), 0, "bad flags {flags:#x}");
+        let (len, head) = if flags & LONG != 0 {
+            let size: [u8; 8] = self.buf.get(1..9)?.try_into().unwrap();
+            (u64::from_be_bytes(size), 9)
+        } else {
+            (u64::from(*self.buf.get(1)?), 2)
+        };
+        assert!(len <= MAX_FRAME, "a frame of {len} bytes");
+        let len = len as usize;
+        if self.buf.len() < head + len {
+            return None;
+        }
+        let body = self.buf[head..head + len].to_vec();
+        self.buf.drain(..head + len);
+        Some(Frame {
+            flags,
+            body,
+            wire_len: head + len,
+        })
+    }
+
+    /// The next whole command or message, if it is all in.
+    pub fn next(&mut self) -> Option<Received> {
         loop {
-            let flags = *self.buf.first()?;
-            assert_eq!(flags & !(MORE | LONG | COMMAND), 0, "bad flags {flags:#x}");
-            let (len, head) = if flags & LONG != 0 {
-                let size: [u8; 8] = self.buf.get(1..9)?.try_into().unwrap();
-                (usize::try_from(u64::from_be_bytes(size)).unwrap(), 9)
-            } else {
-                (usize::from(*self.buf.get(1)?), 2)
-            };
-            if self.buf.len() < head + len {
-                return None;
-            }
-            let body = self.buf[head..head + len].to_vec();
-            self.buf.drain(..head + len);
-            if flags & COMMAND != 0 {
+            let f = self.frame()?;
+            if f.is_command() {
                 assert!(self.parts.is_empty(), "a command inside a message");
-                assert_eq!(flags & MORE, 0, "a command with MORE");
-                let n = usize::from(*body.first().expect("command name length"));
-                return Some(Frame::Command {
-                    name: body[1..1 + n].to_vec(),
-                    data: body[1 + n..].to_vec(),
+                assert_eq!(f.flags & MORE, 0, "a command with MORE");
+                let n = usize::from(*f.body.first().expect("command name length"));
+                return Some(Received::Command {
+                    name: f.body[1..1 + n].to_vec(),
+                    data: f.body[1 + n..].to_vec(),
                 });
             }
-            self.parts.push(body);
-            if flags & MORE == 0 {
-                return Some(Frame::Message(std::mem::take(&mut self.parts)));
+            let more = f.more();
+            self.parts.push(f.body);
+            if !more {
+                return Some(Received::Message(std::mem::take(&mut self.parts)));
             }
         }
     }
 }
+
+/// A [`Decoder`] reading from a stream (or a stream's read half), counting
+/// every byte read.
+pub struct FrameReader<R> {
+    pub inner: R,
+    decoder: Decoder,
+    /// Every byte read from the stream so far (consumed or buffered).
+    pub total: u64,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            decoder: Decoder::default(),
+            total: 0,
+        }
+    }
+
+    /// Bytes read but not consumed yet.
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// Reads what is there into the decoder; false if the stream ended.
+    async fn read_more(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let got = self.inner.read(&mut chunk).await?;
+        self.total += got as u64;
+        self.decoder.push(&chunk[..got]);
+        Ok(got > 0)
+    }
+
+    /// The other side's greeting.
+    pub async fn greeting(&mut self) -> io::Result<[u8; GREETING_LEN]> {
+        loop {
+            if let Some(g) = self.decoder.greeting() {
+                return Ok(g);
+            }
+            if !self.read_more().await? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// The next frame; `None` if the stream ended cleanly before one began.
+    pub async fn frame(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = self.decoder.frame() {
+                return Ok(Some(f));
+            }
+            if !self.read_more().await? {
+                return match self.decoder.buffered() {
+                    0 => Ok(None),
+                    _ => Err(io::ErrorKind::UnexpectedEof.into()),
+                };
+            }
+        }
+    }
+
+    /// The next command frame; errors on a data frame or the end.
+    pub async fn command(&mut self) -> io::Result<Frame> {
+        match self.frame().await? {
+            Some(f) if f.is_command() => Ok(f),
+            Some(f) => Err(io::Error::other(format!("expected a command, got {f:?}"))),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    /// The other side's READY; panics on anything else.
+    pub async fn expect_ready(&mut self) -> Frame {
+        let f = self.command().await.expect("READY");
+        assert_eq!(f.command_name(), Some(&b"READY"[..]), "{f:?}");
+        f
+    }
+
+    /// The next command or whole message; `None` once the other side
+    /// closed (or reset).
+    pub async fn next(&mut self) -> Option<Received> {
+        loop {
+            if let Some(r) = self.decoder.next() {
+                return Some(r);
+            }
+            if !self.read_more().await.unwrap_or(false) {
+                return None;
+            }
+        }
+    }
+
+    /// The next message's parts (commands before it are skipped: PINGs
+    /// unanswered); `None` at a clean end. Errors if the stream fails or
+    /// ends inside a frame or message.
+    pub async fn message(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
+        loop {
+            match self.decoder.next() {
+                Some(Received::Message(parts)) => return Ok(Some(parts)),
+                Some(Received::Command { .. }) => continue,
+                None => {}
+            }
+            if !self.read_more().await? {
+                return if self.decoder.idle() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    /// The next message within `secs` seconds, as text parts; panics if
+    /// the other side closes first.
+    pub async fn next_message(&mut self, secs: u64, what: &str) -> Vec<String> {
+        let parts = within(secs, what, self.message()).await;
+        match parts {
+            Ok(Some(parts)) => text(&parts),
+            Ok(None) | Err(_) => panic!("{what}: the other side closed"),
+        }
+    }
+
+    /// Reads and counts whatever else arrives until the stream ends (EOF or
+    /// an error such as a reset) or nothing arrives for `quiet`. Returns
+    /// the bytes that arrived (including any already buffered) and whether
+    /// the stream ended.
+    pub async fn drain(&mut self, quiet: Duration) -> (u64, bool) {
+        let mut extra = self.decoder.buffered() as u64;
+        self.decoder.buf.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match tokio::time::timeout(quiet, self.inner.read(&mut chunk)).await {
+                Err(_) => return (extra, false),
+                Ok(Ok(0)) | Ok(Err(_)) => return (extra, true),
+                Ok(Ok(n)) => {
+                    self.total += n as u64;
+                    extra += n as u64;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FrameReader<S> {
+    /// Writes `bytes` within 5 s.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        within(5, "raw write", self.inner.write_all(bytes))
+            .await
+            .expect("raw write");
+    }
+
+    /// Sends a message of `parts`.
+    pub async fn send_message(&mut self, parts: &[&[u8]]) {
+        self.send(&message(parts)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Streams and peers
 
 /// A tokio tcp or Unix stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -234,7 +475,7 @@ impl RawListener {
     }
 }
 
-/// Connects to a tcp or ipc endpoint.
+/// Connects to a tcp or ipc endpoint within 5 s.
 pub async fn dial(endpoint: &Endpoint) -> Stream {
     let connect = async {
         match endpoint {
@@ -256,10 +497,26 @@ pub async fn dial(endpoint: &Endpoint) -> Stream {
     within(5, "raw dial", connect).await
 }
 
-/// A peer speaking ZMTP by hand over a stream.
+/// A raw DEALER (ZMTP 3.1; `identity` empty: anonymous) dialled to
+/// `endpoint`: sends its greeting and READY in one write with `pipelined`
+/// right behind them, and reads the other side's greeting within 5 s. The
+/// other side's answer (READY or ERROR) is next.
+pub async fn dealer(endpoint: &Endpoint, identity: &[u8], pipelined: &[u8]) -> FrameReader<Stream> {
+    let mut s = dial(endpoint).await;
+    let mut h = hello(1, "DEALER", identity);
+    h.extend_from_slice(pipelined);
+    s.write_all(&h).await.unwrap();
+    let mut r = FrameReader::new(s);
+    within(5, "the other side's greeting", r.greeting())
+        .await
+        .unwrap();
+    r
+}
+
+/// A peer speaking ZMTP by hand over a stream, its handshake done; reads
+/// and writes through [`FrameReader`] (`next`, `send`, ...).
 pub struct RawPeer {
-    pub stream: Stream,
-    pub reader: Reader,
+    pub conn: FrameReader<Stream>,
     /// The other side's greeting.
     pub greeting: [u8; GREETING_LEN],
     /// The other side's READY (its data: the metadata).
@@ -275,72 +532,41 @@ impl RawPeer {
         socket_type: &str,
         identity: &[u8],
     ) -> RawPeer {
-        let mut hello = greeting(minor).to_vec();
-        hello.extend(ready(socket_type, identity));
-        stream.write_all(&hello).await.expect("write handshake");
-        let mut peer = RawPeer {
-            stream,
-            reader: Reader::default(),
-            greeting: [0; GREETING_LEN],
-            ready: Vec::new(),
+        stream
+            .write_all(&hello(minor, socket_type, identity))
+            .await
+            .expect("write handshake");
+        let mut conn = FrameReader::new(stream);
+        let ready = match within(5, "the other side's READY", conn.next()).await {
+            Some(Received::Command { name, data }) if name == b"READY" => data,
+            Some(other) => panic!("expected READY, got {other:?}"),
+            None => panic!("closed during the handshake"),
         };
-        let frame = within(5, "the other side's READY", peer.next())
-            .await
-            .expect("closed during the handshake");
-        match frame {
-            Frame::Command { name, data } if name == b"READY" => peer.ready = data,
-            other => panic!("expected READY, got {other:?}"),
+        let greeting = conn.decoder.greeting().unwrap();
+        RawPeer {
+            conn,
+            greeting,
+            ready,
         }
-        peer.greeting = peer.reader.greeting().unwrap();
-        peer
-    }
-
-    /// Writes `bytes`.
-    pub async fn send(&mut self, bytes: &[u8]) {
-        within(5, "raw write", self.stream.write_all(bytes))
-            .await
-            .expect("raw write");
-    }
-
-    /// Sends a message of `parts`.
-    pub async fn send_message(&mut self, parts: &[&[u8]]) {
-        self.send(&message(parts)).await;
-    }
-
-    /// The next frame; `None` once the other side closed (or reset).
-    pub async fn next(&mut self) -> Option<Frame> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(f) = self.reader.next_frame() {
-                return Some(f);
-            }
-            match self.stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.reader.push(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next message (commands are skipped: PINGs unanswered) within
-    /// `secs` seconds, as text parts.
-    pub async fn next_message(&mut self, secs: u64, what: &str) -> Vec<String> {
-        within(secs, what, async {
-            loop {
-                match self.next().await {
-                    Some(Frame::Message(parts)) => {
-                        return parts
-                            .iter()
-                            .map(|p| String::from_utf8_lossy(p).into_owned())
-                            .collect();
-                    }
-                    Some(Frame::Command { .. }) => {}
-                    None => panic!("{what}: the other side closed"),
-                }
-            }
-        })
-        .await
     }
 }
+
+impl Deref for RawPeer {
+    type Target = FrameReader<Stream>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl DerefMut for RawPeer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A counting proxy
 
 /// What crossed a [`Proxy`] one way.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -426,7 +652,7 @@ async fn pump(
     stats: Arc<Mutex<ProxyStats>>,
     up: bool,
 ) {
-    let mut reader = Reader::default();
+    let mut decoder = Decoder::default();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut chunk).await {
@@ -436,18 +662,18 @@ async fn pump(
         if to.write_all(&chunk[..n]).await.is_err() {
             break;
         }
-        reader.push(&chunk[..n]);
+        decoder.push(&chunk[..n]);
         let mut s = stats.lock().unwrap();
         let c = if up { &mut s.up } else { &mut s.down };
         if c.minor.is_none() {
-            c.minor = reader.greeting().map(|g| g[11]);
+            c.minor = decoder.greeting().map(|g| g[11]);
         }
-        while let Some(f) = reader.next_frame() {
+        while let Some(f) = decoder.next() {
             match f {
-                Frame::Message(_) => c.messages += 1,
+                Received::Message(_) => c.messages += 1,
                 f if f.is_command("PING") => c.pings += 1,
                 f if f.is_command("PONG") => c.pongs += 1,
-                Frame::Command { .. } => c.other_commands += 1,
+                Received::Command { .. } => c.other_commands += 1,
             }
         }
     }

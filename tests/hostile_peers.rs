@@ -1,38 +1,22 @@
-//! The frame guard in front of the zeromq decoder: a peer declaring a huge
-//! frame is cut off, and the process and every other peer live on.
+//! Hostile peers against the ZMTP engine's limits: a peer declaring a huge
+//! frame, sending garbage or stalling its handshake is cut off; a listener
+//! takes no more than its connection limit and stops reading a peer that
+//! does not read; the process and every other peer live on.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{place, within};
-use messenger::{Config, Endpoint, Incoming, Messenger, Responder, wire};
+use common::raw_zmtp::{self, LONG, RawListener, dial};
+use common::{place, round_trip, serve, within};
+use messenger::{Config, Incoming, Messenger, Responder, wire};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-fn greeting() -> Vec<u8> {
-    let mut g = vec![0u8; 64];
-    g[0] = 0xFF;
-    g[9] = 0x7F;
-    g[10] = 3;
-    g[12..16].copy_from_slice(b"NULL");
-    g
-}
-
-fn ready(socket_type: &str) -> Vec<u8> {
-    let mut body = b"\x05READY\x0bSocket-Type".to_vec();
-    body.extend((socket_type.len() as u32).to_be_bytes());
-    body.extend(socket_type.as_bytes());
-    let mut f = vec![0b100, body.len() as u8];
-    f.extend(body);
-    f
-}
-
-/// Greeting, READY, then one long data frame header declaring 2^40 bytes:
-/// 80 bytes or so on the wire.
+/// Greeting (ZMTP 3.0), READY, then one long data frame header declaring
+/// 2^40 bytes: 80 bytes or so on the wire.
 fn one_tebibyte_attack(socket_type: &str) -> Vec<u8> {
-    let mut a = greeting();
-    a.extend(ready(socket_type));
-    a.push(0b010);
+    let mut a = raw_zmtp::hello(0, socket_type, b"");
+    a.push(LONG);
     a.extend((1u64 << 40).to_be_bytes());
     a
 }
@@ -57,12 +41,7 @@ fn echo_slc(_: Incoming, _: Responder) {}
 #[tokio::test]
 async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
     for t in ["tcp", "ipc"] {
-        let p = place(t);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", echo_slc)
-            .await
-            .unwrap();
+        let (server, bound, _p) = serve(t, Config::default(), echo_slc).await;
         // A well-behaved client connected before the attack keeps working after it.
         let client = Messenger::new("client").unwrap();
         let conn = client.make_connection(&bound.endpoint).await.unwrap();
@@ -75,24 +54,10 @@ async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
         .unwrap();
 
         let attack = one_tebibyte_attack("DEALER");
-        match &bound.endpoint {
-            Endpoint::Tcp { port, .. } => {
-                let s = tokio::net::TcpStream::connect(("127.0.0.1", *port))
-                    .await
-                    .unwrap();
-                attack_and_expect_cutoff(s, &attack).await;
-            }
-            Endpoint::Ipc(path) => {
-                let s = tokio::net::UnixStream::connect(path).await.unwrap();
-                attack_and_expect_cutoff(s, &attack).await;
-            }
-            Endpoint::Inproc(_) => unreachable!(),
-        }
+        attack_and_expect_cutoff(dial(&bound.endpoint).await, &attack).await;
         assert_eq!(server.stats().guard_rejections, 1, "{t}");
-        let reply = within(5, "echo after", client.request(conn, wire::ECHO, b"after"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body.as_ref(), b"after", "{t}");
+        let after = format!("{t}: echo after");
+        round_trip(5, &client, conn, wire::ECHO, b"after", &after).await;
         // A new client can still connect, too.
         let late = Messenger::new("late").unwrap();
         let c2 = late.make_connection(&bound.endpoint).await.unwrap();
@@ -105,10 +70,9 @@ async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
 
 #[tokio::test]
 async fn a_hostile_router_cannot_abort_our_connection_side() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
+    let (listener, ep, _p) = RawListener::bind("tcp").await;
     let attacker = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
+        let mut s = listener.accept().await;
         s.write_all(&one_tebibyte_attack("ROUTER")).await.unwrap();
         // Hold the stream until the victim cuts it.
         let mut buf = [0u8; 1024];
@@ -119,7 +83,6 @@ async fn a_hostile_router_cannot_abort_our_connection_side() {
         }
     });
     let client = Messenger::new("victim").unwrap();
-    let ep: Endpoint = format!("tcp://127.0.0.1:{port}").parse().unwrap();
     // The attack may land during the handshake (connect fails) or right
     // after it (the link drops): either way we cut the peer and live on.
     let conn = client.make_connection(&ep).await;
@@ -146,29 +109,17 @@ async fn a_hostile_router_cannot_abort_our_connection_side() {
 
 #[tokio::test]
 async fn garbage_or_a_stalled_handshake_is_dropped() {
-    let p = place("tcp");
     let config = Config {
         handshake_timeout: Duration::from_millis(300),
         ..Config::default()
     };
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", echo_slc)
-        .await
-        .unwrap();
-    let Endpoint::Tcp { port, .. } = bound.endpoint else {
-        unreachable!()
-    };
+    let (server, bound, _p) = serve("tcp", config, echo_slc).await;
     // Garbage instead of a greeting: cut off at once.
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let s = dial(&bound.endpoint).await;
     attack_and_expect_cutoff(s, b"GET / HTTP/1.1\r\n\r\n").await;
     // Half a greeting, then silence: cut off at the handshake timeout.
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    attack_and_expect_cutoff(s, &greeting()[..20]).await;
+    let s = dial(&bound.endpoint).await;
+    attack_and_expect_cutoff(s, &raw_zmtp::greeting(0)[..20]).await;
     let st = server.stats();
     assert_eq!(st.guard_rejections, 1, "{st:?}");
     assert_eq!(st.handshake_timeouts, 1, "{st:?}");
@@ -176,16 +127,11 @@ async fn garbage_or_a_stalled_handshake_is_dropped() {
 
 #[tokio::test]
 async fn the_connection_limit_is_enforced_and_accepts_resume() {
-    let p = place("tcp");
     let config = Config {
         max_connections_per_listener: 2,
         ..Config::default()
     };
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", echo_slc)
-        .await
-        .unwrap();
+    let (server, bound, _p) = serve("tcp", config, echo_slc).await;
     let a = Messenger::new("a").unwrap();
     let b = Messenger::new("b").unwrap();
     let ca = a.make_connection(&bound.endpoint).await.unwrap();
@@ -225,10 +171,7 @@ async fn the_connection_limit_is_enforced_and_accepts_resume() {
         .await
         .unwrap()
         .unwrap();
-    let reply = within(10, "c served", c.request(cc, wire::ECHO, b"c"))
-        .await
-        .unwrap();
-    assert_eq!(reply.body.as_ref(), b"c");
+    round_trip(10, &c, cc, wire::ECHO, b"c", "c served").await;
 }
 
 /// ECHO requests with 1 KiB bodies as a DEALER writes them: `["", payload]`.
@@ -237,10 +180,7 @@ fn echo_requests(first_id: u64, count: u64) -> Vec<u8> {
     let mut out = Vec::new();
     for id in first_id..first_id + count {
         let payload = wire::encode(id, 5, wire::ECHO, &body);
-        out.extend([0b001, 0]);
-        out.push(0b010);
-        out.extend((payload.len() as u64).to_be_bytes());
-        out.extend_from_slice(&payload);
+        out.extend(raw_zmtp::message(&[b"", &payload]));
     }
     out
 }
@@ -256,21 +196,11 @@ fn echo_requests(first_id: u64, count: u64) -> Vec<u8> {
 async fn a_peer_that_does_not_read_is_not_read_either() {
     const BATCH: u64 = 1000; // about 1 MiB of requests
     const LIMIT: u64 = 256 << 20;
-    let p = place("tcp");
-    let server = Messenger::new("server").unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", echo_slc)
+    let (server, bound, _p) = serve("tcp", Config::default(), echo_slc).await;
+    let mut s = dial(&bound.endpoint).await;
+    s.write_all(&raw_zmtp::hello(0, "DEALER", b""))
         .await
         .unwrap();
-    let Endpoint::Tcp { port, .. } = bound.endpoint else {
-        unreachable!("bound on tcp")
-    };
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut hello = greeting();
-    hello.extend(ready("DEALER"));
-    s.write_all(&hello).await.unwrap();
     let mut written = 0u64;
     let mut next_id = 0;
     let stalled = loop {
@@ -298,10 +228,7 @@ async fn a_peer_that_does_not_read_is_not_read_either() {
     // Everyone else is still served while that peer is held off.
     let client = Messenger::new("client").unwrap();
     let conn = client.make_connection(&bound.endpoint).await.unwrap();
-    let reply = within(5, "echo", client.request(conn, wire::ECHO, b"still here"))
-        .await
-        .unwrap();
-    assert_eq!(reply.body.as_ref(), b"still here");
+    round_trip(5, &client, conn, wire::ECHO, b"still here", "echo").await;
     drop(s);
     client.shutdown().await;
     server.shutdown().await;
