@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::callbacks::CallbackTable;
 use crate::config::Config;
-use crate::deadlines::Deadlines;
+use crate::deadlines::{Deadlines, deadline_after};
 use crate::dedup::DedupWindow;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
@@ -82,13 +82,6 @@ impl Waiter {
 pub(crate) struct Pending {
     table: CallbackTable<Waiter>,
     deadlines: Deadlines,
-}
-
-/// `now + timeout`; a timeout too large to add is as good as none (and
-/// must not panic).
-fn deadline_after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// Stale deadline entries (of callbacks already answered) tolerated beyond

@@ -143,7 +143,7 @@ async fn serve_peer(
         let proof = match &settings.auth {
             None => None,
             Some(verifier) => {
-                let deadline = accepted_at + cfg.handshake_timeout;
+                let deadline = crate::deadlines::deadline_after(accepted_at, cfg.handshake_timeout);
                 let mut frames = conn.first_message(deadline).await?;
                 Some(check_proof(socket, &mut frames, verifier).map_err(End::Auth)?)
             }

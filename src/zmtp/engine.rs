@@ -40,6 +40,13 @@ pub enum Role {
     Server,
 }
 
+/// `now + d`, where a duration too large to add means "never" (about a
+/// century) rather than a panic, and a zero interval is at least 1 ms (a
+/// timer due again at once would have its driver spin).
+fn after(now: Instant, d: Duration) -> Instant {
+    crate::deadlines::deadline_after(now, d.max(Duration::from_millis(1)))
+}
+
 /// ZMTP 3.1 heartbeats, as libzmq's `ZMQ_HEARTBEAT_*` options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -162,7 +169,7 @@ impl Engine {
             encoder: Some(Encoder::null()),
             transmit,
             commands: VecDeque::new(),
-            handshake_deadline: now + config.handshake_timeout,
+            handshake_deadline: after(now, config.handshake_timeout),
             next_ping: None,
             ping_deadline: None,
             ttl_deadline: None,
@@ -369,7 +376,7 @@ impl Engine {
         self.state = State::Traffic;
         let heartbeats = self.peer_greeting.is_some_and(|g| g.has_heartbeats());
         if let Some(hb) = self.heartbeat.filter(|_| heartbeats) {
-            self.next_ping = Some(now + hb.interval);
+            self.next_ping = Some(after(now, hb.interval));
         }
     }
 
@@ -423,8 +430,8 @@ impl Engine {
                 {
                     let ttl = u16::try_from(hb.ttl.as_millis() / 100).unwrap_or(u16::MAX);
                     self.commands.push_back(ping_body(ttl));
-                    self.ping_deadline.get_or_insert(now + hb.timeout);
-                    self.next_ping = Some(now + hb.interval);
+                    self.ping_deadline.get_or_insert(after(now, hb.timeout));
+                    self.next_ping = Some(after(now, hb.interval));
                 }
             }
             State::Closed => {}
@@ -730,6 +737,29 @@ mod tests {
         p.drive();
         assert!(p.client.engine.is_ready());
         assert_eq!(p.client.engine.poll_timeout(), None);
+    }
+
+    #[test]
+    fn huge_and_zero_durations_neither_panic_nor_spin() {
+        let now = Instant::now();
+        let mut server = config(Role::Server, SocketType::Router, b"");
+        server.handshake_timeout = Duration::MAX;
+        let mut client = config(Role::Client, SocketType::Dealer, b"c");
+        client.handshake_timeout = Duration::MAX;
+        client.heartbeat = Some(Heartbeat {
+            interval: Duration::ZERO,
+            timeout: Duration::MAX,
+            ttl: Duration::MAX,
+        });
+        let mut p = Pair::new(client, server);
+        p.drive();
+        assert!(p.client.engine.is_ready());
+        // A zero interval still leaves a millisecond between PINGs.
+        let next = p.client.engine.poll_timeout().unwrap();
+        assert!(next > p.now, "a timer due at once would spin its driver");
+        p.run_until(p.now + Duration::from_millis(10));
+        assert_eq!(p.client.error, None);
+        assert!(now < p.now);
     }
 
     #[test]
