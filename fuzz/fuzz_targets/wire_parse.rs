@@ -1,5 +1,5 @@
-//! `wire::parse` on arbitrary bytes, and `router_frames` / `dealer_frames`
-//! on the same bytes split into frames.
+//! `wire::parse` on arbitrary bytes, and `router_frames` / `from_router` /
+//! `from_dealer` on the same bytes split into frames.
 //!
 //! Checked beyond "no panic": an accepted payload's body is a suffix of the
 //! input and re-encoding its fields parses back to the same payload; the
@@ -65,10 +65,19 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!((&peer, &payload), (&frames[0], &frames[2]));
         check_payload(&payload);
     }
-    let dealer = wire::dealer_frames(frames.clone());
+    // What a DEALER reads from a ROUTER: `[router_identity, "", payload]`,
+    // or `["", payload]` (design/WIRE.md, "Leniency").
+    let dealer = wire::from_router(&mut frames.clone());
     let dealer_ok = (n == 3 && frames[1].is_empty()) || (n == 2 && frames[0].is_empty());
-    assert_eq!(dealer.is_ok(), dealer_ok, "dealer_frames on {frames:?}");
+    assert_eq!(dealer.is_ok(), dealer_ok, "from_router on {frames:?}");
     if let Ok(payload) = dealer {
         assert_eq!(&payload, &frames[n - 1]);
+    }
+    // What a ROUTER reads from a DEALER: exactly `["", payload]`.
+    let listener = wire::from_dealer(&mut frames.clone());
+    let listener_ok = n == 2 && frames[0].is_empty();
+    assert_eq!(listener.is_ok(), listener_ok, "from_dealer on {frames:?}");
+    if let Ok(payload) = listener {
+        assert_eq!(&payload, &frames[1]);
     }
 });
