@@ -22,10 +22,10 @@ use crate::deadlines::{Deadlines, deadline_after};
 use crate::dedup::DedupWindow;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
-use crate::pending::MsgKey;
 use crate::process::{self, Delivery, Outcome};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
+use crate::transport::unacked::{Reserved, Unacked};
 use crate::transport::{AckWaiter, Route, Session, SocketCtx};
 use crate::wire::{self, ECHO, NOOP, Payload};
 
@@ -69,11 +69,6 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    fn msg_key(&self) -> MsgKey {
-        let peer = self.peer.as_deref().cloned().unwrap_or_default();
-        (peer, self.msg_id)
-    }
-
     fn sent_to(&self, peer: &[u8]) -> bool {
         self.peer.as_deref().map_or(&[][..], |p| p.as_ref()) == peer
     }
@@ -205,6 +200,7 @@ impl Shared {
         &'a self,
         socket: &Arc<SocketCtx>,
         route: &Route,
+        place: Reserved,
         peer: &Bytes,
         dst_cb: u64,
         body: &[u8],
@@ -232,11 +228,11 @@ impl Shared {
         let deadline = deadline_after(now, timeout);
         let mut sending = Sending {
             shared: self,
-            socket: Arc::clone(socket),
+            unacked: Arc::clone(place.unacked()),
             payload: Bytes::new(),
             msg_id: 0,
             cb_id: None,
-            tracked: None,
+            tracked: false,
         };
         let msg_id = match completion {
             Some((c, _)) => {
@@ -255,12 +251,10 @@ impl Shared {
             });
         }
         if resend {
-            let key = (peer.clone(), msg_id);
-            socket
-                .pending()
-                .insert(key.clone(), payload.clone(), now, deadline, ack)
+            place
+                .insert(msg_id, payload.clone(), now, deadline, ack)
                 .map_err(|full| SendError::TooManyUnacked(full.0))?;
-            sending.tracked = Some(key);
+            sending.tracked = true;
         } else if let Some(ack) = ack {
             // Nobody will report an ACK: say so rather than wait forever.
             let _ = ack.send(Ok(()));
@@ -286,18 +280,30 @@ impl Shared {
         ack: Option<AckWaiter>,
         mode: Mode,
     ) -> Result<Sent, SendError> {
-        // One look at the unacknowledged set for both of its bounds, before
-        // a msg_id is taken (a refused message must leave no gap in them).
+        let mut route = socket.route(peer)?;
+        // A place in the peer's own window, before a msg_id is taken (a
+        // refused message must leave no gap in them).
+        let unacked = socket.unacked_for(&route);
         let limit = self.config.max_pending_messages;
-        loop {
-            match socket.unacked_room(limit) {
-                Ok(()) => break,
-                Err(SendError::Full) if mode == Mode::Wait => socket.wait_for_window().await,
+        let mut waiting_since = None;
+        let place = loop {
+            match unacked.reserve(limit) {
+                Ok(place) => break place,
+                Err(SendError::Full) if mode == Mode::Wait => {
+                    waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                    unacked.wait().await;
+                    // It may have closed meanwhile (the peer left).
+                    route = socket.route(peer)?;
+                }
                 Err(e) => return Err(e),
             }
-        }
-        let mut route = socket.route(peer)?;
-        let sending = self.prepare(socket, &route, peer, dst_cb, body, completion, ack)?;
+        };
+        // Waiting for the window counts against a request's deadline.
+        let completion = completion.map(|(c, timeout)| {
+            let waited = waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
+            (c, timeout.saturating_sub(waited))
+        });
+        let sending = self.prepare(socket, &route, place, peer, dst_cb, body, completion, ack)?;
         loop {
             match socket.transmit(&route, &sending.payload) {
                 Ok(()) => return Ok(sending.sent()),
@@ -337,26 +343,22 @@ impl Shared {
     pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
         let tag = socket.kind.tag();
         let failed = self.pending().table.take_matching(|w| w.socket == tag);
-        let waiters = {
-            let mut unacked = socket.pending();
+        for unacked in socket.all_unacked() {
+            // A failed request is not resent; other messages nobody waits
+            // on are, once a connection is back.
             for w in &failed {
-                unacked.ack(&w.msg_key());
+                unacked.ack(w.msg_id);
             }
-            unacked.drain_waiters()
-        };
-        socket.wake_room();
+            unacked.fail_waiters(&err);
+        }
         for w in failed {
             w.completion.complete(Err(err.clone()));
         }
-        for w in waiters {
-            let _ = w.send(Err(err.clone()));
-        }
     }
 
-    /// Fails what waits on one peer of a listener that went away: requests
-    /// sent to it, and sends waiting for its ACKs.
+    /// Fails the requests sent to one peer of a listener that went away
+    /// (its session's unacknowledged set is closed with it).
     pub(crate) fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
-        socket.fail_unacked(peer);
         let tag = socket.kind.tag();
         let failed = self
             .pending()
@@ -446,8 +448,8 @@ impl Shared {
             Outcome::Ack(false) => &self.stats.unknown_acks,
             Outcome::Duplicate => &self.stats.duplicates_dropped,
             Outcome::Busy => &self.stats.dedup_busy,
-            Outcome::Echo(true) => &self.stats.echoes_answered,
-            Outcome::Echo(false) => &self.stats.replies_dropped,
+            Outcome::Echo => &self.stats.echoes_answered,
+            Outcome::EchoBusy => &self.stats.buffer_busy,
             Outcome::Reply(true) => &self.stats.msc_delivered,
             Outcome::Reply(false) => &self.stats.late_replies_dropped,
             Outcome::Proof => return false,
@@ -459,33 +461,44 @@ impl Shared {
         matches!(outcome, Outcome::Reply(true) | Outcome::Delivered)
     }
 
-    /// Answers an ECHO with its body, tracked for resending like any other
-    /// message, without ever waiting.
+    /// Whether an ECHO's answer can go out now: the peer's buffer has
+    /// room. Checked before the answer takes a msg_id: one refused after
+    /// that would leave a gap in our ids that the peer's window keeps.
+    fn can_echo(&self, session: &Session, request: &Payload) -> bool {
+        let len = wire::encoded_len(u64::MAX, NOOP, request.src_cb, request.body.len());
+        session.has_room(len)
+    }
+
+    /// Answers an ECHO with its body, without ever waiting: tracked for
+    /// resending like any other message while the window towards the peer
+    /// has room; beyond it, sent once and not kept (a peer that never ACKs
+    /// cannot make us hold its answers; one that does is not slowed by our
+    /// window, only by its buffer).
     fn echo(
         &self,
         socket: &SocketCtx,
         session: &Session,
         request: &Payload,
         now: tokio::time::Instant,
-    ) -> bool {
+    ) {
         let id = socket.next_msg_id_for(session);
         let reply = wire::encode(id, NOOP, request.src_cb, &request.body);
         if let Some(iv) = self.config.resend_interval {
-            let deadline = deadline_after(now, self.config.request_timeout.max(iv));
-            // A full set only costs this reply its resends.
-            let _ = socket.pending().insert(
-                (session.peer.clone(), id),
-                reply.clone(),
-                now,
-                deadline,
-                None,
-            );
+            match session.unacked.reserve(self.config.max_pending_messages) {
+                Ok(place) => {
+                    let deadline = deadline_after(now, self.config.request_timeout.max(iv));
+                    // A set at its hard limit only costs this answer its
+                    // resends.
+                    let _ = place.insert(id, reply.clone(), now, deadline, None);
+                }
+                Err(_) => bump(&self.stats.replies_untracked),
+            }
         }
-        let sent = session.send(&reply).is_ok();
-        if sent {
+        // Refused only if the buffer filled since the check: then it is
+        // tracked, and resent like any message the link did not take.
+        if session.send(&reply).is_ok() {
             bump(&self.stats.sent);
         }
-        sent
     }
 }
 
@@ -502,21 +515,40 @@ impl process::Effects for Live<'_> {
     }
 
     fn settle(&mut self, msg_id: u64, now: tokio::time::Instant) -> bool {
-        self.socket.settle_ack(&self.session.peer, msg_id, now)
+        self.session.unacked.settle(msg_id, now)
     }
 
-    fn echo(&mut self, request: &Payload, now: tokio::time::Instant) -> bool {
+    fn can_echo(&mut self, request: &Payload) -> bool {
+        self.shared.can_echo(self.session, request)
+    }
+
+    fn echo(&mut self, request: &Payload, now: tokio::time::Instant) {
         self.shared.echo(self.socket, self.session, request, now)
     }
 
     fn complete(&mut self, reply: Payload) -> bool {
-        let waiter = self.shared.pending().table.take(reply.dst_cb);
+        // Only the peer the request went to, on the socket it went out on,
+        // can answer it: callback ids are messenger-wide, and another peer
+        // must not complete (or probe) someone else's request.
+        let (tag, peer) = (self.socket.kind.tag(), &self.session.peer);
+        let waiter = {
+            let mut p = self.shared.pending();
+            let ours = p
+                .table
+                .get_mut(reply.dst_cb)
+                .is_some_and(|w| w.socket == tag && w.sent_to(peer));
+            if ours {
+                p.table.take(reply.dst_cb)
+            } else {
+                None
+            }
+        };
         let Some(w) = waiter else {
-            // Never issued, already used or expired.
+            // Never issued, already used, expired, or someone else's.
             return false;
         };
         // The reply proves our request arrived: stop resending it.
-        self.socket.acknowledged(&w.msg_key());
+        self.session.unacked.ack(w.msg_id);
         let peer = self.session.peer.clone();
         w.completion
             .complete(Ok(Incoming::new(Arc::clone(self.socket), peer, reply)));
@@ -552,11 +584,13 @@ impl process::Effects for Live<'_> {
 /// cancelled send leaves nothing behind.
 pub(crate) struct Sending<'a> {
     shared: &'a Shared,
-    socket: Arc<SocketCtx>,
+    /// The set it is recorded in (with resending on).
+    unacked: Arc<Unacked>,
     payload: Bytes,
     msg_id: u64,
     cb_id: Option<u64>,
-    tracked: Option<MsgKey>,
+    /// Whether it is recorded in `unacked`.
+    tracked: bool,
 }
 
 impl Sending<'_> {
@@ -567,7 +601,7 @@ impl Sending<'_> {
             msg_id: self.msg_id,
             cb_id: self.cb_id.take(),
         };
-        self.tracked = None;
+        self.tracked = false;
         sent
     }
 }
@@ -577,8 +611,8 @@ impl Drop for Sending<'_> {
         if let Some(id) = self.cb_id {
             self.shared.unregister(id);
         }
-        if let Some(key) = &self.tracked {
-            self.socket.acknowledged(key);
+        if self.tracked {
+            self.unacked.ack(self.msg_id);
         }
     }
 }
@@ -615,34 +649,48 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
     let period = (interval / 4).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let empty = Bytes::new();
     loop {
         ticker.tick().await;
         let now = tokio::time::Instant::now();
-        // A redialling connection resends nothing (and marks nothing
-        // resent), so what is due goes out as soon as it is back.
-        let budget = if socket.is_up() { usize::MAX } else { 0 };
-        let tick = socket.pending().tick(now, interval, budget);
-        for (peer, payload) in tick.resend {
-            let sent = socket
-                .route(&peer)
-                .ok()
-                .is_some_and(|route| socket.transmit(&route, &payload).is_ok());
-            if sent {
-                bump(&socket.stats.resends);
-            } else {
-                bump(&socket.stats.send_failures);
-            }
-        }
-        if !tick.expired.is_empty() {
-            socket.wake_room();
-        }
+        // Each set with the route its resends take: a connection's one (a
+        // redialling connection resends nothing, and marks nothing resent,
+        // so what is due goes out as soon as it is back), or each session
+        // of a listener.
+        let targets: Vec<(Arc<Unacked>, Option<Route>)> = if socket.is_listener() {
+            socket
+                .sessions()
+                .into_iter()
+                .map(|s| (Arc::clone(&s.unacked), Some(Route::Session(s))))
+                .collect()
+        } else {
+            let route = socket.route(&empty).ok().filter(|_| socket.is_up());
+            socket
+                .all_unacked()
+                .into_iter()
+                .map(|u| (u, route.clone()))
+                .collect()
+        };
         let mut unwaited = 0u64;
-        for (_, waiter) in tick.expired {
-            match waiter {
-                Some(w) => {
-                    let _ = w.send(Err(RequestError::Timeout));
+        for (unacked, route) in targets {
+            let budget = if route.is_some() { usize::MAX } else { 0 };
+            let tick = unacked.tick(now, interval, budget);
+            if let Some(route) = &route {
+                for payload in tick.resend {
+                    if socket.transmit(route, &payload).is_ok() {
+                        bump(&socket.stats.resends);
+                    } else {
+                        bump(&socket.stats.send_failures);
+                    }
                 }
-                None => unwaited += 1,
+            }
+            for (_, waiter) in tick.expired {
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(Err(RequestError::Timeout));
+                    }
+                    None => unwaited += 1,
+                }
             }
         }
         if unwaited > 0 {

@@ -614,15 +614,9 @@ impl Messenger {
                 Err(SendError::Full) => {
                     // Waiting for room counts against the request's deadline.
                     let (tx, rx) = oneshot::channel();
-                    let start = tokio::time::Instant::now();
-                    let wait = async {
-                        socket.wait_for_window().await;
-                        let left = timeout.saturating_sub(start.elapsed());
-                        let completion = Some((Completion::Future(tx), left));
-                        shared
-                            .send(&socket, &peer, dst_cb, body, completion, None, Mode::Wait)
-                            .await
-                    };
+                    let completion = Some((Completion::Future(tx), timeout));
+                    let wait =
+                        shared.send(&socket, &peer, dst_cb, body, completion, None, Mode::Wait);
                     let sent = tokio::time::timeout(timeout, wait)
                         .await
                         .map_err(|_| RequestError::Timeout)??;
@@ -653,7 +647,8 @@ impl Messenger {
             .listeners
             .values()
             .chain(reg.connections.values())
-            .map(|o| o.ctx.pending().len() as u64)
+            .flat_map(|o| o.ctx.all_unacked())
+            .map(|u| u.len() as u64)
             .sum();
         s.connections = reg
             .connections
@@ -691,7 +686,9 @@ impl Messenger {
             self.inner
                 .shared
                 .fail_socket(&open.ctx, RequestError::Shutdown);
-            open.ctx.pending().drain();
+            for unacked in open.ctx.all_unacked() {
+                unacked.close(&RequestError::Shutdown);
+            }
         }
         self.inner.shared.fail_all(RequestError::Shutdown);
         futures::future::join_all(closing.into_iter().map(|mut open| async move {

@@ -1,6 +1,8 @@
-//! Messages sent but not yet acknowledged: resent on a timer until their ACK
-//! (or a reply to their callback) arrives, dropped at their deadline. Pure
-//! data structure: the caller passes the time in, so tests need no clock.
+//! Messages sent to one peer but not yet acknowledged: resent on a timer
+//! until their ACK (or a reply to their callback) arrives, dropped at their
+//! deadline. One set per peer (a listener's session, or a connection across
+//! its sessions), keyed by msg_id. Pure data structure: the caller passes
+//! the time in, so tests need no clock.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,9 +11,8 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 
-/// Identifies one sent message: the peer it went to (empty on a connection)
-/// and its msg_id.
-pub type MsgKey = (Bytes, u64);
+/// Identifies one sent message within its peer's set: its msg_id.
+pub type MsgKey = u64;
 
 /// One unacknowledged message.
 #[derive(Debug)]
@@ -75,7 +76,7 @@ impl RttEstimate {
 #[derive(Debug)]
 pub struct PendingSet<W> {
     /// foldhash, seeded per map: SipHash was 10% of a round trip's
-    /// instructions, and a peer chooses only half of each key (its routing id).
+    /// instructions; the keys are our own msg_ids.
     entries: HashMap<MsgKey, Entry<W>, foldhash::fast::RandomState>,
     limit: usize,
     rtt: RttEstimate,
@@ -88,8 +89,8 @@ pub struct SetFull(pub usize);
 /// What a timer tick found.
 #[derive(Debug)]
 pub struct Tick<W> {
-    /// Messages to send again, with the peer they go to.
-    pub resend: Vec<(Bytes, Bytes)>,
+    /// Messages to send again.
+    pub resend: Vec<Bytes>,
     /// Messages past their deadline, removed, with their waiters.
     pub expired: Vec<(MsgKey, Option<W>)>,
 }
@@ -159,65 +160,44 @@ impl<W> PendingSet<W> {
     /// a budget of 0 (the link is down, or the queue is full) nothing is
     /// marked, so due messages go out as soon as there is room.
     pub fn tick(&mut self, now: Instant, interval: Duration, budget: usize) -> Tick<W> {
-        let mut t = Tick {
-            resend: Vec::new(),
-            expired: Vec::new(),
-        };
-        let expired: Vec<MsgKey> = self
+        let expired = self
             .entries
-            .iter()
-            .filter(|(_, e)| e.deadline <= now)
-            .map(|(k, _)| k.clone())
+            .extract_if(|_, e| e.deadline <= now)
+            .map(|(k, e)| (k, e.waiter))
             .collect();
-        for k in expired {
-            if let Some(e) = self.entries.remove(&k) {
-                t.expired.push((k, e.waiter));
-            }
-        }
         let rto = self.rtt.rto(interval);
-        for ((peer, _), e) in self.entries.iter_mut() {
-            if t.resend.len() >= budget {
+        let mut due: Vec<(MsgKey, Bytes)> = Vec::new();
+        for (&id, e) in self.entries.iter_mut() {
+            if due.len() >= budget {
                 break;
             }
             if now.duration_since(e.last_sent) >= rto.saturating_mul(1 << e.resends.min(3)) {
                 e.last_sent = now;
                 e.resends += 1;
-                t.resend.push((peer.clone(), e.payload.clone()));
+                due.push((id, e.payload.clone()));
             }
         }
-        t
+        // In the order they were first sent, so one sender's messages stay
+        // in order when they all go again (after a redial).
+        due.sort_unstable_by_key(|(id, _)| *id);
+        Tick {
+            resend: due.into_iter().map(|(_, p)| p).collect(),
+            expired,
+        }
     }
 
     /// Removes the messages someone waits on, returning the waiters; the
     /// others stay to be resent.
     pub fn drain_waiters(&mut self) -> Vec<W> {
-        let keys: Vec<MsgKey> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.waiter.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.entries.remove(&k).and_then(|e| e.waiter))
+        self.entries
+            .extract_if(|_, e| e.waiter.is_some())
+            .filter_map(|(_, e)| e.waiter)
             .collect()
     }
 
     /// Removes everything, returning the waiters.
     pub fn drain(&mut self) -> Vec<W> {
         self.entries.drain().filter_map(|(_, e)| e.waiter).collect()
-    }
-
-    /// Removes every message to `peer`, returning their waiters.
-    pub fn drain_peer(&mut self, peer: &[u8]) -> Vec<W> {
-        let keys: Vec<MsgKey> = self
-            .entries
-            .keys()
-            .filter(|(p, _)| p.as_ref() == peer)
-            .cloned()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| self.entries.remove(&k).and_then(|e| e.waiter))
-            .collect()
     }
 
     /// Messages waiting for an ACK.
@@ -236,7 +216,7 @@ mod tests {
     use super::*;
 
     fn key(id: u64) -> MsgKey {
-        (Bytes::new(), id)
+        id
     }
 
     #[test]
@@ -266,7 +246,7 @@ mod tests {
             .unwrap();
         assert!(s.tick(at(500), iv, usize::MAX).resend.is_empty());
         let t = s.tick(at(1000), iv, usize::MAX);
-        assert_eq!(t.resend, vec![(Bytes::new(), Bytes::from("a"))]);
+        assert_eq!(t.resend, vec![Bytes::from("a")]);
         // Then 2 s, 4 s, 8 s, 8 s ... after each resend.
         assert!(s.tick(at(2500), iv, usize::MAX).resend.is_empty());
         assert_eq!(s.tick(at(3000), iv, usize::MAX).resend.len(), 1);
@@ -388,15 +368,16 @@ mod tests {
     }
 
     #[test]
-    fn drain_peer_only_touches_that_peer() {
-        let now = Instant::now();
-        let mut s = PendingSet::new(10);
-        let later = now + Duration::from_secs(1);
-        s.insert((Bytes::from("a"), 1), Bytes::new(), now, later, Some(1))
-            .unwrap();
-        s.insert((Bytes::from("b"), 1), Bytes::new(), now, later, Some(2))
-            .unwrap();
-        assert_eq!(s.drain_peer(b"a"), vec![1]);
-        assert_eq!(s.len(), 1);
+    fn resends_go_in_the_order_first_sent() {
+        let t0 = Instant::now();
+        let iv = Duration::from_secs(1);
+        let mut s: PendingSet<()> = PendingSet::new(100);
+        for id in (0..50).rev() {
+            let p = Bytes::from(id.to_string());
+            s.insert(key(id), p, t0, t0 + Duration::from_secs(9), None)
+                .unwrap();
+        }
+        let want: Vec<Bytes> = (0..50).map(|id: u64| Bytes::from(id.to_string())).collect();
+        assert_eq!(s.tick(t0 + iv, iv, usize::MAX).resend, want);
     }
 }

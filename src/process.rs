@@ -9,10 +9,11 @@
 //! The order is NoisePage's: an ACK settles what it acknowledges; a
 //! duplicate is ACKed again and dropped; then the builtins (ECHO), then the
 //! message-specific callback named by `dst_cb`, then the socket's
-//! server-loop callback. Everything but a server-loop message is recorded
-//! as delivered at once; a server-loop message only once its queue has
-//! room ([`accepted`]), so a full queue refuses it unACKed and the peer
-//! resends it later.
+//! server-loop callback. A callback reply or a proof is recorded as
+//! delivered at once; an ECHO only once its answer is on its way, and a
+//! server-loop message only once its queue owns it ([`accepted`]), so a
+//! full window towards the sender or a full queue refuses it unACKed and
+//! the peer resends it later.
 
 use tokio::time::Instant;
 
@@ -29,7 +30,8 @@ pub(crate) enum Decision {
     /// Too many of the sender's earlier messages are missing: refuse it
     /// unACKed; the sender resends it once the gaps have filled.
     Busy,
-    /// ECHO: ACK, and answer the sender's callback with the body.
+    /// ECHO: ACK (and call [`accepted`]), and answer the sender's callback
+    /// with the body; with no room for the answer, refuse it unACKed.
     Echo,
     /// A reply to the callback `dst_cb`: ACK, and complete the callback if
     /// it still waits (else it is a late reply).
@@ -53,12 +55,13 @@ pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64, now: Ins
         Verdict::Busy => return Decision::Busy,
         Verdict::New => {}
     }
-    if dst_cb == NOOP {
-        return Decision::ServerLoop;
+    match dst_cb {
+        NOOP => return Decision::ServerLoop,
+        ECHO => return Decision::Echo,
+        _ => {}
     }
     dedup.record(msg_id, now);
     match dst_cb {
-        ECHO => Decision::Echo,
         RESERVED => Decision::Proof,
         _ => {
             debug_assert!(dst_cb >= wire::FIRST_USER);
@@ -67,8 +70,8 @@ pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64, now: Ins
     }
 }
 
-/// A server-loop message was handed over: record it, so a resend of it is
-/// a duplicate (the caller ACKs it).
+/// An ECHO answered or a server-loop message handed over: record it, so
+/// a resend of it is a duplicate (the caller ACKs it).
 pub(crate) fn accepted(dedup: &mut DedupWindow, msg_id: u64, now: Instant) {
     dedup.record(msg_id, now);
 }
@@ -96,8 +99,11 @@ pub(crate) enum Outcome {
     Duplicate,
     /// Refused unACKed: too many gaps.
     Busy,
-    /// An ECHO, answered (true) or its answer dropped (false).
-    Echo(bool),
+    /// An ECHO, answered.
+    Echo,
+    /// An ECHO refused unACKed: no room towards its sender (it does not
+    /// read what we send it).
+    EchoBusy,
     /// A reply, to a waiting callback (true) or a late one (false).
     Reply(bool),
     /// A proof, ACKed.
@@ -118,8 +124,11 @@ pub(crate) trait Effects {
     /// The peer ACKed our message `msg_id`: forget it, tell its waiter.
     /// False if nothing waited for that ACK.
     fn settle(&mut self, msg_id: u64, now: Instant) -> bool;
-    /// Answers an ECHO with its body. False if the answer was dropped.
-    fn echo(&mut self, request: &Payload, now: Instant) -> bool;
+    /// Whether an answer to this ECHO can go out now (the peer's buffer
+    /// has room).
+    fn can_echo(&mut self, request: &Payload) -> bool;
+    /// Answers an ECHO with its body (after [`can_echo`](Self::can_echo)).
+    fn echo(&mut self, request: &Payload, now: Instant);
     /// Completes the callback `reply.dst_cb` (and stops resending the
     /// request it answers). False if none waits.
     fn complete(&mut self, reply: Payload) -> bool;
@@ -146,8 +155,13 @@ pub(crate) fn process(
         }
         Decision::Busy => Outcome::Busy,
         Decision::Echo => {
+            if !fx.can_echo(&message) {
+                return Outcome::EchoBusy;
+            }
+            accepted(dedup, msg_id, now);
             fx.ack(msg_id);
-            Outcome::Echo(fx.echo(&message, now))
+            fx.echo(&message, now);
+            Outcome::Echo
         }
         Decision::Callback => {
             fx.ack(msg_id);
@@ -195,6 +209,7 @@ mod tests {
         let mut w = window();
         assert_eq!(decide(&mut w, 7, ACK, now), Decision::SettleAck);
         assert_eq!(decide(&mut w, 0, ECHO, now), Decision::Echo);
+        accepted(&mut w, 0, now);
         assert_eq!(decide(&mut w, 1, RESERVED, now), Decision::Proof);
         assert_eq!(decide(&mut w, 2, wire::FIRST_USER, now), Decision::Callback);
         assert_eq!(decide(&mut w, 3, u64::MAX, now), Decision::Callback);
@@ -207,39 +222,43 @@ mod tests {
         let mut w = window();
         assert_eq!(decide(&mut w, 0, ACK, now), Decision::SettleAck);
         assert_eq!(
-            decide(&mut w, 0, ECHO, now),
-            Decision::Echo,
+            decide(&mut w, 0, wire::FIRST_USER, now),
+            Decision::Callback,
             "an ACK's id is not the sender's"
         );
-        assert_eq!(decide(&mut w, 0, ECHO, now), Decision::Duplicate);
         assert_eq!(
             decide(&mut w, 0, wire::FIRST_USER, now),
             Decision::Duplicate
         );
+        assert_eq!(decide(&mut w, 0, ECHO, now), Decision::Duplicate);
     }
 
     #[test]
-    fn a_server_loop_message_counts_only_once_accepted() {
+    fn echo_and_server_loop_messages_count_only_once_accepted() {
         let now = Instant::now();
         let mut w = window();
-        assert_eq!(decide(&mut w, 0, NOOP, now), Decision::ServerLoop);
-        // Its queue was full: not accepted, so the resend is new again.
-        assert_eq!(decide(&mut w, 0, NOOP, now), Decision::ServerLoop);
-        accepted(&mut w, 0, now);
-        assert_eq!(decide(&mut w, 0, NOOP, now), Decision::Duplicate);
+        for (id, dst, decision) in [(0, NOOP, Decision::ServerLoop), (1, ECHO, Decision::Echo)] {
+            assert_eq!(decide(&mut w, id, dst, now), decision);
+            // No room (queue or window): not accepted, so the resend is
+            // new again.
+            assert_eq!(decide(&mut w, id, dst, now), decision);
+            accepted(&mut w, id, now);
+            assert_eq!(decide(&mut w, id, dst, now), Decision::Duplicate);
+        }
     }
 
     #[test]
     fn too_many_gaps_refuse_new_ids_unacked() {
         let now = Instant::now();
         let mut w = window();
+        let user = wire::FIRST_USER;
         for id in [1, 3, 5, 7] {
-            assert_eq!(decide(&mut w, id, ECHO, now), Decision::Echo);
+            assert_eq!(decide(&mut w, id, user, now), Decision::Callback);
         }
-        assert_eq!(decide(&mut w, 10, ECHO, now), Decision::Busy);
+        assert_eq!(decide(&mut w, 10, user, now), Decision::Busy);
         assert_eq!(
-            decide(&mut w, 0, ECHO, now),
-            Decision::Echo,
+            decide(&mut w, 0, user, now),
+            Decision::Callback,
             "filling a gap is fine"
         );
     }
@@ -298,13 +317,7 @@ mod tests {
             let cb = request.then(|| self.callbacks.insert(id).expect("room"));
             let payload = wire::encode(id, cb.unwrap_or(NOOP), dst_cb, body);
             self.pending
-                .insert(
-                    (Bytes::new(), id),
-                    payload.clone(),
-                    now,
-                    now + DEADLINE,
-                    None,
-                )
+                .insert(id, payload.clone(), now, now + DEADLINE, None)
                 .expect("room");
             self.out.push(payload);
             cb
@@ -330,7 +343,7 @@ mod tests {
 
         fn resend(&mut self, now: Instant, rto: Duration) {
             let tick = self.pending.tick(now, rto, usize::MAX);
-            self.out.extend(tick.resend.into_iter().map(|(_, p)| p));
+            self.out.extend(tick.resend);
         }
     }
 
@@ -340,12 +353,15 @@ mod tests {
         }
 
         fn settle(&mut self, msg_id: u64, now: Instant) -> bool {
-            self.pending.ack_at(&(Bytes::new(), msg_id), now).is_some()
+            self.pending.ack_at(&msg_id, now).is_some()
         }
 
-        fn echo(&mut self, request: &Payload, now: Instant) -> bool {
-            self.send(request.src_cb, &request.body, false, now);
+        fn can_echo(&mut self, _: &Payload) -> bool {
             true
+        }
+
+        fn echo(&mut self, request: &Payload, now: Instant) {
+            self.send(request.src_cb, &request.body, false, now);
         }
 
         fn complete(&mut self, reply: Payload) -> bool {
@@ -353,7 +369,7 @@ mod tests {
                 self.late += 1;
                 return false;
             };
-            self.pending.ack(&(Bytes::new(), request_id));
+            self.pending.ack(&request_id);
             self.replies.insert(reply.dst_cb, reply.body);
             true
         }
@@ -508,7 +524,7 @@ mod tests {
                 .server
                 .outcomes
                 .iter()
-                .filter(|o| matches!(o, Outcome::Echo(_)))
+                .filter(|o| matches!(o, Outcome::Echo))
                 .count();
             assert_eq!(echoed, 67, "seed {seed}: an ECHO was answered twice");
             assert!(

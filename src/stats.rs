@@ -65,8 +65,15 @@ counters! {
     /// Messages refused (not ACKed) because their sender had too many
     /// earlier messages still missing (see `Config::dedup_max_gaps`).
     dedup_busy,
-    /// ACKs or ECHO replies dropped because the send queue was full.
+    /// ACKs dropped because the peer's send buffer was full.
     replies_dropped,
+    /// ECHOs refused unACKed because their sender's send buffer was full
+    /// (it does not read what we send it): it resends them later.
+    buffer_busy,
+    /// ECHO answers sent once and not kept for resending, because the
+    /// window towards their peer was full (it does not ACK them, or not
+    /// yet).
+    replies_untracked,
     /// Messages a socket could not deliver to its peer.
     send_failures,
     /// Requests that reached their deadline.

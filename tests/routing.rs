@@ -606,3 +606,111 @@ async fn a_listener_peer_going_away_fails_requests_to_it() {
         server.shutdown().await;
     }
 }
+
+/// A request a listener sends to one peer can be answered only by that
+/// peer: callback ids are messenger-wide, and another peer sending a reply
+/// to the same id is treated as a late reply (ACKed, dropped, counted),
+/// leaving the request to its real answer.
+#[tokio::test]
+async fn only_the_asked_peer_can_answer() {
+    for t in ["tcp", "ipc"] {
+        let (server, bound, _p) = common::serve(t, messenger::Config::default(), no_slc).await;
+        let mut asked = common::raw_dealer(&bound.endpoint, "asked").await;
+        let mut other = common::raw_dealer(&bound.endpoint, "other").await;
+        // Each says hello (an ECHO) so the listener has its session.
+        for (d, name) in [(&mut asked, "asked"), (&mut other, "other")] {
+            raw_send(d, &[b"", b"0-0-1-hi"]).await;
+            let ack = raw_recv(d, 5, &format!("{t}: ACK of {name}'s hello")).await;
+            assert_eq!(ack.last().unwrap().as_ref(), b"0-0-2-", "{t}");
+            raw_recv(d, 5, &format!("{t}: echo to {name}")).await;
+        }
+        let dest = Destination::Peer {
+            listener: bound.id,
+            peer: Bytes::from_static(b"asked"),
+        };
+        let s = server.clone();
+        let waiting = tokio::spawn(async move { s.request(dest, wire::NOOP, b"question").await });
+        // What `asked` receives names the request's callback.
+        let request = raw_recv(&mut asked, 5, &format!("{t}: the request")).await;
+        let p = wire::parse(request.last().unwrap()).unwrap();
+        assert_eq!(p.body.as_ref(), b"question", "{t}");
+        let forged = format!("1-0-{}-forged", p.src_cb);
+        raw_send(&mut other, &[b"", forged.as_bytes()]).await;
+        let ack = raw_recv(&mut other, 5, &format!("{t}: ACK of the forgery")).await;
+        assert_eq!(ack.last().unwrap().as_ref(), b"1-0-2-", "{t}");
+        eventually(5, "the forgery counted as late", || {
+            server.stats().late_replies_dropped == 1
+        })
+        .await;
+        assert!(
+            !waiting.is_finished(),
+            "{t}: another peer answered the request"
+        );
+        let real = format!("1-0-{}-answer", p.src_cb);
+        raw_send(&mut asked, &[b"", real.as_bytes()]).await;
+        let reply = within(5, "the real answer", waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.body.as_ref(), b"answer", "{t}");
+        assert_eq!(reply.peer.as_ref(), b"asked", "{t}");
+        server.shutdown().await;
+    }
+}
+
+/// Each peer of a listener has its own window of unacknowledged messages:
+/// a peer that asks for ECHOs and never ACKs the answers fills only its
+/// own (further answers to it go out once, untracked, so it cannot make
+/// the listener hold them), and another peer's requests to the server
+/// loop are still answered at once.
+#[tokio::test]
+async fn a_peer_that_never_acks_fills_only_its_own_window() {
+    const WINDOW: usize = 8;
+    for t in ["tcp", "ipc"] {
+        let config = messenger::Config {
+            send_queue_capacity: WINDOW,
+            ..messenger::Config::default()
+        };
+        let (server, bound, _p) = common::serve(t, config, |m: Incoming, r: Responder| {
+            let _ = r.try_reply(&m.body);
+        })
+        .await;
+        let mut greedy = common::raw_dealer(&bound.endpoint, "greedy").await;
+        for i in 0..2 * WINDOW {
+            let req = format!("{i}-5-1-e{i}");
+            raw_send(&mut greedy, &[b"", req.as_bytes()]).await;
+        }
+        // All are answered; WINDOW answers are kept for resending and fill
+        // its window, since it never ACKs what it is sent.
+        eventually(5, "the greedy peer is answered", || {
+            server.stats().echoes_answered == 2 * WINDOW as u64
+        })
+        .await;
+        for i in 0..2 * WINDOW {
+            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
+            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
+        }
+        let s = server.stats();
+        assert_eq!(s.pending_messages, WINDOW as u64, "{t}: {s:?}");
+        assert_eq!(s.replies_untracked, WINDOW as u64, "{t}: {s:?}");
+        let (client, conn) =
+            common::connect_as("polite", messenger::Config::default(), &bound.endpoint, 5).await;
+        for i in 0..3 * WINDOW {
+            let body = format!("work-{i}");
+            let reply = within(
+                2,
+                &format!("{t}: polite request {i}"),
+                client.request(conn, wire::NOOP, body.as_bytes()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{t}: polite request {i}: {e}"));
+            assert_eq!(reply.body.as_ref(), body.as_bytes(), "{t}");
+        }
+        // Nothing of the polite peer's went untracked.
+        let s = server.stats();
+        assert_eq!(s.replies_untracked, WINDOW as u64, "{t}: {s:?}");
+        assert_eq!(s.buffer_busy, 0, "{t}: {s:?}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}

@@ -58,7 +58,12 @@ pub(crate) async fn dial(
         Ok(Ok(_)) => {}
     }
     let outbox = conn.outbox(cfg.send_buffer_size);
-    let session = Arc::new(Session::new(Bytes::new(), Bytes::new(), Out::Wire(outbox)));
+    let session = Arc::new(Session::new(
+        Bytes::new(),
+        Bytes::new(),
+        Out::Wire(outbox),
+        socket.session_unacked(),
+    ));
     if let Some(secret) = &cfg.auth {
         // The proof goes first, before anything queued.
         let proof = crate::auth::proof(secret).map_err(|e| ConnectError::Refused {

@@ -57,6 +57,11 @@ impl Tx {
         }
     }
 
+    /// Whether the channel has room now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.lock().as_ref().is_some_and(|tx| tx.capacity() > 0)
+    }
+
     /// Waits until the channel has room (or is closed).
     pub(crate) async fn room(&self) {
         let tx = self.lock().clone();
@@ -194,9 +199,10 @@ pub(crate) fn dial(
     let (to_listener, from_conn) = mpsc::channel(capacity);
     let (to_conn, from_listener) = mpsc::channel(capacity);
     let head = listener.identity.clone();
+    let unacked = listener.session_unacked();
     let theirs = listener
         .add_route(socket.identity.clone(), |id| {
-            Session::new(id, head, Out::Inproc(Tx::new(to_conn)))
+            Session::new(id, head, Out::Inproc(Tx::new(to_conn)), unacked)
         })
         .map_err(|e| {
             if e == RouteError::InUse {
@@ -220,6 +226,7 @@ pub(crate) fn dial(
         Bytes::new(),
         Bytes::new(),
         Out::Inproc(Tx::new(to_listener)),
+        socket.session_unacked(),
     ));
     Ok((Conn { rx: from_listener }, ours))
 }

@@ -167,8 +167,9 @@ async fn serve_peer(
     };
     let outbox = conn.outbox(cfg.send_buffer_size);
     let head = socket.identity.clone();
+    let unacked = socket.session_unacked();
     let added = socket.add_route(peer.identity, |id| {
-        Session::new(id, head, Out::Wire(outbox))
+        Session::new(id, head, Out::Wire(outbox), unacked)
     });
     let session = match added {
         Ok(s) => s,

@@ -25,9 +25,10 @@ pub(crate) mod inproc;
 pub(crate) mod listener;
 pub(crate) mod outbox;
 pub(crate) mod stream;
+pub(crate) mod unacked;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,12 +38,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Endpoint;
 use crate::error::{FrameError, RequestError, SendError};
-use crate::pending::PendingSet;
 use crate::server_loop::SlcQueue;
 use crate::stats::{Stats, bump};
 use crate::wire::{self, Payload};
 use crate::{ConnectionId, ListenerId};
 use outbox::{Outbox, Push};
+use unacked::{Room, Unacked};
 
 /// Which side of the protocol a socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,16 +89,21 @@ pub(crate) struct Session {
     /// Set when the session ends: sends to it fail from then on.
     closed: AtomicBool,
     pub(crate) out: Out,
+    /// What we sent the peer that it has not acknowledged: the session's
+    /// own on a listener, the connection's (kept across its sessions) on a
+    /// connection.
+    pub(crate) unacked: Arc<Unacked>,
 }
 
 impl Session {
-    pub(crate) fn new(peer: Bytes, head: Bytes, out: Out) -> Self {
+    pub(crate) fn new(peer: Bytes, head: Bytes, out: Out, unacked: Arc<Unacked>) -> Self {
         Session {
             peer,
             head,
             next_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             out,
+            unacked,
         }
     }
 
@@ -145,6 +151,14 @@ impl Session {
         }
     }
 
+    /// Whether a payload of `len` bytes could be handed over now.
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        match &self.out {
+            Out::Wire(ob) => ob.has_room(self.head.len() + len + 20),
+            Out::Inproc(tx) => tx.has_room(),
+        }
+    }
+
     /// Waits until a payload of `len` bytes could be handed over.
     pub(crate) async fn room(&self, len: usize) {
         match &self.out {
@@ -163,6 +177,7 @@ impl Session {
 }
 
 /// Where a message for a peer of a socket goes now.
+#[derive(Clone)]
 pub(crate) enum Route {
     /// A live session.
     Session(Arc<Session>),
@@ -210,14 +225,11 @@ pub(crate) struct SocketCtx {
     next_id: AtomicU64,
     /// Numbers anonymous peers' routing ids.
     anonymous: AtomicU64,
-    /// Sent messages not yet acknowledged.
-    pending: Mutex<PendingSet<AckWaiter>>,
-    /// Most unacknowledged messages before senders wait (the high-water
-    /// mark applied to what is in flight, not only to what is queued).
-    window: usize,
-    /// Senders waiting for room (window or backlog), and their wake-up.
-    room_waiters: AtomicUsize,
-    room: tokio::sync::Notify,
+    /// A connection's unacknowledged messages, kept across its sessions
+    /// (listener sessions have their own).
+    unacked: Option<Arc<Unacked>>,
+    /// Senders waiting for room in a redialling connection's backlog.
+    room: Room,
     /// Warnings about bad peers, rate-limited per socket.
     warn: Mutex<RateLimit>,
 }
@@ -235,11 +247,8 @@ impl SocketCtx {
         stats: Arc<Stats>,
         config: Arc<crate::Config>,
     ) -> Self {
-        let window = if config.resend_interval.is_some() {
-            config.send_queue_capacity.max(1)
-        } else {
-            usize::MAX
-        };
+        let unacked =
+            matches!(kind, SocketKind::Connection(_)).then(|| Arc::new(Unacked::new(&config)));
         SocketCtx {
             kind,
             endpoint,
@@ -253,10 +262,8 @@ impl SocketCtx {
             rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             anonymous: AtomicU64::new(0),
-            pending: Mutex::new(PendingSet::new(config.max_pending_messages)),
-            window,
-            room_waiters: AtomicUsize::new(0),
-            room: tokio::sync::Notify::new(),
+            unacked,
+            room: Room::default(),
             warn: Mutex::new(RateLimit::new()),
             config,
         }
@@ -340,13 +347,53 @@ impl SocketCtx {
         match route {
             Route::Session(s) => s.room(len).await,
             Route::Backlog => {
-                self.wait_room(|| match &*lock(&self.link) {
-                    Link::Up(_) => true,
-                    Link::Down(b) => b.len() < self.config.send_queue_capacity.max(1),
-                })
-                .await
+                self.room
+                    .wait(|| {
+                        self.is_closed()
+                            || match &*lock(&self.link) {
+                                Link::Up(_) => true,
+                                Link::Down(b) => b.len() < self.config.send_queue_capacity.max(1),
+                            }
+                    })
+                    .await
             }
         }
+    }
+
+    /// The unacknowledged set a message on `route` goes into.
+    pub(crate) fn unacked_for(&self, route: &Route) -> Arc<Unacked> {
+        match (route, &self.unacked) {
+            (_, Some(u)) => Arc::clone(u),
+            (Route::Session(s), None) => Arc::clone(&s.unacked),
+            // A listener has no backlog; a fresh set is never used.
+            (Route::Backlog, None) => Arc::new(Unacked::new(&self.config)),
+        }
+    }
+
+    /// The unacknowledged set for a new session: a listener's peer gets its
+    /// own, a connection's sessions share the connection's.
+    pub(crate) fn session_unacked(&self) -> Arc<Unacked> {
+        match &self.unacked {
+            Some(u) => Arc::clone(u),
+            None => Arc::new(Unacked::new(&self.config)),
+        }
+    }
+
+    /// Every unacknowledged set of this socket: the connection's, or each
+    /// live session's.
+    pub(crate) fn all_unacked(&self) -> Vec<Arc<Unacked>> {
+        match &self.unacked {
+            Some(u) => vec![Arc::clone(u)],
+            None => lock(&self.routes)
+                .values()
+                .map(|s| Arc::clone(&s.unacked))
+                .collect(),
+        }
+    }
+
+    /// A listener's live sessions (for resends, shutdown).
+    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.routes).values().cloned().collect()
     }
 
     /// A listener's new session for `identity` (empty: anonymous, given a
@@ -410,6 +457,8 @@ impl SocketCtx {
                     }
                 }
                 session.close();
+                // Its next session starts over: nothing is resent to it.
+                session.unacked.close(&RequestError::Disconnected);
                 shared.fail_peer(self, &session.peer);
             }
             SocketKind::Connection(_) => {
@@ -423,7 +472,7 @@ impl SocketCtx {
                 shared.fail_socket(self, RequestError::Disconnected);
             }
         }
-        self.wake_room();
+        self.room.wake();
     }
 
     /// A connection's new session is up: what queued meanwhile goes first,
@@ -441,7 +490,7 @@ impl SocketCtx {
         }
         *link = Link::Up(Arc::clone(session));
         drop(link);
-        self.wake_room();
+        self.room.wake();
     }
 
     /// Whether a connection's link is up now.
@@ -451,96 +500,6 @@ impl SocketCtx {
             SocketKind::Connection(_) => {
                 !self.is_closed() && matches!(&*lock(&self.link), Link::Up(_))
             }
-        }
-    }
-
-    // ---- The unacknowledged window ----------------------------------------
-
-    pub(crate) fn pending(&self) -> MutexGuard<'_, PendingSet<AckWaiter>> {
-        lock(&self.pending)
-    }
-
-    /// Whether as many messages as the window allows wait for their ACKs.
-    pub(crate) fn window_full(&self) -> bool {
-        self.window != usize::MAX && self.pending().len() >= self.window
-    }
-
-    /// Whether one more message may wait for its ACK: `Full` at the window
-    /// (senders may wait for it to open), `TooManyUnacked` at `limit`.
-    pub(crate) fn unacked_room(&self, limit: usize) -> Result<(), SendError> {
-        if self.window == usize::MAX {
-            return Ok(());
-        }
-        let n = self.pending().len();
-        if n >= self.window {
-            Err(SendError::Full)
-        } else if n >= limit {
-            Err(SendError::TooManyUnacked(limit))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Waits until fewer messages than the window wait for their ACKs.
-    pub(crate) async fn wait_for_window(&self) {
-        self.wait_room(|| !self.window_full()).await
-    }
-
-    async fn wait_room(&self, ready: impl Fn() -> bool) {
-        while !ready() && !self.is_closed() {
-            self.room_waiters.fetch_add(1, Ordering::SeqCst);
-            let opened = self.room.notified();
-            tokio::pin!(opened);
-            opened.as_mut().enable();
-            if !ready() && !self.is_closed() {
-                opened.await;
-            }
-            self.room_waiters.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Removes an acknowledged (or answered, or abandoned) message from the
-    /// unacknowledged set, waking senders that wait for room.
-    pub(crate) fn acknowledged(
-        &self,
-        key: &crate::pending::MsgKey,
-    ) -> Option<crate::pending::Entry<AckWaiter>> {
-        let entry = self.pending().ack(key);
-        if entry.is_some() {
-            self.wake_room();
-        }
-        entry
-    }
-
-    /// An ACK arrived: forget the message and tell whoever waits for it.
-    /// False if no message waited for it.
-    pub(crate) fn settle_ack(&self, peer: &Bytes, msg_id: u64, now: tokio::time::Instant) -> bool {
-        let entry = self.pending().ack_at(&(peer.clone(), msg_id), now);
-        let Some(entry) = entry else {
-            return false;
-        };
-        self.wake_room();
-        if let Some(w) = entry.waiter {
-            let _ = w.send(Ok(()));
-        }
-        true
-    }
-
-    /// Room opened (window, backlog): wake senders waiting for it (one
-    /// atomic load when nobody waits).
-    pub(crate) fn wake_room(&self) {
-        if self.room_waiters.load(Ordering::SeqCst) > 0 {
-            self.room.notify_waiters();
-        }
-    }
-
-    /// Fails what waits for ACKs from `peer`'s session, and forgets its
-    /// unacknowledged messages (its next session starts over).
-    pub(crate) fn fail_unacked(&self, peer: &[u8]) {
-        let failed = self.pending().drain_peer(peer);
-        self.wake_room();
-        for w in failed {
-            let _ = w.send(Err(RequestError::Disconnected));
         }
     }
 
@@ -563,7 +522,7 @@ impl SocketCtx {
         if let Link::Down(backlog) = &mut *lock(&self.link) {
             backlog.clear();
         }
-        self.room.notify_waiters();
+        self.room.wake();
     }
 
     pub(crate) fn is_closed(&self) -> bool {

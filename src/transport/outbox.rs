@@ -273,6 +273,13 @@ impl Outbox {
         }
     }
 
+    /// Whether a push of `len` bytes would be taken now.
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        let st = self.lock();
+        let queued = st.buf.len() + st.inflight;
+        !st.closed && (queued == 0 || queued + len <= self.limit)
+    }
+
     /// Waits until a push of `len` bytes could fit (or the connection
     /// closed).
     pub(crate) async fn room(&self, len: usize) {

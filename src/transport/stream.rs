@@ -38,10 +38,29 @@ impl Stream {
     }
 
     /// Reads what is there without waiting (`WouldBlock` if nothing).
+    ///
+    /// A read that does not fill the buffer's spare room has drained the
+    /// socket, so its readiness is cleared at once, as tokio's own
+    /// `poll_read` does: otherwise the next `ready()` would return at once
+    /// and cost a second `read` that finds nothing (one wasted syscall per
+    /// batch; the socket is edge-triggered, so bytes that arrive later wake
+    /// us again).
     pub(crate) fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
-            Stream::Unix(s) => s.try_read_buf(buf),
+        let room = buf.capacity() - buf.len();
+        let mut got = 0;
+        let read = match self {
+            Stream::Tcp(s) => s.try_io(Interest::READABLE, || {
+                got = s.try_read_buf(buf)?;
+                drained(got, room)
+            }),
+            Stream::Unix(s) => s.try_io(Interest::READABLE, || {
+                got = s.try_read_buf(buf)?;
+                drained(got, room)
+            }),
+        };
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            other => other,
         }
     }
 
@@ -60,6 +79,16 @@ impl Stream {
             Stream::Unix(s) => socket2::SockRef::from(s),
         };
         let _ = sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// A read of `got` bytes into `room`: a short one reports `WouldBlock` to
+/// `try_io`, which then clears the socket's readiness.
+fn drained(got: usize, room: usize) -> io::Result<usize> {
+    if got > 0 && got < room {
+        Err(io::ErrorKind::WouldBlock.into())
+    } else {
+        Ok(got)
     }
 }
 

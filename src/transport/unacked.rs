@@ -1,0 +1,228 @@
+//! One peer's unacknowledged messages and the window over them: a
+//! listener's session has its own, a connection keeps one across its
+//! sessions (what was unacknowledged is resent after a redial). Per peer, so
+//! a peer that never ACKs fills only its own window and no other peer's
+//! sends wait for it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::AckWaiter;
+use crate::error::{RequestError, SendError};
+use crate::pending::{Entry, PendingSet, SetFull, Tick};
+
+/// Senders waiting for something to open, and their wake-up: one atomic
+/// load when nobody waits.
+#[derive(Default)]
+pub(crate) struct Room {
+    waiters: AtomicUsize,
+    opened: Notify,
+}
+
+impl Room {
+    /// Waits until `ready()` holds.
+    pub(crate) async fn wait(&self, ready: impl Fn() -> bool) {
+        while !ready() {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if !ready() {
+                opened.await;
+            }
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Something opened: wake whoever waits.
+    pub(crate) fn wake(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.opened.notify_waiters();
+        }
+    }
+}
+
+/// The set, and the places in the window taken by senders that have not
+/// inserted their message yet.
+struct Inner {
+    set: PendingSet<AckWaiter>,
+    reserved: usize,
+}
+
+/// See the module documentation.
+pub(crate) struct Unacked {
+    inner: Mutex<Inner>,
+    /// Most messages in flight without an ACK before senders wait (the
+    /// high-water mark applied to what is in flight); `usize::MAX` without
+    /// resending, when nothing is tracked.
+    window: usize,
+    /// Senders waiting for the window to open.
+    room: Room,
+    /// The peer's session ended: waiting senders give up.
+    closed: AtomicBool,
+}
+
+impl Unacked {
+    pub(crate) fn new(config: &crate::Config) -> Self {
+        Unacked {
+            inner: Mutex::new(Inner {
+                set: PendingSet::new(config.max_pending_messages),
+                reserved: 0,
+            }),
+            window: if config.resend_interval.is_some() {
+                config.send_queue_capacity.max(1)
+            } else {
+                usize::MAX
+            },
+            room: Room::default(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Messages waiting for their ACK.
+    pub(crate) fn len(&self) -> usize {
+        self.inner().set.len()
+    }
+
+    /// Takes a place in the window for one message, atomically: `Full` at
+    /// the window (senders may wait for it to open), `TooManyUnacked` at
+    /// `limit`. The place is the message's once [`Reserved::insert`]
+    /// records it, and is given back if the reservation is dropped. (A
+    /// check followed by an insert let every sender woken together pass
+    /// the check: the window overshot twentyfold under a burst.)
+    pub(crate) fn reserve(self: &Arc<Self>, limit: usize) -> Result<Reserved, SendError> {
+        if self.window != usize::MAX {
+            let mut inner = self.inner();
+            let n = inner.set.len() + inner.reserved;
+            if n >= self.window {
+                return Err(SendError::Full);
+            }
+            if n >= limit {
+                return Err(SendError::TooManyUnacked(limit));
+            }
+            inner.reserved += 1;
+        }
+        Ok(Reserved {
+            unacked: Arc::clone(self),
+            counted: self.window != usize::MAX,
+        })
+    }
+
+    /// Waits until the window has room (or the peer's session ended).
+    pub(crate) async fn wait(&self) {
+        self.room
+            .wait(|| {
+                if self.closed.load(Ordering::Acquire) {
+                    return true;
+                }
+                let inner = self.inner();
+                inner.set.len() + inner.reserved < self.window
+            })
+            .await
+    }
+
+    /// The message is acknowledged (or answered, or abandoned): forget it.
+    pub(crate) fn ack(&self, msg_id: u64) -> Option<Entry<AckWaiter>> {
+        let entry = self.inner().set.ack(&msg_id);
+        if entry.is_some() {
+            self.room.wake();
+        }
+        entry
+    }
+
+    /// An ACK arrived at `now`: forget the message (sampling its round
+    /// trip) and tell whoever waits for it. False if nothing waited.
+    pub(crate) fn settle(&self, msg_id: u64, now: Instant) -> bool {
+        let Some(entry) = self.inner().set.ack_at(&msg_id, now) else {
+            return false;
+        };
+        self.room.wake();
+        if let Some(w) = entry.waiter {
+            let _ = w.send(Ok(()));
+        }
+        true
+    }
+
+    /// What is due for a resend (up to `budget`) or past its deadline.
+    pub(crate) fn tick(
+        &self,
+        now: Instant,
+        interval: std::time::Duration,
+        budget: usize,
+    ) -> Tick<AckWaiter> {
+        let tick = self.inner().set.tick(now, interval, budget);
+        if !tick.expired.is_empty() {
+            self.room.wake();
+        }
+        tick
+    }
+
+    /// Messages someone waits on are failed with `err`; the others stay to
+    /// be resent (a connection redials).
+    pub(crate) fn fail_waiters(&self, err: &RequestError) {
+        let waiters = self.inner().set.drain_waiters();
+        self.room.wake();
+        for w in waiters {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+
+    /// The peer is gone for good (a listener's session ended, or shutdown):
+    /// everything is forgotten, its waiters are told, waiting senders stop.
+    pub(crate) fn close(&self, err: &RequestError) {
+        self.closed.store(true, Ordering::Release);
+        let waiters = self.inner().set.drain();
+        self.room.wake();
+        for w in waiters {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+}
+
+/// A place in an [`Unacked`] window (see [`Unacked::reserve`]).
+pub(crate) struct Reserved {
+    unacked: Arc<Unacked>,
+    /// Whether the window counts it (resending on).
+    counted: bool,
+}
+
+impl Reserved {
+    /// The set the place is in.
+    pub(crate) fn unacked(&self) -> &Arc<Unacked> {
+        &self.unacked
+    }
+
+    /// Records the message in its place.
+    pub(crate) fn insert(
+        mut self,
+        msg_id: u64,
+        payload: Bytes,
+        now: Instant,
+        deadline: Instant,
+        waiter: Option<AckWaiter>,
+    ) -> Result<(), SetFull> {
+        let mut inner = self.unacked.inner();
+        if self.counted {
+            inner.reserved -= 1;
+            self.counted = false;
+        }
+        inner.set.insert(msg_id, payload, now, deadline, waiter)
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if self.counted {
+            self.unacked.inner().reserved -= 1;
+            self.unacked.room.wake();
+        }
+    }
+}
