@@ -14,17 +14,19 @@ pub struct Config {
     /// with `TooManyPending` instead of growing memory. Default 2^20
     /// (about 100 MiB of bookkeeping at the worst).
     pub max_pending_callbacks: usize,
-    /// High-water mark of each socket, in messages: with resending on, the
-    /// most messages in flight without an ACK (a window, as in TCP); on a
-    /// connection that is redialling, the messages queued for its next
-    /// session; on inproc, each session's channel. When reached,
-    /// `send_message`, `request` and `Responder::reply` wait and the
-    /// try-forms fail with `Full`. Default 4096.
+    /// High-water mark per peer, in messages: with resending on, the most
+    /// messages in flight to one peer without an ACK (a window, as in TCP;
+    /// each peer of a listener has its own, so one that never ACKs fills
+    /// only its own); on a connection that is redialling, the messages
+    /// queued for its next session; on inproc, each session's channel.
+    /// When reached, `send_message`, `request` and `Responder::reply` wait
+    /// and the try-forms fail with `Full`; ECHO answers beyond it are sent
+    /// once, without being kept for resending. Default 4096.
     pub send_queue_capacity: usize,
     /// Bytes one tcp or ipc session may hold that the socket has not taken
     /// yet (its peer is slow or not reading). Past it sends wait (or fail
-    /// with `Full`), ACKs and ECHO replies are dropped (the peer resends),
-    /// and a listener stops reading that peer until it reads. A message
+    /// with `Full`), ACKs are dropped and ECHOs refused unACKed (the peer
+    /// resends), and a listener stops reading that peer until it reads. A message
     /// larger than this is still taken when nothing else waits. Default
     /// 1 MiB: 16,000 small messages, and at most 1 GiB across the default
     /// 1,024 peers of a listener.
@@ -69,8 +71,9 @@ pub struct Config {
     /// shorter, so a resend almost always means a lost message, not a slow
     /// peer, and a busy peer is not flooded with copies.
     pub resend_interval: Option<Duration>,
-    /// Most unacknowledged messages per socket; past it sends fail fast
-    /// with `TooManyUnacked`. Default 2^20.
+    /// Most unacknowledged messages per peer, a backstop above the window
+    /// (`send_queue_capacity`); past it sends fail fast with
+    /// `TooManyUnacked`. Default 2^20.
     pub max_pending_messages: usize,
     /// Runs of missing msg_ids remembered per sender for duplicate
     /// suppression (bounds the complement set, about 56 bytes each).

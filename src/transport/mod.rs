@@ -13,6 +13,7 @@
 //! ```text
 //! stream.rs      tcp/ipc streams; bind and dial
 //! outbox.rs      a connection's send buffer and its write role
+//! unacked.rs     a peer's unacknowledged messages and its window
 //! driver.rs      one tcp/ipc connection: handshake, then read -> process
 //! listener.rs    accept loop, connection limit, routing ids
 //! connection.rs  dial, redial with backoff
