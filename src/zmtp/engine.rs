@@ -295,6 +295,13 @@ impl Engine {
         }
         self.peer_greeting = Some(peer);
         self.state = State::Handshake;
+        self.handshake_step(|mechanism, ready, send| mechanism.start(ready, send));
+        Ok(true)
+    }
+
+    /// Lets the mechanism take a handshake step, framing the commands it
+    /// sends into [`transmit`](Self::transmit).
+    fn handshake_step(&mut self, step: impl FnOnce(&mut Mechanism, &Bytes, &mut dyn FnMut(&[u8]))) {
         let Engine {
             mechanism,
             encoder,
@@ -303,9 +310,8 @@ impl Engine {
             ..
         } = self;
         if let Some(enc) = encoder.as_mut() {
-            mechanism.start(ready, &mut |body| enc.command(transmit, body));
+            step(mechanism, ready, &mut |body| enc.command(transmit, body));
         }
-        Ok(true)
     }
 
     fn handshake_command(&mut self, body: Bytes) -> Result<Option<Event>, ZmtpError> {
@@ -363,16 +369,7 @@ impl Engine {
         if self.state != State::Deciding {
             return;
         }
-        let Engine {
-            mechanism,
-            encoder,
-            transmit,
-            ready,
-            ..
-        } = self;
-        if let Some(enc) = encoder.as_mut() {
-            mechanism.accept(ready, &mut |body| enc.command(transmit, body));
-        }
+        self.handshake_step(|mechanism, ready, send| mechanism.accept(ready, send));
         self.state = State::Traffic;
         let heartbeats = self.peer_greeting.is_some_and(|g| g.has_heartbeats());
         if let Some(hb) = self.heartbeat.filter(|_| heartbeats) {
@@ -384,15 +381,7 @@ impl Engine {
     /// [`transmit`](Self::transmit) if the handshake still allows one, and
     /// the connection is closed.
     pub fn refuse(&mut self, reason: &'static str) -> ZmtpError {
-        let Engine {
-            mechanism,
-            encoder,
-            transmit,
-            ..
-        } = self;
-        if let Some(enc) = encoder.as_mut() {
-            mechanism.refuse(reason, &mut |body| enc.command(transmit, body));
-        }
+        self.handshake_step(|mechanism, _, send| mechanism.refuse(reason, send));
         self.state = State::Closed;
         ZmtpError::Refused(reason)
     }
