@@ -45,7 +45,21 @@ fn explain(e: RequestError, what: &str, timeout: Duration) -> String {
 /// Connects as `args` say, or fails with a one-line reason.
 async fn connect_for(args: &MessageArgs) -> Result<(Messenger, ConnectionId), String> {
     let secret = args.secret.load()?;
-    connect(&args.endpoint, args.identity.clone(), args.timeout, secret).await
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    connect(&args.endpoint, identity, args.timeout, secret).await
+}
+
+/// A routing id no other run shares: the process id, and random bits for
+/// a process id used again.
+fn default_identity() -> String {
+    let mut salt = [0u8; 4];
+    // Without randomness the pid alone still separates concurrent runs.
+    let _ = getrandom::fill(&mut salt);
+    format!(
+        "messenger-cli-{}-{:08x}",
+        std::process::id(),
+        u32::from_be_bytes(salt)
+    )
 }
 
 pub async fn send(args: MessageArgs) -> Result<(), String> {

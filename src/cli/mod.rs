@@ -58,9 +58,13 @@ pub struct MessageArgs {
     /// The remote callback id to address (0 = the server loop, 1 = ECHO).
     #[arg(long, default_value_t = 0)]
     pub callback: u64,
-    /// Our routing id.
-    #[arg(long, default_value = "messenger-cli")]
-    pub identity: String,
+    /// Our routing id. Default: `messenger-cli-PID-RANDOM`, unique per
+    /// run, so parallel runs do not collide at a listener (which refuses a
+    /// live peer's id) and a peer that remembers the (routing id, msg_id)
+    /// pairs it has seen, as NoisePage's Messenger does, never takes a new
+    /// run's messages for old ones.
+    #[arg(long)]
+    pub identity: Option<String>,
     /// How long to wait for the connection and the ACK or reply.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
