@@ -163,6 +163,18 @@ pub fn from_router(frames: &mut [Bytes]) -> Result<Bytes, FrameError> {
     }
 }
 
+/// An ACK as NoisePage's DEALER sends it: with routing frames in front,
+/// `[remote_id, own_id, "", "{msg_id}-0-2-"]` on the wire (design/WIRE.md,
+/// "Talking to NoisePage"). Taken for ACKs only: anything else in this
+/// shape is malformed.
+pub fn noisepage_ack(frames: &mut [Bytes]) -> Option<Payload> {
+    let [_, _, delim, payload] = frames else {
+        return None;
+    };
+    let p = parse(&delimited(delim, payload).ok()?).ok()?;
+    (p.dst_cb == ACK).then_some(p)
+}
+
 /// The payload behind an empty delimiter frame, taken without a copy.
 fn delimited(delim: &Bytes, payload: &mut Bytes) -> Result<Bytes, FrameError> {
     if !delim.is_empty() {
@@ -306,6 +318,12 @@ mod tests {
         assert!(from_router(&mut [b("r"), b("d"), b("x")]).is_err());
         assert!(from_router(&mut [b("r"), b(""), b("x"), b("y")]).is_err());
         assert_eq!(from_dealer(&mut [b(""), b("x")]), Ok(b("x")));
+        // NoisePage's ACK shape, for ACKs only.
+        let ack = noisepage_ack(&mut [b("srv"), b("np"), b(""), b("7-0-2-")]).unwrap();
+        assert_eq!((ack.msg_id, ack.dst_cb), (7, ACK));
+        assert_eq!(noisepage_ack(&mut [b("srv"), b("np"), b(""), b("7-0-1-x")]), None);
+        assert_eq!(noisepage_ack(&mut [b("srv"), b("np"), b("d"), b("7-0-2-")]), None);
+        assert_eq!(noisepage_ack(&mut [b("np"), b(""), b("7-0-2-")]), None);
         assert!(from_dealer(&mut [b("p"), b(""), b("x")]).is_err());
         assert_eq!(
             from_dealer(&mut [b("d"), b("x")]),

@@ -296,6 +296,24 @@ impl Serve {
     fn stop(self) -> Vec<Value> {
         self.stop_with("TERM")
     }
+
+    /// Like `stop`, with the counters it printed as it shut down.
+    fn stop_with_stats(mut self) -> (Vec<Value>, Value) {
+        self.proc.signal("TERM");
+        let (status, lines) = self.proc.finish(SHORT);
+        assert!(status.success(), "serve exited with {status}");
+        let stderr = self.proc.stderr();
+        let stats = stderr
+            .lines()
+            .find_map(|l| l.split_once("shut down; ").map(|(_, s)| s.to_string()))
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_else(|| panic!("no final counters in: {stderr}"));
+        let lines = parse_lines(&lines)
+            .into_iter()
+            .filter(|v| v.get("listening").is_none())
+            .collect();
+        (lines, stats)
+    }
 }
 
 /// The server-loop lines of one peer.
@@ -1239,4 +1257,37 @@ fn parallel_cli_runs_do_not_collide() {
     let peers: std::collections::HashSet<&str> =
         lines.iter().filter_map(|v| v["peer"].as_str()).collect();
     assert_eq!(peers.len(), RUNS, "one routing id per run: {peers:?}");
+}
+
+/// NoisePage's DEALER ACKs with routing frames in front: a ROUTER reads
+/// `[peer, remote_id, own_id, "", "N-0-2-"]`. `serve` settles such an ACK
+/// (it was dropped as malformed, and the reply resent until its
+/// deadline): after the ACK, no copy of the reply comes again within two
+/// resend intervals, and nothing was counted malformed.
+#[test]
+fn noisepage_shaped_acks_settle_replies() {
+    let Some(py) = python() else { return };
+    let serve = Serve::start("echo", "messenger-serve");
+    let r = dealer(
+        &py,
+        &serve.tcp,
+        "slc-reply",
+        "py-noisepage",
+        &[
+            "--src-cb",
+            "7",
+            "--body",
+            "acked the NoisePage way",
+            "--noisepage-acks",
+            "--quiet",
+            "2.5",
+        ],
+    );
+    assert_eq!(r["reply"]["body"], "acked the NoisePage way", "{r}");
+    assert_eq!(r["after"], json!([]), "the reply came again: {r}");
+    let (lines, stats) = serve.stop_with_stats();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(stats["malformed_dropped"], 0, "{stats}");
+    assert_eq!(stats["resends"], 0, "{stats}");
+    assert_eq!(stats["acks_received"], 1, "{stats}");
 }

@@ -534,7 +534,10 @@ impl SocketCtx {
     /// an inproc channel) and parses its payload.
     pub(crate) fn parse_frames(&self, frames: &mut [Bytes]) -> Result<Payload, FrameError> {
         let payload = match self.kind {
-            SocketKind::Listener(_) => wire::from_dealer(frames)?,
+            SocketKind::Listener(_) => match wire::from_dealer(frames) {
+                Ok(payload) => payload,
+                Err(e) => return wire::noisepage_ack(frames).ok_or(e),
+            },
             SocketKind::Connection(_) => wire::from_router(frames)?,
         };
         self.parse_payload(payload)

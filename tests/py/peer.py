@@ -82,6 +82,9 @@ class Dealer:
         self.t0 = time.monotonic()
         self.received = []  # every message received, in order
         self.acks_sent = 0
+        self.identity = identity.encode()
+        self.router_id = None  # the ROUTER's identity, once seen
+        self.noisepage_acks = False
 
     def now(self):
         return time.monotonic() - self.t0
@@ -107,7 +110,13 @@ class Dealer:
         return msg_id
 
     def ack(self, msg_id):
-        self.send_raw(encode(msg_id, NOOP, ACK, b""))
+        payload = encode(msg_id, NOOP, ACK, b"")
+        if self.noisepage_acks and self.router_id is not None:
+            # NoisePage's DEALER puts routing frames in front of its ACKs:
+            # the ROUTER reads [peer, remote_id, own_id, "", payload].
+            self.sock.send_multipart([self.router_id, self.identity, b"", payload])
+        else:
+            self.send_raw(payload)
         self.acks_sent += 1
 
     def recv(self, timeout):
@@ -120,6 +129,7 @@ class Dealer:
                 "expected [router_identity, '', payload], got %d frames %r"
                 % (len(frames), [f[:40] for f in frames])
             )
+        self.router_id = frames[0]
         rid = text(frames[0])
         if self.expect_router_identity is not None and rid != self.expect_router_identity:
             raise ProtocolError(
@@ -441,6 +451,7 @@ def run_dealer(a):
         if value is not None
     ]
     d = Dealer(ctx, a.endpoint, a.identity, a.expect_router_identity, options, a.monitor)
+    d.noisepage_acks = a.noisepage_acks
     out = {"scenario": a.scenario, "identity": a.identity, "endpoint": a.endpoint}
     status = 0
     try:
@@ -583,6 +594,8 @@ def main():
     d.add_argument("--heartbeat-timeout", type=int, default=None,
                    help="ZMQ_HEARTBEAT_TIMEOUT, ms")
     d.add_argument("--heartbeat-ttl", type=int, default=None, help="ZMQ_HEARTBEAT_TTL, ms")
+    d.add_argument("--noisepage-acks", action="store_true",
+                   help="ACK as NoisePage's DEALER does: [remote_id, own_id, '', payload]")
     d.add_argument("--monitor", action="store_true",
                    help="count the socket monitor's events (scenario steady)")
 
