@@ -311,8 +311,11 @@ impl Shared {
                     Mode::Try => return Err(SendError::Full),
                     Mode::Wait => socket.route_room(&route, sending.payload.len()).await,
                 },
-                // A connection's session just ended: its backlog takes it.
+                // A connection's session is ending: its backlog takes it.
                 Err(Push::Closed) if !socket.is_listener() && !socket.is_closed() => {
+                    if let Route::Session(s) = &route {
+                        socket.unlink(s);
+                    }
                     route = socket.route(peer)?;
                 }
                 Err(Push::Closed) => return Err(SendError::Disconnected),

@@ -1310,3 +1310,65 @@ async fn an_inproc_peer_that_leaves_fails_the_listeners_requests() {
     assert_eq!(server.stats().pending_callbacks, 0);
     server.shutdown().await;
 }
+
+/// Sends to a connection whose inproc listener has just gone, before the
+/// connection's own task noticed, must not spin on the dead session: with
+/// every worker spinning, that task never ran (a livelock seen once in
+/// about 40 shutdowns under load). They go to the backlog for the next
+/// session. One thread makes the race likely: senders woken by the
+/// connection's task run before it learns of the listener's end.
+#[test]
+fn sends_racing_their_inproc_listeners_end_do_not_spin() {
+    const SENDERS: usize = 4;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let p = common::place("inproc");
+            let server = Messenger::new("server").unwrap();
+            let bound = server
+                .listen_for_connection(&p.endpoint, "server", no_slc)
+                .await
+                .unwrap();
+            let client = Messenger::with_config("client", quick()).unwrap();
+            let conn = client.make_connection(&bound.endpoint).await.unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut senders = JoinSet::new();
+            for s in 0..SENDERS {
+                let (client, stop) = (client.clone(), Arc::clone(&stop));
+                senders.spawn(async move {
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        // Each waits for its ACK, so the senders are woken
+                        // by the connection's task as it reads, and queue
+                        // up behind it: one of them runs before the task
+                        // learns that the listener's side has ended.
+                        let body = format!("{s}-{i}");
+                        let sent = client.send_confirmed(conn, wire::ECHO, body);
+                        if tokio::time::timeout(Duration::from_secs(1), sent)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+            tokio::task::yield_now().await;
+            server.shutdown().await;
+            // The senders go on through the end of the listener's side.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.store(true, Ordering::Relaxed);
+            while senders.join_next().await.is_some() {}
+            client.shutdown().await;
+        });
+        let _ = done_tx.send(());
+    });
+    done.recv_timeout(Duration::from_secs(15))
+        .expect("the senders spun on a session whose peer was gone");
+}

@@ -463,17 +463,25 @@ impl SocketCtx {
                 shared.fail_peer(self, &session.peer);
             }
             SocketKind::Connection(_) => {
-                {
-                    let mut link = lock(&self.link);
-                    if matches!(&*link, Link::Up(s) if Arc::ptr_eq(s, session)) {
-                        *link = Link::Down(VecDeque::new());
-                    }
-                }
+                self.unlink(session);
                 session.close();
                 shared.fail_socket(self, RequestError::Disconnected);
             }
         }
         self.room.wake();
+    }
+
+    /// Takes a connection's session off its link, if it is still the one
+    /// there: from then on sends go to the backlog for the next session.
+    /// A sender whose send found the session's way out closed (its peer
+    /// went first: an inproc listener that stopped) does this itself, since
+    /// re-routing to the same session would spin until the session's own
+    /// task noticed.
+    pub(crate) fn unlink(&self, session: &Arc<Session>) {
+        let mut link = lock(&self.link);
+        if matches!(&*link, Link::Up(s) if Arc::ptr_eq(s, session)) {
+            *link = Link::Down(VecDeque::new());
+        }
     }
 
     /// A connection's new session is up: what queued meanwhile goes first,
