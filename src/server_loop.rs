@@ -139,8 +139,8 @@ fn responder_for(shared: Arc<Shared>, msg: &Incoming) -> Responder {
 }
 
 /// Runs a listener's handler on every message its queue delivers, until
-/// `stop`; then finishes what is already queued (and, for a concurrent
-/// handler, what is running) and returns. The caller bounds that with the
+/// `stop`; then closes the queue, finishes everything it owns (and, for a
+/// concurrent handler, what is running) and returns. The caller bounds that with the
 /// shutdown grace period. A panicking handler is logged and the loop goes on.
 pub(crate) fn spawn(
     handler: Handler,
@@ -152,11 +152,19 @@ pub(crate) fn spawn(
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let mut running = JoinSet::new();
+            let mut closed = false;
             loop {
                 let msg = tokio::select! {
                     biased;
                     msg = queue.recv() => msg,
-                    _ = stop.cancelled() => queue.try_recv().ok(),
+                    // Shutdown: nothing new is taken (a message offered now
+                    // is refused unACKed), and what the queue already owns
+                    // (ACKed, or about to be) is drained to its end.
+                    _ = stop.cancelled(), if !closed => {
+                        queue.close();
+                        closed = true;
+                        continue;
+                    }
                 };
                 let Some(msg) = msg else { break };
                 let Some(shared) = shared.upgrade() else {
@@ -194,4 +202,66 @@ pub(crate) fn spawn(
         },
         span,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::transport::SocketKind;
+    use crate::{Config, ListenerId};
+
+    /// A message whose place in the queue was taken before shutdown began
+    /// (a session that will ACK it once it is in) is still handled: the
+    /// loop closes its queue and drains it to the end instead of stopping
+    /// at its first empty look. And nothing new is taken after the close
+    /// (the session refuses it unACKed).
+    #[tokio::test]
+    async fn a_message_handed_over_as_shutdown_begins_is_still_handled() {
+        let config = Arc::new(Config::default());
+        let runtime = tokio::runtime::Handle::current();
+        let shared = Arc::new(Shared::new(Arc::clone(&config), runtime));
+        let endpoint = "inproc://slc-test".parse().expect("endpoint");
+        let kind = SocketKind::Listener(ListenerId(1));
+        let stats = Arc::clone(&shared.stats);
+        let socket = Arc::new(SocketCtx::new(
+            kind,
+            endpoint,
+            Bytes::new(),
+            None,
+            stats,
+            config,
+        ));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let slc = move |m: Incoming, _: Responder| s.lock().expect("seen").push(m.body);
+        let (tx, rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        let task = spawn(
+            Handler::Sequential(Arc::new(slc)),
+            rx,
+            Arc::downgrade(&shared),
+            stop.clone(),
+        );
+        let permit = tx.try_reserve().expect("room");
+        stop.cancel();
+        // The loop closes its queue: from then on nothing new is taken.
+        let mut refused = false;
+        for _ in 0..1000 {
+            if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_reserve() {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "the queue was never closed");
+        let late = crate::wire::parse(&Bytes::from_static(b"0-0-0-late")).expect("payload");
+        permit.send(Incoming::new(socket, Bytes::from_static(b"peer"), late));
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the loop ends once its queue is drained")
+            .expect("no panic");
+        assert_eq!(*seen.lock().expect("seen"), [Bytes::from_static(b"late")]);
+    }
 }
