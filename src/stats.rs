@@ -102,6 +102,9 @@ counters! {
     auth_failures,
     /// Times a listener was at its connection limit when a peer knocked.
     connection_limit_hits,
+    /// Warnings about peers not logged (more than 10 a second per
+    /// listener or connection); each second's count is logged once.
+    warnings_suppressed,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -321,8 +321,14 @@ mod tests {
         // NoisePage's ACK shape, for ACKs only.
         let ack = noisepage_ack(&mut [b("srv"), b("np"), b(""), b("7-0-2-")]).unwrap();
         assert_eq!((ack.msg_id, ack.dst_cb), (7, ACK));
-        assert_eq!(noisepage_ack(&mut [b("srv"), b("np"), b(""), b("7-0-1-x")]), None);
-        assert_eq!(noisepage_ack(&mut [b("srv"), b("np"), b("d"), b("7-0-2-")]), None);
+        assert_eq!(
+            noisepage_ack(&mut [b("srv"), b("np"), b(""), b("7-0-1-x")]),
+            None
+        );
+        assert_eq!(
+            noisepage_ack(&mut [b("srv"), b("np"), b("d"), b("7-0-2-")]),
+            None
+        );
         assert_eq!(noisepage_ack(&mut [b("np"), b(""), b("7-0-2-")]), None);
         assert!(from_dealer(&mut [b("p"), b(""), b("x")]).is_err());
         assert_eq!(

@@ -1166,3 +1166,125 @@ async fn churn_leaves_the_listener_serving() {
         "serve left its ipc socket file behind"
     );
 }
+
+/// Issue 11: 3,000 connections sending garbage wrote 3,000 WARN lines
+/// (900-8,400 a second), the rate limit being per connection. Now each
+/// listener logs at most a burst of 10 warnings a second about its peers,
+/// says how many it held back in one line, and counts them
+/// (`warnings_suppressed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_connections_do_not_flood_the_log() {
+    /// Garbage connections, half on tcp, half on ipc.
+    const GARBAGE: usize = 3_000;
+    const TASKS: usize = 32;
+    /// The listener's burst per second (`RateLimit::BURST`).
+    const BURST: u64 = 10;
+    let mut server = Server::start().await;
+    let targets = Targets {
+        tcp_port: match &server.tcp {
+            Endpoint::Tcp { port, .. } => *port,
+            other => panic!("not tcp: {other}"),
+        },
+        ipc_path: match &server.ipc {
+            Endpoint::Ipc(path) => path.clone(),
+            other => panic!("not ipc: {other}"),
+        },
+    };
+    // An HTTP request where the greeting should be: the signature is wrong,
+    // so every one of these is a protocol violation the server warns about.
+    let garbage = {
+        let mut g = b"GET / HTTP/1.1\r\nHost: messenger\r\n\r\n".to_vec();
+        g.resize(GREETING_LEN, b' ');
+        g
+    };
+    let connect_errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let (targets, garbage, errors) = (
+            targets.clone(),
+            garbage.clone(),
+            Arc::clone(&connect_errors),
+        );
+        tasks.spawn(async move {
+            for i in (task..GARBAGE).step_by(TASKS) {
+                let Ok(mut s) = connect(&targets, i % 2, false).await else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let _ = s.write_all(&garbage).await;
+                // Until the server cuts us (it may first send its greeting).
+                let _ = read_until(&mut s, b"\0never\0", Duration::from_secs(2)).await;
+            }
+        });
+    }
+    within(60, "the garbage connections", async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let flood = started.elapsed();
+    // A last one after a quiet second: its warning comes with the count
+    // the flood's last second held back.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for t in 0..2 {
+        let mut s = connect(&targets, t, false).await.expect("connect");
+        let _ = s.write_all(&garbage).await;
+        let _ = read_until(&mut s, b"\0never\0", Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal("TERM");
+    let exit = tokio::time::timeout(EXIT_LIMIT, server.child.wait()).await;
+    assert!(
+        matches!(exit, Ok(Ok(status)) if status.success()),
+        "serve did not exit 0 on SIGTERM: {exit:?}"
+    );
+    if let Some(drain) = server.stderr_drain.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+    let stderr = server.stderr();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("dropping peer"))
+        .count() as u64;
+    let held_back: u64 = stderr
+        .lines()
+        .filter(|l| l.contains("held back in the last second"))
+        .filter_map(|l| l.split("count=").nth(1))
+        .filter_map(|c| c.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let stats: serde_json::Value = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("shut down; ").map(|(_, json)| json))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("no shutdown stats line in:\n{stderr}"));
+    let suppressed = stats["warnings_suppressed"].as_u64().unwrap_or(0);
+    let rejected = stats["guard_rejections"].as_u64().unwrap_or(0);
+    let errors = connect_errors.load(Ordering::Relaxed);
+    eprintln!(
+        "{GARBAGE} garbage connections in {flood:.1?} ({errors} did not connect): \
+         {warnings} warnings logged, {suppressed} suppressed, {held_back} said held back; \
+         {rejected} rejections"
+    );
+    let connected = GARBAGE as u64 + 2 - errors;
+    assert!(
+        connected >= GARBAGE as u64 * 9 / 10,
+        "only {connected} connected"
+    );
+    assert_eq!(rejected, connected, "every garbage connection is rejected");
+    // Two listeners, each at most a burst per started second.
+    let seconds = flood.as_secs() + 3;
+    assert!(
+        warnings <= 2 * BURST * seconds,
+        "{warnings} warnings in {seconds} s from two listeners"
+    );
+    // Nothing is lost from the count: logged or suppressed, every one.
+    assert!(
+        warnings + suppressed >= connected,
+        "{warnings} logged + {suppressed} suppressed < {connected} warned about"
+    );
+    assert!(
+        held_back > 0 && held_back <= suppressed,
+        "the log said {held_back} held back; {suppressed} were suppressed"
+    );
+}

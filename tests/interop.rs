@@ -1236,7 +1236,7 @@ async fn python_peer_answers_our_zmtp_pings() {
 #[test]
 fn parallel_cli_runs_do_not_collide() {
     const RUNS: usize = 20;
-    let mut serve = Serve::start("log", "parallel-serve");
+    let serve = Serve::start("log", "parallel-serve");
     let ep = serve.tcp.clone();
     let runs: Vec<_> = (0..RUNS)
         .map(|i| {

@@ -274,9 +274,19 @@ impl SocketCtx {
         matches!(self.kind, SocketKind::Listener(_))
     }
 
-    /// Logs a warning about a peer, at most a burst per second per socket.
+    /// Whether a warning about a peer may be logged now: at most a burst
+    /// per second per socket. What is held back is counted
+    /// (`warnings_suppressed`) and said in one line when the next second's
+    /// first warning comes.
     pub(crate) fn warn_allowed(&self) -> bool {
-        lock(&self.warn).allow()
+        let (allowed, held_back) = lock(&self.warn).allow();
+        if held_back > 0 {
+            tracing::warn!(endpoint = %self.endpoint, count = held_back, "warnings about peers held back in the last second");
+        }
+        if !allowed {
+            bump(&self.stats.warnings_suppressed);
+        }
+        allowed
     }
 
     // ---- Routes ----------------------------------------------------------
@@ -583,8 +593,10 @@ pub(crate) enum RouteError {
     Closed,
 }
 
-/// Lets through at most a burst of warnings per second, so a peer sending
-/// garbage cannot flood the log.
+/// Lets through at most a burst of warnings per second per socket (a
+/// listener's warnings about all its peers together), so peers sending
+/// garbage cannot flood the log; how many were held back is said once the
+/// second is over.
 pub(crate) struct RateLimit {
     window_start: Instant,
     in_window: u32,
@@ -600,14 +612,18 @@ impl RateLimit {
         }
     }
 
-    pub(crate) fn allow(&mut self) -> bool {
+    /// Whether one more warning may be logged now; when a new second
+    /// begins, also how many the last one held back.
+    pub(crate) fn allow(&mut self) -> (bool, u32) {
         let now = Instant::now();
+        let mut held_back = 0;
         if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            held_back = self.in_window.saturating_sub(Self::BURST);
             self.window_start = now;
             self.in_window = 0;
         }
         self.in_window = self.in_window.saturating_add(1);
-        self.in_window <= Self::BURST
+        (self.in_window <= Self::BURST, held_back)
     }
 }
 
