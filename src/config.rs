@@ -23,6 +23,14 @@ pub struct Config {
     /// and the try-forms fail with `Full`; ECHO answers beyond it are sent
     /// once, without being kept for resending. Default 4096.
     pub send_queue_capacity: usize,
+    /// The same window in bytes: with resending on, the most payload bytes
+    /// in flight to one peer without an ACK; past it sends wait (or fail
+    /// with `Full`) and ECHO answers are sent untracked, as at
+    /// `send_queue_capacity`. A message larger than this still goes when
+    /// nothing else is unacknowledged. Default 8 MiB: 4,096 messages of
+    /// 2 KiB; a peer that never ACKs (NoisePage's model server) makes us
+    /// hold at most this much for it until the replies' deadlines.
+    pub send_window_bytes: usize,
     /// Bytes one tcp or ipc session may hold that the socket has not taken
     /// yet (its peer is slow or not reading). Past it sends wait (or fail
     /// with `Full`), ACKs are dropped and ECHOs refused unACKed (the peer
@@ -131,6 +139,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             max_pending_callbacks: 1 << 20,
             send_queue_capacity: 4096,
+            send_window_bytes: 8 << 20,
             send_buffer_size: 1 << 20,
             slc_queue_capacity: 4096,
             max_message_size: 16 << 20,

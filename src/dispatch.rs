@@ -285,13 +285,15 @@ impl Shared {
         // refused message must leave no gap in them).
         let unacked = socket.unacked_for(&route);
         let limit = self.config.max_pending_messages;
+        // At most what `prepare` encodes (the ids are not known yet).
+        let len = wire::encoded_len(u64::MAX, u64::MAX, dst_cb, body.len());
         let mut waiting_since = None;
         let place = loop {
-            match unacked.reserve(limit) {
+            match unacked.reserve(limit, len) {
                 Ok(place) => break place,
                 Err(SendError::Full) if mode == Mode::Wait => {
                     waiting_since.get_or_insert_with(tokio::time::Instant::now);
-                    unacked.wait().await;
+                    unacked.wait(len).await;
                     // It may have closed meanwhile (the peer left).
                     route = socket.route(peer)?;
                 }
@@ -487,7 +489,10 @@ impl Shared {
         let id = socket.next_msg_id_for(session);
         let reply = wire::encode(id, NOOP, request.src_cb, &request.body);
         if let Some(iv) = self.config.resend_interval {
-            match session.unacked.reserve(self.config.max_pending_messages) {
+            match session
+                .unacked
+                .reserve(self.config.max_pending_messages, reply.len())
+            {
                 Ok(place) => {
                     let deadline = deadline_after(now, self.config.request_timeout.max(iv));
                     // A set at its hard limit only costs this answer its

@@ -80,6 +80,9 @@ pub struct PendingSet<W> {
     entries: HashMap<MsgKey, Entry<W>, foldhash::fast::RandomState>,
     limit: usize,
     rtt: RttEstimate,
+    /// Payload bytes held, so a peer's window can be bounded in bytes as
+    /// well as in messages.
+    bytes: usize,
 }
 
 /// The set already holds its limit of messages.
@@ -102,6 +105,7 @@ impl<W> PendingSet<W> {
             entries: HashMap::default(),
             limit,
             rtt: RttEstimate::default(),
+            bytes: 0,
         }
     }
 
@@ -117,7 +121,8 @@ impl<W> PendingSet<W> {
         if self.entries.len() >= self.limit {
             return Err(SetFull(self.limit));
         }
-        self.entries.insert(
+        self.bytes += payload.len();
+        let old = self.entries.insert(
             key,
             Entry {
                 payload,
@@ -127,18 +132,23 @@ impl<W> PendingSet<W> {
                 waiter,
             },
         );
+        if let Some(old) = old {
+            self.bytes -= old.payload.len();
+        }
         Ok(())
     }
 
     /// The message is acknowledged (or answered): forget it.
     pub fn ack(&mut self, key: &MsgKey) -> Option<Entry<W>> {
-        self.entries.remove(key)
+        let entry = self.entries.remove(key)?;
+        self.bytes -= entry.payload.len();
+        Some(entry)
     }
 
     /// [`ack`](Self::ack) for an ACK that arrived at `now`: a message sent
     /// only once also gives a round-trip sample.
     pub fn ack_at(&mut self, key: &MsgKey, now: Instant) -> Option<Entry<W>> {
-        let entry = self.entries.remove(key)?;
+        let entry = self.ack(key)?;
         if entry.resends == 0 {
             self.rtt
                 .sample(now.saturating_duration_since(entry.last_sent));
@@ -160,10 +170,14 @@ impl<W> PendingSet<W> {
     /// a budget of 0 (the link is down, or the queue is full) nothing is
     /// marked, so due messages go out as soon as there is room.
     pub fn tick(&mut self, now: Instant, interval: Duration, budget: usize) -> Tick<W> {
+        let bytes = &mut self.bytes;
         let expired = self
             .entries
             .extract_if(|_, e| e.deadline <= now)
-            .map(|(k, e)| (k, e.waiter))
+            .map(|(k, e)| {
+                *bytes -= e.payload.len();
+                (k, e.waiter)
+            })
             .collect();
         let rto = self.rtt.rto(interval);
         let mut due: Vec<(MsgKey, Bytes)> = Vec::new();
@@ -189,15 +203,25 @@ impl<W> PendingSet<W> {
     /// Removes the messages someone waits on, returning the waiters; the
     /// others stay to be resent.
     pub fn drain_waiters(&mut self) -> Vec<W> {
+        let bytes = &mut self.bytes;
         self.entries
             .extract_if(|_, e| e.waiter.is_some())
-            .filter_map(|(_, e)| e.waiter)
+            .filter_map(|(_, e)| {
+                *bytes -= e.payload.len();
+                e.waiter
+            })
             .collect()
     }
 
     /// Removes everything, returning the waiters.
     pub fn drain(&mut self) -> Vec<W> {
+        self.bytes = 0;
         self.entries.drain().filter_map(|(_, e)| e.waiter).collect()
+    }
+
+    /// Payload bytes of the messages waiting for an ACK.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Messages waiting for an ACK.
@@ -234,6 +258,33 @@ mod tests {
         assert_eq!(s.ack(&key(1)).and_then(|e| e.waiter), Some("w"));
         assert!(s.ack(&key(1)).is_none(), "a second ACK finds nothing");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn bytes_follow_every_way_in_and_out() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let mut s = PendingSet::new(10);
+        s.insert(key(1), Bytes::from("aaa"), now, later, Some(1))
+            .unwrap();
+        s.insert(key(2), Bytes::from("bb"), now, now, None).unwrap();
+        s.insert(key(3), Bytes::from("c"), now, later, None)
+            .unwrap();
+        s.insert(key(4), Bytes::from("dddd"), now, later, Some(4))
+            .unwrap();
+        assert_eq!(s.bytes(), 10);
+        // The same msg_id again replaces, it does not add.
+        s.insert(key(3), Bytes::from("cc"), now, later, None)
+            .unwrap();
+        assert_eq!(s.bytes(), 11);
+        s.ack_at(&key(1), now).unwrap();
+        assert_eq!(s.bytes(), 8);
+        assert_eq!(s.tick(now, Duration::from_secs(1), 0).expired.len(), 1);
+        assert_eq!(s.bytes(), 6, "an expired message frees its bytes");
+        assert_eq!(s.drain_waiters(), vec![4]);
+        assert_eq!(s.bytes(), 2);
+        s.drain();
+        assert_eq!(s.bytes(), 0);
     }
 
     #[test]

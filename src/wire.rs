@@ -126,13 +126,8 @@ pub fn ack(msg_id: u64) -> Bytes {
 
 /// Length a payload will have, to check limits before formatting it.
 pub fn encoded_len(msg_id: u64, src_cb: u64, dst_cb: u64, body_len: usize) -> usize {
-    fn digits(mut v: u64) -> usize {
-        let mut n = 1;
-        while v >= 10 {
-            v /= 10;
-            n += 1;
-        }
-        n
+    fn digits(v: u64) -> usize {
+        v.checked_ilog10().unwrap_or(0) as usize + 1
     }
     digits(msg_id) + digits(src_cb) + digits(dst_cb) + 3 + body_len
 }

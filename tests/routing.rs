@@ -714,3 +714,60 @@ async fn a_peer_that_never_acks_fills_only_its_own_window() {
         server.shutdown().await;
     }
 }
+
+/// The per-peer window is bounded in bytes too (`send_window_bytes`): a
+/// peer that never ACKs large answers makes the listener hold at most that
+/// much for it; a single message larger than the window still goes (and is
+/// tracked) when nothing else is held, and another peer is unaffected.
+#[tokio::test]
+async fn the_window_is_bounded_in_bytes() {
+    const WINDOW_BYTES: usize = 64 << 10;
+    const BODY: usize = 16 << 10;
+    const ECHOES: usize = 16;
+    for t in ["tcp", "ipc"] {
+        let config = messenger::Config {
+            send_window_bytes: WINDOW_BYTES,
+            ..messenger::Config::default()
+        };
+        let (server, bound, _p) = common::serve(t, config, |m: Incoming, r: Responder| {
+            let _ = r.try_reply(&m.body);
+        })
+        .await;
+        let mut greedy = common::raw_dealer(&bound.endpoint, "greedy").await;
+        let body = vec![b'x'; BODY];
+        for i in 0..ECHOES {
+            let mut req = format!("{i}-5-1-").into_bytes();
+            req.extend_from_slice(&body);
+            raw_send(&mut greedy, &[b"", &req]).await;
+        }
+        eventually(5, "the greedy peer is answered", || {
+            server.stats().echoes_answered == ECHOES as u64
+        })
+        .await;
+        for i in 0..ECHOES {
+            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
+            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
+        }
+        // Three answers (about 48 KiB) fit the window; a fourth would not.
+        let tracked = WINDOW_BYTES / (BODY + 16);
+        let s = server.stats();
+        assert_eq!(s.pending_messages, tracked as u64, "{t}: {s:?}");
+        assert_eq!(s.replies_untracked, (ECHOES - tracked) as u64, "{t}: {s:?}");
+        // Another peer gets an answer larger than the whole window.
+        let (client, conn) =
+            common::connect_as("polite", messenger::Config::default(), &bound.endpoint, 5).await;
+        let big = vec![b'y'; 2 * WINDOW_BYTES];
+        let reply = within(
+            5,
+            &format!("{t}: the big request"),
+            client.request(conn, wire::NOOP, &big),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t}: big request: {e}"));
+        assert_eq!(reply.body.len(), big.len(), "{t}");
+        let s = server.stats();
+        assert_eq!(s.replies_untracked, (ECHOES - tracked) as u64, "{t}: {s:?}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}

@@ -51,6 +51,20 @@ impl Room {
 struct Inner {
     set: PendingSet<AckWaiter>,
     reserved: usize,
+    /// Bytes promised to the reserved places (upper bounds of their
+    /// encodings).
+    reserved_bytes: usize,
+}
+
+impl Inner {
+    /// Whether one more message of `len` bytes fits the window: a place in
+    /// the count, and room in the bytes unless nothing else is held (a
+    /// message larger than the byte window still goes, alone).
+    fn fits(&self, window: usize, window_bytes: usize, len: usize) -> bool {
+        let n = self.set.len() + self.reserved;
+        let bytes = self.set.bytes() + self.reserved_bytes;
+        n < window && (n == 0 || bytes.saturating_add(len) <= window_bytes)
+    }
 }
 
 /// See the module documentation.
@@ -60,6 +74,10 @@ pub(crate) struct Unacked {
     /// high-water mark applied to what is in flight); `usize::MAX` without
     /// resending, when nothing is tracked.
     window: usize,
+    /// Most payload bytes in flight without an ACK before senders wait, so
+    /// a peer that never ACKs large replies holds a bounded amount of
+    /// memory, not `window` times the largest message.
+    window_bytes: usize,
     /// Senders waiting for the window to open.
     room: Room,
     /// The peer's session ended: waiting senders give up.
@@ -72,12 +90,14 @@ impl Unacked {
             inner: Mutex::new(Inner {
                 set: PendingSet::new(config.max_pending_messages),
                 reserved: 0,
+                reserved_bytes: 0,
             }),
             window: if config.resend_interval.is_some() {
                 config.send_queue_capacity.max(1)
             } else {
                 usize::MAX
             },
+            window_bytes: config.send_window_bytes,
             room: Room::default(),
             closed: AtomicBool::new(false),
         }
@@ -92,39 +112,44 @@ impl Unacked {
         self.inner().set.len()
     }
 
-    /// Takes a place in the window for one message, atomically: `Full` at
-    /// the window (senders may wait for it to open), `TooManyUnacked` at
-    /// `limit`. The place is the message's once [`Reserved::insert`]
-    /// records it, and is given back if the reservation is dropped. (A
-    /// check followed by an insert let every sender woken together pass
-    /// the check: the window overshot twentyfold under a burst.)
-    pub(crate) fn reserve(self: &Arc<Self>, limit: usize) -> Result<Reserved, SendError> {
-        if self.window != usize::MAX {
+    /// Takes a place in the window for one message of at most `len`
+    /// bytes, atomically: `Full` at the window, in messages or in bytes
+    /// (senders may wait for it to open), `TooManyUnacked` at `limit`. The
+    /// place is the message's once [`Reserved::insert`] records it, and is
+    /// given back if the reservation is dropped. (A check followed by an
+    /// insert let every sender woken together pass the check: the window
+    /// overshot twentyfold under a burst.)
+    pub(crate) fn reserve(
+        self: &Arc<Self>,
+        limit: usize,
+        len: usize,
+    ) -> Result<Reserved, SendError> {
+        let counted = self.window != usize::MAX;
+        if counted {
             let mut inner = self.inner();
-            let n = inner.set.len() + inner.reserved;
-            if n >= self.window {
+            if !inner.fits(self.window, self.window_bytes, len) {
                 return Err(SendError::Full);
             }
-            if n >= limit {
+            if inner.set.len() + inner.reserved >= limit {
                 return Err(SendError::TooManyUnacked(limit));
             }
             inner.reserved += 1;
+            inner.reserved_bytes += len;
         }
         Ok(Reserved {
             unacked: Arc::clone(self),
-            counted: self.window != usize::MAX,
+            len: if counted { len } else { 0 },
+            counted,
         })
     }
 
-    /// Waits until the window has room (or the peer's session ended).
-    pub(crate) async fn wait(&self) {
+    /// Waits until the window has room for `len` bytes (or the peer's
+    /// session ended).
+    pub(crate) async fn wait(&self, len: usize) {
         self.room
             .wait(|| {
-                if self.closed.load(Ordering::Acquire) {
-                    return true;
-                }
-                let inner = self.inner();
-                inner.set.len() + inner.reserved < self.window
+                self.closed.load(Ordering::Acquire)
+                    || self.inner().fits(self.window, self.window_bytes, len)
             })
             .await
     }
@@ -190,8 +215,21 @@ impl Unacked {
 /// A place in an [`Unacked`] window (see [`Unacked::reserve`]).
 pub(crate) struct Reserved {
     unacked: Arc<Unacked>,
+    /// The bytes promised to it.
+    len: usize,
     /// Whether the window counts it (resending on).
     counted: bool,
+}
+
+impl Inner {
+    /// Gives a reserved place's promise back (once: `counted` turns false).
+    fn release(&mut self, counted: &mut bool, len: usize) {
+        if *counted {
+            self.reserved -= 1;
+            self.reserved_bytes -= len;
+            *counted = false;
+        }
+    }
 }
 
 impl Reserved {
@@ -210,10 +248,7 @@ impl Reserved {
         waiter: Option<AckWaiter>,
     ) -> Result<(), SetFull> {
         let mut inner = self.unacked.inner();
-        if self.counted {
-            inner.reserved -= 1;
-            self.counted = false;
-        }
+        inner.release(&mut self.counted, self.len);
         inner.set.insert(msg_id, payload, now, deadline, waiter)
     }
 }
@@ -221,7 +256,7 @@ impl Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         if self.counted {
-            self.unacked.inner().reserved -= 1;
+            self.unacked.inner().release(&mut self.counted, self.len);
             self.unacked.room.wake();
         }
     }
