@@ -387,6 +387,11 @@ impl Messenger {
     /// Opens a DEALER to `endpoint`, or returns the one already pooled for
     /// it. The connection redials by itself if its peer goes away (see
     /// [`Config::reconnect_initial`]); its id stays valid until shutdown.
+    ///
+    /// A listener refuses our identity while a session of its own still
+    /// holds it; when that is our previous run (this process restarted),
+    /// the refusal is retried until [`Config::connect_timeout`], since the
+    /// listener lets the old session go once it has read its end.
     pub async fn make_connection(&self, endpoint: &Endpoint) -> Result<ConnectionId, ConnectError> {
         self.connect(endpoint, None).await
     }
@@ -441,7 +446,7 @@ impl Messenger {
             Arc::clone(&shared.stats),
             Arc::clone(cfg),
         ));
-        let first = connection::dial(endpoint, &ctx).await?;
+        let first = connection::dial_first(endpoint, &ctx).await?;
         // Up before make_connection returns: sends go straight to it.
         ctx.link_up(&first.1);
         let backoff = connection::Backoff {

@@ -44,9 +44,16 @@ async fn connect_alice(listener: &ListenerInfo) -> (Messenger, ConnectionId) {
     connect_as("alice", Config::default(), &listener.endpoint, 10).await
 }
 
-/// A second messenger "alice" trying to connect to `listener`.
+/// A second messenger "alice" trying to connect to `listener`. Its
+/// `make_connection` retries a refusal for a live id until its connect
+/// timeout (in case the live one is its own previous run, about to go), so
+/// that is kept short here.
 async fn twin_connects(listener: &ListenerInfo) -> (Messenger, Result<ConnectionId, ConnectError>) {
-    let twin = Messenger::new("alice").unwrap();
+    let config = Config {
+        connect_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let twin = Messenger::with_config("alice", config).unwrap();
     let r = within(
         10,
         "the twin's make_connection",
@@ -144,10 +151,10 @@ async fn live_peer_keeps_its_id(transport: &str) {
         server.stats().routing_id_conflicts >= 2 * ROUNDS as u64
     })
     .await;
+    // The raw intruder once a round, the API one once per retry.
     let stats = server.stats();
-    assert_eq!(
-        stats.routing_id_conflicts,
-        2 * ROUNDS as u64,
+    assert!(
+        stats.routing_id_conflicts >= 2 * ROUNDS as u64,
         "{transport}: {stats:?}"
     );
     let astats = alice.stats();
@@ -205,7 +212,10 @@ async fn a_live_peers_identity_is_refused_on_inproc() {
 
     let (twin, r) = twin_connects(&bound).await;
     match r {
-        Err(e) => eprintln!("inproc: the twin's make_connection: {e}"),
+        Err(e) => {
+            eprintln!("inproc: the twin's make_connection: {e}");
+            assert!(e.to_string().contains("routing id in use"), "{e}");
+        }
         Ok(_) => panic!("a second \"alice\" connected over inproc while alice is live"),
     }
     eprintln!(
@@ -240,4 +250,244 @@ async fn a_live_peers_identity_is_refused_on_inproc() {
     round_trip(10, &twin, c, wire::NOOP, b"twin", "the twin is served").await;
     twin.shutdown().await;
     server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Restarts with the same identity
+
+/// Messages per run of the restarting client.
+const RESTART_N: usize = 20_000;
+/// The second run sends this many at a time.
+const RESTART_BATCH: usize = 500;
+
+/// Messages `ids` for the server loop, as one write.
+fn pipelined_run(tag: &str, ids: impl IntoIterator<Item = usize>) -> Vec<u8> {
+    ids.into_iter()
+        .flat_map(|i| {
+            let payload = format!("{i}-0-0-{tag}-{i}");
+            raw_zmtp::message(&[b"", payload.as_bytes()])
+        })
+        .collect()
+}
+
+/// Checks that no body reached the server loop twice; returns how many
+/// start with `prefix`.
+fn each_once(seen: &Seen, transport: &str, prefix: &str) -> usize {
+    let seen = seen.lock().unwrap();
+    let mut bodies: Vec<&[u8]> = seen.iter().map(|(_, b)| b.as_ref()).collect();
+    bodies.sort_unstable();
+    let before = bodies.len();
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        before,
+        "{transport}: a message reached the server loop twice"
+    );
+    bodies
+        .iter()
+        .filter(|b| b.starts_with(prefix.as_bytes()))
+        .count()
+}
+
+/// The msg_id of an ACK among what a listener sends a DEALER.
+fn ack_id(parts: &[Vec<u8>]) -> Option<u64> {
+    let p = wire::parse(&Bytes::copy_from_slice(parts.last()?)).ok()?;
+    (p.dst_cb == wire::ACK).then_some(p.msg_id)
+}
+
+/// Issue 11: a client that restarted with the same identity and msg_ids
+/// from 0 lost 23-35 of about 196 messages that were ACKed, because the old
+/// connection's messages still in flight were recorded in the new
+/// session's duplicate window. Here the first run pipelines its messages
+/// and closes its sending side at once, so the listener is still working
+/// through them when the second run, with the same identity and ids from
+/// 0, dials (and is refused while the first is live there, then taken).
+/// Every message either run saw ACKed reaches the server loop, exactly
+/// once.
+async fn a_restart_loses_nothing_acked(transport: &str) {
+    use tokio::io::AsyncWriteExt;
+    let (server, bound, _p, seen) = server(transport).await;
+    let mut first = raw_zmtp::dealer(
+        &bound.endpoint,
+        b"restarter",
+        &pipelined_run("one", 0..RESTART_N),
+    )
+    .await;
+    first.inner.shutdown().await.unwrap();
+    let first_run = async {
+        first.expect_ready().await;
+        let mut acked = std::collections::BTreeSet::new();
+        // Until the listener ends the session (it read our end).
+        while let Ok(Some(parts)) = first.message().await {
+            acked.extend(ack_id(&parts));
+        }
+        acked
+    };
+    let second_run = async {
+        let mut refusals = 0;
+        let mut second = loop {
+            let mut r = raw_zmtp::dealer(&bound.endpoint, b"restarter", b"").await;
+            let answer = r.command().await.unwrap();
+            if answer.command_name() == Some(&b"READY"[..]) {
+                break r;
+            }
+            refusals += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        // In batches, each ACKed before the next, resending what is not
+        // ACKed within 500 ms as any sender does (the listener refuses
+        // messages unACKed while its server loop's queue is full, which
+        // the first run's burst can make it).
+        let mut acked = std::collections::BTreeSet::new();
+        let mut resent = 0;
+        for batch in (0..RESTART_N).step_by(RESTART_BATCH) {
+            let ids = batch..batch + RESTART_BATCH;
+            second.send(&pipelined_run("two", ids.clone())).await;
+            loop {
+                let missing: Vec<usize> = ids
+                    .clone()
+                    .filter(|&i| !acked.contains(&(i as u64)))
+                    .collect();
+                if missing.is_empty() {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(500), second.message()).await {
+                    Ok(parts) => {
+                        let parts = parts.unwrap().expect("the listener closed");
+                        acked.extend(ack_id(&parts));
+                    }
+                    Err(_) => {
+                        resent += missing.len();
+                        second.send(&pipelined_run("two", missing)).await;
+                    }
+                }
+            }
+        }
+        if resent > 0 {
+            eprintln!("{transport}: the second run resent {resent}");
+        }
+        (refusals, second)
+    };
+    let (acked_one, (refusals, second)) = within(30, "both runs", async {
+        tokio::join!(Box::pin(first_run), Box::pin(second_run))
+    })
+    .await;
+    let wanted: Vec<String> = acked_one
+        .iter()
+        .map(|i| format!("one-{i}"))
+        .chain((0..RESTART_N).map(|i| format!("two-{i}")))
+        .collect();
+    let missing = |seen: &[(Bytes, Bytes)]| -> Vec<String> {
+        let bodies: std::collections::HashSet<&[u8]> =
+            seen.iter().map(|(_, b)| b.as_ref()).collect();
+        wanted
+            .iter()
+            .filter(|w| !bodies.contains(w.as_bytes()))
+            .cloned()
+            .collect()
+    };
+    let all_there = async {
+        while !missing(&seen.lock().unwrap()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), all_there)
+        .await
+        .is_err()
+    {
+        let gone = missing(&seen.lock().unwrap());
+        panic!(
+            "{transport}: {} ACKed messages never reached the server loop: {:?}",
+            gone.len(),
+            &gone[..gone.len().min(20)]
+        );
+    }
+    let delivered_one = each_once(&seen, transport, "one-");
+    eprintln!(
+        "{transport}: first run {} ACKed of {RESTART_N} ({delivered_one} delivered), second run refused {refusals} times, then all {RESTART_N} delivered",
+        acked_one.len(),
+    );
+    drop(second);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loses_nothing_acked_on_tcp() {
+    a_restart_loses_nothing_acked("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loses_nothing_acked_on_ipc() {
+    a_restart_loses_nothing_acked("ipc").await;
+}
+
+/// The same through the API on every transport: a messenger that shuts
+/// down mid-stream and one with the same identity started at once (its
+/// `make_connection` waits out the listener's last moments with the old
+/// one). Every message confirmed to either reaches the server loop once.
+async fn a_restarted_messenger_loses_nothing_confirmed(transport: &str) {
+    const N: usize = 400;
+    let (server, bound, _p, seen) = server(transport).await;
+    let run = |tag: &'static str, stop_after: usize| {
+        let endpoint = bound.endpoint.clone();
+        async move {
+            let m = Messenger::new("restarter").unwrap();
+            let conn = within(10, "make_connection", m.make_connection(&endpoint))
+                .await
+                .unwrap_or_else(|e| panic!("{transport}: {tag}: {e}"));
+            let mut sends: futures::stream::FuturesUnordered<_> = (0..N)
+                .map(|i| {
+                    let m = &m;
+                    async move {
+                        let body = format!("{tag}-{i}");
+                        m.send_confirmed(conn, wire::NOOP, body.as_bytes())
+                            .await
+                            .ok()
+                            .map(|_| body)
+                    }
+                })
+                .collect();
+            let mut confirmed = Vec::new();
+            within(20, "confirmations", async {
+                use futures::StreamExt;
+                while let Some(r) = sends.next().await {
+                    confirmed.extend(r);
+                    if confirmed.len() >= stop_after {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(sends);
+            m.shutdown().await;
+            confirmed
+        }
+    };
+    let mut wanted = run("one", N / 4).await;
+    wanted.extend(run("two", N).await);
+    assert!(wanted.len() >= N + N / 4, "{transport}: {}", wanted.len());
+    eventually(10, "every confirmed message at the server loop", || {
+        let seen = seen.lock().unwrap();
+        let bodies: std::collections::HashSet<&[u8]> =
+            seen.iter().map(|(_, b)| b.as_ref()).collect();
+        wanted.iter().all(|w| bodies.contains(w.as_bytes()))
+    })
+    .await;
+    each_once(&seen, transport, "one-");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_messenger_loses_nothing_confirmed_on_tcp() {
+    a_restarted_messenger_loses_nothing_confirmed("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_messenger_loses_nothing_confirmed_on_ipc() {
+    a_restarted_messenger_loses_nothing_confirmed("ipc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_messenger_loses_nothing_confirmed_on_inproc() {
+    a_restarted_messenger_loses_nothing_confirmed("inproc").await;
 }

@@ -80,6 +80,42 @@ pub(crate) async fn dial(
     Ok((Link::Wire(Box::new(conn)), session))
 }
 
+/// `make_connection`'s dial. A listener refuses a routing id that a live
+/// session holds; when that session is our own previous run (a process
+/// restarted with the same identity) the listener has not yet seen its
+/// close, and will within moments. So a refusal for that reason is retried,
+/// backing off from 10 ms, until `connect_timeout`; then it is the error.
+pub(crate) async fn dial_first(
+    endpoint: &Endpoint,
+    socket: &Arc<SocketCtx>,
+) -> Result<(Link, Arc<Session>), ConnectError> {
+    let give_up = tokio::time::Instant::now() + socket.config.connect_timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match dial(endpoint, socket).await {
+            Err(e) if id_in_use(&e) && tokio::time::Instant::now() + delay < give_up => {
+                tracing::debug!(endpoint = %endpoint, ?delay, "routing id in use; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(250));
+            }
+            dialled => return dialled,
+        }
+    }
+}
+
+/// Whether a listener refused us because our routing id is live there.
+fn id_in_use(e: &ConnectError) -> bool {
+    use crate::zmtp::ZmtpError;
+    match e {
+        ConnectError::Handshake { source, .. } => match source {
+            ZmtpError::PeerError { reason } => reason == super::ROUTING_ID_IN_USE,
+            ZmtpError::Refused(reason) => *reason == super::ROUTING_ID_IN_USE,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Why a dial failed, from how its connection ended.
 fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
     let endpoint = endpoint.clone();

@@ -211,7 +211,7 @@ pub(crate) fn dial(
             ConnectError::Handshake {
                 endpoint: endpoint(),
                 source: ZmtpError::Refused(match e {
-                    RouteError::InUse => "routing id in use",
+                    RouteError::InUse => super::ROUTING_ID_IN_USE,
                     RouteError::Full | RouteError::Closed => "the listener takes no new peers",
                 }),
             }

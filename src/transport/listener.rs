@@ -134,7 +134,7 @@ async fn serve_peer(
         let peer = conn
             .handshake(|peer| {
                 if socket.route_in_use(&peer.identity) {
-                    Err("routing id in use")
+                    Err(super::ROUTING_ID_IN_USE)
                 } else {
                     Ok(())
                 }

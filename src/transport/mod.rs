@@ -582,6 +582,10 @@ impl SocketCtx {
     }
 }
 
+/// The reason a listener gives (ZMTP ERROR) for refusing a routing id
+/// that a live session holds.
+pub(crate) const ROUTING_ID_IN_USE: &str = "routing id in use";
+
 /// Why a listener did not take a new session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RouteError {
