@@ -65,10 +65,29 @@ pub struct Config {
     /// How long a tcp or ipc peer has to finish the ZMTP greeting and READY
     /// before it is dropped. Default 5 s.
     pub handshake_timeout: Duration,
-    /// Peers one listener serves at once; more wait in the OS backlog until
-    /// one leaves. Default 1024.
+    /// Peers one listener serves at once. At the limit a newcomer is held
+    /// (the rest wait in the OS backlog) until a peer leaves or one gives
+    /// way to it (`evict_idle_after`). Default 1024.
     pub max_connections_per_listener: usize,
-    /// How long `make_connection` waits for the handshake. Default 5 s.
+    /// At the connection limit, the peer that has sent no message for the
+    /// longest gives its place to a newcomer, if that is at least this
+    /// long and nothing is in flight between us (nothing unacknowledged,
+    /// nothing waiting to be written). Its connection is closed; a DEALER
+    /// (ours or libzmq's) redials. Without this, peers that connect and
+    /// stay silent hold every place for good. `None`: newcomers wait until
+    /// a peer leaves. Default 10 s: far longer than any gap inside a
+    /// conversation, far shorter than a lockout anyone would accept.
+    pub evict_idle_after: Option<Duration>,
+    /// tcp peers one listener serves at once from one source address (one
+    /// IPv6 /64), so one host cannot take every place; more are closed as
+    /// soon as they are accepted (`address_limit_hits`). ipc peers are
+    /// local and not counted. Default 256: a quarter of the default
+    /// listener limit, more than a host of our own processes needs (each
+    /// messenger pools one connection per endpoint).
+    pub max_connections_per_address: usize,
+    /// How long `make_connection`, and each redial, waits for the
+    /// connection and its handshake (a listener at its connection limit
+    /// answers a newcomer only once a place frees). Default 5 s.
     pub connect_timeout: Duration,
     /// How long a sent message may go unacknowledged before it is sent
     /// again, at the least: when the round trips measured from ACKs are
@@ -148,6 +167,8 @@ impl Default for Config {
             zmtp_heartbeat: None,
             handshake_timeout: Duration::from_secs(5),
             max_connections_per_listener: 1024,
+            evict_idle_after: Some(Duration::from_secs(10)),
+            max_connections_per_address: 256,
             connect_timeout: Duration::from_secs(5),
             resend_interval: Some(Duration::from_secs(1)),
             max_pending_messages: 1 << 20,

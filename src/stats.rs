@@ -102,6 +102,12 @@ counters! {
     auth_failures,
     /// Times a listener was at its connection limit when a peer knocked.
     connection_limit_hits,
+    /// Idle peers closed to make room for a newcomer at the connection
+    /// limit (see `Config::evict_idle_after`).
+    idle_evictions,
+    /// tcp peers closed on arrival because their address already had
+    /// `Config::max_connections_per_address` sessions.
+    address_limit_hits,
     /// Warnings about peers not logged (more than 10 a second per
     /// listener or connection); each second's count is logged once.
     warnings_suppressed,

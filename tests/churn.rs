@@ -125,6 +125,10 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--bind", "tcp://127.0.0.1:0", "--bind", &ipc_bind])
             .args(["--quiet", "--stats-interval", "10s"])
+            // Churners and probes all come from loopback: the per-address
+            // cap would turn probes away with the churners (the test is
+            // about the server, not its address policy).
+            .args(["--max-connections-per-address", "1024"])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -129,6 +129,8 @@ async fn garbage_or_a_stalled_handshake_is_dropped() {
 async fn the_connection_limit_is_enforced_and_accepts_resume() {
     let config = Config {
         max_connections_per_listener: 2,
+        // The limit alone (tests/admission.rs has idle peers giving way).
+        evict_idle_after: None,
         ..Config::default()
     };
     let (server, bound, _p) = serve("tcp", config, echo_slc).await;

@@ -304,6 +304,9 @@ impl Server {
                 &ipc,
                 "--slc",
                 "echo",
+                // The peers suite connects 1,000 peers, all from loopback.
+                "--max-connections-per-address",
+                "1024",
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -19,6 +19,50 @@ pub struct Cli {
     command: Command,
 }
 
+/// Who a listener admits; each defaults to `messenger::Config`'s.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Peers served at once per listener [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// tcp peers served at once from one source address [default: 256].
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// At the connection limit, a peer that sent nothing for this long
+    /// gives its place to a newcomer; "off" never [default: 10s].
+    #[arg(long, value_name = "DURATION|off", value_parser = parse_idle)]
+    evict_idle_after: Option<IdlePolicy>,
+}
+
+/// `--evict-idle-after`: a duration, or "off".
+#[derive(Debug, Clone, Copy)]
+struct IdlePolicy(Option<Duration>);
+
+fn parse_idle(s: &str) -> Result<IdlePolicy, String> {
+    if s == "off" {
+        return Ok(IdlePolicy(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| IdlePolicy(Some(d)))
+        .map_err(|e| e.to_string())
+}
+
+impl LimitArgs {
+    /// `config` with the limits asked for.
+    pub fn apply(&self, mut config: messenger::Config) -> messenger::Config {
+        if let Some(n) = self.max_connections {
+            config.max_connections_per_listener = n;
+        }
+        if let Some(n) = self.max_connections_per_address {
+            config.max_connections_per_address = n;
+        }
+        if let Some(IdlePolicy(after)) = self.evict_idle_after {
+            config.evict_idle_after = after;
+        }
+        config
+    }
+}
+
 /// Where to read a shared secret for authentication (tcp and ipc).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SecretArgs {
@@ -105,6 +149,8 @@ enum Command {
         stats_interval: Option<Duration>,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Send BODY to callback N at ENDPOINT and wait for its ACK.
     Send(MessageArgs),
@@ -144,7 +190,14 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             quiet,
             stats_interval,
             secret,
-        } => serve::run(binds, identity, slc, quiet, stats_interval, secret.load()?).await,
+            limits,
+        } => {
+            let config = limits.apply(messenger::Config {
+                auth: secret.load()?,
+                ..messenger::Config::default()
+            });
+            serve::run(binds, identity, slc, quiet, stats_interval, config).await
+        }
         Command::Send(args) => client::send(args).await,
         Command::Request(args) => client::request(args).await,
         Command::Ping {

@@ -20,12 +20,8 @@ pub async fn run(
     mode: SlcMode,
     quiet: bool,
     stats_interval: Option<Duration>,
-    secret: Option<messenger::auth::Secret>,
+    config: messenger::Config,
 ) -> Result<(), String> {
-    let config = messenger::Config {
-        auth: secret,
-        ..messenger::Config::default()
-    };
     let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
     for bind in &binds {
         let slc = move |msg: Incoming, r: Responder| {

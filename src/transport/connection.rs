@@ -123,10 +123,12 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
         End::HandshakeTimeout => ConnectError::Timeout(endpoint),
         End::Zmtp(source) => ConnectError::Handshake { endpoint, source },
         End::Io(source) => ConnectError::Refused { endpoint, source },
-        End::PeerClosed | End::Stopped | End::Dead | End::Auth(_) => ConnectError::Refused {
-            endpoint,
-            source: std::io::ErrorKind::ConnectionReset.into(),
-        },
+        End::PeerClosed | End::Stopped | End::Evicted | End::Dead | End::Auth(_) => {
+            ConnectError::Refused {
+                endpoint,
+                source: std::io::ErrorKind::ConnectionReset.into(),
+            }
+        }
     }
 }
 

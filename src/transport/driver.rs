@@ -37,8 +37,10 @@ const MAX_GATHER: usize = 4;
 pub(crate) enum End {
     /// The peer closed its side.
     PeerClosed,
-    /// We stopped it (shutdown, or a heartbeat declared the peer dead).
+    /// We stopped it (shutdown).
     Stopped,
+    /// It gave way to a newcomer at the connection limit, being idle.
+    Evicted,
     /// A heartbeat (ECHO) declared the peer dead.
     Dead,
     /// Reading or writing failed.
@@ -72,7 +74,8 @@ impl End {
         let stats = &socket.stats;
         let bump = crate::stats::bump;
         let what = match self {
-            End::PeerClosed | End::Stopped => return,
+            // Evictions are counted when they are decided.
+            End::PeerClosed | End::Stopped | End::Evicted => return,
             End::Dead => "peer declared dead",
             End::Io(e) => {
                 tracing::debug!(endpoint = %socket.endpoint, error = %e, "connection ends");
@@ -404,12 +407,19 @@ impl Conn {
         now: Instant,
     ) -> Result<bool, End> {
         let mut woke = false;
+        let mut heard = false;
         loop {
             match self.engine.decode(&mut self.rbuf, now)? {
-                Some(Event::Message) => match socket.parse_frames(self.engine.frames()) {
-                    Ok(payload) => woke |= shared.process(socket, session, dedup, payload, now),
-                    Err(e) => socket.malformed(&e),
-                },
+                Some(Event::Message) => {
+                    if !heard {
+                        session.heard(socket.millis(now));
+                        heard = true;
+                    }
+                    match socket.parse_frames(self.engine.frames()) {
+                        Ok(payload) => woke |= shared.process(socket, session, dedup, payload, now),
+                        Err(e) => socket.malformed(&e),
+                    }
+                }
                 Some(Event::PeerReady(_)) => {}
                 None => return Ok(woke),
             }

@@ -8,10 +8,12 @@
 //! id that a live session holds is refused with ERROR, and the live
 //! session is untouched (libzmq's ROUTER without ROUTER_HANDOVER).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,13 +45,24 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
         },
         identity: socket.identity.clone(),
         limits: cfg.zmtp_limits(),
-        handshake_timeout: cfg.handshake_timeout,
+        // A connection's handshake is part of its dial: a listener at its
+        // connection limit holds newcomers unanswered, and a dial that was
+        // given longer waits for a place that long.
+        handshake_timeout: if socket.is_listener() {
+            cfg.handshake_timeout
+        } else {
+            cfg.connect_timeout
+        },
         heartbeat: cfg.zmtp_heartbeat,
     }
 }
 
-/// Accepts peers (at most `max_connections` at once) until `stop`, then
-/// waits for their sessions to wind down (they watch `stop` too).
+/// Accepts peers until `stop`, then waits for their sessions to wind down
+/// (they watch `stop` too). At most `max_connections_per_listener` at
+/// once, and `max_connections_per_address` from one tcp source: a peer over
+/// the second is closed at once; a peer over the first is held (the rest
+/// wait in the OS backlog) until a place frees, asking an idle peer to give
+/// way (`evict_idle_after`).
 pub(crate) async fn accept_loop(
     listener: Listener,
     socket: Arc<SocketCtx>,
@@ -60,32 +73,19 @@ pub(crate) async fn accept_loop(
     let limit = Arc::new(Semaphore::new(
         socket.config.max_connections_per_listener.max(1),
     ));
+    let sources = Arc::new(Sources::new(socket.config.max_connections_per_address));
     let mut peers = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     loop {
         while peers.try_join_next().is_some() {}
-        let permit = match Arc::clone(&limit).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                bump(&socket.stats.connection_limit_hits);
-                if socket.warn_allowed() {
-                    tracing::warn!(endpoint = %socket.endpoint, "connection limit reached; accepting again when one closes");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    Some(_) = peers.join_next() => continue,
-                }
-            }
-        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
-        let stream = match accepted {
-            Ok(stream) => {
+        let (stream, from) = match accepted {
+            Ok(accepted) => {
                 backoff = Duration::from_millis(10);
-                stream
+                accepted
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
@@ -100,6 +100,30 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        let source = match from.map(|ip| Sources::take(&sources, ip)) {
+            None => None,
+            Some(Some(slot)) => Some(slot),
+            Some(None) => {
+                bump(&socket.stats.address_limit_hits);
+                if socket.warn_allowed() {
+                    tracing::warn!(endpoint = %socket.endpoint, from = ?from, "per-address connection limit reached; closing the newcomer");
+                }
+                continue;
+            }
+        };
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                bump(&socket.stats.connection_limit_hits);
+                if socket.warn_allowed() {
+                    tracing::warn!(endpoint = %socket.endpoint, "connection limit reached; the newcomer waits for a place");
+                }
+                match make_room(&limit, &socket, &stop).await {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
+        };
         let (socket, shared, settings, stop) = (
             Arc::clone(&socket),
             Arc::clone(&shared),
@@ -109,7 +133,7 @@ pub(crate) async fn accept_loop(
         let span = tracing::debug_span!("peer");
         peers.spawn(tracing::Instrument::instrument(
             async move {
-                let _permit = permit;
+                let _places = (permit, source);
                 serve_peer(stream, &socket, &shared, &settings, &stop).await;
             },
             span,
@@ -117,6 +141,87 @@ pub(crate) async fn accept_loop(
     }
     drop(listener);
     while peers.join_next().await.is_some() {}
+}
+
+/// How often a newcomer held at the connection limit looks again for an
+/// idle peer to give way (peers grow idle as time passes).
+const EVICT_RECHECK: Duration = Duration::from_millis(100);
+
+/// Waits for a place at the connection limit, asking the longest-idle
+/// peer to give way when there is one. `None`: stopped meanwhile.
+async fn make_room(
+    limit: &Arc<Semaphore>,
+    socket: &SocketCtx,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        let evicting = socket.config.evict_idle_after;
+        if let Some(after) = evicting {
+            socket.evict_idle(after, Instant::now());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            p = Arc::clone(limit).acquire_owned() => return p.ok(),
+            _ = tokio::time::sleep(EVICT_RECHECK), if evicting.is_some() => {}
+        }
+    }
+}
+
+/// tcp sessions per source address (IPv6 by /64, what one host is
+/// usually given), bounded by `max_connections_per_address`.
+struct Sources {
+    max: usize,
+    /// Sources with a session, and how many; one entry per held place, so
+    /// no larger than the listener's connection limit.
+    held: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One place of a source, given back when dropped.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    source: IpAddr,
+}
+
+impl Sources {
+    fn new(max: usize) -> Self {
+        Sources {
+            max: max.max(1),
+            held: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for a peer from `ip`, unless its source is at the limit.
+    fn take(sources: &Arc<Sources>, ip: IpAddr) -> Option<SourceSlot> {
+        let source = match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+            v4 => v4,
+        };
+        let mut held = sources.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(source).or_insert(0);
+        if *n >= sources.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: Arc::clone(sources),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self.sources.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// One peer, from accept to close.
@@ -168,8 +273,11 @@ async fn serve_peer(
     let outbox = conn.outbox(cfg.send_buffer_size);
     let head = socket.identity.clone();
     let unacked = socket.session_unacked();
+    // Cancelled at shutdown, or alone when the session gives way.
+    let give_way = stop.child_token();
     let added = socket.add_route(peer.identity, |id| {
         Session::new(id, head, Out::Wire(outbox), unacked)
+            .evictable(give_way.clone(), socket.millis(Instant::now()))
     });
     let session = match added {
         Ok(s) => s,
@@ -185,7 +293,13 @@ async fn serve_peer(
     tracing::debug!(peer = ?session.peer, "session begins");
     // The proof is recorded and ACKed like any message (callback 3
     // delivers nothing).
-    let end = conn.traffic(socket, &session, shared, stop, proof).await;
+    let end = match conn
+        .traffic(socket, &session, shared, &give_way, proof)
+        .await
+    {
+        End::Stopped if !stop.is_cancelled() => End::Evicted,
+        end => end,
+    };
     socket.end_session(&session, shared);
     end.report(socket);
     // Shutdown: what is queued gets the linger. A peer that left gets a

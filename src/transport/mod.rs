@@ -15,7 +15,7 @@
 //! outbox.rs      a connection's send buffer and its write role
 //! unacked.rs     a peer's unacknowledged messages and its window
 //! driver.rs      one tcp/ipc connection: handshake, then read -> process
-//! listener.rs    accept loop, connection limit, routing ids
+//! listener.rs    accept loop, connection limits, idle eviction, routing ids
 //! connection.rs  dial, redial with backoff
 //! inproc.rs      in-process sessions over channels
 //! ```
@@ -94,6 +94,14 @@ pub(crate) struct Session {
     /// own on a listener, the connection's (kept across its sessions) on a
     /// connection.
     pub(crate) unacked: Arc<Unacked>,
+    /// When the peer last sent a message (or the session began), in ms
+    /// since its socket's epoch: how long it has been idle, should a
+    /// newcomer need its place. Commands (PING) do not count: they cost a
+    /// squatter nothing.
+    last_message: AtomicU64,
+    /// Cancelled to make the session give way to a newcomer: set on a
+    /// listener's tcp and ipc sessions, which its driver watches.
+    give_way: Option<CancellationToken>,
 }
 
 impl Session {
@@ -105,7 +113,32 @@ impl Session {
             closed: AtomicBool::new(false),
             out,
             unacked,
+            last_message: AtomicU64::new(0),
+            give_way: None,
         }
+    }
+
+    /// Makes the session one that can give way (see
+    /// [`SocketCtx::evict_idle`]), idle from `now_ms` on.
+    pub(crate) fn evictable(mut self, token: CancellationToken, now_ms: u64) -> Self {
+        self.give_way = Some(token);
+        self.last_message = AtomicU64::new(now_ms);
+        self
+    }
+
+    /// The peer sent a message at `now_ms`.
+    pub(crate) fn heard(&self, now_ms: u64) {
+        self.last_message.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether nothing is in flight between us and the peer: nothing it
+    /// has not acknowledged, nothing waiting to be written to it.
+    fn is_quiet(&self) -> bool {
+        let unwritten = match &self.out {
+            Out::Wire(ob) => ob.buffered(),
+            Out::Inproc(_) => 0,
+        };
+        unwritten == 0 && self.unacked.len() == 0
     }
 
     /// Hands one payload to the peer without waiting.
@@ -233,6 +266,9 @@ pub(crate) struct SocketCtx {
     room: Room,
     /// Warnings about bad peers, rate-limited per socket.
     warn: Mutex<RateLimit>,
+    /// Where sessions' idle times are counted from (tokio's clock, so
+    /// tests can pause it).
+    epoch: tokio::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,8 +302,14 @@ impl SocketCtx {
             unacked,
             room: Room::default(),
             warn: Mutex::new(RateLimit::new()),
+            epoch: tokio::time::Instant::now(),
             config,
         }
+    }
+
+    /// `at` in ms since the socket's epoch (what sessions' idle stamps use).
+    pub(crate) fn millis(&self, at: tokio::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn is_listener(&self) -> bool {
@@ -441,6 +483,41 @@ impl SocketCtx {
         let session = Arc::new(make(id.clone()));
         routes.insert(id, Arc::clone(&session));
         Ok(session)
+    }
+
+    /// At the connection limit: asks the listener session idle longest
+    /// (at least `idle_after` without a message, nothing in flight) to give
+    /// way to a newcomer. Nobody is asked while an earlier one is still
+    /// leaving, so one newcomer costs at most one session. Returns whether
+    /// a session was asked now or is still leaving.
+    pub(crate) fn evict_idle(&self, idle_after: Duration, now: tokio::time::Instant) -> bool {
+        let now_ms = self.millis(now);
+        let idle_after = u64::try_from(idle_after.as_millis()).unwrap_or(u64::MAX);
+        // Candidates under the routing table's lock; whether they are quiet
+        // (other locks) after it.
+        let mut idle: Vec<(u64, Arc<Session>)> = Vec::new();
+        for session in lock(&self.routes).values() {
+            let Some(token) = &session.give_way else {
+                continue;
+            };
+            if token.is_cancelled() {
+                return true;
+            }
+            let for_ms = now_ms.saturating_sub(session.last_message.load(Ordering::Relaxed));
+            if for_ms >= idle_after {
+                idle.push((for_ms, Arc::clone(session)));
+            }
+        }
+        idle.sort_unstable_by_key(|(for_ms, _)| std::cmp::Reverse(*for_ms));
+        let Some((idle, session)) = idle.into_iter().find(|(_, s)| s.is_quiet()) else {
+            return false;
+        };
+        bump(&self.stats.idle_evictions);
+        tracing::debug!(endpoint = %self.endpoint, peer = ?session.peer, idle_ms = idle, "an idle peer gives way to a newcomer");
+        if let Some(token) = &session.give_way {
+            token.cancel();
+        }
+        true
     }
 
     /// Whether a live session holds `identity`.

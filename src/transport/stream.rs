@@ -157,16 +157,17 @@ pub(crate) enum Listener {
 }
 
 impl Listener {
-    /// Accepts one peer. tcp peers get TCP_NODELAY: small ACKs and replies
-    /// must not wait for Nagle plus the peer's delayed ACK (about 40 ms).
-    pub(crate) async fn accept(&self) -> io::Result<Stream> {
+    /// Accepts one peer, with its source address on tcp. tcp peers get
+    /// TCP_NODELAY: small ACKs and replies must not wait for Nagle plus
+    /// the peer's delayed ACK (about 40 ms).
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, Option<std::net::IpAddr>)> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, from) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok(Stream::Tcp(s))
+                Ok((Stream::Tcp(s), Some(from.ip())))
             }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            Listener::Unix(l) => Ok((Stream::Unix(l.accept().await?.0), None)),
         }
     }
 }

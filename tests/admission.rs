@@ -1,0 +1,285 @@
+//! Who a listener lets in when places run short: at its connection limit
+//! the longest-idle peer with nothing in flight gives way to a newcomer
+//! (`Config::evict_idle_after`), and no tcp source takes more than
+//! `Config::max_connections_per_address` places. Issue 11: 1,100 silent,
+//! handshaken connections (about 110 KB of the attacker's effort) kept
+//! legitimate clients out for good.
+//!
+//! tcp and ipc only: inproc peers live in our own process and take no
+//! listener places.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw_zmtp::{self, FrameReader, Stream};
+use common::{connect_as, round_trip, serve, within};
+use messenger::{Config, Incoming, Responder, wire};
+
+fn ignore(_: Incoming, _: Responder) {}
+
+/// Places in the listeners below.
+const LIMIT: usize = 24;
+/// Idle time after which a peer gives way.
+const IDLE_AFTER: Duration = Duration::from_millis(300);
+
+fn limited(evict_idle_after: Option<Duration>) -> Config {
+    Config {
+        max_connections_per_listener: LIMIT,
+        evict_idle_after,
+        ..Config::default()
+    }
+}
+
+/// `n` raw DEALERs that complete their handshake and then say nothing.
+async fn silent_peers(endpoint: &messenger::Endpoint, n: usize) -> Vec<FrameReader<Stream>> {
+    let mut peers = Vec::new();
+    for _ in 0..n {
+        let mut p = raw_zmtp::dealer(endpoint, b"", b"").await;
+        within(5, "READY", p.expect_ready()).await;
+        peers.push(p);
+    }
+    peers
+}
+
+/// How many of `peers` the listener has closed (each is read until it
+/// ends or stays quiet for a moment).
+async fn closed(peers: &mut [FrameReader<Stream>]) -> usize {
+    let mut n = 0;
+    for p in peers {
+        if p.drain(Duration::from_millis(20)).await.1 {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Silent peers fill every place; once they have been idle long enough, a
+/// newcomer takes the place of one of them (one, not more), and is served.
+async fn silent_peers_give_way(transport: &str) {
+    let (server, bound, _p) = serve(transport, limited(Some(IDLE_AFTER)), ignore).await;
+    let mut squatters = silent_peers(&bound.endpoint, LIMIT).await;
+    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
+    let (client, conn) = connect_as("newcomer", Config::default(), &bound.endpoint, 3).await;
+    round_trip(
+        3,
+        &client,
+        conn,
+        wire::ECHO,
+        b"in",
+        "the newcomer is served",
+    )
+    .await;
+    let stats = server.stats();
+    assert_eq!(stats.idle_evictions, 1, "{transport}: {stats:?}");
+    assert!(stats.connection_limit_hits >= 1, "{transport}: {stats:?}");
+    assert_eq!(closed(&mut squatters).await, 1, "{transport}: one gave way");
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_peers_give_way_to_a_newcomer_on_tcp() {
+    silent_peers_give_way("tcp").await;
+}
+
+#[tokio::test]
+async fn silent_peers_give_way_to_a_newcomer_on_ipc() {
+    silent_peers_give_way("ipc").await;
+}
+
+/// The threat without the policy: the newcomer waits as long as the silent
+/// peers stay (here, past a second), which is what made the policy
+/// necessary.
+#[tokio::test]
+async fn without_eviction_silent_peers_keep_newcomers_out() {
+    let (server, bound, _p) = serve("tcp", limited(None), ignore).await;
+    let _squatters = silent_peers(&bound.endpoint, LIMIT).await;
+    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
+    let client = messenger::Messenger::new("newcomer").unwrap();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.make_connection(&bound.endpoint),
+    )
+    .await;
+    assert!(waited.is_err(), "the newcomer got in: {waited:?}");
+    assert_eq!(server.stats().idle_evictions, 0);
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A peer with something in flight (a reply it has not ACKed) is not
+/// idle, however long it has been silent: the quiet peer gives way
+/// instead, though it has been idle for less time.
+async fn a_peer_with_messages_in_flight_keeps_its_place(transport: &str) {
+    let config = Config {
+        max_connections_per_listener: 2,
+        ..limited(Some(IDLE_AFTER))
+    };
+    let (server, bound, _p) = serve(transport, config, ignore).await;
+    // An ECHO request whose reply it never ACKs.
+    let request = wire::encode(0, 5, wire::ECHO, b"unACKed");
+    let mut busy = raw_zmtp::dealer(
+        &bound.endpoint,
+        b"busy",
+        &raw_zmtp::message(&[b"", &request]),
+    )
+    .await;
+    within(5, "busy READY", busy.expect_ready()).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        // Its ACK and the reply, in either order.
+        got.push(busy.next_message(5, "ACK and reply").await);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut quiet = silent_peers(&bound.endpoint, 1).await;
+    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
+    let (client, conn) = connect_as("newcomer", Config::default(), &bound.endpoint, 3).await;
+    round_trip(
+        3,
+        &client,
+        conn,
+        wire::ECHO,
+        b"in",
+        "the newcomer is served",
+    )
+    .await;
+    assert_eq!(
+        closed(&mut quiet).await,
+        1,
+        "{transport}: the quiet one gave way"
+    );
+    // The busy one is still served.
+    let again = wire::encode(1, 0, wire::NOOP, b"still here");
+    busy.send_message(&[b"", &again]).await;
+    within(5, "the busy peer's ACK", async {
+        loop {
+            let parts = busy.next_message(5, "the busy peer's ACK").await;
+            if parts.last().is_some_and(|p| p == "1-0-2-") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(server.stats().idle_evictions, 1, "{transport}");
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_with_messages_in_flight_keeps_its_place_on_tcp() {
+    a_peer_with_messages_in_flight_keeps_its_place("tcp").await;
+}
+
+#[tokio::test]
+async fn a_peer_with_messages_in_flight_keeps_its_place_on_ipc() {
+    a_peer_with_messages_in_flight_keeps_its_place("ipc").await;
+}
+
+/// One tcp source takes at most `max_connections_per_address` places: the
+/// next is closed on arrival (before any greeting), and counted; a place
+/// it gives back can be taken again. ipc peers are not counted.
+#[tokio::test]
+async fn one_source_address_takes_only_its_share() {
+    const SHARE: usize = 3;
+    let config = Config {
+        max_connections_per_address: SHARE,
+        ..Config::default()
+    };
+    for transport in ["tcp", "ipc"] {
+        let (server, bound, _p) = serve(transport, config.clone(), ignore).await;
+        let mut held = silent_peers(&bound.endpoint, SHARE).await;
+        let extra = raw_zmtp::dial(&bound.endpoint).await;
+        let mut extra = FrameReader::new(extra);
+        let answer = within(5, "the extra peer's answer", extra.greeting()).await;
+        let stats = server.stats();
+        if transport == "tcp" {
+            assert!(answer.is_err(), "tcp: served past the per-address cap");
+            assert_eq!(stats.address_limit_hits, 1, "{stats:?}");
+            // One leaves: its place can be taken again.
+            drop(held.pop());
+            within(5, "a place is given back", async {
+                loop {
+                    let mut p = FrameReader::new(raw_zmtp::dial(&bound.endpoint).await);
+                    p.send(&raw_zmtp::hello(1, "DEALER", b"")).await;
+                    if p.greeting().await.is_ok() {
+                        p.expect_ready().await;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+        } else {
+            assert!(answer.is_ok(), "ipc: {answer:?}");
+            assert_eq!(stats.address_limit_hits, 0, "{stats:?}");
+        }
+        server.shutdown().await;
+    }
+}
+
+/// `messenger serve` takes the policies as flags and reports both
+/// counters in its `--stats-interval` lines: an idle ipc peer gives way,
+/// a second tcp peer from one address is closed.
+#[tokio::test]
+async fn serve_takes_the_flags_and_reports_the_counters() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ipc = format!("ipc://{}", dir.path().join("s.sock").display());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args(["serve", "--bind", "tcp://127.0.0.1:0", "--bind", &ipc])
+        .args([
+            "--max-connections",
+            "2",
+            "--max-connections-per-address",
+            "1",
+        ])
+        .args(["--evict-idle-after", "200ms", "--stats-interval", "100ms"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("messenger serve");
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut endpoints = Vec::new();
+    while endpoints.len() < 2 {
+        let line = within(10, "serve listening", out.next_line())
+            .await
+            .unwrap()
+            .expect("serve ended before listening");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(ep) = v["listening"].as_str() {
+            endpoints.push(ep.parse::<messenger::Endpoint>().unwrap());
+        }
+    }
+    let (tcp, ipc) = match &endpoints[0] {
+        messenger::Endpoint::Tcp { .. } => (&endpoints[0], &endpoints[1]),
+        _ => (&endpoints[1], &endpoints[0]),
+    };
+    let _tcp_peer = silent_peers(tcp, 1).await;
+    let mut second = FrameReader::new(raw_zmtp::dial(tcp).await);
+    assert!(
+        within(5, "the second tcp peer", second.greeting())
+            .await
+            .is_err(),
+        "a second tcp peer from one address was served"
+    );
+    let _ipc_peers = silent_peers(ipc, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _newcomer = silent_peers(ipc, 1).await;
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    within(10, "both counters in a stats line", async {
+        loop {
+            let line = err.next_line().await.unwrap().expect("serve ended");
+            let Some(json) = line.strip_prefix("stats ") else {
+                continue;
+            };
+            let stats: serde_json::Value = serde_json::from_str(json).unwrap();
+            if stats["idle_evictions"] == 1 && stats["address_limit_hits"] == 1 {
+                break;
+            }
+        }
+    })
+    .await;
+}
