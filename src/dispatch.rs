@@ -704,10 +704,7 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
         if unwaited > 0 {
             // Sent without a callback or an ACK waiter, never acknowledged:
             // the caller cannot learn it any other way, so count and say it.
-            socket
-                .stats
-                .unacked_expired
-                .fetch_add(unwaited, std::sync::atomic::Ordering::Relaxed);
+            socket.stats.unacked_expired.add(unwaited);
             if socket.warn_allowed() {
                 tracing::warn!(endpoint = %socket.endpoint, count = unwaited, "messages expired without an ACK");
             }

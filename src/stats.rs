@@ -1,7 +1,45 @@
 //! Counters, kept as relaxed atomics so the hot path pays one uncontended
 //! add per event, and a serialisable snapshot of them.
+//!
+//! Each counter has a few shards on cache lines of their own, and a thread
+//! adds to its own: the tasks of one messenger run on several worker
+//! threads, and one shared line per counter would bounce between their
+//! cores on every message (inproc round trips were 7% slower that way).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Shards per counter.
+const SHARDS: usize = 4;
+
+/// One shard, alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(AtomicU64);
+
+/// A counter that threads add to without contending.
+#[derive(Debug, Default)]
+pub(crate) struct Counter([Shard; SHARDS]);
+
+impl Counter {
+    /// Adds `n` in the calling thread's shard.
+    pub(crate) fn add(&self, n: u64) {
+        self.0[thread_shard()].0.fetch_add(n, Relaxed);
+    }
+
+    /// The total (exact once the adds it should see have happened).
+    pub(crate) fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
+    }
+}
+
+/// The calling thread's shard: threads take them in turn.
+fn thread_shard() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
 
 use serde::Serialize;
 
@@ -9,7 +47,7 @@ macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Live counters of one messenger.
         #[derive(Debug, Default)]
-        pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
+        pub(crate) struct Stats { $(pub(crate) $name: Counter,)* }
 
         /// A point-in-time copy of a messenger's counters.
         #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -27,7 +65,7 @@ macro_rules! counters {
 
         impl Stats {
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.load(Relaxed),)* ..Default::default() }
+                StatsSnapshot { $($name: self.$name.get(),)* ..Default::default() }
             }
         }
     };
@@ -113,6 +151,6 @@ counters! {
     warnings_suppressed,
 }
 
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Relaxed);
+pub(crate) fn bump(c: &Counter) {
+    c.add(1);
 }
