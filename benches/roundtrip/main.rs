@@ -759,8 +759,11 @@ async fn inproc(args: &Args) -> Vec<Cell> {
     let echo = channel_echo();
     let w = window(args);
     let mut out = Vec::new();
-    let n = 1000;
-    for &size in &args.sizes {
+    for (&size, &n) in args
+        .sizes
+        .iter()
+        .flat_map(|s| args.in_flight.iter().map(move |n| (s, n)))
+    {
         let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
         for round in 0..args.rounds {
             for which in [round % 2 == 0, round % 2 != 0] {
@@ -797,10 +800,18 @@ async fn inproc(args: &Args) -> Vec<Cell> {
                 .map(|(m, c)| m.round_trips_per_s / c.round_trips_per_s)
                 .collect(),
         );
+        let p50 = median(
+            cell.samples["messenger-inproc"]
+                .iter()
+                .zip(&cell.samples["tokio-channels"])
+                .map(|(m, c)| m.p50_us / c.p50_us)
+                .collect(),
+        );
         println!(
-            "   messenger / tokio-channels: {ratio:.2}x; target >= 1,000,000 round trips/s: {:.2}x of target",
+            "   messenger / tokio-channels: {ratio:.2}x round trips/s, {p50:.2}x p50; target >= 1,000,000 round trips/s: {:.2}x of target",
             cell.median_rps["messenger-inproc"] / 1e6
         );
+
         out.push(cell);
     }
     client.shutdown().await;
