@@ -2,21 +2,26 @@
 //! generation, so a late or duplicated reply can never reach a callback that
 //! later reused the same slot. Pure data structure, no I/O.
 //!
-//! Wire id layout (a `u64`, always `>= wire::FIRST_USER`):
+//! Wire id layout (a `u64`, always `>= wire::FIRST_USER`, below 2^63):
 //!
 //! ```text
-//! wire_id - FIRST_USER = generation (31 bits) << 32 | slab index (32 bits)
+//! wire_id - FIRST_USER = generation (28 bits) << 35 | shard (3 bits) << 32 | slab index (32 bits)
 //! ```
 //!
 //! The generation is a per-table counter bumped on every insert, so a slot
-//! that is freed and reused gets a different wire id unless exactly 2^31
-//! inserts happen in between while the old reply is still in flight.
+//! that is freed and reused gets a different wire id unless exactly 2^28
+//! inserts happen in between while the old reply is still in flight. The
+//! shard names which of up to [`SHARDS`] tables issued the id: a messenger
+//! keeps one per worker thread, so threads do not contend for one lock.
 
 use slab::Slab;
 
 use crate::wire::FIRST_USER;
 
-const GEN_MASK: u32 = 0x7fff_ffff;
+const GEN_MASK: u32 = 0x0fff_ffff;
+
+/// Tables one id space can name.
+pub const SHARDS: usize = 8;
 
 /// A table of pending callbacks, keyed by wire id.
 #[derive(Debug)]
@@ -24,6 +29,8 @@ pub struct CallbackTable<T> {
     slots: Slab<Slot<T>>,
     next_generation: u32,
     limit: usize,
+    /// Which shard this table is (in its ids).
+    shard: u8,
 }
 
 #[derive(Debug)]
@@ -39,10 +46,17 @@ pub struct TableFull(pub usize);
 impl<T> CallbackTable<T> {
     /// A table that holds at most `limit` callbacks (capped at 2^32 by the id layout).
     pub fn new(limit: usize) -> Self {
+        Self::shard(limit, 0)
+    }
+
+    /// Shard `shard` (below [`SHARDS`]) of a sharded table: its ids name it
+    /// ([`shard_of`]), and it takes no id of another shard.
+    pub fn shard(limit: usize, shard: usize) -> Self {
         CallbackTable {
             slots: Slab::new(),
             next_generation: 0,
             limit: limit.min(u32::MAX as usize),
+            shard: (shard % SHARDS) as u8,
         }
     }
 
@@ -55,7 +69,7 @@ impl<T> CallbackTable<T> {
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
         let entry = self.slots.vacant_entry();
-        let id = wire_id(generation, entry.key());
+        let id = wire_id(generation, self.shard, entry.key());
         entry.insert(Slot {
             generation,
             value: make(id),
@@ -71,7 +85,7 @@ impl<T> CallbackTable<T> {
     /// Removes and returns the callback named by `id`, if it is still there
     /// (same slot and same generation).
     pub fn take(&mut self, id: u64) -> Option<T> {
-        let (generation, idx) = split(id)?;
+        let (generation, idx) = self.split(id)?;
         match self.slots.get(idx) {
             Some(slot) if slot.generation == generation => Some(self.slots.remove(idx).value),
             _ => None,
@@ -80,7 +94,7 @@ impl<T> CallbackTable<T> {
 
     /// The live callback named by `id`, to update in place.
     pub fn get_mut(&mut self, id: u64) -> Option<&mut T> {
-        let (generation, idx) = split(id)?;
+        let (generation, idx) = self.split(id)?;
         match self.slots.get_mut(idx) {
             Some(slot) if slot.generation == generation => Some(&mut slot.value),
             _ => None,
@@ -89,7 +103,7 @@ impl<T> CallbackTable<T> {
 
     /// Whether `id` names a live callback.
     pub fn contains(&self, id: u64) -> bool {
-        split(id).is_some_and(|(generation, idx)| {
+        self.split(id).is_some_and(|(generation, idx)| {
             self.slots
                 .get(idx)
                 .is_some_and(|s| s.generation == generation)
@@ -128,19 +142,27 @@ impl<T> CallbackTable<T> {
     pub fn limit(&self) -> usize {
         self.limit
     }
-}
 
-fn wire_id(generation: u32, idx: usize) -> u64 {
-    FIRST_USER + ((u64::from(generation & GEN_MASK) << 32) | idx as u64)
-}
-
-fn split(id: u64) -> Option<(u32, usize)> {
-    let raw = id.checked_sub(FIRST_USER)?;
-    let generation = (raw >> 32) as u32;
-    if generation > GEN_MASK {
-        return None;
+    /// The generation and slot `id` names, if it is one of this table's.
+    fn split(&self, id: u64) -> Option<(u32, usize)> {
+        let raw = id.checked_sub(FIRST_USER)?;
+        let generation = (raw >> 35) as u32;
+        if generation > GEN_MASK || shard_of(id) != Some(usize::from(self.shard)) {
+            return None;
+        }
+        Some((generation, (raw & 0xffff_ffff) as usize))
     }
-    Some((generation, (raw & 0xffff_ffff) as usize))
+}
+
+fn wire_id(generation: u32, shard: u8, idx: usize) -> u64 {
+    let generation = u64::from(generation & GEN_MASK) << 35;
+    FIRST_USER + (generation | u64::from(shard) << 32 | idx as u64)
+}
+
+/// Which shard issued `id` (`None`: not a callback id).
+pub fn shard_of(id: u64) -> Option<usize> {
+    let raw = id.checked_sub(FIRST_USER)?;
+    Some(((raw >> 32) & (SHARDS as u64 - 1)) as usize)
 }
 
 #[cfg(test)]
@@ -202,6 +224,29 @@ mod tests {
         assert!(t.take(a).is_some());
         let b = t.insert(()).unwrap();
         assert_eq!(b, FIRST_USER, "generation wrapped to 0");
+    }
+
+    #[test]
+    fn a_shard_takes_only_its_own_ids() {
+        let mut a = CallbackTable::shard(10, 3);
+        let mut b = CallbackTable::shard(10, 5);
+        let ia = a.insert("a").unwrap();
+        let ib = b.insert("b").unwrap();
+        assert_eq!((shard_of(ia), shard_of(ib)), (Some(3), Some(5)));
+        assert_eq!(b.take(ia), None, "another shard's id");
+        assert_eq!(a.take(ib), None);
+        assert_eq!(a.take(ia), Some("a"));
+        assert_eq!(b.take(ib), Some("b"));
+        assert_eq!(shard_of(2), None, "ACK is no callback id");
+    }
+
+    #[test]
+    fn the_largest_id_stays_below_2_63() {
+        let mut t = CallbackTable::shard(1, SHARDS - 1);
+        t.next_generation = GEN_MASK;
+        let id = t.insert(()).unwrap();
+        assert!(id < 1 << 63, "{id:#x}");
+        assert_eq!(shard_of(id), Some(SHARDS - 1));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::callbacks::CallbackTable;
+use crate::callbacks::{CallbackTable, SHARDS, shard_of};
 use crate::config::Config;
 use crate::deadlines::{Deadlines, deadline_after};
 use crate::dedup::DedupWindow;
@@ -26,7 +26,7 @@ use crate::process::{self, Delivery, Outcome};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
 use crate::transport::unacked::{Reserved, Unacked};
-use crate::transport::{AckWaiter, Route, Session, SocketCtx};
+use crate::transport::{AckWaiter, Out, Route, Session, SocketCtx, inproc};
 use crate::wire::{self, ECHO, NOOP, Payload};
 
 /// A reply, or why none came.
@@ -41,10 +41,12 @@ pub(crate) enum Completion {
 }
 
 impl Completion {
-    fn complete(self, reply: Reply) {
+    /// Completes on `runtime` (the messenger's): an inproc reply may land
+    /// from any thread.
+    fn complete(self, reply: Reply, runtime: &Handle) {
         match self {
             Completion::Callback(f) => {
-                tokio::spawn(async move { f(reply) });
+                runtime.spawn(async move { f(reply) });
             }
             Completion::Future(tx) => {
                 let _ = tx.send(reply);
@@ -74,9 +76,29 @@ impl Waiter {
     }
 }
 
+/// One shard of the waiting callbacks: the callbacks registered from one
+/// worker thread (mostly), with their deadlines.
 pub(crate) struct Pending {
     table: CallbackTable<Waiter>,
     deadlines: Deadlines,
+}
+
+/// A shard on its own cache lines: two threads working on their own shards
+/// do not slow each other down.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The shard a thread registers its callbacks in first: threads take
+/// shards in turn, so each worker of a runtime (up to [`SHARDS`]) has its
+/// own lock, and an inproc request, registered and completed on one thread,
+/// never waits for another.
+fn home_shard() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    HOME.with(|h| *h)
 }
 
 /// Stale deadline entries (of callbacks already answered) tolerated beyond
@@ -95,6 +117,14 @@ pub(crate) struct Sent {
     pub(crate) cb_id: Option<u64>,
 }
 
+/// What an inproc send carries: dst_cb, body, callback, ACK waiter.
+type InprocMessage<'a> = (
+    u64,
+    &'a [u8],
+    Option<(Completion, Duration)>,
+    Option<AckWaiter>,
+);
+
 /// How a send treats a full window or buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -109,7 +139,9 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) stats: Arc<Stats>,
     runtime: Handle,
-    pending: Mutex<Pending>,
+    /// Waiting callbacks, in [`SHARDS`] shards; a callback's wire id names
+    /// its shard.
+    pending: Box<[Padded<Mutex<Pending>>]>,
     /// A new deadline is earlier than every other: the deadline task
     /// re-arms its timer.
     deadline_moved: tokio::sync::Notify,
@@ -119,15 +151,21 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Arc<Config>, runtime: Handle) -> Self {
-        let limit = config.max_pending_callbacks;
+        // Each shard takes its share; a full one sends callbacks to the next.
+        let limit = config.max_pending_callbacks.div_ceil(SHARDS).max(1);
+        let now = tokio::time::Instant::now();
         Shared {
             config,
             stats: Arc::default(),
             runtime,
-            pending: Mutex::new(Pending {
-                table: CallbackTable::new(limit),
-                deadlines: Deadlines::new(tokio::time::Instant::now()),
-            }),
+            pending: (0..SHARDS)
+                .map(|shard| {
+                    Padded(Mutex::new(Pending {
+                        table: CallbackTable::shard(limit, shard),
+                        deadlines: Deadlines::new(now),
+                    }))
+                })
+                .collect(),
             deadline_moved: tokio::sync::Notify::new(),
             accepting: std::sync::atomic::AtomicBool::new(true),
         }
@@ -138,12 +176,28 @@ impl Shared {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    /// Shard `i` of the waiting callbacks.
+    fn pending(&self, i: usize) -> MutexGuard<'_, Pending> {
+        let shard = &self.pending[i % SHARDS].0;
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shard that holds callback `id`, if it is one.
+    fn pending_of(&self, id: u64) -> Option<MutexGuard<'_, Pending>> {
+        shard_of(id).map(|i| self.pending(i))
     }
 
     pub(crate) fn pending_callbacks(&self) -> usize {
-        self.pending().table.len()
+        (0..SHARDS).map(|i| self.pending(i).table.len()).sum()
+    }
+
+    /// Takes the callbacks `pred` picks, from every shard.
+    fn take_matching(&self, mut pred: impl FnMut(&Waiter) -> bool) -> Vec<Waiter> {
+        let mut taken = Vec::new();
+        for i in 0..SHARDS {
+            taken.extend(self.pending(i).table.take_matching(&mut pred));
+        }
+        taken
     }
 
     /// Registers a callback with its deadline `at` and gives the request its
@@ -159,9 +213,14 @@ impl Shared {
         msg_id: impl FnOnce() -> u64,
     ) -> Result<(u64, u64), SendError> {
         let mut id_out = 0;
+        let home = home_shard();
+        // The thread's own shard, or the next with room.
+        let mut shard = (0..SHARDS)
+            .map(|i| self.pending((home + i) % SHARDS))
+            .find(|p| p.table.len() < p.table.limit())
+            .ok_or(SendError::TooManyPending(self.config.max_pending_callbacks))?;
         let (moved, id) = {
-            let mut p = self.pending();
-            let Pending { table, deadlines } = &mut *p;
+            let Pending { table, deadlines } = &mut *shard;
             let id = table
                 .insert_with(|_| {
                     id_out = msg_id();
@@ -172,13 +231,14 @@ impl Shared {
                         msg_id: id_out,
                     }
                 })
-                .map_err(|full| SendError::TooManyPending(full.0))?;
+                .map_err(|_| SendError::TooManyPending(self.config.max_pending_callbacks))?;
             let moved = deadlines.insert(id, at);
             if deadlines.len() > 2 * table.len() + DEADLINE_SLACK {
                 deadlines.compact(|id| table.contains(id));
             }
             (moved, id)
         };
+        drop(shard);
         if moved {
             self.deadline_moved.notify_one();
         }
@@ -188,7 +248,9 @@ impl Shared {
     /// Removes a callback without running it (send failed, future dropped).
     /// Its deadline entry goes stale and is dropped later.
     pub(crate) fn unregister(&self, id: u64) {
-        self.pending().table.take(id);
+        if let Some(mut p) = self.pending_of(id) {
+            p.table.take(id);
+        }
     }
 
     /// Formats a message and records it: its callback (whose wire id
@@ -281,6 +343,12 @@ impl Shared {
         mode: Mode,
     ) -> Result<Sent, SendError> {
         let mut route = socket.route(peer)?;
+        if let Route::Session(session) = &route
+            && let Out::Inproc(tx) = &session.out
+        {
+            let msg = (dst_cb, body, completion, ack);
+            return self.send_inproc(socket, session, tx, peer, msg, mode).await;
+        }
         // A place in the peer's own window, before a msg_id is taken (a
         // refused message must leave no gap in them).
         let unacked = socket.unacked_for(&route);
@@ -325,6 +393,59 @@ impl Shared {
         }
     }
 
+    /// [`send`](Self::send) on inproc: no wire format, no window, no
+    /// unacknowledged set; the message lands in the peer's messenger from
+    /// this task (see [`inproc`](crate::transport::inproc)). Landing is
+    /// its acknowledgement.
+    async fn send_inproc(
+        &self,
+        socket: &Arc<SocketCtx>,
+        session: &Session,
+        tx: &inproc::Tx,
+        peer: &Bytes,
+        (dst_cb, body, completion, ack): InprocMessage<'_>,
+        mode: Mode,
+    ) -> Result<Sent, SendError> {
+        let max = self.config.max_message_size;
+        let len = wire::encoded_len(0, 0, dst_cb, body.len());
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
+        }
+        let mut sending = Sending {
+            shared: self,
+            unacked: Arc::clone(&session.unacked),
+            payload: Bytes::new(),
+            msg_id: 0,
+            cb_id: None,
+            tracked: false,
+        };
+        sending.msg_id = match completion {
+            Some((c, timeout)) => {
+                let now = {
+                    let _rt = self.runtime.enter();
+                    tokio::time::Instant::now()
+                };
+                let at = deadline_after(now, timeout);
+                let next = || socket.next_msg_id_for(session);
+                let (cb_id, msg_id) = self.register(c, socket, peer, at, next)?;
+                sending.cb_id = Some(cb_id);
+                msg_id
+            }
+            None => socket.next_msg_id_for(session),
+        };
+        let msg = Payload {
+            msg_id: sending.msg_id,
+            src_cb: sending.cb_id.unwrap_or(NOOP),
+            dst_cb,
+            body: Bytes::copy_from_slice(body),
+        };
+        tx.deliver(session, msg, mode).await?;
+        if let Some(ack) = ack {
+            let _ = ack.send(Ok(()));
+        }
+        Ok(sending.sent())
+    }
+
     /// [`send`](Self::send) in `Mode::Try`, from synchronous code: it never
     /// waits, so it completes on its first poll.
     pub(crate) fn try_send(
@@ -347,7 +468,7 @@ impl Shared {
     /// link comes back (until their deadline).
     pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
         let tag = socket.kind.tag();
-        let failed = self.pending().table.take_matching(|w| w.socket == tag);
+        let failed = self.take_matching(|w| w.socket == tag);
         for unacked in socket.all_unacked() {
             // A failed request is not resent; other messages nobody waits
             // on are, once a connection is back.
@@ -357,7 +478,7 @@ impl Shared {
             unacked.fail_waiters(&err);
         }
         for w in failed {
-            w.completion.complete(Err(err.clone()));
+            w.completion.complete(Err(err.clone()), &self.runtime);
         }
     }
 
@@ -365,40 +486,48 @@ impl Shared {
     /// (its session's unacknowledged set is closed with it).
     pub(crate) fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
         let tag = socket.kind.tag();
-        let failed = self
-            .pending()
-            .table
-            .take_matching(|w| w.socket == tag && w.sent_to(peer));
+        let failed = self.take_matching(|w| w.socket == tag && w.sent_to(peer));
         for w in failed {
-            w.completion.complete(Err(RequestError::Disconnected));
+            w.completion
+                .complete(Err(RequestError::Disconnected), &self.runtime);
         }
     }
 
     /// Fails every waiting callback (shutdown).
     pub(crate) fn fail_all(&self, err: RequestError) {
-        let failed = {
-            let mut p = self.pending();
+        let mut failed = Vec::new();
+        for i in 0..SHARDS {
+            let mut p = self.pending(i);
             p.deadlines.clear();
-            p.table.drain()
-        };
+            failed.extend(p.table.drain());
+        }
         for w in failed {
-            w.completion.complete(Err(err.clone()));
+            w.completion.complete(Err(err.clone()), &self.runtime);
         }
     }
 
     /// The earliest recorded deadline (it may belong to a callback already
     /// answered: then waking for it only drops the stale entry).
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.pending().deadlines.next()
+        (0..SHARDS)
+            .filter_map(|i| self.pending(i).deadlines.next())
+            .min()
     }
 
     /// Fails every callback whose deadline has passed with `Timeout`.
     fn expire_due(&self) {
         let now = tokio::time::Instant::now();
+        for i in 0..SHARDS {
+            self.expire_shard(i, now);
+        }
+    }
+
+    /// Fails the callbacks of shard `i` whose deadline has passed.
+    fn expire_shard(&self, i: usize, now: tokio::time::Instant) {
         loop {
             let mut due = Vec::new();
             let more = {
-                let mut p = self.pending();
+                let mut p = self.pending(i);
                 let Pending { table, deadlines } = &mut *p;
                 while due.len() < EXPIRE_BATCH {
                     let Some(id) = deadlines.pop_expired(now) else {
@@ -410,7 +539,8 @@ impl Shared {
             };
             for w in due {
                 bump(&self.stats.timeouts);
-                w.completion.complete(Err(RequestError::Timeout));
+                w.completion
+                    .complete(Err(RequestError::Timeout), &self.runtime);
             }
             if !more {
                 return;
@@ -464,6 +594,90 @@ impl Shared {
         };
         bump(counter);
         matches!(outcome, Outcome::Reply(true) | Outcome::Delivered)
+    }
+
+    /// Whether server loops take new messages (not once shutdown began).
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.accepting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Completes the callback `reply.dst_cb` with `reply`, if it waits for
+    /// a reply from `session`'s peer on `socket`. Returns the msg_id of the
+    /// request it answers; `None` if no such callback waits.
+    pub(crate) fn complete(
+        &self,
+        socket: &Arc<SocketCtx>,
+        session: &Session,
+        reply: Payload,
+    ) -> Option<u64> {
+        // Only the peer the request went to, on the socket it went out on,
+        // can answer it: callback ids are messenger-wide, and another peer
+        // must not complete (or probe) someone else's request.
+        let (tag, peer) = (socket.kind.tag(), &session.peer);
+        let w = {
+            let mut p = self.pending_of(reply.dst_cb)?;
+            let ours = p
+                .table
+                .get_mut(reply.dst_cb)
+                .is_some_and(|w| w.socket == tag && w.sent_to(peer));
+            if ours {
+                p.table.take(reply.dst_cb)
+            } else {
+                None
+            }
+        }?;
+        let request = w.msg_id;
+        let incoming = Incoming::new(Arc::clone(socket), session.peer.clone(), reply);
+        w.completion.complete(Ok(incoming), &self.runtime);
+        Some(request)
+    }
+
+    /// Offers a message to `socket`'s server loop without waiting; a full
+    /// queue (or shutdown) gives it back.
+    pub(crate) fn offer(
+        &self,
+        socket: &Arc<SocketCtx>,
+        session: &Session,
+        message: Payload,
+    ) -> Result<Delivery, Payload> {
+        // While shutting down it is refused: on tcp the peer keeps it.
+        if !self.is_accepting() {
+            return Err(message);
+        }
+        let Some(slc) = socket.slc.as_ref() else {
+            return Ok(Delivery::NoServerLoop);
+        };
+        match slc.try_reserve() {
+            Ok(permit) => {
+                let peer = session.peer.clone();
+                permit.send(Incoming::new(Arc::clone(socket), peer, message));
+                Ok(Delivery::Delivered)
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(message),
+            Err(mpsc::error::TrySendError::Closed(())) => Ok(Delivery::Gone),
+        }
+    }
+
+    /// [`offer`](Self::offer), waiting for room in the queue (inproc, whose
+    /// senders wait where a tcp peer would resend).
+    pub(crate) async fn offer_waiting(
+        &self,
+        socket: &Arc<SocketCtx>,
+        session: &Session,
+        message: Payload,
+    ) -> Delivery {
+        let Some(slc) = socket.slc.as_ref() else {
+            return Delivery::NoServerLoop;
+        };
+        match slc.reserve().await {
+            Ok(_) if !self.is_accepting() => Delivery::Busy,
+            Ok(permit) => {
+                let peer = session.peer.clone();
+                permit.send(Incoming::new(Arc::clone(socket), peer, message));
+                Delivery::Delivered
+            }
+            Err(_) => Delivery::Gone,
+        }
     }
 
     /// Whether an ECHO's answer can go out now: the peer's buffer has
@@ -535,55 +749,20 @@ impl process::Effects for Live<'_> {
     }
 
     fn complete(&mut self, reply: Payload) -> bool {
-        // Only the peer the request went to, on the socket it went out on,
-        // can answer it: callback ids are messenger-wide, and another peer
-        // must not complete (or probe) someone else's request.
-        let (tag, peer) = (self.socket.kind.tag(), &self.session.peer);
-        let waiter = {
-            let mut p = self.shared.pending();
-            let ours = p
-                .table
-                .get_mut(reply.dst_cb)
-                .is_some_and(|w| w.socket == tag && w.sent_to(peer));
-            if ours {
-                p.table.take(reply.dst_cb)
-            } else {
-                None
+        match self.shared.complete(self.socket, self.session, reply) {
+            Some(request) => {
+                // The reply proves our request arrived: stop resending it.
+                self.session.unacked.ack(request);
+                true
             }
-        };
-        let Some(w) = waiter else {
-            // Never issued, already used, expired, or someone else's.
-            return false;
-        };
-        // The reply proves our request arrived: stop resending it.
-        self.session.unacked.ack(w.msg_id);
-        let peer = self.session.peer.clone();
-        w.completion
-            .complete(Ok(Incoming::new(Arc::clone(self.socket), peer, reply)));
-        true
+            None => false,
+        }
     }
 
     fn deliver(&mut self, message: Payload) -> Delivery {
-        // While shutting down it is refused unACKed: the peer keeps it.
-        if !self
-            .shared
-            .accepting
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return Delivery::Busy;
-        }
-        let Some(slc) = self.socket.slc.as_ref() else {
-            return Delivery::NoServerLoop;
-        };
-        match slc.try_reserve() {
-            Ok(permit) => {
-                let peer = self.session.peer.clone();
-                permit.send(Incoming::new(Arc::clone(self.socket), peer, message));
-                Delivery::Delivered
-            }
-            Err(mpsc::error::TrySendError::Full(())) => Delivery::Busy,
-            Err(mpsc::error::TrySendError::Closed(())) => Delivery::Gone,
-        }
+        self.shared
+            .offer(self.socket, self.session, message)
+            .unwrap_or(Delivery::Busy)
     }
 }
 

@@ -158,7 +158,9 @@ pub enum SendError {
         /// Configured maximum.
         max: usize,
     },
-    /// The socket's send queue is at its high-water mark (try-forms only).
+    /// The socket's send queue is at its high-water mark (try-forms), or
+    /// an inproc peer's server loop took nothing for `request_timeout`
+    /// while a waiting send waited for room in its queue.
     #[error("send queue is full")]
     Full,
     /// Too many callbacks are waiting for replies.

@@ -446,7 +446,7 @@ impl Messenger {
             Arc::clone(&shared.stats),
             Arc::clone(cfg),
         ));
-        let first = connection::dial_first(endpoint, &ctx).await?;
+        let first = connection::dial_first(endpoint, &ctx, shared).await?;
         // Up before make_connection returns: sends go straight to it.
         ctx.link_up(&first.1);
         let backoff = connection::Backoff {

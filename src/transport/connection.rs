@@ -41,10 +41,11 @@ pub(crate) enum Link {
 pub(crate) async fn dial(
     endpoint: &Endpoint,
     socket: &Arc<SocketCtx>,
+    shared: &Arc<Shared>,
 ) -> Result<(Link, Arc<Session>), ConnectError> {
     let cfg = &socket.config;
     if let Endpoint::Inproc(name) = endpoint {
-        let (conn, session) = inproc::dial(name, socket)?;
+        let (conn, session) = inproc::dial(name, socket, shared)?;
         return Ok((Link::Inproc(conn), session));
     }
     let stream = stream::dial(endpoint, cfg.connect_timeout).await?;
@@ -88,11 +89,12 @@ pub(crate) async fn dial(
 pub(crate) async fn dial_first(
     endpoint: &Endpoint,
     socket: &Arc<SocketCtx>,
+    shared: &Arc<Shared>,
 ) -> Result<(Link, Arc<Session>), ConnectError> {
     let give_up = tokio::time::Instant::now() + socket.config.connect_timeout;
     let mut delay = Duration::from_millis(10);
     loop {
-        match dial(endpoint, socket).await {
+        match dial(endpoint, socket, shared).await {
             Err(e) if id_in_use(&e) && tokio::time::Instant::now() + delay < give_up => {
                 tracing::debug!(endpoint = %endpoint, ?delay, "routing id in use; retrying");
                 tokio::time::sleep(delay).await;
@@ -147,7 +149,7 @@ pub(crate) async fn drive(
     loop {
         let end = match &mut link {
             Link::Wire(conn) => conn.traffic(&socket, &session, &shared, &stop, None).await,
-            Link::Inproc(conn) => conn.traffic(&socket, &session, &shared, &stop).await,
+            Link::Inproc(conn) => conn.traffic(&socket, &stop).await,
         };
         socket.end_session(&session, &shared);
         end.report(&socket);
@@ -182,7 +184,7 @@ pub(crate) async fn drive(
             }
             let dialled = tokio::select! {
                 _ = stop.cancelled() => return,
-                d = dial(&endpoint, &socket) => d,
+                d = dial(&endpoint, &socket, &shared) => d,
             };
             match dialled {
                 Ok(l) => break l,

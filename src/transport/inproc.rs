@@ -1,77 +1,281 @@
-//! inproc: sessions between messengers of one process, over channels.
+//! inproc: sessions between messengers of one process, at memory speed.
+//!
+//! Nothing between two messengers of one process can be lost, reordered
+//! or duplicated, so inproc skips everything only a network needs: no
+//! wire format (a message is a [`Payload`] whose body is a `Bytes`, never
+//! copied again), no ACKs, no resends, no duplicate windows. A send lands
+//! the message in the peer's messenger from the sender's own task
+//! ([`Pair::land`]): a reply completes the waiting callback, an ECHO is
+//! answered in place, a server-loop message enters the loop's bounded
+//! queue (full: the sender waits, or gets `Full`). None of that runs user
+//! code in the sender's task: callbacks run on their own tasks and server
+//! loops on theirs, as on tcp.
 //!
 //! A process-wide registry maps names to bound listeners. Dialling one
-//! makes a pair of bounded channels of payloads (`Bytes`, never copied), a
-//! session on each side, and a task on each side that reads its channel
-//! and runs ProcessMessage in place, as a tcp or ipc driver does. A routing
-//! id that a live session holds is refused, as on tcp. When one side's
-//! session ends its sender is dropped, so the other side reads what was
-//! already sent and then sees the end: a peer's last reply is never lost
-//! to its disconnect.
+//! makes a [`Pair`]: a session on each side whose way out leads to the
+//! other side. A routing id that a live session holds is refused, as on
+//! tcp. When either side's session ends the pair is closed: the other
+//! side's task sees it and ends its session, failing what waited on it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::End;
 use super::outbox::Push;
 use super::{Out, RouteError, Session, SocketCtx};
-use crate::dedup::DedupWindow;
-use crate::dispatch::Shared;
+use crate::dispatch::{Mode, Shared};
 use crate::endpoint::Endpoint;
-use crate::error::{BindError, ConnectError};
+use crate::error::{BindError, ConnectError, SendError};
+use crate::process::Delivery;
+use crate::stats::bump;
+use crate::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
 use crate::zmtp::ZmtpError;
 
-/// Payloads a session task takes per wake-up.
-const BATCH: usize = 64;
+/// Which side of a pair a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SideId {
+    Connection,
+    Listener,
+}
 
-/// The sending half of one inproc session.
+/// One side of a pair: where a message for it lands.
+struct Side {
+    socket: Arc<SocketCtx>,
+    shared: Arc<Shared>,
+    /// Weak: the sessions hold the pair, and a session's owner (routing
+    /// table, link) decides how long it lives.
+    session: Weak<Session>,
+}
+
+impl Side {
+    /// Its session, unless it has ended.
+    fn live(&self) -> Option<Arc<Session>> {
+        self.session.upgrade().filter(|s| !s.is_closed())
+    }
+}
+
+/// Two sessions joined in one process.
+pub(crate) struct Pair {
+    connection: Side,
+    listener: Side,
+    /// Cancelled when either session ends.
+    closed: CancellationToken,
+}
+
+/// Why a message did not land.
+enum Refused {
+    /// The server loop's queue is full; the message comes back.
+    Full(Payload),
+    /// The other side has gone.
+    Gone,
+}
+
+impl Pair {
+    fn side(&self, id: SideId) -> &Side {
+        match id {
+            SideId::Connection => &self.connection,
+            SideId::Listener => &self.listener,
+        }
+    }
+
+    fn other(&self, id: SideId) -> &Side {
+        match id {
+            SideId::Connection => &self.listener,
+            SideId::Listener => &self.connection,
+        }
+    }
+
+    /// Lands `msg`, sent from side `from` (whose session is `ours`), on
+    /// the other side, waiting for room in its server loop's queue in
+    /// `Mode::Wait`.
+    async fn land(
+        &self,
+        from: SideId,
+        ours: &Session,
+        msg: Payload,
+        mode: Mode,
+    ) -> Result<(), SendError> {
+        let (to, back) = (self.other(from), self.side(from));
+        let Some(to_session) = to.live().filter(|_| !ours.is_closed()) else {
+            return Err(SendError::Disconnected);
+        };
+        match land_on(to, &to_session, Some((back, ours)), msg) {
+            Ok(()) => Ok(()),
+            Err(Refused::Gone) => Err(SendError::Disconnected),
+            Err(Refused::Full(_)) if mode == Mode::Try => Err(SendError::Full),
+            Err(Refused::Full(msg)) => {
+                // Bounded as a tcp send is (its window frees at the
+                // deadlines of what fills it): two server loops that each
+                // wait for room in the other's full queue would otherwise
+                // wait for good.
+                let limit = back.shared.config.request_timeout;
+                let offer = to.shared.offer_waiting(&to.socket, &to_session, msg);
+                match tokio::time::timeout(limit, offer).await {
+                    Ok(Delivery::Delivered) => {
+                        bump(&to.shared.stats.slc_delivered);
+                        Ok(())
+                    }
+                    Ok(Delivery::NoServerLoop) => Ok(()),
+                    Ok(Delivery::Busy | Delivery::Gone) => Err(SendError::Disconnected),
+                    Err(_) => Err(SendError::Full),
+                }
+            }
+        }
+    }
+
+    /// [`land`](Self::land) without waiting.
+    fn land_now(&self, from: SideId, ours: &Session, msg: Payload) -> Result<(), Refused> {
+        let (to, back) = (self.other(from), self.side(from));
+        let Some(to_session) = to.live().filter(|_| !ours.is_closed()) else {
+            return Err(Refused::Gone);
+        };
+        land_on(to, &to_session, Some((back, ours)), msg)
+    }
+}
+
+/// ProcessMessage for inproc: what the message means on side `to` (of
+/// `to_session`), carried out there. An ECHO's answer lands on `back`,
+/// the side it came from, in turn (an answer is never answered).
+fn land_on(
+    to: &Side,
+    to_session: &Session,
+    back: Option<(&Side, &Session)>,
+    msg: Payload,
+) -> Result<(), Refused> {
+    let stats = &to.shared.stats;
+    bump(&stats.received);
+    match msg.dst_cb {
+        ACK | RESERVED => Ok(()),
+        ECHO => {
+            bump(&stats.echoes_answered);
+            if let Some((back, back_session)) = back
+                && !matches!(msg.src_cb, ECHO | ACK)
+            {
+                let answer = Payload {
+                    msg_id: to.socket.next_msg_id_for(to_session),
+                    src_cb: NOOP,
+                    dst_cb: msg.src_cb,
+                    body: msg.body,
+                };
+                bump(&stats.sent);
+                // A full server loop on the way back costs this answer
+                // (counted there), as a full buffer does on tcp.
+                let _ = land_on(back, back_session, None, answer);
+            }
+            Ok(())
+        }
+        NOOP => {
+            if !to.shared.is_accepting() {
+                return Err(Refused::Gone);
+            }
+            match to.shared.offer(&to.socket, to_session, msg) {
+                Ok(Delivery::Delivered) => {
+                    bump(&stats.slc_delivered);
+                    Ok(())
+                }
+                Ok(Delivery::NoServerLoop) => {
+                    bump(&stats.unroutable_dropped);
+                    Ok(())
+                }
+                Ok(Delivery::Busy) | Ok(Delivery::Gone) => Err(Refused::Gone),
+                Err(msg) => {
+                    bump(&stats.slc_busy);
+                    Err(Refused::Full(msg))
+                }
+            }
+        }
+        _ => {
+            let counter = match to.shared.complete(&to.socket, to_session, msg) {
+                Some(_) => &stats.msc_delivered,
+                None => &stats.late_replies_dropped,
+            };
+            bump(counter);
+            Ok(())
+        }
+    }
+}
+
+/// The way out of one inproc session: the pair it belongs to.
 pub(crate) struct Tx {
-    /// Dropped on close, which ends the peer's reader once it has read
-    /// what was sent.
-    tx: Mutex<Option<mpsc::Sender<Bytes>>>,
+    side: SideId,
+    /// Set once both sessions exist. The pair holds both sockets; it goes
+    /// with the sessions, which go when their owners (routing table, link)
+    /// let them go at their end. Sends check the sessions' `closed` flags,
+    /// so reading it takes no lock.
+    pair: OnceLock<Arc<Pair>>,
 }
 
 impl Tx {
-    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+    fn new(side: SideId) -> Self {
         Tx {
-            tx: Mutex::new(Some(tx)),
+            side,
+            pair: OnceLock::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<mpsc::Sender<Bytes>>> {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    fn pair(&self) -> Option<&Arc<Pair>> {
+        self.pair.get()
     }
 
-    pub(crate) fn send(&self, payload: Bytes) -> Result<(), Push> {
-        match self.lock().as_ref() {
-            None => Err(Push::Closed),
-            Some(tx) => tx.try_send(payload).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Push::Full,
-                mpsc::error::TrySendError::Closed(_) => Push::Closed,
-            }),
+    /// Lands a message from `ours` (the session this is the way out of)
+    /// on the other side: the send path's inproc branch.
+    pub(crate) async fn deliver(
+        &self,
+        ours: &Session,
+        msg: Payload,
+        mode: Mode,
+    ) -> Result<(), SendError> {
+        match self.pair() {
+            Some(pair) => pair.land(self.side, ours, msg, mode).await,
+            None => Err(SendError::Disconnected),
         }
     }
 
-    /// Whether the channel has room now.
-    pub(crate) fn has_room(&self) -> bool {
-        self.lock().as_ref().is_some_and(|tx| tx.capacity() > 0)
+    /// Lands a message already formatted: one a redialling connection
+    /// queued, or a resend of one it sent before the pair existed. It is
+    /// settled in `unacked` once it lands (in-process delivery is its ACK).
+    pub(crate) fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push> {
+        let Some(pair) = self.pair() else {
+            return Err(Push::Closed);
+        };
+        // Our own bytes: they parse (and an ACK needs no delivery).
+        let Ok(msg) = wire::parse(payload) else {
+            return Ok(());
+        };
+        if msg.dst_cb == ACK {
+            return Ok(());
+        }
+        let msg_id = msg.msg_id;
+        match pair.land_now(self.side, ours, msg) {
+            Ok(()) => {
+                ours.unacked.ack(msg_id);
+                Ok(())
+            }
+            Err(Refused::Full(_)) => Err(Push::Full),
+            Err(Refused::Gone) => Err(Push::Closed),
+        }
     }
 
-    /// Waits until the channel has room (or is closed).
+    /// Waits until the other side's server loop has room (what
+    /// [`send`](Self::send) can be refused for).
     pub(crate) async fn room(&self) {
-        let tx = self.lock().clone();
-        if let Some(tx) = tx {
-            let _ = tx.reserve().await;
+        let Some(pair) = self.pair() else {
+            return;
+        };
+        if let Some(slc) = &pair.other(self.side).socket.slc {
+            let _ = slc.reserve().await;
         }
     }
 
+    /// Ends the pair (its session has just been marked closed).
     pub(crate) fn close(&self) {
-        self.lock().take();
+        if let Some(pair) = self.pair() {
+            pair.closed.cancel();
+        }
     }
 }
 
@@ -131,82 +335,49 @@ pub(crate) fn bind(
     })
 }
 
-/// The reading half of a connection's inproc session.
+/// A connection's inproc session, as its driver holds it.
 pub(crate) struct Conn {
-    rx: mpsc::Receiver<Bytes>,
+    closed: CancellationToken,
 }
 
 impl Conn {
-    /// Reads and processes until the listener's side ends or `stop`.
-    pub(crate) async fn traffic(
-        &mut self,
-        socket: &Arc<SocketCtx>,
-        session: &Arc<Session>,
-        shared: &Shared,
-        stop: &CancellationToken,
-    ) -> End {
-        run(&mut self.rx, socket, session, shared, stop).await
-    }
-}
-
-/// Reads a session's channel and processes each payload in place.
-async fn run(
-    rx: &mut mpsc::Receiver<Bytes>,
-    socket: &Arc<SocketCtx>,
-    session: &Arc<Session>,
-    shared: &Shared,
-    stop: &CancellationToken,
-) -> End {
-    let cfg = &socket.config;
-    let mut dedup = DedupWindow::new(cfg.dedup_max_gaps, cfg.dedup_gap_ttl);
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let n = tokio::select! {
+    /// Lasts until the listener's side ends, `stop`, or a heartbeat
+    /// declares the peer dead. Messages need no task of ours: they land
+    /// from their senders' tasks.
+    pub(crate) async fn traffic(&mut self, socket: &SocketCtx, stop: &CancellationToken) -> End {
+        tokio::select! {
             biased;
-            _ = stop.cancelled() => return End::Stopped,
-            _ = socket.link_dead.notified(), if !socket.is_listener() => return End::Dead,
-            n = rx.recv_many(&mut batch, BATCH) => n,
-        };
-        if n == 0 {
-            return End::PeerClosed;
-        }
-        let now = tokio::time::Instant::now();
-        for payload in batch.drain(..) {
-            match socket.parse_payload(payload) {
-                Ok(p) => {
-                    shared.process(socket, session, &mut dedup, p, now);
-                }
-                Err(e) => socket.malformed(&e),
-            }
+            _ = stop.cancelled() => End::Stopped,
+            _ = socket.link_dead.notified() => End::Dead,
+            _ = self.closed.cancelled() => End::PeerClosed,
         }
     }
 }
 
-/// Connects `socket` (a connection) to `inproc://name`.
+/// Connects `socket` (a connection of the messenger `shared`) to
+/// `inproc://name`.
 pub(crate) fn dial(
     name: &str,
     socket: &Arc<SocketCtx>,
+    shared: &Arc<Shared>,
 ) -> Result<(Conn, Arc<Session>), ConnectError> {
     let endpoint = || Endpoint::Inproc(name.to_owned());
-    let (listener, shared, stop) = {
+    let (listener, listener_shared, stop) = {
         let reg = registry();
         let b = reg
             .get(name)
             .ok_or_else(|| ConnectError::NotBound(endpoint()))?;
         (Arc::clone(&b.socket), Arc::clone(&b.shared), b.stop.clone())
     };
-    let capacity = socket.config.send_queue_capacity.max(1);
-    let (to_listener, from_conn) = mpsc::channel(capacity);
-    let (to_conn, from_listener) = mpsc::channel(capacity);
     let head = listener.identity.clone();
     let unacked = listener.session_unacked();
     let theirs = listener
         .add_route(socket.identity.clone(), |id| {
-            Session::new(id, head, Out::Inproc(Tx::new(to_conn)), unacked)
+            Session::new(id, head, Out::Inproc(Tx::new(SideId::Listener)), unacked)
         })
         .map_err(|e| {
             if e == RouteError::InUse {
-                crate::stats::bump(&listener.stats.routing_id_conflicts);
+                bump(&listener.stats.routing_id_conflicts);
             }
             ConnectError::Handshake {
                 endpoint: endpoint(),
@@ -216,17 +387,42 @@ pub(crate) fn dial(
                 }),
             }
         })?;
-    tokio::spawn(async move {
-        let mut rx = from_conn;
-        let end = run(&mut rx, &listener, &theirs, &shared, &stop).await;
-        listener.end_session(&theirs, &shared);
-        end.report(&listener);
-    });
     let ours = Arc::new(Session::new(
         Bytes::new(),
         Bytes::new(),
-        Out::Inproc(Tx::new(to_listener)),
+        Out::Inproc(Tx::new(SideId::Connection)),
         socket.session_unacked(),
     ));
-    Ok((Conn { rx: from_listener }, ours))
+    let closed = CancellationToken::new();
+    let pair = Arc::new(Pair {
+        connection: Side {
+            socket: Arc::clone(socket),
+            shared: Arc::clone(shared),
+            session: Arc::downgrade(&ours),
+        },
+        listener: Side {
+            socket: Arc::clone(&listener),
+            shared: Arc::clone(&listener_shared),
+            session: Arc::downgrade(&theirs),
+        },
+        closed: closed.clone(),
+    });
+    for session in [&ours, &theirs] {
+        if let Out::Inproc(tx) = &session.out {
+            let _ = tx.pair.set(Arc::clone(&pair));
+        }
+    }
+    drop(pair);
+    // The listener's side ends with the pair or the listener.
+    let their_end = closed.clone();
+    tokio::spawn(async move {
+        let end = tokio::select! {
+            biased;
+            _ = stop.cancelled() => End::Stopped,
+            _ = their_end.cancelled() => End::PeerClosed,
+        };
+        listener.end_session(&theirs, &listener_shared);
+        end.report(&listener);
+    });
+    Ok((Conn { closed }, ours))
 }

@@ -5,9 +5,10 @@
 //! unacknowledged set, the routing table or live link, counters). A
 //! *session* is one live connection of a socket to one peer: a ZMTP
 //! connection after its handshake (and its proof, when a secret is set),
-//! or an inproc pairing. Each session is driven by one task that reads,
-//! decodes, and runs ProcessMessage on what it reads, in place
-//! ([`driver`], [`inproc`]); anything may send through a session's
+//! or an inproc pairing. Each tcp or ipc session is driven by one task that
+//! reads, decodes, and runs ProcessMessage on what it reads, in place
+//! ([`driver`]); an inproc message lands in the peer's messenger from the
+//! sender's task ([`inproc`]). Anything may send through a session's
 //! [`Out`].
 //!
 //! ```text
@@ -17,7 +18,7 @@
 //! driver.rs      one tcp/ipc connection: handshake, then read -> process
 //! listener.rs    accept loop, connection limits, idle eviction, routing ids
 //! connection.rs  dial, redial with backoff
-//! inproc.rs      in-process sessions over channels
+//! inproc.rs      in-process pairs: messages land from the sender's task
 //! ```
 
 pub(crate) mod connection;
@@ -71,7 +72,7 @@ pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), RequestError
 pub(crate) enum Out {
     /// tcp or ipc: frames into the connection's outbox.
     Wire(Outbox),
-    /// inproc: payloads over a bounded channel to the peer's session task.
+    /// inproc: messages land in the peer's messenger from the sender's task.
     Inproc(inproc::Tx),
 }
 
@@ -118,6 +119,11 @@ impl Session {
         }
     }
 
+    /// Whether the session has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Makes the session one that can give way (see
     /// [`SocketCtx::evict_idle`]), idle from `now_ms` on.
     pub(crate) fn evictable(mut self, token: CancellationToken, now_ms: u64) -> Self {
@@ -157,7 +163,7 @@ impl Session {
                     }
                 })
             }
-            Out::Inproc(tx) => tx.send(payload.clone()),
+            Out::Inproc(tx) => tx.send(self, payload),
         }
     }
 
@@ -181,7 +187,8 @@ impl Session {
                     }
                 })
             }
-            Out::Inproc(tx) => tx.send(wire::ack(msg_id)),
+            // In-process delivery needs no ACK.
+            Out::Inproc(_) => Ok(()),
         }
     }
 
@@ -189,7 +196,7 @@ impl Session {
     pub(crate) fn has_room(&self, len: usize) -> bool {
         match &self.out {
             Out::Wire(ob) => ob.has_room(self.head.len() + len + 20),
-            Out::Inproc(tx) => tx.has_room(),
+            Out::Inproc(_) => true,
         }
     }
 
@@ -625,8 +632,8 @@ impl SocketCtx {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Checks one received message's frames (as they came off the wire or
-    /// an inproc channel) and parses its payload.
+    /// Checks one received message's frames (as they came off the wire)
+    /// and parses its payload.
     pub(crate) fn parse_frames(&self, frames: &mut [Bytes]) -> Result<Payload, FrameError> {
         let payload = match self.kind {
             SocketKind::Listener(_) => match wire::from_dealer(frames) {
