@@ -54,22 +54,22 @@ async fn closed(peers: &mut [FrameReader<Stream>]) -> usize {
     n
 }
 
+/// Once the peers there have been idle past `IDLE_AFTER`, a newcomer
+/// connects and is served (within 3 s each).
+async fn newcomer_after_idle(endpoint: &messenger::Endpoint) -> messenger::Messenger {
+    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
+    let (client, conn) = connect_as("newcomer", Config::default(), endpoint, 3).await;
+    let served = "the newcomer is served";
+    round_trip(3, &client, conn, wire::ECHO, b"in", served).await;
+    client
+}
+
 /// Silent peers fill every place; once they have been idle long enough, a
 /// newcomer takes the place of one of them (one, not more), and is served.
 async fn silent_peers_give_way(transport: &str) {
     let (server, bound, _p) = serve(transport, limited(Some(IDLE_AFTER)), ignore).await;
     let mut squatters = silent_peers(&bound.endpoint, LIMIT).await;
-    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
-    let (client, conn) = connect_as("newcomer", Config::default(), &bound.endpoint, 3).await;
-    round_trip(
-        3,
-        &client,
-        conn,
-        wire::ECHO,
-        b"in",
-        "the newcomer is served",
-    )
-    .await;
+    let client = newcomer_after_idle(&bound.endpoint).await;
     let stats = server.stats();
     assert_eq!(stats.idle_evictions, 1, "{transport}: {stats:?}");
     assert!(stats.connection_limit_hits >= 1, "{transport}: {stats:?}");
@@ -133,17 +133,7 @@ async fn a_peer_with_messages_in_flight_keeps_its_place(transport: &str) {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut quiet = silent_peers(&bound.endpoint, 1).await;
-    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
-    let (client, conn) = connect_as("newcomer", Config::default(), &bound.endpoint, 3).await;
-    round_trip(
-        3,
-        &client,
-        conn,
-        wire::ECHO,
-        b"in",
-        "the newcomer is served",
-    )
-    .await;
+    let client = newcomer_after_idle(&bound.endpoint).await;
     assert_eq!(
         closed(&mut quiet).await,
         1,

@@ -793,20 +793,13 @@ async fn inproc(args: &Args) -> Vec<Cell> {
         }
         let cell = summarize("inproc", size, n, samples);
         print_cell(&cell, args.rounds);
-        let ratio = median(
-            cell.samples["messenger-inproc"]
-                .iter()
-                .zip(&cell.samples["tokio-channels"])
-                .map(|(m, c)| m.round_trips_per_s / c.round_trips_per_s)
-                .collect(),
-        );
-        let p50 = median(
-            cell.samples["messenger-inproc"]
-                .iter()
-                .zip(&cell.samples["tokio-channels"])
-                .map(|(m, c)| m.p50_us / c.p50_us)
-                .collect(),
-        );
+        let per_round = |f: fn(&Sample) -> f64| {
+            let ours = &cell.samples["messenger-inproc"];
+            let theirs = &cell.samples["tokio-channels"];
+            median(ours.iter().zip(theirs).map(|(m, c)| f(m) / f(c)).collect())
+        };
+        let ratio = per_round(|s| s.round_trips_per_s);
+        let p50 = per_round(|s| s.p50_us);
         println!(
             "   messenger / tokio-channels: {ratio:.2}x round trips/s, {p50:.2}x p50; target >= 1,000,000 round trips/s: {:.2}x of target",
             cell.median_rps["messenger-inproc"] / 1e6
