@@ -99,31 +99,11 @@ impl Pair {
         msg: Payload,
         mode: Mode,
     ) -> Result<(), SendError> {
-        let (to, back) = (self.other(from), self.side(from));
-        let Some(to_session) = to.live().filter(|_| !ours.is_closed()) else {
-            return Err(SendError::Disconnected);
-        };
-        match land_on(to, &to_session, Some((back, ours)), msg) {
+        match self.land_now(from, ours, msg) {
             Ok(()) => Ok(()),
             Err(Refused::Gone) => Err(SendError::Disconnected),
             Err(Refused::Full(_)) if mode == Mode::Try => Err(SendError::Full),
-            Err(Refused::Full(msg)) => {
-                // Bounded as a tcp send is (its window frees at the
-                // deadlines of what fills it): two server loops that each
-                // wait for room in the other's full queue would otherwise
-                // wait for good.
-                let limit = back.shared.config.request_timeout;
-                let offer = to.shared.offer_waiting(&to.socket, &to_session, msg);
-                match tokio::time::timeout(limit, offer).await {
-                    Ok(Delivery::Delivered) => {
-                        bump(&to.shared.stats.slc_delivered);
-                        Ok(())
-                    }
-                    Ok(Delivery::NoServerLoop) => Ok(()),
-                    Ok(Delivery::Busy | Delivery::Gone) => Err(SendError::Disconnected),
-                    Err(_) => Err(SendError::Full),
-                }
-            }
+            Err(Refused::Full(msg)) => self.land_when_there_is_room(from, msg).await,
         }
     }
 
@@ -134,6 +114,28 @@ impl Pair {
             return Err(Refused::Gone);
         };
         land_on(to, &to_session, Some((back, ours)), msg)
+    }
+
+    /// Hands a server-loop message over once the loop's queue has room.
+    /// Bounded as a tcp send is (its window frees at the deadlines of what
+    /// fills it): two server loops that each wait for room in the other's
+    /// full queue would otherwise wait for good.
+    async fn land_when_there_is_room(&self, from: SideId, msg: Payload) -> Result<(), SendError> {
+        let (to, back) = (self.other(from), self.side(from));
+        let Some(to_session) = to.live() else {
+            return Err(SendError::Disconnected);
+        };
+        let limit = back.shared.config.request_timeout;
+        let offer = to.shared.offer_waiting(&to.socket, &to_session, msg);
+        match tokio::time::timeout(limit, offer).await {
+            Ok(Delivery::Delivered) => {
+                bump(&to.shared.stats.slc_delivered);
+                Ok(())
+            }
+            Ok(Delivery::NoServerLoop) => Ok(()),
+            Ok(Delivery::Busy | Delivery::Gone) => Err(SendError::Disconnected),
+            Err(_) => Err(SendError::Full),
+        }
     }
 }
 
