@@ -290,7 +290,7 @@ impl Shared {
         let deadline = deadline_after(now, timeout);
         let mut sending = Sending {
             shared: self,
-            unacked: Arc::clone(place.unacked()),
+            unacked: Some(Arc::clone(place.unacked())),
             payload: Bytes::new(),
             msg_id: 0,
             cb_id: None,
@@ -413,7 +413,7 @@ impl Shared {
         }
         let mut sending = Sending {
             shared: self,
-            unacked: Arc::clone(&session.unacked),
+            unacked: None,
             payload: Bytes::new(),
             msg_id: 0,
             cb_id: None,
@@ -779,8 +779,8 @@ impl process::Effects for Live<'_> {
 /// cancelled send leaves nothing behind.
 pub(crate) struct Sending<'a> {
     shared: &'a Shared,
-    /// The set it is recorded in (with resending on).
-    unacked: Arc<Unacked>,
+    /// The set it is recorded in, with resending on (never on inproc).
+    unacked: Option<Arc<Unacked>>,
     payload: Bytes,
     msg_id: u64,
     cb_id: Option<u64>,
@@ -806,8 +806,8 @@ impl Drop for Sending<'_> {
         if let Some(id) = self.cb_id {
             self.shared.unregister(id);
         }
-        if self.tracked {
-            self.unacked.ack(self.msg_id);
+        if let Some(unacked) = self.unacked.as_ref().filter(|_| self.tracked) {
+            unacked.ack(self.msg_id);
         }
     }
 }
