@@ -564,7 +564,9 @@ impl Messenger {
 
     /// Sends `body` to `dst_cb` at `dest` and waits until the peer
     /// acknowledges it (resending meanwhile), up to
-    /// [`Config::request_timeout`].
+    /// [`Config::request_timeout`]. On inproc, where nothing is lost and
+    /// no ACK is sent, it returns once the message has landed (its server
+    /// loop's queue owns it, or its callback has it).
     pub async fn send_confirmed(
         &self,
         dest: impl Into<Destination>,
