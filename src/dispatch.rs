@@ -8,6 +8,12 @@
 //! them and the peer resends), futures are completed through a oneshot,
 //! closure MSCs run on tasks of their own, and SLCs run on their own task
 //! behind a bounded queue.
+//!
+//! inproc takes its own branch of the send path ([`Shared::send`] hands an
+//! inproc route to `send_inproc`): no format, no window, no ACK; the
+//! message lands in the peer's messenger from the sender's task through
+//! [`complete`](Shared::complete) and [`offer`](Shared::offer), the same
+//! steps ProcessMessage takes (see `transport::inproc`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
