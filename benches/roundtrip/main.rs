@@ -33,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use cli_bench::{Sample, Window};
+use cli_bench::{Sample, Window, human_size};
 use messenger::{Config, ConnectionId, Endpoint, Messenger, wire};
 use serde::Serialize;
 
@@ -362,14 +362,6 @@ fn median(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn human_size(n: usize) -> String {
-    if n >= 1024 && n.is_multiple_of(1024) {
-        format!("{} KiB", n / 1024)
-    } else {
-        format!("{n} B")
     }
 }
 

@@ -384,7 +384,8 @@ pub struct Row {
     pub body_mib_per_s: f64,
 }
 
-fn human_size(n: usize) -> String {
+/// A body size as the tables print it: 64 B, 1 KiB, 16 MiB.
+pub fn human_size(n: usize) -> String {
     match n {
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
