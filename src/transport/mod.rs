@@ -15,6 +15,7 @@
 //! stream.rs      tcp/ipc streams; bind and dial
 //! outbox.rs      a connection's send buffer and its write role
 //! unacked.rs     a peer's unacknowledged messages and its window
+//! room.rs        senders waiting for room, and their wake-up
 //! driver.rs      one tcp/ipc connection: handshake, then read -> process
 //! listener.rs    accept loop, connection limits, idle eviction, routing ids
 //! connection.rs  dial, redial with backoff
@@ -26,6 +27,7 @@ pub(crate) mod driver;
 pub(crate) mod inproc;
 pub(crate) mod listener;
 pub(crate) mod outbox;
+pub(crate) mod room;
 pub(crate) mod stream;
 pub(crate) mod unacked;
 
@@ -45,7 +47,8 @@ use crate::stats::{Stats, bump};
 use crate::wire::{self, Payload};
 use crate::{ConnectionId, ListenerId};
 use outbox::{Outbox, Push};
-use unacked::{Room, Unacked};
+use room::Room;
+use unacked::Unacked;
 
 /// Which side of the protocol a socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,12 +18,13 @@
 //! message (ACKs, resends: the peer resends, we resend), or fails.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
 use tokio::sync::Notify;
 
+use super::room::Room;
 use super::stream::Stream;
 use crate::zmtp::Encoder;
 
@@ -71,9 +72,8 @@ pub(crate) struct Outbox {
     /// Wakes the connection's driver: it holds the write role now, or room
     /// opened (it may read again), or the connection broke.
     pub(crate) driver: Notify,
-    /// Wakes senders waiting for room.
-    room: Notify,
-    room_waiters: AtomicUsize,
+    /// Senders waiting for room.
+    room: Room,
     /// The driver stopped reading until room opens (listeners only).
     driver_waits_room: AtomicBool,
 }
@@ -97,8 +97,7 @@ impl Outbox {
             }),
             limit,
             driver: Notify::new(),
-            room: Notify::new(),
-            room_waiters: AtomicUsize::new(0),
+            room: Room::default(),
             driver_waits_room: AtomicBool::new(false),
         }
     }
@@ -260,13 +259,11 @@ impl Outbox {
         st.handoff = None;
         drop(st);
         self.driver.notify_one();
-        self.room.notify_waiters();
+        self.room.wake();
     }
 
     fn wake_room(&self) {
-        if self.room_waiters.load(Ordering::SeqCst) > 0 {
-            self.room.notify_waiters();
-        }
+        self.room.wake();
         // A listener's driver that stopped reading waits for room too.
         if self.driver_waits_room.swap(false, Ordering::SeqCst) {
             self.driver.notify_one();
@@ -288,23 +285,14 @@ impl Outbox {
             let queued = st.buf.len() + st.inflight;
             st.closed || queued == 0 || queued + len <= self.limit
         };
-        while !fits() {
-            self.room_waiters.fetch_add(1, Ordering::SeqCst);
-            let opened = self.room.notified();
-            tokio::pin!(opened);
-            opened.as_mut().enable();
-            if !fits() {
-                opened.await;
-            }
-            self.room_waiters.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.room.wait(fits).await;
     }
 
     /// Closes: further pushes fail with [`Push::Closed`]; what is buffered
     /// stays for the driver to flush ([`flushed`](Self::flushed)).
     pub(crate) fn close(&self) {
         self.lock().closed = true;
-        self.room.notify_waiters();
+        self.room.wake();
     }
 
     /// Waits until the write role's holder makes progress (it wrote, gave

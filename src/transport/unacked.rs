@@ -4,47 +4,16 @@
 //! a peer that never ACKs fills only its own window and no other peer's
 //! sends wait for it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::AckWaiter;
+use super::room::Room;
 use crate::error::{RequestError, SendError};
 use crate::pending::{Entry, PendingSet, SetFull, Tick};
-
-/// Senders waiting for something to open, and their wake-up: one atomic
-/// load when nobody waits.
-#[derive(Default)]
-pub(crate) struct Room {
-    waiters: AtomicUsize,
-    opened: Notify,
-}
-
-impl Room {
-    /// Waits until `ready()` holds.
-    pub(crate) async fn wait(&self, ready: impl Fn() -> bool) {
-        while !ready() {
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            let opened = self.opened.notified();
-            tokio::pin!(opened);
-            opened.as_mut().enable();
-            if !ready() {
-                opened.await;
-            }
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Something opened: wake whoever waits.
-    pub(crate) fn wake(&self) {
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.opened.notify_waiters();
-        }
-    }
-}
 
 /// The set, and the places in the window taken by senders that have not
 /// inserted their message yet.
