@@ -29,6 +29,7 @@ use crate::dedup::DedupWindow;
 use crate::error::{RequestError, SendError};
 use crate::messenger::Incoming;
 use crate::process::{self, Delivery, Outcome};
+use crate::shard::{Padded, thread_index};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
 use crate::transport::unacked::{Reserved, Unacked};
@@ -92,24 +93,6 @@ impl Waiter {
 pub(crate) struct Pending {
     table: CallbackTable<Waiter>,
     deadlines: Deadlines,
-}
-
-/// A shard on its own cache lines: two threads working on their own shards
-/// do not slow each other down.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// The shard a thread registers its callbacks in first: threads take
-/// shards in turn, so each worker of a runtime (up to [`SHARDS`]) has its
-/// own lock, and an inproc request, registered and completed on one thread,
-/// never waits for another.
-fn home_shard() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    HOME.with(|h| *h)
 }
 
 /// Stale deadline entries (of callbacks already answered) tolerated beyond
@@ -224,7 +207,10 @@ impl Shared {
         msg_id: impl FnOnce() -> u64,
     ) -> Result<(u64, u64), SendError> {
         let mut id_out = 0;
-        let home = home_shard();
+        // The thread's own shard first: each worker of a runtime (up to
+        // SHARDS) has its own lock, and an inproc request, registered and
+        // completed on one thread, never waits for another.
+        let home = thread_index();
         // The thread's own shard, or the next with room.
         let mut shard = (0..SHARDS)
             .map(|i| self.pending((home + i) % SHARDS))

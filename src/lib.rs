@@ -34,6 +34,7 @@ pub mod pending;
 mod process;
 pub mod scenarios;
 mod server_loop;
+mod shard;
 mod stats;
 mod transport;
 pub mod typed;
