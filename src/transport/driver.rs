@@ -412,7 +412,7 @@ impl Conn {
             match self.engine.decode(&mut self.rbuf, now)? {
                 Some(Event::Message) => {
                     if !heard {
-                        session.heard(socket.millis(now));
+                        session.heard(|| socket.millis(now));
                         heard = true;
                     }
                     match socket.parse_frames(self.engine.frames()) {

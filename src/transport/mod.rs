@@ -135,9 +135,12 @@ impl Session {
         self
     }
 
-    /// The peer sent a message at `now_ms`.
-    pub(crate) fn heard(&self, now_ms: u64) {
-        self.last_message.store(now_ms, Ordering::Relaxed);
+    /// The peer sent a message at `now_ms` (the time is asked for only by a
+    /// session that can give way: no other reads it).
+    pub(crate) fn heard(&self, now_ms: impl FnOnce() -> u64) {
+        if self.give_way.is_some() {
+            self.last_message.store(now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Whether nothing is in flight between us and the peer: nothing it
@@ -518,8 +521,8 @@ impl SocketCtx {
                 idle.push((for_ms, Arc::clone(session)));
             }
         }
-        idle.sort_unstable_by_key(|(for_ms, _)| std::cmp::Reverse(*for_ms));
-        let Some((idle, session)) = idle.into_iter().find(|(_, s)| s.is_quiet()) else {
+        let quiet = idle.into_iter().filter(|(_, s)| s.is_quiet());
+        let Some((idle, session)) = quiet.max_by_key(|(for_ms, _)| *for_ms) else {
             return false;
         };
         bump(&self.stats.idle_evictions);
