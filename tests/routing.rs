@@ -658,6 +658,39 @@ async fn only_the_asked_peer_can_answer() {
     }
 }
 
+/// A listener with `config` on `t` whose server loop answers, and a raw
+/// DEALER "greedy" that sends `requests` (ECHOs to its callback 5), reads
+/// every ACK and answer, and never ACKs anything.
+async fn greedy_peer(
+    t: &str,
+    config: messenger::Config,
+    requests: Vec<Vec<u8>>,
+) -> (
+    Messenger,
+    messenger::ListenerInfo,
+    common::Place,
+    zeromq::DealerSocket,
+) {
+    let (server, bound, p) = common::serve(t, config, |m: Incoming, r: Responder| {
+        let _ = r.try_reply(&m.body);
+    })
+    .await;
+    let mut greedy = common::raw_dealer(&bound.endpoint, "greedy").await;
+    for req in &requests {
+        raw_send(&mut greedy, &[b"", req]).await;
+    }
+    let n = requests.len() as u64;
+    eventually(5, "the greedy peer is answered", || {
+        server.stats().echoes_answered == n
+    })
+    .await;
+    for i in 0..requests.len() {
+        raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
+        raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
+    }
+    (server, bound, p, greedy)
+}
+
 /// Each peer of a listener has its own window of unacknowledged messages:
 /// a peer that asks for ECHOs and never ACKs the answers fills only its
 /// own (further answers to it go out once, untracked, so it cannot make
@@ -671,25 +704,10 @@ async fn a_peer_that_never_acks_fills_only_its_own_window() {
             send_queue_capacity: WINDOW,
             ..messenger::Config::default()
         };
-        let (server, bound, _p) = common::serve(t, config, |m: Incoming, r: Responder| {
-            let _ = r.try_reply(&m.body);
-        })
-        .await;
-        let mut greedy = common::raw_dealer(&bound.endpoint, "greedy").await;
-        for i in 0..2 * WINDOW {
-            let req = format!("{i}-5-1-e{i}");
-            raw_send(&mut greedy, &[b"", req.as_bytes()]).await;
-        }
+        let requests = (0..2 * WINDOW).map(|i| format!("{i}-5-1-e{i}").into_bytes());
         // All are answered; WINDOW answers are kept for resending and fill
         // its window, since it never ACKs what it is sent.
-        eventually(5, "the greedy peer is answered", || {
-            server.stats().echoes_answered == 2 * WINDOW as u64
-        })
-        .await;
-        for i in 0..2 * WINDOW {
-            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
-            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
-        }
+        let (server, bound, _p, _greedy) = greedy_peer(t, config, requests.collect()).await;
         let s = server.stats();
         assert_eq!(s.pending_messages, WINDOW as u64, "{t}: {s:?}");
         assert_eq!(s.replies_untracked, WINDOW as u64, "{t}: {s:?}");
@@ -729,25 +747,12 @@ async fn the_window_is_bounded_in_bytes() {
             send_window_bytes: WINDOW_BYTES,
             ..messenger::Config::default()
         };
-        let (server, bound, _p) = common::serve(t, config, |m: Incoming, r: Responder| {
-            let _ = r.try_reply(&m.body);
-        })
-        .await;
-        let mut greedy = common::raw_dealer(&bound.endpoint, "greedy").await;
-        let body = vec![b'x'; BODY];
-        for i in 0..ECHOES {
+        let requests = (0..ECHOES).map(|i| {
             let mut req = format!("{i}-5-1-").into_bytes();
-            req.extend_from_slice(&body);
-            raw_send(&mut greedy, &[b"", &req]).await;
-        }
-        eventually(5, "the greedy peer is answered", || {
-            server.stats().echoes_answered == ECHOES as u64
-        })
-        .await;
-        for i in 0..ECHOES {
-            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
-            raw_recv(&mut greedy, 5, &format!("{t}: ACK or answer {i}")).await;
-        }
+            req.extend_from_slice(&[b'x'; BODY]);
+            req
+        });
+        let (server, bound, _p, _greedy) = greedy_peer(t, config, requests.collect()).await;
         // Three answers (about 48 KiB) fit the window; a fourth would not.
         let tracked = WINDOW_BYTES / (BODY + 16);
         let s = server.stats();

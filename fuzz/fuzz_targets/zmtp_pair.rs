@@ -100,6 +100,16 @@ struct Side {
     peer_identity: Bytes,
 }
 
+impl Side {
+    /// Its encoder, once its handshake is done and while it is open.
+    fn open_encoder(&mut self) -> Option<&mut Encoder> {
+        if self.closed {
+            return None;
+        }
+        self.encoder.as_mut()
+    }
+}
+
 struct World {
     now: Instant,
     sides: [Side; 2],
@@ -290,11 +300,7 @@ impl World {
                 (0..len).map(|k| seed.wrapping_add(k as u8)),
             ));
         }
-        let side = &mut self.sides[i];
-        if side.closed {
-            return;
-        }
-        let Some(enc) = side.encoder.as_mut() else {
+        let Some(enc) = self.sides[i].open_encoder() else {
             return;
         };
         let mut b = BytesMut::new();
@@ -313,11 +319,7 @@ impl World {
         let ttl = u16::from(data.byte() % 32);
         let n = usize::from(data.byte() % 17);
         let ctx = data.take(n).to_vec();
-        let side = &mut self.sides[i];
-        if side.closed {
-            return;
-        }
-        let Some(enc) = side.encoder.as_mut() else {
+        let Some(enc) = self.sides[i].open_encoder() else {
             return;
         };
         let mut b = BytesMut::new();
