@@ -12,7 +12,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use messenger::scenarios::components::{self, ComponentsOptions};
+use messenger_scenarios::components::{self, ComponentsOptions};
 
 /// Run queries through parser, planner and executor components over inproc.
 #[derive(Debug, Parser)]
@@ -37,7 +37,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    messenger::scenarios::init_logging();
+    messenger_scenarios::init_logging();
     let opts = ComponentsOptions {
         queries: args.queries,
         partitions: args.partitions,

@@ -11,7 +11,7 @@
 //! The model server is started with the manager's ipc socket path (without
 //! `ipc://`) as its last argument; it connects as a DEALER with identity
 //! `model` to the listener `model-server-conn` and speaks JSON (see
-//! `messenger::scenarios::model_server`, which also explains why resending
+//! `messenger_scenarios::model_server`, which also explains why resending
 //! is off on the manager's side). Progress and diagnostics go to stderr,
 //! including the child's pid and how many times the server loop saw
 //! CONNECTED. On any failure: one line `model_server_manager: error: ...`
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use messenger::scenarios::model_server::{self, ManagerOptions, ModelServerSpec};
+use messenger_scenarios::model_server::{self, ManagerOptions, ModelServerSpec};
 
 /// Drive a model server over ipc.
 #[derive(Debug, Parser)]
@@ -52,7 +52,7 @@ const NAME: &str = "model_server_manager";
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    messenger::scenarios::init_logging();
+    messenger_scenarios::init_logging();
     let server = match &args.model_server {
         Some(line) => match model_server::split_command(line) {
             Ok(words) => ModelServerSpec::Command(words),

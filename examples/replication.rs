@@ -14,13 +14,13 @@
 //! port. Commits need both replicas, so they pause (the primary keeps
 //! streaming to replica-1 up to its window of uncommitted batches) until
 //! the restarted replica, which reports applied LSN 0, has been resent the
-//! log from LSN 1 and caught up. See `messenger::scenarios::replication`.
+//! log from LSN 1 and caught up. See `messenger_scenarios::replication`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use messenger::scenarios::replication::{self, ReplicationOptions};
+use messenger_scenarios::replication::{self, ReplicationOptions};
 
 /// Replicate a log from a primary to two replicas over tcp on 127.0.0.1.
 #[derive(Debug, Parser)]
@@ -54,7 +54,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    messenger::scenarios::init_logging();
+    messenger_scenarios::init_logging();
     let opts = ReplicationOptions {
         batches: args.batches,
         batch_size: args.batch_size,

@@ -5,16 +5,16 @@
 //!
 //! 0. transports: ECHO and server-loop round trips over inproc, ipc and tcp;
 //! 1. replication over tcp: a primary and two replicas, one of them killed
-//!    and restarted mid-stream ([`messenger::scenarios::replication`]);
+//!    and restarted mid-stream ([`messenger_scenarios::replication`]);
 //! 2. the model-server loop over ipc, against the in-process stand-in model
-//!    server ([`messenger::scenarios::model_server`]);
+//!    server ([`messenger_scenarios::model_server`]);
 //! 3. parser, planner and executor components over inproc
-//!    ([`messenger::scenarios::components`]).
+//!    ([`messenger_scenarios::components`]).
 
 use std::time::{Duration, Instant};
 
-use messenger::scenarios::{Latency, components, model_server, per_second, replication};
 use messenger::{Endpoint, Incoming, Messenger, Responder, wire};
+use messenger_scenarios::{Latency, components, model_server, per_second, replication};
 
 /// Runs every section; the first failure ends the demo with its reason.
 pub async fn run() -> Result<(), String> {

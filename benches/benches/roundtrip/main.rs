@@ -16,9 +16,7 @@
 //! Servers run in child processes (this binary with `__serve KIND`, or the
 //! `messenger serve --slc echo` command itself); clients run here.
 
-#[path = "../../src/cli/bench.rs"]
-#[allow(dead_code)]
-mod cli_bench;
+use messenger_scenarios::bench as cli_bench;
 
 mod alloc;
 mod cpu;
@@ -300,7 +298,7 @@ impl Server {
             .tempdir()
             .expect("tempdir");
         let ipc = format!("ipc://{}", dir.path().join("m.sock").display());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
+        let mut child = Command::new(messenger_command())
             .args([
                 "serve",
                 "--bind",
@@ -1107,4 +1105,31 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
     out.push(serde_json::json!({ "client_resends": resends, "client_timeouts": timeouts }));
     futures::future::join_all(peers.iter().map(|(m, _)| m.shutdown())).await;
     out
+}
+
+/// The `messenger` command, built in release beside this bench (the command
+/// is another package of the workspace, so cargo does not hand its path to
+/// this one): `cargo build` is a no-op when it is up to date.
+fn messenger_command() -> std::path::PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "messenger-cli",
+            "--bin",
+            "messenger",
+        ])
+        .status()
+        .expect("run cargo build for the messenger command");
+    assert!(status.success(), "cannot build the messenger command");
+    let exe = std::env::current_exe().expect("own path");
+    // target/release/deps/roundtrip-HASH -> target/release/messenger
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/release");
+    dir.join(format!("messenger{}", std::env::consts::EXE_SUFFIX))
 }

@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Latency, Micros, per_second};
-use crate::typed::{from_msgpack, to_msgpack};
-use crate::{
+use messenger::typed::{from_msgpack, to_msgpack};
+use messenger::{
     BindError, Config, ConnectionId, Endpoint, Incoming, Messenger, RequestError, Responder,
     StatsSnapshot, wire,
 };

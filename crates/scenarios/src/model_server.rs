@@ -48,8 +48,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Latency, Micros, per_second, unique};
-use crate::typed::{from_json, to_json};
-use crate::{
+use messenger::typed::{from_json, to_json};
+use messenger::{
     Config, Destination, Endpoint, Incoming, ListenerInfo, Messenger, RequestError, Responder,
     StatsSnapshot, wire,
 };
@@ -784,14 +784,14 @@ async fn drive(
 /// receives raw frames and keeps none of the messenger's rules.
 struct RawDealer {
     stream: tokio::net::UnixStream,
-    engine: crate::zmtp::Engine,
-    encoder: crate::zmtp::Encoder,
+    engine: messenger::zmtp::Engine,
+    encoder: messenger::zmtp::Encoder,
     rbuf: bytes::BytesMut,
 }
 
 impl RawDealer {
     async fn connect(path: &Path, identity: &'static [u8]) -> Result<Self, String> {
-        use crate::zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
+        use messenger::zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
         let mut stream = tokio::net::UnixStream::connect(path)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
@@ -848,7 +848,7 @@ impl RawDealer {
     /// The next message's frames. Cancel-safe: what was read stays in
     /// `rbuf`.
     async fn recv(&mut self) -> Result<Vec<Bytes>, String> {
-        use crate::zmtp::Event;
+        use messenger::zmtp::Event;
         loop {
             match self.engine.decode(&mut self.rbuf, Instant::now()) {
                 Ok(Some(Event::Message)) => return Ok(std::mem::take(self.engine.frames())),

@@ -32,7 +32,6 @@ pub mod error;
 mod messenger;
 pub mod pending;
 mod process;
-pub mod scenarios;
 mod server_loop;
 mod shard;
 mod stats;

@@ -14,6 +14,7 @@
 //! - [`components`]: parser, planner and executor components in one
 //!   process, talking only through inproc endpoints.
 
+pub mod bench;
 pub mod components;
 pub mod model_server;
 pub mod replication;

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Latency, per_second, unique};
-use crate::typed::TypedRequestError;
-use crate::{ConnectionId, Endpoint, Incoming, Messenger, Responder, StatsSnapshot, wire};
+use messenger::typed::TypedRequestError;
+use messenger::{ConnectionId, Endpoint, Incoming, Messenger, Responder, StatsSnapshot, wire};
 
 /// An aggregate over the table's one column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
