@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::raw_zmtp::{self, FrameReader, Stream};
 use common::{connect_as, round_trip, serve, within};
-use messenger::{Config, Incoming, Responder, wire};
+use messenger::internals::wire;
+use messenger::{Config, Incoming, Responder};
 
 fn ignore(_: Incoming, _: Responder) {}
 

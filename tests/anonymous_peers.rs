@@ -21,7 +21,8 @@ use std::time::Instant;
 use common::memory::{mib, rss};
 use common::raw_zmtp::{self, FrameReader};
 use common::{connect_as, eventually, round_trip, serve, within};
-use messenger::{Config, Endpoint, Incoming, Responder, wire};
+use messenger::internals::wire;
+use messenger::{Config, Endpoint, Incoming, Responder};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

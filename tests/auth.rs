@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{place, within};
-use messenger::auth::{self, Secret};
-use messenger::{Config, Incoming, ListenerInfo, Messenger, Responder, wire};
+use messenger::internals::auth::{self, Secret};
+use messenger::internals::wire;
+use messenger::{Config, Incoming, ListenerInfo, Messenger, Responder};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, ZmqMessage};
 

@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 
 use common::raw_zmtp::{self, GREETING_LEN, Stream};
 use common::within;
-use messenger::{Endpoint, Messenger, wire};
+use messenger::internals::wire;
+use messenger::{Endpoint, Messenger};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, Command};

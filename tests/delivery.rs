@@ -19,9 +19,10 @@ use common::{
     Place, TRANSPORTS, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve,
     within,
 };
+use messenger::internals::wire;
 use messenger::{
     Callback, Config, ConnectionId, Endpoint, Heartbeat, Incoming, Messenger, RequestError,
-    Responder, SendError, wire,
+    Responder, SendError,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;

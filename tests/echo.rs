@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Place, TRANSPORTS, place, within};
-use messenger::{ConnectionId, Incoming, Messenger, Responder, wire};
+use messenger::internals::wire;
+use messenger::{ConnectionId, Incoming, Messenger, Responder};
 
 fn no_slc(_: Incoming, _: Responder) {}
 

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::memory::{mib, rss};
 use common::{eventually, frames, raw_dealer, within};
-use messenger::{Incoming, Messenger, Responder, StatsSnapshot, wire};
+use messenger::internals::wire;
+use messenger::{Incoming, Messenger, Responder, StatsSnapshot};
 use tokio::sync::{Mutex, mpsc};
 use zeromq::DealerSendHalf;
 use zeromq::prelude::*;

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::{eventually, place, raw_recv, raw_send, within};
-use messenger::{Config, Endpoint, Incoming, Messenger, Responder, wire};
+use messenger::internals::wire;
+use messenger::{Config, Endpoint, Incoming, Messenger, Responder};
 use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
 use zeromq::{DealerSocket, RouterSocket, SocketOptions};

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::raw_zmtp::{self, LONG, RawListener, dial};
 use common::{place, round_trip, serve, within};
-use messenger::{Config, Incoming, Messenger, Responder, wire};
+use messenger::internals::wire;
+use messenger::{Config, Incoming, Messenger, Responder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Greeting (ZMTP 3.0), READY, then one long data frame header declaring

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{connect, serve, within};
-use messenger::{Config, Incoming, RequestError, Responder, SendError, wire};
+use messenger::internals::wire;
+use messenger::{Config, Incoming, RequestError, Responder, SendError};
 
 /// A server loop that records each body in order, then holds the
 /// message until `gate` lets it go.
@@ -216,7 +217,7 @@ async fn a_waiting_send_gives_up_at_the_request_timeout() {
         client.send_message(conn, wire::NOOP, "waits", None),
     )
     .await;
-    assert!(matches!(r, Err(SendError::Full)), "{r:?}");
+    assert!(matches!(r, Err(SendError::Timeout)), "{r:?}");
     assert!(
         started.elapsed() >= Duration::from_millis(200),
         "{:?}",

@@ -954,15 +954,15 @@ fn python_auth(py: &Path, endpoint: &str, secret: &str, timeout: &str) -> (ExitS
 #[test]
 fn python_auth_proof_matches_rust() {
     let Some(py) = python() else { return };
-    let now = messenger::auth::now_ms();
+    let now = messenger::internals::auth::now_ms();
     for (secret, nonce, unix_ms) in [
         ("secret", [0u8; 16], 1),
         ("", [0xff; 16], 0),
         ("héllo wörld: with colons", *b"0123456789abcdef", now),
         ("s", [7; 16], u64::MAX),
     ] {
-        let want = messenger::auth::proof_with(
-            &messenger::auth::Secret::new(secret.as_bytes()),
+        let want = messenger::internals::auth::proof_with(
+            &messenger::Secret::new(secret.as_bytes()),
             &nonce,
             unix_ms,
         );
@@ -1177,7 +1177,7 @@ async fn python_peer_answers_our_zmtp_pings() {
     use common::raw_zmtp::Proxy;
     let Some(py) = python() else { return };
     let config = messenger::Config {
-        zmtp_heartbeat: Some(messenger::zmtp::Heartbeat {
+        zmtp_heartbeat: Some(messenger::ZmtpHeartbeat {
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(300),
             ttl: Duration::ZERO,

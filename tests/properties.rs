@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::raw_zmtp::{COMMAND, LONG, MORE, frame};
-use messenger::callbacks::{CallbackTable, TableFull};
-use messenger::dedup::{DedupWindow, Verdict};
-use messenger::wire::{self, Payload};
-use messenger::zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
+use messenger::internals::callbacks::{CallbackTable, TableFull};
+use messenger::internals::dedup::{DedupWindow, Verdict};
+use messenger::internals::wire::{self, Payload};
+use messenger::internals::zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
 use proptest::prelude::*;
 use tokio::time::Instant;
 

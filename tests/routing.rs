@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{TRANSPORTS, eventually, place, raw_recv, raw_send, within};
-use messenger::{BindError, Destination, Endpoint, Incoming, Messenger, Responder, wire};
+use messenger::internals::wire;
+use messenger::{BindError, Destination, Endpoint, Incoming, Messenger, Responder};
 use tokio::sync::mpsc;
 use zeromq::prelude::*;
 
 fn no_slc(_: Incoming, _: Responder) {}
 
 /// The slab index a callback's wire id names (layout documented in
-/// `messenger::callbacks`).
+/// `messenger::internals::callbacks`).
 fn slot_of(wire_id: u64) -> u64 {
     (wire_id - wire::FIRST_USER) & 0xffff_ffff
 }

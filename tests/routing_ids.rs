@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Place, connect_as, eventually, raw_zmtp, round_trip, serve, within};
-use messenger::{
-    Config, ConnectError, ConnectionId, Incoming, ListenerInfo, Messenger, Responder, wire,
-};
+use messenger::internals::wire;
+use messenger::{Config, ConnectError, ConnectionId, Incoming, ListenerInfo, Messenger, Responder};
 
 /// Intruder rounds; each runs a raw intruder and an API intruder while a
 /// batch of the live peer's requests is in flight.

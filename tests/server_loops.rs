@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{place, within};
-use messenger::{Config, Incoming, Messenger, RequestError, Responder, wire};
+use messenger::internals::wire;
+use messenger::{Config, Incoming, Messenger, RequestError, Responder};
 
 #[tokio::test]
 async fn concurrent_handlers_stay_within_the_limit() {

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::raw_zmtp::{self, GREETING_LEN};
 use common::{connect_as, eventually, round_trip, serve, within};
-use messenger::auth::Secret;
-use messenger::{Config, Incoming, ListenerInfo, Responder, wire};
+use messenger::Secret;
+use messenger::internals::wire;
+use messenger::{Config, Incoming, ListenerInfo, Responder};
 use tokio::io::AsyncWriteExt;
 
 const SECRET: &str = "only-for-friends";

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve, within};
-use messenger::wire::{self, Payload};
+use messenger::internals::wire::{self, Payload};
 use messenger::{Config, Incoming, Messenger, Responder, SendError};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket};

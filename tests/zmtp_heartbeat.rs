@@ -29,8 +29,9 @@ use common::raw_zmtp::{Proxy, RawListener, RawPeer, Received, command, dial, pon
 use common::{
     Place, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve, within,
 };
-use messenger::zmtp::Heartbeat;
-use messenger::{Config, Endpoint, Incoming, RequestError, Responder, wire};
+use messenger::ZmtpHeartbeat as Heartbeat;
+use messenger::internals::wire;
+use messenger::{Config, Endpoint, Incoming, RequestError, Responder};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 

@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use common::memory::{self, RssSampler, mib};
 use common::raw_zmtp::{self, FrameReader, RawListener, Stream};
 use common::{Place, connect_as, eventually, round_trip, serve, within};
-use messenger::auth::Secret;
-use messenger::{Config, ConnectionId, Incoming, Messenger, Responder, StatsSnapshot, wire};
+use messenger::Secret;
+use messenger::internals::wire;
+use messenger::{Config, ConnectionId, Incoming, Messenger, Responder, StatsSnapshot};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use messenger::callbacks::CallbackTable;
-use messenger::dedup::{DedupWindow, Verdict};
-use messenger::wire;
+use messenger::internals::callbacks::CallbackTable;
+use messenger::internals::dedup::{DedupWindow, Verdict};
+use messenger::internals::wire;
 
 fn body(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()

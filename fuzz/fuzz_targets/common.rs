@@ -2,7 +2,7 @@
 //! reproducible chunking RNG, and builders for greetings and frames.
 #![allow(dead_code)]
 
-use messenger::zmtp::{GREETING_LEN, Limits};
+use messenger::internals::zmtp::{GREETING_LEN, Limits};
 
 /// Reads the input front to back; zeros once it runs out.
 pub struct Cursor<'a>(pub &'a [u8]);

@@ -56,7 +56,7 @@ use common::{
     small_limits,
 };
 use libfuzzer_sys::fuzz_target;
-use messenger::zmtp::{
+use messenger::internals::zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Greeting,
     Heartbeat, Limits, MechanismName, Metadata, Role, SocketType, ZmtpError,
 };

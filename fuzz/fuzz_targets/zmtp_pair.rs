@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{Cursor, ping_body};
 use libfuzzer_sys::fuzz_target;
-use messenger::zmtp::{
+use messenger::internals::zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Heartbeat,
     Limits, Role, SocketType, ZmtpError,
 };

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use messenger::auth::Secret;
+use messenger::Secret;
 
 use super::MessageArgs;
-use messenger::{Config, ConnectionId, Endpoint, Messenger, RequestError, wire};
+use messenger::{Config, ConnectionId, ECHO, Endpoint, Messenger, RequestError};
 
 async fn connect(
     endpoint: &Endpoint,
@@ -102,7 +102,7 @@ pub async fn ping(
             tokio::time::sleep(interval).await;
         }
         let start = Instant::now();
-        match m.request_with_timeout(conn, wire::ECHO, b"", timeout).await {
+        match m.request_with_timeout(conn, ECHO, b"", timeout).await {
             Ok(_) => {
                 let rtt = start.elapsed();
                 println!("reply from {endpoint}: seq={seq} time={:.3} ms", ms(rtt));

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use messenger::{Endpoint, Incoming, Messenger, Responder, wire};
+use messenger::{ECHO, Endpoint, Incoming, Messenger, NOOP, Responder};
 use messenger_scenarios::{Latency, components, model_server, per_second, replication};
 
 /// Runs every section; the first failure ends the demo with its reason.
@@ -134,11 +134,11 @@ async fn round_trips(
             .await
             .map_err(|e| e.to_string())?;
         let echo = client
-            .request(conn, wire::ECHO, b"ping")
+            .request(conn, ECHO, b"ping")
             .await
             .map_err(|e| format!("{}: ECHO: {e}", bound.endpoint))?;
         let handled = client
-            .request(conn, wire::NOOP, b"work item")
+            .request(conn, NOOP, b"work item")
             .await
             .map_err(|e| format!("{}: request: {e}", bound.endpoint))?;
         let n = 1000;
@@ -147,7 +147,7 @@ async fn round_trips(
         for _ in 0..n {
             let t = Instant::now();
             client
-                .request(conn, wire::ECHO, [0u8; 64])
+                .request(conn, ECHO, [0u8; 64])
                 .await
                 .map_err(|e| format!("{}: ECHO: {e}", bound.endpoint))?;
             lat.push(t.elapsed());

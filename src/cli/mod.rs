@@ -76,17 +76,17 @@ pub struct SecretArgs {
 
 impl SecretArgs {
     /// The secret, if one was asked for; an error names what was missing.
-    pub fn load(&self) -> Result<Option<messenger::auth::Secret>, String> {
+    pub fn load(&self) -> Result<Option<messenger::Secret>, String> {
         if let Some(var) = &self.secret_env {
             let v =
                 std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
-            return Ok(Some(messenger::auth::Secret::new(v)));
+            return Ok(Some(messenger::Secret::new(v)));
         }
         if let Some(path) = &self.secret_file {
             let v =
                 std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let v = v.strip_suffix(b"\n").map(<[u8]>::to_vec).unwrap_or(v);
-            return Ok(Some(messenger::auth::Secret::new(v)));
+            return Ok(Some(messenger::Secret::new(v)));
         }
         Ok(None)
     }

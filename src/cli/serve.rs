@@ -39,7 +39,7 @@ pub async fn run(
             // would land in the sender's server loop, and two echo servers
             // would bounce a message between them forever.
             if matches!(mode, SlcMode::Echo)
-                && msg.src_cb != messenger::wire::NOOP
+                && msg.src_cb != messenger::NOOP
                 && let Err(e) = r.try_reply(&msg.body)
             {
                 tracing::warn!(error = %e, "cannot reply");

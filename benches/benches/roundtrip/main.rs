@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use cli_bench::{Sample, Window, human_size};
-use messenger::{Config, ConnectionId, Endpoint, Messenger, wire};
+use messenger::internals::wire;
+use messenger::{Config, ConnectionId, Endpoint, Messenger};
 use serde::Serialize;
 
 #[global_allocator]

@@ -1,8 +1,31 @@
 //! Tunables. Every field states its default and why it is that.
 
+use std::fmt;
 use std::time::Duration;
 
-/// Configuration of one [`Messenger`](crate::Messenger).
+/// Configuration of one [`Messenger`](crate::Messenger): start from the
+/// defaults and change what your deployment needs. It is checked once,
+/// when the messenger is made.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use messenger::{Config, ConfigError, Messenger, NewError};
+///
+/// let config = Config {
+///     request_timeout: Duration::from_secs(5),
+///     ..Config::default()
+/// };
+/// assert!(Messenger::with_config("primary", config).is_ok());
+///
+/// let broken = Config { slc_queue_capacity: 0, ..Config::default() };
+/// assert_eq!(
+///     Messenger::with_config("primary", broken).err(),
+///     Some(NewError::Config(ConfigError::Zero("slc_queue_capacity")))
+/// );
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How long a request waits for its reply before its callback gets
@@ -135,7 +158,7 @@ pub struct Config {
     /// process and needs none): listeners require a valid proof as each
     /// peer's first message, and connections send one. See `auth`. Default
     /// off.
-    pub auth: Option<crate::auth::Secret>,
+    pub auth: Option<Secret>,
     /// Liveness checks on each connection: ECHO with an empty body every
     /// `interval`; `misses` unanswered in a row declare the peer dead (its
     /// waiters fail with `Disconnected` and the connection redials).
@@ -186,12 +209,172 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks every field once, when a messenger is made with it
+    /// ([`Messenger::with_config`](crate::Messenger::with_config)), so the
+    /// code that uses a value never has to second-guess it: a zero
+    /// capacity, limit or interval, or a redial cap below its start, is
+    /// refused here rather than clamped (or spun on) later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let counts = [
+            ("max_pending_callbacks", self.max_pending_callbacks),
+            ("send_queue_capacity", self.send_queue_capacity),
+            ("send_window_bytes", self.send_window_bytes),
+            ("send_buffer_size", self.send_buffer_size),
+            ("slc_queue_capacity", self.slc_queue_capacity),
+            ("max_message_size", self.max_message_size),
+            ("max_frames", self.max_frames),
+            (
+                "max_connections_per_listener",
+                self.max_connections_per_listener,
+            ),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+            ("max_pending_messages", self.max_pending_messages),
+            ("dedup_max_gaps", self.dedup_max_gaps),
+            ("max_concurrent_handlers", self.max_concurrent_handlers),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Zero(field));
+        }
+        let mut durations = vec![
+            ("request_timeout", self.request_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_initial", self.reconnect_initial),
+        ];
+        if let Some(d) = self.resend_interval {
+            durations.push(("resend_interval", d));
+        }
+        if let Some(d) = self.evict_idle_after {
+            durations.push(("evict_idle_after", d));
+        }
+        if let Some(hb) = self.heartbeat {
+            durations.push(("heartbeat.interval", hb.interval));
+            if hb.misses == 0 {
+                return Err(ConfigError::Zero("heartbeat.misses"));
+            }
+        }
+        if let Some(hb) = self.zmtp_heartbeat {
+            durations.push(("zmtp_heartbeat.interval", hb.interval));
+            durations.push(("zmtp_heartbeat.timeout", hb.timeout));
+        }
+        if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ConfigError::Zero(field));
+        }
+        if self.max_command_size < MIN_COMMAND_SIZE {
+            return Err(ConfigError::TooSmall {
+                field: "max_command_size",
+                min: MIN_COMMAND_SIZE,
+                got: self.max_command_size,
+            });
+        }
+        if self.reconnect_max < self.reconnect_initial {
+            return Err(ConfigError::ReconnectOrder {
+                initial: self.reconnect_initial,
+                max: self.reconnect_max,
+            });
+        }
+        Ok(())
+    }
+
     /// What one ZMTP connection may make us hold.
     pub(crate) fn zmtp_limits(&self) -> crate::zmtp::Limits {
         crate::zmtp::Limits {
             max_message: (self.max_message_size as u64).saturating_add(4096),
-            max_frames: self.max_frames.max(1),
-            max_command: self.max_command_size.max(512),
+            max_frames: self.max_frames,
+            max_command: self.max_command_size,
         }
+    }
+}
+
+/// The smallest `max_command_size`: READY with the longest routing id and
+/// our properties fits, with room for CURVE's 200-byte HELLO.
+pub(crate) const MIN_COMMAND_SIZE: usize = 512;
+
+/// A [`Config`] that cannot work, found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A capacity, limit or interval is zero.
+    #[error("Config::{0} must not be zero")]
+    Zero(&'static str),
+    /// A size is below what the protocol needs.
+    #[error("Config::{field} must be at least {min}, got {got}")]
+    TooSmall {
+        /// The field.
+        field: &'static str,
+        /// The least it may be.
+        min: usize,
+        /// What it was.
+        got: usize,
+    },
+    /// The redial delay's cap is below its start.
+    #[error("Config::reconnect_max ({max:?}) is below reconnect_initial ({initial:?})")]
+    ReconnectOrder {
+        /// `reconnect_initial`.
+        initial: Duration,
+        /// `reconnect_max`.
+        max: Duration,
+    },
+}
+
+/// A shared secret. Its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(crate) Vec<u8>);
+
+impl Secret {
+    /// Wraps the secret's bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_nonsense_is_named() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let zero_queue = Config {
+            slc_queue_capacity: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            zero_queue.validate(),
+            Err(ConfigError::Zero("slc_queue_capacity"))
+        );
+        let no_timeout = Config {
+            request_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(
+            no_timeout.validate(),
+            Err(ConfigError::Zero("request_timeout"))
+        );
+        let backwards = Config {
+            reconnect_initial: Duration::from_secs(2),
+            reconnect_max: Duration::from_secs(1),
+            ..Config::default()
+        };
+        assert!(matches!(
+            backwards.validate(),
+            Err(ConfigError::ReconnectOrder { .. })
+        ));
+        let tiny = Config {
+            max_command_size: 100,
+            ..Config::default()
+        };
+        assert!(matches!(
+            tiny.validate(),
+            Err(ConfigError::TooSmall { got: 100, .. })
+        ));
     }
 }

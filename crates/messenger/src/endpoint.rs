@@ -8,9 +8,46 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::error::EndpointError;
+/// Why an endpoint string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The string has no `scheme://` prefix.
+    #[error("endpoint {0:?} has no scheme: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")]
+    MissingScheme(String),
+    /// The scheme is not one of tcp, ipc, inproc.
+    #[error("endpoint {0:?} has unknown scheme {1:?}: expected tcp, ipc or inproc")]
+    UnknownScheme(String, String),
+    /// A tcp endpoint without `:PORT`.
+    #[error("tcp endpoint {0:?} has no port: expected tcp://HOST:PORT")]
+    MissingPort(String),
+    /// The port is not a number in 0..=65535.
+    #[error("tcp endpoint {0:?} has port {1:?}, which is not a number in 0..=65535")]
+    BadPort(String, String),
+    /// A tcp endpoint with an empty host.
+    #[error("tcp endpoint {0:?} has an empty host")]
+    EmptyHost(String),
+    /// `ipc://` with nothing after it.
+    #[error("ipc endpoint {0:?} has an empty path")]
+    EmptyPath(String),
+    /// `inproc://` with nothing after it.
+    #[error("inproc endpoint {0:?} has an empty name")]
+    EmptyName(String),
+}
 
-/// Where a listener binds or a connection connects.
+/// Where a listener binds or a connection connects, parsed from the
+/// strings libzmq takes.
+///
+/// ```
+/// use messenger::{Endpoint, EndpointError};
+///
+/// let ep: Endpoint = "tcp://127.0.0.1:5555".parse().unwrap();
+/// assert_eq!(ep.to_string(), "tcp://127.0.0.1:5555");
+/// assert!("ipc:///tmp/model.sock".parse::<Endpoint>().is_ok());
+/// assert!(matches!(
+///     "tcp://localhost".parse::<Endpoint>(),
+///     Err(EndpointError::MissingPort(_))
+/// ));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// TCP. `host` is `*` (all interfaces, bind only), an IP address

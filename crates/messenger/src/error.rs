@@ -3,33 +3,9 @@
 
 use std::io;
 
+use crate::address::Destination;
 use crate::endpoint::Endpoint;
-
-/// Why an endpoint string was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EndpointError {
-    /// The string has no `scheme://` prefix.
-    #[error("endpoint {0:?} has no scheme: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")]
-    MissingScheme(String),
-    /// The scheme is not one of tcp, ipc, inproc.
-    #[error("endpoint {0:?} has unknown scheme {1:?}: expected tcp, ipc or inproc")]
-    UnknownScheme(String, String),
-    /// A tcp endpoint without `:PORT`.
-    #[error("tcp endpoint {0:?} has no port: expected tcp://HOST:PORT")]
-    MissingPort(String),
-    /// The port is not a number in 0..=65535.
-    #[error("tcp endpoint {0:?} has port {1:?}, which is not a number in 0..=65535")]
-    BadPort(String, String),
-    /// A tcp endpoint with an empty host.
-    #[error("tcp endpoint {0:?} has an empty host")]
-    EmptyHost(String),
-    /// `ipc://` with nothing after it.
-    #[error("ipc endpoint {0:?} has an empty path")]
-    EmptyPath(String),
-    /// `inproc://` with nothing after it.
-    #[error("inproc endpoint {0:?} has an empty name")]
-    EmptyName(String),
-}
+pub use crate::endpoint::EndpointError;
 
 /// Why a payload could not be parsed as `{msg_id}-{src_cb}-{dst_cb}-{body}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -158,11 +134,14 @@ pub enum SendError {
         /// Configured maximum.
         max: usize,
     },
-    /// The socket's send queue is at its high-water mark (try-forms), or
-    /// an inproc peer's server loop took nothing for `request_timeout`
-    /// while a waiting send waited for room in its queue.
+    /// The peer's window or the socket's send buffer is full (try-forms,
+    /// which never wait), or an inproc peer's server-loop queue is.
     #[error("send queue is full")]
     Full,
+    /// A waiting send found no room before its deadline (the request's
+    /// timeout, else `request_timeout`).
+    #[error("no room to send before the deadline")]
+    Timeout,
     /// Too many callbacks are waiting for replies.
     #[error("too many pending callbacks (limit {0})")]
     TooManyPending(usize),
@@ -172,27 +151,77 @@ pub enum SendError {
     /// The connection or listener is closed.
     #[error("the connection is closed")]
     Disconnected,
-    /// No connection or listener has this id.
+    /// No open connection or listener has this id.
     #[error("no such connection or listener: {0}")]
-    UnknownDestination(String),
+    UnknownDestination(Destination),
     /// The messenger has been shut down.
     #[error("the messenger is shut down")]
     Shutdown,
 }
 
-/// Why a request (a message with a callback) ended without a reply.
+/// Why a request (a message with a callback, or one waiting for its ACK)
+/// ended without its answer. Each condition has one variant, whether it
+/// struck while sending or while waiting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    /// No reply arrived before the deadline.
+    /// No reply (or ACK) arrived before the deadline, or no room to send
+    /// was found before it.
     #[error("no reply before the deadline")]
     Timeout,
-    /// The message could not be sent.
-    #[error(transparent)]
-    Send(#[from] SendError),
-    /// The connection closed while the request waited.
+    /// The connection closed before the answer arrived (or before the
+    /// message could be sent).
     #[error("the connection closed before a reply arrived")]
     Disconnected,
-    /// The messenger shut down while the request waited.
-    #[error("the messenger shut down before a reply arrived")]
+    /// The messenger shut down.
+    #[error("the messenger is shut down")]
     Shutdown,
+    /// The body would make the payload larger than `max_message_size`.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// An inproc peer's server-loop queue is full (try-forms).
+    #[error("send queue is full")]
+    Full,
+    /// Too many callbacks are waiting for replies.
+    #[error("too many pending callbacks (limit {0})")]
+    TooManyPending(usize),
+    /// Too many messages on this socket wait for their ACK.
+    #[error("too many unacknowledged messages on this socket (limit {0})")]
+    TooManyUnacked(usize),
+    /// No open connection or listener has this id.
+    #[error("no such connection or listener: {0}")]
+    UnknownDestination(Destination),
+}
+
+impl From<SendError> for RequestError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::TooLarge { len, max } => RequestError::TooLarge { len, max },
+            SendError::Full => RequestError::Full,
+            SendError::Timeout => RequestError::Timeout,
+            SendError::TooManyPending(n) => RequestError::TooManyPending(n),
+            SendError::TooManyUnacked(n) => RequestError::TooManyUnacked(n),
+            SendError::Disconnected => RequestError::Disconnected,
+            SendError::UnknownDestination(d) => RequestError::UnknownDestination(d),
+            SendError::Shutdown => RequestError::Shutdown,
+        }
+    }
+}
+
+/// Why a messenger could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewError {
+    /// Routing ids are 1 to 255 bytes in ZMTP.
+    #[error("identity must be 1 to 255 bytes, got {0}")]
+    Identity(usize),
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Created outside a tokio runtime.
+    #[error("a messenger must be created inside a tokio runtime")]
+    NoRuntime,
 }

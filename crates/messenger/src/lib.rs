@@ -2,52 +2,109 @@
 //! endpoints (`tcp://`, `ipc://`, `inproc://`), speaking NoisePage's
 //! messenger protocol so Python peers on libzmq interoperate.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use messenger::{Endpoint, Messenger, wire};
+//! A server answers on a listener through its server-loop callback; a
+//! client connects, sends, and asks:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use messenger::{ECHO, Incoming, Messenger, NOOP, Responder};
 //!
 //! let server = Messenger::new("server")?;
+//! let slc = |msg: Incoming, r: Responder| {
+//!     let _ = r.try_reply(format!("seen {} bytes", msg.body.len()));
+//! };
 //! let bound = server
-//!     .listen_for_connection(&"tcp://127.0.0.1:0".parse()?, "server", |msg: messenger::Incoming, r: messenger::Responder| {
-//!         let _ = r.try_reply(&msg.body);
-//!     })
+//!     .listen_for_connection(&"tcp://127.0.0.1:0".parse()?, "server", slc)
 //!     .await?;
 //!
 //! let client = Messenger::new("client")?;
 //! let conn = client.make_connection(&bound.endpoint).await?;
-//! let reply = client.request(conn, wire::ECHO, b"hello").await?;
+//! // The builtin ECHO answers from the server's ProcessMessage loop...
+//! let reply = client.request(conn, ECHO, b"hello").await?;
 //! assert_eq!(&reply.body[..], b"hello");
+//! // ...and NOOP goes to its server loop.
+//! let reply = client.request(conn, NOOP, b"log batch").await?;
+//! assert_eq!(&reply.body[..], b"seen 9 bytes");
+//!
+//! client.shutdown().await;
+//! server.shutdown().await;
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
+//!
+//! The names here are the whole interface: [`Messenger`] (listen, connect,
+//! send, request, shut down), [`Config`], [`Endpoint`], the values handed
+//! to callbacks ([`Incoming`], [`Responder`], [`Reply`], [`Callback`]),
+//! where messages go ([`Destination`]), the errors of each operation
+//! ([`error`]), and typed bodies ([`typed`]).
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod auth;
-pub mod callbacks;
+// The layers, bottom to top; each file imports only from layers below it
+// (design/ARCHITECTURE.md draws them):
+// the ZMTP engine (sans-IO, self-contained), then the plain types, errors
+// and configuration, then the messenger protocol core (sans-IO), the
+// transports, the runtime's tasks, and the `Messenger` facade.
+mod zmtp;
+
+mod address;
 mod config;
-pub mod deadlines;
-pub mod dedup;
-mod dispatch;
-pub mod endpoint;
+mod endpoint;
 pub mod error;
-mod messenger;
-pub mod pending;
-mod process;
-mod server_loop;
 mod shard;
 mod stats;
-mod transport;
-pub mod typed;
-pub mod wire;
-pub mod zmtp;
+mod types;
 
-pub use config::{Config, Heartbeat};
-pub use dispatch::Reply;
+mod proto;
+
+mod transport;
+
+mod runtime;
+
+mod messenger;
+pub mod typed;
+
+pub use address::{ConnectionId, Destination, ListenerId};
+pub use config::{Config, ConfigError, Heartbeat, Secret};
 pub use endpoint::Endpoint;
-pub use error::{
-    BindError, ConnectError, EndpointError, FrameError, ParseError, RequestError, SendError,
-};
-pub use messenger::{
-    Callback, ConnectionId, Destination, Incoming, ListenerId, ListenerInfo, Messenger, NewError,
-};
-pub use server_loop::{AsyncServerLoop, Responder, ServerLoop};
+pub use error::{BindError, ConnectError, EndpointError, NewError, RequestError, SendError};
+pub use messenger::Messenger;
+pub use proto::wire::{ACK, ECHO, FIRST_USER, NOOP};
+pub use runtime::server_loop::{AsyncServerLoop, Responder, ServerLoop};
 pub use stats::StatsSnapshot;
+pub use types::{Callback, Incoming, ListenerInfo, Reply};
+pub use zmtp::Heartbeat as ZmtpHeartbeat;
+
+/// The parts below the API, for the benches, the fuzz targets and the
+/// tests that speak raw ZMTP or raw payloads. Not a stable interface.
+#[doc(hidden)]
+pub mod internals {
+    /// ZMTP 3.1 as a sans-IO state machine.
+    pub mod zmtp {
+        pub use crate::zmtp::*;
+    }
+    /// NoisePage's payload format.
+    pub mod wire {
+        pub use crate::proto::wire::*;
+    }
+    /// The slab-indexed callback table.
+    pub mod callbacks {
+        pub use crate::proto::callbacks::*;
+    }
+    /// The per-session duplicate window.
+    pub mod dedup {
+        pub use crate::proto::dedup::*;
+    }
+    /// The unacknowledged set.
+    pub mod pending {
+        pub use crate::proto::pending::*;
+    }
+    /// The deadline wheel.
+    pub mod deadlines {
+        pub use crate::proto::deadlines::*;
+    }
+    /// The shared-secret proof.
+    pub mod auth {
+        pub use crate::proto::auth::*;
+    }
+    pub use crate::error::{FrameError, ParseError};
+}

@@ -1,151 +1,29 @@
 //! The public handle: listeners, pooled connections, sends and requests.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::Incoming;
+use crate::address::{ConnectionId, Destination, ListenerId, SocketKind};
 use crate::config::Config;
-use crate::dispatch::{self, Completion, Mode, Reply, Shared};
 use crate::endpoint::Endpoint;
-use crate::error::{BindError, ConnectError, RequestError, SendError};
-use crate::server_loop::{self, AsyncServerLoop, Handler, ServerLoop};
+use crate::error::{BindError, ConnectError, NewError, RequestError, SendError};
+use crate::runtime::dispatch::{self, Completion, Mode, Shared};
+use crate::runtime::server_loop::{self, AsyncServerLoop, Handler, LoopControl, ServerLoop};
+use crate::runtime::socket::{SocketCtx, SocketTasks};
+use crate::runtime::{connection, inproc, listener};
 use crate::stats::StatsSnapshot;
-use crate::transport::{SocketCtx, SocketKind, SocketTasks, connection, inproc, listener, stream};
-use crate::wire::Payload;
-
-/// Identifies a connection made with [`Messenger::make_connection`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
-
-/// Identifies a listener made with [`Messenger::listen_for_connection`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListenerId(pub u64);
-
-/// Where a message goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Destination {
-    /// The peer at the other end of a connection (our DEALER).
-    Connection(ConnectionId),
-    /// A peer connected to one of our listeners (our ROUTER), by routing id.
-    Peer {
-        /// The listener the peer is connected to.
-        listener: ListenerId,
-        /// The peer's routing id.
-        peer: Bytes,
-    },
-}
-
-impl Destination {
-    pub(crate) fn of(socket: &SocketCtx, peer: &Bytes) -> Self {
-        match socket.kind {
-            SocketKind::Connection(id) => Destination::Connection(id),
-            SocketKind::Listener(listener) => Destination::Peer {
-                listener,
-                peer: peer.clone(),
-            },
-        }
-    }
-}
-
-impl From<ConnectionId> for Destination {
-    fn from(id: ConnectionId) -> Self {
-        Destination::Connection(id)
-    }
-}
-
-/// A message handed to a callback. `body` shares the received buffer.
-#[derive(Clone)]
-pub struct Incoming {
-    /// The sender's id for this message.
-    pub msg_id: u64,
-    /// The sender's callback for replies (0 when it expects none).
-    pub src_cb: u64,
-    /// The callback this message was addressed to.
-    pub dst_cb: u64,
-    /// The body, everything after the third `-`.
-    pub body: Bytes,
-    /// The sender's routing id on a listener; empty on a connection.
-    pub peer: Bytes,
-    pub(crate) socket: Arc<SocketCtx>,
-}
-
-impl Incoming {
-    pub(crate) fn new(socket: Arc<SocketCtx>, peer: Bytes, p: Payload) -> Self {
-        Incoming {
-            msg_id: p.msg_id,
-            src_cb: p.src_cb,
-            dst_cb: p.dst_cb,
-            body: p.body,
-            peer,
-            socket,
-        }
-    }
-
-    /// The endpoint it arrived on (a listener's bound address, or the
-    /// endpoint a connection connected to).
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.socket.endpoint
-    }
-
-    /// Where to send messages back to its sender.
-    pub fn reply_destination(&self) -> Destination {
-        Destination::of(&self.socket, &self.peer)
-    }
-}
-
-impl fmt::Debug for Incoming {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Incoming")
-            .field("endpoint", &self.socket.endpoint)
-            .field("peer", &self.peer)
-            .field("msg_id", &self.msg_id)
-            .field("src_cb", &self.src_cb)
-            .field("dst_cb", &self.dst_cb)
-            .field("body", &self.body)
-            .finish()
-    }
-}
-
-/// A message-specific callback: runs once, with the first reply addressed
-/// to it or with the reason none came (timeout, disconnect, shutdown).
-pub struct Callback(Box<dyn FnOnce(Reply) + Send>);
-
-impl Callback {
-    /// Wraps a closure. It runs on a task of its own, so it may block
-    /// briefly without holding up other messages.
-    pub fn new(f: impl FnOnce(Reply) + Send + 'static) -> Self {
-        Callback(Box::new(f))
-    }
-}
-
-/// A listener that is open: its id and the endpoint it actually bound
-/// (a tcp port 0 is resolved to the port the OS chose).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerInfo {
-    /// Use in [`Destination::Peer`].
-    pub id: ListenerId,
-    /// The bound endpoint, connectable as written.
-    pub endpoint: Endpoint,
-}
-
-/// Why a messenger could not be created.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NewError {
-    /// Routing ids are 1 to 255 bytes in ZMTP.
-    #[error("identity must be 1 to 255 bytes, got {0}")]
-    Identity(usize),
-    /// Created outside a tokio runtime.
-    #[error("a messenger must be created inside a tokio runtime")]
-    NoRuntime,
-}
+use crate::transport::stream;
+use crate::transport::unacked::AckWaiter;
+use crate::types::{Callback, ListenerInfo};
 
 struct Open {
     ctx: Arc<SocketCtx>,
@@ -157,7 +35,6 @@ struct Registry {
     listeners: HashMap<ListenerId, Open>,
     connections: HashMap<ConnectionId, Open>,
     pool: HashMap<Endpoint, ConnectionId>,
-    slc_tasks: Vec<JoinHandle<()>>,
 }
 
 struct Inner {
@@ -166,20 +43,25 @@ struct Inner {
     registry: Mutex<Registry>,
     /// Serialises connects so two callers for one endpoint share one DEALER.
     connecting: tokio::sync::Mutex<()>,
+    /// Numbers listeners and connections.
     next_id: AtomicU64,
-    shut: AtomicBool,
-    /// Tells server loops to finish up (shutdown).
-    stop: tokio_util::sync::CancellationToken,
+    /// The root of every stop signal: every socket's token and the server
+    /// loops' are its children, so cancelling it (at drop, or as the last
+    /// step of `shutdown`) stops every task the messenger runs, the
+    /// deadline task included.
+    shutdown: CancellationToken,
+    /// Server loops, and what stops them: `stop` is shutdown's first step
+    /// (and from then on new sends, binds and connects fail with
+    /// `Shutdown`), `abandon` its grace period's end.
+    loops: LoopControl,
     /// Limit of concurrent server-loop handlers, shared by all listeners.
     handler_limit: Arc<tokio::sync::Semaphore>,
-    /// Fails requests at their deadlines.
-    deadline_task: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.shutdown.cancel();
         self.close_everything();
-        self.deadline_task.abort();
     }
 }
 
@@ -199,10 +81,12 @@ impl Inner {
             o.ctx.mark_closed();
         }
         reg.pool.clear();
-        for t in reg.slc_tasks.drain(..) {
-            t.abort();
-        }
         open
+    }
+
+    /// Whether shutdown has begun.
+    fn is_shut(&self) -> bool {
+        self.loops.stop.is_cancelled()
     }
 
     /// Closes every socket at once.
@@ -217,6 +101,30 @@ impl Inner {
 /// and a ProcessMessage loop. Cheap to clone; every clone is the same
 /// messenger. It closes when the last clone is dropped or on
 /// [`shutdown`](Self::shutdown).
+///
+/// Components of one process talk over `inproc://` exactly as processes do
+/// over `tcp://` and `ipc://`:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use messenger::{Incoming, Messenger, NOOP, Responder};
+///
+/// let planner = Messenger::new("planner")?;
+/// let plan = |q: Incoming, r: Responder| {
+///     let _ = r.try_reply([&b"plan for "[..], &q.body[..]].concat());
+/// };
+/// let at = "inproc://planner-doc".parse()?;
+/// planner.listen_for_connection(&at, "planner", plan).await?;
+///
+/// let parser = Messenger::new("parser")?;
+/// let conn = parser.make_connection(&at).await?;
+/// let reply = parser.request(conn, NOOP, b"SELECT 1").await?;
+/// assert_eq!(&reply.body[..], b"plan for SELECT 1");
+/// parser.shutdown().await;
+/// planner.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Messenger {
     inner: Arc<Inner>,
@@ -235,10 +143,19 @@ impl Messenger {
         if identity.is_empty() || identity.len() > 255 {
             return Err(NewError::Identity(identity.len()));
         }
+        config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NewError::NoRuntime)?;
-        let limit = config.max_concurrent_handlers.max(1);
-        let shared = Arc::new(Shared::new(Arc::new(config), runtime));
-        let deadline_task = tokio::spawn(dispatch::deadline_loop(Arc::clone(&shared)));
+        let limit = config.max_concurrent_handlers;
+        let shutdown = CancellationToken::new();
+        let loops = LoopControl {
+            stop: shutdown.child_token(),
+            abandon: shutdown.child_token(),
+            tracker: TaskTracker::new(),
+        };
+        let shared = Arc::new(Shared::new(Arc::new(config), runtime, loops.stop.clone()));
+        let deadlines = dispatch::deadline_loop(Arc::clone(&shared));
+        let stop = shutdown.clone();
+        tokio::spawn(async move { stop.run_until_cancelled(deadlines).await });
         Ok(Messenger {
             inner: Arc::new(Inner {
                 identity,
@@ -246,10 +163,9 @@ impl Messenger {
                 registry: Mutex::default(),
                 connecting: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
-                shut: AtomicBool::new(false),
-                stop: tokio_util::sync::CancellationToken::new(),
+                shutdown,
+                loops,
                 handler_limit: Arc::new(tokio::sync::Semaphore::new(limit)),
-                deadline_task,
             }),
         })
     }
@@ -266,10 +182,7 @@ impl Messenger {
 
     fn start_resending(&self, ctx: &Arc<SocketCtx>, tasks: &mut SocketTasks) {
         if let Some(interval) = self.inner.shared.config.resend_interval {
-            tasks.tasks.push(tokio::spawn(dispatch::resend_loop(
-                Arc::clone(ctx),
-                interval,
-            )));
+            tasks.spawn_until_stopped(dispatch::resend_loop(Arc::clone(ctx), interval));
         }
     }
 
@@ -316,13 +229,13 @@ impl Messenger {
         identity: Bytes,
         handler: Handler,
     ) -> Result<ListenerInfo, BindError> {
-        if self.inner.shut.load(Ordering::Acquire) {
+        if self.inner.is_shut() {
             return Err(BindError::Shutdown);
         }
         let shared = &self.inner.shared;
         let cfg = &shared.config;
         let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (slc_tx, slc_rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
+        let (slc_tx, slc_rx) = mpsc::channel(cfg.slc_queue_capacity);
         // tcp and ipc bind the OS listener first so the context can carry
         // the resolved endpoint (port 0 becomes the real port).
         let (bound_socket, bound, created_file) = match endpoint {
@@ -340,18 +253,18 @@ impl Messenger {
             Arc::clone(&shared.stats),
             Arc::clone(cfg),
         ));
-        let mut tasks = SocketTasks::new(CancellationToken::new());
+        let mut tasks = SocketTasks::new(self.inner.shutdown.child_token());
         tasks.created_file = created_file;
         match (endpoint, bound_socket) {
             (Endpoint::Inproc(name), _) => {
-                tasks.inproc = Some(inproc::bind(name, &ctx, shared, &tasks.stop)?);
+                tasks.inproc = Some(Box::new(inproc::bind(name, &ctx, shared, &tasks.stop)?));
             }
             (_, Some(l)) => {
                 let settings = Arc::new(listener::PeerSettings {
                     auth: cfg
                         .auth
                         .clone()
-                        .map(|s| std::sync::Mutex::new(crate::auth::Verifier::new(s))),
+                        .map(|s| std::sync::Mutex::new(crate::proto::auth::Verifier::new(s))),
                 });
                 let span = tracing::info_span!("listener", endpoint = %bound);
                 let accept = listener::accept_loop(
@@ -361,22 +274,22 @@ impl Messenger {
                     settings,
                     tasks.stop.clone(),
                 );
-                tasks.flushing.push(tokio::spawn(accept.instrument(span)));
+                tasks.spawn(accept.instrument(span));
             }
             (_, None) => return Err(BindError::Unsupported(endpoint.clone())),
         }
         let span = tracing::info_span!("listener", id = id.0, endpoint = %bound);
         let _entered = span.enter();
-        let slc_task = server_loop::spawn(
+        server_loop::spawn(
             handler,
             slc_rx,
             Arc::downgrade(&self.inner.shared),
-            self.inner.stop.clone(),
+            Arc::downgrade(&ctx),
+            &self.inner.loops,
         );
         self.start_resending(&ctx, &mut tasks);
         let mut reg = self.inner.registry();
         reg.listeners.insert(id, Open { ctx, tasks });
-        reg.slc_tasks.push(slc_task);
         tracing::info!(endpoint = %bound, "listening");
         Ok(ListenerInfo {
             id,
@@ -419,7 +332,7 @@ impl Messenger {
         handler: Option<Handler>,
     ) -> Result<ConnectionId, ConnectError> {
         let _one_at_a_time = self.inner.connecting.lock().await;
-        if self.inner.shut.load(Ordering::Acquire) {
+        if self.inner.is_shut() {
             return Err(ConnectError::Shutdown);
         }
         if let Some(&id) = self.inner.registry().pool.get(endpoint) {
@@ -433,7 +346,7 @@ impl Messenger {
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (slc_tx, slc_rx) = match handler {
             Some(_) => {
-                let (tx, rx) = mpsc::channel(cfg.slc_queue_capacity.max(1));
+                let (tx, rx) = mpsc::channel(cfg.slc_queue_capacity);
                 (Some(tx), Some(rx))
             }
             None => (None, None),
@@ -451,9 +364,9 @@ impl Messenger {
         ctx.link_up(&first.1);
         let backoff = connection::Backoff {
             initial: cfg.reconnect_initial,
-            max: cfg.reconnect_max.max(cfg.reconnect_initial),
+            max: cfg.reconnect_max,
         };
-        let mut tasks = SocketTasks::new(CancellationToken::new());
+        let mut tasks = SocketTasks::new(self.inner.shutdown.child_token());
         let span = tracing::info_span!("connection", id = id.0, %endpoint);
         let driver = connection::drive(
             endpoint.clone(),
@@ -463,26 +376,25 @@ impl Messenger {
             backoff,
             tasks.stop.clone(),
         );
-        tasks.flushing.push(tokio::spawn(driver.instrument(span)));
+        tasks.spawn(driver.instrument(span));
         self.start_resending(&ctx, &mut tasks);
         if let Some(hb) = cfg.heartbeat {
             let shared = Arc::downgrade(shared);
             let beat = dispatch::heartbeat_loop(shared, Arc::clone(&ctx), hb);
-            tasks.tasks.push(tokio::spawn(beat));
+            tasks.spawn_until_stopped(beat);
         }
-        let slc_task = match (handler, slc_rx) {
-            (Some(handler), Some(rx)) => Some(server_loop::spawn(
+        if let (Some(handler), Some(rx)) = (handler, slc_rx) {
+            server_loop::spawn(
                 handler,
                 rx,
                 Arc::downgrade(&self.inner.shared),
-                self.inner.stop.clone(),
-            )),
-            _ => None,
-        };
+                Arc::downgrade(&ctx),
+                &self.inner.loops,
+            );
+        }
         let mut reg = self.inner.registry();
         reg.connections.insert(id, Open { ctx, tasks });
         reg.pool.insert(endpoint.clone(), id);
-        reg.slc_tasks.extend(slc_task);
         tracing::debug!(%endpoint, "connected");
         Ok(id)
     }
@@ -507,7 +419,7 @@ impl Messenger {
     }
 
     fn socket_for(&self, dest: &Destination) -> Result<(Arc<SocketCtx>, Bytes), SendError> {
-        if self.inner.shut.load(Ordering::Acquire) {
+        if self.inner.is_shut() {
             return Err(SendError::Shutdown);
         }
         let reg = self.inner.registry();
@@ -516,20 +428,40 @@ impl Messenger {
                 .connections
                 .get(id)
                 .map(|o| (Arc::clone(&o.ctx), Bytes::new()))
-                .ok_or_else(|| SendError::UnknownDestination(format!("connection {}", id.0))),
+                .ok_or_else(|| SendError::UnknownDestination(dest.clone())),
             Destination::Peer { listener, peer } => reg
                 .listeners
                 .get(listener)
                 .map(|o| (Arc::clone(&o.ctx), peer.clone()))
-                .ok_or_else(|| SendError::UnknownDestination(format!("listener {}", listener.0))),
+                .ok_or_else(|| SendError::UnknownDestination(dest.clone())),
         }
     }
 
-    /// Sends `body` to callback `dst_cb` at `dest`, waiting while the
-    /// socket is at its high-water mark. With a `callback`, the message
-    /// carries the callback's id as src_cb and the callback runs once with
-    /// the reply, or with an error at the deadline
-    /// ([`Config::request_timeout`]). Returns the message's msg_id.
+    /// Sends `body` to callback `dst_cb` at `dest`. With a `callback`,
+    /// the message carries the callback's id as src_cb and the callback
+    /// runs once with the reply, or with an error at the deadline
+    /// ([`Config::request_timeout`]). Waits while the peer's window or the
+    /// socket's buffer is full; the wait counts against that deadline
+    /// ([`SendError::Timeout`] when it passes). Returns the message's msg_id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use messenger::{Callback, ECHO, Messenger, NOOP};
+    /// # let server = Messenger::new("replica")?;
+    /// # let at = "inproc://send-doc".parse()?;
+    /// # server.listen_for_connection(&at, "replica", |_: messenger::Incoming, _: messenger::Responder| {}).await?;
+    /// let m = Messenger::new("primary")?;
+    /// let conn = m.make_connection(&at).await?;
+    /// // To the peer's server loop, no reply wanted:
+    /// m.send_message(conn, NOOP, b"log batch 7", None).await?;
+    /// // With a callback that runs once, on a task of its own, with the reply:
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// let cb = Callback::new(move |reply| drop(tx.send(reply)));
+    /// m.send_message(conn, ECHO, b"are you there", Some(cb)).await?;
+    /// assert_eq!(&rx.await?.expect("a reply").body[..], b"are you there");
+    /// # Ok(()) }
+    /// ```
     pub async fn send_message(
         &self,
         dest: impl Into<Destination>,
@@ -537,17 +469,20 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, SendError> {
-        let timeout = self.inner.shared.config.request_timeout;
-        let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
-        let (socket, peer) = self.socket_for(&dest.into())?;
-        let shared = &self.inner.shared;
-        let body = body.as_ref();
-        let sent = shared.send(&socket, &peer, dst_cb, body, completion, None, Mode::Wait);
-        Ok(sent.await?.msg_id)
+        let send = self.send(
+            dest.into(),
+            dst_cb,
+            body.as_ref(),
+            callback,
+            None,
+            Mode::Wait,
+        );
+        Ok(send.await?.msg_id)
     }
 
-    /// Like [`send_message`](Self::send_message), but fails with
-    /// [`SendError::Full`] instead of waiting. Usable from synchronous code.
+    /// [`send_message`](Self::send_message) that never waits: fails with
+    /// [`SendError::Full`] where that one would wait. For synchronous code
+    /// (a [`ServerLoop`] runs on the loop's task and must not block it).
     pub fn try_send_message(
         &self,
         dest: impl Into<Destination>,
@@ -555,18 +490,24 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, SendError> {
-        let timeout = self.inner.shared.config.request_timeout;
-        let completion = callback.map(|c| (Completion::Callback(c.0), timeout));
-        let (socket, peer) = self.socket_for(&dest.into())?;
-        let shared = &self.inner.shared;
-        shared.try_send(&socket, &peer, dst_cb, body.as_ref(), completion)
+        let send = self.send(
+            dest.into(),
+            dst_cb,
+            body.as_ref(),
+            callback,
+            None,
+            Mode::Try,
+        );
+        // Mode::Try never waits: the first poll completes it.
+        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
+        Ok(sent?.msg_id)
     }
 
     /// Sends `body` to `dst_cb` at `dest` and waits until the peer
-    /// acknowledges it (resending meanwhile), up to
-    /// [`Config::request_timeout`]. On inproc, where nothing is lost and
-    /// no ACK is sent, it returns once the message has landed (its server
-    /// loop's queue owns it, or its callback has it).
+    /// acknowledges it (resending meanwhile), all within
+    /// [`Config::request_timeout`] from the call. On inproc, where nothing
+    /// is lost and no ACK is sent, it returns once the message has landed
+    /// (its server loop's queue owns it, or its callback has it).
     pub async fn send_confirmed(
         &self,
         dest: impl Into<Destination>,
@@ -574,17 +515,41 @@ impl Messenger {
         body: impl AsRef<[u8]>,
     ) -> Result<u64, RequestError> {
         let (tx, rx) = oneshot::channel();
-        let (socket, peer) = self.socket_for(&dest.into())?;
-        let shared = &self.inner.shared;
-        let body = body.as_ref();
-        let sent = shared.send(&socket, &peer, dst_cb, body, None, Some(tx), Mode::Wait);
-        let msg_id = sent.await?.msg_id;
+        let send = self.send(
+            dest.into(),
+            dst_cb,
+            body.as_ref(),
+            None,
+            Some(tx),
+            Mode::Wait,
+        );
+        let msg_id = send.await?.msg_id;
+        // Resolved by the ACK, or at the message's deadline by the resender.
         rx.await.unwrap_or(Err(RequestError::Shutdown))?;
         Ok(msg_id)
     }
 
-    /// Sends `body` to `dst_cb` at `dest` and waits for the reply, up to
-    /// [`Config::request_timeout`]. Dropping the future frees its callback.
+    /// Sends `body` to `dst_cb` at `dest` and waits for the reply, all
+    /// within [`Config::request_timeout`] from the call. Dropping the
+    /// future frees its callback.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use messenger::{ECHO, Messenger, RequestError};
+    /// # let server = Messenger::new("server")?;
+    /// # let at = "inproc://request-doc".parse()?;
+    /// # server.listen_for_connection(&at, "server", |_: messenger::Incoming, _: messenger::Responder| {}).await?;
+    /// let m = Messenger::new("client")?;
+    /// let conn = m.make_connection(&at).await?;
+    /// let reply = m.request(conn, ECHO, b"ping").await?;
+    /// assert_eq!(&reply.body[..], b"ping");
+    /// // Nothing at callback 99 answers: the deadline does.
+    /// let timeout = std::time::Duration::from_millis(50);
+    /// let none = m.request_with_timeout(conn, 99, b"?", timeout).await;
+    /// assert_eq!(none.err(), Some(RequestError::Timeout));
+    /// # Ok(()) }
+    /// ```
     pub async fn request(
         &self,
         dest: impl Into<Destination>,
@@ -595,7 +560,8 @@ impl Messenger {
         self.request_with_timeout(dest, dst_cb, body, timeout).await
     }
 
-    /// [`request`](Self::request) with its own deadline.
+    /// [`request`](Self::request) with its own deadline, `timeout` from
+    /// the call.
     pub async fn request_with_timeout(
         &self,
         dest: impl Into<Destination>,
@@ -603,46 +569,52 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         timeout: Duration,
     ) -> Result<Incoming, RequestError> {
-        {
-            let (tx, rx) = oneshot::channel();
-            let (socket, peer) = self.socket_for(&dest.into())?;
-            let shared = &self.inner.shared;
-            let body = body.as_ref();
-            let completion = Some((Completion::Future(tx), timeout));
-            // Without waiting first: the common case needs no timer (each
-            // costs a clock read).
-            let first = {
-                use futures::FutureExt;
-                let send = shared.send(&socket, &peer, dst_cb, body, completion, None, Mode::Try);
-                send.now_or_never().unwrap_or(Err(SendError::Full))
-            };
-            let (sent, rx) = match first {
-                Ok(sent) => (sent, rx),
-                Err(SendError::Full) => {
-                    // Waiting for room counts against the request's deadline.
-                    let (tx, rx) = oneshot::channel();
-                    let completion = Some((Completion::Future(tx), timeout));
-                    let wait =
-                        shared.send(&socket, &peer, dst_cb, body, completion, None, Mode::Wait);
-                    let sent = tokio::time::timeout(timeout, wait)
-                        .await
-                        .map_err(|_| RequestError::Timeout)??;
-                    (sent, rx)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            // Removes the callback if this future is dropped while it waits.
-            let guard = Unregister {
-                shared,
-                id: sent.cb_id,
-            };
-            let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
-            guard.disarm();
-            if let Err(e) = &reply {
-                tracing::debug!(error = %e, "request failed");
-            }
-            reply
+        let (tx, rx) = oneshot::channel();
+        let completion = (Completion::Future(tx), timeout);
+        let (socket, peer) = self.socket_for(&dest.into())?;
+        let shared = &self.inner.shared;
+        let body = body.as_ref();
+        let send = shared.send(
+            &socket,
+            &peer,
+            dst_cb,
+            body,
+            Some(completion),
+            None,
+            Mode::Wait,
+        );
+        let sent = send.await?;
+        // Removes the callback if this future is dropped while it waits.
+        let guard = Unregister {
+            shared,
+            id: sent.cb_id,
+        };
+        let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
+        guard.disarm();
+        if let Err(e) = &reply {
+            tracing::debug!(error = %e, "request failed");
         }
+        reply
+    }
+
+    /// The one send path behind every send above: the destination's socket,
+    /// the callback's deadline, and the mode (wait for room, or not).
+    async fn send(
+        &self,
+        dest: Destination,
+        dst_cb: u64,
+        body: &[u8],
+        callback: Option<Callback>,
+        ack: Option<AckWaiter>,
+        mode: Mode,
+    ) -> Result<dispatch::Sent, SendError> {
+        let (socket, peer) = self.socket_for(&dest)?;
+        let shared = &self.inner.shared;
+        let timeout = shared.config.request_timeout;
+        let completion = callback.map(|c| (Completion::Callback(c.into_inner()), timeout));
+        shared
+            .send(&socket, &peer, dst_cb, body, completion, ack, mode)
+            .await
     }
 
     /// A snapshot of the counters.
@@ -673,16 +645,18 @@ impl Messenger {
     /// [`RequestError::Shutdown`], closes every socket and removes the ipc
     /// files it created.
     pub async fn shutdown(&self) {
-        self.inner.shut.store(true, Ordering::Release);
-        self.inner.shared.stop_accepting();
-        self.inner.stop.cancel();
-        let slc_tasks = std::mem::take(&mut self.inner.registry().slc_tasks);
-        let deadline = tokio::time::Instant::now() + self.inner.shared.config.shutdown_grace;
-        for mut task in slc_tasks {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!("server-loop work outlived the shutdown grace period; cancelled");
-                task.abort();
-            }
+        // Server loops first: they take nothing new, drain what their
+        // queues own, and may still reply, within the grace period.
+        let loops = &self.inner.loops;
+        loops.stop.cancel();
+        loops.tracker.close();
+        let grace = self.inner.shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, loops.tracker.wait())
+            .await
+            .is_err()
+        {
+            loops.abandon.cancel();
+            loops.tracker.wait().await;
         }
         // What is queued (replies, the ACKs of replies we just got) reaches
         // the wire as each session closes: its task flushes for at most
@@ -702,6 +676,7 @@ impl Messenger {
             open.tasks.close_gracefully(linger).await;
         }))
         .await;
+        self.inner.shutdown.cancel();
         // Let callbacks spawned by fail_all run before the caller goes on.
         tokio::task::yield_now().await;
     }

@@ -1,14 +1,42 @@
 //! Typed bodies: MessagePack (rmp-serde) for Rust peers, JSON for peers that
 //! speak JSON (NoisePage's model server). Decoding never panics: bytes that
 //! do not fit the type give a [`DecodeError`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use messenger::{Incoming, Messenger, NOOP, Responder};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Batch { lsn: u64, records: Vec<String> }
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Ack { lsn: u64 }
+//!
+//! let replica = Messenger::new("replica")?;
+//! let apply = |msg: Incoming, r: Responder| {
+//!     let batch: Batch = msg.decode().expect("a batch");
+//!     let _ = r.try_reply_typed(&Ack { lsn: batch.lsn });
+//! };
+//! let at = "inproc://typed-doc".parse()?;
+//! replica.listen_for_connection(&at, "replica", apply).await?;
+//! let primary = Messenger::new("primary")?;
+//! let conn = primary.make_connection(&at).await?;
+//! let batch = Batch { lsn: 42, records: vec!["INSERT".into()] };
+//! let ack: Ack = primary.request_typed(conn, NOOP, &batch).await?;
+//! assert_eq!(ack, Ack { lsn: 42 });
+//! # Ok(()) }
+//! ```
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::address::Destination;
 use crate::error::{RequestError, SendError};
-use crate::messenger::{Callback, Destination, Incoming, Messenger};
-use crate::server_loop::Responder;
+use crate::messenger::Messenger;
+use crate::runtime::server_loop::Responder;
+use crate::types::{Callback, Incoming};
 
 /// A body that could not be decoded as the expected type.
 #[derive(Debug, thiserror::Error)]

@@ -10,10 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::AckWaiter;
 use super::room::Room;
 use crate::error::{RequestError, SendError};
-use crate::pending::{Entry, PendingSet, SetFull, Tick};
+use crate::proto::pending::{Entry, PendingSet, SetFull, Tick};
+
+/// Told when a message is acknowledged (or given up on): what
+/// `send_confirmed` waits for.
+pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), crate::error::RequestError>>;
 
 /// The set, and the places in the window taken by senders that have not
 /// inserted their message yet.
@@ -62,7 +65,7 @@ impl Unacked {
                 reserved_bytes: 0,
             }),
             window: if config.resend_interval.is_some() {
-                config.send_queue_capacity.max(1)
+                config.send_queue_capacity
             } else {
                 usize::MAX
             },

@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{SocketType, ZmtpError};
 
 /// Longest PING context RFC 37 allows (and the most a PONG echoes).
-pub const MAX_PING_CONTEXT: usize = 16;
+pub(crate) const MAX_PING_CONTEXT: usize = 16;
 
 /// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]

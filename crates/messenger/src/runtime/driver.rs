@@ -15,11 +15,11 @@ use tokio::io::Interest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::Outbox;
-use super::stream::Stream;
-use super::{Out, Session, SocketCtx};
-use crate::dedup::DedupWindow;
-use crate::dispatch::Shared;
+use crate::proto::dedup::DedupWindow;
+use crate::runtime::dispatch::Shared;
+use crate::runtime::socket::{Out, Session, SocketCtx};
+use crate::transport::outbox::Outbox;
+use crate::transport::stream::Stream;
 use crate::zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
 
 /// Bytes read at a time at least (more when a large frame is being read).
@@ -48,7 +48,7 @@ pub(crate) enum End {
     /// The peer broke ZMTP, a limit, or was refused.
     Zmtp(ZmtpError),
     /// The peer's first message was not a valid proof.
-    Auth(crate::auth::AuthError),
+    Auth(crate::proto::auth::AuthError),
     /// The handshake (with the proof) did not finish in time.
     HandshakeTimeout,
 }
@@ -262,7 +262,7 @@ impl Conn {
         session: &Arc<Session>,
         shared: &Shared,
         stop: &CancellationToken,
-        first: Option<crate::wire::Payload>,
+        first: Option<crate::proto::wire::Payload>,
     ) -> End {
         let Out::Wire(outbox) = &session.out else {
             return End::Stopped;
@@ -367,7 +367,7 @@ impl Conn {
         shared: &Shared,
         outbox: &Outbox,
         dedup: &mut DedupWindow,
-        first: Option<crate::wire::Payload>,
+        first: Option<crate::proto::wire::Payload>,
     ) -> Result<(), End> {
         let held = outbox.hold();
         let now = Instant::now();

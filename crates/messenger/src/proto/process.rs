@@ -3,7 +3,7 @@
 //! and carried out through the few [`Effects`] it needs ([`process`]).
 //! The session's task runs it where the message landed, with the
 //! messenger's state behind `Effects`
-//! ([`Shared::process`](crate::dispatch::Shared::process)); the tests
+//! ([`Shared::process`](crate::runtime::dispatch::Shared::process)); the tests
 //! below run the same code between two in-memory cores on a virtual clock.
 //!
 //! The order is NoisePage's: an ACK settles what it acknowledges; a
@@ -17,8 +17,8 @@
 
 use tokio::time::Instant;
 
-use crate::dedup::{DedupWindow, Verdict};
-use crate::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
+use crate::proto::dedup::{DedupWindow, Verdict};
+use crate::proto::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
 
 /// What to do with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +196,8 @@ mod tests {
 
     use bytes::Bytes;
 
-    use crate::callbacks::CallbackTable;
-    use crate::pending::PendingSet;
+    use crate::proto::callbacks::CallbackTable;
+    use crate::proto::pending::PendingSet;
 
     fn window() -> DedupWindow {
         DedupWindow::new(4, Duration::from_secs(60))

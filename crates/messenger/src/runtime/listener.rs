@@ -19,12 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Conn, End};
-use super::stream::{Listener, Stream};
-use super::{Out, RouteError, Session, SocketCtx};
-use crate::auth::{AuthError, Verifier};
-use crate::dispatch::Shared;
+use crate::proto::auth::{AuthError, Verifier};
+use crate::proto::wire;
+use crate::runtime::dispatch::Shared;
+use crate::runtime::socket::{Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
-use crate::wire;
+use crate::transport::stream::{Listener, Stream};
 use crate::zmtp::{EngineConfig, Role, SocketType};
 
 /// What a listener's peers need beyond their socket.
@@ -70,9 +70,7 @@ pub(crate) async fn accept_loop(
     settings: Arc<PeerSettings>,
     stop: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        socket.config.max_connections_per_listener.max(1),
-    ));
+    let limit = Arc::new(Semaphore::new(socket.config.max_connections_per_listener));
     let sources = Arc::new(Sources::new(socket.config.max_connections_per_address));
     let mut peers = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
@@ -185,7 +183,7 @@ struct SourceSlot {
 impl Sources {
     fn new(max: usize) -> Self {
         Sources {
-            max: max.max(1),
+            max,
             held: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -239,7 +237,7 @@ async fn serve_peer(
         let peer = conn
             .handshake(|peer| {
                 if socket.route_in_use(&peer.identity) {
-                    Err(super::ROUTING_ID_IN_USE)
+                    Err(crate::runtime::socket::ROUTING_ID_IN_USE)
                 } else {
                     Ok(())
                 }
@@ -248,7 +246,8 @@ async fn serve_peer(
         let proof = match &settings.auth {
             None => None,
             Some(verifier) => {
-                let deadline = crate::deadlines::deadline_after(accepted_at, cfg.handshake_timeout);
+                let deadline =
+                    crate::proto::deadlines::deadline_after(accepted_at, cfg.handshake_timeout);
                 let mut frames = conn.first_message(deadline).await?;
                 Some(check_proof(socket, &mut frames, verifier).map_err(End::Auth)?)
             }
@@ -300,7 +299,7 @@ async fn serve_peer(
         End::Stopped if !stop.is_cancelled() => End::Evicted,
         end => end,
     };
-    socket.end_session(&session, shared);
+    shared.end_session(socket, &session);
     end.report(socket);
     // Shutdown: what is queued gets the linger. A peer that left gets a
     // moment for our last replies. A peer cut off for what it did gets
@@ -326,12 +325,12 @@ fn check_proof(
     let payload = socket
         .parse_frames(frames)
         .map_err(|_| AuthError::Missing)?;
-    if payload.dst_cb != crate::auth::AUTH {
+    if payload.dst_cb != crate::proto::auth::AUTH {
         return Err(AuthError::Missing);
     }
     verifier
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .verify(&payload.body, crate::auth::now_ms())?;
+        .verify(&payload.body, crate::proto::auth::now_ms())?;
     Ok(payload)
 }

@@ -21,23 +21,36 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use crate::callbacks::{CallbackTable, SHARDS, shard_of};
+use crate::address::SocketKind;
 use crate::config::Config;
-use crate::deadlines::{Deadlines, deadline_after};
-use crate::dedup::DedupWindow;
 use crate::error::{RequestError, SendError};
-use crate::messenger::Incoming;
-use crate::process::{self, Delivery, Outcome};
+use crate::proto::callbacks::{CallbackTable, SHARDS, shard_of};
+use crate::proto::deadlines::{Deadlines, deadline_after};
+use crate::proto::dedup::DedupWindow;
+use crate::proto::process::{self, Delivery, Outcome};
+use crate::proto::wire::{self, ECHO, NOOP, Payload};
+use crate::runtime::socket::{InprocLink, Out, Refused, Route, Session, SocketCtx};
 use crate::shard::{Padded, thread_index};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
+use crate::transport::unacked::AckWaiter;
 use crate::transport::unacked::{Reserved, Unacked};
-use crate::transport::{AckWaiter, Out, Route, Session, SocketCtx, inproc};
-use crate::wire::{self, ECHO, NOOP, Payload};
+use crate::types::{Incoming, Reply};
 
-/// A reply, or why none came.
-pub type Reply = Result<Incoming, RequestError>;
+/// A received message as the API hands it out: its socket's origin is
+/// shared, its body is the received buffer's.
+pub(crate) fn incoming(socket: &SocketCtx, peer: Bytes, p: Payload) -> Incoming {
+    Incoming {
+        msg_id: p.msg_id,
+        src_cb: p.src_cb,
+        dst_cb: p.dst_cb,
+        body: p.body,
+        peer,
+        origin: Arc::clone(&socket.origin),
+    }
+}
 
 /// How a waiting request learns its outcome.
 pub(crate) enum Completion {
@@ -68,7 +81,7 @@ pub(crate) struct Waiter {
     completion: Completion,
     /// The socket the request went out on ([`SocketKind::tag`]).
     ///
-    /// [`SocketKind::tag`]: crate::transport::SocketKind::tag
+    /// [`SocketKind::tag`]: crate::runtime::socket::SocketKind::tag
     socket: u64,
     /// The peer the request went to: `None` on a connection (its only
     /// peer), boxed on a listener so the common case costs 8 bytes.
@@ -139,14 +152,15 @@ pub(crate) struct Shared {
     /// A new deadline is earlier than every other: the deadline task
     /// re-arms its timer.
     deadline_moved: tokio::sync::Notify,
-    /// Cleared when shutdown begins: server loops take nothing new.
-    accepting: std::sync::atomic::AtomicBool,
+    /// Cancelled when shutdown begins (the messenger's `stopping` token):
+    /// server loops take nothing new.
+    stopping: CancellationToken,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Arc<Config>, runtime: Handle) -> Self {
+    pub(crate) fn new(config: Arc<Config>, runtime: Handle, stopping: CancellationToken) -> Self {
         // Each shard takes its share; a full one sends callbacks to the next.
-        let limit = config.max_pending_callbacks.div_ceil(SHARDS).max(1);
+        let limit = config.max_pending_callbacks.div_ceil(SHARDS);
         let now = tokio::time::Instant::now();
         Shared {
             config,
@@ -161,13 +175,8 @@ impl Shared {
                 })
                 .collect(),
             deadline_moved: tokio::sync::Notify::new(),
-            accepting: std::sync::atomic::AtomicBool::new(true),
+            stopping,
         }
-    }
-
-    pub(crate) fn stop_accepting(&self) {
-        self.accepting
-            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Shard `i` of the waiting callbacks.
@@ -265,6 +274,7 @@ impl Shared {
         body: &[u8],
         completion: Option<(Completion, Duration)>,
         ack: Option<AckWaiter>,
+        waited: Duration,
     ) -> Result<Sending<'a>, SendError> {
         let max = self.config.max_message_size;
         // Reject what cannot fit before registering or formatting anything;
@@ -274,9 +284,11 @@ impl Shared {
             return Err(SendError::TooLarge { len: shortest, max });
         }
         let resend = self.config.resend_interval.is_some();
+        // What the sender waited for room already counts against it.
         let timeout = completion
             .as_ref()
-            .map_or(self.config.request_timeout, |(_, t)| *t);
+            .map_or(self.config.request_timeout, |(_, t)| *t)
+            .saturating_sub(waited);
         // One clock read for the deadline and the resend timer.
         let now = self.now();
         let deadline = deadline_after(now, timeout);
@@ -339,39 +351,60 @@ impl Shared {
             && let Out::Inproc(tx) = &session.out
         {
             let msg = (dst_cb, body, completion, ack);
-            return self.send_inproc(socket, session, tx, peer, msg, mode).await;
+            return self
+                .send_inproc(socket, session, &**tx, peer, msg, mode)
+                .await;
         }
         // A place in the peer's own window, before a msg_id is taken (a
         // refused message must leave no gap in them).
         let unacked = socket.unacked_for(&route);
-        let limit = self.config.max_pending_messages;
+        let max_pending = self.config.max_pending_messages;
         // At most what `prepare` encodes (the ids are not known yet).
         let len = wire::encoded_len(u64::MAX, u64::MAX, dst_cb, body.len());
+        // Every wait of one send counts against one deadline, which starts
+        // when the first wait does (no clock is read when none is needed):
+        // the request's own timeout, else `request_timeout`.
+        let limit = completion
+            .as_ref()
+            .map_or(self.config.request_timeout, |(_, t)| *t);
         let mut waiting_since = None;
         let place = loop {
-            match unacked.reserve(limit, len) {
+            match unacked.reserve(max_pending, len) {
                 Ok(place) => break place,
                 Err(SendError::Full) if mode == Mode::Wait => {
-                    waiting_since.get_or_insert_with(tokio::time::Instant::now);
-                    unacked.wait(len).await;
+                    let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                    let room = unacked.wait(len);
+                    if tokio::time::timeout_at(deadline_after(since, limit), room)
+                        .await
+                        .is_err()
+                    {
+                        return Err(SendError::Timeout);
+                    }
                     // It may have closed meanwhile (the peer left).
                     route = socket.route(peer)?;
                 }
                 Err(e) => return Err(e),
             }
         };
-        // Waiting for the window counts against a request's deadline.
-        let completion = completion.map(|(c, timeout)| {
-            let waited = waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
-            (c, timeout.saturating_sub(waited))
-        });
-        let sending = self.prepare(socket, &route, place, peer, dst_cb, body, completion, ack)?;
+        let waited = waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let sending = self.prepare(
+            socket, &route, place, peer, dst_cb, body, completion, ack, waited,
+        )?;
         loop {
             match socket.transmit(&route, &sending.payload) {
                 Ok(()) => return Ok(sending.sent()),
                 Err(Push::Full) => match mode {
                     Mode::Try => return Err(SendError::Full),
-                    Mode::Wait => socket.route_room(&route, sending.payload.len()).await,
+                    Mode::Wait => {
+                        let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                        let room = socket.route_room(&route, sending.payload.len());
+                        if tokio::time::timeout_at(deadline_after(since, limit), room)
+                            .await
+                            .is_err()
+                        {
+                            return Err(SendError::Timeout);
+                        }
+                    }
                 },
                 // A connection's session is ending: its backlog takes it.
                 Err(Push::Closed) if !socket.is_listener() && !socket.is_closed() => {
@@ -387,13 +420,13 @@ impl Shared {
 
     /// [`send`](Self::send) on inproc: no wire format, no window, no
     /// unacknowledged set; the message lands in the peer's messenger from
-    /// this task (see [`inproc`](crate::transport::inproc)). Landing is
+    /// this task (see [`inproc`](crate::runtime::inproc)). Landing is
     /// its acknowledgement.
     async fn send_inproc(
         &self,
         socket: &Arc<SocketCtx>,
         session: &Session,
-        tx: &inproc::Tx,
+        tx: &dyn InprocLink,
         peer: &Bytes,
         (dst_cb, body, completion, ack): InprocMessage<'_>,
         mode: Mode,
@@ -427,27 +460,30 @@ impl Shared {
             dst_cb,
             body: Bytes::copy_from_slice(body),
         };
-        tx.deliver(session, msg, mode).await?;
+        match tx.land(session, msg) {
+            Ok(()) => {}
+            Err(Refused::Gone) => return Err(SendError::Disconnected),
+            Err(Refused::Full(_)) if mode == Mode::Try => return Err(SendError::Full),
+            Err(Refused::Full(msg)) => tx.land_when_there_is_room(msg).await?,
+        }
         if let Some(ack) = ack {
             let _ = ack.send(Ok(()));
         }
         Ok(sending.sent())
     }
 
-    /// [`send`](Self::send) in `Mode::Try`, from synchronous code: it never
-    /// waits, so it completes on its first poll.
-    pub(crate) fn try_send(
-        &self,
-        socket: &Arc<SocketCtx>,
-        peer: &Bytes,
-        dst_cb: u64,
-        body: &[u8],
-        completion: Option<(Completion, Duration)>,
-    ) -> Result<u64, SendError> {
-        use futures::FutureExt;
-        let send = self.send(socket, peer, dst_cb, body, completion, None, Mode::Try);
-        let sent = send.now_or_never().unwrap_or(Err(SendError::Full));
-        sent.map(|s| s.msg_id)
+    /// A session ended: off its socket's routing table or link and closed
+    /// ([`SocketCtx::detach`]), then everything waiting on it told. Called
+    /// by the session's own task after the last message it read was
+    /// processed, so a peer's last ACK or reply is never lost to its
+    /// disconnect.
+    pub(crate) fn end_session(&self, socket: &SocketCtx, session: &Arc<Session>) {
+        socket.detach(session);
+        match socket.kind {
+            SocketKind::Listener(_) => self.fail_peer(socket, &session.peer),
+            SocketKind::Connection(_) => self.fail_socket(socket, RequestError::Disconnected),
+        }
+        socket.wake_room();
     }
 
     /// Fails everyone waiting on a socket whose peer went away: callbacks
@@ -598,7 +634,7 @@ impl Shared {
 
     /// Whether server loops take new messages (not once shutdown began).
     pub(crate) fn is_accepting(&self) -> bool {
-        self.accepting.load(std::sync::atomic::Ordering::Acquire)
+        !self.stopping.is_cancelled()
     }
 
     /// Completes the callback `reply.dst_cb` with `reply`, if it waits for
@@ -627,7 +663,7 @@ impl Shared {
             }
         }?;
         let request = w.msg_id;
-        let incoming = Incoming::new(Arc::clone(socket), session.peer.clone(), reply);
+        let incoming = incoming(socket, session.peer.clone(), reply);
         w.completion.complete(Ok(incoming), &self.runtime);
         Some(request)
     }
@@ -650,7 +686,7 @@ impl Shared {
         match slc.try_reserve() {
             Ok(permit) => {
                 let peer = session.peer.clone();
-                permit.send(Incoming::new(Arc::clone(socket), peer, message));
+                permit.send(incoming(socket, peer, message));
                 Ok(Delivery::Delivered)
             }
             Err(mpsc::error::TrySendError::Full(())) => Err(message),
@@ -673,7 +709,7 @@ impl Shared {
             Ok(_) if !self.is_accepting() => Delivery::Busy,
             Ok(permit) => {
                 let peer = session.peer.clone();
-                permit.send(Incoming::new(Arc::clone(socket), peer, message));
+                permit.send(incoming(socket, peer, message));
                 Delivery::Delivered
             }
             Err(_) => Delivery::Gone,
@@ -916,7 +952,8 @@ pub(crate) async fn heartbeat_loop(
         let (tx, rx) = oneshot::channel();
         let start = tokio::time::Instant::now();
         let completion = Some((Completion::Future(tx), hb.interval));
-        let sent = shared.try_send(&socket, &empty, ECHO, b"", completion);
+        let send = shared.send(&socket, &empty, ECHO, b"", completion, None, Mode::Try);
+        let sent = futures::FutureExt::now_or_never(send).expect("Mode::Try never waits");
         let stats = Arc::clone(&shared.stats);
         drop(shared);
         let answered = sent.is_ok() && matches!(rx.await, Ok(Ok(_)));
@@ -926,7 +963,7 @@ pub(crate) async fn heartbeat_loop(
         } else {
             bump(&stats.heartbeats_missed);
             missed += 1;
-            if missed >= hb.misses.max(1) {
+            if missed >= hb.misses {
                 tracing::warn!(endpoint = %socket.endpoint, missed, "peer missed its heartbeats: declaring it dead");
                 socket.link_dead.notify_one();
                 missed = 0;

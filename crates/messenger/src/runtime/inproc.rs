@@ -18,6 +18,8 @@
 //! side's task sees it and ends its session, failing what waited on it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -25,14 +27,14 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::End;
-use super::outbox::Push;
-use super::{Out, RouteError, Session, SocketCtx};
-use crate::dispatch::{Mode, Shared};
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError, SendError};
-use crate::process::Delivery;
+use crate::proto::process::Delivery;
+use crate::proto::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
+use crate::runtime::dispatch::Shared;
+use crate::runtime::socket::{InprocLink, Out, Refused, RouteError, Session, SocketCtx};
 use crate::stats::bump;
-use crate::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
+use crate::transport::outbox::Push;
 use crate::zmtp::ZmtpError;
 
 /// Which side of a pair a session is.
@@ -66,14 +68,6 @@ pub(crate) struct Pair {
     closed: CancellationToken,
 }
 
-/// Why a message did not land.
-enum Refused {
-    /// The server loop's queue is full; the message comes back.
-    Full(Payload),
-    /// The other side has gone.
-    Gone,
-}
-
 impl Pair {
     fn side(&self, id: SideId) -> &Side {
         match id {
@@ -90,24 +84,7 @@ impl Pair {
     }
 
     /// Lands `msg`, sent from side `from` (whose session is `ours`), on
-    /// the other side, waiting for room in its server loop's queue in
-    /// `Mode::Wait`.
-    async fn land(
-        &self,
-        from: SideId,
-        ours: &Session,
-        msg: Payload,
-        mode: Mode,
-    ) -> Result<(), SendError> {
-        match self.land_now(from, ours, msg) {
-            Ok(()) => Ok(()),
-            Err(Refused::Gone) => Err(SendError::Disconnected),
-            Err(Refused::Full(_)) if mode == Mode::Try => Err(SendError::Full),
-            Err(Refused::Full(msg)) => self.land_when_there_is_room(from, msg).await,
-        }
-    }
-
-    /// [`land`](Self::land) without waiting.
+    /// the other side, without waiting.
     fn land_now(&self, from: SideId, ours: &Session, msg: Payload) -> Result<(), Refused> {
         let (to, back) = (self.other(from), self.side(from));
         let Some(to_session) = to.live().filter(|_| !ours.is_closed()) else {
@@ -134,7 +111,7 @@ impl Pair {
             }
             Ok(Delivery::NoServerLoop) => Ok(()),
             Ok(Delivery::Busy | Delivery::Gone) => Err(SendError::Disconnected),
-            Err(_) => Err(SendError::Full),
+            Err(_) => Err(SendError::Timeout),
         }
     }
 }
@@ -212,35 +189,39 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
-    fn new(side: SideId) -> Self {
-        Tx {
+    fn new(side: SideId) -> Arc<Self> {
+        Arc::new(Tx {
             side,
             pair: OnceLock::new(),
-        }
+        })
     }
 
     fn pair(&self) -> Option<&Arc<Pair>> {
         self.pair.get()
     }
+}
 
-    /// Lands a message from `ours` (the session this is the way out of)
-    /// on the other side: the send path's inproc branch.
-    pub(crate) async fn deliver(
-        &self,
-        ours: &Session,
-        msg: Payload,
-        mode: Mode,
-    ) -> Result<(), SendError> {
+impl InprocLink for Tx {
+    fn land(&self, ours: &Session, msg: Payload) -> Result<(), Refused> {
         match self.pair() {
-            Some(pair) => pair.land(self.side, ours, msg, mode).await,
-            None => Err(SendError::Disconnected),
+            Some(pair) => pair.land_now(self.side, ours, msg),
+            None => Err(Refused::Gone),
         }
     }
 
-    /// Lands a message already formatted: one a redialling connection
-    /// queued, or a resend of one it sent before the pair existed. It is
-    /// settled in `unacked` once it lands (in-process delivery is its ACK).
-    pub(crate) fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push> {
+    fn land_when_there_is_room(
+        &self,
+        msg: Payload,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        Box::pin(async move {
+            match self.pair() {
+                Some(pair) => pair.land_when_there_is_room(self.side, msg).await,
+                None => Err(SendError::Disconnected),
+            }
+        })
+    }
+
+    fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push> {
         let Some(pair) = self.pair() else {
             return Err(Push::Closed);
         };
@@ -254,6 +235,7 @@ impl Tx {
         let msg_id = msg.msg_id;
         match pair.land_now(self.side, ours, msg) {
             Ok(()) => {
+                // In-process delivery is its ACK.
                 ours.unacked.ack(msg_id);
                 Ok(())
             }
@@ -262,19 +244,18 @@ impl Tx {
         }
     }
 
-    /// Waits until the other side's server loop has room (what
-    /// [`send`](Self::send) can be refused for).
-    pub(crate) async fn room(&self) {
-        let Some(pair) = self.pair() else {
-            return;
-        };
-        if let Some(slc) = &pair.other(self.side).socket.slc {
-            let _ = slc.reserve().await;
-        }
+    fn room(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let Some(pair) = self.pair() else {
+                return;
+            };
+            if let Some(slc) = &pair.other(self.side).socket.slc {
+                let _ = slc.reserve().await;
+            }
+        })
     }
 
-    /// Ends the pair (its session has just been marked closed).
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         if let Some(pair) = self.pair() {
             pair.closed.cancel();
         }
@@ -373,9 +354,11 @@ pub(crate) fn dial(
     };
     let head = listener.identity.clone();
     let unacked = listener.session_unacked();
+    let (their_tx, our_tx) = (Tx::new(SideId::Listener), Tx::new(SideId::Connection));
+    let their_out = Out::Inproc(Arc::clone(&their_tx) as Arc<dyn InprocLink>);
     let theirs = listener
         .add_route(socket.identity.clone(), |id| {
-            Session::new(id, head, Out::Inproc(Tx::new(SideId::Listener)), unacked)
+            Session::new(id, head, their_out, unacked)
         })
         .map_err(|e| {
             if e == RouteError::InUse {
@@ -384,7 +367,7 @@ pub(crate) fn dial(
             ConnectError::Handshake {
                 endpoint: endpoint(),
                 source: ZmtpError::Refused(match e {
-                    RouteError::InUse => super::ROUTING_ID_IN_USE,
+                    RouteError::InUse => crate::runtime::socket::ROUTING_ID_IN_USE,
                     RouteError::Full | RouteError::Closed => "the listener takes no new peers",
                 }),
             }
@@ -392,7 +375,7 @@ pub(crate) fn dial(
     let ours = Arc::new(Session::new(
         Bytes::new(),
         Bytes::new(),
-        Out::Inproc(Tx::new(SideId::Connection)),
+        Out::Inproc(Arc::clone(&our_tx) as Arc<dyn InprocLink>),
         socket.session_unacked(),
     ));
     let closed = CancellationToken::new();
@@ -409,10 +392,8 @@ pub(crate) fn dial(
         },
         closed: closed.clone(),
     });
-    for session in [&ours, &theirs] {
-        if let Out::Inproc(tx) = &session.out {
-            let _ = tx.pair.set(Arc::clone(&pair));
-        }
+    for tx in [&our_tx, &their_tx] {
+        let _ = tx.pair.set(Arc::clone(&pair));
     }
     drop(pair);
     // The listener's side ends with the pair or the listener.
@@ -423,7 +404,7 @@ pub(crate) fn dial(
             _ = stop.cancelled() => End::Stopped,
             _ = their_end.cancelled() => End::PeerClosed,
         };
-        listener.end_session(&theirs, &listener_shared);
+        listener_shared.end_session(&listener, &theirs);
         end.report(&listener);
     });
     Ok((Conn { closed }, ours))

@@ -13,11 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{Conn, End};
 use super::listener::engine_config;
-use super::{Out, Session, SocketCtx, inproc, stream};
-use crate::dispatch::Shared;
 use crate::endpoint::Endpoint;
 use crate::error::ConnectError;
+use crate::runtime::dispatch::Shared;
+use crate::runtime::inproc;
+use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::stats::bump;
+use crate::transport::stream;
 use crate::zmtp::Role;
 
 /// How a connection redials after losing its peer.
@@ -67,13 +69,19 @@ pub(crate) async fn dial(
     ));
     if let Some(secret) = &cfg.auth {
         // The proof goes first, before anything queued.
-        let proof = crate::auth::proof(secret).map_err(|e| ConnectError::Refused {
+        let proof = crate::proto::auth::proof(secret).map_err(|e| ConnectError::Refused {
             endpoint: endpoint.clone(),
             source: std::io::Error::other(format!("cannot make an authentication nonce: {e}")),
         })?;
-        let id = socket.next_msg_id(&super::Route::Session(Arc::clone(&session)));
-        let payload =
-            crate::wire::encode(id, crate::wire::NOOP, crate::auth::AUTH, proof.as_bytes());
+        let id = socket.next_msg_id(&crate::runtime::socket::Route::Session(Arc::clone(
+            &session,
+        )));
+        let payload = crate::proto::wire::encode(
+            id,
+            crate::proto::wire::NOOP,
+            crate::proto::auth::AUTH,
+            proof.as_bytes(),
+        );
         if session.send(&payload).is_err() {
             return Err(connect_error(endpoint, End::PeerClosed));
         }
@@ -110,8 +118,8 @@ fn id_in_use(e: &ConnectError) -> bool {
     use crate::zmtp::ZmtpError;
     match e {
         ConnectError::Handshake { source, .. } => match source {
-            ZmtpError::PeerError { reason } => reason == super::ROUTING_ID_IN_USE,
-            ZmtpError::Refused(reason) => *reason == super::ROUTING_ID_IN_USE,
+            ZmtpError::PeerError { reason } => reason == crate::runtime::socket::ROUTING_ID_IN_USE,
+            ZmtpError::Refused(reason) => *reason == crate::runtime::socket::ROUTING_ID_IN_USE,
             _ => false,
         },
         _ => false,
@@ -151,7 +159,7 @@ pub(crate) async fn drive(
             Link::Wire(conn) => conn.traffic(&socket, &session, &shared, &stop, None).await,
             Link::Inproc(conn) => conn.traffic(&socket, &stop).await,
         };
-        socket.end_session(&session, &shared);
+        shared.end_session(&socket, &session);
         end.report(&socket);
         let stopping = matches!(end, End::Stopped);
         if let Link::Wire(conn) = link {

@@ -19,15 +19,16 @@
 //! encryption, no per-message MAC); see design/THREATS.md.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+pub use crate::config::Secret;
+
 /// The callback id an authentication message is addressed to (the
 /// protocol's reserved id).
-pub const AUTH: u64 = crate::wire::RESERVED;
+pub const AUTH: u64 = crate::proto::wire::RESERVED;
 
 /// How far a proof's timestamp may be from the listener's clock.
 pub const WINDOW: Duration = Duration::from_secs(30);
@@ -40,23 +41,6 @@ pub const MAX_PROOF_LEN: usize = 256;
 const MAX_NONCES: usize = 1 << 16;
 
 const CONTEXT: &str = "messenger-auth-v1:";
-
-/// A shared secret. Its `Debug` form does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// Wraps the secret's bytes.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
 
 /// Why a proof was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

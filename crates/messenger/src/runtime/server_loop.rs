@@ -1,0 +1,326 @@
+//! Server-loop callbacks (SLCs): the persistent handler of a listener.
+//!
+//! Each listener runs its SLC on a task of its own, fed by a bounded queue,
+//! so a slow handler delays only its own listener's messages (and, once its
+//! queue is full, makes the ProcessMessage loop refuse new ones unACKed so
+//! peers resend later) and never the loop or other listeners.
+//!
+//! Two kinds: a [`ServerLoop`] handles one message at a time, in arrival
+//! order (so per-peer order is kept); an [`AsyncServerLoop`] runs each
+//! message as its own task, concurrently up to the messenger's
+//! [`Config::max_concurrent_handlers`](crate::Config::max_concurrent_handlers),
+//! a limit counted only while a handler runs.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::address::Destination;
+use crate::error::SendError;
+use crate::runtime::dispatch::Mode;
+use crate::runtime::dispatch::Shared;
+use crate::runtime::socket::SocketCtx;
+use crate::types::Incoming;
+
+/// A listener's persistent message handler.
+///
+/// It runs on the listener's own task, one message at a time, in arrival
+/// order. It may reply at once with [`Responder::try_reply`]; long work
+/// should be spawned so the next message is not held up.
+pub trait ServerLoop: Send + Sync + 'static {
+    /// Handles one message that no builtin or MSC claimed.
+    fn handle(&self, message: Incoming, responder: Responder);
+}
+
+impl<F> ServerLoop for F
+where
+    F: Fn(Incoming, Responder) + Send + Sync + 'static,
+{
+    fn handle(&self, message: Incoming, responder: Responder) {
+        self(message, responder)
+    }
+}
+
+/// A listener's message handler whose work is asynchronous and may run
+/// concurrently with itself: each message becomes a task.
+pub trait AsyncServerLoop: Send + Sync + 'static {
+    /// Handles one message.
+    fn handle(
+        &self,
+        message: Incoming,
+        responder: Responder,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl<F, Fut> AsyncServerLoop for F
+where
+    F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn handle(
+        &self,
+        message: Incoming,
+        responder: Responder,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self(message, responder))
+    }
+}
+
+/// Which kind of handler a listener runs.
+pub(crate) enum Handler {
+    Sequential(Arc<dyn ServerLoop>),
+    Concurrent(Arc<dyn AsyncServerLoop>, Arc<Semaphore>),
+}
+
+/// Answers the sender of one message, from inside an SLC or later: it may
+/// be moved to another task and used when the answer is ready.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use messenger::{Incoming, Messenger, NOOP, Responder};
+///
+/// let server = Messenger::new("model-server")?;
+/// let train = |job: Incoming, r: Responder| {
+///     // Answer later, from a task of its own, without holding the loop.
+///     tokio::spawn(async move {
+///         let _ = r.reply([&b"trained on "[..], &job.body[..]].concat()).await;
+///     });
+/// };
+/// let at = "inproc://responder-doc".parse()?;
+/// server.listen_for_connection(&at, "model-server", train).await?;
+/// let db = Messenger::new("database")?;
+/// let conn = db.make_connection(&at).await?;
+/// let done = db.request(conn, NOOP, b"batch 1").await?;
+/// assert_eq!(&done.body[..], b"trained on batch 1");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Responder {
+    shared: Arc<Shared>,
+    socket: Arc<SocketCtx>,
+    peer: Bytes,
+    src_cb: u64,
+}
+
+impl Responder {
+    /// Replies to the message's `src_cb` without waiting: fails with
+    /// [`SendError::Full`] when the peer's window or the listener's buffer
+    /// is full, so it never blocks the calling SLC.
+    pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
+        let send = self.send(body.as_ref(), Mode::Try);
+        // Mode::Try never waits: the first poll completes it.
+        futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full))
+    }
+
+    /// Replies to the message's `src_cb`, waiting for room within
+    /// `request_timeout` ([`SendError::Timeout`] after it).
+    pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
+        self.send(body.as_ref(), Mode::Wait).await
+    }
+
+    /// The one send path of both replies.
+    async fn send(&self, body: &[u8], mode: Mode) -> Result<u64, SendError> {
+        let (shared, socket) = (&self.shared, &self.socket);
+        let send = shared.send(socket, &self.peer, self.src_cb, body, None, None, mode);
+        Ok(send.await?.msg_id)
+    }
+
+    /// The sender's routing id.
+    pub fn peer(&self) -> &Bytes {
+        &self.peer
+    }
+
+    /// The callback id the sender asked replies to go to.
+    pub fn src_cb(&self) -> u64 {
+        self.src_cb
+    }
+
+    /// Where to send further messages to this peer with
+    /// [`Messenger::send_message`](crate::Messenger::send_message).
+    pub fn destination(&self) -> Destination {
+        Destination::of(self.socket.kind, &self.peer)
+    }
+}
+
+fn responder_for(shared: Arc<Shared>, socket: Arc<SocketCtx>, msg: &Incoming) -> Responder {
+    Responder {
+        shared,
+        socket,
+        peer: msg.peer.clone(),
+        src_cb: msg.src_cb,
+    }
+}
+
+/// What tells a server loop to finish, and what waits for it.
+pub(crate) struct LoopControl {
+    /// Shutdown began: close the queue and drain it to its end.
+    pub(crate) stop: CancellationToken,
+    /// The grace period is over: drop what still runs and return.
+    pub(crate) abandon: CancellationToken,
+    /// Where the loop's task is tracked; shutdown waits on it.
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Runs a listener's handler on every message its queue delivers, until
+/// `stop`; then closes the queue, finishes everything it owns (and, for a
+/// concurrent handler, what is running) and returns, or returns at once
+/// on `abandon` (the shutdown grace period is over). A panicking handler
+/// is logged and the loop goes on.
+pub(crate) fn spawn(
+    handler: Handler,
+    queue: mpsc::Receiver<Incoming>,
+    shared: Weak<Shared>,
+    socket: Weak<SocketCtx>,
+    control: &LoopControl,
+) {
+    let span = tracing::Span::current();
+    let (stop, abandon) = (control.stop.clone(), control.abandon.clone());
+    let work = serve(handler, queue, shared, socket, stop);
+    control.tracker.spawn(tracing::Instrument::instrument(
+        async move {
+            if abandon.run_until_cancelled(work).await.is_none() {
+                tracing::warn!("server-loop work outlived the shutdown grace period; dropped");
+            }
+        },
+        span,
+    ));
+}
+
+async fn serve(
+    handler: Handler,
+    mut queue: mpsc::Receiver<Incoming>,
+    shared: Weak<Shared>,
+    socket: Weak<SocketCtx>,
+    stop: CancellationToken,
+) {
+    let mut running = JoinSet::new();
+    let mut closed = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            msg = queue.recv() => msg,
+            // Shutdown: nothing new is taken (a message offered now
+            // is refused unACKed), and what the queue already owns
+            // (ACKed, or about to be) is drained to its end.
+            _ = stop.cancelled(), if !closed => {
+                queue.close();
+                closed = true;
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
+        let (Some(shared), Some(socket)) = (shared.upgrade(), socket.upgrade()) else {
+            break;
+        };
+        let responder = responder_for(shared, Arc::clone(&socket), &msg);
+        match &handler {
+            Handler::Sequential(slc) => {
+                if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
+                    tracing::error!(endpoint = %socket.endpoint, "server-loop callback panicked; continuing");
+                }
+            }
+            Handler::Concurrent(slc, limit) => {
+                // Waits here (and the queue backs up) while the limit is
+                // reached; the permit is held only while the handler runs.
+                let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
+                    break;
+                };
+                let work = slc.handle(msg, responder);
+                running.spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+                // Reap finished handlers so the set stays small.
+                while let Some(done) = running.try_join_next() {
+                    if done.is_err() {
+                        tracing::error!("server-loop handler panicked; continuing");
+                    }
+                }
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::address::SocketKind;
+    use crate::{Config, ListenerId};
+
+    /// A message whose place in the queue was taken before shutdown began
+    /// (a session that will ACK it once it is in) is still handled: the
+    /// loop closes its queue and drains it to the end instead of stopping
+    /// at its first empty look. And nothing new is taken after the close
+    /// (the session refuses it unACKed).
+    #[tokio::test]
+    async fn a_message_handed_over_as_shutdown_begins_is_still_handled() {
+        let config = Arc::new(Config::default());
+        let runtime = tokio::runtime::Handle::current();
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&config),
+            runtime,
+            CancellationToken::new(),
+        ));
+        let endpoint = "inproc://slc-test".parse().expect("endpoint");
+        let kind = SocketKind::Listener(ListenerId(1));
+        let stats = Arc::clone(&shared.stats);
+        let socket = Arc::new(SocketCtx::new(
+            kind,
+            endpoint,
+            Bytes::new(),
+            None,
+            stats,
+            config,
+        ));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let slc = move |m: Incoming, _: Responder| s.lock().expect("seen").push(m.body);
+        let (tx, rx) = mpsc::channel(4);
+        let control = LoopControl {
+            stop: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        spawn(
+            Handler::Sequential(Arc::new(slc)),
+            rx,
+            Arc::downgrade(&shared),
+            Arc::downgrade(&socket),
+            &control,
+        );
+        control.tracker.close();
+        let permit = tx.try_reserve().expect("room");
+        control.stop.cancel();
+        // The loop closes its queue: from then on nothing new is taken.
+        let mut refused = false;
+        for _ in 0..1000 {
+            if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_reserve() {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "the queue was never closed");
+        let late = crate::proto::wire::parse(&Bytes::from_static(b"0-0-0-late")).expect("payload");
+        permit.send(crate::runtime::dispatch::incoming(
+            &socket,
+            Bytes::from_static(b"peer"),
+            late,
+        ));
+        tokio::time::timeout(std::time::Duration::from_secs(5), control.tracker.wait())
+            .await
+            .expect("the loop ends once its queue is drained");
+        assert_eq!(*seen.lock().expect("seen"), [Bytes::from_static(b"late")]);
+    }
+}

@@ -1,0 +1,828 @@
+//! Sockets and their sessions over tcp, ipc and inproc.
+//!
+//! A *socket* is a listener (our ROUTER) or a connection (our DEALER): a
+//! [`SocketCtx`] holds what its senders and sessions share (the
+//! unacknowledged set, the routing table or live link, counters). A
+//! *session* is one live connection of a socket to one peer: a ZMTP
+//! connection after its handshake (and its proof, when a secret is set),
+//! or an inproc pairing. Each tcp or ipc session is driven by one task that
+//! reads, decodes, and runs ProcessMessage on what it reads, in place
+//! ([`driver`]); an inproc message lands in the peer's messenger from the
+//! sender's task ([`inproc`]). Anything may send through a session's
+//! [`Out`].
+//!
+//! ```text
+//! stream.rs      tcp/ipc streams; bind and dial
+//! outbox.rs      a connection's send buffer and its write role
+//! unacked.rs     a peer's unacknowledged messages and its window
+//! room.rs        senders waiting for room, and their wake-up
+//! driver.rs      one tcp/ipc connection: handshake, then read -> process
+//! listener.rs    accept loop, connection limits, idle eviction, routing ids
+//! connection.rs  dial, redial with backoff
+//! inproc.rs      in-process pairs: messages land from the sender's task
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::address::{Origin, SocketKind};
+use crate::endpoint::Endpoint;
+use crate::error::{FrameError, RequestError, SendError};
+use crate::proto::wire::{self, Payload};
+use crate::stats::{Stats, bump};
+use crate::transport::outbox::{Outbox, Push};
+use crate::transport::room::Room;
+use crate::transport::unacked::Unacked;
+
+/// A server loop's bounded queue: what the listener's sessions hand
+/// messages to, and the loop's task takes them from.
+pub(crate) type SlcQueue = tokio::sync::mpsc::Sender<crate::types::Incoming>;
+
+/// The way out of an inproc session, to the session paired with it
+/// (implemented in [`inproc`](crate::runtime::inproc); a trait so that
+/// sessions need not name the pair, which names sessions).
+pub(crate) trait InprocLink: Send + Sync {
+    /// Lands `msg`, sent from `ours`, on the other side now, or says why
+    /// not: the send path's inproc branch.
+    fn land(&self, ours: &Session, msg: Payload) -> Result<(), Refused>;
+    /// Lands `msg` once the other side's server loop has room, bounded by
+    /// the sender's `request_timeout` (after `land` said `Full`).
+    fn land_when_there_is_room(
+        &self,
+        msg: Payload,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + '_>>;
+    /// Lands a message already formatted: one a redialling connection
+    /// queued, or a resend of one sent before the pair existed.
+    fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push>;
+    /// Waits until the other side's server loop has room (what `send` can
+    /// be refused for).
+    fn room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    /// Ends the pair (its session has just been marked closed).
+    fn close(&self);
+}
+
+/// Why an inproc message did not land.
+pub(crate) enum Refused {
+    /// The server loop's queue is full; the message comes back.
+    Full(Payload),
+    /// The other side has gone.
+    Gone,
+}
+
+/// How messages leave one session.
+pub(crate) enum Out {
+    /// tcp or ipc: frames into the connection's outbox.
+    Wire(Outbox),
+    /// inproc: messages land in the peer's messenger from the sender's task.
+    Inproc(Arc<dyn InprocLink>),
+}
+
+/// One live connection of a socket to one peer.
+pub(crate) struct Session {
+    /// The peer's routing id on a listener (generated for an anonymous
+    /// peer); empty on a connection.
+    pub(crate) peer: Bytes,
+    /// The frame a listener puts before the delimiter of every message
+    /// (its own identity, as NoisePage's ROUTER does); empty on a
+    /// connection, whose messages are `["", payload]`.
+    head: Bytes,
+    /// Next msg_id towards the peer on a listener (each session counts
+    /// from 0); connections count on the socket, across sessions.
+    next_id: AtomicU64,
+    /// Set when the session ends: sends to it fail from then on.
+    closed: AtomicBool,
+    pub(crate) out: Out,
+    /// What we sent the peer that it has not acknowledged: the session's
+    /// own on a listener, the connection's (kept across its sessions) on a
+    /// connection.
+    pub(crate) unacked: Arc<Unacked>,
+    /// When the peer last sent a message (or the session began), in ms
+    /// since its socket's epoch: how long it has been idle, should a
+    /// newcomer need its place. Commands (PING) do not count: they cost a
+    /// squatter nothing.
+    last_message: AtomicU64,
+    /// Cancelled to make the session give way to a newcomer: set on a
+    /// listener's tcp and ipc sessions, which its driver watches.
+    give_way: Option<CancellationToken>,
+}
+
+impl Session {
+    pub(crate) fn new(peer: Bytes, head: Bytes, out: Out, unacked: Arc<Unacked>) -> Self {
+        Session {
+            peer,
+            head,
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            out,
+            unacked,
+            last_message: AtomicU64::new(0),
+            give_way: None,
+        }
+    }
+
+    /// Whether the session has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Makes the session one that can give way (see
+    /// [`SocketCtx::evict_idle`]), idle from `now_ms` on.
+    pub(crate) fn evictable(mut self, token: CancellationToken, now_ms: u64) -> Self {
+        self.give_way = Some(token);
+        self.last_message = AtomicU64::new(now_ms);
+        self
+    }
+
+    /// The peer sent a message at `now_ms` (the time is asked for only by a
+    /// session that can give way: no other reads it).
+    pub(crate) fn heard(&self, now_ms: impl FnOnce() -> u64) {
+        if self.give_way.is_some() {
+            self.last_message.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether nothing is in flight between us and the peer: nothing it
+    /// has not acknowledged, nothing waiting to be written to it.
+    fn is_quiet(&self) -> bool {
+        let unwritten = match &self.out {
+            Out::Wire(ob) => ob.buffered(),
+            Out::Inproc(_) => 0,
+        };
+        unwritten == 0 && self.unacked.len() == 0
+    }
+
+    /// Hands one payload to the peer without waiting.
+    pub(crate) fn send(&self, payload: &Bytes) -> Result<(), Push> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Push::Closed);
+        }
+        match &self.out {
+            Out::Wire(ob) => {
+                let head = &self.head;
+                ob.push(head.len() + payload.len() + 20, |enc, buf| {
+                    if head.is_empty() {
+                        enc.message(buf, &[b"", payload]);
+                    } else {
+                        enc.message(buf, &[head, b"", payload]);
+                    }
+                })
+            }
+            Out::Inproc(tx) => tx.send(self, payload),
+        }
+    }
+
+    /// Sends the ACK of `msg_id`; formatted straight into the outbox on
+    /// tcp and ipc (no allocation of its own).
+    pub(crate) fn ack(&self, msg_id: u64) -> Result<(), Push> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Push::Closed);
+        }
+        match &self.out {
+            Out::Wire(ob) => {
+                let head = &self.head;
+                let len = wire::encoded_len(msg_id, wire::NOOP, wire::ACK, 0);
+                ob.push(head.len() + len + 20, |enc, buf| {
+                    let write =
+                        |b: &mut BytesMut| wire::encode_into(b, msg_id, wire::NOOP, wire::ACK, b"");
+                    if head.is_empty() {
+                        enc.message_with(buf, &[b""], len, write);
+                    } else {
+                        enc.message_with(buf, &[head, b""], len, write);
+                    }
+                })
+            }
+            // In-process delivery needs no ACK.
+            Out::Inproc(_) => Ok(()),
+        }
+    }
+
+    /// Whether a payload of `len` bytes could be handed over now.
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        match &self.out {
+            Out::Wire(ob) => ob.has_room(self.head.len() + len + 20),
+            Out::Inproc(_) => true,
+        }
+    }
+
+    /// Waits until a payload of `len` bytes could be handed over.
+    pub(crate) async fn room(&self, len: usize) {
+        match &self.out {
+            Out::Wire(ob) => ob.room(len).await,
+            Out::Inproc(tx) => tx.room().await,
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        match &self.out {
+            Out::Wire(ob) => ob.close(),
+            Out::Inproc(tx) => tx.close(),
+        }
+    }
+}
+
+/// Where a message for a peer of a socket goes now.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// A live session.
+    Session(Arc<Session>),
+    /// A connection that is redialling: its backlog.
+    Backlog,
+}
+
+/// A connection's link: the live session, or what waits for the next one.
+enum Link {
+    Up(Arc<Session>),
+    /// Redialling: payloads sent meanwhile, in order, bounded by
+    /// `send_queue_capacity`; they go first on the next session.
+    Down(VecDeque<Bytes>),
+}
+
+/// Bounds a listener's routing table: a peer adds an entry only by
+/// completing a handshake (within the connection limit), and its entry
+/// goes when its session ends; this is a backstop.
+const MAX_ROUTES: usize = 1 << 20;
+
+/// What every part of the messenger needs to know about one socket.
+pub(crate) struct SocketCtx {
+    /// Listener or connection, and its id.
+    pub(crate) kind: SocketKind,
+    /// The endpoint as bound (port 0 resolved) or connected.
+    pub(crate) endpoint: Endpoint,
+    /// The kind and endpoint again, shared by every message received here.
+    pub(crate) origin: Arc<Origin>,
+    /// Our routing id: sent in READY, and as the first frame of everything
+    /// a listener sends.
+    pub(crate) identity: Bytes,
+    /// The server-loop callback's queue (listeners, and connections made
+    /// with one).
+    pub(crate) slc: Option<SlcQueue>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) config: Arc<crate::Config>,
+    closed: AtomicBool,
+    /// A listener's live sessions by routing id.
+    routes: Mutex<HashMap<Bytes, Arc<Session>, foldhash::fast::RandomState>>,
+    /// A connection's link.
+    link: Mutex<Link>,
+    /// Asks a connection's driver to drop its link and reconnect (a
+    /// heartbeat declared the peer dead).
+    pub(crate) link_dead: tokio::sync::Notify,
+    /// Last heartbeat round trip, in microseconds (0: none yet).
+    rtt_micros: AtomicU64,
+    /// Next msg_id on a connection (kept across its sessions).
+    next_id: AtomicU64,
+    /// Numbers anonymous peers' routing ids.
+    anonymous: AtomicU64,
+    /// A connection's unacknowledged messages, kept across its sessions
+    /// (listener sessions have their own).
+    unacked: Option<Arc<Unacked>>,
+    /// Senders waiting for room in a redialling connection's backlog.
+    room: Room,
+    /// Warnings about bad peers, rate-limited per socket.
+    warn: Mutex<RateLimit>,
+    /// Where sessions' idle times are counted from (tokio's clock, so
+    /// tests can pause it).
+    epoch: tokio::time::Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SocketCtx {
+    pub(crate) fn new(
+        kind: SocketKind,
+        endpoint: Endpoint,
+        identity: Bytes,
+        slc: Option<SlcQueue>,
+        stats: Arc<Stats>,
+        config: Arc<crate::Config>,
+    ) -> Self {
+        let unacked =
+            matches!(kind, SocketKind::Connection(_)).then(|| Arc::new(Unacked::new(&config)));
+        SocketCtx {
+            kind,
+            origin: Arc::new(Origin {
+                endpoint: endpoint.clone(),
+                kind,
+            }),
+            endpoint,
+            identity,
+            slc,
+            stats,
+            closed: AtomicBool::new(false),
+            routes: Mutex::new(HashMap::default()),
+            link: Mutex::new(Link::Down(VecDeque::new())),
+            link_dead: tokio::sync::Notify::new(),
+            rtt_micros: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            anonymous: AtomicU64::new(0),
+            unacked,
+            room: Room::default(),
+            warn: Mutex::new(RateLimit::new()),
+            epoch: tokio::time::Instant::now(),
+            config,
+        }
+    }
+
+    /// `at` in ms since the socket's epoch (what sessions' idle stamps use).
+    pub(crate) fn millis(&self, at: tokio::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn is_listener(&self) -> bool {
+        matches!(self.kind, SocketKind::Listener(_))
+    }
+
+    /// Whether a warning about a peer may be logged now: at most a burst
+    /// per second per socket. What is held back is counted
+    /// (`warnings_suppressed`) and said in one line when the next second's
+    /// first warning comes.
+    pub(crate) fn warn_allowed(&self) -> bool {
+        let (allowed, held_back) = lock(&self.warn).allow();
+        if held_back > 0 {
+            tracing::warn!(endpoint = %self.endpoint, count = held_back, "warnings about peers held back in the last second");
+        }
+        if !allowed {
+            bump(&self.stats.warnings_suppressed);
+        }
+        allowed
+    }
+
+    // ---- Routes ----------------------------------------------------------
+
+    /// Where a message to `peer` goes now.
+    pub(crate) fn route(&self, peer: &Bytes) -> Result<Route, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Disconnected);
+        }
+        match self.kind {
+            SocketKind::Listener(_) => lock(&self.routes)
+                .get(peer)
+                .map(|s| Route::Session(Arc::clone(s)))
+                .ok_or(SendError::Disconnected),
+            SocketKind::Connection(_) => Ok(match &*lock(&self.link) {
+                Link::Up(s) => Route::Session(Arc::clone(s)),
+                Link::Down(_) => Route::Backlog,
+            }),
+        }
+    }
+
+    /// The next msg_id towards the peer `route` leads to: gap-free per
+    /// (socket, peer session).
+    pub(crate) fn next_msg_id(&self, route: &Route) -> u64 {
+        match route {
+            Route::Session(s) => self.next_msg_id_for(s),
+            Route::Backlog => self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The next msg_id towards `session`'s peer.
+    pub(crate) fn next_msg_id_for(&self, session: &Session) -> u64 {
+        match self.kind {
+            SocketKind::Listener(_) => session.next_id.fetch_add(1, Ordering::Relaxed),
+            SocketKind::Connection(_) => self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Hands a payload over without waiting: to the session, or to a
+    /// redialling connection's backlog.
+    pub(crate) fn transmit(&self, route: &Route, payload: &Bytes) -> Result<(), Push> {
+        match route {
+            Route::Session(s) => s.send(payload),
+            Route::Backlog => {
+                let mut link = lock(&self.link);
+                match &mut *link {
+                    Link::Up(s) => {
+                        let s = Arc::clone(s);
+                        drop(link);
+                        s.send(payload)
+                    }
+                    Link::Down(backlog) => {
+                        if self.is_closed() {
+                            Err(Push::Closed)
+                        } else if backlog.len() >= self.config.send_queue_capacity {
+                            Err(Push::Full)
+                        } else {
+                            backlog.push_back(payload.clone());
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for room for a payload of `len` bytes on `route`.
+    pub(crate) async fn route_room(&self, route: &Route, len: usize) {
+        match route {
+            Route::Session(s) => s.room(len).await,
+            Route::Backlog => {
+                self.room
+                    .wait(|| {
+                        self.is_closed()
+                            || match &*lock(&self.link) {
+                                Link::Up(_) => true,
+                                Link::Down(b) => b.len() < self.config.send_queue_capacity,
+                            }
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// The unacknowledged set a message on `route` goes into.
+    pub(crate) fn unacked_for(&self, route: &Route) -> Arc<Unacked> {
+        match (route, &self.unacked) {
+            (_, Some(u)) => Arc::clone(u),
+            (Route::Session(s), None) => Arc::clone(&s.unacked),
+            // A listener has no backlog; a fresh set is never used.
+            (Route::Backlog, None) => Arc::new(Unacked::new(&self.config)),
+        }
+    }
+
+    /// The unacknowledged set for a new session: a listener's peer gets its
+    /// own, a connection's sessions share the connection's.
+    pub(crate) fn session_unacked(&self) -> Arc<Unacked> {
+        match &self.unacked {
+            Some(u) => Arc::clone(u),
+            None => Arc::new(Unacked::new(&self.config)),
+        }
+    }
+
+    /// Every unacknowledged set of this socket: the connection's, or each
+    /// live session's.
+    pub(crate) fn all_unacked(&self) -> Vec<Arc<Unacked>> {
+        match &self.unacked {
+            Some(u) => vec![Arc::clone(u)],
+            None => lock(&self.routes)
+                .values()
+                .map(|s| Arc::clone(&s.unacked))
+                .collect(),
+        }
+    }
+
+    /// A listener's live sessions (for resends, shutdown).
+    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.routes).values().cloned().collect()
+    }
+
+    /// A listener's new session for `identity` (empty: anonymous, given a
+    /// generated id). Refused if the id belongs to a live session: the live
+    /// one is left untouched (libzmq's ROUTER without ROUTER_HANDOVER).
+    pub(crate) fn add_route(
+        &self,
+        identity: Bytes,
+        make: impl FnOnce(Bytes) -> Session,
+    ) -> Result<Arc<Session>, RouteError> {
+        let mut routes = lock(&self.routes);
+        if self.is_closed() {
+            return Err(RouteError::Closed);
+        }
+        if routes.len() >= MAX_ROUTES {
+            return Err(RouteError::Full);
+        }
+        let id = if identity.is_empty() {
+            loop {
+                // RFC 37 reserves ids starting with a zero octet for us.
+                let n = self.anonymous.fetch_add(1, Ordering::Relaxed);
+                let mut id = [0u8; 9];
+                id[1..].copy_from_slice(&n.to_be_bytes());
+                let id = Bytes::copy_from_slice(&id);
+                if !routes.contains_key(&id) {
+                    break id;
+                }
+            }
+        } else if routes.contains_key(&identity) {
+            return Err(RouteError::InUse);
+        } else {
+            identity
+        };
+        let session = Arc::new(make(id.clone()));
+        routes.insert(id, Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// At the connection limit: asks the listener session idle longest
+    /// (at least `idle_after` without a message, nothing in flight) to give
+    /// way to a newcomer. Nobody is asked while an earlier one is still
+    /// leaving, so one newcomer costs at most one session. Returns whether
+    /// a session was asked now or is still leaving.
+    pub(crate) fn evict_idle(&self, idle_after: Duration, now: tokio::time::Instant) -> bool {
+        let now_ms = self.millis(now);
+        let idle_after = u64::try_from(idle_after.as_millis()).unwrap_or(u64::MAX);
+        // Candidates under the routing table's lock; whether they are quiet
+        // (other locks) after it.
+        let mut idle: Vec<(u64, Arc<Session>)> = Vec::new();
+        for session in lock(&self.routes).values() {
+            let Some(token) = &session.give_way else {
+                continue;
+            };
+            if token.is_cancelled() {
+                return true;
+            }
+            let for_ms = now_ms.saturating_sub(session.last_message.load(Ordering::Relaxed));
+            if for_ms >= idle_after {
+                idle.push((for_ms, Arc::clone(session)));
+            }
+        }
+        let quiet = idle.into_iter().filter(|(_, s)| s.is_quiet());
+        let Some((idle, session)) = quiet.max_by_key(|(for_ms, _)| *for_ms) else {
+            return false;
+        };
+        bump(&self.stats.idle_evictions);
+        tracing::debug!(endpoint = %self.endpoint, peer = ?session.peer, idle_ms = idle, "an idle peer gives way to a newcomer");
+        if let Some(token) = &session.give_way {
+            token.cancel();
+        }
+        true
+    }
+
+    /// Whether a live session holds `identity`.
+    pub(crate) fn route_in_use(&self, identity: &[u8]) -> bool {
+        !identity.is_empty() && lock(&self.routes).contains_key(identity)
+    }
+
+    /// A session ended: out of the routing table (if it is still the one
+    /// there) or off the connection's link, then closed; what it had in
+    /// flight is failed. The caller
+    /// ([`Shared::end_session`](crate::runtime::dispatch::Shared::end_session))
+    /// then tells the callbacks that waited on it.
+    pub(crate) fn detach(&self, session: &Arc<Session>) {
+        // Off the routing table or link first, then closed: a sender that
+        // finds it closed routes again and never finds it again.
+        match self.kind {
+            SocketKind::Listener(_) => {
+                {
+                    let mut routes = lock(&self.routes);
+                    if routes
+                        .get(&session.peer)
+                        .is_some_and(|s| Arc::ptr_eq(s, session))
+                    {
+                        routes.remove(&session.peer);
+                    }
+                }
+                session.close();
+                // Its next session starts over: nothing is resent to it.
+                session.unacked.close(&RequestError::Disconnected);
+            }
+            SocketKind::Connection(_) => {
+                self.unlink(session);
+                session.close();
+            }
+        }
+    }
+
+    /// Wakes senders waiting for room in a redialling connection's backlog
+    /// (the session they waited on has ended).
+    pub(crate) fn wake_room(&self) {
+        self.room.wake();
+    }
+
+    /// Takes a connection's session off its link, if it is still the one
+    /// there: from then on sends go to the backlog for the next session.
+    /// A sender whose send found the session's way out closed (its peer
+    /// went first: an inproc listener that stopped) does this itself, since
+    /// re-routing to the same session would spin until the session's own
+    /// task noticed.
+    pub(crate) fn unlink(&self, session: &Arc<Session>) {
+        let mut link = lock(&self.link);
+        if matches!(&*link, Link::Up(s) if Arc::ptr_eq(s, session)) {
+            *link = Link::Down(VecDeque::new());
+        }
+    }
+
+    /// A connection's new session is up: what queued meanwhile goes first,
+    /// in order, then senders use the session directly.
+    pub(crate) fn link_up(&self, session: &Arc<Session>) {
+        let mut link = lock(&self.link);
+        if let Link::Down(backlog) = &mut *link {
+            for payload in backlog.drain(..) {
+                // Full: a resend recovers it (or, without resending, the
+                // backlog was bounded by the same capacity as the outbox).
+                if session.send(&payload).is_err() {
+                    bump(&self.stats.send_failures);
+                }
+            }
+        }
+        *link = Link::Up(Arc::clone(session));
+        drop(link);
+        self.room.wake();
+    }
+
+    /// Whether a connection's link is up now.
+    pub(crate) fn is_up(&self) -> bool {
+        match self.kind {
+            SocketKind::Listener(_) => !self.is_closed(),
+            SocketKind::Connection(_) => {
+                !self.is_closed() && matches!(&*lock(&self.link), Link::Up(_))
+            }
+        }
+    }
+
+    // ---- State --------------------------------------------------------------
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.rtt_micros.store(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Link::Down(backlog) = &mut *lock(&self.link) {
+            backlog.clear();
+        }
+        self.room.wake();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Checks one received message's frames (as they came off the wire)
+    /// and parses its payload.
+    pub(crate) fn parse_frames(&self, frames: &mut [Bytes]) -> Result<Payload, FrameError> {
+        let payload = match self.kind {
+            SocketKind::Listener(_) => match wire::from_dealer(frames) {
+                Ok(payload) => payload,
+                Err(e) => return wire::noisepage_ack(frames).ok_or(e),
+            },
+            SocketKind::Connection(_) => wire::from_router(frames)?,
+        };
+        self.parse_payload(payload)
+    }
+
+    /// Checks a payload's size and parses it (its body shares `payload`).
+    pub(crate) fn parse_payload(&self, payload: Bytes) -> Result<Payload, FrameError> {
+        let max = self.config.max_message_size;
+        if payload.len() > max {
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        Ok(wire::parse(&payload)?)
+    }
+
+    /// A malformed message from a peer: counted, and logged (rate-limited).
+    pub(crate) fn malformed(&self, error: &FrameError) {
+        bump(&self.stats.malformed_dropped);
+        if self.warn_allowed() {
+            tracing::warn!(endpoint = %self.endpoint, %error, "dropping malformed message");
+        }
+    }
+}
+
+/// The reason a listener gives (ZMTP ERROR) for refusing a routing id
+/// that a live session holds.
+pub(crate) const ROUTING_ID_IN_USE: &str = "routing id in use";
+
+/// Why a listener did not take a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteError {
+    /// A live session holds the routing id.
+    InUse,
+    /// The routing table is at its backstop.
+    Full,
+    /// The listener is closing.
+    Closed,
+}
+
+/// Lets through at most a burst of warnings per second per socket (a
+/// listener's warnings about all its peers together), so peers sending
+/// garbage cannot flood the log; how many were held back is said once the
+/// second is over.
+pub(crate) struct RateLimit {
+    window_start: Instant,
+    in_window: u32,
+}
+
+impl RateLimit {
+    const BURST: u32 = 10;
+
+    pub(crate) fn new() -> Self {
+        RateLimit {
+            window_start: Instant::now(),
+            in_window: 0,
+        }
+    }
+
+    /// Whether one more warning may be logged now; when a new second
+    /// begins, also how many the last one held back.
+    pub(crate) fn allow(&mut self) -> (bool, u32) {
+        let now = Instant::now();
+        let mut held_back = 0;
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            held_back = self.in_window.saturating_sub(Self::BURST);
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        self.in_window = self.in_window.saturating_add(1);
+        (self.in_window <= Self::BURST, held_back)
+    }
+}
+
+/// The tasks and files that make up one open socket. Closing it (or
+/// dropping it) cancels `stop`; every task watches that token and ends by
+/// itself, a session after flushing for at most the linger period, so
+/// closing only has to wait for the tracker to say they are all gone.
+pub(crate) struct SocketTasks {
+    /// Every task of the socket: the accept loop or dialler (and through
+    /// them the sessions), resending, heartbeats.
+    tracker: TaskTracker,
+    /// Tells the socket's tasks to stop: a child of the messenger's
+    /// shutdown token, so dropping the messenger stops them all.
+    pub(crate) stop: CancellationToken,
+    /// An ipc socket file this process created, removed on close.
+    pub(crate) created_file: Option<std::path::PathBuf>,
+    /// An inproc name this socket registered, released on close.
+    pub(crate) inproc: Option<Box<dyn Send + Sync>>,
+}
+
+/// How much longer than the linger period closing a socket waits for its
+/// tasks: each bounds its own flush by the linger, so this only keeps a
+/// bug from hanging shutdown.
+const LINGER_SLACK: Duration = Duration::from_secs(1);
+
+impl SocketTasks {
+    pub(crate) fn new(stop: CancellationToken) -> Self {
+        SocketTasks {
+            tracker: TaskTracker::new(),
+            stop,
+            created_file: None,
+            inproc: None,
+        }
+    }
+
+    /// Runs a task that watches `stop` itself (and flushes before it ends).
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
+    }
+
+    /// Runs a task that has nothing to flush: it is dropped where it
+    /// stands once `stop` fires.
+    pub(crate) fn spawn_until_stopped(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            stop.run_until_cancelled(task).await;
+        });
+    }
+
+    /// Stops the socket without waiting (it is dropped, or the messenger
+    /// is): its tasks end by themselves.
+    pub(crate) fn close(&mut self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.release_files();
+    }
+
+    /// Stops the socket, giving what was already handed to it up to
+    /// `linger` to reach the peer (libzmq's ZMQ_LINGER), and returns once
+    /// its tasks have ended.
+    pub(crate) async fn close_gracefully(&mut self, linger: Duration) {
+        self.stop.cancel();
+        self.tracker.close();
+        let ended = tokio::time::timeout(linger + LINGER_SLACK, self.tracker.wait()).await;
+        if ended.is_err() {
+            tracing::warn!(
+                tasks = self.tracker.len(),
+                "socket tasks outlived the linger period"
+            );
+        }
+        self.release_files();
+    }
+
+    fn release_files(&mut self) {
+        if let Some(path) = self.created_file.take() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove ipc socket file")
+                }
+            }
+        }
+        self.inproc.take();
+    }
+}
+
+impl Drop for SocketTasks {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
