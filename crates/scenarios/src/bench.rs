@@ -1,7 +1,7 @@
 //! `messenger bench`: request/reply round-trip latency (1 in flight) and
 //! pipelined throughput (N in flight) over tcp, ipc and inproc.
 //!
-//! Every request is `Messenger::request(conn, wire::ECHO, body)` (the
+//! Every request is `Messenger::request(conn, ECHO, body)` (the
 //! builtin ECHO, with resending and duplicate suppression on, as users run
 //! it), or with `--via slc` a NOOP-addressed request that the server's
 //! server loop answers (`messenger serve --slc echo`). N in flight means N
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::ValueEnum;
-use messenger::{ConnectionId, Endpoint, Incoming, Messenger, Responder, wire};
+use messenger::{ConnectionId, ECHO, Endpoint, Incoming, Messenger, NOOP, Responder};
 use serde::Serialize;
 
 /// Which callback the requests address.
@@ -117,11 +117,7 @@ pub struct Window {
 
 /// The latency percentile `p` (0..=1) of sorted nanoseconds, nearest rank.
 pub fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
-    if sorted_ns.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted_ns.len() as f64).ceil() as usize).clamp(1, sorted_ns.len());
-    sorted_ns[rank - 1] as f64 / 1e3
+    crate::nearest_rank(sorted_ns, p).map_or(f64::NAN, |ns| ns as f64 / 1e3)
 }
 
 /// Builds a sample from the window, counts and latencies (any order).
@@ -293,8 +289,8 @@ pub fn request_fn(
 + 'static {
     let m = m.clone();
     let dst = match via {
-        Via::Echo => wire::ECHO,
-        Via::Slc => wire::NOOP,
+        Via::Echo => ECHO,
+        Via::Slc => NOOP,
     };
     move || {
         let (m, body) = (m.clone(), body.clone());
@@ -318,7 +314,7 @@ pub fn request_fn(
 
 /// The server loop of the in-process server: answers what asks for a reply.
 pub fn echo_slc(msg: Incoming, r: Responder) {
-    if msg.src_cb != wire::NOOP {
+    if msg.src_cb != NOOP {
         let _ = r.try_reply(&msg.body);
     }
 }

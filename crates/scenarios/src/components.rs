@@ -25,9 +25,9 @@ use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{Latency, per_second, unique};
+use super::{Latency, SetupError, per_second, unique};
 use messenger::typed::TypedRequestError;
-use messenger::{ConnectionId, Endpoint, Incoming, Messenger, Responder, StatsSnapshot, wire};
+use messenger::{ConnectionId, Endpoint, Incoming, Messenger, NOOP, Responder, StatsSnapshot};
 
 /// An aggregate over the table's one column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,14 +229,9 @@ pub enum ComponentsError {
     /// The options make no sense.
     #[error("invalid options: {0}")]
     Options(String),
-    /// A messenger, listener or connection could not be set up.
-    #[error("{what}: {message}")]
-    Setup {
-        /// What was being set up.
-        what: String,
-        /// Why it failed.
-        message: String,
-    },
+    /// A messenger, listener, connection or process could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// A query text did not parse.
     #[error("cannot parse {text:?}: {why}")]
     Parse {
@@ -265,11 +260,8 @@ pub enum ComponentsError {
     },
 }
 
-fn setup(what: impl Into<String>, message: impl fmt::Display) -> ComponentsError {
-    ComponentsError::Setup {
-        what: what.into(),
-        message: message.to_string(),
-    }
+fn setup(what: impl Into<String>, why: impl fmt::Display) -> ComponentsError {
+    SetupError::new(what, why.to_string()).into()
 }
 
 /// Parses `SELECT AGG(v) FROM table WHERE v > N` (case-insensitive
@@ -484,7 +476,7 @@ async fn wire_up(
                     rows_scanned: values.len() as u64,
                     micros,
                 });
-                let report = executor.send_typed(exec_to_planner, wire::NOOP, &fb, None);
+                let report = executor.send_typed(exec_to_planner, NOOP, &fb, None);
                 match tokio::time::timeout(SEND_LIMIT, report).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
@@ -538,7 +530,7 @@ async fn run_query(
     let plan: Plan = tokio::time::timeout(
         timeout,
         c.parser
-            .request_typed(c.to_planner, wire::NOOP, &PlannerRequest::Plan(q.clone())),
+            .request_typed(c.to_planner, NOOP, &PlannerRequest::Plan(q.clone())),
     )
     .await
     .map_err(|_| setup(format!("plan query {id}"), "timed out"))?
@@ -551,7 +543,7 @@ async fn run_query(
             let Some(conn) = conn else {
                 return Err(setup(what, "the plan names an unknown partition"));
             };
-            let request = c.parser.request_typed::<_, Partial>(conn, wire::NOOP, f);
+            let request = c.parser.request_typed::<_, Partial>(conn, NOOP, f);
             tokio::time::timeout(timeout, request)
                 .await
                 .map_err(|_| setup(what.clone(), "timed out"))?

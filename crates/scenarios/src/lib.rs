@@ -23,6 +23,30 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Something a scenario could not set up (a messenger, a listener, a
+/// connection, a child process), and why: shared by every scenario's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct SetupError {
+    /// What was being set up.
+    pub what: String,
+    /// Why it failed.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SetupError {
+    /// `what` could not be set up, because of `why`.
+    pub fn new(
+        what: impl Into<String>,
+        why: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        SetupError {
+            what: what.into(),
+            source: why.into(),
+        }
+    }
+}
+
 /// A summary of latency samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Latency {
@@ -43,16 +67,23 @@ impl Latency {
             return Latency::default();
         }
         samples.sort_unstable();
-        let n = samples.len();
-        // Nearest rank: the smallest sample with at least q of them at or below it.
-        let rank = |q: usize| samples[((n * q).div_ceil(100)).clamp(1, n) - 1];
+        let rank = |p| nearest_rank(&samples, p).unwrap_or_default();
         Latency {
-            count: n,
-            p50: rank(50),
-            p99: rank(99),
-            max: samples[n - 1],
+            count: samples.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: rank(1.0),
         }
     }
+}
+
+/// The `p` (0..=1) percentile of `sorted` by nearest rank: the smallest
+/// sample with at least a fraction `p` of them at or below it. The one
+/// percentile every report here uses.
+pub fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let n = sorted.len();
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n.max(1));
+    sorted.get(rank - 1).copied()
 }
 
 impl fmt::Display for Latency {

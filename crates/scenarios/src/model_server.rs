@@ -47,11 +47,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Latency, Micros, per_second, unique};
+use super::{Latency, Micros, SetupError, per_second, unique};
+use messenger::internals::wire;
 use messenger::typed::{from_json, to_json};
 use messenger::{
     Config, Destination, Endpoint, Incoming, ListenerInfo, Messenger, RequestError, Responder,
-    StatsSnapshot, wire,
+    StatsSnapshot,
 };
 
 /// The manager's listener identity, as in NoisePage.
@@ -270,14 +271,9 @@ pub enum ModelServerError {
     /// The options make no sense.
     #[error("invalid options: {0}")]
     Options(String),
-    /// The messenger or its listener could not be set up.
-    #[error("{what}: {message}")]
-    Setup {
-        /// What was being set up.
-        what: String,
-        /// Why it failed.
-        message: String,
-    },
+    /// A messenger, listener, connection or process could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// The model server's process could not be started.
     #[error("cannot start the model server {command:?}: {source}")]
     Spawn {
@@ -328,11 +324,8 @@ pub enum ModelServerError {
     DidNotExit(Duration),
 }
 
-fn setup(what: &str, message: impl fmt::Display) -> ModelServerError {
-    ModelServerError::Setup {
-        what: what.to_string(),
-        message: message.to_string(),
-    }
+fn setup(what: &str, why: impl fmt::Display) -> ModelServerError {
+    SetupError::new(what, why.to_string()).into()
 }
 
 /// Splits a command line into words: whitespace separates words, single
@@ -784,14 +777,14 @@ async fn drive(
 /// receives raw frames and keeps none of the messenger's rules.
 struct RawDealer {
     stream: tokio::net::UnixStream,
-    engine: messenger::zmtp::Engine,
-    encoder: messenger::zmtp::Encoder,
+    engine: messenger::internals::zmtp::Engine,
+    encoder: messenger::internals::zmtp::Encoder,
     rbuf: bytes::BytesMut,
 }
 
 impl RawDealer {
     async fn connect(path: &Path, identity: &'static [u8]) -> Result<Self, String> {
-        use messenger::zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
+        use messenger::internals::zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
         let mut stream = tokio::net::UnixStream::connect(path)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
@@ -848,7 +841,7 @@ impl RawDealer {
     /// The next message's frames. Cancel-safe: what was read stays in
     /// `rbuf`.
     async fn recv(&mut self) -> Result<Vec<Bytes>, String> {
-        use messenger::zmtp::Event;
+        use messenger::internals::zmtp::Event;
         loop {
             match self.engine.decode(&mut self.rbuf, Instant::now()) {
                 Ok(Some(Event::Message)) => return Ok(std::mem::take(self.engine.frames())),

@@ -41,11 +41,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{Latency, Micros, per_second};
+use super::{Latency, Micros, SetupError, per_second};
 use messenger::typed::{from_msgpack, to_msgpack};
 use messenger::{
-    BindError, Config, ConnectionId, Endpoint, Incoming, Messenger, RequestError, Responder,
-    StatsSnapshot, wire,
+    BindError, Config, ConnectionId, Endpoint, Incoming, Messenger, NOOP, RequestError, Responder,
+    StatsSnapshot,
 };
 
 /// One record of the replicated log.
@@ -333,14 +333,9 @@ pub enum ReplicationError {
     /// The options make no sense.
     #[error("invalid options: {0}")]
     Options(String),
-    /// A messenger, listener or connection could not be set up.
-    #[error("{what}: {message}")]
-    Setup {
-        /// What was being set up.
-        what: String,
-        /// Why it failed.
-        message: String,
-    },
+    /// A messenger, listener, connection or process could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// The deadline passed before everything committed.
     #[error(
         "timed out after {after:?}: {committed} of {total} batches committed; replicas confirmed LSNs {confirmed:?}"
@@ -377,7 +372,7 @@ pub enum ReplicationError {
 
 fn setup(what: impl Into<String>) -> impl FnOnce(String) -> ReplicationError {
     let what = what.into();
-    move |message| ReplicationError::Setup { what, message }
+    move |why| SetupError::new(what, why).into()
 }
 
 #[derive(Debug, Default)]
@@ -716,9 +711,7 @@ async fn drive(
                 let body = written[idx].body.clone();
                 let timeout = opts.request_timeout;
                 in_flight.push(async move {
-                    let result = m
-                        .request_with_timeout(conn, wire::NOOP, &body, timeout)
-                        .await;
+                    let result = m.request_with_timeout(conn, NOOP, &body, timeout).await;
                     Done {
                         replica: i,
                         epoch,
