@@ -264,18 +264,23 @@ pub struct Got {
 pub struct Seen(Arc<Mutex<Vec<Got>>>);
 
 impl Seen {
+    /// Records `m`, for a server loop of the test's own.
+    pub fn record(&self, m: &Incoming) {
+        self.0.lock().unwrap().push(Got {
+            msg_id: m.msg_id,
+            src_cb: m.src_cb,
+            peer: m.peer.clone(),
+            body: m.body.clone(),
+        });
+    }
+
     fn recorder(
         &self,
         answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
     ) -> impl Fn(Incoming, Responder) + Send + Sync + 'static {
         let seen = self.clone();
         move |m: Incoming, r: Responder| {
-            seen.0.lock().unwrap().push(Got {
-                msg_id: m.msg_id,
-                src_cb: m.src_cb,
-                peer: m.peer.clone(),
-                body: m.body.clone(),
-            });
+            seen.record(&m);
             if m.src_cb != wire::NOOP
                 && let Some(body) = answer(&m.body)
             {
@@ -487,6 +492,21 @@ impl Rng {
     /// True about once in `n` calls.
     pub fn one_in(&mut self, n: u64) -> bool {
         self.below(n) == 0
+    }
+}
+
+/// The number in environment variable `name` (a test's size knob), or
+/// `default` when it is not set; panics on anything that is not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}={v:?} is not a number: {e}")),
+        Err(_) => default,
     }
 }
 
