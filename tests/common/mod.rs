@@ -340,6 +340,17 @@ impl Seen {
     }
 }
 
+/// Opens a gate (a semaphore server loops wait at) for good when dropped,
+/// so a failing test does not leave a loop blocked (and the runtime
+/// waiting for it).
+pub struct OpenOnDrop(pub Arc<tokio::sync::Semaphore>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.add_permits(1 << 20);
+    }
+}
+
 /// `Bytes` of each string, for comparing with [`Seen::bodies`].
 pub fn bytes_vec(items: &[&str]) -> Vec<Bytes> {
     items
@@ -440,6 +451,18 @@ pub async fn connect_as(
     .await
     .unwrap_or_else(|e| panic!("{name}: connect to {endpoint}: {e}"));
     (m, conn)
+}
+
+/// `m.request(dest, dst_cb, body)` on a task of its own, for a test that
+/// does something else while it waits.
+pub fn spawn_request(
+    m: &Messenger,
+    dest: impl Into<messenger::Destination>,
+    dst_cb: u64,
+    body: impl AsRef<[u8]>,
+) -> tokio::task::JoinHandle<Result<Incoming, messenger::RequestError>> {
+    let (m, dest, body) = (m.clone(), dest.into(), body.as_ref().to_vec());
+    tokio::spawn(async move { m.request(dest, dst_cb, body).await })
 }
 
 /// Sends `body` to callback `cb` on `conn` (ECHO, or a server loop that
