@@ -9,14 +9,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Place, connect_as, eventually, raw_zmtp, round_trip, serve, within};
-use messenger::{
-    Config, ConnectError, ConnectionId, Incoming, ListenerInfo, Messenger, Responder, wire,
+use common::{
+    Got, Place, Seen, connect_as, eventually, raw_zmtp, retry, round_trip, serve, wait_until,
+    within,
 };
+use messenger::{Config, ConnectError, ConnectionId, ListenerInfo, Messenger, wire};
 
 /// Intruder rounds; each runs a raw intruder and an API intruder while a
 /// batch of the live peer's requests is in flight.
@@ -24,19 +24,17 @@ const ROUNDS: usize = 10;
 /// Requests of the live peer per round.
 const PER_ROUND: usize = 10;
 
-type Seen = Arc<Mutex<Vec<(Bytes, Bytes)>>>;
-
-/// A listener whose server loop records (peer, body) and replies with the
+/// A listener whose server loop records what it sees and replies with the
 /// body.
 async fn server(transport: &str) -> (Messenger, ListenerInfo, Place, Seen) {
-    let seen: Seen = Arc::default();
-    let s = Arc::clone(&seen);
-    let slc = move |m: Incoming, r: Responder| {
-        s.lock().unwrap().push((m.peer.clone(), m.body.clone()));
-        let _ = r.try_reply(&m.body);
-    };
-    let (server, bound, p) = serve(transport, Config::default(), slc).await;
+    let seen = Seen::default();
+    let (server, bound, p) = serve(transport, Config::default(), seen.echo_slc()).await;
     (server, bound, p, seen)
+}
+
+/// Every message the server loop saw came from alice.
+fn all_from_alice(seen: &[Got]) -> bool {
+    seen.iter().all(|g| g.peer.as_ref() == b"alice")
 }
 
 /// Alice, the live peer, connected to `listener`.
@@ -163,18 +161,9 @@ async fn live_peer_keeps_its_id(transport: &str) {
         "{transport}: alice lost her session: {astats:?}"
     );
     assert!(alice.is_connected(conn), "{transport}");
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(
-            seen.len(),
-            sent,
-            "{transport}: the server loop saw {seen:?}"
-        );
-        assert!(
-            seen.iter().all(|(peer, _)| peer.as_ref() == b"alice"),
-            "{transport}: {seen:?}"
-        );
-    }
+    let got = seen.all();
+    assert_eq!(got.len(), sent, "{transport}: the server loop saw {got:?}");
+    assert!(all_from_alice(&got), "{transport}: {got:?}");
     eprintln!(
         "{transport}: {sent} requests answered, {} intruders refused",
         stats.routing_id_conflicts
@@ -182,13 +171,9 @@ async fn live_peer_keeps_its_id(transport: &str) {
 
     // Once alice is gone her id is free again.
     alice.shutdown().await;
-    within(10, "the id is free after alice left", async {
-        loop {
-            match raw_hello(&bound, b"alice").await {
-                Answer::Ready => break,
-                Answer::Refused(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+    let what = "the id is free after alice left";
+    retry(10, what, Duration::from_millis(20), async || {
+        matches!(raw_hello(&bound, b"alice").await, Answer::Ready).then_some(())
     })
     .await;
     server.shutdown().await;
@@ -230,21 +215,15 @@ async fn a_live_peers_identity_is_refused_on_inproc() {
     }
     assert!(alice.is_connected(conn));
     assert_eq!(alice.stats().reconnects, 0);
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), PER_ROUND + 1, "{seen:?}");
-        assert!(seen.iter().all(|(peer, _)| peer.as_ref() == b"alice"));
-    }
+    let got = seen.all();
+    assert_eq!(got.len(), PER_ROUND + 1, "{got:?}");
+    assert!(all_from_alice(&got), "{got:?}");
 
     // Once alice is gone the twin gets in.
     alice.shutdown().await;
-    let c = within(10, "the twin connects after alice left", async {
-        loop {
-            match twin.make_connection(&bound.endpoint).await {
-                Ok(c) => break c,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+    let what = "the twin connects after alice left";
+    let c = retry(10, what, Duration::from_millis(20), async || {
+        twin.make_connection(&bound.endpoint).await.ok()
     })
     .await;
     round_trip(10, &twin, c, wire::NOOP, b"twin", "the twin is served").await;
@@ -273,8 +252,8 @@ fn pipelined_run(tag: &str, ids: impl IntoIterator<Item = usize>) -> Vec<u8> {
 /// Checks that no body reached the server loop twice; returns how many
 /// start with `prefix`.
 fn each_once(seen: &Seen, transport: &str, prefix: &str) -> usize {
-    let seen = seen.lock().unwrap();
-    let mut bodies: Vec<&[u8]> = seen.iter().map(|(_, b)| b.as_ref()).collect();
+    let seen = seen.bodies();
+    let mut bodies: Vec<&[u8]> = seen.iter().map(|b| b.as_ref()).collect();
     bodies.sort_unstable();
     let before = bodies.len();
     bodies.dedup();
@@ -325,15 +304,18 @@ async fn a_restart_loses_nothing_acked(transport: &str) {
     };
     let second_run = async {
         let mut refusals = 0;
-        let mut second = loop {
+        let what = "the second run is taken";
+        // Boxed: debug builds lay these large futures out on the stack.
+        let mut second = Box::pin(retry(30, what, Duration::from_millis(1), async || {
             let mut r = raw_zmtp::dealer(&bound.endpoint, b"restarter", b"").await;
             let answer = r.command().await.unwrap();
             if answer.command_name() == Some(&b"READY"[..]) {
-                break r;
+                return Some(r);
             }
             refusals += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+            None
+        }))
+        .await;
         // In batches, each ACKed before the next, resending what is not
         // ACKed within 500 ms as any sender does (the listener refuses
         // messages unACKed while its server loop's queue is full, which
@@ -377,25 +359,17 @@ async fn a_restart_loses_nothing_acked(transport: &str) {
         .map(|i| format!("one-{i}"))
         .chain((0..RESTART_N).map(|i| format!("two-{i}")))
         .collect();
-    let missing = |seen: &[(Bytes, Bytes)]| -> Vec<String> {
-        let bodies: std::collections::HashSet<&[u8]> =
-            seen.iter().map(|(_, b)| b.as_ref()).collect();
+    let missing = || -> Vec<String> {
+        let bodies = seen.bodies();
+        let bodies: std::collections::HashSet<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
         wanted
             .iter()
             .filter(|w| !bodies.contains(w.as_bytes()))
             .cloned()
             .collect()
     };
-    let all_there = async {
-        while !missing(&seen.lock().unwrap()).is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(10), all_there)
-        .await
-        .is_err()
-    {
-        let gone = missing(&seen.lock().unwrap());
+    if !wait_until(Duration::from_secs(10), || missing().is_empty()).await {
+        let gone = missing();
         panic!(
             "{transport}: {} ACKed messages never reached the server loop: {:?}",
             gone.len(),
@@ -467,9 +441,8 @@ async fn a_restarted_messenger_loses_nothing_confirmed(transport: &str) {
     wanted.extend(run("two", N).await);
     assert!(wanted.len() >= N + N / 4, "{transport}: {}", wanted.len());
     eventually(10, "every confirmed message at the server loop", || {
-        let seen = seen.lock().unwrap();
-        let bodies: std::collections::HashSet<&[u8]> =
-            seen.iter().map(|(_, b)| b.as_ref()).collect();
+        let bodies = seen.bodies();
+        let bodies: std::collections::HashSet<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
         wanted.iter().all(|w| bodies.contains(w.as_bytes()))
     })
     .await;

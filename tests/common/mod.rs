@@ -3,7 +3,8 @@
 //! bounded waits, so a bug fails a test instead of hanging CI; `python`
 //! finds (or builds) the interpreter for tests that run pyzmq peers;
 //! `raw_zmtp` speaks ZMTP by hand for raw peers (well-behaved or hostile)
-//! and counts every byte they receive; `memory` measures the resident set.
+//! and counts every byte they receive; `memory` measures the resident set;
+//! `serve` runs `messenger serve` as a child process.
 //! Below: bounded waits (async and blocking), server loops that record
 //! what they see ([`Seen`]) or hand it to the test ([`forwarding`]), a
 //! listening server, a connected client and both at once ([`pair`]), a
@@ -14,6 +15,7 @@
 pub mod memory;
 pub mod python;
 pub mod raw_zmtp;
+pub mod serve;
 
 use std::future::Future;
 use std::process::{Child, ExitStatus};
