@@ -7,17 +7,24 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{eventually, place, raw_recv, raw_send, within};
-use messenger::{Config, Endpoint, Incoming, Messenger, Responder, wire};
-use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, RouterSocket, SocketOptions};
+use common::{
+    Place, RAW_TRANSPORTS, Seen, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send,
+    round_trip, serve, within,
+};
+use messenger::{Config, Endpoint, Messenger, wire};
+use zeromq::DealerSocket;
 
-const RAW_TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
 const MAX_MESSAGE: usize = 4096;
+
+/// A config whose largest message is `MAX_MESSAGE`.
+fn small() -> Config {
+    Config {
+        max_message_size: MAX_MESSAGE,
+        ..Config::default()
+    }
+}
 
 /// A raw DEALER talking to one of our listeners, numbering its messages.
 struct RawPeer {
@@ -29,18 +36,8 @@ struct RawPeer {
 
 impl RawPeer {
     async fn connect(endpoint: &Endpoint, identity: &str) -> Self {
-        let mut opts = SocketOptions::default();
-        opts.peer_identity(PeerIdentity::try_from(identity.as_bytes().to_vec()).unwrap());
-        let mut socket = DealerSocket::with_options(opts);
-        within(
-            5,
-            "raw dealer connects",
-            socket.connect(&endpoint.to_string()),
-        )
-        .await
-        .unwrap();
         RawPeer {
-            socket,
+            socket: raw_dealer(endpoint, identity).await,
             next_id: 0,
             seen: HashSet::new(),
         }
@@ -97,21 +94,9 @@ impl RawPeer {
 }
 
 /// A listener whose SLC records what reaches it.
-async fn start_server(t: &str) -> (Messenger, Endpoint, Arc<Mutex<Vec<Bytes>>>, common::Place) {
-    let p = place(t);
-    let config = Config {
-        max_message_size: MAX_MESSAGE,
-        ..Config::default()
-    };
-    let server = Messenger::with_config("server", config).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = Arc::clone(&seen);
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", move |m: Incoming, _: Responder| {
-            seen2.lock().unwrap().push(m.body.clone());
-        })
-        .await
-        .unwrap();
+async fn start_server(t: &str) -> (Messenger, Endpoint, Seen, Place) {
+    let seen = Seen::default();
+    let (server, bound, p) = serve(t, small(), seen.quiet_slc()).await;
     (server, bound.endpoint, seen, p)
 }
 
@@ -177,10 +162,9 @@ async fn malformed_messages_are_dropped_counted_and_survived() {
         let id = raw.next_id;
         raw.send(&[b"", format!("{id}-0-0-fine").as_bytes()]).await;
         raw.expect_ack(id, "fine").await;
-        eventually(5, "slc got fine", || !slc_seen.lock().unwrap().is_empty()).await;
-        assert_eq!(*slc_seen.lock().unwrap(), vec![Bytes::from("fine")], "{t}");
-        let s = server.stats();
-        assert_eq!(s.malformed_dropped, cases.len() as u64, "{t}: {s:?}");
+        eventually(5, "slc got fine", || !slc_seen.is_empty()).await;
+        assert_eq!(slc_seen.bodies(), vec![Bytes::from("fine")], "{t}");
+        assert_stats!(server.stats(), t, malformed_dropped == cases.len() as u64);
         server.shutdown().await;
     }
 }
@@ -274,11 +258,15 @@ async fn unexpected_but_well_formed_messages() {
         let body = "-0-1-2-\u{0}\u{ff}-";
         raw.echo(body).await;
 
-        assert!(slc_seen.lock().unwrap().is_empty(), "{t}");
+        assert!(slc_seen.is_empty(), "{t}");
         let s = server.stats();
-        assert_eq!(s.malformed_dropped, 0, "{t}: {s:?}");
-        assert_eq!(s.slc_delivered, 0, "{t}: {s:?}");
-        assert_eq!(s.late_replies_dropped, 3, "{t}: {s:?}");
+        assert_stats!(
+            s,
+            t,
+            malformed_dropped == 0,
+            slc_delivered == 0,
+            late_replies_dropped == 3
+        );
         server.shutdown().await;
     }
 }
@@ -307,14 +295,8 @@ async fn largest_msg_id_is_handled() {
         // Another peer is still served: the ProcessMessage loop is alive.
         let mut other = RawPeer::connect(&endpoint, "other").await;
         other.echo("still alive").await;
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap();
-        let reply = within(5, "echo", client.request(conn, wire::ECHO, "alive"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body, Bytes::from("alive"), "{t}");
+        let (client, conn) = connect(Config::default(), &endpoint).await;
+        round_trip(5, &client, conn, wire::ECHO, b"alive", t).await;
         client.shutdown().await;
         server.shutdown().await;
     }
@@ -326,32 +308,13 @@ async fn largest_msg_id_is_handled() {
 #[tokio::test]
 async fn garbage_from_a_raw_router_is_dropped_by_our_connection() {
     for t in RAW_TRANSPORTS {
-        let p = place(t);
-        let mut router = RouterSocket::new();
-        let url = match t {
-            "tcp" => "tcp://127.0.0.1:0".to_string(),
-            _ => p.endpoint.to_string(),
-        };
-        let bound = router.bind(&url).await.unwrap();
-        let endpoint: Endpoint = bound.to_string().parse().unwrap();
-        let config = Config {
-            max_message_size: MAX_MESSAGE,
-            ..Config::default()
-        };
-        let client = Messenger::with_config("client", config).unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap();
+        let (mut router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(small(), &endpoint).await;
 
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "question").await });
-        let f = raw_recv(&mut router, 5, "request").await;
-        assert_eq!(f.len(), 3, "{t}: {f:?}");
-        assert_eq!(f[0], Bytes::from("client"), "{t}");
-        assert!(f[1].is_empty(), "{t}");
-        let m = wire::parse(&f[2]).unwrap();
+        let req = common::spawn_request(&client, conn, wire::NOOP, "question");
+        let m = common::raw_payload(&mut router, "client", "request").await;
         assert_eq!(m.body, Bytes::from("question"), "{t}");
-        let peer = f[0].clone();
+        let peer = Bytes::from("client");
         let ack = format!("{}-0-2-", m.msg_id);
         raw_send(&mut router, &[&peer, b"raw", b"", ack.as_bytes()]).await;
 
@@ -407,9 +370,13 @@ async fn garbage_from_a_raw_router_is_dropped_by_our_connection() {
         .await;
         assert_eq!(f[0], peer, "{t}");
         let s = client.stats();
-        assert_eq!(s.malformed_dropped, cases.len() as u64, "{t}: {s:?}");
-        assert_eq!(s.msc_delivered, 1, "{t}: {s:?}");
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        assert_stats!(
+            s,
+            t,
+            malformed_dropped == cases.len() as u64,
+            msc_delivered == 1,
+            pending_callbacks == 0
+        );
         client.shutdown().await;
     }
 }

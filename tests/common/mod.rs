@@ -605,6 +605,21 @@ pub async fn raw_recv<S: zeromq::SocketRecv + Send>(
         .into_vec()
 }
 
+/// The next message on a raw zeromq socket (within 5 s), checked to be
+/// `[peer, "", payload]` as a ROUTER gets it from `peer` or a DEALER from
+/// the listener `peer`; its payload, parsed.
+pub async fn raw_payload<S: zeromq::SocketRecv + Send>(
+    socket: &mut S,
+    peer: &str,
+    what: &str,
+) -> wire::Payload {
+    let f = raw_recv(socket, 5, what).await;
+    assert_eq!(f.len(), 3, "{what}: {f:?}");
+    assert_eq!(f[0], peer.as_bytes(), "{what}: {f:?}");
+    assert!(f[1].is_empty(), "{what}: {f:?}");
+    wire::parse(&f[2]).unwrap_or_else(|e| panic!("{what}: malformed payload {f:?}: {e}"))
+}
+
 /// Sends `parts` as one multipart message on a raw zeromq socket.
 pub async fn raw_send<S: zeromq::SocketSend + Send>(socket: &mut S, parts: &[&[u8]]) {
     within(5, "raw send", socket.send(frames(parts)))
