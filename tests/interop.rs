@@ -137,19 +137,8 @@ impl Proc {
     /// Waits up to `limit` for the process to exit; kills it and returns
     /// `None` if it does not.
     fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return None;
-                }
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
+        common::wait_child(&mut self.child, limit)
+            .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name))
     }
 
     /// Takes the remaining stdout lines once the process has exited; returns
@@ -415,6 +404,19 @@ fn cli(args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
     let mut p = Proc::spawn(&format!("messenger {}", args.join(" ")), cmd);
     let (status, lines) = p.finish(limit);
     (status, lines.join("\n"), p.stderr())
+}
+
+/// `messenger VERB ENDPOINT BODY --identity IDENTITY` with `flags`, within
+/// `SHORT`; its status, stdout and stderr.
+fn cli_as(
+    verb: &str,
+    endpoint: &str,
+    body: &str,
+    identity: &str,
+    flags: &[&str],
+) -> (ExitStatus, String, String) {
+    let args = [verb, endpoint, body, "--identity", identity];
+    cli(&[&args[..], flags].concat(), SHORT)
 }
 
 fn seconds(v: &Value) -> f64 {
@@ -743,18 +745,8 @@ fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
     for bind in ["tcp://127.0.0.1:*", ipc.as_str()] {
         let mut router = PyRouter::start(&py, &["--bind", bind]);
         let ep = router.endpoint.clone();
-        let (status, out, err) = cli(
-            &[
-                "request",
-                &ep,
-                "hello router",
-                "--callback",
-                "1",
-                "--identity",
-                "rq-echo",
-            ],
-            SHORT,
-        );
+        let callback = ["--callback", "1"];
+        let (status, out, err) = cli_as("request", &ep, "hello router", "rq-echo", &callback);
         assert!(status.success(), "{ep}: {status}: {err}");
         assert_eq!(out, "hello router", "{ep}");
         let ev = router.wait_event("the ECHO", |v| v["kind"] == "echo");
@@ -771,10 +763,7 @@ fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
 fn cli_request_to_python_server_loop() {
     let Some(py) = python() else { return };
     let mut router = PyRouter::start(&py, &[]);
-    let (status, out, err) = cli(
-        &["request", &router.endpoint, "work", "--identity", "rq-slc"],
-        SHORT,
-    );
+    let (status, out, err) = cli_as("request", &router.endpoint, "work", "rq-slc", &[]);
     assert!(status.success(), "{status}: {err}");
     assert_eq!(out, "py:work");
     let ev = router.wait_event("the request", |v| v["kind"] == "slc");
@@ -786,17 +775,13 @@ fn cli_request_to_python_server_loop() {
 fn cli_dealer_accepts_replies_without_router_identity() {
     let Some(py) = python() else { return };
     let router = PyRouter::start(&py, &["--two-frame-replies"]);
-    let (status, out, err) = cli(
-        &[
-            "request",
-            &router.endpoint,
-            "two frames",
-            "--callback",
-            "1",
-            "--identity",
-            "rq-two",
-        ],
-        SHORT,
+    let callback = ["--callback", "1"];
+    let (status, out, err) = cli_as(
+        "request",
+        &router.endpoint,
+        "two frames",
+        "rq-two",
+        &callback,
     );
     assert!(status.success(), "{status}: {err}");
     assert_eq!(out, "two frames");
@@ -807,18 +792,8 @@ fn cli_dealer_accepts_replies_without_router_identity() {
 fn cli_send_succeeds_once_python_acks() {
     let Some(py) = python() else { return };
     let router = PyRouter::start(&py, &["--no-reply"]);
-    let (status, _, err) = cli(
-        &[
-            "send",
-            &router.endpoint,
-            "confirmed",
-            "--callback",
-            "0",
-            "--identity",
-            "snd-ok",
-        ],
-        SHORT,
-    );
+    let callback = ["--callback", "0"];
+    let (status, _, err) = cli_as("send", &router.endpoint, "confirmed", "snd-ok", &callback);
     assert!(status.success(), "{status}: {err}");
     let events = router.stop();
     let got: Vec<_> = events.iter().filter(|v| v["peer"] == "snd-ok").collect();
@@ -833,17 +808,13 @@ fn cli_send_resends_then_fails_without_ack() {
     let Some(py) = python() else { return };
     let router = PyRouter::start(&py, &["--no-ack"]);
     let start = Instant::now();
-    let (status, _, err) = cli(
-        &[
-            "send",
-            &router.endpoint,
-            "never acked",
-            "--timeout",
-            "2500ms",
-            "--identity",
-            "snd-noack",
-        ],
-        SHORT,
+    let timeout = ["--timeout", "2500ms"];
+    let (status, _, err) = cli_as(
+        "send",
+        &router.endpoint,
+        "never acked",
+        "snd-noack",
+        &timeout,
     );
     let took = start.elapsed();
     let events = router.stop();
@@ -889,10 +860,7 @@ fn cli_request_acks_the_reply_before_exiting() {
     let ep = router.endpoint.clone();
     for i in 0..10 {
         let id = format!("rq-ack-{i}");
-        let (status, _, err) = cli(
-            &["request", &ep, "x", "--callback", "1", "--identity", &id],
-            SHORT,
-        );
+        let (status, _, err) = cli_as("request", &ep, "x", &id, &["--callback", "1"]);
         assert!(status.success(), "{err}");
     }
     for i in 0..10 {
@@ -1010,19 +978,17 @@ fn python_auth_with_a_wrong_secret_is_refused() {
     assert!(p.seen.is_empty(), "{}", p.context());
     assert!(p.stderr().contains("no ECHO reply"), "{}", p.context());
     // The listener said why it dropped the peer.
-    let deadline = Instant::now() + SHORT;
-    while !serve
-        .proc
-        .stderr()
-        .contains("authentication MAC does not match")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "serve did not log the refusal; {}",
-            serve.proc.context()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let logged = common::wait_until_blocking(SHORT, Duration::from_millis(20), || {
+        serve
+            .proc
+            .stderr()
+            .contains("authentication MAC does not match")
+    });
+    assert!(
+        logged,
+        "serve did not log the refusal; {}",
+        serve.proc.context()
+    );
     // The same listener still takes the right secret.
     let (status, p) = python_auth(&py, &serve.tcp, "the right one", "10");
     assert!(status.success(), "{status}; {}", p.context());

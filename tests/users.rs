@@ -16,11 +16,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use common::python::python;
 
@@ -55,62 +53,23 @@ impl Finished {
     }
 }
 
-/// Kills the child if the test panics before it is reaped.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs `cmd` to completion within `limit`; a process still running then
 /// is killed and the test fails.
 fn run(mut cmd: Command, what: &str, limit: Duration) -> Finished {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1");
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let reader = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
+    cmd.env("NO_COLOR", "1");
+    let ran =
+        common::run_bounded(cmd, limit).unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let Some(status) = ran.status else {
+        panic!(
+            "{what} still running after {limit:?}; killed it\n--- stderr\n{}",
+            ran.stderr
+        );
     };
-    let out = reader(Box::new(child.stdout.take().expect("stdout is piped")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr is piped")));
-    let mut guard = KillOnDrop(Some(child));
-    let status = loop {
-        let c = guard
-            .0
-            .as_mut()
-            .expect("the child is only taken once it exited");
-        match c.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                drop(guard);
-                let stderr = err.join().unwrap_or_default();
-                panic!("{what} still running after {limit:?}; killed it\n--- stderr\n{stderr}");
-            }
-            Err(e) => panic!("cannot wait for {what}: {e}"),
-        }
-    };
-    guard.0 = None;
-    let elapsed = start.elapsed();
     Finished {
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        elapsed,
+        stdout: ran.stdout,
+        stderr: ran.stderr,
+        elapsed: ran.elapsed,
     }
 }
 
@@ -257,23 +216,17 @@ fn child_pid(r: &Finished) -> u32 {
 /// after the manager exited. A zombie has ended: it counts as gone.
 fn assert_gone(pid: u32, r: &Finished) {
     let stat = format!("/proc/{pid}/stat");
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let alive = match std::fs::read_to_string(&stat) {
-            Err(_) => false,
-            // "pid (comm) S ...": the state follows the last ')'.
-            Ok(s) => s
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        };
-        if !alive {
-            return;
-        }
-        if Instant::now() > until {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("model server pid {pid} was left running: {}", r.context());
-        }
-        thread::sleep(Duration::from_millis(20));
+    let alive = || match std::fs::read_to_string(&stat) {
+        Err(_) => false,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+    };
+    let every = Duration::from_millis(20);
+    if !common::wait_until_blocking(Duration::from_secs(5), every, || !alive()) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("model server pid {pid} was left running: {}", r.context());
     }
 }
 
