@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{
     Place, RAW_TRANSPORTS, Rng, Seen, TRANSPORTS, bytes_vec, connect, eventually, eventually_real,
-    forwarding, no_slc, pair, raw_dealer, raw_recv, raw_router, raw_send, serve, within,
+    expect_reply, forwarding, forwarding_pair, no_slc, pair, raw_dealer, raw_recv, raw_router,
+    raw_send, serve, spawn_request, within,
 };
 use messenger::{
     Callback, Config, ConnectionId, Destination, Endpoint, Heartbeat, Incoming, Messenger,
@@ -55,8 +56,7 @@ async fn request_is_resent_after_its_first_copy_is_dropped() {
     for t in RAW_TRANSPORTS {
         let (mut router, endpoint, _p) = raw_router(t).await;
         let (client, conn) = connect(quick(), &endpoint).await;
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "question").await });
+        let req = spawn_request(&client, conn, wire::NOOP, "question");
 
         let first = raw_recv(&mut router, 5, "first copy").await;
         assert_eq!(first.len(), 3, "{t}: {first:?}");
@@ -76,11 +76,7 @@ async fn request_is_resent_after_its_first_copy_is_dropped() {
         let reply = format!("0-0-{}-answer", m.src_cb);
         raw_send(&mut router, &[b"client", b"raw", b"", reply.as_bytes()]).await;
 
-        let reply = within(5, "request completes", req)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(reply.body, Bytes::from("answer"), "{t}");
+        expect_reply(req, b"answer", &format!("{t}: request completes")).await;
         assert_stats!(client.stats(), t, resends >= 1, pending_callbacks == 0);
         client.shutdown().await;
     }
@@ -379,8 +375,7 @@ async fn late_reply_after_the_deadline_is_dropped() {
 #[tokio::test]
 async fn dropping_a_request_future_frees_its_callback() {
     for t in TRANSPORTS {
-        let (slc, mut asked) = forwarding();
-        let p = pair(t, Config::default(), Config::default(), slc).await;
+        let (p, mut asked) = forwarding_pair(t).await;
         let (client, conn) = (&p.client, p.conn);
 
         let short = Duration::from_millis(100);
@@ -1011,23 +1006,26 @@ async fn lossy_soak(t: &str, seed: u64) {
     let sent_in = start.elapsed();
     let delivered = || counts.lock().unwrap().len();
     let mut last_progress = (0, std::time::Instant::now());
-    while delivered() < n {
-        let (now, (cs, ss)) = (delivered(), (client.stats(), server.stats()));
+    // Until all are delivered, or nothing is left to resend and nothing new
+    // came for 2 s (the rest are lost), within 120 s of the start.
+    let limit = Duration::from_secs(120).saturating_sub(start.elapsed());
+    common::wait_until(limit, || {
+        let now = delivered();
         if now > last_progress.0 {
             last_progress = (now, std::time::Instant::now());
         }
-        // Nothing left to resend and nothing new for 2 s: the rest are lost.
-        let lost = cs.pending_messages == 0 && last_progress.1.elapsed() > Duration::from_secs(2);
-        assert!(
-            !lost && start.elapsed() < Duration::from_secs(120),
-            "{t}: {now} of {n} delivered after {:?} (sent in {sent_in:?}); \
-             {} waiting for ACKs\nclient {cs:?}\nserver {ss:?}",
-            start.elapsed(),
-            cs.pending_messages,
-        );
-        // Polls for progress: a stall of 2 s fails above.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let stalled = last_progress.1.elapsed() > Duration::from_secs(2);
+        now >= n || (stalled && client.stats().pending_messages == 0)
+    })
+    .await;
+    let (now, cs, ss) = (delivered(), client.stats(), server.stats());
+    assert!(
+        now >= n,
+        "{t}: {now} of {n} delivered after {:?} (sent in {sent_in:?}); \
+         {} waiting for ACKs\nclient {cs:?}\nserver {ss:?}",
+        start.elapsed(),
+        cs.pending_messages,
+    );
     let what = format!("{t}: every message acknowledged");
     eventually_real(60, &what, || client.stats().pending_messages == 0).await;
     let total = start.elapsed();

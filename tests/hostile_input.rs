@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use common::{
-    Place, RAW_TRANSPORTS, Seen, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send,
-    round_trip, serve, within,
+    Place, RAW_TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_recv,
+    raw_router, raw_send, round_trip, serve, within,
 };
 use messenger::{Config, Endpoint, Messenger, wire};
 use zeromq::DealerSocket;
@@ -353,11 +353,7 @@ async fn garbage_from_a_raw_router_is_dropped_by_our_connection() {
 
         let good = format!("0-0-{cb}-answer");
         raw_send(&mut router, &[&peer, b"raw", b"", good.as_bytes()]).await;
-        let reply = within(5, "request completes", req)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(reply.body, Bytes::from("answer"), "{t}");
+        expect_reply(req, b"answer", &format!("{t}: request completes")).await;
         // Our connection ACKs the good reply.
         let f = within(5, "ACK of the answer", async {
             loop {

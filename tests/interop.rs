@@ -250,6 +250,12 @@ impl Serve {
         }
     }
 
+    /// A Python DEALER (`identity`) running `scenario` with `args` against
+    /// its tcp endpoint; its result, checked to be a success.
+    fn tcp_dealer(&self, py: &Path, scenario: &str, identity: &str, args: &[&str]) -> Value {
+        dealer(py, &self.tcp, scenario, identity, args)
+    }
+
     /// Waits for the server-loop line with `body` from `peer`.
     fn wait_for(&mut self, peer: &str, body: &str) -> Value {
         self.proc.json_until(SHORT, "server-loop line", |v| {
@@ -303,6 +309,13 @@ impl Serve {
             .collect();
         (lines, stats)
     }
+}
+
+/// Python and a `messenger serve` ("messenger-serve") with server loop
+/// `slc`; `None` (the test is skipped) without Python.
+fn python_and_serve(slc: &str) -> Option<(PathBuf, Serve)> {
+    let py = python()?;
+    Some((py, Serve::start(slc, "messenger-serve")))
 }
 
 /// The server-loop lines of one peer.
@@ -467,8 +480,9 @@ fn python_echo_over_tcp_and_ipc() {
 
 #[test]
 fn python_messages_reach_the_server_loop_once_each() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
     let bodies = ["first", "a-b-c", "1-2-3-", "", "héllo wörld ✓"];
     let mut args = vec!["--quiet", "0.3", "--bodies"];
     args.extend(bodies);
@@ -505,11 +519,11 @@ fn python_messages_reach_the_server_loop_once_each() {
 
 #[test]
 fn slc_echo_replies_to_the_senders_callback() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
-    let r = dealer(
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
+    let r = serve.tcp_dealer(
         &py,
-        &serve.tcp,
         "slc-reply",
         "py-slc-reply",
         &[
@@ -544,15 +558,10 @@ fn slc_echo_replies_to_the_senders_callback() {
 
 #[test]
 fn duplicate_is_acked_again_but_delivered_once() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
-    let r = dealer(
-        &py,
-        &serve.tcp,
-        "duplicate",
-        "py-dup",
-        &["--body", "only once"],
-    );
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
+    let r = serve.tcp_dealer(&py, "duplicate", "py-dup", &["--body", "only once"]);
     assert_eq!(r["acks_of_dup"], 2, "{r}");
     let lines = serve.stop();
     let got = from_peer(&lines, "py-dup");
@@ -569,8 +578,9 @@ fn duplicate_is_acked_again_but_delivered_once() {
 
 #[test]
 fn unacked_replies_are_resent_until_acked() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
     // The ECHO reply and a server-loop reply, both left unACKed for a while.
     let quiet = ["--quiet", "1.6", "--body", "resend me"];
     let echo = spawn_dealer(
@@ -604,11 +614,11 @@ fn unacked_replies_are_resent_until_acked() {
 
 #[test]
 fn burst_of_echoes_in_flight() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
-    let r = dealer(
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
+    let r = serve.tcp_dealer(
         &py,
-        &serve.tcp,
         "burst",
         "py-burst",
         &["--count", "300", "--timeout", "10"],
@@ -620,15 +630,10 @@ fn burst_of_echoes_in_flight() {
 
 #[test]
 fn malformed_input_is_dropped_and_sigint_stops_serve() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
-    let r = dealer(
-        &py,
-        &serve.tcp,
-        "malformed",
-        "py-bad",
-        &["--body", "still fine"],
-    );
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
+    let r = serve.tcp_dealer(&py, "malformed", "py-bad", &["--body", "still fine"]);
     // Only the valid message was ACKed.
     assert_eq!(r["acked_ids"], json!([0]), "{r}");
     let lines = serve.stop_with("INT");
@@ -639,13 +644,14 @@ fn malformed_input_is_dropped_and_sigint_stops_serve() {
 
 #[test]
 fn restarted_peer_starts_a_new_session() {
-    let Some(py) = python() else { return };
-    let mut serve = Serve::start("log", "messenger-serve");
+    let Some((py, mut serve)) = python_and_serve("log") else {
+        return;
+    };
     // The same identity reconnects and counts from msg_id 0 again: each
     // session's message is new, not a duplicate of the last one.
     for i in 0..3 {
         let body = format!("session {i}");
-        dealer(&py, &serve.tcp, "slc", "py-restart", &["--body", &body]);
+        serve.tcp_dealer(&py, "slc", "py-restart", &["--body", &body]);
         serve.wait_for("py-restart", &body);
     }
     let lines = serve.stop();
@@ -877,8 +883,9 @@ fn cli_request_acks_the_reply_before_exiting() {
 
 #[test]
 fn example_python_peer_runs_against_serve() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
     let mut cmd = Command::new(&py);
     cmd.arg(script("examples/python_peer.py"))
         .arg(&serve.tcp)
@@ -1060,8 +1067,9 @@ fn assert_steady(r: &Value, requests: u64) {
 /// libzmq's own PINGs satisfy the TTL it asks serve to apply.
 #[test]
 fn python_dealer_with_heartbeats_stays_connected() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
     let mut args = steady_args("10", true);
     args.extend(["--expect-router-identity", "messenger-serve"]);
     let tcp = spawn_dealer(&py, &serve.tcp, "steady", "py-hb-tcp", &args);
@@ -1232,11 +1240,11 @@ fn parallel_cli_runs_do_not_collide() {
 /// resend intervals, and nothing was counted malformed.
 #[test]
 fn noisepage_shaped_acks_settle_replies() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
-    let r = dealer(
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
+    let r = serve.tcp_dealer(
         &py,
-        &serve.tcp,
         "slc-reply",
         "py-noisepage",
         &[

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    RAW_TRANSPORTS, Seen, TRANSPORTS, connect, connect_as, eventually, forwarding, no_slc, pair,
-    place, raw_recv, raw_router, raw_send, retry, round_trip, serve, within,
+    RAW_TRANSPORTS, Seen, TRANSPORTS, connect, connect_as, eventually, expect_reply,
+    forwarding_pair, no_slc, place, raw_recv, raw_router, raw_send, retry, round_trip, serve,
+    spawn_request, within,
 };
 use messenger::{BindError, Config, Destination, Endpoint, Incoming, Messenger, Responder, wire};
 
@@ -102,13 +103,11 @@ async fn two_clients_get_only_their_own_replies() {
 #[tokio::test]
 async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
     for t in TRANSPORTS {
-        let (slc, mut slc_rx) = forwarding();
-        let p = pair(t, Config::default(), Config::default(), slc).await;
+        let (p, mut slc_rx) = forwarding_pair(t).await;
         let (server, bound, client, conn) = (&p.server, &p.bound, &p.client, p.conn);
 
         // The client asks; its request reaches the server's SLC.
-        let c = client.clone();
-        let ask = tokio::spawn(async move { c.request(conn, wire::NOOP, "hello").await });
+        let ask = spawn_request(&client, conn, wire::NOOP, "hello");
         let (hello, _responder) = within(5, "slc gets hello", slc_rx.recv()).await.unwrap();
         assert_eq!(hello.body, Bytes::from("hello"), "{t}");
         assert!(hello.src_cb >= wire::FIRST_USER, "{t}: {hello:?}");
@@ -127,11 +126,12 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
         let s = server.clone();
         let client_cb = hello.src_cb;
         let question = tokio::spawn(async move { s.request(dest, client_cb, "question").await });
-        let q = within(5, "client's MSC gets the question", ask)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(q.body, Bytes::from("question"), "{t}");
+        let q = expect_reply(
+            ask,
+            b"question",
+            &format!("{t}: client's MSC gets the question"),
+        )
+        .await;
         assert_eq!(q.dst_cb, client_cb, "{t}");
         assert!(q.src_cb >= wire::FIRST_USER, "{t}: {q:?}");
 
@@ -141,11 +141,12 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
             .send_message(conn, q.src_cb, "answer", None)
             .await
             .unwrap();
-        let a = within(5, "server's MSC gets the answer", question)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(a.body, Bytes::from("answer"), "{t}");
+        let a = expect_reply(
+            question,
+            b"answer",
+            &format!("{t}: server's MSC gets the answer"),
+        )
+        .await;
         assert_eq!(a.peer, hello.peer, "{t}");
 
         // A barrier behind the answer on the same link: had the answer
@@ -181,23 +182,16 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
 #[tokio::test]
 async fn reused_slot_never_gets_the_previous_owners_reply() {
     for t in TRANSPORTS {
-        let (slc, mut slc_rx) = forwarding();
-        let p = pair(t, Config::default(), Config::default(), slc).await;
+        let (p, mut slc_rx) = forwarding_pair(t).await;
         let (client, conn) = (&p.client, p.conn);
 
-        let c = client.clone();
-        let req1 = tokio::spawn(async move { c.request(conn, wire::NOOP, "one").await });
+        let req1 = spawn_request(&client, conn, wire::NOOP, "one");
         let (m1, r1) = within(5, "request 1 arrives", slc_rx.recv()).await.unwrap();
         r1.try_reply("r1").unwrap();
-        let got1 = within(5, "request 1 completes", req1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got1.body, Bytes::from("r1"), "{t}");
+        expect_reply(req1, b"r1", &format!("{t}: request 1 completes")).await;
         assert_eq!(client.stats().pending_callbacks, 0, "{t}");
 
-        let c = client.clone();
-        let req2 = tokio::spawn(async move { c.request(conn, wire::NOOP, "two").await });
+        let req2 = spawn_request(&client, conn, wire::NOOP, "two");
         let (m2, r2) = within(5, "request 2 arrives", slc_rx.recv()).await.unwrap();
         assert_ne!(m1.src_cb, m2.src_cb, "{t}: a reused slot needs a new id");
         assert_eq!(
@@ -216,11 +210,7 @@ async fn reused_slot_never_gets_the_previous_owners_reply() {
         assert!(!req2.is_finished(), "{t}: request 2 completed early");
 
         r2.try_reply("r2").unwrap();
-        let got2 = within(5, "request 2 completes", req2)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got2.body, Bytes::from("r2"), "{t}");
+        expect_reply(req2, b"r2", &format!("{t}: request 2 completes")).await;
         assert_stats!(
             client.stats(),
             t,
@@ -276,23 +266,17 @@ async fn reused_slot_ignores_late_reply_from_raw_router() {
         let (client, conn) = connect(Config::default(), &endpoint).await;
         let mut seen = HashSet::new();
 
-        let c = client.clone();
-        let req1 = tokio::spawn(async move { c.request(conn, wire::NOOP, "one").await });
+        let req1 = spawn_request(&client, conn, wire::NOOP, "one");
         let (peer, m1) = next_message(&mut router, &mut seen, "request 1").await;
         assert_eq!(peer, Bytes::from("client"), "{t}");
         assert_eq!(m1.body, Bytes::from("one"), "{t}");
         let c1 = m1.src_cb;
         let reply = format!("0-0-{c1}-r1");
         raw_send(&mut router, &[&peer, b"raw", b"", reply.as_bytes()]).await;
-        let got1 = within(5, "request 1 completes", req1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got1.body, Bytes::from("r1"), "{t}");
+        expect_reply(req1, b"r1", &format!("{t}: request 1 completes")).await;
         assert_eq!(next_ack(&mut router, "ACK of reply 1").await, 0, "{t}");
 
-        let c = client.clone();
-        let req2 = tokio::spawn(async move { c.request(conn, wire::NOOP, "two").await });
+        let req2 = spawn_request(&client, conn, wire::NOOP, "two");
         let (_, m2) = next_message(&mut router, &mut seen, "request 2").await;
         assert_eq!(m2.body, Bytes::from("two"), "{t}");
         let c2 = m2.src_cb;
@@ -315,11 +299,7 @@ async fn reused_slot_ignores_late_reply_from_raw_router() {
 
         let reply = format!("2-0-{c2}-r2");
         raw_send(&mut router, &[&peer, b"raw", b"", reply.as_bytes()]).await;
-        let got2 = within(5, "request 2 completes", req2)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got2.body, Bytes::from("r2"), "{t}");
+        expect_reply(req2, b"r2", &format!("{t}: request 2 completes")).await;
         assert_stats!(
             client.stats(),
             t,

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    RAW_TRANSPORTS as TRANSPORTS, Seen, connect, eventually, raw_dealer, raw_payload, raw_router,
-    raw_send, serve, spawn_request, within,
+    RAW_TRANSPORTS as TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_payload,
+    raw_router, raw_send, serve, spawn_request, within,
 };
 use messenger::wire::{self, Payload};
 use messenger::{Config, Messenger};
@@ -246,11 +246,7 @@ async fn our_connection_against_a_zeromq_router() {
         assert_eq!(m.body, Bytes::from("ping"), "{t}");
         router.send_payload(&format!("{}-0-2-", m.msg_id)).await;
         router.send_payload(&format!("0-0-{}-ping", m.src_cb)).await;
-        let reply = within(5, "the request completes", req)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(reply.body, Bytes::from("ping"), "{t}");
+        let reply = expect_reply(req, b"ping", &format!("{t}: the request completes")).await;
         assert_eq!((reply.msg_id, reply.src_cb), (0, 0), "{t}");
         let got = router.payloads(1, "our ACK of the answer").await;
         assert_eq!(

@@ -430,6 +430,13 @@ pub async fn pair(
     }
 }
 
+/// A [`pair`] with default configs whose server loop hands every message
+/// and its responder to the test ([`forwarding`]).
+pub async fn forwarding_pair(t: &str) -> (Pair, mpsc::UnboundedReceiver<(Incoming, Responder)>) {
+    let (slc, rx) = forwarding();
+    (pair(t, Config::default(), Config::default(), slc).await, rx)
+}
+
 /// A client messenger (identity "client") with `config`, connected to
 /// `endpoint` within 5 s.
 pub async fn connect(config: Config, endpoint: &Endpoint) -> (Messenger, ConnectionId) {
@@ -555,6 +562,21 @@ macro_rules! assert_stats {
             );
         )+
     }};
+}
+
+/// Awaits a request running on a task of its own ([`spawn_request`]) for
+/// at most 5 s, and checks that it was answered with `body`; the reply.
+pub async fn expect_reply(
+    req: tokio::task::JoinHandle<Result<Incoming, messenger::RequestError>>,
+    body: &[u8],
+    what: &str,
+) -> Incoming {
+    let reply = within(5, what, req)
+        .await
+        .expect("request task")
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(reply.body.as_ref(), body, "{what}");
+    reply
 }
 
 /// A raw zeromq ROUTER bound on a fresh endpoint of `t`; returns it with
