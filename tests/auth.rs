@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Place, RAW_TRANSPORTS, Seen, connect, eventually, round_trip, serve};
+use common::{Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, round_trip, serve_seen};
 use messenger::auth::{self, Secret};
 use messenger::{Config, ListenerInfo, Messenger, wire};
 use zeromq::prelude::*;
@@ -22,10 +22,8 @@ fn with_secret(secret: &str) -> Config {
 
 /// A listener requiring `secret`, recording what its server loop sees
 /// (and answering with the body).
-async fn server(transport: &str, secret: &str) -> (Messenger, ListenerInfo, Seen, Place) {
-    let seen = Seen::default();
-    let (m, info, p) = serve(transport, with_secret(secret), seen.echo_slc()).await;
-    (m, info, seen, p)
+async fn server(transport: &str, secret: &str) -> (Messenger, ListenerInfo, Place, Seen) {
+    serve_seen(transport, with_secret(secret), Answer::Body).await
 }
 
 fn url(info: &ListenerInfo) -> String {
@@ -51,7 +49,7 @@ async fn raw_recv(s: &mut DealerSocket, ms: u64) -> Option<Bytes> {
 #[tokio::test]
 async fn the_right_secret_gets_through_on_tcp_and_ipc() {
     for t in RAW_TRANSPORTS {
-        let (server, info, seen, _p) = server(t, "s3cret").await;
+        let (server, info, _p, seen) = server(t, "s3cret").await;
         let (client, conn) = connect(with_secret("s3cret"), &info.endpoint).await;
         round_trip(5, &client, conn, wire::NOOP, b"hi", t).await;
         round_trip(5, &client, conn, wire::ECHO, b"e", t).await;
@@ -66,7 +64,7 @@ async fn the_right_secret_gets_through_on_tcp_and_ipc() {
 #[tokio::test]
 async fn a_wrong_secret_is_cut_off_and_delivers_nothing() {
     for t in RAW_TRANSPORTS {
-        let (server, info, seen, _p) = server(t, "right").await;
+        let (server, info, _p, seen) = server(t, "right").await;
         let client = Messenger::with_config("client", with_secret("wrong")).unwrap();
         // The cut may come during or right after the handshake.
         if let Ok(conn) = client.make_connection(&info.endpoint).await {
@@ -84,7 +82,7 @@ async fn a_wrong_secret_is_cut_off_and_delivers_nothing() {
 
 #[tokio::test]
 async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
-    let (server, info, seen, _p) = server("tcp", "k").await;
+    let (server, info, _p, seen) = server("tcp", "k").await;
     // A peer that sends an ordinary message first: cut at once.
     let mut raw = DealerSocket::new();
     raw.connect(&url(&info)).await.unwrap();
@@ -109,7 +107,7 @@ async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
 
 #[tokio::test]
 async fn a_replayed_proof_is_refused() {
-    let (server, info, _seen, _p) = server("tcp", "k").await;
+    let (server, info, _p, _seen) = server("tcp", "k").await;
     let proof = auth::proof(&Secret::new("k")).unwrap();
     // First use: accepted, and the peer is served.
     let mut first = DealerSocket::new();

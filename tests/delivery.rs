@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Place, RAW_TRANSPORTS, Rng, Seen, TRANSPORTS, bytes_vec, connect, eventually, eventually_real,
-    expect_reply, forwarding, forwarding_pair, no_slc, pair, raw_dealer, raw_recv, raw_router,
-    raw_send, serve, spawn_request, within,
+    Answer, Place, RAW_TRANSPORTS, Rng, Seen, TRANSPORTS, bytes_vec, connect, eventually,
+    eventually_real, expect_reply, forwarding, forwarding_pair, no_slc, pair, raw_dealer, raw_recv,
+    raw_router, raw_send, serve, serve_seen, spawn_request, within,
 };
 use messenger::{
     Callback, Config, ConnectionId, Destination, Endpoint, Heartbeat, Incoming, Messenger,
@@ -88,8 +88,7 @@ async fn request_is_resent_after_its_first_copy_is_dropped() {
 #[tokio::test]
 async fn lost_reply_is_resent_by_the_listener() {
     for t in RAW_TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, quick(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, quick(), Answer::Re).await;
         let mut peer = raw_dealer(&bound.endpoint, "asker").await;
         raw_send(&mut peer, &[b"", b"0-7-0-q"]).await;
         expect_ack(&mut peer, 0, "ACK of the request").await;
@@ -124,8 +123,7 @@ async fn lost_reply_is_resent_by_the_listener() {
 #[tokio::test]
 async fn duplicate_of_a_delivered_message_is_acked_but_not_delivered() {
     for t in RAW_TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let mut peer = raw_dealer(&bound.endpoint, "dup").await;
         raw_send(&mut peer, &[b"", b"0-0-0-once"]).await;
         raw_send(&mut peer, &[b"", b"0-0-0-once"]).await;
@@ -158,8 +156,7 @@ async fn duplicate_of_a_delivered_message_is_acked_but_not_delivered() {
 #[tokio::test]
 async fn restarted_raw_peer_counting_from_zero_is_delivered() {
     for t in RAW_TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let mut first = raw_dealer(&bound.endpoint, "X").await;
         for i in 0..3u64 {
             let payload = format!("{i}-0-0-first-{i}");
@@ -207,8 +204,7 @@ async fn restarted_raw_peer_counting_from_zero_is_delivered() {
 #[tokio::test]
 async fn restarted_messenger_counting_from_zero_is_delivered() {
     for t in TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let (first, conn) = common::connect_as("X", Config::default(), &bound.endpoint, 5).await;
         for i in 0..3 {
             let body = format!("first-{i}");
@@ -708,8 +704,7 @@ async fn a_stuck_connection_does_not_slow_a_healthy_one() {
         let blocked =
             tokio::spawn(async move { c.send_message(stuck, wire::NOOP, "blocked", None).await });
 
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let healthy = within(5, "connect", client.make_connection(&bound.endpoint))
             .await
             .unwrap();

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use common::{
-    Place, RAW_TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_recv,
-    raw_router, raw_send, round_trip, serve, within,
+    Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_recv,
+    raw_router, raw_send, round_trip, serve_seen, within,
 };
 use messenger::{Config, Endpoint, Messenger, wire};
 use zeromq::DealerSocket;
@@ -95,8 +95,7 @@ impl RawPeer {
 
 /// A listener whose SLC records what reaches it.
 async fn start_server(t: &str) -> (Messenger, Endpoint, Seen, Place) {
-    let seen = Seen::default();
-    let (server, bound, p) = serve(t, small(), seen.quiet_slc()).await;
+    let (server, bound, p, seen) = serve_seen(t, small(), Answer::Nothing).await;
     (server, bound.endpoint, seen, p)
 }
 

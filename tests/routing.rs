@@ -107,7 +107,7 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
         let (server, bound, client, conn) = (&p.server, &p.bound, &p.client, p.conn);
 
         // The client asks; its request reaches the server's SLC.
-        let ask = spawn_request(&client, conn, wire::NOOP, "hello");
+        let ask = spawn_request(client, conn, wire::NOOP, "hello");
         let (hello, _responder) = within(5, "slc gets hello", slc_rx.recv()).await.unwrap();
         assert_eq!(hello.body, Bytes::from("hello"), "{t}");
         assert!(hello.src_cb >= wire::FIRST_USER, "{t}: {hello:?}");
@@ -185,13 +185,13 @@ async fn reused_slot_never_gets_the_previous_owners_reply() {
         let (p, mut slc_rx) = forwarding_pair(t).await;
         let (client, conn) = (&p.client, p.conn);
 
-        let req1 = spawn_request(&client, conn, wire::NOOP, "one");
+        let req1 = spawn_request(client, conn, wire::NOOP, "one");
         let (m1, r1) = within(5, "request 1 arrives", slc_rx.recv()).await.unwrap();
         r1.try_reply("r1").unwrap();
         expect_reply(req1, b"r1", &format!("{t}: request 1 completes")).await;
         assert_eq!(client.stats().pending_callbacks, 0, "{t}");
 
-        let req2 = spawn_request(&client, conn, wire::NOOP, "two");
+        let req2 = spawn_request(client, conn, wire::NOOP, "two");
         let (m2, r2) = within(5, "request 2 arrives", slc_rx.recv()).await.unwrap();
         assert_ne!(m1.src_cb, m2.src_cb, "{t}: a reused slot needs a new id");
         assert_eq!(

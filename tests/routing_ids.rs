@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Got, Place, Seen, connect_as, eventually, raw_zmtp, retry, round_trip, serve, wait_until,
+    Got, Place, Seen, connect_as, eventually, raw_zmtp, retry, round_trip, serve_seen, wait_until,
     within,
 };
 use messenger::{Config, ConnectError, ConnectionId, ListenerInfo, Messenger, wire};
@@ -27,9 +27,7 @@ const PER_ROUND: usize = 10;
 /// A listener whose server loop records what it sees and replies with the
 /// body.
 async fn server(transport: &str) -> (Messenger, ListenerInfo, Place, Seen) {
-    let seen = Seen::default();
-    let (server, bound, p) = serve(transport, Config::default(), seen.echo_slc()).await;
-    (server, bound, p, seen)
+    serve_seen(transport, Config::default(), common::Answer::Body).await
 }
 
 /// Every message the server loop saw came from alice.

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
-    Seen, TRANSPORTS, connect, eventually, forwarding, place, serve, spawn_request, within,
+    Answer, TRANSPORTS, connect, eventually, forwarding, place, serve, serve_seen, spawn_request,
+    within,
 };
 use messenger::{
     Config, ConnectionId, Incoming, Messenger, RequestError, Responder, SendError, wire,
@@ -93,8 +94,7 @@ async fn concurrent_handlers_stay_within_the_limit() {
 #[tokio::test]
 async fn the_sequential_form_keeps_per_peer_order() {
     for t in TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.quiet_slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
         let (client, conn) = connect(Config::default(), &bound.endpoint).await;
         for i in 0..500 {
             client
@@ -276,8 +276,7 @@ async fn shutdown_during_traffic_loses_nothing_it_acked() {
     const SENDERS: usize = 8;
     for round in 0..ROUNDS {
         let t = TRANSPORTS[round % TRANSPORTS.len()];
-        let handled = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), handled.quiet_slc()).await;
+        let (server, bound, _p, handled) = serve_seen(t, Config::default(), Answer::Nothing).await;
         let config = Config {
             // Sends queued for a redial after the shutdown end at this.
             request_timeout: Duration::from_millis(500),

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::raw_zmtp::{self, GREETING_LEN};
-use common::{Seen, connect_as, eventually, round_trip, serve, within};
+use common::{Answer, connect_as, eventually, round_trip, serve_seen, within};
 use messenger::auth::Secret;
 use messenger::{Config, ListenerInfo, wire};
 use tokio::io::AsyncWriteExt;
@@ -82,8 +82,7 @@ async fn raw_peer(listener: &ListenerInfo, pipelined: &[u8], then: &[u8]) -> Hea
 }
 
 async fn unproven_peers_hear_nothing(transport: &str) {
-    let seen = Seen::default();
-    let (server, bound, _p) = serve(transport, config(), seen.echo_slc()).await;
+    let (server, bound, _p, seen) = serve_seen(transport, config(), Answer::Body).await;
 
     // An authenticated client, busy with ECHOs and server-loop requests
     // for as long as the raw peers run.

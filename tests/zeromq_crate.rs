@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    RAW_TRANSPORTS as TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_payload,
-    raw_router, raw_send, serve, spawn_request, within,
+    Answer, RAW_TRANSPORTS as TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer,
+    raw_payload, raw_router, raw_send, serve_seen, spawn_request, within,
 };
 use messenger::wire::{self, Payload};
 use messenger::{Config, Messenger};
@@ -164,8 +164,7 @@ async fn nothing_more(socket: &mut impl SocketRecv, t: &str) {
 #[tokio::test]
 async fn zeromq_dealer_against_our_listener() {
     for t in TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, quick(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, quick(), Answer::Re).await;
         let mut dealer = raw_dealer(&bound.endpoint, "zq-dealer").await;
 
         // ECHO, answered by the listener itself.

@@ -353,6 +353,34 @@ impl Drop for OpenOnDrop {
     }
 }
 
+/// What a recording server loop ([`serve_seen`]) answers to a message that
+/// asks for a reply.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// `re:{body}` ([`Seen::slc`]).
+    Re,
+    /// The body ([`Seen::echo_slc`]).
+    Body,
+    /// Nothing ([`Seen::quiet_slc`]).
+    Nothing,
+}
+
+/// A listener ([`serve`]) whose server loop records what it sees and
+/// answers as `answer` says; with what it saw.
+pub async fn serve_seen(
+    t: &str,
+    config: Config,
+    answer: Answer,
+) -> (Messenger, ListenerInfo, Place, Seen) {
+    let seen = Seen::default();
+    let (server, bound, place) = match answer {
+        Answer::Re => serve(t, config, seen.slc()).await,
+        Answer::Body => serve(t, config, seen.echo_slc()).await,
+        Answer::Nothing => serve(t, config, seen.quiet_slc()).await,
+    };
+    (server, bound, place, seen)
+}
+
 /// `Bytes` of each string, for comparing with [`Seen::bodies`].
 pub fn bytes_vec(items: &[&str]) -> Vec<Bytes> {
     items
