@@ -78,11 +78,13 @@ async fn silent_peers_give_way(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`silent_peers_give_way`] on tcp.
 #[tokio::test]
 async fn silent_peers_give_way_to_a_newcomer_on_tcp() {
     silent_peers_give_way("tcp").await;
 }
 
+/// [`silent_peers_give_way`] on ipc.
 #[tokio::test]
 async fn silent_peers_give_way_to_a_newcomer_on_ipc() {
     silent_peers_give_way("ipc").await;
@@ -160,11 +162,13 @@ async fn a_peer_with_messages_in_flight_keeps_its_place(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`a_peer_with_messages_in_flight_keeps_its_place`] on tcp.
 #[tokio::test]
 async fn a_peer_with_messages_in_flight_keeps_its_place_on_tcp() {
     a_peer_with_messages_in_flight_keeps_its_place("tcp").await;
 }
 
+/// [`a_peer_with_messages_in_flight_keeps_its_place`] on ipc.
 #[tokio::test]
 async fn a_peer_with_messages_in_flight_keeps_its_place_on_ipc() {
     a_peer_with_messages_in_flight_keeps_its_place("ipc").await;

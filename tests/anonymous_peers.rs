@@ -97,6 +97,9 @@ async fn run_peers(path: &std::path::Path, hello: &Arc<Vec<u8>>, from: u64, to: 
     }
 }
 
+/// The module's scenario: 100,000 anonymous peers leave the resident set
+/// within `MAX_DRIFT` of its level after the warm-up, and the listener
+/// still serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_peers_leave_nothing_behind() {
     let total = common::env_number("MESSENGER_TEST_ANON", DEFAULT_PEERS);

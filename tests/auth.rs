@@ -80,6 +80,9 @@ async fn a_wrong_secret_is_cut_off_and_delivers_nothing() {
     }
 }
 
+/// A peer that sends an ordinary message first is cut off unanswered, and
+/// one that sends nothing at the handshake timeout; nothing of theirs
+/// reaches a callback.
 #[tokio::test]
 async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
     let (server, info, _p, seen) = server("tcp", "k").await;
@@ -105,6 +108,8 @@ async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
     assert_eq!(server.stats().echoes_answered, 0);
 }
 
+/// A proof is good once: its first use is served, the same proof from
+/// another connection is cut off unanswered and counted.
 #[tokio::test]
 async fn a_replayed_proof_is_refused() {
     let (server, info, _p, _seen) = server("tcp", "k").await;

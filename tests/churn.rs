@@ -669,6 +669,8 @@ fn run_probes(
 // ---------------------------------------------------------------------------
 // The test
 
+/// The module's scenario: probes answered within 1 s during and after
+/// the churn, fds back to the baseline, SIGTERM exits 0 within the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_leaves_the_listener_serving() {
     let churn_secs = common::env_number::<u64>("MESSENGER_TEST_CHURN_SECS", 60);

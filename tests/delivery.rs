@@ -1062,11 +1062,13 @@ async fn lossy_soak(t: &str, seed: u64) {
     server.shutdown().await;
 }
 
+/// [`lossy_soak`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_soak_delivers_every_message_exactly_once_tcp() {
     lossy_soak("tcp", 0x5eed_0001).await;
 }
 
+/// [`lossy_soak`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_soak_delivers_every_message_exactly_once_ipc() {
     lossy_soak("ipc", 0x5eed_0002).await;
@@ -1121,16 +1123,22 @@ async fn last_words_from_a_listener_peer(confirm: bool) {
     assert_eq!(failed, Vec::<String>::new(), "stats {:?}", server.stats());
 }
 
+/// A peer's reply sent just before it closes completes the listener's
+/// request ([`last_words_from_a_listener_peer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_last_reply_beats_its_disconnect() {
     last_words_from_a_listener_peer(false).await;
 }
 
+/// A peer's ACK sent just before it closes settles the listener's
+/// `send_confirmed` ([`last_words_from_a_listener_peer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_last_ack_beats_its_disconnect() {
     last_words_from_a_listener_peer(true).await;
 }
 
+/// A raw ROUTER's reply sent just before it closes completes our
+/// connection's request, not `Disconnected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routers_last_reply_beats_its_close() {
     let client = Messenger::new("client").unwrap();

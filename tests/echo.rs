@@ -57,6 +57,8 @@ fn requests(
     set
 }
 
+/// ECHO returns a body of every byte value unchanged, and frees its
+/// callback.
 #[tokio::test]
 async fn echo_round_trips_every_byte_value() {
     for t in TRANSPORTS {
@@ -107,7 +109,13 @@ async fn ten_thousand_concurrent_requests_on_one_connection() {
         )
         .await;
         // Even i: ECHO, answered by the builtin. Odd i: NOOP, answered by the SLC.
-        let dst = |i: usize| if i.is_multiple_of(2) { wire::ECHO } else { wire::NOOP };
+        let dst = |i: usize| {
+            if i.is_multiple_of(2) {
+                wire::ECHO
+            } else {
+                wire::NOOP
+            }
+        };
         let body = |i: usize| format!("body-{i}-{}", "x".repeat(i % 7));
         all_replies(&p, t, 20, requests(&p, N, dst, body), |(i, body, reply)| {
             let reply = reply.unwrap_or_else(|e| panic!("{t}: request {i} failed: {e}"));

@@ -99,6 +99,8 @@ async fn start_server(t: &str) -> (Messenger, Endpoint, Seen, Place) {
     (server, bound.endpoint, seen, p)
 }
 
+/// Each malformed payload or frame shape is dropped and counted once,
+/// never delivered, and the same peer's next ECHO is served as usual.
 #[tokio::test]
 async fn malformed_messages_are_dropped_counted_and_survived() {
     let too_big = format!("1-0-1-{}", "x".repeat(MAX_MESSAGE));
@@ -168,6 +170,8 @@ async fn malformed_messages_are_dropped_counted_and_survived() {
     }
 }
 
+/// The brief's exchange: after garbage, `5-0-1-ok` is ACKed with `5-0-2-`
+/// and echoed.
 #[tokio::test]
 async fn spec_example_echo_after_garbage() {
     // The exact exchange from the brief: garbage, then `5-0-1-ok` is ACKed
@@ -195,6 +199,9 @@ async fn spec_example_echo_after_garbage() {
     }
 }
 
+/// Well-formed but unexpected messages (an ACK of nothing, replies to
+/// callbacks never issued, a duplicate ECHO, a body of dashes and binary)
+/// are ACKed or counted as they should be and never reach the server loop.
 #[tokio::test]
 async fn unexpected_but_well_formed_messages() {
     for t in RAW_TRANSPORTS {

@@ -36,6 +36,8 @@ async fn attack_and_expect_cutoff<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, b
     .await;
 }
 
+/// A frame header declaring 1 TiB cuts its peer off at once (a guard
+/// rejection); a client connected before, and a new one, are still served.
 #[tokio::test]
 async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
     for t in RAW_TRANSPORTS {
@@ -56,6 +58,8 @@ async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
     }
 }
 
+/// The same attack from a ROUTER our connection dialled: we cut it off,
+/// count it, and go on serving other peers.
 #[tokio::test]
 async fn a_hostile_router_cannot_abort_our_connection_side() {
     let (listener, ep, _p) = RawListener::bind("tcp").await;
@@ -90,6 +94,8 @@ async fn a_hostile_router_cannot_abort_our_connection_side() {
     round_trip(5, &client, c, wire::ECHO, b"alive", "echo").await;
 }
 
+/// Garbage instead of a greeting is cut off at once; half a greeting and
+/// then silence at the handshake timeout; each counted.
 #[tokio::test]
 async fn garbage_or_a_stalled_handshake_is_dropped() {
     let config = Config {
@@ -108,6 +114,9 @@ async fn garbage_or_a_stalled_handshake_is_dropped() {
     assert_eq!(st.handshake_timeouts, 1, "{st:?}");
 }
 
+/// A listener at `max_connections_per_listener` serves no third peer (and
+/// counts the hit); once one leaves, the waiting peer is accepted and
+/// served.
 #[tokio::test]
 async fn the_connection_limit_is_enforced_and_accepts_resume() {
     let config = Config {

@@ -440,6 +440,8 @@ fn seconds(v: &Value) -> f64 {
 // ---------------------------------------------------------------------------
 // A Python DEALER against `messenger serve`
 
+/// pyzmq DEALERs get `serve`'s ACK and ECHO reply (msg_id 0 each, to their
+/// callback) over tcp and ipc, and no resend after their ACK.
 #[test]
 fn python_echo_over_tcp_and_ipc() {
     let Some(py) = python() else { return };
@@ -478,6 +480,8 @@ fn python_echo_over_tcp_and_ipc() {
     assert!(lines.is_empty(), "ECHO reached the server loop: {lines:?}");
 }
 
+/// A pyzmq DEALER's messages reach `serve`'s server loop once each, in
+/// order, with their msg_ids, bodies and endpoint.
 #[test]
 fn python_messages_reach_the_server_loop_once_each() {
     let Some((py, serve)) = python_and_serve("log") else {
@@ -517,6 +521,8 @@ fn python_messages_reach_the_server_loop_once_each() {
     assert_eq!(lines.len(), bodies.len() + 1, "{lines:?}");
 }
 
+/// `serve --slc echo` answers a pyzmq DEALER's message to the server loop
+/// at the sender's callback.
 #[test]
 fn slc_echo_replies_to_the_senders_callback() {
     let Some((py, serve)) = python_and_serve("echo") else {
@@ -556,6 +562,7 @@ fn slc_echo_replies_to_the_senders_callback() {
     assert_eq!(v["body"], "to the server loop");
 }
 
+/// A pyzmq DEALER's duplicate is ACKed again but delivered once.
 #[test]
 fn duplicate_is_acked_again_but_delivered_once() {
     let Some((py, serve)) = python_and_serve("log") else {
@@ -576,6 +583,8 @@ fn duplicate_is_acked_again_but_delivered_once() {
     );
 }
 
+/// Replies (ECHO and server loop) a pyzmq DEALER leaves unACKed are resent
+/// after about the resend interval, and not after its ACK.
 #[test]
 fn unacked_replies_are_resent_until_acked() {
     let Some((py, serve)) = python_and_serve("echo") else {
@@ -612,6 +621,7 @@ fn unacked_replies_are_resent_until_acked() {
     assert_eq!(lines.len(), 1, "{lines:?}");
 }
 
+/// 300 ECHOs in flight at once from a pyzmq DEALER are all answered.
 #[test]
 fn burst_of_echoes_in_flight() {
     let Some((py, serve)) = python_and_serve("log") else {
@@ -628,6 +638,8 @@ fn burst_of_echoes_in_flight() {
     assert!(serve.stop().is_empty());
 }
 
+/// Malformed input from a pyzmq DEALER is dropped unACKed, the valid
+/// message is delivered, and SIGINT stops `serve` cleanly.
 #[test]
 fn malformed_input_is_dropped_and_sigint_stops_serve() {
     let Some((py, serve)) = python_and_serve("log") else {
@@ -642,6 +654,8 @@ fn malformed_input_is_dropped_and_sigint_stops_serve() {
     assert_eq!(lines[0]["msg_id"], 0);
 }
 
+/// A pyzmq peer that reconnects with the same identity and msg_id 0 starts
+/// a new session: each run's message is delivered.
 #[test]
 fn restarted_peer_starts_a_new_session() {
     let Some((py, mut serve)) = python_and_serve("log") else {
@@ -686,6 +700,8 @@ struct Applied {
     joined: String,
 }
 
+/// MessagePack bodies typed on our side and written by Python decode both
+/// ways (u64::MAX and non-ASCII included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msgpack_bodies_interoperate_with_python() {
     let Some(py) = python() else { return };
@@ -743,6 +759,8 @@ async fn msgpack_bodies_interoperate_with_python() {
 // ---------------------------------------------------------------------------
 // The messenger CLI (a Rust DEALER) against a Python ROUTER
 
+/// `messenger request` to callback 1 gets a pyzmq ROUTER's ECHO over tcp
+/// and ipc; the router sees our framing and msg_id 0.
 #[test]
 fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
     let Some(py) = python() else { return };
@@ -765,6 +783,7 @@ fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
     }
 }
 
+/// `messenger request` to a pyzmq ROUTER's server loop gets its reply.
 #[test]
 fn cli_request_to_python_server_loop() {
     let Some(py) = python() else { return };
@@ -777,6 +796,8 @@ fn cli_request_to_python_server_loop() {
     router.stop();
 }
 
+/// `messenger request` accepts replies without the router's identity
+/// frame (two frames).
 #[test]
 fn cli_dealer_accepts_replies_without_router_identity() {
     let Some(py) = python() else { return };
@@ -794,6 +815,7 @@ fn cli_dealer_accepts_replies_without_router_identity() {
     router.stop();
 }
 
+/// `messenger send` succeeds once a pyzmq ROUTER ACKs, and delivers once.
 #[test]
 fn cli_send_succeeds_once_python_acks() {
     let Some(py) = python() else { return };
@@ -809,6 +831,8 @@ fn cli_send_succeeds_once_python_acks() {
     assert_eq!(got[0]["frames"], 3);
 }
 
+/// `messenger send` to a ROUTER that never ACKs resends (same msg_id,
+/// about a second apart) and fails with "no ACK" at its timeout.
 #[test]
 fn cli_send_resends_then_fails_without_ack() {
     let Some(py) = python() else { return };
@@ -842,6 +866,7 @@ fn cli_send_resends_then_fails_without_ack() {
     );
 }
 
+/// `messenger ping` gets three ECHOs answered by a pyzmq ROUTER.
 #[test]
 fn cli_ping_python_router() {
     let Some(py) = python() else { return };
@@ -881,6 +906,7 @@ fn cli_request_acks_the_reply_before_exiting() {
 // ---------------------------------------------------------------------------
 // The example for users
 
+/// examples/python_peer.py runs against `serve` as its users would run it.
 #[test]
 fn example_python_peer_runs_against_serve() {
     let Some((py, serve)) = python_and_serve("echo") else {
@@ -926,6 +952,7 @@ fn python_auth(py: &Path, endpoint: &str, secret: &str, timeout: &str) -> (ExitS
     (status, p)
 }
 
+/// examples/python_auth.py computes the same proofs as `auth::proof_with`.
 #[test]
 fn python_auth_proof_matches_rust() {
     let Some(py) = python() else { return };
@@ -957,6 +984,8 @@ fn python_auth_proof_matches_rust() {
     }
 }
 
+/// examples/python_auth.py authenticates to `serve` over tcp and ipc; no
+/// proof or ECHO reaches the server loop.
 #[test]
 fn python_auth_example_authenticates_to_serve() {
     let Some(py) = python() else { return };
@@ -976,6 +1005,8 @@ fn python_auth_example_authenticates_to_serve() {
     assert!(lines.is_empty(), "{lines:?}");
 }
 
+/// examples/python_auth.py with a wrong secret gets no reply, `serve` logs
+/// why, and still takes the right secret after.
 #[test]
 fn python_auth_with_a_wrong_secret_is_refused() {
     let Some(py) = python() else { return };

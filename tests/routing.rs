@@ -433,6 +433,8 @@ async fn endpoint_is_free_again_after_shutdown() {
     }
 }
 
+/// A stale ipc socket file does not block binding; the new listener
+/// serves, and shutdown removes its file.
 #[tokio::test]
 async fn stale_ipc_file_is_replaced_and_removed_on_shutdown() {
     let p = place("ipc");
@@ -456,6 +458,8 @@ async fn stale_ipc_file_is_replaced_and_removed_on_shutdown() {
     assert!(!path.exists(), "shutdown removes the ipc socket file");
 }
 
+/// An ipc path that is a regular file is refused (`NotASocket`) and left
+/// as it was.
 #[tokio::test]
 async fn ipc_path_that_is_not_a_socket_is_refused_and_kept() {
     let p = place("ipc");

@@ -92,6 +92,9 @@ async fn raw_hello(listener: &ListenerInfo, identity: &[u8]) -> Answer {
     }
 }
 
+/// While alice's requests flow, a raw DEALER and a messenger announcing
+/// "alice" are refused each round (and counted); alice keeps her session
+/// and gets every reply; once she leaves, her id is free again.
 async fn live_peer_keeps_its_id(transport: &str) {
     let (server, bound, _p, seen) = server(transport).await;
     let (alice, conn) = connect_alice(&bound).await;
@@ -177,16 +180,21 @@ async fn live_peer_keeps_its_id(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`live_peer_keeps_its_id`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_tcp() {
     live_peer_keeps_its_id("tcp").await;
 }
 
+/// [`live_peer_keeps_its_id`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_ipc() {
     live_peer_keeps_its_id("ipc").await;
 }
 
+/// On inproc (the API only): a second "alice" is refused while alice is
+/// live, alice keeps her session and replies, and the twin gets in once
+/// she left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_inproc() {
     let (server, bound, _p, seen) = server("inproc").await;
@@ -383,11 +391,13 @@ async fn a_restart_loses_nothing_acked(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`a_restart_loses_nothing_acked`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loses_nothing_acked_on_tcp() {
     a_restart_loses_nothing_acked("tcp").await;
 }
 
+/// [`a_restart_loses_nothing_acked`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loses_nothing_acked_on_ipc() {
     a_restart_loses_nothing_acked("ipc").await;
@@ -448,16 +458,19 @@ async fn a_restarted_messenger_loses_nothing_confirmed(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`a_restarted_messenger_loses_nothing_confirmed`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_messenger_loses_nothing_confirmed_on_tcp() {
     a_restarted_messenger_loses_nothing_confirmed("tcp").await;
 }
 
+/// [`a_restarted_messenger_loses_nothing_confirmed`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_messenger_loses_nothing_confirmed_on_ipc() {
     a_restarted_messenger_loses_nothing_confirmed("ipc").await;
 }
 
+/// [`a_restarted_messenger_loses_nothing_confirmed`] on inproc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_messenger_loses_nothing_confirmed_on_inproc() {
     a_restarted_messenger_loses_nothing_confirmed("inproc").await;

@@ -81,6 +81,10 @@ async fn raw_peer(listener: &ListenerInfo, pipelined: &[u8], then: &[u8]) -> Hea
     }
 }
 
+/// The module's scenario on `transport`: the talker, the pipeliner and the
+/// silent peer each read exactly the handshake and are cut off (counted),
+/// while an authenticated client is served and nothing of theirs reaches
+/// the server loop.
 async fn unproven_peers_hear_nothing(transport: &str) {
     let (server, bound, _p, seen) = serve_seen(transport, config(), Answer::Body).await;
 
@@ -176,11 +180,13 @@ async fn unproven_peers_hear_nothing(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`unproven_peers_hear_nothing`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unproven_peers_read_only_the_handshake_on_tcp() {
     unproven_peers_hear_nothing("tcp").await;
 }
 
+/// [`unproven_peers_hear_nothing`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unproven_peers_read_only_the_handshake_on_ipc() {
     unproven_peers_hear_nothing("ipc").await;

@@ -96,6 +96,8 @@ fn example(name: &str) -> Command {
 // ---------------------------------------------------------------------------
 // Replication
 
+/// The replication example commits 200 batches and both replicas hold
+/// exactly the primary's log.
 #[test]
 fn replication_commits_and_checks_both_logs() {
     let mut cmd = example("replication");
@@ -111,6 +113,8 @@ fn replication_commits_and_checks_both_logs() {
     r.assert_stdout_has("check: both replicas hold exactly the primary's log");
 }
 
+/// The replication example kills a replica after 60 commits; commits
+/// resume and both replicas end with the whole log.
 #[test]
 fn replication_survives_a_replica_restart() {
     let mut cmd = example("replication");
@@ -141,6 +145,7 @@ fn replication_survives_a_replica_restart() {
     assert_eq!(full, 2, "{}", r.context());
 }
 
+/// The replication example listens on the replica ports it is given.
 #[test]
 fn replication_on_given_ports() {
     // Ports the OS just handed out and took back: free unless another
@@ -162,6 +167,7 @@ fn replication_on_given_ports() {
     r.assert_stdout_has(&format!("replica-2 (tcp://127.0.0.1:{p2})"));
 }
 
+/// The replication example refuses a kill point at or past `--batches`.
 #[test]
 fn replication_rejects_a_kill_after_the_end() {
     let mut cmd = example("replication");
@@ -178,6 +184,8 @@ fn replication_rejects_a_kill_after_the_end() {
 // ---------------------------------------------------------------------------
 // In-process components
 
+/// The inproc components example plans, fans out, gathers and checks
+/// every query.
 #[test]
 fn inproc_components_plan_fan_out_and_check() {
     let mut cmd = example("inproc_components");
@@ -241,6 +249,8 @@ fn error_line(r: &Finished) -> &str {
     errors[0]
 }
 
+/// The manager prints the model server's reply, delivers CONNECTED once
+/// despite duplicates, and leaves no model server running.
 #[test]
 fn model_server_manager_prints_the_reply_and_sees_connected_once() {
     let Some(py) = python() else { return };
@@ -279,6 +289,8 @@ fn model_server_manager_prints_the_reply_and_sees_connected_once() {
     assert_gone(child_pid(&r), &r);
 }
 
+/// A model server that exits before replying fails the manager at once,
+/// with the reason.
 #[test]
 fn model_server_that_dies_before_replying_fails_fast() {
     let Some(py) = python() else { return };
@@ -295,6 +307,8 @@ fn model_server_that_dies_before_replying_fails_fast() {
     assert_gone(child_pid(&r), &r);
 }
 
+/// A model server that never replies fails the manager at its reply
+/// timeout, and is killed.
 #[test]
 fn model_server_that_never_replies_is_killed() {
     let Some(py) = python() else { return };
@@ -310,6 +324,7 @@ fn model_server_that_never_replies_is_killed() {
     assert_gone(child_pid(&r), &r);
 }
 
+/// The manager says which model server program it could not start.
 #[test]
 fn model_server_manager_reports_a_missing_program() {
     let mut cmd = example("model_server_manager");
@@ -324,6 +339,8 @@ fn model_server_manager_reports_a_missing_program() {
     );
 }
 
+/// The manager with its built-in stand-in gets the reply and CONNECTED
+/// once.
 #[test]
 fn model_server_manager_with_the_stand_in() {
     let r = run(
@@ -339,6 +356,7 @@ fn model_server_manager_with_the_stand_in() {
 // ---------------------------------------------------------------------------
 // The demo
 
+/// `messenger demo` runs every scenario and passes their checks.
 #[test]
 fn demo_runs_every_scenario() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger"));

@@ -209,6 +209,7 @@ async fn flood_a_listener(transport: &str, secret: bool) {
     server.shutdown().await;
 }
 
+/// [`flood_a_listener`] without a secret, on tcp and ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_flood_is_cut_at_a_listener_without_a_secret() {
     for t in RAW_TRANSPORTS {
@@ -216,6 +217,8 @@ async fn empty_frame_flood_is_cut_at_a_listener_without_a_secret() {
     }
 }
 
+/// [`flood_a_listener`] with a secret (the flood comes before any proof),
+/// on tcp and ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_flood_is_cut_before_the_proof_at_a_listener_with_a_secret() {
     for t in RAW_TRANSPORTS {
@@ -259,6 +262,8 @@ async fn victim_of_a_raw_router(
     (victim, conn, reader, p)
 }
 
+/// The flood from a raw ROUTER our connection dialled: cut off, counted,
+/// the link down, and the victim still talks to well-behaved peers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_flood_is_cut_at_our_connection_side() {
     for t in RAW_TRANSPORTS {
