@@ -941,10 +941,7 @@ async fn churn_leaves_the_listener_serving() {
             )
         })
         .collect();
-    let stderr_tail = || {
-        let lines: Vec<&str> = stderr.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
+    let stderr_tail = || server.stderr_tail(40);
     assert!(
         bad.is_empty(),
         "{} of {} probes were not answered within {PROBE_LIMIT:?}:\n{}\nserver stderr (tail):\n{}",

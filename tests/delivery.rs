@@ -540,28 +540,29 @@ fn with_heartbeat() -> Config {
 /// Disconnected, long before its deadline.
 #[tokio::test]
 async fn heartbeat_declares_a_silent_peer_dead() {
-    let (router, endpoint, _p) = raw_router("tcp").await;
-    let (client, conn) = connect(with_heartbeat(), &endpoint).await;
-    let c = client.clone();
-    let start = Instant::now();
-    let r = within(
-        3,
-        "request fails",
-        c.request(conn, wire::NOOP, "anyone there?"),
-    )
-    .await;
-    assert_eq!(r.unwrap_err(), RequestError::Disconnected);
-    eprintln!("declared dead after {:?}", start.elapsed());
-    assert_stats!(
-        client.stats(),
-        "tcp",
-        heartbeats_missed >= 3,
-        pending_callbacks == 0
-    );
-    // The connection redials; the ROUTER still accepts.
-    eventually(5, "redialled", || client.stats().reconnects >= 1).await;
-    client.shutdown().await;
-    drop(router);
+    for t in RAW_TRANSPORTS {
+        let (router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(with_heartbeat(), &endpoint).await;
+        let start = Instant::now();
+        let r = within(
+            3,
+            "request fails",
+            client.request(conn, wire::NOOP, "anyone there?"),
+        )
+        .await;
+        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        eprintln!("{t}: declared dead after {:?}", start.elapsed());
+        assert_stats!(
+            client.stats(),
+            t,
+            heartbeats_missed >= 3,
+            pending_callbacks == 0
+        );
+        // The connection redials; the ROUTER still accepts.
+        eventually(5, "redialled", || client.stats().reconnects >= 1).await;
+        client.shutdown().await;
+        drop(router);
+    }
 }
 
 /// A sender waiting for an ACK (send_confirmed) fails with Disconnected when

@@ -1,15 +1,25 @@
-//! Shared helpers for the integration tests: a fresh endpoint per transport
-//! (tcp port 0, a unique ipc path under a temp dir, a unique inproc name) and
-//! bounded waits, so a bug fails a test instead of hanging CI; `python`
-//! finds (or builds) the interpreter for tests that run pyzmq peers;
-//! `raw_zmtp` speaks ZMTP by hand for raw peers (well-behaved or hostile)
-//! and counts every byte they receive; `memory` measures the resident set;
-//! `serve` runs `messenger serve` as a child process.
-//! Below: bounded waits (async and blocking), server loops that record
-//! what they see ([`Seen`]) or hand it to the test ([`forwarding`]), a
-//! listening server, a connected client and both at once ([`pair`]), a
-//! round trip on our API, a seeded [`Rng`], [`assert_stats!`], and raw
-//! peers on the `zeromq` crate.
+//! Shared fixtures for the integration tests, so each test says only what
+//! it checks. Submodules: `python` finds (or builds) the interpreter for
+//! pyzmq peers; `raw_zmtp` speaks ZMTP by hand for raw peers (well-behaved
+//! or hostile) and counts every byte they receive; `memory` measures the
+//! resident set; `serve` runs `messenger serve` as a child process.
+//!
+//! Here:
+//! - transports: [`TRANSPORTS`] (behavioural tests loop over all three),
+//!   [`RAW_TRANSPORTS`] (tests with raw peers), [`place`] (a fresh
+//!   endpoint);
+//! - bounded waits, so a bug fails a test instead of hanging CI: [`within`],
+//!   [`wait_until`], [`eventually`], [`eventually_real`], [`retry`], and for
+//!   plain threads and child processes [`wait_until_blocking`],
+//!   [`wait_child`], [`run_bounded`];
+//! - server loops: [`no_slc`], [`Seen`] (records, answers `re:`, the body or
+//!   nothing), [`forwarding`] (hands each message to the test);
+//! - our side: [`serve`], [`serve_seen`], [`connect`], [`connect_as`],
+//!   [`pair`] and [`forwarding_pair`] (a server and a connected client),
+//!   [`spawn_request`], [`expect_reply`], [`round_trip`], [`assert_stats!`];
+//! - [`Rng`] (seeded), [`env_number`] (size knobs);
+//! - raw peers on the `zeromq` crate: [`raw_router`], [`raw_dealer`],
+//!   [`raw_send`], [`raw_recv`], [`raw_payload`].
 #![allow(dead_code)]
 
 pub mod memory;
