@@ -13,11 +13,10 @@ mod common;
 use std::time::Duration;
 
 use common::raw_zmtp::{self, FrameReader, Stream};
-use common::{connect_as, round_trip, serve, within};
+use common::serve::ServeProcess;
+use common::{RAW_TRANSPORTS, connect_as, eventually, no_slc, retry, round_trip, serve, within};
+use messenger::{Config};
 use messenger::internals::wire;
-use messenger::{Config, Incoming, Responder};
-
-fn ignore(_: Incoming, _: Responder) {}
 
 /// Places in the listeners below.
 const LIMIT: usize = 24;
@@ -58,6 +57,7 @@ async fn closed(peers: &mut [FrameReader<Stream>]) -> usize {
 /// Once the peers there have been idle past `IDLE_AFTER`, a newcomer
 /// connects and is served (within 3 s each).
 async fn newcomer_after_idle(endpoint: &messenger::Endpoint) -> messenger::Messenger {
+    // Idleness is wall time: the squatters must have been quiet that long.
     tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
     let (client, conn) = connect_as("newcomer", Config::default(), endpoint, 3).await;
     let served = "the newcomer is served";
@@ -68,7 +68,7 @@ async fn newcomer_after_idle(endpoint: &messenger::Endpoint) -> messenger::Messe
 /// Silent peers fill every place; once they have been idle long enough, a
 /// newcomer takes the place of one of them (one, not more), and is served.
 async fn silent_peers_give_way(transport: &str) {
-    let (server, bound, _p) = serve(transport, limited(Some(IDLE_AFTER)), ignore).await;
+    let (server, bound, _p) = serve(transport, limited(Some(IDLE_AFTER)), no_slc).await;
     let mut squatters = silent_peers(&bound.endpoint, LIMIT).await;
     let client = newcomer_after_idle(&bound.endpoint).await;
     let stats = server.stats();
@@ -79,11 +79,13 @@ async fn silent_peers_give_way(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`silent_peers_give_way`] on tcp.
 #[tokio::test]
 async fn silent_peers_give_way_to_a_newcomer_on_tcp() {
     silent_peers_give_way("tcp").await;
 }
 
+/// [`silent_peers_give_way`] on ipc.
 #[tokio::test]
 async fn silent_peers_give_way_to_a_newcomer_on_ipc() {
     silent_peers_give_way("ipc").await;
@@ -94,19 +96,22 @@ async fn silent_peers_give_way_to_a_newcomer_on_ipc() {
 /// necessary.
 #[tokio::test]
 async fn without_eviction_silent_peers_keep_newcomers_out() {
-    let (server, bound, _p) = serve("tcp", limited(None), ignore).await;
-    let _squatters = silent_peers(&bound.endpoint, LIMIT).await;
-    tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
-    let client = messenger::Messenger::new("newcomer").unwrap();
-    let waited = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.make_connection(&bound.endpoint),
-    )
-    .await;
-    assert!(waited.is_err(), "the newcomer got in: {waited:?}");
-    assert_eq!(server.stats().idle_evictions, 0);
-    client.shutdown().await;
-    server.shutdown().await;
+    for t in RAW_TRANSPORTS {
+        let (server, bound, _p) = serve(t, limited(None), no_slc).await;
+        let _squatters = silent_peers(&bound.endpoint, LIMIT).await;
+        // Idle past `IDLE_AFTER` (wall time), which would be enough to give way.
+        tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
+        let client = messenger::Messenger::new("newcomer").unwrap();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.make_connection(&bound.endpoint),
+        )
+        .await;
+        assert!(waited.is_err(), "{t}: the newcomer got in: {waited:?}");
+        assert_eq!(server.stats().idle_evictions, 0, "{t}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
 }
 
 /// A peer with something in flight (a reply it has not ACKed) is not
@@ -117,7 +122,7 @@ async fn a_peer_with_messages_in_flight_keeps_its_place(transport: &str) {
         max_connections_per_listener: 2,
         ..limited(Some(IDLE_AFTER))
     };
-    let (server, bound, _p) = serve(transport, config, ignore).await;
+    let (server, bound, _p) = serve(transport, config, no_slc).await;
     // An ECHO request whose reply it never ACKs.
     let request = wire::encode(0, 5, wire::ECHO, b"unACKed");
     let mut busy = raw_zmtp::dealer(
@@ -132,7 +137,8 @@ async fn a_peer_with_messages_in_flight_keeps_its_place(transport: &str) {
         // Its ACK and the reply, in either order.
         got.push(busy.next_message(5, "ACK and reply").await);
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The busy peer has been silent since before the quiet one connects:
+    // it is the longer idle of the two.
     let mut quiet = silent_peers(&bound.endpoint, 1).await;
     let client = newcomer_after_idle(&bound.endpoint).await;
     assert_eq!(
@@ -157,11 +163,13 @@ async fn a_peer_with_messages_in_flight_keeps_its_place(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`a_peer_with_messages_in_flight_keeps_its_place`] on tcp.
 #[tokio::test]
 async fn a_peer_with_messages_in_flight_keeps_its_place_on_tcp() {
     a_peer_with_messages_in_flight_keeps_its_place("tcp").await;
 }
 
+/// [`a_peer_with_messages_in_flight_keeps_its_place`] on ipc.
 #[tokio::test]
 async fn a_peer_with_messages_in_flight_keeps_its_place_on_ipc() {
     a_peer_with_messages_in_flight_keeps_its_place("ipc").await;
@@ -177,8 +185,8 @@ async fn one_source_address_takes_only_its_share() {
         max_connections_per_address: SHARE,
         ..Config::default()
     };
-    for transport in ["tcp", "ipc"] {
-        let (server, bound, _p) = serve(transport, config.clone(), ignore).await;
+    for transport in RAW_TRANSPORTS {
+        let (server, bound, _p) = serve(transport, config.clone(), no_slc).await;
         let mut held = silent_peers(&bound.endpoint, SHARE).await;
         let extra = raw_zmtp::dial(&bound.endpoint).await;
         let mut extra = FrameReader::new(extra);
@@ -189,16 +197,13 @@ async fn one_source_address_takes_only_its_share() {
             assert_eq!(stats.address_limit_hits, 1, "{stats:?}");
             // One leaves: its place can be taken again.
             drop(held.pop());
-            within(5, "a place is given back", async {
-                loop {
-                    let mut p = FrameReader::new(raw_zmtp::dial(&bound.endpoint).await);
-                    p.send(&raw_zmtp::hello(1, "DEALER", b"")).await;
-                    if p.greeting().await.is_ok() {
-                        p.expect_ready().await;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            let every = Duration::from_millis(10);
+            retry(5, "a place is given back", every, async || {
+                let mut p = FrameReader::new(raw_zmtp::dial(&bound.endpoint).await);
+                p.send(&raw_zmtp::hello(1, "DEALER", b"")).await;
+                p.greeting().await.ok()?;
+                p.expect_ready().await;
+                Some(())
             })
             .await;
         } else {
@@ -209,60 +214,11 @@ async fn one_source_address_takes_only_its_share() {
     }
 }
 
-/// `messenger serve` on tcp port 0 and an ipc path in the returned temp
-/// dir, with `flags`; its tcp and ipc endpoints once it listens. Its
-/// stderr is piped; it is killed when dropped.
-async fn messenger_serve(
-    flags: &[&str],
-) -> (
-    tokio::process::Child,
-    messenger::Endpoint,
-    messenger::Endpoint,
-    tempfile::TempDir,
-) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let ipc = format!("ipc://{}", dir.path().join("s.sock").display());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_messenger"))
-        .args([
-            "serve",
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--bind",
-            &ipc,
-            "--quiet",
-        ])
-        .args(flags)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("messenger serve");
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut tcp, mut ipc) = (None, None);
-    while tcp.is_none() || ipc.is_none() {
-        let line = within(10, "serve listening", out.next_line())
-            .await
-            .unwrap()
-            .expect("serve ended before listening");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if let Some(ep) = v["listening"].as_str() {
-            match ep.parse::<messenger::Endpoint>().unwrap() {
-                e @ messenger::Endpoint::Tcp { .. } => tcp = Some(e),
-                e => ipc = Some(e),
-            }
-        }
-    }
-    (child, tcp.unwrap(), ipc.unwrap(), dir)
-}
-
 /// `messenger serve` takes the policies as flags and reports both
 /// counters in its `--stats-interval` lines: an idle ipc peer gives way,
 /// a second tcp peer from one address is closed.
 #[tokio::test]
 async fn serve_takes_the_flags_and_reports_the_counters() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let flags = [
         "--max-connections",
         "2",
@@ -273,8 +229,8 @@ async fn serve_takes_the_flags_and_reports_the_counters() {
         "--stats-interval",
         "100ms",
     ];
-    let (mut child, tcp, ipc, _dir) = messenger_serve(&flags).await;
-    let (tcp, ipc) = (&tcp, &ipc);
+    let server = ServeProcess::start(&flags).await;
+    let (tcp, ipc) = (&server.tcp, &server.ipc);
     let _tcp_peer = silent_peers(tcp, 1).await;
     let mut second = FrameReader::new(raw_zmtp::dial(tcp).await);
     assert!(
@@ -284,20 +240,13 @@ async fn serve_takes_the_flags_and_reports_the_counters() {
         "a second tcp peer from one address was served"
     );
     let _ipc_peers = silent_peers(ipc, 2).await;
+    // Idleness is wall time: past the 200 ms `--evict-idle-after`.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _newcomer = silent_peers(ipc, 1).await;
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    within(10, "both counters in a stats line", async {
-        loop {
-            let line = err.next_line().await.unwrap().expect("serve ended");
-            let Some(json) = line.strip_prefix("stats ") else {
-                continue;
-            };
-            let stats: serde_json::Value = serde_json::from_str(json).unwrap();
-            if stats["idle_evictions"] == 1 && stats["address_limit_hits"] == 1 {
-                break;
-            }
-        }
+    eventually(10, "both counters in a stats line", || {
+        server
+            .last_stats()
+            .is_some_and(|stats| stats["idle_evictions"] == 1 && stats["address_limit_hits"] == 1)
     })
     .await;
 }
@@ -315,10 +264,8 @@ async fn serve_takes_the_flags_and_reports_the_counters() {
 async fn eleven_hundred_silent_connections_against_serve_defaults() {
     use tokio::io::AsyncWriteExt;
     const SQUATTERS: usize = 1_100;
-    let (_serve, tcp, _ipc, _dir) = messenger_serve(&[]).await;
-    let messenger::Endpoint::Tcp { port, .. } = tcp else {
-        unreachable!()
-    };
+    let server = ServeProcess::start(&[]).await;
+    let (tcp, port) = (&server.tcp, server.tcp_port());
     let hello = raw_zmtp::hello(1, "DEALER", b"");
     let mut squatters = Vec::new();
     for i in 0..SQUATTERS {
@@ -335,6 +282,8 @@ async fn eleven_hundred_silent_connections_against_serve_defaults() {
         s.write_all(&hello).await.unwrap();
         squatters.push(s);
     }
+    // A second for serve to take in the squatters' greetings: nothing it
+    // says tells when it has.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_messenger"))

@@ -20,9 +20,9 @@ use std::time::Instant;
 
 use common::memory::{mib, rss};
 use common::raw_zmtp::{self, FrameReader};
-use common::{connect_as, eventually, round_trip, serve, within};
+use common::{connect_as, eventually, no_slc, round_trip, serve, within};
+use messenger::{Config, Endpoint};
 use messenger::internals::wire;
-use messenger::{Config, Endpoint, Incoming, Responder};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -31,17 +31,6 @@ const WARM_UP: u64 = 5_000;
 const CONCURRENCY: u64 = 64;
 /// Most the resident set may differ from its level after the warm-up.
 const MAX_DRIFT: u64 = 16 << 20;
-
-fn peers() -> u64 {
-    std::env::var("MESSENGER_TEST_ANON")
-        .ok()
-        .map(|v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("MESSENGER_TEST_ANON={v:?} is not a number"))
-        })
-        .unwrap_or(DEFAULT_PEERS)
-}
 
 /// One anonymous peer's life. `ack`: whether it ACKs the ECHO reply.
 async fn one_peer(path: &std::path::Path, hello: &[u8], ack: bool) {
@@ -109,11 +98,14 @@ async fn run_peers(path: &std::path::Path, hello: &Arc<Vec<u8>>, from: u64, to: 
     }
 }
 
+/// The module's scenario: 100,000 anonymous peers leave the resident set
+/// within `MAX_DRIFT` of its level after the warm-up, and the listener
+/// still serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_peers_leave_nothing_behind() {
-    let total = peers();
+    let total = common::env_number("MESSENGER_TEST_ANON", DEFAULT_PEERS);
     let warm_up = WARM_UP.min(total / 2);
-    let (server, bound, _p) = serve("ipc", Config::default(), |_: Incoming, _: Responder| {}).await;
+    let (server, bound, _p) = serve("ipc", Config::default(), no_slc).await;
     let Endpoint::Ipc(path) = bound.endpoint.clone() else {
         unreachable!("bound on ipc")
     };

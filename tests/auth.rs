@@ -3,15 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{place, within};
+use common::{Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, round_trip, serve_seen};
 use messenger::internals::auth::{self, Secret};
+use messenger::{Config, ListenerInfo, Messenger};
 use messenger::internals::wire;
-use messenger::{Config, Incoming, ListenerInfo, Messenger, Responder};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, ZmqMessage};
 
@@ -23,25 +21,10 @@ fn with_secret(secret: &str) -> Config {
     }
 }
 
-/// A listener requiring `secret`, counting what its server loop sees.
-async fn server(
-    transport: &str,
-    secret: &str,
-) -> (Messenger, ListenerInfo, Arc<AtomicUsize>, common::Place) {
-    let p = place(transport);
-    let seen = Arc::new(AtomicUsize::new(0));
-    let seen2 = Arc::clone(&seen);
-    let m = Messenger::with_config("server", with_secret(secret)).unwrap();
-    let info = m
-        .listen_for_connection(&p.endpoint, "server", move |msg: Incoming, r: Responder| {
-            seen2.fetch_add(1, Ordering::SeqCst);
-            if msg.src_cb != wire::NOOP {
-                let _ = r.try_reply(&msg.body);
-            }
-        })
-        .await
-        .unwrap();
-    (m, info, seen, p)
+/// A listener requiring `secret`, recording what its server loop sees
+/// (and answering with the body).
+async fn server(transport: &str, secret: &str) -> (Messenger, ListenerInfo, Place, Seen) {
+    serve_seen(transport, with_secret(secret), Answer::Body).await
 }
 
 fn url(info: &ListenerInfo) -> String {
@@ -53,7 +36,8 @@ async fn raw_send(s: &mut DealerSocket, payload: String) {
     s.send(m).await.unwrap();
 }
 
-/// Waits for a payload on a raw DEALER; None if nothing comes in time.
+/// Waits `ms` (wall time: nothing may come) for a payload on a raw DEALER;
+/// None if nothing comes.
 async fn raw_recv(s: &mut DealerSocket, ms: u64) -> Option<Bytes> {
     match tokio::time::timeout(Duration::from_millis(ms), s.recv()).await {
         Ok(Ok(m)) => m.into_vec().pop(),
@@ -61,48 +45,48 @@ async fn raw_recv(s: &mut DealerSocket, ms: u64) -> Option<Bytes> {
     }
 }
 
+/// A client holding the secret is served (server loop and ECHO), and its
+/// proof never reaches the server loop.
 #[tokio::test]
 async fn the_right_secret_gets_through_on_tcp_and_ipc() {
-    for t in ["tcp", "ipc"] {
-        let (server, info, seen, _p) = server(t, "s3cret").await;
-        let client = Messenger::with_config("client", with_secret("s3cret")).unwrap();
-        let conn = client.make_connection(&info.endpoint).await.unwrap();
-        let reply = within(5, "request", client.request(conn, wire::NOOP, b"hi"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body.as_ref(), b"hi", "{t}");
-        let echo = within(5, "echo", client.request(conn, wire::ECHO, b"e"))
-            .await
-            .unwrap();
-        assert_eq!(echo.body.as_ref(), b"e", "{t}");
-        assert_eq!(
-            seen.load(Ordering::SeqCst),
-            1,
-            "{t}: the proof itself is not delivered"
-        );
+    for t in RAW_TRANSPORTS {
+        let (server, info, _p, seen) = server(t, "s3cret").await;
+        let (client, conn) = connect(with_secret("s3cret"), &info.endpoint).await;
+        round_trip(5, &client, conn, wire::NOOP, b"hi", t).await;
+        round_trip(5, &client, conn, wire::ECHO, b"e", t).await;
+        assert_eq!(seen.len(), 1, "{t}: the proof itself is not delivered");
         assert_eq!(server.stats().auth_failures, 0, "{t}");
         server.shutdown().await;
     }
 }
 
+/// A client with the wrong secret is cut off, gets no reply, and nothing
+/// of its reaches the server loop.
 #[tokio::test]
 async fn a_wrong_secret_is_cut_off_and_delivers_nothing() {
-    let (server, info, seen, _p) = server("tcp", "right").await;
-    let client = Messenger::with_config("client", with_secret("wrong")).unwrap();
-    // The cut may come during or right after the handshake.
-    if let Ok(conn) = client.make_connection(&info.endpoint).await {
-        let r = client
-            .request_with_timeout(conn, wire::NOOP, b"x", Duration::from_millis(800))
-            .await;
-        assert!(r.is_err(), "a wrong secret got a reply");
+    for t in RAW_TRANSPORTS {
+        let (server, info, _p, seen) = server(t, "right").await;
+        let client = Messenger::with_config("client", with_secret("wrong")).unwrap();
+        // The cut may come during or right after the handshake.
+        if let Ok(conn) = client.make_connection(&info.endpoint).await {
+            let r = client
+                .request_with_timeout(conn, wire::NOOP, b"x", Duration::from_millis(800))
+                .await;
+            assert!(r.is_err(), "{t}: a wrong secret got a reply");
+        }
+        eventually(5, "failure counted", || server.stats().auth_failures >= 1).await;
+        assert_eq!(seen.len(), 0, "{t}");
+        client.shutdown().await;
+        server.shutdown().await;
     }
-    common::eventually(5, "failure counted", || server.stats().auth_failures >= 1).await;
-    assert_eq!(seen.load(Ordering::SeqCst), 0);
 }
 
+/// A peer that sends an ordinary message first is cut off unanswered, and
+/// one that sends nothing at the handshake timeout; nothing of theirs
+/// reaches a callback.
 #[tokio::test]
 async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
-    let (server, info, seen, _p) = server("tcp", "k").await;
+    let (server, info, _p, seen) = server("tcp", "k").await;
     // A peer that sends an ordinary message first: cut at once.
     let mut raw = DealerSocket::new();
     raw.connect(&url(&info)).await.unwrap();
@@ -116,18 +100,20 @@ async fn without_a_proof_nothing_reaches_a_callback_and_the_peer_is_dropped() {
     // A peer that sends nothing: cut at the handshake timeout.
     let mut quiet = DealerSocket::new();
     quiet.connect(&url(&info)).await.unwrap();
-    common::eventually(5, "both dropped", || {
+    eventually(5, "both dropped", || {
         let s = server.stats();
         s.auth_failures >= 1 && s.handshake_timeouts >= 1
     })
     .await;
-    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.len(), 0);
     assert_eq!(server.stats().echoes_answered, 0);
 }
 
+/// A proof is good once: its first use is served, the same proof from
+/// another connection is cut off unanswered and counted.
 #[tokio::test]
 async fn a_replayed_proof_is_refused() {
-    let (server, info, _seen, _p) = server("tcp", "k").await;
+    let (server, info, _p, _seen) = server("tcp", "k").await;
     let proof = auth::proof(&Secret::new("k")).unwrap();
     // First use: accepted, and the peer is served.
     let mut first = DealerSocket::new();
@@ -156,5 +142,5 @@ async fn a_replayed_proof_is_refused() {
         None,
         "a replayed proof was accepted"
     );
-    common::eventually(5, "replay counted", || server.stats().auth_failures >= 1).await;
+    eventually(5, "replay counted", || server.stats().auth_failures >= 1).await;
 }

@@ -49,21 +49,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::raw_zmtp::{self, GREETING_LEN, Stream};
-use common::within;
-use messenger::internals::wire;
+use common::serve::ServeProcess;
+use common::{Rng, wait_until, within};
 use messenger::{Endpoint, Messenger};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use messenger::internals::wire;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-
-const BIN: &str = env!("CARGO_BIN_EXE_messenger");
 
 /// The latency every probe must meet (the requirement's 1 s).
 const PROBE_LIMIT: Duration = Duration::from_secs(1);
@@ -94,116 +91,20 @@ const FD_LIMIT: Duration = Duration::from_secs(10);
 /// `shutdown_grace` (5 s) + `linger` (1 s) + 1 s of slack.
 const EXIT_LIMIT: Duration = Duration::from_secs(7);
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={v:?} is not a number: {e}")),
-        Err(_) => default,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The server process
 
-/// `messenger serve` on tcp port 0 and an ipc path in a temp dir; killed
-/// when dropped.
-struct Server {
-    child: Child,
-    pid: u32,
-    tcp: Endpoint,
-    ipc: Endpoint,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    /// Ends when the server's stderr closes.
-    stderr_drain: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+/// The server: `messenger serve` with a stats line every 10 s and room for
+/// every churner and probe from loopback (the per-address cap would turn
+/// probes away with the churners: the test is about the server, not its
+/// address policy).
+async fn start_server() -> ServeProcess {
+    let flags = ["--stats-interval", "10s"];
+    ServeProcess::start(&[&flags[..], &["--max-connections-per-address", "1024"]].concat()).await
 }
 
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ipc_bind = format!("ipc://{}", dir.path().join("s.sock").display());
-        let mut child = Command::new(BIN)
-            .args(["serve", "--bind", "tcp://127.0.0.1:0", "--bind", &ipc_bind])
-            .args(["--quiet", "--stats-interval", "10s"])
-            // Churners and probes all come from loopback: the per-address
-            // cap would turn probes away with the churners (the test is
-            // about the server, not its address policy).
-            .args(["--max-connections-per-address", "1024"])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cannot start messenger serve");
-        let pid = child.id().expect("serve has a pid");
-        // Both pipes are drained for the whole run, so the server never
-        // blocks on a full pipe.
-        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        tokio::spawn(async move {
-            let mut reader = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let sink = Arc::clone(&stderr);
-        let stderr_drain = tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            loop {
-                match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend_from_slice(&buf[..n]),
-                }
-            }
-        });
-        let mut listening = Vec::new();
-        for what in ["tcp", "ipc"] {
-            let line = tokio::time::timeout(Duration::from_secs(10), lines.recv()).await;
-            let line = match line {
-                Ok(Some(line)) => line,
-                _ => panic!(
-                    "serve printed no {what} listening line within 10 s; stderr:\n{}",
-                    String::from_utf8_lossy(&stderr.lock().unwrap())
-                ),
-            };
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            let ep = v["listening"]
-                .as_str()
-                .unwrap_or_else(|| panic!("expected {{\"listening\": ...}}, got {v}"));
-            listening.push(ep.parse::<Endpoint>().expect("a valid endpoint"));
-        }
-        // --quiet: nothing more should come, but keep draining anyway.
-        tokio::spawn(async move { while lines.recv().await.is_some() {} });
-        let ipc = listening.pop().unwrap();
-        let tcp = listening.pop().unwrap();
-        assert!(
-            matches!(&tcp, Endpoint::Tcp { port, .. } if *port != 0),
-            "tcp endpoint not resolved: {tcp}"
-        );
-        assert_eq!(ipc.to_string(), ipc_bind);
-        Server {
-            child,
-            pid,
-            tcp,
-            ipc,
-            stderr,
-            stderr_drain: Some(stderr_drain),
-            _dir: dir,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-
+/// Its descriptors (Linux: `/proc/PID/fd`).
+impl ServeProcess {
     fn fd_dir(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/fd", self.pid))
     }
@@ -237,6 +138,7 @@ impl Server {
             let mut last = self.fds();
             let mut same = 0;
             loop {
+                // Holding still is a matter of wall time.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let now = self.fds();
                 if now == last {
@@ -252,24 +154,10 @@ impl Server {
         })
         .await
     }
-
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid.to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-        assert!(status.success(), "kill -{signal} {} failed", self.pid);
-    }
 }
 
 // ---------------------------------------------------------------------------
 // ZMTP by hand (design/WIRE.md, ZMTP 3.1; tests/common/raw_zmtp.rs)
-
-/// The 64-byte greeting every peer sends: version 3.1, NULL, as-server 0.
-fn greeting() -> [u8; GREETING_LEN] {
-    raw_zmtp::greeting(1)
-}
 
 /// One ECHO request as a DEALER sends it: `["", "{msg_id}-0-1-{body}"]`.
 fn echo_request(msg_id: u64, body: &[u8]) -> Vec<u8> {
@@ -280,32 +168,6 @@ fn echo_request(msg_id: u64, body: &[u8]) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------
 // The churn
-
-/// xorshift64*: enough randomness for a mix, and replayable from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 of the seed, never zero.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// 0 ..= n-1
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -323,7 +185,8 @@ const KINDS: [Kind; 5] = [
     Kind::Silent,
     Kind::Reset,
 ];
-const TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
+/// The churn's transports, indexed by `t` below.
+const TRANSPORTS: [&str; 2] = common::RAW_TRANSPORTS;
 
 #[derive(Default)]
 struct Counts {
@@ -381,6 +244,15 @@ struct Targets {
     ipc_path: PathBuf,
 }
 
+impl Targets {
+    fn of(server: &ServeProcess) -> Targets {
+        Targets {
+            tcp_port: server.tcp_port(),
+            ipc_path: server.ipc_path(),
+        }
+    }
+}
+
 async fn connect(targets: &Targets, t: usize, reset: bool) -> io::Result<Stream> {
     let dial = async {
         if TRANSPORTS[t] == "tcp" {
@@ -435,7 +307,7 @@ fn partial_greeting(rng: &mut Rng) -> Vec<u8> {
     if rng.chance(50) {
         Vec::new()
     } else {
-        greeting()[..1 + rng.below(63) as usize].to_vec()
+        raw_zmtp::greeting(1)[..1 + rng.below(63) as usize].to_vec()
     }
 }
 
@@ -464,13 +336,13 @@ async fn full_peer(
     match rng.below(3) {
         // Everything in one write, close without reading.
         0 => {
-            let mut all = greeting().to_vec();
+            let mut all = raw_zmtp::greeting(1).to_vec();
             all.extend(rest);
             s.write_all(&all).await?;
         }
         // Everything in one write, wait for the echo.
         1 => {
-            let mut all = greeting().to_vec();
+            let mut all = raw_zmtp::greeting(1).to_vec();
             all.extend(rest);
             s.write_all(&all).await?;
             if read_until(&mut s, body.as_bytes(), REPLY_LIMIT).await? {
@@ -482,7 +354,7 @@ async fn full_peer(
         // Greeting, the server's greeting, then READY and the request,
         // then the echo.
         _ => {
-            s.write_all(&greeting()).await?;
+            s.write_all(&raw_zmtp::greeting(1)).await?;
             read_n(&mut s, GREETING_LEN, REPLY_LIMIT).await?;
             s.write_all(&rest).await?;
             if read_until(&mut s, body.as_bytes(), REPLY_LIMIT).await? {
@@ -598,7 +470,7 @@ async fn churner(
         let r: io::Result<()> = match kind {
             Kind::Full => full_peer(&targets, t, &mut rng, &tag, &counts).await,
             Kind::GreetingOnly => match connect(&targets, t, false).await {
-                Ok(mut s) => s.write_all(&greeting()).await,
+                Ok(mut s) => s.write_all(&raw_zmtp::greeting(1)).await,
                 Err(e) => {
                     counts.connect_error(&e);
                     Ok(())
@@ -612,6 +484,7 @@ async fn churner(
                     } else {
                         s.write_all(&partial).await
                     };
+                    // A half-open peer holds its connection 0-100 ms.
                     tokio::time::sleep(Duration::from_millis(rng.below(101))).await;
                     r
                 }
@@ -675,7 +548,7 @@ async fn hold_peers(targets: &Targets) -> (Vec<Stream>, Vec<String>) {
         }
         match connect(targets, t, false).await {
             Ok(mut s) => {
-                if let Err(e) = s.write_all(&greeting()[..10]).await {
+                if let Err(e) = s.write_all(&raw_zmtp::greeting(1)[..10]).await {
                     problems.push(format!("silent peer on {transport}: write: {e}"));
                 }
                 held.push(s);
@@ -797,11 +670,13 @@ fn run_probes(
 // ---------------------------------------------------------------------------
 // The test
 
+/// The module's scenario: probes answered within 1 s during and after
+/// the churn, fds back to the baseline, SIGTERM exits 0 within the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_leaves_the_listener_serving() {
-    let churn_secs = env_u64("MESSENGER_TEST_CHURN_SECS", 60);
-    let tasks = env_u64("MESSENGER_TEST_CHURN_TASKS", 128) as usize;
-    let seed = env_u64(
+    let churn_secs = common::env_number::<u64>("MESSENGER_TEST_CHURN_SECS", 60);
+    let tasks = common::env_number::<u64>("MESSENGER_TEST_CHURN_TASKS", 128) as usize;
+    let seed = common::env_number::<u64>(
         "MESSENGER_TEST_CHURN_SEED",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -813,7 +688,7 @@ async fn churn_leaves_the_listener_serving() {
     );
     let test_start = Instant::now();
 
-    let mut server = Server::start().await;
+    let mut server = start_server().await;
     let baseline = server.settled_fds().await;
     eprintln!(
         "serve (pid {}) listening on {} and {}; baseline fds {baseline} {}",
@@ -839,16 +714,7 @@ async fn churn_leaves_the_listener_serving() {
         );
     }
 
-    let targets = Targets {
-        tcp_port: match &server.tcp {
-            Endpoint::Tcp { port, .. } => *port,
-            other => panic!("not tcp: {other}"),
-        },
-        ipc_path: match &server.ipc {
-            Endpoint::Ipc(p) => p.clone(),
-            other => panic!("not ipc: {other}"),
-        },
-    };
+    let targets = Targets::of(&server);
     assert!(Path::new(&targets.ipc_path).exists());
 
     // The churn and the probes, side by side.
@@ -896,14 +762,16 @@ async fn churn_leaves_the_listener_serving() {
                 if let Ok(dir) = std::fs::read_dir(&fd_dir) {
                     max = max.max(dir.count());
                 }
+                // A sample every 100 ms of the churn.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             max
         })
     };
+    // The churn runs for its wall time, with a report every 10 s.
     let mut next_report = began + Duration::from_secs(10);
     while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep_until(next_report.min(deadline).into()).await;
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(10);
             eprintln!(
@@ -931,6 +799,7 @@ async fn churn_leaves_the_listener_serving() {
     .await;
     let max_fds = sampler.await.unwrap();
     after.store(true, Ordering::Release);
+    // Probes go on for their wall time after the churn.
     tokio::time::sleep(PROBE_AFTER).await;
     probes_stop.store(true, Ordering::Release);
     let (probes, hung_clients) = within(30, "probe thread finishing", probes_rx)
@@ -939,11 +808,8 @@ async fn churn_leaves_the_listener_serving() {
 
     // Descriptors back to where they were.
     let fd_start = Instant::now();
-    let mut fds = server.fds();
-    while fds != baseline && fd_start.elapsed() < FD_LIMIT {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        fds = server.fds();
-    }
+    wait_until(FD_LIMIT, || server.fds() == baseline).await;
+    let fds = server.fds();
     let fd_wait = fd_start.elapsed();
     let fd_summary = server.fd_summary();
 
@@ -953,12 +819,9 @@ async fn churn_leaves_the_listener_serving() {
     // shutdown beyond the grace period.
     let (held, held_problems) = hold_peers(&targets).await;
     let held_fds = baseline + held.len();
-    let accept_wait = Instant::now();
-    let mut seen = server.fds();
-    while seen < held_fds && accept_wait.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        seen = server.fds();
-    }
+    // Each held open (up to 5 s to accept them).
+    wait_until(Duration::from_secs(5), || server.fds() >= held_fds).await;
+    let seen = server.fds();
     eprintln!(
         "{} peers held open at SIGTERM (server fds {seen}){}",
         held.len(),
@@ -970,9 +833,8 @@ async fn churn_leaves_the_listener_serving() {
     );
 
     // SIGTERM: exits 0 within the shutdown grace.
-    server.signal("TERM");
     let term_at = Instant::now();
-    let exit = tokio::time::timeout(EXIT_LIMIT, server.child.wait()).await;
+    let exit = server.terminate(EXIT_LIMIT).await;
     let exit_time = term_at.elapsed();
     // The server closed every held peer on its way out.
     let mut held_open = 0;
@@ -989,12 +851,6 @@ async fn churn_leaves_the_listener_serving() {
         if closed.await.is_err() {
             held_open += 1;
         }
-    }
-    if exit.is_ok()
-        && let Some(drain) = server.stderr_drain.take()
-    {
-        // Its last lines (the shutdown stats) are in.
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
 
     // The numbers.
@@ -1066,9 +922,9 @@ async fn churn_leaves_the_listener_serving() {
         .unwrap_or("(none)");
     eprintln!("server's last stats line: {last_stats}");
     match &exit {
-        Ok(Ok(status)) => eprintln!("SIGTERM -> exit {status} after {exit_time:?}"),
-        Ok(Err(e)) => eprintln!("SIGTERM -> wait failed: {e}"),
-        Err(_) => eprintln!("SIGTERM -> still running after {exit_time:?}"),
+        Some(Ok(status)) => eprintln!("SIGTERM -> exit {status} after {exit_time:?}"),
+        Some(Err(e)) => eprintln!("SIGTERM -> wait failed: {e}"),
+        None => eprintln!("SIGTERM -> still running after {exit_time:?}"),
     }
     eprintln!("whole test: {:.1} s", test_start.elapsed().as_secs_f64());
 
@@ -1086,10 +942,7 @@ async fn churn_leaves_the_listener_serving() {
             )
         })
         .collect();
-    let stderr_tail = || {
-        let lines: Vec<&str> = stderr.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
+    let stderr_tail = || server.stderr_tail(40);
     assert!(
         bad.is_empty(),
         "{} of {} probes were not answered within {PROBE_LIMIT:?}:\n{}\nserver stderr (tail):\n{}",
@@ -1128,9 +981,9 @@ async fn churn_leaves_the_listener_serving() {
         stderr_tail()
     );
     let status = match exit {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => panic!("cannot wait for serve: {e}"),
-        Err(_) => panic!(
+        Some(Ok(status)) => status,
+        Some(Err(e)) => panic!("cannot wait for serve: {e}"),
+        None => panic!(
             "serve did not exit within {EXIT_LIMIT:?} of SIGTERM; stderr (tail):\n{}",
             stderr_tail()
         ),
@@ -1151,11 +1004,8 @@ async fn churn_leaves_the_listener_serving() {
     );
     // The churn stays under the connection limit by design (see
     // SILENT_MAX): had it hit the limit, probes would have queued behind it.
-    let final_stats: serde_json::Value = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("shut down; ").map(|(_, json)| json))
-        .and_then(|json| serde_json::from_str(json).ok())
+    let final_stats = server
+        .final_stats()
         .unwrap_or_else(|| panic!("no shutdown stats line; stderr (tail):\n{}", stderr_tail()));
     assert_eq!(
         final_stats["connection_limit_hits"], 0,
@@ -1184,17 +1034,8 @@ async fn garbage_connections_do_not_flood_the_log() {
     const TASKS: usize = 32;
     /// The listener's burst per second (`RateLimit::BURST`).
     const BURST: u64 = 10;
-    let mut server = Server::start().await;
-    let targets = Targets {
-        tcp_port: match &server.tcp {
-            Endpoint::Tcp { port, .. } => *port,
-            other => panic!("not tcp: {other}"),
-        },
-        ipc_path: match &server.ipc {
-            Endpoint::Ipc(path) => path.clone(),
-            other => panic!("not ipc: {other}"),
-        },
-    };
+    let mut server = start_server().await;
+    let targets = Targets::of(&server);
     // An HTTP request where the greeting should be: the signature is wrong,
     // so every one of these is a protocol violation the server warns about.
     let garbage = {
@@ -1228,40 +1069,38 @@ async fn garbage_connections_do_not_flood_the_log() {
     })
     .await;
     let flood = started.elapsed();
-    // A last one after a quiet second: its warning comes with the count
-    // the flood's last second held back.
+    // A last one on each listener after a quiet second (the rate limit's
+    // window is wall time): its warning comes with the count the flood's
+    // last second held back.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let warned = |server: &ServeProcess| {
+        let stderr = server.stderr();
+        let dropping = |l: &&str| l.contains("WARN") && l.contains("dropping peer");
+        stderr.lines().filter(dropping).count() as u64
+    };
+    let before = warned(&server);
     for t in 0..2 {
         let mut s = connect(&targets, t, false).await.expect("connect");
         let _ = s.write_all(&garbage).await;
         let _ = read_until(&mut s, b"\0never\0", Duration::from_secs(2)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    server.signal("TERM");
-    let exit = tokio::time::timeout(EXIT_LIMIT, server.child.wait()).await;
+    // Both last warnings logged (the checks below tell if they never are).
+    wait_until(Duration::from_secs(5), || warned(&server) >= before + 2).await;
+    let exit = server.terminate(EXIT_LIMIT).await;
     assert!(
-        matches!(exit, Ok(Ok(status)) if status.success()),
+        matches!(exit, Some(Ok(status)) if status.success()),
         "serve did not exit 0 on SIGTERM: {exit:?}"
     );
-    if let Some(drain) = server.stderr_drain.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    }
     let stderr = server.stderr();
-    let warnings = stderr
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("dropping peer"))
-        .count() as u64;
+    let warnings = warned(&server);
     let held_back: u64 = stderr
         .lines()
         .filter(|l| l.contains("held back in the last second"))
         .filter_map(|l| l.split("count=").nth(1))
         .filter_map(|c| c.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
-    let stats: serde_json::Value = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("shut down; ").map(|(_, json)| json))
-        .and_then(|json| serde_json::from_str(json).ok())
+    let stats = server
+        .final_stats()
         .unwrap_or_else(|| panic!("no shutdown stats line in:\n{stderr}"));
     let suppressed = stats["warnings_suppressed"].as_u64().unwrap_or(0);
     let rejected = stats["guard_rejections"].as_u64().unwrap_or(0);

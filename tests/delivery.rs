@@ -3,9 +3,9 @@
 //! redials, heartbeats, the send queue's high-water mark, shutdown with work
 //! in flight, and lossy soaks that must end with exactly-once delivery.
 //!
-//! Tests use real time with short intervals: paused time would need tokio's
-//! `test-util` feature, which the crate's dev-dependencies do not enable.
-//! Every wait is bounded, so a bug fails a test instead of hanging it.
+//! Deadline tests on inproc run under tokio's paused clock (exact and
+//! instant); the rest use real time with short intervals. Every wait is
+//! bounded, so a bug fails a test instead of hanging it.
 
 mod common;
 
@@ -16,24 +16,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Place, TRANSPORTS, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve,
-    within,
+    Answer, Place, RAW_TRANSPORTS, Rng, Seen, TRANSPORTS, bytes_vec, connect, eventually,
+    eventually_real, expect_reply, forwarding, forwarding_pair, no_slc, pair, raw_dealer, raw_recv,
+    raw_router, raw_send, serve, serve_seen, spawn_request, within,
 };
+use messenger::{Callback, Config, ConnectionId, Destination, Endpoint, Heartbeat, Incoming, Messenger, RequestError, Responder, SendError};
 use messenger::internals::wire;
-use messenger::{
-    Callback, Config, ConnectionId, Endpoint, Heartbeat, Incoming, Messenger, RequestError,
-    Responder, SendError,
-};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use zeromq::ZmqMessage;
 use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, RouterSocket, SocketOptions, ZmqMessage};
-
-/// Transports a raw `zeromq` peer can use (inproc is ours alone).
-const RAW_TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
-
-fn no_slc(_: Incoming, _: Responder) {}
 
 /// Short timers for tests on real sockets.
 fn quick() -> Config {
@@ -45,68 +37,11 @@ fn quick() -> Config {
     }
 }
 
-/// Every body a server-loop callback saw, in order. The callback answers
-/// messages that ask for a reply with `re:{body}`.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Bytes>>>);
-
-impl Seen {
-    fn slc(&self) -> impl Fn(Incoming, Responder) + Send + Sync + 'static {
-        let seen = self.clone();
-        move |m: Incoming, r: Responder| {
-            seen.0.lock().unwrap().push(m.body.clone());
-            if m.src_cb != wire::NOOP {
-                let body = [b"re:".as_slice(), &m.body].concat();
-                if let Err(SendError::Full) = r.try_reply(&body) {
-                    tokio::spawn(async move { r.reply(body).await });
-                }
-            }
-        }
-    }
-
-    fn bodies(&self) -> Vec<Bytes> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    fn count(&self, body: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|b| b.as_ref() == body.as_bytes())
-            .count()
-    }
-}
-
-fn bytes_vec(items: &[&str]) -> Vec<Bytes> {
-    items
-        .iter()
-        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-        .collect()
-}
-
 /// Expects `["server", "", "{msg_id}-0-2-"]` next on a raw DEALER.
-async fn expect_ack(peer: &mut DealerSocket, msg_id: u64, what: &str) {
+async fn expect_ack(peer: &mut zeromq::DealerSocket, msg_id: u64, what: &str) {
     let f = raw_recv(peer, 5, what).await;
     let want = bytes_vec(&["server", "", &format!("{msg_id}-0-2-")]);
     assert_eq!(f, want, "{what}");
-}
-
-/// Polls `cond` until it holds, for at most `secs` seconds of real time,
-/// checked between polls (so also under a busy runtime).
-async fn until_real(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "not within {secs} s of real time: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -119,8 +54,7 @@ async fn request_is_resent_after_its_first_copy_is_dropped() {
     for t in RAW_TRANSPORTS {
         let (mut router, endpoint, _p) = raw_router(t).await;
         let (client, conn) = connect(quick(), &endpoint).await;
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "question").await });
+        let req = spawn_request(&client, conn, wire::NOOP, "question");
 
         let first = raw_recv(&mut router, 5, "first copy").await;
         assert_eq!(first.len(), 3, "{t}: {first:?}");
@@ -140,14 +74,8 @@ async fn request_is_resent_after_its_first_copy_is_dropped() {
         let reply = format!("0-0-{}-answer", m.src_cb);
         raw_send(&mut router, &[b"client", b"raw", b"", reply.as_bytes()]).await;
 
-        let reply = within(5, "request completes", req)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(reply.body, Bytes::from("answer"), "{t}");
-        let s = client.stats();
-        assert!(s.resends >= 1, "{t}: {s:?}");
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        expect_reply(req, b"answer", &format!("{t}: request completes")).await;
+        assert_stats!(client.stats(), t, resends >= 1, pending_callbacks == 0);
         client.shutdown().await;
     }
 }
@@ -158,8 +86,7 @@ async fn request_is_resent_after_its_first_copy_is_dropped() {
 #[tokio::test]
 async fn lost_reply_is_resent_by_the_listener() {
     for t in RAW_TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, quick(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, quick(), Answer::Re).await;
         let mut peer = raw_dealer(&bound.endpoint, "asker").await;
         raw_send(&mut peer, &[b"", b"0-7-0-q"]).await;
         expect_ack(&mut peer, 0, "ACK of the request").await;
@@ -174,11 +101,14 @@ async fn lost_reply_is_resent_by_the_listener() {
         raw_send(&mut peer, &[b"", b"0-0-2-"]).await;
         let what = format!("{t}: the reply is ACKed");
         eventually(5, &what, || server.stats().pending_messages == 0).await;
-        let s = server.stats();
         assert_eq!(seen.bodies(), bytes_vec(&["q"]), "{t}");
-        assert!(s.resends >= 1, "{t}: {s:?}");
-        assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
-        assert_eq!(s.acks_received, 1, "{t}: {s:?}");
+        assert_stats!(
+            server.stats(),
+            t,
+            resends >= 1,
+            duplicates_dropped == 1,
+            acks_received == 1
+        );
         server.shutdown().await;
     }
 }
@@ -191,8 +121,7 @@ async fn lost_reply_is_resent_by_the_listener() {
 #[tokio::test]
 async fn duplicate_of_a_delivered_message_is_acked_but_not_delivered() {
     for t in RAW_TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let mut peer = raw_dealer(&bound.endpoint, "dup").await;
         raw_send(&mut peer, &[b"", b"0-0-0-once"]).await;
         raw_send(&mut peer, &[b"", b"0-0-0-once"]).await;
@@ -205,9 +134,13 @@ async fn duplicate_of_a_delivered_message_is_acked_but_not_delivered() {
         eventually(5, "the SLC saw the next message", || seen.len() >= 2).await;
         assert_eq!(seen.bodies(), bytes_vec(&["once", "next"]), "{t}");
         let s = server.stats();
-        assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
-        assert_eq!(s.acks_sent, 3, "{t}: {s:?}");
-        assert_eq!(s.slc_delivered, 2, "{t}: {s:?}");
+        assert_stats!(
+            s,
+            t,
+            duplicates_dropped == 1,
+            acks_sent == 3,
+            slc_delivered == 2
+        );
         server.shutdown().await;
     }
 }
@@ -221,8 +154,7 @@ async fn duplicate_of_a_delivered_message_is_acked_but_not_delivered() {
 #[tokio::test]
 async fn restarted_raw_peer_counting_from_zero_is_delivered() {
     for t in RAW_TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let mut first = raw_dealer(&bound.endpoint, "X").await;
         for i in 0..3u64 {
             let payload = format!("{i}-0-0-first-{i}");
@@ -254,9 +186,12 @@ async fn restarted_raw_peer_counting_from_zero_is_delivered() {
             bytes_vec(&["first-0", "first-1", "first-2", "second-0", "second-1"]),
             "{t}"
         );
-        let s = server.stats();
-        assert_eq!(s.duplicates_dropped, 0, "{t}: {s:?}");
-        assert_eq!(s.slc_delivered, 5, "{t}: {s:?}");
+        assert_stats!(
+            server.stats(),
+            t,
+            duplicates_dropped == 0,
+            slc_delivered == 5
+        );
         server.shutdown().await;
     }
 }
@@ -267,12 +202,8 @@ async fn restarted_raw_peer_counting_from_zero_is_delivered() {
 #[tokio::test]
 async fn restarted_messenger_counting_from_zero_is_delivered() {
     for t in TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
-        let first = Messenger::new("X").unwrap();
-        let conn = within(5, "connect", first.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
+        let (first, conn) = common::connect_as("X", Config::default(), &bound.endpoint, 5).await;
         for i in 0..3 {
             let body = format!("first-{i}");
             within(5, "confirmed", first.send_confirmed(conn, wire::NOOP, body))
@@ -281,13 +212,10 @@ async fn restarted_messenger_counting_from_zero_is_delivered() {
         }
         first.shutdown().await;
         drop(first);
-        // Let the listener see the old connection go.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-
-        let second = Messenger::new("X").unwrap();
-        let conn = within(5, "reconnect", second.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
+        // Until the listener has seen the old connection go, it refuses the
+        // routing id "X" as a live peer's, and `make_connection` retries
+        // the refusal (within its 5 s connect timeout).
+        let (second, conn) = common::connect_as("X", Config::default(), &bound.endpoint, 10).await;
         for i in 0..2 {
             let body = format!("second-{i}");
             within(
@@ -320,8 +248,8 @@ async fn restarted_messenger_counting_from_zero_is_delivered() {
 /// instant.
 #[tokio::test(start_paused = true)]
 async fn deadline_fails_the_request_and_frees_its_slot() {
-    let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
-    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let p = pair("inproc", Config::default(), Config::default(), no_slc).await;
+    let (client, conn) = (&p.client, p.conn);
     let deadline = Duration::from_secs(2);
     let start = Instant::now();
     let r = within(
@@ -336,23 +264,23 @@ async fn deadline_fails_the_request_and_frees_its_slot() {
         waited >= deadline && waited <= deadline + Duration::from_millis(10),
         "failed after {waited:?}, deadline {deadline:?}"
     );
-    let s = client.stats();
-    assert_eq!(s.pending_callbacks, 0, "{s:?}");
-    assert_eq!(s.timeouts, 1, "{s:?}");
-    assert_eq!(server.stats().slc_delivered, 1);
-    client.shutdown().await;
-    server.shutdown().await;
+    assert_stats!(
+        client.stats(),
+        "inproc",
+        pending_callbacks == 0,
+        timeouts == 1
+    );
+    assert_eq!(p.server.stats().slc_delivered, 1);
+    p.shutdown().await;
 }
 
-/// The SLC keeps the Responder and answers after the request's deadline:
-/// the client gets Timeout, and the late reply is ACKed and dropped.
 /// Deadlines mostly arrive in order (one default timeout); a shorter one
 /// behind longer ones must still fire on time, and the longer ones after it,
 /// each at its own deadline.
 #[tokio::test(start_paused = true)]
 async fn a_shorter_deadline_behind_longer_ones_fires_first() {
-    let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
-    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let p = pair("inproc", Config::default(), Config::default(), no_slc).await;
+    let (client, conn) = (&p.client, p.conn);
     let start = Instant::now();
     let timed = |secs: u64, body: &'static str| {
         let client = client.clone();
@@ -385,46 +313,54 @@ async fn a_shorter_deadline_behind_longer_ones_fires_first() {
         longer >= ms(40_000) && longer <= ms(40_010),
         "longer after {longer:?}"
     );
-    let s = client.stats();
-    assert_eq!((s.pending_callbacks, s.timeouts), (0, 3), "{s:?}");
-    client.shutdown().await;
-    server.shutdown().await;
+    assert_stats!(
+        client.stats(),
+        "inproc",
+        pending_callbacks == 0,
+        timeouts == 3
+    );
+    p.shutdown().await;
 }
 
-async fn late_reply_is_dropped(t: &str, deadline: Duration, delay: Duration) {
-    let slc = move |_: Incoming, r: Responder| {
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            r.try_reply("too late").expect("late reply");
-        });
-    };
-    let (server, bound, _p) = serve(t, quick(), slc).await;
-    let (client, conn) = connect(quick(), &bound.endpoint).await;
+/// The server loop holds the request's responder until the request has
+/// failed with Timeout on the client, then answers: the late reply is
+/// ACKed (so the server stops resending it) and dropped.
+async fn late_reply_is_dropped(t: &str, deadline: Duration) {
+    let (slc, mut asked) = forwarding();
+    let p = pair(t, quick(), quick(), slc).await;
     let r = within(
         10,
         "request",
-        client.request_with_timeout(conn, wire::NOOP, "slow", deadline),
+        p.client
+            .request_with_timeout(p.conn, wire::NOOP, "slow", deadline),
     )
     .await;
     assert_eq!(r.unwrap_err(), RequestError::Timeout, "{t}");
+    let (_, responder) = within(5, "the server loop has it", asked.recv())
+        .await
+        .unwrap();
+    responder.try_reply("too late").expect("late reply");
     let what = format!("{t}: late reply dropped");
-    eventually(10, &what, || client.stats().late_replies_dropped == 1).await;
+    eventually(10, &what, || p.client.stats().late_replies_dropped == 1).await;
     // ACKed, so the server stops resending it.
     let what = format!("{t}: late reply ACKed");
-    eventually(10, &what, || server.stats().pending_messages == 0).await;
-    let s = client.stats();
-    assert_eq!(s.msc_delivered, 0, "{t}: {s:?}");
-    assert_eq!(s.timeouts, 1, "{t}: {s:?}");
-    assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
-    assert_eq!(s.late_replies_dropped, 1, "{t}: {s:?}");
-    client.shutdown().await;
-    server.shutdown().await;
+    eventually(10, &what, || p.server.stats().pending_messages == 0).await;
+    assert_stats!(
+        p.client.stats(),
+        t,
+        msc_delivered == 0,
+        timeouts == 1,
+        pending_callbacks == 0,
+        late_replies_dropped == 1
+    );
+    p.shutdown().await;
 }
 
+/// A reply that comes after its request's deadline is ACKed and dropped.
 #[tokio::test]
 async fn late_reply_after_the_deadline_is_dropped() {
     for t in TRANSPORTS {
-        late_reply_is_dropped(t, Duration::from_millis(200), Duration::from_millis(500)).await;
+        late_reply_is_dropped(t, Duration::from_millis(200)).await;
     }
 }
 
@@ -433,30 +369,31 @@ async fn late_reply_after_the_deadline_is_dropped() {
 #[tokio::test]
 async fn dropping_a_request_future_frees_its_callback() {
     for t in TRANSPORTS {
-        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let (p, mut asked) = forwarding_pair(t).await;
+        let (client, conn) = (&p.client, p.conn);
 
         let short = Duration::from_millis(100);
         let r = tokio::time::timeout(short, client.request(conn, wire::NOOP, "abandoned")).await;
         assert!(r.is_err(), "{t}: completed: {r:?}");
         assert_eq!(client.stats().pending_callbacks, 0, "{t}: after a timeout");
+        let (m, _) = within(5, "the first arrives", asked.recv()).await.unwrap();
+        assert_eq!(m.body, "abandoned", "{t}");
 
+        // Given up once the server loop has it.
         tokio::select! {
             r = client.request(conn, wire::NOOP, "raced") => panic!("{t}: completed: {r:?}"),
-            _ = tokio::time::sleep(short) => {}
+            _ = within(5, "the second arrives", asked.recv()) => {}
         }
         assert_eq!(client.stats().pending_callbacks, 0, "{t}: after a select");
 
         // The messages themselves were delivered and ACKed all the same.
         let what = format!("{t}: both delivered and ACKed");
         eventually(5, &what, || {
-            server.stats().slc_delivered == 2 && client.stats().pending_messages == 0
+            p.server.stats().slc_delivered == 2 && client.stats().pending_messages == 0
         })
         .await;
-        let s = client.stats();
-        assert_eq!(s.timeouts, 0, "{t}: {s:?}");
-        client.shutdown().await;
-        server.shutdown().await;
+        assert_stats!(client.stats(), t, timeouts == 0);
+        p.shutdown().await;
     }
 }
 
@@ -468,18 +405,17 @@ async fn dropping_a_request_future_frees_its_callback() {
 #[tokio::test]
 async fn listener_shutdown_fails_waiting_requests_with_disconnected() {
     for t in TRANSPORTS {
-        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
-        let (client, conn) = connect(quick(), &bound.endpoint).await;
-        let c = client.clone();
+        let p = pair(t, Config::default(), quick(), no_slc).await;
+        let (c, conn) = (p.client.clone(), p.conn);
         let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "pending").await });
         eventually(5, "the request arrived", || {
-            server.stats().slc_delivered == 1
+            p.server.stats().slc_delivered == 1
         })
         .await;
         assert!(!req.is_finished(), "{t}");
 
         let start = Instant::now();
-        server.shutdown().await;
+        p.server.shutdown().await;
         let r = within(2, &format!("{t}: request fails after the shutdown"), req)
             .await
             .unwrap();
@@ -488,10 +424,8 @@ async fn listener_shutdown_fails_waiting_requests_with_disconnected() {
             "{t}: Disconnected {:?} after the shutdown began",
             start.elapsed()
         );
-        let s = client.stats();
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
-        assert_eq!(s.timeouts, 0, "{t}: {s:?}");
-        client.shutdown().await;
+        assert_stats!(p.client.stats(), t, pending_callbacks == 0, timeouts == 0);
+        p.client.shutdown().await;
     }
 }
 
@@ -508,8 +442,13 @@ async fn listener_restarted_on_the_same_endpoint_resumes_traffic() {
 
 async fn resumes_after_a_restart(t: &str, client_config: Config) {
     let before = Seen::default();
-    let (server, bound, _p) = serve(t, Config::default(), before.slc()).await;
-    let (client, conn) = connect(client_config, &bound.endpoint).await;
+    let common::Pair {
+        server,
+        bound,
+        client,
+        conn,
+        place: _p,
+    } = pair(t, Config::default(), client_config, before.slc()).await;
     let r = within(
         5,
         "request before",
@@ -554,9 +493,25 @@ async fn resumes_after_a_restart(t: &str, client_config: Config) {
     assert_eq!(r.body, Bytes::from("re:after"), "{t}");
     let what = format!("{t}: the queued message is delivered");
     eventually(5, &what, || after.count("while-down") == 1).await;
-    // Let any resend of it arrive: it must be dropped as a duplicate.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(after.bodies(), bytes_vec(&["while-down", "after"]), "{t}");
+    // Once both are ACKed no copy of them is sent again, and one sent
+    // before would reach the server loop ahead of a barrier sent now: a
+    // second delivery of either would show before it.
+    let what = format!("{t}: every message ACKed");
+    eventually(5, &what, || client.stats().pending_messages == 0).await;
+    within(
+        5,
+        "barrier",
+        client.send_confirmed(conn, wire::NOOP, "barrier"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{t}: {e}"));
+    let what = format!("{t}: the barrier is delivered");
+    eventually(5, &what, || after.count("barrier") == 1).await;
+    assert_eq!(
+        after.bodies(),
+        bytes_vec(&["while-down", "after", "barrier"]),
+        "{t}"
+    );
     let s = client.stats();
     assert!(s.reconnects >= 1, "{t}: {s:?}");
     client.shutdown().await;
@@ -566,37 +521,46 @@ async fn resumes_after_a_restart(t: &str, client_config: Config) {
 // ---------------------------------------------------------------------------
 // 9. Heartbeats.
 
-/// A raw ROUTER that accepts the connection and never answers anything:
-/// the heartbeat declares it dead and the waiting request fails with
-/// Disconnected, long before its deadline.
-#[tokio::test]
-async fn heartbeat_declares_a_silent_peer_dead() {
-    let (router, endpoint, _p) = raw_router("tcp").await;
-    let config = Config {
+/// `quick()` with a heartbeat every 50 ms, three misses declaring the peer
+/// dead.
+fn with_heartbeat() -> Config {
+    Config {
         heartbeat: Some(Heartbeat {
             interval: Duration::from_millis(50),
             misses: 3,
         }),
         ..quick()
-    };
-    let (client, conn) = connect(config, &endpoint).await;
-    let c = client.clone();
-    let start = Instant::now();
-    let r = within(
-        3,
-        "request fails",
-        c.request(conn, wire::NOOP, "anyone there?"),
-    )
-    .await;
-    assert_eq!(r.unwrap_err(), RequestError::Disconnected);
-    eprintln!("declared dead after {:?}", start.elapsed());
-    let s = client.stats();
-    assert!(s.heartbeats_missed >= 3, "{s:?}");
-    assert_eq!(s.pending_callbacks, 0, "{s:?}");
-    // The connection redials; the ROUTER still accepts.
-    eventually(5, "redialled", || client.stats().reconnects >= 1).await;
-    client.shutdown().await;
-    drop(router);
+    }
+}
+
+/// A raw ROUTER that accepts the connection and never answers anything:
+/// the heartbeat declares it dead and the waiting request fails with
+/// Disconnected, long before its deadline.
+#[tokio::test]
+async fn heartbeat_declares_a_silent_peer_dead() {
+    for t in RAW_TRANSPORTS {
+        let (router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(with_heartbeat(), &endpoint).await;
+        let start = Instant::now();
+        let r = within(
+            3,
+            "request fails",
+            client.request(conn, wire::NOOP, "anyone there?"),
+        )
+        .await;
+        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        eprintln!("{t}: declared dead after {:?}", start.elapsed());
+        assert_stats!(
+            client.stats(),
+            t,
+            heartbeats_missed >= 3,
+            pending_callbacks == 0
+        );
+        // The connection redials; the ROUTER still accepts.
+        eventually(5, "redialled", || client.stats().reconnects >= 1).await;
+        client.shutdown().await;
+        drop(router);
+    }
 }
 
 /// A sender waiting for an ACK (send_confirmed) fails with Disconnected when
@@ -629,24 +593,16 @@ async fn waiting_for_an_ack_fails_with_disconnected_when_the_peer_goes() {
 #[tokio::test]
 async fn heartbeat_measures_rtt_of_a_live_peer() {
     for t in TRANSPORTS {
-        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
-        let config = Config {
-            heartbeat: Some(Heartbeat {
-                interval: Duration::from_millis(50),
-                misses: 3,
-            }),
-            ..quick()
-        };
-        let (client, conn) = connect(config, &bound.endpoint).await;
+        let p = pair(t, Config::default(), with_heartbeat(), no_slc).await;
+        let (client, conn) = (&p.client, p.conn);
         assert_eq!(client.rtt(conn), None, "{t}: no heartbeat answered yet");
         let what = format!("{t}: rtt measured");
         eventually(5, &what, || client.rtt(conn).is_some()).await;
         let rtt = client.rtt(conn).unwrap();
         assert!(rtt < Duration::from_secs(1), "{t}: rtt {rtt:?}");
         assert!(client.is_connected(conn), "{t}");
-        assert!(server.stats().echoes_answered >= 1, "{t}");
-        client.shutdown().await;
-        server.shutdown().await;
+        assert!(p.server.stats().echoes_answered >= 1, "{t}");
+        p.shutdown().await;
     }
 }
 
@@ -714,11 +670,12 @@ async fn send_queue_is_bounded_while_the_peer_is_down() {
         assert_eq!(r.unwrap_err(), RequestError::Timeout, "{t}");
         assert!(start.elapsed() >= short, "{t}: {:?}", start.elapsed());
 
-        let s = client.stats();
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
-        assert_eq!(
-            s.pending_messages, 4,
-            "{t}: only the queued messages wait for ACKs: {s:?}"
+        // Only the queued messages wait for ACKs.
+        assert_stats!(
+            client.stats(),
+            t,
+            pending_callbacks == 0,
+            pending_messages == 4
         );
         client.shutdown().await;
     }
@@ -746,8 +703,7 @@ async fn a_stuck_connection_does_not_slow_a_healthy_one() {
         let blocked =
             tokio::spawn(async move { c.send_message(stuck, wire::NOOP, "blocked", None).await });
 
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Re).await;
         let healthy = within(5, "connect", client.make_connection(&bound.endpoint))
             .await
             .unwrap();
@@ -793,8 +749,8 @@ async fn a_stuck_connection_does_not_slow_a_healthy_one() {
 async fn shutdown_fails_a_thousand_waiting_requests() {
     const N: usize = 1000;
     for t in TRANSPORTS {
-        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let p = pair(t, Config::default(), Config::default(), no_slc).await;
+        let (client, conn) = (&p.client, p.conn);
         let mut set = JoinSet::new();
         for i in 0..N {
             let c = client.clone();
@@ -802,7 +758,8 @@ async fn shutdown_fails_a_thousand_waiting_requests() {
         }
         let what = format!("{t}: all {N} requests waiting");
         eventually(5, &what, || {
-            client.stats().pending_callbacks == N as u64 && server.stats().slc_delivered == N as u64
+            client.stats().pending_callbacks == N as u64
+                && p.server.stats().slc_delivered == N as u64
         })
         .await;
 
@@ -821,26 +778,19 @@ async fn shutdown_fails_a_thousand_waiting_requests() {
             start.elapsed()
         );
         assert_eq!(failed, N, "{t}");
-        let s = client.stats();
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
-        assert_eq!(s.pending_messages, 0, "{t}: {s:?}");
-        server.shutdown().await;
+        assert_stats!(
+            client.stats(),
+            t,
+            pending_callbacks == 0,
+            pending_messages == 0
+        );
+        p.server.shutdown().await;
     }
 }
 
 /// Requests sent by the unanswered-requests test; override with
 /// `MESSENGER_TEST_UNANSWERED`.
 const UNANSWERED: usize = 1_000_000;
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v:?} is not a count"))
-        })
-        .unwrap_or(default)
-}
 
 /// How the callbacks of the unanswered-requests test ended.
 #[derive(Default)]
@@ -875,7 +825,7 @@ impl Outcomes {
 /// callback table and the unacknowledged set are empty.
 #[tokio::test(start_paused = true)]
 async fn a_million_unanswered_requests_leave_nothing_behind() {
-    let n = env_count("MESSENGER_TEST_UNANSWERED", UNANSWERED);
+    let n = common::env_number("MESSENGER_TEST_UNANSWERED", UNANSWERED);
     let real = std::time::Instant::now();
     let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
     let config = Config {
@@ -900,23 +850,27 @@ async fn a_million_unanswered_requests_leave_nothing_behind() {
         }
     }
     let sent_in = real.elapsed();
-    until_real(300, "every callback ran", || outcomes.total() >= n).await;
+    eventually_real(300, "every callback ran", || outcomes.total() >= n).await;
     assert_eq!(*outcomes.other.lock().unwrap(), Vec::new());
     assert_eq!(outcomes.replied.load(Ordering::Relaxed), 0);
     assert_eq!(outcomes.timed_out.load(Ordering::Relaxed), n);
-    until_real(60, "the unacknowledged set empties", || {
+    eventually_real(60, "the unacknowledged set empties", || {
         client.stats().pending_messages == 0
     })
     .await;
-    let s = client.stats();
-    assert_eq!(s.pending_callbacks, 0, "{s:?}");
-    assert_eq!(s.pending_messages, 0, "{s:?}");
-    assert_eq!(s.timeouts, n as u64, "{s:?}");
+    assert_stats!(
+        client.stats(),
+        "inproc",
+        pending_callbacks == 0,
+        pending_messages == 0,
+        timeouts == n as u64
+    );
     eprintln!(
         "{n} unanswered requests: sent in {sent_in:?}, all timed out after {:?}",
         real.elapsed(),
     );
-    // Every callback ran exactly once.
+    // Every callback ran exactly once: none more in the next 200 ms (of
+    // the paused clock: it costs no wall time).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(outcomes.total(), n);
     client.shutdown().await;
@@ -929,29 +883,11 @@ async fn a_million_unanswered_requests_leave_nothing_behind() {
 /// Messages sent by each soak test; override with `MESSENGER_TEST_SOAK`.
 const SOAK: usize = 100_000;
 
-/// A tiny seeded xorshift64 generator: the same positions in each
-/// direction's stream are dropped run to run (which messages sit at those
-/// positions still depends on timing, as resends interleave).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// True about once in `n` calls.
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
-    }
-}
-
 /// A raw ROUTER facing the client and a raw DEALER facing the server,
 /// forwarding payloads both ways and dropping about 1% in each direction.
+/// Seeded: the same positions in each direction's stream are dropped run
+/// to run (which messages sit at those positions still depends on timing,
+/// as resends interleave).
 struct LossyProxy {
     endpoint: Endpoint,
     /// Dropped and forwarded, client to server.
@@ -983,7 +919,7 @@ async fn lossy_proxy(t: &str, server: &Endpoint, seed: u64) -> LossyProxy {
 
     let counts = Arc::clone(&up);
     let upward = tokio::spawn(async move {
-        let mut rng = XorShift(seed);
+        let mut rng = Rng::new(seed);
         // [client id, "", payload] in; ["", payload] out.
         while let Ok(m) = front_rx.recv().await {
             let mut frames = m.into_vecdeque();
@@ -1001,7 +937,7 @@ async fn lossy_proxy(t: &str, server: &Endpoint, seed: u64) -> LossyProxy {
     });
     let counts = Arc::clone(&down);
     let downward = tokio::spawn(async move {
-        let mut rng = XorShift(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
         // [server identity, "", payload] in; [client id, ...] out.
         while let Ok(m) = back_rx.recv().await {
             let mut frames = m.into_vecdeque();
@@ -1029,7 +965,7 @@ async fn lossy_proxy(t: &str, server: &Endpoint, seed: u64) -> LossyProxy {
 /// Sends distinct NOOP messages through a proxy losing ~1% each way: every
 /// message reaches the server's SLC exactly once.
 async fn lossy_soak(t: &str, seed: u64) {
-    let n = env_count("MESSENGER_TEST_SOAK", SOAK);
+    let n = common::env_number("MESSENGER_TEST_SOAK", SOAK);
     let counts = Arc::new(Mutex::new(HashMap::<Bytes, u32>::with_capacity(n)));
     let recorder = Arc::clone(&counts);
     let slc = move |m: Incoming, _: Responder| {
@@ -1037,10 +973,7 @@ async fn lossy_soak(t: &str, seed: u64) {
     };
     let (server, bound, _p) = serve(t, quick(), slc).await;
     let proxy = lossy_proxy(t, &bound.endpoint, seed).await;
-    let client = Messenger::with_config(SOAK_CLIENT, quick()).unwrap();
-    let conn = within(5, "connect", client.make_connection(&proxy.endpoint))
-        .await
-        .unwrap();
+    let (client, conn) = common::connect_as(SOAK_CLIENT, quick(), &proxy.endpoint, 5).await;
 
     // The most messages waiting for their ACK at once, sampled.
     let most_unacked = Arc::new(AtomicU64::new(0));
@@ -1049,6 +982,7 @@ async fn lossy_soak(t: &str, seed: u64) {
         tokio::spawn(async move {
             loop {
                 most.fetch_max(client.stats().pending_messages, Ordering::Relaxed);
+                // A sample every 10 ms of the soak.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -1066,24 +1000,28 @@ async fn lossy_soak(t: &str, seed: u64) {
     let sent_in = start.elapsed();
     let delivered = || counts.lock().unwrap().len();
     let mut last_progress = (0, std::time::Instant::now());
-    while delivered() < n {
-        let (now, (cs, ss)) = (delivered(), (client.stats(), server.stats()));
+    // Until all are delivered, or nothing is left to resend and nothing new
+    // came for 2 s (the rest are lost), within 120 s of the start.
+    let limit = Duration::from_secs(120).saturating_sub(start.elapsed());
+    common::wait_until(limit, || {
+        let now = delivered();
         if now > last_progress.0 {
             last_progress = (now, std::time::Instant::now());
         }
-        // Nothing left to resend and nothing new for 2 s: the rest are lost.
-        let lost = cs.pending_messages == 0 && last_progress.1.elapsed() > Duration::from_secs(2);
-        assert!(
-            !lost && start.elapsed() < Duration::from_secs(120),
-            "{t}: {now} of {n} delivered after {:?} (sent in {sent_in:?}); \
-             {} waiting for ACKs\nclient {cs:?}\nserver {ss:?}",
-            start.elapsed(),
-            cs.pending_messages,
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let stalled = last_progress.1.elapsed() > Duration::from_secs(2);
+        now >= n || (stalled && client.stats().pending_messages == 0)
+    })
+    .await;
+    let (now, cs, ss) = (delivered(), client.stats(), server.stats());
+    assert!(
+        now >= n,
+        "{t}: {now} of {n} delivered after {:?} (sent in {sent_in:?}); \
+         {} waiting for ACKs\nclient {cs:?}\nserver {ss:?}",
+        start.elapsed(),
+        cs.pending_messages,
+    );
     let what = format!("{t}: every message acknowledged");
-    until_real(60, &what, || client.stats().pending_messages == 0).await;
+    eventually_real(60, &what, || client.stats().pending_messages == 0).await;
     let total = start.elapsed();
     sampler.abort();
 
@@ -1123,11 +1061,13 @@ async fn lossy_soak(t: &str, seed: u64) {
     server.shutdown().await;
 }
 
+/// [`lossy_soak`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_soak_delivers_every_message_exactly_once_tcp() {
     lossy_soak("tcp", 0x5eed_0001).await;
 }
 
+/// [`lossy_soak`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_soak_delivers_every_message_exactly_once_ipc() {
     lossy_soak("ipc", 0x5eed_0002).await;
@@ -1141,26 +1081,17 @@ async fn lossy_soak_delivers_every_message_exactly_once_ipc() {
 /// A raw DEALER answers the listener's message (ACK or reply) and closes
 /// at once; the listener's waiter must see the answer, not `Disconnected`.
 async fn last_words_from_a_listener_peer(confirm: bool) {
-    let server = Messenger::new("server").unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let bound = server
-        .listen_for_connection(
-            &"tcp://127.0.0.1:0".parse().unwrap(),
-            "server",
-            move |m: Incoming, _r: Responder| {
-                let _ = tx.send(m.reply_destination());
-            },
-        )
-        .await
-        .unwrap();
+    let (slc, mut rx) = forwarding();
+    let (server, bound, _p) = serve("tcp", Config::default(), slc).await;
     let mut failed = Vec::new();
     for i in 0..40 {
-        let mut opts = SocketOptions::default();
-        opts.peer_identity(PeerIdentity::try_from(format!("peer-{i}").into_bytes()).unwrap());
-        let mut d = DealerSocket::with_options(opts);
-        d.connect(&bound.endpoint.to_string()).await.unwrap();
+        let mut d = raw_dealer(&bound.endpoint, &format!("peer-{i}")).await;
         raw_send(&mut d, &[b"", b"0-0-0-hello"]).await;
-        let dest = within(5, "slc", rx.recv()).await.unwrap();
+        let dest = within(5, "slc", rx.recv())
+            .await
+            .unwrap()
+            .0
+            .reply_destination();
         let s = server.clone();
         let waiter = tokio::spawn(async move {
             if confirm {
@@ -1191,25 +1122,29 @@ async fn last_words_from_a_listener_peer(confirm: bool) {
     assert_eq!(failed, Vec::<String>::new(), "stats {:?}", server.stats());
 }
 
+/// A peer's reply sent just before it closes completes the listener's
+/// request ([`last_words_from_a_listener_peer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_last_reply_beats_its_disconnect() {
     last_words_from_a_listener_peer(false).await;
 }
 
+/// A peer's ACK sent just before it closes settles the listener's
+/// `send_confirmed` ([`last_words_from_a_listener_peer`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_last_ack_beats_its_disconnect() {
     last_words_from_a_listener_peer(true).await;
 }
 
+/// A raw ROUTER's reply sent just before it closes completes our
+/// connection's request, not `Disconnected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routers_last_reply_beats_its_close() {
     let client = Messenger::new("client").unwrap();
     let mut failed = Vec::new();
     for i in 0..20 {
-        let mut r = RouterSocket::new();
-        let ep = r.bind("tcp://127.0.0.1:0").await.unwrap();
-        let conn = client
-            .make_connection(&ep.to_string().parse().unwrap())
+        let (mut r, ep, _p) = raw_router("tcp").await;
+        let conn = within(5, "connect", client.make_connection(&ep))
             .await
             .unwrap();
         let c = client.clone();
@@ -1247,12 +1182,11 @@ async fn one_senders_messages_arrive_in_order() {
                 ..quick()
             };
             let seen = Seen::default();
-            let (server, bound, _p) = serve(t, Config::default(), seen.slc()).await;
-            let (client, conn) = connect(config, &bound.endpoint).await;
+            let p = pair(t, Config::default(), config, seen.slc()).await;
             within(20, "burst", async {
                 for i in 0..N {
-                    client
-                        .send_message(conn, wire::NOOP, format!("{i}"), None)
+                    p.client
+                        .send_message(p.conn, wire::NOOP, format!("{i}"), None)
                         .await
                         .unwrap_or_else(|e| panic!("{t} resend={resend}: send {i}: {e}"));
                 }
@@ -1261,55 +1195,69 @@ async fn one_senders_messages_arrive_in_order() {
             eventually(20, "all delivered", || seen.len() >= N).await;
             let want: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("{i}"))).collect();
             assert_eq!(seen.bodies(), want, "{t} resend={resend}");
-            client.shutdown().await;
-            server.shutdown().await;
+            p.shutdown().await;
         }
     }
 }
 
-/// An inproc peer that closes its connection is reported like a tcp or ipc
-/// peer: the listener's request waiting on it fails with `Disconnected` at
-/// once, not at its deadline.
-#[tokio::test]
-async fn an_inproc_peer_that_leaves_fails_the_listeners_requests() {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (server, bound, _p) = serve(
-        "inproc",
-        Config::default(),
-        move |m: Incoming, _r: Responder| {
-            let _ = tx.send(m.reply_destination());
-        },
-    )
-    .await;
-    let (client, conn) = connect(quick(), &bound.endpoint).await;
-    client
-        .send_message(conn, wire::NOOP, "hello", None)
+/// A listener's request to one of its peers (the client, whose connection
+/// has no server loop: it ACKs the request and drops it, so it is never
+/// answered) fails with `Disconnected` as soon as that peer leaves, not at
+/// its 20 s deadline. `by_name`: the request goes to the peer's routing id
+/// (`Destination::Peer`), else to the `reply_destination` of its hello.
+async fn peer_leaves_while_asked(t: &str, by_name: bool) {
+    let (slc, mut rx) = forwarding();
+    let (server, bound, _p) = serve(t, Config::default(), slc).await;
+    let (client, conn) = common::connect_as("client-peer", quick(), &bound.endpoint, 5).await;
+    within(5, "hello", client.send_confirmed(conn, wire::NOOP, "hello"))
         .await
-        .unwrap();
-    let dest = within(5, "the server loop", rx.recv()).await.unwrap();
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
+    let (hello, _) = within(5, "the server loop", rx.recv()).await.unwrap();
+    let dest = if by_name {
+        Destination::Peer {
+            listener: bound.id,
+            peer: Bytes::from_static(b"client-peer"),
+        }
+    } else {
+        hello.reply_destination()
+    };
     let s = server.clone();
     let waiter = tokio::spawn(async move {
         s.request_with_timeout(dest, wire::NOOP, "question", Duration::from_secs(20))
             .await
     });
-    // The client's connection has no server loop: it ACKs the question and
-    // drops it, so the server's request waits for a reply that never comes.
-    eventually(5, "the question arrived", || {
-        client.stats().unroutable_dropped == 1
-    })
-    .await;
-    assert!(!waiter.is_finished());
+    let what = format!("{t}: the question arrived");
+    eventually(5, &what, || client.stats().unroutable_dropped == 1).await;
+    assert!(!waiter.is_finished(), "{t}");
     let start = Instant::now();
     client.shutdown().await;
     let r = within(5, "the request fails", waiter).await.unwrap();
-    assert_eq!(r.unwrap_err(), RequestError::Disconnected);
+    assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
-        "{:?}",
+        "{t}: {:?}",
         start.elapsed()
     );
-    assert_eq!(server.stats().pending_callbacks, 0);
+    assert_eq!(server.stats().pending_callbacks, 0, "{t}");
     server.shutdown().await;
+}
+
+/// A peer that closes its connection fails the listener's request waiting
+/// on it at once, on every transport (an inproc peer is reported like a
+/// tcp or ipc one).
+#[tokio::test]
+async fn a_peer_that_leaves_fails_the_listeners_requests() {
+    for t in TRANSPORTS {
+        peer_leaves_while_asked(t, false).await;
+    }
+}
+
+/// The same for a request addressed to the peer by its routing id.
+#[tokio::test]
+async fn a_listener_peer_going_away_fails_requests_to_it() {
+    for t in TRANSPORTS {
+        peer_leaves_while_asked(t, true).await;
+    }
 }
 
 /// Sends to a connection whose inproc listener has just gone, before the
@@ -1328,14 +1276,8 @@ fn sends_racing_their_inproc_listeners_end_do_not_spin() {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let p = common::place("inproc");
-            let server = Messenger::new("server").unwrap();
-            let bound = server
-                .listen_for_connection(&p.endpoint, "server", no_slc)
-                .await
-                .unwrap();
-            let client = Messenger::with_config("client", quick()).unwrap();
-            let conn = client.make_connection(&bound.endpoint).await.unwrap();
+            let (server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
+            let (client, conn) = connect(quick(), &bound.endpoint).await;
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut senders = JoinSet::new();
             for s in 0..SENDERS {
@@ -1362,8 +1304,13 @@ fn sends_racing_their_inproc_listeners_end_do_not_spin() {
             }
             tokio::task::yield_now().await;
             server.shutdown().await;
-            // The senders go on through the end of the listener's side.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The senders go on through the end of the listener's side,
+            // until the connection's task has learnt of it (a spin keeps
+            // it from ever running: the 15 s bound below fails the test).
+            eventually(10, "the connection sees its peer gone", || {
+                !client.is_connected(conn)
+            })
+            .await;
             stop.store(true, Ordering::Relaxed);
             while senders.join_next().await.is_some() {}
             client.shutdown().await;

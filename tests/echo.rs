@@ -2,149 +2,139 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Place, TRANSPORTS, place, within};
+use common::{Pair, Seen, TRANSPORTS, bytes_vec, no_slc, pair, within};
+use messenger::{Config, Reply};
 use messenger::internals::wire;
-use messenger::{ConnectionId, Incoming, Messenger, Responder};
+use tokio::task::JoinSet;
 
-fn no_slc(_: Incoming, _: Responder) {}
-
-/// A server (with `config`) listening on a fresh endpoint of `t` with
-/// `slc`, and a client connected to it. The place keeps an ipc path alive.
-async fn pair(
+/// Awaits every task of `set` within `secs` seconds, checking each
+/// outcome with `check`; on a timeout, fails saying how many were done and
+/// both sides' counters.
+async fn all_replies<T: 'static>(
+    p: &Pair,
     t: &str,
-    config: messenger::Config,
-    slc: impl messenger::ServerLoop,
-) -> (Messenger, Messenger, ConnectionId, Place) {
-    let p = place(t);
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", slc)
-        .await
-        .unwrap();
-    let client = Messenger::new("client").unwrap();
-    let conn = within(5, "connect", client.make_connection(&bound.endpoint))
-        .await
-        .unwrap();
-    (server, client, conn, p)
+    secs: u64,
+    mut set: JoinSet<T>,
+    mut check: impl FnMut(T),
+) {
+    let total = set.len();
+    let mut done = 0;
+    let all = tokio::time::timeout(Duration::from_secs(secs), async {
+        while let Some(r) = set.join_next().await {
+            check(r.expect("request task"));
+            done += 1;
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "{t}: only {done} of {total} replies in {secs} s\nclient {:?}\nserver {:?}",
+        p.client.stats(),
+        p.server.stats()
+    );
+    assert_eq!(done, total, "{t}");
 }
 
+/// `n` requests in flight at once on `p`'s connection: request `i` goes
+/// to `dst(i)` with body `body(i)`; each task yields `(i, body, reply)`.
+fn requests(
+    p: &Pair,
+    n: usize,
+    dst: fn(usize) -> u64,
+    body: fn(usize) -> String,
+) -> JoinSet<(usize, String, Reply)> {
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let (client, conn) = (p.client.clone(), p.conn);
+        set.spawn(async move {
+            let body = body(i);
+            let reply = client.request(conn, dst(i), &body).await;
+            (i, body, reply)
+        });
+    }
+    set
+}
+
+/// ECHO returns a body of every byte value unchanged, and frees its
+/// callback.
 #[tokio::test]
 async fn echo_round_trips_every_byte_value() {
     for t in TRANSPORTS {
-        let (server, client, conn, _p) = pair(t, Default::default(), no_slc).await;
+        let p = pair(t, Config::default(), Config::default(), no_slc).await;
         let body: Vec<u8> = (0..=255u8).collect();
-        let reply = within(5, "echo", client.request(conn, wire::ECHO, &body))
+        let reply = within(5, "echo", p.client.request(p.conn, wire::ECHO, &body))
             .await
             .unwrap();
         assert_eq!(reply.body.as_ref(), &body[..], "{t}");
-        assert_eq!(client.stats().pending_callbacks, 0, "{t}");
-        server.shutdown().await;
+        assert_eq!(p.client.stats().pending_callbacks, 0, "{t}");
+        p.shutdown().await;
     }
 }
 
+/// A server loop sees a NOOP message (no reply wanted) and a request once
+/// each, in order, and its reply to the request comes back.
 #[tokio::test]
 async fn slc_sees_noop_message_once_and_replies() {
     for t in TRANSPORTS {
-        let seen = Arc::new(Mutex::new(Vec::<Bytes>::new()));
-        let seen2 = Arc::clone(&seen);
-        let slc = move |m: Incoming, r: Responder| {
-            seen2.lock().unwrap().push(m.body.clone());
-            if m.src_cb != wire::NOOP {
-                r.try_reply([b"re:".as_slice(), &m.body].concat()).unwrap();
-            }
-        };
-        let (server, client, conn, _p) = pair(t, Default::default(), slc).await;
-        client
-            .send_message(conn, wire::NOOP, b"fire", None)
+        let seen = Seen::default();
+        let p = pair(t, Config::default(), Config::default(), seen.slc()).await;
+        p.client
+            .send_message(p.conn, wire::NOOP, b"fire", None)
             .await
             .unwrap();
-        let reply = within(5, "request", client.request(conn, wire::NOOP, b"ask"))
+        let reply = within(5, "request", p.client.request(p.conn, wire::NOOP, b"ask"))
             .await
             .unwrap();
         assert_eq!(reply.body.as_ref(), b"re:ask", "{t}");
-        common::eventually(5, "slc saw both", || seen.lock().unwrap().len() == 2).await;
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec![Bytes::from("fire"), Bytes::from("ask")],
-            "{t}"
-        );
-        server.shutdown().await;
-        client.shutdown().await;
+        common::eventually(5, "slc saw both", || seen.len() == 2).await;
+        assert_eq!(seen.bodies(), bytes_vec(&["fire", "ask"]), "{t}");
+        p.shutdown().await;
     }
 }
 
-/// Replies `re:{body}` to every message that asks for a reply. A full send
-/// queue is not an error for the SLC: it hands the reply to a task that
-/// waits for room instead of dropping it.
-fn re_slc(m: Incoming, r: Responder) {
-    if m.src_cb == wire::NOOP {
-        return;
-    }
-    let body = [b"re:".as_slice(), &m.body].concat();
-    match r.try_reply(&body) {
-        Ok(_) => {}
-        Err(messenger::SendError::Full) => {
-            tokio::spawn(async move { r.reply(body).await.expect("reply after Full") });
-        }
-        Err(e) => panic!("reply failed: {e}"),
-    }
-}
-
+/// 10,000 requests in flight at once on one connection, half answered by
+/// the builtin ECHO and half by a server loop: each gets its own reply,
+/// each is delivered once, and nothing is left pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_requests_on_one_connection() {
     const N: usize = 10_000;
     for t in TRANSPORTS {
-        let (server, client, conn, _p) = pair(t, Default::default(), re_slc).await;
-
+        let p = pair(
+            t,
+            Config::default(),
+            Config::default(),
+            Seen::default().slc(),
+        )
+        .await;
         // Even i: ECHO, answered by the builtin. Odd i: NOOP, answered by the SLC.
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..N {
-            let client = client.clone();
-            set.spawn(async move {
-                let body = format!("body-{i}-{}", "x".repeat(i % 7));
-                let dst = if i % 2 == 0 { wire::ECHO } else { wire::NOOP };
-                let reply = client.request(conn, dst, &body).await;
-                (i, body, reply)
-            });
-        }
-        let done = AtomicUsize::new(0);
-        let all = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(r) = set.join_next().await {
-                let (i, body, reply) = r.expect("request task");
-                let reply = reply.unwrap_or_else(|e| panic!("{t}: request {i} failed: {e}"));
-                let want = if i % 2 == 0 {
-                    body.into_bytes()
-                } else {
-                    format!("re:{body}").into_bytes()
-                };
-                assert_eq!(reply.body.as_ref(), &want[..], "{t}: request {i}");
-                done.fetch_add(1, Ordering::Relaxed);
+        let dst = |i: usize| {
+            if i.is_multiple_of(2) {
+                wire::ECHO
+            } else {
+                wire::NOOP
             }
+        };
+        let body = |i: usize| format!("body-{i}-{}", "x".repeat(i % 7));
+        all_replies(&p, t, 20, requests(&p, N, dst, body), |(i, body, reply)| {
+            let reply = reply.unwrap_or_else(|e| panic!("{t}: request {i} failed: {e}"));
+            let want = if i.is_multiple_of(2) {
+                body.into_bytes()
+            } else {
+                format!("re:{body}").into_bytes()
+            };
+            assert_eq!(reply.body.as_ref(), &want[..], "{t}: request {i}");
         })
         .await;
-        let done = done.into_inner();
-        assert!(
-            all.is_ok(),
-            "{t}: only {done} of {N} replies in 20 s\nclient {:?}\nserver {:?}",
-            client.stats(),
-            server.stats()
-        );
-        assert_eq!(done, N, "{t}");
-        let cs = client.stats();
-        assert_eq!(cs.pending_callbacks, 0, "{t}: {cs:?}");
-        assert_eq!(cs.msc_delivered, N as u64, "{t}: {cs:?}");
-        let ss = server.stats();
-        assert_eq!(ss.slc_delivered, (N / 2) as u64, "{t}: {ss:?}");
+        let (cs, ss) = (p.client.stats(), p.server.stats());
+        assert_stats!(cs, t, pending_callbacks == 0, msc_delivered == N as u64);
+        assert_stats!(ss, t, slc_delivered == (N / 2) as u64);
         // Each ECHO is answered once at most: duplicates are only re-ACKed.
-        assert!(ss.echoes_answered <= (N / 2) as u64, "{t}: {ss:?}");
+        assert_stats!(ss, t, echoes_answered <= (N / 2) as u64);
         assert_eq!(ss.malformed_dropped + cs.malformed_dropped, 0, "{t}");
-        server.shutdown().await;
-        client.shutdown().await;
+        p.shutdown().await;
     }
 }
 
@@ -156,39 +146,25 @@ async fn ten_thousand_concurrent_requests_on_one_connection() {
 async fn burst_beyond_the_send_queue_loses_no_reply() {
     const N: usize = 2000;
     for t in TRANSPORTS {
-        let config = messenger::Config {
+        let config = Config {
             send_queue_capacity: 64,
-            ..messenger::Config::default()
+            ..Config::default()
         };
-        let (server, client, conn, _p) = pair(t, config, no_slc).await;
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..N {
-            let client = client.clone();
-            set.spawn(async move {
-                let body = format!("burst-{i}");
-                (body.clone(), client.request(conn, wire::ECHO, &body).await)
-            });
-        }
-        let done = AtomicUsize::new(0);
-        let all = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(r) = set.join_next().await {
-                let (body, reply) = r.expect("request task");
+        let p = pair(t, config, Config::default(), no_slc).await;
+        let body = |i: usize| format!("burst-{i}");
+        all_replies(
+            &p,
+            t,
+            10,
+            requests(&p, N, |_| wire::ECHO, body),
+            |(_, body, reply)| {
                 let reply = reply.unwrap_or_else(|e| panic!("{t}: {body}: {e}"));
                 assert_eq!(reply.body, Bytes::from(body), "{t}");
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        })
+            },
+        )
         .await;
-        let done = done.into_inner();
-        assert!(
-            all.is_ok(),
-            "{t}: only {done} of {N} replies in 10 s\nclient {:?}\nserver {:?}",
-            client.stats(),
-            server.stats()
-        );
-        assert_eq!(client.stats().pending_callbacks, 0, "{t}");
-        server.shutdown().await;
-        client.shutdown().await;
+        assert_eq!(p.client.stats().pending_callbacks, 0, "{t}");
+        p.shutdown().await;
     }
 }
 
@@ -196,15 +172,17 @@ async fn burst_beyond_the_send_queue_loses_no_reply() {
 /// not an overflow.
 #[tokio::test]
 async fn an_unbounded_timeout_is_accepted() {
-    let (server, client, conn, _p) = pair("inproc", Default::default(), no_slc).await;
-    let reply = within(
-        5,
-        "echo",
-        client.request_with_timeout(conn, wire::ECHO, b"x", Duration::MAX),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.body.as_ref(), b"x");
-    client.shutdown().await;
-    server.shutdown().await;
+    for t in TRANSPORTS {
+        let p = pair(t, Config::default(), Config::default(), no_slc).await;
+        let reply = within(
+            5,
+            "echo",
+            p.client
+                .request_with_timeout(p.conn, wire::ECHO, b"x", Duration::MAX),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.body.as_ref(), b"x", "{t}");
+        p.shutdown().await;
+    }
 }

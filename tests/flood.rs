@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::memory::{mib, rss};
-use common::{eventually, frames, raw_dealer, within};
+use common::{Rng, eventually, frames, no_slc, raw_dealer, serve, within};
+use messenger::{Config, Messenger, StatsSnapshot};
 use messenger::internals::wire;
-use messenger::{Incoming, Messenger, Responder, StatsSnapshot};
 use tokio::sync::{Mutex, mpsc};
 use zeromq::DealerSendHalf;
 use zeromq::prelude::*;
@@ -52,16 +52,8 @@ struct Flood {
 }
 
 impl Flood {
-    async fn start(name: &'static str) -> Flood {
-        let server = Messenger::new(name).expect("messenger");
-        let bound = server
-            .listen_for_connection(
-                &"tcp://127.0.0.1:0".parse().unwrap(),
-                name,
-                |_: Incoming, _: Responder| {},
-            )
-            .await
-            .expect("listen");
+    async fn start() -> Flood {
+        let (server, bound, _p) = serve("tcp", Config::default(), no_slc).await;
         let socket = raw_dealer(&bound.endpoint, "flooder").await;
         let (send, mut recv) = socket.split();
         let acks = Arc::new(AtomicU64::new(0));
@@ -103,6 +95,35 @@ impl Flood {
         })
         .await;
         assert_eq!(counter(&self.stats()), n, "{what}: {:?}", self.stats());
+    }
+
+    /// Sends the flood in batches of `WARM_UP`, message `k` made by
+    /// `message(k)`, each batch counted by the listener with `counter` (and
+    /// its ACKs received) before the next: every batch has the same peak
+    /// of messages in flight, so the queues and buffers of the first leave
+    /// room for the others and only what stays behind can grow the
+    /// resident set. Returns the resident set after the first batch (the
+    /// warm-up) and after the last, and how long it all took.
+    async fn in_batches(
+        &mut self,
+        what: &str,
+        counter: fn(&StatsSnapshot) -> u64,
+        mut message: impl FnMut(u64) -> Vec<Vec<u8>>,
+    ) -> (u64, u64, Duration) {
+        let started = Instant::now();
+        let mut warm = 0;
+        for (i, n) in batches() {
+            for k in i..n {
+                let parts = message(k);
+                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                self.send(&parts).await;
+            }
+            self.settle(n, what, counter).await;
+            if n == WARM_UP {
+                warm = rss();
+            }
+        }
+        (warm, rss(), started.elapsed())
     }
 
     /// Sends an ECHO with `msg_id`, expects its ACK and the reply, and
@@ -148,10 +169,7 @@ fn check_growth(what: &str, warm: u64, end: u64, took: Duration) {
     );
 }
 
-/// The flood in batches of `WARM_UP`, each counted (and its ACKs received)
-/// before the next: every batch has the same peak of messages in flight,
-/// so the queues and buffers of the first leave room for the others and
-/// only what stays behind can grow the resident set.
+/// The flood's batches of `WARM_UP` messages, as ranges of message numbers.
 fn batches() -> impl Iterator<Item = (u64, u64)> {
     (0..FLOOD)
         .step_by(WARM_UP as usize)
@@ -159,33 +177,24 @@ fn batches() -> impl Iterator<Item = (u64, u64)> {
 }
 
 /// An id that names no callback: >= 4, nothing was ever issued.
-fn never_issued(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    (*state).max(wire::FIRST_USER)
+fn never_issued(rng: &mut Rng) -> u64 {
+    rng.next().max(wire::FIRST_USER)
 }
 
+/// 50,000 replies to callback ids never issued: each ACKed, dropped and
+/// counted, the resident set flat, ECHO still answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_to_callbacks_never_issued_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;
-    let mut f = Flood::start("flood-late").await;
-    let started = Instant::now();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut warm = 0;
-    for (i, n) in batches() {
-        for msg_id in i..n {
+    let mut f = Flood::start().await;
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+    let counter = |s: &StatsSnapshot| s.late_replies_dropped;
+    let (warm, end, took) = f
+        .in_batches("late replies counted", counter, |msg_id| {
             let payload = format!("{msg_id}-0-{}-x", never_issued(&mut rng));
-            f.send(&[b"", payload.as_bytes()]).await;
-        }
-        f.settle(n, "late replies counted", |s| s.late_replies_dropped)
-            .await;
-        if n == WARM_UP {
-            warm = rss();
-        }
-    }
-    let end = rss();
-    let took = started.elapsed();
+            vec![Vec::new(), payload.into_bytes()]
+        })
+        .await;
     let stats = f.echo(FLOOD).await;
     assert_eq!(stats.late_replies_dropped, FLOOD, "{stats:?}");
     assert_eq!(stats.pending_callbacks, 0, "{stats:?}");
@@ -197,15 +206,16 @@ async fn replies_to_callbacks_never_issued_leave_nothing_behind() {
     f.server.shutdown().await;
 }
 
+/// 50,000 malformed messages (bad payloads, bad frame shapes): each
+/// dropped unACKed and counted, the resident set flat, ECHO still answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;
-    let mut f = Flood::start("flood-malformed").await;
-    let started = Instant::now();
+    let mut f = Flood::start().await;
     let too_long = format!("{}0-0-1-x", u64::MAX);
-    let mut warm = 0;
-    for (i, n) in batches() {
-        for k in i..n {
+    let counter = |s: &StatsSnapshot| s.malformed_dropped;
+    let (warm, end, took) = f
+        .in_batches("malformed messages counted", counter, |k| {
             // Bad payloads, and good payloads in bad frame shapes.
             let bad = match k % 10 {
                 0 => String::new(),
@@ -217,21 +227,15 @@ async fn malformed_messages_leave_nothing_behind() {
                 6 => format!("{k} -0-1-x"),
                 7 => too_long.clone(),
                 _ => format!("{k}-0-1-x"),
-            };
-            match k % 10 {
-                8 => f.send(&[bad.as_bytes()]).await,
-                9 => f.send(&[b"x", b"", bad.as_bytes()]).await,
-                _ => f.send(&[b"", bad.as_bytes()]).await,
             }
-        }
-        f.settle(n, "malformed messages counted", |s| s.malformed_dropped)
-            .await;
-        if n == WARM_UP {
-            warm = rss();
-        }
-    }
-    let end = rss();
-    let took = started.elapsed();
+            .into_bytes();
+            match k % 10 {
+                8 => vec![bad],
+                9 => vec![b"x".to_vec(), Vec::new(), bad],
+                _ => vec![Vec::new(), bad],
+            }
+        })
+        .await;
     // Nothing was ACKed or delivered; the window is untouched: msg_id 0.
     assert_eq!(f.stats().acks_sent, 0, "{:?}", f.stats());
     let stats = f.echo(0).await;

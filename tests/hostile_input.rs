@@ -7,18 +7,25 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{eventually, place, raw_recv, raw_send, within};
+use common::{
+    Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_recv,
+    raw_router, raw_send, round_trip, serve_seen, within,
+};
+use messenger::{Config, Endpoint, Messenger};
 use messenger::internals::wire;
-use messenger::{Config, Endpoint, Incoming, Messenger, Responder};
-use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, RouterSocket, SocketOptions};
+use zeromq::DealerSocket;
 
-const RAW_TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
 const MAX_MESSAGE: usize = 4096;
+
+/// A config whose largest message is `MAX_MESSAGE`.
+fn small() -> Config {
+    Config {
+        max_message_size: MAX_MESSAGE,
+        ..Config::default()
+    }
+}
 
 /// A raw DEALER talking to one of our listeners, numbering its messages.
 struct RawPeer {
@@ -30,18 +37,8 @@ struct RawPeer {
 
 impl RawPeer {
     async fn connect(endpoint: &Endpoint, identity: &str) -> Self {
-        let mut opts = SocketOptions::default();
-        opts.peer_identity(PeerIdentity::try_from(identity.as_bytes().to_vec()).unwrap());
-        let mut socket = DealerSocket::with_options(opts);
-        within(
-            5,
-            "raw dealer connects",
-            socket.connect(&endpoint.to_string()),
-        )
-        .await
-        .unwrap();
         RawPeer {
-            socket,
+            socket: raw_dealer(endpoint, identity).await,
             next_id: 0,
             seen: HashSet::new(),
         }
@@ -98,24 +95,13 @@ impl RawPeer {
 }
 
 /// A listener whose SLC records what reaches it.
-async fn start_server(t: &str) -> (Messenger, Endpoint, Arc<Mutex<Vec<Bytes>>>, common::Place) {
-    let p = place(t);
-    let config = Config {
-        max_message_size: MAX_MESSAGE,
-        ..Config::default()
-    };
-    let server = Messenger::with_config("server", config).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = Arc::clone(&seen);
-    let bound = server
-        .listen_for_connection(&p.endpoint, "server", move |m: Incoming, _: Responder| {
-            seen2.lock().unwrap().push(m.body.clone());
-        })
-        .await
-        .unwrap();
+async fn start_server(t: &str) -> (Messenger, Endpoint, Seen, Place) {
+    let (server, bound, p, seen) = serve_seen(t, small(), Answer::Nothing).await;
     (server, bound.endpoint, seen, p)
 }
 
+/// Each malformed payload or frame shape is dropped and counted once,
+/// never delivered, and the same peer's next ECHO is served as usual.
 #[tokio::test]
 async fn malformed_messages_are_dropped_counted_and_survived() {
     let too_big = format!("1-0-1-{}", "x".repeat(MAX_MESSAGE));
@@ -178,14 +164,15 @@ async fn malformed_messages_are_dropped_counted_and_survived() {
         let id = raw.next_id;
         raw.send(&[b"", format!("{id}-0-0-fine").as_bytes()]).await;
         raw.expect_ack(id, "fine").await;
-        eventually(5, "slc got fine", || !slc_seen.lock().unwrap().is_empty()).await;
-        assert_eq!(*slc_seen.lock().unwrap(), vec![Bytes::from("fine")], "{t}");
-        let s = server.stats();
-        assert_eq!(s.malformed_dropped, cases.len() as u64, "{t}: {s:?}");
+        eventually(5, "slc got fine", || !slc_seen.is_empty()).await;
+        assert_eq!(slc_seen.bodies(), vec![Bytes::from("fine")], "{t}");
+        assert_stats!(server.stats(), t, malformed_dropped == cases.len() as u64);
         server.shutdown().await;
     }
 }
 
+/// The brief's exchange: after garbage, `5-0-1-ok` is ACKed with `5-0-2-`
+/// and echoed.
 #[tokio::test]
 async fn spec_example_echo_after_garbage() {
     // The exact exchange from the brief: garbage, then `5-0-1-ok` is ACKed
@@ -213,6 +200,9 @@ async fn spec_example_echo_after_garbage() {
     }
 }
 
+/// Well-formed but unexpected messages (an ACK of nothing, replies to
+/// callbacks never issued, a duplicate ECHO, a body of dashes and binary)
+/// are ACKed or counted as they should be and never reach the server loop.
 #[tokio::test]
 async fn unexpected_but_well_formed_messages() {
     for t in RAW_TRANSPORTS {
@@ -275,11 +265,15 @@ async fn unexpected_but_well_formed_messages() {
         let body = "-0-1-2-\u{0}\u{ff}-";
         raw.echo(body).await;
 
-        assert!(slc_seen.lock().unwrap().is_empty(), "{t}");
+        assert!(slc_seen.is_empty(), "{t}");
         let s = server.stats();
-        assert_eq!(s.malformed_dropped, 0, "{t}: {s:?}");
-        assert_eq!(s.slc_delivered, 0, "{t}: {s:?}");
-        assert_eq!(s.late_replies_dropped, 3, "{t}: {s:?}");
+        assert_stats!(
+            s,
+            t,
+            malformed_dropped == 0,
+            slc_delivered == 0,
+            late_replies_dropped == 3
+        );
         server.shutdown().await;
     }
 }
@@ -308,14 +302,8 @@ async fn largest_msg_id_is_handled() {
         // Another peer is still served: the ProcessMessage loop is alive.
         let mut other = RawPeer::connect(&endpoint, "other").await;
         other.echo("still alive").await;
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap();
-        let reply = within(5, "echo", client.request(conn, wire::ECHO, "alive"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body, Bytes::from("alive"), "{t}");
+        let (client, conn) = connect(Config::default(), &endpoint).await;
+        round_trip(5, &client, conn, wire::ECHO, b"alive", t).await;
         client.shutdown().await;
         server.shutdown().await;
     }
@@ -327,32 +315,13 @@ async fn largest_msg_id_is_handled() {
 #[tokio::test]
 async fn garbage_from_a_raw_router_is_dropped_by_our_connection() {
     for t in RAW_TRANSPORTS {
-        let p = place(t);
-        let mut router = RouterSocket::new();
-        let url = match t {
-            "tcp" => "tcp://127.0.0.1:0".to_string(),
-            _ => p.endpoint.to_string(),
-        };
-        let bound = router.bind(&url).await.unwrap();
-        let endpoint: Endpoint = bound.to_string().parse().unwrap();
-        let config = Config {
-            max_message_size: MAX_MESSAGE,
-            ..Config::default()
-        };
-        let client = Messenger::with_config("client", config).unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap();
+        let (mut router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(small(), &endpoint).await;
 
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::NOOP, "question").await });
-        let f = raw_recv(&mut router, 5, "request").await;
-        assert_eq!(f.len(), 3, "{t}: {f:?}");
-        assert_eq!(f[0], Bytes::from("client"), "{t}");
-        assert!(f[1].is_empty(), "{t}");
-        let m = wire::parse(&f[2]).unwrap();
+        let req = common::spawn_request(&client, conn, wire::NOOP, "question");
+        let m = common::raw_payload(&mut router, "client", "request").await;
         assert_eq!(m.body, Bytes::from("question"), "{t}");
-        let peer = f[0].clone();
+        let peer = Bytes::from("client");
         let ack = format!("{}-0-2-", m.msg_id);
         raw_send(&mut router, &[&peer, b"raw", b"", ack.as_bytes()]).await;
 
@@ -391,11 +360,7 @@ async fn garbage_from_a_raw_router_is_dropped_by_our_connection() {
 
         let good = format!("0-0-{cb}-answer");
         raw_send(&mut router, &[&peer, b"raw", b"", good.as_bytes()]).await;
-        let reply = within(5, "request completes", req)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(reply.body, Bytes::from("answer"), "{t}");
+        expect_reply(req, b"answer", &format!("{t}: request completes")).await;
         // Our connection ACKs the good reply.
         let f = within(5, "ACK of the answer", async {
             loop {
@@ -408,9 +373,13 @@ async fn garbage_from_a_raw_router_is_dropped_by_our_connection() {
         .await;
         assert_eq!(f[0], peer, "{t}");
         let s = client.stats();
-        assert_eq!(s.malformed_dropped, cases.len() as u64, "{t}: {s:?}");
-        assert_eq!(s.msc_delivered, 1, "{t}: {s:?}");
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        assert_stats!(
+            s,
+            t,
+            malformed_dropped == cases.len() as u64,
+            msc_delivered == 1,
+            pending_callbacks == 0
+        );
         client.shutdown().await;
     }
 }

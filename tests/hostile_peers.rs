@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::raw_zmtp::{self, LONG, RawListener, dial};
-use common::{place, round_trip, serve, within};
+use common::{RAW_TRANSPORTS, connect, connect_as, eventually, no_slc, round_trip, serve, within};
+use messenger::{Config, Messenger};
 use messenger::internals::wire;
-use messenger::{Config, Incoming, Messenger, Responder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Greeting (ZMTP 3.0), READY, then one long data frame header declaring
@@ -37,22 +37,15 @@ async fn attack_and_expect_cutoff<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, b
     .await;
 }
 
-fn echo_slc(_: Incoming, _: Responder) {}
-
+/// A frame header declaring 1 TiB cuts its peer off at once (a guard
+/// rejection); a client connected before, and a new one, are still served.
 #[tokio::test]
 async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
-    for t in ["tcp", "ipc"] {
-        let (server, bound, _p) = serve(t, Config::default(), echo_slc).await;
+    for t in RAW_TRANSPORTS {
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
         // A well-behaved client connected before the attack keeps working after it.
-        let client = Messenger::new("client").unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
-        within(
-            5,
-            "echo before",
-            client.request(conn, wire::ECHO, b"before"),
-        )
-        .await
-        .unwrap();
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        round_trip(5, &client, conn, wire::ECHO, b"before", t).await;
 
         let attack = one_tebibyte_attack("DEALER");
         attack_and_expect_cutoff(dial(&bound.endpoint).await, &attack).await;
@@ -60,15 +53,14 @@ async fn one_tebibyte_frame_header_is_refused_and_the_listener_lives_on() {
         let after = format!("{t}: echo after");
         round_trip(5, &client, conn, wire::ECHO, b"after", &after).await;
         // A new client can still connect, too.
-        let late = Messenger::new("late").unwrap();
-        let c2 = late.make_connection(&bound.endpoint).await.unwrap();
-        within(5, "new client", late.request(c2, wire::ECHO, b"x"))
-            .await
-            .unwrap();
+        let (late, c2) = connect_as("late", Config::default(), &bound.endpoint, 5).await;
+        round_trip(5, &late, c2, wire::ECHO, b"x", "new client").await;
         server.shutdown().await;
     }
 }
 
+/// The same attack from a ROUTER our connection dialled: we cut it off,
+/// count it, and go on serving other peers.
 #[tokio::test]
 async fn a_hostile_router_cannot_abort_our_connection_side() {
     let (listener, ep, _p) = RawListener::bind("tcp").await;
@@ -88,33 +80,30 @@ async fn a_hostile_router_cannot_abort_our_connection_side() {
     // after it (the link drops): either way we cut the peer and live on.
     let conn = client.make_connection(&ep).await;
     within(5, "attacker cut off", attacker).await.unwrap();
-    common::eventually(5, "rejection counted", || {
+    eventually(5, "rejection counted", || {
         client.stats().guard_rejections == 1
     })
     .await;
     if let Ok(conn) = conn {
-        common::eventually(5, "link down", || !client.is_connected(conn)).await;
+        eventually(5, "link down", || !client.is_connected(conn)).await;
     }
     // The process is alive and the messenger still serves other peers.
-    let p = place("inproc");
-    let server = Messenger::new("server").unwrap();
-    let bound = server
-        .listen_for_connection(&p.endpoint, "s", echo_slc)
+    let (_server, bound, _p) = serve("inproc", Config::default(), no_slc).await;
+    let c = within(5, "connect", client.make_connection(&bound.endpoint))
         .await
         .unwrap();
-    let c = client.make_connection(&bound.endpoint).await.unwrap();
-    within(5, "echo", client.request(c, wire::ECHO, b"alive"))
-        .await
-        .unwrap();
+    round_trip(5, &client, c, wire::ECHO, b"alive", "echo").await;
 }
 
+/// Garbage instead of a greeting is cut off at once; half a greeting and
+/// then silence at the handshake timeout; each counted.
 #[tokio::test]
 async fn garbage_or_a_stalled_handshake_is_dropped() {
     let config = Config {
         handshake_timeout: Duration::from_millis(300),
         ..Config::default()
     };
-    let (server, bound, _p) = serve("tcp", config, echo_slc).await;
+    let (server, bound, _p) = serve("tcp", config, no_slc).await;
     // Garbage instead of a greeting: cut off at once.
     let s = dial(&bound.endpoint).await;
     attack_and_expect_cutoff(s, b"GET / HTTP/1.1\r\n\r\n").await;
@@ -126,6 +115,9 @@ async fn garbage_or_a_stalled_handshake_is_dropped() {
     assert_eq!(st.handshake_timeouts, 1, "{st:?}");
 }
 
+/// A listener at `max_connections_per_listener` serves no third peer (and
+/// counts the hit); once one leaves, the waiting peer is accepted and
+/// served.
 #[tokio::test]
 async fn the_connection_limit_is_enforced_and_accepts_resume() {
     let config = Config {
@@ -134,17 +126,11 @@ async fn the_connection_limit_is_enforced_and_accepts_resume() {
         evict_idle_after: None,
         ..Config::default()
     };
-    let (server, bound, _p) = serve("tcp", config, echo_slc).await;
-    let a = Messenger::new("a").unwrap();
-    let b = Messenger::new("b").unwrap();
-    let ca = a.make_connection(&bound.endpoint).await.unwrap();
-    let cb = b.make_connection(&bound.endpoint).await.unwrap();
-    within(5, "a", a.request(ca, wire::ECHO, b"a"))
-        .await
-        .unwrap();
-    within(5, "b", b.request(cb, wire::ECHO, b"b"))
-        .await
-        .unwrap();
+    let (server, bound, _p) = serve("tcp", config, no_slc).await;
+    let (a, ca) = connect_as("a", Config::default(), &bound.endpoint, 5).await;
+    let (b, cb) = connect_as("b", Config::default(), &bound.endpoint, 5).await;
+    round_trip(5, &a, ca, wire::ECHO, b"a", "a").await;
+    round_trip(5, &b, cb, wire::ECHO, b"b", "b").await;
     // A third peer waits in the backlog: its TCP connect succeeds but nobody
     // relays it, so its ZMTP handshake cannot finish while the others stay.
     let c = Messenger::with_config(
@@ -164,7 +150,7 @@ async fn the_connection_limit_is_enforced_and_accepts_resume() {
             .is_err(),
         "third peer served past the limit"
     );
-    common::eventually(5, "limit reported", || {
+    eventually(5, "limit reported", || {
         server.stats().connection_limit_hits >= 1
     })
     .await;
@@ -199,7 +185,7 @@ fn echo_requests(first_id: u64, count: u64) -> Vec<u8> {
 async fn a_peer_that_does_not_read_is_not_read_either() {
     const BATCH: u64 = 1000; // about 1 MiB of requests
     const LIMIT: u64 = 256 << 20;
-    let (server, bound, _p) = serve("tcp", Config::default(), echo_slc).await;
+    let (server, bound, _p) = serve("tcp", Config::default(), no_slc).await;
     let mut s = dial(&bound.endpoint).await;
     s.write_all(&raw_zmtp::hello(0, "DEALER", b""))
         .await
@@ -229,8 +215,7 @@ async fn a_peer_that_does_not_read_is_not_read_either() {
         server.stats().echoes_answered
     );
     // Everyone else is still served while that peer is held off.
-    let client = Messenger::new("client").unwrap();
-    let conn = client.make_connection(&bound.endpoint).await.unwrap();
+    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
     round_trip(5, &client, conn, wire::ECHO, b"still here", "echo").await;
     drop(s);
     client.shutdown().await;

@@ -10,9 +10,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{connect, serve, within};
-use messenger::internals::wire;
+use common::{OpenOnDrop, Seen, connect, no_slc, pair, serve, within};
 use messenger::{Config, Incoming, RequestError, Responder, SendError};
+use messenger::internals::wire;
 
 /// A server loop that records each body in order, then holds the
 /// message until `gate` lets it go.
@@ -27,16 +27,6 @@ fn gated(
         // The loop's own task: blocking it fills the queue behind it.
         let permit = futures::executor::block_on(gate.acquire());
         permit.expect("gate").forget();
-    }
-}
-
-/// Opens the gate for good when dropped, so a failing test does not leave
-/// a worker blocked (and the runtime waiting for it).
-struct OpenOnDrop(Arc<tokio::sync::Semaphore>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.add_permits(1 << 20);
     }
 }
 
@@ -79,6 +69,8 @@ async fn a_full_server_loop_makes_senders_wait_or_fail_full() {
         let body = format!("{sent}");
         tokio::spawn(async move { client.send_message(conn, wire::NOOP, body, None).await })
     };
+    // Nothing can be awaited for "still waiting": give it 50 ms of wall
+    // time to complete wrongly.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished(), "the send did not wait for room");
     gate.add_permits(sent + 1);
@@ -110,8 +102,8 @@ async fn a_full_server_loop_makes_senders_wait_or_fail_full() {
 /// redial, as on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_leaves_fails_what_waits_on_it() {
-    let (server, bound, _p) = serve("inproc", Config::default(), |_, _| {}).await;
-    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let p = pair("inproc", Config::default(), Config::default(), no_slc).await;
+    let (server, client, conn) = (&p.server, &p.client, p.conn);
     // The server loop never answers: these wait.
     let waiting: Vec<_> = (0..10)
         .map(|i| {
@@ -143,11 +135,14 @@ async fn a_listener_that_leaves_fails_what_waits_on_it() {
 #[tokio::test]
 async fn round_trips_are_counted_without_acks() {
     const N: u64 = 200;
-    let (server, bound, _p) = serve("inproc", Config::default(), |m: Incoming, r: Responder| {
-        r.try_reply(&m.body).unwrap();
-    })
+    let p = pair(
+        "inproc",
+        Config::default(),
+        Config::default(),
+        Seen::default().echo_slc(),
+    )
     .await;
-    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let (server, client, conn) = (&p.server, &p.client, p.conn);
     for i in 0..N {
         for cb in [wire::ECHO, wire::NOOP] {
             let body = format!("{cb}-{i}");

@@ -137,19 +137,8 @@ impl Proc {
     /// Waits up to `limit` for the process to exit; kills it and returns
     /// `None` if it does not.
     fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return None;
-                }
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
+        common::wait_child(&mut self.child, limit)
+            .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name))
     }
 
     /// Takes the remaining stdout lines once the process has exited; returns
@@ -261,6 +250,12 @@ impl Serve {
         }
     }
 
+    /// A Python DEALER (`identity`) running `scenario` with `args` against
+    /// its tcp endpoint; its result, checked to be a success.
+    fn tcp_dealer(&self, py: &Path, scenario: &str, identity: &str, args: &[&str]) -> Value {
+        dealer(py, &self.tcp, scenario, identity, args)
+    }
+
     /// Waits for the server-loop line with `body` from `peer`.
     fn wait_for(&mut self, peer: &str, body: &str) -> Value {
         self.proc.json_until(SHORT, "server-loop line", |v| {
@@ -314,6 +309,13 @@ impl Serve {
             .collect();
         (lines, stats)
     }
+}
+
+/// Python and a `messenger serve` ("messenger-serve") with server loop
+/// `slc`; `None` (the test is skipped) without Python.
+fn python_and_serve(slc: &str) -> Option<(PathBuf, Serve)> {
+    let py = python()?;
+    Some((py, Serve::start(slc, "messenger-serve")))
 }
 
 /// The server-loop lines of one peer.
@@ -417,6 +419,19 @@ fn cli(args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
     (status, lines.join("\n"), p.stderr())
 }
 
+/// `messenger VERB ENDPOINT BODY --identity IDENTITY` with `flags`, within
+/// `SHORT`; its status, stdout and stderr.
+fn cli_as(
+    verb: &str,
+    endpoint: &str,
+    body: &str,
+    identity: &str,
+    flags: &[&str],
+) -> (ExitStatus, String, String) {
+    let args = [verb, endpoint, body, "--identity", identity];
+    cli(&[&args[..], flags].concat(), SHORT)
+}
+
 fn seconds(v: &Value) -> f64 {
     v.as_f64()
         .unwrap_or_else(|| panic!("expected a number, got {v}"))
@@ -425,6 +440,8 @@ fn seconds(v: &Value) -> f64 {
 // ---------------------------------------------------------------------------
 // A Python DEALER against `messenger serve`
 
+/// pyzmq DEALERs get `serve`'s ACK and ECHO reply (msg_id 0 each, to their
+/// callback) over tcp and ipc, and no resend after their ACK.
 #[test]
 fn python_echo_over_tcp_and_ipc() {
     let Some(py) = python() else { return };
@@ -463,10 +480,13 @@ fn python_echo_over_tcp_and_ipc() {
     assert!(lines.is_empty(), "ECHO reached the server loop: {lines:?}");
 }
 
+/// A pyzmq DEALER's messages reach `serve`'s server loop once each, in
+/// order, with their msg_ids, bodies and endpoint.
 #[test]
 fn python_messages_reach_the_server_loop_once_each() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
     let bodies = ["first", "a-b-c", "1-2-3-", "", "héllo wörld ✓"];
     let mut args = vec!["--quiet", "0.3", "--bodies"];
     args.extend(bodies);
@@ -501,13 +521,15 @@ fn python_messages_reach_the_server_loop_once_each() {
     assert_eq!(lines.len(), bodies.len() + 1, "{lines:?}");
 }
 
+/// `serve --slc echo` answers a pyzmq DEALER's message to the server loop
+/// at the sender's callback.
 #[test]
 fn slc_echo_replies_to_the_senders_callback() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
-    let r = dealer(
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
+    let r = serve.tcp_dealer(
         &py,
-        &serve.tcp,
         "slc-reply",
         "py-slc-reply",
         &[
@@ -540,17 +562,13 @@ fn slc_echo_replies_to_the_senders_callback() {
     assert_eq!(v["body"], "to the server loop");
 }
 
+/// A pyzmq DEALER's duplicate is ACKed again but delivered once.
 #[test]
 fn duplicate_is_acked_again_but_delivered_once() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
-    let r = dealer(
-        &py,
-        &serve.tcp,
-        "duplicate",
-        "py-dup",
-        &["--body", "only once"],
-    );
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
+    let r = serve.tcp_dealer(&py, "duplicate", "py-dup", &["--body", "only once"]);
     assert_eq!(r["acks_of_dup"], 2, "{r}");
     let lines = serve.stop();
     let got = from_peer(&lines, "py-dup");
@@ -565,10 +583,13 @@ fn duplicate_is_acked_again_but_delivered_once() {
     );
 }
 
+/// Replies (ECHO and server loop) a pyzmq DEALER leaves unACKed are resent
+/// after about the resend interval, and not after its ACK.
 #[test]
 fn unacked_replies_are_resent_until_acked() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
     // The ECHO reply and a server-loop reply, both left unACKed for a while.
     let quiet = ["--quiet", "1.6", "--body", "resend me"];
     let echo = spawn_dealer(
@@ -600,13 +621,14 @@ fn unacked_replies_are_resent_until_acked() {
     assert_eq!(lines.len(), 1, "{lines:?}");
 }
 
+/// 300 ECHOs in flight at once from a pyzmq DEALER are all answered.
 #[test]
 fn burst_of_echoes_in_flight() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
-    let r = dealer(
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
+    let r = serve.tcp_dealer(
         &py,
-        &serve.tcp,
         "burst",
         "py-burst",
         &["--count", "300", "--timeout", "10"],
@@ -616,17 +638,14 @@ fn burst_of_echoes_in_flight() {
     assert!(serve.stop().is_empty());
 }
 
+/// Malformed input from a pyzmq DEALER is dropped unACKed, the valid
+/// message is delivered, and SIGINT stops `serve` cleanly.
 #[test]
 fn malformed_input_is_dropped_and_sigint_stops_serve() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
-    let r = dealer(
-        &py,
-        &serve.tcp,
-        "malformed",
-        "py-bad",
-        &["--body", "still fine"],
-    );
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
+    let r = serve.tcp_dealer(&py, "malformed", "py-bad", &["--body", "still fine"]);
     // Only the valid message was ACKed.
     assert_eq!(r["acked_ids"], json!([0]), "{r}");
     let lines = serve.stop_with("INT");
@@ -635,15 +654,18 @@ fn malformed_input_is_dropped_and_sigint_stops_serve() {
     assert_eq!(lines[0]["msg_id"], 0);
 }
 
+/// A pyzmq peer that reconnects with the same identity and msg_id 0 starts
+/// a new session: each run's message is delivered.
 #[test]
 fn restarted_peer_starts_a_new_session() {
-    let Some(py) = python() else { return };
-    let mut serve = Serve::start("log", "messenger-serve");
+    let Some((py, mut serve)) = python_and_serve("log") else {
+        return;
+    };
     // The same identity reconnects and counts from msg_id 0 again: each
     // session's message is new, not a duplicate of the last one.
     for i in 0..3 {
         let body = format!("session {i}");
-        dealer(&py, &serve.tcp, "slc", "py-restart", &["--body", &body]);
+        serve.tcp_dealer(&py, "slc", "py-restart", &["--body", &body]);
         serve.wait_for("py-restart", &body);
     }
     let lines = serve.stop();
@@ -678,6 +700,8 @@ struct Applied {
     joined: String,
 }
 
+/// MessagePack bodies typed on our side and written by Python decode both
+/// ways (u64::MAX and non-ASCII included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msgpack_bodies_interoperate_with_python() {
     let Some(py) = python() else { return };
@@ -735,6 +759,8 @@ async fn msgpack_bodies_interoperate_with_python() {
 // ---------------------------------------------------------------------------
 // The messenger CLI (a Rust DEALER) against a Python ROUTER
 
+/// `messenger request` to callback 1 gets a pyzmq ROUTER's ECHO over tcp
+/// and ipc; the router sees our framing and msg_id 0.
 #[test]
 fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
     let Some(py) = python() else { return };
@@ -743,18 +769,8 @@ fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
     for bind in ["tcp://127.0.0.1:*", ipc.as_str()] {
         let mut router = PyRouter::start(&py, &["--bind", bind]);
         let ep = router.endpoint.clone();
-        let (status, out, err) = cli(
-            &[
-                "request",
-                &ep,
-                "hello router",
-                "--callback",
-                "1",
-                "--identity",
-                "rq-echo",
-            ],
-            SHORT,
-        );
+        let callback = ["--callback", "1"];
+        let (status, out, err) = cli_as("request", &ep, "hello router", "rq-echo", &callback);
         assert!(status.success(), "{ep}: {status}: {err}");
         assert_eq!(out, "hello router", "{ep}");
         let ev = router.wait_event("the ECHO", |v| v["kind"] == "echo");
@@ -767,14 +783,12 @@ fn cli_request_echo_to_python_router_over_tcp_and_ipc() {
     }
 }
 
+/// `messenger request` to a pyzmq ROUTER's server loop gets its reply.
 #[test]
 fn cli_request_to_python_server_loop() {
     let Some(py) = python() else { return };
     let mut router = PyRouter::start(&py, &[]);
-    let (status, out, err) = cli(
-        &["request", &router.endpoint, "work", "--identity", "rq-slc"],
-        SHORT,
-    );
+    let (status, out, err) = cli_as("request", &router.endpoint, "work", "rq-slc", &[]);
     assert!(status.success(), "{status}: {err}");
     assert_eq!(out, "py:work");
     let ev = router.wait_event("the request", |v| v["kind"] == "slc");
@@ -782,43 +796,32 @@ fn cli_request_to_python_server_loop() {
     router.stop();
 }
 
+/// `messenger request` accepts replies without the router's identity
+/// frame (two frames).
 #[test]
 fn cli_dealer_accepts_replies_without_router_identity() {
     let Some(py) = python() else { return };
     let router = PyRouter::start(&py, &["--two-frame-replies"]);
-    let (status, out, err) = cli(
-        &[
-            "request",
-            &router.endpoint,
-            "two frames",
-            "--callback",
-            "1",
-            "--identity",
-            "rq-two",
-        ],
-        SHORT,
+    let callback = ["--callback", "1"];
+    let (status, out, err) = cli_as(
+        "request",
+        &router.endpoint,
+        "two frames",
+        "rq-two",
+        &callback,
     );
     assert!(status.success(), "{status}: {err}");
     assert_eq!(out, "two frames");
     router.stop();
 }
 
+/// `messenger send` succeeds once a pyzmq ROUTER ACKs, and delivers once.
 #[test]
 fn cli_send_succeeds_once_python_acks() {
     let Some(py) = python() else { return };
     let router = PyRouter::start(&py, &["--no-reply"]);
-    let (status, _, err) = cli(
-        &[
-            "send",
-            &router.endpoint,
-            "confirmed",
-            "--callback",
-            "0",
-            "--identity",
-            "snd-ok",
-        ],
-        SHORT,
-    );
+    let callback = ["--callback", "0"];
+    let (status, _, err) = cli_as("send", &router.endpoint, "confirmed", "snd-ok", &callback);
     assert!(status.success(), "{status}: {err}");
     let events = router.stop();
     let got: Vec<_> = events.iter().filter(|v| v["peer"] == "snd-ok").collect();
@@ -828,22 +831,20 @@ fn cli_send_succeeds_once_python_acks() {
     assert_eq!(got[0]["frames"], 3);
 }
 
+/// `messenger send` to a ROUTER that never ACKs resends (same msg_id,
+/// about a second apart) and fails with "no ACK" at its timeout.
 #[test]
 fn cli_send_resends_then_fails_without_ack() {
     let Some(py) = python() else { return };
     let router = PyRouter::start(&py, &["--no-ack"]);
     let start = Instant::now();
-    let (status, _, err) = cli(
-        &[
-            "send",
-            &router.endpoint,
-            "never acked",
-            "--timeout",
-            "2500ms",
-            "--identity",
-            "snd-noack",
-        ],
-        SHORT,
+    let timeout = ["--timeout", "2500ms"];
+    let (status, _, err) = cli_as(
+        "send",
+        &router.endpoint,
+        "never acked",
+        "snd-noack",
+        &timeout,
     );
     let took = start.elapsed();
     let events = router.stop();
@@ -865,6 +866,7 @@ fn cli_send_resends_then_fails_without_ack() {
     );
 }
 
+/// `messenger ping` gets three ECHOs answered by a pyzmq ROUTER.
 #[test]
 fn cli_ping_python_router() {
     let Some(py) = python() else { return };
@@ -889,10 +891,7 @@ fn cli_request_acks_the_reply_before_exiting() {
     let ep = router.endpoint.clone();
     for i in 0..10 {
         let id = format!("rq-ack-{i}");
-        let (status, _, err) = cli(
-            &["request", &ep, "x", "--callback", "1", "--identity", &id],
-            SHORT,
-        );
+        let (status, _, err) = cli_as("request", &ep, "x", &id, &["--callback", "1"]);
         assert!(status.success(), "{err}");
     }
     for i in 0..10 {
@@ -907,10 +906,12 @@ fn cli_request_acks_the_reply_before_exiting() {
 // ---------------------------------------------------------------------------
 // The example for users
 
+/// examples/python_peer.py runs against `serve` as its users would run it.
 #[test]
 fn example_python_peer_runs_against_serve() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
     let mut cmd = Command::new(&py);
     cmd.arg(script("examples/python_peer.py"))
         .arg(&serve.tcp)
@@ -951,6 +952,7 @@ fn python_auth(py: &Path, endpoint: &str, secret: &str, timeout: &str) -> (ExitS
     (status, p)
 }
 
+/// examples/python_auth.py computes the same proofs as `auth::proof_with`.
 #[test]
 fn python_auth_proof_matches_rust() {
     let Some(py) = python() else { return };
@@ -982,6 +984,8 @@ fn python_auth_proof_matches_rust() {
     }
 }
 
+/// examples/python_auth.py authenticates to `serve` over tcp and ipc; no
+/// proof or ECHO reaches the server loop.
 #[test]
 fn python_auth_example_authenticates_to_serve() {
     let Some(py) = python() else { return };
@@ -1001,6 +1005,8 @@ fn python_auth_example_authenticates_to_serve() {
     assert!(lines.is_empty(), "{lines:?}");
 }
 
+/// examples/python_auth.py with a wrong secret gets no reply, `serve` logs
+/// why, and still takes the right secret after.
 #[test]
 fn python_auth_with_a_wrong_secret_is_refused() {
     let Some(py) = python() else { return };
@@ -1010,19 +1016,17 @@ fn python_auth_with_a_wrong_secret_is_refused() {
     assert!(p.seen.is_empty(), "{}", p.context());
     assert!(p.stderr().contains("no ECHO reply"), "{}", p.context());
     // The listener said why it dropped the peer.
-    let deadline = Instant::now() + SHORT;
-    while !serve
-        .proc
-        .stderr()
-        .contains("authentication MAC does not match")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "serve did not log the refusal; {}",
-            serve.proc.context()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let logged = common::wait_until_blocking(SHORT, Duration::from_millis(20), || {
+        serve
+            .proc
+            .stderr()
+            .contains("authentication MAC does not match")
+    });
+    assert!(
+        logged,
+        "serve did not log the refusal; {}",
+        serve.proc.context()
+    );
     // The same listener still takes the right secret.
     let (status, p) = python_auth(&py, &serve.tcp, "the right one", "10");
     assert!(status.success(), "{status}; {}", p.context());
@@ -1094,8 +1098,9 @@ fn assert_steady(r: &Value, requests: u64) {
 /// libzmq's own PINGs satisfy the TTL it asks serve to apply.
 #[test]
 fn python_dealer_with_heartbeats_stays_connected() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("log", "messenger-serve");
+    let Some((py, serve)) = python_and_serve("log") else {
+        return;
+    };
     let mut args = steady_args("10", true);
     args.extend(["--expect-router-identity", "messenger-serve"]);
     let tcp = spawn_dealer(&py, &serve.tcp, "steady", "py-hb-tcp", &args);
@@ -1266,11 +1271,11 @@ fn parallel_cli_runs_do_not_collide() {
 /// resend intervals, and nothing was counted malformed.
 #[test]
 fn noisepage_shaped_acks_settle_replies() {
-    let Some(py) = python() else { return };
-    let serve = Serve::start("echo", "messenger-serve");
-    let r = dealer(
+    let Some((py, serve)) = python_and_serve("echo") else {
+        return;
+    };
+    let r = serve.tcp_dealer(
         &py,
-        &serve.tcp,
         "slc-reply",
         "py-noisepage",
         &[

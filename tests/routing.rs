@@ -5,17 +5,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TRANSPORTS, eventually, place, raw_recv, raw_send, within};
+use common::{
+    RAW_TRANSPORTS, Seen, TRANSPORTS, connect, connect_as, eventually, expect_reply,
+    forwarding_pair, no_slc, place, raw_recv, raw_router, raw_send, retry, round_trip, serve,
+    spawn_request, within,
+};
+use messenger::{BindError, Config, Destination, Endpoint, Incoming, Messenger, Responder};
 use messenger::internals::wire;
-use messenger::{BindError, Destination, Endpoint, Incoming, Messenger, Responder};
-use tokio::sync::mpsc;
-use zeromq::prelude::*;
-
-fn no_slc(_: Incoming, _: Responder) {}
 
 /// The slab index a callback's wire id names (layout documented in
 /// `messenger::internals::callbacks`).
@@ -23,40 +22,24 @@ fn slot_of(wire_id: u64) -> u64 {
     (wire_id - wire::FIRST_USER) & 0xffff_ffff
 }
 
-/// An SLC that hands every message and its responder to the test.
-fn forwarding_slc(
-    tx: mpsc::UnboundedSender<(Incoming, Responder)>,
-) -> impl Fn(Incoming, Responder) + Send + Sync + 'static {
-    move |m, r| {
-        let _ = tx.send((m, r));
-    }
-}
-
+/// Two clients send the same bodies at once: each gets only the replies
+/// to its own requests, each message reaches the server loop once, and
+/// the server reaches each client by its routing id.
 #[tokio::test]
 async fn two_clients_get_only_their_own_replies() {
     const M: usize = 200;
     for t in TRANSPORTS {
-        let p = place(t);
-        let seen = Arc::new(Mutex::new(Vec::<(Bytes, Bytes)>::new()));
-        let seen2 = Arc::clone(&seen);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, r: Responder| {
-                seen2.lock().unwrap().push((m.peer.clone(), m.body.clone()));
-                assert_eq!(r.peer(), &m.peer);
-                let body = [&m.peer[..], b":", &m.body].concat();
-                r.try_reply(body).unwrap();
-            })
-            .await
-            .unwrap();
-        let alice = Messenger::new("alice").unwrap();
-        let bob = Messenger::new("bob").unwrap();
-        let ca = within(5, "alice connects", alice.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
-        let cb = within(5, "bob connects", bob.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
+        let seen = Seen::default();
+        let recorder = seen.clone();
+        let slc = move |m: Incoming, r: Responder| {
+            recorder.record(&m);
+            assert_eq!(r.peer(), &m.peer);
+            let body = [&m.peer[..], b":", &m.body].concat();
+            r.try_reply(body).unwrap();
+        };
+        let (server, bound, _p) = serve(t, Config::default(), slc).await;
+        let (alice, ca) = connect_as("alice", Config::default(), &bound.endpoint, 5).await;
+        let (bob, cb) = connect_as("bob", Config::default(), &bound.endpoint, 5).await;
 
         // Both clients use the same bodies, interleaved, so a reply routed to
         // the wrong client would carry the other's name.
@@ -83,17 +66,15 @@ async fn two_clients_get_only_their_own_replies() {
             }
         })
         .await;
-        {
-            let seen = seen.lock().unwrap();
-            assert_eq!(seen.len(), 2 * M, "{t}: each message reached the SLC once");
-            for who in ["alice", "bob"] {
-                let bodies: HashSet<&Bytes> = seen
-                    .iter()
-                    .filter(|(p, _)| p == who.as_bytes())
-                    .map(|(_, b)| b)
-                    .collect();
-                assert_eq!(bodies.len(), M, "{t}: {who}'s messages");
-            }
+        let seen = seen.all();
+        assert_eq!(seen.len(), 2 * M, "{t}: each message reached the SLC once");
+        for who in ["alice", "bob"] {
+            let bodies: HashSet<&Bytes> = seen
+                .iter()
+                .filter(|g| g.peer == who.as_bytes())
+                .map(|g| &g.body)
+                .collect();
+            assert_eq!(bodies.len(), M, "{t}: {who}'s messages");
         }
 
         // The other way: the server addresses each client by routing id, and
@@ -117,22 +98,17 @@ async fn two_clients_get_only_their_own_replies() {
     }
 }
 
+/// The server answers a client's request with a request of its own (to
+/// the client's callback); the client's answer to that goes to the
+/// server's waiting request, never to its server loop.
 #[tokio::test]
 async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
     for t in TRANSPORTS {
-        let p = place(t);
-        let (tx, mut slc_rx) = mpsc::unbounded_channel();
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", forwarding_slc(tx))
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+        let (p, mut slc_rx) = forwarding_pair(t).await;
+        let (server, bound, client, conn) = (&p.server, &p.bound, &p.client, p.conn);
 
         // The client asks; its request reaches the server's SLC.
-        let c = client.clone();
-        let ask = tokio::spawn(async move { c.request(conn, wire::NOOP, "hello").await });
+        let ask = spawn_request(client, conn, wire::NOOP, "hello");
         let (hello, _responder) = within(5, "slc gets hello", slc_rx.recv()).await.unwrap();
         assert_eq!(hello.body, Bytes::from("hello"), "{t}");
         assert!(hello.src_cb >= wire::FIRST_USER, "{t}: {hello:?}");
@@ -151,11 +127,12 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
         let s = server.clone();
         let client_cb = hello.src_cb;
         let question = tokio::spawn(async move { s.request(dest, client_cb, "question").await });
-        let q = within(5, "client's MSC gets the question", ask)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(q.body, Bytes::from("question"), "{t}");
+        let q = expect_reply(
+            ask,
+            b"question",
+            &format!("{t}: client's MSC gets the question"),
+        )
+        .await;
         assert_eq!(q.dst_cb, client_cb, "{t}");
         assert!(q.src_cb >= wire::FIRST_USER, "{t}: {q:?}");
 
@@ -165,27 +142,38 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
             .send_message(conn, q.src_cb, "answer", None)
             .await
             .unwrap();
-        let a = within(5, "server's MSC gets the answer", question)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(a.body, Bytes::from("answer"), "{t}");
+        let a = expect_reply(
+            question,
+            b"answer",
+            &format!("{t}: server's MSC gets the answer"),
+        )
+        .await;
         assert_eq!(a.peer, hello.peer, "{t}");
 
-        // Anything after it on the same link would have been processed by
-        // now; give the SLC a moment anyway.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            slc_rx.try_recv().is_err(),
+        // A barrier behind the answer on the same link: had the answer
+        // gone to the SLC, the SLC would have seen it first.
+        client
+            .send_message(conn, wire::NOOP, "barrier", None)
+            .await
+            .unwrap();
+        let (next, _) = within(5, "slc gets the barrier", slc_rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            next.body,
+            Bytes::from("barrier"),
             "{t}: the SLC saw a message meant for an MSC"
         );
-        let ss = server.stats();
-        assert_eq!(ss.slc_delivered, 1, "{t}: {ss:?}");
-        assert_eq!(ss.msc_delivered, 1, "{t}: {ss:?}");
-        assert_eq!(ss.late_replies_dropped, 0, "{t}: {ss:?}");
-        assert_eq!(ss.pending_callbacks, 0, "{t}: {ss:?}");
-        server.shutdown().await;
-        client.shutdown().await;
+        // The hello and the barrier.
+        assert_stats!(
+            server.stats(),
+            t,
+            slc_delivered == 2,
+            msc_delivered == 1,
+            late_replies_dropped == 0,
+            pending_callbacks == 0
+        );
+        p.shutdown().await;
     }
 }
 
@@ -195,29 +183,16 @@ async fn reply_to_a_server_msc_goes_to_the_msc_not_the_slc() {
 #[tokio::test]
 async fn reused_slot_never_gets_the_previous_owners_reply() {
     for t in TRANSPORTS {
-        let p = place(t);
-        let (tx, mut slc_rx) = mpsc::unbounded_channel();
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", forwarding_slc(tx))
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+        let (p, mut slc_rx) = forwarding_pair(t).await;
+        let (client, conn) = (&p.client, p.conn);
 
-        let c = client.clone();
-        let req1 = tokio::spawn(async move { c.request(conn, wire::NOOP, "one").await });
+        let req1 = spawn_request(client, conn, wire::NOOP, "one");
         let (m1, r1) = within(5, "request 1 arrives", slc_rx.recv()).await.unwrap();
         r1.try_reply("r1").unwrap();
-        let got1 = within(5, "request 1 completes", req1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got1.body, Bytes::from("r1"), "{t}");
+        expect_reply(req1, b"r1", &format!("{t}: request 1 completes")).await;
         assert_eq!(client.stats().pending_callbacks, 0, "{t}");
 
-        let c = client.clone();
-        let req2 = tokio::spawn(async move { c.request(conn, wire::NOOP, "two").await });
+        let req2 = spawn_request(client, conn, wire::NOOP, "two");
         let (m2, r2) = within(5, "request 2 arrives", slc_rx.recv()).await.unwrap();
         assert_ne!(m1.src_cb, m2.src_cb, "{t}: a reused slot needs a new id");
         assert_eq!(
@@ -236,17 +211,15 @@ async fn reused_slot_never_gets_the_previous_owners_reply() {
         assert!(!req2.is_finished(), "{t}: request 2 completed early");
 
         r2.try_reply("r2").unwrap();
-        let got2 = within(5, "request 2 completes", req2)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got2.body, Bytes::from("r2"), "{t}");
-        let cs = client.stats();
-        assert_eq!(cs.late_replies_dropped, before + 1, "{t}: {cs:?}");
-        assert_eq!(cs.msc_delivered, 2, "{t}: {cs:?}");
-        assert_eq!(cs.pending_callbacks, 0, "{t}: {cs:?}");
-        server.shutdown().await;
-        client.shutdown().await;
+        expect_reply(req2, b"r2", &format!("{t}: request 2 completes")).await;
+        assert_stats!(
+            client.stats(),
+            t,
+            late_replies_dropped == before + 1,
+            msc_delivered == 2,
+            pending_callbacks == 0
+        );
+        p.shutdown().await;
     }
 }
 
@@ -289,39 +262,22 @@ async fn next_ack(router: &mut zeromq::RouterSocket, what: &str) -> u64 {
 /// duplicate reply to request 1's id with a fresh msg_id.
 #[tokio::test]
 async fn reused_slot_ignores_late_reply_from_raw_router() {
-    for t in ["tcp", "ipc"] {
-        let p = place(t);
-        let mut router = zeromq::RouterSocket::new();
-        let url = match t {
-            "tcp" => "tcp://127.0.0.1:0".to_string(),
-            _ => p.endpoint.to_string(),
-        };
-        let bound = router.bind(&url).await.unwrap();
-        let endpoint: Endpoint = bound.to_string().parse().unwrap();
-
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&endpoint))
-            .await
-            .unwrap();
+    for t in RAW_TRANSPORTS {
+        let (mut router, endpoint, _p) = raw_router(t).await;
+        let (client, conn) = connect(Config::default(), &endpoint).await;
         let mut seen = HashSet::new();
 
-        let c = client.clone();
-        let req1 = tokio::spawn(async move { c.request(conn, wire::NOOP, "one").await });
+        let req1 = spawn_request(&client, conn, wire::NOOP, "one");
         let (peer, m1) = next_message(&mut router, &mut seen, "request 1").await;
         assert_eq!(peer, Bytes::from("client"), "{t}");
         assert_eq!(m1.body, Bytes::from("one"), "{t}");
         let c1 = m1.src_cb;
         let reply = format!("0-0-{c1}-r1");
         raw_send(&mut router, &[&peer, b"raw", b"", reply.as_bytes()]).await;
-        let got1 = within(5, "request 1 completes", req1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got1.body, Bytes::from("r1"), "{t}");
+        expect_reply(req1, b"r1", &format!("{t}: request 1 completes")).await;
         assert_eq!(next_ack(&mut router, "ACK of reply 1").await, 0, "{t}");
 
-        let c = client.clone();
-        let req2 = tokio::spawn(async move { c.request(conn, wire::NOOP, "two").await });
+        let req2 = spawn_request(&client, conn, wire::NOOP, "two");
         let (_, m2) = next_message(&mut router, &mut seen, "request 2").await;
         assert_eq!(m2.body, Bytes::from("two"), "{t}");
         let c2 = m2.src_cb;
@@ -344,35 +300,32 @@ async fn reused_slot_ignores_late_reply_from_raw_router() {
 
         let reply = format!("2-0-{c2}-r2");
         raw_send(&mut router, &[&peer, b"raw", b"", reply.as_bytes()]).await;
-        let got2 = within(5, "request 2 completes", req2)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got2.body, Bytes::from("r2"), "{t}");
-        let cs = client.stats();
-        assert_eq!(cs.late_replies_dropped, before + 1, "{t}: {cs:?}");
-        assert_eq!(cs.pending_callbacks, 0, "{t}: {cs:?}");
+        expect_reply(req2, b"r2", &format!("{t}: request 2 completes")).await;
+        assert_stats!(
+            client.stats(),
+            t,
+            late_replies_dropped == before + 1,
+            pending_callbacks == 0
+        );
         client.shutdown().await;
     }
 }
 
+/// One connection per endpoint: connecting again, or from two callers at
+/// once, gives the same connection; another endpoint gets its own.
 #[tokio::test]
 async fn make_connection_is_pooled_per_endpoint() {
     for t in TRANSPORTS {
-        let (p1, p2) = (place(t), place(t));
-        let server = Messenger::new("server").unwrap();
-        let b1 = server
-            .listen_for_connection(&p1.endpoint, "server", no_slc)
-            .await
-            .unwrap();
-        let b2 = server
-            .listen_for_connection(&p2.endpoint, "server", no_slc)
-            .await
-            .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let first = within(5, "connect", client.make_connection(&b1.endpoint))
-            .await
-            .unwrap();
+        let (server, b1, _p1) = serve(t, Config::default(), no_slc).await;
+        let p2 = place(t);
+        let b2 = within(
+            5,
+            "listen",
+            server.listen_for_connection(&p2.endpoint, "server", no_slc),
+        )
+        .await
+        .unwrap();
+        let (client, first) = connect(Config::default(), &b1.endpoint).await;
         let again = client.make_connection(&b1.endpoint).await.unwrap();
         assert_eq!(first, again, "{t}");
         assert_eq!(client.stats().connections, 1, "{t}");
@@ -394,24 +347,18 @@ async fn make_connection_is_pooled_per_endpoint() {
         assert_eq!(client.stats().connections, 2, "{t}");
 
         // The pooled connection works.
-        let reply = within(5, "echo", client.request(first, wire::ECHO, "pooled"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body, Bytes::from("pooled"), "{t}");
+        round_trip(5, &client, first, wire::ECHO, b"pooled", t).await;
         server.shutdown().await;
         client.shutdown().await;
     }
 }
 
+/// An endpoint already bound (by this messenger or another) cannot be
+/// bound again, and the failed attempts leave the first listener working.
 #[tokio::test]
 async fn binding_an_endpoint_in_use_fails() {
     for t in TRANSPORTS {
-        let p = place(t);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", no_slc)
-            .await
-            .unwrap();
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
         // tcp: the resolved port; ipc: the same path; inproc: the same name.
         let again = server
             .listen_for_connection(&bound.endpoint, "server", no_slc)
@@ -429,30 +376,26 @@ async fn binding_an_endpoint_in_use_fails() {
         assert_eq!(other.stats().listeners, 0, "{t}");
 
         // The failed attempts left the first listener working.
-        let client = Messenger::new("client").unwrap();
-        let conn = within(5, "connect", client.make_connection(&bound.endpoint))
-            .await
-            .unwrap();
-        let reply = within(5, "echo", client.request(conn, wire::ECHO, "still here"))
-            .await
-            .unwrap();
-        assert_eq!(reply.body, Bytes::from("still here"), "{t}");
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        round_trip(5, &client, conn, wire::ECHO, b"still here", t).await;
         client.shutdown().await;
         other.shutdown().await;
         server.shutdown().await;
     }
 }
 
-/// Binds `endpoint`, retrying while a listener just shut down still holds it.
+/// Binds `endpoint`, retrying (for 5 s) while a listener just shut down
+/// still holds it.
 async fn bind_when_free(m: &Messenger, endpoint: &Endpoint) -> messenger::ListenerInfo {
-    for _ in 0..100 {
+    let what = format!("{endpoint}: free again after shutdown");
+    retry(5, &what, Duration::from_millis(50), async || {
         match m.listen_for_connection(endpoint, "server", no_slc).await {
-            Ok(b) => return b,
-            Err(BindError::InUse(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(b) => Some(b),
+            Err(BindError::InUse(_)) => None,
             Err(e) => panic!("{endpoint}: {e}"),
         }
-    }
-    panic!("{endpoint}: still in use 5 s after shutdown");
+    })
+    .await
 }
 
 /// After shutdown the endpoint can be bound again and the new listener
@@ -472,7 +415,8 @@ async fn endpoint_is_free_again_after_shutdown() {
                 assert_eq!(bound.endpoint, endpoint, "{t}");
             }
             endpoint = bound.endpoint.clone();
-            // Let whatever the previous listener left running finish.
+            // Wall time for whatever the previous listener left running to
+            // finish: nothing of it may delete the new listener's file.
             tokio::time::sleep(Duration::from_millis(30)).await;
             if let Endpoint::Ipc(path) = &endpoint {
                 assert!(
@@ -481,20 +425,17 @@ async fn endpoint_is_free_again_after_shutdown() {
                      it bound (by the previous listener's teardown)"
                 );
             }
-            let client = Messenger::new("client").unwrap();
-            let conn = within(6, "connect", client.make_connection(&endpoint))
-                .await
-                .unwrap_or_else(|e| panic!("{t} round {round}: {e}"));
-            let reply = within(5, "echo", client.request(conn, wire::ECHO, "again"))
-                .await
-                .unwrap_or_else(|e| panic!("{t} round {round}: {e}"));
-            assert_eq!(reply.body, Bytes::from("again"), "{t}");
+            let (client, conn) = connect_as("client", Config::default(), &endpoint, 6).await;
+            let what = format!("{t} round {round}: echo");
+            round_trip(5, &client, conn, wire::ECHO, b"again", &what).await;
             client.shutdown().await;
             server.shutdown().await;
         }
     }
 }
 
+/// A stale ipc socket file does not block binding; the new listener
+/// serves, and shutdown removes its file.
 #[tokio::test]
 async fn stale_ipc_file_is_replaced_and_removed_on_shutdown() {
     let p = place("ipc");
@@ -511,19 +452,15 @@ async fn stale_ipc_file_is_replaced_and_removed_on_shutdown() {
         .await
         .expect("a stale ipc file does not block binding");
     assert!(path.exists());
-    let client = Messenger::new("client").unwrap();
-    let conn = within(5, "connect", client.make_connection(&bound.endpoint))
-        .await
-        .unwrap();
-    let reply = within(5, "echo", client.request(conn, wire::ECHO, "fresh"))
-        .await
-        .unwrap();
-    assert_eq!(reply.body, Bytes::from("fresh"));
+    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    round_trip(5, &client, conn, wire::ECHO, b"fresh", "ipc").await;
     client.shutdown().await;
     server.shutdown().await;
     assert!(!path.exists(), "shutdown removes the ipc socket file");
 }
 
+/// An ipc path that is a regular file is refused (`NotASocket`) and left
+/// as it was.
 #[tokio::test]
 async fn ipc_path_that_is_not_a_socket_is_refused_and_kept() {
     let p = place("ipc");
@@ -557,54 +494,12 @@ async fn shutdown_never_deletes_a_file_created_after_it() {
         server.shutdown().await;
         assert!(!path.exists(), "round {round}: shutdown removes its file");
         std::fs::write(&path, b"someone else's").unwrap();
+        // Wall time for anything of the old listener's still running.
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(
             path.exists(),
             "round {round}: a file created after shutdown was deleted"
         );
-    }
-}
-
-/// A request a listener sent to one of its peers fails with `Disconnected`
-/// soon after that peer goes away, not at its deadline.
-#[tokio::test]
-async fn a_listener_peer_going_away_fails_requests_to_it() {
-    for t in ["tcp", "ipc"] {
-        let p = common::place(t);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", |_: Incoming, _: Responder| {})
-            .await
-            .unwrap();
-        // The client has no server loop: the server's request arrives on its
-        // connection, is ACKed and dropped, and is never answered.
-        let client = Messenger::new("client-peer").unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
-        common::within(
-            5,
-            "hello",
-            client.send_confirmed(conn, wire::NOOP, b"hello"),
-        )
-        .await
-        .unwrap();
-        let dest = messenger::Destination::Peer {
-            listener: bound.id,
-            peer: bytes::Bytes::from_static(b"client-peer"),
-        };
-        let server2 = server.clone();
-        let waiting = tokio::spawn(async move { server2.request(dest, wire::NOOP, b"ping").await });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        client.shutdown().await;
-        let result = common::within(3, "request fails fast", waiting)
-            .await
-            .unwrap();
-        assert_eq!(
-            result.err(),
-            Some(messenger::RequestError::Disconnected),
-            "{t}"
-        );
-        assert_eq!(server.stats().pending_callbacks, 0, "{t}");
-        server.shutdown().await;
     }
 }
 
@@ -614,8 +509,8 @@ async fn a_listener_peer_going_away_fails_requests_to_it() {
 /// leaving the request to its real answer.
 #[tokio::test]
 async fn only_the_asked_peer_can_answer() {
-    for t in ["tcp", "ipc"] {
-        let (server, bound, _p) = common::serve(t, messenger::Config::default(), no_slc).await;
+    for t in RAW_TRANSPORTS {
+        let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
         let mut asked = common::raw_dealer(&bound.endpoint, "asked").await;
         let mut other = common::raw_dealer(&bound.endpoint, "other").await;
         // Each says hello (an ECHO) so the listener has its session.
@@ -664,7 +559,7 @@ async fn only_the_asked_peer_can_answer() {
 /// every ACK and answer, and never ACKs anything.
 async fn greedy_peer(
     t: &str,
-    config: messenger::Config,
+    config: Config,
     requests: Vec<Vec<u8>>,
 ) -> (
     Messenger,
@@ -672,7 +567,7 @@ async fn greedy_peer(
     common::Place,
     zeromq::DealerSocket,
 ) {
-    let (server, bound, p) = common::serve(t, config, |m: Incoming, r: Responder| {
+    let (server, bound, p) = serve(t, config, |m: Incoming, r: Responder| {
         let _ = r.try_reply(&m.body);
     })
     .await;
@@ -700,10 +595,10 @@ async fn greedy_peer(
 #[tokio::test]
 async fn a_peer_that_never_acks_fills_only_its_own_window() {
     const WINDOW: usize = 8;
-    for t in ["tcp", "ipc"] {
-        let config = messenger::Config {
+    for t in RAW_TRANSPORTS {
+        let config = Config {
             send_queue_capacity: WINDOW,
-            ..messenger::Config::default()
+            ..Config::default()
         };
         let requests = (0..2 * WINDOW).map(|i| format!("{i}-5-1-e{i}").into_bytes());
         // All are answered; WINDOW answers are kept for resending and fill
@@ -712,8 +607,7 @@ async fn a_peer_that_never_acks_fills_only_its_own_window() {
         let s = server.stats();
         assert_eq!(s.pending_messages, WINDOW as u64, "{t}: {s:?}");
         assert_eq!(s.replies_untracked, WINDOW as u64, "{t}: {s:?}");
-        let (client, conn) =
-            common::connect_as("polite", messenger::Config::default(), &bound.endpoint, 5).await;
+        let (client, conn) = connect_as("polite", Config::default(), &bound.endpoint, 5).await;
         for i in 0..3 * WINDOW {
             let body = format!("work-{i}");
             let reply = within(
@@ -743,10 +637,10 @@ async fn the_window_is_bounded_in_bytes() {
     const WINDOW_BYTES: usize = 64 << 10;
     const BODY: usize = 16 << 10;
     const ECHOES: usize = 16;
-    for t in ["tcp", "ipc"] {
-        let config = messenger::Config {
+    for t in RAW_TRANSPORTS {
+        let config = Config {
             send_window_bytes: WINDOW_BYTES,
-            ..messenger::Config::default()
+            ..Config::default()
         };
         let requests = (0..ECHOES).map(|i| {
             let mut req = format!("{i}-5-1-").into_bytes();
@@ -760,8 +654,7 @@ async fn the_window_is_bounded_in_bytes() {
         assert_eq!(s.pending_messages, tracked as u64, "{t}: {s:?}");
         assert_eq!(s.replies_untracked, (ECHOES - tracked) as u64, "{t}: {s:?}");
         // Another peer gets an answer larger than the whole window.
-        let (client, conn) =
-            common::connect_as("polite", messenger::Config::default(), &bound.endpoint, 5).await;
+        let (client, conn) = connect_as("polite", Config::default(), &bound.endpoint, 5).await;
         let big = vec![b'y'; 2 * WINDOW_BYTES];
         let reply = within(
             5,

@@ -9,13 +9,15 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Place, connect_as, eventually, raw_zmtp, round_trip, serve, within};
+use common::{
+    Got, Place, Seen, connect_as, eventually, raw_zmtp, retry, round_trip, serve_seen, wait_until,
+    within,
+};
+use messenger::{Config, ConnectError, ConnectionId, ListenerInfo, Messenger};
 use messenger::internals::wire;
-use messenger::{Config, ConnectError, ConnectionId, Incoming, ListenerInfo, Messenger, Responder};
 
 /// Intruder rounds; each runs a raw intruder and an API intruder while a
 /// batch of the live peer's requests is in flight.
@@ -23,19 +25,15 @@ const ROUNDS: usize = 10;
 /// Requests of the live peer per round.
 const PER_ROUND: usize = 10;
 
-type Seen = Arc<Mutex<Vec<(Bytes, Bytes)>>>;
-
-/// A listener whose server loop records (peer, body) and replies with the
+/// A listener whose server loop records what it sees and replies with the
 /// body.
 async fn server(transport: &str) -> (Messenger, ListenerInfo, Place, Seen) {
-    let seen: Seen = Arc::default();
-    let s = Arc::clone(&seen);
-    let slc = move |m: Incoming, r: Responder| {
-        s.lock().unwrap().push((m.peer.clone(), m.body.clone()));
-        let _ = r.try_reply(&m.body);
-    };
-    let (server, bound, p) = serve(transport, Config::default(), slc).await;
-    (server, bound, p, seen)
+    serve_seen(transport, Config::default(), common::Answer::Body).await
+}
+
+/// Every message the server loop saw came from alice.
+fn all_from_alice(seen: &[Got]) -> bool {
+    seen.iter().all(|g| g.peer.as_ref() == b"alice")
 }
 
 /// Alice, the live peer, connected to `listener`.
@@ -95,6 +93,9 @@ async fn raw_hello(listener: &ListenerInfo, identity: &[u8]) -> Answer {
     }
 }
 
+/// While alice's requests flow, a raw DEALER and a messenger announcing
+/// "alice" are refused each round (and counted); alice keeps her session
+/// and gets every reply; once she leaves, her id is free again.
 async fn live_peer_keeps_its_id(transport: &str) {
     let (server, bound, _p, seen) = server(transport).await;
     let (alice, conn) = connect_alice(&bound).await;
@@ -162,18 +163,9 @@ async fn live_peer_keeps_its_id(transport: &str) {
         "{transport}: alice lost her session: {astats:?}"
     );
     assert!(alice.is_connected(conn), "{transport}");
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(
-            seen.len(),
-            sent,
-            "{transport}: the server loop saw {seen:?}"
-        );
-        assert!(
-            seen.iter().all(|(peer, _)| peer.as_ref() == b"alice"),
-            "{transport}: {seen:?}"
-        );
-    }
+    let got = seen.all();
+    assert_eq!(got.len(), sent, "{transport}: the server loop saw {got:?}");
+    assert!(all_from_alice(&got), "{transport}: {got:?}");
     eprintln!(
         "{transport}: {sent} requests answered, {} intruders refused",
         stats.routing_id_conflicts
@@ -181,28 +173,29 @@ async fn live_peer_keeps_its_id(transport: &str) {
 
     // Once alice is gone her id is free again.
     alice.shutdown().await;
-    within(10, "the id is free after alice left", async {
-        loop {
-            match raw_hello(&bound, b"alice").await {
-                Answer::Ready => break,
-                Answer::Refused(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+    let what = "the id is free after alice left";
+    retry(10, what, Duration::from_millis(20), async || {
+        matches!(raw_hello(&bound, b"alice").await, Answer::Ready).then_some(())
     })
     .await;
     server.shutdown().await;
 }
 
+/// [`live_peer_keeps_its_id`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_tcp() {
     live_peer_keeps_its_id("tcp").await;
 }
 
+/// [`live_peer_keeps_its_id`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_ipc() {
     live_peer_keeps_its_id("ipc").await;
 }
 
+/// On inproc (the API only): a second "alice" is refused while alice is
+/// live, alice keeps her session and replies, and the twin gets in once
+/// she left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peers_identity_is_refused_on_inproc() {
     let (server, bound, _p, seen) = server("inproc").await;
@@ -229,21 +222,15 @@ async fn a_live_peers_identity_is_refused_on_inproc() {
     }
     assert!(alice.is_connected(conn));
     assert_eq!(alice.stats().reconnects, 0);
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), PER_ROUND + 1, "{seen:?}");
-        assert!(seen.iter().all(|(peer, _)| peer.as_ref() == b"alice"));
-    }
+    let got = seen.all();
+    assert_eq!(got.len(), PER_ROUND + 1, "{got:?}");
+    assert!(all_from_alice(&got), "{got:?}");
 
     // Once alice is gone the twin gets in.
     alice.shutdown().await;
-    let c = within(10, "the twin connects after alice left", async {
-        loop {
-            match twin.make_connection(&bound.endpoint).await {
-                Ok(c) => break c,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+    let what = "the twin connects after alice left";
+    let c = retry(10, what, Duration::from_millis(20), async || {
+        twin.make_connection(&bound.endpoint).await.ok()
     })
     .await;
     round_trip(10, &twin, c, wire::NOOP, b"twin", "the twin is served").await;
@@ -272,8 +259,8 @@ fn pipelined_run(tag: &str, ids: impl IntoIterator<Item = usize>) -> Vec<u8> {
 /// Checks that no body reached the server loop twice; returns how many
 /// start with `prefix`.
 fn each_once(seen: &Seen, transport: &str, prefix: &str) -> usize {
-    let seen = seen.lock().unwrap();
-    let mut bodies: Vec<&[u8]> = seen.iter().map(|(_, b)| b.as_ref()).collect();
+    let seen = seen.bodies();
+    let mut bodies: Vec<&[u8]> = seen.iter().map(|b| b.as_ref()).collect();
     bodies.sort_unstable();
     let before = bodies.len();
     bodies.dedup();
@@ -324,15 +311,18 @@ async fn a_restart_loses_nothing_acked(transport: &str) {
     };
     let second_run = async {
         let mut refusals = 0;
-        let mut second = loop {
+        let what = "the second run is taken";
+        // Boxed: debug builds lay these large futures out on the stack.
+        let mut second = Box::pin(retry(30, what, Duration::from_millis(1), async || {
             let mut r = raw_zmtp::dealer(&bound.endpoint, b"restarter", b"").await;
             let answer = r.command().await.unwrap();
             if answer.command_name() == Some(&b"READY"[..]) {
-                break r;
+                return Some(r);
             }
             refusals += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+            None
+        }))
+        .await;
         // In batches, each ACKed before the next, resending what is not
         // ACKed within 500 ms as any sender does (the listener refuses
         // messages unACKed while its server loop's queue is full, which
@@ -376,25 +366,17 @@ async fn a_restart_loses_nothing_acked(transport: &str) {
         .map(|i| format!("one-{i}"))
         .chain((0..RESTART_N).map(|i| format!("two-{i}")))
         .collect();
-    let missing = |seen: &[(Bytes, Bytes)]| -> Vec<String> {
-        let bodies: std::collections::HashSet<&[u8]> =
-            seen.iter().map(|(_, b)| b.as_ref()).collect();
+    let missing = || -> Vec<String> {
+        let bodies = seen.bodies();
+        let bodies: std::collections::HashSet<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
         wanted
             .iter()
             .filter(|w| !bodies.contains(w.as_bytes()))
             .cloned()
             .collect()
     };
-    let all_there = async {
-        while !missing(&seen.lock().unwrap()).is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(10), all_there)
-        .await
-        .is_err()
-    {
-        let gone = missing(&seen.lock().unwrap());
+    if !wait_until(Duration::from_secs(10), || missing().is_empty()).await {
+        let gone = missing();
         panic!(
             "{transport}: {} ACKed messages never reached the server loop: {:?}",
             gone.len(),
@@ -410,11 +392,13 @@ async fn a_restart_loses_nothing_acked(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`a_restart_loses_nothing_acked`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loses_nothing_acked_on_tcp() {
     a_restart_loses_nothing_acked("tcp").await;
 }
 
+/// [`a_restart_loses_nothing_acked`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loses_nothing_acked_on_ipc() {
     a_restart_loses_nothing_acked("ipc").await;
@@ -466,9 +450,8 @@ async fn a_restarted_messenger_loses_nothing_confirmed(transport: &str) {
     wanted.extend(run("two", N).await);
     assert!(wanted.len() >= N + N / 4, "{transport}: {}", wanted.len());
     eventually(10, "every confirmed message at the server loop", || {
-        let seen = seen.lock().unwrap();
-        let bodies: std::collections::HashSet<&[u8]> =
-            seen.iter().map(|(_, b)| b.as_ref()).collect();
+        let bodies = seen.bodies();
+        let bodies: std::collections::HashSet<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
         wanted.iter().all(|w| bodies.contains(w.as_bytes()))
     })
     .await;
@@ -476,16 +459,19 @@ async fn a_restarted_messenger_loses_nothing_confirmed(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`a_restarted_messenger_loses_nothing_confirmed`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_messenger_loses_nothing_confirmed_on_tcp() {
     a_restarted_messenger_loses_nothing_confirmed("tcp").await;
 }
 
+/// [`a_restarted_messenger_loses_nothing_confirmed`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_messenger_loses_nothing_confirmed_on_ipc() {
     a_restarted_messenger_loses_nothing_confirmed("ipc").await;
 }
 
+/// [`a_restarted_messenger_loses_nothing_confirmed`] on inproc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_messenger_loses_nothing_confirmed_on_inproc() {
     a_restarted_messenger_loses_nothing_confirmed("inproc").await;

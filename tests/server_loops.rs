@@ -4,161 +4,213 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{place, within};
+use common::{
+    Answer, TRANSPORTS, connect, eventually, forwarding, place, serve, serve_seen, spawn_request,
+    within,
+};
+use messenger::{Config, ConnectionId, Incoming, Messenger, RequestError, Responder, SendError};
 use messenger::internals::wire;
-use messenger::{Config, Incoming, Messenger, RequestError, Responder};
+use tokio::sync::{Semaphore, mpsc};
 
+/// At most `max_concurrent_handlers` handlers run at once, and idle
+/// connections hold no permit: with ten idle peers and 20 requests whose
+/// handlers wait at a gate, exactly three run until the gate opens, then
+/// all 20 complete.
 #[tokio::test]
 async fn concurrent_handlers_stay_within_the_limit() {
-    let p = place("inproc");
-    let config = Config {
-        max_concurrent_handlers: 3,
-        ..Config::default()
-    };
-    let server = Messenger::with_config("server", config).unwrap();
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (r2, p2) = (Arc::clone(&running), Arc::clone(&peak));
-    let bound = server
-        .listen_for_connection_concurrent(
-            &p.endpoint,
-            "server",
-            move |m: Incoming, r: Responder| {
-                let (running, peak) = (Arc::clone(&r2), Arc::clone(&p2));
-                async move {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    let _ = r.reply(&m.body).await;
-                }
-            },
-        )
-        .await
-        .unwrap();
-    // Idle connections hold no permit: ten of them, then work on one.
-    let mut clients = Vec::new();
-    for i in 0..10 {
-        let c = Messenger::new(format!("idle-{i}")).unwrap();
-        c.make_connection(&bound.endpoint).await.unwrap();
-        clients.push(c);
-    }
-    let client = Messenger::new("client").unwrap();
-    let conn = client.make_connection(&bound.endpoint).await.unwrap();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..20 {
-        let client = client.clone();
-        set.spawn(async move { client.request(conn, wire::NOOP, format!("{i}")).await });
-    }
-    within(10, "20 requests", async {
-        while let Some(r) = set.join_next().await {
-            r.unwrap().unwrap();
-        }
-    })
-    .await;
-    assert_eq!(
-        peak.load(Ordering::SeqCst),
-        3,
-        "the limit was reached, never passed"
-    );
-}
-
-#[tokio::test]
-async fn the_sequential_form_keeps_per_peer_order() {
-    for t in ["tcp", "inproc"] {
+    for t in TRANSPORTS {
         let p = place(t);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = Arc::clone(&seen);
-        let server = Messenger::new("server").unwrap();
+        let config = Config {
+            max_concurrent_handlers: 3,
+            ..Config::default()
+        };
+        let server = Messenger::with_config("server", config).unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let _open = common::OpenOnDrop(Arc::clone(&gate));
+        let (r2, p2, g2) = (Arc::clone(&running), Arc::clone(&peak), Arc::clone(&gate));
         let bound = server
-            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, _: Responder| {
-                s2.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&m.body).into_owned());
-            })
+            .listen_for_connection_concurrent(
+                &p.endpoint,
+                "server",
+                move |m: Incoming, r: Responder| {
+                    let (running, peak, gate) = (Arc::clone(&r2), Arc::clone(&p2), Arc::clone(&g2));
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        gate.acquire().await.expect("gate").forget();
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        let _ = r.reply(&m.body).await;
+                    }
+                },
+            )
             .await
             .unwrap();
-        let client = Messenger::new("client").unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
+        // Idle connections hold no permit: ten of them, then work on one.
+        let mut clients = Vec::new();
+        for i in 0..10 {
+            let name = format!("idle-{i}");
+            clients.push(common::connect_as(&name, Config::default(), &bound.endpoint, 5).await);
+        }
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let requests: Vec<_> = (0..20)
+            .map(|i| spawn_request(&client, conn, wire::NOOP, format!("{i}")))
+            .collect();
+        let what = format!("{t}: handlers up to the limit");
+        eventually(10, &what, || running.load(Ordering::SeqCst) == 3).await;
+        // Every request is in; none runs past the limit while they wait.
+        let what = format!("{t}: all 20 delivered");
+        eventually(10, &what, || server.stats().slc_delivered == 20).await;
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            3,
+            "{t}: the limit was passed"
+        );
+        gate.add_permits(20);
+        within(10, "20 requests", async {
+            for r in requests {
+                r.await.unwrap().unwrap();
+            }
+        })
+        .await;
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            3,
+            "{t}: the limit was reached, never passed"
+        );
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+/// The sequential form hands one peer's messages to the server loop in
+/// the order sent.
+#[tokio::test]
+async fn the_sequential_form_keeps_per_peer_order() {
+    for t in TRANSPORTS {
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
         for i in 0..500 {
             client
                 .send_message(conn, wire::NOOP, format!("{i}"), None)
                 .await
                 .unwrap();
         }
-        common::eventually(10, "all 500 seen", || seen.lock().unwrap().len() == 500).await;
+        eventually(10, "all 500 seen", || seen.len() == 500).await;
         let want: Vec<String> = (0..500).map(|i| i.to_string()).collect();
-        assert_eq!(*seen.lock().unwrap(), want, "{t}");
+        assert_eq!(seen.texts(), want, "{t}");
         server.shutdown().await;
     }
 }
 
-#[tokio::test]
-async fn shutdown_lets_running_work_finish_and_reply_within_the_grace() {
-    let p = place("tcp");
-    let server = Messenger::new("server").unwrap();
+/// A server on `t` whose concurrent server loop tells the test (through
+/// the returned receiver) when a handler starts, then runs `work`; a client
+/// connected to it, and its request, already started (handed to a task).
+async fn server_at_work<W>(
+    t: &str,
+    config: Config,
+    work: fn() -> W,
+) -> (
+    Messenger,
+    Messenger,
+    tokio::task::JoinHandle<Result<Incoming, RequestError>>,
+    common::Place,
+)
+where
+    W: std::future::Future<Output = ()> + Send + 'static,
+{
+    let p = place(t);
+    let server = Messenger::with_config("server", config).unwrap();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
     let bound = server
         .listen_for_connection_concurrent(
             &p.endpoint,
             "server",
-            |m: Incoming, r: Responder| async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = r.reply(&m.body).await;
+            move |m: Incoming, r: Responder| {
+                let started = started_tx.clone();
+                async move {
+                    let _ = started.send(());
+                    work().await;
+                    let _ = r.reply(&m.body).await;
+                }
             },
         )
         .await
         .unwrap();
-    let client = Messenger::new("client").unwrap();
-    let conn = client.make_connection(&bound.endpoint).await.unwrap();
-    let c2 = client.clone();
-    let waiting = tokio::spawn(async move { c2.request(conn, wire::NOOP, b"slow").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    within(10, "shutdown", server.shutdown()).await;
-    let reply = within(5, "reply", waiting).await.unwrap().unwrap();
-    assert_eq!(
-        reply.body.as_ref(),
-        b"slow",
-        "the in-flight handler's reply went out"
-    );
+    let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+    let waiting = spawn_request(&client, conn, wire::NOOP, "work");
+    within(5, "the handler starts", started.recv())
+        .await
+        .unwrap();
+    (server, client, waiting, p)
 }
 
+/// Whether `m`'s shutdown has begun: sends fail with `Shutdown` from then.
+fn shutting_down(m: &Messenger) -> bool {
+    let nowhere = ConnectionId(u64::MAX);
+    matches!(
+        m.try_send_message(nowhere, wire::NOOP, "", None),
+        Err(SendError::Shutdown)
+    )
+}
+
+/// Work running when shutdown begins finishes within the grace period and
+/// its reply reaches the client: the handler waits at a gate that opens
+/// only once shutdown has begun.
+#[tokio::test]
+async fn shutdown_lets_running_work_finish_and_reply_within_the_grace() {
+    static GATE: Semaphore = Semaphore::const_new(0);
+    for t in TRANSPORTS {
+        let work = || async { GATE.acquire().await.expect("gate").forget() };
+        let (server, client, waiting, _p) = server_at_work(t, Config::default(), work).await;
+        let shutdown = {
+            let server = server.clone();
+            tokio::spawn(async move { server.shutdown().await })
+        };
+        eventually(5, "shutdown begins", || shutting_down(&server)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "{t}: shutdown did not wait for the work"
+        );
+        GATE.add_permits(1);
+        within(10, "shutdown", shutdown).await.unwrap();
+        let reply = within(5, "reply", waiting).await.unwrap().unwrap();
+        assert_eq!(
+            reply.body.as_ref(),
+            b"work",
+            "{t}: the in-flight handler's reply went out"
+        );
+        client.shutdown().await;
+    }
+}
+
+/// Work that would outlast the grace period (it never ends) is cancelled:
+/// shutdown returns soon after the grace, and the client's request fails
+/// with `Disconnected`.
 #[tokio::test]
 async fn work_past_the_grace_is_cancelled_and_shutdown_returns() {
-    let p = place("tcp");
-    let config = Config {
-        shutdown_grace: Duration::from_millis(100),
-        ..Config::default()
-    };
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = server
-        .listen_for_connection_concurrent(
-            &p.endpoint,
-            "server",
-            |m: Incoming, r: Responder| async move {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                let _ = r.reply(&m.body).await;
-            },
-        )
-        .await
-        .unwrap();
-    let client = Messenger::new("client").unwrap();
-    let conn = client.make_connection(&bound.endpoint).await.unwrap();
-    let c2 = client.clone();
-    let waiting = tokio::spawn(async move { c2.request(conn, wire::NOOP, b"stuck").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = std::time::Instant::now();
-    within(5, "shutdown", server.shutdown()).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    let r = within(5, "client learns", waiting).await.unwrap();
-    assert_eq!(r.err(), Some(RequestError::Disconnected));
+    for t in TRANSPORTS {
+        let config = Config {
+            shutdown_grace: Duration::from_millis(100),
+            ..Config::default()
+        };
+        let (server, client, waiting, _p) = server_at_work(t, config, std::future::pending).await;
+        let started = std::time::Instant::now();
+        within(5, "shutdown", server.shutdown()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{t}: {:?}",
+            started.elapsed()
+        );
+        let r = within(5, "client learns", waiting).await.unwrap();
+        assert_eq!(r.err(), Some(RequestError::Disconnected), "{t}");
+        client.shutdown().await;
+    }
 }
 
 /// A connection can have a server loop of its own: the listener's messages
@@ -167,16 +219,9 @@ async fn work_past_the_grace_is_cancelled_and_shutdown_returns() {
 /// is refused (connections are pooled).
 #[tokio::test]
 async fn a_connection_can_host_a_server_loop() {
-    for t in common::TRANSPORTS {
-        let p = place(t);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, _: Responder| {
-                let _ = tx.send(m.reply_destination());
-            })
-            .await
-            .unwrap();
+    for t in TRANSPORTS {
+        let (slc, mut rx) = forwarding();
+        let (server, bound, _p) = serve(t, Config::default(), slc).await;
         let client = Messenger::new("client").unwrap();
         let conn = client
             .make_connection_with_server_loop(&bound.endpoint, |m: Incoming, r: Responder| {
@@ -201,7 +246,11 @@ async fn a_connection_can_host_a_server_loop() {
             .send_message(conn, wire::NOOP, "hello", None)
             .await
             .unwrap();
-        let dest = within(5, "hello", rx.recv()).await.unwrap();
+        let dest = within(5, "hello", rx.recv())
+            .await
+            .unwrap()
+            .0
+            .reply_destination();
         let reply = within(5, "request", server.request(dest, wire::NOOP, "question"))
             .await
             .unwrap_or_else(|e| panic!("{t}: {e}"));
@@ -225,25 +274,15 @@ async fn shutdown_during_traffic_loses_nothing_it_acked() {
     const ROUNDS: usize = 6;
     const SENDERS: usize = 8;
     for round in 0..ROUNDS {
-        let t = common::TRANSPORTS[round % common::TRANSPORTS.len()];
-        let p = place(t);
-        let handled = Arc::new(Mutex::new(Vec::<bytes::Bytes>::new()));
-        let h = Arc::clone(&handled);
-        let server = Messenger::new("server").unwrap();
-        let bound = server
-            .listen_for_connection(&p.endpoint, "server", move |m: Incoming, _: Responder| {
-                h.lock().unwrap().push(m.body);
-            })
-            .await
-            .unwrap();
+        let t = TRANSPORTS[round % TRANSPORTS.len()];
+        let (server, bound, _p, handled) = serve_seen(t, Config::default(), Answer::Nothing).await;
         let config = Config {
             // Sends queued for a redial after the shutdown end at this.
             request_timeout: Duration::from_millis(500),
             ..Config::default()
         };
-        let client = Messenger::with_config("client", config).unwrap();
-        let conn = client.make_connection(&bound.endpoint).await.unwrap();
-        let acked = Arc::new(Mutex::new(Vec::<bytes::Bytes>::new()));
+        let (client, conn) = connect(config, &bound.endpoint).await;
+        let acked = Arc::new(std::sync::Mutex::new(Vec::<bytes::Bytes>::new()));
         let mut senders = tokio::task::JoinSet::new();
         for s in 0..SENDERS {
             let (client, acked) = (client.clone(), Arc::clone(&acked));
@@ -258,15 +297,14 @@ async fn shutdown_during_traffic_loses_nothing_it_acked() {
             });
         }
         // Some traffic first, then shut down in the middle of it.
-        common::eventually(5, "traffic flows", || acked.lock().unwrap().len() >= 50).await;
+        eventually(5, "traffic flows", || acked.lock().unwrap().len() >= 50).await;
         within(10, "shutdown", server.shutdown()).await;
         within(10, "senders stop", async {
             while senders.join_next().await.is_some() {}
         })
         .await;
         client.shutdown().await;
-        let handled: std::collections::HashSet<_> =
-            handled.lock().unwrap().iter().cloned().collect();
+        let handled: std::collections::HashSet<_> = handled.bodies().into_iter().collect();
         let acked = acked.lock().unwrap();
         let lost: Vec<_> = acked.iter().filter(|b| !handled.contains(*b)).collect();
         assert!(

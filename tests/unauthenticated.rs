@@ -15,16 +15,15 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::raw_zmtp::{self, GREETING_LEN};
-use common::{connect_as, eventually, round_trip, serve, within};
+use common::{Answer, connect_as, eventually, round_trip, serve_seen, within};
 use messenger::Secret;
+use messenger::{Config, ListenerInfo};
 use messenger::internals::wire;
-use messenger::{Config, Incoming, ListenerInfo, Responder};
 use tokio::io::AsyncWriteExt;
 
 const SECRET: &str = "only-for-friends";
@@ -83,16 +82,12 @@ async fn raw_peer(listener: &ListenerInfo, pipelined: &[u8], then: &[u8]) -> Hea
     }
 }
 
+/// The module's scenario on `transport`: the talker, the pipeliner and the
+/// silent peer each read exactly the handshake and are cut off (counted),
+/// while an authenticated client is served and nothing of theirs reaches
+/// the server loop.
 async fn unproven_peers_hear_nothing(transport: &str) {
-    let seen: Arc<Mutex<Vec<Bytes>>> = Arc::default();
-    let s = Arc::clone(&seen);
-    let slc = move |m: Incoming, r: Responder| {
-        s.lock().unwrap().push(m.body.clone());
-        if m.src_cb != wire::NOOP {
-            let _ = r.try_reply(&m.body);
-        }
-    };
-    let (server, bound, _p) = serve(transport, config(), slc).await;
+    let (server, bound, _p, seen) = serve_seen(transport, config(), Answer::Body).await;
 
     // An authenticated client, busy with ECHOs and server-loop requests
     // for as long as the raw peers run.
@@ -115,7 +110,6 @@ async fn unproven_peers_hear_nothing(transport: &str) {
                 round_trip(10, &client, conn, cb, body.as_bytes(), &what).await;
                 counter.fetch_add(1, Ordering::Relaxed);
                 i += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         })
     };
@@ -177,7 +171,7 @@ async fn unproven_peers_hear_nothing(transport: &str) {
     assert_eq!(stats.auth_failures, 2, "{transport}: {stats:?}");
     assert_eq!(stats.handshake_timeouts, 1, "{transport}: {stats:?}");
     assert_eq!(stats.echoes_answered, echoes, "{transport}: {stats:?}");
-    let seen = seen.lock().unwrap().clone();
+    let seen = seen.bodies();
     assert_eq!(seen.len() as u64, requests, "{transport}: {seen:?}");
     assert!(
         seen.iter().all(|b| b.starts_with(b"client-")),
@@ -187,11 +181,13 @@ async fn unproven_peers_hear_nothing(transport: &str) {
     server.shutdown().await;
 }
 
+/// [`unproven_peers_hear_nothing`] on tcp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unproven_peers_read_only_the_handshake_on_tcp() {
     unproven_peers_hear_nothing("tcp").await;
 }
 
+/// [`unproven_peers_hear_nothing`] on ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unproven_peers_read_only_the_handshake_on_ipc() {
     unproven_peers_hear_nothing("ipc").await;

@@ -16,11 +16,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use common::python::python;
 
@@ -55,62 +53,23 @@ impl Finished {
     }
 }
 
-/// Kills the child if the test panics before it is reaped.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs `cmd` to completion within `limit`; a process still running then
 /// is killed and the test fails.
 fn run(mut cmd: Command, what: &str, limit: Duration) -> Finished {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1");
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let reader = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
+    cmd.env("NO_COLOR", "1");
+    let ran =
+        common::run_bounded(cmd, limit).unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let Some(status) = ran.status else {
+        panic!(
+            "{what} still running after {limit:?}; killed it\n--- stderr\n{}",
+            ran.stderr
+        );
     };
-    let out = reader(Box::new(child.stdout.take().expect("stdout is piped")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr is piped")));
-    let mut guard = KillOnDrop(Some(child));
-    let status = loop {
-        let c = guard
-            .0
-            .as_mut()
-            .expect("the child is only taken once it exited");
-        match c.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                drop(guard);
-                let stderr = err.join().unwrap_or_default();
-                panic!("{what} still running after {limit:?}; killed it\n--- stderr\n{stderr}");
-            }
-            Err(e) => panic!("cannot wait for {what}: {e}"),
-        }
-    };
-    guard.0 = None;
-    let elapsed = start.elapsed();
     Finished {
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        elapsed,
+        stdout: ran.stdout,
+        stderr: ran.stderr,
+        elapsed: ran.elapsed,
     }
 }
 
@@ -137,6 +96,8 @@ fn example(name: &str) -> Command {
 // ---------------------------------------------------------------------------
 // Replication
 
+/// The replication example commits 200 batches and both replicas hold
+/// exactly the primary's log.
 #[test]
 fn replication_commits_and_checks_both_logs() {
     let mut cmd = example("replication");
@@ -152,6 +113,8 @@ fn replication_commits_and_checks_both_logs() {
     r.assert_stdout_has("check: both replicas hold exactly the primary's log");
 }
 
+/// The replication example kills a replica after 60 commits; commits
+/// resume and both replicas end with the whole log.
 #[test]
 fn replication_survives_a_replica_restart() {
     let mut cmd = example("replication");
@@ -182,6 +145,7 @@ fn replication_survives_a_replica_restart() {
     assert_eq!(full, 2, "{}", r.context());
 }
 
+/// The replication example listens on the replica ports it is given.
 #[test]
 fn replication_on_given_ports() {
     // Ports the OS just handed out and took back: free unless another
@@ -203,6 +167,7 @@ fn replication_on_given_ports() {
     r.assert_stdout_has(&format!("replica-2 (tcp://127.0.0.1:{p2})"));
 }
 
+/// The replication example refuses a kill point at or past `--batches`.
 #[test]
 fn replication_rejects_a_kill_after_the_end() {
     let mut cmd = example("replication");
@@ -219,6 +184,8 @@ fn replication_rejects_a_kill_after_the_end() {
 // ---------------------------------------------------------------------------
 // In-process components
 
+/// The inproc components example plans, fans out, gathers and checks
+/// every query.
 #[test]
 fn inproc_components_plan_fan_out_and_check() {
     let mut cmd = example("inproc_components");
@@ -257,23 +224,17 @@ fn child_pid(r: &Finished) -> u32 {
 /// after the manager exited. A zombie has ended: it counts as gone.
 fn assert_gone(pid: u32, r: &Finished) {
     let stat = format!("/proc/{pid}/stat");
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let alive = match std::fs::read_to_string(&stat) {
-            Err(_) => false,
-            // "pid (comm) S ...": the state follows the last ')'.
-            Ok(s) => s
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        };
-        if !alive {
-            return;
-        }
-        if Instant::now() > until {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("model server pid {pid} was left running: {}", r.context());
-        }
-        thread::sleep(Duration::from_millis(20));
+    let alive = || match std::fs::read_to_string(&stat) {
+        Err(_) => false,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+    };
+    let every = Duration::from_millis(20);
+    if !common::wait_until_blocking(Duration::from_secs(5), every, || !alive()) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("model server pid {pid} was left running: {}", r.context());
     }
 }
 
@@ -288,6 +249,8 @@ fn error_line(r: &Finished) -> &str {
     errors[0]
 }
 
+/// The manager prints the model server's reply, delivers CONNECTED once
+/// despite duplicates, and leaves no model server running.
 #[test]
 fn model_server_manager_prints_the_reply_and_sees_connected_once() {
     let Some(py) = python() else { return };
@@ -326,6 +289,8 @@ fn model_server_manager_prints_the_reply_and_sees_connected_once() {
     assert_gone(child_pid(&r), &r);
 }
 
+/// A model server that exits before replying fails the manager at once,
+/// with the reason.
 #[test]
 fn model_server_that_dies_before_replying_fails_fast() {
     let Some(py) = python() else { return };
@@ -342,6 +307,8 @@ fn model_server_that_dies_before_replying_fails_fast() {
     assert_gone(child_pid(&r), &r);
 }
 
+/// A model server that never replies fails the manager at its reply
+/// timeout, and is killed.
 #[test]
 fn model_server_that_never_replies_is_killed() {
     let Some(py) = python() else { return };
@@ -357,6 +324,7 @@ fn model_server_that_never_replies_is_killed() {
     assert_gone(child_pid(&r), &r);
 }
 
+/// The manager says which model server program it could not start.
 #[test]
 fn model_server_manager_reports_a_missing_program() {
     let mut cmd = example("model_server_manager");
@@ -371,6 +339,8 @@ fn model_server_manager_reports_a_missing_program() {
     );
 }
 
+/// The manager with its built-in stand-in gets the reply and CONNECTED
+/// once.
 #[test]
 fn model_server_manager_with_the_stand_in() {
     let r = run(
@@ -386,6 +356,7 @@ fn model_server_manager_with_the_stand_in() {
 // ---------------------------------------------------------------------------
 // The demo
 
+/// `messenger demo` runs every scenario and passes their checks.
 #[test]
 fn demo_runs_every_scenario() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger"));

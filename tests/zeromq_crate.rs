@@ -13,48 +13,24 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve, within};
+use common::{
+    Answer, RAW_TRANSPORTS as TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer,
+    raw_payload, raw_router, raw_send, serve_seen, spawn_request, within,
+};
 use messenger::internals::wire::{self, Payload};
-use messenger::{Config, Incoming, Messenger, Responder, SendError};
+use messenger::{Config, Messenger};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket};
 
-/// Transports the `zeromq` crate shares with us (inproc is ours alone).
-const TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
-
-/// Every message a server loop saw; it answers those that ask for a reply
-/// with `re:{body}`.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(u64, u64, Bytes)>>>);
-
-impl Seen {
-    fn slc(&self) -> impl Fn(Incoming, Responder) + Send + Sync + 'static {
-        let seen = self.clone();
-        move |m: Incoming, r: Responder| {
-            seen.0
-                .lock()
-                .unwrap()
-                .push((m.msg_id, m.src_cb, m.body.clone()));
-            if m.src_cb != wire::NOOP {
-                let body = [b"re:".as_slice(), &m.body].concat();
-                if let Err(SendError::Full) = r.try_reply(&body) {
-                    tokio::spawn(async move { r.reply(body).await });
-                }
-            }
-        }
-    }
-
-    fn bodies(&self) -> Vec<Bytes> {
-        self.0.lock().unwrap().iter().map(|m| m.2.clone()).collect()
-    }
-
-    fn all(&self) -> Vec<(u64, u64, Bytes)> {
-        self.0.lock().unwrap().clone()
-    }
+/// What a server loop saw: (msg_id, src_cb, body) of each message.
+fn seen_ids(seen: &Seen) -> Vec<(u64, u64, Bytes)> {
+    seen.all()
+        .into_iter()
+        .map(|g| (g.msg_id, g.src_cb, g.body))
+        .collect()
 }
 
 fn quick() -> Config {
@@ -62,10 +38,6 @@ fn quick() -> Config {
         resend_interval: Some(Duration::from_millis(200)),
         ..Config::default()
     }
-}
-
-fn parse(frame: &Bytes) -> Payload {
-    wire::parse(frame).unwrap_or_else(|e| panic!("malformed payload {frame:?}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -120,11 +92,7 @@ async fn from_peer<S: SocketRecv + Send>(
 ) -> Vec<Payload> {
     let mut got = Vec::new();
     for _ in 0..n {
-        let f = raw_recv(socket, 5, what).await;
-        assert_eq!(f.len(), 3, "{what}: {f:?}");
-        assert_eq!(f[0], Bytes::from(peer.to_string()), "{what}: {f:?}");
-        assert!(f[1].is_empty(), "{what}: {f:?}");
-        got.push(parse(&f[2]));
+        got.push(raw_payload(socket, peer, what).await);
     }
     got
 }
@@ -176,7 +144,8 @@ async fn duplicate_then_barrier(peer: &mut impl Facing, duplicate: &str, seen: &
     eventually(5, "the barrier is delivered", || seen.bodies().len() >= 2).await;
 }
 
-/// Nothing else comes within 500 ms: no resend of what was ACKed.
+/// Nothing else comes within 500 ms (wall time: longer than the 200 ms
+/// resend interval): no resend of what was ACKed.
 async fn nothing_more(socket: &mut impl SocketRecv, t: &str) {
     let extra = tokio::time::timeout(Duration::from_millis(500), socket.recv()).await;
     assert!(extra.is_err(), "{t}: unexpected {extra:?}");
@@ -195,8 +164,7 @@ async fn nothing_more(socket: &mut impl SocketRecv, t: &str) {
 #[tokio::test]
 async fn zeromq_dealer_against_our_listener() {
     for t in TRANSPORTS {
-        let seen = Seen::default();
-        let (server, bound, _p) = serve(t, quick(), seen.slc()).await;
+        let (server, bound, _p, seen) = serve_seen(t, quick(), Answer::Re).await;
         let mut dealer = raw_dealer(&bound.endpoint, "zq-dealer").await;
 
         // ECHO, answered by the listener itself.
@@ -207,7 +175,7 @@ async fn zeromq_dealer_against_our_listener() {
         assert_eq!(reply.msg_id, 0, "{t}: the listener's first message to it");
         let what = format!("{t}: our ACK of the ECHO reply settles it");
         ack_and_settle(&mut dealer, reply.msg_id, &server, &what).await;
-        assert!(seen.all().is_empty(), "{t}: ECHO reached the server loop");
+        assert!(seen.is_empty(), "{t}: ECHO reached the server loop");
 
         // A server-loop message with a reply.
         let reply = ack_and_reply(&mut dealer, "1-9-0-work", 1, "ACK and SLC reply", t).await;
@@ -220,20 +188,23 @@ async fn zeromq_dealer_against_our_listener() {
         // Its duplicate: ACKed again, not delivered again; then a barrier.
         duplicate_then_barrier(&mut dealer, "1-9-0-work", &seen, t).await;
         assert_eq!(
-            seen.all(),
+            seen_ids(&seen),
             [(1, 9, Bytes::from("work")), (2, 0, Bytes::from("barrier"))],
             "{t}"
         );
         nothing_more(&mut dealer, t).await;
 
-        let s = server.stats();
-        assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
-        assert_eq!(s.slc_delivered, 2, "{t}: {s:?}");
-        assert_eq!(s.acks_sent, 4, "{t}: {s:?}");
-        assert_eq!(s.acks_received, 2, "{t}: {s:?}");
-        assert_eq!(s.echoes_answered, 1, "{t}: {s:?}");
-        assert_eq!(s.resends, 0, "{t}: {s:?}");
-        assert_eq!(s.malformed_dropped, 0, "{t}: {s:?}");
+        assert_stats!(
+            server.stats(),
+            t,
+            duplicates_dropped == 1,
+            slc_delivered == 2,
+            acks_sent == 4,
+            acks_received == 2,
+            echoes_answered == 1,
+            resends == 0,
+            malformed_dropped == 0
+        );
         drop(dealer);
         server.shutdown().await;
     }
@@ -266,8 +237,7 @@ async fn our_connection_against_a_zeromq_router() {
         .unwrap_or_else(|e| panic!("{t}: connect: {e}"));
 
         // A request, answered by the router.
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::ECHO, "ping").await });
+        let req = spawn_request(&client, conn, wire::ECHO, "ping");
         let got = router.payloads(1, "the request").await;
         let m = &got[0];
         assert_eq!((m.msg_id, m.dst_cb), (0, wire::ECHO), "{t}: {m:?}");
@@ -275,11 +245,7 @@ async fn our_connection_against_a_zeromq_router() {
         assert_eq!(m.body, Bytes::from("ping"), "{t}");
         router.send_payload(&format!("{}-0-2-", m.msg_id)).await;
         router.send_payload(&format!("0-0-{}-ping", m.src_cb)).await;
-        let reply = within(5, "the request completes", req)
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{t}: {e}"));
-        assert_eq!(reply.body, Bytes::from("ping"), "{t}");
+        let reply = expect_reply(req, b"ping", &format!("{t}: the request completes")).await;
         assert_eq!((reply.msg_id, reply.src_cb), (0, 0), "{t}");
         let got = router.payloads(1, "our ACK of the answer").await;
         assert_eq!(
@@ -300,6 +266,8 @@ async fn our_connection_against_a_zeromq_router() {
             "{t}: {m:?}"
         );
         assert_eq!(m.body, Bytes::from("confirm me"), "{t}");
+        // Nothing to await for "not yet": 50 ms of wall time to confirm
+        // wrongly.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!confirmed.is_finished(), "{t}: confirmed before the ACK");
         router.send_payload("1-0-2-").await;
@@ -313,7 +281,11 @@ async fn our_connection_against_a_zeromq_router() {
         let r = ack_and_reply(&mut router, "1-5-0-to your loop", 1, what, t).await;
         assert_eq!((r.msg_id, r.src_cb, r.dst_cb), (2, 0, 5), "{t}: {r:?}");
         assert_eq!(r.body, Bytes::from("re:to your loop"), "{t}");
-        assert_eq!(seen.all(), [(1, 5, Bytes::from("to your loop"))], "{t}");
+        assert_eq!(
+            seen_ids(&seen),
+            [(1, 5, Bytes::from("to your loop"))],
+            "{t}"
+        );
         let what = format!("{t}: the router's ACK settles the SLC reply");
         ack_and_settle(&mut router, r.msg_id, &client, &what).await;
 
@@ -326,13 +298,16 @@ async fn our_connection_against_a_zeromq_router() {
         );
         nothing_more(&mut router, t).await;
 
-        let s = client.stats();
-        assert_eq!(s.duplicates_dropped, 1, "{t}: {s:?}");
-        assert_eq!(s.acks_received, 3, "{t}: {s:?}");
-        assert_eq!(s.acks_sent, 4, "{t}: {s:?}");
-        assert_eq!(s.resends, 0, "{t}: {s:?}");
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
-        assert_eq!(s.malformed_dropped, 0, "{t}: {s:?}");
+        assert_stats!(
+            client.stats(),
+            t,
+            duplicates_dropped == 1,
+            acks_received == 3,
+            acks_sent == 4,
+            resends == 0,
+            pending_callbacks == 0,
+            malformed_dropped == 0
+        );
         drop(router);
         client.shutdown().await;
     }

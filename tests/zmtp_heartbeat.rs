@@ -27,16 +27,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::raw_zmtp::{Proxy, RawListener, RawPeer, Received, command, dial, pong};
 use common::{
-    Place, connect, eventually, raw_dealer, raw_recv, raw_router, raw_send, serve, within,
+    Place, RAW_TRANSPORTS, connect, eventually, no_slc, raw_dealer, raw_recv, raw_router, raw_send,
+    serve, spawn_request, within,
 };
 use messenger::ZmtpHeartbeat as Heartbeat;
+use messenger::{Config, Endpoint, RequestError};
 use messenger::internals::wire;
-use messenger::{Config, Endpoint, Incoming, RequestError, Responder};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// Transports a raw peer can use (inproc has no ZMTP).
-const RAW_TRANSPORTS: [&str; 2] = ["tcp", "ipc"];
 
 /// A PING every 100 ms; 300 ms of silence after one drops the peer.
 fn heartbeat(ttl: Duration) -> Heartbeat {
@@ -53,8 +51,6 @@ fn with_heartbeat(ttl: Duration) -> Config {
         ..Config::default()
     }
 }
-
-fn no_slc(_: Incoming, _: Responder) {}
 
 /// What one connection to a [`mute_router`] saw.
 #[derive(Debug, Default, Clone)]
@@ -132,8 +128,7 @@ async fn our_pings_find_a_router_that_stopped_answering() {
         let what = format!("{t}: the link is up");
         eventually(1, &what, || client.is_connected(conn)).await;
         let up_at = Instant::now();
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::ECHO, "anyone there?").await });
+        let req = spawn_request(&client, conn, wire::ECHO, "anyone there?");
 
         let what = format!("{t}: the connection notices the silent peer");
         eventually(2, &what, || !client.is_connected(conn)).await;
@@ -145,9 +140,12 @@ async fn our_pings_find_a_router_that_stopped_answering() {
         );
         let r = within(2, "the request fails", req).await.unwrap();
         assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
-        let s = client.stats();
-        assert!(s.ping_timeouts >= 1, "{t}: {s:?}");
-        assert_eq!(s.pending_callbacks, 0, "{t}: {s:?}");
+        assert_stats!(
+            client.stats(),
+            t,
+            ping_timeouts >= 1,
+            pending_callbacks == 0
+        );
         eprintln!("{t}: dropped after {took:?}");
 
         // The router saw the request, then PINGs about every 100 ms (TTL
@@ -292,9 +290,7 @@ async fn listener_pings_find_a_silent_dealer_and_keep_a_live_one() {
         );
         assert!(answered >= 10, "{t}: {answered} PINGs in 1.5 s");
         echo_round_trip(&mut live, 1, 9, "still here", "live's second ECHO").await;
-        let s = server.stats();
-        assert_eq!(s.ping_timeouts, 1, "{t}: {s:?}");
-        assert_eq!(s.guard_rejections, 0, "{t}: {s:?}");
+        assert_stats!(server.stats(), t, ping_timeouts == 1, guard_rejections == 0);
         drop(live);
         server.shutdown().await;
     }
@@ -339,6 +335,7 @@ async fn a_zmtp_3_0_peer_is_never_pinged() {
             let ack = format!("{}-0-2-", got[0].msg_id);
             raw_send(&mut zq, &[b"", ack.as_bytes()]).await;
             i += 1;
+            // ECHOs spread over the 1.2 s of wall time PINGs would need.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // The silent 3.0 peer: nothing at all came in 1.2 s, and it is
@@ -358,9 +355,7 @@ async fn a_zmtp_3_0_peer_is_never_pinged() {
         );
         assert_eq!(p.down.pings, 0, "{t}: {p:?}");
         assert!(p.up.messages as u64 >= 2 * i, "{t}: {p:?}");
-        let s = server.stats();
-        assert_eq!(s.ping_timeouts, 0, "{t}: {s:?}");
-        assert_eq!(s.guard_rejections, 0, "{t}: {s:?}");
+        assert_stats!(server.stats(), t, ping_timeouts == 0, guard_rejections == 0);
         drop((zq, mute));
         server.shutdown().await;
     }
@@ -375,11 +370,11 @@ async fn a_connection_never_pings_a_zmtp_3_0_router() {
         let (mut router, target, _p) = raw_router(t).await;
         let proxy = Proxy::start(&target).await;
         let (client, conn) = connect(with_heartbeat(Duration::ZERO), &proxy.endpoint).await;
+        // A second of wall time: ten PINGs' worth, had we sent any.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(client.is_connected(conn), "{t}");
 
-        let c = client.clone();
-        let req = tokio::spawn(async move { c.request(conn, wire::ECHO, "still there?").await });
+        let req = spawn_request(&client, conn, wire::ECHO, "still there?");
         let f = raw_recv(&mut router, 5, "the request").await;
         let m = wire::parse(&f[2]).unwrap();
         let reply = format!("0-0-{}-yes", m.src_cb);
@@ -391,8 +386,7 @@ async fn a_connection_never_pings_a_zmtp_3_0_router() {
         assert_eq!(p.down.minor, Some(0), "{t}: {p:?}");
         assert_eq!(p.up.pings, 0, "{t}: {p:?}");
         assert_eq!((p.connections, p.closed), (1, 0), "{t}: {p:?}");
-        let s = client.stats();
-        assert_eq!((s.ping_timeouts, s.reconnects), (0, 0), "{t}: {s:?}");
+        assert_stats!(client.stats(), t, ping_timeouts == 0, reconnects == 0);
         client.shutdown().await;
     }
 }

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use common::memory::{self, RssSampler, mib};
 use common::raw_zmtp::{self, FrameReader, RawListener, Stream};
-use common::{Place, connect_as, eventually, round_trip, serve, within};
+use common::{Place, RAW_TRANSPORTS, connect_as, eventually, no_slc, round_trip, serve, within};
 use messenger::Secret;
+use messenger::{Config, ConnectionId, Messenger, StatsSnapshot};
 use messenger::internals::wire;
-use messenger::{Config, ConnectionId, Incoming, Messenger, Responder, StatsSnapshot};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -46,8 +46,6 @@ const CUT_WITHIN: Duration = Duration::from_secs(5);
 const SECRET: &str = "flood-secret";
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-fn echo_slc(_: Incoming, _: Responder) {}
 
 fn config(secret: bool) -> Config {
     Config {
@@ -183,7 +181,7 @@ async fn flood_a_listener(transport: &str, secret: bool) {
         "listener on {transport}, {}",
         if secret { "with a secret" } else { "no secret" }
     );
-    let (server, bound, _p) = serve(transport, config(secret), echo_slc).await;
+    let (server, bound, _p) = serve(transport, config(secret), no_slc).await;
     let (client, conn) = connect_as("client", config(secret), &bound.endpoint, 10).await;
     within(
         10,
@@ -212,16 +210,19 @@ async fn flood_a_listener(transport: &str, secret: bool) {
     server.shutdown().await;
 }
 
+/// [`flood_a_listener`] without a secret, on tcp and ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_flood_is_cut_at_a_listener_without_a_secret() {
-    for t in ["tcp", "ipc"] {
+    for t in RAW_TRANSPORTS {
         flood_a_listener(t, false).await;
     }
 }
 
+/// [`flood_a_listener`] with a secret (the flood comes before any proof),
+/// on tcp and ipc.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_flood_is_cut_before_the_proof_at_a_listener_with_a_secret() {
-    for t in ["tcp", "ipc"] {
+    for t in RAW_TRANSPORTS {
         flood_a_listener(t, true).await;
     }
 }
@@ -262,9 +263,11 @@ async fn victim_of_a_raw_router(
     (victim, conn, reader, p)
 }
 
+/// The flood from a raw ROUTER our connection dialled: cut off, counted,
+/// the link down, and the victim still talks to well-behaved peers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frame_flood_is_cut_at_our_connection_side() {
-    for t in ["tcp", "ipc"] {
+    for t in RAW_TRANSPORTS {
         let _serial = SERIAL.lock().await;
         let what = format!("our connection on {t}");
         let (victim, conn, reader, _p) = victim_of_a_raw_router(t).await;
@@ -277,14 +280,10 @@ async fn empty_frame_flood_is_cut_at_our_connection_side() {
         eventually(5, "the link is down", || !victim.is_connected(conn)).await;
 
         // The victim still talks to well-behaved peers.
-        let (server, bound, _server_place) = serve(t, Config::default(), echo_slc).await;
-        let c = within(
-            10,
-            "connect to a normal server",
-            victim.make_connection(&bound.endpoint),
-        )
-        .await
-        .unwrap();
+        let (server, bound, _server_place) = serve(t, Config::default(), no_slc).await;
+        let c = within(10, "connect", victim.make_connection(&bound.endpoint))
+            .await
+            .unwrap();
         let after = format!("{what}: echo after");
         round_trip(10, &victim, c, wire::ECHO, b"x", &after).await;
         victim.shutdown().await;
@@ -300,7 +299,7 @@ async fn empty_frame_flood_is_cut_at_our_connection_side() {
 /// once, so every redial is refused.
 #[tokio::test]
 async fn a_peer_we_cut_off_finds_our_socket_closed() {
-    for t in ["tcp", "ipc"] {
+    for t in RAW_TRANSPORTS {
         let _serial = SERIAL.lock().await;
         let what = format!("our connection on {t}");
         let (victim, conn, reader, _p) = victim_of_a_raw_router(t).await;

@@ -11,12 +11,11 @@
 //!   binary and pass, unless `CI` is set, in which case they fail.
 
 use std::fs::{File, TryLockError};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The modules every Python peer in the tests may import.
 const MODULES: &str = "import zmq, msgpack";
@@ -74,20 +73,24 @@ fn bootstrap() -> Result<PathBuf, String> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        match lock.try_lock() {
-            Ok(()) => break,
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(200))
+    // Another test binary may be building the venv: wait for its lock.
+    let mut failed = None;
+    let locked =
+        super::wait_until_blocking(Duration::from_secs(600), Duration::from_millis(200), || {
+            match lock.try_lock() {
+                Ok(()) => true,
+                Err(TryLockError::WouldBlock) => false,
+                Err(TryLockError::Error(e)) => {
+                    failed = Some(e);
+                    true
+                }
             }
-            Err(TryLockError::WouldBlock) => {
-                return Err(format!("{} stayed locked for 10 min", lock_path.display()));
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(format!("cannot lock {}: {e}", lock_path.display()));
-            }
-        }
+        });
+    if let Some(e) = failed {
+        return Err(format!("cannot lock {}: {e}", lock_path.display()));
+    }
+    if !locked {
+        return Err(format!("{} stayed locked for 10 min", lock_path.display()));
     }
     // Someone else may have built it while we waited.
     if has_modules(&py) {
@@ -143,57 +146,14 @@ fn has_modules(py: &Path) -> bool {
 
 /// Runs `cmd` to completion within `limit`; when it fails (or is killed
 /// for running too long) its output is in the error.
-pub fn run_quiet(mut cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
-    // Drained on threads so a chatty child never blocks on a full pipe.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut s);
-            }
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if start.elapsed() < limit => thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("{what}: still running after {limit:?}; killed"));
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("cannot wait for {what}: {e}"));
-            }
-        }
-    };
-    let (out, err) = (
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    );
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("{what} failed ({s}):\n{out}\n{err}")),
-        Err(e) => Err(format!("{e}\n{out}\n{err}")),
+pub fn run_quiet(cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
+    let ran = super::run_bounded(cmd, limit).map_err(|e| format!("cannot run {what}: {e}"))?;
+    let (out, err) = (ran.stdout, ran.stderr);
+    match ran.status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => Err(format!("{what} failed ({s}):\n{out}\n{err}")),
+        None => Err(format!(
+            "{what}: still running after {limit:?}; killed\n{out}\n{err}"
+        )),
     }
 }
