@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::raw_zmtp::{self, FrameReader, Stream};
 use common::serve::ServeProcess;
 use common::{RAW_TRANSPORTS, connect_as, eventually, no_slc, retry, round_trip, serve, within};
-use messenger::{Config};
+use messenger::Config;
 use messenger::internals::wire;
 
 /// Places in the listeners below.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, round_trip, serve_seen};
 use messenger::internals::auth::{self, Secret};
-use messenger::{Config, ListenerInfo, Messenger};
 use messenger::internals::wire;
+use messenger::{Config, ListenerInfo, Messenger};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, ZmqMessage};
 

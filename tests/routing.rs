@@ -13,8 +13,8 @@ use common::{
     forwarding_pair, no_slc, place, raw_recv, raw_router, raw_send, retry, round_trip, serve,
     spawn_request, within,
 };
-use messenger::{BindError, Config, Destination, Endpoint, Incoming, Messenger, Responder};
 use messenger::internals::wire;
+use messenger::{BindError, Config, Destination, Endpoint, Incoming, Messenger, Responder};
 
 /// The slab index a callback's wire id names (layout documented in
 /// `messenger::internals::callbacks`).

@@ -34,8 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::{Config, ConnectionId, Endpoint, Incoming, ListenerInfo, Messenger, Responder, SendError};
 use messenger::internals::wire;
+use messenger::{
+    Config, ConnectionId, Endpoint, Incoming, ListenerInfo, Messenger, Responder, SendError,
+};
 use tokio::sync::mpsc;
 use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;
