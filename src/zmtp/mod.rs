@@ -9,6 +9,7 @@
 //!               reserved) and the encoders that write frames into one buffer
 //! command.rs    commands (READY, ERROR, PING, PONG, ...) and READY metadata
 //! mechanism.rs  the security mechanism seam: NULL now, CURVE next
+//! keys.rs       CURVE keys and their Z85 form (RFC 32)
 //! engine.rs     Engine: greeting -> handshake -> traffic, PING/PONG, timers
 //! ```
 //!
@@ -25,12 +26,16 @@ mod command;
 mod engine;
 mod frame;
 mod greeting;
+mod keys;
 mod mechanism;
 
 pub use command::{Command, Metadata, MetadataError, encode_ready_body};
 pub use engine::{Engine, EngineConfig, Event, Heartbeat, PeerInfo, Role};
 pub use frame::{Decoded, Encoder, FrameDecoder};
 pub use greeting::{GREETING_LEN, Greeting};
+pub use keys::{
+    CURVE_KEY_LEN, CURVE_KEY_Z85_LEN, CurveKeyError, CurveKeyPair, CurvePublicKey, CurveSecretKey,
+};
 pub use mechanism::MechanismName;
 
 use std::fmt;
