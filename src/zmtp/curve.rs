@@ -32,7 +32,13 @@
 //! - The box's flags octet: 0x01 MORE, 0x02 COMMAND. libzmq 4.3 boxes the
 //!   commands it sends after the handshake (PING, PONG, SUBSCRIBE) as
 //!   MESSAGEs with 0x02.
-//! - ERROR stays a plaintext command, sent only by the server.
+//! - ERROR stays a plaintext command, sent only by the server. libzmq
+//!   reports only a 3-digit reason from 300 to 599 (ZAP's status codes,
+//!   e.g. "400") to its application, as a handshake authentication
+//!   failure; any other reason just closes the connection there.
+//! - libzmq never sets the greeting's as-server flag (RFC 25 says the
+//!   CURVE server sets it). We set it as a server, and refuse only a peer
+//!   that claims to be a server when we are one.
 //!
 //! Every field is checked before anything is acted on: exact sizes, names,
 //! the HELLO padding and signature, boxes, the cookie (only the one this

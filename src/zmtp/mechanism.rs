@@ -166,21 +166,19 @@ impl Mechanism {
     }
 
     /// The greeting's as-server flag: NULL has no roles, so it is 0; the
-    /// CURVE server sends 1.
+    /// CURVE server sends 1 (RFC 25; libzmq sends 0 and ignores it).
     pub(crate) fn as_server(&self) -> bool {
         matches!(self, Mechanism::CurveServer(_))
     }
 
     /// Checks the peer's greeting beyond its mechanism name: CURVE needs
-    /// one server and one client.
+    /// one server and one client. libzmq never sets as-server (it sends 32
+    /// zero octets after the mechanism, CURVE server or not), so a 0 proves
+    /// nothing; only a peer that says it is a server too is refused.
     pub(crate) fn check_peer(&self, peer: &Greeting) -> Result<(), ZmtpError> {
         match self {
-            Mechanism::Null { .. } => Ok(()),
             Mechanism::CurveServer(_) if peer.as_server => {
                 Err(ZmtpError::Greeting("both peers are CURVE servers"))
-            }
-            Mechanism::CurveClient(_) if !peer.as_server => {
-                Err(ZmtpError::Greeting("both peers are CURVE clients"))
             }
             _ => Ok(()),
         }
