@@ -269,6 +269,12 @@ impl Engine {
                     None => return Ok(None),
                     Some(Decoded::Message) => return Err(ZmtpError::MessageBeforeReady),
                     Some(Decoded::Command(body)) => {
+                        // Frames of a message that began before this
+                        // command: they would be glued (unauthenticated,
+                        // under CURVE) to the first message of the traffic.
+                        if self.decoder.mid_message() {
+                            return Err(ZmtpError::MessageBeforeReady);
+                        }
                         if let Some(event) = self.handshake_command(body)? {
                             return Ok(Some(event));
                         }
@@ -832,6 +838,31 @@ mod tests {
             Err(ZmtpError::MessageBeforeReady)
         );
         assert_eq!(e.decode(&mut early, now), Err(ZmtpError::Closed));
+    }
+
+    #[test]
+    fn message_frames_begun_before_the_handshake_are_refused() {
+        // Found by fuzz/curve_handshake: a plaintext MORE frame before
+        // INITIATE was kept and glued to the first authenticated message.
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(true, b"\x08INITIATE", |b, at| {
+            // The INITIATE frame's header starts 9 octets before its name.
+            let frame = at - 9;
+            let mut glued = BytesMut::from(&b[..frame]);
+            glued.extend_from_slice(&[0x01, 3, 0, 0, 0]);
+            glued.extend_from_slice(&b[frame..]);
+            *b = glued;
+        }));
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::MessageBeforeReady));
+        assert!(p.server.events.is_empty());
+        // The same under NULL, before READY.
+        let now = Instant::now();
+        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), now);
+        let mut b = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..]);
+        b.extend_from_slice(&[0x01, 1, b'x']);
+        Encoder::null().command(&mut b, &encode_ready_body(SocketType::Dealer, b"c"));
+        assert_eq!(e.decode(&mut b, now), Err(ZmtpError::MessageBeforeReady));
     }
 
     #[test]

@@ -75,6 +75,14 @@ impl FrameDecoder {
         }
     }
 
+    /// Whether a message's first frames are in and its last is awaited. A
+    /// command may come between the frames of a message, so only the
+    /// engine can tell whether that is allowed: during the handshake it is
+    /// not (those frames came before the handshake ended, in clear).
+    pub(crate) fn mid_message(&self) -> bool {
+        !self.complete && !self.frames.is_empty()
+    }
+
     /// From now on every frame is a CURVE MESSAGE, opened with `rx`.
     pub(crate) fn set_curve(&mut self, rx: CurveRx) {
         self.curve = Some(rx);
