@@ -23,6 +23,16 @@
 //! Then every message and command is framed by the [`Encoder`] taken with
 //! [`Engine::take_encoder`], which may live behind the connection's send
 //! lock so any task can send.
+//!
+//! CURVE (RFC 26) is chosen with [`EngineConfig::mechanism`]: a listener
+//! gets [`MechanismConfig::CurveServer`] with its [`CurveKeyPair`], a dialer
+//! [`MechanismConfig::CurveClient`] with its own pair and the server's
+//! [`CurvePublicKey`] (keys travel as 40-character Z85 text). The driver's
+//! loop does not change: [`Event::PeerReady`] carries the peer's proven key
+//! in [`PeerInfo::curve_public_key`] for the socket layer to authorise
+//! (`refuse` sends the CURVE client a plaintext ERROR; libzmq reports a
+//! reason of "300", "400" or "500" as an authentication failure), and the
+//! encoder and decoder box and unbox every frame and command.
 
 mod command;
 mod curve;
