@@ -250,10 +250,10 @@ impl CurveTx {
         buf.put_u8(flags);
         let before = buf.len();
         write(buf);
-        debug_assert_eq!(buf.len() - before, len, "CURVE frame: length mismatch");
+        let written = buf.len().checked_sub(before);
+        debug_assert_eq!(written, Some(len), "CURVE frame: length mismatch");
         let nonce = short_nonce(self.prefix, nonce);
-        if buf.len() - before != len || seal_in_place(&*self.cipher, &nonce, buf, tag_at).is_none()
-        {
+        if written != Some(len) || seal_in_place(&*self.cipher, &nonce, buf, tag_at).is_none() {
             // Never send plaintext; the frame is dropped.
             buf.truncate(start);
         }
@@ -344,13 +344,18 @@ fn error_or_unexpected(body: &Bytes) -> ZmtpError {
     }
 }
 
+/// Where a CURVE server's handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServerState {
+    /// Waiting for the client's HELLO.
     AwaitHello,
+    /// WELCOME sent; waiting for INITIATE with our cookie.
     AwaitInitiate,
     /// INITIATE is valid; the socket layer accepts or refuses.
     Deciding,
+    /// READY sent; the session belongs to the encoder and decoder.
     Done,
+    /// Refused or broken; every key of the connection is forgotten.
     Failed,
 }
 
@@ -358,6 +363,7 @@ enum ServerState {
 pub(crate) struct CurveServer {
     /// Our permanent key pair (S, s).
     keys: CurveKeyPair,
+    /// Which command is next.
     state: ServerState,
     /// The client's transient key C', from HELLO.
     client_transient: Option<crypto_box::PublicKey>,
@@ -385,6 +391,7 @@ impl std::fmt::Debug for CurveServer {
 }
 
 impl CurveServer {
+    /// A server proving `keys`, waiting for HELLO.
     pub(crate) fn new(keys: CurveKeyPair) -> Self {
         CurveServer {
             keys,
@@ -635,15 +642,20 @@ impl CurveServer {
     }
 }
 
+/// Where a CURVE client's handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientState {
     /// The greetings are not exchanged yet.
     Start,
+    /// HELLO sent; waiting for WELCOME.
     AwaitWelcome,
+    /// INITIATE sent; waiting for READY (or ERROR).
     AwaitReady,
     /// READY is valid; the socket layer accepts or refuses.
     Deciding,
+    /// The session belongs to the encoder and decoder.
     Done,
+    /// Refused or broken; every key of the connection is forgotten.
     Failed,
 }
 
@@ -653,6 +665,7 @@ pub(crate) struct CurveClient {
     keys: CurveKeyPair,
     /// The server's permanent key S, which we must know beforehand.
     server_key: CurvePublicKey,
+    /// Which command is next.
     state: ClientState,
     /// Our transient key pair (c', C'), made when HELLO goes out, dropped
     /// once the session key is computed.
@@ -676,6 +689,7 @@ impl std::fmt::Debug for CurveClient {
 }
 
 impl CurveClient {
+    /// A client proving `keys` to the holder of `server_key`.
     pub(crate) fn new(keys: CurveKeyPair, server_key: CurvePublicKey) -> Self {
         CurveClient {
             keys,

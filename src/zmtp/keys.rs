@@ -59,7 +59,10 @@ fn z85_decode(text: &str) -> Result<[u8; CURVE_KEY_LEN], CurveKeyError> {
 /// A Curve25519 public key: a server's, that its clients must know, or a
 /// client's, that the server may authorise.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CurvePublicKey([u8; CURVE_KEY_LEN]);
+pub struct CurvePublicKey(
+    /// The 32 octets as X25519 and the wire carry them.
+    [u8; CURVE_KEY_LEN],
+);
 
 impl CurvePublicKey {
     /// The key from its 32 octets.
@@ -82,6 +85,7 @@ impl CurvePublicKey {
         z85::encode(self.0)
     }
 
+    /// The key in crypto_box's form, for a box.
     pub(crate) fn to_box_key(self) -> crypto_box::PublicKey {
         crypto_box::PublicKey::from(self.0)
     }
@@ -110,7 +114,10 @@ impl FromStr for CurvePublicKey {
 /// A Curve25519 secret key. Its octets are wiped when it is dropped and
 /// never printed: `Debug` and `Display` show a placeholder.
 #[derive(Clone)]
-pub struct CurveSecretKey(Zeroizing<[u8; CURVE_KEY_LEN]>);
+pub struct CurveSecretKey(
+    /// The 32 octets, wiped on drop.
+    Zeroizing<[u8; CURVE_KEY_LEN]>,
+);
 
 impl CurveSecretKey {
     /// The key from its 32 octets (any 32 octets are a key; X25519 clamps

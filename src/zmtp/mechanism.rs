@@ -134,8 +134,11 @@ pub enum MechanismConfig {
 /// against the peer's greeting.
 #[derive(Debug)]
 pub(crate) enum Mechanism {
+    /// NULL: `role` decides who sends READY first.
     Null { role: Role, state: NullState },
+    /// CURVE client (boxed: its keys and handshake state are large).
     CurveClient(Box<CurveClient>),
+    /// CURVE server.
     CurveServer(Box<CurveServer>),
 }
 
@@ -143,6 +146,7 @@ pub(crate) enum Mechanism {
 const READY_NAME_LEN: usize = 6;
 
 impl Mechanism {
+    /// The mechanism `config` names; `role` matters to NULL only.
     pub(crate) fn new(config: &MechanismConfig, role: Role) -> Self {
         match config {
             MechanismConfig::Null => Mechanism::Null {
