@@ -58,7 +58,7 @@ use common::{
 use libfuzzer_sys::fuzz_target;
 use messenger::internals::zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Greeting,
-    Heartbeat, Limits, MechanismName, Metadata, Role, SocketType, ZmtpError,
+    Heartbeat, Limits, MechanismConfig, MechanismName, Metadata, Role, SocketType, ZmtpError,
 };
 use tokio::time::Instant;
 
@@ -500,6 +500,7 @@ fuzz_target!(|input: &[u8]| {
             limits,
             handshake_timeout,
             heartbeat,
+            mechanism: MechanismConfig::Null,
         },
         start,
     );

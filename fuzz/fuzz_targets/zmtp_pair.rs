@@ -38,6 +38,7 @@ use common::{Cursor, ping_body};
 use libfuzzer_sys::fuzz_target;
 use messenger::internals::zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Heartbeat,
+    MechanismConfig,
     Limits, Role, SocketType, ZmtpError,
 };
 use tokio::time::Instant;
@@ -369,6 +370,7 @@ fuzz_target!(|input: &[u8]| {
         limits: Limits::default(),
         handshake_timeout,
         heartbeat,
+        mechanism: MechanismConfig::Null,
     };
     let side = |name, config: EngineConfig, late: bool, peer_type, peer_identity: &Bytes| Side {
         name,

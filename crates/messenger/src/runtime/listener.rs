@@ -54,6 +54,7 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
             cfg.connect_timeout
         },
         heartbeat: cfg.zmtp_heartbeat,
+        mechanism: crate::zmtp::MechanismConfig::Null,
     }
 }
 

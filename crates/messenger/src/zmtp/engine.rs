@@ -27,11 +27,13 @@ use tokio::time::Instant;
 use super::command::{Command, encode_ready_body, ping_body, pong_body};
 use super::frame::{Decoded, Encoder, FrameDecoder};
 use super::greeting::{GREETING_LEN, Greeting};
-use super::mechanism::{Mechanism, MechanismName, Step};
+use super::keys::CurvePublicKey;
+use super::mechanism::{Mechanism, MechanismConfig, MechanismName, Step};
 use super::{Limits, SocketType, ZmtpError};
 
 /// Which end of the connection we are. For NULL it decides who sends READY
-/// first; for CURVE, who is the server.
+/// first; CURVE's roles come from [`MechanismConfig`] instead (a CURVE
+/// server may dial).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// We connected.
@@ -77,6 +79,9 @@ pub struct EngineConfig {
     pub handshake_timeout: Duration,
     /// PINGs of ours, to find dead peers (3.1 peers only).
     pub heartbeat: Option<Heartbeat>,
+    /// The security mechanism, and CURVE's keys: both peers must speak the
+    /// same one. [`MechanismConfig::Null`] by default.
+    pub mechanism: MechanismConfig,
 }
 
 /// The peer, as its greeting and READY describe it.
@@ -90,6 +95,10 @@ pub struct PeerInfo {
     pub version: (u8, u8),
     /// The mechanism both sides speak.
     pub mechanism: MechanismName,
+    /// CURVE: the peer's permanent public key, proven by the handshake (a
+    /// client's, for the socket layer to authorise; at a client, the
+    /// server's). None under NULL.
+    pub curve_public_key: Option<CurvePublicKey>,
 }
 
 /// What [`Engine::decode`] produced.
@@ -123,7 +132,8 @@ pub struct Engine {
     socket_type: SocketType,
     heartbeat: Option<Heartbeat>,
     state: State,
-    /// Our READY body (NULL sends it in clear).
+    /// Our READY body (NULL sends it in clear; CURVE boxes what follows
+    /// its name, in INITIATE or READY).
     ready: Bytes,
     /// The peer's greeting so far.
     greeting: [u8; GREETING_LEN],
@@ -154,7 +164,7 @@ impl Engine {
     /// A connection that has just been made at `now`; our greeting is in
     /// [`transmit`](Self::transmit).
     pub fn new(config: EngineConfig, now: Instant) -> Self {
-        let mechanism = Mechanism::null(config.role);
+        let mechanism = Mechanism::new(&config.mechanism, config.role);
         let mut transmit = BytesMut::with_capacity(256);
         transmit.extend_from_slice(&Greeting::encode(mechanism.name(), mechanism.as_server()));
         Engine {
@@ -261,6 +271,12 @@ impl Engine {
                     None => return Ok(None),
                     Some(Decoded::Message) => return Err(ZmtpError::MessageBeforeReady),
                     Some(Decoded::Command(body)) => {
+                        // Frames of a message that began before this
+                        // command: they would be glued (unauthenticated,
+                        // under CURVE) to the first message of the traffic.
+                        if self.decoder.mid_message() {
+                            return Err(ZmtpError::MessageBeforeReady);
+                        }
                         if let Some(event) = self.handshake_command(body)? {
                             return Ok(Some(event));
                         }
@@ -295,30 +311,40 @@ impl Engine {
                 theirs: peer.mechanism,
             });
         }
+        self.mechanism.check_peer(&peer)?;
         self.peer_greeting = Some(peer);
         self.state = State::Handshake;
-        self.handshake_step(|mechanism, ready, send| mechanism.start(ready, send));
+        self.handshake_step(|mechanism, ready, send| mechanism.start(ready, send))?;
         Ok(true)
     }
 
     /// Lets the mechanism take a handshake step, framing the commands it
-    /// sends into [`transmit`](Self::transmit).
-    fn handshake_step(&mut self, step: impl FnOnce(&mut Mechanism, &Bytes, &mut dyn FnMut(&[u8]))) {
+    /// sends into [`transmit`](Self::transmit). Handshake commands are
+    /// plaintext command frames under every mechanism.
+    fn handshake_step<R>(
+        &mut self,
+        step: impl FnOnce(&mut Mechanism, &Bytes, &mut dyn FnMut(&[u8])) -> R,
+    ) -> R {
         let Engine {
             mechanism,
-            encoder,
             transmit,
             ready,
             ..
         } = self;
-        if let Some(enc) = encoder.as_mut() {
-            step(mechanism, ready, &mut |body| enc.command(transmit, body));
-        }
+        step(mechanism, ready, &mut |body| {
+            Encoder::null().command(transmit, body)
+        })
     }
 
     fn handshake_command(&mut self, body: Bytes) -> Result<Option<Event>, ZmtpError> {
-        match self.mechanism.on_command(body)? {
-            Step::PeerReady(metadata) => {
+        match self
+            .handshake_step(|mechanism, ready, send| mechanism.on_command(body, ready, send))?
+        {
+            Step::Continue => Ok(None),
+            Step::PeerReady {
+                metadata,
+                curve_key,
+            } => {
                 if !self.socket_type.accepts(metadata.socket_type) {
                     let err = ZmtpError::SocketType {
                         ours: self.socket_type,
@@ -339,6 +365,7 @@ impl Engine {
                     identity: metadata.identity,
                     version: (greeting.major, greeting.minor),
                     mechanism: greeting.mechanism,
+                    curve_public_key: curve_key,
                 })))
             }
         }
@@ -365,13 +392,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Accepts the peer after [`Event::PeerReady`]: a NULL server's READY
-    /// is queued and traffic may flow.
+    /// Accepts the peer after [`Event::PeerReady`]: a server's READY is
+    /// queued and traffic may flow (under CURVE, boxed from now on).
     pub fn accept(&mut self, now: Instant) {
         if self.state != State::Deciding {
             return;
         }
-        self.handshake_step(|mechanism, ready, send| mechanism.accept(ready, send));
+        match self.handshake_step(|mechanism, ready, send| mechanism.accept(ready, send)) {
+            Ok(None) => {}
+            Ok(Some(session)) => {
+                self.encoder = Some(Encoder::curve(session.tx));
+                self.decoder.set_curve(session.rx);
+            }
+            // READY could not be boxed (not seen in practice): the next
+            // decode says the connection is closed.
+            Err(_) => {
+                self.state = State::Closed;
+                return;
+            }
+        }
         self.state = State::Traffic;
         let heartbeats = self.peer_greeting.is_some_and(|g| g.has_heartbeats());
         if let Some(hb) = self.heartbeat.filter(|_| heartbeats) {
@@ -380,8 +419,9 @@ impl Engine {
     }
 
     /// Refuses the peer: an ERROR with `reason` is queued in
-    /// [`transmit`](Self::transmit) if the handshake still allows one, and
-    /// the connection is closed.
+    /// [`transmit`](Self::transmit) if the handshake still allows one (a
+    /// plaintext ERROR from a CURVE server; never from a CURVE client, as
+    /// RFC 26 forbids it), and the connection is closed.
     pub fn refuse(&mut self, reason: &'static str) -> ZmtpError {
         self.handshake_step(|mechanism, _, send| mechanism.refuse(reason, send));
         self.state = State::Closed;
@@ -515,6 +555,9 @@ mod tests {
         }
     }
 
+    /// Sees a chunk in flight (`true`: to the server) and may change it.
+    type Tamper = Box<dyn FnMut(bool, &mut BytesMut)>;
+
     struct Pair {
         now: Instant,
         client: Side,
@@ -522,6 +565,9 @@ mod tests {
         /// Bytes moved, each way.
         to_server: usize,
         to_client: usize,
+        /// Sees (and may change) every chunk in flight; `true`: to the
+        /// server.
+        tamper: Option<Tamper>,
     }
 
     fn config(role: Role, socket_type: SocketType, identity: &'static [u8]) -> EngineConfig {
@@ -532,6 +578,7 @@ mod tests {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(5),
             heartbeat: None,
+            mechanism: MechanismConfig::Null,
         }
     }
 
@@ -544,6 +591,7 @@ mod tests {
                 server: Side::new(server, now),
                 to_server: 0,
                 to_client: 0,
+                tamper: None,
             }
         }
 
@@ -557,10 +605,18 @@ mod tests {
         /// Moves bytes both ways until neither side has anything to say.
         fn drive(&mut self) {
             for _ in 0..100 {
-                let c = self.client.step(self.now);
-                let s = self.server.step(self.now);
+                let mut c = self.client.step(self.now);
+                let mut s = self.server.step(self.now);
                 if c.is_empty() && s.is_empty() {
                     return;
+                }
+                if let Some(tamper) = self.tamper.as_mut() {
+                    if !c.is_empty() {
+                        tamper(true, &mut c);
+                    }
+                    if !s.is_empty() {
+                        tamper(false, &mut s);
+                    }
                 }
                 self.to_server += c.len();
                 self.to_client += s.len();
@@ -787,6 +843,31 @@ mod tests {
     }
 
     #[test]
+    fn message_frames_begun_before_the_handshake_are_refused() {
+        // Found by fuzz/curve_handshake: a plaintext MORE frame before
+        // INITIATE was kept and glued to the first authenticated message.
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(true, b"\x08INITIATE", |b, at| {
+            // The INITIATE frame's header starts 9 octets before its name.
+            let frame = at - 9;
+            let mut glued = BytesMut::from(&b[..frame]);
+            glued.extend_from_slice(&[0x01, 3, 0, 0, 0]);
+            glued.extend_from_slice(&b[frame..]);
+            *b = glued;
+        }));
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::MessageBeforeReady));
+        assert!(p.server.events.is_empty());
+        // The same under NULL, before READY.
+        let now = Instant::now();
+        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), now);
+        let mut b = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..]);
+        b.extend_from_slice(&[0x01, 1, b'x']);
+        Encoder::null().command(&mut b, &encode_ready_body(SocketType::Dealer, b"c"));
+        assert_eq!(e.decode(&mut b, now), Err(ZmtpError::MessageBeforeReady));
+    }
+
+    #[test]
     fn nothing_is_decoded_while_the_socket_layer_decides() {
         let now = Instant::now();
         let mut server = Engine::new(config(Role::Server, SocketType::Router, b""), now);
@@ -805,5 +886,513 @@ mod tests {
         assert!(!to_server.is_empty(), "kept for after the decision");
         server.accept(now);
         assert_eq!(server.decode(&mut to_server, now), Ok(Some(Event::Message)));
+    }
+
+    // ---- CURVE ----
+
+    use crate::zmtp::{CurveKeyPair, CurvePublicKey};
+
+    fn keys() -> CurveKeyPair {
+        CurveKeyPair::generate().expect("OS RNG")
+    }
+
+    /// A DEALER CURVE client and a ROUTER CURVE server with fresh keys.
+    fn curve_pair() -> (Pair, CurveKeyPair, CurveKeyPair) {
+        let (ck, sk) = (keys(), keys());
+        let p = curve_pair_with(&ck, &sk, *sk.public());
+        (p, ck, sk)
+    }
+
+    fn curve_pair_with(ck: &CurveKeyPair, sk: &CurveKeyPair, server_key: CurvePublicKey) -> Pair {
+        let mut client = config(Role::Client, SocketType::Dealer, b"alice");
+        client.mechanism = MechanismConfig::CurveClient {
+            keys: ck.clone(),
+            server_key,
+        };
+        let mut server = config(Role::Server, SocketType::Router, b"srv");
+        server.mechanism = MechanismConfig::CurveServer { keys: sk.clone() };
+        Pair::new(client, server)
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn curve_handshake_and_messages_both_ways() {
+        let (mut p, ck, sk) = curve_pair();
+        // Everything on the wire, each way, to look for plaintext.
+        let seen = std::rc::Rc::new(std::cell::RefCell::new((Vec::new(), Vec::new())));
+        let log = seen.clone();
+        p.tamper = Some(Box::new(move |to_server, b| {
+            let mut l = log.borrow_mut();
+            if to_server {
+                l.0.extend_from_slice(b)
+            } else {
+                l.1.extend_from_slice(b)
+            }
+        }));
+        p.drive();
+        assert_eq!(p.client.error, None);
+        assert_eq!(p.server.error, None);
+        assert!(p.client.engine.is_ready() && p.server.engine.is_ready());
+        let Event::PeerReady(at_server) = &p.server.events[0] else {
+            panic!()
+        };
+        assert_eq!(at_server.mechanism, MechanismName::CURVE);
+        assert_eq!(at_server.socket_type, SocketType::Dealer);
+        assert_eq!(&at_server.identity[..], b"alice");
+        assert_eq!(at_server.curve_public_key, Some(*ck.public()));
+        let Event::PeerReady(at_client) = &p.client.events[0] else {
+            panic!()
+        };
+        assert_eq!(&at_client.identity[..], b"srv");
+        assert_eq!(at_client.socket_type, SocketType::Router);
+        assert_eq!(at_client.curve_public_key, Some(*sk.public()));
+
+        let big = vec![7u8; 70_000];
+        let m = p.client.send(&[b"", b"1-0-1-secret-hello", &big]);
+        p.server.inbox.extend_from_slice(&m);
+        let r = p.server.send(&[b"alice", b"", b"1-0-2-secret-reply"]);
+        p.client.inbox.extend_from_slice(&r);
+        p.drive();
+        assert_eq!(p.server.error, None);
+        assert_eq!(
+            p.server.messages,
+            vec![vec![
+                Bytes::new(),
+                Bytes::from_static(b"1-0-1-secret-hello"),
+                Bytes::from(big)
+            ]]
+        );
+        assert_eq!(
+            p.client.messages,
+            vec![vec![
+                Bytes::from_static(b"alice"),
+                Bytes::new(),
+                Bytes::from_static(b"1-0-2-secret-reply")
+            ]]
+        );
+        // message_with boxes in place, too.
+        let mut w = BytesMut::new();
+        p.client
+            .encoder
+            .as_mut()
+            .unwrap()
+            .message_with(&mut w, &[b""], 5, |b| b.extend_from_slice(b"12345"));
+        p.server.inbox.extend_from_slice(&w);
+        p.drive();
+        assert_eq!(p.server.messages[1][1], Bytes::from_static(b"12345"));
+
+        // Nothing of the metadata or the messages crossed in clear.
+        let (up, down) = &*seen.borrow();
+        let (up, down) = (
+            [up.as_slice(), &m, &w].concat(),
+            [down.as_slice(), &r].concat(),
+        );
+        for (wire, secret) in [
+            (&up, &b"alice"[..]),
+            (&up, b"DEALER"),
+            (&up, b"secret"),
+            (&up, ck.public().as_bytes()),
+            (&down, b"ROUTER"),
+            (&down, b"secret"),
+        ] {
+            assert_eq!(
+                find(wire, secret),
+                None,
+                "{:?} in clear",
+                String::from_utf8_lossy(secret)
+            );
+        }
+        // libzmq's framing: HELLO 200, WELCOME 168, MESSAGE in a data frame.
+        assert_eq!(&up[64..66], &[0x04, 200]);
+        assert_eq!(&up[66..72], b"\x05HELLO");
+        assert_eq!(&down[64..66], &[0x04, 168]);
+        assert_eq!(up[0..64][32], 0, "client: as-server 0");
+        assert_eq!(down[0..64][32], 1, "server: as-server 1");
+        assert_eq!(&m[..2], &[0x00, 33], "an empty frame is a 33-octet MESSAGE");
+        assert_eq!(&m[2..10], b"\x07MESSAGE");
+    }
+
+    #[test]
+    fn curve_ping_pong_and_heartbeats() {
+        let hb = Heartbeat {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            ttl: Duration::from_secs(1),
+        };
+        let (ck, sk) = (keys(), keys());
+        let mut p = curve_pair_with(&ck, &sk, *sk.public());
+        p.client.engine.heartbeat = Some(hb);
+        p.drive();
+        assert!(p.client.engine.is_ready());
+        // A PING boxed as MESSAGE (flags 0x02) is answered with a boxed
+        // PONG that the client reads.
+        let mut ping = BytesMut::new();
+        p.client
+            .encoder
+            .as_mut()
+            .unwrap()
+            .command(&mut ping, b"\x04PING\x00\x00ctx");
+        assert_eq!(find(&ping, b"PING"), None, "PING is boxed");
+        p.server.inbox.extend_from_slice(&ping);
+        let pong = p.server.step(p.now);
+        assert_eq!(&pong[2..10], b"\x07MESSAGE");
+        assert_eq!(find(&pong, b"PONG"), None, "PONG is boxed");
+        p.client.inbox.extend_from_slice(&pong);
+        p.drive();
+        assert_eq!(p.client.error, None);
+        assert_eq!(p.server.error, None);
+        // Heartbeats over CURVE keep a live peer for 10 s.
+        let start = p.now;
+        p.run_until(start + Duration::from_secs(10));
+        assert_eq!(p.client.error, None);
+        assert_eq!(p.server.error, None);
+        let hung_at = p.now;
+        p.server.error = Some(ZmtpError::Closed);
+        p.run_until(hung_at + Duration::from_secs(1));
+        assert_eq!(p.client.error, Some(ZmtpError::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn curve_refusal_is_a_plaintext_error() {
+        let (mut p, _, _) = curve_pair();
+        p.server.refuse = Some("not authorised");
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::Refused("not authorised")));
+        assert_eq!(
+            p.client.error,
+            Some(ZmtpError::PeerError {
+                reason: "not authorised".into()
+            })
+        );
+        // A CURVE client refusing the server says nothing (RFC 26).
+        let (mut p, _, _) = curve_pair();
+        p.client.refuse = Some("no");
+        p.drive();
+        assert_eq!(p.client.error, Some(ZmtpError::Refused("no")));
+        // (The server, having sent READY, is in traffic already.)
+        assert_eq!(p.server.error, None);
+        assert!(!p.client.engine.is_ready());
+    }
+
+    #[test]
+    fn curve_wrong_server_key_is_refused() {
+        let (ck, sk, other) = (keys(), keys(), keys());
+        let mut p = curve_pair_with(&ck, &sk, *other.public());
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::BadBox("HELLO")));
+        assert!(
+            matches!(p.client.error, Some(ZmtpError::PeerError { .. })),
+            "{:?}",
+            p.client.error
+        );
+        assert!(p.server.events.is_empty());
+    }
+
+    #[test]
+    fn curve_and_null_do_not_mix() {
+        let sk = keys();
+        let mut server = config(Role::Server, SocketType::Router, b"");
+        server.mechanism = MechanismConfig::CurveServer { keys: sk.clone() };
+        let mut p = Pair::new(config(Role::Client, SocketType::Dealer, b""), server);
+        p.drive();
+        assert!(matches!(
+            p.server.error,
+            Some(ZmtpError::MechanismMismatch { .. })
+        ));
+        assert!(matches!(
+            p.client.error,
+            Some(ZmtpError::MechanismMismatch { .. })
+        ));
+        // Two CURVE servers (or two clients) cannot talk either.
+        let mut other = config(Role::Client, SocketType::Dealer, b"");
+        other.mechanism = MechanismConfig::CurveServer { keys: keys() };
+        let mut server = config(Role::Server, SocketType::Router, b"");
+        server.mechanism = MechanismConfig::CurveServer { keys: sk };
+        let mut p = Pair::new(other, server);
+        p.drive();
+        assert_eq!(
+            p.server.error,
+            Some(ZmtpError::Greeting("both peers are CURVE servers"))
+        );
+    }
+
+    #[test]
+    fn curve_tampered_and_replayed_messages_are_refused() {
+        let (mut p, _, _) = curve_pair();
+        p.drive();
+        let m = p.client.send(&[b"", b"1-0-1-hi"]);
+        // A flipped bit anywhere in the box.
+        for at in [10, 18, 34, m.len() - 1] {
+            let (mut q, _, _) = curve_pair();
+            q.drive();
+            let mut bad = q.client.send(&[b"", b"1-0-1-hi"]);
+            bad[at] ^= 0x20;
+            q.server.inbox.extend_from_slice(&bad);
+            q.drive();
+            assert!(
+                matches!(
+                    q.server.error,
+                    Some(ZmtpError::BadBox("MESSAGE") | ZmtpError::MalformedCommand("MESSAGE"))
+                ),
+                "byte {at}: {:?}",
+                q.server.error
+            );
+        }
+        // The same MESSAGE twice: the second's nonce does not increase.
+        p.server.inbox.extend_from_slice(&m);
+        p.server.inbox.extend_from_slice(&m);
+        p.drive();
+        assert_eq!(p.server.messages.len(), 1, "the first copy only");
+        assert_eq!(p.server.error, Some(ZmtpError::Nonce("MESSAGE")));
+
+        // Out of order: the later one first, then the earlier one.
+        let (mut p, _, _) = curve_pair();
+        p.drive();
+        let a = p.server.send(&[b"alice", b"", b"a"]);
+        let b = p.server.send(&[b"alice", b"", b"b"]);
+        p.client.inbox.extend_from_slice(&b);
+        p.client.inbox.extend_from_slice(&a);
+        p.drive();
+        assert_eq!(p.client.messages.len(), 1);
+        assert_eq!(p.client.error, Some(ZmtpError::Nonce("MESSAGE")));
+
+        // Plaintext after the handshake is refused.
+        let (mut p, _, _) = curve_pair();
+        p.drive();
+        Encoder::null().message(&mut p.server.inbox, &[b"1-0-1-clear"]);
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::MalformedCommand("MESSAGE")));
+    }
+
+    #[test]
+    fn curve_message_in_a_command_frame_is_accepted() {
+        // RFC 37 puts MESSAGE in a command frame; libzmq in a data frame.
+        let (mut p, _, _) = curve_pair();
+        p.drive();
+        let mut m = p.client.send(&[b"", b"x"]);
+        assert_eq!(m[0], 0x00);
+        m[0] = 0x04;
+        let mut more = p.client.send(&[b"", b"y"]);
+        more[0] = 0x01;
+        p.server.inbox.extend_from_slice(&m);
+        p.drive();
+        assert_eq!(p.server.error, None);
+        assert_eq!(p.server.messages.len(), 1);
+        p.server.inbox.extend_from_slice(&more);
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::Flags(0x01)), "MORE outside");
+    }
+
+    #[test]
+    fn curve_limits_count_plaintext_and_bound_reservations() {
+        let (ck, sk) = (keys(), keys());
+        let mut p = curve_pair_with(&ck, &sk, *sk.public());
+        let limits = Limits {
+            max_message: 1000,
+            max_frames: 3,
+            max_command: 400,
+        };
+        p.server.engine.decoder = FrameDecoder::new(limits);
+        p.drive();
+        assert!(p.server.engine.is_ready(), "{:?}", p.server.error);
+        // 2 + 0 + 9 + 989 = 1000 plaintext octets, as NULL frames them:
+        // fits.
+        let ok = p.client.send(&[b"", &[1; 989]]);
+        p.server.inbox.extend_from_slice(&ok);
+        p.drive();
+        assert_eq!(p.server.error, None);
+        assert_eq!(p.server.messages.len(), 1);
+        // One more octet does not, and is refused on the header, before
+        // its body is waited for.
+        let big = p.client.send(&[b"", &[1; 990]]);
+        let header_and_first = 2 + 33 + 9;
+        p.server.inbox.extend_from_slice(&big[..header_and_first]);
+        p.drive();
+        assert!(matches!(
+            p.server.error,
+            Some(ZmtpError::MessageTooLarge { max: 1000, .. })
+        ));
+        // A huge MESSAGE header is refused with 9 octets in hand.
+        let (mut p, _, _) = curve_pair();
+        p.drive();
+        p.server.inbox.extend_from_slice(&[0x02]);
+        p.server
+            .inbox
+            .extend_from_slice(&(1u64 << 40).to_be_bytes());
+        p.drive();
+        assert!(matches!(
+            p.server.error,
+            Some(ZmtpError::MessageTooLarge { .. })
+        ));
+        // A MESSAGE too short to hold a box.
+        let (mut p, _, _) = curve_pair();
+        p.drive();
+        p.server.inbox.extend_from_slice(&[0x00, 32]);
+        p.server.inbox.extend_from_slice(&[0; 32]);
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::MalformedCommand("MESSAGE")));
+    }
+
+    /// Rewrites the first handshake command (after the greeting) that one
+    /// side sends.
+    fn tamper_command(
+        to_server: bool,
+        name: &'static [u8],
+        f: impl Fn(&mut BytesMut, usize) + 'static,
+    ) -> Tamper {
+        let mut done = false;
+        Box::new(move |dir, b| {
+            if dir == to_server
+                && !done
+                && let Some(at) = find(b, name)
+            {
+                done = true;
+                f(b, at);
+            }
+        })
+    }
+
+    #[test]
+    fn curve_tampered_handshakes_are_refused() {
+        // The cookie in INITIATE (name at `at`, cookie after it).
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(true, b"\x08INITIATE", |b, at| {
+            b[at + 9 + 30] ^= 1
+        }));
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::BadBox("cookie")));
+        assert!(matches!(p.client.error, Some(ZmtpError::PeerError { .. })));
+        // The cookie's nonce.
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(true, b"\x08INITIATE", |b, at| {
+            b[at + 9 + 3] ^= 1
+        }));
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::BadBox("cookie")));
+        // INITIATE's box (the vouch and metadata inside it).
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(true, b"\x08INITIATE", |b, at| {
+            b[at + 150] ^= 1
+        }));
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::BadBox("INITIATE")));
+        // INITIATE's nonce, set back to HELLO's (1).
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(true, b"\x08INITIATE", |b, at| {
+            b[at + 9 + 96 + 7] = 1;
+        }));
+        p.drive();
+        assert_eq!(p.server.error, Some(ZmtpError::Nonce("INITIATE")));
+        // HELLO's signature, version, padding.
+        for (off, want) in [
+            (150, ZmtpError::BadBox("HELLO")),
+            (6, ZmtpError::CurveVersion),
+            (20, ZmtpError::MalformedCommand("HELLO")),
+        ] {
+            let (mut p, _, _) = curve_pair();
+            p.tamper = Some(tamper_command(true, b"\x05HELLO", move |b, at| {
+                b[at + off] ^= 1
+            }));
+            p.drive();
+            assert_eq!(p.server.error, Some(want));
+        }
+        // WELCOME's box: the client closes without a word.
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(false, b"\x07WELCOME", |b, at| {
+            b[at + 100] ^= 1
+        }));
+        p.drive();
+        assert_eq!(p.client.error, Some(ZmtpError::BadBox("WELCOME")));
+        assert_eq!(p.server.error, None, "no ERROR from a client");
+        // READY's box and nonce.
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(false, b"\x05READY", |b, at| b[at + 20] ^= 1));
+        p.drive();
+        assert_eq!(p.client.error, Some(ZmtpError::BadBox("READY")));
+        let (mut p, _, _) = curve_pair();
+        p.tamper = Some(tamper_command(false, b"\x05READY", |b, at| b[at + 13] ^= 1));
+        p.drive();
+        assert_eq!(p.client.error, Some(ZmtpError::BadBox("READY")));
+    }
+
+    #[test]
+    fn curve_truncated_and_misplaced_commands_are_refused() {
+        let now = Instant::now();
+        let sk = keys();
+        let server_cfg = || {
+            let mut c = config(Role::Server, SocketType::Router, b"");
+            c.mechanism = MechanismConfig::CurveServer { keys: sk.clone() };
+            c
+        };
+        let ck = keys();
+        let client_cfg = || {
+            let mut c = config(Role::Client, SocketType::Dealer, b"");
+            c.mechanism = MechanismConfig::CurveClient {
+                keys: ck.clone(),
+                server_key: *sk.public(),
+            };
+            c
+        };
+        // A real HELLO from a client engine, cut short by one octet at a
+        // time, and each command in the wrong place.
+        let mut client = Engine::new(client_cfg(), now);
+        let mut srv_greeting = BytesMut::from(&Greeting::encode(MechanismName::CURVE, true)[..]);
+        assert_eq!(client.decode(&mut srv_greeting, now), Ok(None));
+        let out = client.transmit().split();
+        let hello = out.freeze().slice(64 + 2..);
+        assert_eq!(hello.len(), 200);
+        let greeting = Greeting::encode(MechanismName::CURVE, false);
+        let feed = |body: &[u8]| {
+            let mut e = Engine::new(server_cfg(), now);
+            let mut b = BytesMut::from(&greeting[..]);
+            Encoder::null().command(&mut b, body);
+            let r = e.decode(&mut b, now);
+            (r, e.transmit().split())
+        };
+        for cut in [0, 1, 6, 8, 80, 119, 199] {
+            let (r, out) = feed(&hello[..cut]);
+            assert!(r.is_err(), "HELLO cut at {cut}");
+            assert!(find(&out, b"\x05ERROR").is_some(), "the server says why");
+        }
+        let mut long = hello.to_vec();
+        long.push(0);
+        assert_eq!(feed(&long).0, Err(ZmtpError::MalformedCommand("HELLO")));
+        assert_eq!(feed(b"\x05READY").0, Err(ZmtpError::UnexpectedCommand));
+        assert_eq!(
+            feed(&[b"\x08INITIATE".as_slice(), &[0; 300]].concat()).0,
+            Err(ZmtpError::UnexpectedCommand)
+        );
+        assert_eq!(
+            feed(b"\x05ERROR\x03bye").0,
+            Err(ZmtpError::PeerError {
+                reason: "bye".into()
+            })
+        );
+        assert_eq!(
+            feed(b"\x05ERROR\x09").0,
+            Err(ZmtpError::MalformedCommand("ERROR"))
+        );
+        // A client: WELCOME of the wrong size, READY before WELCOME.
+        for body in [
+            [b"\x07WELCOME".as_slice(), &[0; 159]].concat(),
+            [b"\x07WELCOME".as_slice(), &[0; 161]].concat(),
+            [b"\x07WELCOME".as_slice(), &[0; 160]].concat(),
+            [b"\x05READY".as_slice(), &[0; 30]].concat(),
+            b"\x05HELLO".to_vec(),
+        ] {
+            let mut e = Engine::new(client_cfg(), now);
+            let mut b = BytesMut::from(&Greeting::encode(MechanismName::CURVE, true)[..]);
+            Encoder::null().command(&mut b, &body);
+            assert!(e.decode(&mut b, now).is_err(), "{body:?}");
+            assert_eq!(e.transmit().len(), 64 + 202, "greeting and HELLO only");
+        }
+        // A message frame during the handshake.
+        let mut e = Engine::new(server_cfg(), now);
+        let mut b = BytesMut::from(&greeting[..]);
+        Encoder::null().message(&mut b, &[b"x"]);
+        assert_eq!(e.decode(&mut b, now), Err(ZmtpError::MessageBeforeReady));
     }
 }

@@ -14,11 +14,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::curve::{BOX_COMMAND, BOX_MORE, CurveRx, CurveTx, MESSAGE_OVERHEAD};
 use super::{Limits, ZmtpError};
 
-const MORE: u8 = 0b001;
-const LONG: u8 = 0b010;
-const COMMAND: u8 = 0b100;
+use super::header::{COMMAND, LONG, MORE, put_header};
 
 /// What [`FrameDecoder::decode`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +52,12 @@ pub struct FrameDecoder {
     frames: Vec<Bytes>,
     /// The previous call returned a complete message in `frames`.
     complete: bool,
-    /// Wire bytes of the message being assembled, headers included.
+    /// Wire bytes of the message being assembled, headers included (under
+    /// CURVE: of its frames as NULL would frame them, the plaintext).
     message_len: u64,
+    /// A CURVE session's receiving half, once its handshake is done: every
+    /// frame is then a MESSAGE to open (None: NULL, or still handshaking).
+    curve: Option<CurveRx>,
 }
 
 impl FrameDecoder {
@@ -66,7 +69,21 @@ impl FrameDecoder {
             frames: Vec::new(),
             complete: false,
             message_len: 0,
+            curve: None,
         }
+    }
+
+    /// Whether a message's first frames are in and its last is awaited. A
+    /// command may come between the frames of a message, so only the
+    /// engine can tell whether that is allowed: during the handshake it is
+    /// not (those frames came before the handshake ended, in clear).
+    pub(crate) fn mid_message(&self) -> bool {
+        !self.complete && !self.frames.is_empty()
+    }
+
+    /// From now on every frame is a CURVE MESSAGE, opened with `rx`.
+    pub(crate) fn set_curve(&mut self, rx: CurveRx) {
+        self.curve = Some(rx);
     }
 
     /// The frames of the message [`decode`](Self::decode) just returned.
@@ -110,6 +127,22 @@ impl FrameDecoder {
                 return Ok(None);
             }
             self.header = None;
+            if let Some(rx) = self.curve.as_mut() {
+                // Owned bytes: the box opens where it lies.
+                let (flags, body) = rx.open(buf.split_to(header.len))?;
+                if flags & BOX_COMMAND != 0 {
+                    self.check_command(body.len() as u64)?;
+                    return Ok(Some(Decoded::Command(body)));
+                }
+                self.message_len = self.check_part(body.len() as u64)?;
+                self.frames.push(body);
+                if flags & BOX_MORE == 0 {
+                    self.complete = true;
+                    self.message_len = 0;
+                    return Ok(Some(Decoded::Message));
+                }
+                continue;
+            }
             let body = if header.len == 0 {
                 Bytes::new()
             } else {
@@ -147,30 +180,25 @@ impl FrameDecoder {
             }
         };
         let command = flags & COMMAND != 0;
-        if command {
-            if len > self.limits.max_command as u64 {
-                return Err(ZmtpError::CommandTooLarge {
-                    len,
-                    max: self.limits.max_command,
-                });
+        if self.curve.is_some() {
+            // A MESSAGE, in a data frame (libzmq) or a command frame (RFC
+            // 37), never with MORE: the box carries the real flags.
+            if flags & MORE != 0 {
+                return Err(ZmtpError::Flags(flags));
             }
+            let inner = len
+                .checked_sub(MESSAGE_OVERHEAD as u64)
+                .ok_or(ZmtpError::MalformedCommand("MESSAGE"))?;
+            // Whether it holds a command or a message frame is sealed in
+            // the box: before waiting for it, it must fit one of them (and
+            // exactly its own kind once open).
+            if self.check_command(inner).is_err() {
+                self.check_part(inner)?;
+            }
+        } else if command {
+            self.check_command(len)?;
         } else {
-            if self.frames.len() >= self.limits.max_frames {
-                return Err(ZmtpError::TooManyFrames {
-                    max: self.limits.max_frames,
-                });
-            }
-            let total = self
-                .message_len
-                .saturating_add(header_len)
-                .saturating_add(len);
-            if total > self.limits.max_message {
-                return Err(ZmtpError::MessageTooLarge {
-                    len: total,
-                    max: self.limits.max_message,
-                });
-            }
-            self.message_len = total;
+            self.message_len = self.check_part_with_header(header_len, len)?;
         }
         buf.advance(header_len as usize);
         // Fits: it is at most a limit, and limits are usize.
@@ -183,29 +211,69 @@ impl FrameDecoder {
     }
 }
 
-/// Writes one frame's flags and size.
-fn put_header(buf: &mut BytesMut, flags: u8, len: usize) {
-    if len > 255 {
-        buf.put_u8(flags | LONG);
-        buf.put_u64(len as u64);
-    } else {
-        buf.put_u8(flags);
-        buf.put_u8(len as u8);
+impl FrameDecoder {
+    /// Whether a command body of `len` is within the limit.
+    fn check_command(&self, len: u64) -> Result<(), ZmtpError> {
+        if len > self.limits.max_command as u64 {
+            return Err(ZmtpError::CommandTooLarge {
+                len,
+                max: self.limits.max_command,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether one more message frame of `len` octets after a header of
+    /// `header_len` fits the limits: the message's new size if so.
+    fn check_part_with_header(&self, header_len: u64, len: u64) -> Result<u64, ZmtpError> {
+        if self.frames.len() >= self.limits.max_frames {
+            return Err(ZmtpError::TooManyFrames {
+                max: self.limits.max_frames,
+            });
+        }
+        let total = self
+            .message_len
+            .saturating_add(header_len)
+            .saturating_add(len);
+        if total > self.limits.max_message {
+            return Err(ZmtpError::MessageTooLarge {
+                len: total,
+                max: self.limits.max_message,
+            });
+        }
+        Ok(total)
+    }
+
+    /// [`check_part_with_header`](Self::check_part_with_header) for a
+    /// CURVE frame's plaintext, counted as NULL would frame it.
+    fn check_part(&self, len: u64) -> Result<u64, ZmtpError> {
+        self.check_part_with_header(if len > 255 { 9 } else { 2 }, len)
     }
 }
 
 /// Frames outgoing messages and commands into a buffer. Stateless for
-/// NULL; CURVE will keep its keys and nonce counter here, which is why
-/// every frame of a connection goes through one encoder, in order.
+/// NULL; for CURVE it holds the session key and the send-side nonce
+/// counter and boxes every frame and command into a MESSAGE (encrypted in
+/// place in `buf`), which is why every frame of a connection goes through
+/// one encoder, in order.
 #[derive(Debug, Default)]
 pub struct Encoder {
-    _private: (),
+    /// The CURVE session's sending half (None: NULL, in clear); boxed so
+    /// a NULL encoder stays one pointer wide.
+    curve: Option<Box<CurveTx>>,
 }
 
 impl Encoder {
     /// The encoder of a NULL-mechanism connection.
     pub fn null() -> Self {
-        Encoder { _private: () }
+        Encoder { curve: None }
+    }
+
+    /// The encoder of an established CURVE session.
+    pub(crate) fn curve(tx: CurveTx) -> Self {
+        Encoder {
+            curve: Some(Box::new(tx)),
+        }
     }
 
     /// Appends a message of `frames`.
@@ -213,6 +281,13 @@ impl Encoder {
         let Some((last, first)) = frames.split_last() else {
             return;
         };
+        if let Some(tx) = self.curve.as_mut() {
+            for f in first {
+                tx.frame(buf, BOX_MORE, f.len(), |b| b.put_slice(f));
+            }
+            tx.frame(buf, 0, last.len(), |b| b.put_slice(last));
+            return;
+        }
         let total: usize = frames.iter().map(|f| f.len() + 9).sum();
         buf.reserve(total);
         for f in first {
@@ -226,7 +301,7 @@ impl Encoder {
     /// Appends a message of `head` frames and a last frame of exactly
     /// `len` bytes, which `write` puts into the buffer itself: a payload
     /// is formatted straight into the socket's buffer, without a copy of
-    /// its own.
+    /// its own (under CURVE it is then encrypted where it was written).
     pub fn message_with(
         &mut self,
         buf: &mut BytesMut,
@@ -234,6 +309,13 @@ impl Encoder {
         len: usize,
         write: impl FnOnce(&mut BytesMut),
     ) {
+        if let Some(tx) = self.curve.as_mut() {
+            for f in head {
+                tx.frame(buf, BOX_MORE, f.len(), |b| b.put_slice(f));
+            }
+            tx.frame(buf, 0, len, write);
+            return;
+        }
         let head_len: usize = head.iter().map(|f| f.len() + 9).sum();
         buf.reserve(head_len + len + 9);
         for f in head {
@@ -246,8 +328,13 @@ impl Encoder {
         debug_assert_eq!(buf.len() - before, len, "message_with: length mismatch");
     }
 
-    /// Appends a command frame with `body` (name and data).
+    /// Appends a command frame with `body` (name and data); under CURVE a
+    /// MESSAGE whose box flags say command, as libzmq 4.3 sends PING/PONG.
     pub fn command(&mut self, buf: &mut BytesMut, body: &[u8]) {
+        if let Some(tx) = self.curve.as_mut() {
+            tx.frame(buf, BOX_COMMAND, body.len(), |b| b.put_slice(body));
+            return;
+        }
         buf.reserve(body.len() + 9);
         put_header(buf, COMMAND, body.len());
         buf.put_slice(body);

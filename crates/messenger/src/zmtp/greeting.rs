@@ -14,8 +14,63 @@
 //! The padding is not checked (libzmq puts its identity length there), and
 //! neither is the filler.
 
+use std::fmt;
+
 use super::ZmtpError;
-use super::mechanism::MechanismName;
+
+/// A mechanism name as the greeting carries it: 20 octets, null padded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MechanismName([u8; 20]);
+
+impl MechanismName {
+    /// No security.
+    pub const NULL: MechanismName = MechanismName::new(b"NULL");
+    /// CurveZMQ (RFC 25, RFC 26).
+    pub const CURVE: MechanismName = MechanismName::new(b"CURVE");
+
+    const fn new(name: &[u8]) -> Self {
+        let mut padded = [0u8; 20];
+        let mut i = 0;
+        while i < name.len() {
+            padded[i] = name[i];
+            i += 1;
+        }
+        MechanismName(padded)
+    }
+
+    /// Reads a name from the greeting: 1 to 20 of `A-Z 0-9 - _ . +`, then
+    /// zeros only.
+    pub fn from_padded(padded: [u8; 20]) -> Option<Self> {
+        let len = padded.iter().position(|&b| b == 0).unwrap_or(20);
+        let (name, rest) = padded.split_at(len);
+        let valid = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.+".contains(b);
+        (len > 0 && name.iter().all(valid) && rest.iter().all(|&b| b == 0))
+            .then_some(MechanismName(padded))
+    }
+
+    /// The 20 octets as sent.
+    pub fn as_padded(&self) -> &[u8; 20] {
+        &self.0
+    }
+
+    /// The name without padding.
+    pub fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(20);
+        std::str::from_utf8(&self.0[..len]).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for MechanismName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for MechanismName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Length of a ZMTP 3.x greeting.
 pub const GREETING_LEN: usize = 64;

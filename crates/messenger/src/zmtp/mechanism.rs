@@ -1,75 +1,24 @@
 //! Security mechanisms: the seam the greeting chooses (RFC 37,
 //! "Authentication and Confidentiality"). NULL is here; CURVE (RFC 26)
-//! plugs in as another variant of [`Mechanism`] with its own handshake
-//! commands and an [`Encoder`](super::Encoder) / receive side that wrap
-//! every frame in a MESSAGE command.
+//! is in `curve.rs`: its handshake commands run here, and once accepted
+//! its session goes to the [`Encoder`](super::Encoder) and
+//! [`FrameDecoder`](super::FrameDecoder), which box and unbox every frame
+//! in a MESSAGE.
 //!
 //! NULL (RFC 37, "The NULL Security Mechanism"): the client (the peer that
 //! connects) sends READY and waits for READY; the server reads and
 //! validates the client's READY, then answers READY, or ERROR and closes.
 
-use std::fmt;
-
 use bytes::Bytes;
 
 use super::command::{Command, Metadata, error_body};
+use super::curve::{CurveClient, CurveServer, Progress, Session};
+use super::greeting::Greeting;
+pub use super::greeting::MechanismName;
+use super::keys::{CurveKeyPair, CurvePublicKey};
 use super::{Role, ZmtpError};
 
-/// A mechanism name as the greeting carries it: 20 octets, null padded.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MechanismName([u8; 20]);
-
-impl MechanismName {
-    /// No security.
-    pub const NULL: MechanismName = MechanismName::new(b"NULL");
-    /// CurveZMQ (RFC 26), next to come.
-    pub const CURVE: MechanismName = MechanismName::new(b"CURVE");
-
-    const fn new(name: &[u8]) -> Self {
-        let mut padded = [0u8; 20];
-        let mut i = 0;
-        while i < name.len() {
-            padded[i] = name[i];
-            i += 1;
-        }
-        MechanismName(padded)
-    }
-
-    /// Reads a name from the greeting: 1 to 20 of `A-Z 0-9 - _ . +`, then
-    /// zeros only.
-    pub fn from_padded(padded: [u8; 20]) -> Option<Self> {
-        let len = padded.iter().position(|&b| b == 0).unwrap_or(20);
-        let (name, rest) = padded.split_at(len);
-        let valid = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.+".contains(b);
-        (len > 0 && name.iter().all(valid) && rest.iter().all(|&b| b == 0))
-            .then_some(MechanismName(padded))
-    }
-
-    /// The 20 octets as sent.
-    pub fn as_padded(&self) -> &[u8; 20] {
-        &self.0
-    }
-
-    /// The name without padding.
-    pub fn as_str(&self) -> &str {
-        let len = self.0.iter().position(|&b| b == 0).unwrap_or(20);
-        std::str::from_utf8(&self.0[..len]).unwrap_or("?")
-    }
-}
-
-impl fmt::Debug for MechanismName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for MechanismName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a mechanism's handshake stands.
+/// Where a NULL handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NullState {
     /// Waiting for the peer's READY (or ERROR).
@@ -86,52 +35,137 @@ pub(crate) enum NullState {
 /// What a handshake command did.
 #[derive(Debug)]
 pub(crate) enum Step {
+    /// The handshake goes on (a reply may have been sent).
+    Continue,
     /// The peer's metadata is in: the socket layer accepts or refuses.
-    PeerReady(Metadata),
+    PeerReady {
+        /// The peer's READY (NULL) or INITIATE/READY (CURVE) metadata.
+        metadata: Metadata,
+        /// CURVE: the peer's permanent public key, proven by the handshake.
+        curve_key: Option<CurvePublicKey>,
+    },
+}
+
+/// Which mechanism a connection speaks and, for CURVE, with which keys.
+/// Part of [`EngineConfig`](super::EngineConfig); NULL by default.
+///
+/// CURVE's roles are its own: the CURVE server may be the side that
+/// connects or the one that accepts (libzmq's `ZMQ_CURVE_SERVER`), and the
+/// greeting's as-server flag says which it is.
+#[derive(Debug, Clone, Default)]
+pub enum MechanismConfig {
+    /// No security (RFC 37): metadata in clear, no authentication.
+    #[default]
+    Null,
+    /// CURVE server (RFC 26): proves `keys` to clients, who must know its
+    /// public half; each client's permanent key is reported in
+    /// [`PeerInfo::curve_public_key`](super::PeerInfo::curve_public_key)
+    /// for the socket layer to authorise.
+    CurveServer {
+        /// Our permanent key pair.
+        keys: CurveKeyPair,
+    },
+    /// CURVE client (RFC 26): connects only to the server holding the
+    /// secret half of `server_key`, and proves `keys` to it.
+    CurveClient {
+        /// Our permanent key pair.
+        keys: CurveKeyPair,
+        /// The server's permanent public key, known beforehand.
+        server_key: CurvePublicKey,
+    },
 }
 
 /// The mechanism a connection speaks, chosen by configuration and checked
 /// against the peer's greeting.
 #[derive(Debug)]
 pub(crate) enum Mechanism {
+    /// NULL: `role` decides who sends READY first.
     Null { role: Role, state: NullState },
+    /// CURVE client (boxed: its keys and handshake state are large).
+    CurveClient(Box<CurveClient>),
+    /// CURVE server.
+    CurveServer(Box<CurveServer>),
 }
 
+/// The READY body's name, which CURVE's metadata goes without.
+const READY_NAME_LEN: usize = 6;
+
 impl Mechanism {
-    pub(crate) fn null(role: Role) -> Self {
-        Mechanism::Null {
-            role,
-            state: NullState::AwaitReady,
+    /// The mechanism `config` names; `role` matters to NULL only.
+    pub(crate) fn new(config: &MechanismConfig, role: Role) -> Self {
+        match config {
+            MechanismConfig::Null => Mechanism::Null {
+                role,
+                state: NullState::AwaitReady,
+            },
+            MechanismConfig::CurveServer { keys } => {
+                Mechanism::CurveServer(Box::new(CurveServer::new(keys.clone())))
+            }
+            MechanismConfig::CurveClient { keys, server_key } => {
+                Mechanism::CurveClient(Box::new(CurveClient::new(keys.clone(), *server_key)))
+            }
         }
     }
 
     pub(crate) fn name(&self) -> MechanismName {
         match self {
             Mechanism::Null { .. } => MechanismName::NULL,
+            Mechanism::CurveClient(_) | Mechanism::CurveServer(_) => MechanismName::CURVE,
         }
     }
 
-    /// The greeting's as-server flag: NULL has no roles, so it is 0.
+    /// The greeting's as-server flag: NULL has no roles, so it is 0; the
+    /// CURVE server sends 1 (RFC 25; libzmq sends 0 and ignores it).
     pub(crate) fn as_server(&self) -> bool {
+        matches!(self, Mechanism::CurveServer(_))
+    }
+
+    /// Checks the peer's greeting beyond its mechanism name: CURVE needs
+    /// one server and one client. libzmq never sets as-server (it sends 32
+    /// zero octets after the mechanism, CURVE server or not), so a 0 proves
+    /// nothing; only a peer that says it is a server too is refused.
+    pub(crate) fn check_peer(&self, peer: &Greeting) -> Result<(), ZmtpError> {
         match self {
-            Mechanism::Null { .. } => false,
+            Mechanism::CurveServer(_) if peer.as_server => {
+                Err(ZmtpError::Greeting("both peers are CURVE servers"))
+            }
+            _ => Ok(()),
         }
     }
 
     /// The commands to send once the greetings are exchanged: a NULL
-    /// client's READY goes first.
-    pub(crate) fn start(&mut self, ready: &Bytes, send: &mut dyn FnMut(&[u8])) {
+    /// client's READY, a CURVE client's HELLO.
+    pub(crate) fn start(
+        &mut self,
+        ready: &Bytes,
+        send: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ZmtpError> {
         match self {
             Mechanism::Null { role, .. } => {
                 if *role == Role::Client {
                     send(ready);
                 }
+                Ok(())
             }
+            Mechanism::CurveClient(c) => c.start(send),
+            Mechanism::CurveServer(_) => Ok(()),
         }
     }
 
-    /// A command during the handshake.
-    pub(crate) fn on_command(&mut self, body: Bytes) -> Result<Step, ZmtpError> {
+    /// A command during the handshake; replies go to `send`.
+    pub(crate) fn on_command(
+        &mut self,
+        body: Bytes,
+        ready: &Bytes,
+        send: &mut dyn FnMut(&[u8]),
+    ) -> Result<Step, ZmtpError> {
+        let curve = |p: Progress| match p {
+            Progress::Continue => Step::Continue,
+            Progress::PeerReady(metadata, key) => Step::PeerReady {
+                metadata,
+                curve_key: Some(key),
+            },
+        };
         match self {
             Mechanism::Null { state, .. } => {
                 if *state != NullState::AwaitReady {
@@ -141,7 +175,10 @@ impl Mechanism {
                     Command::Ready(data) => {
                         let metadata = Metadata::parse(&data)?;
                         *state = NullState::PeerReady;
-                        Ok(Step::PeerReady(metadata))
+                        Ok(Step::PeerReady {
+                            metadata,
+                            curve_key: None,
+                        })
                     }
                     Command::Error(reason) => {
                         *state = NullState::Failed;
@@ -152,11 +189,20 @@ impl Mechanism {
                     _ => Err(ZmtpError::UnexpectedCommand),
                 }
             }
+            Mechanism::CurveClient(c) => c
+                .on_command(body, ready.get(READY_NAME_LEN..).unwrap_or_default(), send)
+                .map(curve),
+            Mechanism::CurveServer(s) => s.on_command(body, send).map(curve),
         }
     }
 
-    /// The socket layer accepts the peer: the server's READY goes out.
-    pub(crate) fn accept(&mut self, ready: &Bytes, send: &mut dyn FnMut(&[u8])) {
+    /// The socket layer accepts the peer: a NULL or CURVE server's READY
+    /// goes out. CURVE hands back its session for the encoder and decoder.
+    pub(crate) fn accept(
+        &mut self,
+        ready: &Bytes,
+        send: &mut dyn FnMut(&[u8]),
+    ) -> Result<Option<Session>, ZmtpError> {
         match self {
             Mechanism::Null { role, state } => {
                 if *state == NullState::PeerReady {
@@ -165,11 +211,17 @@ impl Mechanism {
                     }
                     *state = NullState::Done;
                 }
+                Ok(None)
+            }
+            Mechanism::CurveClient(c) => c.accept(),
+            Mechanism::CurveServer(s) => {
+                s.accept(ready.get(READY_NAME_LEN..).unwrap_or_default(), send)
             }
         }
     }
 
-    /// Refuses the peer: ERROR, if the handshake still allows one.
+    /// Refuses the peer: ERROR, if the handshake still allows one (never
+    /// from a CURVE client, which RFC 26 forbids).
     pub(crate) fn refuse(&mut self, reason: &str, send: &mut dyn FnMut(&[u8])) {
         match self {
             Mechanism::Null { state, .. } => {
@@ -178,6 +230,8 @@ impl Mechanism {
                 }
                 *state = NullState::Failed;
             }
+            Mechanism::CurveClient(c) => c.refuse(),
+            Mechanism::CurveServer(s) => s.refuse(reason, send),
         }
     }
 }

@@ -8,7 +8,10 @@
 //! frame.rs      FrameDecoder (every limit checked before anything is
 //!               reserved) and the encoders that write frames into one buffer
 //! command.rs    commands (READY, ERROR, PING, PONG, ...) and READY metadata
-//! mechanism.rs  the security mechanism seam: NULL now, CURVE next
+//! mechanism.rs  the security mechanism seam: NULL, and CURVE's handshake
+//! curve.rs      CURVE (RFC 26 as libzmq speaks it): HELLO, WELCOME,
+//!               INITIATE, READY, and the MESSAGE boxes of the traffic
+//! keys.rs       CURVE keys and their Z85 form (RFC 32)
 //! engine.rs     Engine: greeting -> handshake -> traffic, PING/PONG, timers
 //! ```
 //!
@@ -20,18 +23,34 @@
 //! Then every message and command is framed by the [`Encoder`] taken with
 //! [`Engine::take_encoder`], which may live behind the connection's send
 //! lock so any task can send.
+//!
+//! CURVE (RFC 26) is chosen with [`EngineConfig::mechanism`]: a listener
+//! gets [`MechanismConfig::CurveServer`] with its [`CurveKeyPair`], a dialer
+//! [`MechanismConfig::CurveClient`] with its own pair and the server's
+//! [`CurvePublicKey`] (keys travel as 40-character Z85 text). The driver's
+//! loop does not change: [`Event::PeerReady`] carries the peer's proven key
+//! in [`PeerInfo::curve_public_key`] for the socket layer to authorise
+//! (`refuse` sends the CURVE client a plaintext ERROR; libzmq reports a
+//! reason of "300", "400" or "500" as an authentication failure), and the
+//! encoder and decoder box and unbox every frame and command.
 
 mod command;
+mod curve;
 mod engine;
 mod frame;
 mod greeting;
+mod header;
+mod keys;
 mod mechanism;
 
 pub use command::{Command, Metadata, MetadataError, encode_ready_body};
 pub use engine::{Engine, EngineConfig, Event, Heartbeat, PeerInfo, Role};
 pub use frame::{Decoded, Encoder, FrameDecoder};
 pub use greeting::{GREETING_LEN, Greeting};
-pub use mechanism::MechanismName;
+pub use keys::{
+    CURVE_KEY_LEN, CURVE_KEY_Z85_LEN, CurveKeyError, CurveKeyPair, CurvePublicKey, CurveSecretKey,
+};
+pub use mechanism::{MechanismConfig, MechanismName};
 
 use std::fmt;
 
@@ -258,4 +277,32 @@ pub enum ZmtpError {
     /// The engine was used after it failed or was refused.
     #[error("the connection is closed")]
     Closed,
+    /// A CURVE box did not open: forged, tampered with, or sealed with
+    /// other keys (a client with the wrong server key gets this for
+    /// WELCOME). Names the box: HELLO, WELCOME, cookie, INITIATE, vouch,
+    /// READY, MESSAGE.
+    #[error("the CURVE {0} box does not open: tampered with or the wrong key")]
+    BadBox(&'static str),
+    /// A CURVE short nonce did not increase: a replayed or reordered
+    /// command.
+    #[error("the CURVE {0} nonce does not increase (replayed or reordered)")]
+    Nonce(&'static str),
+    /// The vouch in INITIATE does not name this connection's transient
+    /// key and our permanent key: a vouch lifted from another connection.
+    #[error("the CURVE vouch does not name this connection's keys")]
+    Vouch,
+    /// The peer's HELLO is of another CurveZMQ version than 1.0.
+    #[error("the CURVE HELLO is not version 1.0")]
+    CurveVersion,
+    /// The peer sent a key of small order, whose shared secret would be
+    /// zero (libsodium refuses these too).
+    #[error("the peer's CURVE key is of small order")]
+    WeakKey,
+    /// The operating system's random number generator failed (keys and
+    /// long nonces cannot be made).
+    #[error("the system random number generator failed")]
+    Rng,
+    /// A box could not be sealed (not seen in practice).
+    #[error("a CURVE box could not be sealed")]
+    Crypto,
 }
