@@ -268,6 +268,8 @@ pub struct Got {
     pub src_cb: u64,
     pub peer: Bytes,
     pub body: Bytes,
+    /// The sender's CURVE key, when its session proved one.
+    pub peer_key: Option<messenger::CurvePublicKey>,
 }
 
 /// Every message a server loop saw, in order. [`Seen::slc`] answers those
@@ -284,6 +286,7 @@ impl Seen {
             src_cb: m.src_cb,
             peer: m.peer.clone(),
             body: m.body.clone(),
+            peer_key: m.peer_key(),
         });
     }
 

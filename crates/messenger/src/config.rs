@@ -1,7 +1,11 @@
 //! Tunables. Every field states its default and why it is that.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::zmtp::{CurveKeyPair, CurvePublicKey};
 
 /// Configuration of one [`Messenger`](crate::Messenger): start from the
 /// defaults and change what your deployment needs. It is checked once,
@@ -164,6 +168,31 @@ pub struct Config {
     /// waiters fail with `Disconnected` and the connection redials).
     /// Default off.
     pub heartbeat: Option<Heartbeat>,
+    /// CURVE (RFC 26) on tcp and ipc: every frame after the handshake
+    /// encrypted and authenticated, the server proven by its public key and
+    /// clients by theirs, as libzmq's `ZMQ_CURVE_*` options. Listeners speak
+    /// it whenever this is set; connections when it names the server's key
+    /// (`server_key`). inproc stays inside the process and is unaffected.
+    /// Default off (NULL: clear text, no authentication).
+    pub curve: Option<Curve>,
+}
+
+/// CURVE settings; see [`Config::curve`]. One messenger has one key pair:
+/// its listeners prove it as the server's, its connections as the client's.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    /// Our permanent key pair (`messenger keygen` makes one).
+    pub keys: CurveKeyPair,
+    /// The public key of the server our connections dial: they speak CURVE
+    /// only when it is set, and reach only the holder of its secret half.
+    /// (One per messenger: a messenger that dials servers with different
+    /// keys uses one messenger per key.)
+    pub server_key: Option<CurvePublicKey>,
+    /// The clients our listeners let in, by permanent public key, in the
+    /// spirit of ZAP; a client not on it is refused (ERROR "400") and
+    /// counted (`curve_refused`). `None`: any client that completes the
+    /// handshake, as libzmq without ZAP.
+    pub allow: Option<Arc<HashSet<CurvePublicKey>>>,
 }
 
 /// Heartbeat settings; see [`Config::heartbeat`].
@@ -204,6 +233,7 @@ impl Default for Config {
             max_concurrent_handlers: 64,
             shutdown_grace: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            curve: None,
         }
     }
 }

@@ -64,7 +64,7 @@ mod messenger;
 pub mod typed;
 
 pub use address::{ConnectionId, Destination, ListenerId};
-pub use config::{Config, ConfigError, Heartbeat, Secret};
+pub use config::{Config, ConfigError, Curve, Heartbeat, Secret};
 pub use endpoint::Endpoint;
 pub use error::{BindError, ConnectError, EndpointError, NewError, RequestError, SendError};
 pub use messenger::Messenger;
@@ -73,6 +73,7 @@ pub use runtime::server_loop::{AsyncServerLoop, Responder, ServerLoop};
 pub use stats::StatsSnapshot;
 pub use types::{Callback, Incoming, ListenerInfo, Reply};
 pub use zmtp::Heartbeat as ZmtpHeartbeat;
+pub use zmtp::{CurveKeyError, CurveKeyPair, CurvePublicKey, CurveSecretKey};
 
 /// The parts below the API, for the benches, the fuzz targets and the
 /// tests that speak raw ZMTP or raw payloads. Not a stable interface.

@@ -125,6 +125,9 @@ counters! {
     handshake_timeouts,
     /// Peers cut off for a missing, wrong, stale or replayed proof.
     auth_failures,
+    /// CURVE clients that completed the handshake but are not on the
+    /// listener's allow-list (`Curve::allow`): refused with ERROR "400".
+    curve_refused,
     /// Times a listener was at its connection limit when a peer knocked.
     connection_limit_hits,
     /// Idle peers closed to make room for a newcomer at the connection

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::address::{Destination, ListenerId, Origin};
 use crate::endpoint::Endpoint;
 use crate::error::RequestError;
+use crate::zmtp::CurvePublicKey;
 
 /// What a message-specific callback or a request receives: the reply, or
 /// why none came.
@@ -29,6 +30,8 @@ pub struct Incoming {
     pub peer: Bytes,
     /// The socket it arrived on: for `endpoint` and `reply_destination`.
     pub(crate) origin: Arc<Origin>,
+    /// The sender's CURVE key, if its session proved one.
+    pub(crate) peer_key: Option<CurvePublicKey>,
 }
 
 impl Incoming {
@@ -36,6 +39,14 @@ impl Incoming {
     /// endpoint a connection connected to).
     pub fn endpoint(&self) -> &Endpoint {
         &self.origin.endpoint
+    }
+
+    /// The sender's permanent CURVE public key, proven by the handshake of
+    /// the session it came over (a listener with [`Config::curve`](crate::Config::curve));
+    /// `None` over NULL and inproc. What an application authorises on,
+    /// beyond the listener's allow-list.
+    pub fn peer_key(&self) -> Option<CurvePublicKey> {
+        self.peer_key
     }
 
     /// Where to send messages back to its sender.

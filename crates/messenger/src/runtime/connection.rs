@@ -60,7 +60,9 @@ pub(crate) async fn dial(
         Ok(Err(end)) => return Err(connect_error(endpoint, end)),
         Ok(Ok(_)) => {}
     }
-    let outbox = conn.outbox(cfg.send_buffer_size);
+    let outbox = conn
+        .outbox(cfg.send_buffer_size)
+        .map_err(|end| connect_error(endpoint, end))?;
     let session = Arc::new(Session::new(
         Bytes::new(),
         Bytes::new(),

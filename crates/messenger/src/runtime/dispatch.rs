@@ -41,13 +41,14 @@ use crate::types::{Incoming, Reply};
 
 /// A received message as the API hands it out: its socket's origin is
 /// shared, its body is the received buffer's.
-pub(crate) fn incoming(socket: &SocketCtx, peer: Bytes, p: Payload) -> Incoming {
+pub(crate) fn incoming(socket: &SocketCtx, session: &Session, p: Payload) -> Incoming {
     Incoming {
+        peer: session.peer.clone(),
+        peer_key: session.peer_key,
         msg_id: p.msg_id,
         src_cb: p.src_cb,
         dst_cb: p.dst_cb,
         body: p.body,
-        peer,
         origin: Arc::clone(&socket.origin),
     }
 }
@@ -663,7 +664,7 @@ impl Shared {
             }
         }?;
         let request = w.msg_id;
-        let incoming = incoming(socket, session.peer.clone(), reply);
+        let incoming = incoming(socket, session, reply);
         w.completion.complete(Ok(incoming), &self.runtime);
         Some(request)
     }
@@ -685,8 +686,7 @@ impl Shared {
         };
         match slc.try_reserve() {
             Ok(permit) => {
-                let peer = session.peer.clone();
-                permit.send(incoming(socket, peer, message));
+                permit.send(incoming(socket, session, message));
                 Ok(Delivery::Delivered)
             }
             Err(mpsc::error::TrySendError::Full(())) => Err(message),
@@ -708,8 +708,7 @@ impl Shared {
         match slc.reserve().await {
             Ok(_) if !self.is_accepting() => Delivery::Busy,
             Ok(permit) => {
-                let peer = session.peer.clone();
-                permit.send(incoming(socket, peer, message));
+                permit.send(incoming(socket, session, message));
                 Delivery::Delivered
             }
             Err(_) => Delivery::Gone,

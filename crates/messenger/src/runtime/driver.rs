@@ -243,13 +243,15 @@ impl Conn {
     }
 
     /// Builds the session's outbox once the handshake is done: the
-    /// engine's encoder moves into it, so any task can send.
-    pub(crate) fn outbox(&mut self, limit: usize) -> Outbox {
+    /// engine's encoder (which, under CURVE, boxes every frame) moves into
+    /// it, so any task can send. There is none before the handshake ends;
+    /// never a clear-text stand-in.
+    pub(crate) fn outbox(&mut self, limit: usize) -> Result<Outbox, End> {
         let encoder = self
             .engine
             .take_encoder()
-            .unwrap_or_else(crate::zmtp::Encoder::null);
-        Outbox::new(Arc::clone(&self.stream), encoder, limit)
+            .ok_or(End::Zmtp(crate::zmtp::ZmtpError::Closed))?;
+        Ok(Outbox::new(Arc::clone(&self.stream), encoder, limit))
     }
 
     /// Traffic until the peer leaves, a rule is broken, or `stop` fires:

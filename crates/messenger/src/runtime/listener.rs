@@ -25,7 +25,7 @@ use crate::runtime::dispatch::Shared;
 use crate::runtime::socket::{Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream::{Listener, Stream};
-use crate::zmtp::{EngineConfig, Role, SocketType};
+use crate::zmtp::{EngineConfig, MechanismConfig, Role, SocketType};
 
 /// What a listener's peers need beyond their socket.
 pub(crate) struct PeerSettings {
@@ -34,6 +34,10 @@ pub(crate) struct PeerSettings {
 }
 
 /// The ZMTP side of a socket of ours, from its configuration.
+/// The ERROR reason for a CURVE client not on the allow-list: ZAP's status
+/// code for an authentication failure, the one libzmq reports as such.
+const CURVE_NOT_ALLOWED: &str = "400";
+
 pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
     let cfg = &socket.config;
     EngineConfig {
@@ -54,7 +58,19 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
             cfg.connect_timeout
         },
         heartbeat: cfg.zmtp_heartbeat,
-        mechanism: crate::zmtp::MechanismConfig::Null,
+        mechanism: match (&cfg.curve, socket.is_listener()) {
+            (Some(curve), true) => MechanismConfig::CurveServer {
+                keys: curve.keys.clone(),
+            },
+            (Some(curve), false) => match curve.server_key {
+                Some(server_key) => MechanismConfig::CurveClient {
+                    keys: curve.keys.clone(),
+                    server_key,
+                },
+                None => MechanismConfig::Null,
+            },
+            (None, _) => MechanismConfig::Null,
+        },
     }
 }
 
@@ -237,7 +253,18 @@ async fn serve_peer(
     let handshake = async {
         let peer = conn
             .handshake(|peer| {
-                if socket.route_in_use(&peer.identity) {
+                let allow = cfg.curve.as_ref().and_then(|c| c.allow.as_ref());
+                if let Some(allow) = allow
+                    && !peer.curve_public_key.is_some_and(|k| allow.contains(&k))
+                {
+                    // ZAP's "400": libzmq reports it to its application as
+                    // an authentication failure.
+                    bump(&socket.stats.curve_refused);
+                    if socket.warn_allowed() {
+                        tracing::warn!(endpoint = %socket.endpoint, key = ?peer.curve_public_key, "CURVE client not on the allow-list; refused");
+                    }
+                    Err(CURVE_NOT_ALLOWED)
+                } else if socket.route_in_use(&peer.identity) {
                     Err(crate::runtime::socket::ROUTING_ID_IN_USE)
                 } else {
                     Ok(())
@@ -262,7 +289,8 @@ async fn serve_peer(
     let (peer, proof) = match started {
         Ok(s) => s,
         Err(end) => {
-            if matches!(&end, End::Zmtp(crate::zmtp::ZmtpError::Refused(_))) {
+            if matches!(&end, End::Zmtp(crate::zmtp::ZmtpError::Refused(r)) if *r == crate::runtime::socket::ROUTING_ID_IN_USE)
+            {
                 bump(&socket.stats.routing_id_conflicts);
             }
             end.report(socket);
@@ -270,7 +298,14 @@ async fn serve_peer(
             return;
         }
     };
-    let outbox = conn.outbox(cfg.send_buffer_size);
+    let outbox = match conn.outbox(cfg.send_buffer_size) {
+        Ok(outbox) => outbox,
+        Err(end) => {
+            end.report(socket);
+            conn.close(None, Duration::ZERO).await;
+            return;
+        }
+    };
     let head = socket.identity.clone();
     let unacked = socket.session_unacked();
     // Cancelled at shutdown, or alone when the session gives way.
@@ -278,6 +313,7 @@ async fn serve_peer(
     let added = socket.add_route(peer.identity, |id| {
         Session::new(id, head, Out::Wire(outbox), unacked)
             .evictable(give_way.clone(), socket.millis(Instant::now()))
+            .with_peer_key(peer.curve_public_key)
     });
     let session = match added {
         Ok(s) => s,

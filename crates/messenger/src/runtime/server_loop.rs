@@ -312,12 +312,15 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(refused, "the queue was never closed");
-        let late = crate::proto::wire::parse(&Bytes::from_static(b"0-0-0-late")).expect("payload");
-        permit.send(crate::runtime::dispatch::incoming(
-            &socket,
-            Bytes::from_static(b"peer"),
-            late,
-        ));
+        permit.send(Incoming {
+            msg_id: 0,
+            src_cb: 0,
+            dst_cb: 0,
+            body: Bytes::from_static(b"late"),
+            peer: Bytes::from_static(b"peer"),
+            peer_key: None,
+            origin: Arc::clone(&socket.origin),
+        });
         tokio::time::timeout(std::time::Duration::from_secs(5), control.tracker.wait())
             .await
             .expect("the loop ends once its queue is drained");

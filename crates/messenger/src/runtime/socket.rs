@@ -41,6 +41,7 @@ use crate::stats::{Stats, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
 use crate::transport::unacked::Unacked;
+use crate::zmtp::CurvePublicKey;
 
 /// A server loop's bounded queue: what the listener's sessions hand
 /// messages to, and the loop's task takes them from.
@@ -115,6 +116,9 @@ pub(crate) struct Session {
     /// Cancelled to make the session give way to a newcomer: set on a
     /// listener's tcp and ipc sessions, which its driver watches.
     give_way: Option<CancellationToken>,
+    /// The peer's permanent CURVE public key, proven by the handshake: what
+    /// a server loop sees as `Incoming::peer_key`. None on NULL.
+    pub(crate) peer_key: Option<CurvePublicKey>,
 }
 
 impl Session {
@@ -128,7 +132,14 @@ impl Session {
             unacked,
             last_message: AtomicU64::new(0),
             give_way: None,
+            peer_key: None,
         }
+    }
+
+    /// The peer's CURVE key, proven by the handshake (listener sessions).
+    pub(crate) fn with_peer_key(mut self, key: Option<CurvePublicKey>) -> Self {
+        self.peer_key = key;
+        self
     }
 
     /// Whether the session has ended.
