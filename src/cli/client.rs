@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use messenger::Secret;
+use messenger::{Curve, Secret};
 
 use super::MessageArgs;
 use messenger::{Config, ConnectionId, ECHO, Endpoint, Messenger, RequestError};
@@ -13,11 +13,19 @@ async fn connect(
     identity: String,
     timeout: Duration,
     secret: Option<Secret>,
+    curve: Option<Curve>,
 ) -> Result<(Messenger, ConnectionId), String> {
+    if let Some(c) = &curve {
+        if matches!(endpoint, Endpoint::Inproc(_)) {
+            tracing::warn!(%endpoint, "inproc does not speak CURVE; --curve-* flags are ignored");
+        }
+        tracing::info!(public_key = %c.keys.public(), "our CURVE public key");
+    }
     let config = Config {
         request_timeout: timeout,
         connect_timeout: timeout,
         auth: secret,
+        curve,
         ..Config::default()
     };
     let m = Messenger::with_config(identity, config).map_err(|e| e.to_string())?;
@@ -45,8 +53,9 @@ fn explain(e: RequestError, what: &str, timeout: Duration) -> String {
 /// Connects as `args` say, or fails with a one-line reason.
 async fn connect_for(args: &MessageArgs) -> Result<(Messenger, ConnectionId), String> {
     let secret = args.secret.load()?;
+    let curve = args.curve.load()?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    connect(&args.endpoint, identity, args.timeout, secret).await
+    connect(&args.endpoint, identity, args.timeout, secret, curve).await
 }
 
 /// A routing id no other run shares: the process id, and random bits for
@@ -92,9 +101,10 @@ pub async fn ping(
     interval: Duration,
     timeout: Duration,
     secret: Option<Secret>,
+    curve: Option<Curve>,
 ) -> Result<(), String> {
     let identity = format!("ping-{}", std::process::id());
-    let (m, conn) = connect(&endpoint, identity, timeout, secret).await?;
+    let (m, conn) = connect(&endpoint, identity, timeout, secret, curve).await?;
     println!("PING {endpoint}");
     let mut rtts = Vec::new();
     for seq in 0..count {

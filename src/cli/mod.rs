@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod curve;
 mod demo;
 mod serve;
 
@@ -114,6 +115,8 @@ pub struct MessageArgs {
     pub timeout: Duration,
     #[command(flatten)]
     pub secret: SecretArgs,
+    #[command(flatten)]
+    pub curve: curve::CurveClientArgs,
 }
 
 /// What a `serve` listener's server loop does with each message.
@@ -150,6 +153,8 @@ enum Command {
         #[command(flatten)]
         secret: SecretArgs,
         #[command(flatten)]
+        curve: curve::CurveServerArgs,
+        #[command(flatten)]
         limits: LimitArgs,
     },
     /// Send BODY to callback N at ENDPOINT and wait for its ACK.
@@ -171,6 +176,8 @@ enum Command {
         timeout: Duration,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        curve: curve::CurveClientArgs,
     },
     /// Measure request/reply latency (1 in flight) and throughput (N in
     /// flight) over tcp, ipc and inproc, in this process or against
@@ -178,6 +185,15 @@ enum Command {
     Bench(bench::Args),
     /// Run the showcase in one process and exit: see README.md.
     Demo,
+    /// Make a CURVE key pair: print it as a secret certificate (CZMQ's
+    /// format), or write it to FILE (mode 0600) and FILE.pub (its public
+    /// certificate) and print the public key.
+    Keygen {
+        /// Write the secret certificate here and the public one to
+        /// FILE.pub; existing files are never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs one command.
@@ -190,10 +206,12 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             quiet,
             stats_interval,
             secret,
+            curve,
             limits,
         } => {
             let config = limits.apply(messenger::Config {
                 auth: secret.load()?,
+                curve: curve.load()?,
                 ..messenger::Config::default()
             });
             serve::run(binds, identity, slc, quiet, stats_interval, config).await
@@ -206,8 +224,13 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             interval,
             timeout,
             secret,
-        } => client::ping(endpoint, count, interval, timeout, secret.load()?).await,
+            curve,
+        } => {
+            let (secret, curve) = (secret.load()?, curve.load()?);
+            client::ping(endpoint, count, interval, timeout, secret, curve).await
+        }
         Command::Bench(args) => bench::run(args).await,
         Command::Demo => demo::run().await,
+        Command::Keygen { out } => curve::keygen(out),
     }
 }

@@ -22,6 +22,20 @@ pub async fn run(
     stats_interval: Option<Duration>,
     config: messenger::Config,
 ) -> Result<(), String> {
+    if let Some(curve) = &config.curve {
+        // The public half only: clients need it.
+        tracing::info!(
+            public_key = %curve.keys.public(),
+            allow_list = curve.allow.as_ref().map_or(0, |a| a.len()),
+            "CURVE on tcp and ipc; clients need this public key"
+        );
+        if curve.allow.is_none() {
+            tracing::info!("no --curve-allow: any client with a key pair is admitted");
+        }
+        for bind in binds.iter().filter(|b| matches!(b, Endpoint::Inproc(_))) {
+            tracing::warn!(endpoint = %bind, "inproc does not speak CURVE");
+        }
+    }
     let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
     for bind in &binds {
         let slc = move |msg: Incoming, r: Responder| {
