@@ -20,16 +20,10 @@ fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> zmq::Socket {
 }
 
 /// Binds a ROUTER on tcp and ipc (in `dir`), serving on a thread of its
-/// own, as a CURVE server with `curve`; returns the endpoints.
-pub fn bind(dir: &std::path::Path, curve: Option<messenger::CurveKeyPair>) -> Vec<String> {
+/// own; returns the endpoints.
+pub fn bind(dir: &std::path::Path) -> Vec<String> {
     let ctx = zmq::Context::new();
     let router = socket(&ctx, zmq::ROUTER);
-    if let Some(keys) = curve {
-        router.set_curve_server(true).expect("curve server");
-        router
-            .set_curve_secretkey(keys.secret().expose_bytes())
-            .expect("curve secret key");
-    }
     router.bind("tcp://127.0.0.1:*").expect("bind tcp");
     let tcp = router
         .get_last_endpoint()
@@ -68,7 +62,6 @@ fn serve(_ctx: zmq::Context, router: zmq::Socket) {
 /// The closed loop of raw.rs on a libzmq DEALER, on a thread of its own.
 pub async fn closed_loop(
     endpoint: &str,
-    curve: Option<crate::curve::ClientKeys>,
     size: usize,
     in_flight: usize,
     window: Window,
@@ -77,16 +70,6 @@ pub async fn closed_loop(
     let ctx = zmq::Context::new();
     let dealer = socket(&ctx, zmq::DEALER);
     dealer.set_rcvtimeo(100).map_err(|e| e.to_string())?;
-    if let Some(c) = curve {
-        let e = |e: zmq::Error| e.to_string();
-        dealer.set_curve_serverkey(c.server.as_bytes()).map_err(e)?;
-        dealer
-            .set_curve_publickey(c.keys.public().as_bytes())
-            .map_err(e)?;
-        dealer
-            .set_curve_secretkey(c.keys.secret().expose_bytes())
-            .map_err(e)?;
-    }
     dealer.connect(endpoint).map_err(|e| e.to_string())?;
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let done = Arc::new(AtomicU64::new(0));

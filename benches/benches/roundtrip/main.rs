@@ -20,7 +20,6 @@ use messenger_scenarios::bench as cli_bench;
 
 mod alloc;
 mod cpu;
-mod curve;
 #[cfg(feature = "compare")]
 mod libzmq;
 mod raw;
@@ -74,12 +73,6 @@ enum Impl {
     LibzmqToMessenger,
     /// messenger client -> minimal libzmq server (--features compare).
     MessengerToLibzmq,
-    /// Minimal client and server on libzmq, both speaking CURVE
-    /// (--features compare; not in the default set).
-    LibzmqCurve,
-    /// Minimal libzmq CURVE client -> `messenger serve --curve-cert`
-    /// (--features compare; not in the default set).
-    LibzmqToMessengerCurve,
 }
 
 impl Impl {
@@ -94,8 +87,6 @@ impl Impl {
             Impl::Libzmq => "libzmq",
             Impl::LibzmqToMessenger => "libzmq->messenger",
             Impl::MessengerToLibzmq => "messenger->libzmq",
-            Impl::LibzmqCurve => "libzmq-curve",
-            Impl::LibzmqToMessengerCurve => "libzmq->messenger-curve",
         }
     }
 
@@ -107,8 +98,6 @@ impl Impl {
             Impl::Zeromq | Impl::MessengerToZeromq => ServerKind::Raw,
             Impl::Tarpc => ServerKind::Tarpc,
             Impl::ZeromqToLibzmq | Impl::Libzmq | Impl::MessengerToLibzmq => ServerKind::Libzmq,
-            Impl::LibzmqCurve => ServerKind::LibzmqCurve,
-            Impl::LibzmqToMessengerCurve => ServerKind::MessengerCurve,
         }
     }
 }
@@ -207,9 +196,7 @@ fn child_main(kind: &str) {
             }
             "tarpc" => rpc::bind(dir.path()).await,
             #[cfg(feature = "compare")]
-            "libzmq" => libzmq::bind(dir.path(), None),
-            #[cfg(feature = "compare")]
-            "libzmq-curve" => libzmq::bind(dir.path(), Some(curve::server_keys())),
+            "libzmq" => libzmq::bind(dir.path()),
             other => panic!("unknown server kind {other:?}"),
         }
     });
@@ -222,13 +209,11 @@ fn child_main(kind: &str) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum ServerKind {
     Messenger,
-    MessengerCurve,
     Raw,
     RawAckOnly,
     RawSilent,
     Tarpc,
     Libzmq,
-    LibzmqCurve,
 }
 
 struct Server {
@@ -238,8 +223,6 @@ struct Server {
     /// tcp endpoint, then ipc endpoint.
     endpoints: Vec<String>,
     _dir: Option<tempfile::TempDir>,
-    /// A CURVE server's certificate file, kept until the server ends.
-    cert: Option<tempfile::NamedTempFile>,
 }
 
 impl Drop for Server {
@@ -273,16 +256,8 @@ impl Drop for Server {
 
 impl Server {
     fn start(kind: ServerKind) -> Server {
-        match kind {
-            ServerKind::Messenger => return Self::messenger(&[]),
-            ServerKind::MessengerCurve => {
-                let cert = curve::server_cert();
-                let path = cert.path().display().to_string();
-                let mut server = Self::messenger(&["--curve-cert", &path]);
-                server.cert = Some(cert);
-                return server;
-            }
-            _ => {}
+        if kind == ServerKind::Messenger {
+            return Self::messenger();
         }
         let name = match kind {
             ServerKind::Raw => "raw",
@@ -290,8 +265,7 @@ impl Server {
             ServerKind::RawSilent => "raw-silent",
             ServerKind::Tarpc => "tarpc",
             ServerKind::Libzmq => "libzmq",
-            ServerKind::LibzmqCurve => "libzmq-curve",
-            ServerKind::Messenger | ServerKind::MessengerCurve => unreachable!(),
+            ServerKind::Messenger => unreachable!(),
         };
         let exe = std::env::current_exe().expect("own path");
         let mut child = Command::new(exe)
@@ -315,13 +289,11 @@ impl Server {
             ends_on_eof: true,
             endpoints,
             _dir: None,
-            cert: None,
         }
     }
 
-    /// The real thing: `messenger serve --slc echo` on tcp and ipc, with
-    /// `extra` flags.
-    fn messenger(extra: &[&str]) -> Server {
+    /// The real thing: `messenger serve --slc echo` on tcp and ipc.
+    fn messenger() -> Server {
         let dir = tempfile::Builder::new()
             .prefix("rt-messenger-")
             .tempdir()
@@ -340,7 +312,6 @@ impl Server {
                 "--max-connections-per-address",
                 "1024",
             ])
-            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -364,7 +335,6 @@ impl Server {
             ends_on_eof: false,
             endpoints,
             _dir: Some(dir),
-            cert: None,
         }
     }
 
@@ -424,9 +394,6 @@ struct Cell {
     rps_vs_libzmq: BTreeMap<&'static str, f64>,
     /// The same for p50 latency.
     p50_vs_libzmq: BTreeMap<&'static str, f64>,
-    /// Median over rounds of round trips/s divided by libzmq-curve's (both
-    /// ends on libzmq, speaking CURVE) in the same round.
-    rps_vs_libzmq_curve: BTreeMap<&'static str, f64>,
 }
 
 fn per_round_ratio(
@@ -491,7 +458,6 @@ fn summarize(
         p50_vs_zeromq: per_round_ratio(&samples, "zeromq-crate", |s| s.p50_us),
         rps_vs_libzmq: per_round_ratio(&samples, "libzmq", |s| s.round_trips_per_s),
         p50_vs_libzmq: per_round_ratio(&samples, "libzmq", |s| s.p50_us),
-        rps_vs_libzmq_curve: per_round_ratio(&samples, "libzmq-curve", |s| s.round_trips_per_s),
         samples,
         median_rps,
         median_p50_us,
@@ -550,21 +516,6 @@ fn print_cell(c: &Cell, rounds: usize) {
             us(&c.median_server_cpu_us),
             v.iter().map(|s| s.errors).sum::<u64>()
         );
-    }
-    for (name, ratio) in c.rps_vs_libzmq_curve.iter().filter(|(_, r)| r.is_finite()) {
-        println!("  {name:<26} rt/s vs libzmq-curve: {ratio:.2}x");
-    }
-    if let Some(r) = per_round_ratio(&c.samples, "libzmq->messenger", |s| s.round_trips_per_s)
-        .get("libzmq->messenger-curve")
-        .filter(|r| r.is_finite())
-    {
-        println!("  messenger serve: CURVE / plaintext rt/s under a libzmq client: {r:.2}x");
-    }
-    if let Some(r) = per_round_ratio(&c.samples, "libzmq", |s| s.round_trips_per_s)
-        .get("libzmq-curve")
-        .filter(|r| r.is_finite())
-    {
-        println!("  libzmq server:   CURVE / plaintext rt/s under a libzmq client: {r:.2}x");
     }
     println!(
         "  per round trip:          client user µs  sys µs  switches | server user µs  sys µs  switches"
@@ -654,18 +605,10 @@ async fn measure(
         }
         #[cfg(feature = "compare")]
         Impl::Libzmq | Impl::LibzmqToMessenger => {
-            libzmq::closed_loop(&ep, None, size, in_flight, w, quiet).await
-        }
-        #[cfg(feature = "compare")]
-        Impl::LibzmqCurve | Impl::LibzmqToMessengerCurve => {
-            let keys = Some(curve::client_keys());
-            libzmq::closed_loop(&ep, keys, size, in_flight, w, quiet).await
+            libzmq::closed_loop(&ep, size, in_flight, w, quiet).await
         }
         #[cfg(not(feature = "compare"))]
-        Impl::Libzmq
-        | Impl::LibzmqToMessenger
-        | Impl::LibzmqCurve
-        | Impl::LibzmqToMessengerCurve => Err("build with --features compare".into()),
+        Impl::Libzmq | Impl::LibzmqToMessenger => Err("build with --features compare".into()),
     }
 }
 
