@@ -68,7 +68,8 @@ impl CurveServerArgs {
 pub struct CurveClientArgs {
     /// Speak CURVE to a server with this public key (Z85, 40 characters,
     /// as `messenger keygen` prints it), and reach only that server.
-    #[arg(long, value_name = "Z85", value_parser = parse_public_key)]
+    // '-' is a Z85 character: a key may begin with one.
+    #[arg(long, value_name = "Z85", value_parser = parse_public_key, allow_hyphen_values = true)]
     curve_server_key: Option<CurvePublicKey>,
     /// Our key pair, from this secret certificate (for a server that
     /// admits only the keys it knows). Default: a new one for this run.
@@ -570,6 +571,28 @@ mod tests {
         assert_no_key(&e);
         let e = parse_allow_list("# nobody\n\n", "a").unwrap_err();
         assert!(e.starts_with("a: no public keys"), "{e}");
+    }
+
+    #[test]
+    fn a_server_key_may_begin_with_a_hyphen() {
+        use clap::Parser;
+        let key = format!("-{}", "0".repeat(39));
+        for verb in ["request", "send"] {
+            let args = ["messenger", verb, "tcp://127.0.0.1:1", "b"];
+            let cli = crate::cli::Cli::try_parse_from(
+                args.iter().copied().chain(["--curve-server-key", &key]),
+            )
+            .unwrap_or_else(|e| panic!("{verb}: {e}"));
+            assert!(format!("{cli:?}").contains(&key), "{verb}: {cli:?}");
+        }
+        let args = [
+            "messenger",
+            "ping",
+            "tcp://127.0.0.1:1",
+            "--curve-server-key",
+            &key,
+        ];
+        crate::cli::Cli::try_parse_from(args).unwrap();
     }
 
     #[test]
