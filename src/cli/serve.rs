@@ -36,6 +36,9 @@ pub async fn run(
             tracing::warn!(endpoint = %bind, "inproc does not speak CURVE");
         }
     }
+    // Caught before the first "listening" line: a supervisor may stop us
+    // as soon as it reads one, and must get a clean shutdown.
+    let signals = Signals::catch()?;
     let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
     for bind in &binds {
         let slc = move |msg: Incoming, r: Responder| {
@@ -81,7 +84,7 @@ pub async fn run(
             }
         })
     };
-    wait_for_signal().await?;
+    signals.wait().await;
     stats.abort();
     m.shutdown().await;
     eprintln!(
@@ -91,13 +94,26 @@ pub async fn run(
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM and SIGINT, caught from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
+            int: signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
+        })
     }
-    Ok(())
+
+    /// Waits for either.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }
