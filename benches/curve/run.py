@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""CURVE throughput: `messenger serve --curve-cert` against a minimal libzmq
+CURVE server, under the same libzmq CURVE client, and what CURVE costs over
+plaintext for each server. Alternating rounds; every ratio is taken inside
+one round, then the median over rounds is reported.
+
+    python3 benches/curve/run.py                    # 64 B and 1 KiB, 1000 in flight, 3 rounds
+    python3 benches/curve/run.py --sizes 64 --rounds 5 --seconds 3
+
+Needs python3, a C compiler and the Rust toolchain. The client and the
+reference server are benches/curve/zmq_curve.c, linked against the libzmq
+that pyzmq ships (4.3 with libsodium: CURVE on); pyzmq is installed in
+target/pyenv if it is not there. The messenger side is the release build of
+the `messenger` command, built here.
+"""
+
+import argparse
+import glob
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = os.path.join(ROOT, "target")
+VENV = os.path.join(TARGET, "pyenv")
+
+
+def sh(*cmd, **kw):
+    subprocess.run(cmd, check=True, **kw)
+
+
+def pyzmq_libzmq():
+    """The venv's python and the libzmq shared object pyzmq ships."""
+    python = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(python):
+        sh(sys.executable, "-m", "venv", VENV)
+    if subprocess.run([python, "-c", "import zmq"], capture_output=True).returncode != 0:
+        sh(python, "-m", "pip", "install", "--quiet", "pyzmq")
+    libs = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages", "pyzmq.libs", "libzmq*.so*"))
+    if not libs:
+        sys.exit("pyzmq ships no libzmq shared object here (built from source?)")
+    return python, libs[0]
+
+
+def build(python, libzmq):
+    exe = os.path.join(TARGET, "zmq_curve")
+    src = os.path.join(ROOT, "benches", "curve", "zmq_curve.c")
+    sh("cc", "-O2", "-o", exe, src, libzmq, "-Wl,-rpath," + os.path.dirname(libzmq))
+    sh("cargo", "build", "--release", "--quiet", "-p", "messenger-cli", "--bin", "messenger", cwd=ROOT)
+    return exe, os.path.join(TARGET, "release", "messenger")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keys(messenger, workdir):
+    """A server certificate from `messenger keygen`, and its public key."""
+    cert = os.path.join(workdir, "server.cert")
+    public = subprocess.run([messenger, "keygen", "--out", cert], check=True,
+                            capture_output=True, text=True).stdout.strip().split()[-1]
+    secret = None
+    with open(cert) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("secret-key"):
+                secret = line.split("=", 1)[1].strip().strip('"')
+    assert secret and len(public) == 40, "keygen wrote no usable certificate"
+    return cert, public, secret
+
+
+class Server:
+    def __init__(self, argv, wait_for):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if wait_for(line):
+                return
+        self.stop()
+        raise SystemExit(f"server did not start: {argv}")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def listening(line):
+    try:
+        return "listening" in json.loads(line)
+    except ValueError:
+        return False
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="64,1024")
+    ap.add_argument("--in-flight", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    args = ap.parse_args()
+    python, libzmq = pyzmq_libzmq()
+    zmq_curve, messenger = build(python, libzmq)
+    with tempfile.TemporaryDirectory(prefix="curve-bench-") as work:
+        cert, public, secret = keys(messenger, work)
+        ports = {name: free_port() for name in ("libzmq-curve", "libzmq-plain", "messenger-curve", "messenger-plain")}
+        servers = {
+            "libzmq-curve": Server([zmq_curve, "server", f"tcp://127.0.0.1:{ports['libzmq-curve']}", secret], lambda l: l.startswith("READY")),
+            "libzmq-plain": Server([zmq_curve, "server", f"tcp://127.0.0.1:{ports['libzmq-plain']}", "-"], lambda l: l.startswith("READY")),
+            "messenger-curve": Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-curve']}", "--curve-cert", cert], listening),
+            "messenger-plain": Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-plain']}"], listening),
+        }
+        try:
+            print(f"libzmq client ({os.path.basename(libzmq)}), {args.in_flight} in flight, tcp, "
+                  f"{args.rounds} alternating rounds of {args.seconds} s; rt/s per cell")
+            for size in [int(s) for s in args.sizes.split(",")]:
+                rps = {name: [] for name in servers}
+                for r in range(args.rounds):
+                    order = list(servers)
+                    order = order[r % len(order):] + order[:r % len(order)]
+                    for name in order:
+                        key = public if name.endswith("curve") else "-"
+                        out = subprocess.run(
+                            [zmq_curve, "client", f"tcp://127.0.0.1:{ports[name]}", key, str(size),
+                             str(args.in_flight), str(args.warmup), str(args.seconds)],
+                            check=True, capture_output=True, text=True, timeout=60).stdout
+                        rps[name].append(float(out.strip()))
+                ratio = lambda a, b: statistics.median(x / y for x, y in zip(rps[a], rps[b]))
+                print(f"\n== {size} B")
+                for name, v in rps.items():
+                    print(f"  {name:<16} {statistics.median(v):>10.0f} rt/s   rounds: {', '.join(f'{x:.0f}' for x in v)}")
+                print(f"  messenger serve / libzmq, both CURVE:      {ratio('messenger-curve', 'libzmq-curve'):.2f}x")
+                print(f"  messenger serve / libzmq, both plaintext:  {ratio('messenger-plain', 'libzmq-plain'):.2f}x")
+                print(f"  CURVE / plaintext, messenger serve:        {ratio('messenger-curve', 'messenger-plain'):.2f}x")
+                print(f"  CURVE / plaintext, libzmq server:          {ratio('libzmq-curve', 'libzmq-plain'):.2f}x")
+        finally:
+            for s in servers.values():
+                s.stop()
+
+
+if __name__ == "__main__":
+    main()
