@@ -103,17 +103,9 @@ fn parse_public_key(s: &str) -> Result<CurvePublicKey, String> {
 // ---------------------------------------------------------------------------
 // Text that held a secret
 
-/// A string that held a secret key: overwritten when dropped. (No zeroize
-/// crate here; `black_box` keeps the compiler from skipping the writes.)
-struct Wiped(String);
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.0).into_bytes();
-        bytes.fill(0);
-        std::hint::black_box(&bytes);
-    }
-}
+/// A string that held a secret key: zeroed when dropped (by `zeroize`,
+/// whose writes the compiler may not skip).
+struct Wiped(zeroize::Zeroizing<String>);
 
 /// Reads `path` (at most [`MAX_FILE_LEN`] bytes) into a string wiped when
 /// dropped, allocated once so no copy of it is left behind by a regrowth.
@@ -132,7 +124,9 @@ fn read_wiped(path: &Path) -> Result<Wiped, String> {
             meta.len()
         ));
     }
-    let mut text = Wiped(String::with_capacity(meta.len() as usize + 1));
+    let mut text = Wiped(zeroize::Zeroizing::new(String::with_capacity(
+        meta.len() as usize + 1,
+    )));
     file.take(MAX_FILE_LEN)
         .read_to_string(&mut text.0)
         .map_err(|e| format!("cannot read {name}: {e}"))?;
@@ -160,11 +154,11 @@ const PUBLIC_BANNER: &str = "\
 
 /// `keys` as a secret certificate.
 fn secret_cert(keys: &CurveKeyPair) -> Wiped {
-    Wiped(format!(
+    Wiped(zeroize::Zeroizing::new(format!(
         "{SECRET_BANNER}\nmetadata\ncurve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n",
         keys.public(),
         keys.secret().to_z85().as_str()
-    ))
+    )))
 }
 
 /// `key` as a public certificate.
