@@ -60,6 +60,7 @@ impl fmt::Debug for Incoming {
         f.debug_struct("Incoming")
             .field("endpoint", &self.origin.endpoint)
             .field("peer", &self.peer)
+            .field("peer_key", &self.peer_key)
             .field("msg_id", &self.msg_id)
             .field("src_cb", &self.src_cb)
             .field("dst_cb", &self.dst_cb)
