@@ -182,7 +182,7 @@ pub(crate) async fn drive(
         if stopping || socket.is_closed() {
             return;
         }
-        tracing::warn!(endpoint = %socket.endpoint, "connection lost; reconnecting");
+        tracing::warn!(endpoint = %socket.origin.endpoint, "connection lost; reconnecting");
         let mut delay = backoff.initial;
         (link, session) = loop {
             tokio::select! {
@@ -199,13 +199,13 @@ pub(crate) async fn drive(
             match dialled {
                 Ok(l) => break l,
                 Err(e) => {
-                    tracing::debug!(endpoint = %socket.endpoint, error = %e, ?delay, "reconnect failed");
+                    tracing::debug!(endpoint = %socket.origin.endpoint, error = %e, ?delay, "reconnect failed");
                     delay = (delay * 2).min(backoff.max);
                 }
             }
         };
         socket.link_up(&session);
         bump(&socket.stats.reconnects);
-        tracing::info!(endpoint = %socket.endpoint, "reconnected");
+        tracing::info!(endpoint = %socket.origin.endpoint, "reconnected");
     }
 }

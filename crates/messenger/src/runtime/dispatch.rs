@@ -233,7 +233,7 @@ impl Shared {
                     id_out = msg_id();
                     Waiter {
                         completion,
-                        socket: socket.kind.tag(),
+                        socket: socket.origin.kind.tag(),
                         peer: (!peer.is_empty()).then(|| Box::new(peer.clone())),
                         msg_id: id_out,
                     }
@@ -480,7 +480,7 @@ impl Shared {
     /// disconnect.
     pub(crate) fn end_session(&self, socket: &SocketCtx, session: &Arc<Session>) {
         socket.detach(session);
-        match socket.kind {
+        match socket.origin.kind {
             SocketKind::Listener(_) => self.fail_peer(socket, &session.peer),
             SocketKind::Connection(_) => self.fail_socket(socket, RequestError::Disconnected),
         }
@@ -492,7 +492,7 @@ impl Shared {
     /// nobody waits on stay in its unacknowledged set, to be resent if the
     /// link comes back (until their deadline).
     pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
-        let tag = socket.kind.tag();
+        let tag = socket.origin.kind.tag();
         let failed = self.take_matching(|w| w.socket == tag);
         for unacked in socket.all_unacked() {
             // A failed request is not resent; other messages nobody waits
@@ -510,7 +510,7 @@ impl Shared {
     /// Fails the requests sent to one peer of a listener that went away
     /// (its session's unacknowledged set is closed with it).
     pub(crate) fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
-        let tag = socket.kind.tag();
+        let tag = socket.origin.kind.tag();
         let failed = self.take_matching(|w| w.socket == tag && w.sent_to(peer));
         for w in failed {
             w.completion
@@ -650,7 +650,7 @@ impl Shared {
         // Only the peer the request went to, on the socket it went out on,
         // can answer it: callback ids are messenger-wide, and another peer
         // must not complete (or probe) someone else's request.
-        let (tag, peer) = (socket.kind.tag(), &session.peer);
+        let (tag, peer) = (socket.origin.kind.tag(), &session.peer);
         let w = {
             let mut p = self.pending_of(reply.dst_cb)?;
             let ours = p
@@ -920,7 +920,7 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
             // the caller cannot learn it any other way, so count and say it.
             socket.stats.unacked_expired.add(unwaited);
             if socket.warn_allowed() {
-                tracing::warn!(endpoint = %socket.endpoint, count = unwaited, "messages expired without an ACK");
+                tracing::warn!(endpoint = %socket.origin.endpoint, count = unwaited, "messages expired without an ACK");
             }
         }
     }
@@ -963,7 +963,7 @@ pub(crate) async fn heartbeat_loop(
             bump(&stats.heartbeats_missed);
             missed += 1;
             if missed >= hb.misses {
-                tracing::warn!(endpoint = %socket.endpoint, missed, "peer missed its heartbeats: declaring it dead");
+                tracing::warn!(endpoint = %socket.origin.endpoint, missed, "peer missed its heartbeats: declaring it dead");
                 socket.link_dead.notify_one();
                 missed = 0;
             }

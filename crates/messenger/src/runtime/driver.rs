@@ -78,7 +78,7 @@ impl End {
             End::PeerClosed | End::Stopped | End::Evicted => return,
             End::Dead => "peer declared dead",
             End::Io(e) => {
-                tracing::debug!(endpoint = %socket.endpoint, error = %e, "connection ends");
+                tracing::debug!(endpoint = %socket.origin.endpoint, error = %e, "connection ends");
                 return;
             }
             End::HandshakeTimeout => {
@@ -103,12 +103,12 @@ impl End {
         if socket.warn_allowed() {
             match self {
                 End::Zmtp(e) => {
-                    tracing::warn!(endpoint = %socket.endpoint, error = %e, "dropping peer: {what}")
+                    tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "dropping peer: {what}")
                 }
                 End::Auth(e) => {
-                    tracing::warn!(endpoint = %socket.endpoint, error = %e, "dropping peer: {what}")
+                    tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "dropping peer: {what}")
                 }
-                _ => tracing::warn!(endpoint = %socket.endpoint, "dropping peer: {what}"),
+                _ => tracing::warn!(endpoint = %socket.origin.endpoint, "dropping peer: {what}"),
             }
         }
     }

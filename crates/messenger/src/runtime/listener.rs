@@ -105,7 +105,7 @@ pub(crate) async fn accept_loop(
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
                 if socket.warn_allowed() {
-                    tracing::warn!(endpoint = %socket.endpoint, error = %e, ?backoff, "accept failed");
+                    tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, ?backoff, "accept failed");
                 }
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -121,7 +121,7 @@ pub(crate) async fn accept_loop(
             Some(None) => {
                 bump(&socket.stats.address_limit_hits);
                 if socket.warn_allowed() {
-                    tracing::warn!(endpoint = %socket.endpoint, from = ?from, "per-address connection limit reached; closing the newcomer");
+                    tracing::warn!(endpoint = %socket.origin.endpoint, from = ?from, "per-address connection limit reached; closing the newcomer");
                 }
                 continue;
             }
@@ -131,7 +131,7 @@ pub(crate) async fn accept_loop(
             Err(_) => {
                 bump(&socket.stats.connection_limit_hits);
                 if socket.warn_allowed() {
-                    tracing::warn!(endpoint = %socket.endpoint, "connection limit reached; the newcomer waits for a place");
+                    tracing::warn!(endpoint = %socket.origin.endpoint, "connection limit reached; the newcomer waits for a place");
                 }
                 match make_room(&limit, &socket, &stop).await {
                     Some(p) => p,
@@ -261,7 +261,7 @@ async fn serve_peer(
                     // an authentication failure.
                     bump(&socket.stats.curve_refused);
                     if socket.warn_allowed() {
-                        tracing::warn!(endpoint = %socket.endpoint, key = ?peer.curve_public_key, "CURVE client not on the allow-list; refused");
+                        tracing::warn!(endpoint = %socket.origin.endpoint, key = ?peer.curve_public_key, "CURVE client not on the allow-list; refused");
                     }
                     Err(CURVE_NOT_ALLOWED)
                 } else if socket.route_in_use(&peer.identity) {

@@ -146,7 +146,7 @@ impl Responder {
     /// Where to send further messages to this peer with
     /// [`Messenger::send_message`](crate::Messenger::send_message).
     pub fn destination(&self) -> Destination {
-        Destination::of(self.socket.kind, &self.peer)
+        Destination::of(self.socket.origin.kind, &self.peer)
     }
 }
 
@@ -224,7 +224,7 @@ async fn serve(
         match &handler {
             Handler::Sequential(slc) => {
                 if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
-                    tracing::error!(endpoint = %socket.endpoint, "server-loop callback panicked; continuing");
+                    tracing::error!(endpoint = %socket.origin.endpoint, "server-loop callback panicked; continuing");
                 }
             }
             Handler::Concurrent(slc, limit) => {

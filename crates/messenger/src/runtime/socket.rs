@@ -267,11 +267,9 @@ const MAX_ROUTES: usize = 1 << 20;
 
 /// What every part of the messenger needs to know about one socket.
 pub(crate) struct SocketCtx {
-    /// Listener or connection, and its id.
-    pub(crate) kind: SocketKind,
-    /// The endpoint as bound (port 0 resolved) or connected.
-    pub(crate) endpoint: Endpoint,
-    /// The kind and endpoint again, shared by every message received here.
+    /// Listener or connection (and its id), and the endpoint as bound
+    /// (port 0 resolved) or connected; shared with every message received
+    /// here.
     pub(crate) origin: Arc<Origin>,
     /// Our routing id: sent in READY, and as the first frame of everything
     /// a listener sends.
@@ -323,12 +321,7 @@ impl SocketCtx {
         let unacked =
             matches!(kind, SocketKind::Connection(_)).then(|| Arc::new(Unacked::new(&config)));
         SocketCtx {
-            kind,
-            origin: Arc::new(Origin {
-                endpoint: endpoint.clone(),
-                kind,
-            }),
-            endpoint,
+            origin: Arc::new(Origin { endpoint, kind }),
             identity,
             slc,
             stats,
@@ -353,7 +346,7 @@ impl SocketCtx {
     }
 
     pub(crate) fn is_listener(&self) -> bool {
-        matches!(self.kind, SocketKind::Listener(_))
+        matches!(self.origin.kind, SocketKind::Listener(_))
     }
 
     /// Whether a warning about a peer may be logged now: at most a burst
@@ -363,7 +356,7 @@ impl SocketCtx {
     pub(crate) fn warn_allowed(&self) -> bool {
         let (allowed, held_back) = lock(&self.warn).allow();
         if held_back > 0 {
-            tracing::warn!(endpoint = %self.endpoint, count = held_back, "warnings about peers held back in the last second");
+            tracing::warn!(endpoint = %self.origin.endpoint, count = held_back, "warnings about peers held back in the last second");
         }
         if !allowed {
             bump(&self.stats.warnings_suppressed);
@@ -378,7 +371,7 @@ impl SocketCtx {
         if self.is_closed() {
             return Err(SendError::Disconnected);
         }
-        match self.kind {
+        match self.origin.kind {
             SocketKind::Listener(_) => lock(&self.routes)
                 .get(peer)
                 .map(|s| Route::Session(Arc::clone(s)))
@@ -401,7 +394,7 @@ impl SocketCtx {
 
     /// The next msg_id towards `session`'s peer.
     pub(crate) fn next_msg_id_for(&self, session: &Session) -> u64 {
-        match self.kind {
+        match self.origin.kind {
             SocketKind::Listener(_) => session.next_id.fetch_add(1, Ordering::Relaxed),
             SocketKind::Connection(_) => self.next_id.fetch_add(1, Ordering::Relaxed),
         }
@@ -553,7 +546,7 @@ impl SocketCtx {
             return false;
         };
         bump(&self.stats.idle_evictions);
-        tracing::debug!(endpoint = %self.endpoint, peer = ?session.peer, idle_ms = idle, "an idle peer gives way to a newcomer");
+        tracing::debug!(endpoint = %self.origin.endpoint, peer = ?session.peer, idle_ms = idle, "an idle peer gives way to a newcomer");
         if let Some(token) = &session.give_way {
             token.cancel();
         }
@@ -573,7 +566,7 @@ impl SocketCtx {
     pub(crate) fn detach(&self, session: &Arc<Session>) {
         // Off the routing table or link first, then closed: a sender that
         // finds it closed routes again and never finds it again.
-        match self.kind {
+        match self.origin.kind {
             SocketKind::Listener(_) => {
                 {
                     let mut routes = lock(&self.routes);
@@ -634,7 +627,7 @@ impl SocketCtx {
 
     /// Whether a connection's link is up now.
     pub(crate) fn is_up(&self) -> bool {
-        match self.kind {
+        match self.origin.kind {
             SocketKind::Listener(_) => !self.is_closed(),
             SocketKind::Connection(_) => {
                 !self.is_closed() && matches!(&*lock(&self.link), Link::Up(_))
@@ -671,7 +664,7 @@ impl SocketCtx {
     /// Checks one received message's frames (as they came off the wire)
     /// and parses its payload.
     pub(crate) fn parse_frames(&self, frames: &mut [Bytes]) -> Result<Payload, FrameError> {
-        let payload = match self.kind {
+        let payload = match self.origin.kind {
             SocketKind::Listener(_) => match wire::from_dealer(frames) {
                 Ok(payload) => payload,
                 Err(e) => return wire::noisepage_ack(frames).ok_or(e),
@@ -697,7 +690,7 @@ impl SocketCtx {
     pub(crate) fn malformed(&self, error: &FrameError) {
         bump(&self.stats.malformed_dropped);
         if self.warn_allowed() {
-            tracing::warn!(endpoint = %self.endpoint, %error, "dropping malformed message");
+            tracing::warn!(endpoint = %self.origin.endpoint, %error, "dropping malformed message");
         }
     }
 }
