@@ -116,12 +116,7 @@ impl Deadlines {
     }
 }
 
-/// `now + timeout`; a timeout too large to add is as good as none (about
-/// a century), never a panic: `Duration::MAX` means "no deadline".
-pub fn deadline_after(now: Instant, timeout: std::time::Duration) -> Instant {
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 86_400))
-}
+pub use crate::zmtp::deadline_after;
 
 #[cfg(test)]
 mod tests {

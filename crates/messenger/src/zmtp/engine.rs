@@ -42,13 +42,19 @@ pub enum Role {
     Server,
 }
 
-/// `now + d`, where a duration too large to add means "never" (about a
-/// century) rather than a panic, and a zero interval is at least 1 ms (a
-/// timer due again at once would have its driver spin).
-fn after(now: Instant, d: Duration) -> Instant {
-    let d = d.max(Duration::from_millis(1));
-    now.checked_add(d)
+/// `now + timeout`; a timeout too large to add is as good as none (about
+/// a century), never a panic: `Duration::MAX` means "no deadline". Here,
+/// at the bottom of the crate, so the engine's timers and the messenger's
+/// request deadlines share it.
+pub fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// [`deadline_after`], where a zero interval is at least 1 ms (a timer due
+/// again at once would have its driver spin).
+fn after(now: Instant, d: Duration) -> Instant {
+    deadline_after(now, d.max(Duration::from_millis(1)))
 }
 
 /// ZMTP 3.1 heartbeats, as libzmq's `ZMQ_HEARTBEAT_*` options.

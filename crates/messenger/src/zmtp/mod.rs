@@ -44,7 +44,7 @@ mod keys;
 mod mechanism;
 
 pub use command::{Command, Metadata, MetadataError, encode_ready_body};
-pub use engine::{Engine, EngineConfig, Event, Heartbeat, PeerInfo, Role};
+pub use engine::{Engine, EngineConfig, Event, Heartbeat, PeerInfo, Role, deadline_after};
 pub use frame::{Decoded, Encoder, FrameDecoder};
 pub use greeting::{GREETING_LEN, Greeting};
 pub use keys::{
