@@ -1,8 +1,73 @@
-//! Helpers shared by the `zmtp_*` targets: reading the input, a
-//! reproducible chunking RNG, and builders for greetings and frames.
+//! Helpers shared by the `zmtp_*` and `curve_*` targets: reading the
+//! input, a reproducible chunking RNG, builders for greetings and frames,
+//! and the honest end of a fuzzed connection.
 #![allow(dead_code)]
 
-use messenger::internals::zmtp::{GREETING_LEN, Limits};
+use bytes::{Bytes, BytesMut};
+use messenger::internals::zmtp::{Encoder, Engine, Event, GREETING_LEN, Limits, ZmtpError};
+use tokio::time::Instant;
+
+/// Checks that `bytes` go on with our `greeting` from where `seen` left
+/// it (an engine's output, cut anywhere), and skips what matched.
+pub fn expect_greeting(greeting: &[u8], seen: &mut usize, bytes: &mut &[u8]) {
+    if *seen < greeting.len() {
+        let n = bytes.len().min(greeting.len() - *seen);
+        assert_eq!(bytes[..n], greeting[*seen..*seen + n], "our greeting");
+        *seen += n;
+        *bytes = &bytes[n..];
+    }
+}
+
+/// An engine that accepts its peer, keeps the messages it receives, and
+/// frames its queued commands (PONGs) once it has an encoder: the side of a
+/// fuzzed connection that follows the rules.
+pub struct Honest {
+    pub engine: Engine,
+    /// Taken from the engine once the handshake is done.
+    pub encoder: Option<Encoder>,
+    /// What the other side sent, not decoded yet.
+    pub inbox: BytesMut,
+    /// Why the engine gave up, if it did.
+    pub error: Option<ZmtpError>,
+    /// Messages received, in order.
+    pub messages: Vec<Vec<Bytes>>,
+}
+
+impl Honest {
+    pub fn new(engine: Engine) -> Self {
+        Honest {
+            engine,
+            encoder: None,
+            inbox: BytesMut::new(),
+            error: None,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Decodes what is in the inbox and returns what it sends.
+    pub fn step(&mut self, now: Instant) -> BytesMut {
+        while self.error.is_none() {
+            match self.engine.decode(&mut self.inbox, now) {
+                Ok(None) => break,
+                Ok(Some(Event::PeerReady(_))) => {
+                    self.engine.accept(now);
+                    self.encoder = self.engine.take_encoder();
+                }
+                Ok(Some(Event::Message)) => {
+                    self.messages.push(std::mem::take(self.engine.frames()));
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+        let mut out = self.engine.transmit().split();
+        if let Some(enc) = self.encoder.as_mut() {
+            while let Some(cmd) = self.engine.poll_command() {
+                enc.command(&mut out, &cmd);
+            }
+        }
+        out
+    }
+}
 
 /// Reads the input front to back; zeros once it runs out.
 pub struct Cursor<'a>(pub &'a [u8]);

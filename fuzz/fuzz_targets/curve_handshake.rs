@@ -34,7 +34,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{Cursor, small_limits};
+use common::{Cursor, Honest, small_limits};
 use libfuzzer_sys::fuzz_target;
 use messenger::internals::zmtp::{
     Command, CurveKeyPair, CurveSecretKey, Decoded, Encoder, Engine, EngineConfig, Event,
@@ -63,41 +63,6 @@ fn keys() -> &'static Keys {
     })
 }
 
-/// The honest peer: accepts, echoes nothing, sends what it is told.
-struct Honest {
-    engine: Engine,
-    encoder: Option<Encoder>,
-    inbox: BytesMut,
-    failed: bool,
-    /// Sent, not yet passed on.
-    pending: BytesMut,
-    /// Messages it sent, in order.
-    sent: Vec<Vec<Bytes>>,
-}
-
-impl Honest {
-    fn pump(&mut self, now: Instant) {
-        while !self.failed {
-            match self.engine.decode(&mut self.inbox, now) {
-                Ok(None) => break,
-                Ok(Some(Event::PeerReady(_))) => {
-                    self.engine.accept(now);
-                    self.encoder = self.engine.take_encoder();
-                }
-                Ok(Some(Event::Message)) => {}
-                Err(_) => self.failed = true,
-            }
-        }
-        let out = self.engine.transmit().split();
-        self.pending.extend_from_slice(&out);
-        if let Some(enc) = self.encoder.as_mut() {
-            while let Some(cmd) = self.engine.poll_command() {
-                enc.command(&mut self.pending, &cmd);
-            }
-        }
-    }
-}
-
 /// Reads the engine's output as a strict peer would.
 struct Checker {
     server: bool,
@@ -111,16 +76,7 @@ struct Checker {
 
 impl Checker {
     fn feed(&mut self, mut bytes: &[u8], ready: bool) {
-        if self.greeting_seen < GREETING_LEN {
-            let n = bytes.len().min(GREETING_LEN - self.greeting_seen);
-            assert_eq!(
-                bytes[..n],
-                self.greeting[self.greeting_seen..self.greeting_seen + n],
-                "our greeting"
-            );
-            self.greeting_seen += n;
-            bytes = &bytes[n..];
-        }
+        common::expect_greeting(&self.greeting, &mut self.greeting_seen, &mut bytes);
         self.stream.extend_from_slice(bytes);
         loop {
             match self.decoder.decode(&mut self.stream) {
@@ -143,15 +99,15 @@ impl Checker {
                         (b"WELCOME", true) => assert_eq!(body.len(), 168),
                         (b"READY", true) => assert!(body.len() >= 30),
                         (b"ERROR", true) => {
-                            assert!(matches!(Command::parse(body.clone()), Ok(Command::Error(_))));
+                            assert!(matches!(
+                                Command::parse(body.clone()),
+                                Ok(Command::Error(_))
+                            ));
                             self.errors += 1;
                         }
                         _ => panic!("we sent {body:02x?} in clear"),
                     }
-                    assert!(
-                        !self.commands.contains(&name),
-                        "we sent {name:?} twice"
-                    );
+                    assert!(!self.commands.contains(&name), "we sent {name:?} twice");
                     self.commands.push(name);
                 }
                 Err(e) => panic!("our output is not valid ZMTP: {e}"),
@@ -224,25 +180,21 @@ fuzz_target!(|input: &[u8]| {
         },
         now,
     );
-    let mut honest = Honest {
-        engine: Engine::new(
-            EngineConfig {
-                role: if server { Role::Client } else { Role::Server },
-                socket_type: their_type,
-                identity: Bytes::from_static(b"them"),
-                limits: Limits::default(),
-                handshake_timeout: Duration::from_secs(3600),
-                heartbeat: None,
-                mechanism: theirs,
-            },
-            now,
-        ),
-        encoder: None,
-        inbox: BytesMut::new(),
-        failed: false,
-        pending: BytesMut::new(),
-        sent: Vec::new(),
-    };
+    // The honest peer: accepts, sends what it is told. `pending`: what it
+    // sent, not yet passed on; `sent`: the messages it sent, in order.
+    let (mut pending, mut sent) = (BytesMut::new(), Vec::<Vec<Bytes>>::new());
+    let mut honest = Honest::new(Engine::new(
+        EngineConfig {
+            role: if server { Role::Client } else { Role::Server },
+            socket_type: their_type,
+            identity: Bytes::from_static(b"them"),
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(3600),
+            heartbeat: None,
+            mechanism: theirs,
+        },
+        now,
+    ));
     let mut checker = Checker {
         server,
         greeting: Greeting::encode(MechanismName::CURVE, server),
@@ -267,9 +219,9 @@ fuzz_target!(|input: &[u8]| {
     let mut last_chunk = Bytes::new();
 
     // The honest peer's greeting (and a client's HELLO) are pending.
-    honest.pump(now);
+    pending.extend_from_slice(&honest.step(now));
     if b0 & 16 != 0 {
-        let g = honest.pending.split_to(GREETING_LEN.min(honest.pending.len()));
+        let g = pending.split_to(GREETING_LEN.min(pending.len()));
         inbox.extend_from_slice(&g);
     }
 
@@ -305,7 +257,7 @@ fuzz_target!(|input: &[u8]| {
                         assert!(ready, "a message before the handshake");
                         let frames = std::mem::take(engine.frames());
                         // In order, at most once, and only what was sent.
-                        let at = honest.sent[received..]
+                        let at = sent[received..]
                             .iter()
                             .position(|m| *m == frames)
                             .unwrap_or_else(|| panic!("forged message {frames:?}"));
@@ -333,7 +285,7 @@ fuzz_target!(|input: &[u8]| {
         }
         checker.feed(&out, ready);
         honest.inbox.extend_from_slice(&out);
-        honest.pump(now);
+        pending.extend_from_slice(&honest.step(now));
         if closed {
             flushed_closed = true;
             assert!(!engine.is_ready());
@@ -359,11 +311,11 @@ fuzz_target!(|input: &[u8]| {
                 inbox.extend_from_slice(data.take(n));
             }
             2 => {
-                last_chunk = honest.pending.split().freeze();
+                last_chunk = pending.split().freeze();
                 inbox.extend_from_slice(&last_chunk);
             }
             3 => {
-                let mut chunk = honest.pending.split();
+                let mut chunk = pending.split();
                 if !chunk.is_empty() {
                     let at = usize::from(data.u16()) % chunk.len();
                     chunk[at] ^= data.byte() | 1;
@@ -372,8 +324,8 @@ fuzz_target!(|input: &[u8]| {
                 inbox.extend_from_slice(&last_chunk);
             }
             4 => {
-                let n = usize::from(data.u16()) % (honest.pending.len() + 1);
-                last_chunk = honest.pending.split_to(n).freeze();
+                let n = usize::from(data.u16()) % (pending.len() + 1);
+                last_chunk = pending.split_to(n).freeze();
                 inbox.extend_from_slice(&last_chunk);
             }
             5 => inbox.extend_from_slice(&last_chunk),
@@ -389,15 +341,17 @@ fuzz_target!(|input: &[u8]| {
                 if !closed && let Some(t) = engine.poll_timeout() {
                     assert!(t > now, "a timer due at once would spin");
                 }
-                if !honest.failed && honest.engine.handle_timeout(now).is_err() {
-                    honest.failed = true;
+                if honest.error.is_none()
+                    && let Err(e) = honest.engine.handle_timeout(now)
+                {
+                    honest.error = Some(e);
                 }
-                honest.pump(now);
+                pending.extend_from_slice(&honest.step(now));
             }
             _ => {
                 if let Some(enc) = honest.encoder.as_mut() {
                     if op & 8 != 0 {
-                        enc.command(&mut honest.pending, b"\x04PING\x00\x00ctx");
+                        enc.command(&mut pending, b"\x04PING\x00\x00ctx");
                     } else {
                         let n = usize::from(data.byte() % 4) + 1;
                         let frames: Vec<Bytes> = (0..n)
@@ -407,8 +361,8 @@ fuzz_target!(|input: &[u8]| {
                             })
                             .collect();
                         let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-                        enc.message(&mut honest.pending, &refs);
-                        honest.sent.push(frames);
+                        enc.message(&mut pending, &refs);
+                        sent.push(frames);
                     }
                 }
             }

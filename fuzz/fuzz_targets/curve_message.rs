@@ -32,11 +32,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{Cursor, small_limits};
+use common::{Cursor, Honest, small_limits};
 use libfuzzer_sys::fuzz_target;
 use messenger::internals::zmtp::{
-    CurveKeyPair, CurveSecretKey, Encoder, Engine, EngineConfig, Event, Limits, MechanismConfig,
-    Role, SocketType, ZmtpError,
+    CurveKeyPair, CurveSecretKey, Engine, EngineConfig, Limits, MechanismConfig, Role, SocketType,
+    ZmtpError,
 };
 use tokio::time::Instant;
 
@@ -53,48 +53,8 @@ fn keys() -> &'static (CurveKeyPair, CurveKeyPair) {
     })
 }
 
-struct Side {
-    engine: Engine,
-    encoder: Option<Encoder>,
-    inbox: BytesMut,
-    error: Option<ZmtpError>,
-    messages: Vec<Vec<Bytes>>,
-}
-
-impl Side {
-    /// Decodes what it has and returns what it sends.
-    fn step(&mut self, now: Instant) -> BytesMut {
-        while self.error.is_none() {
-            match self.engine.decode(&mut self.inbox, now) {
-                Ok(None) => break,
-                Ok(Some(Event::PeerReady(_))) => {
-                    self.engine.accept(now);
-                    self.encoder = self.engine.take_encoder();
-                }
-                Ok(Some(Event::Message)) => {
-                    self.messages.push(std::mem::take(self.engine.frames()));
-                }
-                Err(e) => self.error = Some(e),
-            }
-        }
-        let mut out = self.engine.transmit().split();
-        if let Some(enc) = self.encoder.as_mut() {
-            while let Some(cmd) = self.engine.poll_command() {
-                enc.command(&mut out, &cmd);
-            }
-        }
-        out
-    }
-}
-
-fn side(config: EngineConfig, now: Instant) -> Side {
-    Side {
-        engine: Engine::new(config, now),
-        encoder: None,
-        inbox: BytesMut::new(),
-        error: None,
-        messages: Vec::new(),
-    }
+fn side(config: EngineConfig, now: Instant) -> Honest {
+    Honest::new(Engine::new(config, now))
 }
 
 /// A chunk the sender produced: a message (its index in `sent`) or a PING.
@@ -150,7 +110,10 @@ fuzz_target!(|input: &[u8]| {
         server.inbox.extend_from_slice(&c);
         client.inbox.extend_from_slice(&s);
     }
-    assert!(client.engine.is_ready() && server.engine.is_ready(), "handshake");
+    assert!(
+        client.engine.is_ready() && server.engine.is_ready(),
+        "handshake"
+    );
     let (sender, receiver) = if server_receives {
         (&mut client, &mut server)
     } else {
@@ -182,9 +145,7 @@ fuzz_target!(|input: &[u8]| {
                 if op & 32 != 0 {
                     // The last frame written in place, as the socket does.
                     let (last, head) = refs.split_last().expect("n >= 1");
-                    enc.message_with(&mut bytes, head, last.len(), |b| {
-                        b.extend_from_slice(last)
-                    });
+                    enc.message_with(&mut bytes, head, last.len(), |b| b.extend_from_slice(last));
                 } else {
                     enc.message(&mut bytes, &refs);
                 }
@@ -268,7 +229,9 @@ fuzz_target!(|input: &[u8]| {
         let answer = receiver.step(now);
         if had_error {
             assert_eq!(
-                receiver.engine.decode(&mut BytesMut::from(&b"\x00"[..]), now),
+                receiver
+                    .engine
+                    .decode(&mut BytesMut::from(&b"\x00"[..]), now),
                 Err(ZmtpError::Closed)
             );
         }

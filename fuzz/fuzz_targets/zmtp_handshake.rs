@@ -93,16 +93,7 @@ impl Checker {
     /// `in_traffic`: the engine has reached traffic (it may have failed
     /// since).
     fn feed(&mut self, mut bytes: &[u8], in_traffic: bool) {
-        if self.greeting_seen < GREETING_LEN {
-            let n = bytes.len().min(GREETING_LEN - self.greeting_seen);
-            assert_eq!(
-                bytes[..n],
-                self.greeting[self.greeting_seen..self.greeting_seen + n],
-                "our greeting is not what it should be"
-            );
-            self.greeting_seen += n;
-            bytes = &bytes[n..];
-        }
+        common::expect_greeting(&self.greeting, &mut self.greeting_seen, &mut bytes);
         self.stream.extend_from_slice(bytes);
         loop {
             match self.decoder.decode(&mut self.stream) {

@@ -38,8 +38,7 @@ use common::{Cursor, ping_body};
 use libfuzzer_sys::fuzz_target;
 use messenger::internals::zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Heartbeat,
-    MechanismConfig,
-    Limits, Role, SocketType, ZmtpError,
+    Limits, MechanismConfig, Role, SocketType, ZmtpError,
 };
 use tokio::time::Instant;
 
