@@ -7,6 +7,11 @@ one round, then the median over rounds is reported.
     python3 benches/curve/run.py                    # 64 B and 1 KiB, 1000 in flight, 3 rounds
     python3 benches/curve/run.py --sizes 64 --rounds 5 --seconds 3
 
+    # The same messenger built with poly1305's run-time AVX2 backend (this
+    # repository's .cargo/config.toml turns it off), in the same rounds:
+    CARGO_TARGET_DIR=target/avx2 RUSTFLAGS=" " cargo build --release -p messenger-cli
+    python3 benches/curve/run.py --other target/avx2/release/messenger
+
 Needs python3, a C compiler and the Rust toolchain. The client and the
 reference server are benches/curve/zmq_curve.c, linked against the libzmq
 that pyzmq ships (4.3 with libsodium: CURVE on); pyzmq is installed in
@@ -111,6 +116,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--other", help="another `messenger` binary, run with --curve-cert in the same rounds")
     args = ap.parse_args()
     python, libzmq = pyzmq_libzmq()
     zmq_curve, messenger = build(python, libzmq)
@@ -123,6 +129,9 @@ def main():
             "messenger-curve": Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-curve']}", "--curve-cert", cert], listening),
             "messenger-plain": Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-plain']}"], listening),
         }
+        if args.other:
+            ports["other-curve"] = free_port()
+            servers["other-curve"] = Server([os.path.abspath(args.other), "serve", "--bind", f"tcp://127.0.0.1:{ports['other-curve']}", "--curve-cert", cert], listening)
         try:
             print(f"libzmq client ({os.path.basename(libzmq)}), {args.in_flight} in flight, tcp, "
                   f"{args.rounds} alternating rounds of {args.seconds} s; rt/s per cell")
@@ -146,6 +155,8 @@ def main():
                 print(f"  messenger serve / libzmq, both plaintext:  {ratio('messenger-plain', 'libzmq-plain'):.2f}x")
                 print(f"  CURVE / plaintext, messenger serve:        {ratio('messenger-curve', 'messenger-plain'):.2f}x")
                 print(f"  CURVE / plaintext, libzmq server:          {ratio('libzmq-curve', 'libzmq-plain'):.2f}x")
+                if args.other:
+                    print(f"  messenger serve / --other, both CURVE:     {ratio('messenger-curve', 'other-curve'):.2f}x")
         finally:
             for s in servers.values():
                 s.stop()
