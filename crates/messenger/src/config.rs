@@ -129,16 +129,16 @@ pub struct Config {
     /// (`send_queue_capacity`); past it sends fail fast with
     /// `TooManyUnacked`. Default 2^20.
     pub max_pending_messages: usize,
-    /// Runs of missing msg_ids remembered per sender for duplicate
-    /// suppression (bounds the complement set, about 56 bytes each).
-    /// In-order traffic uses none. A sender with this many gaps younger than
-    /// `dedup_gap_ttl` gets its new messages refused unACKed (it resends
-    /// them) until its resends fill the gaps. Default 1024.
-    pub dedup_max_gaps: usize,
-    /// How long a gap is kept for resends to fill it before it may be
-    /// forgotten. Default 60 s: twice the default request deadline, after
-    /// which a sender stops resending.
-    pub dedup_gap_ttl: Duration,
+    /// Duplicate suppression per sender: the msg_ids remembered below the
+    /// highest one seen, as a bitmap of this many bits (8 KiB by default,
+    /// held only once ids arrive out of order; in-order traffic needs
+    /// none). Ids may skip (NoisePage numbers messages with one counter
+    /// across all its connections) without anything waiting for the holes.
+    /// A message older than the window that is not known to have arrived
+    /// is refused unACKed (`dedup_stale`), never delivered twice. Default
+    /// 65,536: sixteen times the default window of a sender
+    /// (`send_queue_capacity`), whose resends therefore always fall inside.
+    pub dedup_window: u64,
     /// First redial delay after a connection loses its peer; it doubles per
     /// failed attempt. Default 100 ms: a restarted listener is usually back
     /// within a few hundred milliseconds.
@@ -227,8 +227,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             resend_interval: Some(Duration::from_secs(1)),
             max_pending_messages: 1 << 20,
-            dedup_max_gaps: 1024,
-            dedup_gap_ttl: Duration::from_secs(60),
+            dedup_window: 1 << 16,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             heartbeat: None,
@@ -265,7 +264,7 @@ impl Config {
                 self.max_connections_per_address,
             ),
             ("max_pending_messages", self.max_pending_messages),
-            ("dedup_max_gaps", self.dedup_max_gaps),
+            ("dedup_window", usize::try_from(self.dedup_window).unwrap_or(usize::MAX)),
             ("max_concurrent_handlers", self.max_concurrent_handlers),
         ];
         if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {

@@ -87,9 +87,10 @@ counters! {
     unroutable_dropped,
     /// Messages refused (not ACKed) because a server loop's queue was full.
     slc_busy,
-    /// Messages refused (not ACKed) because their sender had too many
-    /// earlier messages still missing (see `Config::dedup_max_gaps`).
-    dedup_busy,
+    /// Messages refused (not ACKed) because their id is older than the
+    /// sender's duplicate window and not known to have arrived (see
+    /// `Config::dedup_window`).
+    dedup_stale,
     /// ACKs dropped because the peer's send buffer was full.
     replies_dropped,
     /// ECHOs refused unACKed because their sender's send buffer was full

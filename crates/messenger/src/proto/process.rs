@@ -27,9 +27,9 @@ pub(crate) enum Decision {
     SettleAck,
     /// Seen before: ACK it again (our ACK was lost), deliver nothing.
     Duplicate,
-    /// Too many of the sender's earlier messages are missing: refuse it
-    /// unACKed; the sender resends it once the gaps have filled.
-    Busy,
+    /// Older than the sender's duplicate window and not known to have
+    /// arrived: refuse it unACKed (see `dedup`), deliver nothing.
+    Stale,
     /// ECHO: ACK (and call [`accepted`]), and answer the sender's callback
     /// with the body; with no room for the answer, refuse it unACKed.
     Echo,
@@ -46,13 +46,13 @@ pub(crate) enum Decision {
 
 /// Decides what the message `(msg_id, dst_cb)` means, recording it in the
 /// sender's duplicate window unless it goes to the server loop.
-pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64, now: Instant) -> Decision {
+pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64) -> Decision {
     if dst_cb == ACK {
         return Decision::SettleAck;
     }
-    match dedup.check(msg_id, now) {
+    match dedup.check(msg_id) {
         Verdict::Duplicate => return Decision::Duplicate,
-        Verdict::Busy => return Decision::Busy,
+        Verdict::Stale => return Decision::Stale,
         Verdict::New => {}
     }
     match dst_cb {
@@ -60,7 +60,7 @@ pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64, now: Ins
         ECHO => return Decision::Echo,
         _ => {}
     }
-    dedup.record(msg_id, now);
+    dedup.record(msg_id);
     match dst_cb {
         RESERVED => Decision::Proof,
         _ => {
@@ -72,8 +72,8 @@ pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64, now: Ins
 
 /// An ECHO answered or a server-loop message handed over: record it, so
 /// a resend of it is a duplicate (the caller ACKs it).
-pub(crate) fn accepted(dedup: &mut DedupWindow, msg_id: u64, now: Instant) {
-    dedup.record(msg_id, now);
+pub(crate) fn accepted(dedup: &mut DedupWindow, msg_id: u64) {
+    dedup.record(msg_id);
 }
 
 /// Whether the server loop took a message.
@@ -97,8 +97,8 @@ pub(crate) enum Outcome {
     Ack(bool),
     /// A duplicate, ACKed again.
     Duplicate,
-    /// Refused unACKed: too many gaps.
-    Busy,
+    /// Refused unACKed: older than the duplicate window.
+    Stale,
     /// An ECHO, answered.
     Echo,
     /// An ECHO refused unACKed: no room towards its sender (it does not
@@ -147,18 +147,18 @@ pub(crate) fn process(
     now: Instant,
 ) -> Outcome {
     let msg_id = message.msg_id;
-    match decide(dedup, msg_id, message.dst_cb, now) {
+    match decide(dedup, msg_id, message.dst_cb) {
         Decision::SettleAck => Outcome::Ack(fx.settle(msg_id, now)),
         Decision::Duplicate => {
             fx.ack(msg_id);
             Outcome::Duplicate
         }
-        Decision::Busy => Outcome::Busy,
+        Decision::Stale => Outcome::Stale,
         Decision::Echo => {
             if !fx.can_echo(&message) {
                 return Outcome::EchoBusy;
             }
-            accepted(dedup, msg_id, now);
+            accepted(dedup, msg_id);
             fx.ack(msg_id);
             fx.echo(&message, now);
             Outcome::Echo
@@ -173,13 +173,13 @@ pub(crate) fn process(
         }
         Decision::ServerLoop => match fx.deliver(message) {
             Delivery::Delivered => {
-                accepted(dedup, msg_id, now);
+                accepted(dedup, msg_id);
                 fx.ack(msg_id);
                 Outcome::Delivered
             }
             Delivery::Busy => Outcome::ServerLoopBusy,
             Delivery::NoServerLoop => {
-                accepted(dedup, msg_id, now);
+                accepted(dedup, msg_id);
                 fx.ack(msg_id);
                 Outcome::Unroutable
             }
@@ -200,67 +200,57 @@ mod tests {
     use crate::proto::pending::PendingSet;
 
     fn window() -> DedupWindow {
-        DedupWindow::new(4, Duration::from_secs(60))
+        DedupWindow::new(64)
     }
 
     #[test]
     fn builtins_first_then_callbacks_then_the_server_loop() {
-        let now = Instant::now();
         let mut w = window();
-        assert_eq!(decide(&mut w, 7, ACK, now), Decision::SettleAck);
-        assert_eq!(decide(&mut w, 0, ECHO, now), Decision::Echo);
-        accepted(&mut w, 0, now);
-        assert_eq!(decide(&mut w, 1, RESERVED, now), Decision::Proof);
-        assert_eq!(decide(&mut w, 2, wire::FIRST_USER, now), Decision::Callback);
-        assert_eq!(decide(&mut w, 3, u64::MAX, now), Decision::Callback);
-        assert_eq!(decide(&mut w, 4, NOOP, now), Decision::ServerLoop);
+        assert_eq!(decide(&mut w, 7, ACK), Decision::SettleAck);
+        assert_eq!(decide(&mut w, 0, ECHO), Decision::Echo);
+        accepted(&mut w, 0);
+        assert_eq!(decide(&mut w, 1, RESERVED), Decision::Proof);
+        assert_eq!(decide(&mut w, 2, wire::FIRST_USER), Decision::Callback);
+        assert_eq!(decide(&mut w, 3, u64::MAX), Decision::Callback);
+        assert_eq!(decide(&mut w, 4, NOOP), Decision::ServerLoop);
     }
 
     #[test]
     fn acks_are_never_recorded_and_duplicates_are_caught() {
-        let now = Instant::now();
         let mut w = window();
-        assert_eq!(decide(&mut w, 0, ACK, now), Decision::SettleAck);
+        assert_eq!(decide(&mut w, 0, ACK), Decision::SettleAck);
         assert_eq!(
-            decide(&mut w, 0, wire::FIRST_USER, now),
+            decide(&mut w, 0, wire::FIRST_USER),
             Decision::Callback,
             "an ACK's id is not the sender's"
         );
-        assert_eq!(
-            decide(&mut w, 0, wire::FIRST_USER, now),
-            Decision::Duplicate
-        );
-        assert_eq!(decide(&mut w, 0, ECHO, now), Decision::Duplicate);
+        assert_eq!(decide(&mut w, 0, wire::FIRST_USER), Decision::Duplicate);
+        assert_eq!(decide(&mut w, 0, ECHO), Decision::Duplicate);
     }
 
     #[test]
     fn echo_and_server_loop_messages_count_only_once_accepted() {
-        let now = Instant::now();
         let mut w = window();
         for (id, dst, decision) in [(0, NOOP, Decision::ServerLoop), (1, ECHO, Decision::Echo)] {
-            assert_eq!(decide(&mut w, id, dst, now), decision);
+            assert_eq!(decide(&mut w, id, dst), decision);
             // No room (queue or window): not accepted, so the resend is
             // new again.
-            assert_eq!(decide(&mut w, id, dst, now), decision);
-            accepted(&mut w, id, now);
-            assert_eq!(decide(&mut w, id, dst, now), Decision::Duplicate);
+            assert_eq!(decide(&mut w, id, dst), decision);
+            accepted(&mut w, id);
+            assert_eq!(decide(&mut w, id, dst), Decision::Duplicate);
         }
     }
 
     #[test]
-    fn too_many_gaps_refuse_new_ids_unacked() {
-        let now = Instant::now();
+    fn sparse_ids_pass_and_ids_older_than_the_window_are_refused() {
         let mut w = window();
         let user = wire::FIRST_USER;
-        for id in [1, 3, 5, 7] {
-            assert_eq!(decide(&mut w, id, user, now), Decision::Callback);
+        for id in (0..10_000).step_by(3) {
+            assert_eq!(decide(&mut w, id, user), Decision::Callback, "{id}");
+            assert_eq!(decide(&mut w, id, user), Decision::Duplicate, "{id}");
         }
-        assert_eq!(decide(&mut w, 10, user, now), Decision::Busy);
-        assert_eq!(
-            decide(&mut w, 0, user, now),
-            Decision::Callback,
-            "filling a gap is fine"
-        );
+        assert_eq!(decide(&mut w, 1, user), Decision::Stale);
+        assert_eq!(decide(&mut w, 9_998, user), Decision::Callback);
     }
 
     // ------------------------------------------------------------------
@@ -298,7 +288,7 @@ mod tests {
                 next_id: 0,
                 pending: PendingSet::new(1 << 20),
                 callbacks: CallbackTable::new(1 << 20),
-                dedup: DedupWindow::new(64, Duration::from_secs(60)),
+                dedup: DedupWindow::new(1 << 16),
                 out: Vec::new(),
                 server_loop: VecDeque::new(),
                 slc_capacity,
@@ -325,7 +315,7 @@ mod tests {
 
         fn receive(&mut self, payload: &Bytes, now: Instant) {
             let p = wire::parse(payload).expect("well-formed");
-            let mut dedup = std::mem::replace(&mut self.dedup, DedupWindow::new(1, DEADLINE));
+            let mut dedup = std::mem::replace(&mut self.dedup, DedupWindow::new(1));
             let outcome = process(self, &mut dedup, p, now);
             self.dedup = dedup;
             self.outcomes.push(outcome);

@@ -607,7 +607,7 @@ impl Shared {
             Outcome::Ack(true) => &self.stats.acks_received,
             Outcome::Ack(false) => &self.stats.unknown_acks,
             Outcome::Duplicate => &self.stats.duplicates_dropped,
-            Outcome::Busy => &self.stats.dedup_busy,
+            Outcome::Stale => &self.stats.dedup_stale,
             Outcome::Echo => &self.stats.echoes_answered,
             Outcome::EchoBusy => &self.stats.buffer_busy,
             Outcome::Reply(true) => &self.stats.msc_delivered,

@@ -270,7 +270,7 @@ impl Conn {
             return End::Stopped;
         };
         let cfg = &socket.config;
-        let mut dedup = DedupWindow::new(cfg.dedup_max_gaps, cfg.dedup_gap_ttl);
+        let mut dedup = DedupWindow::new(cfg.dedup_window);
         let mut first = first;
         // Messages pipelined behind the handshake are already here.
         if let Err(end) = self
