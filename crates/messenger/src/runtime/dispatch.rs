@@ -398,7 +398,7 @@ impl Shared {
                     Mode::Try => return Err(SendError::Full),
                     Mode::Wait => {
                         let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
-                        let room = socket.route_room(&route, sending.payload.len());
+                        let room = socket.route_room(&route);
                         if tokio::time::timeout_at(deadline_after(since, limit), room)
                             .await
                             .is_err()
@@ -718,9 +718,8 @@ impl Shared {
     /// Whether an ECHO's answer can go out now: the peer's buffer has
     /// room. Checked before the answer takes a msg_id: one refused after
     /// that would leave a gap in our ids that the peer's window keeps.
-    fn can_echo(&self, session: &Session, request: &Payload) -> bool {
-        let len = wire::encoded_len(u64::MAX, NOOP, request.src_cb, request.body.len());
-        session.has_room(len)
+    fn can_echo(&self, session: &Session) -> bool {
+        session.has_room()
     }
 
     /// Answers an ECHO with its body, without ever waiting: tracked for
@@ -775,8 +774,8 @@ impl process::Effects for Live<'_> {
         self.session.unacked.settle(msg_id, now)
     }
 
-    fn can_echo(&mut self, request: &Payload) -> bool {
-        self.shared.can_echo(self.session, request)
+    fn can_echo(&mut self, _request: &Payload) -> bool {
+        self.shared.can_echo(self.session)
     }
 
     fn echo(&mut self, request: &Payload, now: tokio::time::Instant) {

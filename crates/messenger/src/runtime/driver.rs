@@ -24,8 +24,11 @@ use crate::zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
 
 /// Bytes read at a time at least (more when a large frame is being read).
 const READ_CHUNK: usize = 16 * 1024;
-/// At most this much is reserved for one read, however large the frame
-/// being read: memory follows the bytes that actually arrive.
+/// At most this much is reserved for one read while the buffer holds less
+/// (a frame's declared size is not reserved up front: memory follows the
+/// bytes that actually arrive). A large frame's buffer grows by doubling
+/// what has arrived, so reading it copies each byte a bounded number of
+/// times.
 const READ_MAX: usize = 256 * 1024;
 
 /// Rounds a driver lets the tasks it woke run before it writes what they
@@ -162,7 +165,8 @@ impl Conn {
     }
 
     fn try_read(&mut self) -> io::Result<usize> {
-        let want = self.engine.wants(&self.rbuf).clamp(READ_CHUNK, READ_MAX);
+        let most = READ_MAX.max(self.rbuf.len());
+        let want = self.engine.wants(&self.rbuf).clamp(READ_CHUNK, most);
         self.rbuf.reserve(want);
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         if n > 0 {

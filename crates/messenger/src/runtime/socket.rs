@@ -218,18 +218,19 @@ impl Session {
         }
     }
 
-    /// Whether a payload of `len` bytes could be handed over now.
-    pub(crate) fn has_room(&self, len: usize) -> bool {
+    /// Whether a payload could be handed over now (of any size: the
+    /// outbox takes a push whole while it is below its limit).
+    pub(crate) fn has_room(&self) -> bool {
         match &self.out {
-            Out::Wire(ob) => ob.has_room(self.head.len() + len + 20),
+            Out::Wire(ob) => ob.has_room(),
             Out::Inproc(_) => true,
         }
     }
 
-    /// Waits until a payload of `len` bytes could be handed over.
-    pub(crate) async fn room(&self, len: usize) {
+    /// Waits until a payload could be handed over.
+    pub(crate) async fn room(&self) {
         match &self.out {
-            Out::Wire(ob) => ob.room(len).await,
+            Out::Wire(ob) => ob.room().await,
             Out::Inproc(tx) => tx.room().await,
         }
     }
@@ -428,10 +429,10 @@ impl SocketCtx {
         }
     }
 
-    /// Waits for room for a payload of `len` bytes on `route`.
-    pub(crate) async fn route_room(&self, route: &Route, len: usize) {
+    /// Waits for room for a payload on `route`.
+    pub(crate) async fn route_room(&self, route: &Route) {
         match route {
-            Route::Session(s) => s.room(len).await,
+            Route::Session(s) => s.room().await,
             Route::Backlog => {
                 self.room
                     .wait(|| {

@@ -13,9 +13,13 @@
 //! batch, so the ACKs and replies it produces leave in one write.
 //!
 //! Nothing waits inside the lock and no lock is held across a syscall. The
-//! buffer is bounded ([`Outbox::limit`]): past it, pushes fail with
-//! [`Push::Full`] and the caller waits for [`Outbox::room`], drops the
-//! message (ACKs, resends: the peer resends, we resend), or fails.
+//! buffer is bounded ([`Outbox::limit`]): once it holds that much, pushes
+//! fail with [`Push::Full`] and the caller waits for [`Outbox::room`],
+//! drops the message (ACKs, resends: the peer resends, we resend), or
+//! fails. Below it a push is taken whole, whatever its size: a message
+//! larger than the room left (a 4 MiB reply behind a queued ACK) goes at
+//! once instead of waiting for a resend timer, and the buffer holds at
+//! most its limit plus one message.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,9 +83,8 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox writing to `stream`, framing with `encoder`, holding at
-    /// most `limit` bytes (one message of any size is always taken when the
-    /// buffer is empty).
+    /// An outbox writing to `stream`, framing with `encoder`, taking pushes
+    /// while it holds less than `limit` bytes.
     pub(crate) fn new(stream: Arc<Stream>, encoder: Encoder, limit: usize) -> Self {
         Outbox {
             stream,
@@ -117,11 +120,11 @@ impl Outbox {
         if st.closed {
             return Err(Push::Closed);
         }
-        let queued = st.buf.len() + st.inflight;
-        if queued > 0 && queued + len > self.limit {
+        if !self.takes(&st) {
             return Err(Push::Full);
         }
         let State { encoder, buf, .. } = &mut *st;
+        buf.reserve(len);
         encode(encoder, buf);
         if st.writing {
             return Ok(());
@@ -270,22 +273,26 @@ impl Outbox {
         }
     }
 
-    /// Whether a push of `len` bytes would be taken now.
-    pub(crate) fn has_room(&self, len: usize) -> bool {
-        let st = self.lock();
-        let queued = st.buf.len() + st.inflight;
-        !st.closed && (queued == 0 || queued + len <= self.limit)
+    /// Whether the buffer holds less than its limit (a push of any size
+    /// is then taken whole).
+    fn takes(&self, st: &State) -> bool {
+        st.buf.len() + st.inflight < self.limit
     }
 
-    /// Waits until a push of `len` bytes could fit (or the connection
-    /// closed).
-    pub(crate) async fn room(&self, len: usize) {
-        let fits = || {
-            let st = self.lock();
-            let queued = st.buf.len() + st.inflight;
-            st.closed || queued == 0 || queued + len <= self.limit
-        };
-        self.room.wait(fits).await;
+    /// Whether a push would be taken now.
+    pub(crate) fn has_room(&self) -> bool {
+        let st = self.lock();
+        !st.closed && self.takes(&st)
+    }
+
+    /// Waits until a push would be taken (or the connection closed).
+    pub(crate) async fn room(&self) {
+        self.room
+            .wait(|| {
+                let st = self.lock();
+                st.closed || self.takes(&st)
+            })
+            .await;
     }
 
     /// Closes: further pushes fail with [`Push::Closed`]; what is buffered
