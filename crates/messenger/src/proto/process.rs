@@ -104,6 +104,8 @@ pub(crate) enum Outcome {
     /// An ECHO refused unACKed: no room towards its sender (it does not
     /// read what we send it).
     EchoBusy,
+    /// An ECHO whose answer would go to ECHO or ACK: ACKed, not answered.
+    EchoRefused,
     /// A reply, to a waiting callback (true) or a late one (false).
     Reply(bool),
     /// A proof, ACKed.
@@ -155,6 +157,15 @@ pub(crate) fn process(
         }
         Decision::Stale => Outcome::Stale,
         Decision::Echo => {
+            // An answer to ACK would read as an ACK of one of the peer's
+            // own messages, and one to ECHO would be answered in turn,
+            // for ever: neither is sent. ACKed, since a resend would not
+            // change that.
+            if matches!(message.src_cb, ACK | ECHO) {
+                accepted(dedup, msg_id);
+                fx.ack(msg_id);
+                return Outcome::EchoRefused;
+            }
             if !fx.can_echo(&message) {
                 return Outcome::EchoBusy;
             }
@@ -239,6 +250,57 @@ mod tests {
             accepted(&mut w, id);
             assert_eq!(decide(&mut w, id, dst), Decision::Duplicate);
         }
+    }
+
+    /// Records what `process` asks of the messenger.
+    #[derive(Default)]
+    struct Recorder {
+        acked: Vec<u64>,
+        echoed: Vec<u64>,
+    }
+
+    impl Effects for Recorder {
+        fn ack(&mut self, msg_id: u64) {
+            self.acked.push(msg_id);
+        }
+        fn settle(&mut self, _: u64, _: Instant) -> bool {
+            false
+        }
+        fn can_echo(&mut self, _: &Payload) -> bool {
+            true
+        }
+        fn echo(&mut self, request: &Payload, _: Instant) {
+            self.echoed.push(request.msg_id);
+        }
+        fn complete(&mut self, _: Payload) -> bool {
+            false
+        }
+        fn deliver(&mut self, _: Payload) -> Delivery {
+            Delivery::Delivered
+        }
+    }
+
+    #[test]
+    fn an_echo_asking_for_its_answer_at_ack_or_echo_is_acked_not_answered() {
+        let mut fx = Recorder::default();
+        let mut w = window();
+        let now = Instant::now();
+        for (id, src_cb) in [(0, ACK), (1, ECHO), (2, wire::FIRST_USER)] {
+            let m = Payload {
+                msg_id: id,
+                src_cb,
+                dst_cb: ECHO,
+                body: Bytes::from_static(b"x"),
+            };
+            let want = if src_cb == wire::FIRST_USER {
+                Outcome::Echo
+            } else {
+                Outcome::EchoRefused
+            };
+            assert_eq!(process(&mut fx, &mut w, m, now), want, "src_cb {src_cb}");
+        }
+        assert_eq!(fx.acked, [0, 1, 2]);
+        assert_eq!(fx.echoed, [2], "only the answer to a user callback");
     }
 
     #[test]

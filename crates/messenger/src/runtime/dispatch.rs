@@ -610,6 +610,7 @@ impl Shared {
             Outcome::Stale => &self.stats.dedup_stale,
             Outcome::Echo => &self.stats.echoes_answered,
             Outcome::EchoBusy => &self.stats.buffer_busy,
+            Outcome::EchoRefused => &self.stats.echoes_refused,
             Outcome::Reply(true) => &self.stats.msc_delivered,
             Outcome::Reply(false) => &self.stats.late_replies_dropped,
             Outcome::Proof => return false,
