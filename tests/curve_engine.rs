@@ -316,6 +316,7 @@ fn config(role: Role, socket_type: SocketType, mechanism: MechanismConfig) -> En
             timeout: Duration::from_millis(300),
             ttl: Duration::ZERO,
         }),
+        pace: None,
         mechanism,
     }
 }

@@ -296,9 +296,16 @@ async fn largest_msg_id_is_handled() {
             before.duplicates_dropped + 1,
             "{t}"
         );
-        // Smaller ids from the same peer are still new (a second "max" echo
-        // would arrive before this one).
-        raw.echo("after max").await;
+        // Ids inside the window below it are still new; one far below it
+        // is stale: refused unACKed, never taken for new (design/WIRE.md,
+        // "Duplicates").
+        raw.echo_with_id(u64::MAX - 1, "below max").await;
+        let stale = server.stats().dedup_stale;
+        raw.send(&[b"", b"0-0-1-far below"]).await;
+        common::eventually(5, "the far id refused", || {
+            server.stats().dedup_stale == stale + 1
+        })
+        .await;
         // Another peer is still served: the ProcessMessage loop is alive.
         let mut other = RawPeer::connect(&endpoint, "other").await;
         other.echo("still alive").await;

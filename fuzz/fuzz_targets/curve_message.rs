@@ -81,6 +81,7 @@ fuzz_target!(|input: &[u8]| {
         limits,
         handshake_timeout: Duration::from_secs(5),
         heartbeat: None,
+        pace: None,
         mechanism,
     };
     let client_mech = MechanismConfig::CurveClient {

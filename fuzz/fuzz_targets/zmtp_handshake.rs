@@ -491,6 +491,7 @@ fuzz_target!(|input: &[u8]| {
             limits,
             handshake_timeout,
             heartbeat,
+            pace: None,
             mechanism: MechanismConfig::Null,
         },
         start,

@@ -369,6 +369,7 @@ fuzz_target!(|input: &[u8]| {
         limits: Limits::default(),
         handshake_timeout,
         heartbeat,
+        pace: None,
         mechanism: MechanismConfig::Null,
     };
     let side = |name, config: EngineConfig, late: bool, peer_type, peer_identity: &Bytes| Side {

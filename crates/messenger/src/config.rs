@@ -83,6 +83,24 @@ pub struct Config {
     /// Largest ZMTP command (READY, PING, CURVE's handshake). Default
     /// 64 KiB: READY with the longest routing id is under 300 bytes.
     pub max_command_size: usize,
+    /// How long a message may take to arrive on tcp or ipc once its first
+    /// byte has: this, plus its declared size at `min_receive_rate`. Past
+    /// it the peer is cut off (`slow_messages`), so a peer that declares a
+    /// 16 MiB frame and sends all but a byte holds the memory for about
+    /// 21 s, not for as long as it likes (HTTP servers bound request
+    /// bodies the same way). Default 5 s.
+    pub message_timeout: Duration,
+    /// The slowest rate a message may arrive at, in bytes per second; see
+    /// `message_timeout`. Default 1 MiB/s (8 Mbit/s): a 16 MiB message is
+    /// allowed 21 s.
+    pub min_receive_rate: u64,
+    /// Bytes a listener holds at once, across all its peers, for messages
+    /// still arriving (beyond the first 64 KiB of each peer's read buffer).
+    /// A peer whose next read would take the listener past it is cut off
+    /// (`partial_budget_cuts`), so many peers each sending part of a large
+    /// message cannot pin more than this. Default 256 MiB: sixteen 16 MiB
+    /// messages arriving at once.
+    pub max_partial_bytes: usize,
     /// ZMTP 3.1 heartbeats of our own on every tcp and ipc session (as
     /// libzmq's `ZMQ_HEARTBEAT_IVL`, `_TIMEOUT` and `_TTL`): a PING every
     /// `interval`; a peer silent for `timeout` after one is dropped (a
@@ -220,6 +238,9 @@ impl Default for Config {
             max_frames: 32,
             max_command_size: 64 << 10,
             zmtp_heartbeat: None,
+            message_timeout: Duration::from_secs(5),
+            min_receive_rate: 1 << 20,
+            max_partial_bytes: 256 << 20,
             handshake_timeout: Duration::from_secs(5),
             max_connections_per_listener: 1024,
             evict_idle_after: Some(Duration::from_secs(10)),
@@ -256,6 +277,11 @@ impl Config {
             ("max_message_size", self.max_message_size),
             ("max_frames", self.max_frames),
             (
+                "min_receive_rate",
+                usize::try_from(self.min_receive_rate).unwrap_or(usize::MAX),
+            ),
+            ("max_partial_bytes", self.max_partial_bytes),
+            (
                 "max_connections_per_listener",
                 self.max_connections_per_listener,
             ),
@@ -273,6 +299,7 @@ impl Config {
         let mut durations = vec![
             ("request_timeout", self.request_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            ("message_timeout", self.message_timeout),
             ("connect_timeout", self.connect_timeout),
             ("reconnect_initial", self.reconnect_initial),
         ];
@@ -309,6 +336,14 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// How long a message may take to arrive once begun.
+    pub(crate) fn receive_pace(&self) -> crate::zmtp::ReceivePace {
+        crate::zmtp::ReceivePace {
+            timeout: self.message_timeout,
+            min_rate: self.min_receive_rate,
+        }
     }
 
     /// What one ZMTP connection may make us hold.

@@ -265,6 +265,9 @@ impl Messenger {
                         .auth
                         .clone()
                         .map(|s| std::sync::Mutex::new(crate::proto::auth::Verifier::new(s))),
+                    partial: Arc::new(crate::runtime::driver::PartialBudget::new(
+                        cfg.max_partial_bytes,
+                    )),
                 });
                 let span = tracing::info_span!("listener", endpoint = %bound);
                 let accept = listener::accept_loop(

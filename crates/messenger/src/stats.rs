@@ -69,6 +69,9 @@ counters! {
     acks_received,
     /// ECHO requests answered.
     echoes_answered,
+    /// ECHOs ACKed and not answered because their answer would go to
+    /// ECHO or ACK (a loop, or a forged ACK).
+    echoes_refused,
     /// Messages handed to a message-specific callback.
     msc_delivered,
     /// Messages handed to a server-loop callback.
@@ -115,6 +118,13 @@ counters! {
     /// flags or command; a frame, message or command too large; too many
     /// frames in a message).
     guard_rejections,
+    /// Peers cut off because a message they began did not arrive within
+    /// its deadline (`Config::message_timeout` plus its size at
+    /// `Config::min_receive_rate`).
+    slow_messages,
+    /// Peers cut off because their read buffer would have taken their
+    /// listener past `Config::max_partial_bytes`.
+    partial_budget_cuts,
     /// Peers refused because a live session holds the routing id they
     /// announced.
     routing_id_conflicts,

@@ -795,6 +795,7 @@ impl RawDealer {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(5),
             heartbeat: None,
+            pace: None,
             mechanism: messenger::internals::zmtp::MechanismConfig::Null,
         };
         let mut engine = Engine::new(config, Instant::now());

@@ -51,7 +51,7 @@ pub(crate) async fn dial(
         return Ok((Link::Inproc(conn), session));
     }
     let stream = stream::dial(endpoint, cfg.connect_timeout).await?;
-    let mut conn = Conn::new(stream, engine_config(socket, Role::Client));
+    let mut conn = Conn::new(stream, engine_config(socket, Role::Client), None);
     let handshake = conn.handshake(|_| Ok(()));
     match tokio::time::timeout(cfg.connect_timeout, handshake).await {
         Err(_) | Ok(Err(End::HandshakeTimeout)) => {
@@ -135,7 +135,12 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
         End::HandshakeTimeout => ConnectError::Timeout(endpoint),
         End::Zmtp(source) => ConnectError::Handshake { endpoint, source },
         End::Io(source) => ConnectError::Refused { endpoint, source },
-        End::PeerClosed | End::Stopped | End::Evicted | End::Dead | End::Auth(_) => {
+        End::PeerClosed
+        | End::Stopped
+        | End::Evicted
+        | End::Dead
+        | End::Auth(_)
+        | End::PartialBudget => {
             ConnectError::Refused {
                 endpoint,
                 source: std::io::ErrorKind::ConnectionReset.into(),

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -35,6 +36,18 @@ const READ_MAX: usize = 256 * 1024;
 /// sent meanwhile.
 const MAX_GATHER: usize = 4;
 
+/// Bytes a connection's task reads (and processes) before it gives its
+/// worker back: a peer whose bytes never stop coming (a flood of PINGs or
+/// forged ACKs) gets its turn, not the worker. tokio's readiness and
+/// `try_read` spend no cooperative budget, so without this a fast peer
+/// held a worker, and every task and timer queued behind it, for good.
+/// 64 KiB is a few thousand small messages, well under a millisecond.
+const YIELD_AFTER: usize = 64 * 1024;
+
+/// Read-buffer bytes of a peer not charged to its listener's
+/// [`PartialBudget`]: what ordinary traffic uses.
+const UNCHARGED: usize = 64 * 1024;
+
 /// Why a connection ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -50,6 +63,9 @@ pub(crate) enum End {
     Io(io::Error),
     /// The peer broke ZMTP, a limit, or was refused.
     Zmtp(ZmtpError),
+    /// Its read buffer would have taken its listener past
+    /// `Config::max_partial_bytes`.
+    PartialBudget,
     /// The peer's first message was not a valid proof.
     Auth(crate::proto::auth::AuthError),
     /// The handshake (with the proof) did not finish in time.
@@ -96,6 +112,14 @@ impl End {
                 bump(&stats.ping_timeouts);
                 "no traffic within the heartbeat timeout"
             }
+            End::Zmtp(ZmtpError::SlowMessage { .. }) => {
+                bump(&stats.slow_messages);
+                "a message did not arrive within its deadline"
+            }
+            End::PartialBudget => {
+                bump(&stats.partial_budget_cuts);
+                "the listener's budget for messages still arriving is spent"
+            }
             End::Zmtp(ZmtpError::Refused(_)) => "refused",
             End::Zmtp(ZmtpError::PeerError { .. }) => "the peer refused us",
             End::Zmtp(_) => {
@@ -117,6 +141,24 @@ impl End {
     }
 }
 
+/// What a listener's peers may hold together in read buffers for
+/// messages still arriving (`Config::max_partial_bytes`): each peer's
+/// buffer beyond its first [`UNCHARGED`] bytes is charged here.
+#[derive(Debug)]
+pub(crate) struct PartialBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl PartialBudget {
+    pub(crate) fn new(max: usize) -> Self {
+        PartialBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+}
+
 /// A tcp or ipc connection and its ZMTP engine.
 pub(crate) struct Conn {
     stream: Arc<Stream>,
@@ -124,14 +166,82 @@ pub(crate) struct Conn {
     /// Bytes read and not yet decoded; decoded frames are split off it
     /// without copying.
     rbuf: BytesMut,
+    /// The listener's budget this connection's read buffer is charged to
+    /// (none on a connection of ours: it has one peer).
+    budget: Option<Arc<PartialBudget>>,
+    /// What is charged to `budget` now.
+    charged: usize,
+    /// Bytes read since the task last gave its worker back.
+    unyielded: usize,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.used.fetch_sub(self.charged, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, config: EngineConfig) -> Self {
+    pub(crate) fn new(
+        stream: Stream,
+        config: EngineConfig,
+        budget: Option<Arc<PartialBudget>>,
+    ) -> Self {
         Conn {
             stream: Arc::new(stream),
             engine: Engine::new(config, Instant::now()),
             rbuf: BytesMut::new(),
+            budget,
+            charged: 0,
+            unyielded: 0,
+        }
+    }
+
+    /// Tightens or restores the limits on what the peer's frames may make
+    /// us hold (see [`Engine::set_limits`]).
+    pub(crate) fn set_limits(&mut self, limits: crate::zmtp::Limits) {
+        self.engine.set_limits(limits);
+    }
+
+    /// Charges the read buffer's size (beyond [`UNCHARGED`]) to the
+    /// listener's budget; `Err` if that would take it past its limit.
+    fn charge(&mut self) -> Result<(), End> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let want = self.rbuf.capacity().saturating_sub(UNCHARGED);
+        if want > self.charged {
+            let more = want - self.charged;
+            let before = budget.used.fetch_add(more, Ordering::Relaxed);
+            if before + more > budget.max {
+                budget.used.fetch_sub(more, Ordering::Relaxed);
+                return Err(End::PartialBudget);
+            }
+        } else {
+            budget.used.fetch_sub(self.charged - want, Ordering::Relaxed);
+        }
+        self.charged = want;
+        Ok(())
+    }
+
+    /// Gives the worker back once [`YIELD_AFTER`] bytes have been read
+    /// since the last time.
+    async fn take_turns(&mut self) {
+        if self.unyielded >= YIELD_AFTER {
+            self.unyielded = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// After a read's messages were taken: a buffer left empty but large
+    /// (a big message went through) is let go, so an idle peer holds
+    /// nothing of it.
+    fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_MAX {
+            self.rbuf = BytesMut::new();
+            let _ = self.charge();
         }
     }
 
@@ -153,23 +263,28 @@ impl Conn {
     }
 
     /// Reads once, waiting for the socket. `Ok(false)`: the peer closed.
-    async fn read_some(&mut self) -> io::Result<bool> {
+    async fn read_some(&mut self) -> Result<bool, End> {
+        self.take_turns().await;
         loop {
             self.stream.ready(Interest::READABLE).await?;
             match self.try_read() {
                 Ok(n) => return Ok(n > 0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(End::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
     }
 
-    fn try_read(&mut self) -> io::Result<usize> {
+    /// Reads what the socket has, into a buffer grown (and charged) for
+    /// it. `Ok(0)`: the peer closed.
+    fn try_read(&mut self) -> Result<usize, End> {
         let most = READ_MAX.max(self.rbuf.len());
         let want = self.engine.wants(&self.rbuf).clamp(READ_CHUNK, most);
         self.rbuf.reserve(want);
+        self.charge()?;
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         if n > 0 {
+            self.unyielded += n;
             self.engine.received(Instant::now());
         }
         Ok(n)
@@ -313,16 +428,19 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
+            // The timer before the socket: a peer whose bytes never stop
+            // must not keep its deadlines (a slow message's, a PING's TTL)
+            // from firing.
             let step = tokio::select! {
                 biased;
                 _ = stop.cancelled() => Step::End(End::Stopped),
                 _ = socket.link_dead.notified(), if !socket.is_listener() => Step::End(End::Dead),
+                () = &mut timer, if armed.is_some() => Step::Timer,
                 r = ready => match r {
                     Ok(r) => Step::Ready(r.is_readable(), r.is_writable() || r.is_write_closed()),
                     Err(e) => Step::End(End::Io(e)),
                 },
                 _ = outbox.driver.notified() => Step::Ready(false, false),
-                () = &mut timer, if armed.is_some() => Step::Timer,
             };
             match step {
                 Step::End(end) => return end,
@@ -347,9 +465,11 @@ impl Conn {
                                 {
                                     return end;
                                 }
+                                self.shrink();
+                                self.take_turns().await;
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return End::Io(e),
+                            Err(End::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(end) => return end,
                         }
                     }
                 }

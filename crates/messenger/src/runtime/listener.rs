@@ -18,20 +18,33 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Conn, End};
+use super::driver::{Conn, End, PartialBudget};
 use crate::proto::auth::{AuthError, Verifier};
 use crate::proto::wire;
 use crate::runtime::dispatch::Shared;
 use crate::runtime::socket::{Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream::{Listener, Stream};
-use crate::zmtp::{EngineConfig, MechanismConfig, Role, SocketType};
+use crate::zmtp::{EngineConfig, Limits, MechanismConfig, Role, SocketType};
 
 /// What a listener's peers need beyond their socket.
 pub(crate) struct PeerSettings {
     /// Checks each peer's proof when a secret is set.
     pub(crate) auth: Option<std::sync::Mutex<Verifier>>,
+    /// What the peers' read buffers may hold together for messages still
+    /// arriving (`Config::max_partial_bytes`).
+    pub(crate) partial: Arc<PartialBudget>,
 }
+
+/// What a peer's frames may make us hold before it has proven itself (a
+/// secret is set): its proof, a message of a few hundred bytes, and
+/// commands no larger than a READY. Far below `max_message_size`, so an
+/// unproven peer costs little.
+const UNPROVEN: Limits = Limits {
+    max_message: 1024,
+    max_frames: 4,
+    max_command: crate::config::MIN_COMMAND_SIZE,
+};
 
 /// The ZMTP side of a socket of ours, from its configuration.
 /// The ERROR reason for a CURVE client not on the allow-list: ZAP's status
@@ -58,6 +71,7 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
             cfg.connect_timeout
         },
         heartbeat: cfg.zmtp_heartbeat,
+        pace: Some(cfg.receive_pace()),
         mechanism: match (&cfg.curve, socket.is_listener()) {
             (Some(curve), true) => MechanismConfig::CurveServer {
                 keys: curve.keys.clone(),
@@ -249,7 +263,8 @@ async fn serve_peer(
 ) {
     let accepted_at = Instant::now();
     let cfg = &socket.config;
-    let mut conn = Conn::new(stream, engine_config(socket, Role::Server));
+    let budget = Some(Arc::clone(&settings.partial));
+    let mut conn = Conn::new(stream, engine_config(socket, Role::Server), budget);
     let handshake = async {
         let peer = conn
             .handshake(|peer| {
@@ -276,8 +291,11 @@ async fn serve_peer(
             Some(verifier) => {
                 let deadline =
                     crate::proto::deadlines::deadline_after(accepted_at, cfg.handshake_timeout);
+                conn.set_limits(UNPROVEN);
                 let mut frames = conn.first_message(deadline).await?;
-                Some(check_proof(socket, &mut frames, verifier).map_err(End::Auth)?)
+                let proof = check_proof(socket, &mut frames, verifier).map_err(End::Auth)?;
+                conn.set_limits(cfg.zmtp_limits());
+                Some(proof)
             }
         };
         Ok::<_, End>((peer, proof))

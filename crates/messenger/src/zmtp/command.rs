@@ -131,6 +131,23 @@ pub enum MetadataError {
     IdentityReserved,
 }
 
+impl MetadataError {
+    /// The reason an ERROR gives the peer for it.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            MetadataError::Truncated
+            | MetadataError::EmptyName
+            | MetadataError::NameChar
+            | MetadataError::ValueTooLong => "malformed metadata",
+            MetadataError::Duplicate(_) => "a property appears twice",
+            MetadataError::NoSocketType | MetadataError::UnknownSocketType => {
+                "no known Socket-Type"
+            }
+            MetadataError::IdentityTooLong | MetadataError::IdentityReserved => "invalid Identity",
+        }
+    }
+}
+
 /// The properties of a READY we act on, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {

@@ -334,9 +334,7 @@ pub(crate) enum Progress {
 fn error_or_unexpected(body: &Bytes) -> ZmtpError {
     if body.starts_with(ERROR) {
         match Command::parse(body.clone()) {
-            Ok(Command::Error(reason)) => ZmtpError::PeerError {
-                reason: String::from_utf8_lossy(&reason).into_owned(),
-            },
+            Ok(Command::Error(reason)) => ZmtpError::peer_error(&reason),
             Ok(_) | Err(_) => ZmtpError::MalformedCommand("ERROR"),
         }
     } else {

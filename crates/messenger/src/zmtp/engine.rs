@@ -70,6 +70,33 @@ pub struct Heartbeat {
     pub ttl: Duration,
 }
 
+/// How long a message (or command) may take to arrive once its first byte
+/// has: `timeout`, plus its declared size at `min_rate` bytes a second, so
+/// a large message on a slow link is allowed its time while a peer that
+/// declares 16 MiB and sends all but a byte cannot hold the memory for long
+/// (the slow-reader policy of HTTP servers' request-body timeouts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivePace {
+    /// The time allowed whatever the size.
+    pub timeout: Duration,
+    /// The least rate allowed, in bytes per second (at least 1).
+    pub min_rate: u64,
+}
+
+impl ReceivePace {
+    /// When a message of `len` bytes begun at `start` must be complete.
+    fn deadline(&self, start: Instant, len: u64) -> Instant {
+        let millis = u128::from(len) * 1000 / u128::from(self.min_rate.max(1));
+        let extra = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
+        deadline_after(start, self.timeout.saturating_add(extra))
+    }
+}
+
+/// Commands queued for the holder of the encoder (PONGs, our PINGs) at
+/// most: a peer that PINGs faster than we send (or while nothing sends,
+/// before it has proven itself) gets no more PONGs, not more memory.
+const MAX_QUEUED_COMMANDS: usize = 4;
+
 /// What one connection is and may do.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -85,6 +112,10 @@ pub struct EngineConfig {
     pub handshake_timeout: Duration,
     /// PINGs of ours, to find dead peers (3.1 peers only).
     pub heartbeat: Option<Heartbeat>,
+    /// How long a message may take to arrive once begun (after the
+    /// handshake; the handshake has its own deadline). `None`: as long as
+    /// it likes.
+    pub pace: Option<ReceivePace>,
     /// The security mechanism, and CURVE's keys: both peers must speak the
     /// same one. [`MechanismConfig::Null`] by default.
     pub mechanism: MechanismConfig,
@@ -164,6 +195,12 @@ pub struct Engine {
     ping_deadline: Option<Instant>,
     /// The peer's PING asked for traffic within its TTL.
     ttl_deadline: Option<Instant>,
+    /// See [`EngineConfig::pace`].
+    pace: Option<ReceivePace>,
+    /// When the message being received began to arrive.
+    message_started: Option<Instant>,
+    /// When it must be complete (from `pace`), and its size so far.
+    message_deadline: Option<(Instant, u64)>,
 }
 
 impl Engine {
@@ -191,6 +228,24 @@ impl Engine {
             next_ping: None,
             ping_deadline: None,
             ttl_deadline: None,
+            pace: config.pace,
+            message_started: None,
+            message_deadline: None,
+        }
+    }
+
+    /// Replaces the limits on what the peer's frames may make us hold,
+    /// from the next frame header on: a listener keeps them tight until
+    /// the peer has proven itself (its proof is a small message).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.decoder.set_limits(limits);
+    }
+
+    /// Queues a command for the holder of the encoder, unless
+    /// [`MAX_QUEUED_COMMANDS`] are waiting already.
+    fn queue_command(&mut self, body: Bytes) {
+        if self.commands.len() < MAX_QUEUED_COMMANDS {
+            self.commands.push_back(body);
         }
     }
 
@@ -253,10 +308,36 @@ impl Engine {
     /// first (it may hold an ERROR for the peer).
     pub fn decode(&mut self, buf: &mut BytesMut, now: Instant) -> Result<Option<Event>, ZmtpError> {
         let r = self.decode_inner(buf, now);
-        if r.is_err() {
-            self.state = State::Closed;
+        match &r {
+            Err(_) => self.state = State::Closed,
+            Ok(Some(Event::Message)) => {
+                self.message_started = None;
+                self.track(buf, now);
+            }
+            Ok(_) => self.track(buf, now),
         }
         r
+    }
+
+    /// Keeps the deadline of the message under way (if any) in step with
+    /// what has arrived of it: set when it begins, moved out as later
+    /// frame headers declare more, cleared when nothing is under way.
+    fn track(&mut self, buf: &BytesMut, now: Instant) {
+        let Some(pace) = self.pace.filter(|_| self.state == State::Traffic) else {
+            return;
+        };
+        match self.decoder.in_progress(buf) {
+            Some(len) => {
+                let start = *self.message_started.get_or_insert(now);
+                if self.message_deadline.is_none_or(|(_, had)| had != len) {
+                    self.message_deadline = Some((pace.deadline(start, len), len));
+                }
+            }
+            None => {
+                self.message_started = None;
+                self.message_deadline = None;
+            }
+        }
     }
 
     fn decode_inner(
@@ -283,8 +364,16 @@ impl Engine {
                         if self.decoder.mid_message() {
                             return Err(ZmtpError::MessageBeforeReady);
                         }
-                        if let Some(event) = self.handshake_command(body)? {
-                            return Ok(Some(event));
+                        match self.handshake_command(body) {
+                            Ok(Some(event)) => return Ok(Some(event)),
+                            Ok(None) => {}
+                            // RFC 37: metadata we cannot accept is refused
+                            // with ERROR (a CURVE client sends none).
+                            Err(ZmtpError::Metadata(e)) => {
+                                self.refuse(e.reason());
+                                return Err(ZmtpError::Metadata(e));
+                            }
+                            Err(e) => return Err(e),
                         }
                     }
                 },
@@ -383,13 +472,9 @@ impl Engine {
                 if ttl > 0 && self.ttl_deadline.is_none() {
                     self.ttl_deadline = Some(now + Duration::from_millis(u64::from(ttl) * 100));
                 }
-                self.commands.push_back(pong_body(&context));
+                self.queue_command(pong_body(&context));
             }
-            Command::Error(reason) => {
-                return Err(ZmtpError::PeerError {
-                    reason: String::from_utf8_lossy(&reason).into_owned(),
-                });
-            }
+            Command::Error(reason) => return Err(ZmtpError::peer_error(&reason)),
             // PONG is a sign of life, like any traffic. SUBSCRIBE, CANCEL,
             // JOIN and LEAVE mean nothing to a ROUTER or DEALER; unknown
             // commands are ignored, as libzmq does.
@@ -438,10 +523,15 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Greeting | State::Handshake | State::Deciding => Some(self.handshake_deadline),
-            State::Traffic => [self.next_ping, self.ping_deadline, self.ttl_deadline]
-                .into_iter()
-                .flatten()
-                .min(),
+            State::Traffic => [
+                self.next_ping,
+                self.ping_deadline,
+                self.ttl_deadline,
+                self.message_deadline.map(|(at, _)| at),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             State::Closed => None,
         }
     }
@@ -462,11 +552,17 @@ impl Engine {
                     self.state = State::Closed;
                     return Err(ZmtpError::HeartbeatTimeout);
                 }
+                if let Some((at, len)) = self.message_deadline
+                    && at <= now
+                {
+                    self.state = State::Closed;
+                    return Err(ZmtpError::SlowMessage { len });
+                }
                 if due(self.next_ping)
                     && let Some(hb) = self.heartbeat
                 {
                     let ttl = u16::try_from(hb.ttl.as_millis() / 100).unwrap_or(u16::MAX);
-                    self.commands.push_back(ping_body(ttl));
+                    self.queue_command(ping_body(ttl));
                     self.ping_deadline.get_or_insert(after(now, hb.timeout));
                     self.next_ping = Some(after(now, hb.interval));
                 }
@@ -584,6 +680,7 @@ mod tests {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(5),
             heartbeat: None,
+            pace: None,
             mechanism: MechanismConfig::Null,
         }
     }
@@ -813,6 +910,130 @@ mod tests {
         p.run_until(p.now + Duration::from_millis(10));
         assert_eq!(p.client.error, None);
         assert!(now < p.now);
+    }
+
+    #[test]
+    fn pings_nobody_answers_queue_a_few_pongs_not_more() {
+        // A listener waiting for a peer's proof sends nothing: the PONGs
+        // of a PING flood must not pile up meanwhile.
+        let mut p = Pair::dealer_router();
+        p.drive();
+        let mut flood = BytesMut::new();
+        let enc = p.client.encoder.as_mut().expect("ready");
+        for _ in 0..10_000 {
+            enc.command(&mut flood, b"\x04PING\x00\x00ctx");
+        }
+        let now = p.now;
+        assert_eq!(p.server.engine.decode(&mut flood, now), Ok(None));
+        assert!(flood.is_empty());
+        assert_eq!(p.server.engine.commands.len(), MAX_QUEUED_COMMANDS);
+    }
+
+    #[test]
+    fn an_error_reason_is_escaped_for_logs_and_terminals() {
+        let mut p = Pair::dealer_router();
+        p.drive();
+        let forged = b"ok\n2026-01-01 ERROR forged\x1b]0;pwned\x07\x1b[31m\xff";
+        let mut body = vec![5];
+        body.extend_from_slice(b"ERROR");
+        body.push(forged.len() as u8);
+        body.extend_from_slice(forged);
+        p.server.command_to(&mut p.client, &body);
+        p.drive();
+        let Some(ZmtpError::PeerError { reason }) = &p.client.error else {
+            panic!("{:?}", p.client.error)
+        };
+        assert_eq!(
+            reason,
+            "ok\\n2026-01-01 ERROR forged\\x1b]0;pwned\\x07\\x1b[31m\\xff"
+        );
+        let shown = p.client.error.as_ref().map(ToString::to_string);
+        assert!(shown.is_some_and(|s| s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')));
+    }
+
+    #[test]
+    fn metadata_we_refuse_gets_an_error() {
+        // Socket-Type twice: refused with ERROR, as RFC 37 asks (and
+        // design/WIRE.md promises), not just a closed connection.
+        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), Instant::now());
+        let mut input = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..]);
+        let mut ready = BytesMut::new();
+        ready.extend_from_slice(b"\x05READY");
+        for _ in 0..2 {
+            ready.extend_from_slice(b"\x0bSocket-Type\x00\x00\x00\x06DEALER");
+        }
+        Encoder::null().command(&mut input, &ready);
+        let now = Instant::now();
+        assert!(matches!(
+            e.decode(&mut input, now),
+            Err(ZmtpError::Metadata(super::super::MetadataError::Duplicate(_)))
+        ));
+        let sent = e.transmit().split();
+        let mut want = BytesMut::new();
+        Encoder::null().command(&mut want, &super::super::command::error_body("a property appears twice"));
+        assert!(sent.ends_with(&want), "{sent:?}");
+    }
+
+    #[test]
+    fn a_message_begun_must_finish_within_its_deadline() {
+        let pace = ReceivePace {
+            timeout: Duration::from_secs(5),
+            min_rate: 1 << 20,
+        };
+        let mut p = Pair::new(
+            config(Role::Client, SocketType::Dealer, b"alice"),
+            EngineConfig {
+                pace: Some(pace),
+                ..config(Role::Server, SocketType::Router, b"srv")
+            },
+        );
+        p.drive();
+        // 16 MiB declared, all but the last byte sent: 5 s + 16 s.
+        let mut m = p.client.send(&[b"", &vec![7u8; 16 << 20]]);
+        let last = m.split_off(m.len() - 1);
+        let start = p.now;
+        p.server.inbox.extend_from_slice(&m);
+        p.drive();
+        assert_eq!(
+            p.server.engine.poll_timeout(),
+            Some(start + Duration::from_secs(21))
+        );
+        p.run_until(start + Duration::from_millis(20_999));
+        assert_eq!(p.server.error, None);
+        p.run_until(start + Duration::from_secs(21));
+        assert!(matches!(
+            p.server.error,
+            Some(ZmtpError::SlowMessage { len }) if len > 16 << 20
+        ));
+        drop(last);
+    }
+
+    #[test]
+    fn a_message_that_finishes_in_time_clears_its_deadline() {
+        let pace = ReceivePace {
+            timeout: Duration::from_secs(1),
+            min_rate: 1 << 20,
+        };
+        let mut p = Pair::new(
+            config(Role::Client, SocketType::Dealer, b"alice"),
+            EngineConfig {
+                pace: Some(pace),
+                ..config(Role::Server, SocketType::Router, b"srv")
+            },
+        );
+        p.drive();
+        let mut m = p.client.send(&[b"", b"1-0-0-hello"]);
+        let rest = m.split_off(3);
+        p.server.inbox.extend_from_slice(&m);
+        p.drive();
+        assert!(p.server.engine.poll_timeout().is_some(), "under way");
+        p.run_until(p.now + Duration::from_millis(500));
+        p.server.inbox.extend_from_slice(&rest);
+        p.drive();
+        assert_eq!(p.server.messages.len(), 1);
+        assert_eq!(p.server.engine.poll_timeout(), None, "nothing under way");
+        p.run_until(p.now + Duration::from_secs(60));
+        assert_eq!(p.server.error, None);
     }
 
     #[test]

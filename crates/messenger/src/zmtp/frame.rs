@@ -81,6 +81,26 @@ impl FrameDecoder {
         !self.complete && !self.frames.is_empty()
     }
 
+    /// The declared size of what is being received and not yet complete
+    /// (a frame whose body is awaited, a message whose last frame is, or
+    /// a header cut short in `buf`), or `None` when nothing is under way.
+    /// What a slow-message deadline is sized by.
+    pub(crate) fn in_progress(&self, buf: &BytesMut) -> Option<u64> {
+        match self.header {
+            Some(h) => Some(self.message_len.max(h.len as u64)),
+            None if !buf.is_empty() || self.mid_message() => {
+                Some(self.message_len.max(buf.len() as u64))
+            }
+            None => None,
+        }
+    }
+
+    /// Replaces the limits (a listener tightens them until a peer has
+    /// proven itself). Takes effect from the next frame header.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// From now on every frame is a CURVE MESSAGE, opened with `rx`.
     pub(crate) fn set_curve(&mut self, rx: CurveRx) {
         self.curve = Some(rx);

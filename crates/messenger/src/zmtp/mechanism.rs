@@ -182,9 +182,7 @@ impl Mechanism {
                     }
                     Command::Error(reason) => {
                         *state = NullState::Failed;
-                        Err(ZmtpError::PeerError {
-                            reason: String::from_utf8_lossy(&reason).into_owned(),
-                        })
+                        Err(ZmtpError::peer_error(&reason))
                     }
                     _ => Err(ZmtpError::UnexpectedCommand),
                 }

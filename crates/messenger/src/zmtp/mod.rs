@@ -44,7 +44,9 @@ mod keys;
 mod mechanism;
 
 pub use command::{Command, Metadata, MetadataError, encode_ready_body};
-pub use engine::{Engine, EngineConfig, Event, Heartbeat, PeerInfo, Role, deadline_after};
+pub use engine::{
+    Engine, EngineConfig, Event, Heartbeat, PeerInfo, ReceivePace, Role, deadline_after,
+};
 pub use frame::{Decoded, Encoder, FrameDecoder};
 pub use greeting::{GREETING_LEN, Greeting};
 pub use keys::{
@@ -169,6 +171,15 @@ impl fmt::Display for SocketType {
     }
 }
 
+impl ZmtpError {
+    /// The error for an ERROR command from the peer, its reason escaped.
+    pub(crate) fn peer_error(reason: &[u8]) -> ZmtpError {
+        ZmtpError::PeerError {
+            reason: reason.escape_ascii().to_string(),
+        }
+    }
+}
+
 /// What one connection may make us hold. Every limit is checked against a
 /// frame's header, before a byte of its body is buffered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +272,10 @@ pub enum ZmtpError {
     /// The peer sent an ERROR command.
     #[error("the peer refused the connection: {reason}")]
     PeerError {
-        /// Its reason, lossily decoded (at most 255 bytes).
+        /// Its reason (at most 255 bytes of the peer's choosing), escaped
+        /// as Rust escapes a byte string: printable ASCII as is, anything
+        /// else (newlines, ESC, non-ASCII) as `\n`, `\x1b`, ..., so it can
+        /// reach a log or a terminal without forging lines or sequences.
         reason: String,
     },
     /// We refused the peer (an ERROR command was queued for it).
@@ -270,6 +284,14 @@ pub enum ZmtpError {
     /// The handshake did not finish in time.
     #[error("no handshake within the time allowed")]
     HandshakeTimeout,
+    /// A message (or command) begun did not finish within its deadline:
+    /// [`ReceivePace::timeout`] plus its declared size at
+    /// [`ReceivePace::min_rate`].
+    #[error("a message of {len} bytes did not arrive within its deadline")]
+    SlowMessage {
+        /// Its declared size so far.
+        len: u64,
+    },
     /// Nothing arrived within the heartbeat timeout after a PING, or within
     /// the TTL the peer's PING asked for.
     #[error("heartbeat timed out: no traffic from the peer")]
