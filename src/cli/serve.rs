@@ -36,30 +36,28 @@ pub async fn run(
             tracing::warn!(endpoint = %bind, "inproc does not speak CURVE");
         }
     }
+    let config = fit_to_descriptors(config, binds.len());
     // Caught before the first "listening" line: a supervisor may stop us
     // as soon as it reads one, and must get a clean shutdown.
     let signals = Signals::catch()?;
     let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
+    let refusals = std::sync::Arc::new(Refusals::default());
     for bind in &binds {
+        let refusals = std::sync::Arc::clone(&refusals);
         let slc = move |msg: Incoming, r: Responder| {
             if !quiet {
-                print_line(&json!({
-                    "endpoint": msg.endpoint().to_string(),
-                    "peer": String::from_utf8_lossy(&msg.peer),
-                    "msg_id": msg.msg_id,
-                    "src_cb": msg.src_cb,
-                    "dst_cb": msg.dst_cb,
-                    "body": String::from_utf8_lossy(&msg.body),
-                }));
+                print_line(&message_line(&msg));
             }
             // Only messages that ask for a reply get one: answering src_cb 0
             // would land in the sender's server loop, and two echo servers
-            // would bounce a message between them forever.
+            // would bounce a message between them forever. The reply never
+            // waits for room here: a request that wants one was admitted
+            // with a place for it, and it waits there until the peer ACKs.
             if matches!(mode, SlcMode::Echo)
                 && msg.src_cb != messenger::NOOP
                 && let Err(e) = r.try_reply(&msg.body)
             {
-                tracing::warn!(error = %e, "cannot reply");
+                refusals.note(&e);
             }
         };
         let info = m
@@ -92,6 +90,106 @@ pub async fn run(
         serde_json::to_string(&m.stats()).unwrap_or_default()
     );
     Ok(())
+}
+
+/// One printed line per message the server loop sees. Routing ids and
+/// bodies are the peer's bytes: printed as JSON strings (control bytes
+/// escaped by JSON) when they are UTF-8, and as `peer_hex` /
+/// `body_base64` when they are not, so no two differ only in what a lossy
+/// decoding dropped.
+fn message_line(msg: &Incoming) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut line = json!({
+        "endpoint": msg.endpoint().to_string(),
+        "msg_id": msg.msg_id,
+        "src_cb": msg.src_cb,
+        "dst_cb": msg.dst_cb,
+    });
+    let fields = [
+        ("peer", "peer_hex", &msg.peer),
+        ("body", "body_base64", &msg.body),
+    ];
+    for (text, binary, bytes) in fields {
+        let (key, value) = match std::str::from_utf8(bytes) {
+            Ok(s) => (text, s.to_owned()),
+            Err(_) if binary == "peer_hex" => (binary, hex(bytes)),
+            Err(_) => (
+                binary,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            ),
+        };
+        line[key] = serde_json::Value::String(value);
+    }
+    line
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Replies the echo loop could not make, said at most once a second (with
+/// how many) instead of once each: a peer that never ACKs must not flood
+/// the log.
+#[derive(Default)]
+struct Refusals {
+    /// When the last line was written, and refusals since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Refusals {
+    fn note(&self, error: &messenger::SendError) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 += 1;
+        let now = std::time::Instant::now();
+        if st
+            .0
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %error, count = st.1, "cannot reply");
+            *st = (Some(now), 0);
+        }
+    }
+}
+
+/// Descriptors kept for everything but peers: stdio, the listeners, the
+/// runtime's poller and wakers, a log file.
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard limit (the usual soft
+/// limit, 1024, is below the default connection limit) and, if even that
+/// is too few for `binds` listeners at their connection limit, lowers the
+/// limit to what the descriptors allow, saying so. Past the limit idle
+/// peers give way to newcomers; past the descriptors, accepts would fail
+/// (the library treats that as the limit too, but a limit of our own is
+/// reached first and said).
+fn fit_to_descriptors(mut config: messenger::Config, binds: usize) -> messenger::Config {
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the limit on open files");
+            return config;
+        }
+    };
+    let per_listener = nofile.saturating_sub(RESERVED_FDS) / binds.max(1) as u64;
+    let fits = usize::try_from(per_listener).unwrap_or(usize::MAX).max(1);
+    if fits < config.max_connections_per_listener {
+        tracing::warn!(
+            open_files = nofile,
+            listeners = binds,
+            max_connections = fits,
+            "the limit on open files allows {fits} peers per listener; serving at most that many (raise the hard limit, ulimit -Hn, for more)"
+        );
+        config.max_connections_per_listener = fits;
+        config.max_connections_per_address = config.max_connections_per_address.min(fits);
+    } else {
+        tracing::info!(open_files = nofile, "limit on open files");
+    }
+    config
 }
 
 /// SIGTERM and SIGINT, caught from the moment this is made.

@@ -290,7 +290,10 @@ impl Config {
                 self.max_connections_per_address,
             ),
             ("max_pending_messages", self.max_pending_messages),
-            ("dedup_window", usize::try_from(self.dedup_window).unwrap_or(usize::MAX)),
+            (
+                "dedup_window",
+                usize::try_from(self.dedup_window).unwrap_or(usize::MAX),
+            ),
             ("max_concurrent_handlers", self.max_concurrent_handlers),
         ];
         if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {

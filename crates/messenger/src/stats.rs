@@ -90,11 +90,21 @@ counters! {
     unroutable_dropped,
     /// Messages refused (not ACKed) because a server loop's queue was full.
     slc_busy,
+    /// Requests for a server loop refused (not ACKed) because the window
+    /// towards their sender was full of replies it had not ACKed yet, sent
+    /// or owed: it resends them once it ACKs (see
+    /// `Config::send_queue_capacity`).
+    reply_window_busy,
     /// Messages refused (not ACKed) because their id is older than the
     /// sender's duplicate window and not known to have arrived (see
     /// `Config::dedup_window`).
     dedup_stale,
-    /// ACKs dropped because the peer's send buffer was full.
+    /// ACKs dropped because the peer's send buffer held twice its limit
+    /// (the peer resends what they acknowledged).
+    acks_dropped,
+    /// Replies dropped: a server loop's reply that waited for room in the
+    /// window towards a peer that did not ACK before its deadline (also
+    /// logged, at most once a second per socket).
     replies_dropped,
     /// ECHOs refused unACKed because their sender's send buffer was full
     /// (it does not read what we send it): it resends them later.

@@ -83,6 +83,10 @@ pub(crate) enum Delivery {
     Delivered,
     /// No room (or shutting down): refuse it unACKed, the peer resends.
     Busy,
+    /// It asks for a reply, and the window towards its sender is full of
+    /// replies (sent and unACKed, or owed): refuse it unACKed, the peer
+    /// resends it once it has ACKed some.
+    NoReplyRoom,
     /// The socket has no server loop: ACK it (a resend would not help)
     /// and drop it.
     NoServerLoop,
@@ -114,6 +118,8 @@ pub(crate) enum Outcome {
     Delivered,
     /// The server loop had no room.
     ServerLoopBusy,
+    /// No room towards its sender for the reply it asks for.
+    ReplyWindowBusy,
     /// Nothing could take it.
     Unroutable,
 }
@@ -189,6 +195,7 @@ pub(crate) fn process(
                 Outcome::Delivered
             }
             Delivery::Busy => Outcome::ServerLoopBusy,
+            Delivery::NoReplyRoom => Outcome::ReplyWindowBusy,
             Delivery::NoServerLoop => {
                 accepted(dedup, msg_id);
                 fx.ack(msg_id);

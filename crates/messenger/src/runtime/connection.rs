@@ -39,21 +39,23 @@ pub(crate) enum Link {
 }
 
 /// Dials `endpoint` once and makes a session of it: the ZMTP handshake,
-/// then our proof first when a secret is set.
+/// then our proof first when a secret is set; all within `limit`.
 pub(crate) async fn dial(
     endpoint: &Endpoint,
     socket: &Arc<SocketCtx>,
     shared: &Arc<Shared>,
+    limit: Duration,
 ) -> Result<(Link, Arc<Session>), ConnectError> {
     let cfg = &socket.config;
     if let Endpoint::Inproc(name) = endpoint {
         let (conn, session) = inproc::dial(name, socket, shared)?;
         return Ok((Link::Inproc(conn), session));
     }
-    let stream = stream::dial(endpoint, cfg.connect_timeout).await?;
+    let give_up = tokio::time::Instant::now() + limit;
+    let stream = stream::dial(endpoint, limit).await?;
     let mut conn = Conn::new(stream, engine_config(socket, Role::Client), None);
     let handshake = conn.handshake(|_| Ok(()));
-    match tokio::time::timeout(cfg.connect_timeout, handshake).await {
+    match tokio::time::timeout_at(give_up, handshake).await {
         Err(_) | Ok(Err(End::HandshakeTimeout)) => {
             return Err(ConnectError::Timeout(endpoint.clone()));
         }
@@ -91,11 +93,14 @@ pub(crate) async fn dial(
     Ok((Link::Wire(Box::new(conn)), session))
 }
 
-/// `make_connection`'s dial. A listener refuses a routing id that a live
-/// session holds; when that session is our own previous run (a process
-/// restarted with the same identity) the listener has not yet seen its
-/// close, and will within moments. So a refusal for that reason is retried,
-/// backing off from 10 ms, until `connect_timeout`; then it is the error.
+/// `make_connection`'s dial, retried until `connect_timeout` (backing off
+/// from 10 ms to 250 ms) while the failure may pass: nothing listens yet
+/// (a server still starting), the connection was reset or closed during
+/// the handshake (a listener at its per-address limit makes room by asking
+/// an idle peer to give way, then takes the next newcomer), or the
+/// listener refused our routing id because a session of our own previous
+/// run still holds it (it lets that one go once it has read its close).
+/// What cannot pass (a refusal for cause, a bad endpoint) fails at once.
 pub(crate) async fn dial_first(
     endpoint: &Endpoint,
     socket: &Arc<SocketCtx>,
@@ -104,14 +109,32 @@ pub(crate) async fn dial_first(
     let give_up = tokio::time::Instant::now() + socket.config.connect_timeout;
     let mut delay = Duration::from_millis(10);
     loop {
-        match dial(endpoint, socket, shared).await {
-            Err(e) if id_in_use(&e) && tokio::time::Instant::now() + delay < give_up => {
-                tracing::debug!(endpoint = %endpoint, ?delay, "routing id in use; retrying");
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        match dial(endpoint, socket, shared, left).await {
+            Err(e) if may_pass(&e) && tokio::time::Instant::now() + delay < give_up => {
+                tracing::debug!(endpoint = %endpoint, error = %e, ?delay, "connect failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(250));
             }
             dialled => return dialled,
         }
+    }
+}
+
+/// Whether a failed dial may succeed if tried again soon.
+fn may_pass(e: &ConnectError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ConnectError::Refused { source, .. } => matches!(
+            source.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::NotFound
+        ),
+        e => id_in_use(e),
     }
 }
 
@@ -140,12 +163,10 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
         | End::Evicted
         | End::Dead
         | End::Auth(_)
-        | End::PartialBudget => {
-            ConnectError::Refused {
-                endpoint,
-                source: std::io::ErrorKind::ConnectionReset.into(),
-            }
-        }
+        | End::PartialBudget => ConnectError::Refused {
+            endpoint,
+            source: std::io::ErrorKind::ConnectionReset.into(),
+        },
     }
 }
 
@@ -199,7 +220,7 @@ pub(crate) async fn drive(
             }
             let dialled = tokio::select! {
                 _ = stop.cancelled() => return,
-                d = dial(&endpoint, &socket, &shared) => d,
+                d = dial(&endpoint, &socket, &shared, socket.config.connect_timeout) => d,
             };
             match dialled {
                 Ok(l) => break l,

@@ -31,7 +31,8 @@ use crate::proto::deadlines::{Deadlines, deadline_after};
 use crate::proto::dedup::DedupWindow;
 use crate::proto::process::{self, Delivery, Outcome};
 use crate::proto::wire::{self, ECHO, NOOP, Payload};
-use crate::runtime::socket::{InprocLink, Out, Refused, Route, Session, SocketCtx};
+use crate::runtime::replies::ReplyTicket;
+use crate::runtime::socket::{Delivered, InprocLink, Out, Refused, Route, Session, SocketCtx};
 use crate::shard::{Padded, thread_index};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
@@ -581,7 +582,7 @@ impl Shared {
                 bump(&self.stats.sent);
                 bump(&self.stats.acks_sent);
             }
-            Err(_) => bump(&self.stats.replies_dropped),
+            Err(_) => bump(&self.stats.acks_dropped),
         }
     }
 
@@ -616,6 +617,7 @@ impl Shared {
             Outcome::Proof => return false,
             Outcome::Delivered => &self.stats.slc_delivered,
             Outcome::ServerLoopBusy => &self.stats.slc_busy,
+            Outcome::ReplyWindowBusy => &self.stats.reply_window_busy,
             Outcome::Unroutable => &self.stats.unroutable_dropped,
         };
         bump(counter);
@@ -671,12 +673,14 @@ impl Shared {
     }
 
     /// Offers a message to `socket`'s server loop without waiting; a full
-    /// queue (or shutdown) gives it back.
+    /// queue (or shutdown) gives it back. `ticket`: the place its reply
+    /// may take, handed to the loop with it.
     pub(crate) fn offer(
         &self,
         socket: &Arc<SocketCtx>,
         session: &Session,
         message: Payload,
+        ticket: Option<ReplyTicket>,
     ) -> Result<Delivery, Payload> {
         // While shutting down it is refused: on tcp the peer keeps it.
         if !self.is_accepting() {
@@ -687,7 +691,10 @@ impl Shared {
         };
         match slc.try_reserve() {
             Ok(permit) => {
-                permit.send(incoming(socket, session, message));
+                permit.send(Delivered {
+                    message: incoming(socket, session, message),
+                    ticket,
+                });
                 Ok(Delivery::Delivered)
             }
             Err(mpsc::error::TrySendError::Full(())) => Err(message),
@@ -709,11 +716,52 @@ impl Shared {
         match slc.reserve().await {
             Ok(_) if !self.is_accepting() => Delivery::Busy,
             Ok(permit) => {
-                permit.send(incoming(socket, session, message));
+                permit.send(Delivered {
+                    message: incoming(socket, session, message),
+                    ticket: None,
+                });
                 Delivery::Delivered
             }
             Err(_) => Delivery::Gone,
         }
+    }
+
+    /// Whether the window towards `session`'s peer has a place for one
+    /// more reply: what it has not ACKed, plus the replies owed to it and
+    /// waiting for room, is below `send_queue_capacity` (always, without
+    /// resending: nothing is tracked then).
+    fn reply_room(&self, session: &Session) -> bool {
+        self.config.resend_interval.is_none()
+            || session.unacked.len() + session.replies.held() < self.config.send_queue_capacity
+    }
+
+    /// Keeps a reply that found no room (the window or the buffer towards
+    /// its peer is full) until there is, in the place `ticket` holds for
+    /// it: formatted now, with its msg_id, and sent by the session's task
+    /// ([`flush_replies`](Self::flush_replies)).
+    pub(crate) fn defer_reply(
+        &self,
+        socket: &SocketCtx,
+        ticket: &ReplyTicket,
+        dst_cb: u64,
+        body: &[u8],
+    ) -> Result<u64, SendError> {
+        let session = ticket.session();
+        if session.is_closed() {
+            return Err(SendError::Disconnected);
+        }
+        let max = self.config.max_message_size;
+        let len = wire::encoded_len(u64::MAX, NOOP, dst_cb, body.len());
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
+        }
+        let msg_id = socket.next_msg_id_for(session);
+        let payload = wire::encode(msg_id, NOOP, dst_cb, body);
+        let deadline = deadline_after(self.now(), self.config.request_timeout);
+        session.replies.defer(ticket, msg_id, payload, deadline);
+        // The session's task may be waiting on its socket alone.
+        session.wake();
+        Ok(msg_id)
     }
 
     /// Whether an ECHO's answer can go out now: the peer's buffer has
@@ -795,8 +843,17 @@ impl process::Effects for Live<'_> {
     }
 
     fn deliver(&mut self, message: Payload) -> Delivery {
+        // A request that wants a reply takes a place in the window towards
+        // its sender for it, or waits (unACKed) until there is one.
+        let ticket = if message.src_cb == NOOP {
+            None
+        } else if self.shared.reply_room(self.session) {
+            Some(ReplyTicket::new(self.session))
+        } else {
+            return Delivery::NoReplyRoom;
+        };
         self.shared
-            .offer(self.socket, self.session, message)
+            .offer(self.socket, self.session, message, ticket)
             .unwrap_or(Delivery::Busy)
     }
 }
@@ -893,6 +950,13 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
                 .map(|u| (u, route.clone()))
                 .collect()
         };
+        // Replies waiting for room towards a peer that sends nothing (no
+        // ACK to wake its session's task) still meet their deadlines.
+        for (_, route) in &targets {
+            if let Some(Route::Session(session)) = route {
+                socket.flush_replies(session, now);
+            }
+        }
         let mut unwaited = 0u64;
         for (unacked, route) in targets {
             let budget = if route.is_some() { usize::MAX } else { 0 };

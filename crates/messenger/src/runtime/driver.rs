@@ -220,7 +220,9 @@ impl Conn {
                 return Err(End::PartialBudget);
             }
         } else {
-            budget.used.fetch_sub(self.charged - want, Ordering::Relaxed);
+            budget
+                .used
+                .fetch_sub(self.charged - want, Ordering::Relaxed);
         }
         self.charged = want;
         Ok(())
@@ -477,6 +479,11 @@ impl Conn {
             if outbox.is_broken() {
                 return End::Io(io::ErrorKind::BrokenPipe.into());
             }
+            // ACKs read, or room in the buffer: replies waiting for room
+            // may go now.
+            if session.replies.any_waiting() {
+                socket.flush_replies(session, Instant::now());
+            }
         }
     }
 
@@ -608,6 +615,6 @@ enum Step {
 /// drops them: a peer that does not read gets no PONG.
 fn send_commands(engine: &mut Engine, outbox: &Outbox) {
     while let Some(cmd) = engine.poll_command() {
-        let _ = outbox.push(cmd.len() + 9, |enc, buf| enc.command(buf, &cmd));
+        let _ = outbox.push_control(cmd.len() + 9, |enc, buf| enc.command(buf, &cmd));
     }
 }

@@ -110,7 +110,9 @@ impl Pair {
                 Ok(())
             }
             Ok(Delivery::NoServerLoop) => Ok(()),
-            Ok(Delivery::Busy | Delivery::Gone) => Err(SendError::Disconnected),
+            Ok(Delivery::Busy | Delivery::Gone | Delivery::NoReplyRoom) => {
+                Err(SendError::Disconnected)
+            }
             Err(_) => Err(SendError::Timeout),
         }
     }
@@ -151,7 +153,7 @@ fn land_on(
             if !to.shared.is_accepting() {
                 return Err(Refused::Gone);
             }
-            match to.shared.offer(&to.socket, to_session, msg) {
+            match to.shared.offer(&to.socket, to_session, msg, None) {
                 Ok(Delivery::Delivered) => {
                     bump(&stats.slc_delivered);
                     Ok(())
@@ -160,7 +162,7 @@ fn land_on(
                     bump(&stats.unroutable_dropped);
                     Ok(())
                 }
-                Ok(Delivery::Busy) | Ok(Delivery::Gone) => Err(Refused::Gone),
+                Ok(Delivery::Busy | Delivery::Gone | Delivery::NoReplyRoom) => Err(Refused::Gone),
                 Err(msg) => {
                     bump(&stats.slc_busy);
                     Err(Refused::Full(msg))

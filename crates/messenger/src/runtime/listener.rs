@@ -90,10 +90,15 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
 
 /// Accepts peers until `stop`, then waits for their sessions to wind down
 /// (they watch `stop` too). At most `max_connections_per_listener` at
-/// once, and `max_connections_per_address` from one tcp source: a peer over
-/// the second is closed at once; a peer over the first is held (the rest
-/// wait in the OS backlog) until a place frees, asking an idle peer to give
-/// way (`evict_idle_after`).
+/// once, and `max_connections_per_address` from one tcp source.
+///
+/// A newcomer over the per-address limit asks the idlest idle session
+/// from its own source to give way (`evict_idle_after`) and waits a moment
+/// for its place; with none to ask it is closed at once. At the listener's
+/// limit, or when the process is out of descriptors (EMFILE: the limit the
+/// operating system sets, reached before ours), the newcomer is held (the
+/// rest wait in the OS backlog) until a place frees, asking the idlest
+/// idle peer to give way.
 pub(crate) async fn accept_loop(
     listener: Listener,
     socket: Arc<SocketCtx>,
@@ -116,8 +121,25 @@ pub(crate) async fn accept_loop(
                 backoff = Duration::from_millis(10);
                 accepted
             }
+            Err(e) if out_of_descriptors(&e) => {
+                // The operating system's limit on descriptors is a
+                // connection limit too: an idle peer gives way, as at ours.
+                bump(&socket.stats.connection_limit_hits);
+                if socket.warn_allowed() {
+                    tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "out of file descriptors; an idle peer gives way if there is one");
+                }
+                if let Some(after) = socket.config.evict_idle_after {
+                    socket.evict_idle(after, Instant::now(), None);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(EVICT_RECHECK) => {}
+                }
+                continue;
+            }
             Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning.
+                // Out of memory, or a passing error: back off instead of
+                // spinning.
                 if socket.warn_allowed() {
                     tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, ?backoff, "accept failed");
                 }
@@ -129,13 +151,13 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let source = match from.map(|ip| Sources::take(&sources, ip)) {
+        let source = match from.map(|ip| Sources::admit(&sources, ip, &socket)) {
             None => None,
-            Some(Some(slot)) => Some(slot),
+            Some(Some(admission)) => Some(admission),
             Some(None) => {
                 bump(&socket.stats.address_limit_hits);
                 if socket.warn_allowed() {
-                    tracing::warn!(endpoint = %socket.origin.endpoint, from = ?from, "per-address connection limit reached; closing the newcomer");
+                    tracing::warn!(endpoint = %socket.origin.endpoint, from = ?from, "per-address connection limit reached and no idle peer from there; closing the newcomer");
                 }
                 continue;
             }
@@ -162,8 +184,19 @@ pub(crate) async fn accept_loop(
         let span = tracing::debug_span!("peer");
         peers.spawn(tracing::Instrument::instrument(
             async move {
-                let _places = (permit, source);
-                serve_peer(stream, &socket, &shared, &settings, &stop).await;
+                let slot = match source {
+                    None => None,
+                    Some(admission) => match admission.slot(&stop).await {
+                        Some(slot) => Some(slot),
+                        None => {
+                            bump(&socket.stats.address_limit_hits);
+                            return;
+                        }
+                    },
+                };
+                let _places = (permit, slot);
+                let source = _places.1.as_ref().map(|s| s.source);
+                serve_peer(stream, source, &socket, &shared, &settings, &stop).await;
             },
             span,
         ));
@@ -172,9 +205,26 @@ pub(crate) async fn accept_loop(
     while peers.join_next().await.is_some() {}
 }
 
+/// Whether an accept failed for want of file descriptors (the process's
+/// limit or the system's).
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    // EMFILE and ENFILE on Linux and the BSDs.
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
 /// How often a newcomer held at the connection limit looks again for an
 /// idle peer to give way (peers grow idle as time passes).
 const EVICT_RECHECK: Duration = Duration::from_millis(100);
+
+/// How long a newcomer over the per-address limit waits for the place of
+/// the idle session from its source that was asked to give way (it closes
+/// within milliseconds; this bounds a bug, not the common case).
+const SOURCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Newcomers that may wait at once, per source, for a place an idle
+/// session of their source gives up: one is asked per newcomer, and a
+/// source that floods us gets no more parked tasks than this.
+const WAITING_PER_SOURCE: usize = 4;
 
 /// Waits for a place at the connection limit, asking the longest-idle
 /// peer to give way when there is one. `None`: stopped meanwhile.
@@ -186,7 +236,7 @@ async fn make_room(
     loop {
         let evicting = socket.config.evict_idle_after;
         if let Some(after) = evicting {
-            socket.evict_idle(after, Instant::now());
+            socket.evict_idle(after, Instant::now(), None);
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
@@ -200,9 +250,31 @@ async fn make_room(
 /// usually given), bounded by `max_connections_per_address`.
 struct Sources {
     max: usize,
-    /// Sources with a session, and how many; one entry per held place, so
-    /// no larger than the listener's connection limit.
-    held: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Per source with a session or a newcomer waiting: places held, and
+    /// newcomers waiting for one. At most one entry per held place or
+    /// waiting newcomer, so no larger than the listener's limits.
+    held: std::sync::Mutex<HashMap<IpAddr, Held>>,
+    /// A place was given back.
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Held {
+    places: usize,
+    waiting: usize,
+}
+
+/// A newcomer's way to a place for its source: one taken at once, or a
+/// wait for the place of an idle session that was asked to give way.
+enum Admission {
+    Now(SourceSlot),
+    Wait(Waiter),
+}
+
+/// A newcomer waiting for a place of its source (counted while it waits).
+struct Waiter {
+    sources: Arc<Sources>,
+    source: IpAddr,
 }
 
 /// One place of a source, given back when dropped.
@@ -216,46 +288,131 @@ impl Sources {
         Sources {
             max,
             held: std::sync::Mutex::new(HashMap::new()),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
-    /// A place for a peer from `ip`, unless its source is at the limit.
-    fn take(sources: &Arc<Sources>, ip: IpAddr) -> Option<SourceSlot> {
-        let source = match ip.to_canonical() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key `ip` is counted under: itself, or its /64.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let prefix = u128::from(v6) & !((1u128 << 64) - 1);
                 IpAddr::V6(prefix.into())
             }
             v4 => v4,
+        }
+    }
+
+    /// A place for a peer from `ip`, or, with its source at the limit, a
+    /// wait for the place of that source's idlest idle session (asked to
+    /// give way now). `None`: at the limit with nobody to ask.
+    fn admit(sources: &Arc<Sources>, ip: IpAddr, socket: &SocketCtx) -> Option<Admission> {
+        let source = Self::key(ip);
+        if let Some(slot) = Self::take(sources, source) {
+            return Some(Admission::Now(slot));
+        }
+        let after = socket.config.evict_idle_after?;
+        {
+            let mut held = sources.lock();
+            let h = held.entry(source).or_default();
+            if h.waiting >= WAITING_PER_SOURCE {
+                return None;
+            }
+            h.waiting += 1;
+        }
+        let waiter = Waiter {
+            sources: Arc::clone(sources),
+            source,
         };
-        let mut held = sources.held.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(source).or_insert(0);
-        if *n >= sources.max {
+        // Dropping the waiter (nobody to ask) uncounts it.
+        socket
+            .evict_idle(after, Instant::now(), Some(source))
+            .then_some(Admission::Wait(waiter))
+    }
+
+    /// A place for `source`, unless it is at the limit.
+    fn take(sources: &Arc<Sources>, source: IpAddr) -> Option<SourceSlot> {
+        let mut held = sources.lock();
+        let h = held.entry(source).or_default();
+        if h.places >= sources.max {
             return None;
         }
-        *n += 1;
+        h.places += 1;
         Some(SourceSlot {
             sources: Arc::clone(sources),
             source,
         })
     }
-}
 
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut held = self.sources.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.source);
-            }
+    /// Forgets `source` once nothing is held or awaited for it.
+    fn tidy(held: &mut HashMap<IpAddr, Held>, source: IpAddr) {
+        if held
+            .get(&source)
+            .is_some_and(|h| h.places == 0 && h.waiting == 0)
+        {
+            held.remove(&source);
         }
     }
 }
 
-/// One peer, from accept to close.
+impl Admission {
+    /// The place, once there is one (within [`SOURCE_WAIT`] for a
+    /// waiting newcomer). `None`: none came, or stopped.
+    async fn slot(self, stop: &CancellationToken) -> Option<SourceSlot> {
+        let waiter = match self {
+            Admission::Now(slot) => return Some(slot),
+            Admission::Wait(waiter) => waiter,
+        };
+        let sources = Arc::clone(&waiter.sources);
+        let wait = async {
+            loop {
+                let freed = sources.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(slot) = Sources::take(&sources, waiter.source) {
+                    return slot;
+                }
+                freed.await;
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = tokio::time::timeout(SOURCE_WAIT, wait) => r.ok(),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut held = self.sources.lock();
+        if let Some(h) = held.get_mut(&self.source) {
+            h.waiting -= 1;
+        }
+        Sources::tidy(&mut held, self.source);
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self.sources.lock();
+        if let Some(h) = held.get_mut(&self.source) {
+            h.places -= 1;
+        }
+        Sources::tidy(&mut held, self.source);
+        drop(held);
+        self.sources.freed.notify_waiters();
+    }
+}
+
+/// One peer, from accept to close; `source` is the tcp source its place
+/// is counted under.
 async fn serve_peer(
     stream: Stream,
+    source: Option<IpAddr>,
     socket: &Arc<SocketCtx>,
     shared: &Shared,
     settings: &PeerSettings,
@@ -332,6 +489,7 @@ async fn serve_peer(
         Session::new(id, head, Out::Wire(outbox), unacked)
             .evictable(give_way.clone(), socket.millis(Instant::now()))
             .with_peer_key(peer.curve_public_key)
+            .from_source(source)
     });
     let session = match added {
         Ok(s) => s,

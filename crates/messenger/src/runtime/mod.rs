@@ -19,6 +19,7 @@
 //! connection.rs  dial, redial with backoff
 //! inproc.rs      in-process pairs: messages land from the sender's task
 //! server_loop.rs server-loop tasks and their Responder
+//! replies.rs     replies a session owes its peer, and those waiting for room
 //! ```
 
 pub(crate) mod connection;
@@ -26,5 +27,6 @@ pub(crate) mod dispatch;
 pub(crate) mod driver;
 pub(crate) mod inproc;
 pub(crate) mod listener;
+pub(crate) mod replies;
 pub(crate) mod server_loop;
 pub(crate) mod socket;

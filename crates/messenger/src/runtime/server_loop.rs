@@ -26,7 +26,8 @@ use crate::address::Destination;
 use crate::error::SendError;
 use crate::runtime::dispatch::Mode;
 use crate::runtime::dispatch::Shared;
-use crate::runtime::socket::SocketCtx;
+use crate::runtime::replies::ReplyTicket;
+use crate::runtime::socket::{Delivered, SocketCtx};
 use crate::types::Incoming;
 
 /// A listener's persistent message handler.
@@ -108,22 +109,48 @@ pub struct Responder {
     socket: Arc<SocketCtx>,
     peer: Bytes,
     src_cb: u64,
+    /// The place in the peer's window held for the reply (a request over
+    /// tcp or ipc that asks for one): where `try_reply` keeps an answer
+    /// that finds no room now.
+    ticket: Option<Arc<ReplyTicket>>,
 }
 
 impl Responder {
-    /// Replies to the message's `src_cb` without waiting: fails with
-    /// [`SendError::Full`] when the peer's window or the listener's buffer
-    /// is full, so it never blocks the calling SLC.
+    /// Replies to the message's `src_cb` without waiting, so it never
+    /// blocks the calling SLC. The first reply to a request never fails
+    /// for want of room: the request was admitted with a place for it in
+    /// the window towards the peer, and a reply that finds the window or
+    /// the buffer full waits there, in order, until the peer's ACKs make
+    /// room (it is dropped, counted and logged only if its deadline passes
+    /// first: a peer that never ACKs). A further reply to the same request
+    /// gets [`SendError::Full`] where there is no room.
     pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
-        let send = self.send(body.as_ref(), Mode::Try);
+        let body = body.as_ref();
+        let send = self.send(body, Mode::Try);
         // Mode::Try never waits: the first poll completes it.
-        futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full))
+        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
+        match (sent, &self.ticket) {
+            (Err(SendError::Full), Some(ticket)) if ticket.unspent() => {
+                self.shared
+                    .defer_reply(&self.socket, ticket, self.src_cb, body)
+            }
+            (sent, ticket) => {
+                if let (Ok(_), Some(t)) = (&sent, ticket) {
+                    t.spend();
+                }
+                sent
+            }
+        }
     }
 
     /// Replies to the message's `src_cb`, waiting for room within
     /// `request_timeout` ([`SendError::Timeout`] after it).
     pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
-        self.send(body.as_ref(), Mode::Wait).await
+        let sent = self.send(body.as_ref(), Mode::Wait).await;
+        if let (Ok(_), Some(t)) = (&sent, &self.ticket) {
+            t.spend();
+        }
+        sent
     }
 
     /// The one send path of both replies.
@@ -150,12 +177,18 @@ impl Responder {
     }
 }
 
-fn responder_for(shared: Arc<Shared>, socket: Arc<SocketCtx>, msg: &Incoming) -> Responder {
+fn responder_for(
+    shared: Arc<Shared>,
+    socket: Arc<SocketCtx>,
+    msg: &Incoming,
+    ticket: Option<ReplyTicket>,
+) -> Responder {
     Responder {
         shared,
         socket,
         peer: msg.peer.clone(),
         src_cb: msg.src_cb,
+        ticket: ticket.map(Arc::new),
     }
 }
 
@@ -176,7 +209,7 @@ pub(crate) struct LoopControl {
 /// is logged and the loop goes on.
 pub(crate) fn spawn(
     handler: Handler,
-    queue: mpsc::Receiver<Incoming>,
+    queue: mpsc::Receiver<Delivered>,
     shared: Weak<Shared>,
     socket: Weak<SocketCtx>,
     control: &LoopControl,
@@ -196,7 +229,7 @@ pub(crate) fn spawn(
 
 async fn serve(
     handler: Handler,
-    mut queue: mpsc::Receiver<Incoming>,
+    mut queue: mpsc::Receiver<Delivered>,
     shared: Weak<Shared>,
     socket: Weak<SocketCtx>,
     stop: CancellationToken,
@@ -216,11 +249,17 @@ async fn serve(
                 continue;
             }
         };
-        let Some(msg) = msg else { break };
+        let Some(Delivered {
+            message: msg,
+            ticket,
+        }) = msg
+        else {
+            break;
+        };
         let (Some(shared), Some(socket)) = (shared.upgrade(), socket.upgrade()) else {
             break;
         };
-        let responder = responder_for(shared, Arc::clone(&socket), &msg);
+        let responder = responder_for(shared, Arc::clone(&socket), &msg, ticket);
         match &handler {
             Handler::Sequential(slc) => {
                 if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
@@ -312,14 +351,17 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(refused, "the queue was never closed");
-        permit.send(Incoming {
-            msg_id: 0,
-            src_cb: 0,
-            dst_cb: 0,
-            body: Bytes::from_static(b"late"),
-            peer: Bytes::from_static(b"peer"),
-            peer_key: None,
-            origin: Arc::clone(&socket.origin),
+        permit.send(Delivered {
+            message: Incoming {
+                msg_id: 0,
+                src_cb: 0,
+                dst_cb: 0,
+                body: Bytes::from_static(b"late"),
+                peer: Bytes::from_static(b"peer"),
+                peer_key: None,
+                origin: Arc::clone(&socket.origin),
+            },
+            ticket: None,
         });
         tokio::time::timeout(std::time::Duration::from_secs(5), control.tracker.wait())
             .await

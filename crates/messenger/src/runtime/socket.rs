@@ -37,6 +37,7 @@ use crate::address::{Origin, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::{FrameError, RequestError, SendError};
 use crate::proto::wire::{self, Payload};
+use crate::runtime::replies::{Replies, ReplyTicket};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
@@ -45,7 +46,14 @@ use crate::zmtp::CurvePublicKey;
 
 /// A server loop's bounded queue: what the listener's sessions hand
 /// messages to, and the loop's task takes them from.
-pub(crate) type SlcQueue = tokio::sync::mpsc::Sender<crate::types::Incoming>;
+pub(crate) type SlcQueue = tokio::sync::mpsc::Sender<Delivered>;
+
+/// A message handed to a server loop, with the place in its sender's
+/// window its reply may take (when it asks for one, over tcp or ipc).
+pub(crate) struct Delivered {
+    pub(crate) message: crate::types::Incoming,
+    pub(crate) ticket: Option<ReplyTicket>,
+}
 
 /// The way out of an inproc session, to the session paired with it
 /// (implemented in [`inproc`](crate::runtime::inproc); a trait so that
@@ -108,6 +116,9 @@ pub(crate) struct Session {
     /// own on a listener, the connection's (kept across its sessions) on a
     /// connection.
     pub(crate) unacked: Arc<Unacked>,
+    /// Replies owed to requests from the peer that a server loop holds, and
+    /// replies waiting for room in the window (see `replies.rs`).
+    pub(crate) replies: Replies,
     /// When the peer last sent a message (or the session began), in ms
     /// since its socket's epoch: how long it has been idle, should a
     /// newcomer need its place. Commands (PING) do not count: they cost a
@@ -119,6 +130,11 @@ pub(crate) struct Session {
     /// The peer's permanent CURVE public key, proven by the handshake: what
     /// a server loop sees as `Incoming::peer_key`. None on NULL.
     pub(crate) peer_key: Option<CurvePublicKey>,
+    /// A tcp peer's source (its address; an IPv6 /64), which its
+    /// listener's per-address limit counts: a newcomer from the same
+    /// source over that limit asks this source's idlest session to give
+    /// way. None on ipc, inproc and connections.
+    pub(crate) source: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -130,10 +146,18 @@ impl Session {
             closed: AtomicBool::new(false),
             out,
             unacked,
+            replies: Replies::default(),
             last_message: AtomicU64::new(0),
             give_way: None,
             peer_key: None,
+            source: None,
         }
+    }
+
+    /// The tcp source the session counts against (listener sessions).
+    pub(crate) fn from_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 
     /// The peer's CURVE key, proven by the handshake (listener sessions).
@@ -203,7 +227,7 @@ impl Session {
             Out::Wire(ob) => {
                 let head = &self.head;
                 let len = wire::encoded_len(msg_id, wire::NOOP, wire::ACK, 0);
-                ob.push(head.len() + len + 20, |enc, buf| {
+                ob.push_control(head.len() + len + 20, |enc, buf| {
                     let write =
                         |b: &mut BytesMut| wire::encode_into(b, msg_id, wire::NOOP, wire::ACK, b"");
                     if head.is_empty() {
@@ -232,6 +256,13 @@ impl Session {
         match &self.out {
             Out::Wire(ob) => ob.room().await,
             Out::Inproc(tx) => tx.room().await,
+        }
+    }
+
+    /// Wakes the session's task for a turn (a reply is waiting for room).
+    pub(crate) fn wake(&self) {
+        if let Out::Wire(ob) = &self.out {
+            ob.driver.notify_one();
         }
     }
 
@@ -519,12 +550,19 @@ impl SocketCtx {
         Ok(session)
     }
 
-    /// At the connection limit: asks the listener session idle longest
-    /// (at least `idle_after` without a message, nothing in flight) to give
-    /// way to a newcomer. Nobody is asked while an earlier one is still
-    /// leaving, so one newcomer costs at most one session. Returns whether
-    /// a session was asked now or is still leaving.
-    pub(crate) fn evict_idle(&self, idle_after: Duration, now: tokio::time::Instant) -> bool {
+    /// At a connection limit: asks the listener session idle longest (at
+    /// least `idle_after` without a message, nothing in flight) to give
+    /// way to a newcomer; only among the sessions from `source` when one
+    /// is named (the per-address limit). Nobody is asked while an earlier
+    /// one (from that source) is still leaving, so one newcomer costs at
+    /// most one session. Returns whether a session was asked now or is
+    /// still leaving.
+    pub(crate) fn evict_idle(
+        &self,
+        idle_after: Duration,
+        now: tokio::time::Instant,
+        source: Option<std::net::IpAddr>,
+    ) -> bool {
         let now_ms = self.millis(now);
         let idle_after = u64::try_from(idle_after.as_millis()).unwrap_or(u64::MAX);
         // Candidates under the routing table's lock; whether they are quiet
@@ -534,6 +572,9 @@ impl SocketCtx {
             let Some(token) = &session.give_way else {
                 continue;
             };
+            if source.is_some() && session.source != source {
+                continue;
+            }
             if token.is_cancelled() {
                 return true;
             }
@@ -660,6 +701,40 @@ impl SocketCtx {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends the replies waiting for room towards `session`'s peer while
+    /// there is room; drops (and counts, and says) those past their
+    /// deadline. Run by the session's task on each turn and by the resend
+    /// timer (`dispatch::resend_loop`).
+    pub(crate) fn flush_replies(&self, session: &Session, now: tokio::time::Instant) {
+        if !session.replies.any_waiting() {
+            return;
+        }
+        let resend = self.config.resend_interval.is_some();
+        let max = self.config.max_pending_messages;
+        let flushed = session.replies.flush(now, |msg_id, payload, deadline| {
+            if !session.has_room() {
+                return false;
+            }
+            let Ok(place) = session.unacked.reserve(max, payload.len()) else {
+                return false;
+            };
+            if resend {
+                // At the hard limit this reply only loses its resends.
+                let _ = place.insert(msg_id, payload.clone(), now, deadline, None);
+            }
+            if session.send(payload).is_ok() {
+                bump(&self.stats.sent);
+            }
+            true
+        });
+        if flushed.expired > 0 {
+            self.stats.replies_dropped.add(flushed.expired as u64);
+            if self.warn_allowed() {
+                tracing::warn!(endpoint = %self.origin.endpoint, peer = ?session.peer, count = flushed.expired, "replies dropped: the peer did not ACK enough before their deadline to make room for them");
+            }
+        }
     }
 
     /// Checks one received message's frames (as they came off the wire)

@@ -116,11 +116,35 @@ impl Outbox {
         len: usize,
         encode: impl FnOnce(&mut Encoder, &mut BytesMut),
     ) -> Result<(), Push> {
+        self.push_below(self.limit, len, encode)
+    }
+
+    /// [`push`](Self::push) for an ACK or a command (PONG, PING): taken
+    /// until the buffer holds twice its limit. Each is a few dozen bytes,
+    /// and each one dropped costs a resend of what it answers (up to
+    /// 16 MiB) a second later: a peer's ACK was dropped whenever it
+    /// arrived while a sender was still counting a large message it had
+    /// just written. Still bounded: a listener stops reading a peer whose
+    /// buffer is half full, and these only answer what was read.
+    pub(crate) fn push_control(
+        &self,
+        len: usize,
+        encode: impl FnOnce(&mut Encoder, &mut BytesMut),
+    ) -> Result<(), Push> {
+        self.push_below(self.limit.saturating_mul(2), len, encode)
+    }
+
+    fn push_below(
+        &self,
+        bound: usize,
+        len: usize,
+        encode: impl FnOnce(&mut Encoder, &mut BytesMut),
+    ) -> Result<(), Push> {
         let mut st = self.lock();
         if st.closed {
             return Err(Push::Closed);
         }
-        if !self.takes(&st) {
+        if st.buf.len() + st.inflight >= bound {
             return Err(Push::Full);
         }
         let State { encoder, buf, .. } = &mut *st;

@@ -955,7 +955,10 @@ mod tests {
     fn metadata_we_refuse_gets_an_error() {
         // Socket-Type twice: refused with ERROR, as RFC 37 asks (and
         // design/WIRE.md promises), not just a closed connection.
-        let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), Instant::now());
+        let mut e = Engine::new(
+            config(Role::Server, SocketType::Router, b""),
+            Instant::now(),
+        );
         let mut input = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..]);
         let mut ready = BytesMut::new();
         ready.extend_from_slice(b"\x05READY");
@@ -966,11 +969,16 @@ mod tests {
         let now = Instant::now();
         assert!(matches!(
             e.decode(&mut input, now),
-            Err(ZmtpError::Metadata(super::super::MetadataError::Duplicate(_)))
+            Err(ZmtpError::Metadata(super::super::MetadataError::Duplicate(
+                _
+            )))
         ));
         let sent = e.transmit().split();
         let mut want = BytesMut::new();
-        Encoder::null().command(&mut want, &super::super::command::error_body("a property appears twice"));
+        Encoder::null().command(
+            &mut want,
+            &super::super::command::error_body("a property appears twice"),
+        );
         assert!(sent.ends_with(&want), "{sent:?}");
     }
 
