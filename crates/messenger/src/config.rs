@@ -47,8 +47,12 @@ pub struct Config {
     /// only its own); on a connection that is redialling, the messages
     /// queued for its next session; on inproc, each session's channel.
     /// When reached, `send_message`, `request` and `Responder::reply` wait
-    /// and the try-forms fail with `Full`; ECHO answers beyond it are sent
-    /// once, without being kept for resending. Default 4096.
+    /// and the try-forms fail with `Full` (`Responder::try_reply`'s first
+    /// reply to a request waits in the session instead: its place was held
+    /// when the request was admitted, and requests that want a reply are
+    /// refused unACKed while the window is full of replies); ECHO answers
+    /// beyond it are sent once, without being kept for resending. Default
+    /// 4096.
     pub send_queue_capacity: usize,
     /// The same window in bytes: with resending on, the most payload bytes
     /// in flight to one peer without an ACK; past it sends wait (or fail
@@ -59,12 +63,14 @@ pub struct Config {
     /// hold at most this much for it until the replies' deadlines.
     pub send_window_bytes: usize,
     /// Bytes one tcp or ipc session may hold that the socket has not taken
-    /// yet (its peer is slow or not reading). Past it sends wait (or fail
-    /// with `Full`), ACKs are dropped and ECHOs refused unACKed (the peer
-    /// resends), and a listener stops reading that peer until it reads. A message
-    /// larger than this is still taken when nothing else waits. Default
-    /// 1 MiB: 16,000 small messages, and at most 1 GiB across the default
-    /// 1,024 peers of a listener.
+    /// yet (its peer is slow or not reading). Below it a message of any
+    /// size is taken whole (so the buffer holds at most this plus one
+    /// message); at it sends wait (or fail with `Full`), server-loop
+    /// replies wait for room, ECHOs are refused unACKed (the peer resends),
+    /// and a listener stops reading that peer until it reads. ACKs and
+    /// PONGs are taken until twice this (then dropped: the peer resends).
+    /// Default 1 MiB: 16,000 small messages, and about 1 GiB across the
+    /// default 1,024 peers of a listener.
     pub send_buffer_size: usize,
     /// Messages queued for one listener's server-loop callback. When full,
     /// new messages for it are neither ACKed nor delivered, so the peer
