@@ -73,6 +73,12 @@ enum Impl {
     LibzmqToMessenger,
     /// messenger client -> minimal libzmq server (--features compare).
     MessengerToLibzmq,
+    /// Minimal libzmq client -> `OTHER serve`, another build of the
+    /// command given with --other (--features compare): before and after
+    /// a change, in one run.
+    LibzmqToOther,
+    /// messenger client -> `OTHER serve` (--other).
+    MessengerToOther,
 }
 
 impl Impl {
@@ -87,6 +93,8 @@ impl Impl {
             Impl::Libzmq => "libzmq",
             Impl::LibzmqToMessenger => "libzmq->messenger",
             Impl::MessengerToLibzmq => "messenger->libzmq",
+            Impl::LibzmqToOther => "libzmq->other",
+            Impl::MessengerToOther => "messenger->other",
         }
     }
 
@@ -98,6 +106,7 @@ impl Impl {
             Impl::Zeromq | Impl::MessengerToZeromq => ServerKind::Raw,
             Impl::Tarpc => ServerKind::Tarpc,
             Impl::ZeromqToLibzmq | Impl::Libzmq | Impl::MessengerToLibzmq => ServerKind::Libzmq,
+            Impl::LibzmqToOther | Impl::MessengerToOther => ServerKind::Other,
         }
     }
 }
@@ -130,6 +139,11 @@ struct Args {
     /// Implementations for the compare suite (default: all built).
     #[arg(long, value_enum, value_delimiter = ',')]
     impls: Vec<Impl>,
+    /// Another build of the `messenger` command, for the *->other
+    /// implementations: its `serve --slc echo` is measured in the same
+    /// rounds as this build's (a change's before and after).
+    #[arg(long, value_name = "PATH")]
+    other: Option<std::path::PathBuf>,
     /// Pending requests for the memory suite.
     #[arg(long, default_value_t = 1_000_000)]
     pending: usize,
@@ -214,6 +228,8 @@ enum ServerKind {
     RawSilent,
     Tarpc,
     Libzmq,
+    /// `messenger serve` of the build given with --other.
+    Other,
 }
 
 struct Server {
@@ -255,9 +271,14 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(kind: ServerKind) -> Server {
-        if kind == ServerKind::Messenger {
-            return Self::messenger();
+    fn start(kind: ServerKind, other: Option<&std::path::Path>) -> Server {
+        match kind {
+            ServerKind::Messenger => return Self::messenger(&messenger_command()),
+            ServerKind::Other => {
+                let path = other.expect("the *->other implementations need --other PATH");
+                return Self::messenger(path);
+            }
+            _ => {}
         }
         let name = match kind {
             ServerKind::Raw => "raw",
@@ -265,7 +286,7 @@ impl Server {
             ServerKind::RawSilent => "raw-silent",
             ServerKind::Tarpc => "tarpc",
             ServerKind::Libzmq => "libzmq",
-            ServerKind::Messenger => unreachable!(),
+            ServerKind::Messenger | ServerKind::Other => unreachable!(),
         };
         let exe = std::env::current_exe().expect("own path");
         let mut child = Command::new(exe)
@@ -292,14 +313,15 @@ impl Server {
         }
     }
 
-    /// The real thing: `messenger serve --slc echo` on tcp and ipc.
-    fn messenger() -> Server {
+    /// The real thing: `messenger serve --slc echo` on tcp and ipc, of the
+    /// command at `path`.
+    fn messenger(path: &std::path::Path) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("rt-messenger-")
             .tempdir()
             .expect("tempdir");
         let ipc = format!("ipc://{}", dir.path().join("m.sock").display());
-        let mut child = Command::new(messenger_command())
+        let mut child = Command::new(path)
             .args([
                 "serve",
                 "--bind",
@@ -590,7 +612,10 @@ async fn measure(
     let ep = server.endpoint(transport).to_owned();
     let quiet = |_: u64| {};
     match imp {
-        Impl::Messenger | Impl::MessengerToZeromq | Impl::MessengerToLibzmq => {
+        Impl::Messenger
+        | Impl::MessengerToZeromq
+        | Impl::MessengerToLibzmq
+        | Impl::MessengerToOther => {
             let (m, conn) = clients.conn(&ep).await;
             let one = cli_bench::request_fn(&m, conn, cli_bench::Via::Echo, cli_bench::body(size));
             Ok(cli_bench::closed_loop(in_flight, w, one, quiet).await)
@@ -604,11 +629,13 @@ async fn measure(
             Ok(rpc::closed_loop(c, size, in_flight, w, quiet).await)
         }
         #[cfg(feature = "compare")]
-        Impl::Libzmq | Impl::LibzmqToMessenger => {
+        Impl::Libzmq | Impl::LibzmqToMessenger | Impl::LibzmqToOther => {
             libzmq::closed_loop(&ep, size, in_flight, w, quiet).await
         }
         #[cfg(not(feature = "compare"))]
-        Impl::Libzmq | Impl::LibzmqToMessenger => Err("build with --features compare".into()),
+        Impl::Libzmq | Impl::LibzmqToMessenger | Impl::LibzmqToOther => {
+            Err("build with --features compare".into())
+        }
     }
 }
 
@@ -666,8 +693,14 @@ async fn compare(args: &Args) -> Vec<Cell> {
                 Impl::LibzmqToMessenger,
                 Impl::MessengerToLibzmq,
             ]);
+            if args.other.is_some() {
+                all.push(Impl::LibzmqToOther);
+            }
         } else {
             eprintln!("(libzmq comparisons skipped: build with --features compare)");
+        }
+        if args.other.is_some() {
+            all.push(Impl::MessengerToOther);
         }
         all
     } else {
@@ -679,7 +712,7 @@ async fn compare(args: &Args) -> Vec<Cell> {
     for i in &impls {
         servers
             .entry(i.server())
-            .or_insert_with(|| Server::start(i.server()));
+            .or_insert_with(|| Server::start(i.server(), args.other.as_deref()));
     }
     let mut clients = MessengerClients::default();
     let w = window(args);
@@ -840,7 +873,7 @@ async fn memory(args: &Args) -> Vec<serde_json::Value> {
         (ServerKind::RawSilent, "unACKed, reply pending"),
     ] {
         eprintln!("memory: {label}: starting");
-        let server = Server::start(kind);
+        let server = Server::start(kind, None);
         let config = Config {
             request_timeout: Duration::from_secs(3600),
             // Resending stays on (the unACKed set is kept), but no resend
@@ -998,8 +1031,8 @@ async fn raw_peers(
 
 async fn peers(args: &Args) -> Vec<serde_json::Value> {
     let layouts: Vec<(usize, usize)> = args.layouts.iter().map(|s| parse_layout(s)).collect();
-    let msg_server = Server::start(ServerKind::Messenger);
-    let raw_server = Server::start(ServerKind::Raw);
+    let msg_server = Server::start(ServerKind::Messenger, None);
+    let raw_server = Server::start(ServerKind::Raw, None);
     let ep: Endpoint = msg_server.endpoint("tcp").parse().expect("ep");
     let most = layouts.iter().map(|l| l.0).max().unwrap_or(0);
     eprintln!("peers: connecting {most} messengers and {most} raw DEALERs ...");
