@@ -489,7 +489,7 @@ async fn serve_peer(
         Session::new(id, head, Out::Wire(outbox), unacked)
             .evictable(give_way.clone(), socket.millis(Instant::now()))
             .with_peer_key(peer.curve_public_key)
-            .from_source(source)
+            .counted_under(source)
     });
     let session = match added {
         Ok(s) => s,

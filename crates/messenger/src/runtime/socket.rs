@@ -155,7 +155,7 @@ impl Session {
     }
 
     /// The tcp source the session counts against (listener sessions).
-    pub(crate) fn from_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+    pub(crate) fn counted_under(mut self, source: Option<std::net::IpAddr>) -> Self {
         self.source = source;
         self
     }
