@@ -42,7 +42,8 @@ pub struct Config {
     /// (about 100 MiB of bookkeeping at the worst).
     pub max_pending_callbacks: usize,
     /// High-water mark per peer, in messages: with resending on, the most
-    /// messages in flight to one peer without an ACK (a window, as in TCP;
+    /// messages in flight to one peer without an ACK, and the most ids
+    /// they may span from the oldest of them (a window, as in TCP;
     /// each peer of a listener has its own, so one that never ACKs fills
     /// only its own); on a connection that is redialling, the messages
     /// queued for its next session; on inproc, each session's channel.
@@ -160,7 +161,7 @@ pub struct Config {
     /// across all its connections) without anything waiting for the holes.
     /// A message older than the window that is not known to have arrived
     /// is refused unACKed (`dedup_stale`), never delivered twice. Default
-    /// 65,536: sixteen times the default window of a sender
+    /// 65,536: sixteen times the ids a sender's window spans
     /// (`send_queue_capacity`), whose resends therefore always fall inside.
     pub dedup_window: u64,
     /// First redial delay after a connection loses its peer; it doubles per

@@ -120,7 +120,7 @@ impl Incoming {
 
 impl Responder {
     /// Replies with `value` as MessagePack, without waiting.
-    pub fn try_reply_typed<T: Serialize + ?Sized>(&self, value: &T) -> Result<u64, TypedSendError> {
+    pub fn try_reply_typed<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), TypedSendError> {
         Ok(self.try_reply(to_msgpack(value)?)?)
     }
 
@@ -128,7 +128,7 @@ impl Responder {
     pub async fn reply_typed<T: Serialize + ?Sized>(
         &self,
         value: &T,
-    ) -> Result<u64, TypedSendError> {
+    ) -> Result<(), TypedSendError> {
         Ok(self.reply(to_msgpack(value)?).await?)
     }
 }

@@ -19,9 +19,10 @@
 //! have arrived since. Whether it arrived is forgotten, so it is
 //! [`Verdict::Stale`]: neither delivered (it may have been) nor ACKed (it
 //! may not have been), so its sender keeps it and learns at its deadline.
-//! Our own senders never produce one: a sender holds at most
-//! `send_queue_capacity` (4,096) unacknowledged messages, far inside the
-//! default width of 65,536 ids. design/WIRE.md, "Duplicates".
+//! Our own senders never produce one: a sender's window spans at most
+//! `send_queue_capacity` (4,096) ids from its oldest unacknowledged message
+//! (`transport::unacked`), far inside the default width of 65,536 ids.
+//! design/WIRE.md, "Duplicates".
 //!
 //! Memory is fixed per session: `width / 8` bytes (8 KiB by default), and
 //! none for a sender whose ids arrive in order.

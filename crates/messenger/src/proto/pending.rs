@@ -4,7 +4,7 @@
 //! its sessions), keyed by msg_id. Pure data structure: the caller passes
 //! the time in, so tests need no clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -83,6 +83,13 @@ pub struct PendingSet<W> {
     /// Payload bytes held, so a peer's window can be bounded in bytes as
     /// well as in messages.
     bytes: usize,
+    /// msg_ids in the order they were recorded (ids are taken in order, so
+    /// this is nearly sorted); those no longer held leave from the front
+    /// lazily. The front is the oldest unacknowledged id: a sender's window
+    /// spans ids from it (as TCP's spans sequence numbers from the oldest
+    /// unacknowledged byte), so a message whose ACKs keep getting lost can
+    /// never fall behind the receiver's duplicate window.
+    order: VecDeque<MsgKey>,
 }
 
 /// The set already holds its limit of messages.
@@ -106,6 +113,7 @@ impl<W> PendingSet<W> {
             limit,
             rtt: RttEstimate::default(),
             bytes: 0,
+            order: VecDeque::new(),
         }
     }
 
@@ -132,10 +140,24 @@ impl<W> PendingSet<W> {
                 waiter,
             },
         );
-        if let Some(old) = old {
-            self.bytes -= old.payload.len();
+        match old {
+            Some(old) => self.bytes -= old.payload.len(),
+            None => self.order.push_back(key),
         }
         Ok(())
+    }
+
+    /// The oldest msg_id still unacknowledged (the first recorded of those
+    /// held; ids recorded out of order by a few concurrent senders make it
+    /// at most that many off).
+    pub fn oldest(&mut self) -> Option<MsgKey> {
+        while let Some(&front) = self.order.front() {
+            if self.entries.contains_key(&front) {
+                return Some(front);
+            }
+            self.order.pop_front();
+        }
+        None
     }
 
     /// The message is acknowledged (or answered): forget it.
@@ -216,6 +238,7 @@ impl<W> PendingSet<W> {
     /// Removes everything, returning the waiters.
     pub fn drain(&mut self) -> Vec<W> {
         self.bytes = 0;
+        self.order.clear();
         self.entries.drain().filter_map(|(_, e)| e.waiter).collect()
     }
 
@@ -405,6 +428,29 @@ mod tests {
             3,
             "the others are still due"
         );
+    }
+
+    #[test]
+    fn the_oldest_unacknowledged_id_is_at_the_front() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let mut s: PendingSet<()> = PendingSet::new(100);
+        assert_eq!(s.oldest(), None);
+        for id in 10..20 {
+            s.insert(key(id), Bytes::new(), now, later, None).unwrap();
+        }
+        assert_eq!(s.oldest(), Some(10));
+        for id in [10, 12, 11] {
+            s.ack(&key(id));
+        }
+        assert_eq!(s.oldest(), Some(13));
+        s.insert(key(13), Bytes::new(), now, later, None).unwrap();
+        assert_eq!(s.order.len(), 7, "a replaced id is not queued twice");
+        for id in 13..20 {
+            s.ack(&key(id));
+        }
+        assert_eq!(s.oldest(), None);
+        assert!(s.order.is_empty(), "acknowledged ids leave the queue");
     }
 
     #[test]

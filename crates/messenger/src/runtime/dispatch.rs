@@ -31,8 +31,9 @@ use crate::proto::deadlines::{Deadlines, deadline_after};
 use crate::proto::dedup::DedupWindow;
 use crate::proto::process::{self, Delivery, Outcome};
 use crate::proto::wire::{self, ECHO, NOOP, Payload};
-use crate::runtime::replies::ReplyTicket;
-use crate::runtime::socket::{Delivered, InprocLink, Out, Refused, Route, Session, SocketCtx};
+use crate::runtime::socket::{
+    Delivered, InprocLink, Out, Refused, ReplyTicket, Route, Session, SocketCtx,
+};
 use crate::shard::{Padded, thread_index};
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::Push;
@@ -371,11 +372,11 @@ impl Shared {
             .map_or(self.config.request_timeout, |(_, t)| *t);
         let mut waiting_since = None;
         let place = loop {
-            match unacked.reserve(max_pending, len) {
+            match unacked.reserve(max_pending, len, socket.peek_msg_id(&route)) {
                 Ok(place) => break place,
                 Err(SendError::Full) if mode == Mode::Wait => {
                     let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
-                    let room = unacked.wait(len);
+                    let room = unacked.wait(len, || socket.peek_msg_id(&route));
                     if tokio::time::timeout_at(deadline_after(since, limit), room)
                         .await
                         .is_err()
@@ -737,15 +738,14 @@ impl Shared {
 
     /// Keeps a reply that found no room (the window or the buffer towards
     /// its peer is full) until there is, in the place `ticket` holds for
-    /// it: formatted now, with its msg_id, and sent by the session's task
-    /// ([`flush_replies`](Self::flush_replies)).
+    /// it; the session's task sends it
+    /// ([`SocketCtx::flush_replies`]).
     pub(crate) fn defer_reply(
         &self,
-        socket: &SocketCtx,
         ticket: &ReplyTicket,
         dst_cb: u64,
         body: &[u8],
-    ) -> Result<u64, SendError> {
+    ) -> Result<(), SendError> {
         let session = ticket.session();
         if session.is_closed() {
             return Err(SendError::Disconnected);
@@ -755,13 +755,14 @@ impl Shared {
         if len > max {
             return Err(SendError::TooLarge { len, max });
         }
-        let msg_id = socket.next_msg_id_for(session);
-        let payload = wire::encode(msg_id, NOOP, dst_cb, body);
         let deadline = deadline_after(self.now(), self.config.request_timeout);
-        session.replies.defer(ticket, msg_id, payload, deadline);
+        session
+            .replies
+            .defer(dst_cb, Bytes::copy_from_slice(body), deadline);
+        ticket.spend();
         // The session's task may be waiting on its socket alone.
         session.wake();
-        Ok(msg_id)
+        Ok(())
     }
 
     /// Whether an ECHO's answer can go out now: the peer's buffer has
@@ -788,7 +789,7 @@ impl Shared {
         if let Some(iv) = self.config.resend_interval {
             match session
                 .unacked
-                .reserve(self.config.max_pending_messages, reply.len())
+                .reserve(self.config.max_pending_messages, reply.len(), id)
             {
                 Ok(place) => {
                     let deadline = deadline_after(now, self.config.request_timeout.max(iv));

@@ -7,30 +7,31 @@
 //! for good. So each such request is admitted with a [`ReplyTicket`]: a
 //! place for its reply, counted against the peer's window
 //! (`send_queue_capacity`) together with what is unacknowledged and what is
-//! deferred. At the window, new requests that want a reply are refused
+//! deferred (the ticket lives with the session, in `socket.rs`). At the window, new requests that want a reply are refused
 //! unACKed (the peer resends them) while ACKs keep being read, and a reply
 //! that finds no room now (`Responder::try_reply`) waits here, in order,
 //! until ACKs open the window. The queue is bounded by the tickets: one
 //! reply per admitted request.
 //!
-//! A deferred reply has its msg_id and is formatted when deferred; it
-//! leaves when the session's task next finds room ([`Replies::flush`]),
-//! and is dropped (counted, logged per peer at most once a second) only if
-//! its deadline passes first: a peer that never ACKs.
+//! A deferred reply takes its msg_id when it leaves, in order with
+//! everything else sent to the peer (so it never falls behind the peer's
+//! duplicate window), when the session's task next finds room
+//! ([`Replies::flush`]); it is dropped (counted, logged per peer at most
+//! once a second) only if its deadline passes first: a peer that never
+//! ACKs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::runtime::socket::Session;
-
-/// One formatted reply waiting for room.
+/// One reply waiting for room.
 struct Deferred {
-    msg_id: u64,
-    payload: Bytes,
+    /// The callback it answers.
+    dst_cb: u64,
+    body: Bytes,
     /// Past it the reply is dropped: the request's sender has given up.
     deadline: Instant,
 }
@@ -73,28 +74,31 @@ impl Replies {
         self.waiting.load(Ordering::Relaxed) > 0
     }
 
-    /// Keeps a formatted reply until there is room, spending `ticket`.
-    pub(crate) fn defer(
-        &self,
-        ticket: &ReplyTicket,
-        msg_id: u64,
-        payload: Bytes,
-        deadline: Instant,
-    ) {
+    /// One more reply is owed (a ticket was given).
+    pub(crate) fn owe(&self) {
+        self.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One reply less is owed (its ticket was spent or given back).
+    pub(crate) fn settle_one(&self) {
+        self.owed.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Keeps a reply until there is room. The caller spends the ticket it
+    /// was owed on: its place is now this reply's.
+    pub(crate) fn defer(&self, dst_cb: u64, body: Bytes, deadline: Instant) {
         let mut q = self.deferred();
         q.push_back(Deferred {
-            msg_id,
-            payload,
+            dst_cb,
+            body,
             deadline,
         });
         self.waiting.store(q.len(), Ordering::Relaxed);
-        drop(q);
-        ticket.spend();
     }
 
-    /// Sends deferred replies, oldest first, while `send` finds room for
-    /// them (it returns false when it does not); drops those past their
-    /// deadline at `now`.
+    /// Sends deferred replies (callback, body, deadline), oldest first,
+    /// while `send` finds room for them (it returns false when it does
+    /// not); drops those past their deadline at `now`.
     pub(crate) fn flush(
         &self,
         now: Instant,
@@ -108,7 +112,7 @@ impl Replies {
                 done.expired += 1;
                 continue;
             }
-            if !send(front.msg_id, &front.payload, front.deadline) {
+            if !send(front.dst_cb, &front.body, front.deadline) {
                 break;
             }
             q.pop_front();
@@ -116,48 +120,5 @@ impl Replies {
         }
         self.waiting.store(q.len(), Ordering::Relaxed);
         done
-    }
-}
-
-/// A place for one reply in a session's window, given with a request that
-/// asks for one: spent when the reply is made (sent or deferred), or given
-/// back when every handle to the request's responder is dropped unused.
-pub(crate) struct ReplyTicket {
-    session: Arc<Session>,
-    spent: AtomicBool,
-}
-
-impl ReplyTicket {
-    /// Takes a place in `session`'s window for a reply.
-    pub(crate) fn new(session: &Arc<Session>) -> Self {
-        session.replies.owed.fetch_add(1, Ordering::Relaxed);
-        ReplyTicket {
-            session: Arc::clone(session),
-            spent: AtomicBool::new(false),
-        }
-    }
-
-    /// The session it was given by: where a deferred reply waits.
-    pub(crate) fn session(&self) -> &Arc<Session> {
-        &self.session
-    }
-
-    /// Whether it can still be spent.
-    pub(crate) fn unspent(&self) -> bool {
-        !self.spent.load(Ordering::Acquire)
-    }
-
-    /// The reply was made: its place is now the reply's own (in the window,
-    /// or deferred). Once only.
-    pub(crate) fn spend(&self) {
-        if !self.spent.swap(true, Ordering::AcqRel) {
-            self.session.replies.owed.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for ReplyTicket {
-    fn drop(&mut self) {
-        self.spend();
     }
 }

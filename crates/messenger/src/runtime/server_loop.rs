@@ -26,8 +26,7 @@ use crate::address::Destination;
 use crate::error::SendError;
 use crate::runtime::dispatch::Mode;
 use crate::runtime::dispatch::Shared;
-use crate::runtime::replies::ReplyTicket;
-use crate::runtime::socket::{Delivered, SocketCtx};
+use crate::runtime::socket::{Delivered, ReplyTicket, SocketCtx};
 use crate::types::Incoming;
 
 /// A listener's persistent message handler.
@@ -124,33 +123,32 @@ impl Responder {
     /// room (it is dropped, counted and logged only if its deadline passes
     /// first: a peer that never ACKs). A further reply to the same request
     /// gets [`SendError::Full`] where there is no room.
-    pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
+    pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<(), SendError> {
         let body = body.as_ref();
         let send = self.send(body, Mode::Try);
         // Mode::Try never waits: the first poll completes it.
         let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
         match (sent, &self.ticket) {
             (Err(SendError::Full), Some(ticket)) if ticket.unspent() => {
-                self.shared
-                    .defer_reply(&self.socket, ticket, self.src_cb, body)
+                self.shared.defer_reply(ticket, self.src_cb, body)
             }
             (sent, ticket) => {
                 if let (Ok(_), Some(t)) = (&sent, ticket) {
                     t.spend();
                 }
-                sent
+                sent.map(|_| ())
             }
         }
     }
 
     /// Replies to the message's `src_cb`, waiting for room within
     /// `request_timeout` ([`SendError::Timeout`] after it).
-    pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<u64, SendError> {
+    pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<(), SendError> {
         let sent = self.send(body.as_ref(), Mode::Wait).await;
         if let (Ok(_), Some(t)) = (&sent, &self.ticket) {
             t.spend();
         }
-        sent
+        sent.map(|_| ())
     }
 
     /// The one send path of both replies.

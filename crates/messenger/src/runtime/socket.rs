@@ -37,7 +37,7 @@ use crate::address::{Origin, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::{FrameError, RequestError, SendError};
 use crate::proto::wire::{self, Payload};
-use crate::runtime::replies::{Replies, ReplyTicket};
+use crate::runtime::replies::Replies;
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
@@ -275,6 +275,49 @@ impl Session {
     }
 }
 
+/// A place for one reply in a session's window, given with a request that
+/// asks for one: spent when the reply is made (sent or deferred), or given
+/// back when every handle to the request's responder is dropped unused.
+pub(crate) struct ReplyTicket {
+    session: Arc<Session>,
+    spent: AtomicBool,
+}
+
+impl ReplyTicket {
+    /// Takes a place in `session`'s window for a reply.
+    pub(crate) fn new(session: &Arc<Session>) -> Self {
+        session.replies.owe();
+        ReplyTicket {
+            session: Arc::clone(session),
+            spent: AtomicBool::new(false),
+        }
+    }
+
+    /// The session it was given by: where a deferred reply waits.
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Whether it can still be spent.
+    pub(crate) fn unspent(&self) -> bool {
+        !self.spent.load(Ordering::Acquire)
+    }
+
+    /// The reply was made: its place is now the reply's own (in the window,
+    /// or deferred). Once only.
+    pub(crate) fn spend(&self) {
+        if !self.spent.swap(true, Ordering::AcqRel) {
+            self.session.replies.settle_one();
+        }
+    }
+}
+
+impl Drop for ReplyTicket {
+    fn drop(&mut self) {
+        self.spend();
+    }
+}
+
 /// Where a message for a peer of a socket goes now.
 #[derive(Clone)]
 pub(crate) enum Route {
@@ -421,6 +464,23 @@ impl SocketCtx {
         match route {
             Route::Session(s) => self.next_msg_id_for(s),
             Route::Backlog => self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The msg_id the next message on `route` will take, without taking
+    /// it (what a window's span is checked against).
+    pub(crate) fn peek_msg_id(&self, route: &Route) -> u64 {
+        match (route, self.origin.kind) {
+            (Route::Session(s), SocketKind::Listener(_)) => s.next_id.load(Ordering::Relaxed),
+            _ => self.next_id.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The msg_id the next message to `session`'s peer will take.
+    pub(crate) fn peek_msg_id_for(&self, session: &Session) -> u64 {
+        match self.origin.kind {
+            SocketKind::Listener(_) => session.next_id.load(Ordering::Relaxed),
+            SocketKind::Connection(_) => self.next_id.load(Ordering::Relaxed),
         }
     }
 
@@ -713,18 +773,25 @@ impl SocketCtx {
         }
         let resend = self.config.resend_interval.is_some();
         let max = self.config.max_pending_messages;
-        let flushed = session.replies.flush(now, |msg_id, payload, deadline| {
+        let flushed = session.replies.flush(now, |dst_cb, body, deadline| {
             if !session.has_room() {
                 return false;
             }
-            let Ok(place) = session.unacked.reserve(max, payload.len()) else {
+            let len = wire::encoded_len(u64::MAX, wire::NOOP, dst_cb, body.len());
+            let next = self.peek_msg_id_for(session);
+            let Ok(place) = session.unacked.reserve(max, len, next) else {
                 return false;
             };
+            // The id is taken only now, in order with everything else sent
+            // to the peer, so a reply that waited stays inside the peer's
+            // duplicate window.
+            let msg_id = self.next_msg_id_for(session);
+            let payload = wire::encode(msg_id, wire::NOOP, dst_cb, body);
             if resend {
                 // At the hard limit this reply only loses its resends.
                 let _ = place.insert(msg_id, payload.clone(), now, deadline, None);
             }
-            if session.send(payload).is_ok() {
+            if session.send(&payload).is_ok() {
                 bump(&self.stats.sent);
             }
             true

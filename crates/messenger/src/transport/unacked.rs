@@ -29,13 +29,18 @@ struct Inner {
 }
 
 impl Inner {
-    /// Whether one more message of `len` bytes fits the window: a place in
-    /// the count, and room in the bytes unless nothing else is held (a
+    /// Whether one more message of `len` bytes, to be numbered `next_id`,
+    /// fits the window: a place in the count, ids spanning less than the
+    /// window from the oldest unacknowledged one (as TCP's window spans
+    /// sequence numbers, so one message whose ACKs keep getting lost holds
+    /// the window back instead of falling behind the receiver's duplicate
+    /// window), and room in the bytes unless nothing else is held (a
     /// message larger than the byte window still goes, alone).
-    fn fits(&self, window: usize, window_bytes: usize, len: usize) -> bool {
+    fn fits(&mut self, window: usize, window_bytes: usize, len: usize, next_id: u64) -> bool {
         let n = self.set.len() + self.reserved;
         let bytes = self.set.bytes() + self.reserved_bytes;
-        n < window && (n == 0 || bytes.saturating_add(len) <= window_bytes)
+        let span = self.set.oldest().map_or(0, |o| next_id.saturating_sub(o));
+        n < window && span < window as u64 && (n == 0 || bytes.saturating_add(len) <= window_bytes)
     }
 }
 
@@ -85,7 +90,7 @@ impl Unacked {
     }
 
     /// Takes a place in the window for one message of at most `len`
-    /// bytes, atomically: `Full` at the window, in messages or in bytes
+    /// bytes, to be numbered `next_id` (at the least), atomically: `Full` at the window, in messages or in bytes
     /// (senders may wait for it to open), `TooManyUnacked` at `limit`. The
     /// place is the message's once [`Reserved::insert`] records it, and is
     /// given back if the reservation is dropped. (A check followed by an
@@ -95,11 +100,12 @@ impl Unacked {
         self: &Arc<Self>,
         limit: usize,
         len: usize,
+        next_id: u64,
     ) -> Result<Reserved, SendError> {
         let counted = self.window != usize::MAX;
         if counted {
             let mut inner = self.inner();
-            if !inner.fits(self.window, self.window_bytes, len) {
+            if !inner.fits(self.window, self.window_bytes, len, next_id) {
                 return Err(SendError::Full);
             }
             if inner.set.len() + inner.reserved >= limit {
@@ -115,13 +121,15 @@ impl Unacked {
         })
     }
 
-    /// Waits until the window has room for `len` bytes (or the peer's
-    /// session ended).
-    pub(crate) async fn wait(&self, len: usize) {
+    /// Waits until the window has room for `len` bytes and the id
+    /// `next_id()` gives then (or the peer's session ended).
+    pub(crate) async fn wait(&self, len: usize, next_id: impl Fn() -> u64) {
         self.room
             .wait(|| {
                 self.closed.load(Ordering::Acquire)
-                    || self.inner().fits(self.window, self.window_bytes, len)
+                    || self
+                        .inner()
+                        .fits(self.window, self.window_bytes, len, next_id())
             })
             .await
     }
@@ -231,5 +239,47 @@ impl Drop for Reserved {
             self.unacked.inner().release(&mut self.counted, self.len);
             self.unacked.room.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn window_of(n: usize) -> Arc<Unacked> {
+        Arc::new(Unacked::new(&crate::Config {
+            send_queue_capacity: n,
+            ..crate::Config::default()
+        }))
+    }
+
+    /// One message whose ACK never comes holds the window back once the
+    /// ids sent after it span the window, however many of them were
+    /// ACKed: otherwise it could fall behind the receiver's duplicate
+    /// window (and be refused there as stale for good).
+    #[test]
+    fn the_window_spans_ids_from_the_oldest_unacknowledged() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(30);
+        let u = window_of(4);
+        for id in 0..4 {
+            let place = u.reserve(usize::MAX, 10, id).expect("room");
+            place
+                .insert(id, Bytes::from_static(b"x"), now, later, None)
+                .expect("inserted");
+        }
+        assert!(matches!(u.reserve(usize::MAX, 10, 4), Err(SendError::Full)));
+        // 1, 2 and 3 are ACKed: three places free, but 0 is still out.
+        for id in 1..4 {
+            assert!(u.settle(id, now));
+        }
+        assert_eq!(u.len(), 1);
+        assert!(
+            matches!(u.reserve(usize::MAX, 10, 4), Err(SendError::Full)),
+            "ids 0..=4 span more than the window"
+        );
+        assert!(u.settle(0, now));
+        assert!(u.reserve(usize::MAX, 10, 4).is_ok());
     }
 }
