@@ -111,8 +111,15 @@ pub struct Config {
     /// ZMTP 3.1 heartbeats of our own on every tcp and ipc session (as
     /// libzmq's `ZMQ_HEARTBEAT_IVL`, `_TIMEOUT` and `_TTL`): a PING every
     /// `interval`; a peer silent for `timeout` after one is dropped (a
-    /// connection then redials). Peers' PINGs are always answered.
-    /// Default off.
+    /// connection then redials, failing what waited on the session with
+    /// `Disconnected`; a listener frees the session). Peers' PINGs are
+    /// always answered. Default on: a PING every 1 s, a peer silent for
+    /// 3 s after one is dropped, and our PINGs ask the peer to drop us
+    /// after 4 s of silence. A peer whose host dies or whose link is cut
+    /// sends no FIN or RST, and TCP alone would notice only after minutes
+    /// of retransmissions (or two hours of keepalive): this bounds the
+    /// time to notice by 4 s, at the cost of a 10-byte command a second
+    /// each way (design/FAULTS.md). `None` turns them off.
     pub zmtp_heartbeat: Option<crate::zmtp::Heartbeat>,
     /// How long a tcp or ipc peer has to finish the ZMTP greeting and READY
     /// before it is dropped. Default 5 s.
@@ -168,8 +175,12 @@ pub struct Config {
     /// failed attempt. Default 100 ms: a restarted listener is usually back
     /// within a few hundred milliseconds.
     pub reconnect_initial: Duration,
-    /// Cap on the redial delay. Default 5 s, so a peer that comes back is
-    /// found within 5 s without a dead one costing more than a dial per 5 s.
+    /// Cap on the redial delay, and on each redial's own wait (at least
+    /// 1 s) for the connection and its handshake: a dial started while the
+    /// peer's link was cut waits out TCP's backed-off SYN retransmissions
+    /// no longer than this. Default 2 s, so a peer that comes back (a link
+    /// that heals) is found within about 4 s, without a dead one costing
+    /// more than a dial per 2 s.
     pub reconnect_max: Duration,
     /// Handlers of concurrent server loops
     /// ([`Messenger::listen_for_connection_concurrent`](crate::Messenger::listen_for_connection_concurrent))
@@ -244,7 +255,11 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_frames: 32,
             max_command_size: 64 << 10,
-            zmtp_heartbeat: None,
+            zmtp_heartbeat: Some(crate::zmtp::Heartbeat {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(3),
+                ttl: Duration::from_secs(4),
+            }),
             message_timeout: Duration::from_secs(5),
             min_receive_rate: 1 << 20,
             max_partial_bytes: 256 << 20,
@@ -257,7 +272,7 @@ impl Default for Config {
             max_pending_messages: 1 << 20,
             dedup_window: 1 << 16,
             reconnect_initial: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
+            reconnect_max: Duration::from_secs(2),
             heartbeat: None,
             auth: None,
             max_concurrent_handlers: 64,

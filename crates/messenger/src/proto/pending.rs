@@ -222,6 +222,24 @@ impl<W> PendingSet<W> {
         }
     }
 
+    /// Every message held, in the order first sent, each marked resent at
+    /// `now`: a connection's new session takes them all at once (the
+    /// peer's new session has a new duplicate window, so none is a
+    /// duplicate there, and none should wait out a backoff from before).
+    pub fn resend_all(&mut self, now: Instant) -> Vec<Bytes> {
+        let mut all: Vec<(MsgKey, Bytes)> = self
+            .entries
+            .iter_mut()
+            .map(|(&id, e)| {
+                e.last_sent = now;
+                e.resends = e.resends.saturating_add(1);
+                (id, e.payload.clone())
+            })
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// Removes the messages someone waits on, returning the waiters; the
     /// others stay to be resent.
     pub fn drain_waiters(&mut self) -> Vec<W> {
@@ -451,6 +469,33 @@ mod tests {
         }
         assert_eq!(s.oldest(), None);
         assert!(s.order.is_empty(), "acknowledged ids leave the queue");
+    }
+
+    #[test]
+    fn a_new_session_takes_everything_at_once_in_order() {
+        let t0 = Instant::now();
+        let iv = Duration::from_secs(1);
+        let mut s: PendingSet<()> = PendingSet::new(100);
+        for id in [3, 1, 2] {
+            let p = Bytes::from(id.to_string());
+            s.insert(key(id), p, t0, t0 + Duration::from_secs(60), None)
+                .unwrap();
+        }
+        // Resent a few times (backed off) before the link went down.
+        for secs in [1, 3, 7] {
+            assert_eq!(
+                s.tick(t0 + Duration::from_secs(secs), iv, usize::MAX)
+                    .resend
+                    .len(),
+                3
+            );
+        }
+        let now = t0 + Duration::from_secs(8);
+        assert!(s.tick(now, iv, usize::MAX).resend.is_empty(), "backed off");
+        assert_eq!(s.resend_all(now), ["1", "2", "3"].map(Bytes::from));
+        // Their ACKs give no round-trip sample (Karn).
+        s.ack_at(&key(1), now + Duration::from_millis(5));
+        assert_eq!(s.rtt().srtt(), None);
     }
 
     #[test]

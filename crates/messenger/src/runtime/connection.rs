@@ -170,6 +170,16 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
     }
 }
 
+/// How long one redial waits for its connection and handshake: no longer
+/// than `reconnect_max` (at least 1 s), so a dial begun while the peer's
+/// link was cut does not wait out TCP's backed-off SYN retransmissions
+/// after the link has healed.
+fn redial_limit(config: &crate::Config) -> Duration {
+    config
+        .connect_timeout
+        .min(config.reconnect_max.max(Duration::from_secs(1)))
+}
+
 /// Runs a connection until `stop`: each session until it ends, then a
 /// redial, for as long as the messenger lives. The first session is
 /// already up (`make_connection` returns with its link up).
@@ -220,7 +230,7 @@ pub(crate) async fn drive(
             }
             let dialled = tokio::select! {
                 _ = stop.cancelled() => return,
-                d = dial(&endpoint, &socket, &shared, socket.config.connect_timeout) => d,
+                d = dial(&endpoint, &socket, &shared, redial_limit(&socket.config)) => d,
             };
             match dialled {
                 Ok(l) => break l,

@@ -505,10 +505,13 @@ impl SocketCtx {
                         drop(link);
                         s.send(payload)
                     }
+                    Link::Down(_) if self.is_closed() => Err(Push::Closed),
+                    // With resending on, the message is in the connection's
+                    // unacknowledged set already: the next session takes
+                    // all of those at once, in order (`link_up`).
+                    Link::Down(_) if self.config.resend_interval.is_some() => Ok(()),
                     Link::Down(backlog) => {
-                        if self.is_closed() {
-                            Err(Push::Closed)
-                        } else if backlog.len() >= self.config.send_queue_capacity {
+                        if backlog.len() >= self.config.send_queue_capacity {
                             Err(Push::Full)
                         } else {
                             backlog.push_back(payload.clone());
@@ -709,17 +712,24 @@ impl SocketCtx {
         }
     }
 
-    /// A connection's new session is up: what queued meanwhile goes first,
-    /// in order, then senders use the session directly.
+    /// A connection's new session is up: everything unacknowledged goes
+    /// first, at once and in order (with resending on: what was sent while
+    /// the link was down is among it), or what queued in the backlog
+    /// (without); then senders use the session directly.
     pub(crate) fn link_up(&self, session: &Arc<Session>) {
         let mut link = lock(&self.link);
+        let mut pending = Vec::new();
         if let Link::Down(backlog) = &mut *link {
-            for payload in backlog.drain(..) {
-                // Full: a resend recovers it (or, without resending, the
-                // backlog was bounded by the same capacity as the outbox).
-                if session.send(&payload).is_err() {
-                    bump(&self.stats.send_failures);
-                }
+            pending.extend(backlog.drain(..));
+        }
+        if let (Some(unacked), Some(_)) = (&self.unacked, self.config.resend_interval) {
+            pending.extend(unacked.resend_all(tokio::time::Instant::now()));
+        }
+        for payload in pending {
+            // Full: a resend recovers it (or, without resending, the
+            // backlog was bounded by the same capacity as the outbox).
+            if session.send(&payload).is_err() {
+                bump(&self.stats.send_failures);
             }
         }
         *link = Link::Up(Arc::clone(session));

@@ -170,6 +170,12 @@ impl Unacked {
         tick
     }
 
+    /// Every message held, in the order first sent, marked resent now (see
+    /// [`PendingSet::resend_all`]).
+    pub(crate) fn resend_all(&self, now: Instant) -> Vec<Bytes> {
+        self.inner().set.resend_all(now)
+    }
+
     /// Messages someone waits on are failed with `err`; the others stay to
     /// be resent (a connection redials).
     pub(crate) fn fail_waiters(&self, err: &RequestError) {
