@@ -348,8 +348,18 @@ async fn make_connection_is_pooled_per_endpoint() {
 
         // The pooled connection works.
         round_trip(5, &client, first, wire::ECHO, b"pooled", t).await;
-        server.shutdown().await;
+        // The listeners count their peers too: one on each, until the
+        // client leaves.
+        common::eventually(5, &format!("{t}: the server counts its peers"), || {
+            server.stats().connections == 2
+        })
+        .await;
         client.shutdown().await;
+        common::eventually(5, &format!("{t}: the peers' sessions ended"), || {
+            server.stats().connections == 0
+        })
+        .await;
+        server.shutdown().await;
     }
 }
 

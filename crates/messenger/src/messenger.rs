@@ -632,11 +632,11 @@ impl Messenger {
             .flat_map(|o| o.ctx.all_unacked())
             .map(|u| u.len() as u64)
             .sum();
-        s.connections = reg
-            .connections
-            .values()
-            .filter(|o| !o.ctx.is_closed())
-            .count() as u64;
+        // Peers connected now: our connections whose link is up, and the
+        // live sessions of our listeners.
+        let dialled = reg.connections.values().filter(|o| o.ctx.is_up()).count();
+        let accepted: usize = reg.listeners.values().map(|o| o.ctx.session_count()).sum();
+        s.connections = (dialled + accepted) as u64;
         s.listeners = reg.listeners.len() as u64;
         s
     }

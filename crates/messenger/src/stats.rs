@@ -44,7 +44,8 @@ macro_rules! counters {
             pub pending_callbacks: u64,
             /// Sent messages waiting for their ACK now.
             pub pending_messages: u64,
-            /// Open connections now.
+            /// Peers connected now: our connections whose link is up, plus
+            /// the sessions of our listeners (peers connected to them).
             pub connections: u64,
             /// Open listeners now.
             pub listeners: u64,

@@ -572,6 +572,11 @@ impl SocketCtx {
         }
     }
 
+    /// How many live sessions a listener has now.
+    pub(crate) fn session_count(&self) -> usize {
+        lock(&self.routes).len()
+    }
+
     /// A listener's live sessions (for resends, shutdown).
     pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
         lock(&self.routes).values().cloned().collect()
