@@ -16,7 +16,7 @@ use common::raw_zmtp::{self, FrameReader, Stream};
 use common::serve::ServeProcess;
 use common::{RAW_TRANSPORTS, connect_as, eventually, no_slc, retry, round_trip, serve, within};
 use messenger::Config;
-use messenger::internals::wire;
+use messenger_proto::wire;
 
 /// Places in the listeners below.
 const LIMIT: usize = 24;

@@ -21,8 +21,8 @@ use std::time::Instant;
 use common::memory::{mib, rss};
 use common::raw_zmtp::{self, FrameReader};
 use common::{connect_as, eventually, no_slc, round_trip, serve, within};
-use messenger::internals::wire;
 use messenger::{Config, Endpoint};
+use messenger_proto::wire;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, round_trip, serve_seen};
-use messenger::internals::auth::{self, Secret};
-use messenger::internals::wire;
 use messenger::{Config, ListenerInfo, Messenger};
+use messenger_proto::auth::{self, Secret};
+use messenger_proto::wire;
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, ZmqMessage};
 

@@ -23,14 +23,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use messenger::internals::zmtp::{
-    CurveKeyPair, CurvePublicKey, Encoder, Engine, EngineConfig, Event, Heartbeat, Limits,
-    MechanismConfig, MechanismName, PeerInfo, Role, SocketType, ZmtpError,
-};
+use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
+use zmtp::{
+    CurveKeyPair, CurvePublicKey, Encoder, Engine, EngineConfig, Event, Heartbeat, Limits,
+    MechanismConfig, MechanismName, PeerInfo, Role, SocketType, ZmtpError,
+};
 
 /// Bound on any single wait.
 const WAIT: Duration = Duration::from_secs(10);
@@ -211,7 +212,7 @@ impl Driven {
         let deadline = self.engine.poll_timeout();
         let read = self.stream.read_buf(&mut self.rbuf);
         let n = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, read).await {
+            Some(at) => match tokio::time::timeout_at(at.into(), read).await {
                 Ok(n) => n,
                 Err(_) => {
                     self.engine.handle_timeout(Instant::now()).expect("timers");

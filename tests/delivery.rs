@@ -20,11 +20,11 @@ use common::{
     eventually_real, expect_reply, forwarding, forwarding_pair, no_slc, pair, raw_dealer, raw_recv,
     raw_router, raw_send, serve, serve_seen, spawn_request, within,
 };
-use messenger::internals::wire;
 use messenger::{
     Callback, Config, ConnectionId, Destination, Endpoint, Heartbeat, Incoming, Messenger,
     RequestError, Responder, SendError,
 };
+use messenger_proto::wire;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use zeromq::ZmqMessage;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Pair, Seen, TRANSPORTS, bytes_vec, no_slc, pair, within};
-use messenger::internals::wire;
 use messenger::{Config, Reply};
+use messenger_proto::wire;
 use tokio::task::JoinSet;
 
 /// Awaits every task of `set` within `secs` seconds, checking each

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::memory::{mib, rss};
 use common::{Rng, eventually, frames, no_slc, raw_dealer, serve, within};
-use messenger::internals::wire;
 use messenger::{Config, Messenger, StatsSnapshot};
+use messenger_proto::wire;
 use tokio::sync::{Mutex, mpsc};
 use zeromq::DealerSendHalf;
 use zeromq::prelude::*;

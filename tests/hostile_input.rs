@@ -13,8 +13,8 @@ use common::{
     Answer, Place, RAW_TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer, raw_recv,
     raw_router, raw_send, round_trip, serve_seen, within,
 };
-use messenger::internals::wire;
 use messenger::{Config, Endpoint, Messenger};
+use messenger_proto::wire;
 use zeromq::DealerSocket;
 
 const MAX_MESSAGE: usize = 4096;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::raw_zmtp::{self, LONG, RawListener, dial};
 use common::{RAW_TRANSPORTS, connect, connect_as, eventually, no_slc, round_trip, serve, within};
-use messenger::internals::wire;
 use messenger::{Config, Messenger};
+use messenger_proto::wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Greeting (ZMTP 3.0), READY, then one long data frame header declaring

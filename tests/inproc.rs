@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{OpenOnDrop, Seen, connect, no_slc, pair, serve, within};
-use messenger::internals::wire;
 use messenger::{Config, Incoming, RequestError, Responder, SendError};
+use messenger_proto::wire;
 
 /// A server loop that records each body in order, then holds the
 /// message until `gate` lets it go.

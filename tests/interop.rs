@@ -956,14 +956,14 @@ fn python_auth(py: &Path, endpoint: &str, secret: &str, timeout: &str) -> (ExitS
 #[test]
 fn python_auth_proof_matches_rust() {
     let Some(py) = python() else { return };
-    let now = messenger::internals::auth::now_ms();
+    let now = messenger_proto::auth::now_ms();
     for (secret, nonce, unix_ms) in [
         ("secret", [0u8; 16], 1),
         ("", [0xff; 16], 0),
         ("héllo wörld: with colons", *b"0123456789abcdef", now),
         ("s", [7; 16], u64::MAX),
     ] {
-        let want = messenger::internals::auth::proof_with(
+        let want = messenger_proto::auth::proof_with(
             &messenger::Secret::new(secret.as_bytes()),
             &nonce,
             unix_ms,

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Answer, Pair, RAW_TRANSPORTS, connect, eventually, serve_seen, within};
-use messenger::internals::wire;
 use messenger::{Config, Messenger};
+use messenger_proto::wire;
 
 /// One test at a time in this binary (see the module's comment).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -9,11 +9,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use bytes::{Bytes, BytesMut};
 use common::raw_zmtp::{COMMAND, LONG, MORE, frame};
-use messenger::internals::callbacks::{CallbackTable, TableFull};
-use messenger::internals::dedup::{DedupWindow, Verdict};
-use messenger::internals::wire::{self, Payload};
-use messenger::internals::zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
+use messenger_proto::callbacks::{CallbackTable, TableFull};
+use messenger_proto::dedup::{DedupWindow, Verdict};
+use messenger_proto::wire::{self, Payload};
 use proptest::prelude::*;
+use zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {

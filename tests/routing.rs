@@ -13,11 +13,11 @@ use common::{
     forwarding_pair, no_slc, place, raw_recv, raw_router, raw_send, retry, round_trip, serve,
     spawn_request, within,
 };
-use messenger::internals::wire;
 use messenger::{BindError, Config, Destination, Endpoint, Incoming, Messenger, Responder};
+use messenger_proto::wire;
 
 /// The slab index a callback's wire id names (layout documented in
-/// `messenger::internals::callbacks`).
+/// `messenger_proto::callbacks`).
 fn slot_of(wire_id: u64) -> u64 {
     (wire_id - wire::FIRST_USER) & 0xffff_ffff
 }

@@ -16,8 +16,8 @@ use common::{
     Got, Place, Seen, connect_as, eventually, raw_zmtp, retry, round_trip, serve_seen, wait_until,
     within,
 };
-use messenger::internals::wire;
 use messenger::{Config, ConnectError, ConnectionId, ListenerInfo, Messenger};
+use messenger_proto::wire;
 
 /// Intruder rounds; each runs a raw intruder and an API intruder while a
 /// batch of the live peer's requests is in flight.

@@ -12,8 +12,8 @@ use common::{
     Answer, TRANSPORTS, connect, eventually, forwarding, place, serve, serve_seen, spawn_request,
     within,
 };
-use messenger::internals::wire;
 use messenger::{Config, ConnectionId, Incoming, Messenger, RequestError, Responder, SendError};
+use messenger_proto::wire;
 use tokio::sync::{Semaphore, mpsc};
 
 /// At most `max_concurrent_handlers` handlers run at once, and idle

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use common::raw_zmtp::{self, GREETING_LEN};
 use common::{Answer, connect_as, eventually, round_trip, serve_seen, within};
 use messenger::Secret;
-use messenger::internals::wire;
 use messenger::{Config, ListenerInfo};
+use messenger_proto::wire;
 use tokio::io::AsyncWriteExt;
 
 const SECRET: &str = "only-for-friends";

@@ -20,8 +20,8 @@ use common::{
     Answer, RAW_TRANSPORTS as TRANSPORTS, Seen, connect, eventually, expect_reply, raw_dealer,
     raw_payload, raw_router, raw_send, serve_seen, spawn_request, within,
 };
-use messenger::internals::wire::{self, Payload};
 use messenger::{Config, Messenger};
+use messenger_proto::wire::{self, Payload};
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket};
 

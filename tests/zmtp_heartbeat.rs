@@ -31,8 +31,8 @@ use common::{
     serve, spawn_request, within,
 };
 use messenger::ZmtpHeartbeat as Heartbeat;
-use messenger::internals::wire;
 use messenger::{Config, Endpoint, RequestError};
+use messenger_proto::wire;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 

@@ -32,8 +32,8 @@ use common::memory::{self, RssSampler, mib};
 use common::raw_zmtp::{self, FrameReader, RawListener, Stream};
 use common::{Place, RAW_TRANSPORTS, connect_as, eventually, no_slc, round_trip, serve, within};
 use messenger::Secret;
-use messenger::internals::wire;
 use messenger::{Config, ConnectionId, Messenger, StatsSnapshot};
+use messenger_proto::wire;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use messenger::internals::callbacks::CallbackTable;
-use messenger::internals::dedup::{DedupWindow, Verdict};
-use messenger::internals::wire;
+use messenger_proto::callbacks::CallbackTable;
+use messenger_proto::dedup::{DedupWindow, Verdict};
+use messenger_proto::wire;
 
 fn body(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()

@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::auth::{AuthError, Secret, Verifier, WINDOW, proof_with};
+use messenger_proto::auth::{AuthError, Secret, Verifier, WINDOW, proof_with};
 
 const T: u64 = 1_700_000_000_000;
 

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use bytes::{Bytes, BytesMut};
-use messenger::internals::zmtp::{Encoder, Engine, Event, GREETING_LEN, Limits, ZmtpError};
-use tokio::time::Instant;
+use zmtp::{Encoder, Engine, Event, GREETING_LEN, Limits, ZmtpError};
+use std::time::Instant;
 
 /// Checks that `bytes` go on with our `greeting` from where `seen` left
 /// it (an engine's output, cut anywhere), and skips what matched.

@@ -36,12 +36,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::{Cursor, Honest, small_limits};
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::zmtp::{
+use zmtp::{
     Command, CurveKeyPair, CurveSecretKey, Decoded, Encoder, Engine, EngineConfig, Event,
     FrameDecoder, GREETING_LEN, Greeting, Heartbeat, Limits, MechanismConfig, MechanismName, Role,
     SocketType, ZmtpError,
 };
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// libzmq's documented test keys (doc/zmq_curve.adoc): fixed, so a run is
 /// reproducible as far as the engines' own random numbers allow.

@@ -34,11 +34,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::{Cursor, Honest, small_limits};
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::zmtp::{
+use zmtp::{
     CurveKeyPair, CurveSecretKey, Engine, EngineConfig, Limits, MechanismConfig, Role, SocketType,
     ZmtpError,
 };
-use tokio::time::Instant;
+use std::time::Instant;
 
 fn keys() -> &'static (CurveKeyPair, CurveKeyPair) {
     static KEYS: OnceLock<(CurveKeyPair, CurveKeyPair)> = OnceLock::new();

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::wire;
+use messenger_proto::wire;
 
 /// Splits `data` into frames: each frame is a length byte then that many
 /// bytes (fewer at the end of the input). At most 6 frames, so the

@@ -29,7 +29,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::{COMMAND, Cursor, LONG, MORE, Rng, header, small_limits};
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
+use zmtp::{Decoded, FrameDecoder, Limits, ZmtpError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {

@@ -56,11 +56,11 @@ use common::{
     small_limits,
 };
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::zmtp::{
+use zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Greeting,
     Heartbeat, Limits, MechanismConfig, MechanismName, Metadata, Role, SocketType, ZmtpError,
 };
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// Reads our transmitted bytes as a strict peer would.
 struct Checker {

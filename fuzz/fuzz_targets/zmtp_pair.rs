@@ -36,11 +36,11 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{Cursor, ping_body};
 use libfuzzer_sys::fuzz_target;
-use messenger::internals::zmtp::{
+use zmtp::{
     Command, Decoded, Encoder, Engine, EngineConfig, Event, FrameDecoder, GREETING_LEN, Heartbeat,
     Limits, MechanismConfig, Role, SocketType, ZmtpError,
 };
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// Reads one pipe as a third party.
 #[derive(Default)]

@@ -34,10 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::internals::wire;
 use messenger::{
     Config, ConnectionId, Endpoint, Incoming, ListenerInfo, Messenger, Responder, SendError,
 };
+use messenger_proto::wire;
 use tokio::sync::mpsc;
 use zeromq::prelude::*;
 use zeromq::util::PeerIdentity;

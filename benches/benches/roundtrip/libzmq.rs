@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use messenger::internals::wire::{self, ACK, ECHO, FIRST_USER, NOOP};
+use messenger_proto::wire::{self, ACK, ECHO, FIRST_USER, NOOP};
 
 use crate::cli_bench::{self, MEASURE, STOP, Sample, WARMUP, Window};
 

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use cli_bench::{Sample, Window, human_size};
-use messenger::internals::wire;
 use messenger::{Config, ConnectionId, Endpoint, Messenger};
+use messenger_proto::wire;
 use serde::Serialize;
 
 #[global_allocator]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::internals::wire::{self, ACK, ECHO, FIRST_USER, NOOP};
+use messenger_proto::wire::{self, ACK, ECHO, FIRST_USER, NOOP};
 use tokio::sync::mpsc;
 use zeromq::prelude::*;
 use zeromq::{DealerSocket, RouterSocket, SocketOptions, ZmqMessage};

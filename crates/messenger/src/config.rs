@@ -1,11 +1,12 @@
 //! Tunables. Every field states its default and why it is that.
 
 use std::collections::HashSet;
-use std::fmt;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::zmtp::{CurveKeyPair, CurvePublicKey};
+pub use messenger_proto::auth::Secret;
+use zmtp::{CurveKeyPair, CurvePublicKey};
 
 /// Configuration of one [`Messenger`](crate::Messenger): start from the
 /// defaults and change what your deployment needs. It is checked once,
@@ -120,7 +121,7 @@ pub struct Config {
     /// of retransmissions (or two hours of keepalive): this bounds the
     /// time to notice by 4 s, at the cost of a 10-byte command a second
     /// each way (design/FAULTS.md). `None` turns them off.
-    pub zmtp_heartbeat: Option<crate::zmtp::Heartbeat>,
+    pub zmtp_heartbeat: Option<zmtp::Heartbeat>,
     /// How long a tcp or ipc peer has to finish the ZMTP greeting and READY
     /// before it is dropped. Default 5 s.
     pub handshake_timeout: Duration,
@@ -255,7 +256,7 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_frames: 32,
             max_command_size: 64 << 10,
-            zmtp_heartbeat: Some(crate::zmtp::Heartbeat {
+            zmtp_heartbeat: Some(zmtp::Heartbeat {
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(3),
                 ttl: Duration::from_secs(4),
@@ -364,16 +365,16 @@ impl Config {
     }
 
     /// How long a message may take to arrive once begun.
-    pub(crate) fn receive_pace(&self) -> crate::zmtp::ReceivePace {
-        crate::zmtp::ReceivePace {
+    pub(crate) fn receive_pace(&self) -> zmtp::ReceivePace {
+        zmtp::ReceivePace {
             timeout: self.message_timeout,
             min_rate: self.min_receive_rate,
         }
     }
 
     /// What one ZMTP connection may make us hold.
-    pub(crate) fn zmtp_limits(&self) -> crate::zmtp::Limits {
-        crate::zmtp::Limits {
+    pub(crate) fn zmtp_limits(&self) -> zmtp::Limits {
+        zmtp::Limits {
             max_message: (self.max_message_size as u64).saturating_add(4096),
             max_frames: self.max_frames,
             max_command: self.max_command_size,
@@ -409,23 +410,6 @@ pub enum ConfigError {
         /// `reconnect_max`.
         max: Duration,
     },
-}
-
-/// A shared secret. Its `Debug` form does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub(crate) Vec<u8>);
-
-impl Secret {
-    /// Wraps the secret's bytes.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
 }
 
 #[cfg(test)]

@@ -39,22 +39,21 @@
 //! ([`error`]), and typed bodies ([`typed`]).
 #![warn(missing_docs, unreachable_pub)]
 
-// The layers, bottom to top; each file imports only from layers below it
-// (design/ARCHITECTURE.md draws them):
-// the ZMTP engine (sans-IO, self-contained), then the plain types, errors
-// and configuration, then the messenger protocol core (sans-IO), the
-// transports, the runtime's tasks, and the `Messenger` facade.
-mod zmtp;
+// The layers, bottom to top (design/ARCHITECTURE.md draws them): the ZMTP
+// engine and the messenger protocol's rules are crates of their own
+// (`zmtp`, `messenger-proto`: sans-IO, no tokio); here, the plain types,
+// errors and configuration, the transports, the runtime's tasks, and the
+// `Messenger` facade.
+pub(crate) use messenger_proto as proto;
 
 mod address;
+mod clock;
 mod config;
 mod endpoint;
 pub mod error;
 mod shard;
 mod stats;
 mod types;
-
-mod proto;
 
 mod transport;
 
@@ -74,38 +73,3 @@ pub use stats::StatsSnapshot;
 pub use types::{Callback, Incoming, ListenerInfo, Reply};
 pub use zmtp::Heartbeat as ZmtpHeartbeat;
 pub use zmtp::{CurveKeyError, CurveKeyPair, CurvePublicKey, CurveSecretKey};
-
-/// The parts below the API, for the benches, the fuzz targets and the
-/// tests that speak raw ZMTP or raw payloads. Not a stable interface.
-#[doc(hidden)]
-pub mod internals {
-    /// ZMTP 3.1 as a sans-IO state machine.
-    pub mod zmtp {
-        pub use crate::zmtp::*;
-    }
-    /// NoisePage's payload format.
-    pub mod wire {
-        pub use crate::proto::wire::*;
-    }
-    /// The slab-indexed callback table.
-    pub mod callbacks {
-        pub use crate::proto::callbacks::*;
-    }
-    /// The per-session duplicate window.
-    pub mod dedup {
-        pub use crate::proto::dedup::*;
-    }
-    /// The unacknowledged set.
-    pub mod pending {
-        pub use crate::proto::pending::*;
-    }
-    /// The deadline wheel.
-    pub mod deadlines {
-        pub use crate::proto::deadlines::*;
-    }
-    /// The shared-secret proof.
-    pub mod auth {
-        pub use crate::proto::auth::*;
-    }
-    pub use crate::error::{FrameError, ParseError};
-}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::address::{Destination, ListenerId, Origin};
 use crate::endpoint::Endpoint;
 use crate::error::RequestError;
-use crate::zmtp::CurvePublicKey;
+use zmtp::CurvePublicKey;
 
 /// What a message-specific callback or a request receives: the reply, or
 /// why none came.

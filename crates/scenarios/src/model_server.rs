@@ -48,12 +48,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Latency, Micros, SetupError, per_second, unique};
-use messenger::internals::wire;
 use messenger::typed::{from_json, to_json};
 use messenger::{
     Config, Destination, Endpoint, Incoming, ListenerInfo, Messenger, RequestError, Responder,
     StatsSnapshot,
 };
+use messenger_proto::wire;
 
 /// The manager's listener identity, as in NoisePage.
 pub const LISTENER_IDENTITY: &str = "model-server-conn";
@@ -777,14 +777,14 @@ async fn drive(
 /// receives raw frames and keeps none of the messenger's rules.
 struct RawDealer {
     stream: tokio::net::UnixStream,
-    engine: messenger::internals::zmtp::Engine,
-    encoder: messenger::internals::zmtp::Encoder,
+    engine: zmtp::Engine,
+    encoder: zmtp::Encoder,
     rbuf: bytes::BytesMut,
 }
 
 impl RawDealer {
     async fn connect(path: &Path, identity: &'static [u8]) -> Result<Self, String> {
-        use messenger::internals::zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
+        use zmtp::{Engine, EngineConfig, Event, Limits, Role, SocketType};
         let mut stream = tokio::net::UnixStream::connect(path)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
@@ -796,17 +796,17 @@ impl RawDealer {
             handshake_timeout: Duration::from_secs(5),
             heartbeat: None,
             pace: None,
-            mechanism: messenger::internals::zmtp::MechanismConfig::Null,
+            mechanism: zmtp::MechanismConfig::Null,
         };
-        let mut engine = Engine::new(config, Instant::now());
+        let mut engine = Engine::new(config, std::time::Instant::now());
         let mut rbuf = bytes::BytesMut::new();
         while !engine.is_ready() {
-            let decoded = engine.decode(&mut rbuf, Instant::now());
+            let decoded = engine.decode(&mut rbuf, std::time::Instant::now());
             // What decoding queued (our greeting, our READY) goes out first.
             let out = engine.transmit().split();
             stream.write_all(&out).await.map_err(|e| e.to_string())?;
             match decoded {
-                Ok(Some(Event::PeerReady(_))) => engine.accept(Instant::now()),
+                Ok(Some(Event::PeerReady(_))) => engine.accept(std::time::Instant::now()),
                 Ok(_) => {
                     if stream
                         .read_buf(&mut rbuf)
@@ -843,9 +843,12 @@ impl RawDealer {
     /// The next message's frames. Cancel-safe: what was read stays in
     /// `rbuf`.
     async fn recv(&mut self) -> Result<Vec<Bytes>, String> {
-        use messenger::internals::zmtp::Event;
+        use zmtp::Event;
         loop {
-            match self.engine.decode(&mut self.rbuf, Instant::now()) {
+            match self
+                .engine
+                .decode(&mut self.rbuf, std::time::Instant::now())
+            {
                 Ok(Some(Event::Message)) => return Ok(std::mem::take(self.engine.frames())),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),

@@ -20,7 +20,7 @@ use crate::runtime::inproc;
 use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream;
-use crate::zmtp::Role;
+use zmtp::Role;
 
 /// How a connection redials after losing its peer.
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +51,11 @@ pub(crate) async fn dial(
         let (conn, session) = inproc::dial(name, socket, shared)?;
         return Ok((Link::Inproc(conn), session));
     }
-    let give_up = tokio::time::Instant::now() + limit;
+    let give_up = crate::clock::now() + limit;
     let stream = stream::dial(endpoint, limit).await?;
     let mut conn = Conn::new(stream, engine_config(socket, Role::Client), None);
     let handshake = conn.handshake(|_| Ok(()));
-    match tokio::time::timeout_at(give_up, handshake).await {
+    match tokio::time::timeout_at(crate::clock::tokio_at(give_up), handshake).await {
         Err(_) | Ok(Err(End::HandshakeTimeout)) => {
             return Err(ConnectError::Timeout(endpoint.clone()));
         }
@@ -106,12 +106,12 @@ pub(crate) async fn dial_first(
     socket: &Arc<SocketCtx>,
     shared: &Arc<Shared>,
 ) -> Result<(Link, Arc<Session>), ConnectError> {
-    let give_up = tokio::time::Instant::now() + socket.config.connect_timeout;
+    let give_up = crate::clock::now() + socket.config.connect_timeout;
     let mut delay = Duration::from_millis(10);
     loop {
-        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        let left = give_up.saturating_duration_since(crate::clock::now());
         match dial(endpoint, socket, shared, left).await {
-            Err(e) if may_pass(&e) && tokio::time::Instant::now() + delay < give_up => {
+            Err(e) if may_pass(&e) && crate::clock::now() + delay < give_up => {
                 tracing::debug!(endpoint = %endpoint, error = %e, ?delay, "connect failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(250));
@@ -140,7 +140,7 @@ fn may_pass(e: &ConnectError) -> bool {
 
 /// Whether a listener refused us because our routing id is live there.
 fn id_in_use(e: &ConnectError) -> bool {
-    use crate::zmtp::ZmtpError;
+    use zmtp::ZmtpError;
     match e {
         ConnectError::Handshake { source, .. } => match source {
             ZmtpError::PeerError { reason } => reason == crate::runtime::socket::ROUTING_ID_IN_USE,

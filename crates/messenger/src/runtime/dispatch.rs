@@ -164,7 +164,7 @@ impl Shared {
     pub(crate) fn new(config: Arc<Config>, runtime: Handle, stopping: CancellationToken) -> Self {
         // Each shard takes its share; a full one sends callbacks to the next.
         let limit = config.max_pending_callbacks.div_ceil(SHARDS);
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::now();
         Shared {
             config,
             stats: Arc::default(),
@@ -215,7 +215,7 @@ impl Shared {
         completion: Completion,
         socket: &SocketCtx,
         peer: &Bytes,
-        at: tokio::time::Instant,
+        at: std::time::Instant,
         msg_id: impl FnOnce() -> u64,
     ) -> Result<(u64, u64), SendError> {
         let mut id_out = 0;
@@ -375,11 +375,14 @@ impl Shared {
             match unacked.reserve(max_pending, len, socket.peek_msg_id(&route)) {
                 Ok(place) => break place,
                 Err(SendError::Full) if mode == Mode::Wait => {
-                    let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                    let since = *waiting_since.get_or_insert_with(crate::clock::now);
                     let room = unacked.wait(len, || socket.peek_msg_id(&route));
-                    if tokio::time::timeout_at(deadline_after(since, limit), room)
-                        .await
-                        .is_err()
+                    if tokio::time::timeout_at(
+                        crate::clock::tokio_at(deadline_after(since, limit)),
+                        room,
+                    )
+                    .await
+                    .is_err()
                     {
                         return Err(SendError::Timeout);
                     }
@@ -399,11 +402,14 @@ impl Shared {
                 Err(Push::Full) => match mode {
                     Mode::Try => return Err(SendError::Full),
                     Mode::Wait => {
-                        let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                        let since = *waiting_since.get_or_insert_with(crate::clock::now);
                         let room = socket.route_room(&route);
-                        if tokio::time::timeout_at(deadline_after(since, limit), room)
-                            .await
-                            .is_err()
+                        if tokio::time::timeout_at(
+                            crate::clock::tokio_at(deadline_after(since, limit)),
+                            room,
+                        )
+                        .await
+                        .is_err()
                         {
                             return Err(SendError::Timeout);
                         }
@@ -535,7 +541,7 @@ impl Shared {
 
     /// The earliest recorded deadline (it may belong to a callback already
     /// answered: then waking for it only drops the stale entry).
-    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+    fn next_deadline(&self) -> Option<std::time::Instant> {
         (0..SHARDS)
             .filter_map(|i| self.pending(i).deadlines.next())
             .min()
@@ -543,14 +549,14 @@ impl Shared {
 
     /// Fails every callback whose deadline has passed with `Timeout`.
     fn expire_due(&self) {
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::now();
         for i in 0..SHARDS {
             self.expire_shard(i, now);
         }
     }
 
     /// Fails the callbacks of shard `i` whose deadline has passed.
-    fn expire_shard(&self, i: usize, now: tokio::time::Instant) {
+    fn expire_shard(&self, i: usize, now: std::time::Instant) {
         loop {
             let mut due = Vec::new();
             let more = {
@@ -596,7 +602,7 @@ impl Shared {
         session: &Arc<Session>,
         dedup: &mut DedupWindow,
         payload: Payload,
-        now: tokio::time::Instant,
+        now: std::time::Instant,
     ) -> bool {
         bump(&self.stats.received);
         let mut fx = Live {
@@ -629,12 +635,12 @@ impl Shared {
     /// even when the caller is a plain thread. A caller inside a task is in
     /// a runtime already: entering ours again cost 3% of an inproc round
     /// trip.
-    fn now(&self) -> tokio::time::Instant {
+    fn now(&self) -> std::time::Instant {
         if tokio::task::try_id().is_some() {
-            return tokio::time::Instant::now();
+            return crate::clock::now();
         }
         let _rt = self.runtime.enter();
-        tokio::time::Instant::now()
+        crate::clock::now()
     }
 
     /// Whether server loops take new messages (not once shutdown began).
@@ -782,7 +788,7 @@ impl Shared {
         socket: &SocketCtx,
         session: &Session,
         request: &Payload,
-        now: tokio::time::Instant,
+        now: std::time::Instant,
     ) {
         let id = socket.next_msg_id_for(session);
         let reply = wire::encode(id, NOOP, request.src_cb, &request.body);
@@ -820,7 +826,7 @@ impl process::Effects for Live<'_> {
         self.shared.ack(self.session, msg_id);
     }
 
-    fn settle(&mut self, msg_id: u64, now: tokio::time::Instant) -> bool {
+    fn settle(&mut self, msg_id: u64, now: std::time::Instant) -> bool {
         self.session.unacked.settle(msg_id, now)
     }
 
@@ -828,7 +834,7 @@ impl process::Effects for Live<'_> {
         self.shared.can_echo(self.session)
     }
 
-    fn echo(&mut self, request: &Payload, now: tokio::time::Instant) {
+    fn echo(&mut self, request: &Payload, now: std::time::Instant) {
         self.shared.echo(self.socket, self.session, request, now)
     }
 
@@ -902,7 +908,7 @@ impl Drop for Sending<'_> {
 pub(crate) async fn deadline_loop(shared: Arc<Shared>) {
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
-    let mut armed: Option<tokio::time::Instant> = None;
+    let mut armed: Option<std::time::Instant> = None;
     let moved = shared.deadline_moved.notified();
     tokio::pin!(moved);
     loop {
@@ -916,7 +922,7 @@ pub(crate) async fn deadline_loop(shared: Arc<Shared>) {
         let next = shared.next_deadline();
         if next != armed {
             if let Some(at) = next {
-                timer.as_mut().reset(at);
+                timer.as_mut().reset(crate::clock::tokio_at(at));
             }
             armed = next;
         }
@@ -932,7 +938,7 @@ pub(crate) async fn resend_loop(socket: Arc<SocketCtx>, interval: Duration) {
     let empty = Bytes::new();
     loop {
         ticker.tick().await;
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::now();
         // Each set with the route its resends take: a connection's one (a
         // redialling connection resends nothing, and marks nothing resent,
         // so what is due goes out as soon as it is back), or each session
@@ -1014,7 +1020,7 @@ pub(crate) async fn heartbeat_loop(
             return;
         };
         let (tx, rx) = oneshot::channel();
-        let start = tokio::time::Instant::now();
+        let start = crate::clock::now();
         let completion = Some((Completion::Future(tx), hb.interval));
         let send = shared.send(&socket, &empty, ECHO, b"", completion, None, Mode::Try);
         let sent = futures::FutureExt::now_or_never(send).expect("Mode::Try never waits");

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use std::time::Instant;
 use tokio::io::Interest;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::dedup::DedupWindow;
@@ -21,7 +21,7 @@ use crate::runtime::dispatch::Shared;
 use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::transport::outbox::Outbox;
 use crate::transport::stream::Stream;
-use crate::zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
+use zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
 
 /// Bytes read at a time at least (more when a large frame is being read).
 const READ_CHUNK: usize = 16 * 1024;
@@ -191,7 +191,7 @@ impl Conn {
     ) -> Self {
         Conn {
             stream: Arc::new(stream),
-            engine: Engine::new(config, Instant::now()),
+            engine: Engine::new(config, crate::clock::now()),
             rbuf: BytesMut::new(),
             budget,
             charged: 0,
@@ -201,7 +201,7 @@ impl Conn {
 
     /// Tightens or restores the limits on what the peer's frames may make
     /// us hold (see [`Engine::set_limits`]).
-    pub(crate) fn set_limits(&mut self, limits: crate::zmtp::Limits) {
+    pub(crate) fn set_limits(&mut self, limits: zmtp::Limits) {
         self.engine.set_limits(limits);
     }
 
@@ -287,7 +287,7 @@ impl Conn {
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         if n > 0 {
             self.unyielded += n;
-            self.engine.received(Instant::now());
+            self.engine.received(crate::clock::now());
         }
         Ok(n)
     }
@@ -301,10 +301,10 @@ impl Conn {
         let deadline = self
             .engine
             .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
+            .unwrap_or_else(|| crate::clock::now() + Duration::from_secs(5));
         let run = async {
             loop {
-                let decoded = self.engine.decode(&mut self.rbuf, Instant::now());
+                let decoded = self.engine.decode(&mut self.rbuf, crate::clock::now());
                 // What decoding queued (our greeting, READY, an ERROR) goes
                 // out before we wait for the peer again.
                 let written = self.write_transmit().await;
@@ -313,7 +313,7 @@ impl Conn {
                         written?;
                         match decide(&info) {
                             Ok(()) => {
-                                self.engine.accept(Instant::now());
+                                self.engine.accept(crate::clock::now());
                                 self.write_transmit().await?;
                                 return Ok(info);
                             }
@@ -335,7 +335,7 @@ impl Conn {
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, run).await {
+        match tokio::time::timeout_at(crate::clock::tokio_at(deadline), run).await {
             Ok(r) => r,
             Err(_) => Err(End::HandshakeTimeout),
         }
@@ -346,7 +346,7 @@ impl Conn {
     pub(crate) async fn first_message(&mut self, deadline: Instant) -> Result<Vec<Bytes>, End> {
         let run = async {
             loop {
-                match self.engine.decode(&mut self.rbuf, Instant::now())? {
+                match self.engine.decode(&mut self.rbuf, crate::clock::now())? {
                     Some(Event::Message) => return Ok(std::mem::take(self.engine.frames())),
                     Some(Event::PeerReady(_)) => {}
                     None => {
@@ -357,7 +357,7 @@ impl Conn {
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, run).await {
+        match tokio::time::timeout_at(crate::clock::tokio_at(deadline), run).await {
             Ok(r) => r,
             Err(_) => Err(End::HandshakeTimeout),
         }
@@ -371,7 +371,7 @@ impl Conn {
         let encoder = self
             .engine
             .take_encoder()
-            .ok_or(End::Zmtp(crate::zmtp::ZmtpError::Closed))?;
+            .ok_or(End::Zmtp(zmtp::ZmtpError::Closed))?;
         Ok(Outbox::new(Arc::clone(&self.stream), encoder, limit))
     }
 
@@ -400,14 +400,14 @@ impl Conn {
         {
             return end;
         }
-        let timer = tokio::time::sleep_until(Instant::now());
+        let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed = None;
         loop {
             let next = self.engine.poll_timeout();
             if next != armed {
                 if let Some(at) = next {
-                    timer.as_mut().reset(at);
+                    timer.as_mut().reset(crate::clock::tokio_at(at));
                 }
                 armed = next;
             }
@@ -448,7 +448,7 @@ impl Conn {
                 Step::End(end) => return end,
                 Step::Timer => {
                     armed = None;
-                    if let Err(e) = self.engine.handle_timeout(Instant::now()) {
+                    if let Err(e) = self.engine.handle_timeout(crate::clock::now()) {
                         return End::from(e);
                     }
                     send_commands(&mut self.engine, outbox);
@@ -482,7 +482,7 @@ impl Conn {
             // ACKs read, or room in the buffer: replies waiting for room
             // may go now.
             if session.replies.any_waiting() {
-                socket.flush_replies(session, Instant::now());
+                socket.flush_replies(session, crate::clock::now());
             }
         }
     }
@@ -503,7 +503,7 @@ impl Conn {
         first: Option<crate::proto::wire::Payload>,
     ) -> Result<(), End> {
         let held = outbox.hold();
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut woke = first.is_some_and(|m| shared.process(socket, session, dedup, m, now));
         let result = self.process_buffered(socket, session, shared, dedup, now);
         if let Ok(w) = result {
@@ -563,7 +563,7 @@ impl Conn {
     /// `linger`, then our side is shut and the peer's close awaited (so
     /// our close does not reset data still on its way to the peer).
     pub(crate) async fn close(self, outbox: Option<&Outbox>, linger: Duration) {
-        let deadline = Instant::now() + linger;
+        let deadline = crate::clock::now() + linger;
         if let Some(outbox) = outbox {
             outbox.close();
             let flush = async {
@@ -582,7 +582,7 @@ impl Conn {
                     }
                 }
             };
-            let _ = tokio::time::timeout_at(deadline, flush).await;
+            let _ = tokio::time::timeout_at(crate::clock::tokio_at(deadline), flush).await;
         }
         self.stream.shutdown_write();
         let mut sink = BytesMut::new();
@@ -601,7 +601,7 @@ impl Conn {
                 }
             }
         };
-        let _ = tokio::time::timeout_at(deadline, drain).await;
+        let _ = tokio::time::timeout_at(crate::clock::tokio_at(deadline), drain).await;
     }
 }
 

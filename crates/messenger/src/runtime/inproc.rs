@@ -35,7 +35,7 @@ use crate::runtime::dispatch::Shared;
 use crate::runtime::socket::{InprocLink, Out, Refused, RouteError, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::outbox::Push;
-use crate::zmtp::ZmtpError;
+use zmtp::ZmtpError;
 
 /// Which side of a pair a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

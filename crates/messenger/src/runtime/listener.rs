@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Conn, End, PartialBudget};
@@ -25,7 +24,7 @@ use crate::runtime::dispatch::Shared;
 use crate::runtime::socket::{Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream::{Listener, Stream};
-use crate::zmtp::{EngineConfig, Limits, MechanismConfig, Role, SocketType};
+use zmtp::{EngineConfig, Limits, MechanismConfig, Role, SocketType};
 
 /// What a listener's peers need beyond their socket.
 pub(crate) struct PeerSettings {
@@ -129,7 +128,7 @@ pub(crate) async fn accept_loop(
                     tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "out of file descriptors; an idle peer gives way if there is one");
                 }
                 if let Some(after) = socket.config.evict_idle_after {
-                    socket.evict_idle(after, Instant::now(), None);
+                    socket.evict_idle(after, crate::clock::now(), None);
                 }
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -236,7 +235,7 @@ async fn make_room(
     loop {
         let evicting = socket.config.evict_idle_after;
         if let Some(after) = evicting {
-            socket.evict_idle(after, Instant::now(), None);
+            socket.evict_idle(after, crate::clock::now(), None);
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
@@ -330,7 +329,7 @@ impl Sources {
         };
         // Dropping the waiter (nobody to ask) uncounts it.
         socket
-            .evict_idle(after, Instant::now(), Some(source))
+            .evict_idle(after, crate::clock::now(), Some(source))
             .then_some(Admission::Wait(waiter))
     }
 
@@ -418,7 +417,7 @@ async fn serve_peer(
     settings: &PeerSettings,
     stop: &CancellationToken,
 ) {
-    let accepted_at = Instant::now();
+    let accepted_at = crate::clock::now();
     let cfg = &socket.config;
     let budget = Some(Arc::clone(&settings.partial));
     let mut conn = Conn::new(stream, engine_config(socket, Role::Server), budget);
@@ -464,7 +463,7 @@ async fn serve_peer(
     let (peer, proof) = match started {
         Ok(s) => s,
         Err(end) => {
-            if matches!(&end, End::Zmtp(crate::zmtp::ZmtpError::Refused(r)) if *r == crate::runtime::socket::ROUTING_ID_IN_USE)
+            if matches!(&end, End::Zmtp(zmtp::ZmtpError::Refused(r)) if *r == crate::runtime::socket::ROUTING_ID_IN_USE)
             {
                 bump(&socket.stats.routing_id_conflicts);
             }
@@ -487,7 +486,7 @@ async fn serve_peer(
     let give_way = stop.child_token();
     let added = socket.add_route(peer.identity, |id| {
         Session::new(id, head, Out::Wire(outbox), unacked)
-            .evictable(give_way.clone(), socket.millis(Instant::now()))
+            .evictable(give_way.clone(), socket.millis(crate::clock::now()))
             .with_peer_key(peer.curve_public_key)
             .counted_under(source)
     });

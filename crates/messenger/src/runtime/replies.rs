@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// One reply waiting for room.
 struct Deferred {

@@ -42,7 +42,7 @@ use crate::stats::{Stats, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
 use crate::transport::unacked::Unacked;
-use crate::zmtp::CurvePublicKey;
+use zmtp::CurvePublicKey;
 
 /// A server loop's bounded queue: what the listener's sessions hand
 /// messages to, and the loop's task takes them from.
@@ -377,7 +377,7 @@ pub(crate) struct SocketCtx {
     warn: Mutex<RateLimit>,
     /// Where sessions' idle times are counted from (tokio's clock, so
     /// tests can pause it).
-    epoch: tokio::time::Instant,
+    epoch: std::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -410,13 +410,13 @@ impl SocketCtx {
             unacked,
             room: Room::default(),
             warn: Mutex::new(RateLimit::new()),
-            epoch: tokio::time::Instant::now(),
+            epoch: crate::clock::now(),
             config,
         }
     }
 
     /// `at` in ms since the socket's epoch (what sessions' idle stamps use).
-    pub(crate) fn millis(&self, at: tokio::time::Instant) -> u64 {
+    pub(crate) fn millis(&self, at: std::time::Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -628,7 +628,7 @@ impl SocketCtx {
     pub(crate) fn evict_idle(
         &self,
         idle_after: Duration,
-        now: tokio::time::Instant,
+        now: std::time::Instant,
         source: Option<std::net::IpAddr>,
     ) -> bool {
         let now_ms = self.millis(now);
@@ -728,7 +728,7 @@ impl SocketCtx {
             pending.extend(backlog.drain(..));
         }
         if let (Some(unacked), Some(_)) = (&self.unacked, self.config.resend_interval) {
-            pending.extend(unacked.resend_all(tokio::time::Instant::now()));
+            pending.extend(unacked.resend_all(crate::clock::now()));
         }
         for payload in pending {
             // Full: a resend recovers it (or, without resending, the
@@ -782,7 +782,7 @@ impl SocketCtx {
     /// there is room; drops (and counts, and says) those past their
     /// deadline. Run by the session's task on each turn and by the resend
     /// timer (`dispatch::resend_loop`).
-    pub(crate) fn flush_replies(&self, session: &Session, now: tokio::time::Instant) {
+    pub(crate) fn flush_replies(&self, session: &Session, now: std::time::Instant) {
         if !session.replies.any_waiting() {
             return;
         }

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use super::room::Room;
 use super::stream::Stream;
-use crate::zmtp::Encoder;
+use zmtp::Encoder;
 
 /// Rounds of appended bytes a sender writes for others before it hands the
 /// role to the driver, so no sender is held up for long.

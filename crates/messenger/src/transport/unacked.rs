@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::room::Room;
 use crate::error::{RequestError, SendError};
@@ -266,7 +266,7 @@ mod tests {
     /// window (and be refused there as stale for good).
     #[test]
     fn the_window_spans_ids_from_the_oldest_unacknowledged() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let later = now + Duration::from_secs(30);
         let u = window_of(4);
         for id in 0..4 {

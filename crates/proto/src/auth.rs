@@ -21,14 +21,31 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::fmt;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-pub use crate::config::Secret;
+/// A shared secret. Its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(crate) Vec<u8>);
+
+impl Secret {
+    /// Wraps the secret's bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
 
 /// The callback id an authentication message is addressed to (the
 /// protocol's reserved id).
-pub const AUTH: u64 = crate::proto::wire::RESERVED;
+pub const AUTH: u64 = crate::wire::RESERVED;
 
 /// How far a proof's timestamp may be from the listener's clock.
 pub const WINDOW: Duration = Duration::from_secs(30);

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::command::{Command, encode_ready_body, ping_body, pong_body};
 use super::frame::{Decoded, Encoder, FrameDecoder};
@@ -1125,7 +1125,7 @@ mod tests {
 
     // ---- CURVE ----
 
-    use crate::zmtp::{CurveKeyPair, CurvePublicKey};
+    use crate::{CurveKeyPair, CurvePublicKey};
 
     fn keys() -> CurveKeyPair {
         CurveKeyPair::generate().expect("OS RNG")

@@ -16,7 +16,7 @@
 
 use slab::Slab;
 
-use crate::proto::wire::FIRST_USER;
+use crate::wire::FIRST_USER;
 
 const GEN_MASK: u32 = 0x0fff_ffff;
 

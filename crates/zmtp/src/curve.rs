@@ -890,7 +890,7 @@ impl CurveClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zmtp::{SocketType, encode_ready_body};
+    use crate::{SocketType, encode_ready_body};
 
     fn metadata() -> Bytes {
         encode_ready_body(SocketType::Dealer, b"c").slice(6..)

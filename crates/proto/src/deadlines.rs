@@ -16,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// A deadline as nanoseconds since the structure's base instant: 8 bytes
 /// instead of 16, good for 584 years.
@@ -116,7 +116,7 @@ impl Deadlines {
     }
 }
 
-pub use crate::zmtp::deadline_after;
+pub use zmtp::deadline_after;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! and carried out through the few [`Effects`] it needs ([`process`]).
 //! The session's task runs it where the message landed, with the
 //! messenger's state behind `Effects`
-//! ([`Shared::process`](crate::runtime::dispatch::Shared::process)); the tests
+//! (the `messenger` crate's runtime); the tests
 //! below run the same code between two in-memory cores on a virtual clock.
 //!
 //! The order is NoisePage's: an ACK settles what it acknowledges; a
@@ -15,14 +15,14 @@
 //! full window towards the sender or a full queue refuses it unACKed and
 //! the peer resends it later.
 
-use tokio::time::Instant;
+use std::time::Instant;
 
-use crate::proto::dedup::{DedupWindow, Verdict};
-use crate::proto::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
+use crate::dedup::{DedupWindow, Verdict};
+use crate::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
 
 /// What to do with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
+pub enum Decision {
     /// An ACK: settle the message it acknowledges.
     SettleAck,
     /// Seen before: ACK it again (our ACK was lost), deliver nothing.
@@ -46,7 +46,7 @@ pub(crate) enum Decision {
 
 /// Decides what the message `(msg_id, dst_cb)` means, recording it in the
 /// sender's duplicate window unless it goes to the server loop.
-pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64) -> Decision {
+pub fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64) -> Decision {
     if dst_cb == ACK {
         return Decision::SettleAck;
     }
@@ -72,13 +72,13 @@ pub(crate) fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64) -> Decis
 
 /// An ECHO answered or a server-loop message handed over: record it, so
 /// a resend of it is a duplicate (the caller ACKs it).
-pub(crate) fn accepted(dedup: &mut DedupWindow, msg_id: u64) {
+pub fn accepted(dedup: &mut DedupWindow, msg_id: u64) {
     dedup.record(msg_id);
 }
 
 /// Whether the server loop took a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
+pub enum Delivery {
     /// Its queue owns it now.
     Delivered,
     /// No room (or shutting down): refuse it unACKed, the peer resends.
@@ -96,7 +96,7 @@ pub(crate) enum Delivery {
 
 /// What processing one message did (the caller counts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// An ACK, settled (true) or for nothing we wait on (false).
     Ack(bool),
     /// A duplicate, ACKed again.
@@ -125,7 +125,7 @@ pub(crate) enum Outcome {
 }
 
 /// What ProcessMessage needs from the messenger to carry a decision out.
-pub(crate) trait Effects {
+pub trait Effects {
     /// Sends the ACK of `msg_id`, best effort (the peer resends what is
     /// not ACKed).
     fn ack(&mut self, msg_id: u64);
@@ -148,7 +148,7 @@ pub(crate) trait Effects {
 /// ACK bookkeeping first, then duplicates, builtins, the callback named by
 /// `dst_cb`, and the server loop. A server-loop message is ACKed only once
 /// its queue owns it.
-pub(crate) fn process(
+pub fn process(
     fx: &mut impl Effects,
     dedup: &mut DedupWindow,
     message: Payload,
@@ -214,8 +214,8 @@ mod tests {
 
     use bytes::Bytes;
 
-    use crate::proto::callbacks::CallbackTable;
-    use crate::proto::pending::PendingSet;
+    use crate::callbacks::CallbackTable;
+    use crate::pending::PendingSet;
 
     fn window() -> DedupWindow {
         DedupWindow::new(64)

@@ -1,7 +1,9 @@
+#![warn(missing_docs, unreachable_pub)]
 //! ZMTP 3.1 (RFC 37) as a sans-IO state machine: bytes in, events and bytes
-//! out, no sockets and no clock of its own (time is passed in), as
-//! quinn-proto is to quinn. The tokio drivers in `transport` own the sockets
-//! and call into it.
+//! out, no sockets and no clock of its own (time is passed in as
+//! `std::time::Instant`), as quinn-proto is to quinn. It depends on no
+//! runtime: the `messenger` crate's tokio drivers own the sockets and call
+//! into it, and anything else that moves bytes can.
 //!
 //! ```text
 //! greeting.rs   the 64-byte greeting: version, mechanism, as-server

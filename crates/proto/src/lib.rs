@@ -12,12 +12,20 @@
 //! deadlines.rs  a timer wheel of request deadlines
 //! process.rs    ProcessMessage: builtins, then the MSC, then the SLC
 //! auth.rs       the shared-secret proof a connection's first message carries
+//! error.rs      why a payload or a message's frames were refused
 //! ```
+//!
+//! Time is `std::time::Instant`, passed in; the `messenger` crate's runtime
+//! keeps the clock and the tasks.
+#![warn(missing_docs, unreachable_pub)]
 
-pub(crate) mod auth;
-pub(crate) mod callbacks;
-pub(crate) mod deadlines;
-pub(crate) mod dedup;
-pub(crate) mod pending;
-pub(crate) mod process;
-pub(crate) mod wire;
+pub mod auth;
+pub mod callbacks;
+pub mod deadlines;
+pub mod dedup;
+mod error;
+pub mod pending;
+pub mod process;
+pub mod wire;
+
+pub use error::{FrameError, ParseError};
