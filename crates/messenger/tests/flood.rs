@@ -11,7 +11,7 @@
 //! then), and after the last. The two floods run one after the other (a
 //! lock), so neither measures the other.
 
-mod common;
+use messenger_testkit as common;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -23,7 +23,7 @@
 //! The resident set is the whole process's, so the tests run one at a time
 //! (a lock).
 
-mod common;
+use messenger_testkit as common;
 
 use std::io;
 use std::time::{Duration, Instant};

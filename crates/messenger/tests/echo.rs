@@ -1,6 +1,7 @@
 //! ECHO and request/reply round trips on every transport.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::time::Duration;
 

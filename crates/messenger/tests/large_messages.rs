@@ -19,7 +19,8 @@
 //! two 16 MiB round trips at once could starve each other past the resend
 //! interval.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //! takes no more than its connection limit and stops reading a peer that
 //! does not read; the process and every other peer live on.
 
-mod common;
+use messenger_testkit as common;
 
 use std::time::Duration;
 

@@ -19,7 +19,8 @@
 //! pyzmq peers answering our PINGs are in tests/interop.rs
 //! (`python_peer_answers_our_zmtp_pings`). Every wait is bounded.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -7,7 +7,8 @@
 //! instant); the rest use real time with short intervals. Every wait is
 //! bounded, so a bug fails a test instead of hanging it.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

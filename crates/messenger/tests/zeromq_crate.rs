@@ -11,7 +11,8 @@
 //!
 //! Every wait is bounded.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::time::Duration;
 

@@ -46,6 +46,16 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
+/// The workspace's target directory, wherever it is (`CARGO_TARGET_DIR`
+/// included): the running test binary is `TARGET/PROFILE/deps/NAME`.
+fn target_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} is not under a target directory", exe.display()))
+}
+
 fn bootstrap() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("MESSENGER_TEST_PYTHON") {
         let p = PathBuf::from(p);
@@ -58,7 +68,7 @@ fn bootstrap() -> Result<PathBuf, String> {
             ))
         };
     }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let target = target_dir()?;
     let venv = target.join("pyenv");
     let py = venv.join("bin").join("python");
     if has_modules(&py) {

@@ -2,7 +2,8 @@
 //! messages before the SLC, reused callback slots never see their previous
 //! owner's replies, connections are pooled, and endpoints are bound once.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::collections::HashSet;
 use std::time::Duration;

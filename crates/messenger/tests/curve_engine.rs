@@ -15,7 +15,7 @@
 //! Without python3 and pyzmq the tests say SKIPPED and pass (unless `CI` is
 //! set, see `common/python.rs`).
 
-mod common;
+use messenger_testkit as common;
 
 use common::python;
 

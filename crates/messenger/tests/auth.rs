@@ -1,7 +1,7 @@
 //! Shared-secret authentication: only holders of the secret reach our
 //! callbacks; wrong, replayed or missing proofs get the peer cut off.
 
-mod common;
+use messenger_testkit as common;
 
 use std::time::Duration;
 

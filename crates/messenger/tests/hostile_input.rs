@@ -4,7 +4,8 @@
 //! the same peer is handled normally. tcp and ipc only: an inproc peer is
 //! always one of our own connections, which cannot send garbage.
 
-mod common;
+use messenger_testkit as common;
+use messenger_testkit::assert_stats;
 
 use std::collections::HashSet;
 

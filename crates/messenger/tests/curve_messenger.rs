@@ -4,7 +4,7 @@
 //! peer are refused with nothing delivered. (Against libzmq: tests/curve.rs
 //! and tests/curve_engine.rs.)
 
-mod common;
+use messenger_testkit as common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! an invariant. Case counts are kept modest so the file runs in seconds;
 //! the fuzz targets in fuzz/ explore the same code for longer.
 
-mod common;
+use messenger_testkit as common;
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -7,7 +7,7 @@
 //! tcp and ipc with raw intruders (byte-exact: greeting, then ERROR, then
 //! nothing) and intruders on our own API; inproc through the API only.
 
-mod common;
+use messenger_testkit as common;
 
 use std::time::Duration;
 

@@ -12,7 +12,7 @@
 //!
 //! `MESSENGER_TEST_ANON=N` changes the number of peers (default 100,000).
 
-mod common;
+use messenger_testkit as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@
 //! Each reads until its stream ends or goes quiet, and must have read
 //! exactly the greeting (64 bytes) and the READY frame.
 
-mod common;
+use messenger_testkit as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,7 +2,7 @@
 //! per-peer order in the sequential form, and work finishing within the
 //! shutdown grace period.
 
-mod common;
+use messenger_testkit as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

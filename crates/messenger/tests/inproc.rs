@@ -5,7 +5,7 @@
 //! of a resend, a peer that leaves fails what waits on it at once, and no
 //! ACK is ever counted.
 
-mod common;
+use messenger_testkit as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
