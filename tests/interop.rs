@@ -1173,7 +1173,7 @@ async fn libzmq_drops_a_peer_that_does_not_answer_pings() {
     assert_eq!(r["replies"], 0, "{r}");
 }
 
-/// Our listener's own PINGs (Config::zmtp_heartbeat, 100 ms) are answered
+/// Our listener's own PINGs (Config::heartbeat, 100 ms) are answered
 /// by libzmq: a pyzmq DEALER (no heartbeats of its own) stays connected for
 /// 3 s while ECHOs flow every 500 ms, and nothing is dropped. On tcp a
 /// counting proxy shows the PINGs going out and the PONGs coming back.
@@ -1182,7 +1182,7 @@ async fn python_peer_answers_our_zmtp_pings() {
     use common::raw_zmtp::Proxy;
     let Some(py) = python() else { return };
     let config = messenger::Config {
-        zmtp_heartbeat: Some(messenger::ZmtpHeartbeat {
+        heartbeat: Some(messenger::Heartbeat {
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(300),
             ttl: Duration::ZERO,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use messenger_proto::auth::Secret;
+pub use zmtp::Heartbeat;
 use zmtp::{CurveKeyPair, CurvePublicKey};
 
 /// Configuration of one [`Messenger`](crate::Messenger): start from the
@@ -121,7 +122,7 @@ pub struct Config {
     /// of retransmissions (or two hours of keepalive): this bounds the
     /// time to notice by 4 s, at the cost of a 10-byte command a second
     /// each way (design/FAULTS.md). `None` turns them off.
-    pub zmtp_heartbeat: Option<zmtp::Heartbeat>,
+    pub heartbeat: Option<Heartbeat>,
     /// How long a tcp or ipc peer has to finish the ZMTP greeting and READY
     /// before it is dropped. Default 5 s.
     pub handshake_timeout: Duration,
@@ -200,11 +201,6 @@ pub struct Config {
     /// peer's first message, and connections send one. See `auth`. Default
     /// off.
     pub auth: Option<Secret>,
-    /// Liveness checks on each connection: ECHO with an empty body every
-    /// `interval`; `misses` unanswered in a row declare the peer dead (its
-    /// waiters fail with `Disconnected` and the connection redials).
-    /// Default off.
-    pub heartbeat: Option<Heartbeat>,
     /// CURVE (RFC 26) on tcp and ipc: every frame after the handshake
     /// encrypted and authenticated, the server proven by its public key and
     /// clients by theirs, as libzmq's `ZMQ_CURVE_*` options. Listeners speak
@@ -235,14 +231,6 @@ pub struct Curve {
     pub allow: Option<Arc<HashSet<CurvePublicKey>>>,
 }
 
-/// Heartbeat settings; see [`Config::heartbeat`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heartbeat {
-    /// Time between heartbeats, and each one's deadline.
-    pub interval: Duration,
-    /// Consecutive misses that declare the peer dead (at least 1).
-    pub misses: u32,
-}
 
 impl Default for Config {
     fn default() -> Self {
@@ -256,7 +244,7 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_frames: 32,
             max_command_size: 64 << 10,
-            zmtp_heartbeat: Some(zmtp::Heartbeat {
+            heartbeat: Some(Heartbeat {
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(3),
                 ttl: Duration::from_secs(4),
@@ -274,7 +262,6 @@ impl Default for Config {
             dedup_window: 1 << 16,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
-            heartbeat: None,
             auth: None,
             max_concurrent_handlers: 64,
             shutdown_grace: Duration::from_secs(5),
@@ -337,13 +324,7 @@ impl Config {
         }
         if let Some(hb) = self.heartbeat {
             durations.push(("heartbeat.interval", hb.interval));
-            if hb.misses == 0 {
-                return Err(ConfigError::Zero("heartbeat.misses"));
-            }
-        }
-        if let Some(hb) = self.zmtp_heartbeat {
-            durations.push(("zmtp_heartbeat.interval", hb.interval));
-            durations.push(("zmtp_heartbeat.timeout", hb.timeout));
+            durations.push(("heartbeat.timeout", hb.timeout));
         }
         if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::Zero(field));

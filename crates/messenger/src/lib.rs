@@ -71,5 +71,4 @@ pub use proto::wire::{ACK, ECHO, FIRST_USER, NOOP};
 pub use runtime::server_loop::{AsyncServerLoop, Responder, ServerLoop};
 pub use stats::StatsSnapshot;
 pub use types::{Callback, Incoming, ListenerInfo, Reply};
-pub use zmtp::Heartbeat as ZmtpHeartbeat;
 pub use zmtp::{CurveKeyError, CurveKeyPair, CurvePublicKey, CurveSecretKey};

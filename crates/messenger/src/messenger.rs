@@ -6,29 +6,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::Incoming;
-use crate::address::{ConnectionId, Destination, ListenerId, SocketKind};
+use crate::address::{ConnectionId, Destination, ListenerId};
 use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::error::{BindError, ConnectError, NewError, RequestError, SendError};
-use crate::runtime::dispatch::{self, Completion, Mode, Shared};
-use crate::runtime::server_loop::{self, AsyncServerLoop, Handler, LoopControl, ServerLoop};
-use crate::runtime::socket::{SocketCtx, SocketTasks};
-use crate::runtime::{connection, inproc, listener};
+use crate::runtime::callbacks::{self, Completion};
+use crate::runtime::send::{Mode, Notify, Outgoing, Sent};
+use crate::runtime::server_loop::{AsyncServerLoop, Handler, LoopControl, ServerLoop};
+use crate::runtime::shared::Shared;
+use crate::runtime::socket::{Open, Opening, SocketCtx};
+use crate::runtime::{connection, listener};
 use crate::stats::StatsSnapshot;
-use crate::transport::stream;
-use crate::transport::unacked::AckWaiter;
 use crate::types::{Callback, ListenerInfo};
-
-struct Open {
-    ctx: Arc<SocketCtx>,
-    tasks: SocketTasks,
-}
 
 #[derive(Default)]
 struct Registry {
@@ -82,6 +76,16 @@ impl Inner {
         }
         reg.pool.clear();
         open
+    }
+
+    /// What a socket this messenger opens needs of it.
+    fn opening(&self, identity: Bytes) -> Opening<'_> {
+        Opening {
+            shared: &self.shared,
+            loops: &self.loops,
+            shutdown: &self.shutdown,
+            identity,
+        }
     }
 
     /// Whether shutdown has begun.
@@ -153,9 +157,9 @@ impl Messenger {
             tracker: TaskTracker::new(),
         };
         let shared = Arc::new(Shared::new(Arc::new(config), runtime, loops.stop.clone()));
-        let deadlines = dispatch::deadline_loop(Arc::clone(&shared));
+        let timer = callbacks::run(Arc::clone(&shared.callbacks));
         let stop = shutdown.clone();
-        tokio::spawn(async move { stop.run_until_cancelled(deadlines).await });
+        tokio::spawn(async move { stop.run_until_cancelled(timer).await });
         Ok(Messenger {
             inner: Arc::new(Inner {
                 identity,
@@ -178,12 +182,6 @@ impl Messenger {
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.inner.shared.config
-    }
-
-    fn start_resending(&self, ctx: &Arc<SocketCtx>, tasks: &mut SocketTasks) {
-        if let Some(interval) = self.inner.shared.config.resend_interval {
-            tasks.spawn_until_stopped(dispatch::resend_loop(Arc::clone(ctx), interval));
-        }
     }
 
     /// Binds a ROUTER on `endpoint` whose messages, after the builtins and
@@ -232,68 +230,10 @@ impl Messenger {
         if self.inner.is_shut() {
             return Err(BindError::Shutdown);
         }
-        let shared = &self.inner.shared;
-        let cfg = &shared.config;
         let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (slc_tx, slc_rx) = mpsc::channel(cfg.slc_queue_capacity);
-        // tcp and ipc bind the OS listener first so the context can carry
-        // the resolved endpoint (port 0 becomes the real port).
-        let (bound_socket, bound, created_file) = match endpoint {
-            Endpoint::Inproc(_) => (None, endpoint.clone(), None),
-            _ => {
-                let (l, resolved, file) = stream::bind(endpoint).await?;
-                (Some(l), resolved, file)
-            }
-        };
-        let ctx = Arc::new(SocketCtx::new(
-            SocketKind::Listener(id),
-            bound.clone(),
-            identity,
-            Some(slc_tx),
-            Arc::clone(&shared.stats),
-            Arc::clone(cfg),
-        ));
-        let mut tasks = SocketTasks::new(self.inner.shutdown.child_token());
-        tasks.created_file = created_file;
-        match (endpoint, bound_socket) {
-            (Endpoint::Inproc(name), _) => {
-                tasks.inproc = Some(Box::new(inproc::bind(name, &ctx, shared, &tasks.stop)?));
-            }
-            (_, Some(l)) => {
-                let settings = Arc::new(listener::PeerSettings {
-                    auth: cfg
-                        .auth
-                        .clone()
-                        .map(|s| std::sync::Mutex::new(crate::proto::auth::Verifier::new(s))),
-                    partial: Arc::new(crate::runtime::driver::PartialBudget::new(
-                        cfg.max_partial_bytes,
-                    )),
-                });
-                let span = tracing::info_span!("listener", endpoint = %bound);
-                let accept = listener::accept_loop(
-                    l,
-                    Arc::clone(&ctx),
-                    Arc::clone(shared),
-                    settings,
-                    tasks.stop.clone(),
-                );
-                tasks.spawn(accept.instrument(span));
-            }
-            (_, None) => return Err(BindError::Unsupported(endpoint.clone())),
-        }
-        let span = tracing::info_span!("listener", id = id.0, endpoint = %bound);
-        let _entered = span.enter();
-        server_loop::spawn(
-            handler,
-            slc_rx,
-            Arc::downgrade(&self.inner.shared),
-            Arc::downgrade(&ctx),
-            &self.inner.loops,
-        );
-        self.start_resending(&ctx, &mut tasks);
-        let mut reg = self.inner.registry();
-        reg.listeners.insert(id, Open { ctx, tasks });
-        tracing::info!(endpoint = %bound, "listening");
+        let opening = self.inner.opening(identity);
+        let (open, bound) = listener::open(&opening, id, endpoint, handler).await?;
+        self.inner.registry().listeners.insert(id, open);
         Ok(ListenerInfo {
             id,
             endpoint: bound,
@@ -344,61 +284,12 @@ impl Messenger {
                 Some(_) => Err(ConnectError::AlreadyConnected(endpoint.clone())),
             };
         }
-        let shared = &self.inner.shared;
-        let cfg = &shared.config;
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let (slc_tx, slc_rx) = match handler {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(cfg.slc_queue_capacity);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let ctx = Arc::new(SocketCtx::new(
-            SocketKind::Connection(id),
-            endpoint.clone(),
-            self.inner.identity.clone(),
-            slc_tx,
-            Arc::clone(&shared.stats),
-            Arc::clone(cfg),
-        ));
-        let first = connection::dial_first(endpoint, &ctx, shared).await?;
-        // Up before make_connection returns: sends go straight to it.
-        ctx.link_up(&first.1);
-        let backoff = connection::Backoff {
-            initial: cfg.reconnect_initial,
-            max: cfg.reconnect_max,
-        };
-        let mut tasks = SocketTasks::new(self.inner.shutdown.child_token());
-        let span = tracing::info_span!("connection", id = id.0, %endpoint);
-        let driver = connection::drive(
-            endpoint.clone(),
-            first,
-            Arc::clone(&ctx),
-            Arc::clone(shared),
-            backoff,
-            tasks.stop.clone(),
-        );
-        tasks.spawn(driver.instrument(span));
-        self.start_resending(&ctx, &mut tasks);
-        if let Some(hb) = cfg.heartbeat {
-            let shared = Arc::downgrade(shared);
-            let beat = dispatch::heartbeat_loop(shared, Arc::clone(&ctx), hb);
-            tasks.spawn_until_stopped(beat);
-        }
-        if let (Some(handler), Some(rx)) = (handler, slc_rx) {
-            server_loop::spawn(
-                handler,
-                rx,
-                Arc::downgrade(&self.inner.shared),
-                Arc::downgrade(&ctx),
-                &self.inner.loops,
-            );
-        }
+        let opening = self.inner.opening(self.inner.identity.clone());
+        let open = connection::open(&opening, id, endpoint, handler).await?;
         let mut reg = self.inner.registry();
-        reg.connections.insert(id, Open { ctx, tasks });
+        reg.connections.insert(id, open);
         reg.pool.insert(endpoint.clone(), id);
-        tracing::debug!(%endpoint, "connected");
         Ok(id)
     }
 
@@ -472,15 +363,14 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, SendError> {
-        let send = self.send(
-            dest.into(),
-            dst_cb,
-            body.as_ref(),
-            callback,
-            None,
-            Mode::Wait,
-        );
-        Ok(send.await?.msg_id)
+        let notify = callback.map_or(Notify::Nothing, |c| {
+            Notify::Reply(Completion::Callback(c.into_inner()))
+        });
+        let timeout = self.inner.shared.config.request_timeout;
+        let sent = self
+            .send(dest.into(), dst_cb, body.as_ref(), notify, timeout, Mode::Wait)
+            .await?;
+        Ok(sent.msg_id)
     }
 
     /// [`send_message`](Self::send_message) that never waits: fails with
@@ -493,14 +383,11 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, SendError> {
-        let send = self.send(
-            dest.into(),
-            dst_cb,
-            body.as_ref(),
-            callback,
-            None,
-            Mode::Try,
-        );
+        let notify = callback.map_or(Notify::Nothing, |c| {
+            Notify::Reply(Completion::Callback(c.into_inner()))
+        });
+        let timeout = self.inner.shared.config.request_timeout;
+        let send = self.send(dest.into(), dst_cb, body.as_ref(), notify, timeout, Mode::Try);
         // Mode::Try never waits: the first poll completes it.
         let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
         Ok(sent?.msg_id)
@@ -518,12 +405,13 @@ impl Messenger {
         body: impl AsRef<[u8]>,
     ) -> Result<u64, RequestError> {
         let (tx, rx) = oneshot::channel();
+        let timeout = self.inner.shared.config.request_timeout;
         let send = self.send(
             dest.into(),
             dst_cb,
             body.as_ref(),
-            None,
-            Some(tx),
+            Notify::Ack(tx),
+            timeout,
             Mode::Wait,
         );
         let msg_id = send.await?.msg_id;
@@ -573,23 +461,12 @@ impl Messenger {
         timeout: Duration,
     ) -> Result<Incoming, RequestError> {
         let (tx, rx) = oneshot::channel();
-        let completion = (Completion::Future(tx), timeout);
-        let (socket, peer) = self.socket_for(&dest.into())?;
-        let shared = &self.inner.shared;
-        let body = body.as_ref();
-        let send = shared.send(
-            &socket,
-            &peer,
-            dst_cb,
-            body,
-            Some(completion),
-            None,
-            Mode::Wait,
-        );
+        let notify = Notify::Reply(Completion::Future(tx));
+        let send = self.send(dest.into(), dst_cb, body.as_ref(), notify, timeout, Mode::Wait);
         let sent = send.await?;
         // Removes the callback if this future is dropped while it waits.
         let guard = Unregister {
-            shared,
+            shared: &self.inner.shared,
             id: sent.cb_id,
         };
         let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
@@ -600,30 +477,35 @@ impl Messenger {
         reply
     }
 
-    /// The one send path behind every send above: the destination's socket,
-    /// the callback's deadline, and the mode (wait for room, or not).
+    /// Every send above, as one [`Outgoing`] to the one send path: the
+    /// destination's socket, what to tell whom, the deadline from the call,
+    /// and whether it may wait.
     async fn send(
         &self,
         dest: Destination,
         dst_cb: u64,
         body: &[u8],
-        callback: Option<Callback>,
-        ack: Option<AckWaiter>,
+        notify: Notify,
+        timeout: Duration,
         mode: Mode,
-    ) -> Result<dispatch::Sent, SendError> {
+    ) -> Result<Sent, SendError> {
         let (socket, peer) = self.socket_for(&dest)?;
-        let shared = &self.inner.shared;
-        let timeout = shared.config.request_timeout;
-        let completion = callback.map(|c| (Completion::Callback(c.into_inner()), timeout));
-        shared
-            .send(&socket, &peer, dst_cb, body, completion, ack, mode)
-            .await
+        let out = Outgoing {
+            socket: &socket,
+            peer: &peer,
+            dst_cb,
+            body,
+            notify,
+            timeout,
+            mode,
+        };
+        self.inner.shared.send(out).await
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> StatsSnapshot {
         let mut s = self.inner.shared.stats.snapshot();
-        s.pending_callbacks = self.inner.shared.pending_callbacks() as u64;
+        s.pending_callbacks = self.inner.shared.callbacks.len() as u64;
         let reg = self.inner.registry();
         s.pending_messages = reg
             .listeners
@@ -674,7 +556,7 @@ impl Messenger {
                 unacked.close(&RequestError::Shutdown);
             }
         }
-        self.inner.shared.fail_all(RequestError::Shutdown);
+        self.inner.shared.callbacks.fail_all(&RequestError::Shutdown);
         futures::future::join_all(closing.into_iter().map(|mut open| async move {
             open.tasks.close_gracefully(linger).await;
         }))
@@ -701,7 +583,7 @@ impl Unregister<'_> {
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.shared.unregister(id);
+            self.shared.callbacks.unregister(id);
         }
     }
 }

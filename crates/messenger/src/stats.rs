@@ -123,8 +123,6 @@ counters! {
     unacked_expired,
     /// Times a connection's link came back after a loss.
     reconnects,
-    /// Heartbeats that got no reply in time.
-    heartbeats_missed,
     /// Peers cut off for breaking ZMTP or its limits (a bad greeting,
     /// flags or command; a frame, message or command too large; too many
     /// frames in a message).

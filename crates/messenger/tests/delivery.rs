@@ -525,45 +525,17 @@ async fn resumes_after_a_restart(t: &str, client_config: Config) {
 // ---------------------------------------------------------------------------
 // 9. Heartbeats.
 
-/// `quick()` with a heartbeat every 50 ms, three misses declaring the peer
-/// dead.
+/// `quick()` with a heartbeat (ZMTP PING) every 50 ms, 150 ms of silence
+/// after one declaring the peer dead. A silent peer is declared dead by
+/// them too: `zmtp_heartbeat.rs::our_pings_find_a_router_that_stopped_answering`.
 fn with_heartbeat() -> Config {
     Config {
         heartbeat: Some(Heartbeat {
             interval: Duration::from_millis(50),
-            misses: 3,
+            timeout: Duration::from_millis(150),
+            ttl: Duration::ZERO,
         }),
         ..quick()
-    }
-}
-
-/// A raw ROUTER that accepts the connection and never answers anything:
-/// the heartbeat declares it dead and the waiting request fails with
-/// Disconnected, long before its deadline.
-#[tokio::test]
-async fn heartbeat_declares_a_silent_peer_dead() {
-    for t in RAW_TRANSPORTS {
-        let (router, endpoint, _p) = raw_router(t).await;
-        let (client, conn) = connect(with_heartbeat(), &endpoint).await;
-        let start = Instant::now();
-        let r = within(
-            3,
-            "request fails",
-            client.request(conn, wire::NOOP, "anyone there?"),
-        )
-        .await;
-        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
-        eprintln!("{t}: declared dead after {:?}", start.elapsed());
-        assert_stats!(
-            client.stats(),
-            t,
-            heartbeats_missed >= 3,
-            pending_callbacks == 0
-        );
-        // The connection redials; the ROUTER still accepts.
-        eventually(5, "redialled", || client.stats().reconnects >= 1).await;
-        client.shutdown().await;
-        drop(router);
     }
 }
 
@@ -593,10 +565,12 @@ async fn waiting_for_an_ack_fails_with_disconnected_when_the_peer_goes() {
     }
 }
 
-/// Against a live listener, heartbeats measure the round trip.
+/// Against a live listener, heartbeats (PING to PONG) measure the round
+/// trip. inproc has no heartbeats: nothing between two messengers of one
+/// process can go silent.
 #[tokio::test]
 async fn heartbeat_measures_rtt_of_a_live_peer() {
-    for t in TRANSPORTS {
+    for t in RAW_TRANSPORTS {
         let p = pair(t, Config::default(), with_heartbeat(), no_slc).await;
         let (client, conn) = (&p.client, p.conn);
         assert_eq!(client.rtt(conn), None, "{t}: no heartbeat answered yet");
@@ -605,7 +579,6 @@ async fn heartbeat_measures_rtt_of_a_live_peer() {
         let rtt = client.rtt(conn).unwrap();
         assert!(rtt < Duration::from_secs(1), "{t}: rtt {rtt:?}");
         assert!(client.is_connected(conn), "{t}");
-        assert!(p.server.stats().echoes_answered >= 1, "{t}");
         p.shutdown().await;
     }
 }

@@ -1,4 +1,4 @@
-//! Our own ZMTP heartbeats (`Config::zmtp_heartbeat`) against peers that
+//! Our own ZMTP heartbeats (`Config::heartbeat`) against peers that
 //! speak ZMTP by hand (tests/common/raw_zmtp.rs), so each can do what a ZMQ
 //! library would not: go silent right after the handshake, answer PINGs or
 //! not, announce ZMTP 3.0.
@@ -31,7 +31,7 @@ use common::{
     Place, RAW_TRANSPORTS, connect, eventually, no_slc, raw_dealer, raw_recv, raw_router, raw_send,
     serve, spawn_request, within,
 };
-use messenger::ZmtpHeartbeat as Heartbeat;
+use messenger::Heartbeat;
 use messenger::{Config, Endpoint, RequestError};
 use messenger_proto::wire;
 use tokio::task::JoinHandle;
@@ -48,7 +48,7 @@ fn heartbeat(ttl: Duration) -> Heartbeat {
 
 fn with_heartbeat(ttl: Duration) -> Config {
     Config {
-        zmtp_heartbeat: Some(heartbeat(ttl)),
+        heartbeat: Some(heartbeat(ttl)),
         ..Config::default()
     }
 }

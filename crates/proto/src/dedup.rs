@@ -39,6 +39,39 @@ pub enum Verdict {
     Stale,
 }
 
+/// What ProcessMessage asks of a sender's duplicate memory: whether an id
+/// is new, and to remember one it delivered.
+pub trait Window {
+    /// Classifies `id` without changing anything.
+    fn check(&self, id: u64) -> Verdict;
+    /// Records `id` as delivered.
+    fn record(&mut self, id: u64);
+}
+
+/// The window of a sender that cannot repeat itself: messages between two
+/// messengers of one process are handed over once and never lost, so every
+/// id is new and nothing needs remembering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDuplicates;
+
+impl Window for NoDuplicates {
+    fn check(&self, _: u64) -> Verdict {
+        Verdict::New
+    }
+
+    fn record(&mut self, _: u64) {}
+}
+
+impl Window for DedupWindow {
+    fn check(&self, id: u64) -> Verdict {
+        DedupWindow::check(self, id)
+    }
+
+    fn record(&mut self, id: u64) {
+        DedupWindow::record(self, id)
+    }
+}
+
 /// The receive-side memory of one sender.
 #[derive(Debug, Clone)]
 pub struct DedupWindow {

@@ -72,7 +72,11 @@ impl RttEstimate {
     }
 }
 
-/// The set of unacknowledged messages of one socket, bounded.
+/// The set of unacknowledged messages of one socket, bounded: a state
+/// machine with a timer, as quinn-proto's connection is. The driver asks
+/// [`poll_timeout`](Self::poll_timeout) when it next needs to run and calls
+/// [`handle_timeout`](Self::handle_timeout) then; nothing ticks while
+/// nothing is held.
 #[derive(Debug)]
 pub struct PendingSet<W> {
     /// foldhash, seeded per map: SipHash was 10% of a round trip's
@@ -90,6 +94,13 @@ pub struct PendingSet<W> {
     /// unacknowledged byte), so a message whose ACKs keep getting lost can
     /// never fall behind the receiver's duplicate window.
     order: VecDeque<MsgKey>,
+    /// The shortest resend timeout (the configured interval); the round
+    /// trips measured from ACKs may make it longer ([`RttEstimate::rto`]).
+    interval: Duration,
+    /// No message is due (for a resend, or at its deadline) before this:
+    /// lowered by every insert, recomputed by every timeout handled.
+    /// `None`: nothing is held.
+    next_due: Option<Instant>,
 }
 
 /// The set already holds its limit of messages.
@@ -105,17 +116,33 @@ pub struct Tick<W> {
     pub expired: Vec<(MsgKey, Option<W>)>,
 }
 
+/// When `e` is next due for a resend under resend timeout `rto`.
+fn last_due<W>(e: &Entry<W>, rto: Duration) -> Instant {
+    e.last_sent + rto.saturating_mul(1 << e.resends.min(3))
+}
+
 impl<W> PendingSet<W> {
-    /// A set holding at most `limit` messages.
-    pub fn new(limit: usize) -> Self {
+    /// A set holding at most `limit` messages, resending each no sooner
+    /// than `interval` after it was sent.
+    pub fn new(limit: usize, interval: Duration) -> Self {
         PendingSet {
             entries: HashMap::default(),
             limit,
             rtt: RttEstimate::default(),
             bytes: 0,
             order: VecDeque::new(),
+            interval,
+            next_due: None,
         }
     }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run (it may
+    /// find nothing to do then: what was due may have been ACKed); `None`
+    /// while nothing is held.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_due
+    }
+
 
     /// Records a message just sent.
     pub fn insert(
@@ -144,6 +171,8 @@ impl<W> PendingSet<W> {
             Some(old) => self.bytes -= old.payload.len(),
             None => self.order.push_back(key),
         }
+        let due = (now + self.rtt.rto(self.interval)).min(deadline);
+        self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
         Ok(())
     }
 
@@ -183,15 +212,16 @@ impl<W> PendingSet<W> {
         self.rtt
     }
 
-    /// Messages past their deadline, and up to `budget` messages due for a
-    /// resend, which are marked resent. A message is due one resend timeout
-    /// after it was sent (`interval`, or more when the round trips measured
-    /// from ACKs are longer: [`RttEstimate::rto`]), then after twice that,
-    /// four and eight times (capped), so a peer that is slow rather than
-    /// lossy is not flooded with copies. With
-    /// a budget of 0 (the link is down, or the queue is full) nothing is
-    /// marked, so due messages go out as soon as there is room.
-    pub fn tick(&mut self, now: Instant, interval: Duration, budget: usize) -> Tick<W> {
+    /// The timer fired at `now`: the messages past their deadline are
+    /// removed (with their waiters), and, when `resending` (the link is
+    /// up), those due for a resend are marked resent and returned, in the
+    /// order first sent. A message is due one resend timeout after it was
+    /// sent (`interval`, or more when the round trips measured from ACKs are
+    /// longer: [`RttEstimate::rto`]), then after twice that, four and eight
+    /// times (capped), so a peer that is slow rather than lossy is not
+    /// flooded with copies. Without `resending` nothing is marked: a
+    /// redialled connection sends all at once ([`resend_all`](Self::resend_all)).
+    pub fn handle_timeout(&mut self, now: Instant, resending: bool) -> Tick<W> {
         let bytes = &mut self.bytes;
         let expired = self
             .entries
@@ -201,20 +231,23 @@ impl<W> PendingSet<W> {
                 (k, e.waiter)
             })
             .collect();
-        let rto = self.rtt.rto(interval);
+        let rto = self.rtt.rto(self.interval);
         let mut due: Vec<(MsgKey, Bytes)> = Vec::new();
+        let mut next: Option<Instant> = None;
         for (&id, e) in self.entries.iter_mut() {
-            if due.len() >= budget {
-                break;
-            }
-            if now.duration_since(e.last_sent) >= rto.saturating_mul(1 << e.resends.min(3)) {
+            let at = last_due(e, rto);
+            if resending && at <= now {
                 e.last_sent = now;
                 e.resends += 1;
                 due.push((id, e.payload.clone()));
             }
+            let again = if resending { last_due(e, rto) } else { e.deadline };
+            let at = again.min(e.deadline);
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
+        self.next_due = next;
         // In the order they were first sent, so one sender's messages stay
-        // in order when they all go again (after a redial).
+        // in order when they all go again.
         due.sort_unstable_by_key(|(id, _)| *id);
         Tick {
             resend: due.into_iter().map(|(_, p)| p).collect(),
@@ -237,6 +270,10 @@ impl<W> PendingSet<W> {
             })
             .collect();
         all.sort_unstable_by_key(|(id, _)| *id);
+        if !all.is_empty() {
+            // Due again one (backed-off) timeout from now at the latest.
+            self.next_due = Some(self.next_due.map_or(now, |d| d.min(now)));
+        }
         all.into_iter().map(|(_, p)| p).collect()
     }
 
@@ -257,6 +294,7 @@ impl<W> PendingSet<W> {
     pub fn drain(&mut self) -> Vec<W> {
         self.bytes = 0;
         self.order.clear();
+        self.next_due = None;
         self.entries.drain().filter_map(|(_, e)| e.waiter).collect()
     }
 
@@ -287,7 +325,7 @@ mod tests {
     #[test]
     fn ack_removes_and_returns_waiter() {
         let now = Instant::now();
-        let mut s = PendingSet::new(10);
+        let mut s = PendingSet::new(10, Duration::from_secs(1));
         s.insert(
             key(1),
             Bytes::from("p"),
@@ -305,7 +343,7 @@ mod tests {
     fn bytes_follow_every_way_in_and_out() {
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
-        let mut s = PendingSet::new(10);
+        let mut s = PendingSet::new(10, Duration::from_secs(1));
         s.insert(key(1), Bytes::from("aaa"), now, later, Some(1))
             .unwrap();
         s.insert(key(2), Bytes::from("bb"), now, now, None).unwrap();
@@ -320,7 +358,7 @@ mod tests {
         assert_eq!(s.bytes(), 11);
         s.ack_at(&key(1), now).unwrap();
         assert_eq!(s.bytes(), 8);
-        assert_eq!(s.tick(now, Duration::from_secs(1), 0).expired.len(), 1);
+        assert_eq!(s.handle_timeout(now, false).expired.len(), 1);
         assert_eq!(s.bytes(), 6, "an expired message frees its bytes");
         assert_eq!(s.drain_waiters(), vec![4]);
         assert_eq!(s.bytes(), 2);
@@ -331,22 +369,22 @@ mod tests {
     #[test]
     fn resends_back_off_and_expire_at_the_deadline() {
         let t0 = Instant::now();
-        let iv = Duration::from_secs(1);
+
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut s: PendingSet<()> = PendingSet::new(10);
+        let mut s: PendingSet<()> = PendingSet::new(10, Duration::from_secs(1));
         s.insert(key(1), Bytes::from("a"), t0, at(10_000), None)
             .unwrap();
-        assert!(s.tick(at(500), iv, usize::MAX).resend.is_empty());
-        let t = s.tick(at(1000), iv, usize::MAX);
+        assert!(s.handle_timeout(at(500), true).resend.is_empty());
+        let t = s.handle_timeout(at(1000), true);
         assert_eq!(t.resend, vec![Bytes::from("a")]);
         // Then 2 s, 4 s, 8 s, 8 s ... after each resend.
-        assert!(s.tick(at(2500), iv, usize::MAX).resend.is_empty());
-        assert_eq!(s.tick(at(3000), iv, usize::MAX).resend.len(), 1);
-        assert!(s.tick(at(6500), iv, usize::MAX).resend.is_empty());
-        assert_eq!(s.tick(at(7000), iv, usize::MAX).resend.len(), 1);
-        let t = s.tick(at(9999), iv, usize::MAX);
+        assert!(s.handle_timeout(at(2500), true).resend.is_empty());
+        assert_eq!(s.handle_timeout(at(3000), true).resend.len(), 1);
+        assert!(s.handle_timeout(at(6500), true).resend.is_empty());
+        assert_eq!(s.handle_timeout(at(7000), true).resend.len(), 1);
+        let t = s.handle_timeout(at(9999), true);
         assert!(t.resend.is_empty() && t.expired.is_empty());
-        let t = s.tick(at(10_000), iv, usize::MAX);
+        let t = s.handle_timeout(at(10_000), true);
         assert_eq!(t.expired.len(), 1, "expired at its deadline");
         assert!(s.is_empty());
     }
@@ -356,7 +394,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let iv = ms(50);
-        let mut s: PendingSet<()> = PendingSet::new(10);
+        let mut s: PendingSet<()> = PendingSet::new(10, iv);
         assert_eq!(s.rtt().rto(iv), iv, "no sample yet: the interval");
         // A loaded peer ACKs after 300 ms, steadily.
         for id in 0..20 {
@@ -371,8 +409,8 @@ mod tests {
         let sent = t0 + ms(1000);
         s.insert(key(99), Bytes::new(), sent, sent + ms(10_000), None)
             .unwrap();
-        assert!(s.tick(sent + ms(100), iv, usize::MAX).resend.is_empty());
-        assert_eq!(s.tick(sent + rto, iv, usize::MAX).resend.len(), 1);
+        assert!(s.handle_timeout(sent + ms(100), true).resend.is_empty());
+        assert_eq!(s.handle_timeout(sent + rto, true).resend.len(), 1);
         // The ACK of a resent message is ambiguous: no sample (Karn).
         let before = s.rtt().srtt();
         s.ack_at(&key(99), sent + ms(5000)).unwrap();
@@ -401,7 +439,7 @@ mod tests {
     #[test]
     fn link_down_only_expires() {
         let t0 = Instant::now();
-        let mut s = PendingSet::new(10);
+        let mut s = PendingSet::new(10, Duration::from_secs(1));
         s.insert(
             key(1),
             Bytes::new(),
@@ -413,18 +451,14 @@ mod tests {
         s.insert(key(2), Bytes::new(), t0, t0 + Duration::from_secs(9), None)
             .unwrap();
         assert!(
-            s.tick(t0 + Duration::from_secs(2), Duration::from_secs(1), 0)
+            s.handle_timeout(t0 + Duration::from_secs(2), false)
                 .resend
                 .is_empty()
         );
         assert_eq!(s.drain_waiters(), vec![1]);
         assert_eq!(s.len(), 1, "fire-and-forget messages stay to be resent");
         assert_eq!(
-            s.tick(
-                t0 + Duration::from_secs(2),
-                Duration::from_secs(1),
-                usize::MAX
-            )
+            s.handle_timeout(t0 + Duration::from_secs(2), true)
             .resend
             .len(),
             1
@@ -432,27 +466,37 @@ mod tests {
     }
 
     #[test]
-    fn only_the_budget_is_marked_resent() {
+    fn the_timer_runs_only_while_something_is_held_and_when_due() {
         let t0 = Instant::now();
         let iv = Duration::from_secs(1);
-        let mut s: PendingSet<()> = PendingSet::new(10);
-        for id in 0..5 {
-            s.insert(key(id), Bytes::new(), t0, t0 + Duration::from_secs(9), None)
-                .unwrap();
-        }
-        assert_eq!(s.tick(t0 + iv, iv, 2).resend.len(), 2);
-        assert_eq!(
-            s.tick(t0 + iv, iv, 10).resend.len(),
-            3,
-            "the others are still due"
-        );
+        let mut s: PendingSet<()> = PendingSet::new(10, iv);
+        assert_eq!(s.poll_timeout(), None, "nothing held: no timer");
+        s.insert(key(1), Bytes::new(), t0, t0 + Duration::from_secs(30), None)
+            .unwrap();
+        assert_eq!(s.poll_timeout(), Some(t0 + iv));
+        // A deadline earlier than the first resend comes first.
+        s.insert(key(2), Bytes::new(), t0, t0 + Duration::from_millis(300), None)
+            .unwrap();
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_millis(300)));
+        let t = s.handle_timeout(t0 + Duration::from_millis(300), true);
+        assert_eq!(t.expired.len(), 1);
+        assert_eq!(s.poll_timeout(), Some(t0 + iv));
+        // Resent at 1 s: next due at 1 s + 2 s.
+        assert_eq!(s.handle_timeout(t0 + iv, true).resend.len(), 1);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+        // The link is down: only the deadline matters.
+        assert!(s.handle_timeout(t0 + iv, false).resend.is_empty());
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        s.ack(&key(1));
+        s.handle_timeout(t0 + Duration::from_secs(3), true);
+        assert_eq!(s.poll_timeout(), None, "nothing held again");
     }
 
     #[test]
     fn the_oldest_unacknowledged_id_is_at_the_front() {
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
-        let mut s: PendingSet<()> = PendingSet::new(100);
+        let mut s: PendingSet<()> = PendingSet::new(100, Duration::from_secs(1));
         assert_eq!(s.oldest(), None);
         for id in 10..20 {
             s.insert(key(id), Bytes::new(), now, later, None).unwrap();
@@ -474,8 +518,8 @@ mod tests {
     #[test]
     fn a_new_session_takes_everything_at_once_in_order() {
         let t0 = Instant::now();
-        let iv = Duration::from_secs(1);
-        let mut s: PendingSet<()> = PendingSet::new(100);
+
+        let mut s: PendingSet<()> = PendingSet::new(100, Duration::from_secs(1));
         for id in [3, 1, 2] {
             let p = Bytes::from(id.to_string());
             s.insert(key(id), p, t0, t0 + Duration::from_secs(60), None)
@@ -484,14 +528,14 @@ mod tests {
         // Resent a few times (backed off) before the link went down.
         for secs in [1, 3, 7] {
             assert_eq!(
-                s.tick(t0 + Duration::from_secs(secs), iv, usize::MAX)
+                s.handle_timeout(t0 + Duration::from_secs(secs), true)
                     .resend
                     .len(),
                 3
             );
         }
         let now = t0 + Duration::from_secs(8);
-        assert!(s.tick(now, iv, usize::MAX).resend.is_empty(), "backed off");
+        assert!(s.handle_timeout(now, true).resend.is_empty(), "backed off");
         assert_eq!(s.resend_all(now), ["1", "2", "3"].map(Bytes::from));
         // Their ACKs give no round-trip sample (Karn).
         s.ack_at(&key(1), now + Duration::from_millis(5));
@@ -501,7 +545,7 @@ mod tests {
     #[test]
     fn bounded() {
         let now = Instant::now();
-        let mut s: PendingSet<()> = PendingSet::new(1);
+        let mut s: PendingSet<()> = PendingSet::new(1, Duration::from_secs(1));
         s.insert(key(1), Bytes::new(), now, now, None).unwrap();
         assert_eq!(
             s.insert(key(2), Bytes::new(), now, now, None),
@@ -513,13 +557,13 @@ mod tests {
     fn resends_go_in_the_order_first_sent() {
         let t0 = Instant::now();
         let iv = Duration::from_secs(1);
-        let mut s: PendingSet<()> = PendingSet::new(100);
+        let mut s: PendingSet<()> = PendingSet::new(100, Duration::from_secs(1));
         for id in (0..50).rev() {
             let p = Bytes::from(id.to_string());
             s.insert(key(id), p, t0, t0 + Duration::from_secs(9), None)
                 .unwrap();
         }
         let want: Vec<Bytes> = (0..50).map(|id: u64| Bytes::from(id.to_string())).collect();
-        assert_eq!(s.tick(t0 + iv, iv, usize::MAX).resend, want);
+        assert_eq!(s.handle_timeout(t0 + iv, true).resend, want);
     }
 }

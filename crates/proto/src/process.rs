@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use crate::dedup::{DedupWindow, Verdict};
+use crate::dedup::{Verdict, Window};
 use crate::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
 
 /// What to do with one message.
@@ -46,7 +46,7 @@ pub enum Decision {
 
 /// Decides what the message `(msg_id, dst_cb)` means, recording it in the
 /// sender's duplicate window unless it goes to the server loop.
-pub fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64) -> Decision {
+pub fn decide(dedup: &mut impl Window, msg_id: u64, dst_cb: u64) -> Decision {
     if dst_cb == ACK {
         return Decision::SettleAck;
     }
@@ -72,7 +72,7 @@ pub fn decide(dedup: &mut DedupWindow, msg_id: u64, dst_cb: u64) -> Decision {
 
 /// An ECHO answered or a server-loop message handed over: record it, so
 /// a resend of it is a duplicate (the caller ACKs it).
-pub fn accepted(dedup: &mut DedupWindow, msg_id: u64) {
+pub fn accepted(dedup: &mut impl Window, msg_id: u64) {
     dedup.record(msg_id);
 }
 
@@ -150,7 +150,7 @@ pub trait Effects {
 /// its queue owns it.
 pub fn process(
     fx: &mut impl Effects,
-    dedup: &mut DedupWindow,
+    dedup: &mut impl Window,
     message: Payload,
     now: Instant,
 ) -> Outcome {
@@ -215,6 +215,7 @@ mod tests {
     use bytes::Bytes;
 
     use crate::callbacks::CallbackTable;
+    use crate::dedup::DedupWindow;
     use crate::pending::PendingSet;
 
     fn window() -> DedupWindow {
@@ -350,12 +351,14 @@ mod tests {
     }
 
     const DEADLINE: Duration = Duration::from_secs(3600);
+    /// The cores' resend interval.
+    const RESEND: Duration = Duration::from_millis(50);
 
     impl Core {
         fn new(slc_capacity: usize) -> Self {
             Core {
                 next_id: 0,
-                pending: PendingSet::new(1 << 20),
+                pending: PendingSet::new(1 << 20, RESEND),
                 callbacks: CallbackTable::new(1 << 20),
                 dedup: DedupWindow::new(1 << 16),
                 out: Vec::new(),
@@ -400,8 +403,8 @@ mod tests {
             }
         }
 
-        fn resend(&mut self, now: Instant, rto: Duration) {
-            let tick = self.pending.tick(now, rto, usize::MAX);
+        fn resend(&mut self, now: Instant) {
+            let tick = self.pending.handle_timeout(now, true);
             self.out.extend(tick.resend);
         }
     }
@@ -516,9 +519,8 @@ mod tests {
                 side.receive(&payload, now);
             }
             self.server.run_server_loop(now);
-            let rto = Duration::from_millis(50);
-            self.client.resend(now, rto);
-            self.server.resend(now, rto);
+            self.client.resend(now);
+            self.server.resend(now);
         }
 
         fn settled(&self) -> bool {

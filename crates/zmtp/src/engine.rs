@@ -195,6 +195,11 @@ pub struct Engine {
     ping_deadline: Option<Instant>,
     /// The peer's PING asked for traffic within its TTL.
     ttl_deadline: Option<Instant>,
+    /// When our oldest PING not yet answered by a PONG went out: the round
+    /// trip is measured from it.
+    ping_sent: Option<Instant>,
+    /// The last round trip measured, PING to PONG.
+    rtt: Option<Duration>,
     /// See [`EngineConfig::pace`].
     pace: Option<ReceivePace>,
     /// When the message being received began to arrive.
@@ -228,10 +233,18 @@ impl Engine {
             next_ping: None,
             ping_deadline: None,
             ttl_deadline: None,
+            ping_sent: None,
+            rtt: None,
             pace: config.pace,
             message_started: None,
             message_deadline: None,
         }
+    }
+
+    /// The last round trip measured by our heartbeats (PING to the next
+    /// PONG), if one was answered.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
     }
 
     /// Replaces the limits on what the peer's frames may make us hold,
@@ -475,10 +488,16 @@ impl Engine {
                 self.queue_command(pong_body(&context));
             }
             Command::Error(reason) => return Err(ZmtpError::peer_error(&reason)),
-            // PONG is a sign of life, like any traffic. SUBSCRIBE, CANCEL,
-            // JOIN and LEAVE mean nothing to a ROUTER or DEALER; unknown
-            // commands are ignored, as libzmq does.
-            Command::Pong | Command::Ready(_) | Command::Other { .. } => {}
+            // PONG is a sign of life, like any traffic, and measures the
+            // round trip of our PING.
+            Command::Pong => {
+                if let Some(sent) = self.ping_sent.take() {
+                    self.rtt = Some(now.saturating_duration_since(sent));
+                }
+            }
+            // SUBSCRIBE, CANCEL, JOIN and LEAVE mean nothing to a ROUTER
+            // or DEALER; unknown commands are ignored, as libzmq does.
+            Command::Ready(_) | Command::Other { .. } => {}
         }
         Ok(())
     }
@@ -564,6 +583,7 @@ impl Engine {
                     let ttl = u16::try_from(hb.ttl.as_millis() / 100).unwrap_or(u16::MAX);
                     self.queue_command(ping_body(ttl));
                     self.ping_deadline.get_or_insert(after(now, hb.timeout));
+                    self.ping_sent.get_or_insert(now);
                     self.next_ping = Some(after(now, hb.interval));
                 }
             }
@@ -850,6 +870,9 @@ mod tests {
         // About one PING (9 bytes) per 100 ms.
         let pings = (p.to_server - before) / 9;
         assert!((95..=101).contains(&pings), "{pings} PINGs in 10 s");
+        // Each PONG measured the round trip (the pair's is instant).
+        assert_eq!(p.client.engine.rtt(), Some(Duration::ZERO));
+        assert_eq!(p.server.engine.rtt(), None, "it sent no PING");
 
         // The server stops answering (its process hangs): the client gives
         // up one timeout after its first unanswered PING.

@@ -13,14 +13,76 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{Conn, End};
 use super::listener::engine_config;
+use crate::address::{ConnectionId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::ConnectError;
-use crate::runtime::dispatch::Shared;
+use crate::runtime::server_loop::{self, Handler};
+use crate::runtime::socket::{Open, Opening, SocketTasks};
+use crate::runtime::shared::Shared;
+use crate::transport::unacked::Unacked;
 use crate::runtime::inproc;
 use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream;
 use zmtp::Role;
+
+/// Opens a connection (our DEALER) to `endpoint`: dials it (retrying what
+/// may pass, until `connect_timeout`), puts its first session up before
+/// returning, and starts the task that drives it and redials, and its
+/// server loop when it has one.
+pub(crate) async fn open(
+    opening: &Opening<'_>,
+    id: ConnectionId,
+    endpoint: &Endpoint,
+    handler: Option<Handler>,
+) -> Result<Open, ConnectError> {
+    let shared = opening.shared;
+    let cfg = &shared.config;
+    let (slc_tx, slc_rx) = match handler {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(cfg.slc_queue_capacity);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let ctx = Arc::new(SocketCtx::new(
+        SocketKind::Connection(id),
+        endpoint.clone(),
+        opening.identity.clone(),
+        slc_tx,
+        Arc::clone(&shared.stats),
+        Arc::clone(cfg),
+    ));
+    let first = dial_first(endpoint, &ctx, shared).await?;
+    // Up before make_connection returns: sends go straight to it.
+    ctx.link_up(&first.1);
+    let backoff = Backoff {
+        initial: cfg.reconnect_initial,
+        max: cfg.reconnect_max,
+    };
+    let tasks = SocketTasks::new(opening.shutdown.child_token());
+    let span = tracing::info_span!("connection", id = id.0, %endpoint);
+    let driver = drive(
+        endpoint.clone(),
+        first,
+        Arc::clone(&ctx),
+        Arc::clone(shared),
+        backoff,
+        tasks.stop.clone(),
+    );
+    tasks.spawn(tracing::Instrument::instrument(driver, span));
+    if let (Some(handler), Some(rx)) = (handler, slc_rx) {
+        server_loop::spawn(
+            handler,
+            rx,
+            Arc::downgrade(shared),
+            Arc::downgrade(&ctx),
+            opening.loops,
+        );
+    }
+    tracing::debug!(%endpoint, "connected");
+    Ok(Open { ctx, tasks })
+}
 
 /// How a connection redials after losing its peer.
 #[derive(Debug, Clone, Copy)]
@@ -161,12 +223,39 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
         End::PeerClosed
         | End::Stopped
         | End::Evicted
-        | End::Dead
         | End::Auth(_)
         | End::PartialBudget => ConnectError::Refused {
             endpoint,
             source: std::io::ErrorKind::ConnectionReset.into(),
         },
+    }
+}
+
+/// Waits `delay` before the next dial, keeping the connection's timer
+/// meanwhile: what it sent and is still unacknowledged meets its deadline
+/// while the link is down (a dial in progress delays that by at most
+/// [`redial_limit`]). `false`: stopped.
+async fn pause(
+    socket: &SocketCtx,
+    unacked: &Unacked,
+    delay: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        let next = unacked.poll_timeout();
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(crate::clock::tokio_at(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            () = tokio::time::sleep_until(until) => return true,
+            () = socket.timers.notified() => {}
+            () = due => socket.handle_timeout(None, unacked, crate::clock::now()),
+        }
     }
 }
 
@@ -195,7 +284,7 @@ pub(crate) async fn drive(
     loop {
         let end = match &mut link {
             Link::Wire(conn) => conn.traffic(&socket, &session, &shared, &stop, None).await,
-            Link::Inproc(conn) => conn.traffic(&socket, &stop).await,
+            Link::Inproc(conn) => conn.traffic(&socket, &session, &stop).await,
         };
         shared.end_session(&socket, &session);
         end.report(&socket);
@@ -219,13 +308,10 @@ pub(crate) async fn drive(
             return;
         }
         tracing::warn!(endpoint = %socket.origin.endpoint, "connection lost; reconnecting");
+        let unacked = socket.session_unacked();
         let mut delay = backoff.initial;
         (link, session) = loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            if socket.is_closed() {
+            if !pause(&socket, &unacked, delay, &stop).await || socket.is_closed() {
                 return;
             }
             let dialled = tokio::select! {

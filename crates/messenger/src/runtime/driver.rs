@@ -17,7 +17,8 @@ use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::dedup::DedupWindow;
-use crate::runtime::dispatch::Shared;
+use crate::runtime::process::woke_a_task;
+use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::transport::outbox::Outbox;
 use crate::transport::stream::Stream;
@@ -57,8 +58,6 @@ pub(crate) enum End {
     Stopped,
     /// It gave way to a newcomer at the connection limit, being idle.
     Evicted,
-    /// A heartbeat (ECHO) declared the peer dead.
-    Dead,
     /// Reading or writing failed.
     Io(io::Error),
     /// The peer broke ZMTP, a limit, or was refused.
@@ -95,7 +94,6 @@ impl End {
         let what = match self {
             // Evictions are counted when they are decided.
             End::PeerClosed | End::Stopped | End::Evicted => return,
-            End::Dead => "peer declared dead",
             End::Io(e) => {
                 tracing::debug!(endpoint = %socket.origin.endpoint, error = %e, "connection ends");
                 return;
@@ -404,7 +402,14 @@ impl Conn {
         tokio::pin!(timer);
         let mut armed = None;
         loop {
-            let next = self.engine.poll_timeout();
+            // One timer for everything the session's task keeps: the
+            // engine's (handshake, heartbeats, a slow message) and what was
+            // sent on the session (resends, deadlines, replies waiting for
+            // room). It sleeps while none of them needs it.
+            let next = [self.engine.poll_timeout(), socket.poll_timeout(session)]
+                .into_iter()
+                .flatten()
+                .min();
             if next != armed {
                 if let Some(at) = next {
                     timer.as_mut().reset(crate::clock::tokio_at(at));
@@ -436,7 +441,6 @@ impl Conn {
             let step = tokio::select! {
                 biased;
                 _ = stop.cancelled() => Step::End(End::Stopped),
-                _ = socket.link_dead.notified(), if !socket.is_listener() => Step::End(End::Dead),
                 () = &mut timer, if armed.is_some() => Step::Timer,
                 r = ready => match r {
                     Ok(r) => Step::Ready(r.is_readable(), r.is_writable() || r.is_write_closed()),
@@ -448,10 +452,12 @@ impl Conn {
                 Step::End(end) => return end,
                 Step::Timer => {
                     armed = None;
-                    if let Err(e) = self.engine.handle_timeout(crate::clock::now()) {
+                    let now = crate::clock::now();
+                    if let Err(e) = self.engine.handle_timeout(now) {
                         return End::from(e);
                     }
                     send_commands(&mut self.engine, outbox);
+                    socket.handle_timeout(Some(session), &session.unacked, now);
                 }
                 Step::Ready(readable, writable) => {
                     if writable {
@@ -468,6 +474,9 @@ impl Conn {
                                     return end;
                                 }
                                 self.shrink();
+                                if let Some(rtt) = self.engine.rtt() {
+                                    socket.set_rtt(rtt);
+                                }
                                 self.take_turns().await;
                             }
                             Err(End::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -504,7 +513,7 @@ impl Conn {
     ) -> Result<(), End> {
         let held = outbox.hold();
         let now = crate::clock::now();
-        let mut woke = first.is_some_and(|m| shared.process(socket, session, dedup, m, now));
+        let mut woke = first.is_some_and(|m| woke_a_task(shared.process(socket, session, dedup, m, now)));
         let result = self.process_buffered(socket, session, shared, dedup, now);
         if let Ok(w) = result {
             woke |= w;
@@ -549,7 +558,9 @@ impl Conn {
                         heard = true;
                     }
                     match socket.parse_frames(self.engine.frames()) {
-                        Ok(payload) => woke |= shared.process(socket, session, dedup, payload, now),
+                        Ok(payload) => {
+                            woke |= woke_a_task(shared.process(socket, session, dedup, payload, now))
+                        }
                         Err(e) => socket.malformed(&e),
                     }
                 }

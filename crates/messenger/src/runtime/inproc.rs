@@ -5,11 +5,12 @@
 //! wire format (a message is a [`Payload`] whose body is a `Bytes`, never
 //! copied again), no ACKs, no resends, no duplicate windows. A send lands
 //! the message in the peer's messenger from the sender's own task
-//! ([`Pair::land`]): a reply completes the waiting callback, an ECHO is
-//! answered in place, a server-loop message enters the loop's bounded
-//! queue (full: the sender waits, or gets `Full`). None of that runs user
-//! code in the sender's task: callbacks run on their own tasks and server
-//! loops on theirs, as on tcp.
+//! ([`Pair::land`]), through the same ProcessMessage as every transport
+//! (`runtime::process::Landing`): a reply completes the waiting callback,
+//! an ECHO is answered in place, a server-loop message enters the loop's
+//! bounded queue (full: the sender waits, or gets `Full`). None of that
+//! runs user code in the sender's task: callbacks run on their own tasks
+//! and server loops on theirs, as on tcp.
 //!
 //! A process-wide registry maps names to bound listeners. Dialling one
 //! makes a [`Pair`]: a session on each side whose way out leads to the
@@ -28,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::End;
 use crate::endpoint::Endpoint;
-use crate::error::{BindError, ConnectError, SendError};
-use crate::proto::process::Delivery;
-use crate::proto::wire::{self, ACK, ECHO, NOOP, Payload, RESERVED};
-use crate::runtime::dispatch::Shared;
-use crate::runtime::socket::{InprocLink, Out, Refused, RouteError, Session, SocketCtx};
+use crate::error::{BindError, ConnectError};
+use crate::proto::wire::{self, ACK, Payload};
+use crate::runtime::process::{self, Landing, Refused};
+use crate::runtime::shared::Shared;
+use crate::runtime::socket::{InprocLink, Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::outbox::Push;
 use zmtp::ZmtpError;
@@ -84,99 +85,27 @@ impl Pair {
     }
 
     /// Lands `msg`, sent from side `from` (whose session is `ours`), on
-    /// the other side, without waiting.
-    fn land_now(&self, from: SideId, ours: &Session, msg: Payload) -> Result<(), Refused> {
+    /// the other side, without waiting: ProcessMessage there
+    /// ([`Landing`]); an ECHO's answer lands back on `from`.
+    fn land(&self, from: SideId, ours: &Session, msg: Payload) -> Result<(), Refused> {
         let (to, back) = (self.other(from), self.side(from));
-        let Some(to_session) = to.live().filter(|_| !ours.is_closed()) else {
+        let Some(theirs) = to.live().filter(|_| !ours.is_closed()) else {
             return Err(Refused::Gone);
         };
-        land_on(to, &to_session, Some((back, ours)), msg)
-    }
-
-    /// Hands a server-loop message over once the loop's queue has room.
-    /// Bounded as a tcp send is (its window frees at the deadlines of what
-    /// fills it): two server loops that each wait for room in the other's
-    /// full queue would otherwise wait for good.
-    async fn land_when_there_is_room(&self, from: SideId, msg: Payload) -> Result<(), SendError> {
-        let (to, back) = (self.other(from), self.side(from));
-        let Some(to_session) = to.live() else {
-            return Err(SendError::Disconnected);
-        };
-        let limit = back.shared.config.request_timeout;
-        let offer = to.shared.offer_waiting(&to.socket, &to_session, msg);
-        match tokio::time::timeout(limit, offer).await {
-            Ok(Delivery::Delivered) => {
-                bump(&to.shared.stats.slc_delivered);
-                Ok(())
-            }
-            Ok(Delivery::NoServerLoop) => Ok(()),
-            Ok(Delivery::Busy | Delivery::Gone | Delivery::NoReplyRoom) => {
-                Err(SendError::Disconnected)
-            }
-            Err(_) => Err(SendError::Timeout),
+        Landing {
+            to: process::Side {
+                socket: &to.socket,
+                shared: &to.shared,
+                session: &theirs,
+            },
+            from: Some(process::Side {
+                socket: &back.socket,
+                shared: &back.shared,
+                session: ours,
+            }),
+            refused: None,
         }
-    }
-}
-
-/// ProcessMessage for inproc: what the message means on side `to` (of
-/// `to_session`), carried out there. An ECHO's answer lands on `back`,
-/// the side it came from, in turn (an answer is never answered).
-fn land_on(
-    to: &Side,
-    to_session: &Session,
-    back: Option<(&Side, &Session)>,
-    msg: Payload,
-) -> Result<(), Refused> {
-    let stats = &to.shared.stats;
-    bump(&stats.received);
-    match msg.dst_cb {
-        ACK | RESERVED => Ok(()),
-        ECHO => {
-            bump(&stats.echoes_answered);
-            if let Some((back, back_session)) = back
-                && !matches!(msg.src_cb, ECHO | ACK)
-            {
-                let answer = Payload {
-                    msg_id: to.socket.next_msg_id_for(to_session),
-                    src_cb: NOOP,
-                    dst_cb: msg.src_cb,
-                    body: msg.body,
-                };
-                bump(&stats.sent);
-                // A full server loop on the way back costs this answer
-                // (counted there), as a full buffer does on tcp.
-                let _ = land_on(back, back_session, None, answer);
-            }
-            Ok(())
-        }
-        NOOP => {
-            if !to.shared.is_accepting() {
-                return Err(Refused::Gone);
-            }
-            match to.shared.offer(&to.socket, to_session, msg, None) {
-                Ok(Delivery::Delivered) => {
-                    bump(&stats.slc_delivered);
-                    Ok(())
-                }
-                Ok(Delivery::NoServerLoop) => {
-                    bump(&stats.unroutable_dropped);
-                    Ok(())
-                }
-                Ok(Delivery::Busy | Delivery::Gone | Delivery::NoReplyRoom) => Err(Refused::Gone),
-                Err(msg) => {
-                    bump(&stats.slc_busy);
-                    Err(Refused::Full(msg))
-                }
-            }
-        }
-        _ => {
-            let counter = match to.shared.complete(&to.socket, to_session, msg) {
-                Some(_) => &stats.msc_delivered,
-                None => &stats.late_replies_dropped,
-            };
-            bump(counter);
-            Ok(())
-        }
+        .land(msg)
     }
 }
 
@@ -206,27 +135,12 @@ impl Tx {
 impl InprocLink for Tx {
     fn land(&self, ours: &Session, msg: Payload) -> Result<(), Refused> {
         match self.pair() {
-            Some(pair) => pair.land_now(self.side, ours, msg),
+            Some(pair) => pair.land(self.side, ours, msg),
             None => Err(Refused::Gone),
         }
     }
 
-    fn land_when_there_is_room(
-        &self,
-        msg: Payload,
-    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
-        Box::pin(async move {
-            match self.pair() {
-                Some(pair) => pair.land_when_there_is_room(self.side, msg).await,
-                None => Err(SendError::Disconnected),
-            }
-        })
-    }
-
     fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push> {
-        let Some(pair) = self.pair() else {
-            return Err(Push::Closed);
-        };
         // Our own bytes: they parse (and an ACK needs no delivery).
         let Ok(msg) = wire::parse(payload) else {
             return Ok(());
@@ -235,7 +149,7 @@ impl InprocLink for Tx {
             return Ok(());
         }
         let msg_id = msg.msg_id;
-        match pair.land_now(self.side, ours, msg) {
+        match self.land(ours, msg) {
             Ok(()) => {
                 // In-process delivery is its ACK.
                 ours.unacked.ack(msg_id);
@@ -326,15 +240,34 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Lasts until the listener's side ends, `stop`, or a heartbeat
-    /// declares the peer dead. Messages need no task of ours: they land
-    /// from their senders' tasks.
-    pub(crate) async fn traffic(&mut self, socket: &SocketCtx, stop: &CancellationToken) -> End {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => End::Stopped,
-            _ = socket.link_dead.notified() => End::Dead,
-            _ = self.closed.cancelled() => End::PeerClosed,
+    /// Lasts until the listener's side ends or `stop`. Messages need no
+    /// task of ours: they land from their senders' tasks. What is left is
+    /// the timer of what the connection sent while it had no link (resent
+    /// when the link came up, and refused then by a full server loop):
+    /// its resends and deadlines.
+    pub(crate) async fn traffic(
+        &mut self,
+        socket: &SocketCtx,
+        session: &Session,
+        stop: &CancellationToken,
+    ) -> End {
+        loop {
+            let next = socket.poll_timeout(session);
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(crate::clock::tokio_at(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return End::Stopped,
+                _ = self.closed.cancelled() => return End::PeerClosed,
+                () = socket.timers.notified() => {}
+                () = due => {
+                    socket.handle_timeout(Some(session), &session.unacked, crate::clock::now());
+                }
+            }
         }
     }
 }

@@ -20,11 +20,82 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{Conn, End, PartialBudget};
 use crate::proto::auth::{AuthError, Verifier};
 use crate::proto::wire;
-use crate::runtime::dispatch::Shared;
+use crate::address::{ListenerId, SocketKind};
+use crate::endpoint::Endpoint;
+use crate::error::BindError;
+use crate::runtime::server_loop::{self, Handler};
+use crate::runtime::shared::Shared;
+use crate::runtime::socket::{Open, Opening, SocketTasks};
+use crate::runtime::inproc;
+use crate::transport::stream;
 use crate::runtime::socket::{Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream::{Listener, Stream};
 use zmtp::{EngineConfig, Limits, MechanismConfig, Role, SocketType};
+
+/// Opens a listener: binds `endpoint` (tcp and ipc bind the OS socket
+/// first, so the context carries the resolved endpoint: port 0 becomes the
+/// real port), starts its accept loop (or registers its inproc name) and
+/// its server loop. Returns the open socket and the bound endpoint.
+pub(crate) async fn open(
+    opening: &Opening<'_>,
+    id: ListenerId,
+    endpoint: &Endpoint,
+    handler: Handler,
+) -> Result<(Open, Endpoint), BindError> {
+    let shared = opening.shared;
+    let cfg = &shared.config;
+    let (slc_tx, slc_rx) = tokio::sync::mpsc::channel(cfg.slc_queue_capacity);
+    let (os_listener, bound, created_file) = match endpoint {
+        Endpoint::Inproc(_) => (None, endpoint.clone(), None),
+        _ => {
+            let (l, resolved, file) = stream::bind(endpoint).await?;
+            (Some(l), resolved, file)
+        }
+    };
+    let ctx = Arc::new(SocketCtx::new(
+        SocketKind::Listener(id),
+        bound.clone(),
+        opening.identity.clone(),
+        Some(slc_tx),
+        Arc::clone(&shared.stats),
+        Arc::clone(cfg),
+    ));
+    let mut tasks = SocketTasks::new(opening.shutdown.child_token());
+    tasks.created_file = created_file;
+    match (endpoint, os_listener) {
+        (Endpoint::Inproc(name), _) => {
+            tasks.inproc = Some(Box::new(inproc::bind(name, &ctx, shared, &tasks.stop)?));
+        }
+        (_, Some(l)) => {
+            let settings = Arc::new(PeerSettings {
+                auth: cfg.auth.clone().map(|s| std::sync::Mutex::new(Verifier::new(s))),
+                partial: Arc::new(PartialBudget::new(cfg.max_partial_bytes)),
+            });
+            let span = tracing::info_span!("listener", endpoint = %bound);
+            let accept = accept_loop(
+                l,
+                Arc::clone(&ctx),
+                Arc::clone(shared),
+                settings,
+                tasks.stop.clone(),
+            );
+            tasks.spawn(tracing::Instrument::instrument(accept, span));
+        }
+        (_, None) => return Err(BindError::Unsupported(endpoint.clone())),
+    }
+    let span = tracing::info_span!("listener", id = id.0, endpoint = %bound);
+    let _entered = span.enter();
+    server_loop::spawn(
+        handler,
+        slc_rx,
+        Arc::downgrade(shared),
+        Arc::downgrade(&ctx),
+        opening.loops,
+    );
+    tracing::info!(endpoint = %bound, "listening");
+    Ok((Open { ctx, tasks }, bound))
+}
 
 /// What a listener's peers need beyond their socket.
 pub(crate) struct PeerSettings {
@@ -69,7 +140,7 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
         } else {
             cfg.connect_timeout
         },
-        heartbeat: cfg.zmtp_heartbeat,
+        heartbeat: cfg.heartbeat,
         pace: Some(cfg.receive_pace()),
         mechanism: match (&cfg.curve, socket.is_listener()) {
             (Some(curve), true) => MechanismConfig::CurveServer {

@@ -11,9 +11,12 @@
 //! sender's task ([`inproc`]).
 //!
 //! ```text
-//! socket.rs      sockets, sessions, routes; the routing table
-//! dispatch.rs    the messenger's shared state: callbacks, the send path,
-//!                ProcessMessage's effects, the timer tasks
+//! shared.rs      what every task of a messenger shares; the end of a session
+//! callbacks.rs   waiting callbacks and their deadlines (one timer)
+//! send.rs        the one send path: Outgoing -> window -> session
+//! process.rs     ProcessMessage carried out, for tcp/ipc and for inproc
+//! socket.rs      sockets, sessions, routes; the routing table; a session's
+//!                timers (resends, deadlines, replies waiting for room)
 //! driver.rs      one tcp/ipc connection: handshake, then read -> process
 //! listener.rs    accept loop, connection limits, idle eviction, routing ids
 //! connection.rs  dial, redial with backoff
@@ -22,11 +25,14 @@
 //! replies.rs     replies a session owes its peer, and those waiting for room
 //! ```
 
+pub(crate) mod callbacks;
 pub(crate) mod connection;
-pub(crate) mod dispatch;
 pub(crate) mod driver;
 pub(crate) mod inproc;
 pub(crate) mod listener;
+pub(crate) mod process;
 pub(crate) mod replies;
+pub(crate) mod send;
 pub(crate) mod server_loop;
+pub(crate) mod shared;
 pub(crate) mod socket;

@@ -69,6 +69,15 @@ impl Replies {
         self.owed.load(Ordering::Relaxed) + self.waiting.load(Ordering::Relaxed)
     }
 
+    /// When the oldest reply waiting for room meets its deadline (the
+    /// session's timer drops it then, should no room come first).
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if !self.any_waiting() {
+            return None;
+        }
+        self.deferred().front().map(|d| d.deadline)
+    }
+
     /// Whether replies wait for room.
     pub(crate) fn any_waiting(&self) -> bool {
         self.waiting.load(Ordering::Relaxed) > 0

@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::address::Destination;
 use crate::error::SendError;
-use crate::runtime::dispatch::Mode;
-use crate::runtime::dispatch::Shared;
+use crate::runtime::send::{Mode, Notify, Outgoing};
+use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Delivered, ReplyTicket, SocketCtx};
 use crate::types::Incoming;
 
@@ -153,9 +153,16 @@ impl Responder {
 
     /// The one send path of both replies.
     async fn send(&self, body: &[u8], mode: Mode) -> Result<u64, SendError> {
-        let (shared, socket) = (&self.shared, &self.socket);
-        let send = shared.send(socket, &self.peer, self.src_cb, body, None, None, mode);
-        Ok(send.await?.msg_id)
+        let out = Outgoing {
+            socket: &self.socket,
+            peer: &self.peer,
+            dst_cb: self.src_cb,
+            body,
+            notify: Notify::Nothing,
+            timeout: self.shared.config.request_timeout,
+            mode,
+        };
+        Ok(self.shared.send(out).await?.msg_id)
     }
 
     /// The sender's routing id.

@@ -37,6 +37,7 @@ use crate::address::{Origin, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::{FrameError, RequestError, SendError};
 use crate::proto::wire::{self, Payload};
+use crate::runtime::process::Refused;
 use crate::runtime::replies::Replies;
 use crate::stats::{Stats, bump};
 use crate::transport::outbox::{Outbox, Push};
@@ -62,28 +63,14 @@ pub(crate) trait InprocLink: Send + Sync {
     /// Lands `msg`, sent from `ours`, on the other side now, or says why
     /// not: the send path's inproc branch.
     fn land(&self, ours: &Session, msg: Payload) -> Result<(), Refused>;
-    /// Lands `msg` once the other side's server loop has room, bounded by
-    /// the sender's `request_timeout` (after `land` said `Full`).
-    fn land_when_there_is_room(
-        &self,
-        msg: Payload,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SendError>> + Send + '_>>;
-    /// Lands a message already formatted: one a redialling connection
-    /// queued, or a resend of one sent before the pair existed.
+    /// Lands a message already formatted: one sent while a connection was
+    /// redialling, resent when its link is up.
     fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push>;
-    /// Waits until the other side's server loop has room (what `send` can
-    /// be refused for).
+    /// Waits until the other side's server loop may have room (what
+    /// `land` and `send` can be refused for).
     fn room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
     /// Ends the pair (its session has just been marked closed).
     fn close(&self);
-}
-
-/// Why an inproc message did not land.
-pub(crate) enum Refused {
-    /// The server loop's queue is full; the message comes back.
-    Full(Payload),
-    /// The other side has gone.
-    Gone,
 }
 
 /// How messages leave one session. One per session, inside its `Arc`, made
@@ -359,10 +346,12 @@ pub(crate) struct SocketCtx {
     routes: Mutex<HashMap<Bytes, Arc<Session>, foldhash::fast::RandomState>>,
     /// A connection's link.
     link: Mutex<Link>,
-    /// Asks a connection's driver to drop its link and reconnect (a
-    /// heartbeat declared the peer dead).
-    pub(crate) link_dead: tokio::sync::Notify,
-    /// Last heartbeat round trip, in microseconds (0: none yet).
+    /// Wakes a connection's task to re-arm its timer: a message was
+    /// recorded for resending where its session's task does not see it
+    /// (while the link is down, or on inproc).
+    pub(crate) timers: tokio::sync::Notify,
+    /// Last heartbeat round trip (PING to PONG), in microseconds (0: none
+    /// yet).
     rtt_micros: AtomicU64,
     /// Next msg_id on a connection (kept across its sessions).
     next_id: AtomicU64,
@@ -403,7 +392,7 @@ impl SocketCtx {
             closed: AtomicBool::new(false),
             routes: Mutex::new(HashMap::default()),
             link: Mutex::new(Link::Down(VecDeque::new())),
-            link_dead: tokio::sync::Notify::new(),
+            timers: tokio::sync::Notify::new(),
             rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             anonymous: AtomicU64::new(0),
@@ -577,10 +566,6 @@ impl SocketCtx {
         lock(&self.routes).len()
     }
 
-    /// A listener's live sessions (for resends, shutdown).
-    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
-        lock(&self.routes).values().cloned().collect()
-    }
 
     /// A listener's new session for `identity` (empty: anonymous, given a
     /// generated id). Refused if the id belongs to a live session: the live
@@ -671,7 +656,7 @@ impl SocketCtx {
     /// A session ended: out of the routing table (if it is still the one
     /// there) or off the connection's link, then closed; what it had in
     /// flight is failed. The caller
-    /// ([`Shared::end_session`](crate::runtime::dispatch::Shared::end_session))
+    /// ([`Shared::end_session`](crate::runtime::shared::Shared::end_session))
     /// then tells the callbacks that waited on it.
     pub(crate) fn detach(&self, session: &Arc<Session>) {
         // Off the routing table or link first, then closed: a sender that
@@ -819,6 +804,61 @@ impl SocketCtx {
         }
     }
 
+    /// A message was recorded for resending on `route` and the set's
+    /// timer is due earlier: wake whoever drives it (the session's task on
+    /// tcp and ipc, the connection's otherwise) to re-arm.
+    pub(crate) fn wake_timers(&self, route: &Route) {
+        match route {
+            Route::Session(s) if matches!(s.out, Out::Wire(_)) => s.wake(),
+            _ => self.timers.notify_one(),
+        }
+    }
+
+    /// When a session's task must next run for what was sent on it: a
+    /// resend or deadline of its unacknowledged set, or a reply waiting
+    /// for room meeting its deadline.
+    pub(crate) fn poll_timeout(&self, session: &Session) -> Option<std::time::Instant> {
+        [session.unacked.poll_timeout(), session.replies.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The session's timer fired at `now`: resends what is due (over
+    /// `session`, or nowhere while a connection's link is down), fails what
+    /// is past its deadline, and sends or drops the replies waiting for
+    /// room.
+    pub(crate) fn handle_timeout(&self, session: Option<&Session>, unacked: &Unacked, now: std::time::Instant) {
+        let tick = unacked.handle_timeout(now, session.is_some());
+        if let Some(session) = session {
+            for payload in tick.resend {
+                if session.send(&payload).is_ok() {
+                    bump(&self.stats.resends);
+                } else {
+                    bump(&self.stats.send_failures);
+                }
+            }
+            self.flush_replies(session, now);
+        }
+        let mut unwaited = 0u64;
+        for (_, waiter) in tick.expired {
+            match waiter {
+                Some(w) => {
+                    let _ = w.send(Err(RequestError::Timeout));
+                }
+                None => unwaited += 1,
+            }
+        }
+        if unwaited > 0 {
+            // Sent without a callback or an ACK waiter, never acknowledged:
+            // the caller cannot learn it any other way, so count and say it.
+            self.stats.unacked_expired.add(unwaited);
+            if self.warn_allowed() {
+                tracing::warn!(endpoint = %self.origin.endpoint, count = unwaited, "messages expired without an ACK");
+            }
+        }
+    }
+
     /// Checks one received message's frames (as they came off the wire)
     /// and parses its payload.
     pub(crate) fn parse_frames(&self, frames: &mut [Bytes]) -> Result<Payload, FrameError> {
@@ -902,6 +942,23 @@ impl RateLimit {
     }
 }
 
+/// What a socket needs from the messenger that opens it.
+pub(crate) struct Opening<'a> {
+    pub(crate) shared: &'a Arc<crate::runtime::shared::Shared>,
+    /// Where server loops are tracked, and what stops them.
+    pub(crate) loops: &'a crate::runtime::server_loop::LoopControl,
+    /// The messenger's shutdown token: the socket's `stop` is its child.
+    pub(crate) shutdown: &'a CancellationToken,
+    /// Our routing id on the socket.
+    pub(crate) identity: Bytes,
+}
+
+/// An open listener or connection: what its senders share, and its tasks.
+pub(crate) struct Open {
+    pub(crate) ctx: Arc<SocketCtx>,
+    pub(crate) tasks: SocketTasks,
+}
+
 /// The tasks and files that make up one open socket. Closing it (or
 /// dropping it) cancels `stop`; every task watches that token and ends by
 /// itself, a session after flushing for at most the linger period, so
@@ -939,14 +996,6 @@ impl SocketTasks {
         self.tracker.spawn(task);
     }
 
-    /// Runs a task that has nothing to flush: it is dropped where it
-    /// stands once `stop` fires.
-    pub(crate) fn spawn_until_stopped(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let stop = self.stop.clone();
-        self.tracker.spawn(async move {
-            stop.run_until_cancelled(task).await;
-        });
-    }
 
     /// Stops the socket without waiting (it is dropped, or the messenger
     /// is): its tasks end by themselves.

@@ -63,9 +63,10 @@ pub(crate) struct Unacked {
 
 impl Unacked {
     pub(crate) fn new(config: &crate::Config) -> Self {
+        let interval = config.resend_interval.unwrap_or(std::time::Duration::MAX);
         Unacked {
             inner: Mutex::new(Inner {
-                set: PendingSet::new(config.max_pending_messages),
+                set: PendingSet::new(config.max_pending_messages, interval),
                 reserved: 0,
                 reserved_bytes: 0,
             }),
@@ -156,14 +157,17 @@ impl Unacked {
         true
     }
 
-    /// What is due for a resend (up to `budget`) or past its deadline.
-    pub(crate) fn tick(
-        &self,
-        now: Instant,
-        interval: std::time::Duration,
-        budget: usize,
-    ) -> Tick<AckWaiter> {
-        let tick = self.inner().set.tick(now, interval, budget);
+    /// When [`handle_timeout`](Self::handle_timeout) must next run; `None`
+    /// while nothing is held.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.inner().set.poll_timeout()
+    }
+
+    /// The timer fired: what is past its deadline is removed (and its
+    /// waiters returned), and with `resending` (the link is up) what is due
+    /// for a resend is marked and returned.
+    pub(crate) fn handle_timeout(&self, now: Instant, resending: bool) -> Tick<AckWaiter> {
+        let tick = self.inner().set.handle_timeout(now, resending);
         if !tick.expired.is_empty() {
             self.room.wake();
         }
@@ -219,12 +223,9 @@ impl Inner {
 }
 
 impl Reserved {
-    /// The set the place is in.
-    pub(crate) fn unacked(&self) -> &Arc<Unacked> {
-        &self.unacked
-    }
-
-    /// Records the message in its place.
+    /// Records the message in its place. `Ok(true)`: the set's timer is
+    /// due earlier than before (or was not running): whoever drives it must
+    /// re-arm.
     pub(crate) fn insert(
         mut self,
         msg_id: u64,
@@ -232,10 +233,12 @@ impl Reserved {
         now: Instant,
         deadline: Instant,
         waiter: Option<AckWaiter>,
-    ) -> Result<(), SetFull> {
+    ) -> Result<bool, SetFull> {
         let mut inner = self.unacked.inner();
         inner.release(&mut self.counted, self.len);
-        inner.set.insert(msg_id, payload, now, deadline, waiter)
+        let before = inner.set.poll_timeout();
+        inner.set.insert(msg_id, payload, now, deadline, waiter)?;
+        Ok(before.is_none_or(|b| inner.set.poll_timeout().is_some_and(|a| a < b)))
     }
 }
 
