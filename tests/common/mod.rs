@@ -2,7 +2,9 @@
 //! it checks. Submodules: `python` finds (or builds) the interpreter for
 //! pyzmq peers; `raw_zmtp` speaks ZMTP by hand for raw peers (well-behaved
 //! or hostile) and counts every byte they receive; `memory` measures the
-//! resident set; `serve` runs `messenger serve` as a child process.
+//! resident set; `serve` runs `messenger serve` as a child process;
+//! `netns` makes hosts of network namespaces on a bridge, to cut their
+//! links (the network test bed, tests/netns.rs).
 //!
 //! Here:
 //! - transports: [`TRANSPORTS`] (behavioural tests loop over all three),
@@ -23,6 +25,7 @@
 #![allow(dead_code)]
 
 pub mod memory;
+pub mod netns;
 pub mod python;
 pub mod raw_zmtp;
 pub mod serve;
