@@ -436,6 +436,14 @@ impl Proc {
         *status
     }
 
+    /// Its state as `/proc/PID/stat` says (`R`, `S`, `T` for stopped, ...),
+    /// while it runs.
+    pub fn state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // "pid (comm) S ...": the comm may hold spaces and parentheses.
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
     /// Sends `signal` (libc's number).
     pub fn signal(&self, signal: i32) {
         if self.exited().is_none() {

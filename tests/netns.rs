@@ -1,0 +1,387 @@
+//! Across a real network: silent peer death, partitions and replication
+//! across hosts, on the network test bed (tests/common/netns.rs: hosts as
+//! network namespaces on a bridge, links cut with `ip link set down`).
+//!
+//! On loopback a dead peer's kernel answers with a reset at once. Here a
+//! cut host sends nothing, not even a FIN: TCP would retransmit for
+//! minutes, and only heartbeats and deadlines tell the truth. Each test
+//! measures what it checks and prints it (`--nocapture`); the figures and
+//! the bounds they are held to are in design/FAULTS.md.
+//!
+//! They need root and iproute2 (`ip netns`): without them each says
+//! `SKIPPED: <why>` and passes, unless `CI` is set. The beds are
+//! serialised (one at a time per binary), every wait is bounded, and a
+//! failing test still deletes its namespaces and kills its processes.
+//!
+//! ```sh
+//! cargo test --test netns -- --nocapture
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::netns::{NetBed, Proc};
+use common::within;
+use messenger::{ECHO, Endpoint, Messenger, NOOP, RequestError};
+
+const MESSENGER: &str = env!("CARGO_BIN_EXE_messenger");
+
+/// What the default heartbeats promise: a PING every 1 s, a peer silent
+/// for 3 s after one is dropped: a silent peer is noticed within 4 s.
+const HEARTBEAT_BOUND: Duration = Duration::from_secs(4);
+/// Room for a loaded 2-core machine (timers late, processes descheduled)
+/// on top of [`HEARTBEAT_BOUND`]; design/FAULTS.md says why 2 s.
+const SLACK: Duration = Duration::from_secs(2);
+/// What the tests hold detection to.
+const DETECT_LIMIT: Duration = HEARTBEAT_BOUND.saturating_add(SLACK);
+/// Replies resume within this after a 5 s cut heals (the issue's bound).
+const RESUME_LIMIT: Duration = Duration::from_secs(5);
+
+/// `messenger serve --bind tcp://HOST:PORT ARGS` on host `i`, once it
+/// says it listens.
+fn serve(bed: &NetBed, i: usize, port: u16, args: &[&str]) -> std::sync::Arc<Proc> {
+    let mut cmd = bed.command(i, MESSENGER);
+    cmd.args(["serve", "--bind", &bed.tcp(i, port)]).args(args);
+    let p = bed.spawn(&format!("serve on host {i}"), cmd);
+    p.until_blocking(Duration::from_secs(10), |p| {
+        p.stdout().contains("listening")
+    })
+    .unwrap_or_else(|| panic!("serve did not listen: {}", p.context()));
+    p
+}
+
+/// The `connections` gauge of `serve`'s last stats line.
+fn connections(serve: &Proc) -> Option<u64> {
+    serve.last_stats().and_then(|s| s["connections"].as_u64())
+}
+
+/// How many times `serve --slc log` printed a message with body `body`.
+fn delivered(serve: &Proc, body: &str) -> usize {
+    serve
+        .json_lines()
+        .iter()
+        .filter(|l| l["body"].as_str() == Some(body))
+        .count()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Bodies `{group}-{i}` for each (group, n) whose server printed them
+/// other than once, as "body xN".
+fn not_once(serve: &Proc, groups: &[(&str, usize)]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (group, n) in groups {
+        for i in 0..*n {
+            let body = format!("{group}-{i}");
+            let times = delivered(serve, &body);
+            if times != 1 {
+                wrong.push(format!("{body} x{times}"));
+            }
+        }
+    }
+    wrong
+}
+
+/// Sends `{group}-0..n` to the server loop, without waiting for ACKs.
+async fn send_group(client: &Messenger, conn: messenger::ConnectionId, group: &str, n: usize) {
+    for i in 0..n {
+        let body = format!("{group}-{i}");
+        within(5, "send", client.send_message(conn, NOOP, body, None))
+            .await
+            .unwrap();
+    }
+}
+
+/// Sends `{group}-0..n` to the server loop, each once ACKed.
+async fn confirm_group(client: &Messenger, conn: messenger::ConnectionId, group: &str, n: usize) {
+    for i in 0..n {
+        let body = format!("{group}-{i}");
+        within(5, "send_confirmed", client.send_confirmed(conn, NOOP, body))
+            .await
+            .unwrap();
+    }
+}
+
+/// ECHO requests (500 ms each) until one is answered; how long that took.
+async fn first_reply(
+    client: &Messenger,
+    conn: messenger::ConnectionId,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let probe = client.request_with_timeout(conn, ECHO, b"probe", Duration::from_millis(500));
+        if probe.await.is_ok() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "no reply within {}", ms(limit));
+    }
+}
+
+/// A client whose server's host drops off the network (its link cut: no
+/// FIN, no RST, nothing) learns it from the heartbeats alone: with default
+/// settings its waiting request fails with `Disconnected` within 4 s (held
+/// here to 4 s + 2 s of slack), and the listener on the cut host frees the
+/// client's session within the same bound. When the link heals after 5 s
+/// the client has redialled by itself and replies resume within 5 s; what
+/// it sent into the cut, before and after it noticed, is resent on the new
+/// session and delivered once.
+#[test]
+fn a_silent_server_is_noticed_in_time_and_replies_resume_after_the_heal() {
+    let Some(bed) = NetBed::new(
+        "a_silent_server_is_noticed_in_time_and_replies_resume_after_the_heal",
+        2,
+    ) else {
+        return;
+    };
+    let server = serve(
+        &bed,
+        0,
+        5555,
+        &["--slc", "log", "--stats-interval", "100ms"],
+    );
+    let ep: Endpoint = bed.tcp(0, 5555).parse().unwrap();
+    let (noticed, freed, resumed, stats) = bed.run_on(1, || async {
+        let client = Messenger::new("netns-client").unwrap();
+        let conn = within(10, "connect", client.make_connection(&ep))
+            .await
+            .unwrap();
+        confirm_group(&client, conn, "before", 10).await;
+        // Delivered and ACKed, never answered (`--slc log`): it waits until
+        // something ends it.
+        let held = common::spawn_request(&client, conn, NOOP, "held");
+        server
+            .until(Duration::from_secs(5), |p| delivered(p, "held") == 1)
+            .await
+            .expect("held delivered");
+
+        let cut = Instant::now();
+        bed.cut(0);
+        send_group(&client, conn, "unnoticed", 10).await;
+        let failed = within(30, "the held request ends", held).await.unwrap();
+        let noticed = cut.elapsed();
+        assert_eq!(
+            failed.err(),
+            Some(RequestError::Disconnected),
+            "the held request must fail with Disconnected"
+        );
+        let freed = server
+            .until(Duration::from_secs(30), |p| connections(p) == Some(0))
+            .await
+            .map(|t| t - cut);
+        send_group(&client, conn, "noticed", 10).await;
+
+        tokio::time::sleep_until((cut + Duration::from_secs(5)).into()).await;
+        bed.heal(0);
+        let resumed = first_reply(&client, conn, Duration::from_secs(30)).await;
+        confirm_group(&client, conn, "after", 10).await;
+        let acked = common::wait_until(Duration::from_secs(10), || {
+            client.stats().pending_messages == 0
+        })
+        .await;
+        let stats = client.stats();
+        client.shutdown().await;
+        assert!(
+            acked,
+            "messages still unACKed 10 s after the heal: {stats:?}"
+        );
+        (noticed, freed, resumed, stats)
+    });
+    println!(
+        "silent server: the client's request failed with Disconnected {} after the cut; \
+         the listener freed the session {}; replies resumed {} after the heal; \
+         client: {} reconnects, {} resends",
+        ms(noticed),
+        freed.map_or("never".into(), ms),
+        ms(resumed),
+        stats.reconnects,
+        stats.resends
+    );
+    assert!(
+        noticed <= DETECT_LIMIT,
+        "the client noticed the cut after {} (bound {} + {} slack)",
+        ms(noticed),
+        ms(HEARTBEAT_BOUND),
+        ms(SLACK)
+    );
+    let freed = freed.expect("the listener never freed the lost session");
+    assert!(
+        freed <= DETECT_LIMIT,
+        "the listener freed the session after {}",
+        ms(freed)
+    );
+    assert!(
+        resumed <= RESUME_LIMIT,
+        "replies resumed {} after the heal",
+        ms(resumed)
+    );
+    assert_eq!(stats.reconnects, 1, "{stats:?}");
+    let mut wrong = not_once(
+        &server,
+        &[
+            ("before", 10),
+            ("unnoticed", 10),
+            ("noticed", 10),
+            ("after", 10),
+        ],
+    );
+    if delivered(&server, "held") != 1 {
+        wrong.push(format!("held x{}", delivered(&server, "held")));
+    }
+    assert!(
+        wrong.is_empty(),
+        "each message must be delivered exactly once; not so: {wrong:?}\n{}",
+        server.context()
+    );
+}
+
+/// The hard case of "resent and delivered once": messages the server
+/// received and handed to its server loop just before its link was cut,
+/// whose ACKs the cut swallowed. The client still holds them unACKed and
+/// resends them on its next session, and the listener must not deliver
+/// them again. Made certain rather than left to timing: the server is
+/// stopped (SIGSTOP) while they arrive, its link is cut, and only then
+/// does it resume, deliver them and send ACKs that go nowhere.
+#[test]
+fn messages_whose_acks_a_cut_swallowed_are_not_delivered_twice() {
+    let Some(bed) = NetBed::new(
+        "messages_whose_acks_a_cut_swallowed_are_not_delivered_twice",
+        2,
+    ) else {
+        return;
+    };
+    let server = serve(
+        &bed,
+        0,
+        5557,
+        &["--slc", "log", "--stats-interval", "100ms"],
+    );
+    let ep: Endpoint = bed.tcp(0, 5557).parse().unwrap();
+    let stats = bed.run_on(1, || async {
+        let client = Messenger::new("netns-client").unwrap();
+        let conn = within(10, "connect", client.make_connection(&ep))
+            .await
+            .unwrap();
+        confirm_group(&client, conn, "before", 10).await;
+        server.signal(libc::SIGSTOP);
+        server
+            .until(Duration::from_secs(5), |p| p.state() == Some('T'))
+            .await
+            .expect("serve stopped");
+        send_group(&client, conn, "swallowed", 20).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            client.stats().pending_messages,
+            20,
+            "a stopped server ACKs nothing"
+        );
+        bed.cut(0);
+        server.signal(libc::SIGCONT);
+        server
+            .until(Duration::from_secs(3), |p| {
+                delivered(p, "swallowed-19") == 1
+            })
+            .await
+            .unwrap_or_else(|| panic!("serve did not deliver what it held: {}", server.context()));
+        common::eventually_real(30, "the client notices the cut", || {
+            !client.is_connected(conn)
+        })
+        .await;
+        bed.heal(0);
+        first_reply(&client, conn, Duration::from_secs(30)).await;
+        confirm_group(&client, conn, "after", 10).await;
+        let acked = common::wait_until(Duration::from_secs(10), || {
+            client.stats().pending_messages == 0
+        })
+        .await;
+        let stats = client.stats();
+        client.shutdown().await;
+        assert!(
+            acked,
+            "messages still unACKed 10 s after the heal: {stats:?}"
+        );
+        stats
+    });
+    let wrong = not_once(&server, &[("before", 10), ("swallowed", 20), ("after", 10)]);
+    println!(
+        "swallowed ACKs: {} of 20 messages delivered again after the redial (client: {} reconnects, {} resends)",
+        wrong.iter().filter(|w| w.starts_with("swallowed")).count(),
+        stats.reconnects,
+        stats.resends
+    );
+    assert!(
+        wrong.is_empty(),
+        "each message must be delivered exactly once; not so: {wrong:?}\n{}",
+        server.context()
+    );
+}
+
+/// A listener whose peer's host vanishes (link cut, then the peer killed
+/// with -9 while cut off, so no FIN ever comes) frees that peer's session
+/// within the heartbeat bound (4 s + 2 s of slack; the issue asks for
+/// 60 s), and `serve --stats-interval`'s `connections` gauge shows it
+/// gone, while a peer on another host is served throughout.
+#[test]
+fn a_listener_frees_a_peer_whose_host_vanished() {
+    let Some(bed) = NetBed::new("a_listener_frees_a_peer_whose_host_vanished", 3) else {
+        return;
+    };
+    let server = serve(
+        &bed,
+        0,
+        5556,
+        &["--slc", "echo", "--quiet", "--stats-interval", "100ms"],
+    );
+    let ping = |i: usize| {
+        let mut cmd = bed.command(i, MESSENGER);
+        cmd.args([
+            "ping",
+            &bed.tcp(0, 5556),
+            "-c",
+            "1000",
+            "-i",
+            "100ms",
+            "--timeout",
+            "1s",
+        ]);
+        bed.spawn(&format!("ping from host {i}"), cmd)
+    };
+    let (doomed, survivor) = (ping(1), ping(2));
+    server
+        .until_blocking(Duration::from_secs(10), |p| connections(p) == Some(2))
+        .unwrap_or_else(|| panic!("two peers never connected: {}", server.context()));
+    std::thread::sleep(Duration::from_millis(500));
+    let replies_before = survivor.stdout().matches("reply from").count();
+    let cut = Instant::now();
+    bed.cut(1);
+    doomed.kill9();
+    let freed = server
+        .until_blocking(Duration::from_secs(60), |p| connections(p) == Some(1))
+        .map(|t| t - cut);
+    let stats = server.last_stats().unwrap_or_default();
+    let lost_by_survivor = survivor.stdout().matches("no reply").count();
+    let replies_after = survivor.stdout().matches("reply from").count();
+    println!(
+        "vanished peer: the listener freed its session {} after the cut \
+         (ping_timeouts {}, pending_messages {}); the other peer got {} replies meanwhile, missed {}",
+        freed.map_or("never".into(), ms),
+        stats["ping_timeouts"],
+        stats["pending_messages"],
+        replies_after - replies_before,
+        lost_by_survivor
+    );
+    let freed = freed.unwrap_or_else(|| panic!("session never freed: {}", server.context()));
+    assert!(
+        freed <= DETECT_LIMIT,
+        "the listener freed the session after {} (bound {} + {} slack)",
+        ms(freed),
+        ms(HEARTBEAT_BOUND),
+        ms(SLACK)
+    );
+    assert!(stats["ping_timeouts"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(lost_by_survivor, 0, "{}", survivor.context());
+    assert!(replies_after > replies_before, "{}", survivor.context());
+}
