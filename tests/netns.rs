@@ -589,3 +589,110 @@ fn a_replica_killed_with_9_and_restarted_catches_up() {
     check_replica_log(&r1, &summary);
     check_replica_log(&r2, &summary);
 }
+
+/// The model-server loop across two hosts: the manager (the scenario's
+/// `ModelServerManager`, listening on tcp) on host 0, the Python model
+/// server (pyzmq on libzmq) on host 1 dialling it. With host 1 cut off
+/// mid-request, the manager's PRINT fails within its deadline (3 s; it
+/// cannot be resent: the model server does not deduplicate, so resending
+/// is off); after the heal (6 s later, when both sides' heartbeats have
+/// dropped the dead session) the model server has redialled by itself and
+/// a PRINT succeeds again.
+#[test]
+fn a_model_server_cut_off_mid_request_fails_in_time_and_serves_after_the_heal() {
+    use messenger_scenarios::model_server::{
+        ModelServerError, ModelServerManager, ModelServerSpec,
+    };
+    let test = "a_model_server_cut_off_mid_request_fails_in_time_and_serves_after_the_heal";
+    let Some(python) = common::python::python() else {
+        return;
+    };
+    let Some(bed) = NetBed::new(test, 2) else {
+        return;
+    };
+    let ep: Endpoint = bed.tcp(0, 7000).parse().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/model_server.py");
+    let deadline = Duration::from_secs(3);
+    let (failed, failed_after, served_after) = bed.run_on(0, || async {
+        let mut manager = within(
+            10,
+            "manager listens",
+            ModelServerManager::start_at(&ModelServerSpec::External, &ep),
+        )
+        .await
+        .expect("the manager listens");
+        let mut cmd = bed.command(1, &python);
+        cmd.args(["-u", script, &ep.to_string()]);
+        let model = bed.spawn("model_server.py on host 1", cmd);
+        manager
+            .wait_connected(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {}", model.context()));
+        manager
+            .print("before the cut", deadline)
+            .await
+            .expect("PRINT before the cut");
+
+        let cut = Instant::now();
+        bed.cut(1);
+        let failed = manager.print("during the cut", deadline).await;
+        let failed_after = cut.elapsed();
+
+        tokio::time::sleep_until((cut + Duration::from_secs(6)).into()).await;
+        bed.heal(1);
+        let healed = Instant::now();
+        let served_after = loop {
+            match manager
+                .print("after the heal", Duration::from_secs(1))
+                .await
+            {
+                Ok(_) => break healed.elapsed(),
+                Err(ModelServerError::NoReply { .. } | ModelServerError::Request { .. }) => {}
+                Err(e) => panic!("PRINT after the heal: {e}"),
+            }
+            assert!(
+                healed.elapsed() < Duration::from_secs(30),
+                "no PRINT answered within 30 s of the heal: {}",
+                model.context()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let _ = manager.quit(Duration::from_secs(2)).await;
+        model.wait(Duration::from_secs(5));
+        manager.shutdown().await;
+        (failed, failed_after, served_after)
+    });
+    println!(
+        "model server cut off mid-request: PRINT failed after {} ({}); \
+         a PRINT was answered {} after the heal",
+        ms(failed_after),
+        failed
+            .as_ref()
+            .err()
+            .map_or("no error".to_string(), |e| e.to_string()),
+        ms(served_after)
+    );
+    assert!(
+        matches!(
+            failed,
+            Err(ModelServerError::NoReply { .. }
+                | ModelServerError::Request {
+                    source: RequestError::Disconnected,
+                    ..
+                })
+        ),
+        "{failed:?}"
+    );
+    assert!(
+        failed_after <= deadline + SLACK,
+        "PRINT failed after {}, past its deadline {} (+{} slack)",
+        ms(failed_after),
+        ms(deadline),
+        ms(SLACK)
+    );
+    assert!(
+        served_after <= RESUME_LIMIT,
+        "a PRINT was answered {} after the heal",
+        ms(served_after)
+    );
+}
