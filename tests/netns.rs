@@ -696,3 +696,107 @@ fn a_model_server_cut_off_mid_request_fails_in_time_and_serves_after_the_heal() 
         ms(served_after)
     );
 }
+
+/// `messenger bench --connect` across two hosts of the bed (client on
+/// host 1, `serve --slc echo` on host 0: tcp over a veth pair and a
+/// bridge, no loopback shortcut) beside the same bench on loopback (client
+/// on host 0, the same server process), alternating round by round; prints
+/// the medians as design/PERFORMANCE.md's table. A measurement, not a
+/// check: opt in, with a release build of the command:
+///
+/// ```sh
+/// cargo build --release -p messenger-cli
+/// cargo test --test netns -- --ignored --nocapture bench_across
+/// ```
+///
+/// `NETBENCH_ROUNDS` (default 5), `NETBENCH_DURATION` (default 1s).
+#[test]
+#[ignore = "a measurement for design/PERFORMANCE.md; needs target/release/messenger"]
+fn bench_across_namespaces_beside_loopback() {
+    let Some(bed) = NetBed::new("bench_across_namespaces_beside_loopback", 2) else {
+        return;
+    };
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/messenger");
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "build it first: cargo build --release -p messenger-cli"
+    );
+    let rounds: usize = common::env_number("NETBENCH_ROUNDS", 5);
+    let duration = std::env::var("NETBENCH_DURATION").unwrap_or_else(|_| "1s".into());
+    let mut cmd = bed.command(0, bin);
+    cmd.args([
+        "serve",
+        "--bind",
+        &bed.tcp(0, 5560),
+        "--bind",
+        "tcp://127.0.0.1:5561",
+    ])
+    .args(["--slc", "echo", "--quiet"]);
+    let server = bed.spawn("serve (release) on host 0", cmd);
+    server
+        .until_blocking(Duration::from_secs(10), |p| {
+            p.stdout().matches("listening").count() == 2
+        })
+        .unwrap_or_else(|| panic!("serve did not listen: {}", server.context()));
+    let places = [
+        ("veth", 1, bed.tcp(0, 5560)),
+        ("loopback", 0, "tcp://127.0.0.1:5561".to_string()),
+    ];
+    // (place, size, in flight) -> samples of (round trips/s, p50 µs, p99 µs)
+    let mut samples: std::collections::BTreeMap<(usize, u64, u64), Vec<(f64, f64, f64)>> =
+        Default::default();
+    for round in 0..rounds {
+        for (k, (name, host, ep)) in places.iter().enumerate() {
+            let mut cmd = bed.command(*host, bin);
+            cmd.args([
+                "bench",
+                "--connect",
+                ep,
+                "--sizes",
+                "64,1k",
+                "--in-flight",
+                "1,1000",
+            ])
+            .args(["--duration", &duration, "--warmup", "200ms", "--json"]);
+            let ran = common::run_bounded(cmd, Duration::from_secs(120)).expect("bench runs");
+            assert!(
+                ran.status.is_some_and(|s| s.success()),
+                "bench {name} round {round} failed: {}",
+                ran.stderr
+            );
+            let out: serde_json::Value =
+                serde_json::from_str(ran.stdout.trim()).expect("bench JSON");
+            for r in out["results"].as_array().expect("results") {
+                let key = (
+                    k,
+                    r["size"].as_u64().unwrap(),
+                    r["in_flight"].as_u64().unwrap(),
+                );
+                let errors = r["errors"].as_u64().unwrap_or(0);
+                assert_eq!(errors, 0, "bench {name} round {round}: {r}");
+                samples.entry(key).or_default().push((
+                    r["round_trips_per_s"].as_f64().unwrap(),
+                    r["p50_us"].as_f64().unwrap(),
+                    r["p99_us"].as_f64().unwrap(),
+                ));
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("medians of {rounds} alternating rounds of {duration} per cell (release build):");
+    println!("| path | size | in flight | round trips/s | p50 µs | p99 µs |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for ((k, size, n), v) in &samples {
+        println!(
+            "| {} | {} B | {n} | {:.0} | {:.0} | {:.0} |",
+            places[*k].0,
+            size,
+            median(v.iter().map(|s| s.0).collect()),
+            median(v.iter().map(|s| s.1).collect()),
+            median(v.iter().map(|s| s.2).collect()),
+        );
+    }
+}
