@@ -238,6 +238,54 @@ fn a_silent_server_is_noticed_in_time_and_replies_resume_after_the_heal() {
     );
 }
 
+/// A server that hangs (stopped with SIGSTOP for 6 s: its host and its
+/// kernel alive, TCP still ACKing, the process answering nothing) is
+/// noticed like a dead one: the client's waiting request fails with
+/// `Disconnected` within the heartbeat bound (4 s + 2 s of slack), and once
+/// the server runs again replies resume within 5 s.
+#[test]
+fn a_hung_server_is_noticed_like_a_dead_one() {
+    let Some(bed) = NetBed::new("a_hung_server_is_noticed_like_a_dead_one", 2) else {
+        return;
+    };
+    let server = serve(&bed, 0, 5558, &["--slc", "log"]);
+    let ep: Endpoint = bed.tcp(0, 5558).parse().unwrap();
+    let (noticed, resumed) = bed.run_on(1, || async {
+        let client = Messenger::new("netns-client").unwrap();
+        let conn = within(10, "connect", client.make_connection(&ep))
+            .await
+            .unwrap();
+        confirm_group(&client, conn, "before", 3).await;
+        let held = common::spawn_request(&client, conn, NOOP, "held");
+        server
+            .until(Duration::from_secs(5), |p| delivered(p, "held") == 1)
+            .await
+            .expect("held delivered");
+        let stopped = Instant::now();
+        server.signal(libc::SIGSTOP);
+        let failed = within(30, "the held request ends", held).await.unwrap();
+        let noticed = stopped.elapsed();
+        assert_eq!(failed.err(), Some(RequestError::Disconnected));
+        tokio::time::sleep_until((stopped + Duration::from_secs(6)).into()).await;
+        server.signal(libc::SIGCONT);
+        let resumed = first_reply(&client, conn, Duration::from_secs(30)).await;
+        client.shutdown().await;
+        (noticed, resumed)
+    });
+    println!(
+        "hung server: the client's request failed with Disconnected {} after SIGSTOP; \
+         replies resumed {} after SIGCONT",
+        ms(noticed),
+        ms(resumed)
+    );
+    assert!(noticed <= DETECT_LIMIT, "noticed after {}", ms(noticed));
+    assert!(
+        resumed <= RESUME_LIMIT,
+        "replies resumed {} after SIGCONT",
+        ms(resumed)
+    );
+}
+
 /// The hard case of "resent and delivered once": messages the server
 /// received and handed to its server loop just before its link was cut,
 /// whose ACKs the cut swallowed. The client still holds them unACKed and
@@ -643,7 +691,7 @@ fn a_model_server_cut_off_mid_request_fails_in_time_and_serves_after_the_heal() 
         let healed = Instant::now();
         let served_after = loop {
             match manager
-                .print("after the heal", Duration::from_secs(1))
+                .print("after the heal", Duration::from_millis(500))
                 .await
             {
                 Ok(_) => break healed.elapsed(),
@@ -655,7 +703,7 @@ fn a_model_server_cut_off_mid_request_fails_in_time_and_serves_after_the_heal() 
                 "no PRINT answered within 30 s of the heal: {}",
                 model.context()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let _ = manager.quit(Duration::from_secs(2)).await;
         model.wait(Duration::from_secs(5));
