@@ -791,8 +791,8 @@ fn bench_across_namespaces_beside_loopback() {
         ("loopback", 0, "tcp://127.0.0.1:5561".to_string()),
     ];
     // (place, size, in flight) -> samples of (round trips/s, p50 µs, p99 µs)
-    let mut samples: std::collections::BTreeMap<(usize, u64, u64), Vec<(f64, f64, f64)>> =
-        Default::default();
+    type Cell = (usize, u64, u64);
+    let mut samples: std::collections::BTreeMap<Cell, Vec<[f64; 3]>> = Default::default();
     for round in 0..rounds {
         for (k, (name, host, ep)) in places.iter().enumerate() {
             let mut cmd = bed.command(*host, bin);
@@ -822,11 +822,11 @@ fn bench_across_namespaces_beside_loopback() {
                 );
                 let errors = r["errors"].as_u64().unwrap_or(0);
                 assert_eq!(errors, 0, "bench {name} round {round}: {r}");
-                samples.entry(key).or_default().push((
+                samples.entry(key).or_default().push([
                     r["round_trips_per_s"].as_f64().unwrap(),
                     r["p50_us"].as_f64().unwrap(),
                     r["p99_us"].as_f64().unwrap(),
-                ));
+                ]);
             }
         }
     }
@@ -842,9 +842,9 @@ fn bench_across_namespaces_beside_loopback() {
             "| {} | {} B | {n} | {:.0} | {:.0} | {:.0} |",
             places[*k].0,
             size,
-            median(v.iter().map(|s| s.0).collect()),
-            median(v.iter().map(|s| s.1).collect()),
-            median(v.iter().map(|s| s.2).collect()),
+            median(v.iter().map(|s| s[0]).collect()),
+            median(v.iter().map(|s| s[1]).collect()),
+            median(v.iter().map(|s| s[2]).collect()),
         );
     }
 }
