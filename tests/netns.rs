@@ -430,6 +430,8 @@ fn a_listener_frees_a_peer_whose_host_vanished() {
         ms(SLACK)
     );
     assert!(stats["ping_timeouts"].as_u64() >= Some(1), "{stats}");
+    // What the session held for the lost peer went with it.
+    assert_eq!(stats["pending_messages"], 0, "{stats}");
     assert_eq!(lost_by_survivor, 0, "{}", survivor.context());
     assert!(replies_after > replies_before, "{}", survivor.context());
 }

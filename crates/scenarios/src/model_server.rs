@@ -125,7 +125,8 @@ impl ModelCommand {
 /// Which model server the manager drives.
 #[derive(Debug, Clone)]
 pub enum ModelServerSpec {
-    /// A child process: program and arguments; the socket path is appended.
+    /// A child process: program and arguments; the socket path (or, on
+    /// tcp, the endpoint) is appended.
     Command(Vec<String>),
     /// The in-process stand-in (ipc only).
     StandIn(StandInOptions),
