@@ -6,11 +6,14 @@
 //! cargo run --example model_server_manager -- \
 //!     --model-server "python3 tests/py/model_server.py" --message hello
 //! cargo run --example model_server_manager     # the in-process stand-in model server
+//! cargo run --example model_server_manager -- --endpoint tcp://10.0.0.1:7000 \
+//!     --model-server "ssh other-host python3 model_server.py"   # the model server elsewhere
 //! ```
 //!
 //! The model server is started with the manager's ipc socket path (without
-//! `ipc://`) as its last argument; it connects as a DEALER with identity
-//! `model` to the listener `model-server-conn` and speaks JSON (see
+//! `ipc://`), or with `--endpoint` the endpoint, as its last argument; it
+//! connects as a DEALER with identity `model` to the listener
+//! `model-server-conn` and speaks JSON (see
 //! `messenger_scenarios::model_server`, which also explains why resending
 //! is off on the manager's side). Progress and diagnostics go to stderr,
 //! including the child's pid and how many times the server loop saw
@@ -36,6 +39,11 @@ struct Args {
     /// The ipc socket path (default: a fresh one in the temp directory).
     #[arg(long)]
     ipc_path: Option<std::path::PathBuf>,
+    /// Listen on this endpoint instead (e.g. tcp://10.0.0.1:7000, for a
+    /// model server on another host; it gets the endpoint as its last
+    /// argument).
+    #[arg(long, conflicts_with = "ipc_path")]
+    endpoint: Option<messenger::Endpoint>,
     /// Bound on waiting for CONNECTED.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -67,6 +75,7 @@ async fn main() -> ExitCode {
         server,
         messages: vec![args.message.clone()],
         socket_path: args.ipc_path,
+        endpoint: args.endpoint,
         connect_timeout: args.connect_timeout,
         reply_timeout: args.reply_timeout,
         exit_timeout: args.exit_timeout,

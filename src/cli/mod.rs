@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod curve;
 mod demo;
+mod replicate;
 mod serve;
 
 use std::time::Duration;
@@ -185,6 +186,10 @@ enum Command {
     Bench(bench::Args),
     /// Run the showcase in one process and exit: see README.md.
     Demo,
+    /// The replication scenario's replica or primary as a process of its
+    /// own (on different hosts, say).
+    #[command(subcommand)]
+    Replicate(replicate::Role),
     /// Make a CURVE key pair: print it as a secret certificate (CZMQ's
     /// format), or write it to FILE (mode 0600) and FILE.pub (its public
     /// certificate) and print the public key.
@@ -231,6 +236,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Demo => demo::run().await,
+        Command::Replicate(role) => replicate::run(role).await,
         Command::Keygen { out } => curve::keygen(out),
     }
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::SlcMode;
 
-fn print_line(value: &serde_json::Value) {
+pub(super) fn print_line(value: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     // A closed stdout must not take the server down.
     let _ = writeln!(out, "{value}").and_then(|_| out.flush());
@@ -193,13 +193,13 @@ fn fit_to_descriptors(mut config: messenger::Config, binds: usize) -> messenger:
 }
 
 /// SIGTERM and SIGINT, caught from the moment this is made.
-struct Signals {
+pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn catch() -> Result<Signals, String> {
+    pub(super) fn catch() -> Result<Signals, String> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             term: signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
@@ -208,7 +208,7 @@ impl Signals {
     }
 
     /// Waits for either.
-    async fn wait(mut self) {
+    pub(super) async fn wait(mut self) {
         tokio::select! {
             _ = self.term.recv() => {},
             _ = self.int.recv() => {},

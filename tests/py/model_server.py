@@ -3,10 +3,12 @@
 model-server manager (examples/model_server_manager.rs).
 
 Usage: model_server.py [--duplicate-connected N] [--die-before-reply]
-                       [--hang-on-print] IPC_PATH
+                       [--hang-on-print] IPC_PATH | ENDPOINT
 
 It connects a DEALER with identity b"model" to ipc://IPC_PATH (the last
-argument) and speaks the messenger protocol with JSON bodies:
+argument), or to ENDPOINT when the last argument is one (tcp://HOST:PORT,
+for a manager on another host), and speaks the messenger protocol with
+JSON bodies:
 
 - payloads are ``{msg_id}-{src_cb}-{dst_cb}-{body}``; it receives frames
   ``[router_identity, "", payload]`` and sends ``["", payload]``;
@@ -62,7 +64,8 @@ def main(argv):
     if not argv or argv[-1].startswith("--"):
         print(__doc__, file=sys.stderr)
         return 2
-    path = argv[-1]
+    target = argv[-1]
+    endpoint = target if "://" in target else "ipc://" + target
     flags = argv[:-1]
     duplicates = 0
     if "--duplicate-connected" in flags:
@@ -74,7 +77,7 @@ def main(argv):
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, b"model")
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect("ipc://" + path)
+    sock.connect(endpoint)
 
     next_id = 0
     unacked = {}  # msg_id -> [payload, last sent]

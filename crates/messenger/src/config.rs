@@ -231,7 +231,6 @@ pub struct Curve {
     pub allow: Option<Arc<HashSet<CurvePublicKey>>>,
 }
 
-
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -368,7 +368,14 @@ impl Messenger {
         });
         let timeout = self.inner.shared.config.request_timeout;
         let sent = self
-            .send(dest.into(), dst_cb, body.as_ref(), notify, timeout, Mode::Wait)
+            .send(
+                dest.into(),
+                dst_cb,
+                body.as_ref(),
+                notify,
+                timeout,
+                Mode::Wait,
+            )
             .await?;
         Ok(sent.msg_id)
     }
@@ -387,7 +394,14 @@ impl Messenger {
             Notify::Reply(Completion::Callback(c.into_inner()))
         });
         let timeout = self.inner.shared.config.request_timeout;
-        let send = self.send(dest.into(), dst_cb, body.as_ref(), notify, timeout, Mode::Try);
+        let send = self.send(
+            dest.into(),
+            dst_cb,
+            body.as_ref(),
+            notify,
+            timeout,
+            Mode::Try,
+        );
         // Mode::Try never waits: the first poll completes it.
         let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
         Ok(sent?.msg_id)
@@ -462,7 +476,14 @@ impl Messenger {
     ) -> Result<Incoming, RequestError> {
         let (tx, rx) = oneshot::channel();
         let notify = Notify::Reply(Completion::Future(tx));
-        let send = self.send(dest.into(), dst_cb, body.as_ref(), notify, timeout, Mode::Wait);
+        let send = self.send(
+            dest.into(),
+            dst_cb,
+            body.as_ref(),
+            notify,
+            timeout,
+            Mode::Wait,
+        );
         let sent = send.await?;
         // Removes the callback if this future is dropped while it waits.
         let guard = Unregister {
@@ -556,7 +577,10 @@ impl Messenger {
                 unacked.close(&RequestError::Shutdown);
             }
         }
-        self.inner.shared.callbacks.fail_all(&RequestError::Shutdown);
+        self.inner
+            .shared
+            .callbacks
+            .fail_all(&RequestError::Shutdown);
         futures::future::join_all(closing.into_iter().map(|mut open| async move {
             open.tasks.close_gracefully(linger).await;
         }))

@@ -143,7 +143,6 @@ impl<W> PendingSet<W> {
         self.next_due
     }
 
-
     /// Records a message just sent.
     pub fn insert(
         &mut self,
@@ -241,7 +240,11 @@ impl<W> PendingSet<W> {
                 e.resends += 1;
                 due.push((id, e.payload.clone()));
             }
-            let again = if resending { last_due(e, rto) } else { e.deadline };
+            let again = if resending {
+                last_due(e, rto)
+            } else {
+                e.deadline
+            };
             let at = again.min(e.deadline);
             next = Some(next.map_or(at, |n| n.min(at)));
         }
@@ -459,8 +462,8 @@ mod tests {
         assert_eq!(s.len(), 1, "fire-and-forget messages stay to be resent");
         assert_eq!(
             s.handle_timeout(t0 + Duration::from_secs(2), true)
-            .resend
-            .len(),
+                .resend
+                .len(),
             1
         );
     }
@@ -475,8 +478,14 @@ mod tests {
             .unwrap();
         assert_eq!(s.poll_timeout(), Some(t0 + iv));
         // A deadline earlier than the first resend comes first.
-        s.insert(key(2), Bytes::new(), t0, t0 + Duration::from_millis(300), None)
-            .unwrap();
+        s.insert(
+            key(2),
+            Bytes::new(),
+            t0,
+            t0 + Duration::from_millis(300),
+            None,
+        )
+        .unwrap();
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_millis(300)));
         let t = s.handle_timeout(t0 + Duration::from_millis(300), true);
         assert_eq!(t.expired.len(), 1);

@@ -17,6 +17,12 @@
 //!   addressed to the command's src_cb;
 //! - `{"cmd": "QUIT", "data": {}}` makes it exit without a reply.
 //!
+//! The manager may listen on tcp instead
+//! ([`ModelServerManager::start_at`]), for a model server on another host;
+//! a child process is then given the endpoint (`tcp://HOST:PORT`) as its
+//! last argument, or the model server is started by someone else
+//! ([`ModelServerSpec::External`]) and the manager waits for it to dial in.
+//!
 //! Commands go from the listener to the peer `model`
 //! ([`Destination::Peer`]); PRINT is a request whose reply comes back to a
 //! message-specific callback.
@@ -119,10 +125,15 @@ impl ModelCommand {
 /// Which model server the manager drives.
 #[derive(Debug, Clone)]
 pub enum ModelServerSpec {
-    /// A child process: program and arguments; the socket path is appended.
+    /// A child process: program and arguments; the socket path (or, on
+    /// tcp, the endpoint) is appended.
     Command(Vec<String>),
-    /// The in-process stand-in.
+    /// The in-process stand-in (ipc only).
     StandIn(StandInOptions),
+    /// Started by someone else (on another host, say): the manager only
+    /// listens and waits for it to connect. Its exit cannot be watched:
+    /// only deadlines and disconnects tell.
+    External,
 }
 
 /// Behaviour of the in-process stand-in model server, which follows the
@@ -162,6 +173,9 @@ pub struct ManagerOptions {
     pub messages: Vec<String>,
     /// The ipc socket path; default a fresh path in the temp directory.
     pub socket_path: Option<PathBuf>,
+    /// Listen here instead (tcp, for a model server on another host);
+    /// `socket_path` is then ignored. Default none.
+    pub endpoint: Option<Endpoint>,
     /// Bound on waiting for CONNECTED. Default 10 s.
     pub connect_timeout: Duration,
     /// Bound on waiting for each PRINT's reply. Default 10 s.
@@ -176,6 +190,7 @@ impl Default for ManagerOptions {
             server: ModelServerSpec::StandIn(StandInOptions::default()),
             messages: vec!["hello".into()],
             socket_path: None,
+            endpoint: None,
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(10),
             exit_timeout: Duration::from_secs(5),
@@ -392,6 +407,7 @@ pub fn split_command(line: &str) -> Result<Vec<String>, String> {
 enum Server {
     Child(tokio::process::Child),
     StandIn(JoinHandle<Result<(), String>>),
+    External,
 }
 
 /// Describes how a model server ended.
@@ -413,6 +429,7 @@ impl Server {
                 Ok(Err(e)) => format!("stand-in failed: {e}"),
                 Err(e) => format!("stand-in task ended: {e}"),
             },
+            Server::External => std::future::pending().await,
         };
         ended.0 = Some(s.clone());
         s
@@ -441,13 +458,6 @@ impl ModelServerManager {
         spec: &ModelServerSpec,
         socket_path: Option<PathBuf>,
     ) -> Result<Self, ModelServerError> {
-        if let ModelServerSpec::Command(args) = spec
-            && args.is_empty()
-        {
-            return Err(ModelServerError::Options(
-                "the model-server command is empty".into(),
-            ));
-        }
         let (path, dir) = match socket_path {
             Some(p) => (p, None),
             None => {
@@ -457,6 +467,42 @@ impl ModelServerManager {
                 (dir.join("model.sock"), Some(dir))
             }
         };
+        Self::start_on(spec, Endpoint::Ipc(path), dir).await
+    }
+
+    /// Listens on `endpoint` (tcp, for a model server on another host; or
+    /// ipc) and starts the model server: a command gets the endpoint as
+    /// its last argument (`tcp://HOST:PORT` as bound, port 0 resolved; an
+    /// ipc socket's path without `ipc://`, as [`start`](Self::start) gives
+    /// it).
+    pub async fn start_at(
+        spec: &ModelServerSpec,
+        endpoint: &Endpoint,
+    ) -> Result<Self, ModelServerError> {
+        Self::start_on(spec, endpoint.clone(), None).await
+    }
+
+    async fn start_on(
+        spec: &ModelServerSpec,
+        endpoint: Endpoint,
+        dir: Option<PathBuf>,
+    ) -> Result<Self, ModelServerError> {
+        let refuse = |why: &str| {
+            if let Some(d) = &dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Err(ModelServerError::Options(why.into()))
+        };
+        match (spec, &endpoint) {
+            (ModelServerSpec::Command(args), _) if args.is_empty() => {
+                return refuse("the model-server command is empty");
+            }
+            (ModelServerSpec::StandIn(_), e) if !matches!(e, Endpoint::Ipc(_)) => {
+                return refuse("the stand-in model server speaks ipc only");
+            }
+            (_, Endpoint::Inproc(_)) => return refuse("a model server needs tcp or ipc"),
+            _ => {}
+        }
         let remove_dir = |dir: &Option<PathBuf>| {
             if let Some(d) = dir {
                 let _ = std::fs::remove_dir_all(d);
@@ -487,7 +533,6 @@ impl ModelServerManager {
             Ok(msg) => tracing::warn!(?msg, "model server message nobody asked for"),
             Err(e) => tracing::warn!(error = %e, "undecodable model server message"),
         };
-        let endpoint = Endpoint::Ipc(path.clone());
         let listener = match messenger
             .listen_for_connection(&endpoint, LISTENER_IDENTITY, slc)
             .await
@@ -500,14 +545,24 @@ impl ModelServerManager {
             }
         };
         let started = Instant::now();
-        let spawned = match spec {
-            ModelServerSpec::Command(args) => {
-                spawn_child(args, &path).map(|c| (c.id(), args.join(" "), Server::Child(c)))
+        let spawned = match (spec, &listener.endpoint) {
+            (ModelServerSpec::Command(args), bound) => {
+                let target = match bound {
+                    Endpoint::Ipc(path) => path.clone().into_os_string(),
+                    other => other.to_string().into(),
+                };
+                spawn_child(args, &target).map(|c| (c.id(), args.join(" "), Server::Child(c)))
             }
-            ModelServerSpec::StandIn(o) => {
+            (ModelServerSpec::StandIn(o), Endpoint::Ipc(path)) => {
                 let task = tokio::spawn(stand_in(path.clone(), o.clone()));
                 Ok((None, "in-process stand-in".into(), Server::StandIn(task)))
             }
+            (ModelServerSpec::StandIn(_), _) => unreachable!("refused above"),
+            (ModelServerSpec::External, bound) => Ok((
+                None,
+                format!("a model server started elsewhere, dialling {bound}"),
+                Server::External,
+            )),
         };
         let (pid, describe, server) = match spawned {
             Ok(s) => s,
@@ -667,6 +722,9 @@ impl ModelServerManager {
                 });
             }
         }
+        if let Server::External = self.server {
+            return Ok("QUIT sent; it runs elsewhere, its exit is not watched".into());
+        }
         match tokio::time::timeout(timeout, self.server.wait(&mut self.ended)).await {
             Ok(status) => Ok(status),
             Err(_) => {
@@ -686,6 +744,7 @@ impl ModelServerManager {
                 let _ = c.start_kill();
             }
             Server::StandIn(t) => t.abort(),
+            Server::External => return,
         }
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.server.wait(&mut self.ended)).await;
@@ -714,10 +773,13 @@ impl Drop for ModelServerManager {
     }
 }
 
-fn spawn_child(args: &[String], path: &Path) -> Result<tokio::process::Child, ModelServerError> {
+fn spawn_child(
+    args: &[String],
+    target: &std::ffi::OsStr,
+) -> Result<tokio::process::Child, ModelServerError> {
     let mut cmd = tokio::process::Command::new(&args[0]);
     cmd.args(&args[1..])
-        .arg(path)
+        .arg(target)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     // The child's stdout goes to our stderr: our stdout is for results.
@@ -738,7 +800,10 @@ pub async fn run(
     opts: ManagerOptions,
     on_start: impl FnOnce(Option<u32>),
 ) -> Result<ManagerReport, ModelServerError> {
-    let mut m = ModelServerManager::start(&opts.server, opts.socket_path.clone()).await?;
+    let mut m = match &opts.endpoint {
+        Some(endpoint) => ModelServerManager::start_at(&opts.server, endpoint).await?,
+        None => ModelServerManager::start(&opts.server, opts.socket_path.clone()).await?,
+    };
     on_start(m.pid());
     let result = drive(&opts, &mut m).await;
     m.shutdown().await;

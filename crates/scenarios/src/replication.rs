@@ -31,6 +31,19 @@
 //!
 //! [`run`] returns an error unless, at the end, both replicas hold exactly
 //! the primary's log.
+//!
+//! **Across processes and hosts**: [`ReplicaServer`] is one replica on its
+//! own (any tcp endpoint), and [`run_primary`] the primary driving
+//! replicas it reaches by endpoint (`messenger replicate replica` and
+//! `messenger replicate primary`). A replica there is a process whose
+//! log dies with it; it answers with a new incarnation when started again.
+//! At the end the primary asks each replica for its log's length and
+//! [digest](log_digest) ([`LogQuery`] → [`LogDigest`]) and fails unless
+//! both match its own log. With [`ReplicationOptions::rate`] the primary
+//! writes at a steady pace (so a run spans a fault), and with a deep
+//! [`ReplicationOptions::max_uncommitted`] it keeps streaming to a live
+//! replica while the other is cut off: commits wait for both, the live
+//! replica does not.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -105,6 +118,65 @@ pub struct Applied {
     pub outcome: AppendOutcome,
 }
 
+/// Asks a replica for its log's length and digest (a request to its
+/// server loop, like a batch; answered with [`LogDigest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Always `"digest"`; a body a batch can never be mistaken for.
+    pub query: DigestTag,
+}
+
+/// The one kind of [`LogQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestTag {
+    /// The log's length and digest.
+    Digest,
+}
+
+/// A replica's answer to a [`LogQuery`]: what its log holds and what it
+/// did in this life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDigest {
+    /// The replica's name.
+    pub replica: String,
+    /// Which life of the replica answered.
+    pub incarnation: u64,
+    /// Its log holds LSNs 1 ..= `applied_lsn`.
+    pub applied_lsn: u64,
+    /// [`log_digest`] of its log.
+    pub digest: u64,
+    /// Batches this life appended records from.
+    pub batches_applied: u64,
+    /// Batches this life ignored as already held.
+    pub duplicates_ignored: u64,
+    /// Batches this life refused as beyond its log's end.
+    pub gaps_reported: u64,
+}
+
+/// A digest of a log (FNV-1a, 64 bits, over each record's fields): two
+/// logs with the same length and digest hold the same records, for the
+/// purposes of a test.
+pub fn log_digest(records: &[LogRecord]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for r in records {
+        eat(&r.lsn.to_le_bytes());
+        eat(&r.txn.to_le_bytes());
+        eat(&(r.key.len() as u64).to_le_bytes());
+        eat(r.key.as_bytes());
+        eat(&(r.value.len() as u64).to_le_bytes());
+        eat(r.value.as_bytes());
+    }
+    h
+}
+
 /// A replica's in-memory log and the rules for applying batches to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicaLog {
@@ -174,6 +246,9 @@ pub struct ReplicationOptions {
     pub deadline: Duration,
     /// The primary's term. Default 1.
     pub term: u64,
+    /// Write at most this many batches a second (a steady stream, so that
+    /// a run spans a fault); none: as fast as commits allow. Default none.
+    pub rate: Option<f64>,
 }
 
 impl Default for ReplicationOptions {
@@ -189,6 +264,7 @@ impl Default for ReplicationOptions {
             request_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(30),
             term: 1,
+            rate: None,
         }
     }
 }
@@ -216,6 +292,18 @@ pub struct ReplicaReport {
     pub batches_resent: u64,
     /// Requests to it that failed (disconnect, timeout).
     pub failed_requests: u64,
+    /// [`log_digest`] of its (last incarnation's) log.
+    pub digest: u64,
+    /// From writing each batch to this replica first confirming it: how
+    /// far it fell behind (its max is its longest wait, e.g. a cut).
+    pub confirm_latency: Latency,
+    /// Most batches written and not yet confirmed by this replica, at any
+    /// time.
+    pub max_lag: u64,
+    /// From the first answer of its newest life (after a restart) to its
+    /// having confirmed everything written by then; none if it never
+    /// restarted (or never caught up).
+    pub caught_up_after: Option<Duration>,
 }
 
 /// What happened around the killed replica.
@@ -244,6 +332,11 @@ pub struct ReplicationReport {
     pub elapsed: Duration,
     /// From writing a batch to both replicas having applied it.
     pub commit_latency: Latency,
+    /// The longest time between two commits (or from the start to the
+    /// first): how long the slowest replica held commits up.
+    pub longest_commit_gap: Duration,
+    /// [`log_digest`] of the primary's log.
+    pub digest: u64,
     /// Per replica.
     pub replicas: Vec<ReplicaReport>,
     /// Present when a replica was killed and restarted.
@@ -397,11 +490,38 @@ fn lock(state: &Mutex<ReplicaState>) -> std::sync::MutexGuard<'_, ReplicaState> 
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl ReplicaState {
+    fn digest(&self, name: &str, incarnation: u64) -> LogDigest {
+        LogDigest {
+            replica: name.to_string(),
+            incarnation,
+            applied_lsn: self.log.applied_lsn(),
+            digest: log_digest(&self.log.records),
+            batches_applied: self.batches_applied,
+            duplicates_ignored: self.duplicates,
+            gaps_reported: self.gaps,
+        }
+    }
+}
+
 impl Replica {
-    /// Starts a replica with an empty log on 127.0.0.1:`port`. A port that
-    /// is still in use (its previous life's socket closing) is retried for
-    /// up to 3 s.
+    /// Starts a replica with an empty log on 127.0.0.1:`port`.
     async fn start(name: &str, incarnation: u64, port: u16) -> Result<Replica, ReplicationError> {
+        let endpoint = Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        Replica::start_at(name, incarnation, &endpoint).await
+    }
+
+    /// Starts a replica with an empty log listening on `endpoint`. A port
+    /// that is still in use (its previous life's socket closing) is
+    /// retried for up to 3 s.
+    async fn start_at(
+        name: &str,
+        incarnation: u64,
+        endpoint: &Endpoint,
+    ) -> Result<Replica, ReplicationError> {
         let config = Config {
             shutdown_grace: Duration::from_secs(1),
             ..Config::default()
@@ -416,6 +536,14 @@ impl Replica {
                 let mut s = lock(&state);
                 let outcome = match m.decode::<AppendBatch>() {
                     Ok(batch) => s.log.apply(&batch),
+                    Err(_) if m.decode::<LogQuery>().is_ok() => {
+                        let digest = s.digest(&name, incarnation);
+                        drop(s);
+                        if let Err(e) = r.try_reply_typed(&digest) {
+                            tracing::warn!(replica = %name, error = %e, "cannot answer a query");
+                        }
+                        return;
+                    }
                     Err(_) => AppendOutcome::Malformed,
                 };
                 match outcome {
@@ -439,14 +567,14 @@ impl Replica {
                 }
             }
         };
-        let endpoint = Endpoint::Tcp {
-            host: "127.0.0.1".into(),
-            port,
+        let port = match endpoint {
+            Endpoint::Tcp { port, .. } => *port,
+            _ => 0,
         };
         let give_up = Instant::now() + Duration::from_secs(3);
         let bound = loop {
             match messenger
-                .listen_for_connection(&endpoint, name.to_string(), slc.clone())
+                .listen_for_connection(endpoint, name.to_string(), slc.clone())
                 .await
             {
                 Ok(b) => break b,
@@ -478,6 +606,48 @@ impl Replica {
     }
 }
 
+/// One replica on its own, for a primary in another process or on another
+/// host ([`run_primary`], `messenger replicate replica`): it listens on a
+/// tcp endpoint, applies batches in its server loop and answers
+/// [`LogQuery`]. Its log lives in memory and dies with it.
+pub struct ReplicaServer(Replica);
+
+impl ReplicaServer {
+    /// Starts replica `name` with an empty log on `endpoint` (its messenger
+    /// and listener identity are `name`). `incarnation` tells its lives
+    /// apart and must grow from one to the next (the time it started will
+    /// do): a primary that sees a newer one knows its log was lost.
+    pub async fn start(
+        name: &str,
+        incarnation: u64,
+        endpoint: &Endpoint,
+    ) -> Result<ReplicaServer, ReplicationError> {
+        Replica::start_at(name, incarnation, endpoint)
+            .await
+            .map(ReplicaServer)
+    }
+
+    /// Where it listens (port 0 resolved).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0.endpoint
+    }
+
+    /// What its log holds now.
+    pub fn digest(&self) -> LogDigest {
+        lock(&self.0.state).digest(&self.0.name, self.0.incarnation)
+    }
+
+    /// Its messenger's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.0.messenger.stats()
+    }
+
+    /// Shuts its messenger down.
+    pub async fn shutdown(&self) {
+        self.0.messenger.shutdown().await;
+    }
+}
+
 /// The primary's view of one replica.
 #[derive(Debug)]
 struct Follower {
@@ -488,7 +658,10 @@ struct Follower {
     high: usize,
     /// The LSN the replica last confirmed, from its newest incarnation.
     confirmed: u64,
+    /// Its newest incarnation (0: none answered yet).
     incarnation: u64,
+    /// Incarnations seen.
+    lives: u64,
     /// Bumped on every rewind; answers to older sends do not rewind again.
     epoch: u64,
     in_flight: usize,
@@ -496,6 +669,75 @@ struct Follower {
     sent: u64,
     resent: u64,
     failed: u64,
+    /// Batches before this index have been confirmed at least once.
+    first_confirmed: usize,
+    /// Write to first confirmation, per batch.
+    confirm_samples: Vec<Duration>,
+    max_lag: u64,
+    /// When a newer life first answered, and the LSN written by then.
+    rejoined: Option<(Instant, u64)>,
+    caught_up_after: Option<Duration>,
+}
+
+impl Follower {
+    fn new(conn: ConnectionId, incarnation: u64) -> Follower {
+        Follower {
+            conn,
+            next: 0,
+            high: 0,
+            confirmed: 0,
+            incarnation,
+            lives: incarnation.min(1),
+            epoch: 0,
+            in_flight: 0,
+            retry_at: None,
+            sent: 0,
+            resent: 0,
+            failed: 0,
+            first_confirmed: 0,
+            confirm_samples: Vec::new(),
+            max_lag: 0,
+            rejoined: None,
+            caught_up_after: None,
+        }
+    }
+
+    /// Takes in an answer's incarnation and applied LSN.
+    fn answered(&mut self, incarnation: u64, applied_lsn: u64, written_lsn: u64) {
+        if incarnation > self.incarnation {
+            if self.incarnation != 0 {
+                // A new life: its log is gone; see how long it takes to
+                // catch up with what is written now.
+                self.rejoined = Some((Instant::now(), written_lsn));
+                self.caught_up_after = None;
+            }
+            self.incarnation = incarnation;
+            self.lives += 1;
+            self.confirmed = applied_lsn;
+        } else if incarnation == self.incarnation {
+            self.confirmed = self.confirmed.max(applied_lsn);
+        }
+    }
+
+    /// Records what the replica has confirmed, as of now.
+    fn progress(&mut self, written: &[Written]) {
+        let now = Instant::now();
+        while self.first_confirmed < written.len()
+            && written[self.first_confirmed].last_lsn <= self.confirmed
+        {
+            self.confirm_samples
+                .push(now - written[self.first_confirmed].written_at);
+            self.first_confirmed += 1;
+        }
+        if let Some((at, target)) = self.rejoined
+            && self.confirmed >= target
+        {
+            self.caught_up_after = Some(now - at);
+            self.rejoined = None;
+        }
+        let held = written.partition_point(|w| w.last_lsn <= self.confirmed);
+        self.max_lag = self.max_lag.max((written.len() - held) as u64);
+    }
 }
 
 struct Written {
@@ -528,9 +770,7 @@ enum Kill {
 /// Pause before resending to a replica whose request failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// Runs the primary and two replicas until every batch has committed, then
-/// checks both replicas hold exactly the primary's log.
-pub async fn run(opts: ReplicationOptions) -> Result<ReplicationReport, ReplicationError> {
+fn check_options(opts: &ReplicationOptions) -> Result<(), ReplicationError> {
     if opts.batches == 0 || opts.batch_size == 0 {
         return Err(ReplicationError::Options(
             "--batches and --batch-size must be at least 1".into(),
@@ -541,6 +781,13 @@ pub async fn run(opts: ReplicationOptions) -> Result<ReplicationReport, Replicat
             "the uncommitted and in-flight windows must be at least 1".into(),
         ));
     }
+    if let Some(r) = opts.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(ReplicationError::Options(format!(
+            "the rate must be a positive number of batches a second, not {r}"
+        )));
+    }
     if let Some(k) = opts.kill_replica_after
         && k >= opts.batches
     {
@@ -549,6 +796,25 @@ pub async fn run(opts: ReplicationOptions) -> Result<ReplicationReport, Replicat
             opts.batches
         )));
     }
+    Ok(())
+}
+
+fn primary_messenger(opts: &ReplicationOptions) -> Result<Messenger, ReplicationError> {
+    let config = Config {
+        request_timeout: opts.request_timeout,
+        reconnect_initial: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(1),
+        ..Config::default()
+    };
+    Messenger::with_config("primary", config)
+        .map_err(|e| setup("primary: messenger")(e.to_string()))
+}
+
+/// Runs the primary and two replicas until every batch has committed, then
+/// checks both replicas hold exactly the primary's log.
+pub async fn run(opts: ReplicationOptions) -> Result<ReplicationReport, ReplicationError> {
+    check_options(&opts)?;
     let mut replicas = Vec::with_capacity(2);
     for (i, port) in opts.replica_ports.iter().enumerate() {
         match Replica::start(&format!("replica-{}", i + 1), 1, *port).await {
@@ -561,27 +827,46 @@ pub async fn run(opts: ReplicationOptions) -> Result<ReplicationReport, Replicat
             }
         }
     }
-    let primary_config = Config {
-        request_timeout: opts.request_timeout,
-        reconnect_initial: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(500),
-        shutdown_grace: Duration::from_secs(1),
-        ..Config::default()
-    };
-    let primary = match Messenger::with_config("primary", primary_config) {
+    let primary = match primary_messenger(&opts) {
         Ok(m) => m,
         Err(e) => {
             for r in &replicas {
                 r.messenger.shutdown().await;
             }
-            return Err(setup("primary: messenger")(e.to_string()));
+            return Err(e);
         }
     };
-    let result = drive(&opts, &primary, &mut replicas).await;
+    let endpoints: Vec<Endpoint> = replicas.iter().map(|r| r.endpoint.clone()).collect();
+    let result = drive(&opts, &primary, &endpoints, Some(&mut replicas)).await;
     primary.shutdown().await;
     for r in &replicas {
         r.messenger.shutdown().await;
     }
+    result
+}
+
+/// Runs the primary alone against replicas that run elsewhere
+/// ([`ReplicaServer`], `messenger replicate replica`), reached at
+/// `replicas`, until every batch has committed on all of them; then asks
+/// each for its log's length and digest and fails unless each holds
+/// exactly the primary's log. `kill_replica_after` and `replica_ports`
+/// are for [`run`]'s own replicas and are refused here.
+pub async fn run_primary(
+    opts: ReplicationOptions,
+    replicas: &[Endpoint],
+) -> Result<ReplicationReport, ReplicationError> {
+    check_options(&opts)?;
+    if opts.kill_replica_after.is_some() {
+        return Err(ReplicationError::Options(
+            "kill_replica_after needs replicas of the primary's own (run)".into(),
+        ));
+    }
+    if replicas.is_empty() {
+        return Err(ReplicationError::Options("no replicas".into()));
+    }
+    let primary = primary_messenger(&opts)?;
+    let result = drive(&opts, &primary, replicas, None).await;
+    primary.shutdown().await;
     result
 }
 
@@ -594,30 +879,53 @@ fn record(lsn: u64, batch: u64) -> LogRecord {
     }
 }
 
+/// Asks the replica at `conn` what its log holds, trying until `deadline`.
+async fn query_digest(
+    primary: &Messenger,
+    conn: ConnectionId,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<LogDigest, String> {
+    let body = to_msgpack(&LogQuery {
+        query: DigestTag::Digest,
+    })
+    .map_err(|e| e.to_string())?;
+    loop {
+        let why = match primary
+            .request_with_timeout(conn, NOOP, &body, timeout)
+            .await
+        {
+            Ok(reply) => match from_msgpack::<LogDigest>(&reply.body) {
+                Ok(d) => return Ok(d),
+                Err(e) => format!("undecodable answer to the digest query: {e}"),
+            },
+            Err(e) => format!("digest query: {e}"),
+        };
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The primary's loop, over replicas at `endpoints`; `local` are those
+/// replicas when they run in this process ([`run`]: the kill and restart,
+/// and the final check reads their logs), none when they run elsewhere
+/// (the final check asks them).
 async fn drive(
     opts: &ReplicationOptions,
     primary: &Messenger,
-    replicas: &mut [Replica],
+    endpoints: &[Endpoint],
+    mut local: Option<&mut Vec<Replica>>,
 ) -> Result<ReplicationReport, ReplicationError> {
-    let mut followers = Vec::with_capacity(replicas.len());
-    for r in replicas.iter() {
+    let mut followers = Vec::with_capacity(endpoints.len());
+    for (i, endpoint) in endpoints.iter().enumerate() {
         let conn = primary
-            .make_connection(&r.endpoint)
+            .make_connection(endpoint)
             .await
-            .map_err(|e| setup(format!("primary: connect to {}", r.endpoint))(e.to_string()))?;
-        followers.push(Follower {
-            conn,
-            next: 0,
-            high: 0,
-            confirmed: 0,
-            incarnation: r.incarnation,
-            epoch: 0,
-            in_flight: 0,
-            retry_at: None,
-            sent: 0,
-            resent: 0,
-            failed: 0,
-        });
+            .map_err(|e| setup(format!("primary: connect to {endpoint}"))(e.to_string()))?;
+        let incarnation = local.as_ref().map_or(0, |rs| rs[i].incarnation);
+        followers.push(Follower::new(conn, incarnation));
     }
     let started = Instant::now();
     let deadline = started + opts.deadline;
@@ -625,10 +933,20 @@ async fn drive(
     let mut written: Vec<Written> = Vec::new();
     let mut committed = 0usize;
     let mut latencies = Vec::with_capacity(opts.batches as usize);
+    let mut last_commit_at = started;
+    let mut longest_commit_gap = Duration::ZERO;
     let mut in_flight = FuturesUnordered::new();
-    let mut kill = opts.kill_replica_after.map_or(Kill::Never, Kill::Waiting);
+    let mut kill = match (&local, opts.kill_replica_after) {
+        (Some(_), Some(after)) => Kill::Waiting(after),
+        _ => Kill::Never,
+    };
     let total = opts.batches as usize;
-    let victim = replicas.len() - 1;
+    let victim = endpoints.len() - 1;
+    // When batch `n` may be written, at the rate asked for.
+    let write_at = |n: usize| {
+        opts.rate
+            .map(|r| started + Duration::from_secs_f64(n as f64 / r))
+    };
 
     while committed < total {
         let now = Instant::now();
@@ -640,8 +958,12 @@ async fn drive(
                 confirmed: followers.iter().map(|f| f.confirmed).collect(),
             });
         }
-        // Write new batches while the uncommitted window allows.
-        while written.len() < total && written.len() - committed < opts.max_uncommitted {
+        // Write new batches while the uncommitted window (and the rate)
+        // allows.
+        while written.len() < total
+            && written.len() - committed < opts.max_uncommitted
+            && write_at(written.len()).is_none_or(|t| t <= now)
+        {
             let first_lsn = log.len() as u64 + 1;
             let n = written.len() as u64;
             let records: Vec<LogRecord> = (0..opts.batch_size as u64)
@@ -660,11 +982,16 @@ async fn drive(
                 written_at: Instant::now(),
             });
         }
+        for f in followers.iter_mut() {
+            f.progress(&written);
+        }
         // Kill and restart the last replica when it is time.
         match kill {
             Kill::Waiting(after) if committed as u64 >= after => {
                 let since = Instant::now();
-                replicas[victim].messenger.shutdown().await;
+                if let Some(rs) = local.as_deref_mut() {
+                    rs[victim].messenger.shutdown().await;
+                }
                 kill = Kill::Down {
                     since,
                     restart_at: Instant::now() + opts.restart_delay,
@@ -676,14 +1003,15 @@ async fn drive(
                 restart_at,
                 after,
             } if now >= restart_at => {
-                let old = &replicas[victim];
+                let rs = local.as_deref_mut().expect("a kill needs local replicas");
+                let old = &rs[victim];
                 let next = Replica::start(&old.name, old.incarnation + 1, old.port()).await?;
-                replicas[victim] = next;
+                rs[victim] = next;
                 let at = Instant::now();
                 kill = Kill::Restarted {
                     at,
                     report: KillReport {
-                        replica: replicas[victim].name.clone(),
+                        replica: rs[victim].name.clone(),
                         after_batch: after,
                         down_for: at - since,
                         commits_resumed_after: None,
@@ -730,6 +1058,12 @@ async fn drive(
         if let Kill::Down { restart_at, .. } = kill {
             wake = wake.min(restart_at);
         }
+        if written.len() < total
+            && written.len() - committed < opts.max_uncommitted
+            && let Some(t) = write_at(written.len())
+        {
+            wake = wake.min(t);
+        }
         let done = tokio::select! {
             Some(done) = in_flight.next() => done,
             _ = tokio::time::sleep_until(wake) => continue,
@@ -741,12 +1075,7 @@ async fn drive(
         });
         match answer {
             Ok(a) => {
-                if a.incarnation > f.incarnation {
-                    f.incarnation = a.incarnation;
-                    f.confirmed = a.applied_lsn;
-                } else if a.incarnation == f.incarnation {
-                    f.confirmed = f.confirmed.max(a.applied_lsn);
-                }
+                f.answered(a.incarnation, a.applied_lsn, log.len() as u64);
                 match a.outcome {
                     AppendOutcome::Applied | AppendOutcome::Duplicate => {}
                     AppendOutcome::Gap if done.epoch == f.epoch => {
@@ -762,6 +1091,7 @@ async fn drive(
                         });
                     }
                 }
+                f.progress(&written);
             }
             Err(why) => {
                 f.failed += 1;
@@ -782,6 +1112,8 @@ async fn drive(
             committed += 1;
         }
         if committed > before {
+            longest_commit_gap = longest_commit_gap.max(now - last_commit_at);
+            last_commit_at = now;
             kill = match kill {
                 Kill::Restarted { at, mut report } => {
                     report.commits_resumed_after = Some(now - at);
@@ -795,26 +1127,58 @@ async fn drive(
     // Let the last ACKs land so the counters are complete.
     tokio::time::sleep(Duration::from_millis(20)).await;
 
-    let mut reports = Vec::with_capacity(replicas.len());
-    for (r, f) in replicas.iter().zip(&followers) {
-        let s = lock(&r.state);
-        if let Some(detail) = first_difference(&log, &s.log.records) {
-            return Err(ReplicationError::Diverged {
-                replica: r.name.clone(),
-                detail,
-            });
-        }
+    let digest = log_digest(&log);
+    let mut reports = Vec::with_capacity(followers.len());
+    for (i, f) in followers.into_iter().enumerate() {
+        let (name, incarnations, held) = match local.as_deref() {
+            Some(rs) => {
+                let r = &rs[i];
+                let s = lock(&r.state);
+                if let Some(detail) = first_difference(&log, &s.log.records) {
+                    return Err(ReplicationError::Diverged {
+                        replica: r.name.clone(),
+                        detail,
+                    });
+                }
+                (
+                    r.name.clone(),
+                    r.incarnation,
+                    s.digest(&r.name, r.incarnation),
+                )
+            }
+            None => {
+                let d = query_digest(primary, f.conn, opts.request_timeout, deadline)
+                    .await
+                    .map_err(|why| setup(format!("ask {} for its log", endpoints[i]))(why))?;
+                if d.applied_lsn != log.len() as u64 || d.digest != digest {
+                    return Err(ReplicationError::Diverged {
+                        replica: d.replica,
+                        detail: format!(
+                            "it holds {} records, digest {:016x}; the primary {} records, digest {digest:016x}",
+                            d.applied_lsn,
+                            d.digest,
+                            log.len()
+                        ),
+                    });
+                }
+                (d.replica.clone(), f.lives, d)
+            }
+        };
         reports.push(ReplicaReport {
-            name: r.name.clone(),
-            endpoint: r.endpoint.clone(),
-            incarnations: r.incarnation,
-            applied_lsn: s.log.applied_lsn(),
-            batches_applied: s.batches_applied,
-            duplicates_ignored: s.duplicates,
-            gaps_reported: s.gaps,
+            name,
+            endpoint: endpoints[i].clone(),
+            incarnations,
+            applied_lsn: held.applied_lsn,
+            batches_applied: held.batches_applied,
+            duplicates_ignored: held.duplicates_ignored,
+            gaps_reported: held.gaps_reported,
             batches_sent: f.sent,
             batches_resent: f.resent,
             failed_requests: f.failed,
+            digest: held.digest,
+            confirm_latency: Latency::from_samples(f.confirm_samples),
+            max_lag: f.max_lag,
+            caught_up_after: f.caught_up_after,
         });
     }
     let kill = match kill {
@@ -828,6 +1192,8 @@ async fn drive(
         records: log.len() as u64,
         elapsed,
         commit_latency: Latency::from_samples(latencies),
+        longest_commit_gap,
+        digest,
         replicas: reports,
         kill,
         primary_stats: primary.stats(),
@@ -890,6 +1256,23 @@ mod tests {
         old.term = 1;
         assert_eq!(log.apply(&old), AppendOutcome::StaleTerm);
         assert_eq!(log.applied_lsn(), 5);
+    }
+
+    #[test]
+    fn a_query_is_never_taken_for_a_batch_and_digests_tell_logs_apart() {
+        let query = to_msgpack(&LogQuery {
+            query: DigestTag::Digest,
+        })
+        .unwrap();
+        assert!(from_msgpack::<AppendBatch>(&query).is_err());
+        assert!(from_msgpack::<LogQuery>(&to_msgpack(&batch(1, 2)).unwrap()).is_err());
+        assert!(from_msgpack::<LogQuery>(&query).is_ok());
+        let a: Vec<_> = (1..=3).map(|l| record(l, 0)).collect();
+        let mut b = a.clone();
+        b[2].value = "v4".into();
+        assert_eq!(log_digest(&a), log_digest(&a.clone()));
+        assert_ne!(log_digest(&a), log_digest(&b));
+        assert_ne!(log_digest(&a), log_digest(&a[..2]));
     }
 
     #[test]

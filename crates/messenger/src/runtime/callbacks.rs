@@ -249,7 +249,9 @@ impl Callbacks {
     /// since: then running only drops the stale entry). `None`: nothing
     /// waits.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        (0..SHARDS).filter_map(|i| self.shard(i).deadlines.next()).min()
+        (0..SHARDS)
+            .filter_map(|i| self.shard(i).deadlines.next())
+            .min()
     }
 
     /// Fails every callback whose deadline has passed at `now` with

@@ -16,14 +16,14 @@ use super::listener::engine_config;
 use crate::address::{ConnectionId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::ConnectError;
-use crate::runtime::server_loop::{self, Handler};
-use crate::runtime::socket::{Open, Opening, SocketTasks};
-use crate::runtime::shared::Shared;
-use crate::transport::unacked::Unacked;
 use crate::runtime::inproc;
+use crate::runtime::server_loop::{self, Handler};
+use crate::runtime::shared::Shared;
+use crate::runtime::socket::{Open, Opening, SocketTasks};
 use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::stats::bump;
 use crate::transport::stream;
+use crate::transport::unacked::Unacked;
 use zmtp::Role;
 
 /// Opens a connection (our DEALER) to `endpoint`: dials it (retrying what
@@ -220,14 +220,12 @@ fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
         End::HandshakeTimeout => ConnectError::Timeout(endpoint),
         End::Zmtp(source) => ConnectError::Handshake { endpoint, source },
         End::Io(source) => ConnectError::Refused { endpoint, source },
-        End::PeerClosed
-        | End::Stopped
-        | End::Evicted
-        | End::Auth(_)
-        | End::PartialBudget => ConnectError::Refused {
-            endpoint,
-            source: std::io::ErrorKind::ConnectionReset.into(),
-        },
+        End::PeerClosed | End::Stopped | End::Evicted | End::Auth(_) | End::PartialBudget => {
+            ConnectError::Refused {
+                endpoint,
+                source: std::io::ErrorKind::ConnectionReset.into(),
+            }
+        }
     }
 }
 

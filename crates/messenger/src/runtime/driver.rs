@@ -513,7 +513,8 @@ impl Conn {
     ) -> Result<(), End> {
         let held = outbox.hold();
         let now = crate::clock::now();
-        let mut woke = first.is_some_and(|m| woke_a_task(shared.process(socket, session, dedup, m, now)));
+        let mut woke =
+            first.is_some_and(|m| woke_a_task(shared.process(socket, session, dedup, m, now)));
         let result = self.process_buffered(socket, session, shared, dedup, now);
         if let Ok(w) = result {
             woke |= w;
@@ -559,7 +560,8 @@ impl Conn {
                     }
                     match socket.parse_frames(self.engine.frames()) {
                         Ok(payload) => {
-                            woke |= woke_a_task(shared.process(socket, session, dedup, payload, now))
+                            woke |=
+                                woke_a_task(shared.process(socket, session, dedup, payload, now))
                         }
                         Err(e) => socket.malformed(&e),
                     }

@@ -18,18 +18,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Conn, End, PartialBudget};
-use crate::proto::auth::{AuthError, Verifier};
-use crate::proto::wire;
 use crate::address::{ListenerId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::BindError;
+use crate::proto::auth::{AuthError, Verifier};
+use crate::proto::wire;
+use crate::runtime::inproc;
 use crate::runtime::server_loop::{self, Handler};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Open, Opening, SocketTasks};
-use crate::runtime::inproc;
-use crate::transport::stream;
 use crate::runtime::socket::{Out, RouteError, Session, SocketCtx};
 use crate::stats::bump;
+use crate::transport::stream;
 use crate::transport::stream::{Listener, Stream};
 use zmtp::{EngineConfig, Limits, MechanismConfig, Role, SocketType};
 
@@ -69,7 +69,10 @@ pub(crate) async fn open(
         }
         (_, Some(l)) => {
             let settings = Arc::new(PeerSettings {
-                auth: cfg.auth.clone().map(|s| std::sync::Mutex::new(Verifier::new(s))),
+                auth: cfg
+                    .auth
+                    .clone()
+                    .map(|s| std::sync::Mutex::new(Verifier::new(s))),
                 partial: Arc::new(PartialBudget::new(cfg.max_partial_bytes)),
             });
             let span = tracing::info_span!("listener", endpoint = %bound);

@@ -157,10 +157,8 @@ impl Shared {
                 .reserve(self.config.max_pending_messages, reply.len(), id)
             {
                 Ok(place) => {
-                    let deadline = crate::proto::deadlines::deadline_after(
-                        now,
-                        self.config.request_timeout,
-                    );
+                    let deadline =
+                        crate::proto::deadlines::deadline_after(now, self.config.request_timeout);
                     // A set at its hard limit only costs this answer its
                     // resends.
                     if let Ok(true) = place.insert(id, reply.clone(), now, deadline, None) {

@@ -94,7 +94,9 @@ impl Waits {
     /// The deadline of what the send leads to (the reply, the ACK), at
     /// `now`: what the waits used is spent.
     fn deadline(&self, now: Instant) -> Instant {
-        let waited = self.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let waited = self
+            .since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         deadline_after(now, self.timeout.saturating_sub(waited))
     }
 }
@@ -241,9 +243,8 @@ impl Shared {
         };
         let deadline = waits.deadline(self.now());
         let mut sending = Sending::new(self, None);
-        let (msg_id, cb_id) = self.number(&mut out, deadline, || {
-            socket.next_msg_id_for(session)
-        })?;
+        let (msg_id, cb_id) =
+            self.number(&mut out, deadline, || socket.next_msg_id_for(session))?;
         sending.numbered(msg_id, cb_id);
         let mut msg = Payload {
             msg_id,

@@ -566,7 +566,6 @@ impl SocketCtx {
         lock(&self.routes).len()
     }
 
-
     /// A listener's new session for `identity` (empty: anonymous, given a
     /// generated id). Refused if the id belongs to a live session: the live
     /// one is left untouched (libzmq's ROUTER without ROUTER_HANDOVER).
@@ -818,17 +817,25 @@ impl SocketCtx {
     /// resend or deadline of its unacknowledged set, or a reply waiting
     /// for room meeting its deadline.
     pub(crate) fn poll_timeout(&self, session: &Session) -> Option<std::time::Instant> {
-        [session.unacked.poll_timeout(), session.replies.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            session.unacked.poll_timeout(),
+            session.replies.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The session's timer fired at `now`: resends what is due (over
     /// `session`, or nowhere while a connection's link is down), fails what
     /// is past its deadline, and sends or drops the replies waiting for
     /// room.
-    pub(crate) fn handle_timeout(&self, session: Option<&Session>, unacked: &Unacked, now: std::time::Instant) {
+    pub(crate) fn handle_timeout(
+        &self,
+        session: Option<&Session>,
+        unacked: &Unacked,
+        now: std::time::Instant,
+    ) {
         let tick = unacked.handle_timeout(now, session.is_some());
         if let Some(session) = session {
             for payload in tick.resend {
@@ -995,7 +1002,6 @@ impl SocketTasks {
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tracker.spawn(task);
     }
-
 
     /// Stops the socket without waiting (it is dropped, or the messenger
     /// is): its tasks end by themselves.
