@@ -169,6 +169,7 @@ fuzz_target!(|input: &[u8]| {
             role: if server { Role::Server } else { Role::Client },
             socket_type: our_type,
             identity: Bytes::from_static(b"us"),
+            properties: Vec::new(),
             limits,
             handshake_timeout,
             heartbeat: (b0 & 4 != 0).then_some(Heartbeat {
@@ -189,6 +190,7 @@ fuzz_target!(|input: &[u8]| {
             role: if server { Role::Client } else { Role::Server },
             socket_type: their_type,
             identity: Bytes::from_static(b"them"),
+            properties: Vec::new(),
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(3600),
             heartbeat: None,

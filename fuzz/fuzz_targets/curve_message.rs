@@ -78,6 +78,7 @@ fuzz_target!(|input: &[u8]| {
         role,
         socket_type,
         identity: Bytes::new(),
+        properties: Vec::new(),
         limits,
         handshake_timeout: Duration::from_secs(5),
         heartbeat: None,

@@ -488,6 +488,7 @@ fuzz_target!(|input: &[u8]| {
             role,
             socket_type,
             identity: identity.clone(),
+            properties: Vec::new(),
             limits,
             handshake_timeout,
             heartbeat,

@@ -366,6 +366,7 @@ fuzz_target!(|input: &[u8]| {
         role,
         socket_type,
         identity: identity.clone(),
+        properties: Vec::new(),
         limits: Limits::default(),
         handshake_timeout,
         heartbeat,

@@ -309,6 +309,7 @@ fn config(role: Role, socket_type: SocketType, mechanism: MechanismConfig) -> En
         role,
         socket_type,
         identity: Bytes::from_static(b"rust"),
+        properties: Vec::new(),
         limits: Limits::default(),
         handshake_timeout: WAIT,
         heartbeat: Some(Heartbeat {

@@ -857,6 +857,7 @@ impl RawDealer {
             role: Role::Client,
             socket_type: SocketType::Dealer,
             identity: Bytes::from_static(identity),
+            properties: Vec::new(),
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(5),
             heartbeat: None,

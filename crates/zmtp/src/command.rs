@@ -155,6 +155,21 @@ pub struct Metadata {
     pub socket_type: SocketType,
     /// The peer's routing id; empty when it announced none.
     pub identity: Bytes,
+    /// Application properties (ZMTP 3.1's `X-` names), as given: for the
+    /// socket layer above to read. Names keep their case; their values
+    /// share the command's buffer.
+    pub properties: Vec<(Bytes, Bytes)>,
+}
+
+impl Metadata {
+    /// The first application property named `name` (compared without
+    /// regard to case, as every property name is).
+    pub fn property(&self, name: &[u8]) -> Option<&Bytes> {
+        self.properties
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
 }
 
 const SOCKET_TYPE: &[u8] = b"Socket-Type";
@@ -167,11 +182,12 @@ fn name_char(b: u8) -> bool {
 impl Metadata {
     /// Parses READY's metadata exactly as RFC 37 gives it: every property
     /// is checked, names are case-insensitive, `Socket-Type` is required
-    /// and neither it nor `Identity` may appear twice. Other properties
-    /// are read past and ignored.
+    /// and neither it nor `Identity` may appear twice. Application
+    /// properties (`X-` names) are kept; others are read past and ignored.
     pub fn parse(data: &Bytes) -> Result<Metadata, MetadataError> {
         let mut socket_type = None;
         let mut identity: Option<Bytes> = None;
+        let mut properties = Vec::new();
         let mut at = 0usize;
         while at < data.len() {
             let name_len = usize::from(*data.get(at).ok_or(MetadataError::Truncated)?);
@@ -179,9 +195,8 @@ impl Metadata {
             if name_len == 0 {
                 return Err(MetadataError::EmptyName);
             }
-            let name = data
-                .get(at..at + name_len)
-                .ok_or(MetadataError::Truncated)?;
+            let name_at = at..at + name_len;
+            let name = data.get(name_at.clone()).ok_or(MetadataError::Truncated)?;
             if !name.iter().copied().all(name_char) {
                 return Err(MetadataError::NameChar);
             }
@@ -219,24 +234,42 @@ impl Metadata {
                     return Err(MetadataError::IdentityReserved);
                 }
                 identity = Some(value);
+            } else if name.get(..2).is_some_and(|x| x.eq_ignore_ascii_case(b"X-")) {
+                // Both ranges were read above: they are in the buffer.
+                properties.push((data.slice(name_at), data.slice(at..end)));
             }
             at = end;
         }
         Ok(Metadata {
             socket_type: socket_type.ok_or(MetadataError::NoSocketType)?,
             identity: identity.unwrap_or_default(),
+            properties,
         })
     }
 }
 
 /// READY's body: `Socket-Type` and, when not empty, `Identity`.
 pub fn encode_ready_body(socket_type: SocketType, identity: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(64 + identity.len());
+    encode_ready_body_with(socket_type, identity, &[])
+}
+
+/// [`encode_ready_body`] with application properties after the two (names
+/// 1-255 bytes of `A-Za-z0-9-_.+`, conventionally `X-...`).
+pub fn encode_ready_body_with(
+    socket_type: SocketType,
+    identity: &[u8],
+    properties: &[(Bytes, Bytes)],
+) -> Bytes {
+    let extra: usize = properties.iter().map(|(n, v)| 5 + n.len() + v.len()).sum();
+    let mut b = BytesMut::with_capacity(64 + identity.len() + extra);
     b.put_u8(5);
     b.put_slice(b"READY");
     put_property(&mut b, SOCKET_TYPE, socket_type.as_str().as_bytes());
     if !identity.is_empty() {
         put_property(&mut b, IDENTITY, identity);
+    }
+    for (name, value) in properties {
+        put_property(&mut b, name, value);
     }
     b.freeze()
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use std::time::Instant;
 
-use super::command::{Command, encode_ready_body, ping_body, pong_body};
+use super::command::{Command, encode_ready_body_with, ping_body, pong_body};
 use super::frame::{Decoded, Encoder, FrameDecoder};
 use super::greeting::{GREETING_LEN, Greeting};
 use super::keys::CurvePublicKey;
@@ -106,6 +106,9 @@ pub struct EngineConfig {
     pub socket_type: SocketType,
     /// Our routing id, sent in READY (empty: none).
     pub identity: Bytes,
+    /// Application properties sent in READY after the two ZMTP's own
+    /// (`X-` names; see [`Metadata::properties`](crate::Metadata)).
+    pub properties: Vec<(Bytes, Bytes)>,
     /// What the peer's frames may make us hold.
     pub limits: Limits,
     /// Time allowed from [`Engine::new`] to the end of the handshake.
@@ -136,6 +139,8 @@ pub struct PeerInfo {
     /// client's, for the socket layer to authorise; at a client, the
     /// server's). None under NULL.
     pub curve_public_key: Option<CurvePublicKey>,
+    /// Its READY's application properties (`X-` names).
+    pub properties: Vec<(Bytes, Bytes)>,
 }
 
 /// What [`Engine::decode`] produced.
@@ -220,7 +225,7 @@ impl Engine {
             socket_type: config.socket_type,
             heartbeat: config.heartbeat,
             state: State::Greeting,
-            ready: encode_ready_body(config.socket_type, &config.identity),
+            ready: encode_ready_body_with(config.socket_type, &config.identity, &config.properties),
             greeting: [0; GREETING_LEN],
             greeting_have: 0,
             peer_greeting: None,
@@ -471,6 +476,7 @@ impl Engine {
                 Ok(Some(Event::PeerReady(PeerInfo {
                     socket_type: metadata.socket_type,
                     identity: metadata.identity,
+                    properties: metadata.properties,
                     version: (greeting.major, greeting.minor),
                     mechanism: greeting.mechanism,
                     curve_public_key: curve_key,
@@ -697,6 +703,7 @@ mod tests {
             role,
             socket_type,
             identity: Bytes::from_static(identity),
+            properties: Vec::new(),
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(5),
             heartbeat: None,
@@ -1121,7 +1128,10 @@ mod tests {
         let mut e = Engine::new(config(Role::Server, SocketType::Router, b""), now);
         let mut b = BytesMut::from(&Greeting::encode(MechanismName::NULL, false)[..]);
         b.extend_from_slice(&[0x01, 1, b'x']);
-        Encoder::null().command(&mut b, &encode_ready_body(SocketType::Dealer, b"c"));
+        Encoder::null().command(
+            &mut b,
+            &super::super::command::encode_ready_body(SocketType::Dealer, b"c"),
+        );
         assert_eq!(e.decode(&mut b, now), Err(ZmtpError::MessageBeforeReady));
     }
 

@@ -45,7 +45,7 @@ mod header;
 mod keys;
 mod mechanism;
 
-pub use command::{Command, Metadata, MetadataError, encode_ready_body};
+pub use command::{Command, Metadata, MetadataError, encode_ready_body, encode_ready_body_with};
 pub use engine::{
     Engine, EngineConfig, Event, Heartbeat, PeerInfo, ReceivePace, Role, deadline_after,
 };

@@ -16,6 +16,7 @@ use super::listener::engine_config;
 use crate::address::{ConnectionId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::ConnectError;
+use crate::proto::dedup::DedupWindow;
 use crate::runtime::inproc;
 use crate::runtime::server_loop::{self, Handler};
 use crate::runtime::shared::Shared;
@@ -281,7 +282,13 @@ pub(crate) async fn drive(
     let (mut link, mut session) = first;
     loop {
         let end = match &mut link {
-            Link::Wire(conn) => conn.traffic(&socket, &session, &shared, &stop, None).await,
+            Link::Wire(conn) => {
+                // The listener numbers its messages to us afresh on every
+                // session: a fresh window for them.
+                let mut window = DedupWindow::new(socket.config.dedup_window);
+                conn.traffic(&socket, &session, &shared, &stop, None, &mut window)
+                    .await
+            }
             Link::Inproc(conn) => conn.traffic(&socket, &session, &stop).await,
         };
         shared.end_session(&socket, &session);

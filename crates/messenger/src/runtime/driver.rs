@@ -384,16 +384,15 @@ impl Conn {
         shared: &Shared,
         stop: &CancellationToken,
         first: Option<crate::proto::wire::Payload>,
+        dedup: &mut DedupWindow,
     ) -> End {
         let Out::Wire(outbox) = &session.out else {
             return End::Stopped;
         };
-        let cfg = &socket.config;
-        let mut dedup = DedupWindow::new(cfg.dedup_window);
         let mut first = first;
         // Messages pipelined behind the handshake are already here.
         if let Err(end) = self
-            .read_batch(socket, session, shared, outbox, &mut dedup, first.take())
+            .read_batch(socket, session, shared, outbox, dedup, first.take())
             .await
         {
             return end;
@@ -453,6 +452,14 @@ impl Conn {
                 Step::Timer => {
                     armed = None;
                     let now = crate::clock::now();
+                    // Bytes that arrived before the timer fired, but that
+                    // this task has not read yet (it was busy, or the
+                    // machine is), are a sign of life all the same: a
+                    // PONG among them must not lose the race. (They do not
+                    // move a slow message's deadline.)
+                    if self.stream.has_input() {
+                        self.engine.received(now);
+                    }
                     if let Err(e) = self.engine.handle_timeout(now) {
                         return End::from(e);
                     }
@@ -468,7 +475,7 @@ impl Conn {
                             Ok(0) => return End::PeerClosed,
                             Ok(_) => {
                                 if let Err(end) = self
-                                    .read_batch(socket, session, shared, outbox, &mut dedup, None)
+                                    .read_batch(socket, session, shared, outbox, dedup, None)
                                     .await
                                 {
                                     return end;

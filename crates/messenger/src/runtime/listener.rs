@@ -13,15 +13,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{Conn, End, PartialBudget};
+use super::windows::{self, INCARNATION, Windows};
 use crate::address::{ListenerId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::BindError;
 use crate::proto::auth::{AuthError, Verifier};
+use crate::proto::dedup::DedupWindow;
 use crate::proto::wire;
 use crate::runtime::inproc;
 use crate::runtime::server_loop::{self, Handler};
@@ -74,6 +77,7 @@ pub(crate) async fn open(
                     .clone()
                     .map(|s| std::sync::Mutex::new(Verifier::new(s))),
                 partial: Arc::new(PartialBudget::new(cfg.max_partial_bytes)),
+                windows: Windows::new(cfg.max_connections_per_listener, cfg.request_timeout),
             });
             let span = tracing::info_span!("listener", endpoint = %bound);
             let accept = accept_loop(
@@ -107,6 +111,8 @@ pub(crate) struct PeerSettings {
     /// What the peers' read buffers may hold together for messages still
     /// arriving (`Config::max_partial_bytes`).
     pub(crate) partial: Arc<PartialBudget>,
+    /// Duplicate windows of peers whose session ended, for their next one.
+    pub(crate) windows: Windows,
 }
 
 /// What a peer's frames may make us hold before it has proven itself (a
@@ -119,11 +125,11 @@ const UNPROVEN: Limits = Limits {
     max_command: crate::config::MIN_COMMAND_SIZE,
 };
 
-/// The ZMTP side of a socket of ours, from its configuration.
 /// The ERROR reason for a CURVE client not on the allow-list: ZAP's status
 /// code for an authentication failure, the one libzmq reports as such.
 const CURVE_NOT_ALLOWED: &str = "400";
 
+/// The ZMTP side of a socket of ours, from its configuration.
 pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
     let cfg = &socket.config;
     EngineConfig {
@@ -134,6 +140,13 @@ pub(crate) fn engine_config(socket: &SocketCtx, role: Role) -> EngineConfig {
             SocketType::Dealer
         },
         identity: socket.identity.clone(),
+        // A connection says which run of it this is, so a listener can
+        // keep its duplicate window across its sessions (see `windows`).
+        properties: socket
+            .incarnation
+            .map(|i| (Bytes::from_static(INCARNATION), Bytes::copy_from_slice(&i)))
+            .into_iter()
+            .collect(),
         limits: cfg.zmtp_limits(),
         // A connection's handshake is part of its dial: a listener at its
         // connection limit holds newcomers unanswered, and a dial that was
@@ -558,6 +571,7 @@ async fn serve_peer(
     let unacked = socket.session_unacked();
     // Cancelled at shutdown, or alone when the session gives way.
     let give_way = stop.child_token();
+    let announced = !peer.identity.is_empty();
     let added = socket.add_route(peer.identity, |id| {
         Session::new(id, head, Out::Wire(outbox), unacked)
             .evictable(give_way.clone(), socket.millis(crate::clock::now()))
@@ -576,15 +590,33 @@ async fn serve_peer(
         }
     };
     tracing::debug!(peer = ?session.peer, "session begins");
+    // A peer that announced its routing id and which run of it this is may
+    // have left a window with its previous session: what it resends from
+    // before is then still a duplicate. Taken once the old session is off
+    // the routing table (add_route succeeded), so it has been kept.
+    let incarnation = windows::incarnation_of(&peer.properties).filter(|_| announced);
+    let mut window = incarnation
+        .and_then(|i| {
+            settings
+                .windows
+                .reclaim(&session.peer, i, crate::clock::now())
+        })
+        .unwrap_or_else(|| DedupWindow::new(cfg.dedup_window));
     // The proof is recorded and ACKed like any message (callback 3
     // delivers nothing).
     let end = match conn
-        .traffic(socket, &session, shared, &give_way, proof)
+        .traffic(socket, &session, shared, &give_way, proof, &mut window)
         .await
     {
         End::Stopped if !stop.is_cancelled() => End::Evicted,
         end => end,
     };
+    // Kept before the session leaves the routing table: a new session of
+    // the same peer can only begin after that.
+    if let (Some(i), false) = (incarnation, matches!(end, End::Stopped)) {
+        let now = crate::clock::now();
+        settings.windows.keep(session.peer.clone(), i, window, now);
+    }
     shared.end_session(socket, &session);
     end.report(socket);
     // Shutdown: what is queued gets the linger. A peer that left gets a

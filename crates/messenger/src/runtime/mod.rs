@@ -23,6 +23,7 @@
 //! inproc.rs      in-process pairs: messages land from the sender's task
 //! server_loop.rs server-loop tasks and their Responder
 //! replies.rs     replies a session owes its peer, and those waiting for room
+//! windows.rs     a listener's duplicate windows, kept across a peer's sessions
 //! ```
 
 pub(crate) mod callbacks;
@@ -36,3 +37,4 @@ pub(crate) mod send;
 pub(crate) mod server_loop;
 pub(crate) mod shared;
 pub(crate) mod socket;
+pub(crate) mod windows;
