@@ -97,6 +97,12 @@ pub struct PendingSet<W> {
     /// The shortest resend timeout (the configured interval); the round
     /// trips measured from ACKs may make it longer ([`RttEstimate::rto`]).
     interval: Duration,
+    /// The slowest rate a message is expected to arrive at: a message of
+    /// `len` bytes is given `len / rate` more before it is resent, since its
+    /// ACK cannot come before all of it has arrived (a 4 MiB reply on a
+    /// loaded machine was resent while still arriving). `None`: no
+    /// allowance.
+    rate: Option<u64>,
     /// No message is due (for a resend, or at its deadline) before this:
     /// lowered by every insert, recomputed by every timeout handled.
     /// `None`: nothing is held.
@@ -112,13 +118,23 @@ pub struct SetFull(pub usize);
 pub struct Tick<W> {
     /// Messages to send again.
     pub resend: Vec<Bytes>,
-    /// Messages past their deadline, removed, with their waiters.
-    pub expired: Vec<(MsgKey, Option<W>)>,
+    /// Messages past their deadline, removed: their ids, payloads and
+    /// waiters.
+    pub expired: Vec<(MsgKey, Bytes, Option<W>)>,
 }
 
-/// When `e` is next due for a resend under resend timeout `rto`.
-fn last_due<W>(e: &Entry<W>, rto: Duration) -> Instant {
-    e.last_sent + rto.saturating_mul(1 << e.resends.min(3))
+/// When `e` is next due for a resend under resend timeout `rto`, with
+/// `transfer` of its size to arrive.
+fn last_due<W>(e: &Entry<W>, rto: Duration, transfer: impl Fn(usize) -> Duration) -> Instant {
+    e.last_sent + rto.saturating_mul(1 << e.resends.min(3)) + transfer(e.payload.len())
+}
+
+/// How long `len` bytes take at `rate` bytes a second (none without one).
+fn at_rate(rate: Option<u64>) -> impl Fn(usize) -> Duration {
+    move |len| match rate {
+        Some(r) if r > 0 => Duration::from_millis((len as u64).saturating_mul(1000) / r),
+        _ => Duration::ZERO,
+    }
 }
 
 impl<W> PendingSet<W> {
@@ -132,8 +148,16 @@ impl<W> PendingSet<W> {
             bytes: 0,
             order: VecDeque::new(),
             interval,
+            rate: None,
             next_due: None,
         }
+    }
+
+    /// Gives each message its size at `bytes_per_sec` on top of the resend
+    /// timeout (see `rate`).
+    pub fn with_transfer_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.rate = Some(bytes_per_sec);
+        self
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run (it may
@@ -170,7 +194,8 @@ impl<W> PendingSet<W> {
             Some(old) => self.bytes -= old.payload.len(),
             None => self.order.push_back(key),
         }
-        let due = (now + self.rtt.rto(self.interval)).min(deadline);
+        let len = self.entries.get(&key).map_or(0, |e| e.payload.len());
+        let due = (now + self.rtt.rto(self.interval) + at_rate(self.rate)(len)).min(deadline);
         self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
         Ok(())
     }
@@ -227,21 +252,22 @@ impl<W> PendingSet<W> {
             .extract_if(|_, e| e.deadline <= now)
             .map(|(k, e)| {
                 *bytes -= e.payload.len();
-                (k, e.waiter)
+                (k, e.payload, e.waiter)
             })
             .collect();
         let rto = self.rtt.rto(self.interval);
+        let transfer = at_rate(self.rate);
         let mut due: Vec<(MsgKey, Bytes)> = Vec::new();
         let mut next: Option<Instant> = None;
         for (&id, e) in self.entries.iter_mut() {
-            let at = last_due(e, rto);
+            let at = last_due(e, rto, &transfer);
             if resending && at <= now {
                 e.last_sent = now;
                 e.resends += 1;
                 due.push((id, e.payload.clone()));
             }
             let again = if resending {
-                last_due(e, rto)
+                last_due(e, rto, &transfer)
             } else {
                 e.deadline
             };
@@ -549,6 +575,33 @@ mod tests {
         // Their ACKs give no round-trip sample (Karn).
         s.ack_at(&key(1), now + Duration::from_millis(5));
         assert_eq!(s.rtt().srtt(), None);
+    }
+
+    #[test]
+    fn a_large_message_is_given_its_transfer_time_before_a_resend() {
+        let t0 = Instant::now();
+        let iv = Duration::from_secs(1);
+        let mut s: PendingSet<()> = PendingSet::new(10, iv).with_transfer_rate(1 << 20);
+        let big = Bytes::from(vec![0u8; 4 << 20]);
+        s.insert(key(1), big, t0, t0 + Duration::from_secs(60), None)
+            .unwrap();
+        s.insert(key(2), Bytes::new(), t0, t0 + Duration::from_secs(60), None)
+            .unwrap();
+        assert_eq!(s.poll_timeout(), Some(t0 + iv), "the small one first");
+        let t = s.handle_timeout(t0 + iv, true);
+        assert_eq!(t.resend, [Bytes::new()], "4 MiB at 1 MiB/s: 4 s more");
+        s.ack(&key(2));
+        assert!(
+            s.handle_timeout(t0 + Duration::from_millis(4999), true)
+                .resend
+                .is_empty()
+        );
+        assert_eq!(
+            s.handle_timeout(t0 + Duration::from_secs(5), true)
+                .resend
+                .len(),
+            1
+        );
     }
 
     #[test]

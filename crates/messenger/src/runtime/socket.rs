@@ -336,6 +336,10 @@ pub(crate) struct SocketCtx {
     /// Our routing id: sent in READY, and as the first frame of everything
     /// a listener sends.
     pub(crate) identity: Bytes,
+    /// A connection's run, sent in READY (`X-Incarnation`): random, fixed
+    /// for its life, so a listener keeps its duplicate window across the
+    /// connection's sessions (`runtime::windows`). None on a listener.
+    pub(crate) incarnation: Option<[u8; 8]>,
     /// The server-loop callback's queue (listeners, and connections made
     /// with one).
     pub(crate) slc: Option<SlcQueue>,
@@ -369,6 +373,21 @@ pub(crate) struct SocketCtx {
     epoch: std::time::Instant,
 }
 
+/// A new connection's incarnation: random, so no two runs share one. Should
+/// the system's generator fail, the time stands in (a run that starts in
+/// the same nanosecond as another of the same routing id is the only
+/// clash).
+fn incarnation() -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = nanos.to_be_bytes();
+    }
+    bytes
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -382,11 +401,12 @@ impl SocketCtx {
         stats: Arc<Stats>,
         config: Arc<crate::Config>,
     ) -> Self {
-        let unacked =
-            matches!(kind, SocketKind::Connection(_)).then(|| Arc::new(Unacked::new(&config)));
+        let dialled = matches!(kind, SocketKind::Connection(_));
+        let unacked = dialled.then(|| Arc::new(Unacked::new(&config)));
         SocketCtx {
             origin: Arc::new(Origin { endpoint, kind }),
             identity,
+            incarnation: dialled.then(incarnation),
             slc,
             stats,
             closed: AtomicBool::new(false),
@@ -848,11 +868,13 @@ impl SocketCtx {
             self.flush_replies(session, now);
         }
         let mut unwaited = 0u64;
-        for (_, waiter) in tick.expired {
+        for (_, payload, waiter) in tick.expired {
             match waiter {
                 Some(w) => {
                     let _ = w.send(Err(RequestError::Timeout));
                 }
+                // A request's callback learns of its own deadline.
+                None if wire::parse(&payload).is_ok_and(|p| p.src_cb != wire::NOOP) => {}
                 None => unwaited += 1,
             }
         }

@@ -116,27 +116,32 @@ impl Outbox {
         len: usize,
         encode: impl FnOnce(&mut Encoder, &mut BytesMut),
     ) -> Result<(), Push> {
-        self.push_below(self.limit, len, encode)
+        self.push_below(|st| self.takes(st), len, encode)
     }
 
     /// [`push`](Self::push) for an ACK or a command (PONG, PING): taken
-    /// until the buffer holds twice its limit. Each is a few dozen bytes,
-    /// and each one dropped costs a resend of what it answers (up to
-    /// 16 MiB) a second later: a peer's ACK was dropped whenever it
-    /// arrived while a sender was still counting a large message it had
-    /// just written. Still bounded: a listener stops reading a peer whose
+    /// until the bytes *waiting* (not those a writer is writing now) reach
+    /// twice the limit. Each is a few dozen bytes, and each one dropped
+    /// costs a resend of what it answers (up to 16 MiB) a second later: a
+    /// peer's ACK was dropped whenever it arrived while a writer, still
+    /// busy with (or descheduled just after) a large message, counted it
+    /// in flight. Still bounded: a listener stops reading a peer whose
     /// buffer is half full, and these only answer what was read.
     pub(crate) fn push_control(
         &self,
         len: usize,
         encode: impl FnOnce(&mut Encoder, &mut BytesMut),
     ) -> Result<(), Push> {
-        self.push_below(self.limit.saturating_mul(2), len, encode)
+        self.push_below(
+            |st| st.buf.len() < self.limit.saturating_mul(2),
+            len,
+            encode,
+        )
     }
 
     fn push_below(
         &self,
-        bound: usize,
+        room: impl FnOnce(&State) -> bool,
         len: usize,
         encode: impl FnOnce(&mut Encoder, &mut BytesMut),
     ) -> Result<(), Push> {
@@ -144,7 +149,7 @@ impl Outbox {
         if st.closed {
             return Err(Push::Closed);
         }
-        if st.buf.len() + st.inflight >= bound {
+        if !room(&st) {
             return Err(Push::Full);
         }
         let State { encoder, buf, .. } = &mut *st;

@@ -73,6 +73,20 @@ impl Stream {
     }
 
     /// Half-closes our side, so the peer reads EOF after what we wrote.
+    /// Whether bytes (or the peer's close) wait in the kernel to be read,
+    /// asked of the socket itself: tokio's readiness is only as fresh as
+    /// its reactor's last turn, and a task whose timer fires on a loaded
+    /// machine may not have seen the PONG that arrived just before.
+    pub(crate) fn has_input(&self) -> bool {
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+        };
+        let mut one = [std::mem::MaybeUninit::<u8>::uninit()];
+        // Non-blocking (tokio's sockets are): WouldBlock when nothing waits.
+        sock.peek(&mut one).is_ok()
+    }
+
     pub(crate) fn shutdown_write(&self) {
         let sock = match self {
             Stream::Tcp(s) => socket2::SockRef::from(s),

@@ -66,7 +66,8 @@ impl Unacked {
         let interval = config.resend_interval.unwrap_or(std::time::Duration::MAX);
         Unacked {
             inner: Mutex::new(Inner {
-                set: PendingSet::new(config.max_pending_messages, interval),
+                set: PendingSet::new(config.max_pending_messages, interval)
+                    .with_transfer_rate(config.min_receive_rate),
                 reserved: 0,
                 reserved_bytes: 0,
             }),
