@@ -101,7 +101,10 @@ async fn without_eviction_silent_peers_keep_newcomers_out() {
         let _squatters = silent_peers(&bound.endpoint, LIMIT).await;
         // Idle past `IDLE_AFTER` (wall time), which would be enough to give way.
         tokio::time::sleep(IDLE_AFTER + Duration::from_millis(100)).await;
-        let client = messenger::Messenger::new("newcomer").unwrap();
+        let client = messenger::Messenger::builder()
+            .identity("newcomer")
+            .build()
+            .unwrap();
         let waited = tokio::time::timeout(
             Duration::from_secs(1),
             client.make_connection(&bound.endpoint),

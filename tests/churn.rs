@@ -585,7 +585,10 @@ async fn probe(
     closing: &mut Vec<tokio::task::JoinHandle<bool>>,
 ) -> Result<Duration, String> {
     let start = Instant::now();
-    let m = Messenger::new(format!("probe-{n}")).map_err(|e| format!("Messenger::new: {e}"))?;
+    let m = Messenger::builder()
+        .identity(format!("probe-{n}"))
+        .build()
+        .map_err(|e| format!("Messenger::new: {e}"))?;
     let run = async {
         let conn = m
             .make_connection(endpoint)

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use common::serve::ServeProcess;
 use common::{Answer, eventually, serve_seen, within};
-use messenger::{Config, Curve, CurveKeyPair, CurvePublicKey, ECHO, Endpoint, Messenger, NOOP};
+use messenger::curve::{KeyPair, PublicKey};
+use messenger::{Config, Curve, ECHO, Endpoint, Messenger, NOOP};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,7 +99,7 @@ async fn cli_fails(args: &[&str]) -> String {
 
 /// A key pair made by `messenger keygen --out DIR/NAME`: the secret
 /// certificate's path and the public key it printed.
-async fn keygen(dir: &Path, name: &str) -> (PathBuf, CurvePublicKey) {
+async fn keygen(dir: &Path, name: &str) -> (PathBuf, PublicKey) {
     let cert = dir.join(name);
     let stdout = cli_ok(&["keygen", "--out", path(&cert)]).await;
     let key = stdout
@@ -135,7 +136,7 @@ fn tcp_addr(e: &Endpoint) -> SocketAddr {
     }
 }
 
-fn curve_client(keys: CurveKeyPair, server_key: CurvePublicKey) -> Config {
+fn curve_client(keys: KeyPair, server_key: PublicKey) -> Config {
     Config {
         curve: Some(Curve {
             keys,
@@ -146,7 +147,7 @@ fn curve_client(keys: CurveKeyPair, server_key: CurvePublicKey) -> Config {
     }
 }
 
-fn curve_server(keys: CurveKeyPair) -> Config {
+fn curve_server(keys: KeyPair) -> Config {
     Config {
         curve: Some(Curve {
             keys,
@@ -917,9 +918,13 @@ async fn command_and_library_reach_a_pyzmq_curve_router() {
     }
 
     // The library, in this process.
-    let keys = CurveKeyPair::generate().unwrap();
+    let keys = KeyPair::generate().unwrap();
     let lib_key = *keys.public();
-    let m = Messenger::with_config("lib-curve", curve_client(keys, server_public)).unwrap();
+    let m = Messenger::builder()
+        .identity("lib-curve")
+        .config(curve_client(keys, server_public))
+        .build()
+        .unwrap();
     let conn = within(
         10,
         "library connects",
@@ -1134,15 +1139,19 @@ async fn command_clients_without_the_right_keys_are_refused() {
 /// carries the request (the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_message_cuts_the_connection() {
-    let server_keys = CurveKeyPair::generate().unwrap();
+    let server_keys = KeyPair::generate().unwrap();
     let server_public = *server_keys.public();
     let (server, bound, _place, seen) =
         serve_seen("tcp", curve_server(server_keys), Answer::Body).await;
     let target = tcp_addr(&bound.endpoint);
 
     let relay = Relay::start(target, false).await;
-    let config = curve_client(CurveKeyPair::generate().unwrap(), server_public);
-    let honest = Messenger::with_config("honest", config).unwrap();
+    let config = curve_client(KeyPair::generate().unwrap(), server_public);
+    let honest = Messenger::builder()
+        .identity("honest")
+        .config(config)
+        .build()
+        .unwrap();
     let conn = within(10, "connect through the relay", async {
         honest
             .make_connection(&relay.endpoint().parse().unwrap())
@@ -1164,9 +1173,13 @@ async fn a_tampered_message_cuts_the_connection() {
     let mut relay = Relay::start(target, true).await;
     let config = Config {
         request_timeout: Duration::from_secs(3),
-        ..curve_client(CurveKeyPair::generate().unwrap(), server_public)
+        ..curve_client(KeyPair::generate().unwrap(), server_public)
     };
-    let victim = Messenger::with_config("victim", config).unwrap();
+    let victim = Messenger::builder()
+        .identity("victim")
+        .config(config)
+        .build()
+        .unwrap();
     let conn = within(10, "connect through the flipping relay", async {
         victim
             .make_connection(&relay.endpoint().parse().unwrap())

@@ -706,7 +706,10 @@ struct Applied {
 async fn msgpack_bodies_interoperate_with_python() {
     let Some(py) = python() else { return };
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let server = messenger::Messenger::new("rust-lib").expect("messenger");
+    let server = messenger::Messenger::builder()
+        .identity("rust-lib")
+        .build()
+        .expect("messenger");
     let sink = Arc::clone(&seen);
     let slc = move |m: messenger::Incoming, r: messenger::Responder| match m.decode::<Batch>() {
         Ok(b) => {
@@ -724,7 +727,7 @@ async fn msgpack_bodies_interoperate_with_python() {
         }
     };
     let bound = server
-        .listen_for_connection(&"tcp://127.0.0.1:0".parse().unwrap(), "rust-lib", slc)
+        .listen_for_connection(&"tcp://127.0.0.1:0".parse().unwrap(), slc)
         .await
         .expect("listen");
     let endpoint = bound.endpoint.to_string();
@@ -1189,12 +1192,16 @@ async fn python_peer_answers_our_zmtp_pings() {
         }),
         ..messenger::Config::default()
     };
-    let server = messenger::Messenger::with_config("rust-hb", config).expect("messenger");
+    let server = messenger::Messenger::builder()
+        .identity("rust-hb")
+        .config(config)
+        .build()
+        .expect("messenger");
     let ipc = common::place("ipc");
     let mut endpoints = Vec::new();
     for at in [&"tcp://127.0.0.1:0".parse().unwrap(), &ipc.endpoint] {
         let bound = server
-            .listen_for_connection(at, "rust-hb", |_: messenger::Incoming, _| {})
+            .listen_for_connection(at, |_: messenger::Incoming, _| {})
             .await
             .expect("listen");
         endpoints.push(bound.endpoint);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::netns::{NetBed, Proc};
 use common::within;
-use messenger::{ECHO, Endpoint, Messenger, NOOP, RequestError};
+use messenger::{ECHO, Endpoint, Error, Messenger, NOOP};
 
 const MESSENGER: &str = env!("CARGO_BIN_EXE_messenger");
 
@@ -145,7 +145,10 @@ fn a_silent_server_is_noticed_in_time_and_replies_resume_after_the_heal() {
     );
     let ep: Endpoint = bed.tcp(0, 5555).parse().unwrap();
     let (noticed, freed, resumed, stats) = bed.run_on(1, || async {
-        let client = Messenger::new("netns-client").unwrap();
+        let client = Messenger::builder()
+            .identity("netns-client")
+            .build()
+            .unwrap();
         let conn = within(10, "connect", client.make_connection(&ep))
             .await
             .unwrap();
@@ -165,7 +168,7 @@ fn a_silent_server_is_noticed_in_time_and_replies_resume_after_the_heal() {
         let noticed = cut.elapsed();
         assert_eq!(
             failed.err(),
-            Some(RequestError::Disconnected),
+            Some(Error::Disconnected),
             "the held request must fail with Disconnected"
         );
         let freed = server
@@ -251,7 +254,10 @@ fn a_hung_server_is_noticed_like_a_dead_one() {
     let server = serve(&bed, 0, 5558, &["--slc", "log"]);
     let ep: Endpoint = bed.tcp(0, 5558).parse().unwrap();
     let (noticed, resumed) = bed.run_on(1, || async {
-        let client = Messenger::new("netns-client").unwrap();
+        let client = Messenger::builder()
+            .identity("netns-client")
+            .build()
+            .unwrap();
         let conn = within(10, "connect", client.make_connection(&ep))
             .await
             .unwrap();
@@ -265,7 +271,7 @@ fn a_hung_server_is_noticed_like_a_dead_one() {
         server.signal(libc::SIGSTOP);
         let failed = within(30, "the held request ends", held).await.unwrap();
         let noticed = stopped.elapsed();
-        assert_eq!(failed.err(), Some(RequestError::Disconnected));
+        assert_eq!(failed.err(), Some(Error::Disconnected));
         tokio::time::sleep_until((stopped + Duration::from_secs(6)).into()).await;
         server.signal(libc::SIGCONT);
         let resumed = first_reply(&client, conn, Duration::from_secs(30)).await;
@@ -309,7 +315,10 @@ fn messages_whose_acks_a_cut_swallowed_are_not_delivered_twice() {
     );
     let ep: Endpoint = bed.tcp(0, 5557).parse().unwrap();
     let stats = bed.run_on(1, || async {
-        let client = Messenger::new("netns-client").unwrap();
+        let client = Messenger::builder()
+            .identity("netns-client")
+            .build()
+            .unwrap();
         let conn = within(10, "connect", client.make_connection(&ep))
             .await
             .unwrap();
@@ -727,7 +736,7 @@ fn a_model_server_cut_off_mid_request_fails_in_time_and_serves_after_the_heal() 
             failed,
             Err(ModelServerError::NoReply { .. }
                 | ModelServerError::Request {
-                    source: RequestError::Disconnected,
+                    source: Error::Disconnected,
                     ..
                 })
         ),

@@ -596,14 +596,14 @@ async fn a_forged_ack_flood_does_not_freeze_the_listener() {
     let _serial = SERIAL.lock().await;
     let serve = ServeProcess::start(&[]).await;
     let addr = socket_addr(&serve.tcp);
-    let client = Messenger::with_config(
-        "pinger",
-        Config {
+    let client = Messenger::builder()
+        .identity("pinger")
+        .config(Config {
             connect_timeout: Duration::from_secs(5),
             ..Config::default()
-        },
-    )
-    .unwrap();
+        })
+        .build()
+        .unwrap();
     let conn = within(10, "connect", client.make_connection(&serve.tcp))
         .await
         .expect("connect");

@@ -98,8 +98,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         (None, Some(s)) => s.endpoints.clone(),
         (None, None) => Vec::new(),
     };
-    let client =
-        Messenger::new(format!("bench-{}", std::process::id())).map_err(|e| e.to_string())?;
+    let client = Messenger::builder()
+        .identity(format!("bench-{}", std::process::id()))
+        .build()
+        .map_err(|e| e.to_string())?;
     let window = Window {
         warmup: args.warmup,
         duration: args.duration,

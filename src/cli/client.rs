@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use messenger::{Curve, Secret};
 
 use super::MessageArgs;
-use messenger::{Config, ConnectionId, ECHO, Endpoint, Messenger, RequestError};
+use messenger::{Config, ConnectionId, ECHO, Endpoint, Error, Messenger};
 
 async fn connect(
     endpoint: &Endpoint,
@@ -28,7 +28,11 @@ async fn connect(
         curve,
         ..Config::default()
     };
-    let m = Messenger::with_config(identity, config).map_err(|e| e.to_string())?;
+    let m = Messenger::builder()
+        .identity(identity)
+        .config(config)
+        .build()
+        .map_err(|e| e.to_string())?;
     let conn = tokio::time::timeout(timeout, m.make_connection(endpoint))
         .await
         .map_err(|_| {
@@ -41,9 +45,9 @@ async fn connect(
     Ok((m, conn))
 }
 
-fn explain(e: RequestError, what: &str, timeout: Duration) -> String {
+fn explain(e: Error, what: &str, timeout: Duration) -> String {
     match e {
-        RequestError::Timeout => {
+        Error::Timeout => {
             format!("no {what} within {}", humantime::format_duration(timeout))
         }
         other => other.to_string(),

@@ -15,7 +15,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use messenger::{Curve, CurveKeyPair, CurvePublicKey, CurveSecretKey};
+use messenger::Curve;
+use messenger::curve::{KeyPair, PublicKey, SecretKey};
 
 /// Largest certificate or allow-list read: a certificate is a few hundred
 /// bytes, an allow-list of 10,000 keys under half a megabyte.
@@ -70,7 +71,7 @@ pub struct CurveClientArgs {
     /// as `messenger keygen` prints it), and reach only that server.
     // '-' is a Z85 character: a key may begin with one.
     #[arg(long, value_name = "Z85", value_parser = parse_public_key, allow_hyphen_values = true)]
-    curve_server_key: Option<CurvePublicKey>,
+    curve_server_key: Option<PublicKey>,
     /// Our key pair, from this secret certificate (for a server that
     /// admits only the keys it knows). Default: a new one for this run.
     #[arg(long, value_name = "FILE", requires = "curve_server_key")]
@@ -85,8 +86,9 @@ impl CurveClientArgs {
         };
         let keys = match &self.curve_cert {
             Some(cert) => read_secret_cert(cert)?,
-            None => CurveKeyPair::generate()
-                .map_err(|e| format!("cannot make a CURVE key pair: {e}"))?,
+            None => {
+                KeyPair::generate().map_err(|e| format!("cannot make a CURVE key pair: {e}"))?
+            }
         };
         Ok(Some(Curve {
             keys,
@@ -96,8 +98,8 @@ impl CurveClientArgs {
     }
 }
 
-fn parse_public_key(s: &str) -> Result<CurvePublicKey, String> {
-    CurvePublicKey::from_z85(s.trim()).map_err(|e| format!("not a Z85 public key: {e}"))
+fn parse_public_key(s: &str) -> Result<PublicKey, String> {
+    PublicKey::from_z85(s.trim()).map_err(|e| format!("not a Z85 public key: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -153,7 +155,7 @@ const PUBLIC_BANNER: &str = "\
 ";
 
 /// `keys` as a secret certificate.
-fn secret_cert(keys: &CurveKeyPair) -> Wiped {
+fn secret_cert(keys: &KeyPair) -> Wiped {
     Wiped(zeroize::Zeroizing::new(format!(
         "{SECRET_BANNER}\nmetadata\ncurve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n",
         keys.public(),
@@ -162,7 +164,7 @@ fn secret_cert(keys: &CurveKeyPair) -> Wiped {
 }
 
 /// `key` as a public certificate.
-fn public_cert(key: &CurvePublicKey) -> String {
+fn public_cert(key: &PublicKey) -> String {
     format!("{PUBLIC_BANNER}\nmetadata\ncurve\n    public-key = \"{key}\"\n")
 }
 
@@ -224,8 +226,8 @@ fn zpl_value(raw: &str) -> Result<&str, String> {
 /// The keys of a certificate's `curve` section, with their line numbers.
 #[derive(Default)]
 struct CertKeys {
-    public: Option<(usize, CurvePublicKey)>,
-    secret: Option<(usize, CurveSecretKey)>,
+    public: Option<(usize, PublicKey)>,
+    secret: Option<(usize, SecretKey)>,
 }
 
 /// Reads the `curve` section of a certificate. Errors say `FILE:LINE: why`.
@@ -254,8 +256,8 @@ fn parse_cert(text: &str, file: &str) -> Result<CertKeys, String> {
                     "{file}:{n}: a second public-key (the first is on line {first})"
                 ));
             }
-            let key = CurvePublicKey::from_z85(value)
-                .map_err(|e| format!("{file}:{n}: public-key: {e}"))?;
+            let key =
+                PublicKey::from_z85(value).map_err(|e| format!("{file}:{n}: public-key: {e}"))?;
             keys.public = Some((n, key));
         } else {
             if let Some((first, _)) = keys.secret {
@@ -263,8 +265,8 @@ fn parse_cert(text: &str, file: &str) -> Result<CertKeys, String> {
                     "{file}:{n}: a second secret-key (the first is on line {first})"
                 ));
             }
-            let key = CurveSecretKey::from_z85(value)
-                .map_err(|e| format!("{file}:{n}: secret-key: {e}"))?;
+            let key =
+                SecretKey::from_z85(value).map_err(|e| format!("{file}:{n}: secret-key: {e}"))?;
             keys.secret = Some((n, key));
         }
     }
@@ -274,7 +276,7 @@ fn parse_cert(text: &str, file: &str) -> Result<CertKeys, String> {
 /// The key pair of the secret certificate in `text` (read from `file`):
 /// the public key is derived from the secret one and, when the file has
 /// one, checked against it.
-fn cert_key_pair(text: &str, file: &str) -> Result<CurveKeyPair, String> {
+fn cert_key_pair(text: &str, file: &str) -> Result<KeyPair, String> {
     let keys = parse_cert(text, file)?;
     let Some((_, secret)) = keys.secret else {
         return Err(format!(
@@ -282,7 +284,7 @@ fn cert_key_pair(text: &str, file: &str) -> Result<CurveKeyPair, String> {
              such as FILE.pub, cannot prove our identity: give the secret one)"
         ));
     };
-    let pair = CurveKeyPair::from_secret(secret);
+    let pair = KeyPair::from_secret(secret);
     if let Some((n, public)) = keys.public
         && public != *pair.public()
     {
@@ -295,7 +297,7 @@ fn cert_key_pair(text: &str, file: &str) -> Result<CurveKeyPair, String> {
 }
 
 /// The key pair of the secret certificate at `path`.
-pub fn read_secret_cert(path: &Path) -> Result<CurveKeyPair, String> {
+pub fn read_secret_cert(path: &Path) -> Result<KeyPair, String> {
     let text = read_wiped(path)?;
     let file = path.display().to_string();
     if let Ok(meta) = std::fs::metadata(path)
@@ -317,7 +319,7 @@ pub fn read_secret_cert(path: &Path) -> Result<CurveKeyPair, String> {
 /// key per line (quotes optional), or certificates (their `public-key`
 /// lines; their section names and metadata are skipped); blank lines and
 /// `#` comments ignored.
-fn parse_allow_list(text: &str, file: &str) -> Result<HashSet<CurvePublicKey>, String> {
+fn parse_allow_list(text: &str, file: &str) -> Result<HashSet<PublicKey>, String> {
     let mut keys = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -340,7 +342,7 @@ fn parse_allow_list(text: &str, file: &str) -> Result<HashSet<CurvePublicKey>, S
             (_, Some(_)) | ("metadata" | "curve", None) => continue,
             (_, None) => zpl_value(body).map_err(|e| format!("{file}:{n}: {e}"))?,
         };
-        let key = CurvePublicKey::from_z85(key_text)
+        let key = PublicKey::from_z85(key_text)
             .map_err(|e| format!("{file}:{n}: not a Z85 public key: {e}"))?;
         keys.insert(key);
     }
@@ -353,7 +355,7 @@ fn parse_allow_list(text: &str, file: &str) -> Result<HashSet<CurvePublicKey>, S
 }
 
 /// The public keys of the allow-list at `path`.
-pub fn read_allow_list(path: &Path) -> Result<HashSet<CurvePublicKey>, String> {
+pub fn read_allow_list(path: &Path) -> Result<HashSet<PublicKey>, String> {
     let text = read_wiped(path)?;
     parse_allow_list(&text.0, &path.display().to_string())
 }
@@ -397,7 +399,7 @@ pub fn keygen(out: Option<PathBuf>) -> Result<(), String> {
 
 /// [`keygen`], printing to `stdout`.
 fn keygen_to(out: Option<PathBuf>, stdout: &mut impl Write) -> Result<(), String> {
-    let keys = CurveKeyPair::generate().map_err(|e| format!("cannot make a key pair: {e}"))?;
+    let keys = KeyPair::generate().map_err(|e| format!("cannot make a key pair: {e}"))?;
     let Some(out) = out else {
         let cert = secret_cert(&keys);
         return stdout
@@ -546,7 +548,7 @@ mod tests {
     fn allow_list_keys_may_hold_equals_signs() {
         // '=' is a Z85 character: such a key is not `name = value`.
         let key = (0..1000)
-            .map(|_| *CurveKeyPair::generate().unwrap().public())
+            .map(|_| *KeyPair::generate().unwrap().public())
             .find(|k| k.to_z85()[1..39].contains('='))
             .expect("a key with '=' inside, among 1000");
         for text in [key.to_z85(), format!("  {key} # c"), format!("\"{key}\"")] {

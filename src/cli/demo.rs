@@ -99,8 +99,14 @@ async fn run_in(dir: &std::path::Path) -> Result<(), String> {
 /// One process listening on inproc, ipc and tcp, sending requests to itself
 /// over each.
 async fn transports(dir: &std::path::Path) -> Result<(), String> {
-    let server = Messenger::new("demo-server").map_err(|e| e.to_string())?;
-    let client = Messenger::new("demo-client").map_err(|e| e.to_string())?;
+    let server = Messenger::builder()
+        .identity("demo-server")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let client = Messenger::builder()
+        .identity("demo-client")
+        .build()
+        .map_err(|e| e.to_string())?;
     let result = round_trips(&server, &client, dir).await;
     client.shutdown().await;
     server.shutdown().await;
@@ -117,7 +123,7 @@ async fn round_trips(
         Endpoint::Ipc(dir.join("demo.sock")),
         "tcp://127.0.0.1:0"
             .parse()
-            .map_err(|e: messenger::EndpointError| e.to_string())?,
+            .map_err(|e: messenger::Error| e.to_string())?,
     ];
     for ep in &endpoints {
         let slc = |m: Incoming, r: Responder| {
@@ -126,7 +132,7 @@ async fn round_trips(
             let _ = r.try_reply(reply);
         };
         let bound = server
-            .listen_for_connection(ep, "demo-server", slc)
+            .listen_for_connection(ep, slc)
             .await
             .map_err(|e| e.to_string())?;
         let conn = client

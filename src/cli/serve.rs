@@ -40,7 +40,11 @@ pub async fn run(
     // Caught before the first "listening" line: a supervisor may stop us
     // as soon as it reads one, and must get a clean shutdown.
     let signals = Signals::catch()?;
-    let m = Messenger::with_config(identity.clone(), config).map_err(|e| e.to_string())?;
+    let m = Messenger::builder()
+        .identity(identity.clone())
+        .config(config)
+        .build()
+        .map_err(|e| e.to_string())?;
     let refusals = std::sync::Arc::new(Refusals::default());
     for bind in &binds {
         let refusals = std::sync::Arc::clone(&refusals);
@@ -61,7 +65,7 @@ pub async fn run(
             }
         };
         let info = m
-            .listen_for_connection(bind, identity.clone(), slc)
+            .listen_for_connection(bind, slc)
             .await
             .map_err(|e| e.to_string())?;
         print_line(&json!({ "listening": info.endpoint.to_string() }));
@@ -142,7 +146,7 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn note(&self, error: &messenger::SendError) {
+    fn note(&self, error: &messenger::Error) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.1 += 1;
         let now = std::time::Instant::now();

@@ -572,7 +572,11 @@ impl MessengerClients {
             ..messenger::Config::default()
         };
         let name = format!("rt-client-{}-{n}", std::process::id());
-        let m = Messenger::with_config(name, config).expect("messenger");
+        let m = Messenger::builder()
+            .identity(name)
+            .config(config)
+            .build()
+            .expect("messenger");
         let ep: Endpoint = endpoint.parse().expect("endpoint");
         let c = m.make_connection(&ep).await.expect("connect");
         self.conns.insert(key, (m.clone(), c));
@@ -775,15 +779,21 @@ fn channel_echo()
 }
 
 async fn inproc(args: &Args) -> Vec<Cell> {
-    let server = Messenger::new("rt-inproc-server").expect("messenger");
+    let server = Messenger::builder()
+        .identity("rt-inproc-server")
+        .build()
+        .expect("messenger");
     let ep: Endpoint = format!("inproc://rt-{}", std::process::id())
         .parse()
         .expect("ep");
     server
-        .listen_for_connection(&ep, "rt-inproc-server", cli_bench::echo_slc)
+        .listen_for_connection(&ep, cli_bench::echo_slc)
         .await
         .expect("listen");
-    let client = Messenger::new("rt-inproc-client").expect("messenger");
+    let client = Messenger::builder()
+        .identity("rt-inproc-client")
+        .build()
+        .expect("messenger");
     let conn = client.make_connection(&ep).await.expect("connect");
     let echo = channel_echo();
     let w = window(args);
@@ -859,7 +869,7 @@ async fn memory(args: &Args) -> Vec<serde_json::Value> {
     // oneshot its future waits on (the future itself is the caller's).
     let (before, _) = alloc::live();
     let channels: Vec<_> = (0..10_000)
-        .map(|_| tokio::sync::oneshot::channel::<messenger::Reply>())
+        .map(|_| tokio::sync::oneshot::channel::<Result<messenger::Incoming, messenger::Error>>())
         .collect();
     let oneshot = (alloc::live().0 - before) as f64 / channels.len() as f64
         - std::mem::size_of_val(&channels[0]) as f64;
@@ -888,7 +898,10 @@ async fn memory(args: &Args) -> Vec<serde_json::Value> {
             },
             ..Config::default()
         };
-        let m = Messenger::with_config(format!("rt-mem-{}", std::process::id()), config)
+        let m = Messenger::builder()
+            .identity(format!("rt-mem-{}", std::process::id()))
+            .config(config)
+            .build()
             .expect("messenger");
         let ep: Endpoint = server.endpoint("tcp").parse().expect("ep");
         let conn = m.make_connection(&ep).await.expect("connect");
@@ -1038,7 +1051,10 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
     eprintln!("peers: connecting {most} messengers and {most} raw DEALERs ...");
     let mut peers = Vec::new();
     for i in 0..most {
-        let m = Messenger::new(format!("rt-peer-{}-{i}", std::process::id())).expect("messenger");
+        let m = Messenger::builder()
+            .identity(format!("rt-peer-{}-{i}", std::process::id()))
+            .build()
+            .expect("messenger");
         let c = m.make_connection(&ep).await.expect("connect");
         peers.push((m, c));
     }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use messenger_proto::auth::Secret;
+
+use crate::error::Error;
 pub use zmtp::Heartbeat;
 use zmtp::{CurveKeyPair, CurvePublicKey};
 
@@ -17,25 +19,27 @@ use zmtp::{CurveKeyPair, CurvePublicKey};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// use std::time::Duration;
-/// use messenger::{Config, ConfigError, Messenger, NewError};
+/// use messenger::{Config, Error, ErrorKind, Messenger};
 ///
 /// let config = Config {
 ///     request_timeout: Duration::from_secs(5),
 ///     ..Config::default()
 /// };
-/// assert!(Messenger::with_config("primary", config).is_ok());
+/// assert!(Messenger::builder().config(config).build().is_ok());
 ///
 /// let broken = Config { slc_queue_capacity: 0, ..Config::default() };
-/// assert_eq!(
-///     Messenger::with_config("primary", broken).err(),
-///     Some(NewError::Config(ConfigError::Zero("slc_queue_capacity")))
-/// );
+/// let refused = Messenger::builder().config(broken).build().err();
+/// assert!(matches!(
+///     refused,
+///     Some(Error::InvalidConfig { field: "slc_queue_capacity", .. })
+/// ));
+/// assert_eq!(refused.map(|e| e.kind()), Some(ErrorKind::Invalid));
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How long a request waits for its reply before its callback gets
-    /// [`RequestError::Timeout`](crate::RequestError::Timeout). Default 30 s:
+    /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s:
     /// long enough for a model-server training step, short enough that a
     /// lost peer is noticed within a human's patience.
     pub request_timeout: Duration,
@@ -215,6 +219,30 @@ pub struct Config {
 
 /// CURVE settings; see [`Config::curve`]. One messenger has one key pair:
 /// its listeners prove it as the server's, its connections as the client's.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), messenger::Error> {
+/// use messenger::curve::KeyPair;
+/// use messenger::{Curve, ECHO, Messenger};
+///
+/// let server_keys = KeyPair::generate()?;
+/// let server_public = server_keys.public().clone();
+/// let server = Messenger::builder()
+///     .curve(Curve { keys: server_keys, server_key: None, allow: None })
+///     .build()?;
+/// let bound = server
+///     .listen_for_connection(&"tcp://127.0.0.1:0".parse()?, |_, _| {})
+///     .await?;
+///
+/// // The client proves it reaches the holder of the server's secret key.
+/// let client = Messenger::builder()
+///     .curve(Curve { keys: KeyPair::generate()?, server_key: Some(server_public), allow: None })
+///     .build()?;
+/// let conn = client.make_connection(&bound.endpoint).await?;
+/// assert_eq!(&client.request(conn, ECHO, b"sealed").await?.body[..], b"sealed");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Curve {
     /// Our permanent key pair (`messenger keygen` makes one).
@@ -272,11 +300,13 @@ impl Default for Config {
 
 impl Config {
     /// Checks every field once, when a messenger is made with it
-    /// ([`Messenger::with_config`](crate::Messenger::with_config)), so the
+    /// ([`MessengerBuilder::build`](crate::MessengerBuilder::build)), so the
     /// code that uses a value never has to second-guess it: a zero
     /// capacity, limit or interval, or a redial cap below its start, is
-    /// refused here rather than clamped (or spun on) later.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// refused here ([`Error::InvalidConfig`], naming the field) rather
+    /// than clamped (or spun on) later.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |field: &'static str, why: String| Err(Error::InvalidConfig { field, why });
         let counts = [
             ("max_pending_callbacks", self.max_pending_callbacks),
             ("send_queue_capacity", self.send_queue_capacity),
@@ -306,7 +336,7 @@ impl Config {
             ("max_concurrent_handlers", self.max_concurrent_handlers),
         ];
         if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {
-            return Err(ConfigError::Zero(field));
+            return invalid(field, "must not be zero".into());
         }
         let mut durations = vec![
             ("request_timeout", self.request_timeout),
@@ -326,20 +356,21 @@ impl Config {
             durations.push(("heartbeat.timeout", hb.timeout));
         }
         if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
-            return Err(ConfigError::Zero(field));
+            return invalid(field, "must not be zero".into());
         }
         if self.max_command_size < MIN_COMMAND_SIZE {
-            return Err(ConfigError::TooSmall {
-                field: "max_command_size",
-                min: MIN_COMMAND_SIZE,
-                got: self.max_command_size,
-            });
+            let got = self.max_command_size;
+            return invalid(
+                "max_command_size",
+                format!("must be at least {MIN_COMMAND_SIZE}, got {got}"),
+            );
         }
         if self.reconnect_max < self.reconnect_initial {
-            return Err(ConfigError::ReconnectOrder {
-                initial: self.reconnect_initial,
-                max: self.reconnect_max,
-            });
+            let (max, initial) = (self.reconnect_max, self.reconnect_initial);
+            return invalid(
+                "reconnect_max",
+                format!("({max:?}) is below reconnect_initial ({initial:?})"),
+            );
         }
         Ok(())
     }
@@ -366,35 +397,16 @@ impl Config {
 /// our properties fits, with room for CURVE's 200-byte HELLO.
 pub(crate) const MIN_COMMAND_SIZE: usize = 512;
 
-/// A [`Config`] that cannot work, found by [`Config::validate`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A capacity, limit or interval is zero.
-    #[error("Config::{0} must not be zero")]
-    Zero(&'static str),
-    /// A size is below what the protocol needs.
-    #[error("Config::{field} must be at least {min}, got {got}")]
-    TooSmall {
-        /// The field.
-        field: &'static str,
-        /// The least it may be.
-        min: usize,
-        /// What it was.
-        got: usize,
-    },
-    /// The redial delay's cap is below its start.
-    #[error("Config::reconnect_max ({max:?}) is below reconnect_initial ({initial:?})")]
-    ReconnectOrder {
-        /// `reconnect_initial`.
-        initial: Duration,
-        /// `reconnect_max`.
-        max: Duration,
-    },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn field(e: Result<(), Error>) -> &'static str {
+        match e {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_defaults_are_valid_and_nonsense_is_named() {
@@ -404,33 +416,30 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(
-            zero_queue.validate(),
-            Err(ConfigError::Zero("slc_queue_capacity"))
+            zero_queue.validate().map_err(|e| e.to_string()),
+            Err("invalid configuration: Config::slc_queue_capacity must not be zero".into())
         );
         let no_timeout = Config {
             request_timeout: Duration::ZERO,
             ..Config::default()
         };
-        assert_eq!(
-            no_timeout.validate(),
-            Err(ConfigError::Zero("request_timeout"))
-        );
+        assert_eq!(field(no_timeout.validate()), "request_timeout");
         let backwards = Config {
             reconnect_initial: Duration::from_secs(2),
             reconnect_max: Duration::from_secs(1),
             ..Config::default()
         };
-        assert!(matches!(
-            backwards.validate(),
-            Err(ConfigError::ReconnectOrder { .. })
-        ));
+        assert_eq!(field(backwards.validate()), "reconnect_max");
         let tiny = Config {
             max_command_size: 100,
             ..Config::default()
         };
-        assert!(matches!(
-            tiny.validate(),
-            Err(ConfigError::TooSmall { got: 100, .. })
-        ));
+        assert_eq!(
+            tiny.validate().map_err(|e| e.to_string()),
+            Err(
+                "invalid configuration: Config::max_command_size must be at least 512, got 100"
+                    .into()
+            )
+        );
     }
 }

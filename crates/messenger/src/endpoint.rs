@@ -1,8 +1,9 @@
 //! Endpoint addresses: `tcp://HOST:PORT`, `ipc://PATH`, `inproc://NAME`.
 //!
-//! Parsing is total: every string yields an [`Endpoint`] or an
-//! [`EndpointError`] that names the problem, so a typo on a command line
-//! never becomes a panic or a silent bind to the wrong place.
+//! Parsing is total: every string yields an [`Endpoint`] or an error
+//! ([`Error::InvalidEndpoint`](crate::Error::InvalidEndpoint)) that names
+//! the problem and quotes the input, so a typo on a command line never
+//! becomes a panic or a silent bind to the wrong place.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::str::FromStr;
 
 /// Why an endpoint string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EndpointError {
+pub(crate) enum EndpointError {
     /// The string has no `scheme://` prefix.
     #[error("endpoint {0:?} has no scheme: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")]
     MissingScheme(String),
@@ -38,15 +39,17 @@ pub enum EndpointError {
 /// strings libzmq takes.
 ///
 /// ```
-/// use messenger::{Endpoint, EndpointError};
+/// use messenger::{Endpoint, ErrorKind};
 ///
 /// let ep: Endpoint = "tcp://127.0.0.1:5555".parse().unwrap();
 /// assert_eq!(ep.to_string(), "tcp://127.0.0.1:5555");
 /// assert!("ipc:///tmp/model.sock".parse::<Endpoint>().is_ok());
-/// assert!(matches!(
-///     "tcp://localhost".parse::<Endpoint>(),
-///     Err(EndpointError::MissingPort(_))
-/// ));
+/// let e = "tcp://localhost".parse::<Endpoint>().unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Invalid);
+/// assert_eq!(
+///     e.to_string(),
+///     "tcp endpoint \"tcp://localhost\" has no port: expected tcp://HOST:PORT"
+/// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -76,20 +79,28 @@ impl Endpoint {
 }
 
 impl FromStr for Endpoint {
-    type Err = EndpointError;
+    type Err = crate::Error;
 
+    /// Parses `s`; a string that is not an endpoint is
+    /// [`Error::InvalidEndpoint`](crate::Error::InvalidEndpoint), saying
+    /// what is wrong with it.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| EndpointError::MissingScheme(s.to_owned()))?;
-        match scheme {
-            "tcp" => parse_tcp(s, rest),
-            "ipc" if rest.is_empty() => Err(EndpointError::EmptyPath(s.to_owned())),
-            "ipc" => Ok(Endpoint::Ipc(PathBuf::from(rest))),
-            "inproc" if rest.is_empty() => Err(EndpointError::EmptyName(s.to_owned())),
-            "inproc" => Ok(Endpoint::Inproc(rest.to_owned())),
-            other => Err(EndpointError::UnknownScheme(s.to_owned(), other.to_owned())),
-        }
+        parse(s).map_err(|e| crate::Error::InvalidEndpoint(e.to_string()))
+    }
+}
+
+/// Parses an endpoint, naming what is wrong with one that is not.
+fn parse(s: &str) -> Result<Endpoint, EndpointError> {
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| EndpointError::MissingScheme(s.to_owned()))?;
+    match scheme {
+        "tcp" => parse_tcp(s, rest),
+        "ipc" if rest.is_empty() => Err(EndpointError::EmptyPath(s.to_owned())),
+        "ipc" => Ok(Endpoint::Ipc(PathBuf::from(rest))),
+        "inproc" if rest.is_empty() => Err(EndpointError::EmptyName(s.to_owned())),
+        "inproc" => Ok(Endpoint::Inproc(rest.to_owned())),
+        other => Err(EndpointError::UnknownScheme(s.to_owned(), other.to_owned())),
     }
 }
 
@@ -213,7 +224,7 @@ mod tests {
             ("inproc://", |e| matches!(e, EmptyName(_))),
         ];
         for (s, check) in cases {
-            let err = s.parse::<Endpoint>().expect_err(s);
+            let err = parse(s).expect_err(s);
             assert!(check(&err), "{s}: wrong error {err:?}");
             assert!(
                 err.to_string().contains(s),

@@ -7,20 +7,23 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use messenger::{ECHO, Incoming, Messenger, NOOP, Responder};
+//! # async fn main() -> Result<(), messenger::Error> {
+//! use messenger::{ECHO, Messenger, NOOP};
 //!
-//! let server = Messenger::new("server")?;
-//! let slc = |msg: Incoming, r: Responder| {
-//!     let _ = r.try_reply(format!("seen {} bytes", msg.body.len()));
-//! };
+//! let server = Messenger::new()?;
 //! let bound = server
-//!     .listen_for_connection(&"tcp://127.0.0.1:0".parse()?, "server", slc)
+//!     .listen_for_connection(&"tcp://127.0.0.1:0".parse()?, |msg, r| {
+//!         // Answers the sender's callback; never blocks the loop, and
+//!         // never drops the answer for want of room.
+//!         if let Err(e) = r.try_reply(format!("seen {} bytes", msg.body.len())) {
+//!             eprintln!("cannot answer: {e}");
+//!         }
+//!     })
 //!     .await?;
 //!
-//! let client = Messenger::new("client")?;
+//! let client = Messenger::new()?;
 //! let conn = client.make_connection(&bound.endpoint).await?;
-//! // The builtin ECHO answers from the server's ProcessMessage loop...
+//! // The builtin ECHO answers from the server's ProcessMessage...
 //! let reply = client.request(conn, ECHO, b"hello").await?;
 //! assert_eq!(&reply.body[..], b"hello");
 //! // ...and NOOP goes to its server loop.
@@ -32,11 +35,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The names here are the whole interface: [`Messenger`] (listen, connect,
-//! send, request, shut down), [`Config`], [`Endpoint`], the values handed
-//! to callbacks ([`Incoming`], [`Responder`], [`Reply`], [`Callback`]),
-//! where messages go ([`Destination`]), the errors of each operation
-//! ([`error`]), and typed bodies ([`typed`]).
+//! The names here are the whole interface: [`Messenger`] and its
+//! [`MessengerBuilder`] (listen, connect, send, request, shut down),
+//! [`Config`] (with [`Heartbeat`], [`Secret`] and [`Curve`], whose keys are
+//! in [`curve`]),
+//! [`Endpoint`], where messages go ([`Destination`], [`ConnectionId`],
+//! [`ListenerId`], [`ListenerInfo`]), what callbacks get ([`Incoming`],
+//! [`Responder`], [`Callback`]), the builtin callback ids, one [`Error`]
+//! (with its [`ErrorKind`]), [`StatsSnapshot`], and typed bodies
+//! ([`typed`]).
 #![warn(missing_docs, unreachable_pub)]
 
 // The layers, bottom to top (design/ARCHITECTURE.md draws them): the ZMTP
@@ -50,7 +57,7 @@ mod address;
 mod clock;
 mod config;
 mod endpoint;
-pub mod error;
+mod error;
 mod shard;
 mod stats;
 mod types;
@@ -62,13 +69,22 @@ mod runtime;
 mod messenger;
 pub mod typed;
 
+/// CURVE keys (RFC 26), as libzmq and pyzmq's `zmq.auth` read and write
+/// them: what [`Curve`] is made of. A module of their own so the keys'
+/// names say what they are without crowding the crate's root.
+pub mod curve {
+    pub use zmtp::{
+        CurveKeyError as KeyError, CurveKeyPair as KeyPair, CurvePublicKey as PublicKey,
+        CurveSecretKey as SecretKey,
+    };
+}
+
 pub use address::{ConnectionId, Destination, ListenerId};
-pub use config::{Config, ConfigError, Curve, Heartbeat, Secret};
+pub use config::{Config, Curve, Heartbeat, Secret};
 pub use endpoint::Endpoint;
-pub use error::{BindError, ConnectError, EndpointError, NewError, RequestError, SendError};
-pub use messenger::Messenger;
+pub use error::{Error, ErrorKind};
+pub use messenger::{Messenger, MessengerBuilder};
 pub use proto::wire::{ACK, ECHO, FIRST_USER, NOOP};
-pub use runtime::server_loop::{AsyncServerLoop, Responder, ServerLoop};
+pub use runtime::server_loop::Responder;
 pub use stats::StatsSnapshot;
-pub use types::{Callback, Incoming, ListenerInfo, Reply};
-pub use zmtp::{CurveKeyError, CurveKeyPair, CurvePublicKey, CurveSecretKey};
+pub use types::{Callback, Incoming, ListenerInfo};

@@ -1,6 +1,8 @@
 //! The public handle: listeners, pooled connections, sends and requests.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,12 +14,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::Incoming;
 use crate::address::{ConnectionId, Destination, ListenerId};
-use crate::config::Config;
+use crate::config::{Config, Curve};
 use crate::endpoint::Endpoint;
-use crate::error::{BindError, ConnectError, NewError, RequestError, SendError};
+use crate::error::Error;
 use crate::runtime::callbacks::{self, Completion};
 use crate::runtime::send::{Mode, Notify, Outgoing, Sent};
-use crate::runtime::server_loop::{AsyncServerLoop, Handler, LoopControl, ServerLoop};
+use crate::runtime::server_loop::{Handler, LoopControl, Responder};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Open, Opening, SocketCtx};
 use crate::runtime::{connection, listener};
@@ -111,17 +113,22 @@ impl Inner {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use messenger::{Incoming, Messenger, NOOP, Responder};
+/// # async fn main() -> Result<(), messenger::Error> {
+/// use messenger::{Messenger, NOOP};
 ///
-/// let planner = Messenger::new("planner")?;
-/// let plan = |q: Incoming, r: Responder| {
-///     let _ = r.try_reply([&b"plan for "[..], &q.body[..]].concat());
-/// };
+/// let planner = Messenger::new()?;
 /// let at = "inproc://planner-doc".parse()?;
-/// planner.listen_for_connection(&at, "planner", plan).await?;
+/// planner
+///     .listen_for_connection(&at, |q, r| {
+///         // Never blocks the loop, and never loses the answer for want
+///         // of room: it waits for the peer's ACKs if it must.
+///         if let Err(e) = r.try_reply([&b"plan for "[..], &q.body[..]].concat()) {
+///             eprintln!("cannot answer: {e}");
+///         }
+///     })
+///     .await?;
 ///
-/// let parser = Messenger::new("parser")?;
+/// let parser = Messenger::new()?;
 /// let conn = parser.make_connection(&at).await?;
 /// let reply = parser.request(conn, NOOP, b"SELECT 1").await?;
 /// assert_eq!(&reply.body[..], b"plan for SELECT 1");
@@ -134,21 +141,107 @@ pub struct Messenger {
     inner: Arc<Inner>,
 }
 
-impl Messenger {
-    /// A messenger with default [`Config`]. `identity` is its routing id on
-    /// every connection it makes.
-    pub fn new(identity: impl Into<Bytes>) -> Result<Self, NewError> {
-        Self::with_config(identity, Config::default())
+/// Makes a [`Messenger`] with a chosen routing id, configuration or CURVE
+/// keys ([`Messenger::builder`]); what it is not told keeps its default.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), messenger::Error> {
+/// use std::time::Duration;
+/// use messenger::{Config, Messenger};
+///
+/// let primary = Messenger::builder()
+///     .identity("primary")
+///     .config(Config {
+///         request_timeout: Duration::from_secs(5),
+///         ..Config::default()
+///     })
+///     .build()?;
+/// assert_eq!(&primary.identity()[..], b"primary");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MessengerBuilder {
+    /// `None` until chosen: a unique one is made at `build`.
+    identity: Option<Bytes>,
+    /// Every tunable, checked at `build`.
+    config: Config,
+    /// Kept apart from `config` so `curve()` and `config()` may come in
+    /// either order.
+    curve: Option<Curve>,
+}
+
+impl MessengerBuilder {
+    /// The routing id the messenger announces on every connection and
+    /// sends as its listeners' first frame (1 to 255 bytes). Default: one
+    /// of its own, unique per messenger (see [`Messenger::new`]). Choose
+    /// one when a peer must recognise you; two messengers with one id
+    /// cannot both connect to one listener.
+    pub fn identity(mut self, identity: impl Into<Bytes>) -> Self {
+        self.identity = Some(identity.into());
+        self
     }
 
-    /// A messenger with the given configuration.
-    pub fn with_config(identity: impl Into<Bytes>, config: Config) -> Result<Self, NewError> {
-        let identity = identity.into();
+    /// Every tunable ([`Config`]); default `Config::default()`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// CURVE keys, in place of `config.curve` whichever is given first:
+    /// see [`Curve`].
+    pub fn curve(mut self, curve: Curve) -> Self {
+        self.curve = Some(curve);
+        self
+    }
+
+    /// The messenger, on the current tokio runtime. Fails with
+    /// [`Error::InvalidIdentity`], [`Error::InvalidConfig`] (checked once,
+    /// here) or [`Error::NoRuntime`].
+    pub fn build(self) -> Result<Messenger, Error> {
+        let identity = self.identity.unwrap_or_else(unique_identity);
+        let mut config = self.config;
+        if let Some(curve) = self.curve {
+            config.curve = Some(curve);
+        }
+        Messenger::start(identity, config)
+    }
+}
+
+/// A routing id no other messenger has: the process and a random part,
+/// so two runs of one program, or two messengers in one, never collide at
+/// a listener (which refuses a live peer's id).
+fn unique_identity() -> Bytes {
+    let mut random = [0u8; 6];
+    let _ = getrandom::fill(&mut random);
+    let n = NEXT_ANONYMOUS.fetch_add(1, Ordering::Relaxed);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    Bytes::from(format!("messenger-{}-{hex}-{n}", std::process::id()))
+}
+
+/// Counts the messengers given a unique identity in this process (the
+/// random part alone would do; this makes a clash impossible here).
+static NEXT_ANONYMOUS: AtomicU64 = AtomicU64::new(0);
+
+impl Messenger {
+    /// A messenger with the default [`Config`] and a routing id of its own,
+    /// unique to it (`messenger-PID-RANDOM-N`), on the current tokio
+    /// runtime. [`builder`](Self::builder) chooses the rest.
+    pub fn new() -> Result<Self, Error> {
+        Self::builder().build()
+    }
+
+    /// Chooses the routing id, the configuration or CURVE keys.
+    pub fn builder() -> MessengerBuilder {
+        MessengerBuilder::default()
+    }
+
+    fn start(identity: Bytes, config: Config) -> Result<Self, Error> {
         if identity.is_empty() || identity.len() > 255 {
-            return Err(NewError::Identity(identity.len()));
+            return Err(Error::InvalidIdentity(identity.len()));
         }
         config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NewError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let limit = config.max_concurrent_handlers;
         let shutdown = CancellationToken::new();
         let loops = LoopControl {
@@ -185,53 +278,72 @@ impl Messenger {
     }
 
     /// Binds a ROUTER on `endpoint` whose messages, after the builtins and
-    /// MSCs have taken theirs, go to `slc`, one at a time in arrival order.
-    /// `identity` is the listener's own routing id, sent as the first frame
-    /// of everything it sends.
-    pub async fn listen_for_connection(
+    /// MSCs have taken theirs, go to `slc`: its server-loop callback, run
+    /// on the listener's own task, one message at a time in arrival order
+    /// (long work should be spawned so the next message is not held up).
+    /// A panicking callback is logged and the loop goes on. Its routing id
+    /// (the first frame of everything it sends) is the messenger's.
+    /// Returns the bound endpoint (tcp port 0 resolved).
+    pub async fn listen_for_connection<F>(
         &self,
         endpoint: &Endpoint,
-        identity: impl Into<Bytes>,
-        slc: impl ServerLoop,
-    ) -> Result<ListenerInfo, BindError> {
-        self.listen(
-            endpoint,
-            identity.into(),
-            Handler::Sequential(Arc::new(slc)),
-        )
-        .await
+        slc: F,
+    ) -> Result<ListenerInfo, Error>
+    where
+        F: Fn(Incoming, Responder) + Send + Sync + 'static,
+    {
+        self.listen(endpoint, Handler::Sequential(Arc::new(slc)))
+            .await
     }
 
-    /// Like [`listen_for_connection`](Self::listen_for_connection), but each
-    /// message runs as its own task, concurrently up to
+    /// Like [`listen_for_connection`](Self::listen_for_connection), but
+    /// each message's work is a future of its own, run concurrently up to
     /// [`Config::max_concurrent_handlers`] across the messenger. Order is
     /// not kept; use the sequential form where it matters.
-    pub async fn listen_for_connection_concurrent(
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), messenger::Error> {
+    /// use messenger::{Messenger, NOOP};
+    ///
+    /// let model_server = Messenger::new()?;
+    /// let at = "inproc://concurrent-doc".parse()?;
+    /// model_server
+    ///     .listen_for_connection_concurrent(&at, |job, r| async move {
+    ///         let answer = [&b"trained on "[..], &job.body[..]].concat();
+    ///         // Waits for room rather than dropping the answer.
+    ///         let _ = r.reply(answer).await;
+    ///     })
+    ///     .await?;
+    /// let db = Messenger::new()?;
+    /// let conn = db.make_connection(&at).await?;
+    /// let done = db.request(conn, NOOP, b"batch 1").await?;
+    /// assert_eq!(&done.body[..], b"trained on batch 1");
+    /// # Ok(()) }
+    /// ```
+    pub async fn listen_for_connection_concurrent<F, Fut>(
         &self,
         endpoint: &Endpoint,
-        identity: impl Into<Bytes>,
-        slc: impl AsyncServerLoop,
-    ) -> Result<ListenerInfo, BindError> {
+        slc: F,
+    ) -> Result<ListenerInfo, Error>
+    where
+        F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let limit = Arc::clone(&self.inner.handler_limit);
-        self.listen(
-            endpoint,
-            identity.into(),
-            Handler::Concurrent(Arc::new(slc), limit),
-        )
-        .await
+        let boxed = move |m: Incoming, r: Responder| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(slc(m, r))
+        };
+        self.listen(endpoint, Handler::Concurrent(Arc::new(boxed), limit))
+            .await
     }
 
-    async fn listen(
-        &self,
-        endpoint: &Endpoint,
-        identity: Bytes,
-        handler: Handler,
-    ) -> Result<ListenerInfo, BindError> {
+    async fn listen(&self, endpoint: &Endpoint, handler: Handler) -> Result<ListenerInfo, Error> {
         if self.inner.is_shut() {
-            return Err(BindError::Shutdown);
+            return Err(Error::Shutdown);
         }
         let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let opening = self.inner.opening(identity);
+        let opening = self.inner.opening(self.inner.identity.clone());
         let (open, bound) = listener::open(&opening, id, endpoint, handler).await?;
         self.inner.registry().listeners.insert(id, open);
         Ok(ListenerInfo {
@@ -248,7 +360,7 @@ impl Messenger {
     /// holds it; when that is our previous run (this process restarted),
     /// the refusal is retried until [`Config::connect_timeout`], since the
     /// listener lets the old session go once it has read its end.
-    pub async fn make_connection(&self, endpoint: &Endpoint) -> Result<ConnectionId, ConnectError> {
+    pub async fn make_connection(&self, endpoint: &Endpoint) -> Result<ConnectionId, Error> {
         self.connect(endpoint, None).await
     }
 
@@ -259,12 +371,15 @@ impl Messenger {
     /// The connection is pooled like any other: later `make_connection`
     /// calls to the same endpoint share it and its server loop, and asking
     /// for a server loop on an endpoint already connected is
-    /// [`ConnectError::AlreadyConnected`].
-    pub async fn make_connection_with_server_loop(
+    /// [`Error::AlreadyConnected`].
+    pub async fn make_connection_with_server_loop<F>(
         &self,
         endpoint: &Endpoint,
-        slc: impl ServerLoop,
-    ) -> Result<ConnectionId, ConnectError> {
+        slc: F,
+    ) -> Result<ConnectionId, Error>
+    where
+        F: Fn(Incoming, Responder) + Send + Sync + 'static,
+    {
         self.connect(endpoint, Some(Handler::Sequential(Arc::new(slc))))
             .await
     }
@@ -273,15 +388,15 @@ impl Messenger {
         &self,
         endpoint: &Endpoint,
         handler: Option<Handler>,
-    ) -> Result<ConnectionId, ConnectError> {
+    ) -> Result<ConnectionId, Error> {
         let _one_at_a_time = self.inner.connecting.lock().await;
         if self.inner.is_shut() {
-            return Err(ConnectError::Shutdown);
+            return Err(Error::Shutdown);
         }
         if let Some(&id) = self.inner.registry().pool.get(endpoint) {
             return match handler {
                 None => Ok(id),
-                Some(_) => Err(ConnectError::AlreadyConnected(endpoint.clone())),
+                Some(_) => Err(Error::AlreadyConnected(endpoint.clone())),
             };
         }
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
@@ -312,9 +427,9 @@ impl Messenger {
             .and_then(|o| o.ctx.rtt())
     }
 
-    fn socket_for(&self, dest: &Destination) -> Result<(Arc<SocketCtx>, Bytes), SendError> {
+    fn socket_for(&self, dest: &Destination) -> Result<(Arc<SocketCtx>, Bytes), Error> {
         if self.inner.is_shut() {
-            return Err(SendError::Shutdown);
+            return Err(Error::Shutdown);
         }
         let reg = self.inner.registry();
         match dest {
@@ -322,12 +437,12 @@ impl Messenger {
                 .connections
                 .get(id)
                 .map(|o| (Arc::clone(&o.ctx), Bytes::new()))
-                .ok_or_else(|| SendError::UnknownDestination(dest.clone())),
+                .ok_or_else(|| Error::UnknownDestination(dest.clone())),
             Destination::Peer { listener, peer } => reg
                 .listeners
                 .get(listener)
                 .map(|o| (Arc::clone(&o.ctx), peer.clone()))
-                .ok_or_else(|| SendError::UnknownDestination(dest.clone())),
+                .ok_or_else(|| Error::UnknownDestination(dest.clone())),
         }
     }
 
@@ -336,16 +451,16 @@ impl Messenger {
     /// runs once with the reply, or with an error at the deadline
     /// ([`Config::request_timeout`]). Waits while the peer's window or the
     /// socket's buffer is full; the wait counts against that deadline
-    /// ([`SendError::Timeout`] when it passes). Returns the message's msg_id.
+    /// ([`Error::Timeout`] when it passes). Returns the message's msg_id.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use messenger::{Callback, ECHO, Messenger, NOOP};
-    /// # let server = Messenger::new("replica")?;
+    /// # let server = Messenger::new()?;
     /// # let at = "inproc://send-doc".parse()?;
-    /// # server.listen_for_connection(&at, "replica", |_: messenger::Incoming, _: messenger::Responder| {}).await?;
-    /// let m = Messenger::new("primary")?;
+    /// # server.listen_for_connection(&at, |_: messenger::Incoming, _: messenger::Responder| {}).await?;
+    /// let m = Messenger::new()?;
     /// let conn = m.make_connection(&at).await?;
     /// // To the peer's server loop, no reply wanted:
     /// m.send_message(conn, NOOP, b"log batch 7", None).await?;
@@ -362,7 +477,7 @@ impl Messenger {
         dst_cb: u64,
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
-    ) -> Result<u64, SendError> {
+    ) -> Result<u64, Error> {
         let notify = callback.map_or(Notify::Nothing, |c| {
             Notify::Reply(Completion::Callback(c.into_inner()))
         });
@@ -381,15 +496,16 @@ impl Messenger {
     }
 
     /// [`send_message`](Self::send_message) that never waits: fails with
-    /// [`SendError::Full`] where that one would wait. For synchronous code
-    /// (a [`ServerLoop`] runs on the loop's task and must not block it).
+    /// [`Error::Full`] where that one would wait. For synchronous code
+    /// (a sequential server loop runs on the listener's task and must not
+    /// block it).
     pub fn try_send_message(
         &self,
         dest: impl Into<Destination>,
         dst_cb: u64,
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
-    ) -> Result<u64, SendError> {
+    ) -> Result<u64, Error> {
         let notify = callback.map_or(Notify::Nothing, |c| {
             Notify::Reply(Completion::Callback(c.into_inner()))
         });
@@ -403,7 +519,7 @@ impl Messenger {
             Mode::Try,
         );
         // Mode::Try never waits: the first poll completes it.
-        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
+        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(Error::Full));
         Ok(sent?.msg_id)
     }
 
@@ -417,7 +533,7 @@ impl Messenger {
         dest: impl Into<Destination>,
         dst_cb: u64,
         body: impl AsRef<[u8]>,
-    ) -> Result<u64, RequestError> {
+    ) -> Result<u64, Error> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.shared.config.request_timeout;
         let send = self.send(
@@ -430,7 +546,7 @@ impl Messenger {
         );
         let msg_id = send.await?.msg_id;
         // Resolved by the ACK, or at the message's deadline by the resender.
-        rx.await.unwrap_or(Err(RequestError::Shutdown))?;
+        rx.await.unwrap_or(Err(Error::Shutdown))?;
         Ok(msg_id)
     }
 
@@ -441,18 +557,18 @@ impl Messenger {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use messenger::{ECHO, Messenger, RequestError};
-    /// # let server = Messenger::new("server")?;
+    /// use messenger::{ECHO, Messenger, Error};
+    /// # let server = Messenger::new()?;
     /// # let at = "inproc://request-doc".parse()?;
-    /// # server.listen_for_connection(&at, "server", |_: messenger::Incoming, _: messenger::Responder| {}).await?;
-    /// let m = Messenger::new("client")?;
+    /// # server.listen_for_connection(&at, |_: messenger::Incoming, _: messenger::Responder| {}).await?;
+    /// let m = Messenger::new()?;
     /// let conn = m.make_connection(&at).await?;
     /// let reply = m.request(conn, ECHO, b"ping").await?;
     /// assert_eq!(&reply.body[..], b"ping");
     /// // Nothing at callback 99 answers: the deadline does.
     /// let timeout = std::time::Duration::from_millis(50);
     /// let none = m.request_with_timeout(conn, 99, b"?", timeout).await;
-    /// assert_eq!(none.err(), Some(RequestError::Timeout));
+    /// assert_eq!(none.err(), Some(Error::Timeout));
     /// # Ok(()) }
     /// ```
     pub async fn request(
@@ -460,7 +576,7 @@ impl Messenger {
         dest: impl Into<Destination>,
         dst_cb: u64,
         body: impl AsRef<[u8]>,
-    ) -> Result<Incoming, RequestError> {
+    ) -> Result<Incoming, Error> {
         let timeout = self.inner.shared.config.request_timeout;
         self.request_with_timeout(dest, dst_cb, body, timeout).await
     }
@@ -473,7 +589,7 @@ impl Messenger {
         dst_cb: u64,
         body: impl AsRef<[u8]>,
         timeout: Duration,
-    ) -> Result<Incoming, RequestError> {
+    ) -> Result<Incoming, Error> {
         let (tx, rx) = oneshot::channel();
         let notify = Notify::Reply(Completion::Future(tx));
         let send = self.send(
@@ -490,7 +606,7 @@ impl Messenger {
             shared: &self.inner.shared,
             id: sent.cb_id,
         };
-        let reply = rx.await.unwrap_or(Err(RequestError::Shutdown));
+        let reply = rx.await.unwrap_or(Err(Error::Shutdown));
         guard.disarm();
         if let Err(e) = &reply {
             tracing::debug!(error = %e, "request failed");
@@ -509,7 +625,7 @@ impl Messenger {
         notify: Notify,
         timeout: Duration,
         mode: Mode,
-    ) -> Result<Sent, SendError> {
+    ) -> Result<Sent, Error> {
         let (socket, peer) = self.socket_for(&dest)?;
         let out = Outgoing {
             socket: &socket,
@@ -548,7 +664,7 @@ impl Messenger {
     /// (they are left unACKed, so peers keep them), lets queued and running
     /// server-loop work finish within [`Config::shutdown_grace`] (replies
     /// still go out), then fails every waiting callback with
-    /// [`RequestError::Shutdown`], closes every socket and removes the ipc
+    /// [`Error::Shutdown`], closes every socket and removes the ipc
     /// files it created.
     pub async fn shutdown(&self) {
         // Server loops first: they take nothing new, drain what their
@@ -570,17 +686,12 @@ impl Messenger {
         let linger = self.inner.shared.config.linger;
         let closing = self.inner.take_everything();
         for open in &closing {
-            self.inner
-                .shared
-                .fail_socket(&open.ctx, RequestError::Shutdown);
+            self.inner.shared.fail_socket(&open.ctx, Error::Shutdown);
             for unacked in open.ctx.all_unacked() {
-                unacked.close(&RequestError::Shutdown);
+                unacked.close(&Error::Shutdown);
             }
         }
-        self.inner
-            .shared
-            .callbacks
-            .fail_all(&RequestError::Shutdown);
+        self.inner.shared.callbacks.fail_all(&Error::Shutdown);
         futures::future::join_all(closing.into_iter().map(|mut open| async move {
             open.tasks.close_gracefully(linger).await;
         }))

@@ -1,6 +1,6 @@
 //! Typed bodies: MessagePack (rmp-serde) for Rust peers, JSON for peers that
 //! speak JSON (NoisePage's model server). Decoding never panics: bytes that
-//! do not fit the type give a [`DecodeError`].
+//! do not fit the type give [`Error::Decode`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -13,14 +13,14 @@
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
 //! struct Ack { lsn: u64 }
 //!
-//! let replica = Messenger::new("replica")?;
+//! let replica = Messenger::new()?;
 //! let apply = |msg: Incoming, r: Responder| {
 //!     let batch: Batch = msg.decode().expect("a batch");
 //!     let _ = r.try_reply_typed(&Ack { lsn: batch.lsn });
 //! };
 //! let at = "inproc://typed-doc".parse()?;
-//! replica.listen_for_connection(&at, "replica", apply).await?;
-//! let primary = Messenger::new("primary")?;
+//! replica.listen_for_connection(&at, apply).await?;
+//! let primary = Messenger::new()?;
 //! let conn = primary.make_connection(&at).await?;
 //! let batch = Batch { lsn: 42, records: vec!["INSERT".into()] };
 //! let ack: Ack = primary.request_typed(conn, NOOP, &batch).await?;
@@ -33,103 +33,59 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::address::Destination;
-use crate::error::{RequestError, SendError};
+use crate::error::Error;
 use crate::messenger::Messenger;
 use crate::runtime::server_loop::Responder;
 use crate::types::{Callback, Incoming};
 
-/// A body that could not be decoded as the expected type.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// Not valid MessagePack for the type.
-    #[error("body is not MessagePack of the expected type: {0}")]
-    MessagePack(#[from] rmp_serde::decode::Error),
-    /// Not valid JSON for the type.
-    #[error("body is not JSON of the expected type: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-/// A value that could not be encoded.
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    /// rmp-serde refused the value.
-    #[error("cannot encode as MessagePack: {0}")]
-    MessagePack(#[from] rmp_serde::encode::Error),
-    /// serde_json refused the value.
-    #[error("cannot encode as JSON: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-/// Why a typed request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TypedRequestError {
-    /// The request could not be encoded.
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// The request failed (timeout, disconnect, ...).
-    #[error(transparent)]
-    Request(#[from] RequestError),
-    /// The reply arrived but does not fit the expected type.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-}
-
-/// Why a typed send failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TypedSendError {
-    /// The message could not be encoded.
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// The message could not be sent.
-    #[error(transparent)]
-    Send(#[from] SendError),
-}
-
 /// Encodes `value` as MessagePack with named fields, so peers in other
 /// languages see maps, not positional arrays.
-pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
-    Ok(rmp_serde::to_vec_named(value)?.into())
+pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Error> {
+    rmp_serde::to_vec_named(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Encode(format!("as MessagePack: {e}")))
 }
 
 /// Decodes a MessagePack body.
-pub fn from_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    Ok(rmp_serde::from_slice(body)?)
+pub fn from_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    rmp_serde::from_slice(body)
+        .map_err(|e| Error::Decode(format!("not MessagePack of the expected type: {e}")))
 }
 
 /// Encodes `value` as JSON.
-pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError> {
-    Ok(serde_json::to_vec(value)?.into())
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Error> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Encode(format!("as JSON: {e}")))
 }
 
 /// Decodes a JSON body.
-pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    Ok(serde_json::from_slice(body)?)
+pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Decode(format!("not JSON of the expected type: {e}")))
 }
 
 impl Incoming {
     /// Decodes the body as MessagePack.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
         from_msgpack(&self.body)
     }
 
     /// Decodes the body as JSON.
-    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T, Error> {
         from_json(&self.body)
     }
 }
 
 impl Responder {
     /// Replies with `value` as MessagePack, without waiting.
-    pub fn try_reply_typed<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), TypedSendError> {
-        Ok(self.try_reply(to_msgpack(value)?)?)
+    pub fn try_reply_typed<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        self.try_reply(to_msgpack(value)?)
     }
 
     /// Replies with `value` as MessagePack.
-    pub async fn reply_typed<T: Serialize + ?Sized>(
-        &self,
-        value: &T,
-    ) -> Result<(), TypedSendError> {
-        Ok(self.reply(to_msgpack(value)?).await?)
+    pub async fn reply_typed<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        self.reply(to_msgpack(value)?).await
     }
 }
 
@@ -141,9 +97,9 @@ impl Messenger {
         dst_cb: u64,
         value: &T,
         callback: Option<Callback>,
-    ) -> Result<u64, TypedSendError> {
+    ) -> Result<u64, Error> {
         let body = to_msgpack(value)?;
-        Ok(self.send_message(dest, dst_cb, body, callback).await?)
+        self.send_message(dest, dst_cb, body, callback).await
     }
 
     /// Sends `request` as MessagePack and decodes the reply as `R`.
@@ -152,10 +108,10 @@ impl Messenger {
         dest: impl Into<Destination>,
         dst_cb: u64,
         request: &T,
-    ) -> Result<R, TypedRequestError> {
+    ) -> Result<R, Error> {
         let body = to_msgpack(request)?;
         let reply = self.request(dest, dst_cb, body).await?;
-        Ok(reply.decode()?)
+        reply.decode()
     }
 }
 
@@ -180,17 +136,12 @@ mod tests {
         };
         let bytes = to_msgpack(&b).unwrap();
         assert_eq!(from_msgpack::<Batch>(&bytes).unwrap(), b);
-        assert!(matches!(
-            from_msgpack::<Batch>(b"\xc1 not msgpack"),
-            Err(DecodeError::MessagePack(_))
-        ));
-        assert!(matches!(
-            from_msgpack::<Batch>(b""),
-            Err(DecodeError::MessagePack(_))
-        ));
-        assert!(matches!(
-            from_json::<Batch>(b"\xff\xfe"),
-            Err(DecodeError::Json(_))
-        ));
+        let decode = |r: Result<Batch, Error>| match r {
+            Err(Error::Decode(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(decode(from_msgpack::<Batch>(b"\xc1 not msgpack")).contains("MessagePack"));
+        assert!(decode(from_msgpack::<Batch>(b"")).contains("MessagePack"));
+        assert!(decode(from_json::<Batch>(b"\xff\xfe")).contains("JSON"));
     }
 }

@@ -8,12 +8,12 @@ use bytes::Bytes;
 
 use crate::address::{Destination, ListenerId, Origin};
 use crate::endpoint::Endpoint;
-use crate::error::RequestError;
+use crate::error::Error;
 use zmtp::CurvePublicKey;
 
 /// What a message-specific callback or a request receives: the reply, or
 /// why none came.
-pub type Reply = Result<Incoming, RequestError>;
+pub(crate) type Reply = Result<Incoming, Error>;
 
 /// A message handed to a callback. `body` shares the received buffer.
 #[derive(Clone)]

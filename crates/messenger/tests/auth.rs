@@ -66,7 +66,11 @@ async fn the_right_secret_gets_through_on_tcp_and_ipc() {
 async fn a_wrong_secret_is_cut_off_and_delivers_nothing() {
     for t in RAW_TRANSPORTS {
         let (server, info, _p, seen) = server(t, "right").await;
-        let client = Messenger::with_config("client", with_secret("wrong")).unwrap();
+        let client = Messenger::builder()
+            .identity("client")
+            .config(with_secret("wrong"))
+            .build()
+            .unwrap();
         // The cut may come during or right after the handshake.
         if let Ok(conn) = client.make_connection(&info.endpoint).await {
             let r = client

@@ -10,13 +10,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{Answer, RAW_TRANSPORTS, serve_seen, within};
-use messenger::{Config, ConnectError, Curve, CurveKeyPair, CurvePublicKey, ECHO, Messenger, NOOP};
+use messenger::curve::{KeyPair, PublicKey};
+use messenger::{Config, Curve, ECHO, Error, Messenger, NOOP};
 
-fn pair() -> CurveKeyPair {
-    CurveKeyPair::generate().expect("keys")
+fn pair() -> KeyPair {
+    KeyPair::generate().expect("keys")
 }
 
-fn server_config(keys: &CurveKeyPair, allow: Option<&[CurvePublicKey]>) -> Config {
+fn server_config(keys: &KeyPair, allow: Option<&[PublicKey]>) -> Config {
     Config {
         curve: Some(Curve {
             keys: keys.clone(),
@@ -27,7 +28,7 @@ fn server_config(keys: &CurveKeyPair, allow: Option<&[CurvePublicKey]>) -> Confi
     }
 }
 
-fn client(keys: &CurveKeyPair, server_key: CurvePublicKey) -> Messenger {
+fn client(keys: &KeyPair, server_key: PublicKey) -> Messenger {
     let config = Config {
         curve: Some(Curve {
             keys: keys.clone(),
@@ -36,7 +37,11 @@ fn client(keys: &CurveKeyPair, server_key: CurvePublicKey) -> Messenger {
         }),
         ..Config::default()
     };
-    Messenger::with_config("curve-client", config).expect("client")
+    Messenger::builder()
+        .identity("curve-client")
+        .config(config)
+        .build()
+        .expect("client")
 }
 
 #[tokio::test]
@@ -78,23 +83,20 @@ async fn wrong_keys_clear_text_and_strangers_are_refused_with_nothing_delivered(
         // Expecting another server's key: the WELCOME does not open.
         let wrong = client(&friend, *pair().public());
         let r = within(10, "wrong key", wrong.make_connection(&bound.endpoint)).await;
-        assert!(
-            matches!(r, Err(ConnectError::Handshake { .. })),
-            "{t}: {r:?}"
-        );
+        assert!(matches!(r, Err(Error::Handshake { .. })), "{t}: {r:?}");
 
         // Clear text against a CURVE listener: the greetings disagree.
-        let plain = Messenger::new("plain").expect("plain");
+        let plain = Messenger::builder()
+            .identity("plain")
+            .build()
+            .expect("plain");
         let r = within(10, "null", plain.make_connection(&bound.endpoint)).await;
         assert!(r.is_err(), "{t}: a NULL peer got in: {r:?}");
 
         // A client with a good handshake but not on the allow-list.
         let s = client(&stranger, *server_keys.public());
         let r = within(10, "stranger", s.make_connection(&bound.endpoint)).await;
-        assert!(
-            matches!(r, Err(ConnectError::Handshake { .. })),
-            "{t}: {r:?}"
-        );
+        assert!(matches!(r, Err(Error::Handshake { .. })), "{t}: {r:?}");
         assert_eq!(server.stats().curve_refused, 1, "{t}");
 
         // The friend is let in, and only its message is delivered.

@@ -22,8 +22,8 @@ use common::{
     raw_router, raw_send, serve, serve_seen, spawn_request, within,
 };
 use messenger::{
-    Callback, Config, ConnectionId, Destination, Endpoint, Heartbeat, Incoming, Messenger,
-    RequestError, Responder, SendError,
+    Callback, Config, ConnectionId, Destination, Endpoint, Error, Heartbeat, Incoming, Messenger,
+    Responder,
 };
 use messenger_proto::wire;
 use tokio::task::JoinSet;
@@ -263,7 +263,7 @@ async fn deadline_fails_the_request_and_frees_its_slot() {
     )
     .await;
     let waited = start.elapsed();
-    assert_eq!(r.unwrap_err(), RequestError::Timeout);
+    assert_eq!(r.unwrap_err(), Error::Timeout);
     assert!(
         waited >= deadline && waited <= deadline + Duration::from_millis(10),
         "failed after {waited:?}, deadline {deadline:?}"
@@ -293,7 +293,7 @@ async fn a_shorter_deadline_behind_longer_ones_fires_first() {
             let r = client
                 .request_with_timeout(conn, wire::NOOP, body, deadline)
                 .await;
-            assert_eq!(r.unwrap_err(), RequestError::Timeout, "{body}");
+            assert_eq!(r.unwrap_err(), Error::Timeout, "{body}");
             start.elapsed()
         }
     };
@@ -339,7 +339,7 @@ async fn late_reply_is_dropped(t: &str, deadline: Duration) {
             .request_with_timeout(p.conn, wire::NOOP, "slow", deadline),
     )
     .await;
-    assert_eq!(r.unwrap_err(), RequestError::Timeout, "{t}");
+    assert_eq!(r.unwrap_err(), Error::Timeout, "{t}");
     let (_, responder) = within(5, "the server loop has it", asked.recv())
         .await
         .unwrap();
@@ -423,7 +423,7 @@ async fn listener_shutdown_fails_waiting_requests_with_disconnected() {
         let r = within(2, &format!("{t}: request fails after the shutdown"), req)
             .await
             .unwrap();
-        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        assert_eq!(r.unwrap_err(), Error::Disconnected, "{t}");
         eprintln!(
             "{t}: Disconnected {:?} after the shutdown began",
             start.elapsed()
@@ -475,11 +475,11 @@ async fn resumes_after_a_restart(t: &str, client_config: Config) {
     .unwrap_or_else(|e| panic!("{t}: {e}"));
 
     let after = Seen::default();
-    let server = Messenger::new("server").unwrap();
+    let server = Messenger::builder().identity("server").build().unwrap();
     let again = within(
         5,
         "listen again",
-        server.listen_for_connection(&bound.endpoint, "server", after.slc()),
+        server.listen_for_connection(&bound.endpoint, after.slc()),
     )
     .await
     .unwrap_or_else(|e| panic!("{t}: bind {} again: {e}", bound.endpoint));
@@ -560,7 +560,7 @@ async fn waiting_for_an_ack_fails_with_disconnected_when_the_peer_goes() {
         let r = within(2, &format!("{t}: send_confirmed fails"), confirmed)
             .await
             .unwrap();
-        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        assert_eq!(r.unwrap_err(), Error::Disconnected, "{t}");
         client.shutdown().await;
     }
 }
@@ -610,7 +610,11 @@ async fn send_queue_is_bounded_while_the_peer_is_down() {
             send_queue_capacity: 4,
             ..quick()
         };
-        let client = Messenger::with_config("client", config).unwrap();
+        let client = Messenger::builder()
+            .identity("client")
+            .config(config)
+            .build()
+            .unwrap();
         let (conn, _p) = dead_peer(&client, t).await;
         for i in 0..4 {
             client
@@ -619,13 +623,13 @@ async fn send_queue_is_bounded_while_the_peer_is_down() {
         }
         assert_eq!(
             client.try_send_message(conn, wire::NOOP, "fifth", None),
-            Err(SendError::Full),
+            Err(Error::Full),
             "{t}"
         );
         let with_callback = Some(Callback::new(|_| panic!("never sent")));
         assert_eq!(
             client.try_send_message(conn, wire::NOOP, "fifth", with_callback),
-            Err(SendError::Full),
+            Err(Error::Full),
             "{t}"
         );
         assert_eq!(client.stats().pending_callbacks, 0, "{t}");
@@ -644,7 +648,7 @@ async fn send_queue_is_bounded_while_the_peer_is_down() {
             client.request_with_timeout(conn, wire::NOOP, "deadline", short),
         )
         .await;
-        assert_eq!(r.unwrap_err(), RequestError::Timeout, "{t}");
+        assert_eq!(r.unwrap_err(), Error::Timeout, "{t}");
         assert!(start.elapsed() >= short, "{t}: {:?}", start.elapsed());
 
         // Only the queued messages wait for ACKs.
@@ -669,7 +673,11 @@ async fn a_stuck_connection_does_not_slow_a_healthy_one() {
             send_queue_capacity: 4,
             ..quick()
         };
-        let client = Messenger::with_config("client", config).unwrap();
+        let client = Messenger::builder()
+            .identity("client")
+            .config(config)
+            .build()
+            .unwrap();
         let (stuck, _dead) = dead_peer(&client, t).await;
         for i in 0..4 {
             client
@@ -745,7 +753,7 @@ async fn shutdown_fails_a_thousand_waiting_requests() {
         let mut failed = 0;
         within(5, &format!("{t}: every request ends"), async {
             while let Some(r) = set.join_next().await {
-                assert_eq!(r.unwrap().unwrap_err(), RequestError::Shutdown, "{t}");
+                assert_eq!(r.unwrap().unwrap_err(), Error::Shutdown, "{t}");
                 failed += 1;
             }
         })
@@ -774,13 +782,13 @@ const UNANSWERED: usize = 1_000_000;
 struct Outcomes {
     timed_out: AtomicUsize,
     replied: AtomicUsize,
-    other: Mutex<Vec<RequestError>>,
+    other: Mutex<Vec<Error>>,
 }
 
 impl Outcomes {
-    fn record(&self, r: messenger::Reply) {
+    fn record(&self, r: Result<messenger::Incoming, messenger::Error>) {
         match r {
-            Err(RequestError::Timeout) => {
+            Err(Error::Timeout) => {
                 self.timed_out.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => self.other.lock().unwrap().push(e),
@@ -1117,7 +1125,7 @@ async fn a_peers_last_ack_beats_its_disconnect() {
 /// connection's request, not `Disconnected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routers_last_reply_beats_its_close() {
-    let client = Messenger::new("client").unwrap();
+    let client = Messenger::builder().identity("client").build().unwrap();
     let mut failed = Vec::new();
     for i in 0..20 {
         let (mut r, ep, _p) = raw_router("tcp").await;
@@ -1209,7 +1217,7 @@ async fn peer_leaves_while_asked(t: &str, by_name: bool) {
     let start = Instant::now();
     client.shutdown().await;
     let r = within(5, "the request fails", waiter).await.unwrap();
-    assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+    assert_eq!(r.unwrap_err(), Error::Disconnected, "{t}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{t}: {:?}",

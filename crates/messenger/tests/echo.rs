@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Pair, Seen, TRANSPORTS, bytes_vec, no_slc, pair, within};
-use messenger::{Config, Reply};
+use messenger::{Config, Error, Incoming};
 use messenger_proto::wire;
 use tokio::task::JoinSet;
 
@@ -46,7 +46,7 @@ fn requests(
     n: usize,
     dst: fn(usize) -> u64,
     body: fn(usize) -> String,
-) -> JoinSet<(usize, String, Reply)> {
+) -> JoinSet<(usize, String, Result<Incoming, Error>)> {
     let mut set = JoinSet::new();
     for i in 0..n {
         let (client, conn) = (p.client.clone(), p.conn);

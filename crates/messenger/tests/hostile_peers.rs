@@ -75,7 +75,7 @@ async fn a_hostile_router_cannot_abort_our_connection_side() {
             }
         }
     });
-    let client = Messenger::new("victim").unwrap();
+    let client = Messenger::builder().identity("victim").build().unwrap();
     // The attack may land during the handshake (connect fails) or right
     // after it (the link drops): either way we cut the peer and live on.
     let conn = client.make_connection(&ep).await;
@@ -133,14 +133,14 @@ async fn the_connection_limit_is_enforced_and_accepts_resume() {
     round_trip(5, &b, cb, wire::ECHO, b"b", "b").await;
     // A third peer waits in the backlog: its TCP connect succeeds but nobody
     // relays it, so its ZMTP handshake cannot finish while the others stay.
-    let c = Messenger::with_config(
-        "c",
-        Config {
+    let c = Messenger::builder()
+        .identity("c")
+        .config(Config {
             connect_timeout: Duration::from_secs(20),
             ..Config::default()
-        },
-    )
-    .unwrap();
+        })
+        .build()
+        .unwrap();
     let endpoint = bound.endpoint.clone();
     let c2 = c.clone();
     let mut third = tokio::spawn(async move { c2.make_connection(&endpoint).await });

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{OpenOnDrop, Seen, connect, no_slc, pair, serve, within};
-use messenger::{Config, Incoming, RequestError, Responder, SendError};
+use messenger::{Config, Error, Incoming, Responder};
 use messenger_proto::wire;
 
 /// A server loop that records each body in order, then holds the
@@ -61,7 +61,7 @@ async fn a_full_server_loop_makes_senders_wait_or_fail_full() {
         }
         assert!(sent <= QUEUE + 1, "the queue took {sent} messages");
     };
-    assert!(matches!(full, SendError::Full), "{full:?}");
+    assert!(matches!(full, Error::Full), "{full:?}");
     assert_eq!(sent, QUEUE + 1, "the loop's one and a full queue");
     // A waiting send completes once the loop makes room.
     let waiting = {
@@ -119,7 +119,7 @@ async fn a_listener_that_leaves_fails_what_waits_on_it() {
     for w in waiting {
         let r = within(5, "a pending request", w).await.unwrap();
         assert!(
-            matches!(r, Err(RequestError::Disconnected)),
+            matches!(r, Err(Error::Disconnected)),
             "{:?}",
             r.map(|m| m.body)
         );
@@ -212,7 +212,7 @@ async fn a_waiting_send_gives_up_at_the_request_timeout() {
         client.send_message(conn, wire::NOOP, "waits", None),
     )
     .await;
-    assert!(matches!(r, Err(SendError::Timeout)), "{r:?}");
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
     assert!(
         started.elapsed() >= Duration::from_millis(200),
         "{:?}",

@@ -14,7 +14,7 @@ use common::{
     forwarding_pair, no_slc, place, raw_recv, raw_router, raw_send, retry, round_trip, serve,
     spawn_request, within,
 };
-use messenger::{BindError, Config, Destination, Endpoint, Incoming, Messenger, Responder};
+use messenger::{Config, Destination, Endpoint, Error, Incoming, Messenger, Responder};
 use messenger_proto::wire;
 
 /// The slab index a callback's wire id names (layout documented in
@@ -322,7 +322,7 @@ async fn make_connection_is_pooled_per_endpoint() {
         let b2 = within(
             5,
             "listen",
-            server.listen_for_connection(&p2.endpoint, "server", no_slc),
+            server.listen_for_connection(&p2.endpoint, no_slc),
         )
         .await
         .unwrap();
@@ -371,18 +371,14 @@ async fn binding_an_endpoint_in_use_fails() {
     for t in TRANSPORTS {
         let (server, bound, _p) = serve(t, Config::default(), no_slc).await;
         // tcp: the resolved port; ipc: the same path; inproc: the same name.
-        let again = server
-            .listen_for_connection(&bound.endpoint, "server", no_slc)
-            .await;
+        let again = server.listen_for_connection(&bound.endpoint, no_slc).await;
         assert!(
-            matches!(&again, Err(BindError::InUse(e)) if *e == bound.endpoint),
+            matches!(&again, Err(Error::InUse(e)) if *e == bound.endpoint),
             "{t}: {again:?}"
         );
-        let other = Messenger::new("other").unwrap();
-        let again = other
-            .listen_for_connection(&bound.endpoint, "other", no_slc)
-            .await;
-        assert!(matches!(&again, Err(BindError::InUse(_))), "{t}: {again:?}");
+        let other = Messenger::builder().identity("other").build().unwrap();
+        let again = other.listen_for_connection(&bound.endpoint, no_slc).await;
+        assert!(matches!(&again, Err(Error::InUse(_))), "{t}: {again:?}");
         assert_eq!(server.stats().listeners, 1, "{t}");
         assert_eq!(other.stats().listeners, 0, "{t}");
 
@@ -400,9 +396,9 @@ async fn binding_an_endpoint_in_use_fails() {
 async fn bind_when_free(m: &Messenger, endpoint: &Endpoint) -> messenger::ListenerInfo {
     let what = format!("{endpoint}: free again after shutdown");
     retry(5, &what, Duration::from_millis(50), async || {
-        match m.listen_for_connection(endpoint, "server", no_slc).await {
+        match m.listen_for_connection(endpoint, no_slc).await {
             Ok(b) => Some(b),
-            Err(BindError::InUse(_)) => None,
+            Err(Error::InUse(_)) => None,
             Err(e) => panic!("{endpoint}: {e}"),
         }
     })
@@ -420,7 +416,7 @@ async fn endpoint_is_free_again_after_shutdown() {
         let p = place(t);
         let mut endpoint = p.endpoint.clone();
         for round in 0..ROUNDS {
-            let server = Messenger::new("server").unwrap();
+            let server = Messenger::builder().identity("server").build().unwrap();
             let bound = bind_when_free(&server, &endpoint).await;
             if round > 0 {
                 assert_eq!(bound.endpoint, endpoint, "{t}");
@@ -457,9 +453,9 @@ async fn stale_ipc_file_is_replaced_and_removed_on_shutdown() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists(), "the stale socket file should remain");
 
-    let server = Messenger::new("server").unwrap();
+    let server = Messenger::builder().identity("server").build().unwrap();
     let bound = server
-        .listen_for_connection(&p.endpoint, "server", no_slc)
+        .listen_for_connection(&p.endpoint, no_slc)
         .await
         .expect("a stale ipc file does not block binding");
     assert!(path.exists());
@@ -479,11 +475,9 @@ async fn ipc_path_that_is_not_a_socket_is_refused_and_kept() {
         unreachable!()
     };
     std::fs::write(&path, b"not a socket").unwrap();
-    let server = Messenger::new("server").unwrap();
-    let r = server
-        .listen_for_connection(&p.endpoint, "server", no_slc)
-        .await;
-    assert!(matches!(r, Err(BindError::NotASocket(_))), "{r:?}");
+    let server = Messenger::builder().identity("server").build().unwrap();
+    let r = server.listen_for_connection(&p.endpoint, no_slc).await;
+    assert!(matches!(r, Err(Error::NotASocket(_))), "{r:?}");
     server.shutdown().await;
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
 }
@@ -497,9 +491,9 @@ async fn shutdown_never_deletes_a_file_created_after_it() {
         let Endpoint::Ipc(path) = p.endpoint.clone() else {
             unreachable!()
         };
-        let server = Messenger::new("server").unwrap();
+        let server = Messenger::builder().identity("server").build().unwrap();
         server
-            .listen_for_connection(&p.endpoint, "server", no_slc)
+            .listen_for_connection(&p.endpoint, no_slc)
             .await
             .unwrap();
         server.shutdown().await;

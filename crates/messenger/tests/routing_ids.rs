@@ -16,7 +16,7 @@ use common::{
     Got, Place, Seen, connect_as, eventually, raw_zmtp, retry, round_trip, serve_seen, wait_until,
     within,
 };
-use messenger::{Config, ConnectError, ConnectionId, ListenerInfo, Messenger};
+use messenger::{Config, ConnectionId, Error, ListenerInfo, Messenger};
 use messenger_proto::wire;
 
 /// Intruder rounds; each runs a raw intruder and an API intruder while a
@@ -45,12 +45,16 @@ async fn connect_alice(listener: &ListenerInfo) -> (Messenger, ConnectionId) {
 /// `make_connection` retries a refusal for a live id until its connect
 /// timeout (in case the live one is its own previous run, about to go), so
 /// that is kept short here.
-async fn twin_connects(listener: &ListenerInfo) -> (Messenger, Result<ConnectionId, ConnectError>) {
+async fn twin_connects(listener: &ListenerInfo) -> (Messenger, Result<ConnectionId, Error>) {
     let config = Config {
         connect_timeout: Duration::from_millis(300),
         ..Config::default()
     };
-    let twin = Messenger::with_config("alice", config).unwrap();
+    let twin = Messenger::builder()
+        .identity("alice")
+        .config(config)
+        .build()
+        .unwrap();
     let r = within(
         10,
         "the twin's make_connection",
@@ -414,7 +418,7 @@ async fn a_restarted_messenger_loses_nothing_confirmed(transport: &str) {
     let run = |tag: &'static str, stop_after: usize| {
         let endpoint = bound.endpoint.clone();
         async move {
-            let m = Messenger::new("restarter").unwrap();
+            let m = Messenger::builder().identity("restarter").build().unwrap();
             let conn = within(10, "make_connection", m.make_connection(&endpoint))
                 .await
                 .unwrap_or_else(|e| panic!("{transport}: {tag}: {e}"));

@@ -12,7 +12,7 @@ use common::{
     Answer, TRANSPORTS, connect, eventually, forwarding, place, serve, serve_seen, spawn_request,
     within,
 };
-use messenger::{Config, ConnectionId, Incoming, Messenger, RequestError, Responder, SendError};
+use messenger::{Config, ConnectionId, Error, Incoming, Messenger, Responder};
 use messenger_proto::wire;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -28,27 +28,27 @@ async fn concurrent_handlers_stay_within_the_limit() {
             max_concurrent_handlers: 3,
             ..Config::default()
         };
-        let server = Messenger::with_config("server", config).unwrap();
+        let server = Messenger::builder()
+            .identity("server")
+            .config(config)
+            .build()
+            .unwrap();
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Semaphore::new(0));
         let _open = common::OpenOnDrop(Arc::clone(&gate));
         let (r2, p2, g2) = (Arc::clone(&running), Arc::clone(&peak), Arc::clone(&gate));
         let bound = server
-            .listen_for_connection_concurrent(
-                &p.endpoint,
-                "server",
-                move |m: Incoming, r: Responder| {
-                    let (running, peak, gate) = (Arc::clone(&r2), Arc::clone(&p2), Arc::clone(&g2));
-                    async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        peak.fetch_max(now, Ordering::SeqCst);
-                        gate.acquire().await.expect("gate").forget();
-                        running.fetch_sub(1, Ordering::SeqCst);
-                        let _ = r.reply(&m.body).await;
-                    }
-                },
-            )
+            .listen_for_connection_concurrent(&p.endpoint, move |m: Incoming, r: Responder| {
+                let (running, peak, gate) = (Arc::clone(&r2), Arc::clone(&p2), Arc::clone(&g2));
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    gate.acquire().await.expect("gate").forget();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    let _ = r.reply(&m.body).await;
+                }
+            })
             .await
             .unwrap();
         // Idle connections hold no permit: ten of them, then work on one.
@@ -118,28 +118,28 @@ async fn server_at_work<W>(
 ) -> (
     Messenger,
     Messenger,
-    tokio::task::JoinHandle<Result<Incoming, RequestError>>,
+    tokio::task::JoinHandle<Result<Incoming, Error>>,
     common::Place,
 )
 where
     W: std::future::Future<Output = ()> + Send + 'static,
 {
     let p = place(t);
-    let server = Messenger::with_config("server", config).unwrap();
+    let server = Messenger::builder()
+        .identity("server")
+        .config(config)
+        .build()
+        .unwrap();
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let bound = server
-        .listen_for_connection_concurrent(
-            &p.endpoint,
-            "server",
-            move |m: Incoming, r: Responder| {
-                let started = started_tx.clone();
-                async move {
-                    let _ = started.send(());
-                    work().await;
-                    let _ = r.reply(&m.body).await;
-                }
-            },
-        )
+        .listen_for_connection_concurrent(&p.endpoint, move |m: Incoming, r: Responder| {
+            let started = started_tx.clone();
+            async move {
+                let _ = started.send(());
+                work().await;
+                let _ = r.reply(&m.body).await;
+            }
+        })
         .await
         .unwrap();
     let (client, conn) = connect(Config::default(), &bound.endpoint).await;
@@ -155,7 +155,7 @@ fn shutting_down(m: &Messenger) -> bool {
     let nowhere = ConnectionId(u64::MAX);
     matches!(
         m.try_send_message(nowhere, wire::NOOP, "", None),
-        Err(SendError::Shutdown)
+        Err(Error::Shutdown)
     )
 }
 
@@ -208,7 +208,7 @@ async fn work_past_the_grace_is_cancelled_and_shutdown_returns() {
             started.elapsed()
         );
         let r = within(5, "client learns", waiting).await.unwrap();
-        assert_eq!(r.err(), Some(RequestError::Disconnected), "{t}");
+        assert_eq!(r.err(), Some(Error::Disconnected), "{t}");
         client.shutdown().await;
     }
 }
@@ -222,7 +222,7 @@ async fn a_connection_can_host_a_server_loop() {
     for t in TRANSPORTS {
         let (slc, mut rx) = forwarding();
         let (server, bound, _p) = serve(t, Config::default(), slc).await;
-        let client = Messenger::new("client").unwrap();
+        let client = Messenger::builder().identity("client").build().unwrap();
         let conn = client
             .make_connection_with_server_loop(&bound.endpoint, |m: Incoming, r: Responder| {
                 let _ = r.try_reply([b"re:".as_slice(), &m.body].concat());
@@ -238,7 +238,7 @@ async fn a_connection_can_host_a_server_loop() {
             .make_connection_with_server_loop(&bound.endpoint, |_: Incoming, _: Responder| {})
             .await;
         assert!(
-            matches!(again, Err(messenger::ConnectError::AlreadyConnected(_))),
+            matches!(again, Err(messenger::Error::AlreadyConnected(_))),
             "{t}: {again:?}"
         );
         // The server learns the client's routing id from a first message.

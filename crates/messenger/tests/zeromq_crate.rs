@@ -228,7 +228,11 @@ async fn our_connection_against_a_zeromq_router() {
     for t in TRANSPORTS {
         let (mut router, endpoint, _p) = raw_router(t).await;
         let seen = Seen::default();
-        let client = Messenger::with_config("client", quick()).unwrap();
+        let client = Messenger::builder()
+            .identity("client")
+            .config(quick())
+            .build()
+            .unwrap();
         let conn = within(
             5,
             "connect",

@@ -32,7 +32,7 @@ use common::{
     serve, spawn_request, within,
 };
 use messenger::Heartbeat;
-use messenger::{Config, Endpoint, RequestError};
+use messenger::{Config, Endpoint, Error};
 use messenger_proto::wire;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -140,7 +140,7 @@ async fn our_pings_find_a_router_that_stopped_answering() {
             "{t}: dropped after {took:?}"
         );
         let r = within(2, "the request fails", req).await.unwrap();
-        assert_eq!(r.unwrap_err(), RequestError::Disconnected, "{t}");
+        assert_eq!(r.unwrap_err(), Error::Disconnected, "{t}");
         assert_stats!(
             client.stats(),
             t,

@@ -253,7 +253,7 @@ async fn victim_of_a_raw_router(
             .unwrap();
         reader
     });
-    let victim = Messenger::new("victim").unwrap();
+    let victim = Messenger::builder().identity("victim").build().unwrap();
     let (conn, reader) = within(10, "handshake with the raw router", async {
         tokio::join!(victim.make_connection(&endpoint), router)
     })

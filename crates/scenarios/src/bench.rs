@@ -366,7 +366,10 @@ pub struct LocalServer {
 }
 
 pub async fn local_server(transports: &[Transport]) -> Result<LocalServer, String> {
-    let messenger = Messenger::new("bench-server").map_err(|e| e.to_string())?;
+    let messenger = Messenger::builder()
+        .identity("bench-server")
+        .build()
+        .map_err(|e| e.to_string())?;
     let dir = tempfile::Builder::new()
         .prefix("messenger-bench-")
         .tempdir()
@@ -378,9 +381,9 @@ pub async fn local_server(transports: &[Transport]) -> Result<LocalServer, Strin
             Transport::Ipc => format!("ipc://{}", dir.path().join("bench.sock").display()).parse(),
             Transport::Inproc => format!("inproc://bench-{}", std::process::id()).parse(),
         }
-        .map_err(|e: messenger::EndpointError| e.to_string())?;
+        .map_err(|e: messenger::Error| e.to_string())?;
         let info = messenger
-            .listen_for_connection(&ep, "bench-server", echo_slc)
+            .listen_for_connection(&ep, echo_slc)
             .await
             .map_err(|e| e.to_string())?;
         endpoints.push((t, info.endpoint));
@@ -441,7 +444,10 @@ mod tests {
     #[tokio::test]
     async fn a_short_in_process_run_completes_round_trips() {
         let server = local_server(&[Transport::Inproc]).await.expect("server");
-        let client = Messenger::new("bench-test").expect("client");
+        let client = Messenger::builder()
+            .identity("bench-test")
+            .build()
+            .expect("client");
         let (_, ep) = &server.endpoints[0];
         let conn = client.make_connection(ep).await.expect("connect");
         let window = Window {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Latency, SetupError, per_second, unique};
-use messenger::typed::TypedRequestError;
+use messenger::Error;
 use messenger::{ConnectionId, Endpoint, Incoming, Messenger, NOOP, Responder, StatsSnapshot};
 
 /// An aggregate over the table's one column.
@@ -246,7 +246,7 @@ pub enum ComponentsError {
         /// Which request.
         what: String,
         /// Why.
-        source: TypedRequestError,
+        source: Error,
     },
     /// A result differs from the direct computation.
     #[error("query {query:?} returned {got}, expected {expected}")]
@@ -343,7 +343,12 @@ impl Components {
 
 async fn start(opts: &ComponentsOptions) -> Result<Components, ComponentsError> {
     let base = unique("components");
-    let new = |name: &str| Messenger::new(name.to_string()).map_err(|e| setup(name, e));
+    let new = |name: &str| {
+        Messenger::builder()
+            .identity(name.to_string())
+            .build()
+            .map_err(|e| setup(name, e))
+    };
     let (parser, planner, executor) = (new("parser")?, new("planner")?, new("executor")?);
     let c = Components {
         parser,
@@ -424,7 +429,7 @@ async fn wire_up(
     let planner_ep = Endpoint::Inproc(format!("{base}/planner"));
     let bound = tried!(
         c.planner
-            .listen_for_connection(&planner_ep, "planner", planner_slc)
+            .listen_for_connection(&planner_ep, planner_slc)
             .await,
         "planner: listen"
     );
@@ -488,9 +493,7 @@ async fn wire_up(
         };
         let ep = Endpoint::Inproc(format!("{base}/executor/p{p}"));
         let bound = tried!(
-            c.executor
-                .listen_for_connection_concurrent(&ep, format!("executor-p{p}"), slc)
-                .await,
+            c.executor.listen_for_connection_concurrent(&ep, slc).await,
             format!("executor: listen on {ep}")
         );
         c.endpoints.push(bound.endpoint.clone());

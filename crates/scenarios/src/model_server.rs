@@ -56,7 +56,7 @@ use tokio::time::Instant;
 use super::{Latency, Micros, SetupError, per_second, unique};
 use messenger::typed::{from_json, to_json};
 use messenger::{
-    Config, Destination, Endpoint, Incoming, ListenerInfo, Messenger, RequestError, Responder,
+    Config, Destination, Endpoint, Error, Incoming, ListenerInfo, Messenger, Responder,
     StatsSnapshot,
 };
 use messenger_proto::wire;
@@ -322,7 +322,7 @@ pub enum ModelServerError {
         /// The command.
         command: String,
         /// What went wrong.
-        source: RequestError,
+        source: Error,
     },
     /// The reply is not what the protocol says.
     #[error("unexpected reply to {command}: {why}: {body}")]
@@ -515,7 +515,11 @@ impl ModelServerManager {
             shutdown_grace: Duration::from_secs(1),
             ..Config::default()
         };
-        let messenger = match Messenger::with_config("model-server-manager", config) {
+        let messenger = match Messenger::builder()
+            .identity(LISTENER_IDENTITY)
+            .config(config)
+            .build()
+        {
             Ok(m) => m,
             Err(e) => {
                 remove_dir(&dir);
@@ -533,10 +537,7 @@ impl ModelServerManager {
             Ok(msg) => tracing::warn!(?msg, "model server message nobody asked for"),
             Err(e) => tracing::warn!(error = %e, "undecodable model server message"),
         };
-        let listener = match messenger
-            .listen_for_connection(&endpoint, LISTENER_IDENTITY, slc)
-            .await
-        {
+        let listener = match messenger.listen_for_connection(&endpoint, slc).await {
             Ok(l) => l,
             Err(e) => {
                 messenger.shutdown().await;
@@ -655,7 +656,7 @@ impl ModelServerManager {
             // The model server's connection closed: most likely it exited.
             // Say so (with its status) if it did, rather than only that the
             // connection went away.
-            Err(RequestError::Disconnected) => {
+            Err(Error::Disconnected) => {
                 let exit = tokio::time::timeout(
                     Duration::from_millis(500),
                     self.server.wait(&mut self.ended),
@@ -667,11 +668,11 @@ impl ModelServerManager {
                     },
                     Err(_) => ModelServerError::Request {
                         command,
-                        source: RequestError::Disconnected,
+                        source: Error::Disconnected,
                     },
                 });
             }
-            Err(RequestError::Timeout) => {
+            Err(Error::Timeout) => {
                 return Err(ModelServerError::NoReply {
                     command,
                     after: timeout,
@@ -712,13 +713,13 @@ impl ModelServerManager {
             Ok(Err(source)) => {
                 return Err(ModelServerError::Request {
                     command: "QUIT".into(),
-                    source: source.into(),
+                    source,
                 });
             }
             Err(_) => {
                 return Err(ModelServerError::Request {
                     command: "QUIT".into(),
-                    source: RequestError::Timeout,
+                    source: Error::Timeout,
                 });
             }
         }

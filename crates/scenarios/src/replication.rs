@@ -57,8 +57,7 @@ use tokio::time::Instant;
 use super::{Latency, Micros, SetupError, per_second};
 use messenger::typed::{from_msgpack, to_msgpack};
 use messenger::{
-    BindError, Config, ConnectionId, Endpoint, Incoming, Messenger, NOOP, RequestError, Responder,
-    StatsSnapshot,
+    Config, ConnectionId, Endpoint, Error, Incoming, Messenger, NOOP, Responder, StatsSnapshot,
 };
 
 /// One record of the replicated log.
@@ -526,7 +525,10 @@ impl Replica {
             shutdown_grace: Duration::from_secs(1),
             ..Config::default()
         };
-        let messenger = Messenger::with_config(name.to_string(), config)
+        let messenger = Messenger::builder()
+            .identity(name.to_string())
+            .config(config)
+            .build()
             .map_err(|e| setup(format!("{name}: messenger"))(e.to_string()))?;
         let state = Arc::new(Mutex::new(ReplicaState::default()));
         let slc = {
@@ -573,12 +575,9 @@ impl Replica {
         };
         let give_up = Instant::now() + Duration::from_secs(3);
         let bound = loop {
-            match messenger
-                .listen_for_connection(endpoint, name.to_string(), slc.clone())
-                .await
-            {
+            match messenger.listen_for_connection(endpoint, slc.clone()).await {
                 Ok(b) => break b,
-                Err(BindError::InUse(_)) if port != 0 && Instant::now() < give_up => {
+                Err(Error::InUse(_)) if port != 0 && Instant::now() < give_up => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
                 Err(e) => {
@@ -749,7 +748,7 @@ struct Written {
 struct Done {
     replica: usize,
     epoch: u64,
-    result: Result<Incoming, RequestError>,
+    result: Result<Incoming, Error>,
 }
 
 enum Kill {
@@ -807,7 +806,10 @@ fn primary_messenger(opts: &ReplicationOptions) -> Result<Messenger, Replication
         shutdown_grace: Duration::from_secs(1),
         ..Config::default()
     };
-    Messenger::with_config("primary", config)
+    Messenger::builder()
+        .identity("primary")
+        .config(config)
+        .build()
         .map_err(|e| setup("primary: messenger")(e.to_string()))
 }
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messenger::{
-    Config, ConnectionId, Endpoint, Incoming, ListenerInfo, Messenger, Responder, SendError,
+    Config, ConnectionId, Endpoint, Error, Incoming, ListenerInfo, Messenger, Responder,
 };
 use messenger_proto::wire;
 use tokio::sync::mpsc;
@@ -255,7 +255,7 @@ pub fn no_slc(_: Incoming, _: Responder) {}
 /// Replies `body` through `r`; a full send queue is not an error for a server
 /// loop: the reply goes to a task that waits for room.
 pub fn reply_or_wait(r: Responder, body: Vec<u8>) {
-    if let Err(SendError::Full) = r.try_reply(&body) {
+    if let Err(Error::Full) = r.try_reply(&body) {
         tokio::spawn(async move { r.reply(body).await });
     }
 }
@@ -268,7 +268,7 @@ pub struct Got {
     pub peer: Bytes,
     pub body: Bytes,
     /// The sender's CURVE key, when its session proved one.
-    pub peer_key: Option<messenger::CurvePublicKey>,
+    pub peer_key: Option<messenger::curve::PublicKey>,
 }
 
 /// Every message a server loop saw, in order. [`Seen::slc`] answers those
@@ -422,14 +422,14 @@ pub async fn serve(
     slc: impl Fn(Incoming, Responder) + Send + Sync + 'static,
 ) -> (Messenger, ListenerInfo, Place) {
     let p = place(t);
-    let server = Messenger::with_config("server", config).unwrap();
-    let bound = within(
-        5,
-        "listen",
-        server.listen_for_connection(&p.endpoint, "server", slc),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{t}: listen: {e}"));
+    let server = Messenger::builder()
+        .identity("server")
+        .config(config)
+        .build()
+        .unwrap();
+    let bound = within(5, "listen", server.listen_for_connection(&p.endpoint, slc))
+        .await
+        .unwrap_or_else(|e| panic!("{t}: listen: {e}"));
     (server, bound, p)
 }
 
@@ -492,7 +492,11 @@ pub async fn connect_as(
     endpoint: &Endpoint,
     secs: u64,
 ) -> (Messenger, ConnectionId) {
-    let m = Messenger::with_config(name.to_string(), config).unwrap();
+    let m = Messenger::builder()
+        .identity(name.to_string())
+        .config(config)
+        .build()
+        .unwrap();
     let conn = within(
         secs,
         &format!("{name} connects"),
@@ -510,7 +514,7 @@ pub fn spawn_request(
     dest: impl Into<messenger::Destination>,
     dst_cb: u64,
     body: impl AsRef<[u8]>,
-) -> tokio::task::JoinHandle<Result<Incoming, messenger::RequestError>> {
+) -> tokio::task::JoinHandle<Result<Incoming, messenger::Error>> {
     let (m, dest, body) = (m.clone(), dest.into(), body.as_ref().to_vec());
     tokio::spawn(async move { m.request(dest, dst_cb, body).await })
 }
@@ -608,7 +612,7 @@ macro_rules! assert_stats {
 /// Awaits a request running on a task of its own ([`spawn_request`]) for
 /// at most 5 s, and checks that it was answered with `body`; the reply.
 pub async fn expect_reply(
-    req: tokio::task::JoinHandle<Result<Incoming, messenger::RequestError>>,
+    req: tokio::task::JoinHandle<Result<Incoming, messenger::Error>>,
     body: &[u8],
     what: &str,
 ) -> Incoming {

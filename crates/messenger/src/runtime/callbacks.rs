@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::clock;
-use crate::error::{RequestError, SendError};
+use crate::error::Error;
 use crate::proto::callbacks::{CallbackTable, SHARDS, shard_of};
 use crate::proto::deadlines::Deadlines;
 use crate::shard::{Padded, thread_index};
@@ -150,14 +150,14 @@ impl Callbacks {
         completion: Completion,
         awaited: Awaited<'_>,
         msg_id: impl FnOnce() -> u64,
-    ) -> Result<(u64, u64), SendError> {
+    ) -> Result<(u64, u64), Error> {
         let mut id_out = 0;
         // The thread's own shard, or the next with room.
         let home = thread_index();
         let mut shard = (0..SHARDS)
             .map(|i| self.shard(home + i))
             .find(|s| s.table.len() < s.table.limit())
-            .ok_or(SendError::TooManyPending(self.limit))?;
+            .ok_or(Error::TooManyPending(self.limit))?;
         let Shard { table, deadlines } = &mut *shard;
         let id = table
             .insert_with(|_| {
@@ -169,7 +169,7 @@ impl Callbacks {
                     msg_id: id_out,
                 }
             })
-            .map_err(|_| SendError::TooManyPending(self.limit))?;
+            .map_err(|_| Error::TooManyPending(self.limit))?;
         let moved = deadlines.insert(id, awaited.deadline);
         if deadlines.len() > 2 * table.len() + DEADLINE_SLACK {
             deadlines.compact(|id| table.contains(id));
@@ -211,7 +211,7 @@ impl Callbacks {
     /// the requests they waited on.
     pub(crate) fn fail_matching(
         &self,
-        err: &RequestError,
+        err: &Error,
         mut pred: impl FnMut(u64, &[u8]) -> bool,
     ) -> Vec<u64> {
         let mut failed = Vec::new();
@@ -232,7 +232,7 @@ impl Callbacks {
     }
 
     /// Fails every waiting callback (shutdown).
-    pub(crate) fn fail_all(&self, err: &RequestError) {
+    pub(crate) fn fail_all(&self, err: &Error) {
         let mut failed = Vec::new();
         for i in 0..SHARDS {
             let mut shard = self.shard(i);
@@ -273,8 +273,7 @@ impl Callbacks {
                 };
                 for w in due {
                     bump(&self.stats.timeouts);
-                    w.completion
-                        .complete(Err(RequestError::Timeout), &self.runtime);
+                    w.completion.complete(Err(Error::Timeout), &self.runtime);
                 }
                 if !more {
                     break;

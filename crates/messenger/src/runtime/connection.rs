@@ -15,7 +15,7 @@ use super::driver::{Conn, End};
 use super::listener::engine_config;
 use crate::address::{ConnectionId, SocketKind};
 use crate::endpoint::Endpoint;
-use crate::error::ConnectError;
+use crate::error::Error;
 use crate::proto::dedup::DedupWindow;
 use crate::runtime::inproc;
 use crate::runtime::server_loop::{self, Handler};
@@ -36,7 +36,7 @@ pub(crate) async fn open(
     id: ConnectionId,
     endpoint: &Endpoint,
     handler: Option<Handler>,
-) -> Result<Open, ConnectError> {
+) -> Result<Open, Error> {
     let shared = opening.shared;
     let cfg = &shared.config;
     let (slc_tx, slc_rx) = match handler {
@@ -108,7 +108,7 @@ pub(crate) async fn dial(
     socket: &Arc<SocketCtx>,
     shared: &Arc<Shared>,
     limit: Duration,
-) -> Result<(Link, Arc<Session>), ConnectError> {
+) -> Result<(Link, Arc<Session>), Error> {
     let cfg = &socket.config;
     if let Endpoint::Inproc(name) = endpoint {
         let (conn, session) = inproc::dial(name, socket, shared)?;
@@ -120,7 +120,7 @@ pub(crate) async fn dial(
     let handshake = conn.handshake(|_| Ok(()));
     match tokio::time::timeout_at(crate::clock::tokio_at(give_up), handshake).await {
         Err(_) | Ok(Err(End::HandshakeTimeout)) => {
-            return Err(ConnectError::Timeout(endpoint.clone()));
+            return Err(Error::ConnectTimeout(endpoint.clone()));
         }
         Ok(Err(end)) => return Err(connect_error(endpoint, end)),
         Ok(Ok(_)) => {}
@@ -136,9 +136,9 @@ pub(crate) async fn dial(
     ));
     if let Some(secret) = &cfg.auth {
         // The proof goes first, before anything queued.
-        let proof = crate::proto::auth::proof(secret).map_err(|e| ConnectError::Refused {
-            endpoint: endpoint.clone(),
-            source: std::io::Error::other(format!("cannot make an authentication nonce: {e}")),
+        let proof = crate::proto::auth::proof(secret).map_err(|e| {
+            let why = format!("cannot make an authentication nonce: {e}");
+            Error::connect(endpoint, std::io::Error::other(why))
         })?;
         let id = socket.next_msg_id(&crate::runtime::socket::Route::Session(Arc::clone(
             &session,
@@ -168,7 +168,7 @@ pub(crate) async fn dial_first(
     endpoint: &Endpoint,
     socket: &Arc<SocketCtx>,
     shared: &Arc<Shared>,
-) -> Result<(Link, Arc<Session>), ConnectError> {
+) -> Result<(Link, Arc<Session>), Error> {
     let give_up = crate::clock::now() + socket.config.connect_timeout;
     let mut delay = Duration::from_millis(10);
     loop {
@@ -185,10 +185,10 @@ pub(crate) async fn dial_first(
 }
 
 /// Whether a failed dial may succeed if tried again soon.
-fn may_pass(e: &ConnectError) -> bool {
+fn may_pass(e: &Error) -> bool {
     use std::io::ErrorKind;
     match e {
-        ConnectError::Refused { source, .. } => matches!(
+        Error::Connect { source, .. } => matches!(
             source.kind(),
             ErrorKind::ConnectionRefused
                 | ErrorKind::ConnectionReset
@@ -202,10 +202,10 @@ fn may_pass(e: &ConnectError) -> bool {
 }
 
 /// Whether a listener refused us because our routing id is live there.
-fn id_in_use(e: &ConnectError) -> bool {
+fn id_in_use(e: &Error) -> bool {
     use zmtp::ZmtpError;
     match e {
-        ConnectError::Handshake { source, .. } => match source {
+        Error::Handshake { source, .. } => match source {
             ZmtpError::PeerError { reason } => reason == crate::runtime::socket::ROUTING_ID_IN_USE,
             ZmtpError::Refused(reason) => *reason == crate::runtime::socket::ROUTING_ID_IN_USE,
             _ => false,
@@ -215,17 +215,14 @@ fn id_in_use(e: &ConnectError) -> bool {
 }
 
 /// Why a dial failed, from how its connection ended.
-fn connect_error(endpoint: &Endpoint, end: End) -> ConnectError {
+fn connect_error(endpoint: &Endpoint, end: End) -> Error {
     let endpoint = endpoint.clone();
     match end {
-        End::HandshakeTimeout => ConnectError::Timeout(endpoint),
-        End::Zmtp(source) => ConnectError::Handshake { endpoint, source },
-        End::Io(source) => ConnectError::Refused { endpoint, source },
+        End::HandshakeTimeout => Error::ConnectTimeout(endpoint),
+        End::Zmtp(source) => Error::Handshake { endpoint, source },
+        End::Io(source) => Error::connect(&endpoint, source),
         End::PeerClosed | End::Stopped | End::Evicted | End::Auth(_) | End::PartialBudget => {
-            ConnectError::Refused {
-                endpoint,
-                source: std::io::ErrorKind::ConnectionReset.into(),
-            }
+            Error::connect(&endpoint, std::io::ErrorKind::ConnectionReset.into())
         }
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::End;
 use crate::endpoint::Endpoint;
-use crate::error::{BindError, ConnectError};
+use crate::error::Error;
 use crate::proto::wire::{self, ACK, Payload};
 use crate::runtime::process::{self, Landing, Refused};
 use crate::runtime::shared::Shared;
@@ -213,11 +213,11 @@ pub(crate) fn bind(
     socket: &Arc<SocketCtx>,
     shared: &Arc<Shared>,
     stop: &CancellationToken,
-) -> Result<Registration, BindError> {
+) -> Result<Registration, Error> {
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     let mut reg = registry();
     if reg.contains_key(name) {
-        return Err(BindError::InUse(Endpoint::Inproc(name.to_owned())));
+        return Err(Error::InUse(Endpoint::Inproc(name.to_owned())));
     }
     reg.insert(
         name.to_owned(),
@@ -278,13 +278,11 @@ pub(crate) fn dial(
     name: &str,
     socket: &Arc<SocketCtx>,
     shared: &Arc<Shared>,
-) -> Result<(Conn, Arc<Session>), ConnectError> {
+) -> Result<(Conn, Arc<Session>), Error> {
     let endpoint = || Endpoint::Inproc(name.to_owned());
     let (listener, listener_shared, stop) = {
         let reg = registry();
-        let b = reg
-            .get(name)
-            .ok_or_else(|| ConnectError::NotBound(endpoint()))?;
+        let b = reg.get(name).ok_or_else(|| Error::NotBound(endpoint()))?;
         (Arc::clone(&b.socket), Arc::clone(&b.shared), b.stop.clone())
     };
     let head = listener.identity.clone();
@@ -299,7 +297,7 @@ pub(crate) fn dial(
             if e == RouteError::InUse {
                 bump(&listener.stats.routing_id_conflicts);
             }
-            ConnectError::Handshake {
+            Error::Handshake {
                 endpoint: endpoint(),
                 source: ZmtpError::Refused(match e {
                     RouteError::InUse => crate::runtime::socket::ROUTING_ID_IN_USE,

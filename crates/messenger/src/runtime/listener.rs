@@ -22,7 +22,7 @@ use super::driver::{Conn, End, PartialBudget};
 use super::windows::{self, INCARNATION, Windows};
 use crate::address::{ListenerId, SocketKind};
 use crate::endpoint::Endpoint;
-use crate::error::BindError;
+use crate::error::Error;
 use crate::proto::auth::{AuthError, Verifier};
 use crate::proto::dedup::DedupWindow;
 use crate::proto::wire;
@@ -45,15 +45,17 @@ pub(crate) async fn open(
     id: ListenerId,
     endpoint: &Endpoint,
     handler: Handler,
-) -> Result<(Open, Endpoint), BindError> {
+) -> Result<(Open, Endpoint), Error> {
     let shared = opening.shared;
     let cfg = &shared.config;
     let (slc_tx, slc_rx) = tokio::sync::mpsc::channel(cfg.slc_queue_capacity);
+    // An inproc name is taken once the context exists; a tcp or ipc
+    // socket is bound first, so the context carries the resolved endpoint.
     let (os_listener, bound, created_file) = match endpoint {
-        Endpoint::Inproc(_) => (None, endpoint.clone(), None),
+        Endpoint::Inproc(name) => (Err(name), endpoint.clone(), None),
         _ => {
             let (l, resolved, file) = stream::bind(endpoint).await?;
-            (Some(l), resolved, file)
+            (Ok(l), resolved, file)
         }
     };
     let ctx = Arc::new(SocketCtx::new(
@@ -66,11 +68,11 @@ pub(crate) async fn open(
     ));
     let mut tasks = SocketTasks::new(opening.shutdown.child_token());
     tasks.created_file = created_file;
-    match (endpoint, os_listener) {
-        (Endpoint::Inproc(name), _) => {
+    match os_listener {
+        Err(name) => {
             tasks.inproc = Some(Box::new(inproc::bind(name, &ctx, shared, &tasks.stop)?));
         }
-        (_, Some(l)) => {
+        Ok(l) => {
             let settings = Arc::new(PeerSettings {
                 auth: cfg
                     .auth
@@ -89,7 +91,6 @@ pub(crate) async fn open(
             );
             tasks.spawn(tracing::Instrument::instrument(accept, span));
         }
-        (_, None) => return Err(BindError::Unsupported(endpoint.clone())),
     }
     let span = tracing::info_span!("listener", id = id.0, endpoint = %bound);
     let _entered = span.enter();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::error::SendError;
+use crate::error::Error;
 use crate::proto::deadlines::deadline_after;
 use crate::proto::wire::{self, NOOP, Payload};
 use crate::runtime::callbacks::{Awaited, Completion};
@@ -34,7 +34,7 @@ use crate::transport::unacked::{AckWaiter, Unacked};
 pub(crate) enum Mode {
     /// Wait for room, within the deadline.
     Wait,
-    /// Fail with [`SendError::Full`].
+    /// Fail with [`Error::Full`].
     Try,
 }
 
@@ -83,12 +83,12 @@ struct Waits {
 
 impl Waits {
     /// Waits for `room` until the deadline; `Timeout` after it.
-    async fn wait(&mut self, room: impl Future<Output = ()>) -> Result<(), SendError> {
+    async fn wait(&mut self, room: impl Future<Output = ()>) -> Result<(), Error> {
         let since = *self.since.get_or_insert_with(crate::clock::now);
         let at = crate::clock::tokio_at(deadline_after(since, self.timeout));
         tokio::time::timeout_at(at, room)
             .await
-            .map_err(|_| SendError::Timeout)
+            .map_err(|_| Error::Timeout)
     }
 
     /// The deadline of what the send leads to (the reply, the ACK), at
@@ -103,13 +103,13 @@ impl Waits {
 
 impl Shared {
     /// The one send path (see the module documentation).
-    pub(crate) async fn send(&self, out: Outgoing<'_>) -> Result<Sent, SendError> {
+    pub(crate) async fn send(&self, out: Outgoing<'_>) -> Result<Sent, Error> {
         let max = self.config.max_message_size;
         // Refuse what cannot fit before anything is registered or formatted;
         // the exact length is checked once the payload exists.
         let shortest = wire::encoded_len(0, 0, out.dst_cb, out.body.len());
         if shortest > max {
-            return Err(SendError::TooLarge { len: shortest, max });
+            return Err(Error::TooLarge { len: shortest, max });
         }
         let route = out.socket.route(out.peer)?;
         if let Route::Session(session) = &route
@@ -131,7 +131,7 @@ impl Shared {
         out: &mut Outgoing<'_>,
         deadline: Instant,
         next_id: impl FnOnce() -> u64,
-    ) -> Result<(u64, Option<u64>), SendError> {
+    ) -> Result<(u64, Option<u64>), Error> {
         match std::mem::replace(&mut out.notify, Notify::Nothing) {
             Notify::Reply(completion) => {
                 let awaited = Awaited {
@@ -152,7 +152,7 @@ impl Shared {
     /// tcp and ipc: a place in the peer's window, a msg_id, the payload
     /// recorded for resending, then the session's outbox (or a redialling
     /// connection's next session).
-    async fn transmit(&self, mut out: Outgoing<'_>, mut route: Route) -> Result<Sent, SendError> {
+    async fn transmit(&self, mut out: Outgoing<'_>, mut route: Route) -> Result<Sent, Error> {
         let socket = out.socket;
         let mut waits = Waits {
             timeout: out.timeout,
@@ -166,7 +166,7 @@ impl Shared {
         let place = loop {
             match unacked.reserve(max_pending, len, socket.peek_msg_id(&route)) {
                 Ok(place) => break place,
-                Err(SendError::Full) if out.mode == Mode::Wait => {
+                Err(Error::Full) if out.mode == Mode::Wait => {
                     waits
                         .wait(unacked.wait(len, || socket.peek_msg_id(&route)))
                         .await?;
@@ -185,7 +185,7 @@ impl Shared {
         let payload = wire::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
         let max = self.config.max_message_size;
         if payload.len() > max {
-            return Err(SendError::TooLarge {
+            return Err(Error::TooLarge {
                 len: payload.len(),
                 max,
             });
@@ -197,7 +197,7 @@ impl Shared {
         if self.config.resend_interval.is_some() {
             let moved = place
                 .insert(msg_id, payload.clone(), now, deadline, ack)
-                .map_err(|full| SendError::TooManyUnacked(full.0))?;
+                .map_err(|full| Error::TooManyUnacked(full.0))?;
             sending.tracked = true;
             if moved {
                 socket.wake_timers(&route);
@@ -210,7 +210,7 @@ impl Shared {
             match socket.transmit(&route, &payload) {
                 Ok(()) => return Ok(sending.sent()),
                 Err(Push::Full) => match out.mode {
-                    Mode::Try => return Err(SendError::Full),
+                    Mode::Try => return Err(Error::Full),
                     Mode::Wait => waits.wait(socket.route_room(&route)).await?,
                 },
                 // A connection's session is ending: its next one takes it.
@@ -220,7 +220,7 @@ impl Shared {
                     }
                     route = socket.route(out.peer)?;
                 }
-                Err(Push::Closed) => return Err(SendError::Disconnected),
+                Err(Push::Closed) => return Err(Error::Disconnected),
             }
         }
     }
@@ -235,7 +235,7 @@ impl Shared {
         mut out: Outgoing<'_>,
         session: &Arc<Session>,
         link: &dyn InprocLink,
-    ) -> Result<Sent, SendError> {
+    ) -> Result<Sent, Error> {
         let socket = out.socket;
         let mut waits = Waits {
             timeout: out.timeout,
@@ -255,8 +255,8 @@ impl Shared {
         loop {
             match link.land(session, msg) {
                 Ok(()) => break,
-                Err(Refused::Gone) => return Err(SendError::Disconnected),
-                Err(Refused::Full(_)) if out.mode == Mode::Try => return Err(SendError::Full),
+                Err(Refused::Gone) => return Err(Error::Disconnected),
+                Err(Refused::Full(_)) if out.mode == Mode::Try => return Err(Error::Full),
                 Err(Refused::Full(back)) => {
                     msg = back;
                     waits.wait(link.room()).await?;
@@ -277,15 +277,15 @@ impl Shared {
         ticket: &ReplyTicket,
         dst_cb: u64,
         body: &[u8],
-    ) -> Result<(), SendError> {
+    ) -> Result<(), Error> {
         let session = ticket.session();
         if session.is_closed() {
-            return Err(SendError::Disconnected);
+            return Err(Error::Disconnected);
         }
         let max = self.config.max_message_size;
         let len = wire::encoded_len(u64::MAX, NOOP, dst_cb, body.len());
         if len > max {
-            return Err(SendError::TooLarge { len, max });
+            return Err(Error::TooLarge { len, max });
         }
         let deadline = deadline_after(self.now(), self.config.request_timeout);
         session

@@ -5,11 +5,16 @@
 //! queue is full, makes the ProcessMessage loop refuse new ones unACKed so
 //! peers resend later) and never the loop or other listeners.
 //!
-//! Two kinds: a [`ServerLoop`] handles one message at a time, in arrival
-//! order (so per-peer order is kept); an [`AsyncServerLoop`] runs each
+//! Two kinds: a sequential loop ([`Messenger::listen_for_connection`])
+//! handles one message at a time, in arrival order (so per-peer order is
+//! kept); a concurrent one
+//! ([`Messenger::listen_for_connection_concurrent`]) runs each
 //! message as its own task, concurrently up to the messenger's
 //! [`Config::max_concurrent_handlers`](crate::Config::max_concurrent_handlers),
 //! a limit counted only while a handler runs.
+//!
+//! [`Messenger::listen_for_connection`]: crate::Messenger::listen_for_connection
+//! [`Messenger::listen_for_connection_concurrent`]: crate::Messenger::listen_for_connection_concurrent
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,60 +28,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::address::Destination;
-use crate::error::SendError;
+use crate::error::Error;
 use crate::runtime::send::{Mode, Notify, Outgoing};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Delivered, ReplyTicket, SocketCtx};
 use crate::types::Incoming;
 
-/// A listener's persistent message handler.
-///
-/// It runs on the listener's own task, one message at a time, in arrival
-/// order. It may reply at once with [`Responder::try_reply`]; long work
-/// should be spawned so the next message is not held up.
-pub trait ServerLoop: Send + Sync + 'static {
-    /// Handles one message that no builtin or MSC claimed.
-    fn handle(&self, message: Incoming, responder: Responder);
-}
+/// A sequential server loop: one message at a time, in arrival order, on
+/// the loop's own task.
+pub(crate) type Sequential = dyn Fn(Incoming, Responder) + Send + Sync;
 
-impl<F> ServerLoop for F
-where
-    F: Fn(Incoming, Responder) + Send + Sync + 'static,
-{
-    fn handle(&self, message: Incoming, responder: Responder) {
-        self(message, responder)
-    }
-}
-
-/// A listener's message handler whose work is asynchronous and may run
-/// concurrently with itself: each message becomes a task.
-pub trait AsyncServerLoop: Send + Sync + 'static {
-    /// Handles one message.
-    fn handle(
-        &self,
-        message: Incoming,
-        responder: Responder,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-}
-
-impl<F, Fut> AsyncServerLoop for F
-where
-    F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    fn handle(
-        &self,
-        message: Incoming,
-        responder: Responder,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(self(message, responder))
-    }
-}
+/// A concurrent server loop: each message's work is a future of its own.
+pub(crate) type Concurrent =
+    dyn Fn(Incoming, Responder) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
 /// Which kind of handler a listener runs.
 pub(crate) enum Handler {
-    Sequential(Arc<dyn ServerLoop>),
-    Concurrent(Arc<dyn AsyncServerLoop>, Arc<Semaphore>),
+    Sequential(Arc<Sequential>),
+    /// With the messenger-wide limit on handlers running at once.
+    Concurrent(Arc<Concurrent>, Arc<Semaphore>),
 }
 
 /// Answers the sender of one message, from inside an SLC or later: it may
@@ -87,7 +57,7 @@ pub(crate) enum Handler {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use messenger::{Incoming, Messenger, NOOP, Responder};
 ///
-/// let server = Messenger::new("model-server")?;
+/// let server = Messenger::new()?;
 /// let train = |job: Incoming, r: Responder| {
 ///     // Answer later, from a task of its own, without holding the loop.
 ///     tokio::spawn(async move {
@@ -95,8 +65,8 @@ pub(crate) enum Handler {
 ///     });
 /// };
 /// let at = "inproc://responder-doc".parse()?;
-/// server.listen_for_connection(&at, "model-server", train).await?;
-/// let db = Messenger::new("database")?;
+/// server.listen_for_connection(&at, train).await?;
+/// let db = Messenger::new()?;
 /// let conn = db.make_connection(&at).await?;
 /// let done = db.request(conn, NOOP, b"batch 1").await?;
 /// assert_eq!(&done.body[..], b"trained on batch 1");
@@ -122,14 +92,14 @@ impl Responder {
     /// the buffer full waits there, in order, until the peer's ACKs make
     /// room (it is dropped, counted and logged only if its deadline passes
     /// first: a peer that never ACKs). A further reply to the same request
-    /// gets [`SendError::Full`] where there is no room.
-    pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<(), SendError> {
+    /// gets [`Error::Full`] where there is no room.
+    pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
         let body = body.as_ref();
         let send = self.send(body, Mode::Try);
         // Mode::Try never waits: the first poll completes it.
-        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(SendError::Full));
+        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(Error::Full));
         match (sent, &self.ticket) {
-            (Err(SendError::Full), Some(ticket)) if ticket.unspent() => {
+            (Err(Error::Full), Some(ticket)) if ticket.unspent() => {
                 self.shared.defer_reply(ticket, self.src_cb, body)
             }
             (sent, ticket) => {
@@ -142,8 +112,8 @@ impl Responder {
     }
 
     /// Replies to the message's `src_cb`, waiting for room within
-    /// `request_timeout` ([`SendError::Timeout`] after it).
-    pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<(), SendError> {
+    /// `request_timeout` ([`Error::Timeout`] after it).
+    pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
         let sent = self.send(body.as_ref(), Mode::Wait).await;
         if let (Ok(_), Some(t)) = (&sent, &self.ticket) {
             t.spend();
@@ -152,7 +122,7 @@ impl Responder {
     }
 
     /// The one send path of both replies.
-    async fn send(&self, body: &[u8], mode: Mode) -> Result<u64, SendError> {
+    async fn send(&self, body: &[u8], mode: Mode) -> Result<u64, Error> {
         let out = Outgoing {
             socket: &self.socket,
             peer: &self.peer,
@@ -267,7 +237,7 @@ async fn serve(
         let responder = responder_for(shared, Arc::clone(&socket), &msg, ticket);
         match &handler {
             Handler::Sequential(slc) => {
-                if catch_unwind(AssertUnwindSafe(|| slc.handle(msg, responder))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| slc(msg, responder))).is_err() {
                     tracing::error!(endpoint = %socket.origin.endpoint, "server-loop callback panicked; continuing");
                 }
             }
@@ -277,7 +247,7 @@ async fn serve(
                 let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
                     break;
                 };
-                let work = slc.handle(msg, responder);
+                let work = slc(msg, responder);
                 running.spawn(async move {
                     work.await;
                     drop(permit);

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::SocketKind;
 use crate::config::Config;
-use crate::error::RequestError;
+use crate::error::Error;
 use crate::runtime::callbacks::Callbacks;
 use crate::runtime::socket::{Session, SocketCtx};
 use crate::stats::Stats;
@@ -72,7 +72,7 @@ impl Shared {
         socket.detach(session);
         match socket.origin.kind {
             SocketKind::Listener(_) => self.fail_peer(socket, &session.peer),
-            SocketKind::Connection(_) => self.fail_socket(socket, RequestError::Disconnected),
+            SocketKind::Connection(_) => self.fail_socket(socket, Error::Disconnected),
         }
         socket.wake_room();
     }
@@ -81,7 +81,7 @@ impl Shared {
     /// of requests sent on it and senders waiting for its ACKs. Messages
     /// nobody waits on stay in its unacknowledged set, to be resent if the
     /// link comes back (until their deadline).
-    pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: RequestError) {
+    pub(crate) fn fail_socket(&self, socket: &SocketCtx, err: Error) {
         let tag = socket.origin.kind.tag();
         let failed = self.callbacks.fail_matching(&err, |s, _| s == tag);
         for unacked in socket.all_unacked() {
@@ -99,6 +99,6 @@ impl Shared {
     pub(crate) fn fail_peer(&self, socket: &SocketCtx, peer: &[u8]) {
         let tag = socket.origin.kind.tag();
         self.callbacks
-            .fail_matching(&RequestError::Disconnected, |s, p| s == tag && p == peer);
+            .fail_matching(&Error::Disconnected, |s, p| s == tag && p == peer);
     }
 }

@@ -35,7 +35,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::address::{Origin, SocketKind};
 use crate::endpoint::Endpoint;
-use crate::error::{FrameError, RequestError, SendError};
+use crate::error::Error;
+use crate::proto::FrameError;
 use crate::proto::wire::{self, Payload};
 use crate::runtime::process::Refused;
 use crate::runtime::replies::Replies;
@@ -451,15 +452,15 @@ impl SocketCtx {
     // ---- Routes ----------------------------------------------------------
 
     /// Where a message to `peer` goes now.
-    pub(crate) fn route(&self, peer: &Bytes) -> Result<Route, SendError> {
+    pub(crate) fn route(&self, peer: &Bytes) -> Result<Route, Error> {
         if self.is_closed() {
-            return Err(SendError::Disconnected);
+            return Err(Error::Disconnected);
         }
         match self.origin.kind {
             SocketKind::Listener(_) => lock(&self.routes)
                 .get(peer)
                 .map(|s| Route::Session(Arc::clone(s)))
-                .ok_or(SendError::Disconnected),
+                .ok_or(Error::Disconnected),
             SocketKind::Connection(_) => Ok(match &*lock(&self.link) {
                 Link::Up(s) => Route::Session(Arc::clone(s)),
                 Link::Down(_) => Route::Backlog,
@@ -693,7 +694,7 @@ impl SocketCtx {
                 }
                 session.close();
                 // Its next session starts over: nothing is resent to it.
-                session.unacked.close(&RequestError::Disconnected);
+                session.unacked.close(&Error::Disconnected);
             }
             SocketKind::Connection(_) => {
                 self.unlink(session);
@@ -871,7 +872,7 @@ impl SocketCtx {
         for (_, payload, waiter) in tick.expired {
             match waiter {
                 Some(w) => {
-                    let _ = w.send(Err(RequestError::Timeout));
+                    let _ = w.send(Err(Error::Timeout));
                 }
                 // A request's callback learns of its own deadline.
                 None if wire::parse(&payload).is_ok_and(|p| p.src_cb != wire::NOOP) => {}

@@ -19,7 +19,7 @@ use tokio::io::{Interest, Ready};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::endpoint::Endpoint;
-use crate::error::{BindError, ConnectError};
+use crate::error::Error;
 
 /// A connected tcp or ipc socket.
 #[derive(Debug)]
@@ -107,16 +107,16 @@ fn drained(got: usize, room: usize) -> io::Result<usize> {
 }
 
 /// Resolves a tcp host for binding: `*` is every interface.
-async fn resolve(endpoint: &Endpoint, host: &str, port: u16) -> Result<SocketAddr, BindError> {
+async fn resolve(endpoint: &Endpoint, host: &str, port: u16) -> Result<SocketAddr, Error> {
     if host == "*" {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let resolve_err = |source| BindError::Resolve {
+    let resolve_err = |source| Error::Resolve {
         endpoint: endpoint.clone(),
-        source,
+        source: std::sync::Arc::new(source),
     };
     tokio::net::lookup_host((host, port))
         .await
@@ -127,40 +127,29 @@ async fn resolve(endpoint: &Endpoint, host: &str, port: u16) -> Result<SocketAdd
 
 /// Removes an ipc socket file left by a dead process; refuses a live one or
 /// a file that is not a socket.
-fn clear_stale_ipc(endpoint: &Endpoint, path: &Path) -> Result<(), BindError> {
+fn clear_stale_ipc(endpoint: &Endpoint, path: &Path) -> Result<(), Error> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(BindError::Io {
-                endpoint: endpoint.clone(),
-                source,
-            });
-        }
+        Err(source) => return Err(Error::bind(endpoint, source)),
     };
     if !meta.file_type().is_socket() {
-        return Err(BindError::NotASocket(endpoint.clone()));
+        return Err(Error::NotASocket(endpoint.clone()));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(BindError::InUse(endpoint.clone())),
+        Ok(_) => Err(Error::InUse(endpoint.clone())),
         Err(_) => {
             tracing::info!(path = %path.display(), "removing stale ipc socket file");
-            std::fs::remove_file(path).map_err(|source| BindError::Io {
-                endpoint: endpoint.clone(),
-                source,
-            })
+            std::fs::remove_file(path).map_err(|source| Error::bind(endpoint, source))
         }
     }
 }
 
-fn io_bind_err(endpoint: &Endpoint, source: io::Error) -> BindError {
+fn io_bind_err(endpoint: &Endpoint, source: io::Error) -> Error {
     if source.kind() == io::ErrorKind::AddrInUse {
-        BindError::InUse(endpoint.clone())
+        Error::InUse(endpoint.clone())
     } else {
-        BindError::Io {
-            endpoint: endpoint.clone(),
-            source,
-        }
+        Error::bind(endpoint, source)
     }
 }
 
@@ -190,7 +179,7 @@ impl Listener {
 /// bound (port 0 resolved) and the ipc file we created, if any.
 pub(crate) async fn bind(
     endpoint: &Endpoint,
-) -> Result<(Listener, Endpoint, Option<PathBuf>), BindError> {
+) -> Result<(Listener, Endpoint, Option<PathBuf>), Error> {
     match endpoint {
         Endpoint::Tcp { host, port } => {
             let addr = resolve(endpoint, host, *port).await?;
@@ -210,17 +199,17 @@ pub(crate) async fn bind(
             let l = UnixListener::bind(path).map_err(|e| io_bind_err(endpoint, e))?;
             Ok((Listener::Unix(l), endpoint.clone(), Some(path.clone())))
         }
-        Endpoint::Inproc(_) => Err(BindError::Unsupported(endpoint.clone())),
+        Endpoint::Inproc(_) => Err(Error::bind(
+            endpoint,
+            io::Error::other("inproc is bound by name, not as a socket"),
+        )),
     }
 }
 
 /// Dials `endpoint` (tcp or ipc) within `timeout`.
-pub(crate) async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, ConnectError> {
-    let refused = |source: io::Error| ConnectError::Refused {
-        endpoint: endpoint.clone(),
-        source,
-    };
-    let timed_out = |_| ConnectError::Timeout(endpoint.clone());
+pub(crate) async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, Error> {
+    let refused = |source: io::Error| Error::connect(endpoint, source);
+    let timed_out = |_| Error::ConnectTimeout(endpoint.clone());
     match endpoint {
         Endpoint::Tcp { host, port } => {
             let connect = TcpStream::connect((host.as_str(), *port));
@@ -239,9 +228,9 @@ pub(crate) async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Strea
                 .map_err(refused)?;
             Ok(Stream::Unix(s))
         }
-        Endpoint::Inproc(_) => Err(ConnectError::Refused {
-            endpoint: endpoint.clone(),
-            source: io::Error::other("inproc is not a byte stream"),
-        }),
+        Endpoint::Inproc(_) => Err(Error::connect(
+            endpoint,
+            io::Error::other("inproc is not a byte stream"),
+        )),
     }
 }

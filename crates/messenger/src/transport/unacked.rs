@@ -11,12 +11,12 @@ use bytes::Bytes;
 use std::time::Instant;
 
 use super::room::Room;
-use crate::error::{RequestError, SendError};
+use crate::error::Error;
 use crate::proto::pending::{Entry, PendingSet, SetFull, Tick};
 
 /// Told when a message is acknowledged (or given up on): what
 /// `send_confirmed` waits for.
-pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), crate::error::RequestError>>;
+pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), crate::error::Error>>;
 
 /// The set, and the places in the window taken by senders that have not
 /// inserted their message yet.
@@ -103,15 +103,15 @@ impl Unacked {
         limit: usize,
         len: usize,
         next_id: u64,
-    ) -> Result<Reserved, SendError> {
+    ) -> Result<Reserved, Error> {
         let counted = self.window != usize::MAX;
         if counted {
             let mut inner = self.inner();
             if !inner.fits(self.window, self.window_bytes, len, next_id) {
-                return Err(SendError::Full);
+                return Err(Error::Full);
             }
             if inner.set.len() + inner.reserved >= limit {
-                return Err(SendError::TooManyUnacked(limit));
+                return Err(Error::TooManyUnacked(limit));
             }
             inner.reserved += 1;
             inner.reserved_bytes += len;
@@ -183,7 +183,7 @@ impl Unacked {
 
     /// Messages someone waits on are failed with `err`; the others stay to
     /// be resent (a connection redials).
-    pub(crate) fn fail_waiters(&self, err: &RequestError) {
+    pub(crate) fn fail_waiters(&self, err: &Error) {
         let waiters = self.inner().set.drain_waiters();
         self.room.wake();
         for w in waiters {
@@ -193,7 +193,7 @@ impl Unacked {
 
     /// The peer is gone for good (a listener's session ended, or shutdown):
     /// everything is forgotten, its waiters are told, waiting senders stop.
-    pub(crate) fn close(&self, err: &RequestError) {
+    pub(crate) fn close(&self, err: &Error) {
         self.closed.store(true, Ordering::Release);
         let waiters = self.inner().set.drain();
         self.room.wake();
@@ -279,14 +279,14 @@ mod tests {
                 .insert(id, Bytes::from_static(b"x"), now, later, None)
                 .expect("inserted");
         }
-        assert!(matches!(u.reserve(usize::MAX, 10, 4), Err(SendError::Full)));
+        assert!(matches!(u.reserve(usize::MAX, 10, 4), Err(Error::Full)));
         // 1, 2 and 3 are ACKed: three places free, but 0 is still out.
         for id in 1..4 {
             assert!(u.settle(id, now));
         }
         assert_eq!(u.len(), 1);
         assert!(
-            matches!(u.reserve(usize::MAX, 10, 4), Err(SendError::Full)),
+            matches!(u.reserve(usize::MAX, 10, 4), Err(Error::Full)),
             "ids 0..=4 span more than the window"
         );
         assert!(u.settle(0, now));
