@@ -16,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A deadline as nanoseconds since the structure's base instant: 8 bytes
 /// instead of 16, good for 584 years.
@@ -116,7 +116,12 @@ impl Deadlines {
     }
 }
 
-pub use zmtp::deadline_after;
+/// `now + timeout`; a timeout too large to add is as good as none (about
+/// a century), never a panic: `Duration::MAX` means "no deadline".
+pub fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
 
 #[cfg(test)]
 mod tests {

@@ -43,10 +43,8 @@ pub enum Role {
 }
 
 /// `now + timeout`; a timeout too large to add is as good as none (about
-/// a century), never a panic: `Duration::MAX` means "no deadline". Here,
-/// at the bottom of the crate, so the engine's timers and the messenger's
-/// request deadlines share it.
-pub fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+/// a century), never a panic: `Duration::MAX` means "no deadline".
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }

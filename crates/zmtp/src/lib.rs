@@ -1,40 +1,5 @@
 #![warn(missing_docs, unreachable_pub)]
-//! ZMTP 3.1 (RFC 37) as a sans-IO state machine: bytes in, events and bytes
-//! out, no sockets and no clock of its own (time is passed in as
-//! `std::time::Instant`), as quinn-proto is to quinn. It depends on no
-//! runtime: the `messenger` crate's tokio drivers own the sockets and call
-//! into it, and anything else that moves bytes can.
-//!
-//! ```text
-//! greeting.rs   the 64-byte greeting: version, mechanism, as-server
-//! frame.rs      FrameDecoder (every limit checked before anything is
-//!               reserved) and the encoders that write frames into one buffer
-//! command.rs    commands (READY, ERROR, PING, PONG, ...) and READY metadata
-//! mechanism.rs  the security mechanism seam: NULL, and CURVE's handshake
-//! curve.rs      CURVE (RFC 26 as libzmq speaks it): HELLO, WELCOME,
-//!               INITIATE, READY, and the MESSAGE boxes of the traffic
-//! keys.rs       CURVE keys and their Z85 form (RFC 32)
-//! engine.rs     Engine: greeting -> handshake -> traffic, PING/PONG, timers
-//! ```
-//!
-//! A connection's life: [`Engine::new`] queues our greeting; the driver
-//! writes [`Engine::transmit`] and feeds what it reads to
-//! [`Engine::decode`], which yields [`Event`]s. After the peer's READY the
-//! engine yields [`Event::PeerReady`]; the socket layer decides (socket
-//! type, routing id) and calls [`Engine::accept`] or [`Engine::refuse`].
-//! Then every message and command is framed by the [`Encoder`] taken with
-//! [`Engine::take_encoder`], which may live behind the connection's send
-//! lock so any task can send.
-//!
-//! CURVE (RFC 26) is chosen with [`EngineConfig::mechanism`]: a listener
-//! gets [`MechanismConfig::CurveServer`] with its [`CurveKeyPair`], a dialer
-//! [`MechanismConfig::CurveClient`] with its own pair and the server's
-//! [`CurvePublicKey`] (keys travel as 40-character Z85 text). The driver's
-//! loop does not change: [`Event::PeerReady`] carries the peer's proven key
-//! in [`PeerInfo::curve_public_key`] for the socket layer to authorise
-//! (`refuse` sends the CURVE client a plaintext ERROR; libzmq reports a
-//! reason of "300", "400" or "500" as an authentication failure), and the
-//! encoder and decoder box and unbox every frame and command.
+#![doc = include_str!("../README.md")]
 
 mod command;
 mod curve;
@@ -46,9 +11,7 @@ mod keys;
 mod mechanism;
 
 pub use command::{Command, Metadata, MetadataError, encode_ready_body, encode_ready_body_with};
-pub use engine::{
-    Engine, EngineConfig, Event, Heartbeat, PeerInfo, ReceivePace, Role, deadline_after,
-};
+pub use engine::{Engine, EngineConfig, Event, Heartbeat, PeerInfo, ReceivePace, Role};
 pub use frame::{Decoded, Encoder, FrameDecoder};
 pub use greeting::{GREETING_LEN, Greeting};
 pub use keys::{
