@@ -28,14 +28,20 @@ use crate::types::{Callback, ListenerInfo};
 
 #[derive(Default)]
 struct Registry {
+    /// Open listeners, by id.
     listeners: HashMap<ListenerId, Open>,
+    /// Open connections, by id.
     connections: HashMap<ConnectionId, Open>,
+    /// One connection per endpoint: `make_connection` reuses it.
     pool: HashMap<Endpoint, ConnectionId>,
 }
 
 struct Inner {
+    /// Our routing id, announced on every connection and listener.
     identity: Bytes,
+    /// What every task of this messenger shares.
     shared: Arc<Shared>,
+    /// Its sockets; locked only to open, look up or close one.
     registry: Mutex<Registry>,
     /// Serialises connects so two callers for one endpoint share one DEALER.
     connecting: tokio::sync::Mutex<()>,
@@ -138,6 +144,7 @@ impl Inner {
 /// ```
 #[derive(Clone)]
 pub struct Messenger {
+    /// Shared by every clone.
     inner: Arc<Inner>,
 }
 
@@ -705,7 +712,9 @@ impl Messenger {
 /// Unregisters a request's callback unless disarmed: covers a future
 /// dropped while it waits for the reply.
 struct Unregister<'a> {
+    /// Where the callback is registered.
     shared: &'a Shared,
+    /// The callback's wire id; `None` once disarmed.
     id: Option<u64>,
 }
 

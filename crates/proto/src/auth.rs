@@ -139,6 +139,7 @@ pub fn proof(secret: &Secret) -> Result<String, getrandom::Error> {
 /// A listener's side: checks proofs and remembers nonces.
 #[derive(Debug)]
 pub struct Verifier {
+    /// The shared secret proofs are checked against.
     secret: Secret,
     /// nonce -> time (ms) after which it may be forgotten.
     seen: HashMap<[u8; 16], u64>,

@@ -26,8 +26,12 @@ pub const SHARDS: usize = 8;
 /// A table of pending callbacks, keyed by wire id.
 #[derive(Debug)]
 pub struct CallbackTable<T> {
+    /// The callbacks, by slot; a slot is reused once freed.
     slots: Slab<Slot<T>>,
+    /// Stamped into the next callback's wire id, so a late reply to a
+    /// freed slot's old callback cannot reach its new one.
     next_generation: u32,
+    /// Most callbacks at once (`Config::max_pending_callbacks`).
     limit: usize,
     /// Which shard this table is (in its ids).
     shard: u8,
@@ -35,7 +39,9 @@ pub struct CallbackTable<T> {
 
 #[derive(Debug)]
 struct Slot<T> {
+    /// The generation its wire id carries; a reply naming another misses.
     generation: u32,
+    /// What waits for the reply.
     value: T,
 }
 

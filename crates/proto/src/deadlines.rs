@@ -25,6 +25,7 @@ type Nanos = u64;
 /// The deadlines of waiting callbacks, keyed by the callback's id.
 #[derive(Debug)]
 pub struct Deadlines {
+    /// Deadlines are kept as nanoseconds after it (see `Nanos`).
     base: Instant,
     /// Non-decreasing deadlines, oldest first.
     fifo: VecDeque<(Nanos, u64)>,

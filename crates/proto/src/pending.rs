@@ -19,7 +19,9 @@ pub type MsgKey = u64;
 pub struct Entry<W> {
     /// The payload, shared with the socket: resending copies nothing.
     pub payload: Bytes,
+    /// When it last went out: the resend timer runs from here.
     last_sent: Instant,
+    /// When it is given up on (and its waiter told).
     deadline: Instant,
     /// Times it was resent.
     pub resends: u32,
@@ -33,7 +35,9 @@ pub struct Entry<W> {
 /// sampled (Karn's rule: an ACK of a resent message is ambiguous).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RttEstimate {
+    /// Smoothed round trip; `None` until the first sample.
     srtt: Option<Duration>,
+    /// Round-trip variation: the margin the resend timeout adds.
     rttvar: Duration,
 }
 
@@ -82,7 +86,9 @@ pub struct PendingSet<W> {
     /// foldhash, seeded per map: SipHash was 10% of a round trip's
     /// instructions; the keys are our own msg_ids.
     entries: HashMap<MsgKey, Entry<W>, foldhash::fast::RandomState>,
+    /// Most messages held at once (`Config::max_pending_messages`).
     limit: usize,
+    /// Where the resend timeout comes from once ACKs have been timed.
     rtt: RttEstimate,
     /// Payload bytes held, so a peer's window can be bounded in bytes as
     /// well as in messages.

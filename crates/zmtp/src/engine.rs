@@ -168,19 +168,27 @@ enum State {
 /// One ZMTP connection's protocol state.
 #[derive(Debug)]
 pub struct Engine {
+    /// Client or server: who speaks first in CURVE, and which timers apply.
     role: Role,
+    /// Ours, announced in READY and checked against the peer's.
     socket_type: SocketType,
+    /// Our PINGs (3.1 peers only): `None` sends none, though a peer's PING
+    /// is still answered.
     heartbeat: Option<Heartbeat>,
+    /// Where in the connection's life we are: what `decode` expects next.
     state: State,
     /// Our READY body (NULL sends it in clear; CURVE boxes what follows
     /// its name, in INITIATE or READY).
     ready: Bytes,
     /// The peer's greeting so far.
     greeting: [u8; GREETING_LEN],
+    /// How much of `greeting` has arrived: a greeting may come in pieces.
     greeting_have: usize,
     /// The peer's greeting, parsed.
     peer_greeting: Option<Greeting>,
+    /// NULL or CURVE: runs the handshake's commands, then boxes traffic.
     mechanism: Mechanism,
+    /// Frames after the greeting, every limit checked on the header.
     decoder: FrameDecoder,
     /// Frames every command and message we send until the socket layer
     /// takes it (after the handshake).
@@ -191,6 +199,8 @@ pub struct Engine {
     /// Commands to send after the handshake (PONG, PING), framed by
     /// whoever holds the encoder.
     commands: VecDeque<Bytes>,
+    /// When the handshake must be over: a peer that never finishes it
+    /// cannot hold the connection.
     handshake_deadline: Instant,
     /// When our next PING is due.
     next_ping: Option<Instant>,

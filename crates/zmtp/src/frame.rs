@@ -32,8 +32,11 @@ pub enum Decoded {
 /// A frame header read and checked, waiting for its body.
 #[derive(Debug, Clone, Copy)]
 struct Header {
+    /// A command frame (READY, PING, ...) rather than a message frame.
     command: bool,
+    /// More frames of this message follow.
     more: bool,
+    /// The body's declared size, already within the limits.
     len: usize,
 }
 
@@ -44,6 +47,7 @@ struct Header {
 /// [`wants`](Self::wants) never asks for more than a limit allows.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// What a frame, message or command may make us hold.
     limits: Limits,
     /// The header of the frame whose body is awaited.
     header: Option<Header>,

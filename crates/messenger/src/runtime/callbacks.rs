@@ -50,6 +50,7 @@ impl Completion {
 /// One waiting callback. Kept small (40 bytes): a million pending requests
 /// are a million of these.
 pub(crate) struct Waiter {
+    /// How the reply reaches its waiter: a closure, a future's oneshot.
     completion: Completion,
     /// The socket the request went out on (`SocketKind::tag`).
     socket: u64,
@@ -75,7 +76,9 @@ impl Waiter {
 /// One shard: the callbacks registered from one worker thread (mostly),
 /// with their deadlines.
 struct Shard {
+    /// The callbacks, by wire id.
     table: CallbackTable<Waiter>,
+    /// When each times out.
     deadlines: Deadlines,
 }
 
@@ -98,6 +101,8 @@ pub(crate) struct Awaited<'a> {
 
 /// See the module documentation.
 pub(crate) struct Callbacks {
+    /// One per worker thread (see the module documentation), each on
+    /// cache lines of its own.
     shards: Box<[Padded<Mutex<Shard>>]>,
     /// Most waiting callbacks (`Config::max_pending_callbacks`).
     limit: usize,
@@ -105,6 +110,7 @@ pub(crate) struct Callbacks {
     moved: tokio::sync::Notify,
     /// Where closure callbacks run.
     runtime: Handle,
+    /// Timeouts are counted.
     stats: Arc<Stats>,
 }
 

@@ -144,7 +144,9 @@ impl End {
 /// buffer beyond its first [`UNCHARGED`] bytes is charged here.
 #[derive(Debug)]
 pub(crate) struct PartialBudget {
+    /// Bytes charged now, across the listener's peers.
     used: AtomicUsize,
+    /// `Config::max_partial_bytes`.
     max: usize,
 }
 
@@ -159,7 +161,9 @@ impl PartialBudget {
 
 /// A tcp or ipc connection and its ZMTP engine.
 pub(crate) struct Conn {
+    /// The socket, shared with the outbox that writes to it.
     stream: Arc<Stream>,
+    /// The ZMTP state machine the driver feeds and obeys.
     engine: Engine,
     /// Bytes read and not yet decoded; decoded frames are split off it
     /// without copying.

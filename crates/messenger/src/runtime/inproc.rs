@@ -47,7 +47,9 @@ enum SideId {
 
 /// One side of a pair: where a message for it lands.
 struct Side {
+    /// The socket messages for this side land on.
     socket: Arc<SocketCtx>,
+    /// That socket's messenger (callbacks, counters).
     shared: Arc<Shared>,
     /// Weak: the sessions hold the pair, and a session's owner (routing
     /// table, link) decides how long it lives.
@@ -63,7 +65,9 @@ impl Side {
 
 /// Two sessions joined in one process.
 pub(crate) struct Pair {
+    /// The dialling side.
     connection: Side,
+    /// The listening side.
     listener: Side,
     /// Cancelled when either session ends.
     closed: CancellationToken,
@@ -111,6 +115,7 @@ impl Pair {
 
 /// The way out of one inproc session: the pair it belongs to.
 pub(crate) struct Tx {
+    /// Which side of the pair this session is.
     side: SideId,
     /// Set once both sessions exist. The pair holds both sockets; it goes
     /// with the sessions, which go when their owners (routing table, link)
@@ -178,10 +183,16 @@ impl InprocLink for Tx {
     }
 }
 
+/// A bound inproc name: where dialling it leads.
 struct Binding {
+    /// Names this binding, so a later one of the same name is not
+    /// removed by an old registration's drop.
     token: u64,
+    /// The listener's socket: dialled sessions join it.
     socket: Arc<SocketCtx>,
+    /// Its messenger.
     shared: Arc<Shared>,
+    /// Fired when the listener closes: dialling it then fails.
     stop: CancellationToken,
 }
 
@@ -194,7 +205,9 @@ fn registry() -> MutexGuard<'static, HashMap<String, Binding>> {
 
 /// A name held in the registry; dropping it frees the name.
 pub(crate) struct Registration {
+    /// The name held.
     name: String,
+    /// Which binding of that name: only ours is removed.
     token: u64,
 }
 
@@ -236,6 +249,7 @@ pub(crate) fn bind(
 
 /// A connection's inproc session, as its driver holds it.
 pub(crate) struct Conn {
+    /// Fires when the pair ends, from either side.
     closed: CancellationToken,
 }
 

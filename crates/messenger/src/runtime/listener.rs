@@ -336,6 +336,7 @@ async fn make_room(
 /// tcp sessions per source address (IPv6 by /64, what one host is
 /// usually given), bounded by `max_connections_per_address`.
 struct Sources {
+    /// `Config::max_connections_per_address`.
     max: usize,
     /// Per source with a session or a newcomer waiting: places held, and
     /// newcomers waiting for one. At most one entry per held place or
@@ -347,7 +348,9 @@ struct Sources {
 
 #[derive(Default)]
 struct Held {
+    /// Sessions this source holds now.
     places: usize,
+    /// Newcomers from it waiting for a place (at most a few).
     waiting: usize,
 }
 
@@ -360,13 +363,17 @@ enum Admission {
 
 /// A newcomer waiting for a place of its source (counted while it waits).
 struct Waiter {
+    /// The table it is counted in.
     sources: Arc<Sources>,
+    /// Its source (IPv6 by /64).
     source: IpAddr,
 }
 
 /// One place of a source, given back when dropped.
 struct SourceSlot {
+    /// The table it is counted in.
     sources: Arc<Sources>,
+    /// Its source (IPv6 by /64).
     source: IpAddr,
 }
 

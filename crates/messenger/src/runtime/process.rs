@@ -178,8 +178,11 @@ impl Shared {
 
 /// ProcessMessage's effects for a message read from a tcp or ipc peer.
 struct Wire<'a> {
+    /// The messenger: callbacks, counters, configuration.
     shared: &'a Shared,
+    /// The socket the message arrived on: its server loop, its unACKed set.
     socket: &'a Arc<SocketCtx>,
+    /// The peer's session: where ACKs and answers go.
     session: &'a Arc<Session>,
 }
 
@@ -241,8 +244,11 @@ impl Effects for Wire<'_> {
 /// One side of an inproc pair: a socket, its messenger, and the session
 /// there.
 pub(crate) struct Side<'a> {
+    /// The socket a message lands on.
     pub(crate) socket: &'a Arc<SocketCtx>,
+    /// Its messenger: callbacks, counters.
     pub(crate) shared: &'a Shared,
+    /// The session on that side: the peer a message came from.
     pub(crate) session: &'a Session,
 }
 
@@ -259,6 +265,7 @@ pub(crate) enum Refused {
 /// lands back on `from` the same way; a full server loop gives the message
 /// back to the sender, who waits (where a tcp peer would resend).
 pub(crate) struct Landing<'a> {
+    /// The side the message lands on.
     pub(crate) to: Side<'a>,
     /// Where an ECHO's answer lands; `None` for an answer (never answered).
     pub(crate) from: Option<Side<'a>>,

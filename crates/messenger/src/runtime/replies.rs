@@ -31,6 +31,7 @@ use std::time::Instant;
 struct Deferred {
     /// The callback it answers.
     dst_cb: u64,
+    /// The answer, kept until it fits or its deadline passes.
     body: Bytes,
     /// Past it the reply is dropped: the request's sender has given up.
     deadline: Instant,

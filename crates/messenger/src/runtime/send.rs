@@ -57,11 +57,14 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) peer: &'a Bytes,
     /// The callback it is addressed to.
     pub(crate) dst_cb: u64,
+    /// What it carries.
     pub(crate) body: &'a [u8],
+    /// Who learns what became of it.
     pub(crate) notify: Notify,
     /// From the call: every wait of the send, and then the reply or ACK,
     /// count against it.
     pub(crate) timeout: Duration,
+    /// Whether it may wait for room.
     pub(crate) mode: Mode,
 }
 
@@ -77,7 +80,9 @@ pub(crate) struct Sent {
 /// The deadline shared by every wait of one send: started when the first
 /// wait begins, so a send that never waits never reads the clock for it.
 struct Waits {
+    /// The send's whole allowance.
     timeout: Duration,
+    /// When the first wait began (`None`: no wait yet).
     since: Option<Instant>,
 }
 
@@ -302,10 +307,13 @@ impl Shared {
 /// it unregisters its callback and its unacknowledged entry, so a failed or
 /// cancelled send leaves nothing behind.
 struct Sending<'a> {
+    /// Where its callback is registered.
     shared: &'a Shared,
     /// The set it is recorded in, with resending on (never on inproc).
     unacked: Option<Arc<Unacked>>,
+    /// Its msg_id (0 until numbered).
     msg_id: u64,
+    /// Its callback's wire id, if it registered one.
     cb_id: Option<u64>,
     /// Whether it is recorded in `unacked`.
     tracked: bool,

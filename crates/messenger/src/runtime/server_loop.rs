@@ -74,9 +74,13 @@ pub(crate) enum Handler {
 /// ```
 #[derive(Clone)]
 pub struct Responder {
+    /// The messenger the reply leaves from.
     shared: Arc<Shared>,
+    /// The socket the request came in on.
     socket: Arc<SocketCtx>,
+    /// The requester's routing id (empty on a connection).
     peer: Bytes,
+    /// The requester's callback: the reply's dst_cb.
     src_cb: u64,
     /// The place in the peer's window held for the reply (a request over
     /// tcp or ipc that asks for one): where `try_reply` keeps an answer

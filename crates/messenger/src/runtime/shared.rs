@@ -17,7 +17,9 @@ use crate::stats::Stats;
 
 /// State shared by the sessions, the senders and the server loops.
 pub(crate) struct Shared {
+    /// Checked once, when the messenger was made.
     pub(crate) config: Arc<Config>,
+    /// Every task counts here.
     pub(crate) stats: Arc<Stats>,
     /// The messenger's runtime: where callbacks run, and whose clock an
     /// inproc sender on a plain thread reads.

@@ -53,7 +53,9 @@ pub(crate) type SlcQueue = tokio::sync::mpsc::Sender<Delivered>;
 /// A message handed to a server loop, with the place in its sender's
 /// window its reply may take (when it asks for one, over tcp or ipc).
 pub(crate) struct Delivered {
+    /// What the server loop gets.
     pub(crate) message: crate::types::Incoming,
+    /// The place its reply may take; `None`: no reply wanted, or inproc.
     pub(crate) ticket: Option<ReplyTicket>,
 }
 
@@ -99,6 +101,7 @@ pub(crate) struct Session {
     next_id: AtomicU64,
     /// Set when the session ends: sends to it fail from then on.
     closed: AtomicBool,
+    /// Where anything sent to this peer goes: an outbox or an inproc pair.
     pub(crate) out: Out,
     /// What we sent the peer that it has not acknowledged: the session's
     /// own on a listener, the connection's (kept across its sessions) on a
@@ -267,7 +270,10 @@ impl Session {
 /// asks for one: spent when the reply is made (sent or deferred), or given
 /// back when every handle to the request's responder is dropped unused.
 pub(crate) struct ReplyTicket {
+    /// The session whose window holds the place.
     session: Arc<Session>,
+    /// Set once the reply is made, so dropping the last handle gives
+    /// back only an unused place.
     spent: AtomicBool,
 }
 
@@ -344,8 +350,11 @@ pub(crate) struct SocketCtx {
     /// The server-loop callback's queue (listeners, and connections made
     /// with one).
     pub(crate) slc: Option<SlcQueue>,
+    /// The messenger's counters, for the socket's tasks.
     pub(crate) stats: Arc<Stats>,
+    /// The messenger's configuration, for the socket's tasks.
     pub(crate) config: Arc<crate::Config>,
+    /// Set once the socket is closed: sends fail instead of queueing.
     closed: AtomicBool,
     /// A listener's live sessions by routing id.
     routes: Mutex<HashMap<Bytes, Arc<Session>, foldhash::fast::RandomState>>,
@@ -786,7 +795,7 @@ impl SocketCtx {
     /// Sends the replies waiting for room towards `session`'s peer while
     /// there is room; drops (and counts, and says) those past their
     /// deadline. Run by the session's task on each turn and by the resend
-    /// timer (`dispatch::resend_loop`).
+    /// timer (`SocketCtx::handle_timeout`).
     pub(crate) fn flush_replies(&self, session: &Session, now: std::time::Instant) {
         if !session.replies.any_waiting() {
             return;
@@ -943,7 +952,9 @@ pub(crate) enum RouteError {
 /// garbage cannot flood the log; how many were held back is said once the
 /// second is over.
 pub(crate) struct RateLimit {
+    /// When the current second began.
     window_start: Instant,
+    /// Warnings let through in it.
     in_window: u32,
 }
 
@@ -974,6 +985,7 @@ impl RateLimit {
 
 /// What a socket needs from the messenger that opens it.
 pub(crate) struct Opening<'a> {
+    /// The messenger opening it.
     pub(crate) shared: &'a Arc<crate::runtime::shared::Shared>,
     /// Where server loops are tracked, and what stops them.
     pub(crate) loops: &'a crate::runtime::server_loop::LoopControl,
@@ -985,7 +997,9 @@ pub(crate) struct Opening<'a> {
 
 /// An open listener or connection: what its senders share, and its tasks.
 pub(crate) struct Open {
+    /// What senders and sessions share.
     pub(crate) ctx: Arc<SocketCtx>,
+    /// Its tasks, stopped and awaited on close.
     pub(crate) tasks: SocketTasks,
 }
 

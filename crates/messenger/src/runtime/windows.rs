@@ -40,8 +40,11 @@ pub(crate) fn incarnation_of(properties: &[(Bytes, Bytes)]) -> Option<u64> {
 
 /// A window kept after its session ended.
 struct Kept {
+    /// The peer's connection incarnation: another incarnation starts afresh.
     incarnation: u64,
+    /// Its duplicate memory when its session ended.
     window: DedupWindow,
+    /// When it was kept: it is dropped after `Config::request_timeout`.
     at: Instant,
 }
 
@@ -49,12 +52,15 @@ struct Kept {
 /// entry may be stale: its peer came back, or left again since).
 #[derive(Default)]
 struct Shelf {
+    /// The latest window of each routing id.
     by_peer: HashMap<Bytes, Kept>,
+    /// Oldest first, for dropping by age or count.
     order: VecDeque<(Bytes, Instant)>,
 }
 
 /// See the module documentation.
 pub(crate) struct Windows {
+    /// Behind a short lock: touched only when a session ends or begins.
     kept: Mutex<Shelf>,
     /// Most windows kept.
     max: usize,

@@ -69,7 +69,9 @@ struct State {
 
 /// See the module documentation.
 pub(crate) struct Outbox {
+    /// The socket it writes to.
     stream: Arc<Stream>,
+    /// The bytes waiting and who holds the write role, under a short lock.
     state: Mutex<State>,
     /// Bytes (buffered plus in flight) past which pushes fail.
     limit: usize,

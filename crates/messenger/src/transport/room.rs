@@ -10,7 +10,9 @@ use tokio::sync::Notify;
 /// load when nobody waits.
 #[derive(Default)]
 pub(crate) struct Room {
+    /// How many wait: opening costs one load when nobody does.
     waiters: AtomicUsize,
+    /// Wakes them.
     opened: Notify,
 }
 

@@ -21,7 +21,9 @@ pub(crate) type AckWaiter = tokio::sync::oneshot::Sender<Result<(), crate::error
 /// The set, and the places in the window taken by senders that have not
 /// inserted their message yet.
 struct Inner {
+    /// The messages held, their resend times and deadlines.
     set: PendingSet<AckWaiter>,
+    /// Places taken but not yet filled: counted against the window.
     reserved: usize,
     /// Bytes promised to the reserved places (upper bounds of their
     /// encodings).
@@ -46,6 +48,7 @@ impl Inner {
 
 /// See the module documentation.
 pub(crate) struct Unacked {
+    /// Behind a short lock: senders, the ACK path and the timer all touch it.
     inner: Mutex<Inner>,
     /// Most messages in flight without an ACK before senders wait (the
     /// high-water mark applied to what is in flight); `usize::MAX` without
@@ -205,6 +208,7 @@ impl Unacked {
 
 /// A place in an [`Unacked`] window (see [`Unacked::reserve`]).
 pub(crate) struct Reserved {
+    /// The window the place is in; given back on drop unless filled.
     unacked: Arc<Unacked>,
     /// The bytes promised to it.
     len: usize,
