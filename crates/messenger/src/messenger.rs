@@ -485,9 +485,7 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, Error> {
-        let notify = callback.map_or(Notify::Nothing, |c| {
-            Notify::Reply(Completion::Callback(c.into_inner()))
-        });
+        let notify = reply_to(callback);
         let timeout = self.inner.shared.config.request_timeout;
         let sent = self
             .send(
@@ -513,9 +511,7 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, Error> {
-        let notify = callback.map_or(Notify::Nothing, |c| {
-            Notify::Reply(Completion::Callback(c.into_inner()))
-        });
+        let notify = reply_to(callback);
         let timeout = self.inner.shared.config.request_timeout;
         let send = self.send(
             dest.into(),
@@ -707,6 +703,13 @@ impl Messenger {
         // Let callbacks spawned by fail_all run before the caller goes on.
         tokio::task::yield_now().await;
     }
+}
+
+/// Who a message with this (optional) callback notifies.
+fn reply_to(callback: Option<Callback>) -> Notify {
+    callback.map_or(Notify::Nothing, |c| {
+        Notify::Reply(Completion::Callback(c.into_inner()))
+    })
 }
 
 /// Unregisters a request's callback unless disarmed: covers a future
