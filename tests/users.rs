@@ -1,12 +1,12 @@
 //! The three users' examples and `messenger demo`, run as their users run
 //! them: as processes, with small flags, checking the exit status and the
-//! key lines of their output.
+//! key lines of their output. (The Python examples run in tests/interop.rs.)
 //!
 //! The example binaries are the ones `cargo test` builds into
 //! `target/<profile>/examples/` (`cargo test --test users` alone does not
 //! build them: run `cargo build --examples` first). The model-server tests
 //! run `tests/py/model_server.py` with pyzmq from a venv at `target/pyenv`,
-//! created on first use by tests/common/python.rs (shared with the interop
+//! created on first use by messenger-testkit (shared with the interop
 //! tests); without python3 or PyPI they print `SKIPPED: ...` and pass,
 //! unless `CI` is set. Set `MESSENGER_TEST_PYTHON` to an interpreter that
 //! already has pyzmq and msgpack to skip the venv.
@@ -156,19 +156,18 @@ fn replication_rejects_a_bad_flag() {
 // ---------------------------------------------------------------------------
 // In-process components
 
-/// The inproc components example plans, fans out, gathers and checks
-/// every query.
+/// The inproc components example answers every query through the
+/// parser -> planner -> executor chain, and the malformed one with the
+/// parser's error.
 #[test]
-fn inproc_components_plan_fan_out_and_check() {
+fn inproc_components_answer_every_query() {
     let mut cmd = example("inproc_components");
-    cmd.args(["--queries", "24", "--partitions", "3", "--show", "2"]);
+    cmd.args(["--queries", "24", "--partitions", "3"]);
     let r = run(cmd, "inproc_components", Duration::from_secs(60));
     r.assert_success("inproc_components");
-    r.assert_stdout_has("inproc://");
-    r.assert_stdout_has("parser -> planner: plan of 3 fragments");
-    r.assert_stdout_has("(fan-out)");
-    r.assert_stdout_has("24 queries: 24 plans (request/reply), 72 fragments fanned out, 72 partials gathered, 72 feedback reports");
-    r.assert_stdout_has("OK: 24 queries checked");
+    r.assert_stdout_has("SUM 1 TO 1000 -> Ok(500500)");
+    r.assert_stdout_has(r#"SUM everything -> Err("cannot parse \"SUM everything\"")"#);
+    r.assert_stdout_has("25 of 25 answers right");
 }
 
 // ---------------------------------------------------------------------------
