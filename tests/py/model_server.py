@@ -3,7 +3,7 @@
 model-server manager (examples/model_server_manager.rs).
 
 Usage: model_server.py [--duplicate-connected N] [--die-before-reply]
-                       [--hang-on-print] IPC_PATH | ENDPOINT
+                       [--hang-on-print] [--never-reply] IPC_PATH | ENDPOINT
 
 It connects a DEALER with identity b"model" to ipc://IPC_PATH (the last
 argument), or to ENDPOINT when the last argument is one (tcp://HOST:PORT,
@@ -20,14 +20,24 @@ JSON bodies:
 - ``{"cmd": "PRINT", "data": {"message": TEXT}}`` is answered with
   ``{"action": 0, "result": "MODEL_REPLY_" + TEXT, "success": true,
   "err": ""}`` addressed to the command's src_cb;
+- ``{"cmd": "TRAIN", "data": {"methods": [...], "seq_files": ...,
+  "save_path": PATH}}`` (NoisePage's arguments) trains nothing and is
+  answered ``{"action": 0, "result": "", "success": true, "err": ""}``;
+- ``{"cmd": "INFER", "data": {"features": [[x, ...], ...], ...}}`` is
+  answered with one prediction per row of features, the row's sum:
+  ``{"action": 0, "result": [sum, ...], "success": true, "err": ""}``
+  (``"success": false, "err": "FAIL_DATA_FORMAT_ERROR"`` when the features
+  are not rows of numbers);
 - ``{"cmd": "QUIT", "data": {}}`` makes it exit (status 0) without a reply.
 
 Test modes:
 
 --duplicate-connected N  send N extra copies of CONNECTED (same msg_id) at
                          once, as if the ACKs of earlier sends had been lost
---die-before-reply       exit with status 3 on the first PRINT, unanswered
+--die-before-reply       exit with status 3 on the first command it would
+                         answer (PRINT, TRAIN or INFER), unanswered
 --hang-on-print          never answer PRINT (keep running until killed)
+--never-reply            never answer any command (keep running until killed)
 
 It exits with status 4 after 60 s whatever happens, so a test that fails to
 kill it does not leave it running for long.
@@ -60,6 +70,15 @@ def parse(payload):
         return None
 
 
+def infer(data):
+    """INFER's (result, err): each row of features' sum, the toy model."""
+    try:
+        rows = data["features"]
+        return [float(sum(float(x) for x in row)) for row in rows], ""
+    except (KeyError, TypeError, ValueError):
+        return [], "FAIL_DATA_FORMAT_ERROR"
+
+
 def main(argv):
     if not argv or argv[-1].startswith("--"):
         print(__doc__, file=sys.stderr)
@@ -72,6 +91,7 @@ def main(argv):
         duplicates = int(flags[flags.index("--duplicate-connected") + 1])
     die_before_reply = "--die-before-reply" in flags
     hang_on_print = "--hang-on-print" in flags
+    never_reply = "--never-reply" in flags
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -122,14 +142,23 @@ def main(argv):
                         name = None
                     if name == "QUIT":
                         break
+                    answer = None  # (result, err) of a command answered
                     if name == "PRINT":
-                        if die_before_reply:
-                            log("dying before answering PRINT")
-                            os._exit(3)
-                        if not hang_on_print:
-                            text = data.get("message", "") if isinstance(data, dict) else ""
-                            send(src_cb, {"action": 0, "result": "MODEL_REPLY_" + str(text),
-                                          "success": True, "err": ""})
+                        text = data.get("message", "") if isinstance(data, dict) else ""
+                        answer = ("MODEL_REPLY_" + str(text), "")
+                    elif name == "TRAIN":
+                        answer = ("", "")
+                    elif name == "INFER":
+                        answer = infer(data)
+                    if answer is not None and die_before_reply:
+                        log("dying before answering", name)
+                        os._exit(3)
+                    if name == "PRINT" and hang_on_print:
+                        answer = None
+                    if answer is not None and not never_reply:
+                        result, err = answer
+                        send(src_cb, {"action": 0, "result": result,
+                                      "success": not err, "err": err})
         # Resend what is still unACKed, once per poll cycle.
         now = time.monotonic()
         for entry in unacked.values():
