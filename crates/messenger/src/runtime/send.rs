@@ -25,7 +25,7 @@ use crate::runtime::callbacks::{Awaited, Completion};
 use crate::runtime::process::Refused;
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{InprocLink, Out, ReplyTicket, Route, Session, SocketCtx};
-use crate::stats::bump;
+use crate::stats::Transport;
 use crate::transport::outbox::Push;
 use crate::transport::unacked::{AckWaiter, Unacked};
 
@@ -72,6 +72,8 @@ pub(crate) struct Sent {
     pub(crate) msg_id: u64,
     /// The wire id of its callback, if it has one.
     pub(crate) cb_id: Option<u64>,
+    /// The transport it left on (what its request's time is labelled by).
+    pub(crate) transport: Transport,
 }
 
 /// The deadline shared by every wait of one send: started when the first
@@ -208,7 +210,7 @@ impl Shared {
         }
         loop {
             match socket.transmit(&route, &payload) {
-                Ok(()) => return Ok(sending.sent()),
+                Ok(()) => return Ok(sending.sent(socket.transport, 0)),
                 Err(Push::Full) => match out.mode {
                     Mode::Try => return Err(Error::Full),
                     Mode::Wait => waits.wait(socket.route_room(&route)).await?,
@@ -246,6 +248,7 @@ impl Shared {
         let (msg_id, cb_id) =
             self.number(&mut out, deadline, || socket.next_msg_id_for(session))?;
         sending.numbered(msg_id, cb_id);
+        let body_len = out.body.len() as u64;
         let mut msg = Payload {
             msg_id,
             src_cb: cb_id.unwrap_or(NOOP),
@@ -266,7 +269,7 @@ impl Shared {
         if let Notify::Ack(waiter) = out.notify {
             let _ = waiter.send(Ok(()));
         }
-        Ok(sending.sent())
+        Ok(sending.sent(Transport::Inproc, body_len))
     }
 
     /// Keeps a reply that found no room (the window or the buffer towards
@@ -327,13 +330,20 @@ impl<'a> Sending<'a> {
         self.cb_id = cb_id;
     }
 
-    /// The message is handed over: keep its records.
-    fn sent(mut self) -> Sent {
-        bump(&self.shared.stats.sent);
+    /// The message is handed over: keep its records. `bytes`: what an
+    /// inproc message counts as sent (tcp and ipc count bytes as they
+    /// are written).
+    fn sent(mut self, transport: Transport, bytes: u64) -> Sent {
+        let traffic = self.shared.stats.traffic(transport);
+        traffic.messages_sent.add(1);
+        if bytes > 0 {
+            traffic.bytes_sent.add(bytes);
+        }
         self.tracked = false;
         Sent {
             msg_id: self.msg_id,
             cb_id: self.cb_id.take(),
+            transport,
         }
     }
 }

@@ -36,11 +36,12 @@ use tokio_util::task::TaskTracker;
 use crate::address::{Origin, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::events::PeerAddr;
 use crate::proto::FrameError;
 use crate::proto::wire::{self, Payload};
 use crate::runtime::process::Refused;
 use crate::runtime::replies::Replies;
-use crate::stats::{Stats, bump};
+use crate::stats::{Stats, Transport, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
 use crate::transport::unacked::Unacked;
@@ -123,6 +124,8 @@ pub(crate) struct Session {
     /// source over that limit asks this source's idlest session to give
     /// way. None on ipc, inproc and connections.
     pub(crate) source: Option<std::net::IpAddr>,
+    /// Who is at the other end, as the OS tells it: for logs and events.
+    pub(crate) remote: PeerAddr,
 }
 
 impl Session {
@@ -139,7 +142,14 @@ impl Session {
             give_way: None,
             peer_key: None,
             source: None,
+            remote: PeerAddr::Unknown,
         }
+    }
+
+    /// Who is at the other end (tcp address, ipc credentials, inproc).
+    pub(crate) fn at(mut self, remote: PeerAddr) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// The tcp source the session counts against (listener sessions).
@@ -345,6 +355,8 @@ pub(crate) struct SocketCtx {
     /// with one).
     pub(crate) slc: Option<SlcQueue>,
     pub(crate) stats: Arc<Stats>,
+    /// tcp, ipc or inproc: the `transport` label of what it counts.
+    pub(crate) transport: Transport,
     pub(crate) config: Arc<crate::Config>,
     closed: AtomicBool,
     /// A listener's live sessions by routing id.
@@ -405,6 +417,7 @@ impl SocketCtx {
         let dialled = matches!(kind, SocketKind::Connection(_));
         let unacked = dialled.then(|| Arc::new(Unacked::new(&config)));
         SocketCtx {
+            transport: Transport::of(&endpoint),
             origin: Arc::new(Origin { endpoint, kind }),
             identity,
             incarnation: dialled.then(incarnation),
@@ -812,7 +825,7 @@ impl SocketCtx {
                 let _ = place.insert(msg_id, payload.clone(), now, deadline, None);
             }
             if session.send(&payload).is_ok() {
-                bump(&self.stats.sent);
+                self.stats.traffic(self.transport).messages_sent.add(1);
             }
             true
         });
