@@ -652,7 +652,7 @@ impl Conn {
                             woke |=
                                 woke_a_task(shared.process(socket, session, dedup, payload, now))
                         }
-                        Err(e) => socket.malformed(&e),
+                        Err(e) => socket.malformed(session, &e),
                     }
                 }
                 Some(Event::PeerReady(_)) => {}

@@ -674,7 +674,7 @@ impl SocketCtx {
             return false;
         };
         bump(&self.stats.idle_evictions);
-        tracing::debug!(endpoint = %self.origin.endpoint, peer = ?session.peer, idle_ms = idle, "an idle peer gives way to a newcomer");
+        tracing::debug!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), idle_ms = idle, "an idle peer gives way to a newcomer");
         if let Some(token) = &session.give_way {
             token.cancel();
         }
@@ -832,7 +832,7 @@ impl SocketCtx {
         if flushed.expired > 0 {
             self.stats.replies_dropped.add(flushed.expired as u64);
             if self.warn_allowed() {
-                tracing::warn!(endpoint = %self.origin.endpoint, peer = ?session.peer, count = flushed.expired, "replies dropped: the peer did not ACK enough before their deadline to make room for them");
+                tracing::warn!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), count = flushed.expired, "replies dropped: the peer did not ACK enough before their deadline to make room for them");
             }
         }
     }
@@ -897,7 +897,9 @@ impl SocketCtx {
             // the caller cannot learn it any other way, so count and say it.
             self.stats.unacked_expired.add(unwaited);
             if self.warn_allowed() {
-                tracing::warn!(endpoint = %self.origin.endpoint, count = unwaited, "messages expired without an ACK");
+                let remote = session.map_or(PeerAddr::Unknown, |s| s.remote);
+                let peer = session.map(|s| s.peer.escape_ascii().to_string());
+                tracing::warn!(endpoint = %self.origin.endpoint, %remote, peer = peer.as_deref().unwrap_or(""), count = unwaited, "messages expired without an ACK");
             }
         }
     }
@@ -927,11 +929,12 @@ impl SocketCtx {
         Ok(wire::parse(&payload)?)
     }
 
-    /// A malformed message from a peer: counted, and logged (rate-limited).
-    pub(crate) fn malformed(&self, error: &FrameError) {
+    /// A malformed message from `session`'s peer: counted, and logged
+    /// (rate-limited) with who sent it.
+    pub(crate) fn malformed(&self, session: &Session, error: &FrameError) {
         bump(&self.stats.malformed_dropped);
         if self.warn_allowed() {
-            tracing::warn!(endpoint = %self.origin.endpoint, %error, "dropping malformed message");
+            tracing::warn!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), %error, "dropping malformed message");
         }
     }
 }
