@@ -559,12 +559,15 @@ async fn serve_peer(
     // The routing id it announced, once its READY is read: for the logs
     // and events of a handshake that fails after that.
     let mut announced = Bytes::new();
+    // The peer's span (entered by the task): its routing id is filled in
+    // once READY is read.
+    let peer_span = tracing::Span::current();
     let handshake = async {
         let peer = conn
             .handshake(|peer| {
                 announced = peer.identity.clone();
                 let shown = peer.identity.escape_ascii().to_string();
-                tracing::Span::current().record("peer", shown.as_str());
+                peer_span.record("peer", shown.as_str());
                 let allow = cfg.curve.as_ref().and_then(|c| c.allow.as_ref());
                 if let Some(allow) = allow
                     && !peer.curve_public_key.is_some_and(|k| allow.contains(&k))
