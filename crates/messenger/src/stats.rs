@@ -69,10 +69,10 @@ pub(crate) struct Traffic {
     pub(crate) messages_sent: Counter,
     /// Well-formed messages received (ACKs included).
     pub(crate) messages_received: Counter,
-    /// tcp and ipc: bytes written to sockets (ZMTP framing, commands and
-    /// CURVE boxes included); inproc: the bodies that landed.
+    /// Bytes written to tcp and ipc sockets (ZMTP framing, commands and
+    /// CURVE boxes included); none on inproc, which writes no bytes.
     pub(crate) bytes_sent: Counter,
-    /// tcp and ipc: bytes read from sockets; inproc: bodies received.
+    /// Bytes read from tcp and ipc sockets.
     pub(crate) bytes_received: Counter,
 }
 
@@ -139,11 +139,10 @@ macro_rules! counters {
             /// Well-formed messages received (ACKs included).
             pub received: u64,
             $($(#[$doc])* pub $name: u64,)*
-            /// Bytes written to tcp and ipc sockets (ZMTP framing included),
-            /// plus the bodies of inproc messages sent.
+            /// Bytes written to tcp and ipc sockets (ZMTP framing
+            /// included); inproc moves messages, not bytes, and counts none.
             pub bytes_sent: u64,
-            /// Bytes read from tcp and ipc sockets, plus the bodies of
-            /// inproc messages received.
+            /// Bytes read from tcp and ipc sockets.
             pub bytes_received: u64,
             /// Sessions ended (peers that left, were dropped or gave way,
             /// on listeners and connections).

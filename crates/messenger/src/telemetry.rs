@@ -315,12 +315,12 @@ fn describe() {
         (
             "messenger_bytes_sent_total",
             Bytes,
-            "Bytes written to tcp and ipc sockets (ZMTP framing included); inproc: bodies sent.",
+            "Bytes written to tcp and ipc sockets (ZMTP framing included); inproc writes none.",
         ),
         (
             "messenger_bytes_received_total",
             Bytes,
-            "Bytes read from tcp and ipc sockets; inproc: bodies received.",
+            "Bytes read from tcp and ipc sockets.",
         ),
         (
             "messenger_connections_closed_total",

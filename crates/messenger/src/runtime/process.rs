@@ -271,8 +271,6 @@ impl Landing<'_> {
     pub(crate) fn land(mut self, msg: Payload) -> Result<(), Refused> {
         let now = self.to.shared.now();
         let stats = &self.to.shared.stats;
-        let traffic = stats.traffic(Transport::Inproc);
-        traffic.bytes_received.add(msg.body.len() as u64);
         let outcome = process::process(&mut self, &mut crate::proto::dedup::NoDuplicates, msg, now);
         count(stats, Transport::Inproc, outcome);
         match self.refused {
@@ -308,7 +306,6 @@ impl Effects for Landing<'_> {
         };
         let traffic = to.shared.stats.traffic(Transport::Inproc);
         traffic.messages_sent.add(1);
-        traffic.bytes_sent.add(answer.body.len() as u64);
         // A full server loop on the way back costs this answer (counted
         // there), as a full buffer does on tcp.
         let _ = Landing {

@@ -210,7 +210,7 @@ impl Shared {
         }
         loop {
             match socket.transmit(&route, &payload) {
-                Ok(()) => return Ok(sending.sent(socket.transport, 0)),
+                Ok(()) => return Ok(sending.sent(socket.transport)),
                 Err(Push::Full) => match out.mode {
                     Mode::Try => return Err(Error::Full),
                     Mode::Wait => waits.wait(socket.route_room(&route)).await?,
@@ -248,7 +248,6 @@ impl Shared {
         let (msg_id, cb_id) =
             self.number(&mut out, deadline, || socket.next_msg_id_for(session))?;
         sending.numbered(msg_id, cb_id);
-        let body_len = out.body.len() as u64;
         let mut msg = Payload {
             msg_id,
             src_cb: cb_id.unwrap_or(NOOP),
@@ -269,7 +268,7 @@ impl Shared {
         if let Notify::Ack(waiter) = out.notify {
             let _ = waiter.send(Ok(()));
         }
-        Ok(sending.sent(Transport::Inproc, body_len))
+        Ok(sending.sent(Transport::Inproc))
     }
 
     /// Keeps a reply that found no room (the window or the buffer towards
@@ -330,15 +329,10 @@ impl<'a> Sending<'a> {
         self.cb_id = cb_id;
     }
 
-    /// The message is handed over: keep its records. `bytes`: what an
-    /// inproc message counts as sent (tcp and ipc count bytes as they
-    /// are written).
-    fn sent(mut self, transport: Transport, bytes: u64) -> Sent {
-        let traffic = self.shared.stats.traffic(transport);
-        traffic.messages_sent.add(1);
-        if bytes > 0 {
-            traffic.bytes_sent.add(bytes);
-        }
+    /// The message is handed over: keep its records (bytes are counted
+    /// as they are written, on tcp and ipc; inproc writes none).
+    fn sent(mut self, transport: Transport) -> Sent {
+        self.shared.stats.traffic(transport).messages_sent.add(1);
         self.tracked = false;
         Sent {
             msg_id: self.msg_id,

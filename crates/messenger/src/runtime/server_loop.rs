@@ -262,7 +262,12 @@ async fn serve(
                 let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
                     break;
                 };
-                let work = tracing::Instrument::instrument(slc(msg, responder), span);
+                let work = slc(msg, responder);
+                let work: Pin<Box<dyn Future<Output = ()> + Send>> = if span.is_disabled() {
+                    work
+                } else {
+                    Box::pin(tracing::Instrument::instrument(work, span))
+                };
                 running.spawn(async move {
                     work.await;
                     telemetry::server_loop_done(transport, since);
