@@ -43,7 +43,10 @@
 //! [`ListenerId`], [`ListenerInfo`]), what callbacks get ([`Incoming`],
 //! [`Responder`], [`Callback`]), the builtin callback ids, one [`Error`]
 //! (with its [`ErrorKind`]), [`StatsSnapshot`], and typed bodies
-//! ([`typed`]).
+//! ([`typed`]). What an operator sees: [`publish_metrics`] (every counter
+//! and gauge, through the `metrics` facade, to whatever recorder the
+//! application installed), and connection events ([`Messenger::events`]:
+//! [`Events`] of [`Event`]s, of an [`EventKind`], from a [`PeerAddr`]).
 #![warn(missing_docs, unreachable_pub)]
 
 // The layers, bottom to top (design/ARCHITECTURE.md draws them): the ZMTP
