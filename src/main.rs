@@ -8,7 +8,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    messenger_scenarios::init_logging();
+    // Flushes exported spans (the `otel` feature) when main returns.
+    let _logs = cli::logging::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("messenger: {e}");
+            cli::fatal(&e);
             ExitCode::FAILURE
         }
     }

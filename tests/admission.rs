@@ -218,8 +218,8 @@ async fn one_source_address_takes_only_its_share() {
 }
 
 /// `messenger serve` takes the policies as flags and reports both
-/// counters in its `--stats-interval` lines: an idle ipc peer gives way,
-/// a second tcp peer from one address is closed.
+/// counters on its `/metrics` page: an idle ipc peer gives way, a second
+/// tcp peer from one address is closed.
 #[tokio::test]
 async fn serve_takes_the_flags_and_reports_the_counters() {
     let flags = [
@@ -229,8 +229,8 @@ async fn serve_takes_the_flags_and_reports_the_counters() {
         "1",
         "--evict-idle-after",
         "200ms",
-        "--stats-interval",
-        "100ms",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ];
     let server = ServeProcess::start(&flags).await;
     let (tcp, ipc) = (&server.tcp, &server.ipc);
@@ -246,10 +246,9 @@ async fn serve_takes_the_flags_and_reports_the_counters() {
     // Idleness is wall time: past the 200 ms `--evict-idle-after`.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _newcomer = silent_peers(ipc, 1).await;
-    eventually(10, "both counters in a stats line", || {
-        server
-            .last_stats()
-            .is_some_and(|stats| stats["idle_evictions"] == 1 && stats["address_limit_hits"] == 1)
+    eventually(10, "both counters on /metrics", || {
+        server.metric("messenger_evictions_total", &[]) == Some(1.0)
+            && server.metric("messenger_address_limit_hits_total", &[]) == Some(1.0)
     })
     .await;
 }

@@ -975,8 +975,8 @@ async fn pyzmq_clients_without_the_right_keys_are_refused() {
         path(&pub_of(&friend_cert)),
         "--slc",
         "echo",
-        "--stats-interval",
-        "100ms",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .await;
     let endpoint = serve.tcp.to_string();
@@ -1034,10 +1034,11 @@ async fn pyzmq_clients_without_the_right_keys_are_refused() {
             .any(|e| e == "handshake_failed_auth"),
         "{stranger}"
     );
-    eventually(10, "curve_refused in serve's stats", || {
+    eventually(10, "CURVE refusals on serve's /metrics", || {
+        let reason = [("reason", "curve_not_allowed")];
         serve
-            .last_stats()
-            .is_some_and(|s| s["curve_refused"].as_u64() >= Some(1))
+            .metric("messenger_handshake_failures_total", &reason)
+            .is_some_and(|n| n >= 1.0)
     })
     .await;
     let stats = final_stats(serve).await;

@@ -43,6 +43,15 @@ pub struct Args {
     /// Print the results as one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Draw round trips/s and p50/p99/p99.9 latency per cell into FILE
+    /// (.svg).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<std::path::PathBuf>,
+    /// Also print the library's request-time histograms, as `serve
+    /// --metrics-addr` exports them (Prometheus text; with --json, the
+    /// field "metrics").
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 fn print_table(rows: &[Row]) {
@@ -83,6 +92,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     if args.in_flight.contains(&0) {
         return Err("--in-flight must be at least 1".into());
     }
+    // Before any messenger is made: they register their histograms with
+    // the recorder installed when they first record.
+    let recorder = if args.metrics {
+        super::metrics::install(true)?.prometheus
+    } else {
+        None
+    };
     let server = match &args.connect {
         Some(Endpoint::Inproc(_)) => {
             return Err(
@@ -152,13 +168,28 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     }
     bar.finish_and_clear();
+    // The request-time histograms only: the rest is about this process.
+    let histograms = recorder.map(|handle| {
+        super::metrics::render(&handle)
+            .lines()
+            .filter(|l| l.contains("messenger_request_duration_seconds"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     let stats = client.stats();
     client.shutdown().await;
     if let Some(s) = server {
         s.messenger.shutdown().await;
     }
+    if let Some(path) = &args.plot {
+        let title = match &args.connect {
+            Some(ep) => format!("messenger bench --connect {ep}"),
+            None => "messenger bench (client and server in one process)".to_owned(),
+        };
+        super::plot::draw(path, &rows, &title)?;
+    }
     if args.json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "mode": if args.connect.is_some() { "connect" } else { "in-process" },
             "via": args.via,
             "warmup_s": args.warmup.as_secs_f64(),
@@ -167,6 +198,9 @@ pub async fn run(args: Args) -> Result<(), String> {
             "results": rows,
             "client_stats": stats,
         });
+        if let Some(h) = &histograms {
+            out["metrics"] = serde_json::Value::String(h.clone());
+        }
         println!("{out}");
     } else {
         print_table(&rows);
@@ -187,6 +221,9 @@ pub async fn run(args: Args) -> Result<(), String> {
             stats.resends,
             stats.timeouts
         );
+        if let Some(h) = &histograms {
+            println!("\n{h}");
+        }
     }
     Ok(())
 }

@@ -4,6 +4,9 @@ mod bench;
 mod client;
 mod curve;
 mod demo;
+pub mod logging;
+mod metrics;
+mod plot;
 mod replicate;
 mod serve;
 
@@ -19,6 +22,20 @@ use messenger::Endpoint;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How to write logs to stderr: text, or one JSON object per line
+    /// (for a log shipper). RUST_LOG filters them (default: warn).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    pub log_format: logging::LogFormat,
+}
+
+/// Says why the command failed, on stderr, in the log format chosen.
+pub fn fatal(error: &str) {
+    match logging::format() {
+        logging::LogFormat::Text => eprintln!("messenger: {error}"),
+        logging::LogFormat::Json => {
+            logging::line("ERROR", "failed", serde_json::json!({ "error": error }))
+        }
+    }
 }
 
 /// Who a listener admits; each defaults to `messenger::Config`'s.
@@ -148,9 +165,16 @@ enum Command {
         /// would otherwise measure JSON printing).
         #[arg(long)]
         quiet: bool,
-        /// Log a stats snapshot to stderr this often (e.g. 10s).
+        /// Write one line to stderr this often (e.g. 10s): rates since the
+        /// last line (messages/s, bytes/s, resends/s), the server loop's
+        /// p50/p99 time, and the gauges now, with a timestamp.
         #[arg(long, value_parser = humantime::parse_duration)]
         stats_interval: Option<Duration>,
+        /// Serve Prometheus metrics over HTTP at ADDR/metrics (e.g.
+        /// 127.0.0.1:9464; port 0 picks one, printed as {"metrics": URL}).
+        /// Fails to start if the address is in use.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
         #[command(flatten)]
         secret: SecretArgs,
         #[command(flatten)]
@@ -210,6 +234,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             slc,
             quiet,
             stats_interval,
+            metrics_addr,
             secret,
             curve,
             limits,
@@ -219,7 +244,11 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 curve: curve.load()?,
                 ..messenger::Config::default()
             });
-            serve::run(binds, identity, slc, quiet, stats_interval, config).await
+            let observe = serve::Observe {
+                stats_interval,
+                metrics_addr,
+            };
+            serve::run(binds, identity, slc, quiet, observe, config).await
         }
         Command::Send(args) => client::send(args).await,
         Command::Request(args) => client::request(args).await,

@@ -14,12 +14,21 @@ pub(super) fn print_line(value: &serde_json::Value) {
     let _ = writeln!(out, "{value}").and_then(|_| out.flush());
 }
 
+/// What `serve` tells an operator besides its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Observe {
+    /// Write a stats line this often.
+    pub stats_interval: Option<Duration>,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
 pub async fn run(
     binds: Vec<Endpoint>,
     identity: String,
     mode: SlcMode,
     quiet: bool,
-    stats_interval: Option<Duration>,
+    observe: Observe,
     config: messenger::Config,
 ) -> Result<(), String> {
     if let Some(curve) = &config.curve {
@@ -40,6 +49,18 @@ pub async fn run(
     // Caught before the first "listening" line: a supervisor may stop us
     // as soon as it reads one, and must get a clean shutdown.
     let signals = Signals::catch()?;
+    // The metrics port first: in use, we stop before listening anywhere.
+    let metrics_listener = match observe.metrics_addr {
+        Some(addr) => Some(super::metrics::bind(addr).await?),
+        None => None,
+    };
+    // The recorder before the messenger: it registers its histograms with
+    // whatever recorder is installed when it first records.
+    let installed = if observe.metrics_addr.is_some() || observe.stats_interval.is_some() {
+        Some(super::metrics::install(observe.metrics_addr.is_some())?)
+    } else {
+        None
+    };
     let m = Messenger::builder()
         .identity(identity.clone())
         .config(config)
@@ -70,30 +91,95 @@ pub async fn run(
             .map_err(|e| e.to_string())?;
         print_line(&json!({ "listening": info.endpoint.to_string() }));
     }
-    let stats = {
-        let m = m.clone();
-        tokio::spawn(async move {
-            let Some(every) = stats_interval else {
-                return std::future::pending().await;
-            };
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let s = serde_json::to_string(&m.stats()).unwrap_or_default();
-                tracing::info!(stats = %s, "stats");
-                eprintln!("stats {s}");
-            }
-        })
+    let exporter = match (
+        metrics_listener,
+        installed.as_ref().and_then(|i| i.prometheus.clone()),
+    ) {
+        (Some(listener), Some(handle)) => {
+            let at = listener.local_addr().map_err(|e| e.to_string())?;
+            print_line(&json!({ "metrics": format!("http://{at}/metrics") }));
+            tracing::info!(%at, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(super::metrics::serve(listener, handle)))
+        }
+        _ => None,
+    };
+    let stats = match (observe.stats_interval, &installed) {
+        (Some(every), Some(installed)) => {
+            let window = std::sync::Arc::clone(&installed.window);
+            Some(tokio::spawn(stats_lines(m.clone(), every, window)))
+        }
+        _ => None,
     };
     signals.wait().await;
-    stats.abort();
+    for task in [stats, exporter].into_iter().flatten() {
+        task.abort();
+    }
     m.shutdown().await;
-    eprintln!(
-        "messenger: shut down; {}",
-        serde_json::to_string(&m.stats()).unwrap_or_default()
-    );
+    let stats = m.stats();
+    match super::logging::format() {
+        super::logging::LogFormat::Text => eprintln!(
+            "messenger: shut down; {}",
+            serde_json::to_string(&stats).unwrap_or_default()
+        ),
+        super::logging::LogFormat::Json => {
+            super::logging::line("INFO", "shut down", json!({ "stats": stats }))
+        }
+    }
     Ok(())
+}
+
+/// Every `every`, one timestamped line on stderr (in the log format):
+/// rates since the last line, the server loop's and requests' p50 and
+/// p99 over the same span (in ms; null when there were none), and the
+/// gauges now. Cumulative counts are /metrics' business (and the
+/// shutdown line's).
+async fn stats_lines(
+    m: Messenger,
+    every: Duration,
+    window: std::sync::Arc<super::metrics::Window>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let (mut last, mut last_at) = (m.stats(), std::time::Instant::now());
+    // What the window held before the first line is not its business.
+    let _ = (window.request.take(), window.server_loop.take());
+    loop {
+        tick.tick().await;
+        let (now, at) = (m.stats(), std::time::Instant::now());
+        let secs = at.duration_since(last_at).as_secs_f64().max(1e-9);
+        let rate = |f: fn(&messenger::StatsSnapshot) -> u64| {
+            let per_s = f(&now).saturating_sub(f(&last)) as f64 / secs;
+            (per_s * 10.0).round() / 10.0
+        };
+        let ms = |q: Option<(f64, f64)>, i: usize| {
+            q.map(|(p50, p99)| {
+                let s = if i == 0 { p50 } else { p99 };
+                (s * 1e6).round() / 1e3
+            })
+        };
+        let (slc, req) = (window.server_loop.take(), window.request.take());
+        super::logging::line(
+            "INFO",
+            "stats",
+            json!({
+                "interval_s": (secs * 1000.0).round() / 1000.0,
+                "messages_received_per_s": rate(|s| s.received),
+                "messages_sent_per_s": rate(|s| s.sent),
+                "bytes_received_per_s": rate(|s| s.bytes_received),
+                "bytes_sent_per_s": rate(|s| s.bytes_sent),
+                "resends_per_s": rate(|s| s.resends),
+                "server_loop_p50_ms": ms(slc, 0),
+                "server_loop_p99_ms": ms(slc, 1),
+                "request_p50_ms": ms(req, 0),
+                "request_p99_ms": ms(req, 1),
+                "connections": now.connections,
+                "listeners": now.listeners,
+                "unacked_messages": now.pending_messages,
+                "pending_callbacks": now.pending_callbacks,
+            }),
+        );
+        (last, last_at) = (now, at);
+    }
 }
 
 /// One printed line per message the server loop sees. Routing ids and

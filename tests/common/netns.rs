@@ -419,12 +419,10 @@ impl Proc {
             .collect()
     }
 
-    /// The counters of the last `stats {...}` line on its stderr
-    /// (`messenger serve --stats-interval`).
+    /// The fields of the last `TIMESTAMP stats {...}` line on its stderr
+    /// (`messenger serve --stats-interval`: rates and gauges).
     pub fn last_stats(&self) -> Option<serde_json::Value> {
-        let s = self.stderr();
-        let line = s.lines().rev().find_map(|l| l.strip_prefix("stats "))?;
-        serde_json::from_str(line).ok()
+        super::serve::stats_line(&self.stderr())
     }
 
     /// Its exit status, if it has exited.

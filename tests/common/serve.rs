@@ -17,6 +17,8 @@ pub struct ServeProcess {
     pub pid: u32,
     pub tcp: Endpoint,
     pub ipc: Endpoint,
+    /// Its `/metrics` URL, when started with `--metrics-addr`.
+    pub metrics: Option<String>,
     stderr: Arc<Mutex<Vec<u8>>>,
     /// Ends when the server's stderr closes.
     stderr_drain: Option<tokio::task::JoinHandle<()>>,
@@ -81,6 +83,16 @@ impl ServeProcess {
                 .unwrap_or_else(|| panic!("expected {{\"listening\": ...}}, got {v}"));
             listening.push(ep.parse::<Endpoint>().expect("a valid endpoint"));
         }
+        // With --metrics-addr, its URL comes next.
+        let mut metrics = None;
+        if flags.contains(&"--metrics-addr") {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.recv()).await;
+            let line = line.ok().flatten().unwrap_or_default();
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            metrics = v["metrics"].as_str().map(str::to_owned);
+            assert!(metrics.is_some(), "expected {{\"metrics\": URL}}, got {v}");
+        }
         // --quiet: nothing more should come, but keep draining anyway.
         tokio::spawn(async move { while lines.recv().await.is_some() {} });
         let ipc = listening.pop().unwrap();
@@ -95,6 +107,7 @@ impl ServeProcess {
             pid,
             tcp,
             ipc,
+            metrics,
             stderr,
             stderr_drain: Some(stderr_drain),
             _dir: dir,
@@ -129,15 +142,25 @@ impl ServeProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// The counters of the last `stats {...}` line on its stderr, if any
-    /// (`--stats-interval`).
+    /// The fields of the last `TIMESTAMP stats {...}` line on its stderr,
+    /// if any (`--stats-interval`: rates and gauges).
     pub fn last_stats(&self) -> Option<serde_json::Value> {
-        let stderr = self.stderr();
-        let line = stderr
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("stats "))?;
-        serde_json::from_str(line).ok()
+        stats_line(&self.stderr())
+    }
+
+    /// Its `/metrics` page now (`--metrics-addr`), over real HTTP.
+    pub fn scrape(&self) -> String {
+        let url = self
+            .metrics
+            .as_deref()
+            .expect("started with --metrics-addr");
+        http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// The sum of every series named `name` on its `/metrics` page whose
+    /// labels include `labels` (`None`: no such series).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric(&self.scrape(), name, labels)
     }
 
     /// The counters it printed as it shut down, if it did.
@@ -172,4 +195,54 @@ impl ServeProcess {
         }
         exit
     }
+}
+
+/// The fields of the last `TIMESTAMP stats {...}` line of `stderr`.
+pub fn stats_line(stderr: &str) -> Option<serde_json::Value> {
+    let json = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(" stats {").map(|(_, rest)| rest))?;
+    serde_json::from_str(&format!("{{{json}")).ok()
+}
+
+/// `GET` of an `http://HOST:PORT/PATH` URL on this machine, within 5 s:
+/// the body of a 200 answer.
+pub fn http_get(url: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("answered {head:?}")));
+    }
+    Ok(body.to_owned())
+}
+
+/// The sum of every sample of `name` in Prometheus text `text` whose
+/// labels include `labels`, parsed with a real parser (`None`: none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the Prometheus text parses");
+    let mut found = None;
+    for s in scrape.samples.iter().filter(|s| s.metric == name) {
+        if labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
+            let v = match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                _ => continue,
+            };
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }

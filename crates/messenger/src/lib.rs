@@ -13,8 +13,10 @@ mod clock;
 mod config;
 mod endpoint;
 mod error;
+pub mod events;
 mod shard;
 mod stats;
+mod telemetry;
 mod types;
 
 mod transport;
@@ -42,4 +44,5 @@ pub use messenger::{Messenger, MessengerBuilder};
 pub use proto::wire::{ACK, ECHO, FIRST_USER, NOOP};
 pub use runtime::server_loop::Responder;
 pub use stats::StatsSnapshot;
+pub use telemetry::publish_metrics;
 pub use types::{Callback, Incoming, ListenerInfo};

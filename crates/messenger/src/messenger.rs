@@ -24,6 +24,7 @@ use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Open, Opening, SocketCtx};
 use crate::runtime::{connection, listener};
 use crate::stats::StatsSnapshot;
+use crate::telemetry;
 use crate::types::{Callback, ListenerInfo};
 
 #[derive(Default)]
@@ -64,6 +65,37 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown.cancel();
         self.close_everything();
+        telemetry::retire(&self.shared.stats);
+    }
+}
+
+impl telemetry::Source for Inner {
+    fn stats(&self) -> &crate::stats::Stats {
+        &self.shared.stats
+    }
+
+    fn gauges(&self) -> telemetry::Gauges {
+        let mut g = telemetry::Gauges {
+            pending_callbacks: self.shared.callbacks.len() as u64,
+            ..Default::default()
+        };
+        let reg = self.registry();
+        for o in reg.listeners.values() {
+            g.connections[telemetry::INBOUND][o.ctx.transport as usize] +=
+                o.ctx.session_count() as u64;
+        }
+        for o in reg.connections.values().filter(|o| o.ctx.is_up()) {
+            g.connections[telemetry::OUTBOUND][o.ctx.transport as usize] += 1;
+        }
+        g.unacked = reg
+            .listeners
+            .values()
+            .chain(reg.connections.values())
+            .flat_map(|o| o.ctx.all_unacked())
+            .map(|u| u.len() as u64)
+            .sum();
+        g.listeners = reg.listeners.len() as u64;
+        g
     }
 }
 
@@ -260,18 +292,19 @@ impl Messenger {
         let timer = callbacks::run(Arc::clone(&shared.callbacks));
         let stop = shutdown.clone();
         tokio::spawn(async move { stop.run_until_cancelled(timer).await });
-        Ok(Messenger {
-            inner: Arc::new(Inner {
-                identity,
-                shared,
-                registry: Mutex::default(),
-                connecting: tokio::sync::Mutex::new(()),
-                next_id: AtomicU64::new(1),
-                shutdown,
-                loops,
-                handler_limit: Arc::new(tokio::sync::Semaphore::new(limit)),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            identity,
+            shared,
+            registry: Mutex::default(),
+            connecting: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+            loops,
+            handler_limit: Arc::new(tokio::sync::Semaphore::new(limit)),
+        });
+        let source: Arc<dyn telemetry::Source> = Arc::clone(&inner) as _;
+        telemetry::register(Arc::downgrade(&source));
+        Ok(Messenger { inner })
     }
 
     /// This messenger's routing id.
@@ -593,28 +626,37 @@ impl Messenger {
         body: impl AsRef<[u8]>,
         timeout: Duration,
     ) -> Result<Incoming, Error> {
+        let dest = dest.into();
+        // Its span (for a subscriber or OpenTelemetry; free while debug is
+        // off): where it went and to which callback, never the body.
+        let span = tracing::debug_span!("request", destination = %dest, dst_cb);
+        let since = telemetry::start();
         let (tx, rx) = oneshot::channel();
         let notify = Notify::Reply(Completion::Future(tx));
-        let send = self.send(
-            dest.into(),
-            dst_cb,
-            body.as_ref(),
-            notify,
-            timeout,
-            Mode::Wait,
-        );
-        let sent = send.await?;
-        // Removes the callback if this future is dropped while it waits.
-        let guard = Unregister {
-            shared: &self.inner.shared,
-            id: sent.cb_id,
+        let body = body.as_ref();
+        let request = async move {
+            let send = self.send(dest, dst_cb, body, notify, timeout, Mode::Wait);
+            let sent = send.await?;
+            // Removes the callback if this future is dropped while it waits.
+            let guard = Unregister {
+                shared: &self.inner.shared,
+                id: sent.cb_id,
+            };
+            let reply = rx.await.unwrap_or(Err(Error::Shutdown));
+            guard.disarm();
+            match &reply {
+                Ok(_) => telemetry::request_done(sent.transport, since),
+                Err(e) => tracing::debug!(error = %e, "request failed"),
+            }
+            reply
         };
-        let reply = rx.await.unwrap_or(Err(Error::Shutdown));
-        guard.disarm();
-        if let Err(e) = &reply {
-            tracing::debug!(error = %e, "request failed");
+        // Instrumented only when its span is on: an inproc round trip is
+        // well under a microsecond, and a wrapper costs on every poll.
+        if span.is_disabled() {
+            request.await
+        } else {
+            tracing::Instrument::instrument(request, span).await
         }
-        reply
     }
 
     /// Every send above, as one [`Outgoing`] to the one send path: the
@@ -642,24 +684,46 @@ impl Messenger {
         self.inner.shared.send(out).await
     }
 
-    /// A snapshot of the counters.
+    /// Connection events from now on (connected, handshake failed,
+    /// disconnected, evicted, refused), each with its endpoint, remote
+    /// address and reason: what libzmq's socket monitor gives. Bounded:
+    /// the runtime never waits for a consumer; one that falls more than
+    /// [`events::CAPACITY`](crate::events::CAPACITY) behind loses the oldest
+    /// ([`Events::missed`](crate::events::Events::missed) counts them). Nothing is
+    /// built while no consumer exists.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), messenger::Error> {
+    /// use messenger::{Messenger, events::EventKind};
+    ///
+    /// let server = Messenger::new()?;
+    /// let mut events = server.events();
+    /// let at = "inproc://events-doc".parse()?;
+    /// server.listen_for_connection(&at, |_, _| {}).await?;
+    /// let client = Messenger::new()?;
+    /// client.make_connection(&at).await?;
+    /// let event = events.recv().await.expect("an event");
+    /// assert_eq!(event.kind, EventKind::Connected);
+    /// assert_eq!(event.peer, client.identity());
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> crate::events::Events {
+        self.inner.shared.events.subscribe()
+    }
+
+    /// A snapshot of the counters, and of the gauges now: `connections`
+    /// counts both our connections whose link is up and the peers
+    /// connected to our listeners (what `messenger_connections` splits by
+    /// direction and transport).
     pub fn stats(&self) -> StatsSnapshot {
+        use telemetry::Source as _;
         let mut s = self.inner.shared.stats.snapshot();
-        s.pending_callbacks = self.inner.shared.callbacks.len() as u64;
-        let reg = self.inner.registry();
-        s.pending_messages = reg
-            .listeners
-            .values()
-            .chain(reg.connections.values())
-            .flat_map(|o| o.ctx.all_unacked())
-            .map(|u| u.len() as u64)
-            .sum();
-        // Peers connected now: our connections whose link is up, and the
-        // live sessions of our listeners.
-        let dialled = reg.connections.values().filter(|o| o.ctx.is_up()).count();
-        let accepted: usize = reg.listeners.values().map(|o| o.ctx.session_count()).sum();
-        s.connections = (dialled + accepted) as u64;
-        s.listeners = reg.listeners.len() as u64;
+        let g = self.inner.gauges();
+        s.pending_callbacks = g.pending_callbacks;
+        s.pending_messages = g.unacked;
+        s.connections = g.connections.iter().flatten().sum();
+        s.listeners = g.listeners;
         s
     }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+use crate::endpoint::Endpoint;
 use crate::shard::{Padded, thread_index};
 
 /// Shards per counter.
@@ -30,16 +31,122 @@ impl Counter {
     }
 }
 
+/// The transports, as the metrics label them (`transport="tcp"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp = 0,
+    Ipc = 1,
+    Inproc = 2,
+}
+
+impl Transport {
+    /// Every transport, in label order.
+    pub(crate) const ALL: [Transport; 3] = [Transport::Tcp, Transport::Ipc, Transport::Inproc];
+
+    /// The transport an endpoint is reached over.
+    pub(crate) fn of(endpoint: &Endpoint) -> Self {
+        match endpoint {
+            Endpoint::Tcp { .. } => Transport::Tcp,
+            Endpoint::Ipc(_) => Transport::Ipc,
+            Endpoint::Inproc(_) => Transport::Inproc,
+        }
+    }
+
+    /// Its label value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ipc => "ipc",
+            Transport::Inproc => "inproc",
+        }
+    }
+}
+
+/// Traffic over one transport: what the `transport` label splits.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    /// Messages handed to a socket (ACKs included).
+    pub(crate) messages_sent: Counter,
+    /// Well-formed messages received (ACKs included).
+    pub(crate) messages_received: Counter,
+    /// Bytes written to tcp and ipc sockets (ZMTP framing, commands and
+    /// CURVE boxes included); none on inproc, which writes no bytes.
+    pub(crate) bytes_sent: Counter,
+    /// Bytes read from tcp and ipc sockets.
+    pub(crate) bytes_received: Counter,
+}
+
+/// Why a session (a peer's connection after its handshake) ended: the
+/// `reason` label of `messenger_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The peer closed its side.
+    PeerClosed = 0,
+    /// We closed it: shutdown, or the socket was closed.
+    Shutdown = 1,
+    /// It gave way to a newcomer at a connection limit, being idle.
+    Evicted = 2,
+    /// Its peer answered no heartbeat in time.
+    HeartbeatTimeout = 3,
+    /// Reading or writing failed (a reset, a broken pipe).
+    IoError = 4,
+    /// It broke ZMTP or one of its limits (a message too slow, too large,
+    /// a read-buffer budget spent).
+    ProtocolError = 5,
+}
+
+impl CloseReason {
+    /// Every reason, in index order.
+    pub(crate) const ALL: [CloseReason; 6] = [
+        CloseReason::PeerClosed,
+        CloseReason::Shutdown,
+        CloseReason::Evicted,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::IoError,
+        CloseReason::ProtocolError,
+    ];
+
+    /// Its label value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Evicted => "evicted",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::IoError => "io_error",
+            CloseReason::ProtocolError => "protocol_error",
+        }
+    }
+}
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Live counters of one messenger.
         #[derive(Debug, Default)]
-        pub(crate) struct Stats { $(pub(crate) $name: Counter,)* }
+        pub(crate) struct Stats {
+            $(pub(crate) $name: Counter,)*
+            /// Messages and bytes per transport (indexed by `Transport`).
+            pub(crate) traffic: [Traffic; 3],
+            /// Sessions ended, per `CloseReason`.
+            pub(crate) closed: [Counter; 6],
+        }
 
         /// A point-in-time copy of a messenger's counters.
         #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
         pub struct StatsSnapshot {
+            /// Messages handed to a socket (ACKs included).
+            pub sent: u64,
+            /// Well-formed messages received (ACKs included).
+            pub received: u64,
             $($(#[$doc])* pub $name: u64,)*
+            /// Bytes written to tcp and ipc sockets (ZMTP framing
+            /// included); inproc moves messages, not bytes, and counts none.
+            pub bytes_sent: u64,
+            /// Bytes read from tcp and ipc sockets.
+            pub bytes_received: u64,
+            /// Sessions ended (peers that left, were dropped or gave way,
+            /// on listeners and connections).
+            pub connections_closed: u64,
             /// Callbacks waiting for a reply now.
             pub pending_callbacks: u64,
             /// Sent messages waiting for their ACK now.
@@ -53,17 +160,38 @@ macro_rules! counters {
 
         impl Stats {
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.get(),)* ..Default::default() }
+                let sum = |f: fn(&Traffic) -> &Counter| {
+                    self.traffic.iter().map(|t| f(t).get()).sum()
+                };
+                StatsSnapshot {
+                    sent: sum(|t| &t.messages_sent),
+                    received: sum(|t| &t.messages_received),
+                    $($name: self.$name.get(),)*
+                    bytes_sent: sum(|t| &t.bytes_sent),
+                    bytes_received: sum(|t| &t.bytes_received),
+                    connections_closed: self.closed.iter().map(Counter::get).sum(),
+                    ..Default::default()
+                }
+            }
+
+            /// The traffic counters of one transport.
+            pub(crate) fn traffic(&self, t: Transport) -> &Traffic {
+                &self.traffic[t as usize]
+            }
+
+            /// A session ended for `reason`.
+            pub(crate) fn closed(&self, reason: CloseReason) {
+                self.closed[reason as usize].add(1);
             }
         }
     };
 }
 
 counters! {
-    /// Messages handed to a socket (ACKs included).
-    sent,
-    /// Well-formed messages received (ACKs included).
-    received,
+    /// Sessions begun: peers that completed the handshake (and the
+    /// proof, with a secret) on our listeners, and each link up of our
+    /// connections (first dial and redials).
+    connections_opened,
     /// ACKs sent.
     acks_sent,
     /// ACKs received.

@@ -192,6 +192,7 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> std::io::Result<Option<
 }
 
 /// What a process run by [`run_bounded`] left.
+#[derive(Debug)]
 pub struct Ran {
     /// `None`: still running at the limit, and killed.
     pub status: Option<ExitStatus>,

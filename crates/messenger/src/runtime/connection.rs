@@ -11,11 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Conn, End};
+use super::driver::{Conn, End, Who};
 use super::listener::engine_config;
 use crate::address::{ConnectionId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::events::{Event, EventKind, PeerAddr};
 use crate::proto::dedup::DedupWindow;
 use crate::runtime::inproc;
 use crate::runtime::server_loop::{self, Handler};
@@ -54,9 +55,12 @@ pub(crate) async fn open(
         Arc::clone(&shared.stats),
         Arc::clone(cfg),
     ));
-    let first = dial_first(endpoint, &ctx, shared).await?;
+    let connect = tracing::info_span!("connect", id = id.0, %endpoint);
+    let first =
+        tracing::Instrument::instrument(dial_first(endpoint, &ctx, shared), connect).await?;
     // Up before make_connection returns: sends go straight to it.
     ctx.link_up(&first.1);
+    shared.begin_session(&ctx, &first.1);
     let backoff = Backoff {
         initial: cfg.reconnect_initial,
         max: cfg.reconnect_max,
@@ -116,8 +120,10 @@ pub(crate) async fn dial(
     }
     let give_up = crate::clock::now() + limit;
     let stream = stream::dial(endpoint, limit).await?;
-    let mut conn = Conn::new(stream, engine_config(socket, Role::Client), None);
-    let handshake = conn.handshake(|_| Ok(()));
+    let remote = stream.peer_addr();
+    let mut conn = Conn::new(stream, engine_config(socket, Role::Client), None, socket);
+    let span = tracing::info_span!("handshake", endpoint = %endpoint, %remote);
+    let handshake = tracing::Instrument::instrument(conn.handshake(|_| Ok(())), span);
     match tokio::time::timeout_at(crate::clock::tokio_at(give_up), handshake).await {
         Err(_) | Ok(Err(End::HandshakeTimeout)) => {
             return Err(Error::ConnectTimeout(endpoint.clone()));
@@ -128,12 +134,15 @@ pub(crate) async fn dial(
     let outbox = conn
         .outbox(cfg.send_buffer_size)
         .map_err(|end| connect_error(endpoint, end))?;
-    let session = Arc::new(Session::new(
-        Bytes::new(),
-        Bytes::new(),
-        Out::Wire(outbox),
-        socket.session_unacked(),
-    ));
+    let session = Arc::new(
+        Session::new(
+            Bytes::new(),
+            Bytes::new(),
+            Out::Wire(outbox),
+            socket.session_unacked(),
+        )
+        .at(remote),
+    );
     if let Some(secret) = &cfg.auth {
         // The proof goes first, before anything queued.
         let proof = crate::proto::auth::proof(secret).map_err(|e| {
@@ -227,6 +236,25 @@ fn connect_error(endpoint: &Endpoint, end: End) -> Error {
     }
 }
 
+/// A redial reached the listener but got no session: told to `events()`
+/// (refused by the listener, or a failed handshake). Dials that found
+/// nobody listening are not events, as in libzmq's monitor.
+fn redial_failed(shared: &Shared, socket: &SocketCtx, e: &Error) {
+    let kind = match e {
+        Error::Handshake { .. } if id_in_use(e) => EventKind::Refused,
+        Error::Handshake {
+            source: zmtp::ZmtpError::PeerError { .. },
+            ..
+        } => EventKind::Refused,
+        Error::Handshake { .. } => EventKind::HandshakeFailed,
+        _ => return,
+    };
+    shared.events.emit(|| {
+        let why = Some(crate::events::printable(&e.to_string()));
+        Event::new(kind, &socket.origin, PeerAddr::Unknown, &Bytes::new(), why)
+    });
+}
+
 /// Waits `delay` before the next dial, keeping the connection's timer
 /// meanwhile: what it sent and is still unacknowledged meets its deadline
 /// while the link is down (a dial in progress delays that by at most
@@ -288,8 +316,12 @@ pub(crate) async fn drive(
             }
             Link::Inproc(conn) => conn.traffic(&socket, &session, &stop).await,
         };
-        shared.end_session(&socket, &session);
-        end.report(&socket);
+        shared.end_session(&socket, &session, &end);
+        let who = Who {
+            remote: &session.remote,
+            peer: b"",
+        };
+        end.report(&socket, who);
         let stopping = matches!(end, End::Stopped);
         if let Link::Wire(conn) = link {
             let outbox = match &session.out {
@@ -305,11 +337,12 @@ pub(crate) async fn drive(
         }
         // The session's outbox holds the stream too: drop it now, so the
         // peer sees our close at once and not when a redial succeeds.
+        let who_was = session.remote;
         drop(session);
         if stopping || socket.is_closed() {
             return;
         }
-        tracing::warn!(endpoint = %socket.origin.endpoint, "connection lost; reconnecting");
+        tracing::warn!(endpoint = %socket.origin.endpoint, remote = %who_was, reason = end.close_reason().name(), "connection lost; reconnecting");
         let unacked = socket.session_unacked();
         let mut delay = backoff.initial;
         (link, session) = loop {
@@ -324,12 +357,14 @@ pub(crate) async fn drive(
                 Ok(l) => break l,
                 Err(e) => {
                     tracing::debug!(endpoint = %socket.origin.endpoint, error = %e, ?delay, "reconnect failed");
+                    redial_failed(&shared, &socket, &e);
                     delay = (delay * 2).min(backoff.max);
                 }
             }
         };
         socket.link_up(&session);
         bump(&socket.stats.reconnects);
-        tracing::info!(endpoint = %socket.origin.endpoint, "reconnected");
+        shared.begin_session(&socket, &session);
+        tracing::info!(endpoint = %socket.origin.endpoint, remote = %session.remote, "reconnected");
     }
 }

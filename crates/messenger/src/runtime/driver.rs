@@ -16,10 +16,12 @@ use std::time::Instant;
 use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::PeerAddr;
 use crate::proto::dedup::DedupWindow;
 use crate::runtime::process::woke_a_task;
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Out, Session, SocketCtx};
+use crate::stats::{CloseReason, Stats, Transport};
 use crate::transport::outbox::Outbox;
 use crate::transport::stream::Stream;
 use zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
@@ -86,16 +88,29 @@ impl From<ZmtpError> for End {
     }
 }
 
+/// Whom a connection-level log line or event is about: the remote end as
+/// the OS tells it, and the peer's routing id once known (empty before
+/// its READY, and on connections).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Who<'a> {
+    pub(crate) remote: &'a PeerAddr,
+    pub(crate) peer: &'a [u8],
+}
+
 impl End {
-    /// Counts and logs how a connection ended.
-    pub(crate) fn report(&self, socket: &SocketCtx) {
+    /// Counts and logs how a connection ended: every line names the
+    /// endpoint, the remote end and the routing id (escaped: the peer's
+    /// bytes never reach a log raw).
+    pub(crate) fn report(&self, socket: &SocketCtx, who: Who<'_>) {
         let stats = &socket.stats;
         let bump = crate::stats::bump;
+        let (endpoint, remote, peer) =
+            (&socket.origin.endpoint, who.remote, who.peer.escape_ascii());
         let what = match self {
             // Evictions are counted when they are decided.
             End::PeerClosed | End::Stopped | End::Evicted => return,
             End::Io(e) => {
-                tracing::debug!(endpoint = %socket.origin.endpoint, error = %e, "connection ends");
+                tracing::debug!(%endpoint, %remote, %peer, error = %e, "connection ends");
                 return;
             }
             End::HandshakeTimeout => {
@@ -128,14 +143,56 @@ impl End {
         if socket.warn_allowed() {
             match self {
                 End::Zmtp(e) => {
-                    tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "dropping peer: {what}")
+                    tracing::warn!(%endpoint, %remote, %peer, error = %e, "dropping peer: {what}")
                 }
                 End::Auth(e) => {
-                    tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "dropping peer: {what}")
+                    tracing::warn!(%endpoint, %remote, %peer, error = %e, "dropping peer: {what}")
                 }
-                _ => tracing::warn!(endpoint = %socket.origin.endpoint, "dropping peer: {what}"),
+                _ => tracing::warn!(%endpoint, %remote, %peer, "dropping peer: {what}"),
             }
         }
+    }
+
+    /// Why a session that ended this way ended: the `reason` label of
+    /// `messenger_connections_closed_total`.
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        match self {
+            End::PeerClosed => CloseReason::PeerClosed,
+            End::Stopped => CloseReason::Shutdown,
+            End::Evicted => CloseReason::Evicted,
+            End::Io(_) => CloseReason::IoError,
+            End::Zmtp(ZmtpError::HeartbeatTimeout) => CloseReason::HeartbeatTimeout,
+            End::Zmtp(_) | End::PartialBudget | End::Auth(_) | End::HandshakeTimeout => {
+                CloseReason::ProtocolError
+            }
+        }
+    }
+
+    /// Whether a connection that ended this way before its session began
+    /// was refused for cause (not merely failed).
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            End::Auth(_) | End::Zmtp(ZmtpError::Refused(_) | ZmtpError::PeerError { .. })
+        )
+    }
+
+    /// The reason, for an event: printable ASCII (an ERROR reason from the
+    /// peer is escaped where it is parsed).
+    pub(crate) fn describe(&self) -> String {
+        let text = match self {
+            End::PeerClosed => "the peer closed the connection".into(),
+            End::Stopped => "shut down".into(),
+            End::Evicted => "idle, gave way to a newcomer at the connection limit".into(),
+            End::Io(e) => format!("i/o error: {e}"),
+            End::Zmtp(e) => e.to_string(),
+            End::PartialBudget => {
+                "the listener's budget for messages still arriving is spent".into()
+            }
+            End::Auth(e) => format!("authentication failed: {e}"),
+            End::HandshakeTimeout => "no handshake in time".into(),
+        };
+        crate::events::printable(&text)
     }
 }
 
@@ -175,6 +232,12 @@ pub(crate) struct Conn {
     charged: usize,
     /// Bytes read since the task last gave its worker back.
     unyielded: usize,
+    /// Where the bytes read and written are counted (per transport).
+    stats: Arc<Stats>,
+    transport: Transport,
+    /// The engine's last heartbeat round trip seen: a different one is a
+    /// new sample for `messenger_peer_rtt_seconds`.
+    last_rtt: Option<Duration>,
 }
 
 impl Drop for Conn {
@@ -190,8 +253,12 @@ impl Conn {
         stream: Stream,
         config: EngineConfig,
         budget: Option<Arc<PartialBudget>>,
+        socket: &SocketCtx,
     ) -> Self {
         Conn {
+            stats: Arc::clone(&socket.stats),
+            transport: socket.transport,
+            last_rtt: None,
             stream: Arc::new(stream),
             engine: Engine::new(config, crate::clock::now()),
             rbuf: BytesMut::new(),
@@ -288,6 +355,10 @@ impl Conn {
         self.charge()?;
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         if n > 0 {
+            self.stats
+                .traffic(self.transport)
+                .bytes_received
+                .add(n as u64);
             self.unyielded += n;
             self.engine.received(crate::clock::now());
         }
@@ -374,7 +445,13 @@ impl Conn {
             .engine
             .take_encoder()
             .ok_or(End::Zmtp(zmtp::ZmtpError::Closed))?;
-        Ok(Outbox::new(Arc::clone(&self.stream), encoder, limit))
+        let written = (Arc::clone(&self.stats), self.transport);
+        Ok(Outbox::new(
+            Arc::clone(&self.stream),
+            encoder,
+            limit,
+            written,
+        ))
     }
 
     /// Traffic until the peer leaves, a rule is broken, or `stop` fires:
@@ -485,8 +562,13 @@ impl Conn {
                                     return end;
                                 }
                                 self.shrink();
-                                if let Some(rtt) = self.engine.rtt() {
+                                if let Some(rtt) = self.engine.rtt()
+                                    && self.last_rtt != Some(rtt)
+                                {
+                                    // A new heartbeat round trip.
+                                    self.last_rtt = Some(rtt);
                                     socket.set_rtt(rtt);
+                                    crate::telemetry::peer_rtt(self.transport, rtt);
                                 }
                                 self.take_turns().await;
                             }
@@ -574,7 +656,7 @@ impl Conn {
                             woke |=
                                 woke_a_task(shared.process(socket, session, dedup, payload, now))
                         }
-                        Err(e) => socket.malformed(&e),
+                        Err(e) => socket.malformed(session, &e),
                     }
                 }
                 Some(Event::PeerReady(_)) => {}

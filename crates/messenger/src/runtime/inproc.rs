@@ -27,9 +27,10 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::End;
+use super::driver::{End, Who};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::events::PeerAddr;
 use crate::proto::wire::{self, ACK, Payload};
 use crate::runtime::process::{self, Landing, Refused};
 use crate::runtime::shared::Shared;
@@ -305,7 +306,7 @@ pub(crate) fn dial(
     let their_out = Out::Inproc(Arc::clone(&their_tx) as Arc<dyn InprocLink>);
     let theirs = listener
         .add_route(socket.identity.clone(), |id| {
-            Session::new(id, head, their_out, unacked)
+            Session::new(id, head, their_out, unacked).at(PeerAddr::Inproc)
         })
         .map_err(|e| {
             if e == RouteError::InUse {
@@ -319,12 +320,16 @@ pub(crate) fn dial(
                 }),
             }
         })?;
-    let ours = Arc::new(Session::new(
-        Bytes::new(),
-        Bytes::new(),
-        Out::Inproc(Arc::clone(&our_tx) as Arc<dyn InprocLink>),
-        socket.session_unacked(),
-    ));
+    listener_shared.begin_session(&listener, &theirs);
+    let ours = Arc::new(
+        Session::new(
+            Bytes::new(),
+            Bytes::new(),
+            Out::Inproc(Arc::clone(&our_tx) as Arc<dyn InprocLink>),
+            socket.session_unacked(),
+        )
+        .at(PeerAddr::Inproc),
+    );
     let closed = CancellationToken::new();
     let pair = Arc::new(Pair {
         connection: Side {
@@ -351,8 +356,12 @@ pub(crate) fn dial(
             _ = stop.cancelled() => End::Stopped,
             _ = their_end.cancelled() => End::PeerClosed,
         };
-        listener_shared.end_session(&listener, &theirs);
-        end.report(&listener);
+        listener_shared.end_session(&listener, &theirs, &end);
+        let who = Who {
+            remote: &PeerAddr::Inproc,
+            peer: &theirs.peer,
+        };
+        end.report(&listener, who);
     });
     Ok((Conn { closed }, ours))
 }

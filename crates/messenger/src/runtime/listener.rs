@@ -18,11 +18,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{Conn, End, PartialBudget};
+use super::driver::{Conn, End, PartialBudget, Who};
 use super::windows::{self, INCARNATION, Windows};
 use crate::address::{ListenerId, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::events::{Event, EventKind, PeerAddr};
 use crate::proto::auth::{AuthError, Verifier};
 use crate::proto::dedup::DedupWindow;
 use crate::proto::wire;
@@ -238,14 +239,19 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let source = match from.map(|ip| Sources::admit(&sources, ip, &socket)) {
+        let ip = match from {
+            PeerAddr::Tcp(addr) => Some(addr.ip()),
+            _ => None,
+        };
+        let source = match ip.map(|ip| Sources::admit(&sources, ip, &socket)) {
             None => None,
             Some(Some(admission)) => Some(admission),
             Some(None) => {
                 bump(&socket.stats.address_limit_hits);
                 if socket.warn_allowed() {
-                    tracing::warn!(endpoint = %socket.origin.endpoint, from = ?from, "per-address connection limit reached and no idle peer from there; closing the newcomer");
+                    tracing::warn!(endpoint = %socket.origin.endpoint, remote = %from, "per-address connection limit reached and no idle peer from there; closing the newcomer");
                 }
+                refused_on_arrival(&shared, &socket, from);
                 continue;
             }
         };
@@ -268,7 +274,15 @@ pub(crate) async fn accept_loop(
             Arc::clone(&settings),
             stop.clone(),
         );
-        let span = tracing::debug_span!("peer");
+        // The peer's span: what a tracing subscriber (or OpenTelemetry)
+        // sees its handshake and session under. Its routing id is filled
+        // in once READY is read.
+        let span = tracing::info_span!(
+            "peer",
+            listener = %socket.origin.endpoint,
+            remote = %from,
+            peer = tracing::field::Empty,
+        );
         peers.spawn(tracing::Instrument::instrument(
             async move {
                 let slot = match source {
@@ -277,19 +291,40 @@ pub(crate) async fn accept_loop(
                         Some(slot) => Some(slot),
                         None => {
                             bump(&socket.stats.address_limit_hits);
+                            refused_on_arrival(&shared, &socket, from);
                             return;
                         }
                     },
                 };
                 let _places = (permit, slot);
                 let source = _places.1.as_ref().map(|s| s.source);
-                serve_peer(stream, source, &socket, &shared, &settings, &stop).await;
+                let peer = Peer {
+                    stream,
+                    remote: from,
+                    source,
+                };
+                serve_peer(peer, &socket, &shared, &settings, &stop).await;
             },
             span,
         ));
     }
     drop(listener);
     while peers.join_next().await.is_some() {}
+}
+
+/// A tcp newcomer closed on arrival (its address is over its share): told
+/// to `events()`.
+fn refused_on_arrival(shared: &Shared, socket: &SocketCtx, from: PeerAddr) {
+    shared.events.emit(|| {
+        let why = "its address already holds max_connections_per_address sessions";
+        Event::new(
+            EventKind::Refused,
+            &socket.origin,
+            from,
+            &Bytes::new(),
+            Some(why.into()),
+        )
+    });
 }
 
 /// Whether an accept failed for want of file descriptors (the process's
@@ -502,23 +537,44 @@ impl Drop for SourceSlot {
     }
 }
 
-/// One peer, from accept to close; `source` is the tcp source its place
-/// is counted under.
-async fn serve_peer(
+/// A peer just accepted.
+struct Peer {
     stream: Stream,
+    /// Who it is, as the OS tells it (for logs and events).
+    remote: PeerAddr,
+    /// The tcp source its place is counted under.
     source: Option<IpAddr>,
+}
+
+/// One peer, from accept to close.
+async fn serve_peer(
+    peer: Peer,
     socket: &Arc<SocketCtx>,
     shared: &Shared,
     settings: &PeerSettings,
     stop: &CancellationToken,
 ) {
+    let Peer {
+        stream,
+        remote,
+        source,
+    } = peer;
     let accepted_at = crate::clock::now();
     let cfg = &socket.config;
     let budget = Some(Arc::clone(&settings.partial));
-    let mut conn = Conn::new(stream, engine_config(socket, Role::Server), budget);
+    let mut conn = Conn::new(stream, engine_config(socket, Role::Server), budget, socket);
+    // The routing id it announced, once its READY is read: for the logs
+    // and events of a handshake that fails after that.
+    let mut announced = Bytes::new();
+    // The peer's span (entered by the task): its routing id is filled in
+    // once READY is read.
+    let peer_span = tracing::Span::current();
     let handshake = async {
         let peer = conn
             .handshake(|peer| {
+                announced = peer.identity.clone();
+                let shown = peer.identity.escape_ascii().to_string();
+                peer_span.record("peer", shown.as_str());
                 let allow = cfg.curve.as_ref().and_then(|c| c.allow.as_ref());
                 if let Some(allow) = allow
                     && !peer.curve_public_key.is_some_and(|k| allow.contains(&k))
@@ -527,7 +583,12 @@ async fn serve_peer(
                     // an authentication failure.
                     bump(&socket.stats.curve_refused);
                     if socket.warn_allowed() {
-                        tracing::warn!(endpoint = %socket.origin.endpoint, key = ?peer.curve_public_key, "CURVE client not on the allow-list; refused");
+                        // The public key is not secret: it says who was
+                        // refused (z85, as `messenger keygen` prints it).
+                        let key = peer
+                            .curve_public_key
+                            .map_or_else(|| "none".to_owned(), |k| k.to_string());
+                        tracing::warn!(endpoint = %socket.origin.endpoint, %remote, peer = %shown, %key, "CURVE client not on the allow-list; refused");
                     }
                     Err(CURVE_NOT_ALLOWED)
                 } else if socket.route_in_use(&peer.identity) {
@@ -551,6 +612,7 @@ async fn serve_peer(
         };
         Ok::<_, End>((peer, proof))
     };
+    let handshake = tracing::Instrument::instrument(handshake, tracing::info_span!("handshake"));
     let started = tokio::select! {
         _ = stop.cancelled() => Err(End::Stopped),
         r = handshake => r,
@@ -562,7 +624,11 @@ async fn serve_peer(
             {
                 bump(&socket.stats.routing_id_conflicts);
             }
-            end.report(socket);
+            let who = Who {
+                remote: &remote,
+                peer: &announced,
+            };
+            shared.never_began(socket, who, &end);
             conn.close(None, Duration::ZERO).await;
             return;
         }
@@ -570,7 +636,11 @@ async fn serve_peer(
     let outbox = match conn.outbox(cfg.send_buffer_size) {
         Ok(outbox) => outbox,
         Err(end) => {
-            end.report(socket);
+            let who = Who {
+                remote: &remote,
+                peer: &announced,
+            };
+            shared.never_began(socket, who, &end);
             conn.close(None, Duration::ZERO).await;
             return;
         }
@@ -579,12 +649,13 @@ async fn serve_peer(
     let unacked = socket.session_unacked();
     // Cancelled at shutdown, or alone when the session gives way.
     let give_way = stop.child_token();
-    let announced = !peer.identity.is_empty();
+    let named = !peer.identity.is_empty();
     let added = socket.add_route(peer.identity, |id| {
         Session::new(id, head, Out::Wire(outbox), unacked)
             .evictable(give_way.clone(), socket.millis(crate::clock::now()))
             .with_peer_key(peer.curve_public_key)
             .counted_under(source)
+            .at(remote)
     });
     let session = match added {
         Ok(s) => s,
@@ -592,17 +663,25 @@ async fn serve_peer(
             if e == RouteError::InUse {
                 // Taken while this peer proved itself: the live one stays.
                 bump(&socket.stats.routing_id_conflicts);
+                let who = Who {
+                    remote: &remote,
+                    peer: &announced,
+                };
+                let refused = End::Zmtp(zmtp::ZmtpError::Refused(
+                    crate::runtime::socket::ROUTING_ID_IN_USE,
+                ));
+                shared.never_began(socket, who, &refused);
             }
             conn.close(None, Duration::ZERO).await;
             return;
         }
     };
-    tracing::debug!(peer = ?session.peer, "session begins");
+    shared.begin_session(socket, &session);
     // A peer that announced its routing id and which run of it this is may
     // have left a window with its previous session: what it resends from
     // before is then still a duplicate. Taken once the old session is off
     // the routing table (add_route succeeded), so it has been kept.
-    let incarnation = windows::incarnation_of(&peer.properties).filter(|_| announced);
+    let incarnation = windows::incarnation_of(&peer.properties).filter(|_| named);
     let mut window = incarnation
         .and_then(|i| {
             settings
@@ -625,8 +704,14 @@ async fn serve_peer(
         let now = crate::clock::now();
         settings.windows.keep(session.peer.clone(), i, window, now);
     }
-    shared.end_session(socket, &session);
-    end.report(socket);
+    shared.end_session(socket, &session, &end);
+    end.report(
+        socket,
+        Who {
+            remote: &remote,
+            peer: &session.peer,
+        },
+    );
     // Shutdown: what is queued gets the linger. A peer that left gets a
     // moment for our last replies. A peer cut off for what it did gets
     // nothing more: no flush, and its unread bytes reset the connection.

@@ -21,7 +21,7 @@ use crate::proto::process::{self, Delivery, Effects, Outcome};
 use crate::proto::wire::{self, NOOP, Payload};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Delivered, ReplyTicket, Session, SocketCtx};
-use crate::stats::{Stats, bump};
+use crate::stats::{Stats, Transport, bump};
 use crate::types::Incoming;
 
 /// A received message as the API hands it out: its socket's origin is
@@ -40,8 +40,8 @@ pub(crate) fn incoming(socket: &SocketCtx, session: &Session, p: Payload) -> Inc
 
 /// Counts what processing one message did: the one place outcomes become
 /// counters, whatever the transport.
-pub(crate) fn count(stats: &Stats, outcome: Outcome) {
-    bump(&stats.received);
+pub(crate) fn count(stats: &Stats, transport: Transport, outcome: Outcome) {
+    stats.traffic(transport).messages_received.add(1);
     let counter = match outcome {
         Outcome::Ack(true) => &stats.acks_received,
         Outcome::Ack(false) => &stats.unknown_acks,
@@ -84,7 +84,7 @@ impl Shared {
             session,
         };
         let outcome = process::process(&mut fx, window, payload, now);
-        count(&self.stats, outcome);
+        count(&self.stats, socket.transport, outcome);
         outcome
     }
 
@@ -171,7 +171,7 @@ impl Shared {
         // Refused only if the buffer filled since the check: then it is
         // tracked, and resent like any message the link did not take.
         if session.send(&reply).is_ok() {
-            bump(&self.stats.sent);
+            self.stats.traffic(socket.transport).messages_sent.add(1);
         }
     }
 }
@@ -193,7 +193,7 @@ impl Effects for Wire<'_> {
         let stats = &self.shared.stats;
         match self.session.ack(msg_id) {
             Ok(()) => {
-                bump(&stats.sent);
+                stats.traffic(self.socket.transport).messages_sent.add(1);
                 bump(&stats.acks_sent);
             }
             Err(_) => bump(&stats.acks_dropped),
@@ -277,8 +277,9 @@ impl Landing<'_> {
     /// Lands `msg`: ProcessMessage on the receiving side, counted there.
     pub(crate) fn land(mut self, msg: Payload) -> Result<(), Refused> {
         let now = self.to.shared.now();
+        let stats = &self.to.shared.stats;
         let outcome = process::process(&mut self, &mut crate::proto::dedup::NoDuplicates, msg, now);
-        count(&self.to.shared.stats, outcome);
+        count(stats, Transport::Inproc, outcome);
         match self.refused {
             Some(refused) => Err(refused),
             None => Ok(()),
@@ -310,7 +311,8 @@ impl Effects for Landing<'_> {
             dst_cb: request.src_cb,
             body: request.body.clone(),
         };
-        bump(&to.shared.stats.sent);
+        let traffic = to.shared.stats.traffic(Transport::Inproc);
+        traffic.messages_sent.add(1);
         // A full server loop on the way back costs this answer (counted
         // there), as a full buffer does on tcp.
         let _ = Landing {

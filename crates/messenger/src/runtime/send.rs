@@ -25,7 +25,7 @@ use crate::runtime::callbacks::{Awaited, Completion};
 use crate::runtime::process::Refused;
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{InprocLink, Out, ReplyTicket, Route, Session, SocketCtx};
-use crate::stats::bump;
+use crate::stats::Transport;
 use crate::transport::outbox::Push;
 use crate::transport::unacked::{AckWaiter, Unacked};
 
@@ -75,6 +75,8 @@ pub(crate) struct Sent {
     pub(crate) msg_id: u64,
     /// The wire id of its callback, if it has one.
     pub(crate) cb_id: Option<u64>,
+    /// The transport it left on (what its request's time is labelled by).
+    pub(crate) transport: Transport,
 }
 
 /// The deadline shared by every wait of one send: started when the first
@@ -213,7 +215,7 @@ impl Shared {
         }
         loop {
             match socket.transmit(&route, &payload) {
-                Ok(()) => return Ok(sending.sent()),
+                Ok(()) => return Ok(sending.sent(socket.transport)),
                 Err(Push::Full) => match out.mode {
                     Mode::Try => return Err(Error::Full),
                     Mode::Wait => waits.wait(socket.route_room(&route)).await?,
@@ -271,7 +273,7 @@ impl Shared {
         if let Notify::Ack(waiter) = out.notify {
             let _ = waiter.send(Ok(()));
         }
-        Ok(sending.sent())
+        Ok(sending.sent(Transport::Inproc))
     }
 
     /// Keeps a reply that found no room (the window or the buffer towards
@@ -335,13 +337,15 @@ impl<'a> Sending<'a> {
         self.cb_id = cb_id;
     }
 
-    /// The message is handed over: keep its records.
-    fn sent(mut self) -> Sent {
-        bump(&self.shared.stats.sent);
+    /// The message is handed over: keep its records (bytes are counted
+    /// as they are written, on tcp and ipc; inproc writes none).
+    fn sent(mut self, transport: Transport) -> Sent {
+        self.shared.stats.traffic(transport).messages_sent.add(1);
         self.tracked = false;
         Sent {
             msg_id: self.msg_id,
             cb_id: self.cb_id.take(),
+            transport,
         }
     }
 }

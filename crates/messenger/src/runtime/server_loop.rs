@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::runtime::send::{Mode, Notify, Outgoing};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Delivered, ReplyTicket, SocketCtx};
+use crate::telemetry;
 use crate::types::Incoming;
 
 /// A sequential server loop: one message at a time, in arrival order, on
@@ -239,11 +240,25 @@ async fn serve(
             break;
         };
         let responder = responder_for(shared, Arc::clone(&socket), &msg, ticket);
+        // The call's span (free while debug is off): the listener, the
+        // sender's routing id (escaped) and the message's ids, never its
+        // body.
+        let span = tracing::debug_span!(
+            "server_loop_call",
+            endpoint = %socket.origin.endpoint,
+            peer = %msg.peer.escape_ascii(),
+            msg_id = msg.msg_id,
+            src_cb = msg.src_cb,
+        );
+        let transport = socket.transport;
+        let since = telemetry::start();
         match &handler {
             Handler::Sequential(slc) => {
+                let _in = span.enter();
                 if catch_unwind(AssertUnwindSafe(|| slc(msg, responder))).is_err() {
                     tracing::error!(endpoint = %socket.origin.endpoint, "server-loop callback panicked; continuing");
                 }
+                telemetry::server_loop_done(transport, since);
             }
             Handler::Concurrent(slc, limit) => {
                 // Waits here (and the queue backs up) while the limit is
@@ -252,8 +267,14 @@ async fn serve(
                     break;
                 };
                 let work = slc(msg, responder);
+                let work: Pin<Box<dyn Future<Output = ()> + Send>> = if span.is_disabled() {
+                    work
+                } else {
+                    Box::pin(tracing::Instrument::instrument(work, span))
+                };
                 running.spawn(async move {
                     work.await;
+                    telemetry::server_loop_done(transport, since);
                     drop(permit);
                 });
                 // Reap finished handlers so the set stays small.

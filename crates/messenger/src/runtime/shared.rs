@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::address::SocketKind;
 use crate::config::Config;
 use crate::error::Error;
+use crate::events::{Emitter, Event, EventKind};
 use crate::runtime::callbacks::Callbacks;
+use crate::runtime::driver::{End, Who};
 use crate::runtime::socket::{Session, SocketCtx};
-use crate::stats::Stats;
+use crate::stats::{Stats, bump};
 
 /// State shared by the sessions, the senders and the server loops.
 pub(crate) struct Shared {
@@ -29,6 +31,8 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins (the messenger's `loops.stop`):
     /// server loops take nothing new.
     stopping: CancellationToken,
+    /// Connection events for `Messenger::events`: bounded, never waited on.
+    pub(crate) events: Emitter,
 }
 
 impl Shared {
@@ -45,6 +49,7 @@ impl Shared {
             runtime,
             callbacks,
             stopping,
+            events: Emitter::new(),
         }
     }
 
@@ -70,13 +75,79 @@ impl Shared {
     /// by the session's own task after the last message it read was
     /// processed, so a peer's last ACK or reply is never lost to its
     /// disconnect.
-    pub(crate) fn end_session(&self, socket: &SocketCtx, session: &Arc<Session>) {
+    /// Counted (`connections_closed` by reason), logged at debug with
+    /// the remote end and routing id, and told to `events()`.
+    pub(crate) fn end_session(&self, socket: &SocketCtx, session: &Arc<Session>, end: &End) {
+        let reason = end.close_reason();
+        self.stats.closed(reason);
+        tracing::debug!(
+            endpoint = %socket.origin.endpoint,
+            remote = %session.remote,
+            peer = %session.peer.escape_ascii(),
+            reason = reason.name(),
+            "session ends"
+        );
+        let kind = match end {
+            End::Evicted => EventKind::Evicted,
+            _ => EventKind::Disconnected,
+        };
+        self.events.emit(|| {
+            let why = Some(end.describe());
+            Event::new(kind, &socket.origin, session.remote, &session.peer, why)
+        });
         socket.detach(session);
         match socket.origin.kind {
             SocketKind::Listener(_) => self.fail_peer(socket, &session.peer),
             SocketKind::Connection(_) => self.fail_socket(socket, Error::Disconnected),
         }
         socket.wake_room();
+    }
+
+    /// A session began (its handshake, and proof, are done; it is on its
+    /// listener's routing table or its connection's link): counted
+    /// (`connections_opened`), logged at debug, told to `events()`.
+    pub(crate) fn begin_session(&self, socket: &SocketCtx, session: &Session) {
+        bump(&self.stats.connections_opened);
+        tracing::debug!(
+            endpoint = %socket.origin.endpoint,
+            remote = %session.remote,
+            peer = %session.peer.escape_ascii(),
+            "session begins"
+        );
+        self.events.emit(|| {
+            Event::new(
+                EventKind::Connected,
+                &socket.origin,
+                session.remote,
+                &session.peer,
+                None,
+            )
+        });
+    }
+
+    /// A peer's connection ended before a session began: logged and
+    /// counted by `end.report`, told to `events()` as a refusal or a
+    /// failed handshake (a shutdown is neither).
+    pub(crate) fn never_began(&self, socket: &SocketCtx, who: Who<'_>, end: &End) {
+        end.report(socket, who);
+        if matches!(end, End::Stopped) {
+            return;
+        }
+        let kind = if end.is_refusal() {
+            EventKind::Refused
+        } else {
+            EventKind::HandshakeFailed
+        };
+        self.events.emit(|| {
+            let peer = bytes::Bytes::copy_from_slice(who.peer);
+            Event::new(
+                kind,
+                &socket.origin,
+                *who.remote,
+                &peer,
+                Some(end.describe()),
+            )
+        });
     }
 
     /// Fails everyone waiting on a socket whose peer went away: callbacks

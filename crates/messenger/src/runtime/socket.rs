@@ -36,11 +36,12 @@ use tokio_util::task::TaskTracker;
 use crate::address::{Origin, SocketKind};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::events::PeerAddr;
 use crate::proto::FrameError;
 use crate::proto::wire::{self, Payload};
 use crate::runtime::process::Refused;
 use crate::runtime::replies::Replies;
-use crate::stats::{Stats, bump};
+use crate::stats::{Stats, Transport, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
 use crate::transport::unacked::Unacked;
@@ -126,6 +127,8 @@ pub(crate) struct Session {
     /// source over that limit asks this source's idlest session to give
     /// way. None on ipc, inproc and connections.
     pub(crate) source: Option<std::net::IpAddr>,
+    /// Who is at the other end, as the OS tells it: for logs and events.
+    pub(crate) remote: PeerAddr,
 }
 
 impl Session {
@@ -142,7 +145,14 @@ impl Session {
             give_way: None,
             peer_key: None,
             source: None,
+            remote: PeerAddr::Unknown,
         }
+    }
+
+    /// Who is at the other end (tcp address, ipc credentials, inproc).
+    pub(crate) fn at(mut self, remote: PeerAddr) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// The tcp source the session counts against (listener sessions).
@@ -352,6 +362,8 @@ pub(crate) struct SocketCtx {
     pub(crate) slc: Option<SlcQueue>,
     /// The messenger's counters, for the socket's tasks.
     pub(crate) stats: Arc<Stats>,
+    /// tcp, ipc or inproc: the `transport` label of what it counts.
+    pub(crate) transport: Transport,
     /// The messenger's configuration, for the socket's tasks.
     pub(crate) config: Arc<crate::Config>,
     /// Set once the socket is closed: sends fail instead of queueing.
@@ -414,6 +426,7 @@ impl SocketCtx {
         let dialled = matches!(kind, SocketKind::Connection(_));
         let unacked = dialled.then(|| Arc::new(Unacked::new(&config)));
         SocketCtx {
+            transport: Transport::of(&endpoint),
             origin: Arc::new(Origin { endpoint, kind }),
             identity,
             incarnation: dialled.then(incarnation),
@@ -670,7 +683,7 @@ impl SocketCtx {
             return false;
         };
         bump(&self.stats.idle_evictions);
-        tracing::debug!(endpoint = %self.origin.endpoint, peer = ?session.peer, idle_ms = idle, "an idle peer gives way to a newcomer");
+        tracing::debug!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), idle_ms = idle, "an idle peer gives way to a newcomer");
         if let Some(token) = &session.give_way {
             token.cancel();
         }
@@ -821,14 +834,14 @@ impl SocketCtx {
                 let _ = place.insert(msg_id, payload.clone(), now, deadline, None);
             }
             if session.send(&payload).is_ok() {
-                bump(&self.stats.sent);
+                self.stats.traffic(self.transport).messages_sent.add(1);
             }
             true
         });
         if flushed.expired > 0 {
             self.stats.replies_dropped.add(flushed.expired as u64);
             if self.warn_allowed() {
-                tracing::warn!(endpoint = %self.origin.endpoint, peer = ?session.peer, count = flushed.expired, "replies dropped: the peer did not ACK enough before their deadline to make room for them");
+                tracing::warn!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), count = flushed.expired, "replies dropped: the peer did not ACK enough before their deadline to make room for them");
             }
         }
     }
@@ -893,7 +906,9 @@ impl SocketCtx {
             // the caller cannot learn it any other way, so count and say it.
             self.stats.unacked_expired.add(unwaited);
             if self.warn_allowed() {
-                tracing::warn!(endpoint = %self.origin.endpoint, count = unwaited, "messages expired without an ACK");
+                let remote = session.map_or(PeerAddr::Unknown, |s| s.remote);
+                let peer = session.map(|s| s.peer.escape_ascii().to_string());
+                tracing::warn!(endpoint = %self.origin.endpoint, %remote, peer = peer.as_deref().unwrap_or(""), count = unwaited, "messages expired without an ACK");
             }
         }
     }
@@ -923,11 +938,12 @@ impl SocketCtx {
         Ok(wire::parse(&payload)?)
     }
 
-    /// A malformed message from a peer: counted, and logged (rate-limited).
-    pub(crate) fn malformed(&self, error: &FrameError) {
+    /// A malformed message from `session`'s peer: counted, and logged
+    /// (rate-limited) with who sent it.
+    pub(crate) fn malformed(&self, session: &Session, error: &FrameError) {
         bump(&self.stats.malformed_dropped);
         if self.warn_allowed() {
-            tracing::warn!(endpoint = %self.origin.endpoint, %error, "dropping malformed message");
+            tracing::warn!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), %error, "dropping malformed message");
         }
     }
 }

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 
 use super::room::Room;
 use super::stream::Stream;
+use crate::stats::{Stats, Transport};
 use zmtp::Encoder;
 
 /// Rounds of appended bytes a sender writes for others before it hands the
@@ -82,12 +83,20 @@ pub(crate) struct Outbox {
     room: Room,
     /// The driver stopped reading until room opens (listeners only).
     driver_waits_room: AtomicBool,
+    /// Where bytes written are counted: the messenger's counters, and
+    /// the transport they are counted under.
+    written: (Arc<Stats>, Transport),
 }
 
 impl Outbox {
     /// An outbox writing to `stream`, framing with `encoder`, taking pushes
     /// while it holds less than `limit` bytes.
-    pub(crate) fn new(stream: Arc<Stream>, encoder: Encoder, limit: usize) -> Self {
+    pub(crate) fn new(
+        stream: Arc<Stream>,
+        encoder: Encoder,
+        limit: usize,
+        written: (Arc<Stats>, Transport),
+    ) -> Self {
         Outbox {
             stream,
             state: Mutex::new(State {
@@ -104,6 +113,7 @@ impl Outbox {
             driver: Notify::new(),
             room: Room::default(),
             driver_waits_room: AtomicBool::new(false),
+            written,
         }
     }
 
@@ -239,7 +249,11 @@ impl Outbox {
             while !chunk.is_empty() {
                 match self.stream.try_write(&chunk) {
                     Ok(0) => return self.broke(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => chunk.advance(n),
+                    Ok(n) => {
+                        let (stats, transport) = &self.written;
+                        stats.traffic(*transport).bytes_sent.add(n as u64);
+                        chunk.advance(n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         let mut st = self.lock();

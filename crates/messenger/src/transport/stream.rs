@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::events::PeerAddr;
 
 /// A connected tcp or ipc socket.
 #[derive(Debug)]
@@ -85,6 +86,24 @@ impl Stream {
         let mut one = [std::mem::MaybeUninit::<u8>::uninit()];
         // Non-blocking (tokio's sockets are): WouldBlock when nothing waits.
         sock.peek(&mut one).is_ok()
+    }
+
+    /// Who is at the other end: the tcp peer's address, or the ipc peer's
+    /// credentials (`SO_PEERCRED`), for logs and events.
+    pub(crate) fn peer_addr(&self) -> PeerAddr {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map_or(PeerAddr::Unknown, PeerAddr::Tcp),
+            Stream::Unix(s) => match s.peer_cred() {
+                Ok(cred) => PeerAddr::Ipc {
+                    pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+                    uid: Some(cred.uid()),
+                },
+                Err(_) => PeerAddr::Ipc {
+                    pid: None,
+                    uid: None,
+                },
+            },
+        }
     }
 
     pub(crate) fn shutdown_write(&self) {
@@ -160,17 +179,22 @@ pub(crate) enum Listener {
 }
 
 impl Listener {
-    /// Accepts one peer, with its source address on tcp. tcp peers get
-    /// TCP_NODELAY: small ACKs and replies must not wait for Nagle plus
-    /// the peer's delayed ACK (about 40 ms).
-    pub(crate) async fn accept(&self) -> io::Result<(Stream, Option<std::net::IpAddr>)> {
+    /// Accepts one peer, with who it is: its address on tcp, its
+    /// credentials on ipc. tcp peers get TCP_NODELAY: small ACKs and
+    /// replies must not wait for Nagle plus the peer's delayed ACK (about
+    /// 40 ms).
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, from) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok((Stream::Tcp(s), Some(from.ip())))
+                Ok((Stream::Tcp(s), PeerAddr::Tcp(from)))
             }
-            Listener::Unix(l) => Ok((Stream::Unix(l.accept().await?.0), None)),
+            Listener::Unix(l) => {
+                let s = Stream::Unix(l.accept().await?.0);
+                let from = s.peer_addr();
+                Ok((s, from))
+            }
         }
     }
 }
