@@ -7,10 +7,13 @@ one round, then the median over rounds is reported.
     python3 benches/curve/run.py                    # 64 B and 1 KiB, 1000 in flight, 3 rounds
     python3 benches/curve/run.py --sizes 64 --rounds 5 --seconds 3
 
-    # The same messenger built with poly1305's run-time AVX2 backend (this
-    # repository's .cargo/config.toml turns it off), in the same rounds:
-    CARGO_TARGET_DIR=target/avx2 RUSTFLAGS=" " cargo build --release -p messenger-cli
-    python3 benches/curve/run.py --other target/avx2/release/messenger
+    # Another build of messenger in the same rounds, e.g. an older commit:
+    git worktree add --detach /tmp/old COMMIT
+    (cd /tmp/old && cargo build --release -p messenger-cli)
+    python3 benches/curve/run.py --other /tmp/old/target/release/messenger
+
+    # An application embedding the library (a fresh Cargo project, no
+    # build configuration) against this build: benches/curve/fresh_app.sh
 
 Needs python3, a C compiler and the Rust toolchain. The client and the
 reference server are benches/curve/zmq_curve.c, linked against the libzmq
