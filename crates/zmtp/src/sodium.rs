@@ -66,8 +66,16 @@ pub(crate) enum SodiumError {
 }
 
 /// Initialises libsodium, once per process; every later call returns the
-/// first one's outcome. Called before any other libsodium function (but
-/// [`public_key`]'s, see there).
+/// first one's outcome. Every libsodium call here comes after it; only
+/// [`public_key`] goes on if it failed (see there).
+///
+/// One failure is not an error but an abort, inside libsodium: a system
+/// with no random source at all (getrandom(2) refused and no readable
+/// /dev/urandom: a bare chroot, a strict seccomp filter), where
+/// `sodium_init` calls `sodium_misuse()`. That is the host's setup, met
+/// at the first handshake or key derived, never something a peer can
+/// cause; the OS generator the keys come from (the getrandom crate) fails
+/// there too.
 pub(crate) fn ready() -> Result<(), SodiumError> {
     static INIT: OnceLock<bool> = OnceLock::new();
     let ok = *INIT.get_or_init(|| {
