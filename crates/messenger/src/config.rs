@@ -207,9 +207,9 @@ pub struct Config {
     /// it whenever this is set; connections when it names the server's key
     /// (`server_key`). inproc stays inside the process and is unaffected.
     /// Default off (NULL: clear text, no authentication). The boxes are
-    /// libsodium's, as libzmq's, and it picks its code for the CPU at run
-    /// time: an application gets CURVE's full speed with no build flags
-    /// (design/PERFORMANCE.md, "CURVE").
+    /// NaCl's, as libzmq's, from the pure-Rust `dryoc`, which picks its
+    /// code for the CPU at run time: an application gets CURVE's full
+    /// speed with no build flags (design/PERFORMANCE.md, "CURVE").
     pub curve: Option<Curve>,
 }
 

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Boxes are NaCl's `crypto_box` (X25519, XSalsa20-Poly1305) and the cookie
-//! is `crypto_secretbox`, both libsodium's as libzmq's (see `sodium.rs`);
+//! is `crypto_secretbox`, as libzmq's (libsodium's there, dryoc's port of
+//! them here: see `crypto.rs`);
 //! every box between two keys uses the key precomputed once for them
 //! (`crypto_box_beforenm`), and MESSAGE boxes are sealed and opened where
 //! they lie. On the wire a box is its 16-octet tag followed by the
@@ -47,8 +48,8 @@
 //! the HELLO padding and signature, boxes, the cookie (only the one this
 //! connection issued opens), the vouch (it must name this connection's C'
 //! and our S), short nonces, metadata, and that no peer key is of small
-//! order (libsodium's `crypto_box_beforenm` refuses those: the shared
-//! secret would be zero).
+//! order (`crypto_box_beforenm` refuses those, as libsodium's does: the
+//! shared secret would be zero).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -57,9 +58,9 @@ use zeroize::Zeroizing;
 
 use super::ZmtpError;
 use super::command::{Command, Metadata, error_body};
+use super::crypto::{self, BoxKey, Cipher, Nonce, SecretBoxKey, TAG_LEN};
 use super::header::put_header;
 use super::keys::{CURVE_KEY_LEN, CurveKeyError, CurveKeyPair, CurvePublicKey};
-use super::sodium::{self, BoxKey, Cipher, Nonce, SecretBoxKey, SodiumError, TAG_LEN};
 
 const HELLO: &[u8] = b"\x05HELLO";
 const WELCOME: &[u8] = b"\x07WELCOME";
@@ -98,7 +99,7 @@ const MESSAGE_S: &[u8; 16] = b"CurveZMQMESSAGES";
 
 /// A short nonce: a 16-octet prefix and a counter.
 fn short_nonce(prefix: &[u8; 16], n: u64) -> Nonce {
-    let mut nonce = [0u8; sodium::NONCE_LEN];
+    let mut nonce = [0u8; crypto::NONCE_LEN];
     nonce[..16].copy_from_slice(prefix);
     nonce[16..].copy_from_slice(&n.to_be_bytes());
     nonce
@@ -106,7 +107,7 @@ fn short_nonce(prefix: &[u8; 16], n: u64) -> Nonce {
 
 /// A long nonce: an 8-octet prefix and 16 octets (random when we make one).
 fn long_nonce(prefix: &[u8; 8], tail: &[u8; 16]) -> Nonce {
-    let mut nonce = [0u8; sodium::NONCE_LEN];
+    let mut nonce = [0u8; crypto::NONCE_LEN];
     nonce[..8].copy_from_slice(prefix);
     nonce[8..].copy_from_slice(tail);
     nonce
@@ -121,9 +122,9 @@ fn random<const N: usize>() -> Result<[u8; N], ZmtpError> {
 /// A fresh cookie key K: 32 random octets, drawn where they are kept and
 /// wiped when dropped.
 fn cookie_key() -> Result<SecretBoxKey, ZmtpError> {
-    let mut key = Zeroizing::new([0u8; sodium::KEY_LEN]);
+    let mut key = Zeroizing::new([0u8; crypto::KEY_LEN]);
     getrandom::fill(key.as_mut_slice()).map_err(|_| ZmtpError::Rng)?;
-    SecretBoxKey::new(key).map_err(|_| ZmtpError::Crypto)
+    Ok(SecretBoxKey::new(key))
 }
 
 /// `N` octets of `bytes` from `at`, or the error.
@@ -136,15 +137,12 @@ fn field<const N: usize>(bytes: &[u8], at: usize, err: ZmtpError) -> Result<[u8;
 
 /// The precomputed box key between the peer's `public` key and our
 /// `secret` one. A peer key of small order (on the curve or its twist:
-/// the shared secret would be zero) is refused, by libsodium.
+/// the shared secret would be zero) is refused.
 fn box_key(
     public: &[u8; CURVE_KEY_LEN],
     secret: &[u8; CURVE_KEY_LEN],
 ) -> Result<BoxKey, ZmtpError> {
-    BoxKey::new(public, secret).map_err(|e| match e {
-        SodiumError::WeakKey => ZmtpError::WeakKey,
-        SodiumError::Unavailable => ZmtpError::Crypto,
-    })
+    BoxKey::new(public, secret).map_err(|crypto::WeakKey| ZmtpError::WeakKey)
 }
 
 /// Boxes `plaintext` into `out` as NaCl lays a box out: tag, then
@@ -174,7 +172,7 @@ fn seal_in_place(
     start: usize,
 ) -> Option<()> {
     let ct = buf.get_mut(start.checked_add(TAG_LEN)?..)?;
-    let tag = cipher.seal(nonce, ct)?;
+    let tag = cipher.seal(nonce, ct);
     buf.get_mut(start..start.checked_add(TAG_LEN)?)?
         .copy_from_slice(&tag);
     Some(())

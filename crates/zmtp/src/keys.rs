@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use super::sodium;
+use super::crypto;
 
 /// Octets of a Curve25519 key.
 pub const CURVE_KEY_LEN: usize = 32;
@@ -144,9 +144,9 @@ impl CurveSecretKey {
     }
 
     /// The public key that goes with this secret key: X25519 with the base
-    /// point, libsodium's `crypto_scalarmult_base` (as `zmq_curve_public`).
+    /// point, `crypto_scalarmult_base` (as `zmq_curve_public`).
     pub fn public_key(&self) -> CurvePublicKey {
-        CurvePublicKey(sodium::public_key(&self.0))
+        CurvePublicKey(crypto::public_key(&self.0))
     }
 }
 
@@ -176,9 +176,9 @@ pub struct CurveKeyPair {
 
 impl CurveKeyPair {
     /// A new random key pair: 32 octets from the operating system's
-    /// generator and their public key (libsodium's
-    /// `crypto_scalarmult_base`), as `zmq_curve_keypair` (whose
-    /// `crypto_box_keypair` does the same with libsodium's generator).
+    /// generator and their public key (`crypto_scalarmult_base`), as
+    /// `zmq_curve_keypair` (whose `crypto_box_keypair` does the same with
+    /// libsodium's generator).
     pub fn generate() -> Result<Self, CurveKeyError> {
         let mut bytes = Zeroizing::new([0u8; CURVE_KEY_LEN]);
         getrandom::fill(bytes.as_mut()).map_err(CurveKeyError::Rng)?;
@@ -238,7 +238,7 @@ mod tests {
             let s = CurveSecretKey::from_z85(secret).unwrap();
             assert_eq!(p.to_z85(), public);
             assert_eq!(s.to_z85().as_str(), secret);
-            assert_eq!(s.public_key(), p, "libsodium derives {public}");
+            assert_eq!(s.public_key(), p, "libzmq derives {public}");
             assert_eq!(public.parse::<CurvePublicKey>(), Ok(p));
             let pair = CurveKeyPair::from_secret(s);
             assert_eq!(*pair.public(), p);

@@ -1,6 +1,5 @@
 #![warn(missing_docs, unreachable_pub)]
-// `unsafe` lives in sodium.rs alone (the libsodium calls), which allows it.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 //! ZMTP 3.1 (RFC 37) as a sans-IO state machine: bytes in, events and bytes
 //! out, no sockets and no clock of its own (time is passed in as
 //! `std::time::Instant`), as quinn-proto is to quinn. It depends on no
@@ -16,7 +15,7 @@
 //! curve.rs      CURVE (RFC 26 as libzmq speaks it): HELLO, WELCOME,
 //!               INITIATE, READY, and the MESSAGE boxes of the traffic
 //! keys.rs       CURVE keys and their Z85 form (RFC 32)
-//! sodium.rs     libsodium's boxes and X25519: the crate's only unsafe code
+//! crypto.rs     NaCl's box, secretbox and X25519 (dryoc): every primitive call
 //! engine.rs     Engine: greeting -> handshake -> traffic, PING/PONG, timers
 //! ```
 //!
@@ -39,14 +38,15 @@
 //! reason of "300", "400" or "500" as an authentication failure), and the
 //! encoder and decoder box and unbox every frame and command.
 //!
-//! CURVE's cryptography is libsodium's, as libzmq's: `libsodium-sys-stable`
-//! builds the libsodium source it ships (so a C compiler and `make` are
-//! needed at build time, and no system package). libsodium picks its code
-//! for the CPU when it starts (`sodium_init`, once per process), so an
-//! application that embeds this crate gets the same CURVE speed as this
-//! repository's own build, with no build flags.
+//! CURVE's cryptography is NaCl's, as libzmq's, from `dryoc`: a pure-Rust
+//! port of libsodium's functions (so building needs only the Rust
+//! toolchain, and this crate has no `unsafe` code). dryoc picks its code
+//! for the CPU at run time, so an application that embeds this crate gets
+//! the same CURVE speed as this repository's own build, with no build
+//! flags.
 
 mod command;
+mod crypto;
 mod curve;
 mod engine;
 mod frame;
@@ -54,7 +54,6 @@ mod greeting;
 mod header;
 mod keys;
 mod mechanism;
-mod sodium;
 
 pub use command::{Command, Metadata, MetadataError, encode_ready_body};
 pub use engine::{
@@ -330,15 +329,14 @@ pub enum ZmtpError {
     #[error("the CURVE HELLO is not version 1.0")]
     CurveVersion,
     /// The peer sent a key of small order, whose shared secret would be
-    /// zero (libsodium's `crypto_box_beforenm` refuses it).
+    /// zero (`crypto_box_beforenm` refuses it, as libsodium's does).
     #[error("the peer's CURVE key is of small order")]
     WeakKey,
     /// The operating system's random number generator failed (keys and
     /// long nonces cannot be made).
     #[error("the system random number generator failed")]
     Rng,
-    /// A box could not be sealed, or libsodium could not be initialised
-    /// (`sodium_init` failed): not seen in practice.
+    /// A box could not be sealed (not seen in practice).
     #[error("a CURVE box could not be sealed")]
     Crypto,
 }
