@@ -7,10 +7,16 @@ one round, then the median over rounds is reported.
     python3 benches/curve/run.py                    # 64 B and 1 KiB, 1000 in flight, 3 rounds
     python3 benches/curve/run.py --sizes 64 --rounds 5 --seconds 3
 
-    # The same messenger built with poly1305's run-time AVX2 backend (this
-    # repository's .cargo/config.toml turns it off), in the same rounds:
-    CARGO_TARGET_DIR=target/avx2 RUSTFLAGS=" " cargo build --release -p messenger-cli
-    python3 benches/curve/run.py --other target/avx2/release/messenger
+    # Another build of messenger in the same rounds, e.g. an older commit:
+    git worktree add --detach /tmp/old COMMIT
+    (cd /tmp/old && cargo build --release -p messenger-cli)
+    python3 benches/curve/run.py --other /tmp/old/target/release/messenger
+
+    # Several, labelled (the ratios are this build's over each):
+    python3 benches/curve/run.py --other before=/tmp/old/target/release/messenger --other fresh=/tmp/freshapp/target/release/freshapp
+
+    # An application embedding the library (a fresh Cargo project, no
+    # build configuration) against this build: benches/curve/fresh_app.sh
 
 Needs python3, a C compiler and the Rust toolchain. The client and the
 reference server are benches/curve/zmq_curve.c, linked against the libzmq
@@ -116,23 +122,32 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--other", help="another `messenger` binary, run with --curve-cert in the same rounds")
+    ap.add_argument("--other", action="append", default=[], metavar="[LABEL=]PATH",
+                    help="another `messenger` binary (or a program taking the same `serve --bind "
+                         "--curve-cert` arguments), run with --curve-cert in the same rounds; repeatable")
     args = ap.parse_args()
+    others = {}
+    for i, spec in enumerate(args.other):
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = ("other" if len(args.other) == 1 else f"other{i + 1}"), spec
+        if not label.replace("-", "").replace("_", "").isalnum() or f"{label}-curve" in others:
+            sys.exit(f"--other {spec}: give each a distinct LABEL of letters, digits, - or _")
+        others[f"{label}-curve"] = path
     python, libzmq = pyzmq_libzmq()
     zmq_curve, messenger = build(python, libzmq)
     with tempfile.TemporaryDirectory(prefix="curve-bench-") as work:
         cert, public, secret = keys(messenger, work)
-        ports = {name: free_port() for name in ("libzmq-curve", "libzmq-plain", "messenger-curve", "messenger-plain")}
-        servers = {
-            "libzmq-curve": Server([zmq_curve, "server", f"tcp://127.0.0.1:{ports['libzmq-curve']}", secret], lambda l: l.startswith("READY")),
-            "libzmq-plain": Server([zmq_curve, "server", f"tcp://127.0.0.1:{ports['libzmq-plain']}", "-"], lambda l: l.startswith("READY")),
-            "messenger-curve": Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-curve']}", "--curve-cert", cert], listening),
-            "messenger-plain": Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-plain']}"], listening),
-        }
-        if args.other:
-            ports["other-curve"] = free_port()
-            servers["other-curve"] = Server([os.path.abspath(args.other), "serve", "--bind", f"tcp://127.0.0.1:{ports['other-curve']}", "--curve-cert", cert], listening)
+        ports = {name: free_port() for name in ("libzmq-curve", "libzmq-plain", "messenger-curve", "messenger-plain", *others)}
+        servers = {}
         try:
+            # Started inside the try: one that does not start stops the others.
+            servers["libzmq-curve"] = Server([zmq_curve, "server", f"tcp://127.0.0.1:{ports['libzmq-curve']}", secret], lambda l: l.startswith("READY"))
+            servers["libzmq-plain"] = Server([zmq_curve, "server", f"tcp://127.0.0.1:{ports['libzmq-plain']}", "-"], lambda l: l.startswith("READY"))
+            servers["messenger-curve"] = Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-curve']}", "--curve-cert", cert], listening)
+            servers["messenger-plain"] = Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-plain']}"], listening)
+            for name, path in others.items():
+                servers[name] = Server([os.path.abspath(path), "serve", "--bind", f"tcp://127.0.0.1:{ports[name]}", "--curve-cert", cert], listening)
             print(f"libzmq client ({os.path.basename(libzmq)}), {args.in_flight} in flight, tcp, "
                   f"{args.rounds} alternating rounds of {args.seconds} s; rt/s per cell")
             for size in [int(s) for s in args.sizes.split(",")]:
@@ -150,13 +165,15 @@ def main():
                 ratio = lambda a, b: statistics.median(x / y for x, y in zip(rps[a], rps[b]))
                 print(f"\n== {size} B")
                 for name, v in rps.items():
-                    print(f"  {name:<16} {statistics.median(v):>10.0f} rt/s   rounds: {', '.join(f'{x:.0f}' for x in v)}")
+                    print(f"  {name:<20} {statistics.median(v):>10.0f} rt/s   rounds: {', '.join(f'{x:.0f}' for x in v)}")
                 print(f"  messenger serve / libzmq, both CURVE:      {ratio('messenger-curve', 'libzmq-curve'):.2f}x")
                 print(f"  messenger serve / libzmq, both plaintext:  {ratio('messenger-plain', 'libzmq-plain'):.2f}x")
                 print(f"  CURVE / plaintext, messenger serve:        {ratio('messenger-curve', 'messenger-plain'):.2f}x")
                 print(f"  CURVE / plaintext, libzmq server:          {ratio('libzmq-curve', 'libzmq-plain'):.2f}x")
-                if args.other:
-                    print(f"  messenger serve / --other, both CURVE:     {ratio('messenger-curve', 'other-curve'):.2f}x")
+                for name in others:
+                    what = "--other" if name == "other-curve" else name.removesuffix("-curve")
+                    print(f"  messenger serve / {what}, both CURVE:".ljust(44) + f" {ratio('messenger-curve', name):.2f}x")
+                    print(f"  {what} / libzmq, both CURVE:".ljust(44) + f" {ratio(name, 'libzmq-curve'):.2f}x")
         finally:
             for s in servers.values():
                 s.stop()

@@ -210,10 +210,10 @@ pub struct Config {
     /// clients by theirs, as libzmq's `ZMQ_CURVE_*` options. Listeners speak
     /// it whenever this is set; connections when it names the server's key
     /// (`server_key`). inproc stays inside the process and is unaffected.
-    /// Default off (NULL: clear text, no authentication). For CURVE's
-    /// throughput build with `--cfg poly1305_force_soft`, as this
-    /// repository's `.cargo/config.toml` does: about 2x the round trips
-    /// (design/PERFORMANCE.md, "CURVE").
+    /// Default off (NULL: clear text, no authentication). The boxes are
+    /// NaCl's, as libzmq's, from the pure-Rust `dryoc`, which picks its
+    /// code for the CPU at run time: an application gets CURVE's full
+    /// speed with no build flags (design/PERFORMANCE.md, "CURVE").
     pub curve: Option<Curve>,
 }
 

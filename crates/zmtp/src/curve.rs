@@ -12,9 +12,13 @@
 //! then both:  33+  %d7 "MESSAGE"  nonce8  Box[flags body](S'<->C')
 //! ```
 //!
-//! Boxes are NaCl's `crypto_box` (X25519, XSalsa20-Poly1305) from RustCrypto's
-//! `crypto_box`, the cookie is `crypto_secretbox`; on the wire a box is its
-//! 16-octet tag followed by the ciphertext, as libsodium writes it.
+//! Boxes are NaCl's `crypto_box` (X25519, XSalsa20-Poly1305) and the cookie
+//! is `crypto_secretbox`, as libzmq's (libsodium's there, dryoc's port of
+//! them here: see `crypto.rs`);
+//! every box between two keys uses the key precomputed once for them
+//! (`crypto_box_beforenm`), and MESSAGE boxes are sealed and opened where
+//! they lie. On the wire a box is its 16-octet tag followed by the
+//! ciphertext, as libsodium's `crypto_box_easy` writes it.
 //!
 //! Nonces: long ones (WELCOME, cookie, vouch) are 16 random octets behind an
 //! 8-octet prefix; short ones (HELLO, INITIATE, READY, MESSAGE) are a
@@ -44,23 +48,19 @@
 //! the HELLO padding and signature, boxes, the cookie (only the one this
 //! connection issued opens), the vouch (it must name this connection's C'
 //! and our S), short nonces, metadata, and that no peer key is of small
-//! order (libsodium refuses those too: the shared secret would be zero).
+//! order (`crypto_box_beforenm` refuses those, as libsodium's does: the
+//! shared secret would be zero).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
-use crypto_box::aead::consts::{U16, U24};
-use crypto_box::aead::generic_array::GenericArray;
-use crypto_box::aead::{AeadInPlace, KeyInit};
-use crypto_box::{SalsaBox, Tag};
-use crypto_secretbox::XSalsa20Poly1305;
-use curve25519_dalek::montgomery::MontgomeryPoint;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::ZmtpError;
 use super::command::{Command, Metadata, error_body};
+use super::crypto::{self, BoxKey, Cipher, Nonce, SecretBoxKey, TAG_LEN};
 use super::header::put_header;
-use super::keys::{CURVE_KEY_LEN, CurveKeyPair, CurvePublicKey};
+use super::keys::{CURVE_KEY_LEN, CurveKeyError, CurveKeyPair, CurvePublicKey};
 
 const HELLO: &[u8] = b"\x05HELLO";
 const WELCOME: &[u8] = b"\x07WELCOME";
@@ -83,7 +83,6 @@ pub(crate) const BOX_MORE: u8 = 0x01;
 /// The boxed frame is a command (PING, PONG, ...).
 pub(crate) const BOX_COMMAND: u8 = 0x02;
 
-const TAG_LEN: usize = 16;
 const COOKIE_LEN: usize = 96;
 const VOUCH_LEN: usize = 96;
 /// Where the metadata starts in INITIATE's plaintext: C, then the vouch.
@@ -98,11 +97,9 @@ const READY_PREFIX: &[u8; 16] = b"CurveZMQREADY---";
 const MESSAGE_C: &[u8; 16] = b"CurveZMQMESSAGEC";
 const MESSAGE_S: &[u8; 16] = b"CurveZMQMESSAGES";
 
-type Nonce = crypto_box::Nonce;
-
 /// A short nonce: a 16-octet prefix and a counter.
 fn short_nonce(prefix: &[u8; 16], n: u64) -> Nonce {
-    let mut nonce = Nonce::default();
+    let mut nonce = [0u8; crypto::NONCE_LEN];
     nonce[..16].copy_from_slice(prefix);
     nonce[16..].copy_from_slice(&n.to_be_bytes());
     nonce
@@ -110,7 +107,7 @@ fn short_nonce(prefix: &[u8; 16], n: u64) -> Nonce {
 
 /// A long nonce: an 8-octet prefix and 16 octets (random when we make one).
 fn long_nonce(prefix: &[u8; 8], tail: &[u8; 16]) -> Nonce {
-    let mut nonce = Nonce::default();
+    let mut nonce = [0u8; crypto::NONCE_LEN];
     nonce[..8].copy_from_slice(prefix);
     nonce[8..].copy_from_slice(tail);
     nonce
@@ -122,6 +119,14 @@ fn random<const N: usize>() -> Result<[u8; N], ZmtpError> {
     Ok(bytes)
 }
 
+/// A fresh cookie key K: 32 random octets, drawn where they are kept and
+/// wiped when dropped.
+fn cookie_key() -> Result<SecretBoxKey, ZmtpError> {
+    let mut key = Zeroizing::new([0u8; crypto::KEY_LEN]);
+    getrandom::fill(key.as_mut_slice()).map_err(|_| ZmtpError::Rng)?;
+    Ok(SecretBoxKey::new(key))
+}
+
 /// `N` octets of `bytes` from `at`, or the error.
 fn field<const N: usize>(bytes: &[u8], at: usize, err: ZmtpError) -> Result<[u8; N], ZmtpError> {
     at.checked_add(N)
@@ -130,19 +135,20 @@ fn field<const N: usize>(bytes: &[u8], at: usize, err: ZmtpError) -> Result<[u8;
         .ok_or(err)
 }
 
-/// Whether X25519 with `key` gives a shared secret other than zero, that
-/// is, `key` is not of small order (on the curve or its twist). libsodium's
-/// `crypto_box_beforenm` refuses such keys; RustCrypto's `crypto_box` does
-/// not check, so we do. Any clamped scalar gives zero exactly for those
-/// keys, so a public one serves.
-fn contributory(key: &[u8; CURVE_KEY_LEN]) -> bool {
-    MontgomeryPoint(*key).mul_clamped([9; 32]).0 != [0; 32]
+/// The precomputed box key between the peer's `public` key and our
+/// `secret` one. A peer key of small order (on the curve or its twist:
+/// the shared secret would be zero) is refused.
+fn box_key(
+    public: &[u8; CURVE_KEY_LEN],
+    secret: &[u8; CURVE_KEY_LEN],
+) -> Result<BoxKey, ZmtpError> {
+    BoxKey::new(public, secret).map_err(|crypto::WeakKey| ZmtpError::WeakKey)
 }
 
 /// Boxes `plaintext` into `out` as NaCl lays a box out: tag, then
 /// ciphertext. On failure nothing is left in `out` (never plaintext).
 fn seal(
-    cipher: &impl AeadInPlace<NonceSize = U24, TagSize = U16>,
+    cipher: &impl Cipher,
     nonce: &Nonce,
     plaintext: &[u8],
     out: &mut BytesMut,
@@ -160,21 +166,22 @@ fn seal(
 /// Encrypts `buf[start + 16..]` in place and writes its tag at
 /// `buf[start..start + 16]`.
 fn seal_in_place(
-    cipher: &impl AeadInPlace<NonceSize = U24, TagSize = U16>,
+    cipher: &impl Cipher,
     nonce: &Nonce,
     buf: &mut BytesMut,
     start: usize,
 ) -> Option<()> {
     let ct = buf.get_mut(start.checked_add(TAG_LEN)?..)?;
-    let tag = cipher.encrypt_in_place_detached(nonce, b"", ct).ok()?;
-    buf.get_mut(start..start + TAG_LEN)?.copy_from_slice(&tag);
+    let tag = cipher.seal(nonce, ct);
+    buf.get_mut(start..start.checked_add(TAG_LEN)?)?
+        .copy_from_slice(&tag);
     Some(())
 }
 
 /// Opens a box (tag, then ciphertext) into a buffer that is wiped when
 /// dropped: handshake plaintexts hold keys.
 fn open(
-    cipher: &impl AeadInPlace<NonceSize = U24, TagSize = U16>,
+    cipher: &impl Cipher,
     nonce: &Nonce,
     boxed: &[u8],
     what: &'static str,
@@ -182,29 +189,30 @@ fn open(
     let (tag, ct) = boxed
         .split_at_checked(TAG_LEN)
         .ok_or(ZmtpError::MalformedCommand(what))?;
+    let tag = <[u8; TAG_LEN]>::try_from(tag).map_err(|_| ZmtpError::MalformedCommand(what))?;
     let mut plain = Zeroizing::new(ct.to_vec());
-    cipher
-        .decrypt_in_place_detached(nonce, b"", &mut plain, Tag::from_slice(tag))
-        .map_err(|_| ZmtpError::BadBox(what))?;
+    if !cipher.open(nonce, &mut plain, &tag) {
+        return Err(ZmtpError::BadBox(what));
+    }
     Ok(plain)
 }
 
-/// A fresh transient key pair: 32 random octets and the public key.
-fn transient() -> Result<(crypto_box::SecretKey, crypto_box::PublicKey), ZmtpError> {
-    let mut bytes = Zeroizing::new(random::<CURVE_KEY_LEN>()?);
-    let secret = crypto_box::SecretKey::from_bytes(*bytes);
-    bytes.zeroize();
-    let public = secret.public_key();
-    Ok((secret, public))
+/// A fresh transient key pair (s', S' or c', C'): 32 random octets and
+/// their public key; the secret half is wiped when dropped.
+fn transient() -> Result<CurveKeyPair, ZmtpError> {
+    CurveKeyPair::generate().map_err(|e| match e {
+        CurveKeyError::Rng(_) => ZmtpError::Rng,
+        _ => ZmtpError::Crypto,
+    })
 }
 
 /// The sending half of an established CURVE session: boxes every frame
 /// and command into a MESSAGE. Lives in the [`Encoder`](super::Encoder),
 /// which owns the send-side nonce counter.
 pub(crate) struct CurveTx {
-    /// The precomputed session key (X25519 of the two transient keys),
-    /// shared with the receiving half (crypto_box's boxes do not clone).
-    cipher: Arc<SalsaBox>,
+    /// The precomputed session key (of the two transient keys), shared
+    /// with the receiving half: one copy, wiped when both halves are gone.
+    cipher: Arc<BoxKey>,
     /// "CurveZMQMESSAGEC" from a client, "...S" from a server.
     prefix: &'static [u8; 16],
     /// The next short nonce; `u64::MAX` means spent (never reused).
@@ -264,7 +272,7 @@ impl CurveTx {
 /// place. Lives in the [`FrameDecoder`](super::FrameDecoder).
 pub(crate) struct CurveRx {
     /// The precomputed session key.
-    cipher: Arc<SalsaBox>,
+    cipher: Arc<BoxKey>,
     /// The peer's MESSAGE nonce prefix.
     prefix: &'static [u8; 16],
     /// The peer's last short nonce (of its READY or INITIATE, then of its
@@ -299,9 +307,9 @@ impl CurveRx {
         if ct.is_empty() {
             return Err(BAD);
         }
-        self.cipher
-            .decrypt_in_place_detached(&nonce, b"", ct, Tag::from_slice(&tag))
-            .map_err(|_| ZmtpError::BadBox("MESSAGE"))?;
+        if !self.cipher.open(&nonce, ct, &tag) {
+            return Err(ZmtpError::BadBox("MESSAGE"));
+        }
         self.last = n;
         let flags = *ct.first().ok_or(BAD)?;
         // Bits 7-2 are reserved (RFC 26 reserves 7-1; libzmq uses bit 1
@@ -364,15 +372,15 @@ pub(crate) struct CurveServer {
     /// Which command is next.
     state: ServerState,
     /// The client's transient key C', from HELLO.
-    client_transient: Option<crypto_box::PublicKey>,
+    client_transient: Option<[u8; CURVE_KEY_LEN]>,
     /// Our transient key pair (s', S'), made for this connection on HELLO;
-    /// dropped once the session key is computed.
-    transient: Option<(crypto_box::SecretKey, crypto_box::PublicKey)>,
+    /// dropped (wiped) once the session key is computed.
+    transient: Option<CurveKeyPair>,
     /// The cookie key K: fresh for this connection, forgotten (wiped) as
     /// soon as INITIATE arrives.
-    cookie_key: Option<Zeroizing<[u8; 32]>>,
+    cookie_key: Option<SecretBoxKey>,
     /// The session key, box(C', s'), once INITIATE opened.
-    session: Option<SalsaBox>,
+    session: Option<BoxKey>,
     /// The client's last short nonce (HELLO's, then INITIATE's).
     peer_nonce: u64,
     /// Our next short nonce (READY is 1).
@@ -441,14 +449,11 @@ impl CurveServer {
             return Err(BAD);
         }
         let c_transient = field::<32>(hello, 80, BAD)?;
-        if !contributory(&c_transient) {
-            return Err(ZmtpError::WeakKey);
-        }
-        let c_transient = crypto_box::PublicKey::from(c_transient);
+        // box(C', s): opens HELLO's signature and seals WELCOME. A C' of
+        // small order is refused here, before anything is opened with it.
+        let permanent = box_key(&c_transient, self.keys.secret().expose_bytes())?;
         let n = u64::from_be_bytes(field::<8>(hello, 112, BAD)?);
         let signature = hello.get(120..).ok_or(BAD)?;
-        // box(C', s): opens HELLO's signature and seals WELCOME.
-        let permanent = SalsaBox::new(&c_transient, &self.keys.secret().to_box_key());
         let zeros = open(
             &permanent,
             &short_nonce(HELLO_PREFIX, n),
@@ -459,20 +464,19 @@ impl CurveServer {
             return Err(BAD);
         }
 
-        let (s_secret, s_public) = transient()?;
-        let cookie_key = Zeroizing::new(random::<32>()?);
+        let s_transient = transient()?;
+        let cookie_key = cookie_key()?;
         let cookie_nonce = random::<16>()?;
         let welcome_nonce = random::<16>()?;
         // The cookie: SecretBox[C' s'](K).
         let mut cookie_plain = Zeroizing::new([0u8; 64]);
-        cookie_plain[..32].copy_from_slice(c_transient.as_bytes());
-        cookie_plain[32..].copy_from_slice(&s_secret.to_bytes());
-        let cookie_cipher = XSalsa20Poly1305::new(GenericArray::from_slice(&cookie_key[..]));
+        cookie_plain[..32].copy_from_slice(&c_transient);
+        cookie_plain[32..].copy_from_slice(s_transient.secret().expose_bytes());
         let mut welcome_plain = BytesMut::with_capacity(128);
-        welcome_plain.put_slice(s_public.as_bytes());
+        welcome_plain.put_slice(s_transient.public().as_bytes());
         welcome_plain.put_slice(&cookie_nonce);
         seal(
-            &cookie_cipher,
+            &cookie_key,
             &long_nonce(COOKIE_PREFIX, &cookie_nonce),
             &cookie_plain[..],
             &mut welcome_plain,
@@ -490,7 +494,7 @@ impl CurveServer {
             return Err(ZmtpError::Crypto);
         }
         self.client_transient = Some(c_transient);
-        self.transient = Some((s_secret, s_public));
+        self.transient = Some(s_transient);
         self.cookie_key = Some(cookie_key);
         self.peer_nonce = n;
         self.state = ServerState::AwaitInitiate;
@@ -505,25 +509,26 @@ impl CurveServer {
         if initiate.len() < INITIATE_MIN {
             return Err(BAD);
         }
-        let (Some(c_transient), Some((s_secret, _))) = (&self.client_transient, &self.transient)
+        let (Some(c_transient), Some(s_transient)) = (&self.client_transient, &self.transient)
         else {
             return Err(ZmtpError::UnexpectedCommand);
         };
+        let s_secret = s_transient.secret().expose_bytes();
         // The cookie must be the one we issued: it opens with K and holds
         // this connection's C' and s'.
         let cookie_nonce = field::<16>(initiate, 9, BAD)?;
         let cookie_box = initiate.get(25..9 + COOKIE_LEN).ok_or(BAD)?;
-        let cookie_cipher = XSalsa20Poly1305::new(GenericArray::from_slice(&cookie_key[..]));
-        drop(cookie_key);
         let cookie = open(
-            &cookie_cipher,
+            &cookie_key,
             &long_nonce(COOKIE_PREFIX, &cookie_nonce),
             cookie_box,
             "cookie",
-        )?;
+        );
+        drop(cookie_key);
+        let cookie = cookie?;
         let mut expected = Zeroizing::new([0u8; 64]);
-        expected[..32].copy_from_slice(c_transient.as_bytes());
-        expected[32..].copy_from_slice(&s_secret.to_bytes());
+        expected[..32].copy_from_slice(c_transient);
+        expected[32..].copy_from_slice(s_secret);
         if cookie.as_slice() != &expected[..] {
             return Err(ZmtpError::BadBox("cookie"));
         }
@@ -532,7 +537,7 @@ impl CurveServer {
         if n <= self.peer_nonce {
             return Err(ZmtpError::Nonce("INITIATE"));
         }
-        let session = SalsaBox::new(c_transient, s_secret);
+        let session = box_key(c_transient, s_secret)?;
         let boxed = initiate.get(113..).ok_or(BAD)?;
         let plain = open(
             &session,
@@ -543,19 +548,17 @@ impl CurveServer {
 
         // The client's permanent key C, and its vouch Box[C' S](C->S').
         let client_key = field::<32>(&plain, 0, BAD)?;
-        if !contributory(&client_key) {
-            return Err(ZmtpError::WeakKey);
-        }
+        // A C of small order is refused here.
+        let vouch_cipher = box_key(&client_key, s_secret)?;
         let vouch_nonce = field::<16>(&plain, 32, BAD)?;
         let vouch_box = plain.get(48..INITIATE_META).ok_or(BAD)?;
-        let vouch_cipher = SalsaBox::new(&crypto_box::PublicKey::from(client_key), s_secret);
         let vouch = open(
             &vouch_cipher,
             &long_nonce(VOUCH_PREFIX, &vouch_nonce),
             vouch_box,
             "vouch",
         )?;
-        if vouch.get(..32) != Some(c_transient.as_bytes()) {
+        if vouch.get(..32) != Some(&c_transient[..]) {
             return Err(ZmtpError::Vouch);
         }
         if vouch.get(32..) != Some(self.keys.public().as_bytes()) {
@@ -666,10 +669,10 @@ pub(crate) struct CurveClient {
     /// Which command is next.
     state: ClientState,
     /// Our transient key pair (c', C'), made when HELLO goes out, dropped
-    /// once the session key is computed.
-    transient: Option<(crypto_box::SecretKey, crypto_box::PublicKey)>,
+    /// (wiped) once the session key is computed.
+    transient: Option<CurveKeyPair>,
     /// The session key, box(S', c'), from WELCOME on.
-    session: Option<SalsaBox>,
+    session: Option<BoxKey>,
     /// Our next short nonce (HELLO is 1).
     next_nonce: u64,
     /// The server's last short nonce (READY's).
@@ -719,18 +722,20 @@ impl CurveClient {
     }
 
     fn hello(&mut self, send: &mut dyn FnMut(&[u8])) -> Result<(), ZmtpError> {
-        if !contributory(self.server_key.as_bytes()) {
-            return Err(ZmtpError::WeakKey);
-        }
-        let (c_secret, c_public) = transient()?;
+        let c_transient = transient()?;
+        // box(S, c'): a server key of small order is refused here, before
+        // anything is sent.
+        let signature = box_key(
+            self.server_key.as_bytes(),
+            c_transient.secret().expose_bytes(),
+        )?;
         let n = self.take_nonce();
         let mut hello = BytesMut::with_capacity(HELLO_LEN);
         hello.put_slice(HELLO);
         hello.put_slice(&[1, 0]);
         hello.put_bytes(0, 72);
-        hello.put_slice(c_public.as_bytes());
+        hello.put_slice(c_transient.public().as_bytes());
         hello.put_u64(n);
-        let signature = SalsaBox::new(&self.server_key.to_box_key(), &c_secret);
         seal(
             &signature,
             &short_nonce(HELLO_PREFIX, n),
@@ -740,7 +745,7 @@ impl CurveClient {
         if hello.len() != HELLO_LEN {
             return Err(ZmtpError::Crypto);
         }
-        self.transient = Some((c_secret, c_public));
+        self.transient = Some(c_transient);
         self.state = ClientState::AwaitWelcome;
         send(&hello);
         Ok(())
@@ -777,12 +782,13 @@ impl CurveClient {
         if welcome.len() != WELCOME_LEN {
             return Err(BAD);
         }
-        let Some((c_secret, c_public)) = &self.transient else {
+        let Some(c_transient) = &self.transient else {
             return Err(ZmtpError::UnexpectedCommand);
         };
+        let c_secret = c_transient.secret().expose_bytes();
         let welcome_nonce = field::<16>(welcome, 8, BAD)?;
         let boxed = welcome.get(24..).ok_or(BAD)?;
-        let permanent = SalsaBox::new(&self.server_key.to_box_key(), c_secret);
+        let permanent = box_key(self.server_key.as_bytes(), c_secret)?;
         let plain = open(
             &permanent,
             &long_nonce(WELCOME_PREFIX, &welcome_nonce),
@@ -790,19 +796,16 @@ impl CurveClient {
             "WELCOME",
         )?;
         let s_transient = field::<32>(&plain, 0, BAD)?;
-        if !contributory(&s_transient) {
-            return Err(ZmtpError::WeakKey);
-        }
+        // box(S', c'): an S' of small order is refused here.
+        let session = box_key(&s_transient, c_secret)?;
         let cookie = plain.get(32..32 + COOKIE_LEN).ok_or(BAD)?;
-        let s_transient = crypto_box::PublicKey::from(s_transient);
-        let session = SalsaBox::new(&s_transient, c_secret);
 
         // The vouch: Box[C' S](C->S') with a random long nonce.
         let vouch_nonce = random::<16>()?;
         let mut vouch_plain = [0u8; 64];
-        vouch_plain[..32].copy_from_slice(c_public.as_bytes());
+        vouch_plain[..32].copy_from_slice(c_transient.public().as_bytes());
         vouch_plain[32..].copy_from_slice(self.server_key.as_bytes());
-        let vouch_cipher = SalsaBox::new(&s_transient, &self.keys.secret().to_box_key());
+        let vouch_cipher = box_key(&s_transient, self.keys.secret().expose_bytes())?;
         let mut plain = BytesMut::with_capacity(INITIATE_META + metadata.len());
         plain.put_slice(self.keys.public().as_bytes());
         plain.put_slice(&vouch_nonce);
@@ -983,14 +986,14 @@ mod tests {
     /// Builds an INITIATE as a client would, with `vouch_plain` in the
     /// vouch, for the server `s` that answered `hello`'s WELCOME.
     fn initiate_with_vouch(
-        c_secret: &crypto_box::SecretKey,
+        c_secret: &[u8; 32],
         ck: &CurveKeyPair,
         server_key: &CurvePublicKey,
         welcome: &[u8],
         vouch_plain: &[u8; 64],
         n: u64,
     ) -> Bytes {
-        let permanent = SalsaBox::new(&server_key.to_box_key(), c_secret);
+        let permanent = box_key(server_key.as_bytes(), c_secret).unwrap();
         let wn: [u8; 16] = welcome[8..24].try_into().unwrap();
         let plain = open(
             &permanent,
@@ -999,13 +1002,13 @@ mod tests {
             "W",
         )
         .unwrap();
-        let s_t = crypto_box::PublicKey::from(<[u8; 32]>::try_from(&plain[..32]).unwrap());
-        let session = SalsaBox::new(&s_t, c_secret);
+        let s_t = <[u8; 32]>::try_from(&plain[..32]).unwrap();
+        let session = box_key(&s_t, c_secret).unwrap();
         let vn = [5u8; 16];
         let mut inner = BytesMut::new();
         inner.put_slice(ck.public().as_bytes());
         inner.put_slice(&vn);
-        let vouch = SalsaBox::new(&s_t, &ck.secret().to_box_key());
+        let vouch = box_key(&s_t, ck.secret().expose_bytes()).unwrap();
         seal(
             &vouch,
             &long_nonce(VOUCH_PREFIX, &vn),
@@ -1035,7 +1038,8 @@ mod tests {
         let other = CurveKeyPair::generate().unwrap();
         for case in 0..4 {
             let mut s = CurveServer::new(sk.clone());
-            let (c_secret, c_public) = transient().unwrap();
+            let c_t = transient().unwrap();
+            let (c_secret, c_public) = (c_t.secret().expose_bytes(), c_t.public());
             // A HELLO by hand, so we hold c'.
             let mut hello = BytesMut::new();
             hello.put_slice(HELLO);
@@ -1043,7 +1047,7 @@ mod tests {
             hello.put_bytes(0, 72);
             hello.put_slice(c_public.as_bytes());
             hello.put_u64(1);
-            let sig = SalsaBox::new(&sk.public().to_box_key(), &c_secret);
+            let sig = box_key(sk.public().as_bytes(), c_secret).unwrap();
             seal(&sig, &short_nonce(HELLO_PREFIX, 1), &[0; 64], &mut hello).unwrap();
             let mut welcome = Vec::new();
             s.on_command(hello.freeze(), &mut |b| welcome = b.to_vec())
@@ -1067,7 +1071,7 @@ mod tests {
                     Some(ZmtpError::Nonce("INITIATE"))
                 }
             };
-            let initiate = initiate_with_vouch(&c_secret, &ck, sk.public(), &welcome, &vouch, n);
+            let initiate = initiate_with_vouch(c_secret, &ck, sk.public(), &welcome, &vouch, n);
             let r = s.on_command(initiate, &mut ignore);
             match want {
                 None => {
@@ -1086,11 +1090,12 @@ mod tests {
     fn small_order_keys_are_refused() {
         let sk = CurveKeyPair::generate().unwrap();
         // The all-zero key and 1 are of small order; a real key is not.
-        assert!(!contributory(&[0; 32]));
+        let secret = sk.secret().expose_bytes();
+        assert_eq!(box_key(&[0; 32], secret).err(), Some(ZmtpError::WeakKey));
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert!(!contributory(&one));
-        assert!(contributory(sk.public().as_bytes()));
+        assert_eq!(box_key(&one, secret).err(), Some(ZmtpError::WeakKey));
+        assert!(box_key(sk.public().as_bytes(), secret).is_ok());
         // A HELLO whose C' is zero: its signature would open with a known
         // key, so it is refused before that.
         let mut s = CurveServer::new(sk.clone());
@@ -1115,10 +1120,7 @@ mod tests {
     fn message_boxes_round_trip_in_place() {
         let a = CurveKeyPair::generate().unwrap();
         let b = CurveKeyPair::generate().unwrap();
-        let k = Arc::new(SalsaBox::new(
-            &b.public().to_box_key(),
-            &a.secret().to_box_key(),
-        ));
+        let k = Arc::new(box_key(b.public().as_bytes(), a.secret().expose_bytes()).unwrap());
         let mut tx = CurveTx {
             cipher: k.clone(),
             prefix: MESSAGE_C,

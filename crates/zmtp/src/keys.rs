@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use zeroize::{Zeroize, Zeroizing};
 
+use super::crypto;
+
 /// Octets of a Curve25519 key.
 pub const CURVE_KEY_LEN: usize = 32;
 
@@ -84,11 +86,6 @@ impl CurvePublicKey {
     pub fn to_z85(&self) -> String {
         z85::encode(self.0)
     }
-
-    /// The key in crypto_box's form, for a box.
-    pub(crate) fn to_box_key(self) -> crypto_box::PublicKey {
-        crypto_box::PublicKey::from(self.0)
-    }
 }
 
 impl fmt::Debug for CurvePublicKey {
@@ -146,16 +143,10 @@ impl CurveSecretKey {
         &self.0
     }
 
-    /// The public key that goes with this secret key (X25519 with the base
-    /// point, as libsodium's `crypto_scalarmult_base`).
+    /// The public key that goes with this secret key: X25519 with the base
+    /// point, `crypto_scalarmult_base` (as `zmq_curve_public`).
     pub fn public_key(&self) -> CurvePublicKey {
-        CurvePublicKey(*self.to_box_key().public_key().as_bytes())
-    }
-
-    /// The key in crypto_box's form. crypto_box 0.9 wipes only the scalar
-    /// of its `SecretKey` on drop, so these copies are kept short-lived.
-    pub(crate) fn to_box_key(&self) -> crypto_box::SecretKey {
-        crypto_box::SecretKey::from_bytes(*self.0)
+        CurvePublicKey(crypto::public_key(&self.0))
     }
 }
 
@@ -184,8 +175,10 @@ pub struct CurveKeyPair {
 }
 
 impl CurveKeyPair {
-    /// A new random key pair from the operating system's generator, as
-    /// `zmq_curve_keypair`.
+    /// A new random key pair: 32 octets from the operating system's
+    /// generator and their public key (`crypto_scalarmult_base`), as
+    /// `zmq_curve_keypair` (whose `crypto_box_keypair` does the same with
+    /// libsodium's generator).
     pub fn generate() -> Result<Self, CurveKeyError> {
         let mut bytes = Zeroizing::new([0u8; CURVE_KEY_LEN]);
         getrandom::fill(bytes.as_mut()).map_err(CurveKeyError::Rng)?;
@@ -245,7 +238,7 @@ mod tests {
             let s = CurveSecretKey::from_z85(secret).unwrap();
             assert_eq!(p.to_z85(), public);
             assert_eq!(s.to_z85().as_str(), secret);
-            assert_eq!(s.public_key(), p, "libsodium derives {public}");
+            assert_eq!(s.public_key(), p, "libzmq derives {public}");
             assert_eq!(public.parse::<CurvePublicKey>(), Ok(p));
             let pair = CurveKeyPair::from_secret(s);
             assert_eq!(*pair.public(), p);

@@ -1,7 +1,9 @@
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 #![doc = include_str!("../README.md")]
 
 mod command;
+mod crypto;
 mod curve;
 mod engine;
 mod frame;
@@ -282,7 +284,7 @@ pub enum ZmtpError {
     #[error("the CURVE HELLO is not version 1.0")]
     CurveVersion,
     /// The peer sent a key of small order, whose shared secret would be
-    /// zero (libsodium refuses these too).
+    /// zero (`crypto_box_beforenm` refuses it, as libsodium's does).
     #[error("the peer's CURVE key is of small order")]
     WeakKey,
     /// The operating system's random number generator failed (keys and
