@@ -60,7 +60,8 @@ cp "$LIB/Cargo.lock" "$FRESH/Cargo.lock"
 cat >"$FRESH/src/main.rs" <<'EOF'
 //! `freshapp serve --bind EP --curve-cert FILE`: the library's CURVE
 //! server as an application embeds it, for benches/curve/run.py --other.
-use messenger::{Config, Curve, CurveKeyPair, CurveSecretKey, Endpoint, Incoming, Messenger, Responder};
+use messenger::curve::{KeyPair, SecretKey};
+use messenger::{Curve, Endpoint, Messenger};
 
 #[tokio::main]
 async fn main() {
@@ -83,15 +84,15 @@ async fn main() {
         .and_then(|v| v.split_once('='))
         .map(|(_, v)| v.trim().trim_matches('"').to_owned())
         .expect("a secret-key line");
-    let keys = CurveKeyPair::from_secret(CurveSecretKey::from_z85(&secret).expect("a Z85 secret key"));
-    let config = Config {
-        curve: Some(Curve { keys, server_key: None, allow: None }),
-        ..Config::default()
-    };
-    let m = Messenger::with_config("messenger-serve", config).expect("a messenger");
+    let keys = KeyPair::from_secret(SecretKey::from_z85(&secret).expect("a Z85 secret key"));
+    let m = Messenger::builder()
+        .identity("messenger-serve")
+        .curve(Curve { keys, server_key: None, allow: None })
+        .build()
+        .expect("a messenger");
     let endpoint: Endpoint = bind.parse().expect("an endpoint");
     let info = m
-        .listen_for_connection(&endpoint, "messenger-serve", |_: Incoming, _: Responder| {})
+        .listen_for_connection(&endpoint, |_, _| {})
         .await
         .expect("listening");
     println!("{{\"listening\": \"{}\"}}", info.endpoint);
