@@ -572,15 +572,17 @@ impl Messenger {
     ) -> Result<u64, Error> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.shared.config.request_timeout;
-        let send = self.send(
-            dest.into(),
-            dst_cb,
-            body.as_ref(),
-            Notify::Ack(tx),
-            timeout,
-            Mode::Wait,
-        );
-        let msg_id = send.await?.msg_id;
+        let msg_id = self
+            .send(
+                dest.into(),
+                dst_cb,
+                body.as_ref(),
+                Notify::Ack(tx),
+                timeout,
+                Mode::Wait,
+            )
+            .await?
+            .msg_id;
         // Resolved by the ACK, or at the message's deadline by the resender.
         rx.await.unwrap_or(Err(Error::Shutdown))?;
         Ok(msg_id)
@@ -607,36 +609,40 @@ impl Messenger {
     /// assert_eq!(none.err(), Some(Error::Timeout));
     /// # Ok(()) }
     /// ```
-    pub async fn request(
-        &self,
+    pub fn request<'a>(
+        &'a self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl AsRef<[u8]>,
-    ) -> Result<Incoming, Error> {
+        body: impl AsRef<[u8]> + 'a,
+    ) -> impl Future<Output = Result<Incoming, Error>> + 'a {
         let timeout = self.inner.shared.config.request_timeout;
-        self.request_with_timeout(dest, dst_cb, body, timeout).await
+        self.request_with_timeout(dest, dst_cb, body, timeout)
     }
 
     /// [`request`](Self::request) with its own deadline, `timeout` from
     /// the call.
-    pub async fn request_with_timeout(
-        &self,
+    ///
+    /// A plain function returning the request's future, not an `async fn`:
+    /// the future is built once, in place, instead of being moved into an
+    /// outer one twice its size (callers box and move it per request).
+    pub fn request_with_timeout<'a>(
+        &'a self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl AsRef<[u8]>,
+        body: impl AsRef<[u8]> + 'a,
         timeout: Duration,
-    ) -> Result<Incoming, Error> {
+    ) -> impl Future<Output = Result<Incoming, Error>> + 'a {
         let dest = dest.into();
         // Its span (for a subscriber or OpenTelemetry; free while debug is
         // off): where it went and to which callback, never the body.
         let span = tracing::debug_span!("request", destination = %dest, dst_cb);
-        let since = telemetry::start();
-        let (tx, rx) = oneshot::channel();
-        let notify = Notify::Reply(Completion::Future(tx));
-        let body = body.as_ref();
         let request = async move {
-            let send = self.send(dest, dst_cb, body, notify, timeout, Mode::Wait);
-            let sent = send.await?;
+            let since = telemetry::start();
+            let (tx, rx) = oneshot::channel();
+            let notify = Notify::Reply(Completion::Future(tx));
+            let sent = self
+                .send(dest, dst_cb, body.as_ref(), notify, timeout, Mode::Wait)
+                .await?;
             // Removes the callback if this future is dropped while it waits.
             let guard = Unregister {
                 shared: &self.inner.shared,
@@ -653,9 +659,9 @@ impl Messenger {
         // Instrumented only when its span is on: an inproc round trip is
         // well under a microsecond, and a wrapper costs on every poll.
         if span.is_disabled() {
-            request.await
+            futures::future::Either::Left(request)
         } else {
-            tracing::Instrument::instrument(request, span).await
+            futures::future::Either::Right(tracing::Instrument::instrument(request, span))
         }
     }
 

@@ -136,7 +136,8 @@ pub trait Effects {
     /// has room).
     fn can_echo(&mut self, request: &Payload) -> bool;
     /// Answers an ECHO with its body (after [`can_echo`](Self::can_echo)).
-    fn echo(&mut self, request: &Payload, now: Instant);
+    /// Takes the request: its body becomes the answer's without a copy.
+    fn echo(&mut self, request: Payload, now: Instant);
     /// Completes the callback `reply.dst_cb` (and stops resending the
     /// request it answers). False if none waits.
     fn complete(&mut self, reply: Payload) -> bool;
@@ -177,7 +178,7 @@ pub fn process(
             }
             accepted(dedup, msg_id);
             fx.ack(msg_id);
-            fx.echo(&message, now);
+            fx.echo(message, now);
             Outcome::Echo
         }
         Decision::Callback => {
@@ -277,7 +278,7 @@ mod tests {
         fn can_echo(&mut self, _: &Payload) -> bool {
             true
         }
-        fn echo(&mut self, request: &Payload, _: Instant) {
+        fn echo(&mut self, request: Payload, _: Instant) {
             self.echoed.push(request.msg_id);
         }
         fn complete(&mut self, _: Payload) -> bool {
@@ -422,7 +423,7 @@ mod tests {
             true
         }
 
-        fn echo(&mut self, request: &Payload, now: Instant) {
+        fn echo(&mut self, request: Payload, now: Instant) {
             self.send(request.src_cb, &request.body, false, now);
         }
 

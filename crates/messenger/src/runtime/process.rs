@@ -210,8 +210,8 @@ impl Effects for Wire<'_> {
         self.session.has_room()
     }
 
-    fn echo(&mut self, request: &Payload, now: Instant) {
-        self.shared.echo(self.socket, self.session, request, now)
+    fn echo(&mut self, request: Payload, now: Instant) {
+        self.shared.echo(self.socket, self.session, &request, now)
     }
 
     fn complete(&mut self, reply: Payload) -> bool {
@@ -275,8 +275,14 @@ pub(crate) struct Landing<'a> {
 
 impl Landing<'_> {
     /// Lands `msg`: ProcessMessage on the receiving side, counted there.
-    pub(crate) fn land(mut self, msg: Payload) -> Result<(), Refused> {
+    pub(crate) fn land(self, msg: Payload) -> Result<(), Refused> {
         let now = self.to.shared.now();
+        self.land_at(msg, now)
+    }
+
+    /// [`land`](Self::land) at `now` (an ECHO's answer lands at the
+    /// request's time: one clock read for the round trip).
+    fn land_at(mut self, msg: Payload, now: Instant) -> Result<(), Refused> {
         let stats = &self.to.shared.stats;
         let outcome = process::process(&mut self, &mut crate::proto::dedup::NoDuplicates, msg, now);
         count(stats, Transport::Inproc, outcome);
@@ -300,7 +306,7 @@ impl Effects for Landing<'_> {
         true
     }
 
-    fn echo(&mut self, request: &Payload, _now: Instant) {
+    fn echo(&mut self, request: Payload, now: Instant) {
         let Some(back) = self.from.take() else {
             return;
         };
@@ -309,7 +315,9 @@ impl Effects for Landing<'_> {
             msg_id: to.socket.next_msg_id_for(to.session),
             src_cb: NOOP,
             dst_cb: request.src_cb,
-            body: request.body.clone(),
+            // Moved, not cloned: a clone of a body made from a Vec
+            // allocates (bytes promotes it to a shared buffer).
+            body: request.body,
         };
         let traffic = to.shared.stats.traffic(Transport::Inproc);
         traffic.messages_sent.add(1);
@@ -320,7 +328,7 @@ impl Effects for Landing<'_> {
             from: None,
             refused: None,
         }
-        .land(answer);
+        .land_at(answer, now);
     }
 
     fn complete(&mut self, reply: Payload) -> bool {

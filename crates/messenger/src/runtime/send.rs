@@ -90,12 +90,22 @@ struct Waits {
 
 impl Waits {
     /// Waits for `room` until the deadline; `Timeout` after it.
-    async fn wait(&mut self, room: impl Future<Output = ()>) -> Result<(), Error> {
+    ///
+    /// Boxed: a wait (a timer and the room's future) is the rare path, and
+    /// kept inline it would triple the size of every send's future, which
+    /// each `request` then moves and allocates (past the allocator's
+    /// small-size cache) whether it waits or not.
+    fn wait<'a>(
+        &mut self,
+        room: impl Future<Output = ()> + Send + 'a,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>> {
         let since = *self.since.get_or_insert_with(crate::clock::now);
         let at = crate::clock::tokio_at(deadline_after(since, self.timeout));
-        tokio::time::timeout_at(at, room)
-            .await
-            .map_err(|_| Error::Timeout)
+        Box::pin(async move {
+            tokio::time::timeout_at(at, room)
+                .await
+                .map_err(|_| Error::Timeout)
+        })
     }
 
     /// The deadline of what the send leads to (the reply, the ACK), at
