@@ -132,10 +132,26 @@ impl Hub {
 struct Calls {
     /// Numbers the calls.
     next: u64,
-    /// Call id -> its future and its task.
-    open: HashMap<u64, (Py<PyAny>, AbortHandle)>,
+    /// Call id -> its future and how to stop its work.
+    open: HashMap<u64, (Py<PyAny>, Abort)>,
     /// Whether a sweep is scheduled.
     sweeping: bool,
+}
+
+/// How a call's work is stopped when its future is cancelled: a task of
+/// its own, or a request the loop's driver task runs.
+enum Abort {
+    Task(AbortHandle),
+    Request(futures::future::AbortHandle),
+}
+
+impl Abort {
+    fn abort(&self) {
+        match self {
+            Abort::Task(t) => t.abort(),
+            Abort::Request(r) => r.abort(),
+        }
+    }
 }
 
 /// How often open calls are looked at for cancelled futures, in seconds.
@@ -201,6 +217,76 @@ struct LoopTie {
     waker: Py<Waker>,
     /// The calls in progress.
     registry: Registry,
+    /// Requests on their way to the driver task.
+    starts: Arc<Starts>,
+    /// The driver task, stopped when the messenger goes.
+    driver: AbortHandle,
+}
+
+/// A request made on the loop's thread, for the loop's driver task.
+struct Start {
+    id: u64,
+    dest: messenger::Destination,
+    callback_id: u64,
+    body: PyBackedBytes,
+    timeout: std::time::Duration,
+    /// Cancels it (the sweep found its future cancelled).
+    registration: futures::future::AbortRegistration,
+}
+
+/// Requests handed from the loop's thread to its driver task: a queue
+/// behind a short lock, and one wake-up per batch. A task per request
+/// cost the loop's thread an allocation and a registration with the
+/// runtime each (and the workers a schedule each).
+#[derive(Default)]
+struct Starts {
+    /// Requests not yet taken.
+    queue: Mutex<Vec<Start>>,
+    /// Wakes the driver.
+    notify: tokio::sync::Notify,
+}
+
+impl Starts {
+    fn push(&self, start: Start) {
+        let first = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push(start);
+            q.len() == 1
+        };
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<Start> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Runs the loop's requests, all in this one task: each is a future of a
+/// set the task polls; each result goes to the hub.
+async fn drive(m: messenger::Messenger, starts: Arc<Starts>, hub: Arc<Hub>) {
+    use futures::StreamExt;
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = starts.notify.notified() => {
+                for s in starts.take() {
+                    running.push(run_request(&m, s, &hub));
+                }
+            }
+            Some(()) = running.next() => {}
+        }
+    }
+}
+
+/// One request of the driver's.
+async fn run_request(m: &messenger::Messenger, s: Start, hub: &Hub) {
+    let work = m.request_with_timeout(s.dest, s.callback_id, &s.body, s.timeout);
+    if let Ok(reply) = futures::future::Abortable::new(work, s.registration).await {
+        hub.push(Event::Reply { id: s.id, reply });
+    }
 }
 
 /// Where calls are registered: the calls in progress, and the sweep
@@ -226,13 +312,7 @@ impl Registry {
     /// Registers call `id` (taken from `next_id` and given to its task),
     /// whose future is `fut` and whose task is `task`. The loop's thread
     /// is here, so the task's result cannot be taken before this.
-    fn open(
-        &self,
-        py: Python<'_>,
-        fut: &Bound<'_, PyAny>,
-        task: AbortHandle,
-        id: u64,
-    ) -> PyResult<()> {
+    fn open(&self, py: Python<'_>, fut: &Bound<'_, PyAny>, task: Abort, id: u64) -> PyResult<()> {
         let schedule = {
             let mut calls = lock(&self.calls);
             calls.open.insert(id, (fut.clone().unbind(), task));
@@ -532,15 +612,24 @@ impl AsyncMessenger {
                     intern!(py, "add_reader"),
                     (hub.watched.as_raw_fd(), waker.clone_ref(py)),
                 )?;
+                let starts = Arc::new(Starts::default());
+                let driver = self
+                    .core
+                    .runtime
+                    .spawn(drive(m.clone(), Arc::clone(&starts), Arc::clone(&hub)))
+                    .abort_handle();
                 let fresh = LoopTie {
                     event_loop: running.clone().unbind(),
                     hub,
                     waker,
                     registry,
+                    starts,
+                    driver,
                 };
                 if let Err(lost) = self.bound.set(fresh) {
                     // Another thread bound it meanwhile (a misuse that the
                     // check below reports); undo ours.
+                    lost.driver.abort();
                     let _ = running.call_method1(
                         intern!(py, "remove_reader"),
                         (lost.hub.watched.as_raw_fd(),),
@@ -583,7 +672,9 @@ impl AsyncMessenger {
                 make: Box::new(move |py| make(py, out)),
             });
         });
-        bound.registry.open(py, fut, task.abort_handle(), id)
+        bound
+            .registry
+            .open(py, fut, Abort::Task(task.abort_handle()), id)
     }
 }
 
@@ -812,15 +903,17 @@ impl AsyncMessenger {
         let m = m.clone();
         let dest = destination(py, dest, self.core.serial)?;
         let timeout = request_timeout(py, &m, timeout)?;
-        let hub = Arc::clone(&bound.hub);
         let id = bound.registry.next_id();
-        let task = self.core.runtime.spawn(async move {
-            let reply = m
-                .request_with_timeout(dest, callback_id, &body, timeout)
-                .await;
-            hub.push(Event::Reply { id, reply });
+        let (abort, registration) = futures::future::AbortHandle::new_pair();
+        bound.starts.push(Start {
+            id,
+            dest,
+            callback_id,
+            body,
+            timeout,
+            registration,
         });
-        bound.registry.open(py, &fut, task.abort_handle(), id)?;
+        bound.registry.open(py, &fut, Abort::Request(abort), id)?;
         Ok(fut)
     }
 
@@ -893,6 +986,9 @@ impl Drop for AsyncMessenger {
             std::mem::forget(bound);
             return;
         }
+        // The driver holds a handle of the messenger: it must go for the
+        // messenger to close.
+        bound.driver.abort();
         // Stop watching the hub's socket (from the loop's thread; the
         // loop may be closed, which is fine).
         let _ = Python::try_attach(|py| {
@@ -954,7 +1050,8 @@ impl Responder {
                         make: Box::new(move |py| value(py, sent, |py, ()| Ok(py.None()))),
                     });
                 });
-                self.registry.open(py, &fut, task.abort_handle(), id)?;
+                self.registry
+                    .open(py, &fut, Abort::Task(task.abort_handle()), id)?;
             }
             Err(e) => return Err(to_py(py, &e)),
         }
