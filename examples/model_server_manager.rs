@@ -4,7 +4,9 @@
 //!
 //! ```sh
 //! cargo run --example model_server_manager -- \
-//!     --model-server "python3 tests/py/model_server.py" --message hello
+//!     --model-server "python3 tests/py/model_server.py" --message hello    # pyzmq, as NoisePage's
+//! cargo run --example model_server_manager -- \
+//!     --model-server "python3 examples/python/model_server.py"             # on the Python package
 //! cargo run --example model_server_manager     # the in-process stand-in model server
 //! cargo run --example model_server_manager -- --endpoint tcp://10.0.0.1:7000 \
 //!     --model-server "ssh other-host python3 model_server.py"   # the model server elsewhere

@@ -3,7 +3,7 @@
 //! Every messenger of a process runs on one multi-thread runtime with a few
 //! workers, made at first use. Its workers never take the GIL: Python code
 //! runs only on the caller's thread, on the package's own callback threads
-//! and on asyncio loops (see `dispatch.rs` and `aio.rs`).
+//! and on asyncio loops (see `core.rs`, `blocking.rs` and `aio.rs`).
 //!
 //! After `os.fork()` the child has the parent's memory but none of its
 //! threads: the parent's runtime is a husk whose workers do not exist, and
