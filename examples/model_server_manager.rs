@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --example model_server_manager     # an in-process stand-in model server
 //! cargo run --example model_server_manager -- --model-server "python3 tests/py/model_server.py"
+//! cargo run --example model_server_manager -- --model-server "python3 examples/python/model_server.py"   # on the Python package
 //! ```
 //!
 //! `--model-server` is split on spaces; the socket path is appended.

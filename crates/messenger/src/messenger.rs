@@ -424,6 +424,59 @@ impl Messenger {
             .await
     }
 
+    /// [`make_connection_with_server_loop`](Self::make_connection_with_server_loop)
+    /// whose handler's work is a future of its own, run concurrently up to
+    /// [`Config::max_concurrent_handlers`] across the messenger, as
+    /// [`listen_for_connection_concurrent`](Self::listen_for_connection_concurrent)
+    /// does for a listener. The handler itself is still called in arrival
+    /// order; only the futures it returns overlap. Shutdown waits for those
+    /// futures within [`Config::shutdown_grace`], so work handed elsewhere
+    /// (another thread, another runtime: the Python binding's server
+    /// loops) and awaited in the future is drained as a listener's is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), messenger::Error> {
+    /// use messenger::{Messenger, NOOP};
+    ///
+    /// let manager = Messenger::new()?;
+    /// let at = "inproc://dialling-model-server-doc".parse()?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// manager
+    ///     .listen_for_connection(&at, move |hello: messenger::Incoming, _| {
+    ///         let _ = tx.send(hello.reply_destination());
+    ///     })
+    ///     .await?;
+    /// // The model server dials in and is then driven by the manager.
+    /// let model = Messenger::new()?;
+    /// let conn = model
+    ///     .make_connection_with_server_loop_concurrent(&at, |job, r| async move {
+    ///         let _ = r.reply([&b"trained on "[..], &job.body[..]].concat()).await;
+    ///     })
+    ///     .await?;
+    /// model.send_message(conn, NOOP, b"connected", None).await?;
+    /// let model_at = rx.recv().await.expect("the model server said hello");
+    /// let done = manager.request(model_at, NOOP, b"batch 1").await?;
+    /// assert_eq!(&done.body[..], b"trained on batch 1");
+    /// # Ok(()) }
+    /// ```
+    pub async fn make_connection_with_server_loop_concurrent<F, Fut>(
+        &self,
+        endpoint: &Endpoint,
+        slc: F,
+    ) -> Result<ConnectionId, Error>
+    where
+        F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let limit = Arc::clone(&self.inner.handler_limit);
+        let boxed = move |m: Incoming, r: Responder| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(slc(m, r))
+        };
+        self.connect(endpoint, Some(Handler::Concurrent(Arc::new(boxed), limit)))
+            .await
+    }
+
     async fn connect(
         &self,
         endpoint: &Endpoint,

@@ -262,6 +262,81 @@ async fn a_connection_can_host_a_server_loop() {
     }
 }
 
+/// A connection's concurrent server loop answers the listener's requests,
+/// and the connecting side's shutdown waits (within the grace) for the
+/// work it is running, whose reply still reaches the listener: the handler
+/// waits at a gate that opens only once shutdown has begun.
+#[tokio::test]
+async fn a_connection_hosts_a_concurrent_server_loop_drained_at_shutdown() {
+    static GATE: Semaphore = Semaphore::const_new(0);
+    for t in TRANSPORTS {
+        let (slc, mut rx) = forwarding();
+        let (server, bound, _p) = serve(t, Config::default(), slc).await;
+        let client = Messenger::builder().identity("client").build().unwrap();
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let conn = client
+            .make_connection_with_server_loop_concurrent(
+                &bound.endpoint,
+                move |m: Incoming, r: Responder| {
+                    let started = started_tx.clone();
+                    async move {
+                        let _ = started.send(());
+                        if m.body.as_ref() == b"slow" {
+                            GATE.acquire().await.expect("gate").forget();
+                        }
+                        let _ = r.reply([b"re:".as_slice(), &m.body].concat()).await;
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        let again = client
+            .make_connection_with_server_loop_concurrent(&bound.endpoint, |_, _| async {})
+            .await;
+        assert!(
+            matches!(again, Err(Error::AlreadyConnected(_))),
+            "{t}: {again:?}"
+        );
+        client
+            .send_message(conn, wire::NOOP, "hello", None)
+            .await
+            .unwrap();
+        let dest = within(5, "hello", rx.recv())
+            .await
+            .unwrap()
+            .0
+            .reply_destination();
+        let reply = within(
+            5,
+            "quick",
+            server.request(dest.clone(), wire::NOOP, "quick"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(reply.body.as_ref(), b"re:quick", "{t}");
+        within(5, "quick started", started.recv()).await.unwrap();
+        let waiting = {
+            let server = server.clone();
+            tokio::spawn(async move { server.request(dest, wire::NOOP, "slow").await })
+        };
+        within(5, "slow started", started.recv()).await.unwrap();
+        let shutdown = {
+            let client = client.clone();
+            tokio::spawn(async move { client.shutdown().await })
+        };
+        eventually(5, "shutdown begins", || shutting_down(&client)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "{t}: shutdown did not wait for the work"
+        );
+        GATE.add_permits(1);
+        within(10, "shutdown", shutdown).await.unwrap();
+        let reply = within(5, "slow reply", waiting).await.unwrap().unwrap();
+        assert_eq!(reply.body.as_ref(), b"re:slow", "{t}");
+        server.shutdown().await;
+    }
+}
+
 /// Shutdown in the middle of traffic loses nothing it ACKed: a message is
 /// ACKed only once the server loop's queue owns it, and on shutdown the
 /// queue is closed and drained to its end (within the grace), so every

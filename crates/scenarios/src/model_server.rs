@@ -17,6 +17,12 @@
 //!   addressed to the command's src_cb;
 //! - `{"cmd": "QUIT", "data": {}}` makes it exit without a reply.
 //!
+//! Two such model servers are in the repository: `tests/py/model_server.py`
+//! (pyzmq, following NoisePage's Python model server, which never ACKs)
+//! and `examples/python/model_server.py` (NoisePage's loop written on the
+//! `messenger` Python package, a full peer that ACKs, deduplicates and
+//! resends); [`ModelServerSpec::Command`] runs either, unchanged.
+//!
 //! The manager may listen on tcp instead
 //! ([`ModelServerManager::start_at`]), for a model server on another host;
 //! a child process is then given the endpoint (`tcp://HOST:PORT`) as its

@@ -1,0 +1,1104 @@
+//! The asyncio API: `messenger.aio.Messenger` and `messenger.aio.Responder`.
+//!
+//! Each call starts the library's work on the runtime and returns an
+//! asyncio future of the loop it was called on. Runtime threads never take
+//! the GIL, so they cannot resolve a future themselves: what they finish
+//! goes into the messenger's [`Hub`] (a queue behind a short lock) and one
+//! byte wakes the loop through a socket it watches (`loop.add_reader`). The
+//! loop's thread then takes everything queued at once and resolves futures,
+//! calls callbacks and starts server-loop tasks: one wake-up per batch, not
+//! per message, and everything Python runs on the loop's thread.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use messenger::{Callback, Error, NOOP};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PySet, PyTuple};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+use crate::blocking::{is_connected, request_timeout, rtt};
+use crate::convert;
+use crate::core::{Core, HandlerWork, log_exception};
+use crate::errors::{OrRaise, to_py, to_value};
+use crate::types::{Connection, Incoming, destination, destination_object};
+
+/// Makes a Python value on the loop's thread from what a task produced.
+type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+/// What a runtime task hands to the loop's thread.
+enum Event {
+    /// A request's reply, or why none came: resolves call `id`'s future.
+    /// (The common case, kept apart from `Resolve` so it allocates nothing
+    /// more.) Runtime tasks hold call ids, never Python objects.
+    Reply {
+        id: u64,
+        reply: Result<messenger::Incoming, Error>,
+    },
+    /// Any other call's outcome: resolves call `id`'s future with what
+    /// `make` makes.
+    Resolve { id: u64, make: Make },
+    /// A message-specific callback's reply (or failure), for `callback`.
+    Call {
+        callback: Arc<Py<PyAny>>,
+        reply: Result<messenger::Incoming, Error>,
+    },
+    /// A message for a server loop; `done` is dropped when its handling
+    /// ends, which frees the library's handler slot.
+    Serve {
+        server_loop: Arc<Py<PyAny>>,
+        msg: messenger::Incoming,
+        responder: messenger::Responder,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Where runtime tasks leave work for one messenger's event loop.
+struct Hub {
+    /// Everything not yet taken by the loop.
+    queue: Mutex<Vec<Event>>,
+    /// Set once a wake-up byte is on its way and the queue not yet taken:
+    /// further events need no byte of their own.
+    signaled: AtomicBool,
+    /// Written to wake the loop (non-blocking: one byte is ever pending).
+    wake: UnixStream,
+    /// Watched by the loop (`add_reader`), drained when it wakes.
+    watched: UnixStream,
+}
+
+impl Hub {
+    fn new() -> std::io::Result<Hub> {
+        let (wake, watched) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        watched.set_nonblocking(true)?;
+        Ok(Hub {
+            queue: Mutex::new(Vec::new()),
+            signaled: AtomicBool::new(false),
+            wake,
+            watched,
+        })
+    }
+
+    /// Queues `event` and wakes the loop if it is not already woken.
+    /// Called from runtime threads: never takes the GIL, never blocks
+    /// beyond the queue's short lock.
+    fn push(&self, event: Event) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+        if !self.signaled.swap(true, Ordering::AcqRel) {
+            // One byte at most is ever unread, so this cannot block; if
+            // it fails the loop is gone and nobody is waiting.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+
+    /// Takes everything queued (on the loop's thread). The byte is read
+    /// before the flag is cleared and the flag before the queue is taken,
+    /// so an event pushed at any moment is either taken now or followed
+    /// by a byte of its own.
+    fn take(&self) -> Vec<Event> {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.watched).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        self.signaled.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The calls in progress on one loop: each one's future and task, so the
+/// result finds its future and a future its caller cancelled (a timeout,
+/// say) gets its task aborted, which frees the request at once. A sweep on
+/// the loop every [`SWEEP_S`] looks for cancelled futures while calls are
+/// open: asyncio has no hook for a cancellation, and a done-callback on
+/// every future cost a quarter of the loop's time per request.
+///
+/// Touched on the loop's thread only, with the GIL held; a mutex because
+/// a pyclass must be `Sync`.
+#[derive(Default)]
+struct Calls {
+    /// Numbers the calls.
+    next: u64,
+    /// Call id -> its future and how to stop its work.
+    open: HashMap<u64, (Py<PyAny>, Abort)>,
+    /// Whether a sweep is scheduled.
+    sweeping: bool,
+}
+
+/// How a call's work is stopped when its future is cancelled: a task of
+/// its own, or a request the loop's driver task runs.
+enum Abort {
+    Task(AbortHandle),
+    Request(futures::future::AbortHandle),
+}
+
+impl Abort {
+    fn abort(&self) {
+        match self {
+            Abort::Task(t) => t.abort(),
+            Abort::Request(r) => r.abort(),
+        }
+    }
+}
+
+/// How often open calls are looked at for cancelled futures, in seconds.
+const SWEEP_S: f64 = 0.1;
+
+type SharedCalls = Arc<Mutex<Calls>>;
+
+fn lock(calls: &Mutex<Calls>) -> std::sync::MutexGuard<'_, Calls> {
+    calls.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Looks at the open calls for cancelled futures (on the loop), aborting
+/// their tasks; runs again while calls are open.
+#[pyclass(frozen, module = "messenger.aio")]
+struct Sweep {
+    /// The registry it sweeps.
+    calls: SharedCalls,
+    /// Where it is scheduled again.
+    event_loop: Py<PyAny>,
+}
+
+#[pymethods]
+impl Sweep {
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let me = slf.get();
+        let again = {
+            let mut calls = lock(&me.calls);
+            let mut cancelled = Vec::new();
+            for (id, (fut, _)) in &calls.open {
+                if fut
+                    .bind(py)
+                    .call_method0(intern!(py, "cancelled"))?
+                    .is_truthy()?
+                {
+                    cancelled.push(*id);
+                }
+            }
+            for id in cancelled {
+                if let Some((_, task)) = calls.open.remove(&id) {
+                    task.abort();
+                }
+            }
+            calls.sweeping = !calls.open.is_empty();
+            calls.sweeping
+        };
+        if again {
+            me.event_loop
+                .bind(py)
+                .call_method1(intern!(py, "call_later"), (SWEEP_S, slf))?;
+        }
+        Ok(())
+    }
+}
+
+/// A messenger's tie to the event loop it is used on.
+struct LoopTie {
+    /// The loop.
+    event_loop: Py<PyAny>,
+    /// Its queue and wake-up socket.
+    hub: Arc<Hub>,
+    /// The callable the loop runs when woken (kept to remove it).
+    waker: Py<Waker>,
+    /// The calls in progress.
+    registry: Registry,
+    /// Requests on their way to the driver task.
+    starts: Arc<Starts>,
+    /// The driver task, stopped when the messenger goes.
+    driver: AbortHandle,
+}
+
+/// A request made on the loop's thread, for the loop's driver task.
+struct Start {
+    id: u64,
+    dest: messenger::Destination,
+    callback_id: u64,
+    body: PyBackedBytes,
+    timeout: std::time::Duration,
+    /// Cancels it (the sweep found its future cancelled).
+    registration: futures::future::AbortRegistration,
+}
+
+/// Requests handed from the loop's thread to its driver task: a queue
+/// behind a short lock, and one wake-up per batch. A task per request
+/// cost the loop's thread an allocation and a registration with the
+/// runtime each (and the workers a schedule each).
+#[derive(Default)]
+struct Starts {
+    /// Requests not yet taken.
+    queue: Mutex<Vec<Start>>,
+    /// Wakes the driver.
+    notify: tokio::sync::Notify,
+}
+
+impl Starts {
+    fn push(&self, start: Start) {
+        let first = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push(start);
+            q.len() == 1
+        };
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<Start> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Runs the loop's requests, all in this one task: each is a future of a
+/// set the task polls; each result goes to the hub.
+async fn drive(m: messenger::Messenger, starts: Arc<Starts>, hub: Arc<Hub>) {
+    use futures::StreamExt;
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = starts.notify.notified() => {
+                for s in starts.take() {
+                    running.push(run_request(&m, s, &hub));
+                }
+            }
+            Some(()) = running.next() => {}
+        }
+    }
+}
+
+/// One request of the driver's.
+async fn run_request(m: &messenger::Messenger, s: Start, hub: &Hub) {
+    let work = m.request_with_timeout(s.dest, s.callback_id, &s.body, s.timeout);
+    if let Ok(reply) = futures::future::Abortable::new(work, s.registration).await {
+        hub.push(Event::Reply { id: s.id, reply });
+    }
+}
+
+/// Where calls are registered: the calls in progress, and the sweep
+/// that looks for cancelled ones on the loop.
+struct Registry {
+    /// The loop the sweep runs on.
+    event_loop: Py<PyAny>,
+    /// The calls in progress.
+    calls: SharedCalls,
+    /// Looks for cancelled calls.
+    sweep: Py<Sweep>,
+}
+
+impl Registry {
+    fn clone_ref(&self, py: Python<'_>) -> Registry {
+        Registry {
+            event_loop: self.event_loop.clone_ref(py),
+            calls: Arc::clone(&self.calls),
+            sweep: self.sweep.clone_ref(py),
+        }
+    }
+
+    /// Registers call `id` (taken from `next_id` and given to its task),
+    /// whose future is `fut` and whose task is `task`. The loop's thread
+    /// is here, so the task's result cannot be taken before this.
+    fn open(&self, py: Python<'_>, fut: &Bound<'_, PyAny>, task: Abort, id: u64) -> PyResult<()> {
+        let schedule = {
+            let mut calls = lock(&self.calls);
+            calls.open.insert(id, (fut.clone().unbind(), task));
+            !std::mem::replace(&mut calls.sweeping, true)
+        };
+        if schedule {
+            self.event_loop.bind(py).call_method1(
+                intern!(py, "call_later"),
+                (SWEEP_S, self.sweep.clone_ref(py)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A fresh call id.
+    fn next_id(&self) -> u64 {
+        let mut calls = lock(&self.calls);
+        calls.next += 1;
+        calls.next
+    }
+}
+
+/// Run by the event loop when the hub's socket is readable: resolves
+/// futures, calls callbacks and starts server-loop tasks for everything
+/// queued.
+#[pyclass(frozen, module = "messenger.aio")]
+struct Waker {
+    /// The hub it drains.
+    hub: Arc<Hub>,
+    /// The loop it runs on.
+    event_loop: Py<PyAny>,
+    /// The messenger's core: owner serial and counters.
+    core: Arc<Core>,
+    /// Server-loop tasks running: asyncio keeps only weak references to
+    /// tasks, so these are kept here until they end.
+    tasks: Py<PySet>,
+    /// The calls in progress, by id.
+    registry: Registry,
+}
+
+#[pymethods]
+impl Waker {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        for event in self.hub.take() {
+            if let Err(e) = self.handle(py, event) {
+                // A failure of ours (an object could not be made):
+                // reported, and the other events still handled.
+                e.print(py);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Waker {
+    /// Call `id`'s future, closed, if it is still waiting for its result
+    /// (not cancelled by its caller meanwhile).
+    fn finish(&self, py: Python<'_>, id: u64) -> PyResult<Option<Py<PyAny>>> {
+        let Some((fut, _task)) = lock(&self.registry.calls).open.remove(&id) else {
+            return Ok(None);
+        };
+        if fut
+            .bind(py)
+            .call_method0(intern!(py, "done"))?
+            .is_truthy()?
+        {
+            return Ok(None);
+        }
+        Ok(Some(fut))
+    }
+
+    fn handle(&self, py: Python<'_>, event: Event) -> PyResult<()> {
+        let owner = self.core.serial;
+        match event {
+            Event::Reply { id, reply } => {
+                let Some(fut) = self.finish(py, id)? else {
+                    return Ok(());
+                };
+                let fut = fut.bind(py);
+                match reply {
+                    Ok(msg) => {
+                        let msg = Py::new(py, Incoming { inner: msg, owner })?;
+                        fut.call_method1(intern!(py, "set_result"), (msg,))?;
+                    }
+                    Err(e) => {
+                        fut.call_method1(intern!(py, "set_exception"), (to_value(py, &e),))?;
+                    }
+                }
+            }
+            Event::Resolve { id, make } => {
+                let Some(fut) = self.finish(py, id)? else {
+                    return Ok(());
+                };
+                let fut = fut.bind(py);
+                match make(py) {
+                    Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
+                    Err(e) => {
+                        fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?
+                    }
+                };
+            }
+            Event::Call { callback, reply } => {
+                let arg = match reply {
+                    Ok(msg) => Py::new(py, Incoming { inner: msg, owner })?.into_any(),
+                    Err(e) => to_value(py, &e),
+                };
+                let called = callback.bind(py).call1((arg,)).and_then(|ret| {
+                    if ret.is_none() {
+                        Ok(())
+                    } else {
+                        // A coroutine function: its coroutine runs as a task.
+                        self.start(py, ret, None, "message callback")
+                    }
+                });
+                if let Err(e) = called {
+                    log_exception(
+                        py,
+                        "message callback raised",
+                        &e,
+                        &self.core.counters.callback_errors,
+                    );
+                }
+            }
+            Event::Serve {
+                server_loop,
+                msg,
+                responder,
+                done,
+            } => {
+                let endpoint = msg.endpoint().to_string();
+                let responder = Responder {
+                    inner: responder,
+                    event_loop: self.event_loop.clone_ref(py),
+                    registry: self.registry.clone_ref(py),
+                    hub: Arc::clone(&self.hub),
+                    core: Arc::clone(&self.core),
+                    endpoint: endpoint.clone(),
+                };
+                let called = Py::new(py, Incoming { inner: msg, owner })
+                    .and_then(|incoming| server_loop.bind(py).call1((incoming, responder)));
+                let what = format!("server loop on {endpoint} raised; it goes on");
+                match called {
+                    // A plain function: done.
+                    Ok(ret) if ret.is_none() => drop(done),
+                    Ok(ret) => {
+                        if let Err(e) = self.start(py, ret, Some((done, what.clone())), &what) {
+                            log_exception(py, &what, &e, &self.core.counters.server_loop_errors);
+                        }
+                    }
+                    Err(e) => {
+                        log_exception(py, &what, &e, &self.core.counters.server_loop_errors);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs awaitable `ret` as a task of the loop, kept until it ends;
+    /// then its exception (if any) is logged and counted, and `done` (a
+    /// server loop's slot) is released.
+    fn start(
+        &self,
+        py: Python<'_>,
+        ret: Bound<'_, PyAny>,
+        done: Option<(oneshot::Sender<()>, String)>,
+        what: &str,
+    ) -> PyResult<()> {
+        let ensure = asyncio(py)?.getattr(intern!(py, "ensure_future"))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), self.event_loop.bind(py))?;
+        let task = ensure.call((ret,), Some(&kwargs))?;
+        self.tasks.bind(py).add(&task)?;
+        let server_loop = done.is_some();
+        let (done, what) = match done {
+            Some((d, w)) => (Some(d), w),
+            None => (None, what.to_owned()),
+        };
+        let on_end = TaskEnd {
+            done: Mutex::new(done),
+            tasks: self.tasks.clone_ref(py),
+            core: Arc::clone(&self.core),
+            what,
+            server_loop,
+        };
+        task.call_method1(intern!(py, "add_done_callback"), (on_end,))?;
+        Ok(())
+    }
+}
+
+/// Called when a task started for a server loop or a callback ends.
+#[pyclass(frozen, module = "messenger.aio")]
+struct TaskEnd {
+    /// The server loop's slot, released now.
+    done: Mutex<Option<oneshot::Sender<()>>>,
+    /// Where the task was kept.
+    tasks: Py<PySet>,
+    /// For the counters.
+    core: Arc<Core>,
+    /// What to say when it raised.
+    what: String,
+    /// Which counter its exception goes to.
+    server_loop: bool,
+}
+
+#[pymethods]
+impl TaskEnd {
+    fn __call__(&self, py: Python<'_>, task: Bound<'_, PyAny>) -> PyResult<()> {
+        self.tasks.bind(py).discard(&task)?;
+        drop(self.done.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if task.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+            return Ok(());
+        }
+        let exc = task.call_method0(intern!(py, "exception"))?;
+        if !exc.is_none() {
+            let err = PyErr::from_value(exc);
+            let c = &self.core.counters;
+            let counter = if self.server_loop {
+                &c.server_loop_errors
+            } else {
+                &c.callback_errors
+            };
+            log_exception(py, &self.what, &err, counter);
+        }
+        Ok(())
+    }
+}
+
+/// The `asyncio` module, imported once.
+static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn asyncio(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    Ok(ASYNCIO
+        .get_or_try_init(py, || py.import("asyncio").map(Bound::unbind))?
+        .bind(py))
+}
+
+/// A messenger whose calls are awaitables of the running asyncio loop.
+///
+/// ``Messenger(identity=None, **config)`` takes what the blocking
+/// ``messenger.Messenger`` takes. It belongs to the loop it is first used
+/// on; server loops, callbacks and every future's result run on that
+/// loop's thread. Use it as ``async with``, or ``await close()``.
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "messenger.aio",
+    name = "Messenger"
+)]
+pub(crate) struct AsyncMessenger {
+    /// The library messenger and what the binding keeps with it.
+    core: Arc<Core>,
+    /// The loop it is used on, from its first call.
+    bound: OnceLock<LoopTie>,
+}
+
+impl AsyncMessenger {
+    /// The library messenger and this loop's hub, tying the messenger to
+    /// the running loop at its first call.
+    fn enter<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(&messenger::Messenger, &LoopTie, Bound<'py, PyAny>)> {
+        let m = self.core.messenger(py)?;
+        let running = asyncio(py)?.call_method0(intern!(py, "get_running_loop"))?;
+        let bound = match self.bound.get() {
+            Some(b) => b,
+            None => {
+                let hub = Arc::new(Hub::new().map_err(|e| {
+                    PyRuntimeError::new_err(format!("cannot make the loop's wake-up socket: {e}"))
+                })?);
+                let calls = SharedCalls::default();
+                let sweep = Py::new(
+                    py,
+                    Sweep {
+                        calls: Arc::clone(&calls),
+                        event_loop: running.clone().unbind(),
+                    },
+                )?;
+                let registry = Registry {
+                    event_loop: running.clone().unbind(),
+                    calls,
+                    sweep,
+                };
+                let waker = Py::new(
+                    py,
+                    Waker {
+                        hub: Arc::clone(&hub),
+                        event_loop: running.clone().unbind(),
+                        core: Arc::clone(&self.core),
+                        tasks: PySet::empty(py)?.unbind(),
+                        registry: registry.clone_ref(py),
+                    },
+                )?;
+                running.call_method1(
+                    intern!(py, "add_reader"),
+                    (hub.watched.as_raw_fd(), waker.clone_ref(py)),
+                )?;
+                let starts = Arc::new(Starts::default());
+                let driver = self
+                    .core
+                    .runtime
+                    .spawn(drive(m.clone(), Arc::clone(&starts), Arc::clone(&hub)))
+                    .abort_handle();
+                let fresh = LoopTie {
+                    event_loop: running.clone().unbind(),
+                    hub,
+                    waker,
+                    registry,
+                    starts,
+                    driver,
+                };
+                if let Err(lost) = self.bound.set(fresh) {
+                    // Another thread bound it meanwhile (a misuse that the
+                    // check below reports); undo ours.
+                    lost.driver.abort();
+                    let _ = running.call_method1(
+                        intern!(py, "remove_reader"),
+                        (lost.hub.watched.as_raw_fd(),),
+                    );
+                }
+                self.bound
+                    .get()
+                    .ok_or_else(|| PyRuntimeError::new_err("no loop bound"))?
+            }
+        };
+        if !bound.event_loop.bind(py).is(&running) {
+            return Err(PyRuntimeError::new_err(
+                "this aio.Messenger belongs to another event loop: make one per loop",
+            ));
+        }
+        let fut = running.call_method0(intern!(py, "create_future"))?;
+        Ok((m, bound, fut))
+    }
+
+    /// Runs `work` on the runtime and resolves `fut` with what `make`
+    /// makes of its output.
+    fn spawn<T, W>(
+        &self,
+        py: Python<'_>,
+        bound: &LoopTie,
+        fut: &Bound<'_, PyAny>,
+        work: W,
+        make: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+    ) -> PyResult<()>
+    where
+        W: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let hub = Arc::clone(&bound.hub);
+        let id = bound.registry.next_id();
+        let task = self.core.runtime.spawn(async move {
+            let out = work.await;
+            hub.push(Event::Resolve {
+                id,
+                make: Box::new(move |py| make(py, out)),
+            });
+        });
+        bound
+            .registry
+            .open(py, fut, Abort::Task(task.abort_handle()), id)
+    }
+}
+
+/// A library result as a Python value (or its exception).
+fn value<T>(
+    py: Python<'_>,
+    r: Result<T, Error>,
+    f: impl FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(v) => f(py, v),
+        Err(e) => Err(to_py(py, &e)),
+    }
+}
+
+/// A server loop for the library that hands each message to the loop's
+/// thread through the hub, in arrival order; the library's handler future
+/// waits until the Python handler (and the task it started) has ended, so
+/// the messenger-wide handler limit bounds how many run at once and
+/// shutdown's grace covers them.
+fn server_loop_on_loop(
+    hub: &Arc<Hub>,
+    server_loop: Bound<'_, PyAny>,
+) -> PyResult<
+    impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
+> {
+    if !server_loop.is_callable() {
+        return Err(PyTypeError::new_err(
+            "server_loop must be callable as server_loop(incoming, responder)",
+        ));
+    }
+    let server_loop = Arc::new(server_loop.unbind());
+    let hub = Arc::clone(hub);
+    Ok(
+        move |msg: messenger::Incoming, responder: messenger::Responder| -> HandlerWork {
+            let (done, finished) = oneshot::channel();
+            hub.push(Event::Serve {
+                server_loop: Arc::clone(&server_loop),
+                msg,
+                responder,
+                done,
+            });
+            Box::pin(async move {
+                let _ = finished.await;
+            })
+        },
+    )
+}
+
+#[pymethods]
+impl AsyncMessenger {
+    #[new]
+    #[pyo3(signature = (identity = None, **config))]
+    fn new(
+        py: Python<'_>,
+        identity: Option<&Bound<'_, PyAny>>,
+        config: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        Ok(AsyncMessenger {
+            core: Core::new(py, identity, config)?,
+            bound: OnceLock::new(),
+        })
+    }
+
+    /// The routing id it announces.
+    #[getter]
+    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let m = self.core.messenger(py)?;
+        Ok(pyo3::types::PyBytes::new(py, m.identity()))
+    }
+
+    /// Binds a listener on ``endpoint``; resolves to the bound endpoint
+    /// (tcp port 0 resolved). Each message to callback 0 there is handed
+    /// to ``server_loop(incoming, responder)`` on the loop's thread; a
+    /// coroutine function's coroutine runs as a task. Handlers run
+    /// concurrently, up to the messenger's ``max_concurrent_handlers``
+    /// (beyond it messages wait, and peers are refused unACKed, so they
+    /// resend); an exception is logged and counted
+    /// (``stats()["server_loop_errors"]``) and the loop goes on.
+    fn listen_for_connection<'py>(
+        &self,
+        py: Python<'py>,
+        endpoint: &str,
+        server_loop: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (m, bound, fut) = self.enter(py)?;
+        let m = m.clone();
+        let at = convert::endpoint(py, endpoint)?;
+        let slc = server_loop_on_loop(&bound.hub, server_loop)?;
+        let work = async move { m.listen_for_connection_concurrent(&at, slc).await };
+        self.spawn(py, bound, &fut, work, |py, r| {
+            value(py, r, |py, info| {
+                Ok(info
+                    .endpoint
+                    .to_string()
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            })
+        })?;
+        Ok(fut)
+    }
+
+    /// Connects to ``endpoint`` (or returns the pooled connection);
+    /// resolves to a ``Connection``. With ``server_loop``, messages the
+    /// peer sends to callback 0 over it go there, as a listener's do.
+    #[pyo3(signature = (endpoint, server_loop = None))]
+    fn make_connection<'py>(
+        &self,
+        py: Python<'py>,
+        endpoint: &str,
+        server_loop: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (m, bound, fut) = self.enter(py)?;
+        let m = m.clone();
+        let at = convert::endpoint(py, endpoint)?;
+        let owner = self.core.serial;
+        let name = at.to_string();
+        let make = move |py: Python<'_>, r: Result<messenger::ConnectionId, Error>| {
+            value(py, r, |py, id| {
+                Ok(Py::new(
+                    py,
+                    Connection {
+                        id: id.0,
+                        endpoint: name,
+                        owner,
+                    },
+                )?
+                .into_any())
+            })
+        };
+        match server_loop {
+            None => {
+                let work = async move { m.make_connection(&at).await };
+                self.spawn(py, bound, &fut, work, make)?;
+            }
+            Some(f) => {
+                let slc = server_loop_on_loop(&bound.hub, f)?;
+                let work = async move {
+                    m.make_connection_with_server_loop_concurrent(&at, slc)
+                        .await
+                };
+                self.spawn(py, bound, &fut, work, make)?;
+            }
+        }
+        Ok(fut)
+    }
+
+    /// Sends ``body`` to ``callback_id`` at ``dest``; resolves to its
+    /// msg_id once it is handed to the connection (waiting while the
+    /// peer's window is full). With ``callback``, it is called once on the
+    /// loop's thread with the reply (an ``Incoming``) or the exception
+    /// saying why none came; a coroutine function's coroutine runs as a
+    /// task.
+    #[pyo3(signature = (dest, callback_id, body, callback = None))]
+    fn send_message<'py>(
+        &self,
+        py: Python<'py>,
+        dest: &Bound<'py, PyAny>,
+        callback_id: u64,
+        body: PyBackedBytes,
+        callback: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (m, bound, fut) = self.enter(py)?;
+        let m = m.clone();
+        let dest = destination(py, dest, self.core.serial)?;
+        let callback = match callback {
+            None => None,
+            Some(f) if !f.is_callable() => {
+                return Err(PyTypeError::new_err(
+                    "callback must be callable as callback(reply_or_exception)",
+                ));
+            }
+            Some(f) => {
+                let f = Arc::new(f.unbind());
+                let hub = Arc::clone(&bound.hub);
+                Some(Callback::new(move |reply| {
+                    hub.push(Event::Call { callback: f, reply })
+                }))
+            }
+        };
+        let work = async move { m.send_message(dest, callback_id, &body, callback).await };
+        self.spawn(py, bound, &fut, work, |py, r| {
+            value(py, r, |py, id| {
+                Ok(id.into_pyobject(py)?.into_any().unbind())
+            })
+        })?;
+        Ok(fut)
+    }
+
+    /// Sends ``body`` to ``callback_id`` at ``dest``; resolves to its
+    /// msg_id once the peer has acknowledged it.
+    fn send_confirmed<'py>(
+        &self,
+        py: Python<'py>,
+        dest: &Bound<'py, PyAny>,
+        callback_id: u64,
+        body: PyBackedBytes,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (m, bound, fut) = self.enter(py)?;
+        let m = m.clone();
+        let dest = destination(py, dest, self.core.serial)?;
+        let work = async move { m.send_confirmed(dest, callback_id, &body).await };
+        self.spawn(py, bound, &fut, work, |py, r| {
+            value(py, r, |py, id| {
+                Ok(id.into_pyobject(py)?.into_any().unbind())
+            })
+        })?;
+        Ok(fut)
+    }
+
+    /// Sends ``body`` to ``callback_id`` at ``dest``; resolves to the
+    /// reply (an ``Incoming``) within ``timeout`` seconds (default: the
+    /// ``request_timeout``), or raises ``Timeout``, ``Disconnected``,
+    /// ``Shutdown``. Cancelling the future frees the request at once.
+    #[pyo3(signature = (dest, callback_id, body, timeout = None))]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        dest: &Bound<'py, PyAny>,
+        callback_id: u64,
+        body: PyBackedBytes,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (m, bound, fut) = self.enter(py)?;
+        let m = m.clone();
+        let dest = destination(py, dest, self.core.serial)?;
+        let timeout = request_timeout(py, &m, timeout)?;
+        let id = bound.registry.next_id();
+        let (abort, registration) = futures::future::AbortHandle::new_pair();
+        bound.starts.push(Start {
+            id,
+            dest,
+            callback_id,
+            body,
+            timeout,
+            registration,
+        });
+        bound.registry.open(py, &fut, Abort::Request(abort), id)?;
+        Ok(fut)
+    }
+
+    /// Whether ``connection``'s link is up now.
+    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
+        is_connected(&self.core, py, connection)
+    }
+
+    /// The last heartbeat round trip on ``connection``, in seconds.
+    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        rtt(&self.core, py, connection)
+    }
+
+    /// The counters, as the blocking ``Messenger.stats()`` gives them.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.core.stats(py)
+    }
+
+    /// Shuts down as the library does (see ``messenger.Messenger.close``);
+    /// resolves when it is done.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (m, bound, fut) = self.enter(py)?;
+        let m = m.clone();
+        let work = async move { m.shutdown().await };
+        self.spawn(py, bound, &fut, work, |py, ()| Ok(py.None()))?;
+        Ok(fut)
+    }
+
+    /// Closes without an event loop (the interpreter's exit hook, once
+    /// the loop is gone): as ``close``, waiting on this thread.
+    fn _close_blocking(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.core.messenger(py)?.clone();
+        crate::runtime::wait(py, self.core.runtime, async move { m.shutdown().await })
+    }
+
+    fn __aenter__<'py>(slf: Bound<'py, Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let running = asyncio(py)?.call_method0(intern!(py, "get_running_loop"))?;
+        let fut = running.call_method0(intern!(py, "create_future"))?;
+        fut.call_method1(intern!(py, "set_result"), (slf,))?;
+        Ok(fut)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _exc: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.close(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        match self.core.messenger(py) {
+            Ok(m) => format!(
+                "aio.Messenger(identity={:?})",
+                String::from_utf8_lossy(m.identity())
+            ),
+            Err(_) => format!("aio.Messenger(<made in process {}>)", self.core.pid),
+        }
+    }
+}
+
+impl Drop for AsyncMessenger {
+    fn drop(&mut self) {
+        let Some(bound) = self.bound.take() else {
+            return;
+        };
+        if std::process::id() != self.core.pid {
+            // A forked child: the loop is the parent's; leave it.
+            std::mem::forget(bound);
+            return;
+        }
+        // The driver holds a handle of the messenger: it must go for the
+        // messenger to close.
+        bound.driver.abort();
+        // Stop watching the hub's socket (from the loop's thread; the
+        // loop may be closed, which is fine).
+        let _ = Python::try_attach(|py| {
+            let lp = bound.event_loop.bind(py);
+            let fd = bound.hub.watched.as_raw_fd();
+            if let Ok(remove) = lp.getattr("remove_reader") {
+                let _ = lp.call_method1("call_soon_threadsafe", (remove, fd));
+            }
+            drop(bound.waker);
+        });
+    }
+}
+
+/// Answers the sender of one message, from a server loop or later (on the
+/// loop's thread).
+#[pyclass(frozen, module = "messenger.aio", name = "Responder")]
+pub(crate) struct Responder {
+    /// The library's responder.
+    inner: messenger::Responder,
+    /// The loop its futures belong to.
+    event_loop: Py<PyAny>,
+    /// Where a reply that waits for room is registered.
+    registry: Registry,
+    /// Where a reply that waits for room reports.
+    hub: Arc<Hub>,
+    /// The messenger it belongs to.
+    core: Arc<Core>,
+    /// The endpoint the message came in on.
+    endpoint: String,
+}
+
+#[pymethods]
+impl Responder {
+    /// Replies with ``body`` to the message's ``src_cb``; an awaitable that
+    /// is done at once for the first reply to a request (a place was kept
+    /// for it), and waits for room for a further one.
+    fn reply<'py>(&self, py: Python<'py>, body: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
+        self.core.messenger(py)?;
+        let fut = self
+            .event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        let first = {
+            let _inside = self.core.runtime.enter();
+            self.inner.try_reply(&body)
+        };
+        match first {
+            Ok(()) => {
+                fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+            Err(Error::Full) => {
+                let r = self.inner.clone();
+                let hub = Arc::clone(&self.hub);
+                let id = self.registry.next_id();
+                let task = self.core.runtime.spawn(async move {
+                    let sent = r.reply(&body).await;
+                    hub.push(Event::Resolve {
+                        id,
+                        make: Box::new(move |py| value(py, sent, |py, ()| Ok(py.None()))),
+                    });
+                });
+                self.registry
+                    .open(py, &fut, Abort::Task(task.abort_handle()), id)?;
+            }
+            Err(e) => return Err(to_py(py, &e)),
+        }
+        Ok(fut)
+    }
+
+    /// Replies without waiting: raises ``Full`` where ``reply`` would wait.
+    fn try_reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
+        self.core.messenger(py)?;
+        let _inside = self.core.runtime.enter();
+        self.inner.try_reply(&body).or_raise(py)
+    }
+
+    /// The sender's routing id.
+    #[getter]
+    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, self.inner.peer())
+    }
+
+    /// The callback id the sender asked replies to go to.
+    #[getter]
+    fn src_cb(&self) -> u64 {
+        self.inner.src_cb()
+    }
+
+    /// Whether the sender asked for a reply.
+    #[getter]
+    fn wants_reply(&self) -> bool {
+        self.inner.src_cb() != NOOP
+    }
+
+    /// Where to send further messages to the sender.
+    #[getter]
+    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        destination_object(
+            py,
+            self.inner.destination(),
+            self.endpoint.clone(),
+            self.core.serial,
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "aio.Responder(peer={:?}, src_cb={})",
+            String::from_utf8_lossy(self.inner.peer()),
+            self.inner.src_cb()
+        )
+    }
+}

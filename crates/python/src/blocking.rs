@@ -1,0 +1,449 @@
+//! The blocking API: `messenger.Messenger` and `messenger.Responder`.
+//! Every call that waits releases the GIL and waits in slices, so other
+//! Python threads run and Ctrl-C interrupts it (`runtime::wait`). Server
+//! loops and callbacks run on threads the package starts and names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger::{Callback, Error, NOOP};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyDict;
+use tokio::runtime::Runtime;
+
+use crate::convert;
+use crate::core::{Core, HandlerWork, Job, log_exception, spawn_worker};
+use crate::errors::{OrRaise, to_py, to_value};
+use crate::runtime::wait;
+use crate::types::{Connection, Incoming, destination, destination_object};
+
+/// A messenger: listeners with server loops, pooled connections, sends
+/// and requests, with the library's delivery guarantees (ACKs, resends,
+/// duplicate suppression, deadlines, reconnects).
+///
+/// ``Messenger(identity=None, **config)``: ``identity`` (str or bytes) is
+/// the routing id it announces; ``None`` picks one unique to it. The
+/// keywords are the library's ``Config`` fields (durations in seconds;
+/// ``None`` turns off ``heartbeat``, ``resend_interval`` and
+/// ``evict_idle_after``), plus ``secret`` (bytes: shared-secret
+/// authentication) and ``curve`` (a ``Curve``). A bad value is a
+/// ``ValueError`` naming the field.
+///
+/// Every method that waits releases the GIL while it waits, and Ctrl-C
+/// interrupts it. Use it as a context manager, or call ``close()``.
+#[pyclass(frozen, subclass, weakref, module = "messenger", name = "Messenger")]
+pub(crate) struct Messenger {
+    /// The library messenger and what the binding keeps with it.
+    core: Arc<Core>,
+}
+
+#[pymethods]
+impl Messenger {
+    #[new]
+    #[pyo3(signature = (identity = None, **config))]
+    fn new(
+        py: Python<'_>,
+        identity: Option<&Bound<'_, PyAny>>,
+        config: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        Ok(Messenger {
+            core: Core::new(py, identity, config)?,
+        })
+    }
+
+    /// The routing id it announces on every connection and sends as its
+    /// listeners' first frame.
+    #[getter]
+    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let m = self.core.messenger(py)?;
+        Ok(pyo3::types::PyBytes::new(py, m.identity()))
+    }
+
+    /// Binds a listener on ``endpoint`` (``tcp://HOST:PORT``,
+    /// ``ipc://PATH``, ``inproc://NAME``) and returns the bound endpoint
+    /// (a tcp port 0 resolved). Every message to callback 0 that arrives
+    /// there goes to ``server_loop(incoming, responder)``, called on a
+    /// thread of this listener's own, one message at a time in arrival
+    /// order. An exception it raises is logged (logger ``messenger``) and
+    /// counted (``stats()["server_loop_errors"]``); the loop goes on.
+    ///
+    /// The listener announces the messenger's identity (the library has
+    /// no per-listener identity).
+    fn listen_for_connection(
+        &self,
+        py: Python<'_>,
+        endpoint: &str,
+        server_loop: Bound<'_, PyAny>,
+    ) -> PyResult<String> {
+        let m = self.core.messenger(py)?.clone();
+        let at = convert::endpoint(py, endpoint)?;
+        let slc = server_loop_on_thread(&self.core, server_loop)?;
+        let bound = wait(
+            py,
+            self.core.runtime,
+            m.listen_for_connection_concurrent(&at, slc),
+        )?
+        .or_raise(py)?;
+        Ok(bound.endpoint.to_string())
+    }
+
+    /// Connects to ``endpoint`` (or returns the connection already pooled
+    /// for it). It redials by itself when its peer goes away. With
+    /// ``server_loop``, messages the peer sends to callback 0 over it go
+    /// there, as a listener's do (a model server that dials its manager).
+    #[pyo3(signature = (endpoint, server_loop = None))]
+    fn make_connection(
+        &self,
+        py: Python<'_>,
+        endpoint: &str,
+        server_loop: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Connection> {
+        let m = self.core.messenger(py)?.clone();
+        let at = convert::endpoint(py, endpoint)?;
+        let id = match server_loop {
+            None => wait(py, self.core.runtime, m.make_connection(&at))?,
+            Some(f) => {
+                let slc = server_loop_on_thread(&self.core, f)?;
+                wait(
+                    py,
+                    self.core.runtime,
+                    m.make_connection_with_server_loop_concurrent(&at, slc),
+                )?
+            }
+        }
+        .or_raise(py)?;
+        Ok(Connection {
+            id: id.0,
+            endpoint: at.to_string(),
+            owner: self.core.serial,
+        })
+    }
+
+    /// Sends ``body`` to callback ``callback_id`` at ``dest`` (a
+    /// ``Connection`` or a ``Peer``) and returns its msg_id once it is
+    /// handed to the connection (waiting while the peer's window is full).
+    /// With ``callback``, the message asks for a reply: ``callback`` is
+    /// called once, on this messenger's callback thread, with the reply
+    /// (an ``Incoming``) or with the exception saying why none came
+    /// (``Timeout``, ``Disconnected``, ``Shutdown``).
+    #[pyo3(signature = (dest, callback_id, body, callback = None))]
+    fn send_message(
+        &self,
+        py: Python<'_>,
+        dest: &Bound<'_, PyAny>,
+        callback_id: u64,
+        body: PyBackedBytes,
+        callback: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
+        let m = self.core.messenger(py)?.clone();
+        let dest = destination(py, dest, self.core.serial)?;
+        let callback = callback
+            .map(|f| blocking_callback(&self.core, f))
+            .transpose()?;
+        wait(
+            py,
+            self.core.runtime,
+            m.send_message(dest, callback_id, &body, callback),
+        )?
+        .or_raise(py)
+    }
+
+    /// Sends ``body`` to ``callback_id`` at ``dest`` and returns its msg_id
+    /// once the peer has acknowledged it (resending meanwhile), within the
+    /// request timeout.
+    fn send_confirmed(
+        &self,
+        py: Python<'_>,
+        dest: &Bound<'_, PyAny>,
+        callback_id: u64,
+        body: PyBackedBytes,
+    ) -> PyResult<u64> {
+        let m = self.core.messenger(py)?.clone();
+        let dest = destination(py, dest, self.core.serial)?;
+        wait(
+            py,
+            self.core.runtime,
+            m.send_confirmed(dest, callback_id, &body),
+        )?
+        .or_raise(py)
+    }
+
+    /// Sends ``body`` to ``callback_id`` at ``dest`` and returns the reply
+    /// (an ``Incoming``), within ``timeout`` seconds (default: the
+    /// messenger's ``request_timeout``). Raises ``Timeout``,
+    /// ``Disconnected``, ``Shutdown``; Ctrl-C interrupts the wait.
+    #[pyo3(signature = (dest, callback_id, body, timeout = None))]
+    fn request(
+        &self,
+        py: Python<'_>,
+        dest: &Bound<'_, PyAny>,
+        callback_id: u64,
+        body: PyBackedBytes,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Incoming> {
+        let m = self.core.messenger(py)?.clone();
+        let dest = destination(py, dest, self.core.serial)?;
+        let timeout = request_timeout(py, &m, timeout)?;
+        let reply = wait(
+            py,
+            self.core.runtime,
+            m.request_with_timeout(dest, callback_id, &body, timeout),
+        )?
+        .or_raise(py)?;
+        Ok(Incoming {
+            inner: reply,
+            owner: self.core.serial,
+        })
+    }
+
+    /// Whether ``connection``'s link is up now (false while it redials).
+    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
+        is_connected(&self.core, py, connection)
+    }
+
+    /// The last heartbeat round trip on ``connection``, in seconds (None
+    /// before one was answered).
+    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        rtt(&self.core, py, connection)
+    }
+
+    /// The counters, as a dict of ints: the library's (``sent``,
+    /// ``received``, ``resends``, ``duplicates_dropped``, ...) and the
+    /// binding's (``server_loop_errors``, ``callback_errors``).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.core.stats(py)
+    }
+
+    /// Shuts down as the library does: server loops take nothing new and
+    /// finish what they hold within ``shutdown_grace`` (their replies still
+    /// go out), then every waiting request fails with ``Shutdown``, every
+    /// socket flushes for up to ``linger`` and closes, and ipc files are
+    /// removed. Calling it again does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let m = self.core.messenger(py)?.clone();
+        wait(py, self.core.runtime, async move { m.shutdown().await })
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        match self.core.messenger(py) {
+            Ok(m) => format!(
+                "Messenger(identity={:?})",
+                String::from_utf8_lossy(m.identity())
+            ),
+            Err(_) => format!("Messenger(<made in process {}>)", self.core.pid),
+        }
+    }
+}
+
+/// A request's deadline: `timeout` seconds, or the messenger's default.
+pub(crate) fn request_timeout(
+    py: Python<'_>,
+    m: &messenger::Messenger,
+    timeout: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Duration> {
+    match timeout {
+        Some(t) if !t.is_none() => convert::seconds(py, "timeout", t),
+        _ => Ok(m.config().request_timeout),
+    }
+}
+
+/// `Messenger.is_connected`, for both APIs.
+pub(crate) fn is_connected(core: &Core, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let m = core.messenger(py)?;
+    match destination(py, conn, core.serial)? {
+        messenger::Destination::Connection(id) => Ok(m.is_connected(id)),
+        _ => Err(PyTypeError::new_err("is_connected takes a Connection")),
+    }
+}
+
+/// `Messenger.rtt`, for both APIs.
+pub(crate) fn rtt(core: &Core, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    let m = core.messenger(py)?;
+    match destination(py, conn, core.serial)? {
+        messenger::Destination::Connection(id) => Ok(m.rtt(id).map(|d| d.as_secs_f64())),
+        _ => Err(PyTypeError::new_err("rtt takes a Connection")),
+    }
+}
+
+/// A server loop for the library that hands each message to `server_loop`
+/// on a thread of its own (named after the messenger), in arrival order.
+/// The library's handler future waits until Python is done with the
+/// message: the messenger-wide handler limit bounds what waits for the
+/// thread (beyond it the library's queue fills and peers are refused
+/// unACKed, so they resend), and shutdown's grace covers the Python work.
+fn server_loop_on_thread(
+    core: &Arc<Core>,
+    server_loop: Bound<'_, PyAny>,
+) -> PyResult<
+    impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
+> {
+    if !server_loop.is_callable() {
+        return Err(PyTypeError::new_err(
+            "server_loop must be callable as server_loop(incoming, responder)",
+        ));
+    }
+    let handler = Arc::new(server_loop.unbind());
+    let thread = spawn_worker(core.loop_thread_name())?;
+    let (owner, runtime, counters) = (core.serial, core.runtime, Arc::clone(&core.counters));
+    Ok(
+        move |msg: messenger::Incoming, r: messenger::Responder| -> HandlerWork {
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let handler = Arc::clone(&handler);
+            let counters = Arc::clone(&counters);
+            let job: Job = Box::new(move |py| {
+                let endpoint = msg.endpoint().to_string();
+                let call = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
+                    let responder = Responder::new(r, runtime, owner, endpoint.clone());
+                    handler.bind(py).call1((incoming, responder))
+                });
+                if let Err(e) = call {
+                    let what = format!("server loop on {endpoint} raised; it goes on");
+                    log_exception(py, &what, &e, &counters.server_loop_errors);
+                }
+                drop(done);
+            });
+            let queued = thread.send(job).is_ok();
+            Box::pin(async move {
+                if queued {
+                    // Resolved (closed) when the job has run or was dropped.
+                    let _ = finished.await;
+                }
+            })
+        },
+    )
+}
+
+/// A library callback that calls `f(reply_or_exception)` on the
+/// messenger's callback thread.
+fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback> {
+    if !f.is_callable() {
+        return Err(PyTypeError::new_err(
+            "callback must be callable as callback(reply_or_exception)",
+        ));
+    }
+    let f = f.unbind();
+    let core = Arc::clone(core);
+    Ok(Callback::new(move |reply| {
+        let owner = core.serial;
+        let counters = Arc::clone(&core.counters);
+        let job: Job = Box::new(move |py| {
+            let arg = match reply {
+                Ok(msg) => Py::new(py, Incoming { inner: msg, owner }).map(Py::into_any),
+                Err(e) => Ok(to_value(py, &e)),
+            };
+            if let Err(e) = arg.and_then(|a| f.bind(py).call1((a,))) {
+                log_exception(py, "message callback raised", &e, &counters.callback_errors);
+            }
+        });
+        let _ = core.run_callback(job);
+    }))
+}
+
+/// Answers the sender of one message: given to a server loop with it, and
+/// usable later, from any thread.
+#[pyclass(frozen, module = "messenger", name = "Responder")]
+pub(crate) struct Responder {
+    /// The library's responder.
+    inner: messenger::Responder,
+    /// Where a reply that must wait for room waits.
+    runtime: &'static Runtime,
+    /// The messenger it belongs to.
+    owner: u64,
+    /// The endpoint the message came in on.
+    endpoint: String,
+}
+
+impl Responder {
+    pub(crate) fn new(
+        inner: messenger::Responder,
+        runtime: &'static Runtime,
+        owner: u64,
+        endpoint: String,
+    ) -> Self {
+        Responder {
+            inner,
+            runtime,
+            owner,
+            endpoint,
+        }
+    }
+}
+
+#[pymethods]
+impl Responder {
+    /// Replies with ``body`` to the message's ``src_cb``. The first reply
+    /// to a request never waits and never fails for want of room (a place
+    /// was kept for it); a further reply waits for room (GIL released)
+    /// within the request timeout.
+    fn reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
+        let first = {
+            let _inside = self.runtime.enter();
+            self.inner.try_reply(&body)
+        };
+        match first {
+            Ok(()) => Ok(()),
+            Err(Error::Full) => {
+                let r = self.inner.clone();
+                wait(py, self.runtime, async move { r.reply(&body).await })?.or_raise(py)
+            }
+            Err(e) => Err(to_py(py, &e)),
+        }
+    }
+
+    /// Replies without ever waiting: raises ``Full`` where ``reply`` would
+    /// wait (only a further reply to the same request can).
+    fn try_reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
+        let _inside = self.runtime.enter();
+        self.inner.try_reply(&body).or_raise(py)
+    }
+
+    /// The sender's routing id.
+    #[getter]
+    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, self.inner.peer())
+    }
+
+    /// The callback id the sender asked replies to go to (0, ``NOOP``: it
+    /// wants none).
+    #[getter]
+    fn src_cb(&self) -> u64 {
+        self.inner.src_cb()
+    }
+
+    /// Whether the sender asked for a reply.
+    #[getter]
+    fn wants_reply(&self) -> bool {
+        self.inner.src_cb() != NOOP
+    }
+
+    /// Where to send further messages to the sender.
+    #[getter]
+    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        destination_object(
+            py,
+            self.inner.destination(),
+            self.endpoint.clone(),
+            self.owner,
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Responder(peer={:?}, src_cb={})",
+            String::from_utf8_lossy(self.inner.peer()),
+            self.inner.src_cb()
+        )
+    }
+}

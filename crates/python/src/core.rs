@@ -1,0 +1,244 @@
+//! What both APIs share: one library messenger with the process it was
+//! made in, the binding's own counters, the threads that run blocking
+//! callbacks, and the logging of a callback's exception.
+
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use bytes::Bytes;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use tokio::runtime::Runtime;
+
+use crate::convert;
+use crate::errors::{OrRaise, raise};
+use crate::runtime::runtime;
+
+/// Counts messengers, so each destination object knows its own.
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// What the binding counts beyond the library's counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Exceptions raised by server loops (logged, never fatal).
+    pub(crate) server_loop_errors: AtomicU64,
+    /// Exceptions raised by message-specific callbacks (logged).
+    pub(crate) callback_errors: AtomicU64,
+}
+
+/// A library messenger as the binding holds it.
+pub(crate) struct Core {
+    /// Not dropped in a forked child: its tasks and sockets belong to the
+    /// parent's runtime, which does not run there.
+    messenger: ManuallyDrop<messenger::Messenger>,
+    /// The process it was made in.
+    pub(crate) pid: u32,
+    /// Names this messenger to its destinations and threads.
+    pub(crate) serial: u64,
+    /// The runtime its tasks run on.
+    pub(crate) runtime: &'static Runtime,
+    /// The binding's own counters.
+    pub(crate) counters: Arc<Counters>,
+    /// The thread that runs blocking message-specific callbacks, started
+    /// at the first one.
+    callbacks: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Numbers the server-loop threads.
+    next_loop: AtomicU64,
+}
+
+impl Core {
+    /// A messenger with routing id `identity` (str or bytes; `None`: a
+    /// unique one) and the configuration `keywords`.
+    pub(crate) fn new(
+        py: Python<'_>,
+        identity: Option<&Bound<'_, PyAny>>,
+        keywords: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Arc<Core>> {
+        let config = convert::config(py, keywords)?;
+        let identity = identity.map(identity_bytes).transpose()?;
+        let runtime = runtime()?;
+        let mut builder = messenger::Messenger::builder().config(config);
+        if let Some(id) = identity {
+            builder = builder.identity(id);
+        }
+        let built = {
+            let _inside = runtime.enter();
+            builder.build()
+        };
+        let messenger = built.or_raise(py)?;
+        Ok(Arc::new(Core {
+            messenger: ManuallyDrop::new(messenger),
+            pid: std::process::id(),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            runtime,
+            counters: Arc::default(),
+            callbacks: Mutex::new(None),
+            next_loop: AtomicU64::new(1),
+        }))
+    }
+
+    /// The library messenger, unless this is a forked child of the process
+    /// that made it: there the messenger's threads and sockets do not
+    /// exist, and using it would hang, so it is an error that says so.
+    pub(crate) fn messenger(&self, py: Python<'_>) -> PyResult<&messenger::Messenger> {
+        let now = std::process::id();
+        if now != self.pid {
+            return Err(raise(
+                py,
+                "ForkError",
+                format!(
+                    "this Messenger was made in process {}, and this is process {now}, \
+                     forked from it: a forked child has none of its threads or \
+                     connections. Make a new Messenger in the child.",
+                    self.pid
+                ),
+            ));
+        }
+        Ok(&self.messenger)
+    }
+
+    /// The library's counters and the binding's, as a dict.
+    pub(crate) fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshot = self.messenger(py)?.stats();
+        let c = &self.counters;
+        convert::stats(
+            py,
+            &snapshot,
+            &[
+                (
+                    "server_loop_errors",
+                    c.server_loop_errors.load(Ordering::Relaxed),
+                ),
+                ("callback_errors", c.callback_errors.load(Ordering::Relaxed)),
+            ],
+        )
+    }
+
+    /// A name for the next server-loop thread of this messenger.
+    pub(crate) fn loop_thread_name(&self) -> String {
+        let n = self.next_loop.fetch_add(1, Ordering::Relaxed);
+        format!("messenger-{}-server-loop-{n}", self.serial)
+    }
+
+    /// Runs `job` on this messenger's callback thread (started now if it
+    /// is not running).
+    pub(crate) fn run_callback(&self, job: Job) -> PyResult<()> {
+        let mut slot = self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = match &*slot {
+            Some(tx) => tx.clone(),
+            None => {
+                let tx = spawn_worker(format!("messenger-{}-callbacks", self.serial))?;
+                *slot = Some(tx.clone());
+                tx
+            }
+        };
+        // The thread ends only when the sender goes: it cannot be gone.
+        let _ = tx.send(job);
+        Ok(())
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child: the parent's runtime is not running here, so
+            // nothing of the messenger may be touched (leaked instead).
+            return;
+        }
+        // SAFETY: dropped once, here, and never used after. Dropping the
+        // last handle closes the messenger: it cancels its tasks' token and
+        // returns (no waiting, nothing of Python's).
+        unsafe { ManuallyDrop::drop(&mut self.messenger) };
+    }
+}
+
+/// A routing id from a str (UTF-8) or bytes.
+fn identity_bytes(identity: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(s) = identity.cast::<PyString>() {
+        return Ok(Bytes::copy_from_slice(s.to_cow()?.as_bytes()));
+    }
+    if let Ok(b) = identity.cast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(b.as_bytes()));
+    }
+    Err(PyTypeError::new_err("identity must be str, bytes or None"))
+}
+
+/// What a server loop hands the library for each message: a future that
+/// ends once Python is done with it (its slot in the messenger's handler
+/// limit is held until then).
+pub(crate) type HandlerWork = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Work for a thread of the package's: run with the GIL held.
+pub(crate) type Job = Box<dyn FnOnce(Python<'_>) + Send>;
+
+/// Starts a thread called `name` that runs each job sent to it, attached
+/// to the interpreter only while a job runs (it waits for the next one
+/// without the GIL). It ends when every sender is gone. Python sees it by
+/// its name (`threading.current_thread().name`, and in log records).
+pub(crate) fn spawn_worker(name: String) -> PyResult<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let python_name = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut named = false;
+            while let Ok(job) = rx.recv() {
+                // None while the interpreter shuts down: the job is
+                // dropped, which ends what waits on it.
+                let _ = Python::try_attach(|py| {
+                    if !named {
+                        named = true;
+                        name_python_thread(py, &python_name);
+                    }
+                    job(py);
+                });
+            }
+        })
+        .map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start a thread: {e}"))
+        })?;
+    Ok(tx)
+}
+
+/// Gives the calling thread `name` in Python's `threading` module (a
+/// thread Python did not start is otherwise "Dummy-N").
+fn name_python_thread(py: Python<'_>, name: &str) {
+    let renamed = py
+        .import("threading")
+        .and_then(|t| t.call_method0("current_thread"))
+        .and_then(|t| t.setattr("name", name));
+    if let Err(e) = renamed {
+        e.print(py);
+    }
+}
+
+/// The `messenger` logger, fetched once.
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Logs `err` (with its traceback) on the `messenger` logger at ERROR,
+/// after `message`, and counts it in `counter`. A callback's exception is
+/// the application's bug: it is reported and the messenger goes on.
+pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr, counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    let logged = LOGGER
+        .get_or_try_init(py, || {
+            py.import("logging")?
+                .call_method1("getLogger", ("messenger",))
+                .map(Bound::unbind)
+        })
+        .and_then(|logger| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("exc_info", err.value(py))?;
+            logger
+                .bind(py)
+                .call_method("error", ("%s", message), Some(&kwargs))
+                .map(drop)
+        });
+    if logged.is_err() {
+        // The logging machinery failed: stderr at least.
+        err.print(py);
+    }
+}
