@@ -441,9 +441,7 @@ fn a_python_model_server_that_dies_fails_the_manager_fast() {
     assert!(
         ran.stderr
             .contains("no reply to TRAIN: the connection closed")
-            || ran
-                .stderr
-                .contains("exited (exit status: 3) before answering TRAIN"),
+            || ran.stderr.contains("exited (exit status: 3) before TRAIN"),
         "{}",
         ran.context()
     );

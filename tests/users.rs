@@ -259,8 +259,7 @@ fn model_server_that_dies_before_replying_fails_fast() {
     assert!(
         r.stderr
             .contains("no reply to TRAIN: the connection closed")
-            || r.stderr
-                .contains("exited (exit status: 3) before answering TRAIN"),
+            || r.stderr.contains("exited (exit status: 3) before TRAIN"),
         "{}",
         r.context()
     );
