@@ -182,6 +182,8 @@ impl fmt::Debug for Events {
 /// while nobody listens.
 #[derive(Debug)]
 pub(crate) struct Emitter {
+    /// The bounded channel (`CAPACITY`); its receiver count says whether
+    /// anyone listens.
     tx: broadcast::Sender<Event>,
 }
 

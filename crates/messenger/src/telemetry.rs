@@ -112,7 +112,10 @@ impl Totals {
 /// ones had counted (so the counters never go down).
 #[derive(Default)]
 struct Registry {
+    /// The messengers alive, read at each scrape (weak: a registry never
+    /// keeps a messenger alive).
     live: Vec<Weak<dyn Source>>,
+    /// What dropped messengers had counted, so totals never go down.
     retired: Totals,
 }
 
@@ -140,8 +143,11 @@ pub(crate) fn retire(stats: &Stats) {
 /// One histogram per transport, registered with the recorder once, on
 /// first use (after the recorder was installed, since timing is on).
 pub(crate) struct Histograms {
+    /// `messenger_request_duration_seconds`, by transport.
     request: [Histogram; 3],
+    /// `messenger_server_loop_duration_seconds`, by transport.
     server_loop: [Histogram; 3],
+    /// `messenger_peer_rtt_seconds` (heartbeat round trips), by transport.
     rtt: [Histogram; 3],
 }
 

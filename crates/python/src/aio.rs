@@ -225,10 +225,16 @@ struct LoopTie {
 
 /// A request made on the loop's thread, for the loop's driver task.
 struct Start {
+    /// Its key in the registry the sweep reads, and in the batch of
+    /// results handed back to the loop.
     id: u64,
+    /// Where it goes.
     dest: messenger::Destination,
+    /// The callback it is addressed to.
     callback_id: u64,
+    /// The body, borrowed from the Python bytes without a copy.
     body: PyBackedBytes,
+    /// Its deadline from the call.
     timeout: std::time::Duration,
     /// Cancels it (the sweep found its future cancelled).
     registration: futures::future::AbortRegistration,

@@ -93,7 +93,9 @@ impl From<ZmtpError> for End {
 /// its READY, and on connections).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Who<'a> {
+    /// The remote end: a tcp address, or an ipc peer's credentials.
     pub(crate) remote: &'a PeerAddr,
+    /// The peer's routing id (escaped when written), empty until known.
     pub(crate) peer: &'a [u8],
 }
 
@@ -234,6 +236,7 @@ pub(crate) struct Conn {
     unyielded: usize,
     /// Where the bytes read and written are counted (per transport).
     stats: Arc<Stats>,
+    /// tcp or ipc: the `transport` label of those counts.
     transport: Transport,
     /// The engine's last heartbeat round trip seen: a different one is a
     /// new sample for `messenger_peer_rtt_seconds`.

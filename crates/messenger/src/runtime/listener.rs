@@ -539,6 +539,7 @@ impl Drop for SourceSlot {
 
 /// A peer just accepted.
 struct Peer {
+    /// Its socket, handshake not yet begun.
     stream: Stream,
     /// Who it is, as the OS tells it (for logs and events).
     remote: PeerAddr,
