@@ -105,16 +105,10 @@ ServerLoop = Callable[[Incoming, "Responder"], Any]
 AsyncServerLoop = Callable[[Incoming, "AsyncResponder"], Any]
 ReplyCallback = Callable[[Union[Incoming, BaseException]], Any]
 
-class Responder:
-    """Answers the sender of one message (blocking API); usable later,
-    from any thread."""
+class _ResponderBase:
+    """What both APIs' responders share: who sent the message and where it
+    came in (``Responder`` and ``AsyncResponder`` extend it)."""
 
-    def reply(self, body: Buffer) -> None:
-        """Replies to the message's ``src_cb``. The first reply never waits
-        or fails for want of room; a further one waits (GIL released)."""
-    def try_reply(self, body: Buffer) -> None:
-        """Replies without ever waiting; raises ``Full`` where ``reply``
-        would wait."""
     @property
     def peer(self) -> bytes:
         """The sender's routing id."""
@@ -127,6 +121,17 @@ class Responder:
     @property
     def destination(self) -> Destination:
         """Where to send further messages to the sender."""
+
+class Responder(_ResponderBase):
+    """Answers the sender of one message (blocking API); usable later,
+    from any thread."""
+
+    def reply(self, body: Buffer) -> None:
+        """Replies to the message's ``src_cb``. The first reply never waits
+        or fails for want of room; a further one waits (GIL released)."""
+    def try_reply(self, body: Buffer) -> None:
+        """Replies without ever waiting; raises ``Full`` where ``reply``
+        would wait."""
 
 class Messenger:
     """The blocking API: every call that waits releases the GIL and can be
@@ -220,7 +225,7 @@ class Messenger:
     def __enter__(self) -> "Messenger": ...
     def __exit__(self, *exc: Any) -> bool: ...
 
-class AsyncResponder:
+class AsyncResponder(_ResponderBase):
     """Answers the sender of one message (asyncio API, ``aio.Responder``)."""
 
     def reply(self, body: Buffer) -> "asyncio.Future[None]":
@@ -228,14 +233,6 @@ class AsyncResponder:
         room for a further one."""
     def try_reply(self, body: Buffer) -> None:
         """Replies without waiting; raises ``Full`` where ``reply`` would wait."""
-    @property
-    def peer(self) -> bytes: ...
-    @property
-    def src_cb(self) -> int: ...
-    @property
-    def wants_reply(self) -> bool: ...
-    @property
-    def destination(self) -> Destination: ...
 
 class AsyncMessenger:
     """The asyncio API (``aio.Messenger``): the blocking API's calls as

@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use messenger::{Callback, Error, NOOP};
+use messenger::{Callback, Error};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -30,7 +30,7 @@ use crate::blocking::{is_connected, request_timeout, rtt};
 use crate::convert;
 use crate::core::{Core, HandlerWork, log_exception};
 use crate::errors::{OrRaise, to_py, to_value};
-use crate::types::{Connection, Incoming, destination, destination_object};
+use crate::types::{Connection, Incoming, ResponderBase, destination};
 
 /// Makes a Python value on the loop's thread from what a task produced.
 type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
@@ -449,16 +449,21 @@ impl Waker {
                 done,
             } => {
                 let endpoint = msg.endpoint().to_string();
-                let responder = Responder {
+                let responder = PyClassInitializer::from(ResponderBase {
                     inner: responder,
+                    owner,
+                    endpoint: endpoint.clone(),
+                })
+                .add_subclass(Responder {
                     event_loop: self.event_loop.clone_ref(py),
                     registry: self.registry.clone_ref(py),
                     hub: Arc::clone(&self.hub),
                     core: Arc::clone(&self.core),
-                    endpoint: endpoint.clone(),
-                };
-                let called = Py::new(py, Incoming { inner: msg, owner })
-                    .and_then(|incoming| server_loop.bind(py).call1((incoming, responder)));
+                });
+                let called = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
+                    let responder = Py::new(py, responder)?;
+                    server_loop.bind(py).call1((incoming, responder))
+                });
                 let what = format!("server loop on {endpoint} raised; it goes on");
                 match called {
                     // A plain function: done.
@@ -1009,11 +1014,10 @@ impl Drop for AsyncMessenger {
 }
 
 /// Answers the sender of one message, from a server loop or later (on the
-/// loop's thread).
-#[pyclass(frozen, module = "messenger.aio", name = "Responder")]
+/// loop's thread). Who sent it and where it came in are its base's
+/// (`ResponderBase`, shared with the blocking API).
+#[pyclass(frozen, extends = ResponderBase, module = "messenger.aio", name = "Responder")]
 pub(crate) struct Responder {
-    /// The library's responder.
-    inner: messenger::Responder,
     /// The loop its futures belong to.
     event_loop: Py<PyAny>,
     /// Where a reply that waits for room is registered.
@@ -1022,8 +1026,6 @@ pub(crate) struct Responder {
     hub: Arc<Hub>,
     /// The messenger it belongs to.
     core: Arc<Core>,
-    /// The endpoint the message came in on.
-    endpoint: String,
 }
 
 #[pymethods]
@@ -1031,32 +1033,30 @@ impl Responder {
     /// Replies with ``body`` to the message's ``src_cb``; an awaitable that
     /// is done at once for the first reply to a request (a place was kept
     /// for it), and waits for room for a further one.
-    fn reply<'py>(&self, py: Python<'py>, body: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
-        self.core.messenger(py)?;
-        let fut = self
+    fn reply<'py>(slf: &Bound<'py, Self>, body: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (base, me) = (slf.as_super().get(), slf.get());
+        me.core.messenger(py)?;
+        let fut = me
             .event_loop
             .bind(py)
             .call_method0(intern!(py, "create_future"))?;
-        let first = {
-            let _inside = self.core.runtime.enter();
-            self.inner.try_reply(&body)
-        };
-        match first {
+        match base.try_reply(me.core.runtime, &body) {
             Ok(()) => {
                 fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
             }
             Err(Error::Full) => {
-                let r = self.inner.clone();
-                let hub = Arc::clone(&self.hub);
-                let id = self.registry.next_id();
-                let task = self.core.runtime.spawn(async move {
+                let r = base.inner.clone();
+                let hub = Arc::clone(&me.hub);
+                let id = me.registry.next_id();
+                let task = me.core.runtime.spawn(async move {
                     let sent = r.reply(&body).await;
                     hub.push(Event::Resolve {
                         id,
                         make: Box::new(move |py| value(py, sent, |py, ()| Ok(py.None()))),
                     });
                 });
-                self.registry
+                me.registry
                     .open(py, &fut, Abort::Task(task.abort_handle()), id)?;
             }
             Err(e) => return Err(to_py(py, &e)),
@@ -1065,46 +1065,14 @@ impl Responder {
     }
 
     /// Replies without waiting: raises ``Full`` where ``reply`` would wait.
-    fn try_reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
-        self.core.messenger(py)?;
-        let _inside = self.core.runtime.enter();
-        self.inner.try_reply(&body).or_raise(py)
+    fn try_reply(slf: &Bound<'_, Self>, body: PyBackedBytes) -> PyResult<()> {
+        let py = slf.py();
+        let (base, me) = (slf.as_super().get(), slf.get());
+        me.core.messenger(py)?;
+        base.try_reply(me.core.runtime, &body).or_raise(py)
     }
 
-    /// The sender's routing id.
-    #[getter]
-    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
-        pyo3::types::PyBytes::new(py, self.inner.peer())
-    }
-
-    /// The callback id the sender asked replies to go to.
-    #[getter]
-    fn src_cb(&self) -> u64 {
-        self.inner.src_cb()
-    }
-
-    /// Whether the sender asked for a reply.
-    #[getter]
-    fn wants_reply(&self) -> bool {
-        self.inner.src_cb() != NOOP
-    }
-
-    /// Where to send further messages to the sender.
-    #[getter]
-    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        destination_object(
-            py,
-            self.inner.destination(),
-            self.endpoint.clone(),
-            self.core.serial,
-        )
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "aio.Responder(peer={:?}, src_cb={})",
-            String::from_utf8_lossy(self.inner.peer()),
-            self.inner.src_cb()
-        )
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe("aio.Responder")
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger::{Callback, Error, NOOP};
+use messenger::{Callback, Error};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -17,7 +17,7 @@ use crate::convert;
 use crate::core::{Core, HandlerWork, Job, log_exception, spawn_worker};
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::runtime::wait;
-use crate::types::{Connection, Incoming, destination, destination_object};
+use crate::types::{Connection, Incoming, ResponderBase, destination};
 
 /// A messenger: listeners with server loops, pooled connections, sends
 /// and requests, with the library's delivery guarantees (ACKs, resends,
@@ -305,7 +305,8 @@ fn server_loop_on_thread(
             let job: Job = Box::new(move |py| {
                 let endpoint = msg.endpoint().to_string();
                 let call = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
-                    let responder = Responder::new(r, runtime, owner, endpoint.clone());
+                    let responder =
+                        Py::new(py, Responder::new(r, runtime, owner, endpoint.clone()))?;
                     handler.bind(py).call1((incoming, responder))
                 });
                 if let Err(e) = call {
@@ -352,32 +353,29 @@ fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback
 }
 
 /// Answers the sender of one message: given to a server loop with it, and
-/// usable later, from any thread.
-#[pyclass(frozen, module = "messenger", name = "Responder")]
+/// usable later, from any thread. Who sent it and where it came in are
+/// its base's (`ResponderBase`, shared with the asyncio API).
+#[pyclass(frozen, extends = ResponderBase, module = "messenger", name = "Responder")]
 pub(crate) struct Responder {
-    /// The library's responder.
-    inner: messenger::Responder,
     /// Where a reply that must wait for room waits.
     runtime: &'static Runtime,
-    /// The messenger it belongs to.
-    owner: u64,
-    /// The endpoint the message came in on.
-    endpoint: String,
 }
 
 impl Responder {
+    /// A responder of messenger `owner` for a message that came in on
+    /// `endpoint`, as Python makes it (with its base).
     pub(crate) fn new(
         inner: messenger::Responder,
         runtime: &'static Runtime,
         owner: u64,
         endpoint: String,
-    ) -> Self {
-        Responder {
+    ) -> PyClassInitializer<Self> {
+        PyClassInitializer::from(ResponderBase {
             inner,
-            runtime,
             owner,
             endpoint,
-        }
+        })
+        .add_subclass(Responder { runtime })
     }
 }
 
@@ -387,16 +385,14 @@ impl Responder {
     /// to a request never waits and never fails for want of room (a place
     /// was kept for it); a further reply waits for room (GIL released)
     /// within the request timeout.
-    fn reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
-        let first = {
-            let _inside = self.runtime.enter();
-            self.inner.try_reply(&body)
-        };
-        match first {
+    fn reply(slf: &Bound<'_, Self>, body: PyBackedBytes) -> PyResult<()> {
+        let py = slf.py();
+        let (base, runtime) = (slf.as_super().get(), slf.get().runtime);
+        match base.try_reply(runtime, &body) {
             Ok(()) => Ok(()),
             Err(Error::Full) => {
-                let r = self.inner.clone();
-                wait(py, self.runtime, async move { r.reply(&body).await })?.or_raise(py)
+                let r = base.inner.clone();
+                wait(py, runtime, async move { r.reply(&body).await })?.or_raise(py)
             }
             Err(e) => Err(to_py(py, &e)),
         }
@@ -404,46 +400,12 @@ impl Responder {
 
     /// Replies without ever waiting: raises ``Full`` where ``reply`` would
     /// wait (only a further reply to the same request can).
-    fn try_reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
-        let _inside = self.runtime.enter();
-        self.inner.try_reply(&body).or_raise(py)
+    fn try_reply(slf: &Bound<'_, Self>, body: PyBackedBytes) -> PyResult<()> {
+        let (base, runtime) = (slf.as_super().get(), slf.get().runtime);
+        base.try_reply(runtime, &body).or_raise(slf.py())
     }
 
-    /// The sender's routing id.
-    #[getter]
-    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
-        pyo3::types::PyBytes::new(py, self.inner.peer())
-    }
-
-    /// The callback id the sender asked replies to go to (0, ``NOOP``: it
-    /// wants none).
-    #[getter]
-    fn src_cb(&self) -> u64 {
-        self.inner.src_cb()
-    }
-
-    /// Whether the sender asked for a reply.
-    #[getter]
-    fn wants_reply(&self) -> bool {
-        self.inner.src_cb() != NOOP
-    }
-
-    /// Where to send further messages to the sender.
-    #[getter]
-    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        destination_object(
-            py,
-            self.inner.destination(),
-            self.endpoint.clone(),
-            self.owner,
-        )
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Responder(peer={:?}, src_cb={})",
-            String::from_utf8_lossy(self.inner.peer()),
-            self.inner.src_cb()
-        )
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe("Responder")
     }
 }

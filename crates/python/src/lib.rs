@@ -35,6 +35,7 @@ fn _messenger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AsyncMessenger", py.get_type::<aio::AsyncMessenger>())?;
     m.add("AsyncResponder", py.get_type::<aio::Responder>())?;
     m.add_class::<types::Incoming>()?;
+    m.add_class::<types::ResponderBase>()?;
     m.add_class::<types::Connection>()?;
     m.add_class::<types::Peer>()?;
     m.add_class::<keys::KeyPair>()?;
