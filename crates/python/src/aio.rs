@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use messenger::{Callback, Error};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -28,7 +28,7 @@ use tokio::task::AbortHandle;
 
 use crate::blocking::{is_connected, request_timeout, rtt};
 use crate::convert;
-use crate::core::{Core, HandlerWork, log_exception};
+use crate::core::{CALLBACK, Core, HandlerWork, SERVER_LOOP, callable, log_exception};
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::types::{Connection, Incoming, ResponderBase, destination};
 
@@ -660,6 +660,23 @@ impl AsyncMessenger {
         Ok((m, bound, fut))
     }
 
+    /// What every sending call starts from: [`enter`](Self::enter), with
+    /// `dest` as the library's destination.
+    fn enter_to<'py>(
+        &self,
+        py: Python<'py>,
+        dest: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        messenger::Messenger,
+        &LoopTie,
+        Bound<'py, PyAny>,
+        messenger::Destination,
+    )> {
+        let (m, bound, fut) = self.enter(py)?;
+        let dest = destination(py, dest, self.core.serial)?;
+        Ok((m.clone(), bound, fut, dest))
+    }
+
     /// Runs `work` on the runtime and resolves `fut` with what `make`
     /// makes of its output.
     fn spawn<T, W>(
@@ -701,6 +718,13 @@ fn value<T>(
     }
 }
 
+/// A sent message's msg_id (or why it was not sent), as a future's result.
+fn msg_id(py: Python<'_>, r: Result<u64, Error>) -> PyResult<Py<PyAny>> {
+    value(py, r, |py, id| {
+        Ok(id.into_pyobject(py)?.into_any().unbind())
+    })
+}
+
 /// A server loop for the library that hands each message to the loop's
 /// thread through the hub, in arrival order; the library's handler future
 /// waits until the Python handler (and the task it started) has ended, so
@@ -712,12 +736,7 @@ fn server_loop_on_loop(
 ) -> PyResult<
     impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
 > {
-    if !server_loop.is_callable() {
-        return Err(PyTypeError::new_err(
-            "server_loop must be callable as server_loop(incoming, responder)",
-        ));
-    }
-    let server_loop = Arc::new(server_loop.unbind());
+    let server_loop = callable(server_loop, SERVER_LOOP)?;
     let hub = Arc::clone(hub);
     Ok(
         move |msg: messenger::Incoming, responder: messenger::Responder| -> HandlerWork {
@@ -849,18 +868,11 @@ impl AsyncMessenger {
         body: PyBackedBytes,
         callback: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut) = self.enter(py)?;
-        let m = m.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let callback = match callback {
             None => None,
-            Some(f) if !f.is_callable() => {
-                return Err(PyTypeError::new_err(
-                    "callback must be callable as callback(reply_or_exception)",
-                ));
-            }
             Some(f) => {
-                let f = Arc::new(f.unbind());
+                let f = callable(f, CALLBACK)?;
                 let hub = Arc::clone(&bound.hub);
                 Some(Callback::new(move |reply| {
                     hub.push(Event::Call { callback: f, reply })
@@ -868,11 +880,7 @@ impl AsyncMessenger {
             }
         };
         let work = async move { m.send_message(dest, callback_id, &body, callback).await };
-        self.spawn(py, bound, &fut, work, |py, r| {
-            value(py, r, |py, id| {
-                Ok(id.into_pyobject(py)?.into_any().unbind())
-            })
-        })?;
+        self.spawn(py, bound, &fut, work, msg_id)?;
         Ok(fut)
     }
 
@@ -885,15 +893,9 @@ impl AsyncMessenger {
         callback_id: u64,
         body: PyBackedBytes,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut) = self.enter(py)?;
-        let m = m.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let work = async move { m.send_confirmed(dest, callback_id, &body).await };
-        self.spawn(py, bound, &fut, work, |py, r| {
-            value(py, r, |py, id| {
-                Ok(id.into_pyobject(py)?.into_any().unbind())
-            })
-        })?;
+        self.spawn(py, bound, &fut, work, msg_id)?;
         Ok(fut)
     }
 
@@ -910,9 +912,7 @@ impl AsyncMessenger {
         body: PyBackedBytes,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut) = self.enter(py)?;
-        let m = m.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let timeout = request_timeout(py, &m, timeout)?;
         let id = bound.registry.next_id();
         let (abort, registration) = futures::future::AbortHandle::new_pair();

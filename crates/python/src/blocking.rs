@@ -14,7 +14,9 @@ use pyo3::types::PyDict;
 use tokio::runtime::Runtime;
 
 use crate::convert;
-use crate::core::{Core, HandlerWork, Job, log_exception, spawn_worker};
+use crate::core::{
+    CALLBACK, Core, HandlerWork, Job, SERVER_LOOP, callable, log_exception, spawn_worker,
+};
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::runtime::wait;
 use crate::types::{Connection, Incoming, ResponderBase, destination};
@@ -37,6 +39,29 @@ use crate::types::{Connection, Incoming, ResponderBase, destination};
 pub(crate) struct Messenger {
     /// The library messenger and what the binding keeps with it.
     core: Arc<Core>,
+}
+
+impl Messenger {
+    /// Waits for the library call `work` (GIL released, Ctrl-C heard):
+    /// its value, or its error as the Python exception.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl std::future::Future<Output = Result<T, Error>> + Send,
+    ) -> PyResult<T> {
+        wait(py, self.core.runtime, work)?.or_raise(py)
+    }
+
+    /// What every sending call starts from: the library messenger and
+    /// `dest` as its destination.
+    fn sender(
+        &self,
+        py: Python<'_>,
+        dest: &Bound<'_, PyAny>,
+    ) -> PyResult<(messenger::Messenger, messenger::Destination)> {
+        let m = self.core.messenger(py)?.clone();
+        Ok((m, destination(py, dest, self.core.serial)?))
+    }
 }
 
 #[pymethods]
@@ -80,12 +105,7 @@ impl Messenger {
         let m = self.core.messenger(py)?.clone();
         let at = convert::endpoint(py, endpoint)?;
         let slc = server_loop_on_thread(&self.core, server_loop)?;
-        let bound = wait(
-            py,
-            self.core.runtime,
-            m.listen_for_connection_concurrent(&at, slc),
-        )?
-        .or_raise(py)?;
+        let bound = self.run(py, m.listen_for_connection_concurrent(&at, slc))?;
         Ok(bound.endpoint.to_string())
     }
 
@@ -103,17 +123,12 @@ impl Messenger {
         let m = self.core.messenger(py)?.clone();
         let at = convert::endpoint(py, endpoint)?;
         let id = match server_loop {
-            None => wait(py, self.core.runtime, m.make_connection(&at))?,
+            None => self.run(py, m.make_connection(&at))?,
             Some(f) => {
                 let slc = server_loop_on_thread(&self.core, f)?;
-                wait(
-                    py,
-                    self.core.runtime,
-                    m.make_connection_with_server_loop_concurrent(&at, slc),
-                )?
+                self.run(py, m.make_connection_with_server_loop_concurrent(&at, slc))?
             }
-        }
-        .or_raise(py)?;
+        };
         Ok(Connection {
             id: id.0,
             endpoint: at.to_string(),
@@ -137,17 +152,11 @@ impl Messenger {
         body: PyBackedBytes,
         callback: Option<Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
-        let m = self.core.messenger(py)?.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, dest) = self.sender(py, dest)?;
         let callback = callback
             .map(|f| blocking_callback(&self.core, f))
             .transpose()?;
-        wait(
-            py,
-            self.core.runtime,
-            m.send_message(dest, callback_id, &body, callback),
-        )?
-        .or_raise(py)
+        self.run(py, m.send_message(dest, callback_id, &body, callback))
     }
 
     /// Sends ``body`` to ``callback_id`` at ``dest`` and returns its msg_id
@@ -160,14 +169,8 @@ impl Messenger {
         callback_id: u64,
         body: PyBackedBytes,
     ) -> PyResult<u64> {
-        let m = self.core.messenger(py)?.clone();
-        let dest = destination(py, dest, self.core.serial)?;
-        wait(
-            py,
-            self.core.runtime,
-            m.send_confirmed(dest, callback_id, &body),
-        )?
-        .or_raise(py)
+        let (m, dest) = self.sender(py, dest)?;
+        self.run(py, m.send_confirmed(dest, callback_id, &body))
     }
 
     /// Sends ``body`` to ``callback_id`` at ``dest`` and returns the reply
@@ -183,15 +186,12 @@ impl Messenger {
         body: PyBackedBytes,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Incoming> {
-        let m = self.core.messenger(py)?.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, dest) = self.sender(py, dest)?;
         let timeout = request_timeout(py, &m, timeout)?;
-        let reply = wait(
+        let reply = self.run(
             py,
-            self.core.runtime,
             m.request_with_timeout(dest, callback_id, &body, timeout),
-        )?
-        .or_raise(py)?;
+        )?;
         Ok(Incoming {
             inner: reply,
             owner: self.core.serial,
@@ -289,12 +289,7 @@ fn server_loop_on_thread(
 ) -> PyResult<
     impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
 > {
-    if !server_loop.is_callable() {
-        return Err(PyTypeError::new_err(
-            "server_loop must be callable as server_loop(incoming, responder)",
-        ));
-    }
-    let handler = Arc::new(server_loop.unbind());
+    let handler = callable(server_loop, SERVER_LOOP)?;
     let thread = spawn_worker(core.loop_thread_name())?;
     let (owner, runtime, counters) = (core.serial, core.runtime, Arc::clone(&core.counters));
     Ok(
@@ -329,12 +324,7 @@ fn server_loop_on_thread(
 /// A library callback that calls `f(reply_or_exception)` on the
 /// messenger's callback thread.
 fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback> {
-    if !f.is_callable() {
-        return Err(PyTypeError::new_err(
-            "callback must be callable as callback(reply_or_exception)",
-        ));
-    }
-    let f = f.unbind();
+    let f = callable(f, CALLBACK)?;
     let core = Arc::clone(core);
     Ok(Callback::new(move |reply| {
         let owner = core.serial;

@@ -171,6 +171,22 @@ fn identity_bytes(identity: &Bound<'_, PyAny>) -> PyResult<Bytes> {
 /// limit is held until then).
 pub(crate) type HandlerWork = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// What a server loop that cannot be called is told.
+pub(crate) const SERVER_LOOP: &str =
+    "server_loop must be callable as server_loop(incoming, responder)";
+
+/// What a message's callback that cannot be called is told.
+pub(crate) const CALLBACK: &str = "callback must be callable as callback(reply_or_exception)";
+
+/// `f`, kept to be called later; a `TypeError` saying `how` (`SERVER_LOOP`,
+/// `CALLBACK`) now when it cannot be called.
+pub(crate) fn callable(f: Bound<'_, PyAny>, how: &str) -> PyResult<Arc<Py<PyAny>>> {
+    if !f.is_callable() {
+        return Err(PyTypeError::new_err(how.to_owned()));
+    }
+    Ok(Arc::new(f.unbind()))
+}
+
 /// Work for a thread of the package's: run with the GIL held.
 pub(crate) type Job = Box<dyn FnOnce(Python<'_>) + Send>;
 
