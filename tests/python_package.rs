@@ -147,22 +147,12 @@ fn build(target: &Path, venv: &Path, py: &Path) -> Result<(), String> {
         path.push(":");
         path.push(rest);
     }
-    let mut pip = Command::new(py);
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--no-build-isolation",
-        "--no-deps",
-        "--force-reinstall",
-    ])
-    .arg(Path::new(MANIFEST_DIR).join("python"))
-    .env("PATH", path)
-    .env("CARGO_TARGET_DIR", target.join("python-build"))
-    .env("MATURIN_PEP517_ARGS", "--profile dev");
+    let mut pip = python::pip_install(py);
+    pip.args(["--no-build-isolation", "--no-deps", "--force-reinstall"])
+        .arg(Path::new(MANIFEST_DIR).join("python"))
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", target.join("python-build"))
+        .env("MATURIN_PEP517_ARGS", "--profile dev");
     let started = Instant::now();
     python::run_checked(pip, BUILD_LIMIT, "pip install ./python")?;
     let _ = writeln!(

@@ -11,7 +11,7 @@
 //!   binary and pass, unless `CI` is set, in which case they fail.
 //! - Its pieces serve other venvs too (tests/python_package.rs builds the
 //!   Python package's): [`once_or_skip`], [`target_dir`], [`lock`],
-//!   [`make_venv`], [`imports`], [`run_checked`].
+//!   [`make_venv`], [`pip_install`], [`imports`], [`run_checked`].
 
 use std::fs::{File, TryLockError};
 use std::io::Write;
@@ -152,16 +152,8 @@ pub fn make_venv(venv: &Path, packages: &[&str]) -> Result<(), String> {
         let mut mk = Command::new("python3");
         mk.args(["-m", "venv"]).arg(venv);
         run_quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
-        let mut pip = Command::new(venv_python(venv));
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .args(packages);
+        let mut pip = pip_install(&venv_python(venv));
+        pip.args(packages);
         let what = format!("pip install {}", packages.join(" "));
         run_quiet(pip, Duration::from_secs(600), &what)
     })();
@@ -169,6 +161,21 @@ pub fn make_venv(venv: &Path, packages: &[&str]) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(venv);
     }
     built
+}
+
+/// `py -m pip install`, quiet and never asking; the caller adds what to
+/// install.
+pub fn pip_install(py: &Path) -> Command {
+    let mut pip = Command::new(py);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]);
+    pip
 }
 
 /// Whether `py` runs `code` (imports, say) successfully.
