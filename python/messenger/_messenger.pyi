@@ -133,7 +133,22 @@ class Responder(_ResponderBase):
         """Replies without ever waiting; raises ``Full`` where ``reply``
         would wait."""
 
-class Messenger:
+class _MessengerBase:
+    """What both APIs' messengers share: the calls that never wait
+    (``Messenger`` and ``AsyncMessenger`` extend it)."""
+
+    @property
+    def identity(self) -> bytes:
+        """The routing id it announces."""
+    def is_connected(self, connection: Connection) -> bool:
+        """Whether the connection's link is up now."""
+    def rtt(self, connection: Connection) -> Optional[float]:
+        """The last heartbeat round trip, in seconds."""
+    def stats(self) -> Dict[str, int]:
+        """The library's counters and the binding's (``server_loop_errors``,
+        ``callback_errors``)."""
+
+class Messenger(_MessengerBase):
     """The blocking API: every call that waits releases the GIL and can be
     interrupted with Ctrl-C; server loops and callbacks run on threads the
     package starts and names. A context manager; ``close()`` drains as the
@@ -180,9 +195,6 @@ class Messenger:
         secret: Optional[bytes] = ...,
         curve: Optional[Curve] = ...,
     ) -> None: ...
-    @property
-    def identity(self) -> bytes:
-        """The routing id it announces."""
     def listen_for_connection(self, endpoint: str, server_loop: ServerLoop) -> str:
         """Binds ``endpoint`` and returns it bound (tcp port 0 resolved).
         ``server_loop(incoming, responder)`` gets every message to callback
@@ -213,13 +225,6 @@ class Messenger:
     ) -> Incoming:
         """Sends and returns the reply, within ``timeout`` seconds (default
         ``request_timeout``)."""
-    def is_connected(self, connection: Connection) -> bool:
-        """Whether the connection's link is up now."""
-    def rtt(self, connection: Connection) -> Optional[float]:
-        """The last heartbeat round trip, in seconds."""
-    def stats(self) -> Dict[str, int]:
-        """The library's counters and the binding's (``server_loop_errors``,
-        ``callback_errors``)."""
     def close(self) -> None:
         """Shuts down as the library does; again does nothing."""
     def __enter__(self) -> "Messenger": ...
@@ -234,14 +239,12 @@ class AsyncResponder(_ResponderBase):
     def try_reply(self, body: Buffer) -> None:
         """Replies without waiting; raises ``Full`` where ``reply`` would wait."""
 
-class AsyncMessenger:
+class AsyncMessenger(_MessengerBase):
     """The asyncio API (``aio.Messenger``): the blocking API's calls as
     futures of the loop it is first used on, whose thread runs its server
     loops and callbacks. ``async with``, or ``await close()``."""
 
     def __init__(self, identity: Union[str, bytes, None] = None, **config: Any) -> None: ...
-    @property
-    def identity(self) -> bytes: ...
     def listen_for_connection(self, endpoint: str, server_loop: AsyncServerLoop) -> "asyncio.Future[str]":
         """Binds ``endpoint``; ``server_loop`` (a coroutine function, or a
         plain one) handles each message on the loop's thread, concurrently
@@ -265,9 +268,6 @@ class AsyncMessenger:
         timeout: Optional[Seconds] = None,
     ) -> "asyncio.Future[Incoming]":
         """Resolves to the reply; cancelling the future frees the request."""
-    def is_connected(self, connection: Connection) -> bool: ...
-    def rtt(self, connection: Connection) -> Optional[float]: ...
-    def stats(self) -> Dict[str, int]: ...
     def close(self) -> "asyncio.Future[None]": ...
     def _close_blocking(self) -> None: ...
     def __aenter__(self) -> Awaitable["AsyncMessenger"]: ...

@@ -26,9 +26,11 @@ use pyo3::types::{PyDict, PySet, PyTuple};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
-use crate::blocking::{is_connected, request_timeout, rtt};
+use crate::blocking::request_timeout;
 use crate::convert;
-use crate::core::{CALLBACK, Core, HandlerWork, SERVER_LOOP, callable, log_exception};
+use crate::core::{
+    CALLBACK, Core, HandlerWork, MessengerBase, SERVER_LOOP, callable, log_exception,
+};
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::types::{Connection, Incoming, ResponderBase, destination};
 
@@ -570,12 +572,13 @@ fn asyncio(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 #[pyclass(
     frozen,
     subclass,
-    weakref,
+    extends = MessengerBase,
     module = "messenger.aio",
     name = "Messenger"
 )]
 pub(crate) struct AsyncMessenger {
-    /// The library messenger and what the binding keeps with it.
+    /// The library messenger (its base's): at hand for this class's own
+    /// calls, which see only their own struct, and for its drop.
     core: Arc<Core>,
     /// The loop it is used on, from its first call.
     bound: OnceLock<LoopTie>,
@@ -762,18 +765,12 @@ impl AsyncMessenger {
         py: Python<'_>,
         identity: Option<&Bound<'_, PyAny>>,
         config: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Self> {
-        Ok(AsyncMessenger {
-            core: Core::new(py, identity, config)?,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let (base, core) = MessengerBase::make(py, identity, config)?;
+        Ok(base.add_subclass(AsyncMessenger {
+            core,
             bound: OnceLock::new(),
-        })
-    }
-
-    /// The routing id it announces.
-    #[getter]
-    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let m = self.core.messenger(py)?;
-        Ok(pyo3::types::PyBytes::new(py, m.identity()))
+        }))
     }
 
     /// Binds a listener on ``endpoint``; resolves to the bound endpoint
@@ -928,21 +925,6 @@ impl AsyncMessenger {
         Ok(fut)
     }
 
-    /// Whether ``connection``'s link is up now.
-    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
-        is_connected(&self.core, py, connection)
-    }
-
-    /// The last heartbeat round trip on ``connection``, in seconds.
-    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-        rtt(&self.core, py, connection)
-    }
-
-    /// The counters, as the blocking ``Messenger.stats()`` gives them.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.core.stats(py)
-    }
-
     /// Shuts down as the library does (see ``messenger.Messenger.close``);
     /// resolves when it is done.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -976,14 +958,8 @@ impl AsyncMessenger {
         self.close(py)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        match self.core.messenger(py) {
-            Ok(m) => format!(
-                "aio.Messenger(identity={:?})",
-                String::from_utf8_lossy(m.identity())
-            ),
-            Err(_) => format!("aio.Messenger(<made in process {}>)", self.core.pid),
-        }
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe(slf.py(), "aio.Messenger")
     }
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger::{Callback, Error};
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyDict;
@@ -15,7 +14,8 @@ use tokio::runtime::Runtime;
 
 use crate::convert;
 use crate::core::{
-    CALLBACK, Core, HandlerWork, Job, SERVER_LOOP, callable, log_exception, spawn_worker,
+    CALLBACK, Core, HandlerWork, Job, MessengerBase, SERVER_LOOP, callable, log_exception,
+    spawn_worker,
 };
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::runtime::wait;
@@ -35,9 +35,16 @@ use crate::types::{Connection, Incoming, ResponderBase, destination};
 ///
 /// Every method that waits releases the GIL while it waits, and Ctrl-C
 /// interrupts it. Use it as a context manager, or call ``close()``.
-#[pyclass(frozen, subclass, weakref, module = "messenger", name = "Messenger")]
+#[pyclass(
+    frozen,
+    subclass,
+    extends = MessengerBase,
+    module = "messenger",
+    name = "Messenger"
+)]
 pub(crate) struct Messenger {
-    /// The library messenger and what the binding keeps with it.
+    /// The library messenger (its base's): at hand for this class's own
+    /// calls, which see only their own struct.
     core: Arc<Core>,
 }
 
@@ -72,18 +79,9 @@ impl Messenger {
         py: Python<'_>,
         identity: Option<&Bound<'_, PyAny>>,
         config: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Self> {
-        Ok(Messenger {
-            core: Core::new(py, identity, config)?,
-        })
-    }
-
-    /// The routing id it announces on every connection and sends as its
-    /// listeners' first frame.
-    #[getter]
-    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let m = self.core.messenger(py)?;
-        Ok(pyo3::types::PyBytes::new(py, m.identity()))
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let (base, core) = MessengerBase::make(py, identity, config)?;
+        Ok(base.add_subclass(Messenger { core }))
     }
 
     /// Binds a listener on ``endpoint`` (``tcp://HOST:PORT``,
@@ -198,24 +196,6 @@ impl Messenger {
         })
     }
 
-    /// Whether ``connection``'s link is up now (false while it redials).
-    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
-        is_connected(&self.core, py, connection)
-    }
-
-    /// The last heartbeat round trip on ``connection``, in seconds (None
-    /// before one was answered).
-    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-        rtt(&self.core, py, connection)
-    }
-
-    /// The counters, as a dict of ints: the library's (``sent``,
-    /// ``received``, ``resends``, ``duplicates_dropped``, ...) and the
-    /// binding's (``server_loop_errors``, ``callback_errors``).
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.core.stats(py)
-    }
-
     /// Shuts down as the library does: server loops take nothing new and
     /// finish what they hold within ``shutdown_grace`` (their replies still
     /// go out), then every waiting request fails with ``Shutdown``, every
@@ -236,14 +216,8 @@ impl Messenger {
         Ok(false)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        match self.core.messenger(py) {
-            Ok(m) => format!(
-                "Messenger(identity={:?})",
-                String::from_utf8_lossy(m.identity())
-            ),
-            Err(_) => format!("Messenger(<made in process {}>)", self.core.pid),
-        }
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe(slf.py(), "Messenger")
     }
 }
 
@@ -256,24 +230,6 @@ pub(crate) fn request_timeout(
     match timeout {
         Some(t) if !t.is_none() => convert::seconds(py, "timeout", t),
         _ => Ok(m.config().request_timeout),
-    }
-}
-
-/// `Messenger.is_connected`, for both APIs.
-pub(crate) fn is_connected(core: &Core, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let m = core.messenger(py)?;
-    match destination(py, conn, core.serial)? {
-        messenger::Destination::Connection(id) => Ok(m.is_connected(id)),
-        _ => Err(PyTypeError::new_err("is_connected takes a Connection")),
-    }
-}
-
-/// `Messenger.rtt`, for both APIs.
-pub(crate) fn rtt(core: &Core, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    let m = core.messenger(py)?;
-    match destination(py, conn, core.serial)? {
-        messenger::Destination::Connection(id) => Ok(m.rtt(id).map(|d| d.as_secs_f64())),
-        _ => Err(PyTypeError::new_err("rtt takes a Connection")),
     }
 }
 
