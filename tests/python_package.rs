@@ -23,14 +23,14 @@ mod common;
 
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
-use std::fs::{File, TryLockError};
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use common::{Ran, python};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const BIN: &str = env!("CARGO_BIN_EXE_messenger");
@@ -45,83 +45,12 @@ const BUILD_LIMIT: Duration = Duration::from_secs(1800);
 /// Bound on the whole pytest run (each test also bounds itself).
 const PYTEST_LIMIT: Duration = Duration::from_secs(900);
 
-// ---------------------------------------------------------------------------
-// Child processes
-
-/// What a bounded child left.
-struct Ran {
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Ran {
-    fn context(&self) -> String {
-        format!(
-            "status {:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status, self.elapsed, self.stdout, self.stderr
-        )
-    }
-
-    fn ok(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-}
-
-/// Runs `cmd` in a process group of its own until it exits or `limit`
-/// passes; then the whole group is killed (pip's maturin and cargo,
-/// pytest's `messenger serve` children), so nothing outlives the test.
+/// Runs `cmd` (`NO_COLOR` set) in a process group of its own until it
+/// exits or `limit` passes; then the whole group is killed (pytest's
+/// `messenger serve` children), so nothing outlives the test.
 fn run(mut cmd: Command, limit: Duration) -> std::io::Result<Ran> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1")
-        .process_group(0);
-    let start = Instant::now();
-    let mut child = cmd.spawn()?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut s);
-            }
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let status = common::wait_child(&mut child, limit)?;
-    if status.is_none() {
-        kill_group(child.id());
-        let _ = child.wait();
-    }
-    Ok(Ran {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        elapsed: start.elapsed(),
-    })
-}
-
-/// Kills process group `pgid` (a child started with `process_group(0)`).
-fn kill_group(pgid: u32) {
-    if let Ok(pgid) = i32::try_from(pgid) {
-        // SAFETY: kill(2) with a negative pid signals that process group;
-        // it is ours (the child leads it).
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-}
-
-fn run_ok(cmd: Command, limit: Duration, what: &str) -> Result<Ran, String> {
-    let ran = run(cmd, limit).map_err(|e| format!("cannot run {what}: {e}"))?;
-    if ran.ok() {
-        Ok(ran)
-    } else {
-        Err(format!("{what} failed: {}", ran.context()))
-    }
+    cmd.env("NO_COLOR", "1");
+    common::run_bounded_group(cmd, limit)
 }
 
 // ---------------------------------------------------------------------------
@@ -132,33 +61,7 @@ fn run_ok(cmd: Command, limit: Duration, what: &str) -> Result<Ran, String> {
 /// stderr). Panics when `CI` is set and the package cannot be had.
 fn package_python() -> Option<PathBuf> {
     static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let ci = std::env::var_os("CI").is_some();
-    let py = PY.get_or_init(|| {
-        let r = bootstrap();
-        if let (Err(why), false) = (&r, ci) {
-            // Straight to the stderr handle: libtest captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: the Python package tests: {why}"
-            );
-        }
-        r
-    });
-    match py {
-        Ok(p) => Some(p.clone()),
-        Err(why) if ci => panic!("the Python package tests need it built (CI is set): {why}"),
-        Err(_) => None,
-    }
-}
-
-/// The workspace's target directory (`CARGO_TARGET_DIR` included): the
-/// running test binary is `TARGET/PROFILE/deps/NAME`.
-fn target_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| format!("{} is not under a target directory", exe.display()))
+    python::once_or_skip(&PY, "the Python package built", bootstrap)
 }
 
 /// What the installed package is built from: a change to any of these
@@ -204,101 +107,34 @@ fn source_key() -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Whether `py` runs and imports `code`'s modules.
-fn imports(py: &Path, code: &str) -> bool {
-    if !py.exists() {
-        return false;
-    }
-    let mut cmd = Command::new(py);
-    cmd.args(["-c", code]);
-    run(cmd, Duration::from_secs(60)).is_ok_and(|r| r.ok())
-}
-
 fn bootstrap() -> Result<PathBuf, String> {
-    let target = target_dir()?;
+    let target = python::target_dir()?;
     let venv = target.join("pyenv-messenger");
-    let py = venv.join("bin").join("python");
+    let py = python::venv_python(&venv);
     let key_file = venv.join("messenger-sources.key");
     let key = source_key();
     let current = || {
-        std::fs::read_to_string(&key_file).is_ok_and(|k| k.trim() == key) && imports(&py, IMPORTS)
+        std::fs::read_to_string(&key_file).is_ok_and(|k| k.trim() == key)
+            && python::imports(&py, IMPORTS)
     };
     if current() {
         return Ok(py);
     }
     // One test binary builds at a time (`cargo test` may run several).
-    std::fs::create_dir_all(&target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let lock_path = target.join("pyenv-messenger.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    let mut failed = None;
-    let locked =
-        common::wait_until_blocking(BUILD_LIMIT, Duration::from_millis(200), || {
-            match lock.try_lock() {
-                Ok(()) => true,
-                Err(TryLockError::WouldBlock) => false,
-                Err(TryLockError::Error(e)) => {
-                    failed = Some(e);
-                    true
-                }
-            }
-        });
-    if let Some(e) = failed {
-        return Err(format!("cannot lock {}: {e}", lock_path.display()));
-    }
-    if !locked {
-        return Err(format!("{} stayed locked", lock_path.display()));
-    }
+    let _lock = python::lock(&target.join("pyenv-messenger.lock"), BUILD_LIMIT)?;
     if current() {
         return Ok(py);
     }
-    if !imports(&py, "import pytest, zmq, msgpack, maturin") {
-        make_venv(&venv, &py)?;
+    if !python::imports(&py, "import pytest, zmq, msgpack, maturin") {
+        python::make_venv(&venv, TOOLS)?;
     }
     build(&target, &venv, &py)?;
-    if !imports(&py, IMPORTS) {
+    if !python::imports(&py, IMPORTS) {
         return Err("the package installed but does not import".into());
     }
     std::fs::write(&key_file, &key)
         .map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
     Ok(py)
-}
-
-/// A fresh venv with the tools from PyPI.
-fn make_venv(venv: &Path, py: &Path) -> Result<(), String> {
-    let mut version = Command::new("python3");
-    version.arg("--version");
-    run_ok(version, Duration::from_secs(30), "python3 --version")
-        .map_err(|e| format!("python3 is not usable: {e}"))?;
-    if venv.exists() {
-        std::fs::remove_dir_all(venv)
-            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
-    }
-    let made = (|| {
-        let mut mk = Command::new("python3");
-        mk.args(["-m", "venv"]).arg(venv);
-        run_ok(mk, Duration::from_secs(120), "python3 -m venv")?;
-        let mut pip = Command::new(py);
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-        ])
-        .args(TOOLS);
-        run_ok(pip, Duration::from_secs(600), "pip install (from PyPI)").map(drop)
-    })();
-    if made.is_err() {
-        let _ = std::fs::remove_dir_all(venv);
-    }
-    made
 }
 
 /// `pip install ./python` into the venv: maturin (the PEP 517 backend,
@@ -311,24 +147,14 @@ fn build(target: &Path, venv: &Path, py: &Path) -> Result<(), String> {
         path.push(":");
         path.push(rest);
     }
-    let mut pip = Command::new(py);
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--no-build-isolation",
-        "--no-deps",
-        "--force-reinstall",
-    ])
-    .arg(Path::new(MANIFEST_DIR).join("python"))
-    .env("PATH", path)
-    .env("CARGO_TARGET_DIR", target.join("python-build"))
-    .env("MATURIN_PEP517_ARGS", "--profile dev");
+    let mut pip = python::pip_install(py);
+    pip.args(["--no-build-isolation", "--no-deps", "--force-reinstall"])
+        .arg(Path::new(MANIFEST_DIR).join("python"))
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", target.join("python-build"))
+        .env("MATURIN_PEP517_ARGS", "--profile dev");
     let started = Instant::now();
-    run_ok(pip, BUILD_LIMIT, "pip install ./python")?;
+    python::run_checked(pip, BUILD_LIMIT, "pip install ./python")?;
     let _ = writeln!(
         std::io::stderr(),
         "python_package: built and installed the package in {:.0?}",
@@ -376,23 +202,22 @@ fn pytest_suite_passes() {
     );
 }
 
-/// An example binary built by cargo next to this test's own binary.
-fn example(name: &str) -> Command {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("examples"))
-        .unwrap_or_else(|| panic!("cannot locate target dir from {}", exe.display()));
-    let path = dir.join(name);
+/// Runs the Rust model-server manager (examples/model_server_manager.rs)
+/// on examples/python/model_server.py, run by `py` with `flags`, for up to
+/// a minute.
+fn run_manager(py: &Path, flags: &[&str]) -> Ran {
+    let script = Path::new(MANIFEST_DIR).join("examples/python/model_server.py");
+    let mut line = format!("{} {}", py.display(), script.display());
+    for flag in flags {
+        line = format!("{line} {flag}");
+    }
     assert!(
-        path.is_file(),
-        "example binary {} not found: build the examples first \
-         (`cargo test` builds them; `cargo test --test python_package` alone does not: \
-         run `cargo build --examples`)",
-        path.display()
+        !line.contains("  "),
+        "--model-server is split on spaces: {line}"
     );
-    Command::new(path)
+    let mut cmd = common::example("model_server_manager");
+    cmd.arg("--model-server").arg(&line);
+    run(cmd, Duration::from_secs(60)).expect("cannot run the manager")
 }
 
 /// The Rust model-server manager (examples/model_server_manager.rs, the
@@ -403,15 +228,7 @@ fn example(name: &str) -> Command {
 #[test]
 fn the_rust_manager_drives_the_python_model_server() {
     let Some(py) = package_python() else { return };
-    let script = Path::new(MANIFEST_DIR).join("examples/python/model_server.py");
-    let line = format!("{} {}", py.display(), script.display());
-    assert!(
-        !line.contains("  "),
-        "--model-server is split on spaces: {line}"
-    );
-    let mut cmd = example("model_server_manager");
-    cmd.arg("--model-server").arg(&line);
-    let ran = run(cmd, Duration::from_secs(60)).expect("cannot run the manager");
+    let ran = run_manager(&py, &[]);
     assert!(ran.ok(), "{}", ran.context());
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert_eq!(
@@ -431,11 +248,7 @@ fn the_rust_manager_drives_the_python_model_server() {
 #[test]
 fn a_python_model_server_that_dies_fails_the_manager_fast() {
     let Some(py) = package_python() else { return };
-    let script = Path::new(MANIFEST_DIR).join("examples/python/model_server.py");
-    let line = format!("{} {} --die-before-reply", py.display(), script.display());
-    let mut cmd = example("model_server_manager");
-    cmd.arg("--model-server").arg(&line);
-    let ran = run(cmd, Duration::from_secs(60)).expect("cannot run the manager");
+    let ran = run_manager(&py, &["--die-before-reply"]);
     assert!(!ran.ok(), "{}", ran.context());
     // Whichever the manager sees first: the session closing or the exit.
     assert!(
@@ -458,19 +271,21 @@ fn pip_install_in_a_fresh_venv() {
     let venv = dir.path().join("venv");
     let mut mk = Command::new("python3");
     mk.args(["-m", "venv"]).arg(&venv);
-    if let Err(e) = run_ok(mk, Duration::from_secs(120), "python3 -m venv") {
+    if let Err(e) = python::run_checked(mk, Duration::from_secs(120), "python3 -m venv") {
         let _ = writeln!(std::io::stderr(), "SKIPPED: {e}");
         return;
     }
-    let py = venv.join("bin").join("python");
+    let py = python::venv_python(&venv);
     let mut pip = Command::new(&py);
     pip.args(["-m", "pip", "install", "--disable-pip-version-check"])
         .arg(Path::new(MANIFEST_DIR).join("python"))
         .env(
             "CARGO_TARGET_DIR",
-            target_dir().expect("target dir").join("python-release"),
+            python::target_dir()
+                .expect("target dir")
+                .join("python-release"),
         );
-    run_ok(pip, BUILD_LIMIT, "pip install ./python").unwrap_or_else(|e| panic!("{e}"));
+    python::run_checked(pip, BUILD_LIMIT, "pip install ./python").unwrap_or_else(|e| panic!("{e}"));
     let mut import = Command::new(&py);
     import
         .args([
@@ -478,7 +293,7 @@ fn pip_install_in_a_fresh_venv() {
             "import messenger, messenger.aio; print(messenger.ECHO)",
         ])
         .current_dir(dir.path());
-    let ran = run_ok(import, Duration::from_secs(60), "import messenger")
+    let ran = python::run_checked(import, Duration::from_secs(60), "import messenger")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ran.stdout.trim(), "1");
 }

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use common::example;
 use common::python::python;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -71,26 +72,6 @@ fn run(mut cmd: Command, what: &str, limit: Duration) -> Finished {
         stderr: ran.stderr,
         elapsed: ran.elapsed,
     }
-}
-
-/// An example binary built by cargo next to this test's own binary.
-fn example(name: &str) -> Command {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/users-HASH -> target/<profile>/examples/NAME
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("examples"))
-        .unwrap_or_else(|| panic!("cannot locate target dir from {}", exe.display()));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "example binary {} not found: build the examples first \
-         (`cargo test` builds them; `cargo test --test users` alone does not: \
-         run `cargo build --examples`)",
-        path.display()
-    );
-    Command::new(path)
 }
 
 // ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -48,6 +49,30 @@ REPO = HERE.parents[1]
 # One measurement, in a process of its own
 
 
+async def closed_loop(ask, body_of, body: bytes, in_flight: int, seconds: float) -> dict:
+    """``in_flight`` coroutines, each awaiting ``ask(body)`` and asking again
+    as soon as it is answered, for ``seconds`` (after one warm-up round):
+    round trips per second, how many, and how many replies (``body_of``
+    gives a reply's body) were not ``body``."""
+    await asyncio.gather(*(ask(body) for _ in range(in_flight)))
+    done = 0
+    wrong = 0
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done, wrong
+        while time.monotonic() < end:
+            reply = await ask(body)
+            if body_of(reply) != body:
+                wrong += 1
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    elapsed = time.monotonic() - started
+    return {"round_trips_per_s": done / elapsed, "round_trips": done, "wrong": wrong}
+
+
 def measure_aio(endpoint: str, in_flight: int, size: int, seconds: float) -> dict:
     import messenger
     from messenger import aio
@@ -55,25 +80,8 @@ def measure_aio(endpoint: str, in_flight: int, size: int, seconds: float) -> dic
     async def main() -> dict:
         async with aio.Messenger() as m:
             conn = await m.make_connection(endpoint)
-            body = b"x" * size
-            # Warm up.
-            await asyncio.gather(*(m.request(conn, messenger.NOOP, body) for _ in range(in_flight)))
-            done = 0
-            wrong = 0
-            end = time.monotonic() + seconds
-
-            async def worker() -> None:
-                nonlocal done, wrong
-                while time.monotonic() < end:
-                    reply = await m.request(conn, messenger.NOOP, body)
-                    if reply.body != body:
-                        wrong += 1
-                    done += 1
-
-            started = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(in_flight)))
-            elapsed = time.monotonic() - started
-            return {"round_trips_per_s": done / elapsed, "round_trips": done, "wrong": wrong}
+            ask = functools.partial(m.request, conn, messenger.NOOP)
+            return await closed_loop(ask, lambda reply: reply.body, b"x" * size, in_flight, seconds)
 
     return asyncio.run(main())
 
@@ -85,29 +93,9 @@ def measure_pyzmq(endpoint: str, in_flight: int, size: int, seconds: float) -> d
     async def main() -> dict:
         client = Client(endpoint)
         try:
-            body = b"x" * size
-            await asyncio.gather(*(client.request(0, body) for _ in range(in_flight)))
-            done = 0
-            wrong = 0
-            end = time.monotonic() + seconds
-
-            async def worker() -> None:
-                nonlocal done, wrong
-                while time.monotonic() < end:
-                    reply = await client.request(0, body)
-                    if reply != body:
-                        wrong += 1
-                    done += 1
-
-            started = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(in_flight)))
-            elapsed = time.monotonic() - started
-            return {
-                "round_trips_per_s": done / elapsed,
-                "round_trips": done,
-                "wrong": wrong,
-                "resends": client.resends,
-            }
+            ask = functools.partial(client.request, 0)
+            result = await closed_loop(ask, lambda reply: reply, b"x" * size, in_flight, seconds)
+            return {**result, "resends": client.resends}
         finally:
             client.close()
 

@@ -105,16 +105,10 @@ ServerLoop = Callable[[Incoming, "Responder"], Any]
 AsyncServerLoop = Callable[[Incoming, "AsyncResponder"], Any]
 ReplyCallback = Callable[[Union[Incoming, BaseException]], Any]
 
-class Responder:
-    """Answers the sender of one message (blocking API); usable later,
-    from any thread."""
+class _ResponderBase:
+    """What both APIs' responders share: who sent the message and where it
+    came in (``Responder`` and ``AsyncResponder`` extend it)."""
 
-    def reply(self, body: Buffer) -> None:
-        """Replies to the message's ``src_cb``. The first reply never waits
-        or fails for want of room; a further one waits (GIL released)."""
-    def try_reply(self, body: Buffer) -> None:
-        """Replies without ever waiting; raises ``Full`` where ``reply``
-        would wait."""
     @property
     def peer(self) -> bytes:
         """The sender's routing id."""
@@ -128,7 +122,33 @@ class Responder:
     def destination(self) -> Destination:
         """Where to send further messages to the sender."""
 
-class Messenger:
+class Responder(_ResponderBase):
+    """Answers the sender of one message (blocking API); usable later,
+    from any thread."""
+
+    def reply(self, body: Buffer) -> None:
+        """Replies to the message's ``src_cb``. The first reply never waits
+        or fails for want of room; a further one waits (GIL released)."""
+    def try_reply(self, body: Buffer) -> None:
+        """Replies without ever waiting; raises ``Full`` where ``reply``
+        would wait."""
+
+class _MessengerBase:
+    """What both APIs' messengers share: the calls that never wait
+    (``Messenger`` and ``AsyncMessenger`` extend it)."""
+
+    @property
+    def identity(self) -> bytes:
+        """The routing id it announces."""
+    def is_connected(self, connection: Connection) -> bool:
+        """Whether the connection's link is up now."""
+    def rtt(self, connection: Connection) -> Optional[float]:
+        """The last heartbeat round trip, in seconds."""
+    def stats(self) -> Dict[str, int]:
+        """The library's counters and the binding's (``server_loop_errors``,
+        ``callback_errors``)."""
+
+class Messenger(_MessengerBase):
     """The blocking API: every call that waits releases the GIL and can be
     interrupted with Ctrl-C; server loops and callbacks run on threads the
     package starts and names. A context manager; ``close()`` drains as the
@@ -175,9 +195,6 @@ class Messenger:
         secret: Optional[bytes] = ...,
         curve: Optional[Curve] = ...,
     ) -> None: ...
-    @property
-    def identity(self) -> bytes:
-        """The routing id it announces."""
     def listen_for_connection(self, endpoint: str, server_loop: ServerLoop) -> str:
         """Binds ``endpoint`` and returns it bound (tcp port 0 resolved).
         ``server_loop(incoming, responder)`` gets every message to callback
@@ -208,19 +225,12 @@ class Messenger:
     ) -> Incoming:
         """Sends and returns the reply, within ``timeout`` seconds (default
         ``request_timeout``)."""
-    def is_connected(self, connection: Connection) -> bool:
-        """Whether the connection's link is up now."""
-    def rtt(self, connection: Connection) -> Optional[float]:
-        """The last heartbeat round trip, in seconds."""
-    def stats(self) -> Dict[str, int]:
-        """The library's counters and the binding's (``server_loop_errors``,
-        ``callback_errors``)."""
     def close(self) -> None:
         """Shuts down as the library does; again does nothing."""
     def __enter__(self) -> "Messenger": ...
     def __exit__(self, *exc: Any) -> bool: ...
 
-class AsyncResponder:
+class AsyncResponder(_ResponderBase):
     """Answers the sender of one message (asyncio API, ``aio.Responder``)."""
 
     def reply(self, body: Buffer) -> "asyncio.Future[None]":
@@ -228,23 +238,13 @@ class AsyncResponder:
         room for a further one."""
     def try_reply(self, body: Buffer) -> None:
         """Replies without waiting; raises ``Full`` where ``reply`` would wait."""
-    @property
-    def peer(self) -> bytes: ...
-    @property
-    def src_cb(self) -> int: ...
-    @property
-    def wants_reply(self) -> bool: ...
-    @property
-    def destination(self) -> Destination: ...
 
-class AsyncMessenger:
+class AsyncMessenger(_MessengerBase):
     """The asyncio API (``aio.Messenger``): the blocking API's calls as
     futures of the loop it is first used on, whose thread runs its server
     loops and callbacks. ``async with``, or ``await close()``."""
 
     def __init__(self, identity: Union[str, bytes, None] = None, **config: Any) -> None: ...
-    @property
-    def identity(self) -> bytes: ...
     def listen_for_connection(self, endpoint: str, server_loop: AsyncServerLoop) -> "asyncio.Future[str]":
         """Binds ``endpoint``; ``server_loop`` (a coroutine function, or a
         plain one) handles each message on the loop's thread, concurrently
@@ -268,9 +268,6 @@ class AsyncMessenger:
         timeout: Optional[Seconds] = None,
     ) -> "asyncio.Future[Incoming]":
         """Resolves to the reply; cancelling the future frees the request."""
-    def is_connected(self, connection: Connection) -> bool: ...
-    def rtt(self, connection: Connection) -> Optional[float]: ...
-    def stats(self) -> Dict[str, int]: ...
     def close(self) -> "asyncio.Future[None]": ...
     def _close_blocking(self) -> None: ...
     def __aenter__(self) -> Awaitable["AsyncMessenger"]: ...

@@ -16,8 +16,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use messenger::{Callback, Error, NOOP};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use messenger::{Callback, Error};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -26,11 +26,13 @@ use pyo3::types::{PyDict, PySet, PyTuple};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
-use crate::blocking::{is_connected, request_timeout, rtt};
+use crate::blocking::request_timeout;
 use crate::convert;
-use crate::core::{Core, HandlerWork, log_exception};
+use crate::core::{
+    CALLBACK, Core, HandlerWork, MessengerBase, SERVER_LOOP, callable, log_exception,
+};
 use crate::errors::{OrRaise, to_py, to_value};
-use crate::types::{Connection, Incoming, destination, destination_object};
+use crate::types::{Connection, Incoming, ResponderBase, destination};
 
 /// Makes a Python value on the loop's thread from what a task produced.
 type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
@@ -449,16 +451,21 @@ impl Waker {
                 done,
             } => {
                 let endpoint = msg.endpoint().to_string();
-                let responder = Responder {
+                let responder = PyClassInitializer::from(ResponderBase {
                     inner: responder,
+                    owner,
+                    endpoint: endpoint.clone(),
+                })
+                .add_subclass(Responder {
                     event_loop: self.event_loop.clone_ref(py),
                     registry: self.registry.clone_ref(py),
                     hub: Arc::clone(&self.hub),
                     core: Arc::clone(&self.core),
-                    endpoint: endpoint.clone(),
-                };
-                let called = Py::new(py, Incoming { inner: msg, owner })
-                    .and_then(|incoming| server_loop.bind(py).call1((incoming, responder)));
+                });
+                let called = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
+                    let responder = Py::new(py, responder)?;
+                    server_loop.bind(py).call1((incoming, responder))
+                });
                 let what = format!("server loop on {endpoint} raised; it goes on");
                 match called {
                     // A plain function: done.
@@ -565,12 +572,13 @@ fn asyncio(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 #[pyclass(
     frozen,
     subclass,
-    weakref,
+    extends = MessengerBase,
     module = "messenger.aio",
     name = "Messenger"
 )]
 pub(crate) struct AsyncMessenger {
-    /// The library messenger and what the binding keeps with it.
+    /// The library messenger (its base's): at hand for this class's own
+    /// calls, which see only their own struct, and for its drop.
     core: Arc<Core>,
     /// The loop it is used on, from its first call.
     bound: OnceLock<LoopTie>,
@@ -655,6 +663,23 @@ impl AsyncMessenger {
         Ok((m, bound, fut))
     }
 
+    /// What every sending call starts from: [`enter`](Self::enter), with
+    /// `dest` as the library's destination.
+    fn enter_to<'py>(
+        &self,
+        py: Python<'py>,
+        dest: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        messenger::Messenger,
+        &LoopTie,
+        Bound<'py, PyAny>,
+        messenger::Destination,
+    )> {
+        let (m, bound, fut) = self.enter(py)?;
+        let dest = destination(py, dest, self.core.serial)?;
+        Ok((m.clone(), bound, fut, dest))
+    }
+
     /// Runs `work` on the runtime and resolves `fut` with what `make`
     /// makes of its output.
     fn spawn<T, W>(
@@ -696,6 +721,13 @@ fn value<T>(
     }
 }
 
+/// A sent message's msg_id (or why it was not sent), as a future's result.
+fn msg_id(py: Python<'_>, r: Result<u64, Error>) -> PyResult<Py<PyAny>> {
+    value(py, r, |py, id| {
+        Ok(id.into_pyobject(py)?.into_any().unbind())
+    })
+}
+
 /// A server loop for the library that hands each message to the loop's
 /// thread through the hub, in arrival order; the library's handler future
 /// waits until the Python handler (and the task it started) has ended, so
@@ -707,12 +739,7 @@ fn server_loop_on_loop(
 ) -> PyResult<
     impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
 > {
-    if !server_loop.is_callable() {
-        return Err(PyTypeError::new_err(
-            "server_loop must be callable as server_loop(incoming, responder)",
-        ));
-    }
-    let server_loop = Arc::new(server_loop.unbind());
+    let server_loop = callable(server_loop, SERVER_LOOP)?;
     let hub = Arc::clone(hub);
     Ok(
         move |msg: messenger::Incoming, responder: messenger::Responder| -> HandlerWork {
@@ -738,18 +765,12 @@ impl AsyncMessenger {
         py: Python<'_>,
         identity: Option<&Bound<'_, PyAny>>,
         config: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Self> {
-        Ok(AsyncMessenger {
-            core: Core::new(py, identity, config)?,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let (base, core) = MessengerBase::make(py, identity, config)?;
+        Ok(base.add_subclass(AsyncMessenger {
+            core,
             bound: OnceLock::new(),
-        })
-    }
-
-    /// The routing id it announces.
-    #[getter]
-    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let m = self.core.messenger(py)?;
-        Ok(pyo3::types::PyBytes::new(py, m.identity()))
+        }))
     }
 
     /// Binds a listener on ``endpoint``; resolves to the bound endpoint
@@ -844,18 +865,11 @@ impl AsyncMessenger {
         body: PyBackedBytes,
         callback: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut) = self.enter(py)?;
-        let m = m.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let callback = match callback {
             None => None,
-            Some(f) if !f.is_callable() => {
-                return Err(PyTypeError::new_err(
-                    "callback must be callable as callback(reply_or_exception)",
-                ));
-            }
             Some(f) => {
-                let f = Arc::new(f.unbind());
+                let f = callable(f, CALLBACK)?;
                 let hub = Arc::clone(&bound.hub);
                 Some(Callback::new(move |reply| {
                     hub.push(Event::Call { callback: f, reply })
@@ -863,11 +877,7 @@ impl AsyncMessenger {
             }
         };
         let work = async move { m.send_message(dest, callback_id, &body, callback).await };
-        self.spawn(py, bound, &fut, work, |py, r| {
-            value(py, r, |py, id| {
-                Ok(id.into_pyobject(py)?.into_any().unbind())
-            })
-        })?;
+        self.spawn(py, bound, &fut, work, msg_id)?;
         Ok(fut)
     }
 
@@ -880,15 +890,9 @@ impl AsyncMessenger {
         callback_id: u64,
         body: PyBackedBytes,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut) = self.enter(py)?;
-        let m = m.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let work = async move { m.send_confirmed(dest, callback_id, &body).await };
-        self.spawn(py, bound, &fut, work, |py, r| {
-            value(py, r, |py, id| {
-                Ok(id.into_pyobject(py)?.into_any().unbind())
-            })
-        })?;
+        self.spawn(py, bound, &fut, work, msg_id)?;
         Ok(fut)
     }
 
@@ -905,9 +909,7 @@ impl AsyncMessenger {
         body: PyBackedBytes,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut) = self.enter(py)?;
-        let m = m.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let timeout = request_timeout(py, &m, timeout)?;
         let id = bound.registry.next_id();
         let (abort, registration) = futures::future::AbortHandle::new_pair();
@@ -921,21 +923,6 @@ impl AsyncMessenger {
         });
         bound.registry.open(py, &fut, Abort::Request(abort), id)?;
         Ok(fut)
-    }
-
-    /// Whether ``connection``'s link is up now.
-    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
-        is_connected(&self.core, py, connection)
-    }
-
-    /// The last heartbeat round trip on ``connection``, in seconds.
-    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-        rtt(&self.core, py, connection)
-    }
-
-    /// The counters, as the blocking ``Messenger.stats()`` gives them.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.core.stats(py)
     }
 
     /// Shuts down as the library does (see ``messenger.Messenger.close``);
@@ -971,14 +958,8 @@ impl AsyncMessenger {
         self.close(py)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        match self.core.messenger(py) {
-            Ok(m) => format!(
-                "aio.Messenger(identity={:?})",
-                String::from_utf8_lossy(m.identity())
-            ),
-            Err(_) => format!("aio.Messenger(<made in process {}>)", self.core.pid),
-        }
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe(slf.py(), "aio.Messenger")
     }
 }
 
@@ -1009,11 +990,10 @@ impl Drop for AsyncMessenger {
 }
 
 /// Answers the sender of one message, from a server loop or later (on the
-/// loop's thread).
-#[pyclass(frozen, module = "messenger.aio", name = "Responder")]
+/// loop's thread). Who sent it and where it came in are its base's
+/// (`ResponderBase`, shared with the blocking API).
+#[pyclass(frozen, extends = ResponderBase, module = "messenger.aio", name = "Responder")]
 pub(crate) struct Responder {
-    /// The library's responder.
-    inner: messenger::Responder,
     /// The loop its futures belong to.
     event_loop: Py<PyAny>,
     /// Where a reply that waits for room is registered.
@@ -1022,8 +1002,6 @@ pub(crate) struct Responder {
     hub: Arc<Hub>,
     /// The messenger it belongs to.
     core: Arc<Core>,
-    /// The endpoint the message came in on.
-    endpoint: String,
 }
 
 #[pymethods]
@@ -1031,32 +1009,30 @@ impl Responder {
     /// Replies with ``body`` to the message's ``src_cb``; an awaitable that
     /// is done at once for the first reply to a request (a place was kept
     /// for it), and waits for room for a further one.
-    fn reply<'py>(&self, py: Python<'py>, body: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
-        self.core.messenger(py)?;
-        let fut = self
+    fn reply<'py>(slf: &Bound<'py, Self>, body: PyBackedBytes) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (base, me) = (slf.as_super().get(), slf.get());
+        me.core.messenger(py)?;
+        let fut = me
             .event_loop
             .bind(py)
             .call_method0(intern!(py, "create_future"))?;
-        let first = {
-            let _inside = self.core.runtime.enter();
-            self.inner.try_reply(&body)
-        };
-        match first {
+        match base.try_reply(me.core.runtime, &body) {
             Ok(()) => {
                 fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
             }
             Err(Error::Full) => {
-                let r = self.inner.clone();
-                let hub = Arc::clone(&self.hub);
-                let id = self.registry.next_id();
-                let task = self.core.runtime.spawn(async move {
+                let r = base.inner.clone();
+                let hub = Arc::clone(&me.hub);
+                let id = me.registry.next_id();
+                let task = me.core.runtime.spawn(async move {
                     let sent = r.reply(&body).await;
                     hub.push(Event::Resolve {
                         id,
                         make: Box::new(move |py| value(py, sent, |py, ()| Ok(py.None()))),
                     });
                 });
-                self.registry
+                me.registry
                     .open(py, &fut, Abort::Task(task.abort_handle()), id)?;
             }
             Err(e) => return Err(to_py(py, &e)),
@@ -1065,46 +1041,14 @@ impl Responder {
     }
 
     /// Replies without waiting: raises ``Full`` where ``reply`` would wait.
-    fn try_reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
-        self.core.messenger(py)?;
-        let _inside = self.core.runtime.enter();
-        self.inner.try_reply(&body).or_raise(py)
+    fn try_reply(slf: &Bound<'_, Self>, body: PyBackedBytes) -> PyResult<()> {
+        let py = slf.py();
+        let (base, me) = (slf.as_super().get(), slf.get());
+        me.core.messenger(py)?;
+        base.try_reply(me.core.runtime, &body).or_raise(py)
     }
 
-    /// The sender's routing id.
-    #[getter]
-    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
-        pyo3::types::PyBytes::new(py, self.inner.peer())
-    }
-
-    /// The callback id the sender asked replies to go to.
-    #[getter]
-    fn src_cb(&self) -> u64 {
-        self.inner.src_cb()
-    }
-
-    /// Whether the sender asked for a reply.
-    #[getter]
-    fn wants_reply(&self) -> bool {
-        self.inner.src_cb() != NOOP
-    }
-
-    /// Where to send further messages to the sender.
-    #[getter]
-    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        destination_object(
-            py,
-            self.inner.destination(),
-            self.endpoint.clone(),
-            self.core.serial,
-        )
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "aio.Responder(peer={:?}, src_cb={})",
-            String::from_utf8_lossy(self.inner.peer()),
-            self.inner.src_cb()
-        )
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe("aio.Responder")
     }
 }

@@ -6,18 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger::{Callback, Error, NOOP};
-use pyo3::exceptions::PyTypeError;
+use messenger::{Callback, Error};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyDict;
 use tokio::runtime::Runtime;
 
 use crate::convert;
-use crate::core::{Core, HandlerWork, Job, log_exception, spawn_worker};
+use crate::core::{
+    CALLBACK, Core, HandlerWork, Job, MessengerBase, SERVER_LOOP, callable, log_exception,
+    spawn_worker,
+};
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::runtime::wait;
-use crate::types::{Connection, Incoming, destination, destination_object};
+use crate::types::{Connection, Incoming, ResponderBase, destination};
 
 /// A messenger: listeners with server loops, pooled connections, sends
 /// and requests, with the library's delivery guarantees (ACKs, resends,
@@ -33,10 +35,40 @@ use crate::types::{Connection, Incoming, destination, destination_object};
 ///
 /// Every method that waits releases the GIL while it waits, and Ctrl-C
 /// interrupts it. Use it as a context manager, or call ``close()``.
-#[pyclass(frozen, subclass, weakref, module = "messenger", name = "Messenger")]
+#[pyclass(
+    frozen,
+    subclass,
+    extends = MessengerBase,
+    module = "messenger",
+    name = "Messenger"
+)]
 pub(crate) struct Messenger {
-    /// The library messenger and what the binding keeps with it.
+    /// The library messenger (its base's): at hand for this class's own
+    /// calls, which see only their own struct.
     core: Arc<Core>,
+}
+
+impl Messenger {
+    /// Waits for the library call `work` (GIL released, Ctrl-C heard):
+    /// its value, or its error as the Python exception.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl std::future::Future<Output = Result<T, Error>> + Send,
+    ) -> PyResult<T> {
+        wait(py, self.core.runtime, work)?.or_raise(py)
+    }
+
+    /// What every sending call starts from: the library messenger and
+    /// `dest` as its destination.
+    fn sender(
+        &self,
+        py: Python<'_>,
+        dest: &Bound<'_, PyAny>,
+    ) -> PyResult<(messenger::Messenger, messenger::Destination)> {
+        let m = self.core.messenger(py)?.clone();
+        Ok((m, destination(py, dest, self.core.serial)?))
+    }
 }
 
 #[pymethods]
@@ -47,18 +79,9 @@ impl Messenger {
         py: Python<'_>,
         identity: Option<&Bound<'_, PyAny>>,
         config: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Self> {
-        Ok(Messenger {
-            core: Core::new(py, identity, config)?,
-        })
-    }
-
-    /// The routing id it announces on every connection and sends as its
-    /// listeners' first frame.
-    #[getter]
-    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let m = self.core.messenger(py)?;
-        Ok(pyo3::types::PyBytes::new(py, m.identity()))
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let (base, core) = MessengerBase::make(py, identity, config)?;
+        Ok(base.add_subclass(Messenger { core }))
     }
 
     /// Binds a listener on ``endpoint`` (``tcp://HOST:PORT``,
@@ -80,12 +103,7 @@ impl Messenger {
         let m = self.core.messenger(py)?.clone();
         let at = convert::endpoint(py, endpoint)?;
         let slc = server_loop_on_thread(&self.core, server_loop)?;
-        let bound = wait(
-            py,
-            self.core.runtime,
-            m.listen_for_connection_concurrent(&at, slc),
-        )?
-        .or_raise(py)?;
+        let bound = self.run(py, m.listen_for_connection_concurrent(&at, slc))?;
         Ok(bound.endpoint.to_string())
     }
 
@@ -103,17 +121,12 @@ impl Messenger {
         let m = self.core.messenger(py)?.clone();
         let at = convert::endpoint(py, endpoint)?;
         let id = match server_loop {
-            None => wait(py, self.core.runtime, m.make_connection(&at))?,
+            None => self.run(py, m.make_connection(&at))?,
             Some(f) => {
                 let slc = server_loop_on_thread(&self.core, f)?;
-                wait(
-                    py,
-                    self.core.runtime,
-                    m.make_connection_with_server_loop_concurrent(&at, slc),
-                )?
+                self.run(py, m.make_connection_with_server_loop_concurrent(&at, slc))?
             }
-        }
-        .or_raise(py)?;
+        };
         Ok(Connection {
             id: id.0,
             endpoint: at.to_string(),
@@ -137,17 +150,11 @@ impl Messenger {
         body: PyBackedBytes,
         callback: Option<Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
-        let m = self.core.messenger(py)?.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, dest) = self.sender(py, dest)?;
         let callback = callback
             .map(|f| blocking_callback(&self.core, f))
             .transpose()?;
-        wait(
-            py,
-            self.core.runtime,
-            m.send_message(dest, callback_id, &body, callback),
-        )?
-        .or_raise(py)
+        self.run(py, m.send_message(dest, callback_id, &body, callback))
     }
 
     /// Sends ``body`` to ``callback_id`` at ``dest`` and returns its msg_id
@@ -160,14 +167,8 @@ impl Messenger {
         callback_id: u64,
         body: PyBackedBytes,
     ) -> PyResult<u64> {
-        let m = self.core.messenger(py)?.clone();
-        let dest = destination(py, dest, self.core.serial)?;
-        wait(
-            py,
-            self.core.runtime,
-            m.send_confirmed(dest, callback_id, &body),
-        )?
-        .or_raise(py)
+        let (m, dest) = self.sender(py, dest)?;
+        self.run(py, m.send_confirmed(dest, callback_id, &body))
     }
 
     /// Sends ``body`` to ``callback_id`` at ``dest`` and returns the reply
@@ -183,37 +184,16 @@ impl Messenger {
         body: PyBackedBytes,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Incoming> {
-        let m = self.core.messenger(py)?.clone();
-        let dest = destination(py, dest, self.core.serial)?;
+        let (m, dest) = self.sender(py, dest)?;
         let timeout = request_timeout(py, &m, timeout)?;
-        let reply = wait(
+        let reply = self.run(
             py,
-            self.core.runtime,
             m.request_with_timeout(dest, callback_id, &body, timeout),
-        )?
-        .or_raise(py)?;
+        )?;
         Ok(Incoming {
             inner: reply,
             owner: self.core.serial,
         })
-    }
-
-    /// Whether ``connection``'s link is up now (false while it redials).
-    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
-        is_connected(&self.core, py, connection)
-    }
-
-    /// The last heartbeat round trip on ``connection``, in seconds (None
-    /// before one was answered).
-    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-        rtt(&self.core, py, connection)
-    }
-
-    /// The counters, as a dict of ints: the library's (``sent``,
-    /// ``received``, ``resends``, ``duplicates_dropped``, ...) and the
-    /// binding's (``server_loop_errors``, ``callback_errors``).
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.core.stats(py)
     }
 
     /// Shuts down as the library does: server loops take nothing new and
@@ -236,14 +216,8 @@ impl Messenger {
         Ok(false)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        match self.core.messenger(py) {
-            Ok(m) => format!(
-                "Messenger(identity={:?})",
-                String::from_utf8_lossy(m.identity())
-            ),
-            Err(_) => format!("Messenger(<made in process {}>)", self.core.pid),
-        }
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe(slf.py(), "Messenger")
     }
 }
 
@@ -259,24 +233,6 @@ pub(crate) fn request_timeout(
     }
 }
 
-/// `Messenger.is_connected`, for both APIs.
-pub(crate) fn is_connected(core: &Core, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let m = core.messenger(py)?;
-    match destination(py, conn, core.serial)? {
-        messenger::Destination::Connection(id) => Ok(m.is_connected(id)),
-        _ => Err(PyTypeError::new_err("is_connected takes a Connection")),
-    }
-}
-
-/// `Messenger.rtt`, for both APIs.
-pub(crate) fn rtt(core: &Core, py: Python<'_>, conn: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    let m = core.messenger(py)?;
-    match destination(py, conn, core.serial)? {
-        messenger::Destination::Connection(id) => Ok(m.rtt(id).map(|d| d.as_secs_f64())),
-        _ => Err(PyTypeError::new_err("rtt takes a Connection")),
-    }
-}
-
 /// A server loop for the library that hands each message to `server_loop`
 /// on a thread of its own (named after the messenger), in arrival order.
 /// The library's handler future waits until Python is done with the
@@ -289,12 +245,7 @@ fn server_loop_on_thread(
 ) -> PyResult<
     impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
 > {
-    if !server_loop.is_callable() {
-        return Err(PyTypeError::new_err(
-            "server_loop must be callable as server_loop(incoming, responder)",
-        ));
-    }
-    let handler = Arc::new(server_loop.unbind());
+    let handler = callable(server_loop, SERVER_LOOP)?;
     let thread = spawn_worker(core.loop_thread_name())?;
     let (owner, runtime, counters) = (core.serial, core.runtime, Arc::clone(&core.counters));
     Ok(
@@ -305,7 +256,8 @@ fn server_loop_on_thread(
             let job: Job = Box::new(move |py| {
                 let endpoint = msg.endpoint().to_string();
                 let call = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
-                    let responder = Responder::new(r, runtime, owner, endpoint.clone());
+                    let responder =
+                        Py::new(py, Responder::new(r, runtime, owner, endpoint.clone()))?;
                     handler.bind(py).call1((incoming, responder))
                 });
                 if let Err(e) = call {
@@ -328,12 +280,7 @@ fn server_loop_on_thread(
 /// A library callback that calls `f(reply_or_exception)` on the
 /// messenger's callback thread.
 fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback> {
-    if !f.is_callable() {
-        return Err(PyTypeError::new_err(
-            "callback must be callable as callback(reply_or_exception)",
-        ));
-    }
-    let f = f.unbind();
+    let f = callable(f, CALLBACK)?;
     let core = Arc::clone(core);
     Ok(Callback::new(move |reply| {
         let owner = core.serial;
@@ -352,32 +299,29 @@ fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback
 }
 
 /// Answers the sender of one message: given to a server loop with it, and
-/// usable later, from any thread.
-#[pyclass(frozen, module = "messenger", name = "Responder")]
+/// usable later, from any thread. Who sent it and where it came in are
+/// its base's (`ResponderBase`, shared with the asyncio API).
+#[pyclass(frozen, extends = ResponderBase, module = "messenger", name = "Responder")]
 pub(crate) struct Responder {
-    /// The library's responder.
-    inner: messenger::Responder,
     /// Where a reply that must wait for room waits.
     runtime: &'static Runtime,
-    /// The messenger it belongs to.
-    owner: u64,
-    /// The endpoint the message came in on.
-    endpoint: String,
 }
 
 impl Responder {
+    /// A responder of messenger `owner` for a message that came in on
+    /// `endpoint`, as Python makes it (with its base).
     pub(crate) fn new(
         inner: messenger::Responder,
         runtime: &'static Runtime,
         owner: u64,
         endpoint: String,
-    ) -> Self {
-        Responder {
+    ) -> PyClassInitializer<Self> {
+        PyClassInitializer::from(ResponderBase {
             inner,
-            runtime,
             owner,
             endpoint,
-        }
+        })
+        .add_subclass(Responder { runtime })
     }
 }
 
@@ -387,16 +331,14 @@ impl Responder {
     /// to a request never waits and never fails for want of room (a place
     /// was kept for it); a further reply waits for room (GIL released)
     /// within the request timeout.
-    fn reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
-        let first = {
-            let _inside = self.runtime.enter();
-            self.inner.try_reply(&body)
-        };
-        match first {
+    fn reply(slf: &Bound<'_, Self>, body: PyBackedBytes) -> PyResult<()> {
+        let py = slf.py();
+        let (base, runtime) = (slf.as_super().get(), slf.get().runtime);
+        match base.try_reply(runtime, &body) {
             Ok(()) => Ok(()),
             Err(Error::Full) => {
-                let r = self.inner.clone();
-                wait(py, self.runtime, async move { r.reply(&body).await })?.or_raise(py)
+                let r = base.inner.clone();
+                wait(py, runtime, async move { r.reply(&body).await })?.or_raise(py)
             }
             Err(e) => Err(to_py(py, &e)),
         }
@@ -404,46 +346,12 @@ impl Responder {
 
     /// Replies without ever waiting: raises ``Full`` where ``reply`` would
     /// wait (only a further reply to the same request can).
-    fn try_reply(&self, py: Python<'_>, body: PyBackedBytes) -> PyResult<()> {
-        let _inside = self.runtime.enter();
-        self.inner.try_reply(&body).or_raise(py)
+    fn try_reply(slf: &Bound<'_, Self>, body: PyBackedBytes) -> PyResult<()> {
+        let (base, runtime) = (slf.as_super().get(), slf.get().runtime);
+        base.try_reply(runtime, &body).or_raise(slf.py())
     }
 
-    /// The sender's routing id.
-    #[getter]
-    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
-        pyo3::types::PyBytes::new(py, self.inner.peer())
-    }
-
-    /// The callback id the sender asked replies to go to (0, ``NOOP``: it
-    /// wants none).
-    #[getter]
-    fn src_cb(&self) -> u64 {
-        self.inner.src_cb()
-    }
-
-    /// Whether the sender asked for a reply.
-    #[getter]
-    fn wants_reply(&self) -> bool {
-        self.inner.src_cb() != NOOP
-    }
-
-    /// Where to send further messages to the sender.
-    #[getter]
-    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        destination_object(
-            py,
-            self.inner.destination(),
-            self.endpoint.clone(),
-            self.owner,
-        )
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Responder(peer={:?}, src_cb={})",
-            String::from_utf8_lossy(self.inner.peer()),
-            self.inner.src_cb()
-        )
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super().get().describe("Responder")
     }
 }

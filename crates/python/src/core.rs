@@ -171,6 +171,22 @@ fn identity_bytes(identity: &Bound<'_, PyAny>) -> PyResult<Bytes> {
 /// limit is held until then).
 pub(crate) type HandlerWork = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// What a server loop that cannot be called is told.
+pub(crate) const SERVER_LOOP: &str =
+    "server_loop must be callable as server_loop(incoming, responder)";
+
+/// What a message's callback that cannot be called is told.
+pub(crate) const CALLBACK: &str = "callback must be callable as callback(reply_or_exception)";
+
+/// `f`, kept to be called later; a `TypeError` saying `how` (`SERVER_LOOP`,
+/// `CALLBACK`) now when it cannot be called.
+pub(crate) fn callable(f: Bound<'_, PyAny>, how: &str) -> PyResult<Arc<Py<PyAny>>> {
+    if !f.is_callable() {
+        return Err(PyTypeError::new_err(how.to_owned()));
+    }
+    Ok(Arc::new(f.unbind()))
+}
+
 /// Work for a thread of the package's: run with the GIL held.
 pub(crate) type Job = Box<dyn FnOnce(Python<'_>) + Send>;
 
@@ -240,5 +256,93 @@ pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr, counter:
     if logged.is_err() {
         // The logging machinery failed: stderr at least.
         err.print(py);
+    }
+}
+
+/// What the blocking ``messenger.Messenger`` and ``messenger.aio.Messenger``
+/// share: the library messenger, and the calls that never wait (the
+/// identity, the link state, the counters). Each API's class extends it
+/// with the calls that do.
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "messenger._messenger",
+    name = "_MessengerBase"
+)]
+pub(crate) struct MessengerBase {
+    /// The library messenger and what the binding keeps with it.
+    pub(crate) core: Arc<Core>,
+}
+
+impl MessengerBase {
+    /// A messenger as each API's constructor makes it: the base to extend,
+    /// and the core for the subclass's own calls.
+    pub(crate) fn make(
+        py: Python<'_>,
+        identity: Option<&Bound<'_, PyAny>>,
+        config: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<(PyClassInitializer<MessengerBase>, Arc<Core>)> {
+        let core = Core::new(py, identity, config)?;
+        let base = MessengerBase {
+            core: Arc::clone(&core),
+        };
+        Ok((PyClassInitializer::from(base), core))
+    }
+
+    /// The repr of a messenger whose class Python calls `class`.
+    pub(crate) fn describe(&self, py: Python<'_>, class: &str) -> String {
+        match self.core.messenger(py) {
+            Ok(m) => format!(
+                "{class}(identity={:?})",
+                String::from_utf8_lossy(m.identity())
+            ),
+            Err(_) => format!("{class}(<made in process {}>)", self.core.pid),
+        }
+    }
+
+    /// The connection `conn` names, for the calls that take one.
+    fn connection(
+        &self,
+        py: Python<'_>,
+        conn: &Bound<'_, PyAny>,
+        call: &str,
+    ) -> PyResult<(&messenger::Messenger, messenger::ConnectionId)> {
+        let m = self.core.messenger(py)?;
+        match crate::types::destination(py, conn, self.core.serial)? {
+            messenger::Destination::Connection(id) => Ok((m, id)),
+            _ => Err(PyTypeError::new_err(format!("{call} takes a Connection"))),
+        }
+    }
+}
+
+#[pymethods]
+impl MessengerBase {
+    /// The routing id it announces on every connection and sends as its
+    /// listeners' first frame.
+    #[getter]
+    fn identity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let m = self.core.messenger(py)?;
+        Ok(PyBytes::new(py, m.identity()))
+    }
+
+    /// Whether ``connection``'s link is up now (false while it redials).
+    fn is_connected(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let (m, id) = self.connection(py, connection, "is_connected")?;
+        Ok(m.is_connected(id))
+    }
+
+    /// The last heartbeat round trip on ``connection``, in seconds (None
+    /// before one was answered).
+    fn rtt(&self, py: Python<'_>, connection: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        let (m, id) = self.connection(py, connection, "rtt")?;
+        Ok(m.rtt(id).map(|d| d.as_secs_f64()))
+    }
+
+    /// The counters, as a dict of ints: the library's (``sent``,
+    /// ``received``, ``resends``, ``duplicates_dropped``, ...) and the
+    /// binding's (``server_loop_errors``, ``callback_errors``).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.core.stats(py)
     }
 }

@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 /// re-export what users see.
 #[pymodule]
 fn _messenger(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<core::MessengerBase>()?;
     m.add_class::<blocking::Messenger>()?;
     m.add_class::<blocking::Responder>()?;
     // Named apart here (both are "Messenger" and "Responder" to Python);
@@ -35,6 +36,7 @@ fn _messenger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AsyncMessenger", py.get_type::<aio::AsyncMessenger>())?;
     m.add("AsyncResponder", py.get_type::<aio::Responder>())?;
     m.add_class::<types::Incoming>()?;
+    m.add_class::<types::ResponderBase>()?;
     m.add_class::<types::Connection>()?;
     m.add_class::<types::Peer>()?;
     m.add_class::<keys::KeyPair>()?;

@@ -1,13 +1,15 @@
-//! What callbacks receive and where messages go: `Incoming`, `Connection`,
-//! `Peer`. Each destination remembers the messenger it belongs to, so one
-//! handed to another messenger is refused instead of naming a socket of
-//! the same number there.
+//! What callbacks receive and where messages go: `Incoming`, what both
+//! APIs' responders share, `Connection`, `Peer`. Each destination
+//! remembers the messenger it belongs to, so one handed to another
+//! messenger is refused instead of naming a socket of the same number
+//! there.
 
 use bytes::Bytes;
-use messenger::{ConnectionId, Destination, ListenerId};
+use messenger::{ConnectionId, Destination, Error, ListenerId, NOOP};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use tokio::runtime::Runtime;
 
 use crate::errors::invalid;
 
@@ -85,6 +87,76 @@ impl Incoming {
             self.inner.dst_cb,
             String::from_utf8_lossy(&self.inner.peer),
             self.inner.body.len()
+        )
+    }
+}
+
+/// What the blocking ``messenger.Responder`` and ``messenger.aio.Responder``
+/// share: who sent the message and where it came in. Each API's class
+/// extends it with its own ``reply`` and ``try_reply``.
+#[pyclass(
+    frozen,
+    subclass,
+    module = "messenger._messenger",
+    name = "_ResponderBase"
+)]
+pub(crate) struct ResponderBase {
+    /// The library's responder.
+    pub(crate) inner: messenger::Responder,
+    /// The messenger it belongs to: the destination it gives out carries it.
+    pub(crate) owner: u64,
+    /// The endpoint the message came in on: a ``Connection`` destination
+    /// names it.
+    pub(crate) endpoint: String,
+}
+
+impl ResponderBase {
+    /// A reply that never waits (inside `runtime`, which the library's
+    /// send path needs): `Full` where a further reply would wait for room.
+    pub(crate) fn try_reply(&self, runtime: &Runtime, body: &[u8]) -> Result<(), Error> {
+        let _inside = runtime.enter();
+        self.inner.try_reply(body)
+    }
+
+    /// The repr of a responder whose class Python calls `class`.
+    pub(crate) fn describe(&self, class: &str) -> String {
+        format!(
+            "{class}(peer={:?}, src_cb={})",
+            String::from_utf8_lossy(self.inner.peer()),
+            self.inner.src_cb()
+        )
+    }
+}
+
+#[pymethods]
+impl ResponderBase {
+    /// The sender's routing id.
+    #[getter]
+    fn peer<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.peer())
+    }
+
+    /// The callback id the sender asked replies to go to (0, ``NOOP``: it
+    /// wants none).
+    #[getter]
+    fn src_cb(&self) -> u64 {
+        self.inner.src_cb()
+    }
+
+    /// Whether the sender asked for a reply.
+    #[getter]
+    fn wants_reply(&self) -> bool {
+        self.inner.src_cb() != NOOP
+    }
+
+    /// Where to send further messages to the sender.
+    #[getter]
+    fn destination(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        destination_object(
+            py,
+            self.inner.destination(),
+            self.endpoint.clone(),
+            self.owner,
         )
     }
 }

@@ -11,7 +11,8 @@
 //! - bounded waits, so a bug fails a test instead of hanging CI: [`within`],
 //!   [`wait_until`], [`eventually`], [`eventually_real`], [`retry`], and for
 //!   plain threads and child processes [`wait_until_blocking`],
-//!   [`wait_child`], [`run_bounded`];
+//!   [`wait_child`], [`run_bounded`], [`run_bounded_group`], and
+//!   [`example`] (an example binary to run);
 //! - server loops: [`no_slc`], [`Seen`] (records, answers `re:`, the body or
 //!   nothing), [`forwarding`] (hands each message to the test);
 //! - our side: [`serve`], [`serve_seen`], [`connect`], [`connect_as`],
@@ -191,20 +192,52 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> std::io::Result<Option<
     Ok(status)
 }
 
-/// What a process run by [`run_bounded`] left.
+/// What a process run by [`run_bounded`] or [`run_bounded_group`] left.
 #[derive(Debug)]
 pub struct Ran {
     /// `None`: still running at the limit, and killed.
     pub status: Option<ExitStatus>,
+    /// All it wrote to stdout (lossy UTF-8), for assertions on its output.
     pub stdout: String,
+    /// All it wrote to stderr, for assertions and failure messages.
     pub stderr: String,
+    /// From its start until it exited or was killed, for time bounds.
     pub elapsed: Duration,
+}
+
+impl Ran {
+    /// Whether it exited, successfully.
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Its status, time and output, for a failure message.
+    pub fn context(&self) -> String {
+        format!(
+            "status {:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
 }
 
 /// Runs `cmd` (stdin closed, stdout and stderr drained on threads so a
 /// chatty child never blocks on a full pipe) until it exits or `limit`
 /// passes, when it is killed.
-pub fn run_bounded(mut cmd: std::process::Command, limit: Duration) -> std::io::Result<Ran> {
+pub fn run_bounded(cmd: std::process::Command, limit: Duration) -> std::io::Result<Ran> {
+    run_child(cmd, limit, false)
+}
+
+/// Runs `cmd` as [`run_bounded`] does, in a process group of its own:
+/// at the limit the whole group is killed (its own children too, such as
+/// pip's maturin and cargo or pytest's `messenger serve`), so nothing
+/// outlives the test.
+pub fn run_bounded_group(mut cmd: std::process::Command, limit: Duration) -> std::io::Result<Ran> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    run_child(cmd, limit, true)
+}
+
+fn run_child(mut cmd: std::process::Command, limit: Duration, group: bool) -> std::io::Result<Ran> {
     use std::io::Read;
     use std::process::Stdio;
     cmd.stdin(Stdio::null())
@@ -234,6 +267,11 @@ pub fn run_bounded(mut cmd: std::process::Command, limit: Duration) -> std::io::
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let status = wait_child(&mut child, limit);
+    if group && !matches!(status, Ok(Some(_))) {
+        // Before the pipes are read to their end: a grandchild left
+        // running would hold them open.
+        kill_group(child.id());
+    }
     let elapsed = start.elapsed();
     let (stdout, stderr) = (
         out.join().unwrap_or_default(),
@@ -245,6 +283,40 @@ pub fn run_bounded(mut cmd: std::process::Command, limit: Duration) -> std::io::
         stderr,
         elapsed,
     })
+}
+
+/// Kills process group `pgid` (a child started with `process_group(0)`
+/// leads one of that number).
+fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        // SAFETY: kill(2) with a negative pid signals that process group;
+        // it is ours (the child leads it).
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// An example binary built by cargo next to the running test's own
+/// binary (`target/<profile>/deps/NAME-HASH` ->
+/// `target/<profile>/examples/NAME`). Panics, saying how to build it,
+/// when it is not there.
+pub fn example(name: &str) -> std::process::Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|p| p.join("examples"))
+        .unwrap_or_else(|| panic!("cannot locate target dir from {}", exe.display()));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} not found: build the examples first \
+         (`cargo test` builds them; `cargo test --test NAME` alone does not: \
+         run `cargo build --examples`)",
+        path.display()
+    );
+    std::process::Command::new(path)
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,9 @@
 //!   for it.
 //! - Without python3 or PyPI the tests print `SKIPPED: <why>` once per test
 //!   binary and pass, unless `CI` is set, in which case they fail.
+//! - Its pieces serve other venvs too (tests/python_package.rs builds the
+//!   Python package's): [`once_or_skip`], [`target_dir`], [`lock`],
+//!   [`make_venv`], [`pip_install`], [`imports`], [`run_checked`].
 
 use std::fs::{File, TryLockError};
 use std::io::Write;
@@ -25,30 +28,37 @@ const MODULES: &str = "import zmq, msgpack";
 /// `CI` is set and no interpreter can be had. Bootstraps once per binary.
 pub fn python() -> Option<PathBuf> {
     static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    once_or_skip(&PY, "python3 with pyzmq and msgpack", bootstrap)
+}
+
+/// What `bootstrap` gives (run once per test binary, kept in `cell`), or
+/// `None` when the calling test must be skipped: the reason is said once
+/// on stderr, as `SKIPPED: tests that need {needs}: {why}`. Panics
+/// instead when `CI` is set.
+pub fn once_or_skip(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    needs: &str,
+    bootstrap: impl FnOnce() -> Result<PathBuf, String>,
+) -> Option<PathBuf> {
     let ci = std::env::var_os("CI").is_some();
-    let py = PY.get_or_init(|| {
+    let py = cell.get_or_init(|| {
         let r = bootstrap();
         if let (Err(why), false) = (&r, ci) {
             // Straight to the stderr handle: libtest captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: tests that need python3 with pyzmq and msgpack: {why}"
-            );
+            let _ = writeln!(std::io::stderr(), "SKIPPED: tests that need {needs}: {why}");
         }
         r
     });
     match py {
         Ok(p) => Some(p.clone()),
-        Err(why) if ci => {
-            panic!("these tests need python3 with pyzmq and msgpack (CI is set): {why}")
-        }
+        Err(why) if ci => panic!("these tests need {needs} (CI is set): {why}"),
         Err(_) => None,
     }
 }
 
 /// The workspace's target directory, wherever it is (`CARGO_TARGET_DIR`
 /// included): the running test binary is `TARGET/PROFILE/deps/NAME`.
-fn target_dir() -> Result<PathBuf, String> {
+pub fn target_dir() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
     exe.ancestors()
         .nth(3)
@@ -59,7 +69,7 @@ fn target_dir() -> Result<PathBuf, String> {
 fn bootstrap() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("MESSENGER_TEST_PYTHON") {
         let p = PathBuf::from(p);
-        return if has_modules(&p) {
+        return if imports(&p, MODULES) {
             Ok(p)
         } else {
             Err(format!(
@@ -70,100 +80,130 @@ fn bootstrap() -> Result<PathBuf, String> {
     }
     let target = target_dir()?;
     let venv = target.join("pyenv");
-    let py = venv.join("bin").join("python");
-    if has_modules(&py) {
+    let py = venv_python(&venv);
+    if imports(&py, MODULES) {
         return Ok(py);
     }
-    std::fs::create_dir_all(&target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    let lock_path = target.join("pyenv.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
     // Another test binary may be building the venv: wait for its lock.
-    let mut failed = None;
-    let locked =
-        super::wait_until_blocking(Duration::from_secs(600), Duration::from_millis(200), || {
-            match lock.try_lock() {
-                Ok(()) => true,
-                Err(TryLockError::WouldBlock) => false,
-                Err(TryLockError::Error(e)) => {
-                    failed = Some(e);
-                    true
-                }
-            }
-        });
-    if let Some(e) = failed {
-        return Err(format!("cannot lock {}: {e}", lock_path.display()));
-    }
-    if !locked {
-        return Err(format!("{} stayed locked for 10 min", lock_path.display()));
-    }
+    let _lock = lock(&target.join("pyenv.lock"), Duration::from_secs(600))?;
     // Someone else may have built it while we waited.
-    if has_modules(&py) {
+    if imports(&py, MODULES) {
         return Ok(py);
     }
-    let mut version = Command::new("python3");
-    version.arg("--version");
-    run_quiet(version, Duration::from_secs(30), "python3 --version")
-        .map_err(|e| format!("python3 is not usable: {e}"))?;
-    // A venv that exists but cannot import the modules is half-built.
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
-    }
-    let built = (|| {
-        let mut mk = Command::new("python3");
-        mk.args(["-m", "venv"]).arg(&venv);
-        run_quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
-        let mut pip = Command::new(&py);
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "pyzmq",
-            "msgpack",
-        ]);
-        run_quiet(pip, Duration::from_secs(600), "pip install pyzmq msgpack")?;
-        if has_modules(&py) {
-            Ok(())
-        } else {
-            Err("pyzmq and msgpack installed but do not import".to_string())
-        }
-    })();
-    if let Err(e) = built {
+    make_venv(&venv, &["pyzmq", "msgpack"])?;
+    if !imports(&py, MODULES) {
         let _ = std::fs::remove_dir_all(&venv);
-        return Err(e);
+        return Err("pyzmq and msgpack installed but do not import".to_string());
     }
     Ok(py)
 }
 
-/// Whether `py` runs and imports the modules.
-fn has_modules(py: &Path) -> bool {
+/// The interpreter of the venv at `venv`.
+pub fn venv_python(venv: &Path) -> PathBuf {
+    venv.join("bin").join("python")
+}
+
+/// Takes the lock file at `path` (made, with its directory, if missing),
+/// waiting up to `limit` for whoever holds it: test binaries that build
+/// the same venv take turns. Held until the file is dropped.
+pub fn lock(path: &Path, limit: Duration) -> Result<File, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut failed = None;
+    let locked = super::wait_until_blocking(limit, Duration::from_millis(200), || {
+        match lock.try_lock() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(e)) => {
+                failed = Some(e);
+                true
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(format!("cannot lock {}: {e}", path.display()));
+    }
+    if !locked {
+        return Err(format!("{} stayed locked for {limit:?}", path.display()));
+    }
+    Ok(lock)
+}
+
+/// A fresh venv at `venv` (one there already is removed: it is half-built)
+/// with `packages` from PyPI. A venv that fails to build is removed.
+pub fn make_venv(venv: &Path, packages: &[&str]) -> Result<(), String> {
+    let mut version = Command::new("python3");
+    version.arg("--version");
+    run_quiet(version, Duration::from_secs(30), "python3 --version")
+        .map_err(|e| format!("python3 is not usable: {e}"))?;
+    if venv.exists() {
+        std::fs::remove_dir_all(venv)
+            .map_err(|e| format!("cannot remove broken {}: {e}", venv.display()))?;
+    }
+    let built = (|| {
+        let mut mk = Command::new("python3");
+        mk.args(["-m", "venv"]).arg(venv);
+        run_quiet(mk, Duration::from_secs(120), "python3 -m venv")?;
+        let mut pip = pip_install(&venv_python(venv));
+        pip.args(packages);
+        let what = format!("pip install {}", packages.join(" "));
+        run_quiet(pip, Duration::from_secs(600), &what)
+    })();
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(venv);
+    }
+    built
+}
+
+/// `py -m pip install`, quiet and never asking; the caller adds what to
+/// install.
+pub fn pip_install(py: &Path) -> Command {
+    let mut pip = Command::new(py);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]);
+    pip
+}
+
+/// Whether `py` runs `code` (imports, say) successfully.
+pub fn imports(py: &Path, code: &str) -> bool {
     if !py.exists() {
         return false;
     }
     let mut cmd = Command::new(py);
-    cmd.args(["-c", MODULES]);
+    cmd.args(["-c", code]);
     run_quiet(cmd, Duration::from_secs(60), "import check").is_ok()
 }
 
 /// Runs `cmd` to completion within `limit`; when it fails (or is killed
 /// for running too long) its output is in the error.
 pub fn run_quiet(cmd: Command, limit: Duration, what: &str) -> Result<(), String> {
-    let ran = super::run_bounded(cmd, limit).map_err(|e| format!("cannot run {what}: {e}"))?;
-    let (out, err) = (ran.stdout, ran.stderr);
-    match ran.status {
-        Some(s) if s.success() => Ok(()),
-        Some(s) => Err(format!("{what} failed ({s}):\n{out}\n{err}")),
-        None => Err(format!(
-            "{what}: still running after {limit:?}; killed\n{out}\n{err}"
-        )),
+    run_checked(cmd, limit, what).map(drop)
+}
+
+/// Runs `cmd` (`NO_COLOR` set) in a process group of its own within
+/// `limit` ([`run_bounded_group`](super::run_bounded_group)): what it
+/// left when it succeeded, else an error with its status and output.
+pub fn run_checked(mut cmd: Command, limit: Duration, what: &str) -> Result<super::Ran, String> {
+    cmd.env("NO_COLOR", "1");
+    let ran =
+        super::run_bounded_group(cmd, limit).map_err(|e| format!("cannot run {what}: {e}"))?;
+    if ran.ok() {
+        Ok(ran)
+    } else {
+        Err(format!("{what} failed: {}", ran.context()))
     }
 }
