@@ -27,6 +27,7 @@ use crate::runtime::shared::Shared;
 use crate::runtime::socket::{InprocLink, Out, ReplyTicket, Route, Session, SocketCtx};
 use crate::stats::Transport;
 use crate::transport::outbox::Push;
+use crate::transport::payloads;
 use crate::transport::unacked::{AckWaiter, Unacked};
 
 /// How a send treats a full window, buffer or server loop.
@@ -186,10 +187,10 @@ impl Shared {
         // One clock read for the deadline and the resend timer.
         let now = self.now();
         let deadline = waits.deadline(now);
-        let mut sending = Sending::new(self, Some(Arc::clone(&unacked)));
+        let mut sending = Sending::new(self, Some(&unacked));
         let (msg_id, cb_id) = self.number(&mut out, deadline, || socket.next_msg_id(&route))?;
         sending.numbered(msg_id, cb_id);
-        let payload = wire::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
+        let payload = payloads::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
         let max = self.config.max_message_size;
         if payload.len() > max {
             return Err(Error::TooLarge {
@@ -311,8 +312,9 @@ impl Shared {
 struct Sending<'a> {
     /// Where its callback is registered.
     shared: &'a Shared,
-    /// The set it is recorded in, with resending on (never on inproc).
-    unacked: Option<Arc<Unacked>>,
+    /// The set it is recorded in, with resending on (never on inproc):
+    /// borrowed, so a send moves no reference count of it.
+    unacked: Option<&'a Unacked>,
     /// Its msg_id (0 until numbered).
     msg_id: u64,
     /// Its callback's wire id, if it registered one.
@@ -322,7 +324,7 @@ struct Sending<'a> {
 }
 
 impl<'a> Sending<'a> {
-    fn new(shared: &'a Shared, unacked: Option<Arc<Unacked>>) -> Self {
+    fn new(shared: &'a Shared, unacked: Option<&'a Unacked>) -> Self {
         Sending {
             shared,
             unacked,
@@ -355,7 +357,7 @@ impl Drop for Sending<'_> {
         if let Some(id) = self.cb_id {
             self.shared.callbacks.unregister(id);
         }
-        if let Some(unacked) = self.unacked.as_ref().filter(|_| self.tracked) {
+        if let Some(unacked) = self.unacked.filter(|_| self.tracked) {
             unacked.ack(self.msg_id);
         }
     }
