@@ -778,6 +778,30 @@ fn channel_echo()
     tx
 }
 
+/// One request through [`channel_echo`] at a time (a closed loop's
+/// worker): a oneshot and the body (a reference count) per request, the
+/// sender borrowed, as `Requester` borrows its messenger.
+#[derive(Clone)]
+struct ChannelPair {
+    /// The echo task's queue.
+    echo: tokio::sync::mpsc::Sender<(bytes::Bytes, tokio::sync::oneshot::Sender<bytes::Bytes>)>,
+    /// What every request carries.
+    body: bytes::Bytes,
+}
+
+impl cli_bench::Worker for ChannelPair {
+    fn one(&self) -> impl Future<Output = Result<(), String>> + Send + '_ {
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.echo
+                .send((self.body.clone(), tx))
+                .await
+                .map_err(|e| e.to_string())?;
+            rx.await.map(|_| ()).map_err(|e| e.to_string())
+        }
+    }
+}
+
 async fn inproc(args: &Args) -> Vec<Cell> {
     let server = Messenger::builder()
         .identity("rt-inproc-server")
@@ -814,14 +838,9 @@ async fn inproc(args: &Args) -> Vec<Cell> {
                     (s.client_cost, _) = cpu::per_round_trip(s.round_trips);
                     samples.entry("messenger-inproc").or_default().push(s);
                 } else {
-                    let (echo, body) = (echo.clone(), cli_bench::body(size));
-                    let one = move || {
-                        let (echo, body) = (echo.clone(), body.clone());
-                        async move {
-                            let (tx, rx) = tokio::sync::oneshot::channel();
-                            echo.send((body, tx)).await.map_err(|e| e.to_string())?;
-                            rx.await.map(|_| ()).map_err(|e| e.to_string())
-                        }
+                    let one = ChannelPair {
+                        echo: echo.clone(),
+                        body: cli_bench::body(size),
                     };
                     cpu::set_server(None);
                     let mut s = cli_bench::closed_loop(n, w, one, |_| {}).await;

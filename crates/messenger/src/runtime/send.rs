@@ -167,7 +167,16 @@ impl Shared {
             since: None,
         };
         // A place in the peer's own window, before a msg_id is taken.
-        let unacked = socket.unacked_for(&route);
+        // A connection's own set is borrowed (no reference count moves per
+        // request); a listener's peer's is its session's.
+        let session_unacked;
+        let unacked = match socket.connection_unacked() {
+            Some(u) => u,
+            None => {
+                session_unacked = socket.unacked_for(&route);
+                &*session_unacked
+            }
+        };
         let max_pending = self.config.max_pending_messages;
         // At most what is formatted below (the ids are not known yet).
         let len = wire::encoded_len(u64::MAX, u64::MAX, out.dst_cb, out.body.len());
@@ -187,7 +196,7 @@ impl Shared {
         // One clock read for the deadline and the resend timer.
         let now = self.now();
         let deadline = waits.deadline(now);
-        let mut sending = Sending::new(self, Some(&unacked));
+        let mut sending = Sending::new(self, Some(unacked));
         let (msg_id, cb_id) = self.number(&mut out, deadline, || socket.next_msg_id(&route))?;
         sending.numbered(msg_id, cb_id);
         let payload = payloads::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
