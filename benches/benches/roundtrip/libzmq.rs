@@ -201,8 +201,10 @@ pub async fn closed_loop_peers(
         }
         let mut stopped_at: Option<Instant> = None;
         while outstanding > 0 {
-            let mut items: Vec<zmq::PollItem> =
-                dealers.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+            let mut items: Vec<zmq::PollItem> = dealers
+                .iter()
+                .map(|s| s.as_poll_item(zmq::POLLIN))
+                .collect();
             if zmq::poll(&mut items, 100).is_err() {
                 break;
             }

@@ -1087,7 +1087,11 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
     #[cfg(feature = "compare")]
     let zmq_server = Server::start(ServerKind::Libzmq, None);
     #[cfg(feature = "compare")]
-    let series = vec![PeerSeries::Messenger, PeerSeries::Zeromq, PeerSeries::Libzmq];
+    let series = vec![
+        PeerSeries::Messenger,
+        PeerSeries::Zeromq,
+        PeerSeries::Libzmq,
+    ];
     #[cfg(not(feature = "compare"))]
     let series = vec![PeerSeries::Messenger, PeerSeries::Zeromq];
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
