@@ -10,9 +10,13 @@
 //! allocated once per many messages, and a clone is an atomic increment.
 //!
 //! The price is retention: a chunk is freed when the last payload in it
-//! is, so one message held (unacknowledged, until its deadline) keeps its
-//! whole chunk, at most [`CHUNK`] bytes. Larger payloads get a buffer of
-//! their own, as before.
+//! is, so one message held unacknowledged keeps its whole chunk, at most
+//! [`CHUNK`] bytes. Not for long: at its first resend the unacknowledged
+//! set copies a small payload into a buffer of its own
+//! (`messenger_proto::pending::UNSHARE_MAX`), so a message whose ACK does
+//! not come pins its chunk for one resend timeout at most, like every
+//! message sent in that time. Larger payloads get a buffer of their own
+//! from the start, as before.
 
 use std::cell::RefCell;
 
@@ -23,8 +27,11 @@ use crate::proto::wire;
 /// Bytes of one chunk.
 const CHUNK: usize = 8 * 1024;
 
-/// Payloads longer than this are formatted into a buffer of their own.
+/// Payloads longer than this are formatted into a buffer of their own
+/// (at most `pending::UNSHARE_MAX`, so every payload that may share a
+/// chunk is unshared at its first resend).
 const LARGEST: usize = 2 * 1024;
+const _: () = assert!(LARGEST <= crate::proto::pending::UNSHARE_MAX);
 
 thread_local! {
     /// What is left of the thread's current chunk.
