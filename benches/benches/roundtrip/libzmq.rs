@@ -192,10 +192,10 @@ pub async fn closed_loop_peers(
             *id += 1;
             let _ = dealer.send_multipart([&b""[..], &req[..]], 0);
         };
-        for (i, dealer) in dealers.iter().enumerate() {
-            for slot in 0..in_flight {
-                sent_at[i][slot] = Instant::now();
-                send(dealer, &mut next_id[i], slot);
+        for ((dealer, id), slots) in dealers.iter().zip(&mut next_id).zip(&mut sent_at) {
+            for (slot, at) in slots.iter_mut().enumerate() {
+                *at = Instant::now();
+                send(dealer, id, slot);
                 outstanding += 1;
             }
         }

@@ -791,15 +791,13 @@ struct ChannelPair {
 }
 
 impl cli_bench::Worker for ChannelPair {
-    fn one(&self) -> impl Future<Output = Result<(), String>> + Send + '_ {
-        async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.echo
-                .send((self.body.clone(), tx))
-                .await
-                .map_err(|e| e.to_string())?;
-            rx.await.map(|_| ()).map_err(|e| e.to_string())
-        }
+    async fn one(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.echo
+            .send((self.body.clone(), tx))
+            .await
+            .map_err(|e| e.to_string())?;
+        rx.await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -1023,6 +1021,7 @@ enum PeerSeries {
     Zeromq,
     /// Minimal libzmq DEALERs, polled by one thread -> minimal libzmq
     /// ROUTER (`--features compare`).
+    #[cfg(feature = "compare")]
     Libzmq,
 }
 
@@ -1031,6 +1030,7 @@ impl PeerSeries {
         match self {
             PeerSeries::Messenger => "messenger",
             PeerSeries::Zeromq => "zeromq-crate",
+            #[cfg(feature = "compare")]
             PeerSeries::Libzmq => "libzmq",
         }
     }
@@ -1110,8 +1110,6 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
                 PeerSeries::Zeromq => &raw_server,
                 #[cfg(feature = "compare")]
                 PeerSeries::Libzmq => &zmq_server,
-                #[cfg(not(feature = "compare"))]
-                PeerSeries::Libzmq => unreachable!("libzmq needs --features compare"),
             };
             cpu::set_server(Some(server.child.id()));
             let mut s = match who {
@@ -1134,8 +1132,6 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
                         .await
                         .expect("libzmq peers")
                 }
-                #[cfg(not(feature = "compare"))]
-                PeerSeries::Libzmq => unreachable!("libzmq needs --features compare"),
             };
             (s.client_cost, s.server_cost) = cpu::per_round_trip(s.round_trips);
             eprintln!("  {key}: {:.0} rt/s", s.round_trips_per_s);

@@ -304,22 +304,20 @@ pub struct Requester {
 }
 
 impl Worker for Requester {
-    fn one(&self) -> impl Future<Output = Result<(), String>> + Send + '_ {
-        async move {
-            let reply = self
-                .m
-                .request(self.conn, self.dst, &self.body)
-                .await
-                .map_err(|e| e.to_string())?;
-            if reply.body.len() == self.body.len() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "reply of {} bytes to {} bytes",
-                    reply.body.len(),
-                    self.body.len()
-                ))
-            }
+    async fn one(&self) -> Result<(), String> {
+        let reply = self
+            .m
+            .request(self.conn, self.dst, &self.body)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.body.len() == self.body.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "reply of {} bytes to {} bytes",
+                reply.body.len(),
+                self.body.len()
+            ))
         }
     }
 }
