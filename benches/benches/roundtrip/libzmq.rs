@@ -153,3 +153,120 @@ pub async fn closed_loop(
     let n = lat.len() as u64;
     Ok(cli_bench::sample(seconds, n, errors, lat))
 }
+
+/// The peers suite's libzmq series: `peers` DEALERs (one context, libzmq's
+/// default one I/O thread), `in_flight` requests each, driven from one
+/// application thread that polls them all (`zmq_poll`) and drains every
+/// readable socket before it polls again. The same protocol as
+/// [`closed_loop`] (ECHO, every reply ACKed).
+pub async fn closed_loop_peers(
+    endpoint: &str,
+    peers: usize,
+    in_flight: usize,
+    size: usize,
+    window: Window,
+) -> Result<Sample, String> {
+    let ctx = zmq::Context::new();
+    let mut dealers = Vec::with_capacity(peers);
+    for i in 0..peers {
+        let d = socket(&ctx, zmq::DEALER);
+        d.set_identity(format!("libzmq-peer-{}-{i}", std::process::id()).as_bytes())
+            .map_err(|e| e.to_string())?;
+        d.connect(endpoint).map_err(|e| e.to_string())?;
+        dealers.push(d);
+    }
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let done = Arc::new(AtomicU64::new(0));
+    let (p, d) = (Arc::clone(&phase), Arc::clone(&done));
+    let total = peers * in_flight;
+    let driver = std::thread::spawn(move || {
+        let _ctx = ctx;
+        let body = cli_bench::body(size);
+        // Per peer: its next msg_id and when each of its slots was sent.
+        let mut next_id = vec![0u64; dealers.len()];
+        let mut sent_at = vec![vec![Instant::now(); in_flight]; dealers.len()];
+        let mut outstanding = 0usize;
+        let (mut lat, mut errors) = (Vec::new(), 0u64);
+        let send = |dealer: &zmq::Socket, id: &mut u64, slot: usize| {
+            let req = wire::encode(*id, FIRST_USER + slot as u64, ECHO, &body);
+            *id += 1;
+            let _ = dealer.send_multipart([&b""[..], &req[..]], 0);
+        };
+        for ((dealer, id), slots) in dealers.iter().zip(&mut next_id).zip(&mut sent_at) {
+            for (slot, at) in slots.iter_mut().enumerate() {
+                *at = Instant::now();
+                send(dealer, id, slot);
+                outstanding += 1;
+            }
+        }
+        let mut stopped_at: Option<Instant> = None;
+        while outstanding > 0 {
+            let mut items: Vec<zmq::PollItem> = dealers
+                .iter()
+                .map(|s| s.as_poll_item(zmq::POLLIN))
+                .collect();
+            if zmq::poll(&mut items, 100).is_err() {
+                break;
+            }
+            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            drop(items);
+            if p.load(Ordering::Relaxed) == STOP
+                && stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5)
+            {
+                break;
+            }
+            for (i, dealer) in dealers.iter().enumerate() {
+                if !ready[i] {
+                    continue;
+                }
+                while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
+                    let Some(payload) = frames.last() else {
+                        continue;
+                    };
+                    let Ok(h) = wire::parse_header(payload) else {
+                        continue;
+                    };
+                    if h.dst_cb == ACK {
+                        continue;
+                    }
+                    let ack = wire::ack(h.msg_id);
+                    let _ = dealer.send_multipart([&b""[..], &ack[..]], 0);
+                    let Some(slot) = h.dst_cb.checked_sub(FIRST_USER).map(|s| s as usize) else {
+                        continue;
+                    };
+                    let Some(at) = sent_at[i].get_mut(slot) else {
+                        continue;
+                    };
+                    let ns = at.elapsed().as_nanos() as u64;
+                    outstanding -= 1;
+                    let ph = p.load(Ordering::Relaxed);
+                    let ok = payload.len() - h.body_start == size;
+                    if ok {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if ph == MEASURE {
+                        if ok {
+                            lat.push(ns);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    if ph == STOP {
+                        continue;
+                    }
+                    *at = Instant::now();
+                    send(dealer, &mut next_id[i], slot);
+                    outstanding += 1;
+                }
+            }
+        }
+        (lat, errors)
+    });
+    let seconds = cli_bench::control(&phase, &done, total, window, |_| {}).await;
+    let (lat, errors) = tokio::task::spawn_blocking(move || driver.join())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "libzmq peers panicked".to_string())?;
+    let n = lat.len() as u64;
+    Ok(cli_bench::sample(seconds, n, errors, lat))
+}

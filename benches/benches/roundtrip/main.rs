@@ -48,7 +48,8 @@ enum Suite {
     Inproc,
     /// Heap bytes per pending request with 1,000,000 pending.
     Memory,
-    /// 1,000 peers x 10 in flight against 8 peers x 1,250 in flight.
+    /// 1,000 peers x 10 in flight against 8 peers x 1,250 in flight
+    /// (and each layout against libzmq's, with --features compare).
     Peers,
 }
 
@@ -778,6 +779,28 @@ fn channel_echo()
     tx
 }
 
+/// One request through [`channel_echo`] at a time (a closed loop's
+/// worker): a oneshot and the body (a reference count) per request, the
+/// sender borrowed, as `Requester` borrows its messenger.
+#[derive(Clone)]
+struct ChannelPair {
+    /// The echo task's queue.
+    echo: tokio::sync::mpsc::Sender<(bytes::Bytes, tokio::sync::oneshot::Sender<bytes::Bytes>)>,
+    /// What every request carries.
+    body: bytes::Bytes,
+}
+
+impl cli_bench::Worker for ChannelPair {
+    async fn one(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.echo
+            .send((self.body.clone(), tx))
+            .await
+            .map_err(|e| e.to_string())?;
+        rx.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 async fn inproc(args: &Args) -> Vec<Cell> {
     let server = Messenger::builder()
         .identity("rt-inproc-server")
@@ -814,14 +837,9 @@ async fn inproc(args: &Args) -> Vec<Cell> {
                     (s.client_cost, _) = cpu::per_round_trip(s.round_trips);
                     samples.entry("messenger-inproc").or_default().push(s);
                 } else {
-                    let (echo, body) = (echo.clone(), cli_bench::body(size));
-                    let one = move || {
-                        let (echo, body) = (echo.clone(), body.clone());
-                        async move {
-                            let (tx, rx) = tokio::sync::oneshot::channel();
-                            echo.send((body, tx)).await.map_err(|e| e.to_string())?;
-                            rx.await.map(|_| ()).map_err(|e| e.to_string())
-                        }
+                    let one = ChannelPair {
+                        echo: echo.clone(),
+                        body: cli_bench::body(size),
                     };
                     cpu::set_server(None);
                     let mut s = cli_bench::closed_loop(n, w, one, |_| {}).await;
@@ -1001,6 +1019,10 @@ enum PeerSeries {
     Messenger,
     /// Minimal zeromq-crate clients -> minimal zeromq-crate server.
     Zeromq,
+    /// Minimal libzmq DEALERs, polled by one thread -> minimal libzmq
+    /// ROUTER (`--features compare`).
+    #[cfg(feature = "compare")]
+    Libzmq,
 }
 
 impl PeerSeries {
@@ -1008,6 +1030,8 @@ impl PeerSeries {
         match self {
             PeerSeries::Messenger => "messenger",
             PeerSeries::Zeromq => "zeromq-crate",
+            #[cfg(feature = "compare")]
+            PeerSeries::Libzmq => "libzmq",
         }
     }
 }
@@ -1061,12 +1085,21 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
     let mut raws = raw_clients(raw_server.endpoint("tcp"), most).await;
     let size = args.sizes.first().copied().unwrap_or(64);
     let w = window(args);
-    let series = [PeerSeries::Messenger, PeerSeries::Zeromq];
+    #[cfg(feature = "compare")]
+    let zmq_server = Server::start(ServerKind::Libzmq, None);
+    #[cfg(feature = "compare")]
+    let series = vec![
+        PeerSeries::Messenger,
+        PeerSeries::Zeromq,
+        PeerSeries::Libzmq,
+    ];
+    #[cfg(not(feature = "compare"))]
+    let series = vec![PeerSeries::Messenger, PeerSeries::Zeromq];
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for round in 0..args.rounds {
         let mut order: Vec<(PeerSeries, (usize, usize))> = layouts
             .iter()
-            .flat_map(|&l| series.map(|who| (who, l)))
+            .flat_map(|&l| series.iter().map(move |&who| (who, l)))
             .collect();
         let len = order.len();
         order.rotate_left(round % len);
@@ -1075,6 +1108,8 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
             let server = match who {
                 PeerSeries::Messenger => &msg_server,
                 PeerSeries::Zeromq => &raw_server,
+                #[cfg(feature = "compare")]
+                PeerSeries::Libzmq => &zmq_server,
             };
             cpu::set_server(Some(server.child.id()));
             let mut s = match who {
@@ -1091,6 +1126,12 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
                     cli_bench::closed_loop_each(workers, w, |_| {}).await
                 }
                 PeerSeries::Zeromq => raw_peers(&mut raws, p, k, size, w).await,
+                #[cfg(feature = "compare")]
+                PeerSeries::Libzmq => {
+                    libzmq::closed_loop_peers(zmq_server.endpoint("tcp"), p, k, size, w)
+                        .await
+                        .expect("libzmq peers")
+                }
             };
             (s.client_cost, s.server_cost) = cpu::per_round_trip(s.round_trips);
             eprintln!("  {key}: {:.0} rt/s", s.round_trips_per_s);
@@ -1126,8 +1167,25 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
         );
         out.push(serde_json::json!({ "layout": k, "median_rps": med[k], "median_p50_us": p50, "samples": v }));
     }
+    // Each layout, the messenger against libzmq in the same round.
+    for &(p, k) in &layouts {
+        let a = samples.get(&format!("messenger {p}x{k}"));
+        let b = samples.get(&format!("libzmq {p}x{k}"));
+        if let (Some(a), Some(b)) = (a, b) {
+            let r = median(
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| a.round_trips_per_s / b.round_trips_per_s)
+                    .collect(),
+            );
+            println!(
+                "messenger / libzmq at {p}x{k} = {r:.2}x (median of per-round ratios; target >= 2x at 1000x10)"
+            );
+            out.push(serde_json::json!({ "who": "messenger / libzmq", "ratio": r, "of": format!("{p}x{k}") }));
+        }
+    }
     if let [(p0, k0), (p1, k1), ..] = layouts[..] {
-        for who in series {
+        for &who in &series {
             let a = samples.get(&format!("{} {p1}x{k1}", who.name()));
             let b = samples.get(&format!("{} {p0}x{k0}", who.name()));
             if let (Some(a), Some(b)) = (a, b) {

@@ -135,6 +135,22 @@ fn last_due<W>(e: &Entry<W>, rto: Duration, transfer: impl Fn(usize) -> Duration
     e.last_sent + rto.saturating_mul(1 << e.resends.min(3)) + transfer(e.payload.len())
 }
 
+/// Payloads at most this long get a buffer of their own when first resent
+/// (see [`unshare`]).
+pub const UNSHARE_MAX: usize = 4 * 1024;
+
+/// A small payload resent for the first time is copied into a buffer of
+/// its own: the sender may have formatted it into a chunk shared with
+/// other messages (the messenger's `payloads.rs` does), and a message held
+/// past its resend timeout must not keep the rest of that chunk alive.
+/// Larger payloads are kept as they are (copying them would cost more
+/// than what they could pin).
+fn unshare<W>(e: &mut Entry<W>) {
+    if e.resends == 1 && e.payload.len() <= UNSHARE_MAX {
+        e.payload = Bytes::copy_from_slice(&e.payload);
+    }
+}
+
 /// How long `len` bytes take at `rate` bytes a second (none without one).
 fn at_rate(rate: Option<u64>) -> impl Fn(usize) -> Duration {
     move |len| match rate {
@@ -270,6 +286,7 @@ impl<W> PendingSet<W> {
             if resending && at <= now {
                 e.last_sent = now;
                 e.resends += 1;
+                unshare(e);
                 due.push((id, e.payload.clone()));
             }
             let again = if resending {
@@ -301,6 +318,7 @@ impl<W> PendingSet<W> {
             .map(|(&id, e)| {
                 e.last_sent = now;
                 e.resends = e.resends.saturating_add(1);
+                unshare(e);
                 (id, e.payload.clone())
             })
             .collect();
@@ -355,6 +373,28 @@ mod tests {
 
     fn key(id: u64) -> MsgKey {
         id
+    }
+
+    /// A small payload split off a shared buffer gets one of its own at
+    /// its first resend (so it no longer keeps the rest alive), with the
+    /// same bytes; a large one is kept as it is.
+    #[test]
+    fn a_first_resend_unshares_a_small_payload() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut chunk = bytes::BytesMut::from(&b"small-large"[..]);
+        let small = chunk.split_to(5).freeze();
+        let big = Bytes::from(vec![b'x'; UNSHARE_MAX + 1]);
+        let mut s: PendingSet<()> = PendingSet::new(10, Duration::from_secs(1));
+        s.insert(key(1), small.clone(), now, later, None).unwrap();
+        s.insert(key(2), big.clone(), now, later, None).unwrap();
+        let tick = s.handle_timeout(now + Duration::from_secs(2), true);
+        assert_eq!(tick.resend.len(), 2);
+        assert_eq!(tick.resend[0], small);
+        assert_ne!(tick.resend[0].as_ptr(), small.as_ptr(), "a copy of its own");
+        assert_eq!(tick.resend[1].as_ptr(), big.as_ptr(), "not copied");
+        let all = s.resend_all(now + Duration::from_secs(3));
+        assert_eq!(all[0].as_ptr(), tick.resend[0].as_ptr(), "copied once");
     }
 
     #[test]

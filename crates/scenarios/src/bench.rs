@@ -201,45 +201,57 @@ pub async fn control(
     seconds
 }
 
-/// Runs `in_flight` tasks, each awaiting `one()` in a loop, through the
+/// What one task of a closed loop does, again and again: one round trip.
+/// Any `Fn() -> impl Future` is one; [`Requester`] is the messenger's,
+/// which borrows its messenger and body instead of cloning them (and
+/// boxing a future) per request, so the figures carry the messenger's cost
+/// and not the harness's.
+pub trait Worker: Send + 'static {
+    /// One round trip; `Err` describes what went wrong.
+    fn one(&self) -> impl Future<Output = Result<(), String>> + Send + '_;
+}
+
+impl<F, Fut> Worker for F
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    fn one(&self) -> impl Future<Output = Result<(), String>> + Send + '_ {
+        self()
+    }
+}
+
+/// Runs `in_flight` tasks, each awaiting `one.one()` in a loop, through the
 /// warm-up and the measured window (see [`control`]). A round trip counts
 /// if it completes inside the window; its latency is from its request's
 /// start.
-pub async fn closed_loop<F, Fut>(
+pub async fn closed_loop<W: Worker + Clone>(
     in_flight: usize,
     window: Window,
-    one: F,
+    one: W,
     progress: impl FnMut(u64),
-) -> Sample
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
+) -> Sample {
     closed_loop_each(vec![one; in_flight.max(1)], window, progress).await
 }
 
 /// [`closed_loop`] with one task per element of `workers`, each awaiting
 /// its own `one()` in a loop (e.g. spread over several connections).
-pub async fn closed_loop_each<F, Fut>(
-    workers: Vec<F>,
+pub async fn closed_loop_each<W: Worker>(
+    workers: Vec<W>,
     window: Window,
     progress: impl FnMut(u64),
-) -> Sample
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
+) -> Sample {
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let done = Arc::new(AtomicU64::new(0));
     let in_flight = workers.len();
     let mut tasks = tokio::task::JoinSet::new();
-    for one in workers {
+    for worker in workers {
         let (phase, done) = (Arc::clone(&phase), Arc::clone(&done));
         tasks.spawn(async move {
             let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
             while phase.load(Ordering::Relaxed) != STOP {
                 let start = Instant::now();
-                let r = one().await;
+                let r = worker.one().await;
                 let ns = start.elapsed().as_nanos() as u64;
                 let measuring = phase.load(Ordering::Relaxed) == MEASURE;
                 match r {
@@ -277,38 +289,49 @@ where
     sample(seconds, round_trips, errors, lat)
 }
 
-/// One request through the messenger, checking the reply's length.
-pub fn request_fn(
-    m: &Messenger,
+/// One request through the messenger at a time (a [`Worker`]), checking
+/// the reply's length.
+#[derive(Clone)]
+pub struct Requester {
+    /// The client.
+    m: Messenger,
+    /// Its connection to the server.
     conn: ConnectionId,
-    via: Via,
+    /// The callback addressed: ECHO or NOOP (see [`Via`]).
+    dst: u64,
+    /// What every request carries.
     body: Bytes,
-) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
-+ Clone
-+ Send
-+ 'static {
-    let m = m.clone();
-    let dst = match via {
-        Via::Echo => ECHO,
-        Via::Slc => NOOP,
-    };
-    move || {
-        let (m, body) = (m.clone(), body.clone());
-        Box::pin(async move {
-            let reply = m
-                .request(conn, dst, &body)
-                .await
-                .map_err(|e| e.to_string())?;
-            if reply.body.len() == body.len() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "reply of {} bytes to {} bytes",
-                    reply.body.len(),
-                    body.len()
-                ))
-            }
-        })
+}
+
+impl Worker for Requester {
+    async fn one(&self) -> Result<(), String> {
+        let reply = self
+            .m
+            .request(self.conn, self.dst, &self.body)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.body.len() == self.body.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "reply of {} bytes to {} bytes",
+                reply.body.len(),
+                self.body.len()
+            ))
+        }
+    }
+}
+
+/// One request through the messenger, checking the reply's length.
+pub fn request_fn(m: &Messenger, conn: ConnectionId, via: Via, body: Bytes) -> Requester {
+    Requester {
+        m: m.clone(),
+        conn,
+        dst: match via {
+            Via::Echo => ECHO,
+            Via::Slc => NOOP,
+        },
+        body,
     }
 }
 

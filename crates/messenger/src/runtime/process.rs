@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::proto::dedup::Window;
 use crate::proto::process::{self, Delivery, Effects, Outcome};
-use crate::proto::wire::{self, NOOP, Payload};
+use crate::proto::wire::{NOOP, Payload};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Delivered, ReplyTicket, Session, SocketCtx};
 use crate::stats::{Stats, Transport, bump};
@@ -150,7 +150,7 @@ impl Shared {
     /// window, only by its buffer).
     fn echo(&self, socket: &SocketCtx, session: &Session, request: &Payload, now: Instant) {
         let id = socket.next_msg_id_for(session);
-        let reply = wire::encode(id, NOOP, request.src_cb, &request.body);
+        let reply = crate::transport::payloads::encode(id, NOOP, request.src_cb, &request.body);
         if self.config.resend_interval.is_some() {
             match session
                 .unacked

@@ -27,6 +27,7 @@ use crate::runtime::shared::Shared;
 use crate::runtime::socket::{InprocLink, Out, ReplyTicket, Route, Session, SocketCtx};
 use crate::stats::Transport;
 use crate::transport::outbox::Push;
+use crate::transport::payloads;
 use crate::transport::unacked::{AckWaiter, Unacked};
 
 /// How a send treats a full window, buffer or server loop.
@@ -176,7 +177,16 @@ impl Shared {
             since: None,
         };
         // A place in the peer's own window, before a msg_id is taken.
-        let unacked = socket.unacked_for(&route);
+        // A connection's own set is borrowed (no reference count moves per
+        // request); a listener's peer's is its session's.
+        let session_unacked;
+        let unacked = match socket.connection_unacked() {
+            Some(u) => u,
+            None => {
+                session_unacked = socket.unacked_for(&route);
+                &*session_unacked
+            }
+        };
         let max_pending = self.config.max_pending_messages;
         // At most what is formatted below (the ids are not known yet).
         let len = wire::encoded_len(u64::MAX, u64::MAX, out.dst_cb, out.body.len());
@@ -196,10 +206,10 @@ impl Shared {
         // One clock read for the deadline and the resend timer.
         let now = self.now();
         let deadline = waits.deadline(now);
-        let mut sending = Sending::new(self, Some(Arc::clone(&unacked)));
+        let mut sending = Sending::new(self, Some(unacked));
         let (msg_id, cb_id) = self.number(&mut out, deadline, || socket.next_msg_id(&route))?;
         sending.numbered(msg_id, cb_id);
-        let payload = wire::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
+        let payload = payloads::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
         let max = self.config.max_message_size;
         if payload.len() > max {
             return Err(Error::TooLarge {
@@ -321,8 +331,9 @@ impl Shared {
 struct Sending<'a> {
     /// Where its callback is registered.
     shared: &'a Shared,
-    /// The set it is recorded in, with resending on (never on inproc).
-    unacked: Option<Arc<Unacked>>,
+    /// The set it is recorded in, with resending on (never on inproc):
+    /// borrowed, so a send moves no reference count of it.
+    unacked: Option<&'a Unacked>,
     /// Its msg_id (0 until numbered).
     msg_id: u64,
     /// Its callback's wire id, if it registered one.
@@ -332,7 +343,7 @@ struct Sending<'a> {
 }
 
 impl<'a> Sending<'a> {
-    fn new(shared: &'a Shared, unacked: Option<Arc<Unacked>>) -> Self {
+    fn new(shared: &'a Shared, unacked: Option<&'a Unacked>) -> Self {
         Sending {
             shared,
             unacked,
@@ -365,7 +376,7 @@ impl Drop for Sending<'_> {
         if let Some(id) = self.cb_id {
             self.shared.callbacks.unregister(id);
         }
-        if let Some(unacked) = self.unacked.as_ref().filter(|_| self.tracked) {
+        if let Some(unacked) = self.unacked.filter(|_| self.tracked) {
             unacked.ack(self.msg_id);
         }
     }

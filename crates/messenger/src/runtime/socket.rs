@@ -573,6 +573,12 @@ impl SocketCtx {
         }
     }
 
+    /// A connection's own unacknowledged set (kept across its sessions),
+    /// borrowed; `None` on a listener, whose sessions each have one.
+    pub(crate) fn connection_unacked(&self) -> Option<&Unacked> {
+        self.unacked.as_deref()
+    }
+
     /// The unacknowledged set a message on `route` goes into.
     pub(crate) fn unacked_for(&self, route: &Route) -> Arc<Unacked> {
         match (route, &self.unacked) {

@@ -5,7 +5,7 @@
 //! sends wait for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use std::time::Instant;
@@ -102,11 +102,11 @@ impl Unacked {
     /// insert let every sender woken together pass the check: the window
     /// overshot twentyfold under a burst.)
     pub(crate) fn reserve(
-        self: &Arc<Self>,
+        &self,
         limit: usize,
         len: usize,
         next_id: u64,
-    ) -> Result<Reserved, Error> {
+    ) -> Result<Reserved<'_>, Error> {
         let counted = self.window != usize::MAX;
         if counted {
             let mut inner = self.inner();
@@ -120,7 +120,7 @@ impl Unacked {
             inner.reserved_bytes += len;
         }
         Ok(Reserved {
-            unacked: Arc::clone(self),
+            unacked: self,
             len: if counted { len } else { 0 },
             counted,
         })
@@ -207,9 +207,10 @@ impl Unacked {
 }
 
 /// A place in an [`Unacked`] window (see [`Unacked::reserve`]).
-pub(crate) struct Reserved {
+pub(crate) struct Reserved<'a> {
     /// The window the place is in; given back on drop unless filled.
-    unacked: Arc<Unacked>,
+    /// Borrowed: a send moves no reference count of it.
+    unacked: &'a Unacked,
     /// The bytes promised to it.
     len: usize,
     /// Whether the window counts it (resending on).
@@ -227,7 +228,7 @@ impl Inner {
     }
 }
 
-impl Reserved {
+impl Reserved<'_> {
     /// Records the message in its place. `Ok(true)`: the set's timer is
     /// due earlier than before (or was not running): whoever drives it must
     /// re-arm.
@@ -247,7 +248,7 @@ impl Reserved {
     }
 }
 
-impl Drop for Reserved {
+impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         if self.counted {
             self.unacked.inner().release(&mut self.counted, self.len);
@@ -259,6 +260,7 @@ impl Drop for Reserved {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn window_of(n: usize) -> Arc<Unacked> {
