@@ -8,6 +8,7 @@
 //! One test in this binary: the recorder is process-wide.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use messenger::{ECHO, Messenger, NOOP};
 use messenger_testkit::{TRANSPORTS, eventually, place};
@@ -48,14 +49,6 @@ fn gauge(s: &Series, name: &str) -> f64 {
     }
 }
 
-fn observations(s: &Series, name: &str) -> usize {
-    match s.get(name) {
-        Some(DebugValue::Histogram(v)) => v.len(),
-        None => 0,
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_gauges_and_histograms_reach_the_recorder() {
     let recorder = DebuggingRecorder::new();
@@ -88,7 +81,28 @@ async fn counters_gauges_and_histograms_reach_the_recorder() {
             c.request(conn, ECHO, b"ping").await.unwrap();
             c.request(conn, NOOP, b"to the loop").await.unwrap();
         }
-        let during = scrape(&snapshotter);
+        let sent = format!("messenger_messages_sent_total{{transport={t}}}");
+        // A reply is counted by its sender once it has landed, which on
+        // inproc is after the requester may already have woken: wait for
+        // the last count (bounded), then read everything from one scrape.
+        // A snapshot hands over the histograms' observations and forgets
+        // them, so each scrape's are added up.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut during = None;
+        for _ in 0..500 {
+            let page = scrape(&snapshotter);
+            for (name, value) in &page {
+                if let DebugValue::Histogram(v) = value {
+                    *seen.entry(name.clone()).or_default() += v.len();
+                }
+            }
+            if counter(&page, &sent) >= 8 {
+                during = Some(page);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let during = during.unwrap_or_else(|| panic!("{t}: fewer than 8 messages counted as sent"));
         let inbound = format!("messenger_connections{{direction=inbound,transport={t}}}");
         let outbound = format!("messenger_connections{{direction=outbound,transport={t}}}");
         assert_eq!(gauge(&during, &inbound), 2.0, "{t}");
@@ -98,7 +112,6 @@ async fn counters_gauges_and_histograms_reach_the_recorder() {
             2,
             "{t}: stats() counts listener sessions"
         );
-        let sent = format!("messenger_messages_sent_total{{transport={t}}}");
         let received = format!("messenger_messages_received_total{{transport={t}}}");
         let bytes_in = format!("messenger_bytes_received_total{{transport={t}}}");
         assert!(counter(&during, &sent) >= 8, "{t}");
@@ -114,8 +127,8 @@ async fn counters_gauges_and_histograms_reach_the_recorder() {
         }
         let request = format!("messenger_request_duration_seconds{{transport={t}}}");
         let slc = format!("messenger_server_loop_duration_seconds{{transport={t}}}");
-        assert!(observations(&during, &request) >= 4, "{t}");
-        assert!(observations(&during, &slc) >= 2, "{t}");
+        assert!(seen.get(&request).copied().unwrap_or(0) >= 4, "{t}");
+        assert!(seen.get(&slc).copied().unwrap_or(0) >= 2, "{t}");
 
         for c in &clients {
             c.shutdown().await;
