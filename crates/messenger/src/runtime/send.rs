@@ -121,23 +121,36 @@ impl Waits {
 
 impl Shared {
     /// The one send path (see the module documentation).
-    pub(crate) async fn send(&self, out: Outgoing<'_>) -> Result<Sent, Error> {
+    ///
+    /// Not an `async fn`: the checks and the route are taken now, and the
+    /// future returned is the landing's or the transmission's alone, not
+    /// one more state machine around them holding `out` a second time
+    /// (every `request` carries this future; its size is moved and kept
+    /// per request in flight).
+    pub(crate) fn send<'a>(
+        &'a self,
+        out: Outgoing<'a>,
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'a {
+        use futures::future::{Either, ready};
         let max = self.config.max_message_size;
         // Refuse what cannot fit before anything is registered or formatted;
         // the exact length is checked once the payload exists.
         let shortest = wire::encoded_len(0, 0, out.dst_cb, out.body.len());
         if shortest > max {
-            return Err(Error::TooLarge { len: shortest, max });
+            return Either::Left(ready(Err(Error::TooLarge { len: shortest, max })));
         }
-        let route = out.socket.route(out.peer)?;
+        let route = match out.socket.route(out.peer) {
+            Ok(route) => route,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
         if let Route::Session(session) = &route
             && let Out::Inproc(link) = &session.out
         {
             let link = Arc::clone(link);
             let session = Arc::clone(session);
-            return self.land(out, &session, &*link).await;
+            return Either::Right(Either::Left(self.land(out, session, link)));
         }
-        self.transmit(out, route).await
+        Either::Right(Either::Right(self.transmit(out, route)))
     }
 
     /// The message's msg_id, and its callback's wire id when a reply is
@@ -260,9 +273,10 @@ impl Shared {
     async fn land(
         &self,
         mut out: Outgoing<'_>,
-        session: &Arc<Session>,
-        link: &dyn InprocLink,
+        session: Arc<Session>,
+        link: Arc<dyn InprocLink>,
     ) -> Result<Sent, Error> {
+        let session = &session;
         let socket = out.socket;
         let mut waits = Waits {
             timeout: out.timeout,
