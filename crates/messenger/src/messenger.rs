@@ -693,9 +693,20 @@ impl Messenger {
             let since = telemetry::start();
             let (tx, rx) = oneshot::channel();
             let notify = Notify::Reply(Completion::Future(tx));
-            let sent = self
-                .send(dest, dst_cb, body.as_ref(), notify, timeout, Mode::Wait)
-                .await?;
+            // The one send path, called from here rather than through
+            // `send` below: one future fewer around it, built and moved
+            // per request.
+            let (socket, peer) = self.socket_for(&dest)?;
+            let out = Outgoing {
+                socket: &socket,
+                peer: &peer,
+                dst_cb,
+                body: body.as_ref(),
+                notify,
+                timeout,
+                mode: Mode::Wait,
+            };
+            let sent = self.inner.shared.send(out).await?;
             // Removes the callback if this future is dropped while it waits.
             let guard = Unregister {
                 shared: &self.inner.shared,
