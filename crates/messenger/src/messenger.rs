@@ -370,12 +370,7 @@ impl Messenger {
         F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let limit = Arc::clone(&self.inner.handler_limit);
-        let boxed = move |m: Incoming, r: Responder| -> Pin<Box<dyn Future<Output = ()> + Send>> {
-            Box::pin(slc(m, r))
-        };
-        self.listen(endpoint, Handler::Concurrent(Arc::new(boxed), limit))
-            .await
+        self.listen(endpoint, self.concurrent(slc)).await
     }
 
     async fn listen(&self, endpoint: &Endpoint, handler: Handler) -> Result<ListenerInfo, Error> {
@@ -469,12 +464,7 @@ impl Messenger {
         F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let limit = Arc::clone(&self.inner.handler_limit);
-        let boxed = move |m: Incoming, r: Responder| -> Pin<Box<dyn Future<Output = ()> + Send>> {
-            Box::pin(slc(m, r))
-        };
-        self.connect(endpoint, Some(Handler::Concurrent(Arc::new(boxed), limit)))
-            .await
+        self.connect(endpoint, Some(self.concurrent(slc))).await
     }
 
     async fn connect(
@@ -727,6 +717,20 @@ impl Messenger {
         } else {
             futures::future::Either::Right(tracing::Instrument::instrument(request, span))
         }
+    }
+
+    /// A concurrent server loop's handler: each call's future boxed, all
+    /// of them under the messenger's limit on calls in flight.
+    fn concurrent<F, Fut>(&self, slc: F) -> Handler
+    where
+        F: Fn(Incoming, Responder) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let limit = Arc::clone(&self.inner.handler_limit);
+        let boxed = move |m: Incoming, r: Responder| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(slc(m, r))
+        };
+        Handler::Concurrent(Arc::new(boxed), limit)
     }
 
     /// Every send above, as one [`Outgoing`] to the one send path: the
