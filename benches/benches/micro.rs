@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure hot-path pieces: the payload parser and
-//! formatter, the callback table and the duplicate window.
+//! formatter, the callback table, the duplicate window, and CURVE's box
+//! (seal and open in place under a precomputed key, as `zmtp` does).
 //!
 //! ```text
 //! cargo bench --bench micro
@@ -170,11 +171,46 @@ fn dedup_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// One CURVE box each way, as `zmtp::crypto` makes and opens every MESSAGE:
+/// XSalsa20-Poly1305 in place under the precomputed key, dryoc's classic
+/// API (the same calls as crates/zmtp/src/crypto.rs).
+fn curve_box_benches(c: &mut Criterion) {
+    use dryoc::classic::crypto_box::{
+        crypto_box_beforenm, crypto_box_detached_afternm_inplace, crypto_box_keypair,
+        crypto_box_open_detached_afternm_inplace,
+    };
+    let (ours_pk, _) = crypto_box_keypair();
+    let (_, theirs_sk) = crypto_box_keypair();
+    let Ok(key) = crypto_box_beforenm(&ours_pk, &theirs_sk) else {
+        panic!("two fresh key pairs give a precomputed key");
+    };
+    let nonce = [7u8; 24];
+    let mut g = c.benchmark_group("curve_box");
+    for size in [64usize, 1024] {
+        g.throughput(Throughput::Bytes(size as u64));
+        let mut buf = body(size);
+        g.bench_function(format!("seal_open/{size}B"), |bench| {
+            bench.iter(|| {
+                let mut tag = [0u8; 16];
+                crypto_box_detached_afternm_inplace(black_box(&mut buf), &mut tag, &nonce, &key);
+                let opened = crypto_box_open_detached_afternm_inplace(
+                    black_box(&mut buf),
+                    &tag,
+                    &nonce,
+                    &key,
+                );
+                assert!(opened.is_ok());
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = wire_benches, callback_benches, dedup_benches
+    targets = wire_benches, callback_benches, dedup_benches, curve_box_benches
 }
 criterion_main!(benches);
