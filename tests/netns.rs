@@ -85,6 +85,35 @@ fn not_once(serve: &Proc, groups: &[(&str, usize)]) -> Vec<String> {
     wrong
 }
 
+/// A client on this host connected to `ep`, with `before` messages sent
+/// and ACKed: the link is up and the server loop is taking messages.
+async fn connected_client(ep: &Endpoint, before: usize) -> (Messenger, messenger::ConnectionId) {
+    let client = Messenger::builder()
+        .identity("netns-client")
+        .build()
+        .unwrap();
+    let conn = within(10, "connect", client.make_connection(ep))
+        .await
+        .unwrap();
+    confirm_group(&client, conn, "before", before).await;
+    (client, conn)
+}
+
+/// A request delivered to `serve --slc log` and ACKed, never answered: it
+/// waits until something (a cut, a drop, its deadline) ends it.
+async fn hold_a_request(
+    client: &Messenger,
+    conn: messenger::ConnectionId,
+    server: &Proc,
+) -> tokio::task::JoinHandle<Result<messenger::Incoming, Error>> {
+    let held = common::spawn_request(client, conn, NOOP, "held");
+    server
+        .until(Duration::from_secs(5), |p| delivered(p, "held") == 1)
+        .await
+        .expect("held delivered");
+    held
+}
+
 /// Sends `{group}-0..n` to the server loop, without waiting for ACKs.
 async fn send_group(client: &Messenger, conn: messenger::ConnectionId, group: &str, n: usize) {
     for i in 0..n {
@@ -145,21 +174,8 @@ fn a_silent_server_is_noticed_in_time_and_replies_resume_after_the_heal() {
     );
     let ep: Endpoint = bed.tcp(0, 5555).parse().unwrap();
     let (noticed, freed, resumed, stats) = bed.run_on(1, || async {
-        let client = Messenger::builder()
-            .identity("netns-client")
-            .build()
-            .unwrap();
-        let conn = within(10, "connect", client.make_connection(&ep))
-            .await
-            .unwrap();
-        confirm_group(&client, conn, "before", 10).await;
-        // Delivered and ACKed, never answered (`--slc log`): it waits until
-        // something ends it.
-        let held = common::spawn_request(&client, conn, NOOP, "held");
-        server
-            .until(Duration::from_secs(5), |p| delivered(p, "held") == 1)
-            .await
-            .expect("held delivered");
+        let (client, conn) = connected_client(&ep, 10).await;
+        let held = hold_a_request(&client, conn, &server).await;
 
         let cut = Instant::now();
         bed.cut(0);
@@ -254,19 +270,8 @@ fn a_hung_server_is_noticed_like_a_dead_one() {
     let server = serve(&bed, 0, 5558, &["--slc", "log"]);
     let ep: Endpoint = bed.tcp(0, 5558).parse().unwrap();
     let (noticed, resumed) = bed.run_on(1, || async {
-        let client = Messenger::builder()
-            .identity("netns-client")
-            .build()
-            .unwrap();
-        let conn = within(10, "connect", client.make_connection(&ep))
-            .await
-            .unwrap();
-        confirm_group(&client, conn, "before", 3).await;
-        let held = common::spawn_request(&client, conn, NOOP, "held");
-        server
-            .until(Duration::from_secs(5), |p| delivered(p, "held") == 1)
-            .await
-            .expect("held delivered");
+        let (client, conn) = connected_client(&ep, 3).await;
+        let held = hold_a_request(&client, conn, &server).await;
         let stopped = Instant::now();
         server.signal(libc::SIGSTOP);
         let failed = within(30, "the held request ends", held).await.unwrap();
@@ -315,14 +320,7 @@ fn messages_whose_acks_a_cut_swallowed_are_not_delivered_twice() {
     );
     let ep: Endpoint = bed.tcp(0, 5557).parse().unwrap();
     let stats = bed.run_on(1, || async {
-        let client = Messenger::builder()
-            .identity("netns-client")
-            .build()
-            .unwrap();
-        let conn = within(10, "connect", client.make_connection(&ep))
-            .await
-            .unwrap();
-        confirm_group(&client, conn, "before", 10).await;
+        let (client, conn) = connected_client(&ep, 10).await;
         server.signal(libc::SIGSTOP);
         server
             .until(Duration::from_secs(5), |p| p.state() == Some('T'))
