@@ -63,6 +63,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.shared.stop_accepting();
         self.shutdown.cancel();
         self.close_everything();
         telemetry::retire(&self.shared.stats);
@@ -130,7 +131,7 @@ impl Inner {
 
     /// Whether shutdown has begun.
     fn is_shut(&self) -> bool {
-        self.loops.stop.is_cancelled()
+        !self.shared.is_accepting()
     }
 
     /// Closes every socket at once.
@@ -811,7 +812,7 @@ impl Messenger {
         // Server loops first: they take nothing new, drain what their
         // queues own, and may still reply, within the grace period.
         let loops = &self.inner.loops;
-        loops.stop.cancel();
+        self.inner.shared.stop_accepting();
         loops.tracker.close();
         let grace = self.inner.shared.config.shutdown_grace;
         if tokio::time::timeout(grace, loops.tracker.wait())

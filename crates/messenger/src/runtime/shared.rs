@@ -3,6 +3,7 @@
 //! happens when a session ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::runtime::Handle;
@@ -31,6 +32,10 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins (the messenger's `loops.stop`):
     /// server loops take nothing new.
     stopping: CancellationToken,
+    /// Set with `stopping` ([`stop_accepting`](Self::stop_accepting)):
+    /// what every send and landing reads. A token's `is_cancelled` takes
+    /// its lock, one lock for every thread on every message.
+    stopped: AtomicBool,
     /// Connection events for `Messenger::events`: bounded, never waited on.
     pub(crate) events: Emitter,
 }
@@ -49,6 +54,7 @@ impl Shared {
             runtime,
             callbacks,
             stopping,
+            stopped: AtomicBool::new(false),
             events: Emitter::new(),
         }
     }
@@ -67,7 +73,14 @@ impl Shared {
 
     /// Whether server loops take new messages (not once shutdown began).
     pub(crate) fn is_accepting(&self) -> bool {
-        !self.stopping.is_cancelled()
+        !self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Shutdown begins (or the messenger is dropped): server loops stop
+    /// taking messages, and new sends fail.
+    pub(crate) fn stop_accepting(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stopping.cancel();
     }
 
     /// A session ended: off its socket's routing table or link and closed
