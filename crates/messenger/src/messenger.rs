@@ -685,19 +685,26 @@ impl Messenger {
             let (tx, rx) = oneshot::channel();
             let notify = Notify::Reply(Completion::Future(tx));
             // The one send path, called from here rather than through
-            // `send` below: one future fewer around it, built and moved
-            // per request.
-            let (socket, peer) = self.socket_for(&dest)?;
-            let out = Outgoing {
-                socket: &socket,
-                peer: &peer,
-                dst_cb,
-                body: body.as_ref(),
-                notify,
-                timeout,
-                mode: Mode::Wait,
+            // `send` below: one future fewer around it. Scoped, so the
+            // socket and peer are not kept while the reply is awaited.
+            let sent = {
+                let (socket, peer) = self.socket_for(&dest)?;
+                let out = Outgoing {
+                    socket: &socket,
+                    peer: &peer,
+                    dst_cb,
+                    body: body.as_ref(),
+                    notify,
+                    timeout,
+                    mode: Mode::Wait,
+                };
+                match self.inner.shared.send(out) {
+                    // Sent without waiting (almost always): no future to
+                    // hold.
+                    futures::future::Either::Left(now) => now.into_inner()?,
+                    futures::future::Either::Right(waiting) => waiting.await?,
+                }
             };
-            let sent = self.inner.shared.send(out).await?;
             // Removes the callback if this future is dropped while it waits.
             let guard = Unregister {
                 shared: &self.inner.shared,

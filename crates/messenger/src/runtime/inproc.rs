@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -92,7 +93,13 @@ impl Pair {
     /// Lands `msg`, sent from side `from` (whose session is `ours`), on
     /// the other side, without waiting: ProcessMessage there
     /// ([`Landing`]); an ECHO's answer lands back on `from`.
-    fn land(&self, from: SideId, ours: &Session, msg: Payload) -> Result<(), Refused> {
+    fn land(
+        &self,
+        from: SideId,
+        ours: &Session,
+        msg: Payload,
+        now: Instant,
+    ) -> Result<(), Refused> {
         let (to, back) = (self.other(from), self.side(from));
         let Some(theirs) = to.live().filter(|_| !ours.is_closed()) else {
             return Err(Refused::Gone);
@@ -110,7 +117,7 @@ impl Pair {
             }),
             refused: None,
         }
-        .land(msg)
+        .land(msg, now)
     }
 }
 
@@ -139,9 +146,9 @@ impl Tx {
 }
 
 impl InprocLink for Tx {
-    fn land(&self, ours: &Session, msg: Payload) -> Result<(), Refused> {
+    fn land(&self, ours: &Session, msg: Payload, now: Instant) -> Result<(), Refused> {
         match self.pair() {
-            Some(pair) => pair.land(self.side, ours, msg),
+            Some(pair) => pair.land(self.side, ours, msg, now),
             None => Err(Refused::Gone),
         }
     }
@@ -155,7 +162,7 @@ impl InprocLink for Tx {
             return Ok(());
         }
         let msg_id = msg.msg_id;
-        match self.land(ours, msg) {
+        match self.land(ours, msg, crate::clock::now()) {
             Ok(()) => {
                 // In-process delivery is its ACK.
                 ours.unacked.ack(msg_id);

@@ -274,15 +274,10 @@ pub(crate) struct Landing<'a> {
 }
 
 impl Landing<'_> {
-    /// Lands `msg`: ProcessMessage on the receiving side, counted there.
-    pub(crate) fn land(self, msg: Payload) -> Result<(), Refused> {
-        let now = self.to.shared.now();
-        self.land_at(msg, now)
-    }
-
-    /// [`land`](Self::land) at `now` (an ECHO's answer lands at the
-    /// request's time: one clock read for the round trip).
-    fn land_at(mut self, msg: Payload, now: Instant) -> Result<(), Refused> {
+    /// Lands `msg` at `now` (the send's time; an ECHO's answer lands at
+    /// the request's: one clock read for the round trip): ProcessMessage
+    /// on the receiving side, counted there.
+    pub(crate) fn land(mut self, msg: Payload, now: Instant) -> Result<(), Refused> {
         let stats = &self.to.shared.stats;
         let outcome = process::process(&mut self, &mut crate::proto::dedup::NoDuplicates, msg, now);
         count(stats, Transport::Inproc, outcome);
@@ -328,7 +323,7 @@ impl Effects for Landing<'_> {
             from: None,
             refused: None,
         }
-        .land_at(answer, now);
+        .land(answer, now);
     }
 
     fn complete(&mut self, reply: Payload) -> bool {

@@ -24,7 +24,7 @@ use crate::proto::wire::{self, NOOP, Payload};
 use crate::runtime::callbacks::{Awaited, Completion};
 use crate::runtime::process::Refused;
 use crate::runtime::shared::Shared;
-use crate::runtime::socket::{InprocLink, Out, ReplyTicket, Route, Session, SocketCtx};
+use crate::runtime::socket::{ReplyTicket, Route, Session, SocketCtx};
 use crate::stats::Transport;
 use crate::transport::outbox::Push;
 use crate::transport::payloads;
@@ -119,18 +119,50 @@ impl Waits {
     }
 }
 
+/// What [`Shared::send`] returns: the outcome, when the send did not
+/// have to wait (almost always), or the boxed rest of a send that waits
+/// for room. Every `request` holds this while it sends: kept to a few
+/// words, it is cheap to move and keep per request in flight (a send's
+/// whole state machine inline made each `request` future 700 bytes,
+/// copied several times per round trip).
+pub(crate) type SendFuture<'a> = futures::future::Either<
+    futures::future::Ready<Result<Sent, Error>>,
+    futures::future::BoxFuture<'a, Result<Sent, Error>>,
+>;
+
+/// One send's progress, as far as it can go without waiting (see
+/// [`drive`]).
+trait Attempt<'a>: Send + 'a {
+    /// Goes as far as it can now: the outcome, or `None` when it must wait
+    /// for room (then [`wait`](Self::wait), then try again).
+    fn attempt(&mut self) -> Option<Result<Sent, Error>>;
+    /// Waits for what the last attempt lacked, within the send's deadline.
+    fn wait(&mut self) -> futures::future::BoxFuture<'_, Result<(), Error>>;
+}
+
+/// Runs `send` to its outcome: at once, or boxed when it must wait.
+fn drive<'a>(mut send: impl Attempt<'a>) -> SendFuture<'a> {
+    use futures::future::{Either, ready};
+    match send.attempt() {
+        Some(outcome) => Either::Left(ready(outcome)),
+        None => Either::Right(Box::pin(async move {
+            loop {
+                send.wait().await?;
+                if let Some(outcome) = send.attempt() {
+                    return outcome;
+                }
+            }
+        })),
+    }
+}
+
 impl Shared {
     /// The one send path (see the module documentation).
     ///
-    /// Not an `async fn`: the checks and the route are taken now, and the
-    /// future returned is the landing's or the transmission's alone, not
-    /// one more state machine around them holding `out` a second time
-    /// (every `request` carries this future; its size is moved and kept
-    /// per request in flight).
-    pub(crate) fn send<'a>(
-        &'a self,
-        out: Outgoing<'a>,
-    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'a {
+    /// The checks, the route and the send itself run now, in the caller's
+    /// poll; only a send that must wait for room becomes a future of its
+    /// own ([`SendFuture`]).
+    pub(crate) fn send<'a>(&'a self, out: Outgoing<'a>) -> SendFuture<'a> {
         use futures::future::{Either, ready};
         let max = self.config.max_message_size;
         // Refuse what cannot fit before anything is registered or formatted;
@@ -143,14 +175,18 @@ impl Shared {
             Ok(route) => route,
             Err(e) => return Either::Left(ready(Err(e))),
         };
-        if let Route::Session(session) = &route
-            && let Out::Inproc(link) = &session.out
-        {
-            let link = Arc::clone(link);
-            let session = Arc::clone(session);
-            return Either::Right(Either::Left(self.land(out, session, link)));
+        // The route moves into the send, which borrows its link from it:
+        // no reference count of the session or link moves per send (every
+        // sender on this connection touches those counts).
+        match route {
+            Route::Session(session) if session.inproc().is_some() => {
+                match Landing::new(self, out, session) {
+                    Ok(landing) => drive(landing),
+                    Err(e) => Either::Left(ready(Err(e))),
+                }
+            }
+            route => drive(Transmission::new(self, out, route)),
         }
-        Either::Right(Either::Right(self.transmit(out, route)))
     }
 
     /// The message's msg_id, and its callback's wire id when a reply is
@@ -178,136 +214,6 @@ impl Shared {
                 Ok((next_id(), None))
             }
         }
-    }
-
-    /// tcp and ipc: a place in the peer's window, a msg_id, the payload
-    /// recorded for resending, then the session's outbox (or a redialling
-    /// connection's next session).
-    async fn transmit(&self, mut out: Outgoing<'_>, mut route: Route) -> Result<Sent, Error> {
-        let socket = out.socket;
-        let mut waits = Waits {
-            timeout: out.timeout,
-            since: None,
-        };
-        // A place in the peer's own window, before a msg_id is taken.
-        // A connection's own set is borrowed (no reference count moves per
-        // request); a listener's peer's is its session's.
-        let session_unacked;
-        let unacked = match socket.connection_unacked() {
-            Some(u) => u,
-            None => {
-                session_unacked = socket.unacked_for(&route);
-                &*session_unacked
-            }
-        };
-        let max_pending = self.config.max_pending_messages;
-        // At most what is formatted below (the ids are not known yet).
-        let len = wire::encoded_len(u64::MAX, u64::MAX, out.dst_cb, out.body.len());
-        let place = loop {
-            match unacked.reserve(max_pending, len, socket.peek_msg_id(&route)) {
-                Ok(place) => break place,
-                Err(Error::Full) if out.mode == Mode::Wait => {
-                    waits
-                        .wait(unacked.wait(len, || socket.peek_msg_id(&route)))
-                        .await?;
-                    // It may have closed meanwhile (the peer left).
-                    route = socket.route(out.peer)?;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        // One clock read for the deadline and the resend timer.
-        let now = self.now();
-        let deadline = waits.deadline(now);
-        let mut sending = Sending::new(self, Some(unacked));
-        let (msg_id, cb_id) = self.number(&mut out, deadline, || socket.next_msg_id(&route))?;
-        sending.numbered(msg_id, cb_id);
-        let payload = payloads::encode(msg_id, cb_id.unwrap_or(NOOP), out.dst_cb, out.body);
-        let max = self.config.max_message_size;
-        if payload.len() > max {
-            return Err(Error::TooLarge {
-                len: payload.len(),
-                max,
-            });
-        }
-        let ack = match std::mem::replace(&mut out.notify, Notify::Nothing) {
-            Notify::Ack(waiter) => Some(waiter),
-            _ => None,
-        };
-        if self.config.resend_interval.is_some() {
-            let moved = place
-                .insert(msg_id, payload.clone(), now, deadline, ack)
-                .map_err(|full| Error::TooManyUnacked(full.0))?;
-            sending.tracked = true;
-            if moved {
-                socket.wake_timers(&route);
-            }
-        } else if let Some(ack) = ack {
-            // Nobody will report an ACK: say so rather than wait forever.
-            let _ = ack.send(Ok(()));
-        }
-        loop {
-            match socket.transmit(&route, &payload) {
-                Ok(()) => return Ok(sending.sent(socket.transport)),
-                Err(Push::Full) => match out.mode {
-                    Mode::Try => return Err(Error::Full),
-                    Mode::Wait => waits.wait(socket.route_room(&route)).await?,
-                },
-                // A connection's session is ending: its next one takes it.
-                Err(Push::Closed) if !socket.is_listener() && !socket.is_closed() => {
-                    if let Route::Session(s) = &route {
-                        socket.unlink(s);
-                    }
-                    route = socket.route(out.peer)?;
-                }
-                Err(Push::Closed) => return Err(Error::Disconnected),
-            }
-        }
-    }
-
-    /// inproc: numbered the same way, then landed in the peer's messenger
-    /// from this task (`Landing`: ProcessMessage there). No format, no
-    /// window, no ACK: landing is the acknowledgement. A full server loop
-    /// on the other side makes a waiting send wait (where a tcp peer would
-    /// resend).
-    async fn land(
-        &self,
-        mut out: Outgoing<'_>,
-        session: Arc<Session>,
-        link: Arc<dyn InprocLink>,
-    ) -> Result<Sent, Error> {
-        let session = &session;
-        let socket = out.socket;
-        let mut waits = Waits {
-            timeout: out.timeout,
-            since: None,
-        };
-        let deadline = waits.deadline(self.now());
-        let mut sending = Sending::new(self, None);
-        let (msg_id, cb_id) =
-            self.number(&mut out, deadline, || socket.next_msg_id_for(session))?;
-        sending.numbered(msg_id, cb_id);
-        let mut msg = Payload {
-            msg_id,
-            src_cb: cb_id.unwrap_or(NOOP),
-            dst_cb: out.dst_cb,
-            body: Bytes::copy_from_slice(out.body),
-        };
-        loop {
-            match link.land(session, msg) {
-                Ok(()) => break,
-                Err(Refused::Gone) => return Err(Error::Disconnected),
-                Err(Refused::Full(_)) if out.mode == Mode::Try => return Err(Error::Full),
-                Err(Refused::Full(back)) => {
-                    msg = back;
-                    waits.wait(link.room()).await?;
-                }
-            }
-        }
-        if let Notify::Ack(waiter) = out.notify {
-            let _ = waiter.send(Ok(()));
-        }
-        Ok(sending.sent(Transport::Inproc))
     }
 
     /// Keeps a reply that found no room (the window or the buffer towards
@@ -339,15 +245,303 @@ impl Shared {
     }
 }
 
+/// The unacknowledged set a transmission records its message in: a
+/// connection's own, borrowed (no reference count moves per request), or
+/// a listener's peer's session's.
+enum Set<'a> {
+    /// A connection's.
+    Borrowed(&'a Unacked),
+    /// A listener peer's session's.
+    Owned(Arc<Unacked>),
+}
+
+impl std::ops::Deref for Set<'_> {
+    type Target = Unacked;
+    fn deref(&self) -> &Unacked {
+        match self {
+            Set::Borrowed(u) => u,
+            Set::Owned(u) => u,
+        }
+    }
+}
+
+/// tcp and ipc: a place in the peer's window, a msg_id, the payload
+/// recorded for resending, then the session's outbox (or a redialling
+/// connection's next session).
+struct Transmission<'a> {
+    /// The messenger.
+    shared: &'a Shared,
+    /// The message.
+    out: Outgoing<'a>,
+    /// Where it goes: re-taken after a wait for the window (the peer may
+    /// have gone) and when a connection's session ends under it.
+    route: Route,
+    /// Its callback and its place in the unacknowledged set, undone if
+    /// the send fails or is dropped.
+    sending: Sending<'a>,
+    /// Its waits' one deadline.
+    waits: Waits,
+    /// The formatted message, once numbered; `None` while it waits for a
+    /// place in the window.
+    payload: Option<Bytes>,
+}
+
+impl<'a> Transmission<'a> {
+    fn new(shared: &'a Shared, out: Outgoing<'a>, route: Route) -> Self {
+        let set = match out.socket.connection_unacked() {
+            Some(u) => Set::Borrowed(u),
+            None => Set::Owned(out.socket.unacked_for(&route)),
+        };
+        let waits = Waits {
+            timeout: out.timeout,
+            since: None,
+        };
+        Transmission {
+            shared,
+            out,
+            route,
+            sending: Sending::new(shared, Some(set)),
+            waits,
+            payload: None,
+        }
+    }
+
+    /// At most what is formatted (the ids are not known yet).
+    fn longest(&self) -> usize {
+        wire::encoded_len(u64::MAX, u64::MAX, self.out.dst_cb, self.out.body.len())
+    }
+
+    /// A place in the window, a msg_id (and callback), the payload
+    /// recorded for resending. `Ok(None)`: the window is full.
+    fn number(&mut self) -> Result<Option<Bytes>, Error> {
+        let (shared, socket) = (self.shared, self.out.socket);
+        let longest = self.longest();
+        let sending = &mut self.sending;
+        let Some(unacked) = sending.unacked.as_deref() else {
+            return Err(Error::Disconnected);
+        };
+        let max_pending = shared.config.max_pending_messages;
+        let place = match unacked.reserve(max_pending, longest, socket.peek_msg_id(&self.route)) {
+            Ok(place) => place,
+            Err(Error::Full) if self.out.mode == Mode::Wait => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // One clock read for the deadline and the resend timer.
+        let now = shared.now();
+        let deadline = self.waits.deadline(now);
+        let route = &self.route;
+        let (msg_id, cb_id) =
+            shared.number(&mut self.out, deadline, || socket.next_msg_id(route))?;
+        // Fields, not `numbered`: `unacked` stays borrowed by `place`.
+        (sending.msg_id, sending.cb_id) = (msg_id, cb_id);
+        let payload = payloads::encode(
+            msg_id,
+            cb_id.unwrap_or(NOOP),
+            self.out.dst_cb,
+            self.out.body,
+        );
+        let max = shared.config.max_message_size;
+        if payload.len() > max {
+            return Err(Error::TooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let ack = match std::mem::replace(&mut self.out.notify, Notify::Nothing) {
+            Notify::Ack(waiter) => Some(waiter),
+            _ => None,
+        };
+        if shared.config.resend_interval.is_some() {
+            let moved = place
+                .insert(msg_id, payload.clone(), now, deadline, ack)
+                .map_err(|full| Error::TooManyUnacked(full.0))?;
+            sending.tracked = true;
+            if moved {
+                socket.wake_timers(&self.route);
+            }
+        } else if let Some(ack) = ack {
+            // Nobody will report an ACK: say so rather than wait forever.
+            let _ = ack.send(Ok(()));
+        }
+        Ok(Some(payload))
+    }
+
+    fn try_attempt(&mut self) -> Result<Option<Sent>, Error> {
+        let socket = self.out.socket;
+        let payload = match self.payload.take() {
+            Some(payload) => payload,
+            None => match self.number()? {
+                Some(payload) => payload,
+                None => return Ok(None),
+            },
+        };
+        loop {
+            match socket.transmit(&self.route, &payload) {
+                Ok(()) => return Ok(Some(self.sending.sent(socket.transport))),
+                Err(Push::Full) => match self.out.mode {
+                    Mode::Try => return Err(Error::Full),
+                    Mode::Wait => {
+                        self.payload = Some(payload);
+                        return Ok(None);
+                    }
+                },
+                // A connection's session is ending: its next one takes it.
+                Err(Push::Closed) if !socket.is_listener() && !socket.is_closed() => {
+                    if let Route::Session(s) = &self.route {
+                        socket.unlink(s);
+                    }
+                    self.route = socket.route(self.out.peer)?;
+                }
+                Err(Push::Closed) => return Err(Error::Disconnected),
+            }
+        }
+    }
+}
+
+impl<'a> Attempt<'a> for Transmission<'a> {
+    fn attempt(&mut self) -> Option<Result<Sent, Error>> {
+        self.try_attempt().transpose()
+    }
+
+    fn wait(&mut self) -> futures::future::BoxFuture<'_, Result<(), Error>> {
+        let len = self.longest();
+        let Transmission {
+            out,
+            route,
+            sending,
+            waits,
+            payload,
+            ..
+        } = self;
+        let socket = out.socket;
+        match (payload, sending.unacked.as_deref()) {
+            // Numbered: room in the session's buffer (or the backlog).
+            (Some(_), _) | (None, None) => waits.wait(socket.route_room(route)),
+            // Room in the window; then the route again (the peer may have
+            // left meanwhile).
+            (None, Some(unacked)) => {
+                let peer = out.peer;
+                Box::pin(async move {
+                    waits
+                        .wait(unacked.wait(len, || socket.peek_msg_id(route)))
+                        .await?;
+                    *route = socket.route(peer)?;
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+/// inproc: numbered the same way, then landed in the peer's messenger
+/// from this task (`process::Landing`: ProcessMessage there). No format,
+/// no window, no ACK: landing is the acknowledgement. A full server loop
+/// on the other side makes a waiting send wait (where a tcp peer would
+/// resend).
+struct Landing<'a> {
+    /// The message: its mode, and its ACK waiter (told once it lands).
+    out: Outgoing<'a>,
+    /// The session it lands through (its link to the other side).
+    session: Arc<Session>,
+    /// The message to land; back in place while the server loop is full.
+    msg: Option<Payload>,
+    /// When it was sent (or last waited): the time it lands at.
+    now: Instant,
+    /// Its callback, unregistered if the send fails or is dropped.
+    sending: Sending<'a>,
+    /// Its waits' one deadline.
+    waits: Waits,
+}
+
+impl<'a> Landing<'a> {
+    /// Numbers the message and registers its callback.
+    fn new(
+        shared: &'a Shared,
+        mut out: Outgoing<'a>,
+        session: Arc<Session>,
+    ) -> Result<Self, Error> {
+        let socket = out.socket;
+        let waits = Waits {
+            timeout: out.timeout,
+            since: None,
+        };
+        // One clock read: the callback's deadline, and the landing's time.
+        let now = shared.now();
+        let deadline = waits.deadline(now);
+        let mut sending = Sending::new(shared, None);
+        let (msg_id, cb_id) =
+            shared.number(&mut out, deadline, || socket.next_msg_id_for(&session))?;
+        sending.numbered(msg_id, cb_id);
+        let msg = Payload {
+            msg_id,
+            src_cb: cb_id.unwrap_or(NOOP),
+            dst_cb: out.dst_cb,
+            body: Bytes::copy_from_slice(out.body),
+        };
+        Ok(Landing {
+            out,
+            session,
+            msg: Some(msg),
+            now,
+            sending,
+            waits,
+        })
+    }
+}
+
+impl<'a> Attempt<'a> for Landing<'a> {
+    fn attempt(&mut self) -> Option<Result<Sent, Error>> {
+        // `send` routes only inproc sessions here.
+        let (Some(link), Some(msg)) = (self.session.inproc(), self.msg.take()) else {
+            return Some(Err(Error::Disconnected));
+        };
+        match link.land(&self.session, msg, self.now) {
+            Ok(()) => {
+                if let Notify::Ack(waiter) =
+                    std::mem::replace(&mut self.out.notify, Notify::Nothing)
+                {
+                    let _ = waiter.send(Ok(()));
+                }
+                Some(Ok(self.sending.sent(Transport::Inproc)))
+            }
+            Err(Refused::Gone) => Some(Err(Error::Disconnected)),
+            Err(Refused::Full(_)) if self.out.mode == Mode::Try => Some(Err(Error::Full)),
+            Err(Refused::Full(back)) => {
+                self.msg = Some(back);
+                None
+            }
+        }
+    }
+
+    fn wait(&mut self) -> futures::future::BoxFuture<'_, Result<(), Error>> {
+        let Landing {
+            session,
+            waits,
+            now,
+            sending,
+            ..
+        } = self;
+        let Some(link) = session.inproc() else {
+            return Box::pin(futures::future::ready(Err(Error::Disconnected)));
+        };
+        let shared = sending.shared;
+        let room = waits.wait(link.room());
+        Box::pin(async move {
+            room.await?;
+            *now = shared.now();
+            Ok(())
+        })
+    }
+}
+
 /// A message on its way to a socket. Dropped before [`sent`](Self::sent),
 /// it unregisters its callback and its unacknowledged entry, so a failed or
 /// cancelled send leaves nothing behind.
 struct Sending<'a> {
     /// Where its callback is registered.
     shared: &'a Shared,
-    /// The set it is recorded in, with resending on (never on inproc):
-    /// borrowed, so a send moves no reference count of it.
-    unacked: Option<&'a Unacked>,
+    /// The set it is recorded in, with resending on (never on inproc).
+    unacked: Option<Set<'a>>,
     /// Its msg_id (0 until numbered).
     msg_id: u64,
     /// Its callback's wire id, if it registered one.
@@ -357,7 +551,7 @@ struct Sending<'a> {
 }
 
 impl<'a> Sending<'a> {
-    fn new(shared: &'a Shared, unacked: Option<&'a Unacked>) -> Self {
+    fn new(shared: &'a Shared, unacked: Option<Set<'a>>) -> Self {
         Sending {
             shared,
             unacked,
@@ -374,7 +568,7 @@ impl<'a> Sending<'a> {
 
     /// The message is handed over: keep its records (bytes are counted
     /// as they are written, on tcp and ipc; inproc writes none).
-    fn sent(mut self, transport: Transport) -> Sent {
+    fn sent(&mut self, transport: Transport) -> Sent {
         self.shared.stats.traffic(transport).messages_sent.add(1);
         self.tracked = false;
         Sent {
@@ -390,7 +584,7 @@ impl Drop for Sending<'_> {
         if let Some(id) = self.cb_id {
             self.shared.callbacks.unregister(id);
         }
-        if let Some(unacked) = self.unacked.filter(|_| self.tracked) {
+        if let Some(unacked) = self.unacked.as_deref().filter(|_| self.tracked) {
             unacked.ack(self.msg_id);
         }
     }

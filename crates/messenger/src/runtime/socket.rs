@@ -66,7 +66,9 @@ pub(crate) struct Delivered {
 pub(crate) trait InprocLink: Send + Sync {
     /// Lands `msg`, sent from `ours`, on the other side now, or says why
     /// not: the send path's inproc branch.
-    fn land(&self, ours: &Session, msg: Payload) -> Result<(), Refused>;
+    /// `now`: the send's own clock read (inproc reads no clock of its
+    /// own per message).
+    fn land(&self, ours: &Session, msg: Payload, now: Instant) -> Result<(), Refused>;
     /// Lands a message already formatted: one sent while a connection was
     /// redialling, resent when its link is up.
     fn send(&self, ours: &Session, payload: &Bytes) -> Result<(), Push>;
@@ -196,6 +198,14 @@ impl Session {
             Out::Inproc(_) => 0,
         };
         unwritten == 0 && self.unacked.len() == 0
+    }
+
+    /// Its inproc link, if it is an inproc session.
+    pub(crate) fn inproc(&self) -> Option<&dyn InprocLink> {
+        match &self.out {
+            Out::Inproc(link) => Some(&**link),
+            Out::Wire(_) => None,
+        }
     }
 
     /// Hands one payload to the peer without waiting.
