@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,49 @@ struct Registry {
     pool: HashMap<Endpoint, ConnectionId>,
 }
 
+impl Registry {
+    /// The senders' view of it (see [`Sockets`]).
+    fn sockets(&self) -> Sockets {
+        Sockets {
+            listeners: (self.listeners.iter())
+                .map(|(id, o)| (*id, Arc::clone(&o.ctx)))
+                .collect(),
+            connections: (self.connections.iter())
+                .map(|(id, o)| (*id, Arc::clone(&o.ctx)))
+                .collect(),
+        }
+    }
+}
+
+/// What senders look sockets up in: the registry's sockets, replaced whole
+/// (under the registry's lock) when one opens or all close. A send loads
+/// it through arc-swap's per-thread slots and borrows its socket from it:
+/// no lock and no reference count of its own. (The registry's mutex and
+/// the socket's reference count were cache lines every worker thread
+/// wrote on every request.)
+#[derive(Default)]
+struct Sockets {
+    /// Open listeners, by id.
+    listeners: HashMap<ListenerId, Arc<SocketCtx>>,
+    /// Open connections, by id.
+    connections: HashMap<ConnectionId, Arc<SocketCtx>>,
+}
+
+/// The peer of a message on a connection: the connection's only one.
+static NO_PEER: Bytes = Bytes::new();
+
+impl Sockets {
+    /// The socket `dest` leaves on, and its peer there (empty on a
+    /// connection).
+    fn find<'a>(&'a self, dest: &'a Destination) -> Result<(&'a Arc<SocketCtx>, &'a Bytes), Error> {
+        let found = match dest {
+            Destination::Connection(id) => self.connections.get(id).map(|s| (s, &NO_PEER)),
+            Destination::Peer { listener, peer } => self.listeners.get(listener).map(|s| (s, peer)),
+        };
+        found.ok_or_else(|| Error::UnknownDestination(dest.clone()))
+    }
+}
+
 struct Inner {
     /// Our routing id, announced on every connection and listener.
     identity: Bytes,
@@ -44,6 +88,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// Its sockets; locked only to open, look up or close one.
     registry: Mutex<Registry>,
+    /// The registry's sockets as senders see them.
+    sockets: ArcSwap<Sockets>,
     /// Serialises connects so two callers for one endpoint share one DEALER.
     connecting: tokio::sync::Mutex<()>,
     /// Numbers listeners and connections.
@@ -116,6 +162,7 @@ impl Inner {
             o.ctx.mark_closed();
         }
         reg.pool.clear();
+        self.sockets.store(Arc::default());
         open
     }
 
@@ -297,6 +344,7 @@ impl Messenger {
             identity,
             shared,
             registry: Mutex::default(),
+            sockets: ArcSwap::default(),
             connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -381,7 +429,9 @@ impl Messenger {
         let id = ListenerId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let opening = self.inner.opening(self.inner.identity.clone());
         let (open, bound) = listener::open(&opening, id, endpoint, handler).await?;
-        self.inner.registry().listeners.insert(id, open);
+        let mut reg = self.inner.registry();
+        reg.listeners.insert(id, open);
+        self.inner.sockets.store(Arc::new(reg.sockets()));
         Ok(ListenerInfo {
             id,
             endpoint: bound,
@@ -489,6 +539,7 @@ impl Messenger {
         let mut reg = self.inner.registry();
         reg.connections.insert(id, open);
         reg.pool.insert(endpoint.clone(), id);
+        self.inner.sockets.store(Arc::new(reg.sockets()));
         Ok(id)
     }
 
@@ -511,23 +562,12 @@ impl Messenger {
             .and_then(|o| o.ctx.rtt())
     }
 
-    fn socket_for(&self, dest: &Destination) -> Result<(Arc<SocketCtx>, Bytes), Error> {
+    /// The sockets to send on (see [`Sockets`]), unless shut down.
+    fn sockets(&self) -> Result<arc_swap::Guard<Arc<Sockets>>, Error> {
         if self.inner.is_shut() {
             return Err(Error::Shutdown);
         }
-        let reg = self.inner.registry();
-        match dest {
-            Destination::Connection(id) => reg
-                .connections
-                .get(id)
-                .map(|o| (Arc::clone(&o.ctx), Bytes::new()))
-                .ok_or_else(|| Error::UnknownDestination(dest.clone())),
-            Destination::Peer { listener, peer } => reg
-                .listeners
-                .get(listener)
-                .map(|o| (Arc::clone(&o.ctx), peer.clone()))
-                .ok_or_else(|| Error::UnknownDestination(dest.clone())),
-        }
+        Ok(self.inner.sockets.load())
     }
 
     /// Sends `body` to callback `dst_cb` at `dest`. With a `callback`,
@@ -688,10 +728,11 @@ impl Messenger {
             // `send` below: one future fewer around it. Scoped, so the
             // socket and peer are not kept while the reply is awaited.
             let sent = {
-                let (socket, peer) = self.socket_for(&dest)?;
+                let sockets = self.sockets()?;
+                let (socket, peer) = sockets.find(&dest)?;
                 let out = Outgoing {
-                    socket: &socket,
-                    peer: &peer,
+                    socket,
+                    peer,
                     dst_cb,
                     body: body.as_ref(),
                     notify,
@@ -753,10 +794,11 @@ impl Messenger {
         timeout: Duration,
         mode: Mode,
     ) -> Result<Sent, Error> {
-        let (socket, peer) = self.socket_for(&dest)?;
+        let sockets = self.sockets()?;
+        let (socket, peer) = sockets.find(&dest)?;
         let out = Outgoing {
-            socket: &socket,
-            peer: &peer,
+            socket,
+            peer,
             dst_cb,
             body,
             notify,
