@@ -24,7 +24,7 @@ use crate::proto::wire::{self, NOOP, Payload};
 use crate::runtime::callbacks::{Awaited, Completion};
 use crate::runtime::process::Refused;
 use crate::runtime::shared::Shared;
-use crate::runtime::socket::{ReplyTicket, Route, Session, SocketCtx};
+use crate::runtime::socket::{ReplyTicket, Route, SocketCtx};
 use crate::stats::Transport;
 use crate::transport::outbox::Push;
 use crate::transport::payloads;
@@ -178,15 +178,13 @@ impl Shared {
         // The route moves into the send, which borrows its link from it:
         // no reference count of the session or link moves per send (every
         // sender on this connection touches those counts).
-        match route {
-            Route::Session(session) if session.inproc().is_some() => {
-                match Landing::new(self, out, session) {
-                    Ok(landing) => drive(landing),
-                    Err(e) => Either::Left(ready(Err(e))),
-                }
-            }
-            route => drive(Transmission::new(self, out, route)),
+        if route.session().is_some_and(|s| s.inproc().is_some()) {
+            return match Landing::new(self, out, route) {
+                Ok(landing) => drive(landing),
+                Err(e) => Either::Left(ready(Err(e))),
+            };
         }
+        drive(Transmission::new(self, out, route))
     }
 
     /// The message's msg_id, and its callback's wire id when a reply is
@@ -387,7 +385,7 @@ impl<'a> Transmission<'a> {
                 },
                 // A connection's session is ending: its next one takes it.
                 Err(Push::Closed) if !socket.is_listener() && !socket.is_closed() => {
-                    if let Route::Session(s) = &self.route {
+                    if let Some(s) = self.route.session() {
                         socket.unlink(s);
                     }
                     self.route = socket.route(self.out.peer)?;
@@ -441,8 +439,9 @@ impl<'a> Attempt<'a> for Transmission<'a> {
 struct Landing<'a> {
     /// The message: its mode, and its ACK waiter (told once it lands).
     out: Outgoing<'a>,
-    /// The session it lands through (its link to the other side).
-    session: Arc<Session>,
+    /// The session it lands through (its link to the other side), as
+    /// routed: borrowed, on a connection, with no reference count moved.
+    route: Route,
     /// The message to land; back in place while the server loop is full.
     msg: Option<Payload>,
     /// When it was sent (or last waited): the time it lands at.
@@ -455,12 +454,11 @@ struct Landing<'a> {
 
 impl<'a> Landing<'a> {
     /// Numbers the message and registers its callback.
-    fn new(
-        shared: &'a Shared,
-        mut out: Outgoing<'a>,
-        session: Arc<Session>,
-    ) -> Result<Self, Error> {
+    fn new(shared: &'a Shared, mut out: Outgoing<'a>, route: Route) -> Result<Self, Error> {
         let socket = out.socket;
+        let Some(session) = route.session() else {
+            return Err(Error::Disconnected);
+        };
         let waits = Waits {
             timeout: out.timeout,
             since: None,
@@ -470,7 +468,7 @@ impl<'a> Landing<'a> {
         let deadline = waits.deadline(now);
         let mut sending = Sending::new(shared, None);
         let (msg_id, cb_id) =
-            shared.number(&mut out, deadline, || socket.next_msg_id_for(&session))?;
+            shared.number(&mut out, deadline, || socket.next_msg_id_for(session))?;
         sending.numbered(msg_id, cb_id);
         let msg = Payload {
             msg_id,
@@ -480,7 +478,7 @@ impl<'a> Landing<'a> {
         };
         Ok(Landing {
             out,
-            session,
+            route,
             msg: Some(msg),
             now,
             sending,
@@ -492,10 +490,13 @@ impl<'a> Landing<'a> {
 impl<'a> Attempt<'a> for Landing<'a> {
     fn attempt(&mut self) -> Option<Result<Sent, Error>> {
         // `send` routes only inproc sessions here.
-        let (Some(link), Some(msg)) = (self.session.inproc(), self.msg.take()) else {
+        let session = self.route.session();
+        let (Some(session), Some(link), Some(msg)) =
+            (session, session.and_then(|s| s.inproc()), self.msg.take())
+        else {
             return Some(Err(Error::Disconnected));
         };
-        match link.land(&self.session, msg, self.now) {
+        match link.land(session, msg, self.now) {
             Ok(()) => {
                 if let Notify::Ack(waiter) =
                     std::mem::replace(&mut self.out.notify, Notify::Nothing)
@@ -515,13 +516,13 @@ impl<'a> Attempt<'a> for Landing<'a> {
 
     fn wait(&mut self) -> futures::future::BoxFuture<'_, Result<(), Error>> {
         let Landing {
-            session,
+            route,
             waits,
             now,
             sending,
             ..
         } = self;
-        let Some(link) = session.inproc() else {
+        let Some(link) = route.session().and_then(|s| s.inproc()) else {
             return Box::pin(futures::future::ready(Err(Error::Disconnected)));
         };
         let shared = sending.shared;

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 
@@ -333,12 +334,28 @@ impl Drop for ReplyTicket {
 }
 
 /// Where a message for a peer of a socket goes now.
-#[derive(Clone)]
 pub(crate) enum Route {
-    /// A live session.
+    /// A live session (a listener's peer, or a connection's as its link
+    /// held it).
     Session(Arc<Session>),
+    /// A connection's live session as loaded from `SocketCtx::up`:
+    /// borrowed through arc-swap's per-thread slots, so a send moves no
+    /// reference count of it (one cache line every sender on the
+    /// connection would write). Always `Some` when made.
+    Linked(arc_swap::Guard<Option<Arc<Session>>>),
     /// A connection that is redialling: its backlog.
     Backlog,
+}
+
+impl Route {
+    /// The session it leads to; `None`: a redialling connection's backlog.
+    pub(crate) fn session(&self) -> Option<&Arc<Session>> {
+        match self {
+            Route::Session(s) => Some(s),
+            Route::Linked(up) => up.as_ref(),
+            Route::Backlog => None,
+        }
+    }
 }
 
 /// A connection's link: the live session, or what waits for the next one.
@@ -382,6 +399,9 @@ pub(crate) struct SocketCtx {
     routes: Mutex<HashMap<Bytes, Arc<Session>, foldhash::fast::RandomState>>,
     /// A connection's link.
     link: Mutex<Link>,
+    /// A connection's live session, as senders read it (`route`): set
+    /// and cleared with `link`, under its lock; read without it.
+    up: ArcSwapOption<Session>,
     /// Wakes a connection's task to re-arm its timer: a message was
     /// recorded for resending where its session's task does not see it
     /// (while the link is down, or on inproc).
@@ -445,6 +465,7 @@ impl SocketCtx {
             closed: AtomicBool::new(false),
             routes: Mutex::new(HashMap::default()),
             link: Mutex::new(Link::Down(VecDeque::new())),
+            up: ArcSwapOption::empty(),
             timers: tokio::sync::Notify::new(),
             rtt_micros: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
@@ -493,27 +514,33 @@ impl SocketCtx {
                 .get(peer)
                 .map(|s| Route::Session(Arc::clone(s)))
                 .ok_or(Error::Disconnected),
-            SocketKind::Connection(_) => Ok(match &*lock(&self.link) {
-                Link::Up(s) => Route::Session(Arc::clone(s)),
-                Link::Down(_) => Route::Backlog,
-            }),
+            SocketKind::Connection(_) => {
+                let up = self.up.load();
+                if up.as_ref().is_some_and(|s| !s.is_closed()) {
+                    return Ok(Route::Linked(up));
+                }
+                Ok(match &*lock(&self.link) {
+                    Link::Up(s) => Route::Session(Arc::clone(s)),
+                    Link::Down(_) => Route::Backlog,
+                })
+            }
         }
     }
 
     /// The next msg_id towards the peer `route` leads to: gap-free per
     /// (socket, peer session).
     pub(crate) fn next_msg_id(&self, route: &Route) -> u64 {
-        match route {
-            Route::Session(s) => self.next_msg_id_for(s),
-            Route::Backlog => self.next_id.fetch_add(1, Ordering::Relaxed),
+        match route.session() {
+            Some(s) => self.next_msg_id_for(s),
+            None => self.next_id.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The msg_id the next message on `route` will take, without taking
     /// it (what a window's span is checked against).
     pub(crate) fn peek_msg_id(&self, route: &Route) -> u64 {
-        match (route, self.origin.kind) {
-            (Route::Session(s), SocketKind::Listener(_)) => s.next_id.load(Ordering::Relaxed),
+        match (route.session(), self.origin.kind) {
+            (Some(s), SocketKind::Listener(_)) => s.next_id.load(Ordering::Relaxed),
             _ => self.next_id.load(Ordering::Relaxed),
         }
     }
@@ -537,9 +564,9 @@ impl SocketCtx {
     /// Hands a payload over without waiting: to the session, or to a
     /// redialling connection's backlog.
     pub(crate) fn transmit(&self, route: &Route, payload: &Bytes) -> Result<(), Push> {
-        match route {
-            Route::Session(s) => s.send(payload),
-            Route::Backlog => {
+        match route.session() {
+            Some(s) => s.send(payload),
+            None => {
                 let mut link = lock(&self.link);
                 match &mut *link {
                     Link::Up(s) => {
@@ -567,9 +594,9 @@ impl SocketCtx {
 
     /// Waits for room for a payload on `route`.
     pub(crate) async fn route_room(&self, route: &Route) {
-        match route {
-            Route::Session(s) => s.room().await,
-            Route::Backlog => {
+        match route.session() {
+            Some(s) => s.room().await,
+            None => {
                 self.room
                     .wait(|| {
                         self.is_closed()
@@ -591,11 +618,11 @@ impl SocketCtx {
 
     /// The unacknowledged set a message on `route` goes into.
     pub(crate) fn unacked_for(&self, route: &Route) -> Arc<Unacked> {
-        match (route, &self.unacked) {
+        match (route.session(), &self.unacked) {
             (_, Some(u)) => Arc::clone(u),
-            (Route::Session(s), None) => Arc::clone(&s.unacked),
+            (Some(s), None) => Arc::clone(&s.unacked),
             // A listener has no backlog; a fresh set is never used.
-            (Route::Backlog, None) => Arc::new(Unacked::new(&self.config)),
+            (None, None) => Arc::new(Unacked::new(&self.config)),
         }
     }
 
@@ -757,6 +784,7 @@ impl SocketCtx {
         let mut link = lock(&self.link);
         if matches!(&*link, Link::Up(s) if Arc::ptr_eq(s, session)) {
             *link = Link::Down(VecDeque::new());
+            self.up.store(None);
         }
     }
 
@@ -781,6 +809,7 @@ impl SocketCtx {
             }
         }
         *link = Link::Up(Arc::clone(session));
+        self.up.store(Some(Arc::clone(session)));
         drop(link);
         self.room.wake();
     }
@@ -866,8 +895,8 @@ impl SocketCtx {
     /// timer is due earlier: wake whoever drives it (the session's task on
     /// tcp and ipc, the connection's otherwise) to re-arm.
     pub(crate) fn wake_timers(&self, route: &Route) {
-        match route {
-            Route::Session(s) if matches!(s.out, Out::Wire(_)) => s.wake(),
+        match route.session() {
+            Some(s) if matches!(s.out, Out::Wire(_)) => s.wake(),
             _ => self.timers.notify_one(),
         }
     }
