@@ -22,9 +22,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -53,16 +54,13 @@ struct Side {
     socket: Arc<SocketCtx>,
     /// That socket's messenger (callbacks, counters).
     shared: Arc<Shared>,
-    /// Weak: the sessions hold the pair, and a session's owner (routing
-    /// table, link) decides how long it lives.
-    session: Weak<Session>,
-}
-
-impl Side {
-    /// Its session, unless it has ended.
-    fn live(&self) -> Option<Arc<Session>> {
-        self.session.upgrade().filter(|s| !s.is_closed())
-    }
+    /// Its session while the pair is open. Held, not weakly: a landing
+    /// borrows it through arc-swap's per-thread slots and moves no
+    /// reference count (upgrading a `Weak` wrote the session's count from
+    /// both worker threads on every message). Cleared when the pair closes
+    /// ([`Pair::close`]), which breaks the cycle session -> link -> pair ->
+    /// session.
+    session: ArcSwapOption<Session>,
 }
 
 /// Two sessions joined in one process.
@@ -76,6 +74,15 @@ pub(crate) struct Pair {
 }
 
 impl Pair {
+    /// Ends the pair: both tasks see it, and it lets its sessions go.
+    /// Called when either session ends, and when a side's task is dropped
+    /// without ending its session (its runtime went away).
+    fn close(&self) {
+        self.closed.cancel();
+        self.connection.session.store(None);
+        self.listener.session.store(None);
+    }
+
     fn side(&self, id: SideId) -> &Side {
         match id {
             SideId::Connection => &self.connection,
@@ -101,14 +108,18 @@ impl Pair {
         now: Instant,
     ) -> Result<(), Refused> {
         let (to, back) = (self.other(from), self.side(from));
-        let Some(theirs) = to.live().filter(|_| !ours.is_closed()) else {
+        let theirs = to.session.load();
+        let Some(theirs) = theirs
+            .as_ref()
+            .filter(|s| !s.is_closed() && !ours.is_closed())
+        else {
             return Err(Refused::Gone);
         };
         Landing {
             to: process::Side {
                 socket: &to.socket,
                 shared: &to.shared,
-                session: &theirs,
+                session: theirs,
             },
             from: Some(process::Side {
                 socket: &back.socket,
@@ -186,7 +197,7 @@ impl InprocLink for Tx {
 
     fn close(&self) {
         if let Some(pair) = self.pair() {
-            pair.closed.cancel();
+            pair.close();
         }
     }
 }
@@ -255,10 +266,28 @@ pub(crate) fn bind(
     })
 }
 
-/// A connection's inproc session, as its driver holds it.
+/// A connection's inproc session, as its driver holds it. Dropped, it
+/// closes the pair (see [`Pair::close`]).
 pub(crate) struct Conn {
     /// Fires when the pair ends, from either side.
     closed: CancellationToken,
+    /// The pair, closed when the driver lets go of it.
+    pair: Arc<Pair>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.pair.close();
+    }
+}
+
+/// Closes the pair when the listener side's task ends, however it ends.
+struct CloseOnDrop(Arc<Pair>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Conn {
@@ -342,22 +371,23 @@ pub(crate) fn dial(
         connection: Side {
             socket: Arc::clone(socket),
             shared: Arc::clone(shared),
-            session: Arc::downgrade(&ours),
+            session: ArcSwapOption::from(Some(Arc::clone(&ours))),
         },
         listener: Side {
             socket: Arc::clone(&listener),
             shared: Arc::clone(&listener_shared),
-            session: Arc::downgrade(&theirs),
+            session: ArcSwapOption::from(Some(Arc::clone(&theirs))),
         },
         closed: closed.clone(),
     });
     for tx in [&our_tx, &their_tx] {
         let _ = tx.pair.set(Arc::clone(&pair));
     }
-    drop(pair);
     // The listener's side ends with the pair or the listener.
     let their_end = closed.clone();
+    let closer = CloseOnDrop(Arc::clone(&pair));
     tokio::spawn(async move {
+        let _closer = closer;
         let end = tokio::select! {
             biased;
             _ = stop.cancelled() => End::Stopped,
@@ -370,5 +400,5 @@ pub(crate) fn dial(
         };
         end.report(&listener, who);
     });
-    Ok((Conn { closed }, ours))
+    Ok((Conn { closed, pair }, ours))
 }
