@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::PeerAddr;
 use crate::proto::dedup::DedupWindow;
-use crate::runtime::process::woke_a_task;
+use crate::runtime::process::{Settled, woke_a_task};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Out, Session, SocketCtx};
 use crate::stats::{CloseReason, Stats, Transport};
@@ -241,6 +241,10 @@ pub(crate) struct Conn {
     /// The engine's last heartbeat round trip seen: a different one is a
     /// new sample for `messenger_peer_rtt_seconds`.
     last_rtt: Option<Duration>,
+    /// What one read's ACKs and replies settle in the peer's
+    /// unacknowledged set, applied at the read's end under one lock; kept
+    /// here so its buffers are reused.
+    settled: Settled,
 }
 
 impl Drop for Conn {
@@ -262,6 +266,7 @@ impl Conn {
             stats: Arc::clone(&socket.stats),
             transport: socket.transport,
             last_rtt: None,
+            settled: Settled::default(),
             stream: Arc::new(stream),
             engine: Engine::new(config, crate::clock::now()),
             rbuf: BytesMut::new(),
@@ -609,12 +614,17 @@ impl Conn {
     ) -> Result<(), End> {
         let held = outbox.hold();
         let now = crate::clock::now();
-        let mut woke =
-            first.is_some_and(|m| woke_a_task(shared.process(socket, session, dedup, m, now)));
-        let result = self.process_buffered(socket, session, shared, dedup, now);
+        let mut settled = std::mem::take(&mut self.settled);
+        let mut woke = first.is_some_and(|m| {
+            woke_a_task(shared.process(socket, session, dedup, &mut settled, m, now))
+        });
+        let result = self.process_buffered(socket, session, shared, dedup, &mut settled, now);
         if let Ok(w) = result {
             woke |= w;
         }
+        // Before the woken tasks run: the window they send into is open.
+        settled.apply(&shared.stats, socket.transport, &session.unacked, now);
+        self.settled = settled;
         send_commands(&mut self.engine, outbox);
         if held {
             if woke {
@@ -643,6 +653,7 @@ impl Conn {
         session: &Arc<Session>,
         shared: &Shared,
         dedup: &mut DedupWindow,
+        settled: &mut Settled,
         now: Instant,
     ) -> Result<bool, End> {
         let mut woke = false;
@@ -656,8 +667,9 @@ impl Conn {
                     }
                     match socket.parse_frames(self.engine.frames()) {
                         Ok(payload) => {
-                            woke |=
-                                woke_a_task(shared.process(socket, session, dedup, payload, now))
+                            let outcome =
+                                shared.process(socket, session, dedup, settled, payload, now);
+                            woke |= woke_a_task(outcome);
                         }
                         Err(e) => socket.malformed(session, &e),
                     }

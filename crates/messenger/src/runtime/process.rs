@@ -22,6 +22,7 @@ use crate::proto::wire::{NOOP, Payload};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Delivered, ReplyTicket, Session, SocketCtx};
 use crate::stats::{Stats, Transport, bump};
+use crate::transport::unacked::Unacked;
 use crate::types::Incoming;
 
 /// A received message as the API hands it out: its socket's origin is
@@ -67,14 +68,53 @@ pub(crate) fn woke_a_task(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Reply(true) | Outcome::Delivered)
 }
 
+/// What the messages of one read settle in the peer's unacknowledged
+/// set: the ACKs of our messages, and our requests that replies answered
+/// (a reply proves its request arrived). Applied once at the end of the
+/// read ([`apply`](Self::apply)), under one lock, instead of one lock per
+/// ACK and one per reply: that set's lock is the cache line the
+/// connection's senders and its driver share.
+#[derive(Default)]
+pub(crate) struct Settled {
+    /// msg_ids the peer ACKed.
+    acked: Vec<u64>,
+    /// msg_ids of our requests that replies answered.
+    answered: Vec<u64>,
+}
+
+impl Settled {
+    /// Settles what the read held at `now` (its round-trip samples are
+    /// taken then), and counts its ACKs, known and unknown (the one place
+    /// tcp and ipc ACKs are counted, since `process` cannot know which
+    /// are known before this).
+    pub(crate) fn apply(
+        &mut self,
+        stats: &Stats,
+        transport: Transport,
+        unacked: &Unacked,
+        now: Instant,
+    ) {
+        if self.acked.is_empty() && self.answered.is_empty() {
+            return;
+        }
+        let acks = self.acked.len() as u64;
+        let known = unacked.settle_all(&mut self.acked, &mut self.answered, now);
+        stats.acks_received.add(known);
+        stats.unknown_acks.add(acks - known);
+        stats.traffic(transport).messages_received.add(acks);
+    }
+}
+
 impl Shared {
     /// ProcessMessage for a message read from a tcp or ipc peer, in its
-    /// session's task, with the sender's duplicate window.
+    /// session's task, with the sender's duplicate window; what it settles
+    /// in our unacknowledged set goes into `settled`, for the read's end.
     pub(crate) fn process(
         &self,
         socket: &Arc<SocketCtx>,
         session: &Arc<Session>,
         window: &mut impl Window,
+        settled: &mut Settled,
         payload: Payload,
         now: Instant,
     ) -> Outcome {
@@ -82,9 +122,13 @@ impl Shared {
             shared: self,
             socket,
             session,
+            settled,
         };
         let outcome = process::process(&mut fx, window, payload, now);
-        count(&self.stats, socket.transport, outcome);
+        // An ACK is counted when it is settled (`Settled::apply`).
+        if !matches!(outcome, Outcome::Ack(_)) {
+            count(&self.stats, socket.transport, outcome);
+        }
         outcome
     }
 
@@ -184,6 +228,8 @@ struct Wire<'a> {
     socket: &'a Arc<SocketCtx>,
     /// The peer's session: where ACKs and answers go.
     session: &'a Arc<Session>,
+    /// The read's ACKs and answered requests, settled at its end.
+    settled: &'a mut Settled,
 }
 
 impl Effects for Wire<'_> {
@@ -200,8 +246,11 @@ impl Effects for Wire<'_> {
         }
     }
 
-    fn settle(&mut self, msg_id: u64, now: Instant) -> bool {
-        self.session.unacked.settle(msg_id, now)
+    /// Deferred to the read's end (`Settled::apply`, which counts it):
+    /// whether it was known is not asked here.
+    fn settle(&mut self, msg_id: u64, _now: Instant) -> bool {
+        self.settled.acked.push(msg_id);
+        true
     }
 
     fn can_echo(&mut self, _request: &Payload) -> bool {
@@ -217,8 +266,9 @@ impl Effects for Wire<'_> {
     fn complete(&mut self, reply: Payload) -> bool {
         match self.shared.complete(self.socket, self.session, reply) {
             Some(request) => {
-                // The reply proves our request arrived: stop resending it.
-                self.session.unacked.ack(request);
+                // The reply proves our request arrived: stop resending it
+                // (at the read's end).
+                self.settled.answered.push(request);
                 true
             }
             None => false,

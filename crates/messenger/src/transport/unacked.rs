@@ -148,17 +148,40 @@ impl Unacked {
         entry
     }
 
-    /// An ACK arrived at `now`: forget the message (sampling its round
-    /// trip) and tell whoever waits for it. False if nothing waited.
-    pub(crate) fn settle(&self, msg_id: u64, now: Instant) -> bool {
-        let Some(entry) = self.inner().set.ack_at(&msg_id, now) else {
-            return false;
-        };
-        self.room.wake();
-        if let Some(w) = entry.waiter {
+    /// ACKs that arrived at `now` (`acked`: each message is forgotten, its
+    /// round trip sampled, its waiter told) and requests a reply answered
+    /// (`answered`: forgotten, as [`ack`](Self::ack) does), under one
+    /// lock; both are emptied. Returns how many ACKs were for messages
+    /// held.
+    pub(crate) fn settle_all(
+        &self,
+        acked: &mut Vec<u64>,
+        answered: &mut Vec<u64>,
+        now: Instant,
+    ) -> u64 {
+        let mut known = 0;
+        let mut waiters = Vec::new();
+        let mut freed = false;
+        {
+            let mut inner = self.inner();
+            for id in acked.drain(..) {
+                if let Some(entry) = inner.set.ack_at(&id, now) {
+                    known += 1;
+                    freed = true;
+                    waiters.extend(entry.waiter);
+                }
+            }
+            for id in answered.drain(..) {
+                freed |= inner.set.ack(&id).is_some();
+            }
+        }
+        if freed {
+            self.room.wake();
+        }
+        for w in waiters {
             let _ = w.send(Ok(()));
         }
-        true
+        known
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run; `None`
@@ -287,15 +310,33 @@ mod tests {
         }
         assert!(matches!(u.reserve(usize::MAX, 10, 4), Err(Error::Full)));
         // 1, 2 and 3 are ACKed: three places free, but 0 is still out.
-        for id in 1..4 {
-            assert!(u.settle(id, now));
-        }
+        assert_eq!(u.settle_all(&mut vec![1, 2, 3], &mut Vec::new(), now), 3);
         assert_eq!(u.len(), 1);
         assert!(
             matches!(u.reserve(usize::MAX, 10, 4), Err(Error::Full)),
             "ids 0..=4 span more than the window"
         );
-        assert!(u.settle(0, now));
+        assert_eq!(u.settle_all(&mut vec![0], &mut Vec::new(), now), 1);
         assert!(u.reserve(usize::MAX, 10, 4).is_ok());
+    }
+
+    /// One read's ACKs and answered requests settle under one lock: known
+    /// ACKs are counted, unknown ones are not, an answered request is
+    /// forgotten, and both lists are left empty for the next read.
+    #[test]
+    fn a_read_settles_at_once() {
+        let now = crate::clock::now();
+        let later = now + Duration::from_secs(30);
+        let u = window_of(8);
+        for id in 0..4 {
+            let place = u.reserve(usize::MAX, 10, id).expect("room");
+            place
+                .insert(id, Bytes::from_static(b"x"), now, later, None)
+                .expect("inserted");
+        }
+        let (mut acked, mut answered) = (vec![0, 1, 9], vec![2, 1]);
+        assert_eq!(u.settle_all(&mut acked, &mut answered, now), 2);
+        assert!(acked.is_empty() && answered.is_empty());
+        assert_eq!(u.len(), 1, "only 3 is still unacknowledged");
     }
 }
