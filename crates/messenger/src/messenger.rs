@@ -732,6 +732,9 @@ impl Messenger {
             // `send` below: one future fewer around it. Scoped, so the
             // socket and peer are not kept while the reply is awaited.
             let sent = {
+                // Held while a send waits for room, if it must (rare): a
+                // thread whose few fast arc-swap slots are all taken gets
+                // counted references instead, correct and a little slower.
                 let sockets = self.sockets()?;
                 let (socket, peer) = sockets.find(&dest)?;
                 let out = Outgoing {

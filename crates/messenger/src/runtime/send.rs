@@ -138,6 +138,8 @@ trait Attempt<'a>: Send + 'a {
     fn attempt(&mut self) -> Option<Result<Sent, Error>>;
     /// Waits for what the last attempt lacked, within the send's deadline.
     fn wait(&mut self) -> futures::future::BoxFuture<'_, Result<(), Error>>;
+    /// About to wait: its route owns its session (see [`Route::owned`]).
+    fn own_route(&mut self);
 }
 
 /// Runs `send` to its outcome: at once, or boxed when it must wait.
@@ -146,6 +148,7 @@ fn drive<'a>(mut send: impl Attempt<'a>) -> SendFuture<'a> {
     match send.attempt() {
         Some(outcome) => Either::Left(ready(outcome)),
         None => Either::Right(Box::pin(async move {
+            send.own_route();
             loop {
                 send.wait().await?;
                 if let Some(outcome) = send.attempt() {
@@ -397,6 +400,10 @@ impl<'a> Transmission<'a> {
 }
 
 impl<'a> Attempt<'a> for Transmission<'a> {
+    fn own_route(&mut self) {
+        self.route = std::mem::replace(&mut self.route, Route::Backlog).owned();
+    }
+
     fn attempt(&mut self) -> Option<Result<Sent, Error>> {
         self.try_attempt().transpose()
     }
@@ -488,6 +495,10 @@ impl<'a> Landing<'a> {
 }
 
 impl<'a> Attempt<'a> for Landing<'a> {
+    fn own_route(&mut self) {
+        self.route = std::mem::replace(&mut self.route, Route::Backlog).owned();
+    }
+
     fn attempt(&mut self) -> Option<Result<Sent, Error>> {
         // `send` routes only inproc sessions here.
         let session = self.route.session();

@@ -348,6 +348,19 @@ pub(crate) enum Route {
 }
 
 impl Route {
+    /// The same route, owning its session: for a send about to wait, since
+    /// an arc-swap guard held for long takes one of its thread's few fast
+    /// slots.
+    pub(crate) fn owned(self) -> Route {
+        match self {
+            Route::Linked(up) => match arc_swap::Guard::into_inner(up) {
+                Some(s) => Route::Session(s),
+                None => Route::Backlog,
+            },
+            route => route,
+        }
+    }
+
     /// The session it leads to; `None`: a redialling connection's backlog.
     pub(crate) fn session(&self) -> Option<&Arc<Session>> {
         match self {
