@@ -68,6 +68,10 @@ pub(crate) fn woke_a_task(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Reply(true) | Outcome::Delivered)
 }
 
+/// Ids a connection's [`Settled`] shrinks back to after a read that
+/// held more than four times as many.
+const KEPT_IDS: usize = 256;
+
 /// What the messages of one read settle in the peer's unacknowledged
 /// set: the ACKs of our messages, and our requests that replies answered
 /// (a reply proves its request arrived). Applied once at the end of the
@@ -102,6 +106,14 @@ impl Settled {
         stats.acks_received.add(known);
         stats.unknown_acks.add(acks - known);
         stats.traffic(transport).messages_received.add(acks);
+        // A read of small ACKs may hold thousands; what a connection keeps
+        // between reads stays small (at most 8 KiB a list), without a
+        // reallocation per read at the usual sizes.
+        for ids in [&mut self.acked, &mut self.answered] {
+            if ids.capacity() > 4 * KEPT_IDS {
+                ids.shrink_to(KEPT_IDS);
+            }
+        }
     }
 }
 
@@ -398,5 +410,28 @@ impl Effects for Landing<'_> {
                 Delivery::Busy
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that settled thousands of ACKs counts each, known or not,
+    /// and leaves its connection holding room for a few hundred ids, not
+    /// thousands.
+    #[test]
+    fn a_big_read_is_counted_and_not_kept() {
+        let stats = Stats::default();
+        let unacked = Unacked::new(&crate::Config::default());
+        let mut settled = Settled::default();
+        settled.acked.extend(0..5000);
+        settled.answered.extend(0..5000);
+        settled.apply(&stats, Transport::Tcp, &unacked, crate::clock::now());
+        assert_eq!(stats.unknown_acks.get(), 5000);
+        assert_eq!(stats.acks_received.get(), 0);
+        assert!(settled.acked.is_empty() && settled.answered.is_empty());
+        assert!(settled.acked.capacity() <= 4 * KEPT_IDS);
+        assert!(settled.answered.capacity() <= 4 * KEPT_IDS);
     }
 }
