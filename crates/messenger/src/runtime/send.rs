@@ -148,8 +148,10 @@ fn drive<'a>(mut send: impl Attempt<'a>) -> SendFuture<'a> {
     match send.attempt() {
         Some(outcome) => Either::Left(ready(outcome)),
         None => Either::Right(Box::pin(async move {
-            send.own_route();
             loop {
+                // Before every wait: a route taken again since may be a
+                // guard.
+                send.own_route();
                 send.wait().await?;
                 if let Some(outcome) = send.attempt() {
                     return outcome;
