@@ -12,6 +12,11 @@
 //! (`runtime::process::Landing`). Every wait of one send (for room in the
 //! window, the buffer, or the peer's server loop) counts against one
 //! deadline, which starts when the first wait does.
+//!
+//! A send is a plain value ([`Transmission`], [`Landing`]) that goes as
+//! far as it can in the caller's poll; only one that must wait becomes a
+//! boxed future ([`drive`]). Almost every send waits for nothing, and a
+//! `request` then holds no send state at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
