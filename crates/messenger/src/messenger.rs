@@ -643,7 +643,7 @@ impl Messenger {
             Mode::Try,
         );
         // Mode::Try never waits: the first poll completes it.
-        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(Error::Full));
+        let sent = futures::FutureExt::now_or_never(send).unwrap_or_else(|| Err(Error::Full));
         Ok(sent?.msg_id)
     }
 
@@ -672,7 +672,7 @@ impl Messenger {
             .await?
             .msg_id;
         // Resolved by the ACK, or at the message's deadline by the resender.
-        rx.await.unwrap_or(Err(Error::Shutdown))?;
+        rx.await.unwrap_or_else(|_| Err(Error::Shutdown))?;
         Ok(msg_id)
     }
 
@@ -758,7 +758,7 @@ impl Messenger {
                 shared: &self.inner.shared,
                 id: sent.cb_id,
             };
-            let reply = rx.await.unwrap_or(Err(Error::Shutdown));
+            let reply = rx.await.unwrap_or_else(|_| Err(Error::Shutdown));
             guard.disarm();
             match &reply {
                 Ok(_) => telemetry::request_done(sent.transport, since),
@@ -767,11 +767,13 @@ impl Messenger {
             reply
         };
         // Instrumented only when its span is on: an inproc round trip is
-        // well under a microsecond, and a wrapper costs on every poll.
+        // well under a microsecond, and a wrapper costs on every poll. Boxed
+        // then, so the span does not widen every request's future (which
+        // callers move and keep per request in flight) when it is off.
         if span.is_disabled() {
             futures::future::Either::Left(request)
         } else {
-            futures::future::Either::Right(tracing::Instrument::instrument(request, span))
+            futures::future::Either::Right(Box::pin(tracing::Instrument::instrument(request, span)))
         }
     }
 

@@ -163,7 +163,7 @@ impl Callbacks {
         let mut shard = (0..SHARDS)
             .map(|i| self.shard(home + i))
             .find(|s| s.table.len() < s.table.limit())
-            .ok_or(Error::TooManyPending(self.limit))?;
+            .ok_or_else(|| Error::TooManyPending(self.limit))?;
         let Shard { table, deadlines } = &mut *shard;
         let id = table
             .insert_with(|_| {

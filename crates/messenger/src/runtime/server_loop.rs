@@ -102,7 +102,7 @@ impl Responder {
         let body = body.as_ref();
         let send = self.send(body, Mode::Try);
         // Mode::Try never waits: the first poll completes it.
-        let sent = futures::FutureExt::now_or_never(send).unwrap_or(Err(Error::Full));
+        let sent = futures::FutureExt::now_or_never(send).unwrap_or_else(|| Err(Error::Full));
         match (sent, &self.ticket) {
             (Err(Error::Full), Some(ticket)) if ticket.unspent() => {
                 self.shared.defer_reply(ticket, self.src_cb, body)

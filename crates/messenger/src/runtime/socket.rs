@@ -526,7 +526,7 @@ impl SocketCtx {
             SocketKind::Listener(_) => lock(&self.routes)
                 .get(peer)
                 .map(|s| Route::Session(Arc::clone(s)))
-                .ok_or(Error::Disconnected),
+                .ok_or_else(|| Error::Disconnected),
             SocketKind::Connection(_) => {
                 let up = self.up.load();
                 if up.as_ref().is_some_and(|s| !s.is_closed()) {
