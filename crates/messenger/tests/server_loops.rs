@@ -390,3 +390,60 @@ async fn shutdown_during_traffic_loses_nothing_it_acked() {
         );
     }
 }
+
+/// A peer whose window for replies is full sends the ACK that frees it
+/// and its next request in one write: the request reaches the server loop
+/// at once. The read's ACKs are settled before the window is checked, so
+/// the request is not refused unACKed (`reply_window_busy`) and left to a
+/// resend, which this raw peer never makes.
+#[tokio::test]
+async fn an_ack_and_a_request_in_one_write_find_the_window_open() {
+    use common::RAW_TRANSPORTS;
+    use common::raw_zmtp::{self, RawPeer, dial};
+    for t in RAW_TRANSPORTS {
+        // Room for one unACKed reply towards a peer; no heartbeats (this
+        // peer answers no PINGs).
+        let config = Config {
+            send_queue_capacity: 1,
+            heartbeat: None,
+            ..Config::default()
+        };
+        let (server, bound, _p) = serve(t, config, |m: Incoming, r: Responder| {
+            let _ = r.try_reply(&m.body);
+        })
+        .await;
+        let mut peer = RawPeer::handshake(dial(&bound.endpoint).await, 1, "DEALER", b"p").await;
+        // The reply to a request from callback 5, unACKed: its msg_id.
+        async fn reply_to(peer: &mut RawPeer, cb: u64, what: &str) -> u64 {
+            within(5, what, async {
+                loop {
+                    let parts = peer.message().await.unwrap().expect("the server closed");
+                    let payload = bytes::Bytes::from(parts.last().cloned().unwrap_or_default());
+                    let msg = wire::parse(&payload).expect("a well-formed message");
+                    if msg.dst_cb == cb {
+                        return msg.msg_id;
+                    }
+                }
+            })
+            .await
+        }
+        peer.send_message(&[b"", &wire::encode(0, 5, wire::NOOP, b"one")])
+            .await;
+        let first = reply_to(&mut peer, 5, "the first reply").await;
+        // The window is full now. Its ACK and the next request, at once.
+        let both = [
+            raw_zmtp::message(&[b"", &wire::ack(first)]),
+            raw_zmtp::message(&[b"", &wire::encode(1, 6, wire::NOOP, b"two")]),
+        ]
+        .concat();
+        peer.send(&both).await;
+        reply_to(
+            &mut peer,
+            6,
+            &format!("{t}: the second reply, without a resend"),
+        )
+        .await;
+        assert_eq!(server.stats().reply_window_busy, 0, "{t}");
+        server.shutdown().await;
+    }
+}

@@ -135,6 +135,7 @@ impl Shared {
             socket,
             session,
             settled,
+            now,
         };
         let outcome = process::process(&mut fx, window, payload, now);
         // An ACK is counted when it is settled (`Settled::apply`).
@@ -240,8 +241,24 @@ struct Wire<'a> {
     socket: &'a Arc<SocketCtx>,
     /// The peer's session: where ACKs and answers go.
     session: &'a Arc<Session>,
-    /// The read's ACKs and answered requests, settled at its end.
+    /// The read's ACKs and answered requests, settled at its end, or
+    /// before a decision that reads the window ([`Wire::settle_now`]).
     settled: &'a mut Settled,
+    /// When the read happened.
+    now: Instant,
+}
+
+impl Wire<'_> {
+    /// Settles what the read has ACKed so far, before a decision that
+    /// depends on the window towards the peer (room for a reply, a place
+    /// for an ECHO's answer): an ACK read just before must count, as it
+    /// did when each was settled at once.
+    fn settle_now(&mut self) {
+        let unacked = &self.session.unacked;
+        let stats = &self.shared.stats;
+        self.settled
+            .apply(stats, self.socket.transport, unacked, self.now);
+    }
 }
 
 impl Effects for Wire<'_> {
@@ -272,6 +289,7 @@ impl Effects for Wire<'_> {
     }
 
     fn echo(&mut self, request: Payload, now: Instant) {
+        self.settle_now();
         self.shared.echo(self.socket, self.session, &request, now)
     }
 
@@ -292,10 +310,12 @@ impl Effects for Wire<'_> {
         // its sender for it, or waits (unACKed) until there is one.
         let ticket = if message.src_cb == NOOP {
             None
-        } else if self.shared.reply_room(self.session) {
-            Some(ReplyTicket::new(self.session))
         } else {
-            return Delivery::NoReplyRoom;
+            self.settle_now();
+            if !self.shared.reply_room(self.session) {
+                return Delivery::NoReplyRoom;
+            }
+            Some(ReplyTicket::new(self.session))
         };
         self.shared
             .offer(self.socket, self.session, message, ticket)
