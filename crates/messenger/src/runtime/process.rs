@@ -74,9 +74,10 @@ const KEPT_IDS: usize = 256;
 
 /// What the messages of one read settle in the peer's unacknowledged
 /// set: the ACKs of our messages, and our requests that replies answered
-/// (a reply proves its request arrived). Applied once at the end of the
-/// read ([`apply`](Self::apply)), under one lock, instead of one lock per
-/// ACK and one per reply: that set's lock is the cache line the
+/// (a reply proves its request arrived). Applied under one lock at the
+/// end of the read ([`apply`](Self::apply)), and earlier when a decision
+/// in the read looks at the window (`Wire::settle_now`), instead of one
+/// lock per ACK and one per reply: that set's lock is the cache line the
 /// connection's senders and its driver share.
 #[derive(Default)]
 pub(crate) struct Settled {
