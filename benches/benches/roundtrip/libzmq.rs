@@ -59,6 +59,89 @@ fn serve(_ctx: zmq::Context, router: zmq::Socket) {
     }
 }
 
+/// What a closed loop's driver thread counts, for one DEALER or many, and
+/// what a reply does: one piece for [`closed_loop`] and
+/// [`closed_loop_peers`].
+struct Tally {
+    /// The bench's phase (warm-up, measuring, stopping).
+    phase: Arc<AtomicU8>,
+    /// Round trips completed, for the bench's control loop.
+    done: Arc<AtomicU64>,
+    /// The body size a reply must echo.
+    size: usize,
+    /// Requests sent and not yet answered.
+    outstanding: usize,
+    /// Round trips measured, in nanoseconds.
+    lat: Vec<u64>,
+    /// Replies of the wrong size while measuring.
+    errors: u64,
+}
+
+impl Tally {
+    fn new(phase: Arc<AtomicU8>, done: Arc<AtomicU64>, size: usize) -> Self {
+        Tally {
+            phase,
+            done,
+            size,
+            outstanding: 0,
+            lat: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    /// Whether the bench is stopping.
+    fn stopping(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == STOP
+    }
+
+    /// Sends slot `slot`'s request on `dealer`, numbered `*id`.
+    fn send(&mut self, dealer: &zmq::Socket, id: &mut u64, slot: usize, body: &[u8]) {
+        let req = wire::encode(*id, FIRST_USER + slot as u64, ECHO, body);
+        *id += 1;
+        self.outstanding += 1;
+        let _ = dealer.send_multipart([&b""[..], &req[..]], 0);
+    }
+
+    /// A message `dealer` read: ACKs it and, for the reply to one of
+    /// `sent_at`'s slots, counts its round trip. Returns the slot to send
+    /// on again (`None`: an ACK, not ours, or the bench is stopping).
+    fn reply(
+        &mut self,
+        dealer: &zmq::Socket,
+        frames: &[Vec<u8>],
+        sent_at: &mut [Instant],
+    ) -> Option<usize> {
+        let payload = frames.last()?;
+        let h = wire::parse_header(payload).ok()?;
+        if h.dst_cb == ACK {
+            return None;
+        }
+        let ack = wire::ack(h.msg_id);
+        let _ = dealer.send_multipart([&b""[..], &ack[..]], 0);
+        let slot = h.dst_cb.checked_sub(FIRST_USER)? as usize;
+        let at = sent_at.get_mut(slot)?;
+        let ns = at.elapsed().as_nanos() as u64;
+        self.outstanding -= 1;
+        let ph = self.phase.load(Ordering::Relaxed);
+        let ok = payload.len() - h.body_start == self.size;
+        if ok {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+        if ph == MEASURE {
+            if ok {
+                self.lat.push(ns);
+            } else {
+                self.errors += 1;
+            }
+        }
+        if ph == STOP {
+            return None;
+        }
+        *at = Instant::now();
+        Some(slot)
+    }
+}
+
 /// The closed loop of raw.rs on a libzmq DEALER, on a thread of its own.
 pub async fn closed_loop(
     endpoint: &str,
@@ -73,27 +156,23 @@ pub async fn closed_loop(
     dealer.connect(endpoint).map_err(|e| e.to_string())?;
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let done = Arc::new(AtomicU64::new(0));
-    let (p, d) = (Arc::clone(&phase), Arc::clone(&done));
+    let tally = Tally::new(Arc::clone(&phase), Arc::clone(&done), size);
     let driver = std::thread::spawn(move || {
         let _ctx = ctx;
+        let mut tally = tally;
         let body = cli_bench::body(size);
         let mut sent_at = vec![Instant::now(); in_flight];
-        let (mut next_id, mut outstanding) = (0u64, 0usize);
-        let (mut lat, mut errors) = (Vec::new(), 0u64);
+        let mut next_id = 0u64;
         for (slot, at) in sent_at.iter_mut().enumerate() {
             *at = Instant::now();
-            let req = wire::encode(next_id, FIRST_USER + slot as u64, ECHO, &body);
-            next_id += 1;
-            outstanding += 1;
-            let _ = dealer.send_multipart([&b""[..], &req[..]], 0);
+            tally.send(&dealer, &mut next_id, slot, &body);
         }
-        let give_up = || p.load(Ordering::Relaxed) == STOP;
         let mut stopped_at: Option<Instant> = None;
-        while outstanding > 0 {
+        while tally.outstanding > 0 {
             let frames = match dealer.recv_multipart(0) {
                 Ok(f) => f,
                 Err(zmq::Error::EAGAIN) => {
-                    if give_up()
+                    if tally.stopping()
                         && stopped_at.get_or_insert_with(Instant::now).elapsed()
                             > Duration::from_secs(5)
                     {
@@ -103,47 +182,11 @@ pub async fn closed_loop(
                 }
                 Err(_) => break,
             };
-            let Some(payload) = frames.last() else {
-                continue;
-            };
-            let Ok(h) = wire::parse_header(payload) else {
-                continue;
-            };
-            if h.dst_cb == ACK {
-                continue;
+            if let Some(slot) = tally.reply(&dealer, &frames, &mut sent_at) {
+                tally.send(&dealer, &mut next_id, slot, &body);
             }
-            let ack = wire::ack(h.msg_id);
-            let _ = dealer.send_multipart([&b""[..], &ack[..]], 0);
-            let Some(slot) = h.dst_cb.checked_sub(FIRST_USER).map(|s| s as usize) else {
-                continue;
-            };
-            let Some(at) = sent_at.get_mut(slot) else {
-                continue;
-            };
-            let ns = at.elapsed().as_nanos() as u64;
-            outstanding -= 1;
-            let ph = p.load(Ordering::Relaxed);
-            let ok = payload.len() - h.body_start == size;
-            if ok {
-                d.fetch_add(1, Ordering::Relaxed);
-            }
-            if ph == MEASURE {
-                if ok {
-                    lat.push(ns);
-                } else {
-                    errors += 1;
-                }
-            }
-            if ph == STOP {
-                continue;
-            }
-            *at = Instant::now();
-            let req = wire::encode(next_id, FIRST_USER + slot as u64, ECHO, &body);
-            next_id += 1;
-            outstanding += 1;
-            let _ = dealer.send_multipart([&b""[..], &req[..]], 0);
         }
-        (lat, errors)
+        (tally.lat, tally.errors)
     });
     let seconds = cli_bench::control(&phase, &done, in_flight, window, progress).await;
     let (lat, errors) = tokio::task::spawn_blocking(move || driver.join())
@@ -177,30 +220,23 @@ pub async fn closed_loop_peers(
     }
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let done = Arc::new(AtomicU64::new(0));
-    let (p, d) = (Arc::clone(&phase), Arc::clone(&done));
     let total = peers * in_flight;
+    let tally = Tally::new(Arc::clone(&phase), Arc::clone(&done), size);
     let driver = std::thread::spawn(move || {
         let _ctx = ctx;
+        let mut tally = tally;
         let body = cli_bench::body(size);
         // Per peer: its next msg_id and when each of its slots was sent.
         let mut next_id = vec![0u64; dealers.len()];
         let mut sent_at = vec![vec![Instant::now(); in_flight]; dealers.len()];
-        let mut outstanding = 0usize;
-        let (mut lat, mut errors) = (Vec::new(), 0u64);
-        let send = |dealer: &zmq::Socket, id: &mut u64, slot: usize| {
-            let req = wire::encode(*id, FIRST_USER + slot as u64, ECHO, &body);
-            *id += 1;
-            let _ = dealer.send_multipart([&b""[..], &req[..]], 0);
-        };
         for ((dealer, id), slots) in dealers.iter().zip(&mut next_id).zip(&mut sent_at) {
             for (slot, at) in slots.iter_mut().enumerate() {
                 *at = Instant::now();
-                send(dealer, id, slot);
-                outstanding += 1;
+                tally.send(dealer, id, slot, &body);
             }
         }
         let mut stopped_at: Option<Instant> = None;
-        while outstanding > 0 {
+        while tally.outstanding > 0 {
             let mut items: Vec<zmq::PollItem> = dealers
                 .iter()
                 .map(|s| s.as_poll_item(zmq::POLLIN))
@@ -210,7 +246,7 @@ pub async fn closed_loop_peers(
             }
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
             drop(items);
-            if p.load(Ordering::Relaxed) == STOP
+            if tally.stopping()
                 && stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5)
             {
                 break;
@@ -220,47 +256,13 @@ pub async fn closed_loop_peers(
                     continue;
                 }
                 while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
-                    let Some(payload) = frames.last() else {
-                        continue;
-                    };
-                    let Ok(h) = wire::parse_header(payload) else {
-                        continue;
-                    };
-                    if h.dst_cb == ACK {
-                        continue;
+                    if let Some(slot) = tally.reply(dealer, &frames, &mut sent_at[i]) {
+                        tally.send(dealer, &mut next_id[i], slot, &body);
                     }
-                    let ack = wire::ack(h.msg_id);
-                    let _ = dealer.send_multipart([&b""[..], &ack[..]], 0);
-                    let Some(slot) = h.dst_cb.checked_sub(FIRST_USER).map(|s| s as usize) else {
-                        continue;
-                    };
-                    let Some(at) = sent_at[i].get_mut(slot) else {
-                        continue;
-                    };
-                    let ns = at.elapsed().as_nanos() as u64;
-                    outstanding -= 1;
-                    let ph = p.load(Ordering::Relaxed);
-                    let ok = payload.len() - h.body_start == size;
-                    if ok {
-                        d.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if ph == MEASURE {
-                        if ok {
-                            lat.push(ns);
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                    if ph == STOP {
-                        continue;
-                    }
-                    *at = Instant::now();
-                    send(dealer, &mut next_id[i], slot);
-                    outstanding += 1;
                 }
             }
         }
-        (lat, errors)
+        (tally.lat, tally.errors)
     });
     let seconds = cli_bench::control(&phase, &done, total, window, |_| {}).await;
     let (lat, errors) = tokio::task::spawn_blocking(move || driver.join())

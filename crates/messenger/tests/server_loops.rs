@@ -159,6 +159,22 @@ fn shutting_down(m: &Messenger) -> bool {
     )
 }
 
+/// Starts `m`'s shutdown while its work waits at `gate`, checks that the
+/// shutdown waits for it, opens the gate, and sees the shutdown finish.
+async fn shutdown_waits_for_the_gate(m: &Messenger, gate: &'static Semaphore, t: &str) {
+    let shutdown = {
+        let m = m.clone();
+        tokio::spawn(async move { m.shutdown().await })
+    };
+    eventually(5, "shutdown begins", || shutting_down(m)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "{t}: shutdown did not wait for the work"
+    );
+    gate.add_permits(1);
+    within(10, "shutdown", shutdown).await.unwrap();
+}
+
 /// Work running when shutdown begins finishes within the grace period and
 /// its reply reaches the client: the handler waits at a gate that opens
 /// only once shutdown has begun.
@@ -168,17 +184,7 @@ async fn shutdown_lets_running_work_finish_and_reply_within_the_grace() {
     for t in TRANSPORTS {
         let work = || async { GATE.acquire().await.expect("gate").forget() };
         let (server, client, waiting, _p) = server_at_work(t, Config::default(), work).await;
-        let shutdown = {
-            let server = server.clone();
-            tokio::spawn(async move { server.shutdown().await })
-        };
-        eventually(5, "shutdown begins", || shutting_down(&server)).await;
-        assert!(
-            !shutdown.is_finished(),
-            "{t}: shutdown did not wait for the work"
-        );
-        GATE.add_permits(1);
-        within(10, "shutdown", shutdown).await.unwrap();
+        shutdown_waits_for_the_gate(&server, &GATE, t).await;
         let reply = within(5, "reply", waiting).await.unwrap().unwrap();
         assert_eq!(
             reply.body.as_ref(),
@@ -320,17 +326,7 @@ async fn a_connection_hosts_a_concurrent_server_loop_drained_at_shutdown() {
             tokio::spawn(async move { server.request(dest, wire::NOOP, "slow").await })
         };
         within(5, "slow started", started.recv()).await.unwrap();
-        let shutdown = {
-            let client = client.clone();
-            tokio::spawn(async move { client.shutdown().await })
-        };
-        eventually(5, "shutdown begins", || shutting_down(&client)).await;
-        assert!(
-            !shutdown.is_finished(),
-            "{t}: shutdown did not wait for the work"
-        );
-        GATE.add_permits(1);
-        within(10, "shutdown", shutdown).await.unwrap();
+        shutdown_waits_for_the_gate(&client, &GATE, t).await;
         let reply = within(5, "slow reply", waiting).await.unwrap().unwrap();
         assert_eq!(reply.body.as_ref(), b"re:slow", "{t}");
         server.shutdown().await;
