@@ -419,6 +419,12 @@ struct Cell {
     p50_vs_libzmq: BTreeMap<&'static str, f64>,
 }
 
+/// The median over rounds of `f(a) / f(b)`, each round's pair taken side
+/// by side.
+fn median_ratio(a: &[Sample], b: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    median(a.iter().zip(b).map(|(a, b)| f(a) / f(b)).collect())
+}
+
 fn per_round_ratio(
     samples: &BTreeMap<&'static str, Vec<Sample>>,
     base: &str,
@@ -429,8 +435,7 @@ fn per_round_ratio(
         return out;
     };
     for (name, v) in samples {
-        let ratios = v.iter().zip(b).map(|(s, b)| f(s) / f(b)).collect();
-        out.insert(*name, median(ratios));
+        out.insert(*name, median_ratio(v, b, &f));
     }
     out
 }
@@ -853,7 +858,7 @@ async fn inproc(args: &Args) -> Vec<Cell> {
         let per_round = |f: fn(&Sample) -> f64| {
             let ours = &cell.samples["messenger-inproc"];
             let theirs = &cell.samples["tokio-channels"];
-            median(ours.iter().zip(theirs).map(|(m, c)| f(m) / f(c)).collect())
+            median_ratio(ours, theirs, f)
         };
         let ratio = per_round(|s| s.round_trips_per_s);
         let p50 = per_round(|s| s.p50_us);
@@ -1172,12 +1177,7 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
         let a = samples.get(&format!("messenger {p}x{k}"));
         let b = samples.get(&format!("libzmq {p}x{k}"));
         if let (Some(a), Some(b)) = (a, b) {
-            let r = median(
-                a.iter()
-                    .zip(b)
-                    .map(|(a, b)| a.round_trips_per_s / b.round_trips_per_s)
-                    .collect(),
-            );
+            let r = median_ratio(a, b, |s| s.round_trips_per_s);
             println!(
                 "messenger / libzmq at {p}x{k} = {r:.2}x (median of per-round ratios; target >= 2x at 1000x10)"
             );
@@ -1189,12 +1189,7 @@ async fn peers(args: &Args) -> Vec<serde_json::Value> {
             let a = samples.get(&format!("{} {p1}x{k1}", who.name()));
             let b = samples.get(&format!("{} {p0}x{k0}", who.name()));
             if let (Some(a), Some(b)) = (a, b) {
-                let r = median(
-                    a.iter()
-                        .zip(b)
-                        .map(|(a, b)| a.round_trips_per_s / b.round_trips_per_s)
-                        .collect(),
-                );
+                let r = median_ratio(a, b, |s| s.round_trips_per_s);
                 println!(
                     "{}: {p1}x{k1} / {p0}x{k0} = {r:.2}x (median of per-round ratios; target >= 0.8x for the messenger)",
                     who.name()
