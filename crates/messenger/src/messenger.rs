@@ -647,6 +647,39 @@ impl Messenger {
         Ok(sent?.msg_id)
     }
 
+    /// Runs `f` with this thread's sends on tcp and ipc held back, and
+    /// writes them when it returns: one `write` per connection for the
+    /// lot, instead of one per message. For code that sends many
+    /// messages in a row from one thread: a replication primary's batch
+    /// of log records through [`try_send_message`](Self::try_send_message),
+    /// a binding that polls the request futures its users made since it
+    /// last ran. (Sends from the messenger's own runtime threads are
+    /// gathered already: a connection's task holds its writes while the
+    /// tasks it woke send.)
+    ///
+    /// Nothing sent inside `f` leaves before `f` returns, so `f` must not
+    /// wait for a reply to its own sends. It covers every messenger's
+    /// sends on this thread; a batch inside a batch joins the outer one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use messenger::{Messenger, NOOP};
+    /// # let server = Messenger::new()?;
+    /// # let at: messenger::Endpoint = "tcp://127.0.0.1:0".parse()?;
+    /// # let at = server.listen_for_connection(&at, |_: messenger::Incoming, _: messenger::Responder| {}).await?.endpoint;
+    /// let m = Messenger::new()?;
+    /// let conn = m.make_connection(&at).await?;
+    /// let sent = m.batch(|| {
+    ///     (0..100).filter(|i| m.try_send_message(conn, NOOP, format!("record {i}"), None).is_ok()).count()
+    /// });
+    /// assert_eq!(sent, 100);
+    /// # Ok(()) }
+    /// ```
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        crate::runtime::batch::run(f)
+    }
+
     /// Sends `body` to `dst_cb` at `dest` and waits until the peer
     /// acknowledges it (resending meanwhile), all within
     /// [`Config::request_timeout`] from the call. On inproc, where nothing

@@ -14,6 +14,7 @@
 //! shared.rs      what every task of a messenger shares; the end of a session
 //! callbacks.rs   waiting callbacks and their deadlines (one timer)
 //! send.rs        the one send path: Outgoing -> window -> session
+//! batch.rs       writes held back for a batch of sends from one thread
 //! process.rs     ProcessMessage carried out, for tcp/ipc and for inproc
 //! socket.rs      sockets, sessions, routes; the routing table; a session's
 //!                timers (resends, deadlines, replies waiting for room)
@@ -26,6 +27,7 @@
 //! windows.rs     a listener's duplicate windows, kept across a peer's sessions
 //! ```
 
+pub(crate) mod batch;
 pub(crate) mod callbacks;
 pub(crate) mod connection;
 pub(crate) mod driver;

@@ -40,13 +40,14 @@ use crate::error::Error;
 use crate::events::PeerAddr;
 use crate::proto::FrameError;
 use crate::proto::wire::{self, Payload};
+use crate::runtime::batch;
 use crate::runtime::process::Refused;
 use crate::runtime::replies::Replies;
 use crate::stats::{Stats, Transport, bump};
 use crate::transport::outbox::{Outbox, Push};
 use crate::transport::room::Room;
 use crate::transport::unacked::Unacked;
-use zmtp::CurvePublicKey;
+use zmtp::{CurvePublicKey, Encoder};
 
 /// A server loop's bounded queue: what the listener's sessions hand
 /// messages to, and the loop's task takes them from.
@@ -211,21 +212,52 @@ impl Session {
 
     /// Hands one payload to the peer without waiting.
     pub(crate) fn send(&self, payload: &Bytes) -> Result<(), Push> {
+        self.hand_over(payload, None)
+    }
+
+    /// [`send`](Self::send) for the send path, which may run inside a
+    /// batch (`batch.rs`): there a tcp or ipc write waits for the batch's
+    /// end.
+    pub(crate) fn send_batched(self: &Arc<Self>, payload: &Bytes) -> Result<(), Push> {
+        let batch = batch::active().then_some(self);
+        self.hand_over(payload, batch)
+    }
+
+    /// Frames `payload` into the outbox (or lands it inproc); with
+    /// `batch`, a write role taken is left to the batch.
+    fn hand_over(&self, payload: &Bytes, batch: Option<&Arc<Session>>) -> Result<(), Push> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Push::Closed);
         }
         match &self.out {
             Out::Wire(ob) => {
                 let head = &self.head;
-                ob.push(head.len() + payload.len() + 20, |enc, buf| {
+                let len = head.len() + payload.len() + 20;
+                let encode = |enc: &mut Encoder, buf: &mut BytesMut| {
                     if head.is_empty() {
                         enc.message(buf, &[b"", payload]);
                     } else {
                         enc.message(buf, &[head, b"", payload]);
                     }
-                })
+                };
+                match batch {
+                    None => ob.push(len, encode),
+                    Some(me) => {
+                        if ob.push_corked(len, encode)? {
+                            batch::hold(me);
+                        }
+                        Ok(())
+                    }
+                }
             }
             Out::Inproc(tx) => tx.send(self, payload),
+        }
+    }
+
+    /// Writes what a batch held back (`batch.rs`).
+    pub(crate) fn uncork(&self) {
+        if let Out::Wire(ob) = &self.out {
+            ob.uncork();
         }
     }
 
@@ -578,14 +610,14 @@ impl SocketCtx {
     /// redialling connection's backlog.
     pub(crate) fn transmit(&self, route: &Route, payload: &Bytes) -> Result<(), Push> {
         match route.session() {
-            Some(s) => s.send(payload),
+            Some(s) => s.send_batched(payload),
             None => {
                 let mut link = lock(&self.link);
                 match &mut *link {
                     Link::Up(s) => {
                         let s = Arc::clone(s);
                         drop(link);
-                        s.send(payload)
+                        s.send_batched(payload)
                     }
                     Link::Down(_) if self.is_closed() => Err(Push::Closed),
                     // With resending on, the message is in the connection's

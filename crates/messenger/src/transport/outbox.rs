@@ -128,7 +128,27 @@ impl Outbox {
         len: usize,
         encode: impl FnOnce(&mut Encoder, &mut BytesMut),
     ) -> Result<(), Push> {
-        self.push_below(|st| self.takes(st), len, encode)
+        self.push_below(|st| self.takes(st), len, encode, false)
+            .map(drop)
+    }
+
+    /// [`push`](Self::push) that never writes: if nobody holds the write
+    /// role, it takes it and returns `true`, and the caller must end with
+    /// [`uncork`](Self::uncork) (a batch of sends from one thread).
+    pub(crate) fn push_corked(
+        &self,
+        len: usize,
+        encode: impl FnOnce(&mut Encoder, &mut BytesMut),
+    ) -> Result<bool, Push> {
+        self.push_below(|st| self.takes(st), len, encode, true)
+    }
+
+    /// Ends a [`push_corked`](Self::push_corked) that took the write
+    /// role: writes what is buffered, as a sender (a full socket hands
+    /// the role to the driver).
+    pub(crate) fn uncork(&self) {
+        let chunk = Self::take_buf(&mut self.lock());
+        self.write_out(chunk, false);
     }
 
     /// [`push`](Self::push) for an ACK or a command (PONG, PING): taken
@@ -148,15 +168,21 @@ impl Outbox {
             |st| st.buf.len() < self.limit.saturating_mul(2),
             len,
             encode,
+            false,
         )
+        .map(drop)
     }
 
+    /// Appends one encoded message if `room` allows; writes it at once if
+    /// nobody holds the write role, unless `corked` (then the role is
+    /// taken, unwritten, and `true` returned).
     fn push_below(
         &self,
         room: impl FnOnce(&State) -> bool,
         len: usize,
         encode: impl FnOnce(&mut Encoder, &mut BytesMut),
-    ) -> Result<(), Push> {
+        corked: bool,
+    ) -> Result<bool, Push> {
         let mut st = self.lock();
         if st.closed {
             return Err(Push::Closed);
@@ -168,13 +194,16 @@ impl Outbox {
         buf.reserve(len);
         encode(encoder, buf);
         if st.writing {
-            return Ok(());
+            return Ok(false);
         }
         st.writing = true;
+        if corked {
+            return Ok(true);
+        }
         let chunk = Self::take_buf(&mut st);
         drop(st);
         self.write_out(chunk, false);
-        Ok(())
+        Ok(false)
     }
 
     /// Whether the buffer holds half its limit or more: a listener stops
