@@ -1,7 +1,10 @@
 //! The asyncio API: `messenger.aio.Messenger` and `messenger.aio.Responder`.
 //!
-//! Each call starts the library's work on the runtime and returns an
-//! asyncio future of the loop it was called on. Runtime threads never take
+//! Each call returns an asyncio future of the loop it was called on. A
+//! request is the library's future, polled on the loop's thread (the
+//! requests made since the loop last ran are sent there as one
+//! `Messenger::batch`); every other call is a task on the runtime. Runtime
+//! threads never take
 //! the GIL, so they cannot resolve a future themselves: what they finish
 //! goes into the messenger's [`Hub`] (a queue behind a short lock) and one
 //! byte wakes the loop through a socket it watches (`loop.add_reader`). The
@@ -39,13 +42,6 @@ type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 
 /// What a runtime task hands to the loop's thread.
 enum Event {
-    /// A request's reply, or why none came: resolves call `id`'s future.
-    /// (The common case, kept apart from `Resolve` so it allocates nothing
-    /// more.) Runtime tasks hold call ids, never Python objects.
-    Reply {
-        id: u64,
-        reply: Result<messenger::Incoming, Error>,
-    },
     /// Any other call's outcome: resolves call `id`'s future with what
     /// `make` makes.
     Resolve { id: u64, make: Make },
@@ -64,10 +60,23 @@ enum Event {
     },
 }
 
-/// Where runtime tasks leave work for one messenger's event loop.
+/// What waits for the loop's thread.
+#[derive(Default)]
+struct Queue {
+    /// Requests whose futures were woken (a reply came, a deadline
+    /// passed, room freed, or just made), by call id: the loop polls
+    /// them. The common case, kept apart from [`Event`] (whose larger
+    /// variants would be copied with every id).
+    woken: Vec<u64>,
+    /// Everything else.
+    events: Vec<Event>,
+}
+
+/// Where runtime tasks leave work for one messenger's event loop. Runtime
+/// threads hold call ids, never Python objects.
 struct Hub {
     /// Everything not yet taken by the loop.
-    queue: Mutex<Vec<Event>>,
+    queue: Mutex<Queue>,
     /// Set once a wake-up byte is on its way and the queue not yet taken:
     /// further events need no byte of their own.
     signaled: AtomicBool,
@@ -83,7 +92,7 @@ impl Hub {
         wake.set_nonblocking(true)?;
         watched.set_nonblocking(true)?;
         Ok(Hub {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             signaled: AtomicBool::new(false),
             wake,
             watched,
@@ -94,10 +103,22 @@ impl Hub {
     /// Called from runtime threads: never takes the GIL, never blocks
     /// beyond the queue's short lock.
     fn push(&self, event: Event) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
+        self.queue().events.push(event);
+        self.signal();
+    }
+
+    /// Queues request `id` to be polled, as [`push`](Self::push).
+    fn wake_request(&self, id: u64) {
+        self.queue().woken.push(id);
+        self.signal();
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the loop unless a wake-up is on its way already.
+    fn signal(&self) {
         if !self.signaled.swap(true, Ordering::AcqRel) {
             // One byte at most is ever unread, so this cannot block; if
             // it fails the loop is gone and nobody is waiting.
@@ -109,7 +130,7 @@ impl Hub {
     /// before the flag is cleared and the flag before the queue is taken,
     /// so an event pushed at any moment is either taken now or followed
     /// by a byte of its own.
-    fn take(&self) -> Vec<Event> {
+    fn take(&self) -> Queue {
         let mut buf = [0u8; 64];
         while let Ok(n) = (&self.watched).read(&mut buf) {
             if n == 0 {
@@ -117,13 +138,13 @@ impl Hub {
             }
         }
         self.signaled.store(false, Ordering::SeqCst);
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.queue())
     }
 }
 
-/// The calls in progress on one loop: each one's future and task, so the
-/// result finds its future and a future its caller cancelled (a timeout,
-/// say) gets its task aborted, which frees the request at once. A sweep on
+/// The calls in progress on one loop: each one's asyncio future and its
+/// work, so the result finds its future and a future its caller cancelled
+/// (a timeout, say) gets its work stopped, which frees the request at once. A sweep on
 /// the loop every [`SWEEP_S`] looks for cancelled futures while calls are
 /// open: asyncio has no hook for a cancellation, and a done-callback on
 /// every future cost a quarter of the loop's time per request.
@@ -134,25 +155,72 @@ impl Hub {
 struct Calls {
     /// Numbers the calls.
     next: u64,
-    /// Call id -> its future and how to stop its work.
-    open: HashMap<u64, (Py<PyAny>, Abort)>,
+    /// Call id -> its asyncio future and its work.
+    open: HashMap<u64, (Py<PyAny>, Work)>,
     /// Whether a sweep is scheduled.
     sweeping: bool,
 }
 
-/// How a call's work is stopped when its future is cancelled: a task of
-/// its own, or a request the loop's driver task runs.
-enum Abort {
+/// A call's work, stopped when its asyncio future is cancelled.
+enum Work {
+    /// A task of its own on the runtime (every call but `request`):
+    /// aborted.
     Task(AbortHandle),
-    Request(futures::future::AbortHandle),
+    /// A request: the library's future, polled on the loop's thread.
+    /// Dropped, it frees its callback.
+    Request(Request),
 }
 
-impl Abort {
-    fn abort(&self) {
+impl Work {
+    fn abort(self) {
         match self {
-            Abort::Task(t) => t.abort(),
-            Abort::Request(r) => r.abort(),
+            Work::Task(t) => t.abort(),
+            Work::Request(r) => drop(r),
         }
+    }
+}
+
+/// A request of the loop's: the library's `request` future, polled on the
+/// loop's thread (its send runs there, in the first poll) with a waker
+/// that hands its id to the hub. No runtime task stands between the
+/// connection that receives the reply and the loop: the reply's oneshot
+/// wakes the waker, which queues the id and wakes the loop.
+struct Request {
+    /// The library's request future, owning what it borrows.
+    work: std::pin::Pin<Box<dyn Future<Output = Result<messenger::Incoming, Error>> + Send>>,
+    /// Queues this request's id to be polled.
+    waker: std::task::Waker,
+}
+
+impl Request {
+    /// Polls the request on the loop's thread, inside the runtime's context
+    /// (a send that waits for room sets a tokio timer).
+    fn poll(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+    ) -> std::task::Poll<Result<messenger::Incoming, Error>> {
+        let _inside = runtime.enter();
+        self.work
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&self.waker))
+    }
+}
+
+/// A request's waker: wakes the loop with the request's id.
+struct RequestWaker {
+    /// Where the id goes.
+    hub: Arc<Hub>,
+    /// The request's call id.
+    id: u64,
+}
+
+impl std::task::Wake for RequestWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.hub.wake_request(self.id);
     }
 }
 
@@ -180,6 +248,7 @@ impl Sweep {
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let me = slf.get();
+        let mut stopped = Vec::new();
         let again = {
             let mut calls = lock(&me.calls);
             let mut cancelled = Vec::new();
@@ -193,13 +262,15 @@ impl Sweep {
                 }
             }
             for id in cancelled {
-                if let Some((_, task)) = calls.open.remove(&id) {
-                    task.abort();
+                if let Some((_, work)) = calls.open.remove(&id) {
+                    stopped.push(work);
                 }
             }
             calls.sweeping = !calls.open.is_empty();
             calls.sweeping
         };
+        // Stopped outside the lock: a request's drop runs library code.
+        stopped.into_iter().for_each(Work::abort);
         if again {
             me.event_loop
                 .bind(py)
@@ -219,82 +290,6 @@ struct LoopTie {
     waker: Py<Waker>,
     /// The calls in progress.
     registry: Registry,
-    /// Requests on their way to the driver task.
-    starts: Arc<Starts>,
-    /// The driver task, stopped when the messenger goes.
-    driver: AbortHandle,
-}
-
-/// A request made on the loop's thread, for the loop's driver task.
-struct Start {
-    /// Its key in the registry the sweep reads, and in the batch of
-    /// results handed back to the loop.
-    id: u64,
-    /// Where it goes.
-    dest: messenger::Destination,
-    /// The callback it is addressed to.
-    callback_id: u64,
-    /// The body, borrowed from the Python bytes without a copy.
-    body: PyBackedBytes,
-    /// Its deadline from the call.
-    timeout: std::time::Duration,
-    /// Cancels it (the sweep found its future cancelled).
-    registration: futures::future::AbortRegistration,
-}
-
-/// Requests handed from the loop's thread to its driver task: a queue
-/// behind a short lock, and one wake-up per batch. A task per request
-/// cost the loop's thread an allocation and a registration with the
-/// runtime each (and the workers a schedule each).
-#[derive(Default)]
-struct Starts {
-    /// Requests not yet taken.
-    queue: Mutex<Vec<Start>>,
-    /// Wakes the driver.
-    notify: tokio::sync::Notify,
-}
-
-impl Starts {
-    fn push(&self, start: Start) {
-        let first = {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.push(start);
-            q.len() == 1
-        };
-        if first {
-            self.notify.notify_one();
-        }
-    }
-
-    fn take(&self) -> Vec<Start> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// Runs the loop's requests, all in this one task: each is a future of a
-/// set the task polls; each result goes to the hub.
-async fn drive(m: messenger::Messenger, starts: Arc<Starts>, hub: Arc<Hub>) {
-    use futures::StreamExt;
-    let mut running = futures::stream::FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = starts.notify.notified() => {
-                for s in starts.take() {
-                    running.push(run_request(&m, s, &hub));
-                }
-            }
-            Some(()) = running.next() => {}
-        }
-    }
-}
-
-/// One request of the driver's.
-async fn run_request(m: &messenger::Messenger, s: Start, hub: &Hub) {
-    let work = m.request_with_timeout(s.dest, s.callback_id, &s.body, s.timeout);
-    if let Ok(reply) = futures::future::Abortable::new(work, s.registration).await {
-        hub.push(Event::Reply { id: s.id, reply });
-    }
 }
 
 /// Where calls are registered: the calls in progress, and the sweep
@@ -317,13 +312,13 @@ impl Registry {
         }
     }
 
-    /// Registers call `id` (taken from `next_id` and given to its task),
-    /// whose future is `fut` and whose task is `task`. The loop's thread
-    /// is here, so the task's result cannot be taken before this.
-    fn open(&self, py: Python<'_>, fut: &Bound<'_, PyAny>, task: Abort, id: u64) -> PyResult<()> {
+    /// Registers call `id` (taken from `next_id` and given to its work),
+    /// whose future is `fut`. The loop's thread is here, so the work's
+    /// result cannot be taken before this.
+    fn open(&self, py: Python<'_>, fut: &Bound<'_, PyAny>, work: Work, id: u64) -> PyResult<()> {
         let schedule = {
             let mut calls = lock(&self.calls);
-            calls.open.insert(id, (fut.clone().unbind(), task));
+            calls.open.insert(id, (fut.clone().unbind(), work));
             !std::mem::replace(&mut calls.sweeping, true)
         };
         if schedule {
@@ -364,12 +359,21 @@ struct Waker {
 #[pymethods]
 impl Waker {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        for event in self.hub.take() {
-            if let Err(e) = self.handle(py, event) {
-                // A failure of ours (an object could not be made):
-                // reported, and the other events still handled.
-                e.print(py);
+        let Queue { woken, events } = self.hub.take();
+        // The requests first, as one batch: those sent now (made since
+        // the loop last ran) leave in one write per connection.
+        let resume_all = || {
+            for id in woken {
+                self.report(py, self.resume(py, id));
             }
+        };
+        match self.core.messenger(py) {
+            Ok(m) => m.batch(resume_all),
+            // A forked child: nothing is sent there anyway.
+            Err(_) => resume_all(),
+        }
+        for event in events {
+            self.report(py, self.handle(py, event));
         }
         Ok(())
     }
@@ -392,24 +396,42 @@ impl Waker {
         Ok(Some(fut))
     }
 
+    /// A failure of ours in handling an event (an object could not be
+    /// made): reported, and the other events still handled.
+    fn report(&self, py: Python<'_>, handled: PyResult<()>) {
+        if let Err(e) = handled {
+            e.print(py);
+        }
+    }
+
+    /// Polls request `id` again (its waker fired); resolves its future if
+    /// it is done. A request no longer open (cancelled, or finished at an
+    /// earlier wake) is left alone.
+    fn resume(&self, py: Python<'_>, id: u64) -> PyResult<()> {
+        let (fut, reply) = {
+            let mut calls = lock(&self.registry.calls);
+            let Some((_, Work::Request(request))) = calls.open.get_mut(&id) else {
+                return Ok(());
+            };
+            let std::task::Poll::Ready(reply) = request.poll(self.core.runtime) else {
+                return Ok(());
+            };
+            let Some((fut, _finished)) = calls.open.remove(&id) else {
+                return Ok(());
+            };
+            (fut, reply)
+        };
+        let fut = fut.bind(py);
+        // Cancelled by its caller before the sweep found it.
+        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        resolve(py, fut, reply, self.core.serial)
+    }
+
     fn handle(&self, py: Python<'_>, event: Event) -> PyResult<()> {
         let owner = self.core.serial;
         match event {
-            Event::Reply { id, reply } => {
-                let Some(fut) = self.finish(py, id)? else {
-                    return Ok(());
-                };
-                let fut = fut.bind(py);
-                match reply {
-                    Ok(msg) => {
-                        let msg = Py::new(py, Incoming { inner: msg, owner })?;
-                        fut.call_method1(intern!(py, "set_result"), (msg,))?;
-                    }
-                    Err(e) => {
-                        fut.call_method1(intern!(py, "set_exception"), (to_value(py, &e),))?;
-                    }
-                }
-            }
             Event::Resolve { id, make } => {
                 let Some(fut) = self.finish(py, id)? else {
                     return Ok(());
@@ -626,24 +648,15 @@ impl AsyncMessenger {
                     intern!(py, "add_reader"),
                     (hub.watched.as_raw_fd(), waker.clone_ref(py)),
                 )?;
-                let starts = Arc::new(Starts::default());
-                let driver = self
-                    .core
-                    .runtime
-                    .spawn(drive(m.clone(), Arc::clone(&starts), Arc::clone(&hub)))
-                    .abort_handle();
                 let fresh = LoopTie {
                     event_loop: running.clone().unbind(),
                     hub,
                     waker,
                     registry,
-                    starts,
-                    driver,
                 };
                 if let Err(lost) = self.bound.set(fresh) {
                     // Another thread bound it meanwhile (a misuse that the
                     // check below reports); undo ours.
-                    lost.driver.abort();
                     let _ = running.call_method1(
                         intern!(py, "remove_reader"),
                         (lost.hub.watched.as_raw_fd(),),
@@ -705,7 +718,7 @@ impl AsyncMessenger {
         });
         bound
             .registry
-            .open(py, fut, Abort::Task(task.abort_handle()), id)
+            .open(py, fut, Work::Task(task.abort_handle()), id)
     }
 }
 
@@ -726,6 +739,25 @@ fn msg_id(py: Python<'_>, r: Result<u64, Error>) -> PyResult<Py<PyAny>> {
     value(py, r, |py, id| {
         Ok(id.into_pyobject(py)?.into_any().unbind())
     })
+}
+
+/// Resolves a request's asyncio future with its reply, or its error.
+fn resolve(
+    py: Python<'_>,
+    fut: &Bound<'_, PyAny>,
+    reply: Result<messenger::Incoming, Error>,
+    owner: u64,
+) -> PyResult<()> {
+    match reply {
+        Ok(msg) => {
+            let msg = Py::new(py, Incoming { inner: msg, owner })?;
+            fut.call_method1(intern!(py, "set_result"), (msg,))?;
+        }
+        Err(e) => {
+            fut.call_method1(intern!(py, "set_exception"), (to_value(py, &e),))?;
+        }
+    }
+    Ok(())
 }
 
 /// A server loop for the library that hands each message to the loop's
@@ -912,16 +944,20 @@ impl AsyncMessenger {
         let (m, bound, fut, dest) = self.enter_to(py, dest)?;
         let timeout = request_timeout(py, &m, timeout)?;
         let id = bound.registry.next_id();
-        let (abort, registration) = futures::future::AbortHandle::new_pair();
-        bound.starts.push(Start {
-            id,
-            dest,
-            callback_id,
-            body,
-            timeout,
-            registration,
+        let work = Box::pin(async move {
+            m.request_with_timeout(dest, callback_id, &body, timeout)
+                .await
         });
-        bound.registry.open(py, &fut, Abort::Request(abort), id)?;
+        let waker = std::task::Waker::from(Arc::new(RequestWaker {
+            hub: Arc::clone(&bound.hub),
+            id,
+        }));
+        bound
+            .registry
+            .open(py, &fut, Work::Request(Request { work, waker }), id)?;
+        // Sent at the loop's next wake, with every other request made
+        // before it: one wake of the connection for them all.
+        bound.hub.wake_request(id);
         Ok(fut)
     }
 
@@ -973,9 +1009,11 @@ impl Drop for AsyncMessenger {
             std::mem::forget(bound);
             return;
         }
-        // The driver holds a handle of the messenger: it must go for the
-        // messenger to close.
-        bound.driver.abort();
+        // Open requests hold handles of the messenger: they must go for
+        // the messenger to close. (Their futures' references are dropped
+        // as Python allows: now under the GIL, or deferred by PyO3.)
+        let open = std::mem::take(&mut lock(&bound.registry.calls).open);
+        drop(open);
         // Stop watching the hub's socket (from the loop's thread; the
         // loop may be closed, which is fine).
         let _ = Python::try_attach(|py| {
@@ -1033,7 +1071,7 @@ impl Responder {
                     });
                 });
                 me.registry
-                    .open(py, &fut, Abort::Task(task.abort_handle()), id)?;
+                    .open(py, &fut, Work::Task(task.abort_handle()), id)?;
             }
             Err(e) => return Err(to_py(py, &e)),
         }
