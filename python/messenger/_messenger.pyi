@@ -2,7 +2,8 @@
 Users import these names from ``messenger`` and ``messenger.aio``."""
 
 import asyncio
-from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Tuple, Union
+import contextvars
+from typing import Any, Awaitable, Callable, Dict, Generator, Iterable, Optional, Tuple, Union
 
 Buffer = Union[bytes, bytearray]
 Destination = Union["Connection", "Peer"]
@@ -239,6 +240,39 @@ class AsyncResponder(_ResponderBase):
     def try_reply(self, body: Buffer) -> None:
         """Replies without waiting; raises ``Full`` where ``reply`` would wait."""
 
+class RequestFuture(Awaitable[Incoming]):
+    """What ``aio.Messenger.request`` returns: a future of the loop to
+    asyncio (``asyncio.isfuture``), so ``gather``, ``wait_for``, ``shield``
+    and ``wait`` take it. Resolves to the reply or raises the request's
+    error; cancelling it frees the request at once. Its waiters run on
+    the loop's thread, each in its contextvars context."""
+
+    _asyncio_future_blocking: bool
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop it belongs to."""
+    def done(self) -> bool:
+        """Whether it is done: replied, failed or cancelled."""
+    def cancelled(self) -> bool:
+        """Whether it was cancelled."""
+    def result(self) -> Incoming:
+        """The reply; raises the request's error, ``CancelledError``, or
+        ``InvalidStateError`` if it is not done."""
+    def exception(self) -> Optional[BaseException]:
+        """The request's error, or None if it was answered."""
+    def add_done_callback(
+        self,
+        callback: Callable[["RequestFuture"], object],
+        *,
+        context: Optional[contextvars.Context] = None,
+    ) -> None:
+        """Calls ``callback(future)`` once it is done, in ``context``."""
+    def remove_done_callback(self, callback: Callable[["RequestFuture"], object]) -> int:
+        """Removes every waiter equal to ``callback``; returns how many."""
+    def cancel(self, msg: Optional[Any] = None) -> bool:
+        """Cancels it if it is not done, freeing the request at once."""
+    def __await__(self) -> Generator[Any, None, Incoming]: ...
+    def __iter__(self) -> Generator[Any, None, Incoming]: ...
+
 class AsyncMessenger(_MessengerBase):
     """The asyncio API (``aio.Messenger``): the blocking API's calls as
     futures of the loop it is first used on, whose thread runs its server
@@ -266,7 +300,7 @@ class AsyncMessenger(_MessengerBase):
         callback_id: int,
         body: Buffer,
         timeout: Optional[Seconds] = None,
-    ) -> "asyncio.Future[Incoming]":
+    ) -> "RequestFuture":
         """Resolves to the reply; cancelling the future frees the request."""
     def close(self) -> "asyncio.Future[None]": ...
     def _close_blocking(self) -> None: ...

@@ -22,6 +22,9 @@ A messenger belongs to the loop it is first used on: its futures are that
 loop's, and its server loops and callbacks run on that loop's thread (a
 coroutine function's coroutine as a task). The tokio runtime underneath
 never takes the GIL; it wakes the loop once per batch of results.
+``request`` returns a ``RequestFuture``: a future to asyncio (``gather``,
+``wait_for``, ``shield`` and ``wait`` take it) whose cancellation frees
+the request at once.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from typing import Any
 from . import _open
 from ._messenger import AsyncMessenger as _NativeMessenger
 from ._messenger import AsyncResponder as Responder
+from ._messenger import RequestFuture
 
-__all__ = ["Messenger", "Responder"]
+__all__ = ["Messenger", "RequestFuture", "Responder"]
 
 
 class Messenger(_NativeMessenger):

@@ -35,6 +35,7 @@ fn _messenger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("AsyncMessenger", py.get_type::<aio::AsyncMessenger>())?;
     m.add("AsyncResponder", py.get_type::<aio::Responder>())?;
+    m.add("RequestFuture", py.get_type::<aio::RequestFuture>())?;
     m.add_class::<types::Incoming>()?;
     m.add_class::<types::ResponderBase>()?;
     m.add_class::<types::Connection>()?;

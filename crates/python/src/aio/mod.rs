@@ -1,16 +1,17 @@
 //! The asyncio API: `messenger.aio.Messenger` and `messenger.aio.Responder`.
 //!
-//! Each call returns an asyncio future of the loop it was called on. A
-//! request is the library's future, polled on the loop's thread (the
-//! requests made since the loop last ran are sent there as one
-//! `Messenger::batch`); every other call is a task on the runtime. Runtime
-//! threads never take
-//! the GIL, so they cannot resolve a future themselves: what they finish
-//! goes into the messenger's [`Hub`] (a queue behind a short lock) and one
-//! byte wakes the loop through a socket it watches (`loop.add_reader`). The
-//! loop's thread then takes everything queued at once and resolves futures,
-//! calls callbacks and starts server-loop tasks: one wake-up per batch, not
-//! per message, and everything Python runs on the loop's thread.
+//! Each call returns a future of the loop it was called on. A request's
+//! is a [`RequestFuture`] (`future.rs`): the library's future, polled on
+//! the loop's thread (the requests made since the loop last ran are sent
+//! there as one `Messenger::batch`). Every other call is a task on the
+//! runtime resolving an asyncio future. Runtime threads never take the
+//! GIL, so they cannot resolve a future themselves: what they finish (or
+//! the id of a request whose future they woke) goes into the messenger's
+//! [`Hub`] (a queue behind a short lock) and one byte wakes the loop
+//! through a socket it watches (`loop.add_reader`). The loop's thread then
+//! takes everything queued at once, polls requests, resolves futures,
+//! calls callbacks and starts server-loop tasks: one wake-up per batch,
+//! not per message, and everything Python runs on the loop's thread.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -36,6 +37,11 @@ use crate::core::{
 };
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::types::{Connection, Incoming, ResponderBase, destination};
+
+mod future;
+
+pub(crate) use future::RequestFuture;
+use future::SharedRequests;
 
 /// Makes a Python value on the loop's thread from what a task produced.
 type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
@@ -142,12 +148,12 @@ impl Hub {
     }
 }
 
-/// The calls in progress on one loop: each one's asyncio future and its
-/// work, so the result finds its future and a future its caller cancelled
-/// (a timeout, say) gets its work stopped, which frees the request at once. A sweep on
-/// the loop every [`SWEEP_S`] looks for cancelled futures while calls are
-/// open: asyncio has no hook for a cancellation, and a done-callback on
-/// every future cost a quarter of the loop's time per request.
+/// The calls in progress on one loop other than requests (those are
+/// `future.rs`'s): each one's asyncio future and task, so the result
+/// finds its future and a future its caller cancelled gets its task
+/// aborted. A sweep on the loop every [`SWEEP_S`] looks for cancelled
+/// futures while such calls are open: asyncio has no hook for a
+/// cancellation, and these calls are few.
 ///
 /// Touched on the loop's thread only, with the GIL held; a mutex because
 /// a pyclass must be `Sync`.
@@ -155,73 +161,10 @@ impl Hub {
 struct Calls {
     /// Numbers the calls.
     next: u64,
-    /// Call id -> its asyncio future and its work.
-    open: HashMap<u64, (Py<PyAny>, Work)>,
+    /// Call id -> its asyncio future and its task.
+    open: HashMap<u64, (Py<PyAny>, AbortHandle)>,
     /// Whether a sweep is scheduled.
     sweeping: bool,
-}
-
-/// A call's work, stopped when its asyncio future is cancelled.
-enum Work {
-    /// A task of its own on the runtime (every call but `request`):
-    /// aborted.
-    Task(AbortHandle),
-    /// A request: the library's future, polled on the loop's thread.
-    /// Dropped, it frees its callback.
-    Request(Request),
-}
-
-impl Work {
-    fn abort(self) {
-        match self {
-            Work::Task(t) => t.abort(),
-            Work::Request(r) => drop(r),
-        }
-    }
-}
-
-/// A request of the loop's: the library's `request` future, polled on the
-/// loop's thread (its send runs there, in the first poll) with a waker
-/// that hands its id to the hub. No runtime task stands between the
-/// connection that receives the reply and the loop: the reply's oneshot
-/// wakes the waker, which queues the id and wakes the loop.
-struct Request {
-    /// The library's request future, owning what it borrows.
-    work: std::pin::Pin<Box<dyn Future<Output = Result<messenger::Incoming, Error>> + Send>>,
-    /// Queues this request's id to be polled.
-    waker: std::task::Waker,
-}
-
-impl Request {
-    /// Polls the request on the loop's thread, inside the runtime's context
-    /// (a send that waits for room sets a tokio timer).
-    fn poll(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-    ) -> std::task::Poll<Result<messenger::Incoming, Error>> {
-        let _inside = runtime.enter();
-        self.work
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&self.waker))
-    }
-}
-
-/// A request's waker: wakes the loop with the request's id.
-struct RequestWaker {
-    /// Where the id goes.
-    hub: Arc<Hub>,
-    /// The request's call id.
-    id: u64,
-}
-
-impl std::task::Wake for RequestWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.hub.wake_request(self.id);
-    }
 }
 
 /// How often open calls are looked at for cancelled futures, in seconds.
@@ -262,15 +205,14 @@ impl Sweep {
                 }
             }
             for id in cancelled {
-                if let Some((_, work)) = calls.open.remove(&id) {
-                    stopped.push(work);
+                if let Some((_, task)) = calls.open.remove(&id) {
+                    stopped.push(task);
                 }
             }
             calls.sweeping = !calls.open.is_empty();
             calls.sweeping
         };
-        // Stopped outside the lock: a request's drop runs library code.
-        stopped.into_iter().for_each(Work::abort);
+        stopped.iter().for_each(AbortHandle::abort);
         if again {
             me.event_loop
                 .bind(py)
@@ -290,6 +232,8 @@ struct LoopTie {
     waker: Py<Waker>,
     /// The calls in progress.
     registry: Registry,
+    /// The requests in progress.
+    requests: SharedRequests,
 }
 
 /// Where calls are registered: the calls in progress, and the sweep
@@ -312,13 +256,19 @@ impl Registry {
         }
     }
 
-    /// Registers call `id` (taken from `next_id` and given to its work),
-    /// whose future is `fut`. The loop's thread is here, so the work's
-    /// result cannot be taken before this.
-    fn open(&self, py: Python<'_>, fut: &Bound<'_, PyAny>, work: Work, id: u64) -> PyResult<()> {
+    /// Registers call `id` (taken from `next_id` and given to its task),
+    /// whose future is `fut` and whose task is `task`. The loop's thread
+    /// is here, so the task's result cannot be taken before this.
+    fn open(
+        &self,
+        py: Python<'_>,
+        fut: &Bound<'_, PyAny>,
+        task: AbortHandle,
+        id: u64,
+    ) -> PyResult<()> {
         let schedule = {
             let mut calls = lock(&self.calls);
-            calls.open.insert(id, (fut.clone().unbind(), work));
+            calls.open.insert(id, (fut.clone().unbind(), task));
             !std::mem::replace(&mut calls.sweeping, true)
         };
         if schedule {
@@ -354,26 +304,41 @@ struct Waker {
     tasks: Py<PySet>,
     /// The calls in progress, by id.
     registry: Registry,
+    /// The requests in progress, by id.
+    requests: SharedRequests,
 }
 
 #[pymethods]
 impl Waker {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let Queue { woken, events } = self.hub.take();
-        // The requests first, as one batch: those sent now (made since
-        // the loop last ran) leave in one write per connection.
-        let resume_all = || {
+        // The woken requests first, polled as one batch: those sent now
+        // (made since the loop last ran) leave in one write per
+        // connection. Their waiters (the user's code) run after it.
+        let mut finished = Vec::new();
+        let poll_all = || {
             for id in woken {
-                self.report(py, self.resume(py, id));
+                if let Some(fut) = future::find(py, &self.requests, id)
+                    && fut.get().poll(py)
+                {
+                    finished.push(fut);
+                }
             }
         };
         match self.core.messenger(py) {
-            Ok(m) => m.batch(resume_all),
+            Ok(m) => m.batch(poll_all),
             // A forked child: nothing is sent there anyway.
-            Err(_) => resume_all(),
+            Err(_) => poll_all(),
+        }
+        for fut in finished {
+            RequestFuture::run_callbacks(fut.bind(py));
         }
         for event in events {
-            self.report(py, self.handle(py, event));
+            if let Err(e) = self.handle(py, event) {
+                // A failure of ours (an object could not be made):
+                // reported, and the other events still handled.
+                e.print(py);
+            }
         }
         Ok(())
     }
@@ -394,39 +359,6 @@ impl Waker {
             return Ok(None);
         }
         Ok(Some(fut))
-    }
-
-    /// A failure of ours in handling an event (an object could not be
-    /// made): reported, and the other events still handled.
-    fn report(&self, py: Python<'_>, handled: PyResult<()>) {
-        if let Err(e) = handled {
-            e.print(py);
-        }
-    }
-
-    /// Polls request `id` again (its waker fired); resolves its future if
-    /// it is done. A request no longer open (cancelled, or finished at an
-    /// earlier wake) is left alone.
-    fn resume(&self, py: Python<'_>, id: u64) -> PyResult<()> {
-        let (fut, reply) = {
-            let mut calls = lock(&self.registry.calls);
-            let Some((_, Work::Request(request))) = calls.open.get_mut(&id) else {
-                return Ok(());
-            };
-            let std::task::Poll::Ready(reply) = request.poll(self.core.runtime) else {
-                return Ok(());
-            };
-            let Some((fut, _finished)) = calls.open.remove(&id) else {
-                return Ok(());
-            };
-            (fut, reply)
-        };
-        let fut = fut.bind(py);
-        // Cancelled by its caller before the sweep found it.
-        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
-            return Ok(());
-        }
-        resolve(py, fut, reply, self.core.serial)
     }
 
     fn handle(&self, py: Python<'_>, event: Event) -> PyResult<()> {
@@ -607,9 +539,20 @@ pub(crate) struct AsyncMessenger {
 }
 
 impl AsyncMessenger {
-    /// The library messenger and this loop's hub, tying the messenger to
-    /// the running loop at its first call.
+    /// The library messenger, this loop's tie and a new future of the
+    /// loop, tying the messenger to the running loop at its first call.
     fn enter<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(&messenger::Messenger, &LoopTie, Bound<'py, PyAny>)> {
+        let (m, bound, running) = self.tie(py)?;
+        let fut = running.call_method0(intern!(py, "create_future"))?;
+        Ok((m, bound, fut))
+    }
+
+    /// The library messenger, this loop's tie and the running loop, tying
+    /// the messenger to the running loop at its first call.
+    fn tie<'py>(
         &self,
         py: Python<'py>,
     ) -> PyResult<(&messenger::Messenger, &LoopTie, Bound<'py, PyAny>)> {
@@ -634,6 +577,7 @@ impl AsyncMessenger {
                     calls,
                     sweep,
                 };
+                let requests = SharedRequests::default();
                 let waker = Py::new(
                     py,
                     Waker {
@@ -642,6 +586,7 @@ impl AsyncMessenger {
                         core: Arc::clone(&self.core),
                         tasks: PySet::empty(py)?.unbind(),
                         registry: registry.clone_ref(py),
+                        requests: Arc::clone(&requests),
                     },
                 )?;
                 running.call_method1(
@@ -653,6 +598,7 @@ impl AsyncMessenger {
                     hub,
                     waker,
                     registry,
+                    requests,
                 };
                 if let Err(lost) = self.bound.set(fresh) {
                     // Another thread bound it meanwhile (a misuse that the
@@ -672,8 +618,7 @@ impl AsyncMessenger {
                 "this aio.Messenger belongs to another event loop: make one per loop",
             ));
         }
-        let fut = running.call_method0(intern!(py, "create_future"))?;
-        Ok((m, bound, fut))
+        Ok((m, bound, running))
     }
 
     /// What every sending call starts from: [`enter`](Self::enter), with
@@ -716,9 +661,7 @@ impl AsyncMessenger {
                 make: Box::new(move |py| make(py, out)),
             });
         });
-        bound
-            .registry
-            .open(py, fut, Work::Task(task.abort_handle()), id)
+        bound.registry.open(py, fut, task.abort_handle(), id)
     }
 }
 
@@ -739,25 +682,6 @@ fn msg_id(py: Python<'_>, r: Result<u64, Error>) -> PyResult<Py<PyAny>> {
     value(py, r, |py, id| {
         Ok(id.into_pyobject(py)?.into_any().unbind())
     })
-}
-
-/// Resolves a request's asyncio future with its reply, or its error.
-fn resolve(
-    py: Python<'_>,
-    fut: &Bound<'_, PyAny>,
-    reply: Result<messenger::Incoming, Error>,
-    owner: u64,
-) -> PyResult<()> {
-    match reply {
-        Ok(msg) => {
-            let msg = Py::new(py, Incoming { inner: msg, owner })?;
-            fut.call_method1(intern!(py, "set_result"), (msg,))?;
-        }
-        Err(e) => {
-            fut.call_method1(intern!(py, "set_exception"), (to_value(py, &e),))?;
-        }
-    }
-    Ok(())
 }
 
 /// A server loop for the library that hands each message to the loop's
@@ -931,7 +855,8 @@ impl AsyncMessenger {
     /// Sends ``body`` to ``callback_id`` at ``dest``; resolves to the
     /// reply (an ``Incoming``) within ``timeout`` seconds (default: the
     /// ``request_timeout``), or raises ``Timeout``, ``Disconnected``,
-    /// ``Shutdown``. Cancelling the future frees the request at once.
+    /// ``Shutdown``. Returns a ``RequestFuture``, a future to asyncio;
+    /// cancelling it frees the request at once.
     #[pyo3(signature = (dest, callback_id, body, timeout = None))]
     fn request<'py>(
         &self,
@@ -941,24 +866,26 @@ impl AsyncMessenger {
         body: PyBackedBytes,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (m, bound, fut, dest) = self.enter_to(py, dest)?;
-        let timeout = request_timeout(py, &m, timeout)?;
-        let id = bound.registry.next_id();
+        let (m, bound, running) = self.tie(py)?;
+        let dest = destination(py, dest, self.core.serial)?;
+        let timeout = request_timeout(py, m, timeout)?;
+        let m = m.clone();
         let work = Box::pin(async move {
             m.request_with_timeout(dest, callback_id, &body, timeout)
                 .await
         });
-        let waker = std::task::Waker::from(Arc::new(RequestWaker {
-            hub: Arc::clone(&bound.hub),
-            id,
-        }));
-        bound
-            .registry
-            .open(py, &fut, Work::Request(Request { work, waker }), id)?;
         // Sent at the loop's next wake, with every other request made
-        // before it: one wake of the connection for them all.
-        bound.hub.wake_request(id);
-        Ok(fut)
+        // before it: one write per connection for them all.
+        let fut = RequestFuture::start(
+            py,
+            &running,
+            &bound.requests,
+            &bound.hub,
+            self.core.serial,
+            self.core.runtime,
+            work,
+        )?;
+        Ok(fut.into_any())
     }
 
     /// Shuts down as the library does (see ``messenger.Messenger.close``);
@@ -1012,8 +939,7 @@ impl Drop for AsyncMessenger {
         // Open requests hold handles of the messenger: they must go for
         // the messenger to close. (Their futures' references are dropped
         // as Python allows: now under the GIL, or deferred by PyO3.)
-        let open = std::mem::take(&mut lock(&bound.registry.calls).open);
-        drop(open);
+        drop(future::drain(&bound.requests));
         // Stop watching the hub's socket (from the loop's thread; the
         // loop may be closed, which is fine).
         let _ = Python::try_attach(|py| {
@@ -1070,8 +996,7 @@ impl Responder {
                         make: Box::new(move |py| value(py, sent, |py, ()| Ok(py.None()))),
                     });
                 });
-                me.registry
-                    .open(py, &fut, Work::Task(task.abort_handle()), id)?;
+                me.registry.open(py, &fut, task.abort_handle(), id)?;
             }
             Err(e) => return Err(to_py(py, &e)),
         }
