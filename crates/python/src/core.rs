@@ -71,7 +71,7 @@ impl Core {
         let messenger = built.or_raise(py)?;
         Ok(Arc::new(Core {
             messenger: ManuallyDrop::new(messenger),
-            pid: std::process::id(),
+            pid: crate::runtime::pid(),
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             runtime,
             counters: Arc::default(),
@@ -84,7 +84,7 @@ impl Core {
     /// that made it: there the messenger's threads and sockets do not
     /// exist, and using it would hang, so it is an error that says so.
     pub(crate) fn messenger(&self, py: Python<'_>) -> PyResult<&messenger::Messenger> {
-        let now = std::process::id();
+        let now = crate::runtime::pid();
         if now != self.pid {
             return Err(raise(
                 py,
@@ -143,7 +143,7 @@ impl Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        if std::process::id() != self.pid {
+        if crate::runtime::pid() != self.pid {
             // A forked child: the parent's runtime is not running here, so
             // nothing of the messenger may be touched (leaked instead).
             return;

@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 /// re-export what users see.
 #[pymodule]
 fn _messenger(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    runtime::watch_forks();
     m.add_class::<core::MessengerBase>()?;
     m.add_class::<blocking::Messenger>()?;
     m.add_class::<blocking::Responder>()?;

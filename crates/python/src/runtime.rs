@@ -12,12 +12,44 @@
 //! and the parent's is left alone (leaked), never touched.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
+
+/// This process's id: every call of the API compares it with its
+/// messenger's (fork), and `std::process::id()` is a system call, a few
+/// percent of an asyncio request. Set when the module is imported
+/// ([`watch_forks`]) and renewed in the child of every fork by a
+/// `pthread_atfork` handler (`os.fork()`'s or a C library's alike).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Run in the child of a fork, before anything else there: only
+/// async-signal-safe work (`getpid`, an atomic store).
+extern "C" fn forked_child() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+}
+
+/// Records this process's id and renews it in forked children; once, at
+/// import (a single thread, under the GIL).
+pub(crate) fn watch_forks() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+    // SAFETY: registers a plain function with no state; an extension
+    // module is never unloaded, so the handler stays valid.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(forked_child));
+    }
+}
+
+/// This process's id (see [`PID`]).
+pub(crate) fn pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => std::process::id(),
+        pid => pid,
+    }
+}
 
 /// A runtime and the process that made it.
 struct PerProcess {
@@ -57,7 +89,7 @@ fn workers() -> usize {
 
 /// This process's runtime, made on first use (and again in a forked child).
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
-    let pid = std::process::id();
+    let pid = pid();
     loop {
         let seen = CURRENT.load(Ordering::Acquire);
         // SAFETY: a non-null pointer in CURRENT came from `Box::into_raw`

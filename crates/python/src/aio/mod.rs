@@ -931,7 +931,7 @@ impl Drop for AsyncMessenger {
         let Some(bound) = self.bound.take() else {
             return;
         };
-        if std::process::id() != self.core.pid {
+        if crate::runtime::pid() != self.core.pid {
             // A forked child: the loop is the parent's; leave it.
             std::mem::forget(bound);
             return;
