@@ -174,7 +174,7 @@ impl RequestFuture {
             },
         )?;
         lock(requests).open.insert(id, fut.clone().unbind());
-        hub.wake_request(id);
+        hub.made(id);
         Ok(fut)
     }
 
