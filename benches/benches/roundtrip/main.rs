@@ -74,6 +74,10 @@ enum Impl {
     LibzmqToMessenger,
     /// messenger client -> minimal libzmq server (--features compare).
     MessengerToLibzmq,
+    /// The same, its requests kept in flight from one task (a
+    /// `FuturesUnordered` of `request` futures) instead of one task each:
+    /// how the minimal libzmq client keeps them, from one loop.
+    MessengerOneTaskToLibzmq,
     /// Minimal libzmq client -> `OTHER serve`, another build of the
     /// command given with --other (--features compare): before and after
     /// a change, in one run.
@@ -94,6 +98,7 @@ impl Impl {
             Impl::Libzmq => "libzmq",
             Impl::LibzmqToMessenger => "libzmq->messenger",
             Impl::MessengerToLibzmq => "messenger->libzmq",
+            Impl::MessengerOneTaskToLibzmq => "messenger-1task->libzmq",
             Impl::LibzmqToOther => "libzmq->other",
             Impl::MessengerToOther => "messenger->other",
         }
@@ -106,7 +111,10 @@ impl Impl {
             }
             Impl::Zeromq | Impl::MessengerToZeromq => ServerKind::Raw,
             Impl::Tarpc => ServerKind::Tarpc,
-            Impl::ZeromqToLibzmq | Impl::Libzmq | Impl::MessengerToLibzmq => ServerKind::Libzmq,
+            Impl::ZeromqToLibzmq
+            | Impl::Libzmq
+            | Impl::MessengerToLibzmq
+            | Impl::MessengerOneTaskToLibzmq => ServerKind::Libzmq,
             Impl::LibzmqToOther | Impl::MessengerToOther => ServerKind::Other,
         }
     }
@@ -630,6 +638,11 @@ async fn measure(
             let one = cli_bench::request_fn(&m, conn, cli_bench::Via::Echo, cli_bench::body(size));
             Ok(cli_bench::closed_loop(in_flight, w, one, quiet).await)
         }
+        Impl::MessengerOneTaskToLibzmq => {
+            let (m, conn) = clients.conn(&ep).await;
+            let one = cli_bench::request_fn(&m, conn, cli_bench::Via::Echo, cli_bench::body(size));
+            Ok(cli_bench::closed_loop_pipelined(one, in_flight, w, quiet).await)
+        }
         Impl::Zeromq | Impl::ZeromqToMessenger | Impl::ZeromqToLibzmq => {
             let c = raw::RawClient::connect(&ep, &raw_identity()).await?;
             c.closed_loop(wire::ECHO, size, in_flight, w, quiet).await
@@ -702,6 +715,7 @@ async fn compare(args: &Args) -> Vec<Cell> {
                 Impl::Libzmq,
                 Impl::LibzmqToMessenger,
                 Impl::MessengerToLibzmq,
+                Impl::MessengerOneTaskToLibzmq,
             ]);
             if args.other.is_some() {
                 all.push(Impl::LibzmqToOther);

@@ -289,6 +289,67 @@ pub async fn closed_loop_each<W: Worker>(
     sample(seconds, round_trips, errors, lat)
 }
 
+/// [`closed_loop`] from one task: `in_flight` calls of `worker.one()` kept
+/// going in a `FuturesUnordered`, each replaced as it ends, as a
+/// single-threaded libzmq client keeps its requests in flight from one
+/// loop. The same `one()` as a task per request; only who polls it
+/// differs (no task woken, and no worker woken to steal, per reply).
+pub async fn closed_loop_pipelined<W: Worker + Sync>(
+    worker: W,
+    in_flight: usize,
+    window: Window,
+    progress: impl FnMut(u64),
+) -> Sample {
+    use futures::StreamExt;
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let done = Arc::new(AtomicU64::new(0));
+    let in_flight = in_flight.max(1);
+    let loop_task = {
+        let (phase, done) = (Arc::clone(&phase), Arc::clone(&done));
+        tokio::spawn(async move {
+            fn timed<W: Worker>(w: &W) -> impl Future<Output = (Result<(), String>, u64)> + '_ {
+                let start = Instant::now();
+                let one = w.one();
+                async move { (one.await, start.elapsed().as_nanos() as u64) }
+            }
+            let mut running = futures::stream::FuturesUnordered::new();
+            for _ in 0..in_flight {
+                running.push(timed(&worker));
+            }
+            let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+            while let Some((r, ns)) = running.next().await {
+                let measuring = phase.load(Ordering::Relaxed) == MEASURE;
+                match r {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if measuring {
+                            lat.push(ns);
+                        }
+                    }
+                    Err(e) if measuring => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                    Err(_) => {}
+                }
+                if phase.load(Ordering::Relaxed) != STOP {
+                    running.push(timed(&worker));
+                }
+            }
+            (lat, errors, first_error)
+        })
+    };
+    let seconds = control(&phase, &done, in_flight, window, progress).await;
+    let (lat, errors, first_error) = loop_task
+        .await
+        .unwrap_or_else(|_| (Vec::new(), 0, Some("the request loop panicked".into())));
+    if let Some(e) = first_error {
+        tracing::warn!(error = %e, errors, "requests failed during the measurement");
+    }
+    let round_trips = lat.len() as u64;
+    sample(seconds, round_trips, errors, lat)
+}
+
 /// One request through the messenger at a time (a [`Worker`]), checking
 /// the reply's length.
 #[derive(Clone)]
