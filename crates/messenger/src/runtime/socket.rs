@@ -219,8 +219,9 @@ impl Session {
     /// batch (`batch.rs`): there a tcp or ipc write waits for the batch's
     /// end.
     pub(crate) fn send_batched(self: &Arc<Self>, payload: &Bytes) -> Result<(), Push> {
-        let batch = batch::active().then_some(self);
-        self.hand_over(payload, batch)
+        // inproc has no writes to hold: no look at the thread's batch.
+        let batch = matches!(self.out, Out::Wire(_)) && batch::active();
+        self.hand_over(payload, batch.then_some(self))
     }
 
     /// Frames `payload` into the outbox (or lands it inproc); with
