@@ -6,8 +6,8 @@
 
 use messenger_testkit as common;
 
-use common::{Answer, TRANSPORTS, connect, eventually, round_trip, serve_seen};
-use messenger::{Config, ECHO, NOOP};
+use common::{Answer, Seen, TRANSPORTS, connect, eventually, round_trip, serve_seen};
+use messenger::{Config, ConnectionId, ECHO, Messenger, NOOP};
 
 /// Messages sent in a batch.
 const N: usize = 100;
@@ -16,75 +16,104 @@ fn bodies(from: usize) -> Vec<String> {
     (from..from + N).map(|i| format!("record {i}")).collect()
 }
 
+/// A server that records what it gets and answers nothing, and a client
+/// connected to it, on `t`.
+struct Fixture {
+    /// The listener's messenger.
+    server: Messenger,
+    /// The messenger that batches.
+    client: Messenger,
+    /// Its connection to the server.
+    conn: ConnectionId,
+    /// What the server's loop got, in order.
+    seen: Seen,
+    /// Keeps an ipc path alive.
+    _place: common::Place,
+}
+
+impl Fixture {
+    async fn new(t: &str) -> Fixture {
+        let (server, bound, place, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        Fixture {
+            server,
+            client,
+            conn,
+            seen,
+            _place: place,
+        }
+    }
+
+    /// Sends the batch's `N` messages (without a batch of its own).
+    fn send_all(&self) {
+        for body in bodies(0) {
+            self.client
+                .try_send_message(self.conn, NOOP, body, None)
+                .unwrap_or_else(|e| panic!("send in a batch: {e}"));
+        }
+    }
+
+    /// Waits until the server has all `N`, then shuts both down.
+    async fn arrived(self, t: &str) {
+        eventually(5, &format!("{t}: the batch arrives"), || {
+            self.seen.len() == N
+        })
+        .await;
+        assert_eq!(self.seen.texts(), bodies(0), "{t}: in order");
+        self.client.shutdown().await;
+        self.server.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_batch_writes_when_it_ends() {
     for t in TRANSPORTS {
-        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
-        let before = client.stats().bytes_sent;
-        let held = client.batch(|| {
-            for body in bodies(0) {
-                client
-                    .try_send_message(conn, NOOP, body, None)
-                    .unwrap_or_else(|e| panic!("{t}: send in a batch: {e}"));
-            }
-            client.stats().bytes_sent
+        let f = Fixture::new(t).await;
+        let before = f.client.stats().bytes_sent;
+        let held = f.client.batch(|| {
+            f.send_all();
+            f.client.stats().bytes_sent
         });
         // Inside the batch nothing was written; at its end, all of it.
         assert_eq!(held, before, "{t}: written inside the batch");
         if t != "inproc" {
             assert!(
-                client.stats().bytes_sent > before,
+                f.client.stats().bytes_sent > before,
                 "{t}: not written at the end"
             );
         }
-        eventually(5, &format!("{t}: the batch arrives"), || seen.len() == N).await;
-        assert_eq!(seen.texts(), bodies(0), "{t}: in order");
-        client.shutdown().await;
-        server.shutdown().await;
+        f.arrived(t).await;
     }
 }
 
 #[tokio::test]
 async fn a_batch_inside_a_batch_joins_it() {
     for t in TRANSPORTS {
-        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
-        let before = client.stats().bytes_sent;
-        let held = client.batch(|| {
-            client.batch(|| {
-                for body in bodies(0) {
-                    client.try_send_message(conn, NOOP, body, None).unwrap();
-                }
-            });
+        let f = Fixture::new(t).await;
+        let before = f.client.stats().bytes_sent;
+        let held = f.client.batch(|| {
+            f.client.batch(|| f.send_all());
             // The inner batch's end is the outer one's business.
-            client.stats().bytes_sent
+            f.client.stats().bytes_sent
         });
         assert_eq!(held, before, "{t}: the inner batch wrote");
-        eventually(5, &format!("{t}: the batch arrives"), || seen.len() == N).await;
-        client.shutdown().await;
-        server.shutdown().await;
+        f.arrived(t).await;
     }
 }
 
 #[tokio::test]
 async fn a_batch_that_panics_still_writes_and_frees_the_connection() {
     for t in TRANSPORTS {
-        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let f = Fixture::new(t).await;
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            client.batch(|| {
-                for body in bodies(0) {
-                    client.try_send_message(conn, NOOP, body, None).unwrap();
-                }
+            f.client.batch(|| {
+                f.send_all();
                 panic!("the batch's caller broke");
             })
         }));
         assert!(panicked.is_err());
-        eventually(5, &format!("{t}: the batch arrives"), || seen.len() == N).await;
         // The connection writes as before: a round trip outside a batch.
-        round_trip(5, &client, conn, ECHO, b"after", &format!("{t}: after")).await;
-        client.shutdown().await;
-        server.shutdown().await;
+        round_trip(5, &f.client, f.conn, ECHO, b"after", &format!("{t}: after")).await;
+        f.arrived(t).await;
     }
 }

@@ -248,45 +248,78 @@ pub async fn closed_loop_each<W: Worker>(
     for worker in workers {
         let (phase, done) = (Arc::clone(&phase), Arc::clone(&done));
         tasks.spawn(async move {
-            let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+            let mut tally = Tally::default();
             while phase.load(Ordering::Relaxed) != STOP {
                 let start = Instant::now();
                 let r = worker.one().await;
-                let ns = start.elapsed().as_nanos() as u64;
-                let measuring = phase.load(Ordering::Relaxed) == MEASURE;
-                match r {
-                    Ok(()) => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if measuring {
-                            lat.push(ns);
-                        }
-                    }
-                    Err(e) if measuring => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
-                    }
-                    Err(_) => {}
-                }
+                tally.record(r, start.elapsed(), &phase, &done);
             }
-            (lat, errors, first_error)
+            tally
         });
     }
     let seconds = control(&phase, &done, in_flight, window, progress).await;
-    let (mut lat, mut errors, mut first_error) = (Vec::new(), 0, None);
+    let mut all = Tally::default();
     while let Some(r) = tasks.join_next().await {
-        if let Ok((l, e, f)) = r {
-            lat.extend(l);
-            errors += e;
-            if first_error.is_none() {
-                first_error = f;
-            }
+        if let Ok(t) = r {
+            all.join(t);
         }
     }
-    if let Some(e) = first_error {
-        tracing::warn!(error = %e, errors, "requests failed during the measurement");
+    all.sample(seconds)
+}
+
+/// What a closed loop's requests came to: latencies measured, errors.
+#[derive(Default)]
+struct Tally {
+    /// Latency of each round trip in the measurement window, in ns.
+    lat: Vec<u64>,
+    /// Requests that failed in the window.
+    errors: u64,
+    /// The first of those failures, to report.
+    first_error: Option<String>,
+}
+
+impl Tally {
+    /// Counts one round trip that took `took`; kept if the window is on.
+    fn record(
+        &mut self,
+        r: Result<(), String>,
+        took: Duration,
+        phase: &AtomicU8,
+        done: &AtomicU64,
+    ) {
+        let measuring = phase.load(Ordering::Relaxed) == MEASURE;
+        match r {
+            Ok(()) => {
+                done.fetch_add(1, Ordering::Relaxed);
+                if measuring {
+                    self.lat.push(took.as_nanos() as u64);
+                }
+            }
+            Err(e) if measuring => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+            Err(_) => {}
+        }
     }
-    let round_trips = lat.len() as u64;
-    sample(seconds, round_trips, errors, lat)
+
+    /// Adds another loop's tally.
+    fn join(&mut self, other: Tally) {
+        self.lat.extend(other.lat);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// The sample of a window of `seconds`.
+    fn sample(self, seconds: f64) -> Sample {
+        if let Some(e) = &self.first_error {
+            tracing::warn!(error = %e, errors = self.errors, "requests failed during the measurement");
+        }
+        let round_trips = self.lat.len() as u64;
+        sample(seconds, round_trips, self.errors, self.lat)
+    }
 }
 
 /// [`closed_loop`] from one task: `in_flight` calls of `worker.one()` kept
@@ -307,47 +340,33 @@ pub async fn closed_loop_pipelined<W: Worker + Sync>(
     let loop_task = {
         let (phase, done) = (Arc::clone(&phase), Arc::clone(&done));
         tokio::spawn(async move {
-            fn timed<W: Worker>(w: &W) -> impl Future<Output = (Result<(), String>, u64)> + '_ {
+            fn timed<W: Worker>(
+                w: &W,
+            ) -> impl Future<Output = (Result<(), String>, Duration)> + '_ {
                 let start = Instant::now();
                 let one = w.one();
-                async move { (one.await, start.elapsed().as_nanos() as u64) }
+                async move { (one.await, start.elapsed()) }
             }
             let mut running = futures::stream::FuturesUnordered::new();
             for _ in 0..in_flight {
                 running.push(timed(&worker));
             }
-            let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
-            while let Some((r, ns)) = running.next().await {
-                let measuring = phase.load(Ordering::Relaxed) == MEASURE;
-                match r {
-                    Ok(()) => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if measuring {
-                            lat.push(ns);
-                        }
-                    }
-                    Err(e) if measuring => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
-                    }
-                    Err(_) => {}
-                }
+            let mut tally = Tally::default();
+            while let Some((r, took)) = running.next().await {
+                tally.record(r, took, &phase, &done);
                 if phase.load(Ordering::Relaxed) != STOP {
                     running.push(timed(&worker));
                 }
             }
-            (lat, errors, first_error)
+            tally
         })
     };
     let seconds = control(&phase, &done, in_flight, window, progress).await;
-    let (lat, errors, first_error) = loop_task
-        .await
-        .unwrap_or_else(|_| (Vec::new(), 0, Some("the request loop panicked".into())));
-    if let Some(e) = first_error {
-        tracing::warn!(error = %e, errors, "requests failed during the measurement");
-    }
-    let round_trips = lat.len() as u64;
-    sample(seconds, round_trips, errors, lat)
+    let tally = loop_task.await.unwrap_or_else(|_| Tally {
+        first_error: Some("the request loop panicked".into()),
+        ..Tally::default()
+    });
+    tally.sample(seconds)
 }
 
 /// One request through the messenger at a time (a [`Worker`]), checking
