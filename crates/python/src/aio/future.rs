@@ -116,6 +116,12 @@ struct State {
 /// ``shield`` and ``wait`` take it. Resolves to the reply (an
 /// ``Incoming``) or raises the request's error; cancelling it frees the
 /// request at once.
+//
+// No `__traverse__`: its waiters (an awaiting task's wake-up) make a cycle
+// with that task only while it waits, and are dropped when it ends, which
+// the request's deadline bounds. A traverse would take the state's lock,
+// which a poll holds while it makes the reply's object, and making an
+// object may start a collection.
 #[pyclass(frozen, module = "messenger.aio", name = "RequestFuture")]
 pub(crate) struct RequestFuture {
     /// The loop it belongs to (`get_loop`; its waiters run there).
