@@ -18,6 +18,17 @@ one round, then the median over rounds is reported.
     # An application embedding the library (a fresh Cargo project, no
     # build configuration) against this build: benches/curve/fresh_app.sh
 
+    # Several client processes at once (each with --in-flight), so that the
+    # server, not one client, is what runs out: see --clients below.
+    python3 benches/curve/run.py --sizes 1024 --clients 3 --in-flight 333
+
+One libzmq client does all its CURVE work on its single I/O thread; with
+1000 in flight over one connection that thread, not the server, sets the
+pace (perf: about 94 % of a core, 60 % of it in libsodium, at 1 KiB). So
+each cell also reports the server's CPU per round trip (its process's
+user + system time over the client's run, from /proc/PID/stat), which the
+client does not bound, and --clients N runs N clients at once.
+
 Needs python3, a C compiler and the Rust toolchain. The client and the
 reference server are benches/curve/zmq_curve.c, linked against the libzmq
 that pyzmq ships (4.3 with libsodium: CURVE on); pyzmq is installed in
@@ -108,6 +119,13 @@ class Server:
             self.proc.kill()
 
 
+def cpu_seconds(pid):
+    """User + system time of process `pid` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def listening(line):
     try:
         return "listening" in json.loads(line)
@@ -122,6 +140,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client processes run at once against each server, each with --in-flight "
+                         "requests; their round trips per second are summed")
     ap.add_argument("--other", action="append", default=[], metavar="[LABEL=]PATH",
                     help="another `messenger` binary (or a program taking the same `serve --bind "
                          "--curve-cert` arguments), run with --curve-cert in the same rounds; repeatable")
@@ -148,25 +169,41 @@ def main():
             servers["messenger-plain"] = Server([messenger, "serve", "--bind", f"tcp://127.0.0.1:{ports['messenger-plain']}"], listening)
             for name, path in others.items():
                 servers[name] = Server([os.path.abspath(path), "serve", "--bind", f"tcp://127.0.0.1:{ports[name]}", "--curve-cert", cert], listening)
-            print(f"libzmq client ({os.path.basename(libzmq)}), {args.in_flight} in flight, tcp, "
-                  f"{args.rounds} alternating rounds of {args.seconds} s; rt/s per cell")
+            print(f"libzmq client ({os.path.basename(libzmq)}) x{args.clients}, {args.in_flight} in flight "
+                  f"each, tcp, {args.rounds} alternating rounds of {args.seconds} s; rt/s per cell")
             for size in [int(s) for s in args.sizes.split(",")]:
                 rps = {name: [] for name in servers}
+                cpu = {name: [] for name in servers}
                 for r in range(args.rounds):
                     order = list(servers)
                     order = order[r % len(order):] + order[:r % len(order)]
                     for name in order:
                         key = public if name.endswith("curve") else "-"
-                        out = subprocess.run(
-                            [zmq_curve, "client", f"tcp://127.0.0.1:{ports[name]}", key, str(size),
-                             str(args.in_flight), str(args.warmup), str(args.seconds)],
-                            check=True, capture_output=True, text=True, timeout=60).stdout
-                        rps[name].append(float(out.strip()))
+                        argv = [zmq_curve, "client", f"tcp://127.0.0.1:{ports[name]}", key, str(size),
+                                str(args.in_flight), str(args.warmup), str(args.seconds)]
+                        before = cpu_seconds(servers[name].proc.pid)
+                        clients = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+                                   for _ in range(args.clients)]
+                        outs = []
+                        for c in clients:
+                            out, _ = c.communicate(timeout=60)
+                            if c.returncode != 0:
+                                sys.exit(f"the client against {name} failed")
+                            outs.append(float(out.strip()))
+                        spent = cpu_seconds(servers[name].proc.pid) - before
+                        total = sum(outs)
+                        rps[name].append(total)
+                        # The clients ran warm-up and measurement at about
+                        # the measured rate.
+                        cpu[name].append(spent / (total * (args.warmup + args.seconds)) * 1e6)
                 ratio = lambda a, b: statistics.median(x / y for x, y in zip(rps[a], rps[b]))
                 print(f"\n== {size} B")
                 for name, v in rps.items():
-                    print(f"  {name:<20} {statistics.median(v):>10.0f} rt/s   rounds: {', '.join(f'{x:.0f}' for x in v)}")
+                    print(f"  {name:<20} {statistics.median(v):>10.0f} rt/s   server CPU {statistics.median(cpu[name]):5.2f} µs/rt"
+                          f"   rounds: {', '.join(f'{x:.0f}' for x in v)}")
                 print(f"  messenger serve / libzmq, both CURVE:      {ratio('messenger-curve', 'libzmq-curve'):.2f}x")
+                cpu_ratio = statistics.median(x / y for x, y in zip(cpu["messenger-curve"], cpu["libzmq-curve"]))
+                print(f"  server CPU per round trip, messenger serve / libzmq, both CURVE: {cpu_ratio:.2f}x")
                 print(f"  messenger serve / libzmq, both plaintext:  {ratio('messenger-plain', 'libzmq-plain'):.2f}x")
                 print(f"  CURVE / plaintext, messenger serve:        {ratio('messenger-curve', 'messenger-plain'):.2f}x")
                 print(f"  CURVE / plaintext, libzmq server:          {ratio('libzmq-curve', 'libzmq-plain'):.2f}x")
