@@ -658,8 +658,13 @@ impl Messenger {
     /// tasks it woke send.)
     ///
     /// Nothing sent inside `f` leaves before `f` returns, so `f` must not
-    /// wait for a reply to its own sends. It covers every messenger's
-    /// sends on this thread; a batch inside a batch joins the outer one.
+    /// wait for a reply to its own sends, nor for room: a connection's
+    /// buffer ([`Config::send_buffer_size`]) drains only once the batch
+    /// ends, so a send that finds it full fails with [`Error::Full`]
+    /// (`try_send_message`) as it would outside a batch, and retrying
+    /// inside the same batch finds it full again. It covers every
+    /// messenger's sends on this thread; a batch inside a batch joins the
+    /// outer one.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

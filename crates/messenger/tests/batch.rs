@@ -1,8 +1,10 @@
 //! Batches of sends from one thread (`Messenger::batch`): their writes
 //! wait for the batch's end and then leave together, in order; a batch
 //! that panics gives its connections back; a batch inside a batch joins
-//! it. On tcp, ipc and inproc alike (inproc writes nothing, so only the
-//! delivery is checked there).
+//! it; a batch that fills a connection's buffer gets `Full`, not a hang,
+//! and sends what was taken. On tcp, ipc and inproc alike (inproc writes
+//! nothing, so only the delivery is checked there; it has no buffer to
+//! fill).
 
 use messenger_testkit as common;
 
@@ -115,5 +117,43 @@ async fn a_batch_that_panics_still_writes_and_frees_the_connection() {
         // The connection writes as before: a round trip outside a batch.
         round_trip(5, &f.client, f.conn, ECHO, b"after", &format!("{t}: after")).await;
         f.arrived(t).await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_fills_the_buffer_gets_full_and_sends_what_it_took() {
+    // tcp and ipc: inproc has no buffer to fill.
+    for t in common::RAW_TRANSPORTS {
+        let (server, bound, _place, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
+        let small = Config {
+            send_buffer_size: 8 * 1024,
+            ..Config::default()
+        };
+        let (client, conn) = connect(small, &bound.endpoint).await;
+        let body = vec![b'x'; 1024];
+        // Nothing is written inside the batch, so the buffer fills and
+        // stays full: sends fail with Full instead of waiting for ever.
+        let (taken, full) = client.batch(|| {
+            let mut taken = 0;
+            let mut full = 0;
+            for _ in 0..32 {
+                match client.try_send_message(conn, NOOP, &body, None) {
+                    Ok(_) => taken += 1,
+                    Err(messenger::Error::Full) => full += 1,
+                    Err(e) => panic!("{t}: {e}"),
+                }
+            }
+            (taken, full)
+        });
+        assert!(taken > 0 && full > 0, "{t}: {taken} taken, {full} full");
+        assert!(taken * 1024 <= 8 * 1024 + 1024 + 64, "{t}: {taken} taken");
+        eventually(5, &format!("{t}: what was taken arrives"), || {
+            seen.len() == taken
+        })
+        .await;
+        // And the connection goes on.
+        round_trip(5, &client, conn, ECHO, b"after", &format!("{t}: after")).await;
+        client.shutdown().await;
+        server.shutdown().await;
     }
 }
