@@ -190,9 +190,8 @@ pub(crate) fn callable(f: Bound<'_, PyAny>, how: &str) -> PyResult<Arc<Py<PyAny>
 /// Work for a thread of the package's: run with the GIL held.
 pub(crate) type Job = Box<dyn FnOnce(Python<'_>) + Send>;
 
-/// Starts a thread called `name` that runs each job sent to it, attached
-/// to the interpreter only while a job runs (it waits for the next one
-/// without the GIL). It ends when every sender is gone. Python sees it by
+/// Starts a thread called `name` that runs each job sent to it, holding
+/// the GIL only while a job runs (it waits for the next one without it). It ends when every sender is gone. Python sees it by
 /// its name (`threading.current_thread().name`, and in log records).
 pub(crate) fn spawn_worker(name: String) -> PyResult<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>();
@@ -200,17 +199,29 @@ pub(crate) fn spawn_worker(name: String) -> PyResult<mpsc::Sender<Job>> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let mut named = false;
+            // The thread keeps one Python thread state for its whole life:
+            // each job's attach would otherwise make and destroy one, and
+            // Python 3.13 drops the thread's `threading` object (and so
+            // its name: "Dummy-N" again) with it. Taken while attached, so
+            // the attach's end releases the GIL but not the state.
+            let kept = Python::try_attach(|py| {
+                name_python_thread(py, &python_name);
+                // SAFETY: the GIL is held (inside attach); the count it
+                // adds is given back below, under the GIL again.
+                unsafe { pyo3::ffi::PyGILState_Ensure() }
+            });
             while let Ok(job) = rx.recv() {
                 // None while the interpreter shuts down: the job is
                 // dropped, which ends what waits on it.
-                let _ = Python::try_attach(|py| {
-                    if !named {
-                        named = true;
-                        name_python_thread(py, &python_name);
-                    }
-                    job(py);
-                });
+                let _ = Python::try_attach(|py| job(py));
+            }
+            if let Some(kept) = kept {
+                // None while the interpreter shuts down: the state is then
+                // freed with the interpreter, and this thread must not
+                // take the GIL.
+                // SAFETY: `kept` came from the Ensure above, on this
+                // thread, and is released once, with the GIL held.
+                let _ = Python::try_attach(|_| unsafe { pyo3::ffi::PyGILState_Release(kept) });
             }
         })
         .map_err(|e| {
