@@ -213,7 +213,7 @@ pub(crate) fn spawn_worker(name: String) -> PyResult<mpsc::Sender<Job>> {
             while let Ok(job) = rx.recv() {
                 // None while the interpreter shuts down: the job is
                 // dropped, which ends what waits on it.
-                let _ = Python::try_attach(|py| job(py));
+                let _ = Python::try_attach(job);
             }
             if let Some(kept) = kept {
                 // None while the interpreter shuts down: the state is then
