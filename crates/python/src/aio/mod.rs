@@ -70,9 +70,10 @@ enum Event {
 #[derive(Default)]
 struct Queue {
     /// Requests whose futures were woken (a reply came, a deadline
-    /// passed, room freed, or just made), by call id: the loop polls
-    /// them. The common case, kept apart from [`Event`] (whose larger
-    /// variants would be copied with every id).
+    /// passed, room freed), by call id: the loop polls them (those made
+    /// on the loop's thread are `Hub::made`). The common
+    /// case, kept apart from [`Event`] (whose larger variants would be
+    /// copied with every id).
     woken: Vec<u64>,
     /// Everything else.
     events: Vec<Event>,
@@ -153,8 +154,10 @@ impl Hub {
     /// Takes everything queued (on the loop's thread). The byte is read
     /// before the flag is cleared and the flag before the queue is taken,
     /// so an event pushed at any moment is either taken now or followed
-    /// by a byte of its own.
-    fn take(&self) -> Queue {
+    /// by a byte of its own. Returns the requests made on the loop's
+    /// thread (apart: no copy to put them before the woken ones), and the
+    /// rest.
+    fn take(&self) -> (Vec<u64>, Queue) {
         let mut buf = [0u8; 64];
         while let Ok(n) = (&self.watched).read(&mut buf) {
             if n == 0 {
@@ -163,10 +166,7 @@ impl Hub {
         }
         self.signaled.store(false, Ordering::SeqCst);
         let made = std::mem::take(&mut *self.made.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut queue = std::mem::take(&mut *self.queue());
-        // The new requests first: they were made before the wake-up.
-        queue.woken.splice(0..0, made);
-        queue
+        (made, std::mem::take(&mut *self.queue()))
     }
 }
 
@@ -333,13 +333,14 @@ struct Waker {
 #[pymethods]
 impl Waker {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let Queue { woken, events } = self.hub.take();
+        let (made, Queue { woken, events }) = self.hub.take();
         // The woken requests first, polled as one batch: those sent now
         // (made since the loop last ran) leave in one write per
         // connection. Their waiters (the user's code) run after it.
         let mut finished = Vec::new();
         let poll_all = || {
-            for id in woken {
+            // The new requests first: they were made before the wake-up.
+            for id in made.into_iter().chain(woken) {
                 if let Some(fut) = future::find(py, &self.requests, id)
                     && fut.get().poll(py)
                 {
