@@ -35,8 +35,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new(t: &str) -> Fixture {
+        Fixture::with_client(t, Config::default()).await
+    }
+
+    /// [`new`](Self::new) with the client's `config`.
+    async fn with_client(t: &str, config: Config) -> Fixture {
         let (server, bound, place, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let (client, conn) = connect(config, &bound.endpoint).await;
         Fixture {
             server,
             client,
@@ -62,6 +67,11 @@ impl Fixture {
         })
         .await;
         assert_eq!(self.seen.texts(), bodies(0), "{t}: in order");
+        self.shutdown().await;
+    }
+
+    /// Shuts the client down, then the server.
+    async fn shutdown(self) {
         self.client.shutdown().await;
         self.server.shutdown().await;
     }
@@ -124,12 +134,12 @@ async fn a_batch_that_panics_still_writes_and_frees_the_connection() {
 async fn a_batch_that_fills_the_buffer_gets_full_and_sends_what_it_took() {
     // tcp and ipc: inproc has no buffer to fill.
     for t in common::RAW_TRANSPORTS {
-        let (server, bound, _place, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
         let small = Config {
             send_buffer_size: 8 * 1024,
             ..Config::default()
         };
-        let (client, conn) = connect(small, &bound.endpoint).await;
+        let f = Fixture::with_client(t, small).await;
+        let (client, conn) = (&f.client, f.conn);
         let body = vec![b'x'; 1024];
         // Nothing is written inside the batch, so the buffer fills and
         // stays full: sends fail with Full instead of waiting for ever.
@@ -148,12 +158,11 @@ async fn a_batch_that_fills_the_buffer_gets_full_and_sends_what_it_took() {
         assert!(taken > 0 && full > 0, "{t}: {taken} taken, {full} full");
         assert!(taken * 1024 <= 8 * 1024 + 1024 + 64, "{t}: {taken} taken");
         eventually(5, &format!("{t}: what was taken arrives"), || {
-            seen.len() == taken
+            f.seen.len() == taken
         })
         .await;
         // And the connection goes on.
-        round_trip(5, &client, conn, ECHO, b"after", &format!("{t}: after")).await;
-        client.shutdown().await;
-        server.shutdown().await;
+        round_trip(5, client, conn, ECHO, b"after", &format!("{t}: after")).await;
+        f.shutdown().await;
     }
 }
