@@ -759,9 +759,14 @@ impl Messenger {
         timeout: Duration,
     ) -> impl Future<Output = Result<Incoming, Error>> + 'a {
         let dest = dest.into();
-        // Its span (for a subscriber or OpenTelemetry; free while debug is
-        // off): where it went and to which callback, never the body.
-        let span = tracing::debug_span!("request", destination = %dest, dst_cb);
+        // Its span (for a subscriber or OpenTelemetry): where it went and to
+        // which callback, never the body. Not built while debug is off
+        // everywhere: a disabled span still costs its fields' recording
+        // (for `log`) and its drop, about 150 instructions, a twentieth of
+        // an inproc round trip.
+        let span = tracing::level_enabled!(tracing::Level::DEBUG)
+            .then(|| tracing::debug_span!("request", destination = %dest, dst_cb))
+            .filter(|span| !span.is_disabled());
         let request = async move {
             let since = telemetry::start();
             let (tx, rx) = oneshot::channel();
@@ -808,10 +813,11 @@ impl Messenger {
         // well under a microsecond, and a wrapper costs on every poll. Boxed
         // then, so the span does not widen every request's future (which
         // callers move and keep per request in flight) when it is off.
-        if span.is_disabled() {
-            futures::future::Either::Left(request)
-        } else {
-            futures::future::Either::Right(Box::pin(tracing::Instrument::instrument(request, span)))
+        match span {
+            None => futures::future::Either::Left(request),
+            Some(span) => futures::future::Either::Right(Box::pin(
+                tracing::Instrument::instrument(request, span),
+            )),
         }
     }
 

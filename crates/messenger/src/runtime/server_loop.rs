@@ -240,16 +240,21 @@ async fn serve(
             break;
         };
         let responder = responder_for(shared, Arc::clone(&socket), &msg, ticket);
-        // The call's span (free while debug is off): the listener, the
-        // sender's routing id (escaped) and the message's ids, never its
-        // body.
-        let span = tracing::debug_span!(
-            "server_loop_call",
-            endpoint = %socket.origin.endpoint,
-            peer = %msg.peer.escape_ascii(),
-            msg_id = msg.msg_id,
-            src_cb = msg.src_cb,
-        );
+        // The call's span: the listener, the sender's routing id (escaped)
+        // and the message's ids, never its body. `Span::none()` while debug
+        // is off everywhere: a disabled span still records its fields (for
+        // `log`) on every call.
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "server_loop_call",
+                endpoint = %socket.origin.endpoint,
+                peer = %msg.peer.escape_ascii(),
+                msg_id = msg.msg_id,
+                src_cb = msg.src_cb,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let transport = socket.transport;
         let since = telemetry::start();
         match &handler {
