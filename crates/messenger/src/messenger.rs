@@ -18,7 +18,7 @@ use crate::address::{ConnectionId, Destination, ListenerId};
 use crate::config::{Config, Curve};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::runtime::callbacks::{self, Completion};
+use crate::runtime::callbacks::{self, Completion, ReplyFuture};
 use crate::runtime::send::{Mode, Notify, Outgoing, Sent};
 use crate::runtime::server_loop::{Handler, LoopControl, Responder};
 use crate::runtime::shared::Shared;
@@ -769,8 +769,7 @@ impl Messenger {
             .filter(|span| !span.is_disabled());
         let request = async move {
             let since = telemetry::start();
-            let (tx, rx) = oneshot::channel();
-            let notify = Notify::Reply(Completion::Future(tx));
+            let notify = Notify::Reply(Completion::Future(None));
             // The one send path, called from here rather than through
             // `send` below: one future fewer around it. Scoped, so the
             // socket and peer are not kept while the reply is awaited.
@@ -797,12 +796,8 @@ impl Messenger {
                 }
             };
             // Removes the callback if this future is dropped while it waits.
-            let guard = Unregister {
-                shared: &self.inner.shared,
-                id: sent.cb_id,
-            };
-            let reply = rx.await.unwrap_or_else(|_| Err(Error::Shutdown));
-            guard.disarm();
+            let callbacks = &self.inner.shared.callbacks;
+            let reply = ReplyFuture::new(callbacks, sent.cb_id, sent.deadline).await;
             match &reply {
                 Ok(_) => telemetry::request_done(sent.transport, since),
                 Err(e) => tracing::debug!(error = %e, "request failed"),
@@ -951,27 +946,4 @@ fn reply_to(callback: Option<Callback>) -> Notify {
     callback.map_or(Notify::Nothing, |c| {
         Notify::Reply(Completion::Callback(c.into_inner()))
     })
-}
-
-/// Unregisters a request's callback unless disarmed: covers a future
-/// dropped while it waits for the reply.
-struct Unregister<'a> {
-    /// Where the callback is registered.
-    shared: &'a Shared,
-    /// The callback's wire id; `None` once disarmed.
-    id: Option<u64>,
-}
-
-impl Unregister<'_> {
-    fn disarm(mut self) {
-        self.id = None;
-    }
-}
-
-impl Drop for Unregister<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.shared.callbacks.unregister(id);
-        }
-    }
 }

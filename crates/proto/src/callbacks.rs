@@ -126,22 +126,14 @@ impl<T> CallbackTable<T> {
         self.slots.is_empty()
     }
 
-    /// Removes every callback whose value matches `pred`, returning them.
-    pub fn take_matching(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
-        let ids: Vec<usize> = self
-            .slots
+    /// The wire ids of every callback whose value matches `pred` (to
+    /// complete each in place, or take it).
+    pub fn ids_matching(&self, mut pred: impl FnMut(&T) -> bool) -> Vec<u64> {
+        self.slots
             .iter()
             .filter(|(_, s)| pred(&s.value))
-            .map(|(i, _)| i)
-            .collect();
-        ids.into_iter()
-            .map(|i| self.slots.remove(i).value)
+            .map(|(i, s)| wire_id(s.generation, self.shard, i))
             .collect()
-    }
-
-    /// Removes every callback.
-    pub fn drain(&mut self) -> Vec<T> {
-        self.slots.drain().map(|s| s.value).collect()
     }
 
     /// The limit given at construction.
@@ -256,15 +248,15 @@ mod tests {
     }
 
     #[test]
-    fn take_matching_and_drain() {
-        let mut t = CallbackTable::new(10);
-        for i in 0..6 {
-            t.insert(i).unwrap();
+    fn ids_matching_names_live_callbacks() {
+        let mut t = CallbackTable::shard(10, 3);
+        let ids: Vec<u64> = (0..6).map(|i| t.insert(i).unwrap()).collect();
+        let even = t.ids_matching(|v| v % 2 == 0);
+        assert_eq!(even, vec![ids[0], ids[2], ids[4]]);
+        for id in even {
+            assert!(t.take(id).is_some_and(|v| v % 2 == 0));
         }
-        let mut even = t.take_matching(|v| v % 2 == 0);
-        even.sort();
-        assert_eq!(even, vec![0, 2, 4]);
-        assert_eq!(t.drain().len(), 3);
-        assert!(t.is_empty());
+        assert_eq!(t.len(), 3);
+        assert!(t.ids_matching(|v| v % 2 == 0).is_empty());
     }
 }

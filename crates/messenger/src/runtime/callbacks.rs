@@ -8,13 +8,21 @@
 //! shard named in the callback's wire id), each shard with the deadlines of
 //! its callbacks: an inproc request, registered and completed on one
 //! thread, never waits for another's lock.
+//!
+//! A `request` future's reply waits in its shard until the future polls
+//! for it ([`ReplyFuture`]): no channel is allocated per request, and a
+//! request answered before its first poll (an inproc ECHO, answered in the
+//! sender's own call) never arms a deadline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
+use slab::Slab;
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 
 use crate::clock;
 use crate::error::Error;
@@ -28,29 +36,43 @@ use crate::types::{Incoming, Reply};
 pub(crate) enum Completion {
     /// A closure (an MSC): runs once, on a task of its own.
     Callback(Box<dyn FnOnce(Reply) + Send>),
-    /// A `request` future waiting on the other end.
-    Future(oneshot::Sender<Reply>),
+    /// A `request` future, which polls its shard for the reply
+    /// ([`ReplyFuture`]): the waker of its last poll (none before it).
+    Future(Option<Waker>),
+    /// A `request` future's outcome, kept in its shard's `replies` under
+    /// this key until the future takes it.
+    Ready(usize),
 }
 
-impl Completion {
-    /// Completes on `runtime` (the messenger's): an inproc reply may land
-    /// from any thread.
-    fn complete(self, reply: Reply, runtime: &Handle) {
+/// What completing a waiter leaves to do once its shard's lock is let go.
+enum Done {
+    /// Run a closure MSC with its reply (on a task).
+    Run(Box<dyn FnOnce(Reply) + Send>, Reply),
+    /// Wake a `request` future whose reply is in place.
+    Wake(Option<Waker>),
+}
+
+impl Done {
+    /// Finishes outside the lock: a closure runs on `runtime` (an inproc
+    /// reply may land from any thread); a future is woken.
+    fn finish(self, runtime: &Handle) {
         match self {
-            Completion::Callback(f) => {
+            Done::Run(f, reply) => {
                 runtime.spawn(async move { f(reply) });
             }
-            Completion::Future(tx) => {
-                let _ = tx.send(reply);
+            Done::Wake(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
             }
         }
     }
 }
 
-/// One waiting callback. Kept small (40 bytes): a million pending requests
+/// One waiting callback. Kept small (48 bytes): a million pending requests
 /// are a million of these.
 pub(crate) struct Waiter {
-    /// How the reply reaches its waiter: a closure, a future's oneshot.
+    /// How the reply reaches its waiter: a closure, a future's slot.
     completion: Completion,
     /// The socket the request went out on (`SocketKind::tag`).
     socket: u64,
@@ -80,6 +102,45 @@ struct Shard {
     table: CallbackTable<Waiter>,
     /// When each times out.
     deadlines: Deadlines,
+    /// The outcomes of `request` futures not yet polled, named by their
+    /// waiters ([`Completion::Ready`]). Holds at most one per waiter, so
+    /// the table's limit bounds it.
+    replies: Slab<Reply>,
+}
+
+impl Shard {
+    /// Completes the waiter `id` with `reply`: a future's reply goes in
+    /// place (the waiter stays until the future takes it), a closure's
+    /// waiter leaves the table. `None` if `id` waits no more (already
+    /// answered, timed out, or unknown).
+    fn complete(&mut self, id: u64, reply: impl FnOnce() -> Reply) -> Option<(u64, Done)> {
+        let w = self.table.get_mut(id)?;
+        let msg_id = w.msg_id;
+        let done = match &mut w.completion {
+            Completion::Ready(_) => return None,
+            Completion::Future(waker) => {
+                let waker = waker.take();
+                w.completion = Completion::Ready(self.replies.insert(reply()));
+                Done::Wake(waker)
+            }
+            Completion::Callback(_) => match self.table.take(id)?.completion {
+                Completion::Callback(f) => Done::Run(f, reply()),
+                _ => return None,
+            },
+        };
+        Some((msg_id, done))
+    }
+
+    /// Frees the waiter `id`, and its reply if one waits for it.
+    fn remove(&mut self, id: u64) {
+        if let Some(Waiter {
+            completion: Completion::Ready(key),
+            ..
+        }) = self.table.take(id)
+        {
+            self.replies.try_remove(key);
+        }
+    }
 }
 
 /// Stale deadline entries (of callbacks already answered) tolerated beyond
@@ -125,6 +186,7 @@ impl Callbacks {
                     Padded(Mutex::new(Shard {
                         table: CallbackTable::shard(per_shard, i),
                         deadlines: Deadlines::new(now),
+                        replies: Slab::new(),
                     }))
                 })
                 .collect(),
@@ -150,7 +212,8 @@ impl Callbacks {
     /// Registers a callback and gives its request a msg_id (from `msg_id`,
     /// called only once the callback has a slot, so a refused request
     /// leaves no gap in the ids). Returns the callback's wire id and the
-    /// msg_id.
+    /// msg_id. A closure's deadline is armed now; a future's when it first
+    /// waits ([`ReplyFuture`]), so one answered at once arms none.
     pub(crate) fn register(
         &self,
         completion: Completion,
@@ -164,8 +227,9 @@ impl Callbacks {
             .map(|i| self.shard(home + i))
             .find(|s| s.table.len() < s.table.limit())
             .ok_or_else(|| Error::TooManyPending(self.limit))?;
-        let Shard { table, deadlines } = &mut *shard;
-        let id = table
+        let later = matches!(completion, Completion::Future(_));
+        let id = shard
+            .table
             .insert_with(|_| {
                 id_out = msg_id();
                 Waiter {
@@ -176,7 +240,19 @@ impl Callbacks {
                 }
             })
             .map_err(|_| Error::TooManyPending(self.limit))?;
-        let moved = deadlines.insert(id, awaited.deadline);
+        if !later {
+            self.arm(shard, id, awaited.deadline);
+        }
+        Ok((id, id_out))
+    }
+
+    /// Records `id`'s deadline (its shard locked as `shard`), and moves
+    /// the timer if it is now the earliest.
+    fn arm(&self, mut shard: MutexGuard<'_, Shard>, id: u64, deadline: Instant) {
+        let Shard {
+            table, deadlines, ..
+        } = &mut *shard;
+        let moved = deadlines.insert(id, deadline);
         if deadlines.len() > 2 * table.len() + DEADLINE_SLACK {
             deadlines.compact(|id| table.contains(id));
         }
@@ -184,33 +260,79 @@ impl Callbacks {
         if moved {
             self.moved.notify_one();
         }
-        Ok((id, id_out))
     }
 
-    /// Removes a callback without running it (send failed, future dropped).
-    /// Its deadline entry goes stale and is dropped later.
-    pub(crate) fn unregister(&self, id: u64) {
-        if let Some(i) = shard_of(id) {
-            self.shard(i).table.take(id);
+    /// A `request` future's poll: its outcome, once there; otherwise its
+    /// waker is kept and, on the first such poll, `deadline` armed.
+    /// `Shutdown` if the waiter is gone (the messenger shut down).
+    fn poll_reply(&self, id: u64, waker: &Waker, deadline: &mut Option<Instant>) -> Poll<Reply> {
+        let Some(i) = shard_of(id) else {
+            return Poll::Ready(Err(Error::Shutdown));
+        };
+        let mut shard = self.shard(i);
+        let Some(w) = shard.table.get_mut(id) else {
+            return Poll::Ready(Err(Error::Shutdown));
+        };
+        match &mut w.completion {
+            Completion::Ready(key) => {
+                let key = *key;
+                shard.table.take(id);
+                Poll::Ready(
+                    shard
+                        .replies
+                        .try_remove(key)
+                        .unwrap_or(Err(Error::Shutdown)),
+                )
+            }
+            Completion::Future(kept) => {
+                if !kept.as_ref().is_some_and(|k| k.will_wake(waker)) {
+                    *kept = Some(waker.clone());
+                }
+                match deadline.take() {
+                    Some(at) => self.arm(shard, id, at),
+                    None => drop(shard),
+                }
+                Poll::Pending
+            }
+            // Not a future's waiter: never reached through a ReplyFuture.
+            Completion::Callback(_) => Poll::Ready(Err(Error::Shutdown)),
         }
     }
 
-    /// Takes the callback `id` if it waits for a reply from `peer` on
-    /// `socket`: only the peer a request went to, on the socket it went
-    /// out on, can answer it (callback ids are messenger-wide, and another
-    /// peer must not complete, or probe, someone else's request).
-    pub(crate) fn take_for(&self, id: u64, socket: u64, peer: &[u8]) -> Option<Waiter> {
-        let mut shard = self.shard(shard_of(id)?);
-        let ours = shard
-            .table
-            .get_mut(id)
-            .is_some_and(|w| w.sent_to(socket, peer));
-        if ours { shard.table.take(id) } else { None }
+    /// Removes a callback without running it (send failed, future dropped),
+    /// with its reply if one waited. Its deadline entry goes stale and is
+    /// dropped later.
+    pub(crate) fn unregister(&self, id: u64) {
+        if let Some(i) = shard_of(id) {
+            self.shard(i).remove(id);
+        }
     }
 
-    /// Completes `w` with `reply` (on the messenger's runtime).
-    pub(crate) fn complete(&self, w: Waiter, reply: Incoming) {
-        w.completion.complete(Ok(reply), &self.runtime);
+    /// Completes the callback `id` with the reply `make` builds, if it
+    /// waits for a reply from `peer` on `socket`: only the peer a request
+    /// went to, on the socket it went out on, can answer it (callback ids
+    /// are messenger-wide, and another peer must not complete, or probe,
+    /// someone else's request). Returns the msg_id of the request it
+    /// answers.
+    pub(crate) fn answer(
+        &self,
+        id: u64,
+        socket: u64,
+        peer: &[u8],
+        make: impl FnOnce() -> Incoming,
+    ) -> Option<u64> {
+        let mut shard = self.shard(shard_of(id)?);
+        if !shard
+            .table
+            .get_mut(id)
+            .is_some_and(|w| w.sent_to(socket, peer))
+        {
+            return None;
+        }
+        let (msg_id, done) = shard.complete(id, || Ok(make()))?;
+        drop(shard);
+        done.finish(&self.runtime);
+        Some(msg_id)
     }
 
     /// Fails the callbacks `pred` picks with `err`; returns the msg_ids of
@@ -222,31 +344,32 @@ impl Callbacks {
     ) -> Vec<u64> {
         let mut failed = Vec::new();
         for i in 0..SHARDS {
-            failed.extend(self.shard(i).table.take_matching(|w| {
-                let peer = w.peer.as_deref().map_or(&b""[..], |p| &p[..]);
-                pred(w.socket, peer)
-            }));
+            let mut done = Vec::new();
+            {
+                let mut shard = self.shard(i);
+                let ids = shard.table.ids_matching(|w| {
+                    let peer = w.peer.as_deref().map_or(&b""[..], |p| &p[..]);
+                    pred(w.socket, peer)
+                });
+                for id in ids {
+                    if let Some((msg_id, d)) = shard.complete(id, || Err(err.clone())) {
+                        failed.push(msg_id);
+                        done.push(d);
+                    }
+                }
+            }
+            for d in done {
+                d.finish(&self.runtime);
+            }
         }
         failed
-            .into_iter()
-            .map(|w| {
-                let id = w.msg_id;
-                w.completion.complete(Err(err.clone()), &self.runtime);
-                id
-            })
-            .collect()
     }
 
     /// Fails every waiting callback (shutdown).
     pub(crate) fn fail_all(&self, err: &Error) {
-        let mut failed = Vec::new();
+        self.fail_matching(err, |_, _| true);
         for i in 0..SHARDS {
-            let mut shard = self.shard(i);
-            shard.deadlines.clear();
-            failed.extend(shard.table.drain());
-        }
-        for w in failed {
-            w.completion.complete(Err(err.clone()), &self.runtime);
+            self.shard(i).deadlines.clear();
         }
     }
 
@@ -268,23 +391,80 @@ impl Callbacks {
                 let mut due = Vec::new();
                 let more = {
                     let mut shard = self.shard(i);
-                    let Shard { table, deadlines } = &mut *shard;
                     while due.len() < EXPIRE_BATCH {
-                        let Some(id) = deadlines.pop_expired(now) else {
+                        let Some(id) = shard.deadlines.pop_expired(now) else {
                             break;
                         };
-                        due.extend(table.take(id));
+                        due.extend(shard.complete(id, || Err(Error::Timeout)));
                     }
-                    deadlines.next().is_some_and(|next| next <= now)
+                    shard.deadlines.next().is_some_and(|next| next <= now)
                 };
-                for w in due {
+                for (_, done) in due {
                     bump(&self.stats.timeouts);
-                    w.completion.complete(Err(Error::Timeout), &self.runtime);
+                    done.finish(&self.runtime);
                 }
                 if !more {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// A `request`'s reply, polled from its waiter's shard. Dropped before
+/// the reply, it frees the callback (and a reply that came meanwhile).
+pub(crate) struct ReplyFuture<'a> {
+    /// Where the callback waits.
+    callbacks: &'a Callbacks,
+    /// The callback's wire id; `None` once the reply is taken.
+    id: Option<u64>,
+    /// The reply's deadline, armed at the first poll that must wait.
+    deadline: Option<Instant>,
+}
+
+impl<'a> ReplyFuture<'a> {
+    /// The reply to the callback `id` (`None`: the request registered none,
+    /// which resolves as `Shutdown`), due by `deadline` (the send's, which
+    /// every numbered send has).
+    pub(crate) fn new(
+        callbacks: &'a Callbacks,
+        id: Option<u64>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        ReplyFuture {
+            callbacks,
+            id,
+            deadline,
+        }
+    }
+}
+
+impl Future for ReplyFuture<'_> {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let Some(id) = self.id else {
+            return Poll::Ready(Err(Error::Shutdown));
+        };
+        // A task that only ever finds its replies in place (inproc) still
+        // yields when its budget is spent, as on any tokio channel.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let this = &mut *self;
+        let reply = std::task::ready!(this.callbacks.poll_reply(
+            id,
+            cx.waker(),
+            &mut this.deadline
+        ));
+        coop.made_progress();
+        this.id = None;
+        Poll::Ready(reply)
+    }
+}
+
+impl Drop for ReplyFuture<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.callbacks.unregister(id);
         }
     }
 }
@@ -319,13 +499,175 @@ pub(crate) async fn run(callbacks: Arc<Callbacks>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::{ConnectionId, Origin, SocketKind};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    use std::time::Duration;
+
+    /// The socket every test request goes out on (a connection's tag).
+    const SOCKET: u64 = 2;
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn callbacks() -> Callbacks {
+        Callbacks::new(16, Handle::current(), Arc::default())
+    }
+
+    /// Registers a `request` future's waiter, due `timeout` from now.
+    fn request(cb: &Callbacks, timeout: Duration) -> ReplyFuture<'_> {
+        let deadline = clock::now() + timeout;
+        let awaited = Awaited {
+            socket: SOCKET,
+            peer: &Bytes::new(),
+            deadline,
+        };
+        let (id, _) = cb
+            .register(Completion::Future(None), awaited, || 7)
+            .expect("room");
+        ReplyFuture::new(cb, Some(id), Some(deadline))
+    }
+
+    fn reply(body: &'static [u8]) -> Incoming {
+        Incoming {
+            msg_id: 1,
+            src_cb: 0,
+            dst_cb: 0,
+            body: Bytes::from_static(body),
+            peer: Bytes::new(),
+            origin: Arc::new(Origin {
+                endpoint: "inproc://callbacks-test".parse().expect("endpoint"),
+                kind: SocketKind::Connection(ConnectionId(1)),
+            }),
+            peer_key: None,
+        }
+    }
+
+    fn poll(f: &mut ReplyFuture<'_>, waker: &Arc<Count>) -> Poll<Reply> {
+        let waker = Waker::from(Arc::clone(waker));
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
+
+    fn deadlines(cb: &Callbacks) -> usize {
+        (0..SHARDS).map(|i| cb.shard(i).deadlines.len()).sum()
+    }
+
+    fn replies(cb: &Callbacks) -> usize {
+        (0..SHARDS).map(|i| cb.shard(i).replies.len()).sum()
+    }
+
+    /// An inproc ECHO is answered inside the send: the first poll takes
+    /// the reply, and no deadline was ever armed.
+    #[tokio::test]
+    async fn a_reply_before_the_first_poll_is_taken_and_arms_nothing() {
+        let cb = callbacks();
+        let mut f = request(&cb, Duration::from_secs(5));
+        let id = f.id.expect("registered");
+        assert_eq!(cb.answer(id, SOCKET, b"", || reply(b"pong")), Some(7));
+        assert_eq!(
+            cb.answer(id, SOCKET, b"", || reply(b"again")),
+            None,
+            "answered once"
+        );
+        let waker = Arc::new(Count::default());
+        match poll(&mut f, &waker) {
+            Poll::Ready(Ok(r)) => assert_eq!(&r.body[..], b"pong"),
+            other => panic!("not the reply: {:?}", other.map(|r| r.map(|i| i.body))),
+        }
+        assert_eq!((cb.len(), replies(&cb), deadlines(&cb)), (0, 0, 0));
+    }
+
+    /// A future that waits arms its deadline once, and is woken by the
+    /// reply; a reply from another socket or peer does not reach it.
+    #[tokio::test]
+    async fn a_waiting_future_is_woken_by_its_reply_only() {
+        let cb = callbacks();
+        let mut f = request(&cb, Duration::from_secs(5));
+        let id = f.id.expect("registered");
+        let waker = Arc::new(Count::default());
+        assert!(poll(&mut f, &waker).is_pending());
+        assert!(poll(&mut f, &waker).is_pending());
+        assert_eq!(deadlines(&cb), 1, "armed at the first wait, once");
+        assert_eq!(cb.answer(id, SOCKET + 1, b"", || reply(b"x")), None);
+        assert_eq!(cb.answer(id, SOCKET, b"other", || reply(b"x")), None);
+        assert_eq!(waker.0.load(Ordering::SeqCst), 0);
+        assert_eq!(cb.answer(id, SOCKET, b"", || reply(b"pong")), Some(7));
+        assert_eq!(waker.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(poll(&mut f, &waker), Poll::Ready(Ok(r)) if &r.body[..] == b"pong"));
+        assert_eq!((cb.len(), replies(&cb)), (0, 0));
+    }
+
+    /// The deadline, once armed, fails the future with `Timeout`; a
+    /// shutdown fails the others with `Shutdown`.
+    #[tokio::test]
+    async fn timeouts_and_shutdown_reach_waiting_futures() {
+        let cb = callbacks();
+        let mut late = request(&cb, Duration::from_millis(10));
+        let mut other = request(&cb, Duration::from_secs(60));
+        let waker = Arc::new(Count::default());
+        assert!(poll(&mut late, &waker).is_pending());
+        assert!(poll(&mut other, &waker).is_pending());
+        cb.handle_timeout(clock::now() + Duration::from_secs(1));
+        assert_eq!(waker.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            poll(&mut late, &waker),
+            Poll::Ready(Err(Error::Timeout))
+        ));
+        cb.fail_all(&Error::Shutdown);
+        assert!(matches!(
+            poll(&mut other, &waker),
+            Poll::Ready(Err(Error::Shutdown))
+        ));
+        assert_eq!((cb.len(), replies(&cb)), (0, 0));
+    }
+
+    /// Replies that are always in place (inproc) still let other tasks of
+    /// a one-thread runtime run: the future spends tokio's budget.
+    #[tokio::test(flavor = "current_thread")]
+    async fn replies_in_place_still_yield_to_other_tasks() {
+        let cb = callbacks();
+        let other = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::clone(&other);
+        tokio::spawn(async move { ran.store(1, Ordering::SeqCst) });
+        for _ in 0..1000 {
+            let f = request(&cb, Duration::from_secs(5));
+            let id = f.id.expect("registered");
+            cb.answer(id, SOCKET, b"", || reply(b"pong"));
+            assert!(f.await.is_ok());
+        }
+        assert_eq!(other.load(Ordering::SeqCst), 1, "the other task never ran");
+    }
+
+    /// A future dropped with its reply in place frees both the waiter and
+    /// the reply: nothing a dropped request leaves grows.
+    #[tokio::test]
+    async fn a_dropped_future_frees_its_waiter_and_reply() {
+        let cb = callbacks();
+        for _ in 0..100 {
+            let f = request(&cb, Duration::from_secs(5));
+            let id = f.id.expect("registered");
+            assert_eq!(cb.answer(id, SOCKET, b"", || reply(b"pong")), Some(7));
+            drop(f);
+            drop(request(&cb, Duration::from_secs(5)));
+        }
+        assert_eq!((cb.len(), replies(&cb)), (0, 0));
+    }
 
     /// The per-request bookkeeping budget is 100 bytes (design/PERFORMANCE.md,
     /// "Memory per pending request"): the table slot holds a `Waiter`, the
-    /// deadline FIFO 16 bytes more.
+    /// deadline FIFO 16 bytes more. A `request` future's waker lives in its
+    /// `Waiter` (no channel of its own), which takes the completion from 16
+    /// bytes to 24.
     #[test]
     fn a_waiter_stays_small() {
-        assert_eq!(std::mem::size_of::<Completion>(), 16);
-        assert_eq!(std::mem::size_of::<Waiter>(), 40);
+        assert_eq!(std::mem::size_of::<Completion>(), 24);
+        assert_eq!(std::mem::size_of::<Waiter>(), 48);
     }
 }

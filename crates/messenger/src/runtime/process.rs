@@ -156,10 +156,9 @@ impl Shared {
         reply: Payload,
     ) -> Option<u64> {
         let tag = socket.origin.kind.tag();
-        let w = self.callbacks.take_for(reply.dst_cb, tag, &session.peer)?;
-        let request = w.msg_id;
-        self.callbacks.complete(w, incoming(socket, session, reply));
-        Some(request)
+        let id = reply.dst_cb;
+        self.callbacks
+            .answer(id, tag, &session.peer, || incoming(socket, session, reply))
     }
 
     /// Offers a message to `socket`'s server loop without waiting; a full

@@ -83,6 +83,9 @@ pub(crate) struct Sent {
     pub(crate) cb_id: Option<u64>,
     /// The transport it left on (what its request's time is labelled by).
     pub(crate) transport: Transport,
+    /// When its reply is due (a `request` arms it once it waits); set
+    /// for every numbered message, so for every `Sent`.
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// The deadline shared by every wait of one send: started when the first
@@ -341,7 +344,7 @@ impl<'a> Transmission<'a> {
         let (msg_id, cb_id) =
             shared.number(&mut self.out, deadline, || socket.next_msg_id(route))?;
         // Fields, not `numbered`: `unacked` stays borrowed by `place`.
-        (sending.msg_id, sending.cb_id) = (msg_id, cb_id);
+        (sending.msg_id, sending.cb_id, sending.deadline) = (msg_id, cb_id, Some(deadline));
         let payload = payloads::encode(
             msg_id,
             cb_id.unwrap_or(NOOP),
@@ -483,7 +486,7 @@ impl<'a> Landing<'a> {
         let mut sending = Sending::new(shared, None);
         let (msg_id, cb_id) =
             shared.number(&mut out, deadline, || socket.next_msg_id_for(session))?;
-        sending.numbered(msg_id, cb_id);
+        sending.numbered(msg_id, cb_id, deadline);
         let msg = Payload {
             msg_id,
             src_cb: cb_id.unwrap_or(NOOP),
@@ -567,6 +570,8 @@ struct Sending<'a> {
     cb_id: Option<u64>,
     /// Whether it is recorded in `unacked`.
     tracked: bool,
+    /// When its reply or ACK is due (set when numbered).
+    deadline: Option<Instant>,
 }
 
 impl<'a> Sending<'a> {
@@ -577,12 +582,14 @@ impl<'a> Sending<'a> {
             msg_id: 0,
             cb_id: None,
             tracked: false,
+            deadline: None,
         }
     }
 
-    fn numbered(&mut self, msg_id: u64, cb_id: Option<u64>) {
+    fn numbered(&mut self, msg_id: u64, cb_id: Option<u64>, deadline: Instant) {
         self.msg_id = msg_id;
         self.cb_id = cb_id;
+        self.deadline = Some(deadline);
     }
 
     /// The message is handed over: keep its records (bytes are counted
@@ -594,6 +601,7 @@ impl<'a> Sending<'a> {
             msg_id: self.msg_id,
             cb_id: self.cb_id.take(),
             transport,
+            deadline: self.deadline,
         }
     }
 }
