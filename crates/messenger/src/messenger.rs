@@ -24,7 +24,7 @@ use crate::runtime::server_loop::{Handler, LoopControl, Responder};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Open, Opening, SocketCtx};
 use crate::runtime::{connection, listener};
-use crate::stats::StatsSnapshot;
+use crate::stats::{StatsSnapshot, Transport};
 use crate::telemetry;
 use crate::types::{Callback, ListenerInfo};
 
@@ -769,16 +769,24 @@ impl Messenger {
             .filter(|span| !span.is_disabled());
         let request = async move {
             let since = telemetry::start();
-            let notify = Notify::Reply(Completion::Future(None));
             // The one send path, called from here rather than through
             // `send` below: one future fewer around it. Scoped, so the
             // socket and peer are not kept while the reply is awaited.
-            let sent = {
+            let (sent, channel) = {
                 // Held while a send waits for room, if it must (rare): a
                 // thread whose few fast arc-swap slots are all taken gets
                 // counted references instead, correct and a little slower.
                 let sockets = self.sockets()?;
                 let (socket, peer) = sockets.find(&dest)?;
+                // A channel per request over a network, the callback's slot
+                // on inproc (see `Completion`).
+                let (completion, channel) = if socket.transport == Transport::Inproc {
+                    (Completion::Slot(None), None)
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    (Completion::Channel(tx), Some(rx))
+                };
+                let notify = Notify::Reply(completion);
                 let out = Outgoing {
                     socket,
                     peer,
@@ -788,16 +796,17 @@ impl Messenger {
                     timeout,
                     mode: Mode::Wait,
                 };
-                match self.inner.shared.send(out) {
+                let sent = match self.inner.shared.send(out) {
                     // Sent without waiting (almost always): no future to
                     // hold.
                     futures::future::Either::Left(now) => now.into_inner()?,
                     futures::future::Either::Right(waiting) => waiting.await?,
-                }
+                };
+                (sent, channel)
             };
             // Removes the callback if this future is dropped while it waits.
             let callbacks = &self.inner.shared.callbacks;
-            let reply = ReplyFuture::new(callbacks, sent.cb_id, sent.deadline).await;
+            let reply = ReplyFuture::new(callbacks, sent.cb_id, channel, sent.deadline).await;
             match &reply {
                 Ok(_) => telemetry::request_done(sent.transport, since),
                 Err(e) => tracing::debug!(error = %e, "request failed"),
