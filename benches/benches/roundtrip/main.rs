@@ -933,6 +933,13 @@ async fn memory(args: &Args) -> Vec<serde_json::Value> {
             } else {
                 Config::default().send_queue_capacity
             },
+            // The same window in bytes (8 MiB by default, about 94,000 of
+            // these messages): room for all of them too.
+            send_window_bytes: if kind == ServerKind::RawSilent {
+                usize::MAX
+            } else {
+                Config::default().send_window_bytes
+            },
             ..Config::default()
         };
         let m = Messenger::builder()
