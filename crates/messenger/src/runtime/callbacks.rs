@@ -9,10 +9,11 @@
 //! its callbacks: an inproc request, registered and completed on one
 //! thread, never waits for another's lock.
 //!
-//! A `request` future's reply waits in its shard until the future polls
-//! for it ([`ReplyFuture`]): no channel is allocated per request, and a
-//! request answered before its first poll (an inproc ECHO, answered in the
-//! sender's own call) never arms a deadline.
+//! A `request` future's reply comes through a channel of its own on tcp
+//! and ipc; on inproc it waits in the shard until the future polls for it
+//! ([`ReplyFuture`]): no channel is allocated, and a request answered
+//! before its first poll (an ECHO, answered in the sender's own call)
+//! never arms a deadline. [`Completion`] says why the two differ.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,7 +42,9 @@ pub(crate) enum Completion {
     /// reply is written by a connection's task, on whichever worker that
     /// runs, while the future polls from its own. A cell per request keeps
     /// the two off the shard's lock, which the shard's other requests
-    /// take (measured: the slot below cost 2-5 % at 1000 in flight on tcp).
+    /// take (measured: the slot below cost 5-10 % of the round trips at
+    /// 1000 in flight on tcp; design/PERFORMANCE.md, "inproc's reply in its
+    /// slot").
     Channel(oneshot::Sender<Reply>),
     /// An inproc `request` future, which polls its shard for the reply
     /// ([`ReplyFuture`]): the waker of its last poll (none before it). The
@@ -65,7 +68,8 @@ enum Done {
 
 impl Done {
     /// Finishes outside the lock: a closure runs on `runtime` (an inproc
-    /// reply may land from any thread); a future is woken.
+    /// reply may land from any thread); a future gets its reply by its
+    /// channel, or is woken to take it from its slot.
     fn finish(self, runtime: &Handle) {
         match self {
             Done::Run(f, reply) => {
@@ -86,7 +90,8 @@ impl Done {
 /// One waiting callback. Kept small (48 bytes): a million pending requests
 /// are a million of these.
 pub(crate) struct Waiter {
-    /// How the reply reaches its waiter: a closure, a future's slot.
+    /// How the reply reaches its waiter: a closure, a future's channel or
+    /// slot.
     completion: Completion,
     /// The socket the request went out on (`SocketKind::tag`).
     socket: u64,
@@ -124,10 +129,10 @@ struct Shard {
 
 impl Shard {
     /// Completes the waiter `id` with `reply`, if `accept` takes it: a
-    /// future's reply goes in place (the waiter stays until the future
-    /// takes it), a closure's waiter leaves the table. `None` if `id`
-    /// waits no more (already answered, timed out, or unknown) or was not
-    /// accepted.
+    /// slot's reply goes in place (the waiter stays until its future takes
+    /// it); a closure's or a channel's waiter leaves the table. `None` if
+    /// `id` waits no more (already answered, timed out, or unknown) or was
+    /// not accepted.
     fn complete(
         &mut self,
         id: u64,
