@@ -222,3 +222,45 @@ async fn a_waiting_send_gives_up_at_the_request_timeout() {
     client.shutdown().await;
     server.shutdown().await;
 }
+
+/// An inproc request whose reply does not land inside its send (a server
+/// loop answers it later, or never) waits in its callback's slot: its
+/// reply wakes it from another task, its deadline (armed once it waits)
+/// fails it, and a request dropped while it waits frees its callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_are_answered_timed_out_or_freed() {
+    let (p, mut loop_rx) = common::forwarding_pair("inproc").await;
+    let (client, conn) = (&p.client, p.conn);
+    let timeout = Duration::from_millis(200);
+
+    // Answered later, from the test's task.
+    let later = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(conn, wire::NOOP, "later").await }
+    });
+    let (m, r) = within(5, "the server loop's message", loop_rx.recv())
+        .await
+        .expect("a message");
+    r.try_reply(&m.body).expect("reply");
+    let reply = within(5, "the later reply", later).await.unwrap();
+    assert_eq!(&reply.expect("the reply").body[..], b"later");
+
+    // Never answered: its deadline fails it.
+    let started = std::time::Instant::now();
+    let never = client.request_with_timeout(conn, wire::NOOP, "never", timeout);
+    let r = within(5, "the unanswered request", never).await;
+    assert!(matches!(r, Err(Error::Timeout)), "{:?}", r.map(|m| m.body));
+    assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+
+    // Dropped while it waits: nothing is left pending.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(20),
+        client.request(conn, wire::NOOP, "dropped"),
+    )
+    .await;
+    assert!(dropped.is_err(), "no reply was due");
+    assert_eq!(client.stats().pending_callbacks, 0);
+    drop(loop_rx);
+    client.shutdown().await;
+    p.server.shutdown().await;
+}
