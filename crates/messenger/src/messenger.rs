@@ -804,7 +804,8 @@ impl Messenger {
                 };
                 (sent, channel)
             };
-            // Removes the callback if this future is dropped while it waits.
+            // The reply, by channel or slot; the callback is freed if this
+            // future is dropped while it waits.
             let callbacks = &self.inner.shared.callbacks;
             let reply = ReplyFuture::new(callbacks, sent.cb_id, channel, sent.deadline).await;
             match &reply {

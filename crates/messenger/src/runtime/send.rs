@@ -83,8 +83,9 @@ pub(crate) struct Sent {
     pub(crate) cb_id: Option<u64>,
     /// The transport it left on (what its request's time is labelled by).
     pub(crate) transport: Transport,
-    /// When its reply is due (a `request` arms it once it waits); set
-    /// for every numbered message, so for every `Sent`.
+    /// When its reply is due: what an inproc `request` future arms if it
+    /// has to wait (a callback's or a channel's deadline was armed as it
+    /// registered). Set for every numbered message, so for every `Sent`.
     pub(crate) deadline: Option<Instant>,
 }
 
