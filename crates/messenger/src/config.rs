@@ -39,7 +39,7 @@ use zmtp::{CurveKeyPair, CurvePublicKey};
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How long a request waits for its reply before its callback gets
-    /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s:
+    /// [`Error::Timeout`]. Default 30 s:
     /// long enough for a model-server training step, short enough that a
     /// lost peer is noticed within a human's patience.
     pub request_timeout: Duration,

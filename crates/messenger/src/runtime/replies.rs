@@ -4,7 +4,7 @@
 //! server loop is ACKed as soon as the loop's queue owns it, so the peer
 //! never resends it: if the loop's reply then found the window towards the
 //! peer full (a peer that ACKs slowly) and were dropped, it would be lost
-//! for good. So each such request is admitted with a [`ReplyTicket`]: a
+//! for good. So each such request is admitted with a [`ReplyTicket`](crate::runtime::socket::ReplyTicket): a
 //! place for its reply, counted against the peer's window
 //! (`send_queue_capacity`) together with what is unacknowledged and what is
 //! deferred (the ticket lives with the session, in `socket.rs`). At the window, new requests that want a reply are refused
@@ -41,7 +41,7 @@ struct Deferred {
 #[derive(Default)]
 pub(crate) struct Replies {
     /// Requests in (or past) the server loop whose reply has not been
-    /// made: a [`ReplyTicket`] each.
+    /// made: a [`ReplyTicket`](crate::runtime::socket::ReplyTicket) each.
     owed: AtomicUsize,
     /// Replies made that found no room, oldest first.
     deferred: Mutex<VecDeque<Deferred>>,

@@ -7,8 +7,8 @@
 //! connection after its handshake (and its proof, when a secret is set),
 //! or an inproc pairing. Each tcp or ipc session is driven by one task that
 //! reads, decodes, and runs ProcessMessage on what it reads, in place
-//! ([`driver`]); an inproc message lands in the peer's messenger from the
-//! sender's task ([`inproc`]). Anything may send through a session's
+//! ([`driver`](super::driver)); an inproc message lands in the peer's messenger from the
+//! sender's task ([`inproc`](super::inproc)). Anything may send through a session's
 //! [`Out`].
 //!
 //! ```text
