@@ -1,6 +1,6 @@
 //! Keeping threads off each other's cache lines: state that every worker
-//! thread of a messenger touches per message (counters, the callback
-//! table) is split in shards, each on lines of its own, and a thread works
+//! thread of a messenger touches per message (the callback table) is
+//! split in shards, each on lines of its own, and a thread works
 //! in its own shard. One line shared by two cores bounces between them on
 //! every write; at 1000 inproc requests in flight that cost more than the
 //! work itself.

@@ -1,33 +1,53 @@
-//! Counters, kept as relaxed atomics so the hot path pays one uncontended
-//! add per event, and a serialisable snapshot of them.
+//! Counters, and a serialisable snapshot of them.
 //!
-//! Each counter has a few shards on cache lines of their own, and a thread
-//! adds to its own (see `shard.rs`): inproc round trips were 7% slower
-//! with one line per counter.
+//! Every thread counts in a block of its own ([`Stats::local`]), with a
+//! plain load and store: no locked instruction, and no cache line another
+//! thread writes. A snapshot sums the blocks. An inproc round trip bumps
+//! six counters; as relaxed `fetch_add`s (each a locked instruction, even
+//! on a line of its own) they were a tenth of its latency
+//! (design/PERFORMANCE.md, "Counters without locked instructions").
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
+use thread_local::ThreadLocal;
 
 use crate::endpoint::Endpoint;
-use crate::shard::{Padded, thread_index};
+use crate::shard::Padded;
 
-/// Shards per counter.
-const SHARDS: usize = 4;
-
-/// A counter that threads add to without contending.
+/// One count in one thread's block ([`Counters`]): only that thread adds
+/// to it, so an add is a load and a store, not a read-modify-write; any
+/// thread may read it.
 #[derive(Debug, Default)]
-pub(crate) struct Counter([Padded<AtomicU64>; SHARDS]);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
-    /// Adds `n` in the calling thread's shard.
+    /// Adds `n`. Only the thread whose block this is may call it (see
+    /// [`Local`]): two threads adding at once could lose one's add.
     pub(crate) fn add(&self, n: u64) {
-        self.0[thread_index() % SHARDS].0.fetch_add(n, Relaxed);
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
-    /// The total (exact once the adds it should see have happened).
-    pub(crate) fn get(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
+    /// Its count so far.
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// The calling thread's counters ([`Stats::local`]). Not `Send`, so a
+/// task cannot hold it across an await and add from another thread.
+pub(crate) struct Local<'a> {
+    /// The thread's block.
+    counters: &'a Counters,
+    /// Keeps it on its thread.
+    _here: PhantomData<*const ()>,
+}
+
+impl std::ops::Deref for Local<'_> {
+    type Target = Counters;
+    fn deref(&self) -> &Counters {
+        self.counters
     }
 }
 
@@ -121,14 +141,14 @@ impl CloseReason {
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Live counters of one messenger.
+        /// One thread's counts for one messenger (see [`Stats`]).
         #[derive(Debug, Default)]
-        pub(crate) struct Stats {
+        pub(crate) struct Counters {
             $(pub(crate) $name: Counter,)*
             /// Messages and bytes per transport (indexed by `Transport`).
-            pub(crate) traffic: [Traffic; 3],
+            traffic: [Traffic; 3],
             /// Sessions ended, per `CloseReason`.
-            pub(crate) closed: [Counter; 6],
+            closed: [Counter; 6],
         }
 
         /// A point-in-time copy of a messenger's counters.
@@ -160,20 +180,28 @@ macro_rules! counters {
 
         impl Stats {
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
-                let sum = |f: fn(&Traffic) -> &Counter| {
-                    self.traffic.iter().map(|t| f(t).get()).sum()
+                let traffic = |f: fn(&Traffic) -> &Counter| {
+                    Transport::ALL
+                        .iter()
+                        .map(|&t| self.total(|c| f(c.traffic(t))))
+                        .sum()
                 };
                 StatsSnapshot {
-                    sent: sum(|t| &t.messages_sent),
-                    received: sum(|t| &t.messages_received),
-                    $($name: self.$name.get(),)*
-                    bytes_sent: sum(|t| &t.bytes_sent),
-                    bytes_received: sum(|t| &t.bytes_received),
-                    connections_closed: self.closed.iter().map(Counter::get).sum(),
+                    sent: traffic(|t| &t.messages_sent),
+                    received: traffic(|t| &t.messages_received),
+                    $($name: self.total(|c| &c.$name),)*
+                    bytes_sent: traffic(|t| &t.bytes_sent),
+                    bytes_received: traffic(|t| &t.bytes_received),
+                    connections_closed: CloseReason::ALL
+                        .iter()
+                        .map(|&r| self.total(|c| c.closed_for(r)))
+                        .sum(),
                     ..Default::default()
                 }
             }
+        }
 
+        impl Counters {
             /// The traffic counters of one transport.
             pub(crate) fn traffic(&self, t: Transport) -> &Traffic {
                 &self.traffic[t as usize]
@@ -182,6 +210,11 @@ macro_rules! counters {
             /// A session ended for `reason`.
             pub(crate) fn closed(&self, reason: CloseReason) {
                 self.closed[reason as usize].add(1);
+            }
+
+            /// The sessions ended for `reason`.
+            pub(crate) fn closed_for(&self, reason: CloseReason) -> &Counter {
+                &self.closed[reason as usize]
             }
         }
     };
@@ -289,6 +322,70 @@ counters! {
     warnings_suppressed,
 }
 
+/// Live counters of one messenger: a block per thread that counted
+/// (see the module documentation).
+#[derive(Default)]
+pub(crate) struct Stats {
+    /// Each thread's block, on cache lines of its own. A thread that ends
+    /// leaves its block (and its counts) to the next thread given its id.
+    threads: ThreadLocal<Padded<Counters>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
+}
+
+impl Stats {
+    /// The calling thread's counters: what every count goes to.
+    pub(crate) fn local(&self) -> Local<'_> {
+        Local {
+            counters: &self.threads.get_or_default().0,
+            _here: PhantomData,
+        }
+    }
+
+    /// One counter summed over every thread's block (`pick` names it).
+    pub(crate) fn total(&self, pick: impl Fn(&Counters) -> &Counter) -> u64 {
+        self.threads.iter().map(|c| pick(&c.0).get()).sum()
+    }
+}
+
+/// Adds one to `c` (a counter of [`Stats::local`]).
 pub(crate) fn bump(c: &Counter) {
     c.add(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every thread's adds are summed, none lost, including those of
+    /// threads that have ended (their blocks stay).
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let stats = Stats::default();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        let local = stats.local();
+                        bump(&local.echoes_answered);
+                        local.traffic(Transport::Inproc).messages_sent.add(2);
+                    }
+                    stats.local().closed(CloseReason::Evicted);
+                });
+            }
+        });
+        bump(&stats.local().echoes_answered);
+        let snap = stats.snapshot();
+        assert_eq!(snap.echoes_answered, 80_001);
+        assert_eq!(snap.sent, 160_000);
+        assert_eq!(snap.connections_closed, 8);
+        assert_eq!(stats.total(|c| c.closed_for(CloseReason::Evicted)), 8);
+        assert_eq!(stats.total(|c| &c.traffic(Transport::Tcp).messages_sent), 0);
+    }
 }

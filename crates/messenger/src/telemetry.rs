@@ -1,8 +1,8 @@
 //! Metrics through the `metrics` facade, recorded where they are cheapest.
 //!
 //! - **Counters and gauges are read, not pushed.** The runtime keeps its
-//!   counters as sharded relaxed atomics (`stats.rs`: one uncontended add
-//!   per event, as before), and [`publish_metrics`] reads every live
+//!   counters in a block per thread (`stats.rs`: a plain store per event,
+//!   no locked instruction), and [`publish_metrics`] reads every live
 //!   messenger's (plus what messengers already dropped had counted) and
 //!   hands the sums to the installed recorder as absolute values, with the
 //!   gauges (connections by direction and transport, unacknowledged
@@ -95,15 +95,14 @@ impl Totals {
             *self.fields.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
         }
         for tr in Transport::ALL {
-            let c = stats.traffic(tr);
             let row = &mut self.traffic[tr as usize];
-            row[0] += c.messages_sent.get();
-            row[1] += c.messages_received.get();
-            row[2] += c.bytes_sent.get();
-            row[3] += c.bytes_received.get();
+            row[0] += stats.total(|c| &c.traffic(tr).messages_sent);
+            row[1] += stats.total(|c| &c.traffic(tr).messages_received);
+            row[2] += stats.total(|c| &c.traffic(tr).bytes_sent);
+            row[3] += stats.total(|c| &c.traffic(tr).bytes_received);
         }
         for r in CloseReason::ALL {
-            self.closed[r as usize] += stats.closed[r as usize].get();
+            self.closed[r as usize] += stats.total(|c| c.closed_for(r));
         }
     }
 }

@@ -423,7 +423,7 @@ impl Callbacks {
                     shard.deadlines.next().is_some_and(|next| next <= now)
                 };
                 for (_, done) in due {
-                    bump(&self.stats.timeouts);
+                    bump(&self.stats.local().timeouts);
                     done.finish(&self.runtime);
                 }
                 if !more {

@@ -363,7 +363,7 @@ pub(crate) async fn drive(
             }
         };
         socket.link_up(&session);
-        bump(&socket.stats.reconnects);
+        bump(&socket.stats.local().reconnects);
         shared.begin_session(&socket, &session);
         tracing::info!(endpoint = %socket.origin.endpoint, remote = %session.remote, "reconnected");
     }

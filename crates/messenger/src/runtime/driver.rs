@@ -116,29 +116,29 @@ impl End {
                 return;
             }
             End::HandshakeTimeout => {
-                bump(&stats.handshake_timeouts);
+                bump(&stats.local().handshake_timeouts);
                 "no handshake in time"
             }
             End::Auth(_) => {
-                bump(&stats.auth_failures);
+                bump(&stats.local().auth_failures);
                 "authentication failed"
             }
             End::Zmtp(ZmtpError::HeartbeatTimeout) => {
-                bump(&stats.ping_timeouts);
+                bump(&stats.local().ping_timeouts);
                 "no traffic within the heartbeat timeout"
             }
             End::Zmtp(ZmtpError::SlowMessage { .. }) => {
-                bump(&stats.slow_messages);
+                bump(&stats.local().slow_messages);
                 "a message did not arrive within its deadline"
             }
             End::PartialBudget => {
-                bump(&stats.partial_budget_cuts);
+                bump(&stats.local().partial_budget_cuts);
                 "the listener's budget for messages still arriving is spent"
             }
             End::Zmtp(ZmtpError::Refused(_)) => "refused",
             End::Zmtp(ZmtpError::PeerError { .. }) => "the peer refused us",
             End::Zmtp(_) => {
-                bump(&stats.guard_rejections);
+                bump(&stats.local().guard_rejections);
                 "protocol violation"
             }
         };
@@ -364,6 +364,7 @@ impl Conn {
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         if n > 0 {
             self.stats
+                .local()
                 .traffic(self.transport)
                 .bytes_received
                 .add(n as u64);

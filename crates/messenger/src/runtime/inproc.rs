@@ -346,7 +346,7 @@ pub(crate) fn dial(
         })
         .map_err(|e| {
             if e == RouteError::InUse {
-                bump(&listener.stats.routing_id_conflicts);
+                bump(&listener.stats.local().routing_id_conflicts);
             }
             Error::Handshake {
                 endpoint: endpoint(),

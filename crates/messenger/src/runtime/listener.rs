@@ -212,7 +212,7 @@ pub(crate) async fn accept_loop(
             Err(e) if out_of_descriptors(&e) => {
                 // The operating system's limit on descriptors is a
                 // connection limit too: an idle peer gives way, as at ours.
-                bump(&socket.stats.connection_limit_hits);
+                bump(&socket.stats.local().connection_limit_hits);
                 if socket.warn_allowed() {
                     tracing::warn!(endpoint = %socket.origin.endpoint, error = %e, "out of file descriptors; an idle peer gives way if there is one");
                 }
@@ -247,7 +247,7 @@ pub(crate) async fn accept_loop(
             None => None,
             Some(Some(admission)) => Some(admission),
             Some(None) => {
-                bump(&socket.stats.address_limit_hits);
+                bump(&socket.stats.local().address_limit_hits);
                 if socket.warn_allowed() {
                     tracing::warn!(endpoint = %socket.origin.endpoint, remote = %from, "per-address connection limit reached and no idle peer from there; closing the newcomer");
                 }
@@ -258,7 +258,7 @@ pub(crate) async fn accept_loop(
         let permit = match Arc::clone(&limit).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                bump(&socket.stats.connection_limit_hits);
+                bump(&socket.stats.local().connection_limit_hits);
                 if socket.warn_allowed() {
                     tracing::warn!(endpoint = %socket.origin.endpoint, "connection limit reached; the newcomer waits for a place");
                 }
@@ -290,7 +290,7 @@ pub(crate) async fn accept_loop(
                     Some(admission) => match admission.slot(&stop).await {
                         Some(slot) => Some(slot),
                         None => {
-                            bump(&socket.stats.address_limit_hits);
+                            bump(&socket.stats.local().address_limit_hits);
                             refused_on_arrival(&shared, &socket, from);
                             return;
                         }
@@ -582,7 +582,7 @@ async fn serve_peer(
                 {
                     // ZAP's "400": libzmq reports it to its application as
                     // an authentication failure.
-                    bump(&socket.stats.curve_refused);
+                    bump(&socket.stats.local().curve_refused);
                     if socket.warn_allowed() {
                         // The public key is not secret: it says who was
                         // refused (z85, as `messenger keygen` prints it).
@@ -623,7 +623,7 @@ async fn serve_peer(
         Err(end) => {
             if matches!(&end, End::Zmtp(zmtp::ZmtpError::Refused(r)) if *r == crate::runtime::socket::ROUTING_ID_IN_USE)
             {
-                bump(&socket.stats.routing_id_conflicts);
+                bump(&socket.stats.local().routing_id_conflicts);
             }
             let who = Who {
                 remote: &remote,
@@ -663,7 +663,7 @@ async fn serve_peer(
         Err(e) => {
             if e == RouteError::InUse {
                 // Taken while this peer proved itself: the live one stays.
-                bump(&socket.stats.routing_id_conflicts);
+                bump(&socket.stats.local().routing_id_conflicts);
                 let who = Who {
                     remote: &remote,
                     peer: &announced,

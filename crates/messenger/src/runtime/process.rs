@@ -42,6 +42,7 @@ pub(crate) fn incoming(socket: &SocketCtx, session: &Session, p: Payload) -> Inc
 /// Counts what processing one message did: the one place outcomes become
 /// counters, whatever the transport.
 pub(crate) fn count(stats: &Stats, transport: Transport, outcome: Outcome) {
+    let stats = stats.local();
     stats.traffic(transport).messages_received.add(1);
     let counter = match outcome {
         Outcome::Ack(true) => &stats.acks_received,
@@ -104,6 +105,7 @@ impl Settled {
         }
         let acks = self.acked.len() as u64;
         let known = unacked.settle_all(&mut self.acked, &mut self.answered, now);
+        let stats = stats.local();
         stats.acks_received.add(known);
         stats.unknown_acks.add(acks - known);
         stats.traffic(transport).messages_received.add(acks);
@@ -222,13 +224,17 @@ impl Shared {
                         session.wake();
                     }
                 }
-                Err(_) => bump(&self.stats.replies_untracked),
+                Err(_) => bump(&self.stats.local().replies_untracked),
             }
         }
         // Refused only if the buffer filled since the check: then it is
         // tracked, and resent like any message the link did not take.
         if session.send(&reply).is_ok() {
-            self.stats.traffic(socket.transport).messages_sent.add(1);
+            self.stats
+                .local()
+                .traffic(socket.transport)
+                .messages_sent
+                .add(1);
         }
     }
 }
@@ -268,10 +274,11 @@ impl Effects for Wire<'_> {
         let stats = &self.shared.stats;
         match self.session.ack(msg_id) {
             Ok(()) => {
+                let stats = stats.local();
                 stats.traffic(self.socket.transport).messages_sent.add(1);
                 bump(&stats.acks_sent);
             }
-            Err(_) => bump(&stats.acks_dropped),
+            Err(_) => bump(&stats.local().acks_dropped),
         }
     }
 
@@ -396,8 +403,8 @@ impl Effects for Landing<'_> {
             // allocates (bytes promotes it to a shared buffer).
             body: request.body,
         };
-        let traffic = to.shared.stats.traffic(Transport::Inproc);
-        traffic.messages_sent.add(1);
+        let stats = to.shared.stats.local();
+        stats.traffic(Transport::Inproc).messages_sent.add(1);
         // A full server loop on the way back costs this answer (counted
         // there), as a full buffer does on tcp.
         let _ = Landing {
@@ -448,8 +455,8 @@ mod tests {
         settled.acked.extend(0..5000);
         settled.answered.extend(0..5000);
         settled.apply(&stats, Transport::Tcp, &unacked, crate::clock::now());
-        assert_eq!(stats.unknown_acks.get(), 5000);
-        assert_eq!(stats.acks_received.get(), 0);
+        assert_eq!(stats.total(|c| &c.unknown_acks), 5000);
+        assert_eq!(stats.total(|c| &c.acks_received), 0);
         assert!(settled.acked.is_empty() && settled.answered.is_empty());
         assert!(settled.acked.capacity() <= 4 * KEPT_IDS);
         assert!(settled.answered.capacity() <= 4 * KEPT_IDS);

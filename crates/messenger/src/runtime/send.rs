@@ -596,7 +596,12 @@ impl<'a> Sending<'a> {
     /// The message is handed over: keep its records (bytes are counted
     /// as they are written, on tcp and ipc; inproc writes none).
     fn sent(&mut self, transport: Transport) -> Sent {
-        self.shared.stats.traffic(transport).messages_sent.add(1);
+        self.shared
+            .stats
+            .local()
+            .traffic(transport)
+            .messages_sent
+            .add(1);
         self.tracked = false;
         Sent {
             msg_id: self.msg_id,

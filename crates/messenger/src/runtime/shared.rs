@@ -92,7 +92,7 @@ impl Shared {
     /// the remote end and routing id, and told to `events()`.
     pub(crate) fn end_session(&self, socket: &SocketCtx, session: &Arc<Session>, end: &End) {
         let reason = end.close_reason();
-        self.stats.closed(reason);
+        self.stats.local().closed(reason);
         tracing::debug!(
             endpoint = %socket.origin.endpoint,
             remote = %session.remote,
@@ -120,7 +120,7 @@ impl Shared {
     /// listener's routing table or its connection's link): counted
     /// (`connections_opened`), logged at debug, told to `events()`.
     pub(crate) fn begin_session(&self, socket: &SocketCtx, session: &Session) {
-        bump(&self.stats.connections_opened);
+        bump(&self.stats.local().connections_opened);
         tracing::debug!(
             endpoint = %socket.origin.endpoint,
             remote = %session.remote,

@@ -543,7 +543,7 @@ impl SocketCtx {
             tracing::warn!(endpoint = %self.origin.endpoint, count = held_back, "warnings about peers held back in the last second");
         }
         if !allowed {
-            bump(&self.stats.warnings_suppressed);
+            bump(&self.stats.local().warnings_suppressed);
         }
         allowed
     }
@@ -771,7 +771,7 @@ impl SocketCtx {
         let Some((idle, session)) = quiet.max_by_key(|(for_ms, _)| *for_ms) else {
             return false;
         };
-        bump(&self.stats.idle_evictions);
+        bump(&self.stats.local().idle_evictions);
         tracing::debug!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), idle_ms = idle, "an idle peer gives way to a newcomer");
         if let Some(token) = &session.give_way {
             token.cancel();
@@ -851,7 +851,7 @@ impl SocketCtx {
             // Full: a resend recovers it (or, without resending, the
             // backlog was bounded by the same capacity as the outbox).
             if session.send(&payload).is_err() {
-                bump(&self.stats.send_failures);
+                bump(&self.stats.local().send_failures);
             }
         }
         *link = Link::Up(Arc::clone(session));
@@ -925,12 +925,19 @@ impl SocketCtx {
                 let _ = place.insert(msg_id, payload.clone(), now, deadline, None);
             }
             if session.send(&payload).is_ok() {
-                self.stats.traffic(self.transport).messages_sent.add(1);
+                self.stats
+                    .local()
+                    .traffic(self.transport)
+                    .messages_sent
+                    .add(1);
             }
             true
         });
         if flushed.expired > 0 {
-            self.stats.replies_dropped.add(flushed.expired as u64);
+            self.stats
+                .local()
+                .replies_dropped
+                .add(flushed.expired as u64);
             if self.warn_allowed() {
                 tracing::warn!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), count = flushed.expired, "replies dropped: the peer did not ACK enough before their deadline to make room for them");
             }
@@ -974,9 +981,9 @@ impl SocketCtx {
         if let Some(session) = session {
             for payload in tick.resend {
                 if session.send(&payload).is_ok() {
-                    bump(&self.stats.resends);
+                    bump(&self.stats.local().resends);
                 } else {
-                    bump(&self.stats.send_failures);
+                    bump(&self.stats.local().send_failures);
                 }
             }
             self.flush_replies(session, now);
@@ -995,7 +1002,7 @@ impl SocketCtx {
         if unwaited > 0 {
             // Sent without a callback or an ACK waiter, never acknowledged:
             // the caller cannot learn it any other way, so count and say it.
-            self.stats.unacked_expired.add(unwaited);
+            self.stats.local().unacked_expired.add(unwaited);
             if self.warn_allowed() {
                 let remote = session.map_or(PeerAddr::Unknown, |s| s.remote);
                 let peer = session.map(|s| s.peer.escape_ascii().to_string());
@@ -1032,7 +1039,7 @@ impl SocketCtx {
     /// A malformed message from `session`'s peer: counted, and logged
     /// (rate-limited) with who sent it.
     pub(crate) fn malformed(&self, session: &Session, error: &FrameError) {
-        bump(&self.stats.malformed_dropped);
+        bump(&self.stats.local().malformed_dropped);
         if self.warn_allowed() {
             tracing::warn!(endpoint = %self.origin.endpoint, remote = %session.remote, peer = %session.peer.escape_ascii(), %error, "dropping malformed message");
         }

@@ -280,7 +280,7 @@ impl Outbox {
                     Ok(0) => return self.broke(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         let (stats, transport) = &self.written;
-                        stats.traffic(*transport).bytes_sent.add(n as u64);
+                        stats.local().traffic(*transport).bytes_sent.add(n as u64);
                         chunk.advance(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
