@@ -9,6 +9,7 @@
 pub(crate) use messenger_proto as proto;
 
 mod address;
+mod body;
 mod clock;
 mod config;
 mod endpoint;
@@ -37,6 +38,7 @@ pub mod curve {
 }
 
 pub use address::{ConnectionId, Destination, ListenerId};
+pub use body::Body;
 pub use config::{Config, Curve, Heartbeat, Secret};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};

@@ -1,0 +1,103 @@
+//! What a message carries: [`Body`], any bytes, borrowed or shared.
+//!
+//! A network send formats the body into its frame, so a borrow is all it
+//! needs. An inproc send hands the receiver the body itself: a `Bytes`
+//! goes on as a reference count, anything else is copied once. That is
+//! why the sends take a `Body` and not just `AsRef<[u8]>`, which cannot
+//! tell a `Bytes` from a slice: a replication primary that sends its log
+//! batches to a replica in the same process moves them, at any size,
+//! without a copy (and an inproc round trip of a `Bytes` makes no
+//! allocation of its own).
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+
+/// A message body: `&[u8]`, `[u8; N]`, `Vec<u8>`, `str`, `String`,
+/// `Bytes` and the like, owned or by reference.
+///
+/// Implement it for a type of your own to send it without first turning
+/// it into bytes; [`to_bytes`](Self::to_bytes) has a default (a copy).
+pub trait Body {
+    /// The bytes it carries.
+    fn as_slice(&self) -> &[u8];
+
+    /// The same bytes as a `Bytes` that can outlive `self`, for a message
+    /// that stays in the process (inproc): a reference count for a
+    /// `Bytes`, a copy for anything else.
+    fn to_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(self.as_slice())
+    }
+}
+
+impl<T: Body + ?Sized> Body for &T {
+    fn as_slice(&self) -> &[u8] {
+        (**self).as_slice()
+    }
+    fn to_bytes(&self) -> Bytes {
+        (**self).to_bytes()
+    }
+}
+
+impl Body for Bytes {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+    fn to_bytes(&self) -> Bytes {
+        self.clone()
+    }
+}
+
+/// Copied by `to_bytes`, as in `Cow` and `Box` below: sending takes a
+/// shared reference, and the caller keeps what it owns.
+macro_rules! body_as_ref {
+    ($($t:ty),* $(,)?) => {
+        $(impl Body for $t {
+            fn as_slice(&self) -> &[u8] {
+                self.as_ref()
+            }
+        })*
+    };
+}
+
+body_as_ref!(
+    [u8],
+    Vec<u8>,
+    Box<[u8]>,
+    str,
+    String,
+    BytesMut,
+    Cow<'_, [u8]>,
+);
+
+impl<const N: usize> Body for [u8; N] {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared<B: Body>(b: B) -> Bytes {
+        b.to_bytes()
+    }
+
+    /// A `Bytes`, by value or reference, is shared, not copied; the rest
+    /// is copied and equal.
+    #[test]
+    fn bytes_are_shared_and_the_rest_copied() {
+        let b = Bytes::from(vec![7u8; 64]);
+        assert_eq!(shared(&b).as_ptr(), b.as_ptr());
+        assert_eq!(shared(b.clone()).as_ptr(), b.as_ptr());
+        let v = vec![7u8; 64];
+        let copy = shared(&v);
+        assert_eq!(copy, v);
+        assert_ne!(copy.as_ptr(), v.as_ptr());
+        assert_eq!(shared(b"ping").as_ref(), b"ping");
+        assert_eq!(shared("ping").as_ref(), b"ping");
+        assert_eq!(shared(String::from("ping")).as_ref(), b"ping");
+        assert_eq!(shared(&b"ping"[..]).as_ref(), b"ping");
+    }
+}
