@@ -13,11 +13,13 @@ pub(super) const COMMAND: u8 = 0b100;
 
 /// Writes one frame's flags and size.
 pub(super) fn put_header(buf: &mut BytesMut, flags: u8, len: usize) {
+    // One append each way: `put_u8` is an append (a capacity check and a
+    // memcpy call) of its own, for every byte.
     if len > 255 {
-        buf.put_u8(flags | LONG);
-        buf.put_u64(len as u64);
+        let mut head = [flags | LONG, 0, 0, 0, 0, 0, 0, 0, 0];
+        head[1..].copy_from_slice(&(len as u64).to_be_bytes());
+        buf.put_slice(&head);
     } else {
-        buf.put_u8(flags);
-        buf.put_u8(len as u8);
+        buf.put_slice(&[flags, len as u8]);
     }
 }
