@@ -9,7 +9,6 @@
 pub(crate) use messenger_proto as proto;
 
 mod address;
-mod body;
 mod clock;
 mod config;
 mod endpoint;
@@ -38,7 +37,6 @@ pub mod curve {
 }
 
 pub use address::{ConnectionId, Destination, ListenerId};
-pub use body::Body;
 pub use config::{Config, Curve, Heartbeat, Secret};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};

@@ -15,7 +15,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::Incoming;
 use crate::address::{ConnectionId, Destination, ListenerId};
-use crate::body::Body;
 use crate::config::{Config, Curve};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
@@ -604,13 +603,20 @@ impl Messenger {
         &self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl Body + Sync,
+        body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, Error> {
         let notify = reply_to(callback);
         let timeout = self.inner.shared.config.request_timeout;
         let sent = self
-            .send(dest.into(), dst_cb, &body, notify, timeout, Mode::Wait)
+            .send(
+                dest.into(),
+                dst_cb,
+                body.as_ref(),
+                notify,
+                timeout,
+                Mode::Wait,
+            )
             .await?;
         Ok(sent.msg_id)
     }
@@ -623,12 +629,19 @@ impl Messenger {
         &self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl Body + Sync,
+        body: impl AsRef<[u8]>,
         callback: Option<Callback>,
     ) -> Result<u64, Error> {
         let notify = reply_to(callback);
         let timeout = self.inner.shared.config.request_timeout;
-        let send = self.send(dest.into(), dst_cb, &body, notify, timeout, Mode::Try);
+        let send = self.send(
+            dest.into(),
+            dst_cb,
+            body.as_ref(),
+            notify,
+            timeout,
+            Mode::Try,
+        );
         // Mode::Try never waits: the first poll completes it.
         let sent = futures::FutureExt::now_or_never(send).unwrap_or_else(|| Err(Error::Full));
         Ok(sent?.msg_id)
@@ -681,7 +694,7 @@ impl Messenger {
         &self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl Body + Sync,
+        body: impl AsRef<[u8]>,
     ) -> Result<u64, Error> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.shared.config.request_timeout;
@@ -689,7 +702,7 @@ impl Messenger {
             .send(
                 dest.into(),
                 dst_cb,
-                &body,
+                body.as_ref(),
                 Notify::Ack(tx),
                 timeout,
                 Mode::Wait,
@@ -726,7 +739,7 @@ impl Messenger {
         &'a self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl Body + Sync + 'a,
+        body: impl AsRef<[u8]> + 'a,
     ) -> impl Future<Output = Result<Incoming, Error>> + 'a {
         let timeout = self.inner.shared.config.request_timeout;
         self.request_with_timeout(dest, dst_cb, body, timeout)
@@ -742,7 +755,7 @@ impl Messenger {
         &'a self,
         dest: impl Into<Destination>,
         dst_cb: u64,
-        body: impl Body + Sync + 'a,
+        body: impl AsRef<[u8]> + 'a,
         timeout: Duration,
     ) -> impl Future<Output = Result<Incoming, Error>> + 'a {
         let dest = dest.into();
@@ -778,7 +791,7 @@ impl Messenger {
                     socket,
                     peer,
                     dst_cb,
-                    body: &body,
+                    body: body.as_ref(),
                     notify,
                     timeout,
                     mode: Mode::Wait,
@@ -834,7 +847,7 @@ impl Messenger {
         &self,
         dest: Destination,
         dst_cb: u64,
-        body: &(dyn Body + Sync),
+        body: &[u8],
         notify: Notify,
         timeout: Duration,
         mode: Mode,

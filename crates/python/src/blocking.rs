@@ -154,7 +154,7 @@ impl Messenger {
         let callback = callback
             .map(|f| blocking_callback(&self.core, f))
             .transpose()?;
-        self.run(py, m.send_message(dest, callback_id, &body[..], callback))
+        self.run(py, m.send_message(dest, callback_id, &body, callback))
     }
 
     /// Sends ``body`` to ``callback_id`` at ``dest`` and returns its msg_id
@@ -168,7 +168,7 @@ impl Messenger {
         body: PyBackedBytes,
     ) -> PyResult<u64> {
         let (m, dest) = self.sender(py, dest)?;
-        self.run(py, m.send_confirmed(dest, callback_id, &body[..]))
+        self.run(py, m.send_confirmed(dest, callback_id, &body))
     }
 
     /// Sends ``body`` to ``callback_id`` at ``dest`` and returns the reply
@@ -188,7 +188,7 @@ impl Messenger {
         let timeout = request_timeout(py, &m, timeout)?;
         let reply = self.run(
             py,
-            m.request_with_timeout(dest, callback_id, &body[..], timeout),
+            m.request_with_timeout(dest, callback_id, &body, timeout),
         )?;
         Ok(Incoming {
             inner: reply,
@@ -338,7 +338,7 @@ impl Responder {
             Ok(()) => Ok(()),
             Err(Error::Full) => {
                 let r = base.inner.clone();
-                wait(py, runtime, async move { r.reply(&body[..]).await })?.or_raise(py)
+                wait(py, runtime, async move { r.reply(&body).await })?.or_raise(py)
             }
             Err(e) => Err(to_py(py, &e)),
         }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::body::Body;
 use crate::error::Error;
 use crate::proto::deadlines::deadline_after;
 use crate::proto::wire::{self, NOOP, Payload};
@@ -64,9 +63,8 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) peer: &'a Bytes,
     /// The callback it is addressed to.
     pub(crate) dst_cb: u64,
-    /// What it carries: formatted from a borrow on tcp and ipc, handed on
-    /// whole on inproc (a `Bytes` without a copy).
-    pub(crate) body: &'a (dyn Body + Sync),
+    /// What it carries.
+    pub(crate) body: &'a [u8],
     /// Who learns what became of it.
     pub(crate) notify: Notify,
     /// From the call: every wait of the send, and then the reply or ACK,
@@ -183,7 +181,7 @@ impl Shared {
         let max = self.config.max_message_size;
         // Refuse what cannot fit before anything is registered or formatted;
         // the exact length is checked once the payload exists.
-        let shortest = wire::encoded_len(0, 0, out.dst_cb, out.body.as_slice().len());
+        let shortest = wire::encoded_len(0, 0, out.dst_cb, out.body.len());
         if shortest > max {
             return Either::Left(ready(Err(Error::TooLarge { len: shortest, max })));
         }
@@ -237,19 +235,21 @@ impl Shared {
         &self,
         ticket: &ReplyTicket,
         dst_cb: u64,
-        body: &(dyn Body + Sync),
+        body: &[u8],
     ) -> Result<(), Error> {
         let session = ticket.session();
         if session.is_closed() {
             return Err(Error::Disconnected);
         }
         let max = self.config.max_message_size;
-        let len = wire::encoded_len(u64::MAX, NOOP, dst_cb, body.as_slice().len());
+        let len = wire::encoded_len(u64::MAX, NOOP, dst_cb, body.len());
         if len > max {
             return Err(Error::TooLarge { len, max });
         }
         let deadline = deadline_after(self.now(), self.config.request_timeout);
-        session.replies.defer(dst_cb, body.to_bytes(), deadline);
+        session
+            .replies
+            .defer(dst_cb, Bytes::copy_from_slice(body), deadline);
         ticket.spend();
         // The session's task may be waiting on its socket alone.
         session.wake();
@@ -320,12 +320,7 @@ impl<'a> Transmission<'a> {
 
     /// At most what is formatted (the ids are not known yet).
     fn longest(&self) -> usize {
-        wire::encoded_len(
-            u64::MAX,
-            u64::MAX,
-            self.out.dst_cb,
-            self.out.body.as_slice().len(),
-        )
+        wire::encoded_len(u64::MAX, u64::MAX, self.out.dst_cb, self.out.body.len())
     }
 
     /// A place in the window, a msg_id (and callback), the payload
@@ -355,7 +350,7 @@ impl<'a> Transmission<'a> {
             msg_id,
             cb_id.unwrap_or(NOOP),
             self.out.dst_cb,
-            self.out.body.as_slice(),
+            self.out.body,
         );
         let max = shared.config.max_message_size;
         if payload.len() > max {
@@ -497,8 +492,7 @@ impl<'a> Landing<'a> {
             msg_id,
             src_cb: cb_id.unwrap_or(NOOP),
             dst_cb: out.dst_cb,
-            // A `Bytes` body is shared, not copied (`Body::to_bytes`).
-            body: out.body.to_bytes(),
+            body: Bytes::copy_from_slice(out.body),
         };
         Ok(Landing {
             out,

@@ -22,8 +22,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-
-use crate::body::Body;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -100,13 +98,14 @@ impl Responder {
     /// room (it is dropped, counted and logged only if its deadline passes
     /// first: a peer that never ACKs). A further reply to the same request
     /// gets [`Error::Full`] where there is no room.
-    pub fn try_reply(&self, body: impl Body + Sync) -> Result<(), Error> {
-        let send = self.send(&body, Mode::Try);
+    pub fn try_reply(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
+        let body = body.as_ref();
+        let send = self.send(body, Mode::Try);
         // Mode::Try never waits: the first poll completes it.
         let sent = futures::FutureExt::now_or_never(send).unwrap_or_else(|| Err(Error::Full));
         match (sent, &self.ticket) {
             (Err(Error::Full), Some(ticket)) if ticket.unspent() => {
-                self.shared.defer_reply(ticket, self.src_cb, &body)
+                self.shared.defer_reply(ticket, self.src_cb, body)
             }
             (sent, ticket) => {
                 if let (Ok(_), Some(t)) = (&sent, ticket) {
@@ -119,8 +118,8 @@ impl Responder {
 
     /// Replies to the message's `src_cb`, waiting for room within
     /// `request_timeout` ([`Error::Timeout`] after it).
-    pub async fn reply(&self, body: impl Body + Sync) -> Result<(), Error> {
-        let sent = self.send(&body, Mode::Wait).await;
+    pub async fn reply(&self, body: impl AsRef<[u8]>) -> Result<(), Error> {
+        let sent = self.send(body.as_ref(), Mode::Wait).await;
         if let (Ok(_), Some(t)) = (&sent, &self.ticket) {
             t.spend();
         }
@@ -128,7 +127,7 @@ impl Responder {
     }
 
     /// The one send path of both replies.
-    async fn send(&self, body: &(dyn Body + Sync), mode: Mode) -> Result<u64, Error> {
+    async fn send(&self, body: &[u8], mode: Mode) -> Result<u64, Error> {
         let out = Outgoing {
             socket: &self.socket,
             peer: &self.peer,

@@ -855,7 +855,7 @@ impl AsyncMessenger {
                 }))
             }
         };
-        let work = async move { m.send_message(dest, callback_id, &body[..], callback).await };
+        let work = async move { m.send_message(dest, callback_id, &body, callback).await };
         self.spawn(py, bound, &fut, work, msg_id)?;
         Ok(fut)
     }
@@ -870,7 +870,7 @@ impl AsyncMessenger {
         body: PyBackedBytes,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (m, bound, fut, dest) = self.enter_to(py, dest)?;
-        let work = async move { m.send_confirmed(dest, callback_id, &body[..]).await };
+        let work = async move { m.send_confirmed(dest, callback_id, &body).await };
         self.spawn(py, bound, &fut, work, msg_id)?;
         Ok(fut)
     }
@@ -894,7 +894,7 @@ impl AsyncMessenger {
         let timeout = request_timeout(py, m, timeout)?;
         let m = m.clone();
         let work = Box::pin(async move {
-            m.request_with_timeout(dest, callback_id, &body[..], timeout)
+            m.request_with_timeout(dest, callback_id, &body, timeout)
                 .await
         });
         // Sent at the loop's next wake, with every other request made
@@ -1013,7 +1013,7 @@ impl Responder {
                 let hub = Arc::clone(&me.hub);
                 let id = me.registry.next_id();
                 let task = me.core.runtime.spawn(async move {
-                    let sent = r.reply(&body[..]).await;
+                    let sent = r.reply(&body).await;
                     hub.push(Event::Resolve {
                         id,
                         make: Box::new(move |py| value(py, sent, |py, ()| Ok(py.None()))),
