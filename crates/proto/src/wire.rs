@@ -150,7 +150,7 @@ fn put_id(head: &mut [u8; MAX_HEADER_LEN], at: usize, id: u64) -> usize {
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
+    let digits = digits(id);
     let mut end = at + digits;
     let mut rest = id;
     while rest >= 10 {
@@ -171,11 +171,13 @@ pub fn ack(msg_id: u64) -> Bytes {
     encode(msg_id, NOOP, ACK, b"")
 }
 
+/// Decimal digits of `v`: what `put_id` writes and `encoded_len` counts.
+fn digits(v: u64) -> usize {
+    v.checked_ilog10().unwrap_or(0) as usize + 1
+}
+
 /// Length a payload will have, to check limits before formatting it.
 pub fn encoded_len(msg_id: u64, src_cb: u64, dst_cb: u64, body_len: usize) -> usize {
-    fn digits(v: u64) -> usize {
-        v.checked_ilog10().unwrap_or(0) as usize + 1
-    }
     digits(msg_id) + digits(src_cb) + digits(dst_cb) + 3 + body_len
 }
 
