@@ -1305,3 +1305,62 @@ fn sends_racing_their_inproc_listeners_end_do_not_spin() {
     done.recv_timeout(Duration::from_secs(15))
         .expect("the senders spun on a session whose peer was gone");
 }
+
+/// A message sent from a thread-local's destructor, as a plain thread
+/// ends (a pool or a guard that says goodbye on its way out), is
+/// delivered: by then the runtime's own thread-locals on that thread, and
+/// any the library keeps there, are gone. Such a send once aborted the
+/// whole process ("thread local panicked on drop"): entering the runtime
+/// to read its clock needs tokio's thread-local.
+#[tokio::test]
+async fn a_send_from_a_threads_teardown_is_delivered() {
+    use std::cell::RefCell;
+
+    /// Sends "bye" when its thread's locals are destroyed, and reports
+    /// how that went (a panic here would abort the process).
+    struct Bye {
+        client: Messenger,
+        conn: ConnectionId,
+        told: std::sync::mpsc::Sender<Result<u64, Error>>,
+    }
+    impl Drop for Bye {
+        fn drop(&mut self) {
+            let sent = self
+                .client
+                .try_send_message(self.conn, wire::NOOP, "bye", None);
+            let _ = self.told.send(sent);
+        }
+    }
+    thread_local! {
+        static BYE: RefCell<Option<Bye>> = const { RefCell::new(None) };
+    }
+
+    for t in TRANSPORTS {
+        let (_server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        let (told, outcome) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // Set first, so destroyed last: after every thread-local the
+            // send below makes the runtime and the library set up.
+            BYE.with(|b| {
+                *b.borrow_mut() = Some(Bye {
+                    client: client.clone(),
+                    conn,
+                    told,
+                })
+            });
+            client.try_send_message(conn, wire::NOOP, "hello", None)
+        });
+        let first = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+        assert!(matches!(first, Ok(Ok(_))), "{t}: {first:?}");
+        let bye = outcome.recv_timeout(Duration::from_secs(5));
+        assert!(
+            matches!(bye, Ok(Ok(_))),
+            "{t}: the send on teardown: {bye:?}"
+        );
+        eventually(5, "hello, then bye", || seen.len() == 2).await;
+        assert_eq!(seen.texts(), ["hello", "bye"], "{t}");
+    }
+}
