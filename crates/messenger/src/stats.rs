@@ -6,15 +6,20 @@
 //! six counters; as relaxed `fetch_add`s (each a locked instruction, even
 //! on a line of its own) they were a tenth of its latency
 //! (design/PERFORMANCE.md, "Counters without locked instructions").
+//!
+//! Blocks are indexed by [`thread_slot`], an id of our own that a thread
+//! can ask for at any point of its teardown (a message sent from a
+//! thread-local's destructor counts too), where the `thread_local`
+//! crate's id, used before, panicked there and aborted the process.
 
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
-use thread_local::ThreadLocal;
 
 use crate::endpoint::Endpoint;
-use crate::shard::Padded;
+use crate::shard::{Padded, thread_slot};
 
 /// One count in one thread's block ([`Counters`]): only that thread adds
 /// to it, so an add is a load and a store, not a read-modify-write; any
@@ -33,21 +38,55 @@ impl Counter {
     fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+
+    /// Adds `from`'s count, as any thread may: a locked add, for the
+    /// shared block ([`Stats::local`]).
+    fn absorb(&self, from: &Counter) {
+        let n = from.get();
+        if n != 0 {
+            self.0.fetch_add(n, Relaxed);
+        }
+    }
 }
 
 /// The calling thread's counters ([`Stats::local`]). Not `Send`, so a
 /// task cannot hold it across an await and add from another thread.
 pub(crate) struct Local<'a> {
-    /// The thread's block.
-    counters: &'a Counters,
+    /// Where its adds go.
+    block: Block<'a>,
     /// Keeps it on its thread.
     _here: PhantomData<*const ()>,
+}
+
+/// Where a [`Local`]'s adds go.
+enum Block<'a> {
+    /// The thread's own block: what almost every count goes to.
+    Own(&'a Counters),
+    /// A thread without a block of its own (see [`Stats::local`]) counts
+    /// into one made for this `Local`, added to `into` when it is dropped.
+    Lent {
+        /// This `Local`'s counts.
+        counts: Box<Counters>,
+        /// The messenger's shared block.
+        into: &'a Counters,
+    },
 }
 
 impl std::ops::Deref for Local<'_> {
     type Target = Counters;
     fn deref(&self) -> &Counters {
-        self.counters
+        match &self.block {
+            Block::Own(counters) => counters,
+            Block::Lent { counts, .. } => counts,
+        }
+    }
+}
+
+impl Drop for Local<'_> {
+    fn drop(&mut self) {
+        if let Block::Lent { counts, into } = &self.block {
+            into.absorb(counts);
+        }
     }
 }
 
@@ -202,6 +241,21 @@ macro_rules! counters {
         }
 
         impl Counters {
+            /// Adds every count of `from` (a lent block) to these, with
+            /// locked adds: the shared block, which any thread may add to.
+            fn absorb(&self, from: &Counters) {
+                $(self.$name.absorb(&from.$name);)*
+                for (to, from) in self.traffic.iter().zip(&from.traffic) {
+                    to.messages_sent.absorb(&from.messages_sent);
+                    to.messages_received.absorb(&from.messages_received);
+                    to.bytes_sent.absorb(&from.bytes_sent);
+                    to.bytes_received.absorb(&from.bytes_received);
+                }
+                for (to, from) in self.closed.iter().zip(&from.closed) {
+                    to.absorb(from);
+                }
+            }
+
             /// The traffic counters of one transport.
             pub(crate) fn traffic(&self, t: Transport) -> &Traffic {
                 &self.traffic[t as usize]
@@ -322,13 +376,31 @@ counters! {
     warnings_suppressed,
 }
 
+/// Threads that count in blocks of their own, per messenger, by
+/// [`thread_slot`]: more than the runtime's workers, the blocking pool's
+/// busy threads and a binding's callers together (2 KiB of pointers, and
+/// a block only for each id that counted).
+const BLOCKS: usize = 256;
+
 /// Live counters of one messenger: a block per thread that counted
 /// (see the module documentation).
-#[derive(Default)]
 pub(crate) struct Stats {
-    /// Each thread's block, on cache lines of its own. A thread that ends
-    /// leaves its block (and its counts) to the next thread given its id.
-    threads: ThreadLocal<Padded<Counters>>,
+    /// Each thread's block by its [`thread_slot`], on cache lines of its
+    /// own, made when it first counts. A thread that ends leaves its block
+    /// (and its counts) to the next thread given its id.
+    blocks: Box<[OnceLock<Box<Padded<Counters>>>]>,
+    /// What threads without a block counted (see [`Stats::local`]),
+    /// added with locked instructions.
+    shared: Padded<Counters>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            blocks: (0..BLOCKS).map(|_| OnceLock::new()).collect(),
+            shared: Padded::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Stats {
@@ -341,16 +413,54 @@ impl std::fmt::Debug for Stats {
 
 impl Stats {
     /// The calling thread's counters: what every count goes to.
+    ///
+    /// A thread without a block of its own counts through a block made for
+    /// the `Local` and added to the shared one when it is dropped: a thread
+    /// whose id went back as it ends (a message sent from a thread-local's
+    /// destructor, where the `thread_local` crate's id, used before, would
+    /// panic and abort the process), or one of more than [`BLOCKS`] alive
+    /// at once.
+    #[inline]
     pub(crate) fn local(&self) -> Local<'_> {
+        let own = thread_slot()
+            .and_then(|id| self.blocks.get(id))
+            .and_then(OnceLock::get);
+        match own {
+            Some(block) => Local {
+                block: Block::Own(&block.0),
+                _here: PhantomData,
+            },
+            None => self.first_or_lent(),
+        }
+    }
+
+    /// [`local`](Self::local) off its path: the thread's first count here
+    /// (its block is made), or a lent block.
+    #[cold]
+    fn first_or_lent(&self) -> Local<'_> {
+        let block = match thread_slot().and_then(|id| self.blocks.get(id)) {
+            Some(block) => Block::Own(&block.get_or_init(Box::default).0),
+            None => Block::Lent {
+                counts: Box::default(),
+                into: &self.shared.0,
+            },
+        };
         Local {
-            counters: &self.threads.get_or_default().0,
+            block,
             _here: PhantomData,
         }
     }
 
-    /// One counter summed over every thread's block (`pick` names it).
+    /// One counter summed over every thread's block and the shared one
+    /// (`pick` names it).
     pub(crate) fn total(&self, pick: impl Fn(&Counters) -> &Counter) -> u64 {
-        self.threads.iter().map(|c| pick(&c.0).get()).sum()
+        let own: u64 = self
+            .blocks
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|c| pick(&c.0).get())
+            .sum();
+        own + pick(&self.shared.0).get()
     }
 }
 
@@ -362,6 +472,7 @@ pub(crate) fn bump(c: &Counter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Every thread's adds are summed, none lost, including those of
     /// threads that have ended (their blocks stay).
@@ -387,5 +498,47 @@ mod tests {
         assert_eq!(snap.connections_closed, 8);
         assert_eq!(stats.total(|c| c.closed_for(CloseReason::Evicted)), 8);
         assert_eq!(stats.total(|c| &c.traffic(Transport::Tcp).messages_sent), 0);
+    }
+
+    /// Threads without a block of their own (more alive at once than
+    /// `BLOCKS`, and a thread counting as its locals are destroyed) count
+    /// through lent blocks, and nothing of theirs is lost.
+    #[test]
+    fn counts_without_a_block_of_their_own_add_up() {
+        /// Counts once as its thread's locals are destroyed.
+        struct CountOnDrop(Arc<Stats>);
+        impl Drop for CountOnDrop {
+            fn drop(&mut self) {
+                bump(&self.0.local().echoes_answered);
+            }
+        }
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<CountOnDrop>> = const { std::cell::RefCell::new(None) };
+        }
+        let threads = BLOCKS + 8;
+        let stats = Arc::new(Stats::default());
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let spawned: Vec<_> = (0..threads)
+            .map(|_| {
+                let (stats, barrier) = (Arc::clone(&stats), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    // Set before the thread's id is taken: destroyed after
+                    // it went back.
+                    LAST.with(|l| *l.borrow_mut() = Some(CountOnDrop(Arc::clone(&stats))));
+                    // All alive at once: some have no block.
+                    barrier.wait();
+                    for _ in 0..100 {
+                        bump(&stats.local().echoes_answered);
+                    }
+                })
+            })
+            .collect();
+        // A join waits for the thread's locals too (a scoped thread's end
+        // does not).
+        for t in spawned {
+            t.join().unwrap();
+        }
+        assert_eq!(stats.snapshot().echoes_answered, threads as u64 * 101);
+        assert!(stats.shared.0.echoes_answered.get() >= threads as u64);
     }
 }

@@ -25,34 +25,46 @@ thread_local! {
 
 /// Runs `f` as a batch: this thread's sends hold their writes until it
 /// returns (or unwinds). A batch inside a batch is part of the outer one.
+///
+/// A thread whose locals are being destroyed (a batch in a thread-local's
+/// destructor) runs `f` as no batch: each send writes at once.
 pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
-    let outer = HELD.with_borrow_mut(|held| {
+    let outer = HELD.try_with(|held| {
+        let mut held = held.borrow_mut();
         if held.is_some() {
             return false;
         }
         *held = Some(Vec::new());
         true
     });
-    if !outer {
+    if outer != Ok(true) {
         return f();
     }
     let _end = End;
     f()
 }
 
-/// Whether this thread is in a batch.
+/// Whether this thread is in a batch (never while its locals are being
+/// destroyed: see [`run`]).
 pub(crate) fn active() -> bool {
-    HELD.with_borrow(Option::is_some)
+    HELD.try_with(|held| held.borrow().is_some())
+        .unwrap_or(false)
 }
 
 /// Records `session`, whose write role this thread's batch took.
 pub(crate) fn hold(session: &Arc<Session>) {
-    HELD.with_borrow_mut(|held| match held {
-        Some(held) => held.push(Arc::clone(session)),
-        // Not in a batch (cannot happen: the role is taken only in one);
-        // write at once rather than keep the role.
-        None => session.uncork(),
+    let held = HELD.try_with(|held| match &mut *held.borrow_mut() {
+        Some(held) => {
+            held.push(Arc::clone(session));
+            true
+        }
+        None => false,
     });
+    // Not in a batch (cannot happen: the role is taken only in one);
+    // write at once rather than keep the role.
+    if held != Ok(true) {
+        session.uncork();
+    }
 }
 
 /// Ends the batch: writes what each held session buffered. A guard, so a
@@ -61,8 +73,9 @@ struct End;
 
 impl Drop for End {
     fn drop(&mut self) {
-        let held = HELD.with_borrow_mut(Option::take);
-        for session in held.into_iter().flatten() {
+        // `run` set it on this thread just before making this guard.
+        let held = HELD.try_with(|held| held.borrow_mut().take());
+        for session in held.ok().flatten().into_iter().flatten() {
             session.uncork();
         }
     }

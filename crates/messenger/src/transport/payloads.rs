@@ -45,13 +45,18 @@ pub(crate) fn encode(msg_id: u64, src_cb: u64, dst_cb: u64, body: &[u8]) -> Byte
     if len > LARGEST {
         return wire::encode(msg_id, src_cb, dst_cb, body);
     }
-    SPARE.with_borrow_mut(|spare| {
-        if spare.capacity() < len {
-            *spare = BytesMut::with_capacity(CHUNK);
-        }
-        wire::encode_into(spare, msg_id, src_cb, dst_cb, body);
-        spare.split().freeze()
-    })
+    SPARE
+        .try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.capacity() < len {
+                *spare = BytesMut::with_capacity(CHUNK);
+            }
+            wire::encode_into(&mut spare, msg_id, src_cb, dst_cb, body);
+            spare.split().freeze()
+        })
+        // A thread whose chunk is gone (it sends as it ends, from a
+        // thread-local's destructor): a buffer of its own.
+        .unwrap_or_else(|_| wire::encode(msg_id, src_cb, dst_cb, body))
 }
 
 #[cfg(test)]
