@@ -377,9 +377,12 @@ counters! {
 }
 
 /// Threads that count in blocks of their own, per messenger, by
-/// [`thread_slot`]: more than the runtime's workers, the blocking pool's
-/// busy threads and a binding's callers together (2 KiB of pointers, and
-/// a block only for each id that counted).
+/// [`thread_slot`] (ids are per process, the lowest free first, so this
+/// is about the threads alive at once that ever counted): the runtime's
+/// workers, and a binding's or an application's sending threads, with
+/// room to spare. 4 KiB of slots per messenger, and a block only for each
+/// id that counted. A thread past it still counts exactly, through a lent
+/// block: an allocation and a locked add per counter touched.
 const BLOCKS: usize = 256;
 
 /// Live counters of one messenger: a block per thread that counted

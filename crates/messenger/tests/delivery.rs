@@ -1308,16 +1308,19 @@ fn sends_racing_their_inproc_listeners_end_do_not_spin() {
 
 /// A message sent from a thread-local's destructor, as a plain thread
 /// ends (a pool or a guard that says goodbye on its way out), is
-/// delivered: by then the runtime's own thread-locals on that thread, and
-/// any the library keeps there, are gone. Such a send once aborted the
-/// whole process ("thread local panicked on drop"): entering the runtime
-/// to read its clock needs tokio's thread-local.
+/// delivered, and a request made there gets its reply: by then the
+/// runtime's own thread-locals on that thread, and any the library keeps
+/// there, are gone. Such a send once aborted the whole process ("thread
+/// local panicked on drop"): entering the runtime to read its clock
+/// needs tokio's thread-local. The guard holds the last handle to its
+/// messenger, so dropping a messenger there is covered too.
 #[tokio::test]
 async fn a_send_from_a_threads_teardown_is_delivered() {
     use std::cell::RefCell;
 
-    /// Sends "bye" when its thread's locals are destroyed, and reports
-    /// how that went (a panic here would abort the process).
+    /// Sends "bye" and asks for an ECHO when its thread's locals are
+    /// destroyed, and reports how that went (a panic here would abort the
+    /// process).
     struct Bye {
         client: Messenger,
         conn: ConnectionId,
@@ -1329,6 +1332,15 @@ async fn a_send_from_a_threads_teardown_is_delivered() {
                 .client
                 .try_send_message(self.conn, wire::NOOP, "bye", None);
             let _ = self.told.send(sent);
+            // A request too, waited for on this thread: its reply comes
+            // through the runtime's threads.
+            let asked = futures::executor::block_on(self.client.request_with_timeout(
+                self.conn,
+                wire::ECHO,
+                "still there?",
+                Duration::from_secs(5),
+            ));
+            let _ = self.told.send(asked.map(|reply| reply.body.len() as u64));
         }
     }
     thread_local! {
