@@ -20,7 +20,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::runtime::callbacks::{self, Completion, ReplyFuture};
 use crate::runtime::send::{Mode, Notify, Outgoing, Sent};
-use crate::runtime::server_loop::{Handler, LoopControl, Responder};
+use crate::runtime::server_loop::{self, Handler, LoopControl, Responder};
 use crate::runtime::shared::Shared;
 use crate::runtime::socket::{Open, Opening, SocketCtx};
 use crate::runtime::{connection, listener};
@@ -915,7 +915,36 @@ impl Messenger {
     /// still go out), then fails every waiting callback with
     /// [`Error::Shutdown`], closes every socket and removes the ipc
     /// files it created.
+    ///
+    /// Called from inside one of this messenger's own server-loop calls (a
+    /// handler that shuts its messenger down on a QUIT), it returns at
+    /// once, as [`begin_shutdown`](Self::begin_shutdown) does: the loop
+    /// waits for that call, so the call cannot wait for the loop.
     pub async fn shutdown(&self) {
+        if server_loop::in_call_of(&self.inner.shared) {
+            return self.begin_shutdown();
+        }
+        self.finish_shutdown().await;
+    }
+
+    /// Begins [`shutdown`](Self::shutdown) and returns without waiting:
+    /// nothing new is taken from now on (sends, binds and connects fail
+    /// with [`Error::Shutdown`]), and the rest runs on the messenger's
+    /// runtime. For code that cannot wait for it: a server-loop call of
+    /// this messenger (the loop waits for it), a plain thread, a
+    /// destructor.
+    pub fn begin_shutdown(&self) {
+        self.inner.shared.stop_accepting();
+        self.inner.loops.tracker.close();
+        let me = self.clone();
+        self.inner
+            .shared
+            .spawn(async move { me.finish_shutdown().await });
+    }
+
+    /// The whole of [`shutdown`](Self::shutdown), from the start (its
+    /// first steps may have run already: each is idempotent).
+    async fn finish_shutdown(&self) {
         // Server loops first: they take nothing new, drain what their
         // queues own, and may still reply, within the grace period.
         let loops = &self.inner.loops;

@@ -43,6 +43,21 @@ pub(crate) type Sequential = dyn Fn(Incoming, Responder) + Send + Sync;
 pub(crate) type Concurrent =
     dyn Fn(Incoming, Responder) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
+tokio::task_local! {
+    /// The messenger (its [`Shared`], by address) whose server-loop call
+    /// runs on this task now ([`in_call_of`]).
+    static CALL_OF: usize;
+}
+
+/// Whether the caller runs inside a server-loop call of `shared`'s
+/// messenger: its loop waits for the call to return, so the call must not
+/// wait for the loop (`Messenger::shutdown` from a handler).
+pub(crate) fn in_call_of(shared: &Arc<Shared>) -> bool {
+    CALL_OF
+        .try_with(|&of| of == Arc::as_ptr(shared) as usize)
+        .unwrap_or(false)
+}
+
 /// Which kind of handler a listener runs.
 pub(crate) enum Handler {
     Sequential(Arc<Sequential>),
@@ -239,6 +254,7 @@ async fn serve(
         let (Some(shared), Some(socket)) = (shared.upgrade(), socket.upgrade()) else {
             break;
         };
+        let of = Arc::as_ptr(&shared) as usize;
         let responder = responder_for(shared, Arc::clone(&socket), &msg, ticket);
         // The call's span: the listener, the sender's routing id (escaped)
         // and the message's ids, never its body. `Span::none()` while debug
@@ -260,7 +276,8 @@ async fn serve(
         match &handler {
             Handler::Sequential(slc) => {
                 let _in = span.enter();
-                if catch_unwind(AssertUnwindSafe(|| slc(msg, responder))).is_err() {
+                let call = || CALL_OF.sync_scope(of, || slc(msg, responder));
+                if catch_unwind(AssertUnwindSafe(call)).is_err() {
                     tracing::error!(endpoint = %socket.origin.endpoint, "server-loop callback panicked; continuing");
                 }
                 telemetry::server_loop_done(transport, since);
@@ -277,11 +294,11 @@ async fn serve(
                 } else {
                     Box::pin(tracing::Instrument::instrument(work, span))
                 };
-                running.spawn(async move {
+                running.spawn(CALL_OF.scope(of, async move {
                     work.await;
                     telemetry::server_loop_done(transport, since);
                     drop(permit);
-                });
+                }));
                 // Reap finished handlers so the set stays small.
                 while let Some(done) = running.try_join_next() {
                     if done.is_err() {

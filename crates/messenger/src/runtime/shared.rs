@@ -82,6 +82,11 @@ impl Shared {
         }
     }
 
+    /// Runs `work` on the messenger's runtime, whoever calls.
+    pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(work);
+    }
+
     /// Whether server loops take new messages (not once shutdown began).
     pub(crate) fn is_accepting(&self) -> bool {
         !self.stopped.load(Ordering::Acquire)
