@@ -122,6 +122,34 @@ def test_callbacks_and_plain_handlers_run_on_the_loop(place):
     run(main())
 
 
+def test_close_awaited_in_its_own_server_loop_returns_at_once(place):
+    """A QUIT handler awaits its messenger's close(): the loop waits for
+    that handler, so the close must not wait for the loop (it took the
+    whole shutdown_grace). It resolves at once and the shutdown goes on."""
+
+    async def main():
+        server = aio.Messenger(shutdown_grace=60)
+        loop = asyncio.get_running_loop()
+        took = loop.create_future()
+
+        async def on_quit(incoming, responder):
+            start = loop.time()
+            await server.close()
+            took.set_result(loop.time() - start)
+
+        bound = await server.listen_for_connection(place("tcp"), on_quit)
+        async with aio.Messenger() as client:
+            conn = await client.make_connection(bound)
+            await client.send_message(conn, messenger.NOOP, b"QUIT")
+            assert await asyncio.wait_for(took, 30) < 5
+            with pytest.raises(messenger.Shutdown):
+                await server.listen_for_connection(place("tcp"), on_quit)
+        # The shutdown behind it completes: closing again waits for it.
+        await asyncio.wait_for(server.close(), 10)
+
+    run(main())
+
+
 def test_a_server_loop_that_raises_goes_on(place, caplog):
     async def main():
         async with aio.Messenger() as server, aio.Messenger() as client:

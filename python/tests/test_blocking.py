@@ -122,6 +122,39 @@ def test_a_server_loop_that_raises_is_logged_counted_and_survives(place, caplog)
         assert "server-loop" in records[0].threadName
 
 
+@pytest.mark.parametrize("transport", ["tcp", "inproc"])
+def test_close_from_its_own_server_loop_returns_at_once(place, transport):
+    """A model server's QUIT: its server loop closes the messenger. The
+    loop waits for that very call, so close() there must not wait for the
+    loops (it took the whole shutdown_grace); it returns at once, and the
+    shutdown completes behind it."""
+    server = messenger.Messenger(shutdown_grace=60)
+    took = []
+    done = threading.Event()
+
+    def on_quit(incoming, responder):
+        start = time.monotonic()
+        server.close()
+        took.append(time.monotonic() - start)
+        try:
+            server.listen_for_connection(place(transport), on_quit)
+        except messenger.Shutdown:
+            took.append("refused")
+        done.set()
+
+    bound = server.listen_for_connection(place(transport), on_quit)
+    with messenger.Messenger() as client:
+        conn = client.make_connection(bound)
+        client.send_message(conn, messenger.NOOP, b"QUIT")
+        assert done.wait(30), "the server loop never went on after close()"
+        assert took[0] < 5, took
+        assert took[1] == "refused", took
+    # The shutdown behind it completes: closing again waits for it.
+    start = time.monotonic()
+    server.close()
+    assert time.monotonic() - start < 10
+
+
 def test_a_callback_that_raises_is_logged_and_counted(place, caplog):
     with messenger.Messenger() as server, messenger.Messenger() as client:
         bound = server.listen_for_connection(place("tcp"), lambda i, r: None)
