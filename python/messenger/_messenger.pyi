@@ -227,7 +227,9 @@ class Messenger(_MessengerBase):
         """Sends and returns the reply, within ``timeout`` seconds (default
         ``request_timeout``)."""
     def close(self) -> None:
-        """Shuts down as the library does; again does nothing."""
+        """Shuts down as the library does; again does nothing. From one of
+        this messenger's own server loops (a QUIT command) it returns at
+        once, and the shutdown goes on behind it."""
     def __enter__(self) -> "Messenger": ...
     def __exit__(self, *exc: Any) -> bool: ...
 
@@ -302,7 +304,10 @@ class AsyncMessenger(_MessengerBase):
         timeout: Optional[Seconds] = None,
     ) -> "RequestFuture":
         """Resolves to the reply; cancelling the future frees the request."""
-    def close(self) -> "asyncio.Future[None]": ...
+    def close(self) -> "asyncio.Future[None]":
+        """Shuts down as the library does; resolves when done. Awaited in
+        one of this messenger's own server loops (a QUIT command) it
+        resolves at once, and the shutdown goes on behind it."""
     def _close_blocking(self) -> None: ...
     def __aenter__(self) -> Awaitable["AsyncMessenger"]: ...
     def __aexit__(self, *exc: Any) -> Awaitable[None]: ...

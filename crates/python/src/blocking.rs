@@ -3,6 +3,7 @@
 //! Python threads run and Ctrl-C interrupts it (`runtime::wait`). Server
 //! loops and callbacks run on threads the package starts and names.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,8 +202,16 @@ impl Messenger {
     /// go out), then every waiting request fails with ``Shutdown``, every
     /// socket flushes for up to ``linger`` and closes, and ipc files are
     /// removed. Calling it again does nothing.
+    ///
+    /// Called from one of this messenger's own server loops (a QUIT
+    /// command), it returns at once: the loop waits for that call, so the
+    /// call cannot wait for the loop. The shutdown goes on behind it.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.core.messenger(py)?.clone();
+        if IN_SERVER_LOOP.get() == self.core.serial {
+            m.begin_shutdown();
+            return Ok(());
+        }
         wait(py, self.core.runtime, async move { m.shutdown().await })
     }
 
@@ -233,6 +242,12 @@ pub(crate) fn request_timeout(
     }
 }
 
+thread_local! {
+    /// The messenger (its serial) whose server loop this thread is calling
+    /// now; 0 (no messenger's) outside a call. What `close` looks at.
+    static IN_SERVER_LOOP: Cell<u64> = const { Cell::new(0) };
+}
+
 /// A server loop for the library that hands each message to `server_loop`
 /// on a thread of its own (named after the messenger), in arrival order.
 /// The library's handler future waits until Python is done with the
@@ -258,7 +273,10 @@ fn server_loop_on_thread(
                 let call = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
                     let responder =
                         Py::new(py, Responder::new(r, runtime, owner, endpoint.clone()))?;
-                    handler.bind(py).call1((incoming, responder))
+                    let outer = IN_SERVER_LOOP.replace(owner);
+                    let called = handler.bind(py).call1((incoming, responder));
+                    IN_SERVER_LOOP.set(outer);
+                    called
                 });
                 if let Err(e) = call {
                     let what = format!("server loop on {endpoint} raised; it goes on");

@@ -474,7 +474,19 @@ impl Waker {
         let ensure = asyncio(py)?.getattr(intern!(py, "ensure_future"))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "loop"), self.event_loop.bind(py))?;
-        let task = ensure.call((ret,), Some(&kwargs))?;
+        // A server loop's task runs in a copy of this context, marked as
+        // this messenger's server-loop call (what `close` looks at).
+        let marked = match &done {
+            Some(_) => {
+                Some(in_server_loop(py)?.call_method1(intern!(py, "set"), (self.core.serial,))?)
+            }
+            None => None,
+        };
+        let task = ensure.call((ret,), Some(&kwargs));
+        if let Some(token) = marked {
+            in_server_loop(py)?.call_method1(intern!(py, "reset"), (token,))?;
+        }
+        let task = task?;
         self.tasks.bind(py).add(&task)?;
         let server_loop = done.is_some();
         let (done, what) = match done {
@@ -533,6 +545,22 @@ impl TaskEnd {
 
 /// The `asyncio` module, imported once.
 static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// A `contextvars.ContextVar` holding the serial of the messenger whose
+/// server-loop task runs in this context (0: none), made once.
+static IN_SERVER_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn in_server_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    Ok(IN_SERVER_LOOP
+        .get_or_try_init(py, || {
+            let var = py.import("contextvars")?.getattr("ContextVar")?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("default", 0u64)?;
+            var.call(("messenger_server_loop",), Some(&kwargs))
+                .map(Bound::unbind)
+        })?
+        .bind(py))
+}
 
 fn asyncio(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     Ok(ASYNCIO
@@ -912,11 +940,24 @@ impl AsyncMessenger {
     }
 
     /// Shuts down as the library does (see ``messenger.Messenger.close``);
-    /// resolves when it is done.
+    /// resolves when it is done. Awaited in one of this messenger's own
+    /// server loops (a QUIT command), it resolves at once: the loop waits
+    /// for that handler, so the handler cannot wait for the loop. The
+    /// shutdown goes on behind it.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let own_loop = in_server_loop(py)?
+            .call_method0(intern!(py, "get"))?
+            .extract::<u64>()?
+            == self.core.serial;
         let (m, bound, fut) = self.enter(py)?;
         let m = m.clone();
-        let work = async move { m.shutdown().await };
+        let work = async move {
+            if own_loop {
+                m.begin_shutdown();
+            } else {
+                m.shutdown().await;
+            }
+        };
         self.spawn(py, bound, &fut, work, |py, ()| Ok(py.None()))?;
         Ok(fut)
     }
