@@ -152,6 +152,7 @@ trait Attempt<'a>: Send + 'a {
 }
 
 /// Runs `send` to its outcome: at once, or boxed when it must wait.
+#[inline]
 fn drive<'a>(mut send: impl Attempt<'a>) -> SendFuture<'a> {
     use futures::future::{Either, ready};
     match send.attempt() {
@@ -472,6 +473,7 @@ struct Landing<'a> {
 
 impl<'a> Landing<'a> {
     /// Numbers the message and registers its callback.
+    #[inline]
     fn new(shared: &'a Shared, mut out: Outgoing<'a>, route: Route) -> Result<Self, Error> {
         let socket = out.socket;
         let Some(session) = route.session() else {

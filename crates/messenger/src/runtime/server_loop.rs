@@ -16,6 +16,7 @@
 //! [`Messenger::listen_for_connection`]: crate::Messenger::listen_for_connection
 //! [`Messenger::listen_for_connection_concurrent`]: crate::Messenger::listen_for_connection_concurrent
 
+use std::cell::Cell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -43,19 +44,28 @@ pub(crate) type Sequential = dyn Fn(Incoming, Responder) + Send + Sync;
 pub(crate) type Concurrent =
     dyn Fn(Incoming, Responder) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
+thread_local! {
+    /// The messenger (its [`Shared`], by address) whose sequential
+    /// server-loop call runs on this thread now; 0 outside one. A plain
+    /// thread-local: the call runs on this thread from start to end, and
+    /// setting it moves nothing (tokio's `sync_scope` moved the message
+    /// and its responder through a closure: 300 instructions of an inproc
+    /// round trip through a server loop).
+    static SEQUENTIAL_CALL_OF: Cell<usize> = const { Cell::new(0) };
+}
+
 tokio::task_local! {
-    /// The messenger (its [`Shared`], by address) whose server-loop call
-    /// runs on this task now ([`in_call_of`]).
-    static CALL_OF: usize;
+    /// The same for a concurrent handler's task, whose future moves
+    /// between threads.
+    static CONCURRENT_CALL_OF: usize;
 }
 
 /// Whether the caller runs inside a server-loop call of `shared`'s
 /// messenger: its loop waits for the call to return, so the call must not
 /// wait for the loop (`Messenger::shutdown` from a handler).
 pub(crate) fn in_call_of(shared: &Arc<Shared>) -> bool {
-    CALL_OF
-        .try_with(|&of| of == Arc::as_ptr(shared) as usize)
-        .unwrap_or(false)
+    let me = Arc::as_ptr(shared) as usize;
+    SEQUENTIAL_CALL_OF.get() == me || CONCURRENT_CALL_OF.try_with(|&of| of == me).unwrap_or(false)
 }
 
 /// Which kind of handler a listener runs.
@@ -276,8 +286,10 @@ async fn serve(
         match &handler {
             Handler::Sequential(slc) => {
                 let _in = span.enter();
-                let call = || CALL_OF.sync_scope(of, || slc(msg, responder));
-                if catch_unwind(AssertUnwindSafe(call)).is_err() {
+                let outer = SEQUENTIAL_CALL_OF.replace(of);
+                let called = catch_unwind(AssertUnwindSafe(|| slc(msg, responder)));
+                SEQUENTIAL_CALL_OF.set(outer);
+                if called.is_err() {
                     tracing::error!(endpoint = %socket.origin.endpoint, "server-loop callback panicked; continuing");
                 }
                 telemetry::server_loop_done(transport, since);
@@ -294,7 +306,7 @@ async fn serve(
                 } else {
                     Box::pin(tracing::Instrument::instrument(work, span))
                 };
-                running.spawn(CALL_OF.scope(of, async move {
+                running.spawn(CONCURRENT_CALL_OF.scope(of, async move {
                     work.await;
                     telemetry::server_loop_done(transport, since);
                     drop(permit);
