@@ -12,7 +12,7 @@ use common::{
     Answer, TRANSPORTS, connect, eventually, forwarding, place, serve, serve_seen, spawn_request,
     within,
 };
-use messenger::{Config, ConnectionId, Error, Incoming, Messenger, Responder};
+use messenger::{Config, ConnectionId, Endpoint, Error, Incoming, Messenger, Responder};
 use messenger_proto::wire;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -444,55 +444,70 @@ async fn an_ack_and_a_request_in_one_write_find_the_window_open() {
     }
 }
 
+/// A server whose shutdown grace is far past the tests' bounds (waiting
+/// it out fails the test), and the handle its handler takes: let go once
+/// the handler has shut down (a handler holding its own messenger forever
+/// would keep it alive).
+fn quitting_server() -> (Messenger, Arc<std::sync::Mutex<Option<Messenger>>>) {
+    let server = Messenger::builder()
+        .identity("server")
+        .config(Config {
+            shutdown_grace: Duration::from_secs(60),
+            ..Config::default()
+        })
+        .build()
+        .unwrap();
+    let me = Arc::new(std::sync::Mutex::new(Some(server.clone())));
+    (server, me)
+}
+
+/// Sends QUIT to `server`'s listener at `bound` from a new client; what
+/// its handler reported once its shutdown call returned, after the
+/// listener has closed (the shutdown completed behind the handler).
+async fn quit<T>(
+    server: &Messenger,
+    bound: &Endpoint,
+    said: &mut mpsc::UnboundedReceiver<T>,
+) -> Option<T> {
+    let (client, conn) = connect(Config::default(), bound).await;
+    client
+        .try_send_message(conn, wire::NOOP, "QUIT", None)
+        .unwrap();
+    let seen = within(10, "the handler goes on after its shutdown", said.recv()).await;
+    eventually(10, "the listener closes", || server.stats().listeners == 0).await;
+    client.shutdown().await;
+    seen
+}
+
 /// A handler that shuts its own messenger down (a model server's QUIT)
 /// gets its `shutdown` back at once and goes on: the loop waits for that
 /// very handler, so waiting there for the loops would wait out the whole
 /// grace period for itself, and then be dropped with the handler, leaving
-/// the messenger half shut. The shutdown still completes: the listener is
-/// gone, and the handler's messenger says so.
+/// the messenger half shut. The shutdown still completes.
 #[tokio::test]
 async fn shutdown_from_a_handler_of_its_own_returns_at_once_and_completes() {
     for t in TRANSPORTS {
         let p = place(t);
-        let server = Messenger::builder()
-            .identity("server")
-            .config(Config {
-                // Far past the test's bounds: waiting it out fails the test.
-                shutdown_grace: Duration::from_secs(60),
-                ..Config::default()
-            })
-            .build()
-            .unwrap();
-        // The handler's handle, let go once it has shut down (a handler
-        // holding its own messenger forever would keep it alive).
-        let me = Arc::new(std::sync::Mutex::new(Some(server.clone())));
-        let (after_tx, mut after) = mpsc::unbounded_channel();
+        let (server, me) = quitting_server();
+        let (said, mut heard) = mpsc::unbounded_channel();
         let bound = server
-            .listen_for_connection_concurrent(&p.endpoint, move |m: Incoming, _r: Responder| {
-                let (me, after) = (Arc::clone(&me), after_tx.clone());
+            .listen_for_connection_concurrent(&p.endpoint, move |_m: Incoming, _r: Responder| {
+                let (me, said) = (me.lock().unwrap().take(), said.clone());
                 async move {
-                    let Some(me) = me.lock().unwrap().take().filter(|_| &m.body[..] == b"QUIT")
-                    else {
-                        return;
-                    };
-                    me.shutdown().await;
-                    let _ = after.send(shutting_down(&me));
+                    if let Some(me) = me {
+                        me.shutdown().await;
+                        let _ = said.send(shutting_down(&me));
+                    }
                 }
             })
             .await
             .unwrap();
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
-        client
-            .try_send_message(conn, wire::NOOP, "QUIT", None)
-            .unwrap();
-        let stopped = within(10, "the handler goes on after its shutdown", after.recv()).await;
+        let stopped = quit(&server, &bound.endpoint, &mut heard).await;
         assert_eq!(
             stopped,
             Some(true),
             "{t}: sends fail with Shutdown from then"
         );
-        eventually(10, "the listener closes", || server.stats().listeners == 0).await;
-        client.shutdown().await;
     }
 }
 
@@ -503,16 +518,8 @@ async fn shutdown_from_a_handler_of_its_own_returns_at_once_and_completes() {
 async fn shutdown_from_a_sequential_handler_of_its_own_completes() {
     for (t, begin) in TRANSPORTS.iter().flat_map(|t| [(*t, false), (*t, true)]) {
         let p = place(t);
-        let server = Messenger::builder()
-            .identity("server")
-            .config(Config {
-                shutdown_grace: Duration::from_secs(60),
-                ..Config::default()
-            })
-            .build()
-            .unwrap();
-        let me = Arc::new(std::sync::Mutex::new(Some(server.clone())));
-        let (after_tx, mut after) = mpsc::unbounded_channel();
+        let (server, me) = quitting_server();
+        let (said, mut heard) = mpsc::unbounded_channel();
         let bound = server
             .listen_for_connection(&p.endpoint, move |_m: Incoming, _r: Responder| {
                 let Some(me) = me.lock().unwrap().take() else {
@@ -524,17 +531,11 @@ async fn shutdown_from_a_sequential_handler_of_its_own_completes() {
                 } else {
                     futures::FutureExt::now_or_never(me.shutdown()).is_some()
                 };
-                let _ = after_tx.send((returned, shutting_down(&me)));
+                let _ = said.send((returned, shutting_down(&me)));
             })
             .await
             .unwrap();
-        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
-        client
-            .try_send_message(conn, wire::NOOP, "QUIT", None)
-            .unwrap();
-        let seen = within(10, "the handler's shutdown", after.recv()).await;
+        let seen = quit(&server, &bound.endpoint, &mut heard).await;
         assert_eq!(seen, Some((true, true)), "{t} (begin_shutdown: {begin})");
-        eventually(10, "the listener closes", || server.stats().listeners == 0).await;
-        client.shutdown().await;
     }
 }
