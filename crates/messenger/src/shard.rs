@@ -3,13 +3,12 @@
 //! split in shards, each on lines of its own, and a thread works
 //! in its own shard. One line shared by two cores bounces between them on
 //! every write; at 1000 inproc requests in flight that cost more than the
-//! work itself. [`thread_slot`] names a thread for state kept per thread
-//! (the counters), with ids reused as threads end.
+//! work itself. [`thread_slot`] names the thread: its shard (`% shards`),
+//! and its block of counters, with ids reused as threads end.
 
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A value alone on its cache lines (two, for the adjacent-line
@@ -17,17 +16,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
-
-/// The calling thread's index, for picking its shard (`% shards`):
-/// threads are numbered in the order they first ask, so the workers of a
-/// runtime get distinct shards while there are enough.
-pub(crate) fn thread_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    INDEX.with(|i| *i)
-}
 
 /// The ids [`thread_slot`] gives out.
 #[derive(Debug)]
@@ -97,9 +85,11 @@ impl Drop for Release {
 }
 
 /// A small id that the calling thread alone holds while it lives: what
-/// state kept per thread (a block of counters) is indexed by. An ended
-/// thread's id goes to the next thread that asks (the lowest free one
-/// first), so the ids stay about as many as the threads alive at once.
+/// state kept per thread (a block of counters) is indexed by, and what
+/// picks its shard (`% shards`), so the workers of a runtime, numbered in
+/// the order they first ask, get distinct shards while there are enough.
+/// An ended thread's id goes to the next thread that asks (the lowest free
+/// one first), so the ids stay about as many as the threads alive at once.
 ///
 /// `None` once the thread's locals are being destroyed (a message sent
 /// from a thread-local's destructor): its id may be another thread's by

@@ -30,7 +30,7 @@ use crate::clock;
 use crate::error::Error;
 use crate::proto::callbacks::{CallbackTable, SHARDS, shard_of};
 use crate::proto::deadlines::Deadlines;
-use crate::shard::{Padded, thread_index};
+use crate::shard::{Padded, thread_slot};
 use crate::stats::{Stats, bump};
 use crate::types::{Incoming, Reply};
 
@@ -250,8 +250,9 @@ impl Callbacks {
         msg_id: impl FnOnce() -> u64,
     ) -> Result<(u64, u64), Error> {
         let mut id_out = 0;
-        // The thread's own shard, or the next with room.
-        let home = thread_index();
+        // The thread's own shard, or the next with room (a thread that is
+        // ending has no id: the first).
+        let home = thread_slot().unwrap_or(0);
         let mut shard = (0..SHARDS)
             .map(|i| self.shard(home + i))
             .find(|s| s.table.len() < s.table.limit())
