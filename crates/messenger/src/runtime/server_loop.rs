@@ -216,7 +216,7 @@ pub(crate) fn spawn(
     let span = tracing::Span::current();
     let (stop, abandon) = (control.stop.clone(), control.abandon.clone());
     let of = Weak::as_ptr(&shared) as usize;
-    let work = CALL_OF.scope(of, serve(handler, queue, shared, socket, stop));
+    let work = CALL_OF.scope(of, serve(handler, queue, shared, socket, stop, of));
     control.tracker.spawn(tracing::Instrument::instrument(
         async move {
             if abandon.run_until_cancelled(work).await.is_none() {
@@ -227,12 +227,15 @@ pub(crate) fn spawn(
     ));
 }
 
+/// The loop [`spawn`] runs; `of` is its messenger's mark ([`CALL_OF`]),
+/// which each concurrent handler's task carries too.
 async fn serve(
     handler: Handler,
     mut queue: mpsc::Receiver<Delivered>,
     shared: Weak<Shared>,
     socket: Weak<SocketCtx>,
     stop: CancellationToken,
+    of: usize,
 ) {
     let mut running = JoinSet::new();
     let mut closed = false;
@@ -259,7 +262,6 @@ async fn serve(
         let (Some(shared), Some(socket)) = (shared.upgrade(), socket.upgrade()) else {
             break;
         };
-        let of = Arc::as_ptr(&shared) as usize;
         let responder = responder_for(shared, Arc::clone(&socket), &msg, ticket);
         // The call's span: the listener, the sender's routing id (escaped)
         // and the message's ids, never its body. `Span::none()` while debug
