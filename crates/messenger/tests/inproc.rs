@@ -179,6 +179,27 @@ async fn round_trips_are_counted_without_acks() {
     server.shutdown().await;
 }
 
+/// inproc requests answered inside their own send (ECHO) never wait, so
+/// nothing but tokio's budget makes their task yield: on a one-thread
+/// runtime, a task that only sends them must still let the others run.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_answered_in_place_still_let_other_tasks_run() {
+    let p = pair("inproc", Config::default(), Config::default(), no_slc).await;
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+    for _ in 0..1000 {
+        let reply = p.client.request(p.conn, wire::ECHO, b"x").await;
+        assert_eq!(reply.expect("echo").body, &b"x"[..]);
+    }
+    assert!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        "1000 requests answered in place and the other task never ran"
+    );
+    p.client.shutdown().await;
+    p.server.shutdown().await;
+}
+
 /// A waiting send to a server loop that takes nothing gives up with
 /// `Full` at the sender's `request_timeout`, as a tcp send's window frees
 /// at the deadlines of what fills it: two loops that wait for room in each
