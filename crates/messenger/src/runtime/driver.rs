@@ -28,6 +28,12 @@ use zmtp::{Engine, EngineConfig, Event, PeerInfo, ZmtpError};
 
 /// Bytes read at a time at least (more when a large frame is being read).
 const READ_CHUNK: usize = 16 * 1024;
+/// A read goes into the buffer's spare room while that holds at least
+/// this much (and what the engine waits for): small reads share one
+/// buffer instead of taking [`READ_CHUNK`] each. The bodies read are views
+/// of it, so a body kept (a replica's log batch) holds its share of a
+/// buffer, not a buffer of its own (tests/kept_bodies.rs).
+const READ_SPARE: usize = READ_CHUNK / 2;
 /// At most this much is reserved for one read while the buffer holds less
 /// (a frame's declared size is not reserved up front: memory follows the
 /// bytes that actually arrive). A large frame's buffer grows by doubling
@@ -357,9 +363,12 @@ impl Conn {
     /// Reads what the socket has, into a buffer grown (and charged) for
     /// it. `Ok(0)`: the peer closed.
     fn try_read(&mut self) -> Result<usize, End> {
-        let most = READ_MAX.max(self.rbuf.len());
-        let want = self.engine.wants(&self.rbuf).clamp(READ_CHUNK, most);
-        self.rbuf.reserve(want);
+        let wants = self.engine.wants(&self.rbuf);
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare < wants.max(READ_SPARE) {
+            let most = READ_MAX.max(self.rbuf.len());
+            self.rbuf.reserve(wants.clamp(READ_CHUNK, most));
+        }
         self.charge()?;
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         if n > 0 {
