@@ -206,6 +206,12 @@ def test_errors_are_one_hierarchy_with_the_command_lines_messages(bin_path, plac
         messenger.Messenger(request_timeout=-1)
     with pytest.raises(TypeError, match="no_such_setting"):
         messenger.Messenger(no_such_setting=1)
+    # Counts too large for the runtime to hold: named, not a PanicException
+    # (a BaseException) from a runtime thread.
+    for name, value in [("max_concurrent_handlers", 2**62), ("slc_queue_capacity", 2**62),
+                        ("max_connections_per_listener", 2**62), ("dedup_window", 2**64 - 1)]:
+        with pytest.raises(messenger.InvalidArgument, match=f"Config::{name} must be at most"):
+            messenger.Messenger(**{name: value})
     # Used after close: Shutdown.
     m = messenger.Messenger()
     m.close()

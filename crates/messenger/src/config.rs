@@ -13,7 +13,8 @@ use zmtp::{CurveKeyPair, CurvePublicKey};
 
 /// Configuration of one [`Messenger`](crate::Messenger): start from the
 /// defaults and change what your deployment needs. It is checked once,
-/// when the messenger is made.
+/// when the messenger is made: no count or duration may be zero, and no
+/// count above 2^61 - 1 (what the runtime's semaphores and channels hold).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -176,6 +177,7 @@ pub struct Config {
     /// is refused unACKed (`dedup_stale`), never delivered twice. Default
     /// 65,536: sixteen times the ids a sender's window spans
     /// (`send_queue_capacity`), whose resends therefore always fall inside.
+    /// At most 2^27 (a 16 MiB bitmap per sender).
     pub dedup_window: u64,
     /// First redial delay after a connection loses its peer; it doubles per
     /// failed attempt. Default 100 ms: a restarted listener is usually back
@@ -338,6 +340,18 @@ impl Config {
         if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return invalid(field, "must not be zero".into());
         }
+        if let Some((field, v)) = counts.iter().find(|(_, v)| *v > MAX_COUNT) {
+            return invalid(field, format!("must be at most {MAX_COUNT}, got {v}"));
+        }
+        if self.dedup_window > MAX_DEDUP_WINDOW {
+            let got = self.dedup_window;
+            return invalid(
+                "dedup_window",
+                format!(
+                    "must be at most {MAX_DEDUP_WINDOW} (a 16 MiB bitmap per sender), got {got}"
+                ),
+            );
+        }
         let mut durations = vec![
             ("request_timeout", self.request_timeout),
             ("handshake_timeout", self.handshake_timeout),
@@ -397,6 +411,16 @@ impl Config {
 /// our properties fits, with room for CURVE's 200-byte HELLO.
 pub(crate) const MIN_COMMAND_SIZE: usize = 512;
 
+/// The largest count a field may hold: what a tokio semaphore or bounded
+/// channel can hold (`Semaphore::MAX_PERMITS`, 2^61 - 1), which hold the
+/// handler limit, the server loop's queue and the connection limit.
+pub(crate) const MAX_COUNT: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+/// The largest [`Config::dedup_window`]: 2^27 ids, whose bitmap is 16 MiB
+/// per sender (the default's is 8 KiB). Beyond it one sender's
+/// out-of-order ids would make its session allocate gigabytes.
+pub(crate) const MAX_DEDUP_WINDOW: u64 = 1 << 27;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +430,61 @@ mod tests {
             Err(Error::InvalidConfig { field, .. }) => field,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Counts beyond what the runtime can hold (a semaphore's or a
+    /// channel's permits) or allocate (the duplicate window's bitmap) are
+    /// refused here, named, instead of panicking later on a runtime thread
+    /// (a listener that never accepts, a messenger that never builds).
+    #[test]
+    fn counts_too_large_to_hold_are_named() {
+        for (name, config) in [
+            (
+                "max_concurrent_handlers",
+                Config {
+                    max_concurrent_handlers: usize::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "slc_queue_capacity",
+                Config {
+                    slc_queue_capacity: 1 << 62,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_connections_per_listener",
+                Config {
+                    max_connections_per_listener: 1 << 62,
+                    ..Config::default()
+                },
+            ),
+            (
+                "dedup_window",
+                Config {
+                    dedup_window: u64::MAX,
+                    ..Config::default()
+                },
+            ),
+            (
+                "dedup_window",
+                Config {
+                    dedup_window: 1 << 40,
+                    ..Config::default()
+                },
+            ),
+        ] {
+            assert_eq!(field(config.validate()), name);
+        }
+        let largest = Config {
+            max_concurrent_handlers: MAX_COUNT,
+            slc_queue_capacity: MAX_COUNT,
+            max_connections_per_listener: MAX_COUNT,
+            dedup_window: MAX_DEDUP_WINDOW,
+            ..Config::default()
+        };
+        assert_eq!(largest.validate(), Ok(()));
     }
 
     #[test]
