@@ -94,8 +94,12 @@ struct Inner {
     registry: Mutex<Registry>,
     /// The registry's sockets as senders see them.
     sockets: ArcSwap<Sockets>,
-    /// Serialises connects so two callers for one endpoint share one DEALER.
-    connecting: tokio::sync::Mutex<()>,
+    /// Dials under way, by endpoint: two callers for one endpoint take
+    /// turns, so they share one DEALER; dials to other endpoints never
+    /// wait for each other (one silent peer would hold up every dial for
+    /// its `connect_timeout`). An entry lives while a caller holds it
+    /// ([`DialTurn`]).
+    dialling: Mutex<HashMap<Endpoint, Arc<tokio::sync::Mutex<()>>>>,
     /// Numbers listeners and connections.
     next_id: AtomicU64,
     /// The root of every stop signal: every socket's token and the server
@@ -185,10 +189,56 @@ impl Inner {
         !self.shared.is_accepting()
     }
 
+    /// `endpoint`'s turn to dial, shared with its other callers.
+    fn dial_turn<'a>(&'a self, endpoint: &'a Endpoint) -> DialTurn<'a> {
+        let mut dialling = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = Arc::clone(dialling.entry(endpoint.clone()).or_default());
+        DialTurn {
+            inner: self,
+            endpoint,
+            turn,
+        }
+    }
+
     /// Closes every socket at once.
     fn close_everything(&self) {
         for mut open in self.take_everything() {
             open.tasks.close();
+        }
+    }
+}
+
+/// A socket that finished opening after shutdown began (and took every
+/// socket out of the registry, or is about to) never goes in: closed here,
+/// its caller told `Shutdown`. Checked under the registry's lock, which
+/// shutdown takes after it stops accepting.
+fn shut_meanwhile(mut open: Open) -> Error {
+    open.ctx.mark_closed();
+    open.tasks.close();
+    Error::Shutdown
+}
+
+/// One caller's hold on its endpoint's turn to dial (see
+/// `Inner::dialling`); the last caller to let go removes the entry.
+struct DialTurn<'a> {
+    /// Whose table it is in.
+    inner: &'a Inner,
+    /// The endpoint dialled.
+    endpoint: &'a Endpoint,
+    /// Locked while this caller dials.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for DialTurn<'_> {
+    fn drop(&mut self) {
+        let mut dialling = self
+            .inner
+            .dialling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The table's and ours: no other caller holds or waits for it.
+        if Arc::strong_count(&self.turn) == 2 {
+            dialling.remove(self.endpoint);
         }
     }
 }
@@ -349,7 +399,7 @@ impl Messenger {
             shared,
             registry: Mutex::default(),
             sockets: ArcSwap::default(),
-            connecting: tokio::sync::Mutex::new(()),
+            dialling: Mutex::default(),
             next_id: AtomicU64::new(1),
             shutdown,
             loops,
@@ -434,6 +484,10 @@ impl Messenger {
         let opening = self.inner.opening(self.inner.identity.clone());
         let (open, bound) = listener::open(&opening, id, endpoint, handler).await?;
         let mut reg = self.inner.registry();
+        if self.inner.is_shut() {
+            drop(reg);
+            return Err(shut_meanwhile(open));
+        }
         reg.listeners.insert(id, open);
         self.inner.sockets.store(Arc::new(reg.sockets()));
         Ok(ListenerInfo {
@@ -527,7 +581,8 @@ impl Messenger {
         endpoint: &Endpoint,
         handler: Option<Handler>,
     ) -> Result<ConnectionId, Error> {
-        let _one_at_a_time = self.inner.connecting.lock().await;
+        let turn = self.inner.dial_turn(endpoint);
+        let _ours = turn.turn.lock().await;
         if self.inner.is_shut() {
             return Err(Error::Shutdown);
         }
@@ -539,8 +594,18 @@ impl Messenger {
         }
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let opening = self.inner.opening(self.inner.identity.clone());
-        let open = connection::open(&opening, id, endpoint, handler).await?;
+        // A shutdown ends the dial (a silent peer would hold it for
+        // `connect_timeout`); dropped, it stops what it started.
+        let open = tokio::select! {
+            biased;
+            () = self.inner.loops.stop.cancelled() => return Err(Error::Shutdown),
+            open = connection::open(&opening, id, endpoint, handler) => open?,
+        };
         let mut reg = self.inner.registry();
+        if self.inner.is_shut() {
+            drop(reg);
+            return Err(shut_meanwhile(open));
+        }
         reg.connections.insert(id, open);
         reg.pool.insert(endpoint.clone(), id);
         self.inner.sockets.store(Arc::new(reg.sockets()));
