@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import traceback
 
 import pytest
 
@@ -131,6 +132,8 @@ def test_waiters_run_once_in_their_context_and_a_raising_one_is_reported(place):
         assert seen == [("first", b"cb", "at add")]
         assert len(reported) == 1
         assert isinstance(reported[0]["exception"], RuntimeError)
+        # With its traceback, down to the waiter that raised.
+        assert "broken" in "".join(traceback.format_exception(reported[0]["exception"]))
         assert reported[0]["future"] is fut
         await close(client, server)
 

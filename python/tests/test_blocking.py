@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 import time
 
 import pytest
@@ -119,6 +120,8 @@ def test_a_server_loop_that_raises_is_logged_counted_and_survives(place, caplog)
         records = [r for r in caplog.records if r.name == "messenger"]
         assert len(records) == 1, records
         assert records[0].exc_info and "the handler broke" in str(records[0].exc_info[1])
+        # With its traceback, down to the handler's own frame.
+        assert "in answer" in "".join(traceback.format_exception(*records[0].exc_info))
         assert "server-loop" in records[0].threadName
 
 
@@ -172,6 +175,9 @@ def test_a_callback_that_raises_is_logged_and_counted(place, caplog):
             while client.stats()["callback_errors"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
         assert client.stats()["callback_errors"] == 1
+        records = [r for r in caplog.records if r.name == "messenger"]
+        assert len(records) == 1, records
+        assert "in bad" in "".join(traceback.format_exception(*records[0].exc_info))
         # Still usable.
         assert client.request(conn, messenger.ECHO, b"y").body == b"y"
 
