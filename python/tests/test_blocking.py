@@ -6,6 +6,7 @@ and a server loop that raises."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 import time
@@ -305,3 +306,36 @@ def test_msgpack_bodies(place):
         assert messenger.unpack(reply) == {"sum": 6, "tag": "t"}
         with pytest.raises(ValueError):
             messenger.unpack(b"\xc1")
+
+
+
+def _os_threads():
+    """This process's OS threads: id -> name (Linux keeps 15 bytes)."""
+    threads = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                threads[task] = f.read().strip()
+        except FileNotFoundError:
+            pass  # ended meanwhile
+    return threads
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_close_ends_the_callback_thread(place):
+    """A closed messenger the program still holds keeps no thread: its
+    callback thread ends once the callbacks it was given have run."""
+    m = messenger.Messenger()
+    bound = m.listen_for_connection(place("inproc"), lambda i, r: None)
+    conn = m.make_connection(bound)
+    before = _os_threads()
+    got = threading.Event()
+    m.send_message(conn, messenger.ECHO, b"x", callback=lambda reply: got.set())
+    assert got.wait(10)
+    started = {t: n for t, n in _os_threads().items() if t not in before and "-ca" in n}
+    assert len(started) == 1, (before, _os_threads())
+    m.close()
+    deadline = time.monotonic() + 10
+    while started.keys() & _os_threads().keys() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not started.keys() & _os_threads().keys(), f"{started} outlived close()"
