@@ -258,7 +258,9 @@ pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr, counter:
         })
         .and_then(|logger| {
             let kwargs = PyDict::new(py);
-            kwargs.set_item("exc_info", err.value(py))?;
+            // The value with its traceback attached: `value` leaves
+            // `__traceback__` unset before Python 3.12.
+            kwargs.set_item("exc_info", err.clone_ref(py).into_value(py))?;
             logger
                 .bind(py)
                 .call_method("error", ("%s", message), Some(&kwargs))

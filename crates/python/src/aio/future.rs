@@ -227,7 +227,7 @@ impl RequestFuture {
                 let context = PyDict::new(py);
                 let reported = context
                     .set_item("message", "Exception in a callback of a messenger request")
-                    .and_then(|()| context.set_item("exception", e.value(py)))
+                    .and_then(|()| context.set_item("exception", e.clone_ref(py).into_value(py)))
                     .and_then(|()| context.set_item("future", slf))
                     .and_then(|()| {
                         slf.get()
