@@ -212,7 +212,10 @@ impl Messenger {
             m.begin_shutdown();
             return Ok(());
         }
-        wait(py, self.core.runtime, async move { m.shutdown().await })
+        wait(py, self.core.runtime, async move { m.shutdown().await })?;
+        // Every callback has its outcome now (a reply, or Shutdown).
+        self.core.release_callback_thread();
+        Ok(())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

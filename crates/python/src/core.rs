@@ -139,6 +139,16 @@ impl Core {
         let _ = tx.send(job);
         Ok(())
     }
+
+    /// Lets the callback thread go (the messenger is shut down): it ends
+    /// once it has run the callbacks it was given. A callback that comes
+    /// later still runs, on a thread started for it.
+    pub(crate) fn release_callback_thread(&self) {
+        self.callbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 impl Drop for Core {
