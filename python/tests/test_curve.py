@@ -117,6 +117,13 @@ def test_curve_settings_are_checked():
         messenger.Curve(pair, server_key="too short")
     with pytest.raises(ValueError, match="empty allow list"):
         messenger.Curve(pair, allow=[])
+    # Any iterable of keys, as the stub says: a set, a generator, dict keys.
+    friends = [messenger.KeyPair.generate().public for _ in range(2)]
+    for allow in [set(friends), frozenset(friends), (k for k in friends), dict.fromkeys(friends).keys()]:
+        assert sorted(messenger.Curve(pair, allow=allow).allow) == sorted(friends)
+    # One key given as a str is not a list of its characters.
+    with pytest.raises(TypeError, match="allow"):
+        messenger.Curve(pair, allow=friends[0])
     with pytest.raises(TypeError):
         messenger.Messenger(curve="not a Curve")
     assert messenger.KeyPair.from_secret(pair.secret_z85()).public == pair.public
