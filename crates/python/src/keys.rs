@@ -4,7 +4,9 @@
 //! half, generating) are the library's.
 
 use messenger::curve::{KeyPair as RustKeyPair, PublicKey, SecretKey};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::convert;
 use crate::errors::invalid;
@@ -72,6 +74,20 @@ pub(crate) struct CurveSettings {
     allow: Option<Vec<PublicKey>>,
 }
 
+/// The keys of an allow list: any iterable of Z85 public keys (a list, a
+/// set, a generator), but not one key given as a str, whose characters
+/// would each be read as a key.
+fn allow_list(py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<PublicKey>> {
+    if keys.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "allow must be an iterable of Z85 public keys, not one key (give [key])",
+        ));
+    }
+    keys.try_iter()?
+        .map(|k| convert::public_key(py, &k?.extract::<String>()?))
+        .collect()
+}
+
 #[pymethods]
 impl CurveSettings {
     /// ``keys``: a ``KeyPair``; ``server_key``: the server's public key
@@ -83,16 +99,10 @@ impl CurveSettings {
         py: Python<'_>,
         keys: Py<KeyPair>,
         server_key: Option<&str>,
-        allow: Option<Vec<String>>,
+        allow: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let server_key = server_key.map(|k| convert::public_key(py, k)).transpose()?;
-        let allow = allow
-            .map(|keys| {
-                keys.iter()
-                    .map(|k| convert::public_key(py, k))
-                    .collect::<PyResult<Vec<_>>>()
-            })
-            .transpose()?;
+        let allow = allow.map(|keys| allow_list(py, &keys)).transpose()?;
         if allow.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid(
                 py,
