@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import traceback
 import time
@@ -339,3 +341,44 @@ def test_close_ends_the_callback_thread(place):
     while started.keys() & _os_threads().keys() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not started.keys() & _os_threads().keys(), f"{started} outlived close()"
+
+
+_EXIT_WHILE_BUSY = r"""
+import sys, threading, time
+import messenger
+
+kind = sys.argv[1]
+server = messenger.Messenger(shutdown_grace=0.2)
+client = messenger.Messenger(shutdown_grace=0.2)
+started = threading.Event()
+
+def busy(*_):
+    # A long job in small steps: the thread gives up the GIL and takes it
+    # again, as a model server's training does.
+    started.set()
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        time.sleep(0.002) if kind != "compute" else sum(range(2000))
+
+bound = server.listen_for_connection("inproc://exit-while-busy", busy if kind != "callback" else (lambda i, r: r.reply(b"ok")))
+conn = client.make_connection(bound)
+if kind == "callback":
+    client.send_message(conn, messenger.NOOP, b"x", callback=busy)
+else:
+    client.send_message(conn, messenger.NOOP, b"x")
+assert started.wait(10)
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sleep", "compute", "callback"])
+def test_the_interpreter_exits_cleanly_while_a_handler_runs(kind):
+    """A program that ends while a server loop or a callback still runs
+    Python code exits like one whose daemon thread does: cleanly, once
+    close's grace is over. It crashed (SIGSEGV, or an abort with 'Fatal
+    Python error: PyGILState_Release') when the interpreter ended the
+    thread under the package's Rust frames."""
+    r = subprocess.run([sys.executable, "-c", _EXIT_WHILE_BUSY, kind],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "exiting" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert "Fatal Python error" not in r.stderr, r.stderr[-2000:]
