@@ -207,3 +207,45 @@ def test_a_messenger_belongs_to_one_loop(place):
     with pytest.raises(RuntimeError, match="another event loop"):
         asyncio.run(use())
     m._close_blocking()
+
+
+def test_what_a_dropped_messenger_started_still_ends(place):
+    """An aio.Messenger dropped without close() while calls of its are
+    pending (a temporary one, a messenger whose owner went away): each
+    still ends as it would have (its reply, its own Timeout, its result),
+    and then the messenger closes. They waited for ever before."""
+
+    async def main():
+        server = aio.Messenger()
+
+        async def slow_echo(incoming, responder):
+            await asyncio.sleep(0.2)
+            await responder.reply(incoming.body)
+
+        bound = await server.listen_for_connection(place("inproc"), slow_echo)
+
+        client = aio.Messenger()
+        conn = await client.make_connection(bound)
+        answered = client.request(conn, messenger.NOOP, b"answered", timeout=10)
+        unanswered = client.request(conn, 99, b"nobody", timeout=0.5)
+        called = asyncio.get_running_loop().create_future()
+        await client.send_message(conn, messenger.NOOP, b"cb", callback=called.set_result)
+        del client  # the last reference: dropped here, its calls pending
+        assert (await asyncio.wait_for(answered, 5)).body == b"answered"
+        with pytest.raises(messenger.Timeout):
+            await asyncio.wait_for(unanswered, 5)
+        assert (await asyncio.wait_for(called, 5)).body == b"cb"
+
+        # Calls of a messenger no one holds, from the start.
+        assert await asyncio.wait_for(aio.Messenger().make_connection(bound), 5) is not None
+        await asyncio.wait_for(aio.Messenger().close(), 5)
+
+        # Once nothing of theirs is pending, the dropped messengers close:
+        # the server sees their connections go.
+        deadline = asyncio.get_running_loop().time() + 10
+        while server.stats()["connections"] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert server.stats()["connections"] == 0, server.stats()
+        await server.close()
+
+    run(main())
