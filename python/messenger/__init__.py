@@ -58,6 +58,7 @@ from ._messenger import (
     Responder,
 )
 from ._messenger import Messenger as _NativeMessenger
+from ._messenger import settle_threads as _settle_threads
 
 __all__ = [
     "ACK",
@@ -111,6 +112,11 @@ def _close_at_exit() -> None:
             getattr(m, "_close_blocking", m.close)()
         except MessengerError:
             pass
+    # Every wait of the package's ends as its messenger closes, and takes
+    # the GIL back: let each do so before the interpreter finalizes (a
+    # thread that takes it after that is ended under the extension's
+    # frames, which crashed the process).
+    _settle_threads(2.0)
 
 
 def pack(value: Any) -> bytes:

@@ -10,16 +10,14 @@ use std::time::Duration;
 use messenger::{Callback, Error};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 use tokio::runtime::Runtime;
 
 use crate::convert;
-use crate::core::{
-    CALLBACK, Core, HandlerWork, Job, MessengerBase, SERVER_LOOP, callable, log_exception,
-    spawn_worker,
-};
+use crate::core::{CALLBACK, Core, HandlerWork, MessengerBase, SERVER_LOOP, callable};
 use crate::errors::{OrRaise, to_py, to_value};
 use crate::runtime::wait;
+use crate::threads::{self, Call, Work};
 use crate::types::{Connection, Incoming, ResponderBase, destination};
 
 /// A messenger: listeners with server loops, pooled connections, sends
@@ -251,6 +249,17 @@ thread_local! {
     static IN_SERVER_LOOP: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Marks the calling thread as in messenger `owner`'s server loop (what
+/// `close` looks at), until [`leave_server_loop`].
+pub(crate) fn enter_server_loop(owner: u64) {
+    IN_SERVER_LOOP.set(owner);
+}
+
+/// The end of [`enter_server_loop`]'s mark.
+pub(crate) fn leave_server_loop() {
+    IN_SERVER_LOOP.set(0);
+}
+
 /// A server loop for the library that hands each message to `server_loop`
 /// on a thread of its own (named after the messenger), in arrival order.
 /// The library's handler future waits until Python is done with the
@@ -263,34 +272,28 @@ fn server_loop_on_thread(
 ) -> PyResult<
     impl Fn(messenger::Incoming, messenger::Responder) -> HandlerWork + Send + Sync + 'static,
 > {
+    let py = server_loop.py();
     let handler = callable(server_loop, SERVER_LOOP)?;
-    let thread = spawn_worker(core.loop_thread_name())?;
-    let (owner, runtime, counters) = (core.serial, core.runtime, Arc::clone(&core.counters));
+    let thread = threads::start(py, core.loop_thread_name())?;
+    let (owner, runtime) = (core.serial, core.runtime);
+    let errors = Arc::clone(&core.counters.server_loop_errors);
     Ok(
         move |msg: messenger::Incoming, r: messenger::Responder| -> HandlerWork {
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let handler = Arc::clone(&handler);
-            let counters = Arc::clone(&counters);
-            let job: Job = Box::new(move |py| {
-                let endpoint = msg.endpoint().to_string();
-                let call = Py::new(py, Incoming { inner: msg, owner }).and_then(|incoming| {
-                    let responder =
-                        Py::new(py, Responder::new(r, runtime, owner, endpoint.clone()))?;
-                    let outer = IN_SERVER_LOOP.replace(owner);
-                    let called = handler.bind(py).call1((incoming, responder));
-                    IN_SERVER_LOOP.set(outer);
-                    called
-                });
-                if let Err(e) = call {
-                    let what = format!("server loop on {endpoint} raised; it goes on");
-                    log_exception(py, &what, &e, &counters.server_loop_errors);
-                }
-                drop(done);
+            let endpoint = msg.endpoint().to_string();
+            let what = format!("server loop on {endpoint} raised; it goes on");
+            let call: Call = Box::new(move |py| {
+                let incoming = Py::new(py, Incoming { inner: msg, owner })?;
+                let responder = Py::new(py, Responder::new(r, runtime, owner, endpoint))?;
+                let args = PyTuple::new(py, [incoming.into_any(), responder.into_any()])?;
+                Ok((handler.clone_ref(py), args.unbind()))
             });
-            let queued = thread.send(job).is_ok();
+            let work = Work::new(call, what, Arc::clone(&errors), owner, Some(done));
+            let queued = thread.send(work).is_ok();
             Box::pin(async move {
                 if queued {
-                    // Resolved (closed) when the job has run or was dropped.
+                    // Resolved (closed) when the call is over or was dropped.
                     let _ = finished.await;
                 }
             })
@@ -301,21 +304,22 @@ fn server_loop_on_thread(
 /// A library callback that calls `f(reply_or_exception)` on the
 /// messenger's callback thread.
 fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback> {
+    let py = f.py();
     let f = callable(f, CALLBACK)?;
-    let core = Arc::clone(core);
+    let thread = core.callback_thread(py)?;
+    let owner = core.serial;
+    let errors = Arc::clone(&core.counters.callback_errors);
     Ok(Callback::new(move |reply| {
-        let owner = core.serial;
-        let counters = Arc::clone(&core.counters);
-        let job: Job = Box::new(move |py| {
+        let call: Call = Box::new(move |py| {
             let arg = match reply {
-                Ok(msg) => Py::new(py, Incoming { inner: msg, owner }).map(Py::into_any),
-                Err(e) => Ok(to_value(py, &e)),
+                Ok(msg) => Py::new(py, Incoming { inner: msg, owner })?.into_any(),
+                Err(e) => to_value(py, &e),
             };
-            if let Err(e) = arg.and_then(|a| f.bind(py).call1((a,))) {
-                log_exception(py, "message callback raised", &e, &counters.callback_errors);
-            }
+            Ok((f.clone_ref(py), PyTuple::new(py, [arg])?.unbind()))
         });
-        let _ = core.run_callback(job);
+        let work = Work::new(call, "message callback raised".into(), errors, 0, None);
+        // Refused only once the thread is gone (the interpreter exits).
+        let _ = thread.send(work);
     }))
 }
 

@@ -16,17 +16,19 @@ use tokio::runtime::Runtime;
 use crate::convert;
 use crate::errors::{OrRaise, raise};
 use crate::runtime::runtime;
+use crate::threads::{self, Work};
 
 /// Counts messengers, so each destination object knows its own.
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
-/// What the binding counts beyond the library's counters.
+/// What the binding counts beyond the library's counters (each shared
+/// with the package threads' calls that count into it).
 #[derive(Default)]
 pub(crate) struct Counters {
     /// Exceptions raised by server loops (logged, never fatal).
-    pub(crate) server_loop_errors: AtomicU64,
+    pub(crate) server_loop_errors: Arc<AtomicU64>,
     /// Exceptions raised by message-specific callbacks (logged).
-    pub(crate) callback_errors: AtomicU64,
+    pub(crate) callback_errors: Arc<AtomicU64>,
 }
 
 /// A library messenger as the binding holds it.
@@ -43,8 +45,8 @@ pub(crate) struct Core {
     /// The binding's own counters.
     pub(crate) counters: Arc<Counters>,
     /// The thread that runs blocking message-specific callbacks, started
-    /// at the first one.
-    callbacks: Mutex<Option<mpsc::Sender<Job>>>,
+    /// at the first one, and let go when the messenger is closed.
+    callbacks: Mutex<CallbackThread>,
     /// Numbers the server-loop threads.
     next_loop: AtomicU64,
 }
@@ -75,7 +77,7 @@ impl Core {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             runtime,
             counters: Arc::default(),
-            callbacks: Mutex::new(None),
+            callbacks: Mutex::new(CallbackThread::NotYet),
             next_loop: AtomicU64::new(1),
         }))
     }
@@ -123,32 +125,39 @@ impl Core {
         format!("messenger-{}-server-loop-{n}", self.serial)
     }
 
-    /// Runs `job` on this messenger's callback thread (started now if it
-    /// is not running).
-    pub(crate) fn run_callback(&self, job: Job) -> PyResult<()> {
+    /// Where a message-specific callback of this messenger is sent to
+    /// run: its callback thread, started now if it is not running. After
+    /// close, a thread of its own, which ends once it has run it.
+    pub(crate) fn callback_thread(&self, py: Python<'_>) -> PyResult<mpsc::Sender<Work>> {
         let mut slot = self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = match &*slot {
-            Some(tx) => tx.clone(),
-            None => {
-                let tx = spawn_worker(format!("messenger-{}-callbacks", self.serial))?;
-                *slot = Some(tx.clone());
-                tx
+        let name = format!("messenger-{}-callbacks", self.serial);
+        match &*slot {
+            CallbackThread::Running(tx) => Ok(tx.clone()),
+            CallbackThread::NotYet => {
+                let tx = threads::start(py, name)?;
+                *slot = CallbackThread::Running(tx.clone());
+                Ok(tx)
             }
-        };
-        // The thread ends only when the sender goes: it cannot be gone.
-        let _ = tx.send(job);
-        Ok(())
+            CallbackThread::LetGo => threads::start(py, name),
+        }
     }
 
     /// Lets the callback thread go (the messenger is shut down): it ends
-    /// once it has run the callbacks it was given. A callback that comes
-    /// later still runs, on a thread started for it.
+    /// once it has run the callbacks it was given.
     pub(crate) fn release_callback_thread(&self) {
-        self.callbacks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        *self.callbacks.lock().unwrap_or_else(|p| p.into_inner()) = CallbackThread::LetGo;
     }
+}
+
+/// A messenger's callback thread (see `Core::callbacks`).
+enum CallbackThread {
+    /// No callback yet.
+    NotYet,
+    /// Started: where its calls go.
+    Running(mpsc::Sender<Work>),
+    /// The messenger is closed: the thread ends once every callback given
+    /// to it has run (each holds a sender).
+    LetGo,
 }
 
 impl Drop for Core {
@@ -197,61 +206,6 @@ pub(crate) fn callable(f: Bound<'_, PyAny>, how: &str) -> PyResult<Arc<Py<PyAny>
     Ok(Arc::new(f.unbind()))
 }
 
-/// Work for a thread of the package's: run with the GIL held.
-pub(crate) type Job = Box<dyn FnOnce(Python<'_>) + Send>;
-
-/// Starts a thread called `name` that runs each job sent to it, holding
-/// the GIL only while a job runs (it waits for the next one without it). It ends when every sender is gone. Python sees it by
-/// its name (`threading.current_thread().name`, and in log records).
-pub(crate) fn spawn_worker(name: String) -> PyResult<mpsc::Sender<Job>> {
-    let (tx, rx) = mpsc::channel::<Job>();
-    let python_name = name.clone();
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            // The thread keeps one Python thread state for its whole life:
-            // each job's attach would otherwise make and destroy one, and
-            // Python 3.13 drops the thread's `threading` object (and so
-            // its name: "Dummy-N" again) with it. Taken while attached, so
-            // the attach's end releases the GIL but not the state.
-            let kept = Python::try_attach(|py| {
-                name_python_thread(py, &python_name);
-                // SAFETY: the GIL is held (inside attach); the count it
-                // adds is given back below, under the GIL again.
-                unsafe { pyo3::ffi::PyGILState_Ensure() }
-            });
-            while let Ok(job) = rx.recv() {
-                // None while the interpreter shuts down: the job is
-                // dropped, which ends what waits on it.
-                let _ = Python::try_attach(job);
-            }
-            if let Some(kept) = kept {
-                // None while the interpreter shuts down: the state is then
-                // freed with the interpreter, and this thread must not
-                // take the GIL.
-                // SAFETY: `kept` came from the Ensure above, on this
-                // thread, and is released once, with the GIL held.
-                let _ = Python::try_attach(|_| unsafe { pyo3::ffi::PyGILState_Release(kept) });
-            }
-        })
-        .map_err(|e| {
-            pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start a thread: {e}"))
-        })?;
-    Ok(tx)
-}
-
-/// Gives the calling thread `name` in Python's `threading` module (a
-/// thread Python did not start is otherwise "Dummy-N").
-fn name_python_thread(py: Python<'_>, name: &str) {
-    let renamed = py
-        .import("threading")
-        .and_then(|t| t.call_method0("current_thread"))
-        .and_then(|t| t.setattr("name", name));
-    if let Err(e) = renamed {
-        e.print(py);
-    }
-}
-
 /// The `messenger` logger, fetched once.
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -259,7 +213,6 @@ static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// after `message`, and counts it in `counter`. A callback's exception is
 /// the application's bug: it is reported and the messenger goes on.
 pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr, counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
     let logged = LOGGER
         .get_or_try_init(py, || {
             py.import("logging")?
@@ -280,6 +233,8 @@ pub(crate) fn log_exception(py: Python<'_>, message: &str, err: &PyErr, counter:
         // The logging machinery failed: stderr at least.
         err.print(py);
     }
+    // Counted once logged: a count seen means a record to find.
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What the blocking ``messenger.Messenger`` and ``messenger.aio.Messenger``

@@ -6,8 +6,9 @@
 //! Python exceptions in one place (`errors.rs`), and carries work between
 //! the tokio runtime and Python without either waiting on the other: the
 //! blocking API waits with the GIL released (`runtime.rs`, `blocking.rs`),
-//! callbacks run on the package's own named threads (`core.rs`), and the
-//! asyncio API resolves futures on the loop's thread (`aio.rs`). The
+//! its server loops and callbacks run on the package's own named threads
+//! (`threads.rs`), and the asyncio API resolves futures on the loop's
+//! thread (`aio.rs`). The
 //! protocol, the delivery guarantees and CURVE are the library's; nothing
 //! here reimplements them. design/ARCHITECTURE.md, "The Python binding",
 //! draws where the GIL is taken and released.
@@ -19,6 +20,7 @@ mod core;
 mod errors;
 mod keys;
 mod runtime;
+mod threads;
 mod types;
 
 use pyo3::prelude::*;
@@ -43,6 +45,8 @@ fn _messenger(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::Peer>()?;
     m.add_class::<keys::KeyPair>()?;
     m.add_class::<keys::CurveSettings>()?;
+    m.add_class::<threads::WorkQueue>()?;
+    m.add_function(wrap_pyfunction!(runtime::settle_threads, m)?)?;
     m.add("NOOP", messenger::NOOP)?;
     m.add("ECHO", messenger::ECHO)?;
     m.add("ACK", messenger::ACK)?;

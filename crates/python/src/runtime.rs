@@ -12,7 +12,7 @@
 //! and the parent's is left alone (leaked), never touched.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -139,6 +139,7 @@ where
             "a blocking messenger call on a runtime thread",
         ));
     }
+    let _counted = Waiting::new();
     let mut fut = std::pin::pin!(fut);
     loop {
         // The timer is made inside `block_on`, where the runtime's context is.
@@ -149,4 +150,60 @@ where
             Err(_) => py.check_signals()?,
         }
     }
+}
+
+/// Threads inside one of the package's waits, which take the GIL back when
+/// it ends: the exit hook waits for none to be left ([`settle_threads`]).
+/// CPython ends a thread that takes the GIL while the interpreter is
+/// finalizing by unwinding its stack, and a stack with the extension's
+/// frames on it cannot be unwound (the process crashed).
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one thread in [`WAITING`] while it lives.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Self {
+        WAITING.fetch_add(1, Ordering::AcqRel);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs `f` with the GIL released, counted in [`WAITING`] until the GIL
+/// is back.
+pub(crate) fn detached<T, F>(py: Python<'_>, f: F) -> T
+where
+    F: pyo3::marker::Ungil + FnOnce() -> T,
+    T: pyo3::marker::Ungil,
+{
+    let _counted = Waiting::new();
+    py.detach(f)
+}
+
+/// The exit hook's last step (`messenger/__init__.py`), once every
+/// messenger is closed: waits, with the GIL released and for at most
+/// `timeout` seconds, until no thread is inside one of the package's waits
+/// (each of them ends at once when its messenger closes, and must take the
+/// GIL back before the interpreter finalizes). Whether none is left.
+#[pyfunction]
+pub(crate) fn settle_threads(py: Python<'_>, timeout: f64) -> bool {
+    let limit = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+    let end = std::time::Instant::now() + limit;
+    py.detach(|| {
+        loop {
+            if WAITING.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
 }
