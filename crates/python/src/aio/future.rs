@@ -62,6 +62,11 @@ pub(super) fn drain(requests: &SharedRequests) -> HashMap<u64, Py<RequestFuture>
     std::mem::take(&mut lock(requests).open)
 }
 
+/// Whether no request is open.
+pub(super) fn is_idle(requests: &SharedRequests) -> bool {
+    lock(requests).open.is_empty()
+}
+
 /// The future of request `id`, if it is still open.
 pub(super) fn find(
     py: Python<'_>,
@@ -389,6 +394,11 @@ impl RequestFuture {
             (spent, std::mem::take(&mut st.callbacks))
         };
         let gone = lock(&me.requests).open.remove(&me.id);
+        if let Outcome::Pending { waker, .. } = &spent {
+            // Its id, polled and found gone: the loop's wake-up looks
+            // whether its messenger, if dropped, has anything left.
+            waker.wake_by_ref();
+        }
         // The library's future, dropped: it unregisters its callback.
         drop((spent, gone));
         for (callback, context) in callbacks {

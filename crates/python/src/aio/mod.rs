@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use messenger::{Callback, Error};
@@ -55,6 +55,8 @@ enum Event {
     Call {
         callback: Arc<Py<PyAny>>,
         reply: Result<messenger::Incoming, Error>,
+        /// Counts it among the callbacks still to run until it has.
+        _pending: PendingCallback,
     },
     /// A message for a server loop; `done` is dropped when its handling
     /// ends, which frees the library's handler slot.
@@ -96,6 +98,35 @@ struct Hub {
     wake: UnixStream,
     /// Watched by the loop (`add_reader`), drained when it wakes.
     watched: UnixStream,
+    /// Message-specific callbacks given and not yet run (or dropped).
+    callbacks: AtomicUsize,
+    /// Its messenger was dropped with calls pending: the loop's wake-up
+    /// keeps serving them, and lets the hub go once none is left
+    /// (`Waker::release_if_done`).
+    orphaned: AtomicBool,
+}
+
+/// One message-specific callback of an `aio.Messenger` not yet run,
+/// counted in its hub's `callbacks` while it lives: a messenger dropped
+/// with callbacks to run stays until they have.
+struct PendingCallback(Arc<Hub>);
+
+impl PendingCallback {
+    fn new(hub: &Arc<Hub>) -> Self {
+        hub.callbacks.fetch_add(1, Ordering::AcqRel);
+        PendingCallback(Arc::clone(hub))
+    }
+}
+
+impl Drop for PendingCallback {
+    fn drop(&mut self) {
+        self.0.callbacks.fetch_sub(1, Ordering::AcqRel);
+        if self.0.orphaned.load(Ordering::Acquire) {
+            // Dropped unrun (the library let the callback go): the loop
+            // looks whether anything is left.
+            self.0.signal();
+        }
+    }
 }
 
 impl Hub {
@@ -109,6 +140,8 @@ impl Hub {
             signaled: AtomicBool::new(false),
             wake,
             watched,
+            callbacks: AtomicUsize::new(0),
+            orphaned: AtomicBool::new(false),
         })
     }
 
@@ -206,6 +239,9 @@ struct Sweep {
     calls: SharedCalls,
     /// Where it is scheduled again.
     event_loop: Py<PyAny>,
+    /// Woken once it took calls out (a dropped messenger's wake-up looks
+    /// whether anything is left).
+    hub: Arc<Hub>,
 }
 
 #[pymethods]
@@ -235,6 +271,9 @@ impl Sweep {
             calls.sweeping
         };
         stopped.iter().for_each(AbortHandle::abort);
+        if !stopped.is_empty() && me.hub.orphaned.load(Ordering::Acquire) {
+            me.hub.signal();
+        }
         if again {
             me.event_loop
                 .bind(py)
@@ -256,6 +295,14 @@ struct LoopTie {
     registry: Registry,
     /// The requests in progress.
     requests: SharedRequests,
+}
+
+/// Whether a messenger's loop still has calls, requests or callbacks of
+/// its to finish.
+fn busy(hub: &Hub, registry: &Registry, requests: &SharedRequests) -> bool {
+    !lock(&registry.calls).open.is_empty()
+        || !future::is_idle(requests)
+        || hub.callbacks.load(Ordering::Acquire) > 0
 }
 
 /// Where calls are registered: the calls in progress, and the sweep
@@ -363,11 +410,28 @@ impl Waker {
                 e.print(py);
             }
         }
-        Ok(())
+        self.release_if_done(py)
     }
 }
 
 impl Waker {
+    /// Its messenger was dropped with calls pending (see
+    /// `AsyncMessenger`'s drop), and none is left now: the loop stops
+    /// watching the hub, and drops this wake-up and, with it, the last
+    /// hold on the library's messenger, which closes.
+    fn release_if_done(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.hub.orphaned.load(Ordering::Acquire)
+            || busy(&self.hub, &self.registry, &self.requests)
+        {
+            return Ok(());
+        }
+        self.event_loop.bind(py).call_method1(
+            intern!(py, "remove_reader"),
+            (self.hub.watched.as_raw_fd(),),
+        )?;
+        Ok(())
+    }
+
     /// Call `id`'s future, closed, if it is still waiting for its result
     /// (not cancelled by its caller meanwhile).
     fn finish(&self, py: Python<'_>, id: u64) -> PyResult<Option<Py<PyAny>>> {
@@ -399,7 +463,9 @@ impl Waker {
                     }
                 };
             }
-            Event::Call { callback, reply } => {
+            Event::Call {
+                callback, reply, ..
+            } => {
                 let arg = match reply {
                     Ok(msg) => Py::new(py, Incoming { inner: msg, owner })?.into_any(),
                     Err(e) => to_value(py, &e),
@@ -621,6 +687,7 @@ impl AsyncMessenger {
                     Sweep {
                         calls: Arc::clone(&calls),
                         event_loop: running.clone().unbind(),
+                        hub: Arc::clone(&hub),
                     },
                 )?;
                 let registry = Registry {
@@ -878,8 +945,13 @@ impl AsyncMessenger {
             Some(f) => {
                 let f = callable(f, CALLBACK)?;
                 let hub = Arc::clone(&bound.hub);
+                let pending = PendingCallback::new(&hub);
                 Some(Callback::new(move |reply| {
-                    hub.push(Event::Call { callback: f, reply })
+                    hub.push(Event::Call {
+                        callback: f,
+                        reply,
+                        _pending: pending,
+                    })
                 }))
             }
         };
@@ -998,6 +1070,16 @@ impl Drop for AsyncMessenger {
         if crate::runtime::pid() != self.core.pid {
             // A forked child: the loop is the parent's; leave it.
             std::mem::forget(bound);
+            return;
+        }
+        if busy(&bound.hub, &bound.registry, &bound.requests) {
+            // Dropped with calls pending (a temporary messenger, or one
+            // whose owner went away): each still ends as it would have,
+            // its reply, its own deadline, its result. The loop keeps its
+            // wake-up, which holds the library's messenger, until none is
+            // left (`Waker::release_if_done`); the rest of the tie goes.
+            bound.hub.orphaned.store(true, Ordering::Release);
+            bound.hub.signal();
             return;
         }
         // Open requests hold handles of the messenger: they must go for
