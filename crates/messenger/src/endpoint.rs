@@ -33,6 +33,10 @@ pub(crate) enum EndpointError {
     /// `inproc://` with nothing after it.
     #[error("inproc endpoint {0:?} has an empty name")]
     EmptyName(String),
+    /// A NUL byte, which no path, host or name can hold (an ipc path with
+    /// one failed only at bind or connect, as a bind error or a refusal).
+    #[error("endpoint {0:?} contains a NUL byte")]
+    Nul(String),
 }
 
 /// Where a listener binds or a connection connects, parsed from the
@@ -91,6 +95,9 @@ impl FromStr for Endpoint {
 
 /// Parses an endpoint, naming what is wrong with one that is not.
 fn parse(s: &str) -> Result<Endpoint, EndpointError> {
+    if s.contains('\0') {
+        return Err(EndpointError::Nul(s.to_owned()));
+    }
     let (scheme, rest) = s
         .split_once("://")
         .ok_or_else(|| EndpointError::MissingScheme(s.to_owned()))?;
@@ -222,12 +229,15 @@ mod tests {
             ("tcp://:80", |e| matches!(e, EmptyHost(_))),
             ("ipc://", |e| matches!(e, EmptyPath(_))),
             ("inproc://", |e| matches!(e, EmptyName(_))),
+            ("ipc:///tmp/a\0b", |e| matches!(e, Nul(_))),
+            ("tcp://h\0st:80", |e| matches!(e, Nul(_))),
+            ("inproc://a\0", |e| matches!(e, Nul(_))),
         ];
         for (s, check) in cases {
             let err = parse(s).expect_err(s);
             assert!(check(&err), "{s}: wrong error {err:?}");
             assert!(
-                err.to_string().contains(s),
+                err.to_string().contains(&format!("{s:?}")),
                 "error should quote the input: {err}"
             );
         }
