@@ -215,6 +215,11 @@ def test_errors_are_one_hierarchy_with_the_command_lines_messages(bin_path, plac
         messenger.Messenger(request_timeout=-1)
     with pytest.raises(TypeError, match="no_such_setting"):
         messenger.Messenger(no_such_setting=1)
+    # A bool is an int to Python, never a count or a number of seconds here.
+    with pytest.raises(TypeError, match="max_message_size must be an int"):
+        messenger.Messenger(max_message_size=True)
+    with pytest.raises(TypeError, match="request_timeout must be a number of seconds"):
+        messenger.Messenger(request_timeout=True)
     # Counts too large for the runtime to hold: named, not a PanicException
     # (a BaseException) from a runtime thread.
     for name, value in [("max_concurrent_handlers", 2**62), ("slc_queue_capacity", 2**62),

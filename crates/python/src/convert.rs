@@ -22,6 +22,12 @@ pub(crate) fn endpoint(py: Python<'_>, s: &str) -> PyResult<Endpoint> {
 
 /// Seconds (an int or a float, finite and not negative) as a duration.
 pub(crate) fn seconds(py: Python<'_>, what: &str, value: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    // A bool is an int to Python: `timeout=True` is a mistake, not 1 s.
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a number of seconds"
+        )));
+    }
     let s: f64 = value
         .extract()
         .map_err(|_| PyTypeError::new_err(format!("{what} must be a number of seconds")))?;
@@ -44,7 +50,10 @@ fn count<T: for<'a, 'py> FromPyObject<'a, 'py>>(
     name: &str,
     value: &Bound<'_, PyAny>,
 ) -> PyResult<T> {
-    if !value.is_instance_of::<pyo3::types::PyInt>() {
+    // A bool is an int to Python: `max_frames=True` is a mistake, not 1.
+    if !value.is_instance_of::<pyo3::types::PyInt>()
+        || value.is_instance_of::<pyo3::types::PyBool>()
+    {
         return Err(PyTypeError::new_err(format!(
             "{} must be an int",
             field(name)
