@@ -137,7 +137,9 @@ def unpack(body: Union[bytes, bytearray, memoryview, Incoming]) -> Any:
     try:
         return msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise InvalidArgument(f"cannot decode the body: not MessagePack: {e}") from None
+        # Some of msgpack's exceptions carry no message: their name, then.
+        why = str(e) or type(e).__name__
+        raise InvalidArgument(f"cannot decode the body: not MessagePack: {why}") from None
 
 
 del _errors
