@@ -299,6 +299,97 @@ async fn an_error_reason_reaches_a_client_terminal_escaped() {
     );
 }
 
+/// Runs `messenger ARGS` with its stdout on a pseudo-terminal (what a
+/// user's shell gives it); returns what reached the terminal and whether
+/// it succeeded, within `limit`.
+fn run_on_a_terminal(args: &[&str], limit: Duration) -> (Vec<u8>, bool) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors it opened into the two ints;
+    // the name, termios and winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both are open descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn messenger");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // EIO once the child (the slave's last holder) has gone.
+        let _ = std::fs::File::from(master).read_to_end(&mut out);
+        out
+    });
+    let status = wait_child(&mut child, limit).expect("wait for messenger");
+    let out = reader.join().expect("the reader");
+    (out, status.is_some_and(|s| s.success()))
+}
+
+/// A reply's body is the peer's too: `messenger request` shows it on a
+/// terminal with its control bytes escaped (an OSC sequence set the
+/// terminal's title, CSI cleared the screen), and writes it as it is into
+/// a pipe, where a script wants the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_body_reaches_a_terminal_escaped() {
+    let p = common::place("tcp");
+    let server = messenger::Messenger::new().unwrap();
+    let bound = server
+        .listen_for_connection(
+            &p.endpoint,
+            |_: messenger::Incoming, r: messenger::Responder| {
+                let _ = r.try_reply(hostile_reason());
+            },
+        )
+        .await
+        .unwrap();
+    let ep = bound.endpoint.to_string();
+    let args = ["request", ep.as_str(), "hi", "--timeout", "5s"];
+    let (shown, ok) = tokio::task::spawn_blocking({
+        let args = args.map(str::to_owned);
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_on_a_terminal(&args, Duration::from_secs(15))
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("on a terminal: {:?}", String::from_utf8_lossy(&shown));
+    assert!(ok, "request failed: {:?}", String::from_utf8_lossy(&shown));
+    assert!(
+        shown.windows(4).any(|w| w == b"nope"),
+        "the reply did not reach the terminal: the check would be vacuous"
+    );
+    let wrong = injected(&shown);
+    assert!(
+        wrong.is_empty(),
+        "the reply reached the terminal raw: {wrong:?}"
+    );
+
+    let piped = Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run request");
+    assert!(piped.status.success(), "{piped:?}");
+    let mut want = hostile_reason();
+    want.push(b'\n');
+    assert_eq!(piped.stdout, want, "into a pipe the body goes as it is");
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Fault: ERROR reasons in serve's log
 
