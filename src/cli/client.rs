@@ -94,9 +94,40 @@ pub async fn request(args: MessageArgs) -> Result<(), String> {
     m.shutdown().await;
     let reply = result.map_err(|e| explain(e, "reply", args.timeout))?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&reply.body)
+    // The body is the peer's: on a terminal its control bytes would be
+    // the terminal's commands (an OSC sequence sets its title, CSI clears
+    // it, a newline or a carriage return forges a line of ours). Into a
+    // pipe or a file it goes as it is: a script wants the bytes.
+    let written = if std::io::IsTerminal::is_terminal(&out) {
+        out.write_all(shown_on_a_terminal(&reply.body).as_bytes())
+    } else {
+        out.write_all(&reply.body)
+    };
+    written
         .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
         .map_err(|e| e.to_string())
+}
+
+/// `body` as one line a terminal shows and does not obey: UTF-8 text as it
+/// is, but control characters (newlines too) and backslashes escaped as
+/// Rust writes them (`\n`, `\u{1b}`, `\\`), and bytes that are not
+/// UTF-8 as `\xNN`.
+fn shown_on_a_terminal(body: &[u8]) -> String {
+    let mut shown = String::with_capacity(body.len());
+    for chunk in body.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                shown.extend(c.escape_default());
+            } else {
+                shown.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            shown.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    shown
 }
 
 pub async fn ping(
@@ -158,4 +189,23 @@ pub async fn ping(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_on_a_terminal;
+
+    #[test]
+    fn a_terminal_is_shown_text_and_never_obeys_it() {
+        assert_eq!(
+            shown_on_a_terminal(b"plain text, caf\xc3\xa9"),
+            "plain text, café"
+        );
+        assert_eq!(
+            shown_on_a_terminal(b"a\nb\r\x1b]0;t\x07\x1b[2J\\n\xff"),
+            "a\\nb\\r\\u{1b}]0;t\\u{7}\\u{1b}[2J\\\\n\\xff"
+        );
+        // C1 controls (U+0080-U+009F) too: some terminals obey them.
+        assert_eq!(shown_on_a_terminal("\u{9b}2J".as_bytes()), "\\u{9b}2J");
+    }
 }

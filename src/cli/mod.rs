@@ -184,7 +184,9 @@ enum Command {
     },
     /// Send BODY to callback N at ENDPOINT and wait for its ACK.
     Send(MessageArgs),
-    /// Send BODY with a callback and print the reply's body.
+    /// Send BODY with a callback and print the reply's body (on a
+    /// terminal as one line, its control bytes escaped; into a pipe or a
+    /// file as it is).
     Request(MessageArgs),
     /// ECHO round trips, like ping(8).
     Ping {
