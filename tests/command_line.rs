@@ -1,0 +1,83 @@
+//! The command line as a shell uses it: output into a pipe that closes
+//! early (`| head -1`) ends a command quietly, as it ends any Unix tool,
+//! and a nonsense argument is refused before anything runs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{no_slc, serve, wait_child};
+
+/// `ping | head -1`: the pipe closes after the first line; ping stops
+/// there, without a panic (it printed "failed printing to stdout: Broken
+/// pipe" with a backtrace, exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_into_a_pipe_closed_early_ends_quietly() {
+    let (server, bound, _p) = serve("tcp", messenger::Config::default(), no_slc).await;
+    let ep = bound.endpoint.to_string();
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
+            .args(["ping", &ep, "-c", "50", "-i", "10ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ping");
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("a line");
+        // The reader is gone: the pipe is closed, as `head -1` closes it.
+        assert!(first.starts_with("PING"), "{first:?}");
+        let status = wait_child(&mut child, Duration::from_secs(20)).expect("wait");
+        let mut stderr = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr);
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {stderr}");
+    server.shutdown().await;
+}
+
+/// `serve --stats-interval 0s` started and then panicked on a runtime
+/// thread, serving on without its stats; `ping -c 0` connected to say
+/// nothing was sent and fail. Both are refused as arguments (exit 2).
+#[test]
+fn nonsense_arguments_are_refused_before_anything_runs() {
+    for args in [
+        &[
+            "serve",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--stats-interval",
+            "0s",
+        ][..],
+        &["ping", "tcp://127.0.0.1:1", "-c", "0"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn messenger");
+        let status = wait_child(&mut child, Duration::from_secs(10)).expect("wait");
+        let mut stderr = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr);
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
