@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Nobody reads the output any more (`| head -1`): done.
+        Err(e) if e == cli::STDOUT_CLOSED => ExitCode::SUCCESS,
         Err(e) => {
             cli::fatal(&e);
             ExitCode::FAILURE

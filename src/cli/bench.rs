@@ -54,8 +54,8 @@ pub struct Args {
     pub metrics: bool,
 }
 
-fn print_table(rows: &[Row]) {
-    println!(
+fn print_table(rows: &[Row]) -> Result<(), String> {
+    say!(
         "{:<9} {:>8} {:>9} {:>14} {:>10} {:>10} {:>10} {:>10} {:>7}",
         "transport",
         "size",
@@ -66,10 +66,10 @@ fn print_table(rows: &[Row]) {
         "p99 µs",
         "p99.9 µs",
         "errors"
-    );
+    )?;
     for r in rows {
         let s = &r.sample;
-        println!(
+        say!(
             "{:<9} {:>8} {:>9} {:>14.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>7}",
             r.transport,
             human_size(r.size),
@@ -80,8 +80,9 @@ fn print_table(rows: &[Row]) {
             s.p99_us,
             s.p999_us,
             s.errors
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Runs `messenger bench`.
@@ -201,14 +202,14 @@ pub async fn run(args: Args) -> Result<(), String> {
         if let Some(h) = &histograms {
             out["metrics"] = serde_json::Value::String(h.clone());
         }
-        println!("{out}");
+        say!("{out}")?;
     } else {
-        print_table(&rows);
+        print_table(&rows)?;
         let where_ = match &args.connect {
             Some(ep) => format!("against {ep}"),
             None => "client and server in this process".into(),
         };
-        println!(
+        say!(
             "\n{} requests via {}, {where_}; closed loop, one task per request in flight; resends: {}, timeouts: {}",
             match args.via {
                 Via::Echo => "ECHO",
@@ -220,9 +221,9 @@ pub async fn run(args: Args) -> Result<(), String> {
             },
             stats.resends,
             stats.timeouts
-        );
+        )?;
         if let Some(h) = &histograms {
-            println!("\n{h}");
+            say!("\n{h}")?;
         }
     }
     Ok(())

@@ -140,7 +140,7 @@ pub async fn ping(
 ) -> Result<(), String> {
     let identity = format!("ping-{}", std::process::id());
     let (m, conn) = connect(&endpoint, identity, timeout, secret, curve).await?;
-    println!("PING {endpoint}");
+    say!("PING {endpoint}")?;
     let mut rtts = Vec::new();
     for seq in 0..count {
         if seq > 0 {
@@ -150,19 +150,19 @@ pub async fn ping(
         match m.request_with_timeout(conn, ECHO, b"", timeout).await {
             Ok(_) => {
                 let rtt = start.elapsed();
-                println!("reply from {endpoint}: seq={seq} time={:.3} ms", ms(rtt));
+                say!("reply from {endpoint}: seq={seq} time={:.3} ms", ms(rtt))?;
                 rtts.push(rtt);
             }
-            Err(e) => println!(
+            Err(e) => say!(
                 "no reply from {endpoint}: seq={seq}: {}",
                 explain(e, "reply", timeout)
-            ),
+            )?,
         }
     }
     m.shutdown().await;
-    println!("--- {endpoint} ping statistics ---");
+    say!("--- {endpoint} ping statistics ---")?;
     let lost = count as usize - rtts.len();
-    println!(
+    say!(
         "{count} sent, {} received, {:.1}% loss",
         rtts.len(),
         if count == 0 {
@@ -170,20 +170,20 @@ pub async fn ping(
         } else {
             100.0 * lost as f64 / count as f64
         }
-    );
+    )?;
     if rtts.is_empty() {
         return Err(format!("no replies from {endpoint}"));
     }
     rtts.sort();
     let sum: Duration = rtts.iter().sum();
     let p99 = rtts[((rtts.len() * 99).div_ceil(100)).saturating_sub(1)];
-    println!(
+    say!(
         "rtt min/avg/max/p99 = {:.3}/{:.3}/{:.3}/{:.3} ms",
         ms(rtts[0]),
         ms(sum / rtts.len() as u32),
         ms(rtts[rtts.len() - 1]),
         ms(p99)
-    );
+    )?;
     Ok(())
 }
 

@@ -31,18 +31,18 @@ fn indent(text: &str) -> String {
 
 async fn run_in(dir: &std::path::Path) -> Result<(), String> {
     let total = Instant::now();
-    println!("messenger demo: three users' scenarios in one process\n");
+    say!("messenger demo: three users' scenarios in one process\n")?;
 
     let t = Instant::now();
-    println!("0. transports: ECHO and server-loop round trips on each transport");
+    say!("0. transports: ECHO and server-loop round trips on each transport")?;
     transports(dir).await?;
-    println!("  ({:.1} s)\n", t.elapsed().as_secs_f64());
+    say!("  ({:.1} s)\n", t.elapsed().as_secs_f64())?;
 
     let t = Instant::now();
-    println!(
+    say!(
         "1. replication over tcp: a primary streams log batches to two replicas; \
          replica-2 is killed after 100 commits and restarted empty on its port"
-    );
+    )?;
     let report = replication::run(replication::ReplicationOptions {
         batches: 300,
         batch_size: 32,
@@ -51,14 +51,14 @@ async fn run_in(dir: &std::path::Path) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("replication: {e}"))?;
-    print!("{}", indent(&report.to_string()));
-    println!("  ({:.1} s)\n", t.elapsed().as_secs_f64());
+    say!("{}", indent(&report.to_string()).trim_end_matches('\n'))?;
+    say!("  ({:.1} s)\n", t.elapsed().as_secs_f64())?;
 
     let t = Instant::now();
-    println!(
+    say!(
         "2. model-server loop over ipc: the manager starts a stand-in model server that \
          resends CONNECTED twice more, then PRINTs and QUITs it"
-    );
+    )?;
     let mut messages = vec!["hello".to_string()];
     messages.extend((1..200).map(|i| format!("hello {i}")));
     let report = model_server::run(
@@ -75,24 +75,24 @@ async fn run_in(dir: &std::path::Path) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("model server: {e}"))?;
-    print!("{}", indent(&report.to_string()));
-    println!("  ({:.1} s)\n", t.elapsed().as_secs_f64());
+    say!("{}", indent(&report.to_string()).trim_end_matches('\n'))?;
+    say!("  ({:.1} s)\n", t.elapsed().as_secs_f64())?;
 
     let t = Instant::now();
-    println!(
+    say!(
         "3. in-process components over inproc: parser -> planner (request/reply), \
          parser -> executor partitions (fan-out), executor -> planner (feedback)"
-    );
+    )?;
     let report = components::run(components::ComponentsOptions::default())
         .await
         .map_err(|e| format!("components: {e}"))?;
-    print!("{}", indent(&report.to_string()));
-    println!("  ({:.1} s)\n", t.elapsed().as_secs_f64());
+    say!("{}", indent(&report.to_string()).trim_end_matches('\n'))?;
+    say!("  ({:.1} s)\n", t.elapsed().as_secs_f64())?;
 
-    println!(
+    say!(
         "all scenarios passed their checks in {:.1} s",
         total.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 
@@ -159,26 +159,32 @@ async fn round_trips(
             lat.push(t.elapsed());
         }
         let elapsed = start.elapsed();
-        println!(
+        say!(
             "  {}: ECHO \"ping\" -> {:?}; server loop -> {:?}; {n} sequential 64 B ECHOs: {:.0}/s, {}",
             bound.endpoint,
             String::from_utf8_lossy(&echo.body),
             String::from_utf8_lossy(&handled.body),
             per_second(n as u64, elapsed),
             Latency::from_samples(lat)
-        );
+        )?;
     }
     // Let the last ACKs land before counting.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let c = client.stats();
     let s = server.stats();
-    println!(
+    say!(
         "  client: sent {}, received {}, ACKs received {}, replies unanswered {}",
-        c.sent, c.received, c.acks_received, c.pending_callbacks
-    );
-    println!(
+        c.sent,
+        c.received,
+        c.acks_received,
+        c.pending_callbacks
+    )?;
+    say!(
         "  server: received {}, ACKs sent {}, ECHOs answered {}, server-loop deliveries {}",
-        s.received, s.acks_sent, s.echoes_answered, s.slc_delivered
-    );
+        s.received,
+        s.acks_sent,
+        s.echoes_answered,
+        s.slc_delivered
+    )?;
     Ok(())
 }

@@ -1,5 +1,13 @@
 //! Command-line front end. Each subcommand is a thin layer over the library.
 
+/// `println!` for a command's report: `Err` (ending the command) once
+/// stdout is closed, where `println!` panics (`| head -1`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::say(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod client;
 mod curve;
@@ -26,6 +34,31 @@ pub struct Cli {
     /// (for a log shipper). RUST_LOG filters them (default: warn).
     #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
     pub log_format: logging::LogFormat,
+}
+
+/// What a command returns when nobody reads its output any more (a pipe
+/// closed early, `| head -1`): it ends there, quietly and successfully, as
+/// Unix tools do.
+pub const STDOUT_CLOSED: &str = "stdout closed";
+
+/// Writes `line` and a newline to stdout (see [`say!`]).
+pub fn say(line: std::fmt::Arguments<'_>) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => STDOUT_CLOSED.to_owned(),
+            _ => format!("cannot write to stdout: {e}"),
+        })
+}
+
+/// A period that must not be zero (a stats line every 0 s is no period).
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must not be zero".into()),
+        d => Ok(d),
+    }
 }
 
 /// Says why the command failed, on stderr, in the log format chosen.
@@ -168,7 +201,7 @@ enum Command {
         /// Write one line to stderr this often (e.g. 10s): rates since the
         /// last line (messages/s, bytes/s, resends/s), the server loop's
         /// p50/p99 time, and the gauges now, with a timestamp.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = parse_period)]
         stats_interval: Option<Duration>,
         /// Serve Prometheus metrics over HTTP at ADDR/metrics (e.g.
         /// 127.0.0.1:9464; port 0 picks one, printed as {"metrics": URL}).
@@ -192,8 +225,8 @@ enum Command {
     Ping {
         /// Where to ping.
         endpoint: Endpoint,
-        /// Number of pings.
-        #[arg(short = 'c', long, default_value_t = 4)]
+        /// Number of pings (at least 1).
+        #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
         /// Time between pings.
         #[arg(short = 'i', long, default_value = "1s", value_parser = humantime::parse_duration)]

@@ -159,7 +159,7 @@ async fn primary(
         }
     };
     if !as_json {
-        println!("{report}");
+        say!("{report}")?;
         return Ok(());
     }
     let s = &report.primary_stats;
