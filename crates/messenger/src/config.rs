@@ -13,8 +13,9 @@ use zmtp::{CurveKeyPair, CurvePublicKey};
 
 /// Configuration of one [`Messenger`](crate::Messenger): start from the
 /// defaults and change what your deployment needs. It is checked once,
-/// when the messenger is made: no count or duration may be zero, and no
-/// count above 2^61 - 1 (what the runtime's semaphores and channels hold).
+/// when the messenger is made: no count or duration may be zero, no count
+/// above 2^61 - 1 (what the runtime's semaphores and channels hold), and
+/// no duration longer than 100 years (which stands for "no limit").
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -372,6 +373,21 @@ impl Config {
         if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return invalid(field, "must not be zero".into());
         }
+        // These may be zero, and none may be longer than a deadline can be.
+        durations.extend([
+            ("reconnect_max", self.reconnect_max),
+            ("shutdown_grace", self.shutdown_grace),
+            ("linger", self.linger),
+        ]);
+        if let Some(hb) = self.heartbeat {
+            durations.push(("heartbeat.ttl", hb.ttl));
+        }
+        if let Some((field, d)) = durations.iter().find(|(_, d)| *d > MAX_DURATION) {
+            return invalid(
+                field,
+                format!("must be at most 100 years (3,153,600,000 s), got {d:?}"),
+            );
+        }
         if self.max_command_size < MIN_COMMAND_SIZE {
             let got = self.max_command_size;
             return invalid(
@@ -415,6 +431,10 @@ pub(crate) const MIN_COMMAND_SIZE: usize = 512;
 /// channel can hold (`Semaphore::MAX_PERMITS`, 2^61 - 1), which hold the
 /// handler limit, the server loop's queue and the connection limit.
 pub(crate) const MAX_COUNT: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+/// The longest duration a field may hold: 100 years, which stands for
+/// "no limit" (a deadline further off overflows the clock).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// The largest [`Config::dedup_window`]: 2^27 ids, whose bitmap is 16 MiB
 /// per sender (the default's is 8 KiB). Beyond it one sender's
@@ -485,6 +505,67 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(largest.validate(), Ok(()));
+    }
+
+    /// Durations past what a deadline can be (`Duration::MAX`, for "no
+    /// limit") are refused here, named: added to the clock they panicked
+    /// later (a dial, the first resend, a shutdown's linger).
+    #[test]
+    fn durations_too_long_for_a_deadline_are_named() {
+        let long = Duration::MAX;
+        for (name, config) in [
+            (
+                "connect_timeout",
+                Config {
+                    connect_timeout: long,
+                    ..Config::default()
+                },
+            ),
+            (
+                "linger",
+                Config {
+                    linger: long,
+                    ..Config::default()
+                },
+            ),
+            (
+                "resend_interval",
+                Config {
+                    resend_interval: Some(long),
+                    ..Config::default()
+                },
+            ),
+            (
+                "shutdown_grace",
+                Config {
+                    shutdown_grace: long,
+                    ..Config::default()
+                },
+            ),
+            (
+                "request_timeout",
+                Config {
+                    request_timeout: long,
+                    ..Config::default()
+                },
+            ),
+            (
+                "reconnect_max",
+                Config {
+                    reconnect_max: long,
+                    ..Config::default()
+                },
+            ),
+        ] {
+            assert_eq!(field(config.validate()), name);
+        }
+        let longest = Config {
+            connect_timeout: MAX_DURATION,
+            linger: MAX_DURATION,
+            resend_interval: Some(MAX_DURATION),
+            ..Config::default()
+        };
+        assert_eq!(longest.validate(), Ok(()));
     }
 
     #[test]
