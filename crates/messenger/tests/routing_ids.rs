@@ -480,3 +480,24 @@ async fn a_restarted_messenger_loses_nothing_confirmed_on_ipc() {
 async fn a_restarted_messenger_loses_nothing_confirmed_on_inproc() {
     a_restarted_messenger_loses_nothing_confirmed("inproc").await;
 }
+
+/// The ids a messenger may announce: 1 to 255 bytes, not beginning with a
+/// zero byte (ZMTP keeps those for the ids a listener makes up for
+/// anonymous peers, and every listener refuses them). An id that no
+/// listener would take is refused when the messenger is made, named; one
+/// beginning with a zero byte was taken, and then every connection it
+/// made failed its handshake ("invalid Identity").
+#[tokio::test]
+async fn an_identity_no_listener_takes_is_refused_at_build() {
+    for bad in [&b""[..], &b"\0a"[..], &[b'x'; 256][..]] {
+        let built = Messenger::builder().identity(bad.to_vec()).build();
+        assert!(
+            matches!(&built, Err(Error::InvalidIdentity(_))),
+            "{bad:?}: {:?}",
+            built.as_ref().map(|m| m.identity().to_vec())
+        );
+    }
+    for good in [&b"a"[..], &b"a\0"[..], &[b'x'; 255][..]] {
+        assert!(Messenger::builder().identity(good.to_vec()).build().is_ok());
+    }
+}
