@@ -127,9 +127,10 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
-    /// A routing id must be 1 to 255 bytes (ZMTP).
-    #[error("identity must be 1 to 255 bytes, got {0}")]
-    InvalidIdentity(usize),
+    /// A routing id no listener would take (ZMTP: 1 to 255 bytes, the
+    /// first not zero); says which rule it breaks.
+    #[error("invalid identity: {0}")]
+    InvalidIdentity(String),
     /// A CURVE key or certificate that does not parse.
     #[error("invalid CURVE key: {0}")]
     InvalidKey(#[from] zmtp::CurveKeyError),

@@ -314,7 +314,8 @@ pub struct MessengerBuilder {
 
 impl MessengerBuilder {
     /// The routing id the messenger announces on every connection and
-    /// sends as its listeners' first frame (1 to 255 bytes). Default: one
+    /// sends as its listeners' first frame (1 to 255 bytes, the first not
+    /// zero: [`Error::InvalidIdentity`] otherwise). Default: one
     /// of its own, unique per messenger (see [`Messenger::new`]). Choose
     /// one when a peer must recognise you; two messengers with one id
     /// cannot both connect to one listener.
@@ -379,7 +380,19 @@ impl Messenger {
 
     fn start(identity: Bytes, config: Config) -> Result<Self, Error> {
         if identity.is_empty() || identity.len() > 255 {
-            return Err(Error::InvalidIdentity(identity.len()));
+            let n = identity.len();
+            return Err(Error::InvalidIdentity(format!(
+                "it must be 1 to 255 bytes, got {n}"
+            )));
+        }
+        if identity.first() == Some(&0) {
+            // Every listener refuses it at the handshake: ZMTP keeps ids
+            // beginning with a zero byte for those a listener makes up.
+            return Err(Error::InvalidIdentity(
+                "it must not begin with a zero byte (ZMTP keeps those for the ids a \
+                 listener makes up for anonymous peers)"
+                    .into(),
+            ));
         }
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
