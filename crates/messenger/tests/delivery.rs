@@ -1376,3 +1376,42 @@ async fn a_send_from_a_threads_teardown_is_delivered() {
         assert_eq!(seen.texts(), ["hello", "bye"], "{t}");
     }
 }
+
+/// `shutdown` awaited off the runtime (a plain thread's `block_on`, as
+/// `request` is): it completes, and closes the messenger. It panicked
+/// there ("there is no reactor running": its grace period's timer) after
+/// it had stopped taking sends, leaving the connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_awaited_off_the_runtime_completes() {
+    for t in TRANSPORTS {
+        let (server, bound, _p, _seen) = serve_seen(t, Config::default(), Answer::Nothing).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        eventually(5, "connected", || server.stats().connections == 1).await;
+        let c = client.clone();
+        let thread = std::thread::spawn(move || {
+            let r = futures::executor::block_on(c.request_with_timeout(
+                conn,
+                wire::ECHO,
+                "before",
+                Duration::from_secs(5),
+            ));
+            futures::executor::block_on(c.shutdown());
+            r.map(|reply| reply.body.len())
+        });
+        let joined = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+        assert!(matches!(joined, Ok(Ok(6))), "{t}: {joined:?}");
+        assert!(
+            matches!(
+                client.try_send_message(conn, wire::NOOP, "after", None),
+                Err(Error::Shutdown)
+            ),
+            "{t}"
+        );
+        eventually(5, "the server sees the connection go", || {
+            server.stats().connections == 0
+        })
+        .await;
+    }
+}
