@@ -1002,6 +1002,18 @@ impl Messenger {
         if server_loop::in_call_of(&self.inner.shared) {
             return self.begin_shutdown();
         }
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Awaited off any runtime (a plain thread's `block_on`, as
+            // `request` may be): its timers need one, so it runs on the
+            // messenger's, and this waits for it there.
+            let me = self.clone();
+            let _ = self
+                .inner
+                .shared
+                .spawn_joined(async move { me.finish_shutdown().await })
+                .await;
+            return;
+        }
         self.finish_shutdown().await;
     }
 

@@ -87,6 +87,15 @@ impl Shared {
         self.runtime.spawn(work);
     }
 
+    /// [`spawn`](Self::spawn), for a caller that waits for it (from any
+    /// executor: the handle is a plain future).
+    pub(crate) fn spawn_joined(
+        &self,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        self.runtime.spawn(work)
+    }
+
     /// Whether server loops take new messages (not once shutdown began).
     pub(crate) fn is_accepting(&self) -> bool {
         !self.stopped.load(Ordering::Acquire)
