@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    RAW_TRANSPORTS, Seen, TRANSPORTS, connect, connect_as, eventually, expect_reply,
+    Answer, RAW_TRANSPORTS, Seen, TRANSPORTS, connect, connect_as, eventually, expect_reply,
     forwarding_pair, no_slc, place, raw_recv, raw_router, raw_send, retry, round_trip, serve,
-    spawn_request, within,
+    serve_seen, spawn_request, within,
 };
 use messenger::{Config, Destination, Endpoint, Error, Incoming, Messenger, Responder};
 use messenger_proto::wire;
@@ -671,6 +671,49 @@ async fn the_window_is_bounded_in_bytes() {
         assert_eq!(reply.body.len(), big.len(), "{t}");
         let s = server.stats();
         assert_eq!(s.replies_untracked, (ECHOES - tracked) as u64, "{t}: {s:?}");
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
+/// Callback ids 2 (ACK) and 3 (reserved: authentication) are the
+/// protocol's own: a message sent to ACK reads to the peer as the ACK of
+/// one of its own messages, which it then stops resending (lost, if we
+/// had not got it); one sent to 3 is ACKed and dropped. Every send face
+/// refuses them (kind `Invalid`), on every transport, and the peer sees
+/// nothing.
+#[tokio::test]
+async fn the_protocols_own_callback_ids_are_refused() {
+    for t in TRANSPORTS {
+        let (server, bound, _p, seen) = serve_seen(t, Config::default(), Answer::Body).await;
+        let (client, conn) = connect(Config::default(), &bound.endpoint).await;
+        for cb in [wire::ACK, wire::RESERVED] {
+            let invalid = |r: Result<u64, Error>, how: &str| {
+                assert!(
+                    matches!(&r, Err(e) if e.kind() == messenger::ErrorKind::Invalid),
+                    "{t}: {how} to callback {cb}: {r:?}"
+                );
+            };
+            invalid(
+                client.send_message(conn, cb, b"x", None).await,
+                "send_message",
+            );
+            invalid(
+                client.try_send_message(conn, cb, b"x", None),
+                "try_send_message",
+            );
+            invalid(
+                client.send_confirmed(conn, cb, b"x").await,
+                "send_confirmed",
+            );
+            let asked = client
+                .request_with_timeout(conn, cb, b"x", Duration::from_secs(5))
+                .await;
+            invalid(asked.map(|_| 0), "request");
+        }
+        round_trip(5, &client, conn, wire::NOOP, b"after", t).await;
+        let s = server.stats();
+        assert_eq!((s.unknown_acks, seen.len()), (0, 1), "{t}: {s:?}");
         client.shutdown().await;
         server.shutdown().await;
     }
