@@ -116,6 +116,13 @@ pub enum Error {
     /// (connections are pooled: give it with the first one).
     #[error("already connected to {0}; a server loop must come with the first connection")]
     AlreadyConnected(Endpoint),
+    /// A destination callback id the protocol keeps for itself: 2 (ACK),
+    /// which the peer would take for the ACK of one of its own messages
+    /// (and stop resending it), or 3 (reserved: authentication).
+    #[error(
+        "callback {0} is the protocol's own (2: ACK, 3: authentication); send to NOOP (0), ECHO (1) or a callback from 4"
+    )]
+    ReservedCallback(u64),
     /// An endpoint string that does not parse.
     #[error("{0}")]
     InvalidEndpoint(String),
@@ -190,6 +197,7 @@ impl Error {
                 ErrorKind::Bind
             }
             Error::UnknownDestination(_)
+            | Error::ReservedCallback(_)
             | Error::AlreadyConnected(_)
             | Error::InvalidEndpoint(_)
             | Error::InvalidConfig { .. }
@@ -234,6 +242,7 @@ impl PartialEq for Error {
             (TooManyPending(a), TooManyPending(b)) | (TooManyUnacked(a), TooManyUnacked(b)) => {
                 a == b
             }
+            (ReservedCallback(a), ReservedCallback(b)) => a == b,
             (InvalidIdentity(a), InvalidIdentity(b)) => a == b,
             (UnknownDestination(a), UnknownDestination(b)) => a == b,
             (InUse(a), InUse(b))

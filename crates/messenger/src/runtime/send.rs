@@ -179,6 +179,10 @@ impl Shared {
     /// own ([`SendFuture`]).
     pub(crate) fn send<'a>(&'a self, out: Outgoing<'a>) -> SendFuture<'a> {
         use futures::future::{Either, ready};
+        // The protocol's own ids (a reply's too: a peer's src_cb).
+        if matches!(out.dst_cb, wire::ACK | wire::RESERVED) {
+            return Either::Left(ready(Err(Error::ReservedCallback(out.dst_cb))));
+        }
         let max = self.config.max_message_size;
         // Refuse what cannot fit before anything is registered or formatted;
         // the exact length is checked once the payload exists.
