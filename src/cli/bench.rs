@@ -93,6 +93,16 @@ pub async fn run(args: Args) -> Result<(), String> {
     if args.in_flight.contains(&0) {
         return Err("--in-flight must be at least 1".into());
     }
+    // A body no message can carry would be measured as failed requests.
+    // The payload's header (`{msg_id}-{src_cb}-{dst_cb}-`) is at most 64
+    // bytes.
+    let max = messenger::Config::default().max_message_size;
+    if let Some(&size) = args.sizes.iter().find(|&&s| s.saturating_add(64) > max) {
+        return Err(format!(
+            "--sizes {size}: a message carrying it would exceed the maximum message size \
+             ({max} bytes, with its header)"
+        ));
+    }
     // Before any messenger is made: they register their histograms with
     // the recorder installed when they first record.
     let recorder = if args.metrics {
