@@ -32,14 +32,7 @@ async fn ping_into_a_pipe_closed_early_ends_quietly() {
             .expect("a line");
         // The reader is gone: the pipe is closed, as `head -1` closes it.
         assert!(first.starts_with("PING"), "{first:?}");
-        let status = wait_child(&mut child, Duration::from_secs(20)).expect("wait");
-        let mut stderr = String::new();
-        let _ = child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut stderr);
-        (status, stderr)
+        finish(&mut child)
     })
     .await
     .unwrap();
@@ -87,13 +80,7 @@ fn refused(args: &[&str], code: Option<i32>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn messenger");
-    let status = wait_child(&mut child, Duration::from_secs(20)).expect("wait");
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr);
+    let (status, stderr) = finish(&mut child);
     let took = started.elapsed();
     let exited = status.and_then(|s| s.code());
     match code {
@@ -105,4 +92,15 @@ fn refused(args: &[&str], code: Option<i32>) {
     }
     assert!(took < Duration::from_secs(5), "{args:?}: took {took:?}");
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
+/// Waits (up to 20 s) for `child`, whose stderr is piped; its exit status
+/// (`None`: killed at the limit) and what it wrote there.
+fn finish(child: &mut std::process::Child) -> (Option<std::process::ExitStatus>, String) {
+    let status = wait_child(child, Duration::from_secs(20)).expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    (status, stderr)
 }
