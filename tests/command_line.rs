@@ -41,6 +41,44 @@ async fn ping_into_a_pipe_closed_early_ends_quietly() {
     server.shutdown().await;
 }
 
+/// Ctrl-C stops `ping` as it stops ping(8): with its statistics for what
+/// was sent so far, and success if any reply came. It died without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_stopped_with_ctrl_c_says_its_statistics() {
+    let (server, bound, _p) = serve("tcp", messenger::Config::default(), no_slc).await;
+    let ep = bound.endpoint.to_string();
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
+            .args(["ping", &ep, "-c", "1000", "-i", "10ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ping");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut lines = String::new();
+        // The first reply: ping is under way.
+        while !lines.contains("reply from") {
+            let mut line = String::new();
+            if out.read_line(&mut line).expect("a line") == 0 {
+                break;
+            }
+            lines.push_str(&line);
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = out.read_to_string(&mut lines);
+        let (status, stderr) = finish(&mut child);
+        (status, lines, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(stdout.contains("ping statistics"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("rtt min/avg/max/p99"), "{stdout}");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {stderr}");
+    server.shutdown().await;
+}
+
 /// `serve --stats-interval 0s` started and then panicked on a runtime
 /// thread, serving on without its stats; `ping -c 0` connected to say
 /// nothing was sent and fail. Both are refused as arguments (exit 2). A
