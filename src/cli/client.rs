@@ -140,26 +140,41 @@ pub async fn ping(
 ) -> Result<(), String> {
     let identity = format!("ping-{}", std::process::id());
     let (m, conn) = connect(&endpoint, identity, timeout, secret, curve).await?;
+    // Ctrl-C (or SIGTERM) ends the pings, as it ends ping(8)'s: the
+    // statistics of what was sent so far follow.
+    let stop = super::serve::Signals::catch()?;
     say!("PING {endpoint}")?;
     let mut rtts = Vec::new();
-    for seq in 0..count {
-        if seq > 0 {
-            tokio::time::sleep(interval).await;
-        }
-        let start = Instant::now();
-        match m.request_with_timeout(conn, ECHO, b"", timeout).await {
-            Ok(_) => {
-                let rtt = start.elapsed();
-                say!("reply from {endpoint}: seq={seq} time={:.3} ms", ms(rtt))?;
-                rtts.push(rtt);
+    let mut sent = 0u32;
+    let pings = async {
+        for seq in 0..count {
+            if seq > 0 {
+                tokio::time::sleep(interval).await;
             }
-            Err(e) => say!(
-                "no reply from {endpoint}: seq={seq}: {}",
-                explain(e, "reply", timeout)
-            )?,
+            let start = Instant::now();
+            sent += 1;
+            match m.request_with_timeout(conn, ECHO, b"", timeout).await {
+                Ok(_) => {
+                    let rtt = start.elapsed();
+                    say!("reply from {endpoint}: seq={seq} time={:.3} ms", ms(rtt))?;
+                    rtts.push(rtt);
+                }
+                Err(e) => say!(
+                    "no reply from {endpoint}: seq={seq}: {}",
+                    explain(e, "reply", timeout)
+                )?,
+            }
         }
+        Ok::<(), String>(())
+    };
+    tokio::select! {
+        done = pings => done?,
+        () = stop.wait() => {}
     }
     m.shutdown().await;
+    // A ping cut short by the signal before its reply counts as sent and
+    // lost, as ping(8) counts it.
+    let count = sent;
     say!("--- {endpoint} ping statistics ---")?;
     let lost = count as usize - rtts.len();
     say!(
