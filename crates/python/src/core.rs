@@ -129,16 +129,30 @@ impl Core {
     /// run: its callback thread, started now if it is not running. After
     /// close, a thread of its own, which ends once it has run it.
     pub(crate) fn callback_thread(&self, py: Python<'_>) -> PyResult<mpsc::Sender<Work>> {
-        let mut slot = self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
-        let name = format!("messenger-{}-callbacks", self.serial);
+        let slot = || self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = match &*slot() {
+            CallbackThread::Running(tx) => return Ok(tx.clone()),
+            CallbackThread::NotYet => true,
+            CallbackThread::LetGo => false,
+        };
+        // Started with the slot's lock let go: `Thread.start` waits for the
+        // new thread with the GIL released, and another Python thread
+        // blocked on this lock while holding the GIL would keep the new
+        // thread from ever starting.
+        let tx = threads::start(py, format!("messenger-{}-callbacks", self.serial))?;
+        if !keep {
+            return Ok(tx);
+        }
+        let mut slot = slot();
         match &*slot {
-            CallbackThread::Running(tx) => Ok(tx.clone()),
+            // Another caller started one meanwhile: theirs serves, and
+            // ours, given nothing, ends as its sender goes.
+            CallbackThread::Running(theirs) => Ok(theirs.clone()),
             CallbackThread::NotYet => {
-                let tx = threads::start(py, name)?;
                 *slot = CallbackThread::Running(tx.clone());
                 Ok(tx)
             }
-            CallbackThread::LetGo => threads::start(py, name),
+            CallbackThread::LetGo => Ok(tx),
         }
     }
 
