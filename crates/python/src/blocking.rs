@@ -277,12 +277,18 @@ fn server_loop_on_thread(
     let thread = threads::start(py, core.loop_thread_name())?;
     let (owner, runtime) = (core.serial, core.runtime);
     let errors = Arc::clone(&core.counters.server_loop_errors);
+    // What a raising call logs: one endpoint per server loop, so written
+    // once, at its first message, not per message.
+    let what: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     Ok(
         move |msg: messenger::Incoming, r: messenger::Responder| -> HandlerWork {
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let handler = Arc::clone(&handler);
             let endpoint = msg.endpoint().to_string();
-            let what = format!("server loop on {endpoint} raised; it goes on");
+            let what =
+                Arc::clone(what.get_or_init(|| {
+                    format!("server loop on {endpoint} raised; it goes on").into()
+                }));
             let call: Call = Box::new(move |py| {
                 let incoming = Py::new(py, Incoming { inner: msg, owner })?;
                 let responder = Py::new(py, Responder::new(r, runtime, owner, endpoint))?;
@@ -317,7 +323,7 @@ fn blocking_callback(core: &Arc<Core>, f: Bound<'_, PyAny>) -> PyResult<Callback
             };
             Ok((f.clone_ref(py), PyTuple::new(py, [arg])?.unbind()))
         });
-        let work = Work::new(call, "message callback raised".into(), errors, 0, None);
+        let work = Work::new(call, threads::callback_raised(), errors, 0, None);
         // Refused only once the thread is gone (the interpreter exits).
         let _ = thread.send(work);
     }))

@@ -30,8 +30,9 @@ pub(crate) type Call = Box<dyn FnOnce(Python<'_>) -> PyResult<(Py<PyAny>, Py<PyT
 pub(crate) struct Work {
     /// The call, until the thread takes it ([`begin`](Self::begin)).
     call: Option<Call>,
-    /// What is logged, with the exception, if the call raises.
-    what: String,
+    /// What is logged, with the exception, if the call raises: shared by
+    /// every call of its server loop (or every callback), not made per call.
+    what: Arc<str>,
     /// Counts the calls that raised.
     errors: Arc<AtomicU64>,
     /// The messenger (its serial) whose server loop this call is, for
@@ -47,7 +48,7 @@ impl Work {
     /// and `done` as their fields say.
     pub(crate) fn new(
         call: Call,
-        what: String,
+        what: Arc<str>,
         errors: Arc<AtomicU64>,
         owner: u64,
         done: Option<tokio::sync::oneshot::Sender<()>>,
@@ -141,7 +142,7 @@ impl WorkQueue {
     /// What to log if the call being made raised.
     fn what(&self) -> String {
         match &*lock(&self.current) {
-            Some(work) => work.what.clone(),
+            Some(work) => work.what.to_string(),
             None => "a call of the package's raised".into(),
         }
     }
@@ -152,6 +153,13 @@ impl WorkQueue {
             work.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// What a raising message callback logs (see [`Work`]'s `what`).
+pub(crate) fn callback_raised() -> Arc<str> {
+    static WHAT: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from("message callback raised"));
+    Arc::clone(&WHAT)
 }
 
 /// Starts a package thread called `name` (a daemon `threading.Thread`,
