@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{no_slc, serve, wait_child};
@@ -18,13 +18,7 @@ async fn ping_into_a_pipe_closed_early_ends_quietly() {
     let (server, bound, _p) = serve("tcp", messenger::Config::default(), no_slc).await;
     let ep = bound.endpoint.to_string();
     let (status, stderr) = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
-            .args(["ping", &ep, "-c", "50", "-i", "10ms"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ping");
+        let mut child = spawn(&["ping", &ep, "-c", "50", "-i", "10ms"], Stdio::piped());
         let mut first = String::new();
         let stdout = child.stdout.take().expect("stdout");
         BufReader::new(stdout)
@@ -48,13 +42,7 @@ async fn ping_stopped_with_ctrl_c_says_its_statistics() {
     let (server, bound, _p) = serve("tcp", messenger::Config::default(), no_slc).await;
     let ep = bound.endpoint.to_string();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
-            .args(["ping", &ep, "-c", "1000", "-i", "10ms"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ping");
+        let mut child = spawn(&["ping", &ep, "-c", "1000", "-i", "10ms"], Stdio::piped());
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut lines = String::new();
         // The first reply: ping is under way.
@@ -111,13 +99,7 @@ fn nonsense_arguments_are_refused_before_anything_runs() {
 /// given), without a panic.
 fn refused(args: &[&str], code: Option<i32>) {
     let started = std::time::Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_messenger"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn messenger");
+    let mut child = spawn(args, Stdio::null());
     let (status, stderr) = finish(&mut child);
     let took = started.elapsed();
     let exited = status.and_then(|s| s.code());
@@ -132,9 +114,21 @@ fn refused(args: &[&str], code: Option<i32>) {
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
 }
 
+/// Starts `messenger ARGS` with no stdin, its stdout to `stdout` and its
+/// stderr piped (for [`finish`]).
+fn spawn(args: &[&str], stdout: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_messenger"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn messenger")
+}
+
 /// Waits (up to 20 s) for `child`, whose stderr is piped; its exit status
 /// (`None`: killed at the limit) and what it wrote there.
-fn finish(child: &mut std::process::Child) -> (Option<std::process::ExitStatus>, String) {
+fn finish(child: &mut Child) -> (Option<std::process::ExitStatus>, String) {
     let status = wait_child(child, Duration::from_secs(20)).expect("wait");
     let mut stderr = String::new();
     if let Some(mut err) = child.stderr.take() {

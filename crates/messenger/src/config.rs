@@ -452,6 +452,13 @@ mod tests {
         }
     }
 
+    /// The defaults with one change.
+    fn with(change: impl FnOnce(&mut Config)) -> Config {
+        let mut c = Config::default();
+        change(&mut c);
+        c
+    }
+
     /// Counts beyond what the runtime can hold (a semaphore's or a
     /// channel's permits) or allocate (the duplicate window's bitmap) are
     /// refused here, named, instead of panicking later on a runtime thread
@@ -461,49 +468,27 @@ mod tests {
         for (name, config) in [
             (
                 "max_concurrent_handlers",
-                Config {
-                    max_concurrent_handlers: usize::MAX,
-                    ..Config::default()
-                },
+                with(|c| c.max_concurrent_handlers = usize::MAX),
             ),
             (
                 "slc_queue_capacity",
-                Config {
-                    slc_queue_capacity: 1 << 62,
-                    ..Config::default()
-                },
+                with(|c| c.slc_queue_capacity = 1 << 62),
             ),
             (
                 "max_connections_per_listener",
-                Config {
-                    max_connections_per_listener: 1 << 62,
-                    ..Config::default()
-                },
+                with(|c| c.max_connections_per_listener = 1 << 62),
             ),
-            (
-                "dedup_window",
-                Config {
-                    dedup_window: u64::MAX,
-                    ..Config::default()
-                },
-            ),
-            (
-                "dedup_window",
-                Config {
-                    dedup_window: 1 << 40,
-                    ..Config::default()
-                },
-            ),
+            ("dedup_window", with(|c| c.dedup_window = u64::MAX)),
+            ("dedup_window", with(|c| c.dedup_window = 1 << 40)),
         ] {
             assert_eq!(field(config.validate()), name);
         }
-        let largest = Config {
-            max_concurrent_handlers: MAX_COUNT,
-            slc_queue_capacity: MAX_COUNT,
-            max_connections_per_listener: MAX_COUNT,
-            dedup_window: MAX_DEDUP_WINDOW,
-            ..Config::default()
-        };
+        let largest = with(|c| {
+            c.max_concurrent_handlers = MAX_COUNT;
+            c.slc_queue_capacity = MAX_COUNT;
+            c.max_connections_per_listener = MAX_COUNT;
+            c.dedup_window = MAX_DEDUP_WINDOW;
+        });
         assert_eq!(largest.validate(), Ok(()));
     }
 
@@ -514,57 +499,20 @@ mod tests {
     fn durations_too_long_for_a_deadline_are_named() {
         let long = Duration::MAX;
         for (name, config) in [
-            (
-                "connect_timeout",
-                Config {
-                    connect_timeout: long,
-                    ..Config::default()
-                },
-            ),
-            (
-                "linger",
-                Config {
-                    linger: long,
-                    ..Config::default()
-                },
-            ),
-            (
-                "resend_interval",
-                Config {
-                    resend_interval: Some(long),
-                    ..Config::default()
-                },
-            ),
-            (
-                "shutdown_grace",
-                Config {
-                    shutdown_grace: long,
-                    ..Config::default()
-                },
-            ),
-            (
-                "request_timeout",
-                Config {
-                    request_timeout: long,
-                    ..Config::default()
-                },
-            ),
-            (
-                "reconnect_max",
-                Config {
-                    reconnect_max: long,
-                    ..Config::default()
-                },
-            ),
+            ("connect_timeout", with(|c| c.connect_timeout = long)),
+            ("linger", with(|c| c.linger = long)),
+            ("resend_interval", with(|c| c.resend_interval = Some(long))),
+            ("shutdown_grace", with(|c| c.shutdown_grace = long)),
+            ("request_timeout", with(|c| c.request_timeout = long)),
+            ("reconnect_max", with(|c| c.reconnect_max = long)),
         ] {
             assert_eq!(field(config.validate()), name);
         }
-        let longest = Config {
-            connect_timeout: MAX_DURATION,
-            linger: MAX_DURATION,
-            resend_interval: Some(MAX_DURATION),
-            ..Config::default()
-        };
+        let longest = with(|c| {
+            c.connect_timeout = MAX_DURATION;
+            c.linger = MAX_DURATION;
+            c.resend_interval = Some(MAX_DURATION);
+        });
         assert_eq!(longest.validate(), Ok(()));
     }
 
